@@ -1,0 +1,123 @@
+// The tape, grad mode, backward and the checked gradient accumulation.
+#include "core/autograd.h"
+
+#include "kernels/elementwise.h"
+
+namespace kvc {
+
+namespace {
+thread_local bool t_grad_enabled = true;
+}  // namespace
+
+Tape& Tape::current() {
+  thread_local Tape tape;
+  return tape;
+}
+
+bool Tape::record(const char* op, std::vector<Tensor> inputs, Tensor& output,
+                  std::function<void(const Tensor&)> backward_fn) {
+  if (!t_grad_enabled) return false;
+  bool needed = false;
+  for (const Tensor& t : inputs) needed = needed || (t.defined() && t.requires_grad());
+  if (!needed) return false;
+  output.set_requires_grad(true);
+  output.impl()->tape_index = static_cast<int64_t>(entries_.size());
+  output.impl()->tape_generation = generation_;
+  entries_.push_back(TapeEntry{op, std::move(inputs), output.impl_ptr(), std::move(backward_fn)});
+  return true;
+}
+
+void Tape::clear() {
+  entries_.clear();
+  ++generation_;
+}
+
+bool grad_enabled() { return t_grad_enabled; }
+
+NoGradGuard::NoGradGuard() : previous_(t_grad_enabled) { t_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { t_grad_enabled = previous_; }
+
+void backward(const Tensor& root, const Tensor& seed) {
+  KVC_CHECK(root.defined(), "backward: the root tensor is undefined");
+  KVC_CHECK(root.requires_grad(), "backward: tensor of shape ", root.shape(),
+            " does not require grad (no input of the ops that made it requires grad)");
+  Tape& tape = Tape::current();
+  TensorImpl* r = root.impl();
+  if (r->tape_index >= 0) {
+    KVC_CHECK(r->tape_generation == tape.generation(),
+              "backward: the tape that recorded this tensor (shape ", root.shape(),
+              ") was already freed by an earlier backward(); run the forward again");
+  }
+  Tensor g;
+  if (seed.defined()) {
+    KVC_CHECK(seed.shape() == root.shape(), "backward: seed gradient of shape ", seed.shape(),
+              " does not match the root's shape ", root.shape());
+    g = seed;
+  } else {
+    KVC_CHECK(root.numel() == 1, "backward: root of shape ", root.shape(),
+              " is not a scalar; pass a seed gradient of the same shape");
+    g = Tensor::ones(root.shape(), root.options());
+  }
+  accumulate_grad(root, g);
+  if (r->tape_index < 0) return;  // a leaf: its gradient is the seed
+
+  // Walk once, newest first, from the root's own entry: later entries cannot feed the root.
+  struct ClearOnExit {
+    Tape& tape;
+    ~ClearOnExit() { tape.clear(); }
+  } clear_on_exit{tape};
+  for (int64_t i = r->tape_index; i >= 0; --i) {
+    TapeEntry& e = tape.entries_[static_cast<size_t>(i)];
+    std::shared_ptr<TensorImpl> out = e.output.lock();
+    if (!out || !out->grad) continue;  // nothing flowed into this op's output
+    // Take the gradient out: an intermediate's gradient is not kept (as in PyTorch), and a
+    // single owner lets accumulate_grad hand the buffer on without a copy.
+    Tensor grad_out(std::move(out->grad));
+    out->grad.reset();
+    e.backward(grad_out);
+  }
+  // The root keeps its gradient only when it is a leaf, handled above.
+}
+
+void accumulate_grad(const Tensor& target, const Tensor& grad) {
+  if (!target.requires_grad()) return;  // e.g. a constant input of a recorded op
+  KVC_CHECK(grad.shape() == target.shape(), "accumulate_grad: gradient of shape ", grad.shape(),
+            " does not match tensor of shape ", target.shape());
+  KVC_CHECK(grad.dtype() == target.dtype(), "accumulate_grad: gradient dtype ",
+            dtype_name(grad.dtype()), " does not match tensor dtype ", dtype_name(target.dtype()));
+  KVC_CHECK(grad.device() == target.device(), "accumulate_grad: gradient on ",
+            grad.device().name(), " but tensor on ", target.device().name());
+  TensorImpl* t = target.impl();
+  if (!t->grad) {
+    // Reuse the buffer when nothing else can see it; otherwise a later in-place accumulation
+    // would write into another tensor's gradient.
+    const bool exclusive =
+        grad.impl_ptr().use_count() == 1 && grad.impl()->storage.use_count() == 1;
+    t->grad = (exclusive ? grad.detach() : grad.clone()).impl_ptr();
+    return;
+  }
+  Tensor acc(t->grad);
+  const int64_t n = acc.numel();
+  KVC_DISPATCH_FLOAT(acc.dtype(), "accumulate_grad", [&] {
+    if (acc.device().is_cpu()) {
+      kernels::cpu::axpby<scalar_t>(acc.data<scalar_t>(), grad.data<scalar_t>(), n, 1, 1);
+    } else {
+      KVC_CUDA_ONLY(kernels::cuda::axpby<scalar_t>(acc.data<scalar_t>(), grad.data<scalar_t>(), n,
+                                                   1, 1));
+    }
+  });
+}
+
+Tensor grad_buffer(const Tensor& target, bool* accumulate) {
+  TensorImpl* t = target.impl();
+  if (t->grad) {
+    *accumulate = true;
+    return Tensor(t->grad);
+  }
+  *accumulate = false;
+  Tensor g = Tensor::empty(target.shape(), target.options());
+  t->grad = g.impl_ptr();
+  return g;
+}
+
+}  // namespace kvc

@@ -1,0 +1,71 @@
+// The differentiable ops. Each checks its inputs (errors name the op and the shapes), runs the
+// forward through kernels::cpu or kernels::cuda, and records a tape entry when grad is needed.
+// Implementations: core/ops_*.cpp, one file per family.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace kvc {
+
+// ---- elementwise with numpy broadcasting (shapes aligned at the right; size-1 axes stretch) ----
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor sub(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor div(const Tensor& a, const Tensor& b);
+Tensor neg(const Tensor& a);
+Tensor scale(const Tensor& a, double s);       // s * a
+Tensor add_scalar(const Tensor& a, double s);  // a + s
+
+// The broadcast shape of a and b, or an error naming `op` and both shapes.
+Shape broadcast_shapes(const char* op, const Shape& a, const Shape& b);
+
+// ---- reductions ----
+Tensor sum(const Tensor& a);                                      // shape ()
+Tensor sum(const Tensor& a, int64_t axis, bool keepdim = false);  // negative axes allowed
+Tensor mean(const Tensor& a);
+Tensor mean(const Tensor& a, int64_t axis, bool keepdim = false);
+// Sums a broadcast gradient back to `shape` (the adjoint of broadcasting to a.shape()).
+Tensor sum_to(const Tensor& a, const Shape& shape);
+
+// ---- shape ----
+Tensor reshape(const Tensor& a, const Shape& shape);  // one axis may be -1; shares storage
+Tensor permute(const Tensor& a, const std::vector<int64_t>& perm);  // one copy
+Tensor narrow(const Tensor& a, int64_t axis, int64_t start, int64_t length);  // one copy
+
+// ---- linear algebra ----
+// op(a) @ op(b) over the last two axes. a (..., m, k), b (..., k, n) with equal leading axes,
+// or b two-dimensional and shared by every batch entry (a weight). trans_* transpose the last
+// two axes without a copy.
+Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans_b = false);
+// Grouped linear (einops EinMix 'b h w i -> b h w o'): x (..., h, w, in), weight (h, in, out),
+// bias (h, out) or undefined. y[.., h, w, o] = sum_i x[.., h, w, i] W[h, i, o] + B[h, o].
+Tensor mix(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// PyTorch Conv1d with padding 0: x (b, c_in, L), weight (c_out, c_in/groups, k), bias (c_out)
+// or undefined; returns (b, c_out, (L - k)/stride + 1).
+Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
+              int64_t groups);
+
+// ---- activations ----
+Tensor softmax(const Tensor& a, int64_t axis);
+Tensor relu(const Tensor& a);
+Tensor gelu(const Tensor& a);  // exact (erf)
+// Inverted dropout: identity when !training or p == 0 (no kernel runs); the mask is
+// philox::keep(seed, offset, i, p) for element i, identical on every backend.
+Tensor dropout(const Tensor& a, double p, bool training, uint64_t seed, uint64_t offset);
+
+// ---- losses ----
+Tensor mse_loss(const Tensor& pred, const Tensor& target);  // mean((pred - target)^2), shape ()
+
+inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
+inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
+inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
+inline Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
+inline Tensor operator-(const Tensor& a) { return neg(a); }
+inline Tensor operator*(const Tensor& a, double s) { return scale(a, s); }
+inline Tensor operator*(double s, const Tensor& a) { return scale(a, s); }
+inline Tensor operator+(const Tensor& a, double s) { return add_scalar(a, s); }
+
+}  // namespace kvc

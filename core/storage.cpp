@@ -1,0 +1,73 @@
+// Storage allocation and cross-device copies, dispatched to kernels::cpu / kernels::cuda.
+#include "core/storage.h"
+
+#include <cstring>
+
+#include "kernels/memory.h"
+
+namespace kvc {
+
+Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+  if (bytes == 0) return;
+  if (device.is_cpu()) {
+    data_ = kernels::cpu::alloc(bytes);
+  } else {
+    KVC_CUDA_ONLY(data_ = kernels::cuda::alloc(bytes, device.index));
+  }
+}
+
+Storage::~Storage() {
+  if (!data_) return;
+  if (device_.is_cpu()) {
+    kernels::cpu::free(data_);
+  } else {
+#ifdef KVC_WITH_CUDA
+    kernels::cuda::free(data_, device_.index);
+#endif
+  }
+}
+
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {
+  if (bytes == 0) return;
+  if (dst_device.is_cpu() && src_device.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+#ifdef KVC_WITH_CUDA
+  if (dst_device.is_cuda() && src_device.is_cuda()) {
+    kernels::cuda::copy_d2d(dst, src, bytes);
+  } else if (dst_device.is_cuda()) {
+    kernels::cuda::copy_h2d(dst, src, bytes);
+  } else {
+    kernels::cuda::copy_d2h(dst, src, bytes);
+  }
+#else
+  KVC_CUDA_ONLY();
+#endif
+}
+
+Device parse_device(const std::string& s) {
+  if (s == "cpu") return Device::cpu();
+  if (s == "cuda") return Device::cuda(0);
+  if (s.rfind("cuda:", 0) == 0) {
+    const std::string idx = s.substr(5);
+    KVC_CHECK(!idx.empty() && idx.find_first_not_of("0123456789") == std::string::npos,
+              "device: bad device string '", s, "' (expected cpu, cuda or cuda:N)");
+    return Device::cuda(std::stoi(idx));
+  }
+  KVC_FAIL("device: bad device string '", s, "' (expected cpu, cuda or cuda:N)");
+}
+
+std::string cuda_unavailable_reason() {
+#ifdef KVC_WITH_CUDA
+  const char* why = nullptr;
+  if (kernels::cuda::device_count(&why) > 0) return "";
+  return why ? why : "no CUDA device found";
+#else
+  return "this kvcompress was built without CUDA";
+#endif
+}
+
+bool cuda_available() { return cuda_unavailable_reason().empty(); }
+
+}  // namespace kvc

@@ -1,0 +1,31 @@
+// Fills, dtype casts and Philox random streams, for every backend.
+#pragma once
+
+#include <cstdint>
+
+namespace kvc::kernels {
+
+#define KVC_FILL_KERNELS                                                                     \
+  template <typename T>                                                                      \
+  void fill(T* out, int64_t n, T value);                                                     \
+  template <typename T>                                                                      \
+  void arange(T* out, int64_t n);                                                            \
+  /* out[i] = (To)in[i] */                                                                   \
+  template <typename To, typename From>                                                      \
+  void cast(To* out, const From* in, int64_t n);                                             \
+  /* out[i] = low + (high - low) * philox::uniform(seed, offset, i) */                       \
+  template <typename T>                                                                      \
+  void uniform(T* out, int64_t n, uint64_t seed, uint64_t offset, double low, double high); \
+  /* out[i] = mean + std * philox::normal(seed, offset, i) */                                \
+  template <typename T>                                                                      \
+  void normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double std);
+
+namespace cpu {
+KVC_FILL_KERNELS
+}
+namespace cuda {
+KVC_FILL_KERNELS
+}
+#undef KVC_FILL_KERNELS
+
+}  // namespace kvc::kernels

@@ -1,0 +1,40 @@
+// Raw memory on each backend: allocation, copies between host and device, fills.
+// CPU versions live in kernels/cpu/memory.cpp; CUDA versions (the caching allocator) in
+// kernels/cuda/memory.cu and exist only in a CUDA build.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvc::kernels {
+
+namespace cpu {
+void* alloc(size_t bytes);  // 64-byte aligned; throws kvc::Error on failure
+void free(void* p);
+}  // namespace cpu
+
+namespace cuda {
+// Statistics of the caching allocator (bench, tests).
+struct AllocatorStats {
+  size_t bytes_in_use = 0;      // handed out to tensors now
+  size_t peak_bytes_in_use = 0;
+  size_t bytes_cached = 0;      // held by the allocator, free for reuse
+  size_t device_allocations = 0;  // cudaMalloc calls so far
+  size_t device_frees = 0;        // cudaFree calls so far
+};
+
+// Number of usable devices; 0 (never a throw) when no driver or GPU. `why` gets the reason.
+int device_count(const char** why);
+void* alloc(size_t bytes, int device);  // from the cache, else cudaMalloc; OutOfMemoryError
+void free(void* p, int device);         // back to the cache
+AllocatorStats allocator_stats();
+void reset_peak_stats();
+void empty_cache();  // cudaFree everything cached
+
+void copy_h2d(void* dst, const void* src, size_t bytes);
+void copy_d2h(void* dst, const void* src, size_t bytes);  // synchronizes: the one host sync
+void copy_d2d(void* dst, const void* src, size_t bytes);
+void synchronize();
+}  // namespace cuda
+
+}  // namespace kvc::kernels
