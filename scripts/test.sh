@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: set-up and Release build (scripts/setup.sh), every test
+# through ctest, then the CPU code again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# CUDA tests skip themselves (ctest reports them as skipped) where no GPU is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+echo "== tests (build/) =="
+ctest --test-dir build --output-on-failure -j "$(nproc)"
+
+echo "== tests under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/, CPU) =="
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVC_SANITIZE=ON \
+  -DKVC_ENABLE_CUDA=OFF
+cmake --build build-asan -j "$(nproc)"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j "$(nproc)"
