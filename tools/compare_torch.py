@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""The PyTorch half of the GPU benchmark (SPEC section 9): times the compressor pair's distill step.
+
+    $PYTHON tools/compare_torch.py [--config small|nsa|long] [--compressor KIND|all]
+                                   [--precision fp32|tf32] [--json [PATH]]
+
+Run with PYTHON=/usr/bin/python3 on Debian (torch 1.13, CPU only); on the GPU machine plain
+python3 has a CUDA torch.
+
+Per kind, the same work as `kvcompress bench`: the distill task of SPEC section 4 on random K, V
+(b, h, seq, d) and Q (b, h, nq, d), float32:
+- fwd_ms:  pair.distill_loss(q, k, v): the full-attention target (no_grad), split_blocks, both
+           compressors, attention over the compressed blocks, the MSE loss
+- bwd_ms:  loss.backward()
+- opt_ms:  torch.optim.Adam(fused=True).step() over all the pair's parameters (fused needs CUDA;
+           on CPU the default implementation, with a note)
+- step_ms: the whole training step, zero_grad(set_to_none=True) + fwd + bwd + opt, timed as one
+Each phase is timed with CUDA events (perf_counter on CPU) around it, after --warmup untimed
+steps; the median of --reps steps is reported. peak_mem_bytes is torch.cuda.max_memory_allocated
+over the timed steps (parameters, gradients, Adam state, inputs and activations); 0 on CPU.
+TF32 is off (matmul and cuDNN) unless --precision tf32. cuDNN autotuning (benchmark mode) is on,
+as PyTorch users with fixed shapes run it; --no-cudnn-benchmark turns it off.
+
+Output: a table on stdout; with --json, a JSON document (per kind: fwd_ms, bwd_ms, opt_ms,
+step_ms, peak_mem_bytes, tokens_per_s, params) on stdout instead (the table goes to stderr) or,
+with --json PATH, into PATH.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_modules as tm  # noqa: E402
+
+CONFIGS = {  # SPEC section 9
+    "small": dict(batch=2, heads=2, seq=256, block=8, dim_head=32, queries=32),
+    "nsa": dict(batch=4, heads=8, seq=8192, block=16, dim_head=64, queries=512),
+    "long": dict(batch=1, heads=8, seq=131072, block=32, dim_head=128, queries=1024),
+}
+
+
+class Timer:
+  """Brackets phases with CUDA events (no host sync until read) or with perf_counter on CPU."""
+
+  def __init__(self, cuda):
+    self.cuda = cuda
+
+  def mark(self):
+    if self.cuda:
+      e = torch.cuda.Event(enable_timing=True)
+      e.record()
+      return e
+    return time.perf_counter()
+
+  def ms(self, a, b):
+    return a.elapsed_time(b) if self.cuda else (b - a) * 1e3
+
+
+def _is_oom(e):
+  oom = getattr(torch.cuda, "OutOfMemoryError", None)
+  return (oom is not None and isinstance(e, oom)) or "out of memory" in str(e)
+
+
+def bench_kind(kind, shape, args, device, timer):
+  torch.manual_seed(args.seed)
+  b, h, seq, n, d, nq = (shape[k] for k in ("batch", "heads", "seq", "block", "dim_head",
+                                            "queries"))
+  pair = tm.CompressorPair(kind, h, d, n, args.expand, args.dropout, args.reduction).to(device)
+  pair.train()
+  k = torch.randn(b, h, seq, d, device=device)
+  v = torch.randn(b, h, seq, d, device=device)
+  q = torch.randn(b, h, nq, d, device=device)
+  fused = device.type == "cuda"
+  if fused:
+    opt = torch.optim.Adam(pair.parameters(), lr=args.lr, fused=True)
+  else:
+    opt = torch.optim.Adam(pair.parameters(), lr=args.lr)
+
+  def step(marks):
+    opt.zero_grad(set_to_none=True)
+    marks.append(timer.mark())
+    loss = pair.distill_loss(q, k, v)
+    marks.append(timer.mark())
+    loss.backward()
+    marks.append(timer.mark())
+    opt.step()
+    marks.append(timer.mark())
+    return loss
+
+  for _ in range(args.warmup):
+    step([])
+  if device.type == "cuda":
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+  runs = []
+  for _ in range(args.reps):
+    marks = []
+    loss = step(marks)
+    runs.append(marks)
+  if device.type == "cuda":
+    torch.cuda.synchronize()
+  times = {name: statistics.median(timer.ms(m[i], m[j]) for m in runs)
+           for name, i, j in (("fwd_ms", 0, 1), ("bwd_ms", 1, 2), ("opt_ms", 2, 3),
+                              ("step_ms", 0, 3))}
+  final_loss = float(loss.detach())
+  if not torch.isfinite(torch.tensor(final_loss)):
+    raise RuntimeError(f"{kind}: the loss is {final_loss}")
+  result = dict(times, peak_mem_bytes=int(torch.cuda.max_memory_allocated())
+                if device.type == "cuda" else 0,
+                tokens_per_s=b * seq / (times["step_ms"] * 1e-3),
+                params=sum(p.numel() for p in pair.parameters()), loss=final_loss,
+                fused_adam=fused)
+  del pair, opt, k, v, q, loss
+  return result
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(
+      prog="compare_torch.py", description=__doc__.split("\n\n")[0],
+      epilog="Run with PYTHON=/usr/bin/python3 on Debian.\n\n" + __doc__.split("\n\n", 2)[2],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument("--config", choices=sorted(CONFIGS), default="small")
+  ap.add_argument("--compressor", default="all", help=f"one of {', '.join(tm.KINDS)} or all")
+  for flag, key in (("--batch", "batch"), ("--heads", "heads"), ("--seq", "seq"),
+                    ("--block", "block"), ("--dim-head", "dim_head"), ("--queries", "queries")):
+    ap.add_argument(flag, type=int, dest=key, help=f"override the config's {key}")
+  ap.add_argument("--expand", type=float, default=1.0)
+  ap.add_argument("--dropout", type=float, default=0.0)
+  ap.add_argument("--reduction", type=int, default=2)
+  ap.add_argument("--lr", type=float, default=1e-3)
+  ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+  ap.add_argument("--reps", type=int, default=20, help="timed steps, median taken (default 20)")
+  ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+  ap.add_argument("--precision", choices=("fp32", "tf32"), default="fp32")
+  ap.add_argument("--no-cudnn-benchmark", action="store_true")
+  ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
+                  help="JSON results: on stdout (table to stderr), or into PATH")
+  args = ap.parse_args(argv)
+
+  kinds = list(tm.KINDS) if args.compressor == "all" else [args.compressor]
+  if any(kind not in tm.KINDS for kind in kinds):
+    ap.error(f"--compressor: unknown kind '{args.compressor}' (expected one of "
+             f"{', '.join(tm.KINDS)} or all)")
+  shape = dict(CONFIGS[args.config])
+  for key in shape:
+    if getattr(args, key) is not None:
+      shape[key] = getattr(args, key)
+  bad = [f"{key} {val}" for key, val in shape.items() if val < 1]
+  if bad or args.reps < 1 or args.warmup < 0:
+    ap.error(f"bad values: {', '.join(bad) or f'reps {args.reps}, warmup {args.warmup}'}")
+  if shape["seq"] < shape["block"]:
+    ap.error(f"--seq {shape['seq']} is shorter than one block of {shape['block']}")
+
+  table = sys.stderr if args.json == "-" else sys.stdout
+  notes = []
+  if args.device == "cuda" and not torch.cuda.is_available():
+    print("compare_torch: error: --device cuda but torch.cuda.is_available() is False "
+          f"(torch {torch.__version__})", file=sys.stderr)
+    return 1
+  use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+  device = torch.device("cuda" if use_cuda else "cpu")
+  if use_cuda:
+    tf32 = args.precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
+    device_name = torch.cuda.get_device_name(0)
+  else:
+    notes.append("no CUDA: timing on the CPU with perf_counter, Adam not fused "
+                 "(fused=True needs CUDA); these numbers are a smoke test, not the benchmark")
+    device_name = f"cpu ({platform.processor() or platform.machine()}, "\
+                  f"{torch.get_num_threads()} threads)"
+  for note in notes:
+    print(f"note: {note}", file=table)
+  print(f"compare_torch: torch {torch.__version__} on {device_name}; config {args.config} "
+        f"b={shape['batch']} h={shape['heads']} seq={shape['seq']} n={shape['block']} "
+        f"d={shape['dim_head']} nq={shape['queries']}; {args.precision}; median of {args.reps} "
+        f"after {args.warmup} warm-up", file=table)
+  header = (f"{'kind':<22} {'fwd ms':>9} {'bwd ms':>9} {'opt ms':>9} {'step ms':>9} "
+            f"{'tokens/s':>11} {'peak MiB':>9} {'params':>10}")
+  print(header, file=table)
+  print("-" * len(header), file=table)
+
+  timer = Timer(use_cuda)
+  results, failed = {}, False
+  for kind in kinds:
+    try:
+      r = bench_kind(kind, shape, args, device, timer)
+    except (RuntimeError, ValueError) as e:
+      msg = " ".join(str(e).split())[:300]
+      if use_cuda and _is_oom(e):
+        msg = f"out of GPU memory: {msg}"
+      results[kind] = {"error": msg}
+      failed = True
+      print(f"{kind:<22} error: {msg}", file=table)
+      if use_cuda:
+        torch.cuda.empty_cache()
+      continue
+    results[kind] = r
+    print(f"{kind:<22} {r['fwd_ms']:9.3f} {r['bwd_ms']:9.3f} {r['opt_ms']:9.3f} "
+          f"{r['step_ms']:9.3f} {r['tokens_per_s']:11.4g} {r['peak_mem_bytes'] / 2**20:9.1f} "
+          f"{r['params']:10d}", file=table)
+    if use_cuda:
+      torch.cuda.empty_cache()
+
+  if args.json:
+    doc = dict(tool="compare_torch", torch=torch.__version__, device=device_name,
+               config=args.config, shape=shape, precision=args.precision,
+               expand=args.expand, dropout=args.dropout, reduction=args.reduction,
+               warmup=args.warmup, reps=args.reps, notes=notes, results=results)
+    text = json.dumps(doc, indent=2)
+    if args.json == "-":
+      print(text)
+    else:
+      with open(args.json, "w") as f:
+        f.write(text + "\n")
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
