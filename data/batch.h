@@ -1,0 +1,47 @@
+// Batch {k, v, q}, the KV shape of a data source, the train/eval split and the source interface.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/tensor.h"
+
+namespace kvc {
+
+struct Batch {
+  Tensor k;  // (b, h, seq, d)
+  Tensor v;  // (b, h, seq, d)
+  Tensor q;  // (b, h, nq, d)
+};
+
+// Defaults are SPEC section 9's `small` configuration.
+struct KVShape {
+  int64_t batch = 2;
+  int64_t heads = 2;
+  int64_t dim_head = 32;
+  int64_t seq = 256;
+  int64_t queries = 32;
+};
+
+// Train and eval draw from different random streams (synthetic) or sequences (files).
+enum class Split : uint8_t { train, eval };
+inline const char* split_name(Split s) { return s == Split::train ? "train" : "eval"; }
+
+// What the trainer reads batches from: a deterministic stream of batches indexed from 0.
+// next() returns batch_at(position()) and advances; a resume calls set_position() with the
+// saved position and continues the same stream.
+class KVSource {
+ public:
+  virtual ~KVSource() = default;
+  virtual Batch next() = 0;
+  virtual Batch batch_at(uint64_t index) = 0;
+  virtual uint64_t position() const = 0;
+  virtual void set_position(uint64_t position) = 0;
+  // batch = batch size of every batch (a file's eval split may end with a smaller one).
+  virtual KVShape shape() const = 0;
+  // Distinct batches before the stream repeats or reshuffles; 0 for an endless generator.
+  virtual uint64_t batches_per_epoch() const = 0;
+  virtual std::string describe() const = 0;  // one line for logs: kind, path or seed, split
+};
+
+}  // namespace kvc

@@ -1,0 +1,690 @@
+// H5File: the HDF5 C API behind RAII handles, with every failure turned into a kvc::Error.
+#include "data/h5file.h"
+
+#include <hdf5.h>
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+namespace kvc {
+
+static_assert(std::is_same<hid_t, int64_t>::value, "h5file: expects HDF5 >= 1.10 (64-bit hid_t)");
+
+namespace {
+
+// HDF5 prints its error stack to stderr by default; the library never prints, so switch it off.
+// Cheap, and per-thread in thread-safe HDF5 builds, hence called on every entry.
+void silence_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+
+// HDF5's own words for the last failure: the innermost message of the error stack (the most
+// specific: "unable to open file: name = ..., errno = 2, error message = 'No such file...'").
+std::string h5_reason() {
+  std::vector<std::string> messages;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_DOWNWARD,
+      [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
+        if (e->desc != nullptr && e->desc[0] != '\0') {
+          static_cast<std::vector<std::string>*>(data)->push_back(e->desc);
+        }
+        return 0;
+      },
+      &messages);
+  H5Eclear2(H5E_DEFAULT);
+  if (messages.empty()) return "unknown HDF5 error";
+  if (messages.size() == 1) return messages.front();
+  return messages.front() + ": " + messages.back();
+}
+
+// Owns one hid_t and closes it with the matching H5?close.
+class Handle {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
+  ~Handle() {
+    if (id_ >= 0) closer_(id_);
+  }
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  hid_t get() const { return id_; }
+  bool ok() const { return id_ >= 0; }
+
+ private:
+  hid_t id_;
+  Closer closer_;
+};
+
+std::string normalize(const std::string& path) {
+  if (path.empty()) return "/";
+  return path[0] == '/' ? path : "/" + path;
+}
+
+hid_t mem_type(DType dtype) { return dtype == DType::f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_DOUBLE; }
+hid_t disk_type(DType dtype) { return dtype == DType::f32 ? H5T_IEEE_F32LE : H5T_IEEE_F64LE; }
+
+std::vector<hsize_t> dims_of(const Shape& shape) {
+  std::vector<hsize_t> dims(shape.size());
+  for (size_t i = 0; i < shape.size(); ++i) dims[i] = static_cast<hsize_t>(shape[i]);
+  return dims;
+}
+
+// A dataspace for `shape`: scalar for shape ().
+hid_t make_space(const Shape& shape) {
+  if (shape.empty()) return H5Screate(H5S_SCALAR);
+  const std::vector<hsize_t> dims = dims_of(shape);
+  return H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+}
+
+Shape space_shape(hid_t space) {
+  const int nd = H5Sget_simple_extent_ndims(space);
+  if (nd <= 0) return {};
+  std::vector<hsize_t> dims(static_cast<size_t>(nd));
+  H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+  Shape shape(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) shape[i] = static_cast<int64_t>(dims[i]);
+  return shape;
+}
+
+std::string type_name_of(hid_t type) {
+  const H5T_class_t cls = H5Tget_class(type);
+  const size_t bits = H5Tget_size(type) * 8;
+  if (cls == H5T_FLOAT) return "float" + std::to_string(bits);
+  if (cls == H5T_INTEGER) {
+    return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + std::to_string(bits);
+  }
+  if (cls == H5T_STRING) return "string";
+  return "other";
+}
+
+bool is_numeric(hid_t type) {
+  const H5T_class_t cls = H5Tget_class(type);
+  return cls == H5T_FLOAT || cls == H5T_INTEGER;
+}
+
+Tensor to_host(const Tensor& t) { return t.device().is_cpu() ? t : t.to(Device::cpu()); }
+
+}  // namespace
+
+// ---- file ----------------------------------------------------------------------------------
+
+H5File H5File::open(const std::string& path, H5Mode mode) {
+  silence_hdf5();
+  hid_t id = -1;
+  if (mode == H5Mode::create) {
+    id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    KVC_CHECK(id >= 0, "h5: cannot create '", path, "': ", h5_reason());
+  } else {
+    struct stat st {};
+    KVC_CHECK(::stat(path.c_str(), &st) == 0, "h5: cannot open '", path,
+              "': no such file");
+    KVC_CHECK(!S_ISDIR(st.st_mode), "h5: cannot open '", path, "': it is a directory");
+    const unsigned flags = mode == H5Mode::read ? H5F_ACC_RDONLY : H5F_ACC_RDWR;
+    id = H5Fopen(path.c_str(), flags, H5P_DEFAULT);
+    if (id < 0) {
+      const std::string reason = h5_reason();
+      KVC_CHECK(H5Fis_hdf5(path.c_str()) > 0, "h5: cannot open '", path,
+                "': not an HDF5 file (corrupt, truncated or another format): ", reason);
+      KVC_FAIL("h5: cannot open '", path, "'", mode == H5Mode::read ? "" : " for writing", ": ",
+               reason);
+    }
+  }
+  return H5File(id, path, mode);
+}
+
+H5File::~H5File() {
+  if (id_ >= 0) H5Fclose(id_);
+}
+
+H5File::H5File(H5File&& other) noexcept
+    : id_(other.id_), path_(std::move(other.path_)), mode_(other.mode_) {
+  other.id_ = -1;
+}
+
+H5File& H5File::operator=(H5File&& other) noexcept {
+  if (this != &other) {
+    if (id_ >= 0) H5Fclose(id_);
+    id_ = other.id_;
+    path_ = std::move(other.path_);
+    mode_ = other.mode_;
+    other.id_ = -1;
+  }
+  return *this;
+}
+
+void H5File::flush() {
+  silence_hdf5();
+  KVC_CHECK(is_open(), "h5: flush of a closed file");
+  KVC_CHECK(H5Fflush(id_, H5F_SCOPE_GLOBAL) >= 0, "h5: cannot flush '", path_, "': ",
+            h5_reason());
+}
+
+void H5File::close() {
+  if (id_ < 0) return;
+  silence_hdf5();
+  const herr_t status = H5Fclose(id_);
+  id_ = -1;
+  KVC_CHECK(status >= 0, "h5: cannot close '", path_, "': ", h5_reason());
+}
+
+void H5File::check_writable(const char* what, const std::string& object) const {
+  KVC_CHECK(is_open(), "h5: ", what, " '", object, "' on a closed file");
+  KVC_CHECK(mode_ != H5Mode::read, "h5: ", what, " '", object, "' in '", path_,
+            "', which is open read-only");
+}
+
+// ---- structure -----------------------------------------------------------------------------
+
+namespace {
+
+// H5I_GROUP, H5I_DATASET, ... of the object at `path`, or H5I_BADID when any component is
+// missing. Walks the components because H5Lexists fails on a missing intermediate in HDF5 1.10.
+H5I_type_t object_type(hid_t file, const std::string& path) {
+  const std::string p = normalize(path);
+  if (p == "/") return H5I_GROUP;
+  size_t pos = 0;
+  while (true) {
+    const size_t next = p.find('/', pos + 1);
+    const std::string prefix = p.substr(0, next);
+    if (prefix.size() > 1 && prefix.back() != '/') {
+      if (H5Lexists(file, prefix.c_str(), H5P_DEFAULT) <= 0) {
+        H5Eclear2(H5E_DEFAULT);
+        return H5I_BADID;
+      }
+      Handle obj(H5Oopen(file, prefix.c_str(), H5P_DEFAULT), H5Oclose);
+      if (!obj.ok()) {  // a dangling soft link
+        H5Eclear2(H5E_DEFAULT);
+        return H5I_BADID;
+      }
+      const H5I_type_t type = H5Iget_type(obj.get());
+      if (next == std::string::npos || next + 1 == p.size()) return type;
+      if (type != H5I_GROUP) return H5I_BADID;
+    }
+    if (next == std::string::npos) return H5I_BADID;
+    pos = next;
+  }
+}
+
+}  // namespace
+
+bool H5File::has(const std::string& path) const {
+  silence_hdf5();
+  KVC_CHECK(is_open(), "h5: has('", path, "') on a closed file");
+  return object_type(id_, path) != H5I_BADID;
+}
+
+bool H5File::is_group(const std::string& path) const {
+  silence_hdf5();
+  KVC_CHECK(is_open(), "h5: is_group('", path, "') on a closed file");
+  return object_type(id_, path) == H5I_GROUP;
+}
+
+bool H5File::is_dataset(const std::string& path) const {
+  silence_hdf5();
+  KVC_CHECK(is_open(), "h5: is_dataset('", path, "') on a closed file");
+  return object_type(id_, path) == H5I_DATASET;
+}
+
+std::vector<std::string> H5File::list(const std::string& group) const {
+  silence_hdf5();
+  const std::string g = normalize(group);
+  KVC_CHECK(is_open(), "h5: list('", g, "') on a closed file");
+  KVC_CHECK(object_type(id_, g) == H5I_GROUP, "h5: no group '", g, "' in '", path_, "'");
+  Handle gid(H5Gopen2(id_, g.c_str(), H5P_DEFAULT), H5Gclose);
+  KVC_CHECK(gid.ok(), "h5: cannot open group '", g, "' in '", path_, "': ", h5_reason());
+  H5G_info_t info{};
+  KVC_CHECK(H5Gget_info(gid.get(), &info) >= 0, "h5: cannot read group '", g, "' in '", path_,
+            "': ", h5_reason());
+  std::vector<std::string> names;
+  names.reserve(info.nlinks);
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const ssize_t len = H5Lget_name_by_idx(gid.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr,
+                                           0, H5P_DEFAULT);
+    KVC_CHECK(len >= 0, "h5: cannot list group '", g, "' in '", path_, "': ", h5_reason());
+    std::string name(static_cast<size_t>(len) + 1, '\0');
+    H5Lget_name_by_idx(gid.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, &name[0], name.size(),
+                       H5P_DEFAULT);
+    name.resize(static_cast<size_t>(len));
+    names.push_back(std::move(name));
+  }
+  return names;
+}
+
+void H5File::create_group(const std::string& path) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("create group", p);
+  const H5I_type_t type = object_type(id_, p);
+  if (type == H5I_GROUP) return;
+  KVC_CHECK(type == H5I_BADID, "h5: cannot create group '", p, "' in '", path_,
+            "': a dataset of that name exists");
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  Handle g(H5Gcreate2(id_, p.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+  KVC_CHECK(g.ok(), "h5: cannot create group '", p, "' in '", path_, "': ", h5_reason());
+}
+
+void H5File::remove(const std::string& path) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("remove", p);
+  KVC_CHECK(object_type(id_, p) != H5I_BADID, "h5: cannot remove '", p, "' from '", path_,
+            "': no such object");
+  KVC_CHECK(H5Ldelete(id_, p.c_str(), H5P_DEFAULT) >= 0, "h5: cannot remove '", p, "' from '",
+            path_, "': ", h5_reason());
+}
+
+// ---- datasets ------------------------------------------------------------------------------
+
+namespace {
+
+// Opens a dataset or throws naming the file and the dataset.
+hid_t open_dataset(hid_t file, const std::string& file_path, const std::string& p) {
+  const H5I_type_t type = object_type(file, p);
+  KVC_CHECK(type != H5I_BADID, "h5: no dataset '", p, "' in '", file_path, "'");
+  KVC_CHECK(type == H5I_DATASET, "h5: '", p, "' in '", file_path, "' is a group, not a dataset");
+  const hid_t ds = H5Dopen2(file, p.c_str(), H5P_DEFAULT);
+  KVC_CHECK(ds >= 0, "h5: cannot open dataset '", p, "' in '", file_path, "': ", h5_reason());
+  return ds;
+}
+
+void check_numeric(hid_t ds, const std::string& file_path, const std::string& p) {
+  Handle type(H5Dget_type(ds), H5Tclose);
+  KVC_CHECK(type.ok() && is_numeric(type.get()), "h5: dataset '", p, "' in '", file_path,
+            "' holds ", type.ok() ? type_name_of(type.get()) : "?", ", not numbers");
+}
+
+// Replaces whatever is at p so a write never fails on an old object.
+void unlink_if_present(hid_t file, const std::string& p) {
+  if (object_type(file, p) != H5I_BADID) H5Ldelete(file, p.c_str(), H5P_DEFAULT);
+}
+
+// Creates a dataset (with parent groups) of `file_type` and shape; returns its id.
+hid_t create_dataset_id(hid_t file, const std::string& file_path, const std::string& p,
+                        hid_t file_type, const Shape& shape, hid_t dcpl) {
+  unlink_if_present(file, p);
+  Handle space(make_space(shape), H5Sclose);
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
+  H5Pset_create_intermediate_group(lcpl.get(), 1);
+  const hid_t ds = H5Dcreate2(file, p.c_str(), file_type, space.get(), lcpl.get(), dcpl,
+                              H5P_DEFAULT);
+  KVC_CHECK(ds >= 0, "h5: cannot create dataset '", p, "' ", shape, " in '", file_path, "': ",
+            h5_reason());
+  return ds;
+}
+
+// Reads a whole numeric dataset flattened, converted to T by HDF5.
+template <typename T>
+std::vector<T> read_flat(hid_t file, const std::string& file_path, const std::string& p,
+                         hid_t mem) {
+  Handle ds(open_dataset(file, file_path, p), H5Dclose);
+  check_numeric(ds.get(), file_path, p);
+  Handle space(H5Dget_space(ds.get()), H5Sclose);
+  std::vector<T> out(static_cast<size_t>(numel_of(space_shape(space.get()))));
+  if (!out.empty()) {
+    KVC_CHECK(H5Dread(ds.get(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) >= 0,
+              "h5: cannot read dataset '", p, "' in '", file_path, "': ", h5_reason());
+  }
+  return out;
+}
+
+template <typename T>
+void write_flat(hid_t file, const std::string& file_path, const std::string& p, hid_t disk,
+                hid_t mem, const Shape& shape, const T* data) {
+  Handle ds(create_dataset_id(file, file_path, p, disk, shape, H5P_DEFAULT), H5Dclose);
+  if (numel_of(shape) == 0) return;
+  KVC_CHECK(H5Dwrite(ds.get(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
+            "h5: cannot write dataset '", p, "' ", shape, " in '", file_path, "': ",
+            h5_reason());
+}
+
+// Selects rows [start, start + count) of a dataspace of `shape` (first axis).
+void select_rows(hid_t space, const Shape& shape, int64_t start, int64_t count) {
+  std::vector<hsize_t> offset(shape.size(), 0), extent = dims_of(shape);
+  offset[0] = static_cast<hsize_t>(start);
+  extent[0] = static_cast<hsize_t>(count);
+  H5Sselect_hyperslab(space, H5S_SELECT_SET, offset.data(), nullptr, extent.data(), nullptr);
+}
+
+}  // namespace
+
+Shape H5File::shape(const std::string& dataset) const {
+  silence_hdf5();
+  const std::string p = normalize(dataset);
+  KVC_CHECK(is_open(), "h5: shape('", p, "') on a closed file");
+  Handle ds(open_dataset(id_, path_, p), H5Dclose);
+  Handle space(H5Dget_space(ds.get()), H5Sclose);
+  return space_shape(space.get());
+}
+
+std::string H5File::type_name(const std::string& dataset) const {
+  silence_hdf5();
+  const std::string p = normalize(dataset);
+  KVC_CHECK(is_open(), "h5: type_name('", p, "') on a closed file");
+  Handle ds(open_dataset(id_, path_, p), H5Dclose);
+  Handle type(H5Dget_type(ds.get()), H5Tclose);
+  return type_name_of(type.get());
+}
+
+Tensor H5File::read(const std::string& dataset, DType dtype, Device device) const {
+  silence_hdf5();
+  const std::string p = normalize(dataset);
+  KVC_CHECK(is_open(), "h5: read('", p, "') on a closed file");
+  Handle ds(open_dataset(id_, path_, p), H5Dclose);
+  check_numeric(ds.get(), path_, p);
+  Handle space(H5Dget_space(ds.get()), H5Sclose);
+  Tensor t = Tensor::empty(space_shape(space.get()), TensorOptions{}.with_dtype(dtype));
+  if (t.numel() > 0) {
+    KVC_CHECK(H5Dread(ds.get(), mem_type(dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data()) >= 0,
+              "h5: cannot read dataset '", p, "' ", t.shape(), " in '", path_, "': ",
+              h5_reason());
+  }
+  return device.is_cpu() ? t : t.to(device);
+}
+
+Tensor H5File::read_rows(const std::string& dataset, int64_t start, int64_t count, DType dtype,
+                         Device device) const {
+  silence_hdf5();
+  const std::string p = normalize(dataset);
+  KVC_CHECK(is_open(), "h5: read_rows('", p, "') on a closed file");
+  Handle ds(open_dataset(id_, path_, p), H5Dclose);
+  check_numeric(ds.get(), path_, p);
+  Handle file_space(H5Dget_space(ds.get()), H5Sclose);
+  const Shape full = space_shape(file_space.get());
+  KVC_CHECK(!full.empty(), "h5: read_rows of scalar dataset '", p, "' in '", path_, "'");
+  KVC_CHECK(start >= 0 && count >= 0 && start + count <= full[0], "h5: rows [", start, ", ",
+            start + count, ") out of range for dataset '", p, "' ", full, " in '", path_, "'");
+  Shape part = full;
+  part[0] = count;
+  Tensor t = Tensor::empty(part, TensorOptions{}.with_dtype(dtype));
+  if (t.numel() > 0) {
+    select_rows(file_space.get(), full, start, count);
+    Handle mem_space(make_space(part), H5Sclose);
+    KVC_CHECK(H5Dread(ds.get(), mem_type(dtype), mem_space.get(), file_space.get(), H5P_DEFAULT,
+                      t.raw_data()) >= 0,
+              "h5: cannot read rows [", start, ", ", start + count, ") of dataset '", p, "' in '",
+              path_, "': ", h5_reason());
+  }
+  return device.is_cpu() ? t : t.to(device);
+}
+
+void H5File::write(const std::string& path, const Tensor& t) {
+  KVC_CHECK(t.defined(), "h5: write of an undefined tensor to '", normalize(path), "'");
+  write(path, t, t.dtype());
+}
+
+void H5File::write(const std::string& path, const Tensor& t, DType disk) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("write", p);
+  KVC_CHECK(t.defined(), "h5: write of an undefined tensor to '", p, "'");
+  const Tensor host = to_host(t);
+  write_flat(id_, path_, p, disk_type(disk), mem_type(host.dtype()), host.shape(),
+             static_cast<const char*>(host.raw_data()));
+}
+
+void H5File::create_dataset(const std::string& path, const Shape& shape, DType disk,
+                            int64_t chunk_rows) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("create dataset", p);
+  for (int64_t s : shape) KVC_CHECK(s >= 0, "h5: negative size in shape ", shape, " of '", p, "'");
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  const bool chunked = chunk_rows > 0 && !shape.empty() && numel_of(shape) > 0;
+  if (chunked) {
+    std::vector<hsize_t> chunk = dims_of(shape);
+    chunk[0] = static_cast<hsize_t>(std::min(chunk_rows, shape[0]));
+    H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
+  }
+  Handle ds(create_dataset_id(id_, path_, p, disk_type(disk), shape, dcpl.get()), H5Dclose);
+}
+
+void H5File::write_rows(const std::string& path, int64_t start, const Tensor& rows) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("write_rows", p);
+  KVC_CHECK(rows.defined(), "h5: write_rows of an undefined tensor to '", p, "'");
+  Handle ds(open_dataset(id_, path_, p), H5Dclose);
+  Handle file_space(H5Dget_space(ds.get()), H5Sclose);
+  const Shape full = space_shape(file_space.get());
+  const Shape& part = rows.shape();
+  KVC_CHECK(!full.empty() && part.size() == full.size() &&
+                std::equal(part.begin() + 1, part.end(), full.begin() + 1),
+            "h5: rows ", part, " do not fit dataset '", p, "' ", full, " in '", path_, "'");
+  const int64_t count = part[0];
+  KVC_CHECK(start >= 0 && start + count <= full[0], "h5: rows [", start, ", ", start + count,
+            ") out of range for dataset '", p, "' ", full, " in '", path_, "'");
+  if (rows.numel() == 0) return;
+  const Tensor host = to_host(rows);
+  select_rows(file_space.get(), full, start, count);
+  Handle mem_space(make_space(part), H5Sclose);
+  KVC_CHECK(H5Dwrite(ds.get(), mem_type(host.dtype()), mem_space.get(), file_space.get(),
+                     H5P_DEFAULT, host.raw_data()) >= 0,
+            "h5: cannot write rows [", start, ", ", start + count, ") of dataset '", p, "' in '",
+            path_, "': ", h5_reason());
+}
+
+void H5File::write_scalar(const std::string& path, double value) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("write", p);
+  write_flat(id_, path_, p, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, {}, &value);
+}
+
+void H5File::write_scalar_int64(const std::string& path, int64_t value) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("write", p);
+  write_flat(id_, path_, p, H5T_STD_I64LE, H5T_NATIVE_INT64, {}, &value);
+}
+
+double H5File::read_scalar(const std::string& path) const {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  KVC_CHECK(is_open(), "h5: read('", p, "') on a closed file");
+  const std::vector<double> v = read_flat<double>(id_, path_, p, H5T_NATIVE_DOUBLE);
+  KVC_CHECK(v.size() == 1, "h5: dataset '", p, "' in '", path_, "' holds ", v.size(),
+            " values, not one");
+  return v[0];
+}
+
+int64_t H5File::read_scalar_int64(const std::string& path) const {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  KVC_CHECK(is_open(), "h5: read('", p, "') on a closed file");
+  const std::vector<int64_t> v = read_flat<int64_t>(id_, path_, p, H5T_NATIVE_INT64);
+  KVC_CHECK(v.size() == 1, "h5: dataset '", p, "' in '", path_, "' holds ", v.size(),
+            " values, not one");
+  return v[0];
+}
+
+void H5File::write_int64s(const std::string& path, const std::vector<int64_t>& values) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("write", p);
+  write_flat(id_, path_, p, H5T_STD_I64LE, H5T_NATIVE_INT64,
+             {static_cast<int64_t>(values.size())}, values.data());
+}
+
+std::vector<int64_t> H5File::read_int64s(const std::string& path) const {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  KVC_CHECK(is_open(), "h5: read('", p, "') on a closed file");
+  return read_flat<int64_t>(id_, path_, p, H5T_NATIVE_INT64);
+}
+
+void H5File::write_doubles(const std::string& path, const std::vector<double>& values) {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  check_writable("write", p);
+  write_flat(id_, path_, p, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE,
+             {static_cast<int64_t>(values.size())}, values.data());
+}
+
+std::vector<double> H5File::read_doubles(const std::string& path) const {
+  silence_hdf5();
+  const std::string p = normalize(path);
+  KVC_CHECK(is_open(), "h5: read('", p, "') on a closed file");
+  return read_flat<double>(id_, path_, p, H5T_NATIVE_DOUBLE);
+}
+
+// ---- attributes ----------------------------------------------------------------------------
+
+namespace {
+
+void check_object(hid_t file, const std::string& file_path, const std::string& obj) {
+  KVC_CHECK(object_type(file, obj) != H5I_BADID, "h5: no object '", obj, "' in '", file_path,
+            "' to hold attributes");
+}
+
+hid_t open_attr(hid_t file, const std::string& file_path, const std::string& obj,
+                const std::string& name) {
+  check_object(file, file_path, obj);
+  KVC_CHECK(H5Aexists_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT) > 0, "h5: no attribute '",
+            name, "' on '", obj, "' in '", file_path, "'");
+  const hid_t a = H5Aopen_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT);
+  KVC_CHECK(a >= 0, "h5: cannot open attribute '", name, "' on '", obj, "' in '", file_path,
+            "': ", h5_reason());
+  return a;
+}
+
+// Creates (replacing) a scalar attribute of `type` and writes `data` as `mem`.
+void write_attr(hid_t file, const std::string& file_path, const std::string& obj,
+                const std::string& name, hid_t type, hid_t mem, const void* data) {
+  check_object(file, file_path, obj);
+  if (H5Aexists_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT) > 0) {
+    H5Adelete_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT);
+  }
+  Handle space(H5Screate(H5S_SCALAR), H5Sclose);
+  Handle a(H5Acreate_by_name(file, obj.c_str(), name.c_str(), type, space.get(), H5P_DEFAULT,
+                             H5P_DEFAULT, H5P_DEFAULT),
+           H5Aclose);
+  KVC_CHECK(a.ok() && H5Awrite(a.get(), mem, data) >= 0, "h5: cannot write attribute '", name,
+            "' on '", obj, "' in '", file_path, "': ", h5_reason());
+}
+
+template <typename T>
+T read_numeric_attr(hid_t file, const std::string& file_path, const std::string& obj,
+                    const std::string& name, hid_t mem) {
+  Handle a(open_attr(file, file_path, obj, name), H5Aclose);
+  Handle type(H5Aget_type(a.get()), H5Tclose);
+  KVC_CHECK(is_numeric(type.get()), "h5: attribute '", name, "' on '", obj, "' in '", file_path,
+            "' holds ", type_name_of(type.get()), ", not a number");
+  Handle space(H5Aget_space(a.get()), H5Sclose);
+  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  KVC_CHECK(n == 1, "h5: attribute '", name, "' on '", obj, "' in '", file_path, "' holds ", n,
+            " values, not one");
+  T value{};
+  KVC_CHECK(H5Aread(a.get(), mem, &value) >= 0, "h5: cannot read attribute '", name, "' on '",
+            obj, "' in '", file_path, "': ", h5_reason());
+  return value;
+}
+
+}  // namespace
+
+bool H5File::has_attr(const std::string& object, const std::string& name) const {
+  silence_hdf5();
+  const std::string obj = normalize(object);
+  KVC_CHECK(is_open(), "h5: has_attr on a closed file");
+  if (object_type(id_, obj) == H5I_BADID) return false;
+  return H5Aexists_by_name(id_, obj.c_str(), name.c_str(), H5P_DEFAULT) > 0;
+}
+
+std::vector<std::string> H5File::attr_names(const std::string& object) const {
+  silence_hdf5();
+  const std::string obj = normalize(object);
+  KVC_CHECK(is_open(), "h5: attr_names on a closed file");
+  check_object(id_, path_, obj);
+  std::vector<std::string> names;
+  hsize_t idx = 0;
+  const herr_t status = H5Aiterate_by_name(
+      id_, obj.c_str(), H5_INDEX_NAME, H5_ITER_INC, &idx,
+      [](hid_t, const char* name, const H5A_info_t*, void* data) -> herr_t {
+        static_cast<std::vector<std::string>*>(data)->push_back(name);
+        return 0;
+      },
+      &names, H5P_DEFAULT);
+  KVC_CHECK(status >= 0, "h5: cannot list attributes of '", obj, "' in '", path_, "': ",
+            h5_reason());
+  return names;
+}
+
+void H5File::set_attr(const std::string& object, const std::string& name,
+                      const std::string& value) {
+  silence_hdf5();
+  const std::string obj = normalize(object);
+  check_writable("set attribute on", obj);
+  Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), H5T_VARIABLE);
+  H5Tset_cset(type.get(), H5T_CSET_UTF8);
+  const char* data = value.c_str();
+  write_attr(id_, path_, obj, name, type.get(), type.get(), &data);
+}
+
+void H5File::set_attr(const std::string& object, const std::string& name, const char* value) {
+  set_attr(object, name, std::string(value));
+}
+
+void H5File::set_attr(const std::string& object, const std::string& name, int64_t value) {
+  silence_hdf5();
+  const std::string obj = normalize(object);
+  check_writable("set attribute on", obj);
+  write_attr(id_, path_, obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+void H5File::set_attr(const std::string& object, const std::string& name, double value) {
+  silence_hdf5();
+  const std::string obj = normalize(object);
+  check_writable("set attribute on", obj);
+  write_attr(id_, path_, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
+}
+
+std::string H5File::attr_string(const std::string& object, const std::string& name) const {
+  silence_hdf5();
+  const std::string obj = normalize(object);
+  KVC_CHECK(is_open(), "h5: attr_string on a closed file");
+  Handle a(open_attr(id_, path_, obj, name), H5Aclose);
+  Handle type(H5Aget_type(a.get()), H5Tclose);
+  KVC_CHECK(H5Tget_class(type.get()) == H5T_STRING, "h5: attribute '", name, "' on '", obj,
+            "' in '", path_, "' holds ", type_name_of(type.get()), ", not a string");
+  Handle space(H5Aget_space(a.get()), H5Sclose);
+  const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  KVC_CHECK(n == 1, "h5: attribute '", name, "' on '", obj, "' in '", path_, "' holds ", n,
+            " strings, not one");
+  if (H5Tis_variable_str(type.get()) > 0) {
+    Handle mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(mem.get(), H5T_VARIABLE);
+    H5Tset_cset(mem.get(), H5Tget_cset(type.get()));
+    char* data = nullptr;
+    KVC_CHECK(H5Aread(a.get(), mem.get(), &data) >= 0, "h5: cannot read attribute '", name,
+              "' on '", obj, "' in '", path_, "': ", h5_reason());
+    std::string out = data != nullptr ? data : "";
+    H5free_memory(data);
+    return out;
+  }
+  // Fixed length (numpy bytes): read as stored, then cut at the first NUL and any space padding.
+  const size_t size = H5Tget_size(type.get());
+  std::string buf(size, '\0');
+  KVC_CHECK(H5Aread(a.get(), type.get(), &buf[0]) >= 0, "h5: cannot read attribute '", name,
+            "' on '", obj, "' in '", path_, "': ", h5_reason());
+  buf.resize(std::strlen(buf.c_str()));
+  if (H5Tget_strpad(type.get()) == H5T_STR_SPACEPAD) {
+    while (!buf.empty() && buf.back() == ' ') buf.pop_back();
+  }
+  return buf;
+}
+
+int64_t H5File::attr_int64(const std::string& object, const std::string& name) const {
+  silence_hdf5();
+  KVC_CHECK(is_open(), "h5: attr_int64 on a closed file");
+  return read_numeric_attr<int64_t>(id_, path_, normalize(object), name, H5T_NATIVE_INT64);
+}
+
+double H5File::attr_double(const std::string& object, const std::string& name) const {
+  silence_hdf5();
+  KVC_CHECK(is_open(), "h5: attr_double on a closed file");
+  return read_numeric_attr<double>(id_, path_, normalize(object), name, H5T_NATIVE_DOUBLE);
+}
+
+}  // namespace kvc

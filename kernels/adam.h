@@ -1,0 +1,45 @@
+// The fused Adam(W) update and the global grad-norm clip over flat buffers, for every backend.
+#pragma once
+
+#include <cstdint>
+
+namespace kvc::kernels {
+
+// Scalars of one Adam step, computed on the host in double (as PyTorch does for its scalars).
+struct AdamStepArgs {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool decoupled = false;  // AdamW
+  int64_t step = 1;        // this step's number, counted from 1 (for the bias corrections)
+};
+
+#define KVC_ADAM_KERNELS                                                                     \
+  /* For each i < n, with g = grads[i] * (grad_scale ? *grad_scale : 1), exactly as          \
+     torch.optim.Adam(W) single-tensor (float math in T; scalars from args in double):       \
+       decoupled:  p *= 1 - lr * wd;        else if wd != 0: g += wd * p                     \
+       m = m + (1 - beta1) * (g - m);       v = beta2 * v + (1 - beta2) * g * g              \
+       p -= (lr / (1 - beta1^step)) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)             \
+     grad_scale points to device memory on CUDA (the clip scale; no host sync); grads is not \
+     modified. */                                                                            \
+  template <typename T>                                                                      \
+  void adam_step(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,            \
+                 const AdamStepArgs& args, const T* grad_scale);                             \
+  /* norm_scale[0] = sqrt(sum_i grads[i]^2) (accumulated in double on CPU, at least float on \
+     CUDA); s = max_norm / (norm_scale[0] + 1e-6); norm_scale[1] = s > 1 ? 1 : s, so a NaN   \
+     norm gives a NaN scale and an infinite one 0 (torch.nn.utils.clip_grad_norm_'s clamp).  \
+     norm_scale is device memory on CUDA: the launcher must not synchronize. */              \
+  template <typename T>                                                                      \
+  void grad_norm_scale(const T* grads, int64_t n, double max_norm, T* norm_scale);
+
+namespace cpu {
+KVC_ADAM_KERNELS
+}
+namespace cuda {
+KVC_ADAM_KERNELS
+}
+#undef KVC_ADAM_KERNELS
+
+}  // namespace kvc::kernels

@@ -1,0 +1,121 @@
+// Shared pieces of the CUDA kernels: the one stream, grid sizing, warp/block sums, scratch memory.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/memory.h"
+
+namespace kvc::kernels::cuda {
+
+// Every kernel, copy and cuBLAS call runs on the legacy default stream. One stream makes the
+// caching allocator simple and safe: a block freed on the host can be handed out again at once,
+// because any later use of it is ordered after the work that still reads it.
+inline constexpr cudaStream_t kStream = 0;
+
+inline constexpr int kThreads = 256;
+
+// A grid-stride loop: any n with any grid size (see grid_for).
+#define KVC_GRID_LOOP(i, n)                                                  \
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); \
+       i += int64_t{gridDim.x} * blockDim.x)
+
+// Blocks for a grid-stride loop over n elements: enough to fill the GPU several times over,
+// never more than the elements need. Kernels loop, so large n never overflows the grid.
+inline int grid_for(int64_t n, int threads = kThreads) {
+  static const int max_blocks = [] {
+    int device = 0, sms = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 1024;
+    }
+    return sms * 16;
+  }();
+  const int64_t needed = (n + threads - 1) / threads;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, max_blocks)));
+}
+
+// Sums of float inputs are accumulated in double: reductions over millions of elements then stay
+// far inside float rounding, matching the CPU reference whatever order either side sums in.
+template <typename T>
+struct Acc {
+  using type = double;
+};
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+  for (int off = 16; off > 0; off >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// Sum over the whole block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+// `shared` holds at least 32 values. A fixed tree: the same inputs give the same bits every run.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // shared may still be read by a previous call
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < warps ? shared[lane] : T(0);
+  return warp_sum(v);
+}
+
+// Max over the whole block, as block_sum.
+template <typename T>
+__device__ __forceinline__ T block_max(T v, T* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < warps ? shared[lane] : shared[0];
+  return warp_max(v);
+}
+
+// Rounded, never-fused arithmetic: nvcc contracts a * b + c into one FMA, the CPU build (ISO
+// C++17, no -ffp-contract) does not. Kernels whose results must match the CPU bit for bit use
+// these.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+
+// Device scratch from the caching allocator for the length of one launcher. Freeing it while
+// kernels that use it are still queued is safe: see kStream.
+class Scratch {
+ public:
+  explicit Scratch(size_t bytes)
+      : device_(current_device()), p_(bytes ? alloc(bytes, device_) : nullptr) {}
+  ~Scratch() {
+    if (p_) free(p_, device_);
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  static int current_device() {
+    int d = 0;
+    KVC_CUDA_CHECK(cudaGetDevice(&d));
+    return d;
+  }
+  int device_;
+  void* p_;
+};
+
+}  // namespace kvc::kernels::cuda

@@ -1,0 +1,202 @@
+// CUDA elementwise kernels: broadcast binary ops, axpby, ReLU, GELU and dropout, each forward
+// next to its backward.
+#include <cmath>
+
+#include "core/philox.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/elementwise.h"
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+template <BinaryOp Op, typename T>
+__device__ __forceinline__ T apply(T a, T b) {
+  if constexpr (Op == BinaryOp::add) return a + b;
+  if constexpr (Op == BinaryOp::sub) return a - b;
+  if constexpr (Op == BinaryOp::mul) return a * b;
+  if constexpr (Op == BinaryOp::div) return a / b;
+}
+
+template <BinaryOp Op, typename T>
+__global__ void binary_flat_kernel(const T* a, const T* b, T* out, int64_t n) {
+  KVC_GRID_LOOP(i, n) out[i] = apply<Op>(a[i], b[i]);
+}
+
+// ndim here is after merging axes on the host, usually 1 to 3.
+template <BinaryOp Op, typename T>
+__global__ void binary_broadcast_kernel(const T* a, const T* b, T* out, int64_t n,
+                                        BroadcastIndex index) {
+  KVC_GRID_LOOP(i, n) {
+    int64_t rest = i, ia = 0, ib = 0;
+    for (int d = index.ndim - 1; d >= 0; --d) {
+      const int64_t c = rest % index.shape[d];
+      rest /= index.shape[d];
+      ia += c * index.a_stride[d];
+      ib += c * index.b_stride[d];
+    }
+    out[i] = apply<Op>(a[ia], b[ib]);
+  }
+}
+
+// Drops size-1 axes and merges neighbours that both operands walk contiguously, so the kernel
+// does one or two divisions per element instead of eight.
+BroadcastIndex simplify(const BroadcastIndex& in) {
+  BroadcastIndex out;
+  for (int d = 0; d < in.ndim; ++d) {
+    if (in.shape[d] == 1) continue;
+    if (out.ndim > 0) {
+      const int l = out.ndim - 1;
+      if (out.a_stride[l] == in.a_stride[d] * in.shape[d] &&
+          out.b_stride[l] == in.b_stride[d] * in.shape[d]) {
+        out.shape[l] *= in.shape[d];
+        out.a_stride[l] = in.a_stride[d];
+        out.b_stride[l] = in.b_stride[d];
+        continue;
+      }
+    }
+    out.shape[out.ndim] = in.shape[d];
+    out.a_stride[out.ndim] = in.a_stride[d];
+    out.b_stride[out.ndim] = in.b_stride[d];
+    ++out.ndim;
+  }
+  return out;
+}
+
+template <BinaryOp Op, typename T>
+void launch_binary(const T* a, const T* b, T* out, int64_t n, const BroadcastIndex& raw) {
+  const BroadcastIndex index = simplify(raw);
+  if (index.ndim == 0 || (index.ndim == 1 && index.a_stride[0] == 1 && index.b_stride[0] == 1)) {
+    binary_flat_kernel<Op, T><<<grid_for(n), kThreads, 0, kStream>>>(a, b, out, n);
+  } else {
+    binary_broadcast_kernel<Op, T><<<grid_for(n), kThreads, 0, kStream>>>(a, b, out, n, index);
+  }
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+__global__ void axpby_kernel(T* y, const T* x, int64_t n, T alpha, T beta) {
+  if (beta == T(0)) {
+    KVC_GRID_LOOP(i, n) y[i] = alpha * x[i];
+  } else {
+    KVC_GRID_LOOP(i, n) y[i] = alpha * x[i] + beta * y[i];
+  }
+}
+
+template <typename T>
+__global__ void relu_forward_kernel(const T* x, T* y, int64_t n) {
+  KVC_GRID_LOOP(i, n) y[i] = x[i] > T(0) ? x[i] : T(0);
+}
+
+template <typename T>
+__global__ void relu_backward_kernel(const T* y, const T* gy, T* gx, int64_t n) {
+  KVC_GRID_LOOP(i, n) gx[i] = y[i] > T(0) ? gy[i] : T(0);
+}
+
+template <typename T>
+__global__ void gelu_forward_kernel(const T* x, T* y, int64_t n) {
+  const T inv_sqrt2 = T(0.70710678118654752440);
+  KVC_GRID_LOOP(i, n) y[i] = T(0.5) * x[i] * (T(1) + erf(x[i] * inv_sqrt2));
+}
+
+// d/dx [x Phi(x)] = Phi(x) + x phi(x).
+template <typename T>
+__global__ void gelu_backward_kernel(const T* x, const T* gy, T* gx, int64_t n) {
+  const T inv_sqrt2 = T(0.70710678118654752440);
+  const T inv_sqrt_2pi = T(0.39894228040143267794);
+  KVC_GRID_LOOP(i, n) {
+    const T v = x[i];
+    const T cdf = T(0.5) * (T(1) + erf(v * inv_sqrt2));
+    const T pdf = inv_sqrt_2pi * exp(T(-0.5) * v * v);
+    gx[i] = gy[i] * (cdf + v * pdf);
+  }
+}
+
+// The mask is recomputed from (seed, offset, i) in both directions: nothing is stored.
+template <typename T>
+__global__ void dropout_kernel(const T* in, T* out, int64_t n, float p, T scale, uint64_t seed,
+                               uint64_t offset) {
+  KVC_GRID_LOOP(i, n) {
+    out[i] = philox::keep(seed, offset, static_cast<uint64_t>(i), p) ? in[i] * scale : T(0);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void binary(BinaryOp op, const T* a, const T* b, T* out, int64_t n, const BroadcastIndex& index) {
+  if (n <= 0) return;
+  switch (op) {
+    case BinaryOp::add: return launch_binary<BinaryOp::add>(a, b, out, n, index);
+    case BinaryOp::sub: return launch_binary<BinaryOp::sub>(a, b, out, n, index);
+    case BinaryOp::mul: return launch_binary<BinaryOp::mul>(a, b, out, n, index);
+    case BinaryOp::div: return launch_binary<BinaryOp::div>(a, b, out, n, index);
+  }
+  KVC_FAIL("binary: unknown op ", static_cast<int>(op));
+}
+
+template <typename T>
+void axpby(T* y, const T* x, int64_t n, T alpha, T beta) {
+  if (n <= 0) return;
+  axpby_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(y, x, n, alpha, beta);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void relu_forward(const T* x, T* y, int64_t n) {
+  if (n <= 0) return;
+  relu_forward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(x, y, n);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void relu_backward(const T* y, const T* gy, T* gx, int64_t n) {
+  if (n <= 0) return;
+  relu_backward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(y, gy, gx, n);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void gelu_forward(const T* x, T* y, int64_t n) {
+  if (n <= 0) return;
+  gelu_forward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(x, y, n);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void gelu_backward(const T* x, const T* gy, T* gx, int64_t n) {
+  if (n <= 0) return;
+  gelu_backward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(x, gy, gx, n);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void dropout_forward(const T* x, T* y, int64_t n, float p, uint64_t seed, uint64_t offset) {
+  KVC_CHECK(p >= 0.0f && p < 1.0f, "dropout: p = ", p, " is outside [0, 1)");
+  if (n <= 0) return;
+  const T scale = T(1) / (T(1) - static_cast<T>(p));  // as the CPU computes it: same bits
+  dropout_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(x, y, n, p, scale, seed, offset);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+// The same kernel: the adjoint of "keep and scale" is "keep and scale".
+template <typename T>
+void dropout_backward(const T* gy, T* gx, int64_t n, float p, uint64_t seed, uint64_t offset) {
+  dropout_forward<T>(gy, gx, n, p, seed, offset);
+}
+
+#define KVC_INSTANTIATE(T)                                                               \
+  template void binary<T>(BinaryOp, const T*, const T*, T*, int64_t,                     \
+                          const BroadcastIndex&);                                        \
+  template void axpby<T>(T*, const T*, int64_t, T, T);                                   \
+  template void relu_forward<T>(const T*, T*, int64_t);                                  \
+  template void relu_backward<T>(const T*, const T*, T*, int64_t);                       \
+  template void gelu_forward<T>(const T*, T*, int64_t);                                  \
+  template void gelu_backward<T>(const T*, const T*, T*, int64_t);                       \
+  template void dropout_forward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);    \
+  template void dropout_backward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);
+KVC_INSTANTIATE(float)
+KVC_INSTANTIATE(double)
+#undef KVC_INSTANTIATE
+
+}  // namespace kvc::kernels::cuda

@@ -1,0 +1,124 @@
+// Batched GEMM on cuBLAS: row-major C = op(A) op(B) computed as column-major C^T = op(B)^T op(A)^T.
+#include <cublas_v2.h>
+
+#include <atomic>
+#include <climits>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/gemm.h"
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+std::atomic<bool> g_tf32{false};
+
+// Created on first use, on kStream. Never destroyed, like the allocator's cache: destroying it
+// from a static destructor may run after the CUDA runtime has shut down.
+cublasHandle_t handle() {
+  static cublasHandle_t h = [] {
+    cublasHandle_t created = nullptr;
+    KVC_CUBLAS_CHECK(cublasCreate(&created));
+    KVC_CUBLAS_CHECK(cublasSetStream(created, kStream));
+    return created;
+  }();
+  return h;
+}
+
+int checked_int(int64_t v, const char* what) {
+  KVC_CHECK(v >= 0 && v <= INT_MAX, "gemm: ", what, " = ", v, " does not fit cuBLAS's int");
+  return static_cast<int>(v);
+}
+
+template <typename T>
+struct CublasType;
+template <>
+struct CublasType<float> {
+  static constexpr cudaDataType_t data = CUDA_R_32F;
+  static cublasComputeType_t compute() {
+    return g_tf32.load() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  }
+};
+template <>
+struct CublasType<double> {
+  static constexpr cudaDataType_t data = CUDA_R_64F;
+  static cublasComputeType_t compute() { return CUBLAS_COMPUTE_64F; }
+};
+
+// k == 0: C = beta * C (no product to add); cuBLAS is not asked about empty products.
+template <typename T>
+__global__ void scale_c_kernel(T* c, int64_t batches, int64_t outer_inner, int64_t m, int64_t n,
+                               int64_t ldc, int64_t outer_stride, int64_t inner_stride, T beta) {
+  const int64_t total = batches * m * n;
+  KVC_GRID_LOOP(idx, total) {
+    const int64_t col = idx % n, row = (idx / n) % m, batch = idx / (m * n);
+    const int64_t p = batch / outer_inner, q = batch % outer_inner;
+    T* x = c + p * outer_stride + q * inner_stride + row * ldc + col;
+    *x = beta == T(0) ? T(0) : beta * *x;
+  }
+}
+
+}  // namespace
+
+void set_tf32(bool enabled) { g_tf32.store(enabled); }
+bool tf32_enabled() { return g_tf32.load(); }
+
+template <typename T>
+void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
+  if (args.m == 0 || args.n == 0 || args.batch_outer == 0 || args.batch_inner == 0) return;
+  GemmArgs g = args;
+  if (g.k == 0) {
+    const int64_t total = g.batch_outer * g.batch_inner * g.m * g.n;
+    scale_c_kernel<T><<<grid_for(total), kThreads, 0, kStream>>>(
+        c, g.batch_outer * g.batch_inner, g.batch_inner, g.m, g.n, g.ldc, g.outer_stride_c,
+        g.inner_stride_c, static_cast<T>(g.beta));
+    KVC_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  // Fewer cuBLAS calls: a lone inner batch makes the outer one strided, and an outer stride that
+  // continues the inner one (for A, B and C alike) folds both into one strided batch.
+  if (g.batch_inner == 1) {
+    g.batch_inner = g.batch_outer;
+    g.inner_stride_a = g.outer_stride_a;
+    g.inner_stride_b = g.outer_stride_b;
+    g.inner_stride_c = g.outer_stride_c;
+    g.batch_outer = 1;
+  } else if (g.batch_outer > 1 && g.outer_stride_a == g.inner_stride_a * g.batch_inner &&
+             g.outer_stride_b == g.inner_stride_b * g.batch_inner &&
+             g.outer_stride_c == g.inner_stride_c * g.batch_inner) {
+    g.batch_inner *= g.batch_outer;
+    g.batch_outer = 1;
+  }
+  const cublasOperation_t op_a = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_b = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const int m = checked_int(g.m, "m"), n = checked_int(g.n, "n"), k = checked_int(g.k, "k");
+  const int lda = checked_int(g.lda, "lda"), ldb = checked_int(g.ldb, "ldb");
+  const int ldc = checked_int(g.ldc, "ldc");
+  // Entries that share one C (stride 0) must run one after another, as on the CPU, where with
+  // beta == 1 they add up; inside one strided-batched call they would race.
+  const bool shared_c = g.inner_stride_c == 0 && g.batch_inner > 1;
+  const int64_t inner_calls = shared_c ? g.batch_inner : 1;
+  const int batch = shared_c ? 1 : checked_int(g.batch_inner, "batch_inner");
+  const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
+  const cudaDataType_t type = CublasType<T>::data;
+  const cublasComputeType_t compute = CublasType<T>::compute();
+  cublasHandle_t h = handle();
+  for (int64_t p = 0; p < g.batch_outer; ++p) {
+    for (int64_t q = 0; q < inner_calls; ++q) {
+      const T* pa = a + p * g.outer_stride_a + q * g.inner_stride_a;
+      const T* pb = b + p * g.outer_stride_b + q * g.inner_stride_b;
+      T* pc = c + p * g.outer_stride_c;
+      // Column-major view: C^T (n x m) = op(B)^T (n x k) @ op(A)^T (k x m); each row-major
+      // operand is its own transpose in column-major with the same leading dimension.
+      KVC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          h, op_b, op_a, n, m, k, &alpha, pb, type, ldb, g.inner_stride_b, pa, type, lda,
+          g.inner_stride_a, &beta, pc, type, ldc, g.inner_stride_c, batch, compute,
+          CUBLAS_GEMM_DEFAULT));
+    }
+  }
+}
+
+template void gemm<float>(const GemmArgs&, const float*, const float*, float*);
+template void gemm<double>(const GemmArgs&, const double*, const double*, double*);
+
+}  // namespace kvc::kernels::cuda

@@ -1,0 +1,190 @@
+// The CUDA caching allocator, device discovery and host/device copies.
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/memory.h"
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+// Size classes: multiples of 512 B up to 1 MiB, then four classes per power of two (at most 25%
+// waste). A training step asks for the same sizes every step, so after the first step every
+// request finds a cached block of its exact class and cudaMalloc is never called again.
+size_t size_class(size_t bytes) {
+  constexpr size_t kSmall = 512, kSmallLimit = size_t{1} << 20;
+  if (bytes <= kSmallLimit) return (bytes + kSmall - 1) / kSmall * kSmall;
+  size_t pow2 = kSmallLimit;
+  while (pow2 * 2 < bytes) pow2 *= 2;
+  const size_t quarter = pow2 / 4;
+  return (bytes + quarter - 1) / quarter * quarter;
+}
+
+class CachingAllocator {
+ public:
+  void* alloc(size_t bytes, int device) {
+    const size_t cls = size_class(bytes);
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.find({device, cls});
+    void* p = nullptr;
+    if (it != free_.end() && !it->second.empty()) {
+      p = it->second.back();
+      it->second.pop_back();
+      stats_.bytes_cached -= cls;
+    } else {
+      p = device_malloc(bytes, cls, device);
+    }
+    in_use_[p] = cls;
+    stats_.bytes_in_use += cls;
+    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
+    return p;
+  }
+
+  void free(void* p, int device) {
+    if (!p) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = in_use_.find(p);
+    KVC_CHECK(it != in_use_.end(), "cuda: free of pointer ", p, " not from this allocator");
+    const size_t cls = it->second;
+    in_use_.erase(it);
+    stats_.bytes_in_use -= cls;
+    stats_.bytes_cached += cls;
+    free_[{device, cls}].push_back(p);
+  }
+
+  AllocatorStats stats() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return stats_;
+  }
+
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stats_.peak_bytes_in_use = stats_.bytes_in_use;
+  }
+
+  void empty_cache() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    release_cached();
+  }
+
+ private:
+  // Caller holds mutex_. cudaFree synchronizes the device, so no queued kernel still uses them.
+  void release_cached() {
+    int current = 0;
+    KVC_CUDA_CHECK(cudaGetDevice(&current));
+    for (auto& [key, blocks] : free_) {
+      if (blocks.empty()) continue;
+      if (key.first != current) KVC_CUDA_CHECK(cudaSetDevice(key.first));
+      for (void* p : blocks) {
+        KVC_CUDA_CHECK(cudaFree(p));
+        ++stats_.device_frees;
+        stats_.bytes_cached -= key.second;
+      }
+      blocks.clear();
+      if (key.first != current) KVC_CUDA_CHECK(cudaSetDevice(current));
+    }
+  }
+
+  // Caller holds mutex_. On failure: give the cache back to the driver and try once more.
+  void* device_malloc(size_t bytes, size_t cls, int device) {
+    int current = 0;
+    KVC_CUDA_CHECK(cudaGetDevice(&current));
+    if (current != device) KVC_CUDA_CHECK(cudaSetDevice(device));
+    void* p = nullptr;
+    cudaError_t err = cudaMalloc(&p, cls);
+    if (err == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();  // clear the (non-sticky) error before retrying
+      release_cached();
+      err = cudaMalloc(&p, cls);
+    }
+    if (err == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      (void)cudaMemGetInfo(&free_b, &total_b);
+      (void)cudaGetLastError();
+      throw OutOfMemoryError(str("cuda: out of GPU memory allocating ", bytes, " bytes (",
+                                 cls, " rounded) on cuda:", device, "; ", stats_.bytes_in_use,
+                                 " bytes in use by tensors, ", free_b, " of ", total_b,
+                                 " bytes free on the device"));
+    }
+    KVC_CUDA_CHECK(err);
+    ++stats_.device_allocations;
+    return p;
+  }
+
+  std::mutex mutex_;
+  std::map<std::pair<int, size_t>, std::vector<void*>> free_;
+  std::unordered_map<void*, size_t> in_use_;
+  AllocatorStats stats_;
+};
+
+// Never destroyed: tensors held by statics may be freed during exit, after the CUDA runtime has
+// begun tearing down, and calling cudaFree then is undefined. The driver reclaims the memory
+// when the process ends, so the cache is leaked on purpose.
+CachingAllocator& allocator() {
+  static CachingAllocator* a = new CachingAllocator();
+  return *a;
+}
+
+}  // namespace
+
+int device_count(const char** why) {
+  // Probed once: Tensor::empty asks on every CUDA allocation. The strings live forever.
+  static const std::pair<int, std::string> probe = [] {
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return std::make_pair(0, std::string("no usable CUDA driver or GPU (") +
+                                   cudaGetErrorString(err) + ")");
+    }
+    if (n == 0) return std::make_pair(0, std::string("no CUDA GPU found"));
+    return std::make_pair(n, std::string());
+  }();
+  if (why) *why = probe.first > 0 ? nullptr : probe.second.c_str();
+  return probe.first;
+}
+
+void* alloc(size_t bytes, int device) {
+  const char* why = nullptr;
+  const int n = device_count(&why);
+  KVC_CHECK(n > 0, "cuda: cannot allocate ", bytes, " bytes: ", why);
+  KVC_CHECK(device >= 0 && device < n, "cuda: device index ", device, " out of range (", n,
+            " device", n == 1 ? "" : "s", ")");
+  return allocator().alloc(bytes, device);
+}
+
+void free(void* p, int device) { allocator().free(p, device); }
+
+AllocatorStats allocator_stats() { return allocator().stats(); }
+void reset_peak_stats() { allocator().reset_peak(); }
+void empty_cache() { allocator().empty_cache(); }
+
+// From pageable memory cudaMemcpyAsync stages the source before it returns, so the caller may
+// free its buffer at once, and the host does not wait for the device.
+void copy_h2d(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, kStream));
+}
+
+void copy_d2h(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, kStream));
+  KVC_CUDA_CHECK(cudaStreamSynchronize(kStream));
+}
+
+void copy_d2d(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, kStream));
+}
+
+void synchronize() { KVC_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+}  // namespace kvc::kernels::cuda

@@ -1,0 +1,133 @@
+// CUDA softmax over one axis of (outer, n, inner), forward and backward in the same kernels:
+// a warp per row for short rows, a block per long row, a thread per column when inner > 1.
+#include "kernels/cuda/common.cuh"
+#include "kernels/softmax.h"
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+// Forward: a = x, b unused, out = softmax(x). Backward: a = y, b = gy, out = y * (gy - <gy, y>).
+template <typename T, bool kBackward>
+__global__ void softmax_warp_kernel(const T* a, const T* b, T* out, int64_t rows, int64_t n) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = int64_t{gridDim.x} * (blockDim.x >> 5);
+  for (int64_t row = blockIdx.x * int64_t{blockDim.x >> 5} + (threadIdx.x >> 5); row < rows;
+       row += warps) {
+    const T* pa = a + row * n;
+    T* po = out + row * n;
+    if constexpr (kBackward) {
+      const T* pb = b + row * n;
+      T dot = 0;
+      for (int64_t j = lane; j < n; j += 32) dot += pa[j] * pb[j];
+      dot = warp_sum(dot);
+      for (int64_t j = lane; j < n; j += 32) po[j] = pa[j] * (pb[j] - dot);
+    } else {
+      T m = -INFINITY;
+      for (int64_t j = lane; j < n; j += 32) m = max(m, pa[j]);
+      m = warp_max(m);
+      T s = 0;
+      for (int64_t j = lane; j < n; j += 32) s += exp(pa[j] - m);
+      const T inv = T(1) / warp_sum(s);
+      for (int64_t j = lane; j < n; j += 32) po[j] = exp(pa[j] - m) * inv;
+    }
+  }
+}
+
+template <typename T, bool kBackward>
+__global__ void softmax_block_kernel(const T* a, const T* b, T* out, int64_t rows, int64_t n) {
+  __shared__ T shared[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* pa = a + row * n;
+    T* po = out + row * n;
+    if constexpr (kBackward) {
+      const T* pb = b + row * n;
+      T dot = 0;
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) dot += pa[j] * pb[j];
+      dot = block_sum(dot, shared);
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) po[j] = pa[j] * (pb[j] - dot);
+    } else {
+      T m = -INFINITY;
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) m = max(m, pa[j]);
+      m = block_max(m, shared);
+      T s = 0;
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += exp(pa[j] - m);
+      const T inv = T(1) / block_sum(s, shared);
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) po[j] = exp(pa[j] - m) * inv;
+    }
+  }
+}
+
+// inner > 1: neighbouring threads take neighbouring columns, so every pass is coalesced. The
+// forward keeps a running max and rescales its sum (one read pass before the write pass).
+template <typename T, bool kBackward>
+__global__ void softmax_column_kernel(const T* a, const T* b, T* out, int64_t outer, int64_t n,
+                                      int64_t inner) {
+  const int64_t columns = outer * inner;
+  KVC_GRID_LOOP(col, columns) {
+    const int64_t o = col / inner, i = col % inner;
+    const int64_t base = o * n * inner + i;
+    if constexpr (kBackward) {
+      T dot = 0;
+      for (int64_t j = 0; j < n; ++j) dot += a[base + j * inner] * b[base + j * inner];
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t k = base + j * inner;
+        out[k] = a[k] * (b[k] - dot);
+      }
+    } else {
+      T m = -INFINITY, s = 0;
+      for (int64_t j = 0; j < n; ++j) {
+        const T v = a[base + j * inner];
+        if (v > m) {
+          s = s * exp(m - v) + T(1);
+          m = v;
+        } else {
+          s += exp(v - m);
+        }
+      }
+      const T inv = T(1) / s;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t k = base + j * inner;
+        out[k] = exp(a[k] - m) * inv;
+      }
+    }
+  }
+}
+
+template <typename T, bool kBackward>
+void launch_softmax(const T* a, const T* b, T* out, int64_t outer, int64_t n, int64_t inner) {
+  if (outer * n * inner <= 0) return;
+  if (inner > 1) {
+    softmax_column_kernel<T, kBackward>
+        <<<grid_for(outer * inner), kThreads, 0, kStream>>>(a, b, out, outer, n, inner);
+  } else if (n <= 1024) {
+    // kThreads / 32 rows per block: grid_for over one thread per row-lane.
+    softmax_warp_kernel<T, kBackward>
+        <<<grid_for(outer * 32, kThreads), kThreads, 0, kStream>>>(a, b, out, outer, n);
+  } else {
+    const int blocks = static_cast<int>(std::min<int64_t>(outer, 65535));
+    softmax_block_kernel<T, kBackward><<<blocks, kThreads, 0, kStream>>>(a, b, out, outer, n);
+  }
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+template <typename T>
+void softmax_forward(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
+  launch_softmax<T, false>(x, nullptr, y, outer, n, inner);
+}
+
+template <typename T>
+void softmax_backward(const T* y, const T* gy, T* gx, int64_t outer, int64_t n, int64_t inner) {
+  launch_softmax<T, true>(y, gy, gx, outer, n, inner);
+}
+
+#define KVC_INSTANTIATE(T)                                                          \
+  template void softmax_forward<T>(const T*, T*, int64_t, int64_t, int64_t);       \
+  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);
+KVC_INSTANTIATE(float)
+KVC_INSTANTIATE(double)
+#undef KVC_INSTANTIATE
+
+}  // namespace kvc::kernels::cuda

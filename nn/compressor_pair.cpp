@@ -1,0 +1,116 @@
+// CompressorPair: block splitting, positions, the pair's compress, attention and both losses.
+#include "nn/compressor_pair.h"
+
+#include <cmath>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+
+namespace kvc {
+
+Tensor split_blocks(const Tensor& seq, int64_t block) {
+  KVC_CHECK(seq.defined(), "split_blocks: input is an undefined tensor");
+  KVC_CHECK(seq.dim() == 4, "split_blocks: input ", seq.shape(), " must be (b, h, seq, d)");
+  KVC_CHECK(block > 0, "split_blocks: block ", block, " must be positive");
+  const int64_t b = seq.size(0), h = seq.size(1), s = seq.size(2), d = seq.size(3);
+  KVC_CHECK(s >= block, "split_blocks: seq ", s, " of input ", seq.shape(),
+            " is shorter than one block of ", block);
+  const int64_t w = s / block;
+  const Tensor kept = s == w * block ? seq : narrow(seq, 2, 0, w * block);
+  return reshape(kept, {b, h, w, block, d});
+}
+
+CompressorPair::CompressorPair(const CompressorOptions& options) : options_(options) {
+  validate(options_);
+  CompressorOptions k = options_, v = options_;
+  k.seed = derive_seed(options_.seed, 1);
+  v.seed = derive_seed(options_.seed, 2);
+  k_compress_ = register_module("k_compress", make_compressor(k));
+  v_compress_ = register_module("v_compress", make_compressor(v));
+  const TensorOptions opt = TensorOptions{}.with_dtype(options_.dtype).with_device(options_.device);
+  const Shape pos_shape{options_.heads, options_.block, options_.dim_head};
+  k_positions_ = register_parameter("k_intrablock_positions", Tensor::zeros(pos_shape, opt));
+  v_positions_ = register_parameter("v_intrablock_positions", Tensor::zeros(pos_shape, opt));
+}
+
+void CompressorPair::check_kv(const char* what, const Tensor& x) const {
+  KVC_CHECK(x.defined(), name(), ": ", what, " is an undefined tensor");
+  KVC_CHECK(x.dim() == 4 && x.size(1) == options_.heads && x.size(3) == options_.dim_head, name(),
+            ": ", what, " ", x.shape(), " does not match the pair's (b, ", options_.heads,
+            ", seq, ", options_.dim_head, ")");
+}
+
+std::pair<Tensor, Tensor> CompressorPair::compress(const Tensor& k, const Tensor& v) {
+  check_kv("k", k);
+  check_kv("v", v);
+  const Shape pos5{1, options_.heads, 1, options_.block, options_.dim_head};
+  Tensor kb = add(split_blocks(k, options_.block), reshape(k_positions_, pos5));
+  Tensor vb = add(split_blocks(v, options_.block), reshape(v_positions_, pos5));
+  return {(*k_compress_)(kb), (*v_compress_)(vb)};
+}
+
+Tensor CompressorPair::attention(const Tensor& q, const Tensor& k, const Tensor& v) {
+  KVC_CHECK(q.defined() && k.defined() && v.defined(), "attention: undefined input");
+  KVC_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.shape() == v.shape() &&
+                q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
+            "attention: q ", q.shape(), " (b, h, nq, d), k ", k.shape(), " and v ", v.shape(),
+            " (b, h, s, d) do not fit");
+  const double s = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  const Tensor scores = scale(matmul(q, k, false, /*trans_b=*/true), s);  // (b, h, nq, s)
+  return matmul(softmax(scores, -1), v);
+}
+
+Tensor CompressorPair::distill_loss(const Tensor& q, const Tensor& k, const Tensor& v) {
+  check_kv("q", q);
+  Tensor target;
+  {
+    NoGradGuard no_grad;  // the target is data, not something to train
+    target = attention(q, k, v);
+  }
+  const auto kv = compress(k, v);
+  return mse_loss(attention(q, kv.first, kv.second), target);
+}
+
+Tensor CompressorPair::teacher_loss(const CompressorPair& teacher, const Tensor& k,
+                                    const Tensor& v) {
+  KVC_CHECK(teacher.options_.kind == options_.kind && teacher.options_.heads == options_.heads &&
+                teacher.options_.dim_head == options_.dim_head &&
+                teacher.options_.block == options_.block,
+            name(), ": teacher ", teacher.name(), " (h ", teacher.options_.heads, ", d ",
+            teacher.options_.dim_head, ", n ", teacher.options_.block,
+            ") does not match the student (h ", options_.heads, ", d ", options_.dim_head, ", n ",
+            options_.block, ")");
+  std::pair<Tensor, Tensor> target;
+  {
+    NoGradGuard no_grad;
+    // compress() is non-const only because dropout counters advance in training mode; the
+    // frozen teacher runs in eval mode (make_teacher), where it changes nothing.
+    target = const_cast<CompressorPair&>(teacher).compress(k, v);
+  }
+  const auto out = compress(k, v);
+  return add(mse_loss(out.first, target.first), mse_loss(out.second, target.second));
+}
+
+std::shared_ptr<CompressorPair> CompressorPair::make_teacher(const CompressorOptions& options,
+                                                             double noise) {
+  KVC_CHECK(std::isfinite(noise) && noise >= 0.0, "teacher: noise std ", noise,
+            " must be a non-negative number");
+  CompressorOptions t = options;
+  t.seed = options.seed + 1;
+  auto teacher = std::make_shared<CompressorPair>(t);
+  {
+    NoGradGuard no_grad;
+    const uint64_t noise_seed = derive_seed(t.seed, 0x7EAC8E2ull);  // not any init stream
+    uint64_t offset = 0;
+    for (auto& kv : teacher->named_parameters()) {
+      Tensor p = kv.second;
+      const Tensor eps = Tensor::randn(p.shape(), noise_seed, offset++, 0.0, noise, p.options());
+      p.copy_from(add(p.detach(), eps));
+    }
+  }
+  teacher->requires_grad(false);
+  teacher->eval();
+  return teacher;
+}
+
+}  // namespace kvc

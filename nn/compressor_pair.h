@@ -1,0 +1,61 @@
+// CompressorPair: NSA's k/v compressors with intra-block positions, and the training losses
+// (SPEC section 4).
+#pragma once
+
+#include <memory>
+#include <utility>
+
+#include "nn/compressor.h"
+
+namespace kvc {
+
+// (b, h, seq, d) -> (b, h, seq / block, block, d); trailing tokens that do not fill a block are
+// dropped (as NSA does). Throws when seq < block or the input is not 4-D.
+Tensor split_blocks(const Tensor& seq, int64_t block);
+
+// Keys, in registration order: k_compress.<key>..., v_compress.<key>..., k_intrablock_positions,
+// v_intrablock_positions (SPEC section 4's listing; PyTorch's named_parameters would list the
+// two positions first, the keys are the same).
+class CompressorPair : public Module {
+ public:
+  // k_compress and v_compress are `options.kind` with seeds derive_seed(options.seed, 1) and
+  // derive_seed(options.seed, 2): separate weights. The positions start at zero.
+  explicit CompressorPair(const CompressorOptions& options);
+
+  std::string name() const override { return "pair(" + options_.kind + ")"; }
+  const CompressorOptions& options() const { return options_; }
+  Compressor& k_compress() { return *k_compress_; }
+  Compressor& v_compress() { return *v_compress_; }
+
+  // k, v (b, h, seq, d) -> (k_compressed, v_compressed), each (b, h, seq / n, d):
+  // compressor(split_blocks(x) + positions broadcast as (1, h, 1, n, d)).
+  std::pair<Tensor, Tensor> compress(const Tensor& k, const Tensor& v);
+
+  // softmax(q k^T / sqrt d) v: q (b, h, nq, d), k and v (b, h, s, d) -> (b, h, nq, d).
+  static Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v);
+
+  // The distill task: mean((attention(q, Kc, Vc) - attention(q, k, v))^2), the target computed
+  // without gradient. q (b, h, nq, d), k and v (b, h, seq, d); returns shape ().
+  Tensor distill_loss(const Tensor& q, const Tensor& k, const Tensor& v);
+
+  // The teacher task: MSE(k outputs) + MSE(v outputs) against `teacher.compress(k, v)` computed
+  // without gradient. The teacher must not be in training mode with dropout (its counters would
+  // advance); make_teacher returns it in eval mode. Returns shape ().
+  Tensor teacher_loss(const CompressorPair& teacher, const Tensor& k, const Tensor& v);
+
+  // SPEC section 4's teacher: a pair from options.seed + 1, then N(0, noise^2) added to every
+  // parameter (so identity- and zero-initialized ones differ from the student's), frozen
+  // (requires_grad false) and in eval mode.
+  static std::shared_ptr<CompressorPair> make_teacher(const CompressorOptions& options,
+                                                      double noise = 0.1);
+
+ private:
+  void check_kv(const char* what, const Tensor& x) const;
+
+  CompressorOptions options_;
+  std::shared_ptr<Compressor> k_compress_, v_compress_;
+  Tensor k_positions_;  // (h, n, d)
+  Tensor v_positions_;  // (h, n, d)
+};
+
+}  // namespace kvc

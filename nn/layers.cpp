@@ -1,0 +1,135 @@
+// The building blocks: parameter init from Philox and forwards through the ops of core/ops.h.
+#include "nn/layers.h"
+
+#include <cmath>
+
+#include "core/ops.h"
+
+namespace kvc {
+
+Tensor ParamInit::uniform(const Shape& shape, double bound) {
+  return Tensor::rand(shape, seed, take(), -bound, bound, options);
+}
+
+namespace {
+
+void check_positive(const char* layer, const char* what, int64_t v) {
+  KVC_CHECK(v > 0, layer, ": ", what, " must be positive, got ", v);
+}
+
+// Inputs must share the layer's dtype and device: say so before an op reports it less clearly.
+void check_kind(const std::string& layer, const Tensor& x, const Tensor& weight) {
+  KVC_CHECK(x.defined(), layer, ": input is an undefined tensor");
+  KVC_CHECK(x.dtype() == weight.dtype() && x.device() == weight.device(), layer, ": input ",
+            x.shape(), " is ", dtype_name(x.dtype()), " on ", x.device().name(),
+            " but the layer's parameters are ", dtype_name(weight.dtype()), " on ",
+            weight.device().name());
+}
+
+}  // namespace
+
+// ---- Linear ---------------------------------------------------------------------------------
+
+Linear::Linear(int64_t in, int64_t out, ParamInit& init, bool bias) : in_(in), out_(out) {
+  check_positive("Linear", "in_features", in);
+  check_positive("Linear", "out_features", out);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  weight_ = register_parameter("weight", init.uniform({out, in}, bound));
+  if (bias) bias_ = register_parameter("bias", init.uniform({out}, bound));
+}
+
+void Linear::check_input(const Tensor& x) const {
+  check_kind(name(), x, weight_);
+  KVC_CHECK(x.dim() >= 1 && x.size(-1) == in_, name(), ": input ", x.shape(),
+            " does not end in the layer's in_features ", in_, " (weight ", weight_.shape(), ")");
+}
+
+Tensor Linear::forward(const Tensor& x) {
+  Tensor y = matmul(x, weight_, false, /*trans_b=*/true);
+  return bias_.defined() ? add(y, bias_) : y;
+}
+
+// ---- Mix ------------------------------------------------------------------------------------
+
+Mix::Mix(int64_t heads, int64_t in, int64_t out, ParamInit& init)
+    : heads_(heads), in_(in), out_(out) {
+  check_positive("Mix", "heads", heads);
+  check_positive("Mix", "in", in);
+  check_positive("Mix", "out", out);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  weight_ = register_parameter("weight", init.uniform({heads, in, out}, bound));
+  bias_ = register_parameter("bias", init.uniform({heads, out}, bound));
+}
+
+void Mix::check_input(const Tensor& x) const {
+  check_kind(name(), x, weight_);
+  KVC_CHECK(x.dim() >= 3 && x.size(-3) == heads_ && x.size(-1) == in_, name(), ": input ",
+            x.shape(), " does not match the layer's (..., ", heads_, ", w, ", in_, ")");
+}
+
+Tensor Mix::forward(const Tensor& x) { return mix(x, weight_, bias_); }
+
+// ---- Conv1d ---------------------------------------------------------------------------------
+
+Conv1d::Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride,
+               int64_t groups, ParamInit& init)
+    : in_channels_(in_channels),
+      out_channels_(out_channels),
+      kernel_(kernel),
+      stride_(stride),
+      groups_(groups) {
+  check_positive("Conv1d", "in_channels", in_channels);
+  check_positive("Conv1d", "out_channels", out_channels);
+  check_positive("Conv1d", "kernel", kernel);
+  check_positive("Conv1d", "stride", stride);
+  check_positive("Conv1d", "groups", groups);
+  KVC_CHECK(in_channels % groups == 0 && out_channels % groups == 0, "Conv1d: channels ",
+            in_channels, " -> ", out_channels, " are not divisible by groups ", groups);
+  const int64_t fan_in = in_channels / groups * kernel;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  weight_ = register_parameter("weight",
+                               init.uniform({out_channels, in_channels / groups, kernel}, bound));
+  bias_ = register_parameter("bias", init.uniform({out_channels}, bound));
+}
+
+void Conv1d::check_input(const Tensor& x) const {
+  check_kind(name(), x, weight_);
+  KVC_CHECK(x.dim() == 3 && x.size(1) == in_channels_ && x.size(2) >= kernel_, name(),
+            ": input ", x.shape(), " does not match the layer's (b, ", in_channels_,
+            ", L >= ", kernel_, ")");
+}
+
+Tensor Conv1d::forward(const Tensor& x) { return conv1d(x, weight_, bias_, stride_, groups_); }
+
+// ---- activations, dropout ---------------------------------------------------------------------
+
+Tensor ReLU::forward(const Tensor& x) { return relu(x); }
+Tensor GELU::forward(const Tensor& x) { return gelu(x); }
+
+Dropout::Dropout(double p, uint64_t seed) : p_(p), seed_(seed) {
+  KVC_CHECK(p >= 0.0 && p < 1.0, "Dropout: p = ", p, " is outside [0, 1)");
+}
+
+Tensor Dropout::forward(const Tensor& x) {
+  if (!training() || p_ == 0.0) return x;  // no kernel, no counter step: p = 0 costs nothing
+  return dropout(x, p_, true, seed_, counter_++);
+}
+
+void Dropout::append_own_rng_counters(std::vector<uint64_t>* out) const {
+  out->push_back(counter_);
+}
+
+size_t Dropout::restore_own_rng_counters(const std::vector<uint64_t>& in, size_t pos) {
+  counter_ = in.at(pos);
+  return pos + 1;
+}
+
+// ---- Sequential -----------------------------------------------------------------------------
+
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor y = x;
+  for (auto& layer : layers_) y = (*layer)(y);
+  return y;
+}
+
+}  // namespace kvc

@@ -1,0 +1,126 @@
+// The building blocks of the compressors: Linear, Mix, Conv1d, ReLU, GELU, Dropout, Sequential.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/module.h"
+
+namespace kvc {
+
+// Where a layer's initial values come from: Philox stream `seed`, one offset per parameter
+// tensor taken in construction order, so every parameter of a model draws distinct numbers and
+// the same options always give the same model. `options` sets dtype and device.
+struct ParamInit {
+  uint64_t seed = 0;
+  TensorOptions options;
+  uint64_t next_offset = 0;
+
+  uint64_t take() { return next_offset++; }
+  // U(-bound, bound) of `shape`, from the next offset.
+  Tensor uniform(const Shape& shape, double bound);
+};
+
+// PyTorch nn.Linear: y = x W^T + b over the last axis. Init U(1/sqrt(in)) (SPEC's `mlp`).
+class Linear : public Module {
+ public:
+  Linear(int64_t in, int64_t out, ParamInit& init, bool bias = true);
+  Tensor forward(const Tensor& x) override;  // (..., in) -> (..., out)
+  void check_input(const Tensor& x) const override;
+  std::string name() const override { return "Linear"; }
+
+ private:
+  int64_t in_, out_;
+  Tensor weight_;  // (out, in)
+  Tensor bias_;    // (out) or undefined
+};
+
+// Grouped linear, einops EinMix('b h w i -> b h w o', weight 'h i o', bias 'h o').
+// Init U(1/sqrt(in)) for weight and bias.
+class Mix : public Module {
+ public:
+  Mix(int64_t heads, int64_t in, int64_t out, ParamInit& init);
+  Tensor forward(const Tensor& x) override;  // (b, h, w, in) -> (b, h, w, out)
+  void check_input(const Tensor& x) const override;
+  std::string name() const override { return "Mix"; }
+
+ private:
+  int64_t heads_, in_, out_;
+  Tensor weight_;  // (h, in, out)
+  Tensor bias_;    // (h, out)
+};
+
+// PyTorch nn.Conv1d with padding 0 and groups. Init U(1/sqrt(fan_in)) for weight and bias,
+// fan_in = in_channels / groups * kernel (PyTorch's default bound).
+class Conv1d : public Module {
+ public:
+  Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride,
+         int64_t groups, ParamInit& init);
+  Tensor forward(const Tensor& x) override;  // (b, c_in, L) -> (b, c_out, (L - k)/stride + 1)
+  void check_input(const Tensor& x) const override;
+  std::string name() const override { return "Conv1d"; }
+
+ private:
+  int64_t in_channels_, out_channels_, kernel_, stride_, groups_;
+  Tensor weight_;  // (c_out, c_in / groups, kernel)
+  Tensor bias_;    // (c_out)
+};
+
+class ReLU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;  // any shape
+  std::string name() const override { return "ReLU"; }
+};
+
+// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)).
+class GELU : public Module {
+ public:
+  Tensor forward(const Tensor& x) override;  // any shape
+  std::string name() const override { return "GELU"; }
+};
+
+// Inverted dropout. The mask of a training forward is Philox (seed, counter); the counter then
+// advances, so each call draws a fresh mask and a resume that restores the counter (see
+// Module::rng_counters) continues the same sequence. Eval, or p == 0, is the identity.
+class Dropout : public Module {
+ public:
+  Dropout(double p, uint64_t seed);
+  Tensor forward(const Tensor& x) override;  // any shape
+  std::string name() const override { return "Dropout"; }
+  double p() const { return p_; }
+  uint64_t seed() const { return seed_; }
+  uint64_t counter() const { return counter_; }
+
+ protected:
+  void append_own_rng_counters(std::vector<uint64_t>* out) const override;
+  size_t restore_own_rng_counters(const std::vector<uint64_t>& in, size_t pos) override;
+
+ private:
+  double p_;
+  uint64_t seed_;
+  uint64_t counter_ = 0;
+};
+
+// nn.Sequential: children named "0", "1", ... so keys come out as `net.0.weight`.
+class Sequential : public Module {
+ public:
+  Sequential() = default;
+  // Appends the next child (named by its index) and returns it.
+  template <typename M>
+  std::shared_ptr<M> add(std::shared_ptr<M> m) {
+    register_module(std::to_string(size_++), m);
+    layers_.push_back(m);
+    return m;
+  }
+  Tensor forward(const Tensor& x) override;  // each child's operator() in turn
+  std::string name() const override { return "Sequential"; }
+  int64_t size() const { return size_; }
+
+ private:
+  int64_t size_ = 0;
+  std::vector<std::shared_ptr<Module>> layers_;
+};
+
+}  // namespace kvc

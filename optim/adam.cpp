@@ -1,0 +1,207 @@
+// Adam / AdamW over flat parameter, gradient and moment buffers.
+#include "optim/adam.h"
+
+#include <cmath>
+#include <unordered_set>
+
+#include "core/op_util.h"
+#include "kernels/adam.h"
+#include "kernels/fill.h"
+
+namespace kvc {
+
+namespace {
+
+// Each parameter starts at a 64-byte boundary so vectorized CUDA loads stay aligned.
+size_t aligned_elements(size_t n, DType dtype) {
+  const size_t per = 64 / dtype_size(dtype);
+  return (n + per - 1) / per * per;
+}
+
+// A (shape) view of `flat` starting `offset` elements in, sharing its storage.
+std::shared_ptr<TensorImpl> view_impl(const Tensor& flat, size_t offset, const Shape& shape) {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = flat.impl()->storage;
+  impl->offset = flat.impl()->offset + offset * dtype_size(flat.dtype());
+  impl->shape = shape;
+  impl->dtype = flat.dtype();
+  return impl;
+}
+
+void check_options(const AdamOptions& o) {
+  KVC_CHECK(std::isfinite(o.lr) && o.lr >= 0, "adam: learning rate ", o.lr,
+            " must be finite and >= 0");
+  KVC_CHECK(o.beta1 >= 0 && o.beta1 < 1, "adam: beta1 ", o.beta1, " is outside [0, 1)");
+  KVC_CHECK(o.beta2 >= 0 && o.beta2 < 1, "adam: beta2 ", o.beta2, " is outside [0, 1)");
+  KVC_CHECK(o.eps >= 0, "adam: negative eps ", o.eps);
+  KVC_CHECK(std::isfinite(o.weight_decay) && o.weight_decay >= 0, "adam: weight_decay ",
+            o.weight_decay, " must be finite and >= 0");
+}
+
+}  // namespace
+
+Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, AdamOptions options)
+    : options_(options) {
+  check_options(options_);
+  KVC_CHECK(!named_params.empty(), "adam: no parameters to optimize");
+  dtype_ = named_params.front().second.defined() ? named_params.front().second.dtype() : dtype_;
+  device_ = named_params.front().second.defined() ? named_params.front().second.device() : device_;
+
+  std::unordered_set<std::string> seen_names;
+  std::unordered_set<const TensorImpl*> seen_impls;
+  size_t total = 0;
+  for (const auto& [name, p] : named_params) {
+    KVC_CHECK(p.defined(), "adam: parameter '", name, "' is an undefined tensor");
+    KVC_CHECK(seen_names.insert(name).second, "adam: parameter name '", name, "' appears twice");
+    KVC_CHECK(seen_impls.insert(p.impl()).second, "adam: parameter '", name,
+              "' is the same tensor as an earlier one");
+    KVC_CHECK(p.dtype() == dtype_, "adam: parameter '", name, "' ", p.shape(), " is ",
+              dtype_name(p.dtype()), " but '", named_params.front().first, "' is ",
+              dtype_name(dtype_));
+    KVC_CHECK(p.device() == device_, "adam: parameter '", name, "' ", p.shape(), " is on ",
+              p.device().name(), " but '", named_params.front().first, "' is on ", device_.name());
+    KVC_CHECK(p.is_leaf(), "adam: parameter '", name, "' ", p.shape(),
+              " was produced by an op (not a leaf tensor)");
+    Slot slot;
+    slot.param = p.impl_ptr();
+    slot.offset = total;
+    slot.numel = p.numel();
+    total += aligned_elements(static_cast<size_t>(p.numel()), dtype_);
+    names_.push_back(name);
+    slots_.push_back(std::move(slot));
+    numel_ += p.numel();
+  }
+
+  const TensorOptions opt = TensorOptions{}.with_dtype(dtype_).with_device(device_);
+  const Shape flat_shape{static_cast<int64_t>(total)};
+  flat_params_ = Tensor::zeros(flat_shape, opt);
+  flat_grads_ = Tensor::zeros(flat_shape, opt);
+  flat_exp_avg_ = Tensor::zeros(flat_shape, opt);
+  flat_exp_avg_sq_ = Tensor::zeros(flat_shape, opt);
+  norm_scale_ = Tensor::zeros({2}, opt);
+
+  for (Slot& slot : slots_) {
+    TensorImpl& p = *slot.param;
+    // Values (and any existing gradient) move into the flat buffers; then the parameter's own
+    // impl is re-pointed, so every handle to it (the module's member) sees the flat storage.
+    Tensor(view_impl(flat_params_, slot.offset, p.shape)).copy_from(Tensor(slot.param).detach());
+    slot.grad = view_impl(flat_grads_, slot.offset, p.shape);
+    if (p.grad) Tensor(slot.grad).copy_from(Tensor(p.grad));
+    p.storage = flat_params_.impl()->storage;
+    p.offset = flat_params_.impl()->offset + slot.offset * dtype_size(dtype_);
+    p.grad = slot.grad;
+  }
+}
+
+size_t Adam::index_of(const std::string& name) const {
+  for (size_t i = 0; i < names_.size(); ++i) {
+    if (names_[i] == name) return i;
+  }
+  KVC_FAIL("adam: no parameter named '", name, "' (", names_.size(), " parameters)");
+}
+
+Tensor Adam::slice(const Tensor& flat, size_t i) const {
+  return Tensor(view_impl(flat, slots_[i].offset, slots_[i].param->shape));
+}
+
+Tensor Adam::param(const std::string& name) const { return slice(flat_params_, index_of(name)); }
+Tensor Adam::grad(const std::string& name) const { return slice(flat_grads_, index_of(name)); }
+Tensor Adam::exp_avg(const std::string& name) const { return slice(flat_exp_avg_, index_of(name)); }
+Tensor Adam::exp_avg_sq(const std::string& name) const {
+  return slice(flat_exp_avg_sq_, index_of(name));
+}
+
+void Adam::set_state(const std::string& name, const Tensor& exp_avg, const Tensor& exp_avg_sq) {
+  const size_t i = index_of(name);
+  const Shape& shape = slots_[i].param->shape;
+  KVC_CHECK(exp_avg.defined() && exp_avg.shape() == shape, "adam: exp_avg for '", name,
+            "' has shape ", exp_avg.defined() ? exp_avg.shape() : Shape{},
+            " but the parameter has ", shape);
+  KVC_CHECK(exp_avg_sq.defined() && exp_avg_sq.shape() == shape, "adam: exp_avg_sq for '", name,
+            "' has shape ", exp_avg_sq.defined() ? exp_avg_sq.shape() : Shape{},
+            " but the parameter has ", shape);
+  slice(flat_exp_avg_, i).copy_from(exp_avg.to(dtype_));
+  slice(flat_exp_avg_sq_, i).copy_from(exp_avg_sq.to(dtype_));
+}
+
+void Adam::set_lr(double lr) {
+  KVC_CHECK(std::isfinite(lr) && lr >= 0, "adam: learning rate ", lr, " must be finite and >= 0");
+  options_.lr = lr;
+}
+
+void Adam::set_step_count(int64_t step) {
+  KVC_CHECK(step >= 0, "adam: negative step count ", step);
+  step_ = step;
+}
+
+void Adam::reclaim_grads() {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& slot = slots_[i];
+    TensorImpl& p = *slot.param;
+    // A module moved with to() (or a parameter re-assigned) would silently stop training.
+    KVC_CHECK(p.storage == flat_params_.impl()->storage, "adam: parameter '", names_[i],
+              "' no longer lives in the optimizer's flat buffer (its storage was replaced, e.g. by "
+              "a device or dtype move after the optimizer was made)");
+    if (p.grad == slot.grad) continue;
+    Tensor view(slot.grad);
+    if (p.grad) {
+      view.copy_from(Tensor(p.grad));
+    } else {
+      view.fill_(0.0);
+    }
+    p.grad = slot.grad;
+  }
+}
+
+void Adam::zero_grad() {
+  reclaim_grads();
+  flat_grads_.fill_(0.0);
+  scale_pending_ = false;
+}
+
+void Adam::clip_grad_norm_async(double max_norm) {
+  KVC_CHECK(max_norm > 0 && !std::isnan(max_norm), "clip_grad_norm: max_norm ", max_norm,
+            " must be > 0");
+  reclaim_grads();
+  const int64_t n = flat_grads_.numel();
+  KVC_DISPATCH_FLOAT(dtype_, "clip_grad_norm", [&] {
+    KVC_LAUNCH(device_, K::grad_norm_scale<scalar_t>(flat_grads_.data<scalar_t>(), n, max_norm,
+                                                     norm_scale_.data<scalar_t>()));
+  });
+  scale_pending_ = true;
+  norm_valid_ = true;
+}
+
+double Adam::clip_grad_norm(double max_norm) {
+  clip_grad_norm_async(max_norm);
+  return last_grad_norm();
+}
+
+double Adam::last_grad_norm() const {
+  KVC_CHECK(norm_valid_, "adam: last_grad_norm() before any clip_grad_norm()");
+  return norm_scale_.to_vector()[0];
+}
+
+void Adam::step() {
+  reclaim_grads();
+  ++step_;
+  kernels::AdamStepArgs args;
+  args.lr = options_.lr;
+  args.beta1 = options_.beta1;
+  args.beta2 = options_.beta2;
+  args.eps = options_.eps;
+  args.weight_decay = options_.weight_decay;
+  args.decoupled = options_.decoupled;
+  args.step = step_;
+  const int64_t n = flat_params_.numel();
+  KVC_DISPATCH_FLOAT(dtype_, "adam", [&] {
+    const scalar_t* scale = scale_pending_ ? norm_scale_.data<scalar_t>() + 1 : nullptr;
+    KVC_LAUNCH(device_,
+               K::adam_step<scalar_t>(flat_params_.data<scalar_t>(), flat_grads_.data<scalar_t>(),
+                                      flat_exp_avg_.data<scalar_t>(),
+                                      flat_exp_avg_sq_.data<scalar_t>(), n, args, scale));
+  });
+  scale_pending_ = false;
+}
+
+}  // namespace kvc

@@ -1,0 +1,117 @@
+// Adam / AdamW (PyTorch semantics) over one flat parameter buffer, with a sync-free grad-norm clip.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace kvc {
+
+struct AdamOptions {
+  double lr = 1e-3;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  bool decoupled = false;  // true: AdamW (decay the parameter); false: Adam (L2 added to the grad)
+};
+
+// Construction moves every parameter into one flat buffer: each parameter's TensorImpl is
+// re-pointed at its slice, so the module's own handles see (and write) the same memory. Each
+// parameter's .grad is set to a view into one flat gradient buffer, so backward accumulates into
+// it in place; zero_grad() zero-fills that buffer and never drops the views. step() is one kernel
+// over all parameters. Keep the Adam object alive as long as the parameters are trained: it owns
+// the moments, and the parameters share its storage either way.
+class Adam {
+ public:
+  // All parameters must be defined, distinct, and share one dtype and device. Existing gradients
+  // are copied into the flat gradient buffer (absent ones start at zero).
+  Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, AdamOptions options = {});
+  Adam(const Adam&) = delete;
+  Adam& operator=(const Adam&) = delete;
+
+  // Sets every gradient to zero (one fill over the flat buffer) and drops a pending clip scale.
+  void zero_grad();
+
+  // One Adam(W) update of every parameter, as torch.optim.Adam / AdamW (non-amsgrad, not
+  // maximize): bias-corrected moments; Adam adds weight_decay * param to the gradient, AdamW
+  // multiplies the parameter by (1 - lr * weight_decay) first. A clip scale from
+  // clip_grad_norm() since the last step/zero_grad multiplies the gradient first.
+  void step();
+
+  // torch.nn.utils.clip_grad_norm_ over all gradients: returns the global L2 norm (before
+  // clipping) and scales the gradients by min(1, max_norm / (norm + 1e-6)). The scale is kept on
+  // the device and applied by the next step() (the gradient buffer itself is left unscaled), so
+  // on CUDA nothing waits for the GPU here. Returns the norm, which reads it back from the
+  // device; call clip_grad_norm_async() + last_grad_norm() to read it only when needed.
+  double clip_grad_norm(double max_norm);
+  void clip_grad_norm_async(double max_norm);
+  // The norm computed by the latest clip_grad_norm*(): synchronizes with the device (CUDA).
+  double last_grad_norm() const;
+
+  double lr() const { return options_.lr; }
+  void set_lr(double lr);
+  const AdamOptions& options() const { return options_; }
+
+  // Number of step() calls so far (PyTorch's state["step"]); restored on resume.
+  int64_t step_count() const { return step_; }
+  void set_step_count(int64_t step);
+
+  // Parameter names in construction order.
+  const std::vector<std::string>& names() const { return names_; }
+  int64_t num_params() const { return static_cast<int64_t>(names_.size()); }
+  // Total elements over all parameters (padding excluded).
+  int64_t numel() const { return numel_; }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+
+  // Views (shape of the parameter) into the flat buffers: writable, so a checkpoint restore may
+  // copy_from() into them. Throw naming the key when there is no such parameter.
+  Tensor param(const std::string& name) const;
+  Tensor grad(const std::string& name) const;
+  Tensor exp_avg(const std::string& name) const;
+  Tensor exp_avg_sq(const std::string& name) const;
+  // Restores one parameter's moments (checkpoint resume); shapes must match the parameter's.
+  // Values are cast to the optimizer's dtype and copied to its device.
+  void set_state(const std::string& name, const Tensor& exp_avg, const Tensor& exp_avg_sq);
+
+  // The flat buffers (padded: each parameter starts at a 64-byte boundary; padding stays zero).
+  const Tensor& flat_params() const { return flat_params_; }          // (padded_numel)
+  const Tensor& flat_grads() const { return flat_grads_; }            // (padded_numel)
+  const Tensor& flat_exp_avg() const { return flat_exp_avg_; }        // (padded_numel)
+  const Tensor& flat_exp_avg_sq() const { return flat_exp_avg_sq_; }  // (padded_numel)
+
+ private:
+  struct Slot {
+    std::shared_ptr<TensorImpl> param;  // the module's parameter, re-pointed at flat_params_
+    std::shared_ptr<TensorImpl> grad;   // the view into flat_grads_ that param->grad must hold
+    size_t offset = 0;                  // element offset into the flat buffers
+    int64_t numel = 0;
+  };
+
+  size_t index_of(const std::string& name) const;
+  Tensor slice(const Tensor& flat, size_t i) const;  // (param shape) view of slot i
+  // Re-attaches any gradient view that user code dropped (Tensor::zero_grad) or replaced:
+  // a replaced gradient's values are copied into the flat buffer, a dropped one reads as zero.
+  void reclaim_grads();
+
+  AdamOptions options_;
+  DType dtype_ = DType::f32;
+  Device device_ = Device::cpu();
+  std::vector<std::string> names_;
+  std::vector<Slot> slots_;
+  int64_t numel_ = 0;
+  int64_t step_ = 0;
+  Tensor flat_params_;      // (padded_numel)
+  Tensor flat_grads_;       // (padded_numel)
+  Tensor flat_exp_avg_;     // (padded_numel)
+  Tensor flat_exp_avg_sq_;  // (padded_numel)
+  Tensor norm_scale_;       // (2): [global grad norm, clip scale], on the device
+  bool scale_pending_ = false;
+  bool norm_valid_ = false;
+};
+
+}  // namespace kvc

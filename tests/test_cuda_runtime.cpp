@@ -1,0 +1,216 @@
+// The CUDA runtime pieces: the clear error without a GPU, device round trips, identical random
+// streams and dropout masks on both backends, the caching allocator's steady state, and the
+// Adam / synthetic-data kernels against their CPU twins.
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "kernels/adam.h"
+#include "kernels/memory.h"
+#include "kernels/synthetic.h"
+#include "tests/test_util.h"
+
+namespace kvc {
+namespace {
+
+// Runs even without a GPU (CPU-only and CUDA builds alike): that path must fail clearly.
+TEST_CASE("cuda: asking for cuda without a GPU is a clear kvc::Error") {
+  if (cuda_available()) {
+    CHECK(cuda_unavailable_reason().empty());
+    return;
+  }
+  CHECK_FALSE(cuda_unavailable_reason().empty());
+  bool thrown = false;
+  try {
+    Tensor::zeros({2}, f32().with_device(Device::cuda()));
+  } catch (const Error& e) {
+    thrown = true;
+    const std::string msg = e.what();
+    INFO("message: ", msg);
+    CHECK(msg.find("cuda") != std::string::npos);
+  }
+  CHECK(thrown);
+}
+
+#ifdef KVC_WITH_CUDA
+
+TEST_CASE("cuda: to(cuda) and back is exact for both dtypes and casts run on the device") {
+  KVC_REQUIRE_CUDA();
+  for (DType dt : {DType::f32, DType::f64}) {
+    const Tensor a = Tensor::randn({3, 257}, 5, 0, 0.0, 1.0, TensorOptions{}.with_dtype(dt));
+    const Tensor g = a.to(Device::cuda());
+    CHECK(g.device().is_cuda());
+    CHECK(g.shape() == a.shape());
+    const Tensor back = g.to(Device::cpu());
+    CHECK(back.device().is_cpu());
+    CHECK(std::memcmp(back.raw_data(), a.raw_data(), a.nbytes()) == 0);
+    CHECK(g.clone().to_vector() == a.to_vector());
+    const DType other = dt == DType::f32 ? DType::f64 : DType::f32;
+    CHECK(g.to(other).to(Device::cpu()).to_vector() == a.to(other).to_vector());
+  }
+  const Tensor s = Tensor::scalar(2.5, f32().with_device(Device::cuda()));
+  CHECK(s.item() == 2.5);
+  const Tensor r = Tensor::arange(1000, f64().with_device(Device::cuda()));
+  CHECK(r.to_vector() == Tensor::arange(1000, f64()).to_vector());
+  const Tensor f = Tensor::full({5, 7}, -3.25, f32().with_device(Device::cuda()));
+  CHECK(f.to_vector() == std::vector<double>(35, -3.25));
+}
+
+TEST_CASE("cuda: rand streams are bit-identical to the CPU and randn within the last bits") {
+  KVC_REQUIRE_CUDA();
+  const Shape shape{1001, 3};  // odd size: the last Philox block is partial
+  for (DType dt : {DType::f32, DType::f64}) {
+    const TensorOptions cpu = TensorOptions{}.with_dtype(dt);
+    const TensorOptions gpu = TensorOptions{}.with_dtype(dt).with_device(Device::cuda());
+    INFO("dtype ", dtype_name(dt));
+    CHECK(Tensor::rand(shape, 77, 3, -2.0, 5.0, gpu).to_vector() ==
+          Tensor::rand(shape, 77, 3, -2.0, 5.0, cpu).to_vector());
+    // Box-Muller uses log, sin and cos: CUDA's double versions are within 2 ulp of glibc's, so
+    // float64 may differ in the last bits and float32 almost never (a rounding-boundary case).
+    const std::vector<double> a = Tensor::randn(shape, 78, 4, 1.0, 3.0, gpu).to_vector();
+    const std::vector<double> b = Tensor::randn(shape, 78, 4, 1.0, 3.0, cpu).to_vector();
+    size_t differ = 0;
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (a[i] != b[i]) ++differ;
+      worst = std::fmax(worst, std::fabs(a[i] - b[i]) / (std::fabs(b[i]) + 1e-300));
+    }
+    MESSAGE("randn ", dtype_name(dt), ": ", differ, " of ", a.size(),
+            " elements differ, worst relative difference ", worst);
+    CHECK(worst <= (dt == DType::f32 ? 2.5e-7 : 1e-14));
+    if (dt == DType::f32) CHECK(differ <= a.size() / 1000);
+  }
+}
+
+TEST_CASE("cuda: dropout masks are identical across devices for the same seed and offset") {
+  KVC_REQUIRE_CUDA();
+  for (DType dt : {DType::f32, DType::f64}) {
+    const Tensor ones = Tensor::ones({333, 7}, TensorOptions{}.with_dtype(dt));
+    for (double p : {0.1, 0.5, 0.9}) {
+      const Tensor c = dropout(ones, p, true, 42, 9);
+      const Tensor g = dropout(ones.to(Device::cuda()), p, true, 42, 9);
+      CHECK(g.to_vector() == c.to_vector());  // mask and scale, bit for bit
+      const std::vector<double> v = c.to_vector();
+      size_t kept = 0;
+      for (double x : v) kept += x != 0;
+      CHECK(std::fabs(static_cast<double>(kept) / v.size() - (1 - p)) < 0.05);
+    }
+    // Another offset draws another mask.
+    CHECK(dropout(ones.to(Device::cuda()), 0.5, true, 42, 10).to_vector() !=
+          dropout(ones, 0.5, true, 42, 9).to_vector());
+  }
+}
+
+TEST_CASE("cuda: a repeated training step allocates no device memory after warm-up") {
+  KVC_REQUIRE_CUDA();
+  const TensorOptions opt = f32().with_device(Device::cuda());
+  Tensor w1 = Tensor::randn({32, 64}, 1, 0, 0.0, 0.1, opt).set_requires_grad(true);
+  Tensor w2 = Tensor::randn({64, 16}, 2, 0, 0.0, 0.1, opt).set_requires_grad(true);
+  Tensor x = Tensor::randn({8, 10, 32}, 3, 0, 0.0, 1.0, opt);
+  Tensor target = Tensor::randn({8, 10, 16}, 4, 0, 0.0, 1.0, opt);
+  auto step = [&] {
+    const Tensor h = dropout(gelu(matmul(x, w1)), 0.1, true, 7, 0);
+    const Tensor y = softmax(matmul(h, w2), -1);
+    const Tensor loss = mse_loss(add(y, sum(y, 0, true)), target);
+    backward(loss);
+    w1.zero_grad();
+    w2.zero_grad();
+  };
+  step();
+  step();
+  const kernels::cuda::AllocatorStats before = kernels::cuda::allocator_stats();
+  for (int i = 0; i < 5; ++i) step();
+  const kernels::cuda::AllocatorStats after = kernels::cuda::allocator_stats();
+  CHECK(after.device_allocations == before.device_allocations);
+  CHECK(after.bytes_in_use == before.bytes_in_use);
+  CHECK(after.peak_bytes_in_use >= after.bytes_in_use);
+  CHECK(after.bytes_cached > 0);
+
+  // empty_cache returns every cached block to the driver; tensors still alive are untouched.
+  kernels::cuda::empty_cache();
+  const kernels::cuda::AllocatorStats emptied = kernels::cuda::allocator_stats();
+  CHECK(emptied.bytes_cached == 0);
+  CHECK(emptied.device_frees > after.device_frees);
+  CHECK(emptied.bytes_in_use == after.bytes_in_use);
+  CHECK(w1.to_vector().size() == 32 * 64);
+}
+
+TEST_CASE("cuda: running out of device memory throws OutOfMemoryError naming the bytes") {
+  KVC_REQUIRE_CUDA();
+  bool thrown = false;
+  try {
+    // 2^50 bytes: more than any GPU has.
+    Tensor::empty({int64_t{1} << 48}, f32().with_device(Device::cuda()));
+  } catch (const OutOfMemoryError& e) {
+    thrown = true;
+    const std::string msg = e.what();
+    INFO("message: ", msg);
+    CHECK(msg.find("out of GPU memory") != std::string::npos);
+    CHECK(msg.find(std::to_string(size_t{1} << 50)) != std::string::npos);
+  }
+  CHECK(thrown);
+  // The device is still usable afterwards.
+  CHECK(Tensor::ones({4}, f32().with_device(Device::cuda())).to_vector() ==
+        std::vector<double>(4, 1.0));
+}
+
+template <typename T>
+std::vector<T> host_copy(const Tensor& t) {
+  const Tensor c = t.to(Device::cpu());
+  return std::vector<T>(c.data<T>(), c.data<T>() + c.numel());
+}
+
+TEST_CASE("cuda: Adam step and grad-norm scale match the CPU kernels") {
+  KVC_REQUIRE_CUDA();
+  const int64_t n = 100003;
+  for (bool decoupled : {false, true}) {
+    kernels::AdamStepArgs args;
+    args.lr = 1e-2;
+    args.weight_decay = 0.01;
+    args.decoupled = decoupled;
+    args.step = 3;
+    Tensor p = Tensor::randn({n}, 1, 0), g = Tensor::randn({n}, 2, 0);
+    Tensor m = Tensor::randn({n}, 3, 0, 0.0, 0.1), v = Tensor::rand({n}, 4, 0, 0.0, 0.1);
+    Tensor scale = Tensor::full({1}, 0.5);
+    Tensor pg = p.to(Device::cuda()), gg = g.to(Device::cuda()), mg = m.to(Device::cuda()),
+           vg = v.to(Device::cuda()), sg = scale.to(Device::cuda());
+    kernels::cpu::adam_step<float>(p.data<float>(), g.data<float>(), m.data<float>(),
+                                   v.data<float>(), n, args, scale.data<float>());
+    kernels::cuda::adam_step<float>(pg.data<float>(), gg.data<float>(), mg.data<float>(),
+                                    vg.data<float>(), n, args, sg.data<float>());
+    INFO("decoupled ", decoupled);
+    // Same operations, unfused on both sides: the bits agree.
+    CHECK(host_copy<float>(pg) == std::vector<float>(p.data<float>(), p.data<float>() + n));
+    CHECK(host_copy<float>(mg) == std::vector<float>(m.data<float>(), m.data<float>() + n));
+    CHECK(host_copy<float>(vg) == std::vector<float>(v.data<float>(), v.data<float>() + n));
+  }
+  const Tensor g = Tensor::randn({n}, 5, 0, 0.0, 1.0, f64());
+  Tensor ns = Tensor::zeros({2}, f64());
+  Tensor nsg = Tensor::zeros({2}, f64().with_device(Device::cuda()));
+  kernels::cpu::grad_norm_scale<double>(g.data<double>(), n, 1.0, ns.data<double>());
+  kernels::cuda::grad_norm_scale<double>(g.to(Device::cuda()).data<double>(), n, 1.0,
+                                         nsg.data<double>());
+  CHECK(test::rel_error(nsg, ns) < 1e-13);
+}
+
+TEST_CASE("cuda: synthetic-data kernels match the CPU bit for bit") {
+  KVC_REQUIRE_CUDA();
+  const int64_t b = 3, seq = 500, r = 8, nq = 37;
+  const Tensor z0 = Tensor::randn({b, seq, r}, 11, 0);
+  Tensor zc = z0.clone(), zg = z0.to(Device::cuda());
+  kernels::cpu::ar1_scan<float>(zc.data<float>(), b, seq, r, 0.9);
+  kernels::cuda::ar1_scan<float>(zg.data<float>(), b, seq, r, 0.9);
+  CHECK(zg.to_vector() == zc.to_vector());
+  Tensor qc = Tensor::empty({b, nq, r}), qg = Tensor::empty({b, nq, r}, f32().with_device(Device::cuda()));
+  kernels::cpu::gather_random_rows<float>(zc.data<float>(), qc.data<float>(), b, seq, r, nq, 5, 6);
+  kernels::cuda::gather_random_rows<float>(zg.data<float>(), qg.data<float>(), b, seq, r, nq, 5, 6);
+  CHECK(qg.to_vector() == qc.to_vector());
+}
+
+#endif  // KVC_WITH_CUDA
+
+}  // namespace
+}  // namespace kvc

@@ -1,0 +1,276 @@
+// Tests of optim/: Adam/AdamW vs PyTorch goldens and closed forms, the clip, the flat buffers,
+// the learning-rate schedule.
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "data/h5file.h"
+#include "optim/adam.h"
+#include "optim/schedule.h"
+#include "test_util.h"
+
+namespace kvc {
+namespace {
+
+using test::max_abs_diff;
+using test::rel_error;
+
+using Named = std::vector<std::pair<std::string, Tensor>>;
+
+// The golden's flat vector split over two parameters of different shapes (the second does not
+// start at an aligned element), so the test also crosses the flat buffer's padding.
+Named split_params(const std::vector<double>& values, DType dtype) {
+  const TensorOptions opt = TensorOptions{}.with_dtype(dtype).with_requires_grad(true);
+  const std::vector<double> a(values.begin(), values.begin() + 4);
+  const std::vector<double> b(values.begin() + 4, values.end());
+  return {{"first", Tensor::from_vector(a, {4}, opt)},
+          {"second.weight", Tensor::from_vector(b, {2, static_cast<int64_t>(b.size()) / 2}, opt)}};
+}
+
+std::vector<double> concat_values(const Named& params) {
+  std::vector<double> out;
+  for (const auto& [name, p] : params) {
+    const std::vector<double> v = p.to_vector();
+    out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
+}
+
+std::vector<double> row(const Tensor& t, int64_t r) {
+  const std::vector<double> all = t.to_vector();
+  const int64_t n = t.size(1);
+  return std::vector<double>(all.begin() + r * n, all.begin() + (r + 1) * n);
+}
+
+// Writes `values` into the parameters' gradients (through the handles autograd uses).
+void set_grads(const Named& params, const std::vector<double>& values) {
+  size_t at = 0;
+  for (const auto& [name, p] : params) {
+    Tensor g = p.grad();
+    REQUIRE(g.defined());
+    const size_t n = static_cast<size_t>(g.numel());
+    std::vector<double> part(values.begin() + static_cast<std::ptrdiff_t>(at),
+                             values.begin() + static_cast<std::ptrdiff_t>(at + n));
+    g.copy_from(Tensor::from_vector(part, g.shape(), g.options()));
+    at += n;
+  }
+}
+
+void check_against_golden(const std::string& group, DType dtype, double tol) {
+  const H5File f =
+      H5File::open(std::string(KVC_SOURCE_DIR) + "/tests/golden/optim.h5", H5Mode::read);
+  const std::string g = "/" + group;
+  AdamOptions o;
+  o.lr = f.attr_double(g, "lr");
+  o.beta1 = f.attr_double(g, "beta1");
+  o.beta2 = f.attr_double(g, "beta2");
+  o.eps = f.attr_double(g, "eps");
+  o.weight_decay = f.attr_double(g, "weight_decay");
+  o.decoupled = group == "adamw";
+  const int64_t steps = f.attr_int64(g, "steps");
+  const Tensor init = f.read(g + "/param_init", DType::f64);
+  const Tensor grads = f.read(g + "/grads", DType::f64);
+  const Tensor expected = f.read(g + "/params", DType::f64);
+  REQUIRE(steps >= 2);
+  REQUIRE(grads.size(0) == steps);
+  REQUIRE(expected.size(0) == steps);
+
+  Named params = split_params(init.to_vector(), dtype);
+  Adam adam(params, o);
+  for (int64_t t = 0; t < steps; ++t) {
+    adam.zero_grad();
+    set_grads(params, row(grads, t));
+    adam.step();
+    const double err = rel_error(concat_values(params), row(expected, t));
+    INFO(group, " ", dtype_name(dtype), " step ", t + 1, " rel error ", err);
+    CHECK(err < tol);
+  }
+  CHECK(adam.step_count() == steps);
+}
+
+TEST_CASE("optim: Adam, AdamW and Adam+L2 match torch.optim goldens") {
+  for (const char* group : {"adam", "adamw", "adam_l2"}) {
+    check_against_golden(group, DType::f64, 1e-10);
+    check_against_golden(group, DType::f32, 1e-6);
+  }
+}
+
+TEST_CASE("optim: the first Adam step moves each parameter by lr * sign(grad)") {
+  // After one step m_hat = g and v_hat = g^2 exactly, so the update is lr * g / (|g| + eps).
+  const std::vector<double> p0{0.5, -1.0, 2.0, 0.0, 3.0};
+  const std::vector<double> g{0.3, -2.0, 1e-3, 5.0, -0.01};
+  AdamOptions o;
+  o.lr = 0.05;
+  o.eps = 1e-8;
+  Named params{{"w", Tensor::from_vector(p0, {5}, f64().with_requires_grad(true))}};
+  Adam adam(params, o);
+  set_grads(params, g);
+  adam.step();
+  std::vector<double> expected(p0.size());
+  for (size_t i = 0; i < p0.size(); ++i) {
+    expected[i] = p0[i] - o.lr * g[i] / (std::fabs(g[i]) + o.eps);
+    // and that is lr * sign(g) up to eps / |g|:
+    CHECK(std::fabs(expected[i] - (p0[i] - o.lr * (g[i] > 0 ? 1 : -1))) < 1e-6 * o.lr / 1e-3);
+  }
+  CHECK(max_abs_diff(params[0].second.to_vector(), expected) < 1e-15);
+}
+
+TEST_CASE("optim: AdamW decays the parameter by lr * weight_decay before the update") {
+  // Zero gradient: moments stay 0, the Adam update is 0, only the decoupled decay acts.
+  AdamOptions o;
+  o.lr = 0.1;
+  o.weight_decay = 0.5;
+  o.decoupled = true;
+  Named params{{"w", Tensor::from_vector({2.0, -4.0}, {2}, f64().with_requires_grad(true))}};
+  Adam adam(params, o);
+  adam.step();
+  adam.step();
+  const double f = (1 - 0.1 * 0.5) * (1 - 0.1 * 0.5);
+  CHECK(max_abs_diff(params[0].second.to_vector(), {2.0 * f, -4.0 * f}) < 1e-15);
+}
+
+TEST_CASE("optim: clip_grad_norm returns the global norm and scales the next step") {
+  // Two parameters with gradients (3, 4) and (12): global norm 13.
+  Named params{{"a", Tensor::from_vector({1.0, 1.0}, {2}, f64().with_requires_grad(true))},
+               {"b", Tensor::from_vector({1.0}, {1}, f64().with_requires_grad(true))}};
+  AdamOptions o;
+  o.lr = 0.0;  // the clip scale is visible in the moments, not the parameters
+  o.beta1 = 0.5;
+  Adam adam(params, o);
+  set_grads(params, {3.0, 4.0, 12.0});
+  CHECK(adam.clip_grad_norm(6.5) == doctest::Approx(13.0).epsilon(1e-14));
+  CHECK(adam.last_grad_norm() == doctest::Approx(13.0).epsilon(1e-14));
+  adam.step();
+  // m = (1 - beta1) * scale * g, scale = 6.5 / (13 + 1e-6).
+  const double s = 6.5 / (13.0 + 1e-6);
+  CHECK(max_abs_diff(adam.exp_avg("a").to_vector(), {0.5 * s * 3, 0.5 * s * 4}) < 1e-14);
+  CHECK(max_abs_diff(adam.exp_avg("b").to_vector(), {0.5 * s * 12}) < 1e-14);
+  CHECK(max_abs_diff(adam.exp_avg_sq("b").to_vector(), {0.001 * s * s * 144}) < 1e-12);
+
+  // A norm below max_norm leaves the gradient alone (scale 1, not max/(norm+eps) > 1).
+  adam.zero_grad();
+  set_grads(params, {0.0, 0.0, 2.0});
+  CHECK(adam.clip_grad_norm(10.0) == doctest::Approx(2.0).epsilon(1e-14));
+  adam.step();
+  const double m_b = 0.5 * (0.5 * s * 12) + 0.5 * 2.0;
+  CHECK(adam.exp_avg("b").to_vector()[0] == doctest::Approx(m_b).epsilon(1e-14));
+
+  CHECK_THROWS_WITH_AS(adam.clip_grad_norm(0.0), doctest::Contains("max_norm 0"), Error);
+}
+
+TEST_CASE("optim: parameters alias the flat buffer; backward accumulates into the flat grads") {
+  Tensor w = Tensor::from_vector({1.0, 2.0, 3.0}, {3}, f64().with_requires_grad(true));
+  Tensor b = Tensor::from_vector({0.5}, {1}, f64().with_requires_grad(true));
+  Tensor w_handle = w;  // what a module keeps
+  Adam adam({{"w", w}, {"b", b}}, AdamOptions{});
+  CHECK(adam.numel() == 4);
+
+  // Values moved in; writes through the module's handle are what the optimizer sees.
+  CHECK(max_abs_diff(adam.param("w").to_vector(), {1.0, 2.0, 3.0}) == 0);
+  w_handle.copy_from(Tensor::from_vector({7.0, 8.0, 9.0}, {3}, f64()));
+  CHECK(max_abs_diff(adam.param("w").to_vector(), {7.0, 8.0, 9.0}) == 0);
+  CHECK(w_handle.raw_data() == adam.param("w").raw_data());
+  CHECK(static_cast<const char*>(w_handle.raw_data()) >=
+        static_cast<const char*>(adam.flat_params().raw_data()));
+
+  // loss = sum(w * x) + 2 * sum(b): d/dw = x, d/db = 2; twice accumulates.
+  const Tensor x = Tensor::from_vector({1.0, -1.0, 0.5}, {3}, f64());
+  for (int rep = 0; rep < 2; ++rep) {
+    Tensor loss = add(sum(mul(w_handle, x)), scale(sum(b), 2.0));
+    backward(loss);
+  }
+  CHECK(max_abs_diff(adam.grad("w").to_vector(), {2.0, -2.0, 1.0}) == 0);
+  CHECK(max_abs_diff(adam.grad("b").to_vector(), {4.0}) == 0);
+  CHECK(w_handle.grad().raw_data() == adam.grad("w").raw_data());
+  // The flat buffer holds exactly these four values (padding is zero).
+  double flat_sq = 0;
+  for (double v : adam.flat_grads().to_vector()) flat_sq += v * v;
+  CHECK(flat_sq == doctest::Approx(4 + 4 + 1 + 16));
+
+  // zero_grad keeps the views; a dropped gradient (Module::zero_grad) is re-attached.
+  adam.zero_grad();
+  CHECK(w_handle.grad().raw_data() == adam.grad("w").raw_data());
+  CHECK(max_abs_diff(adam.grad("w").to_vector(), {0, 0, 0}) == 0);
+  w_handle.zero_grad();
+  backward(sum(w_handle));
+  adam.step();  // reclaims: the fresh gradient (ones) is copied into the flat buffer
+  CHECK(w_handle.grad().raw_data() == adam.grad("w").raw_data());
+  CHECK(max_abs_diff(adam.grad("w").to_vector(), {1, 1, 1}) == 0);
+
+  // A parameter whose storage was swapped out (a device move) is reported, not skipped.
+  b.impl()->storage = std::make_shared<Storage>(b.nbytes(), Device::cpu());
+  b.impl()->offset = 0;
+  CHECK_THROWS_WITH_AS(adam.step(), doctest::Contains("parameter 'b' no longer lives"), Error);
+}
+
+TEST_CASE("optim: state views restore moments and step count for a resume") {
+  const std::vector<double> p0{0.1, 0.2, -0.3};
+  const std::vector<std::vector<double>> gs{{1, 2, 3}, {-1, 0.5, 2}, {0.3, -0.2, 0.1}};
+  AdamOptions o;
+  o.lr = 0.01;
+  // Reference: three steps in one run.
+  Named ref{{"w", Tensor::from_vector(p0, {3}, f64().with_requires_grad(true))}};
+  Adam a(ref, o);
+  for (const auto& g : gs) {
+    set_grads(ref, g);
+    a.step();
+  }
+  // Resume after two steps into a fresh optimizer.
+  Named first{{"w", Tensor::from_vector(p0, {3}, f64().with_requires_grad(true))}};
+  Adam b(first, o);
+  for (int i = 0; i < 2; ++i) {
+    set_grads(first, gs[static_cast<size_t>(i)]);
+    b.step();
+  }
+  Named resumed{{"w", first[0].second.clone().set_requires_grad(true)}};
+  Adam c(resumed, o);
+  c.set_state("w", b.exp_avg("w").to(DType::f32), b.exp_avg_sq("w"));
+  c.set_step_count(b.step_count());
+  set_grads(resumed, gs[2]);
+  c.step();
+  CHECK(c.step_count() == 3);
+  // exp_avg went through float32 on the way; the rest is exact.
+  CHECK(rel_error(resumed[0].second.to_vector(), ref[0].second.to_vector()) < 1e-6);
+
+  CHECK_THROWS_WITH_AS(c.exp_avg("nope"), doctest::Contains("'nope'"), Error);
+  CHECK_THROWS_WITH_AS(c.set_state("w", Tensor::zeros({2}, f64()), Tensor::zeros({3}, f64())),
+                       doctest::Contains("(2,)"), Error);
+}
+
+TEST_CASE("optim: Adam rejects mixed dtypes, devices, duplicates and bad options") {
+  Tensor a = Tensor::zeros({2}, f32().with_requires_grad(true));
+  Tensor b = Tensor::zeros({2}, f64().with_requires_grad(true));
+  CHECK_THROWS_WITH_AS(Adam({{"a", a}, {"b", b}}), doctest::Contains("float64"), Error);
+  CHECK_THROWS_WITH_AS(Adam({{"a", a}, {"a2", a}}), doctest::Contains("same tensor"), Error);
+  CHECK_THROWS_WITH_AS(Adam(Named{}), doctest::Contains("no parameters"), Error);
+  AdamOptions bad;
+  bad.beta1 = 1.0;
+  Tensor c = Tensor::zeros({2}, f32().with_requires_grad(true));
+  CHECK_THROWS_WITH_AS(Adam({{"c", c}}, bad), doctest::Contains("beta1 1"), Error);
+}
+
+TEST_CASE("optim: learning_rate is linear warmup then cosine to zero") {
+  const double base = 1e-2;
+  // warmup 20 of 100
+  CHECK(learning_rate(1, 100, base, 20) == doctest::Approx(base / 20));
+  CHECK(learning_rate(10, 100, base, 20) == doctest::Approx(base / 2));
+  CHECK(learning_rate(20, 100, base, 20) == doctest::Approx(base));
+  // halfway through the cosine (step 60 = 20 + 40 of 80): cos(pi/2) = 0 -> base/2
+  CHECK(learning_rate(60, 100, base, 20) == doctest::Approx(base / 2));
+  // a quarter in: (1 + cos(pi/4)) / 2
+  CHECK(learning_rate(40, 100, base, 20) == doctest::Approx(base * (1 + std::sqrt(0.5)) / 2));
+  CHECK(learning_rate(100, 100, base, 20) == doctest::Approx(0.0));
+  CHECK(learning_rate(150, 100, base, 20) == doctest::Approx(0.0));
+  // no warmup: step 1 is already on the cosine
+  CHECK(learning_rate(1, 5, base, 0) == doctest::Approx(base * (1 + std::cos(M_PI / 5)) / 2));
+  // warmup longer than the run: a pure ramp
+  CHECK(learning_rate(5, 5, base, 10) == doctest::Approx(base / 2));
+  CHECK_THROWS_WITH_AS(learning_rate(0, 5, base, 1), doctest::Contains("step 0"), Error);
+  CHECK_THROWS_WITH_AS(learning_rate(1, 5, base, -1), doctest::Contains("warmup -1"), Error);
+}
+
+}  // namespace
+}  // namespace kvc

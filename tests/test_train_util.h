@@ -1,0 +1,81 @@
+// Helpers for the train/CLI/checkpoint tests: temp folders, running the kvcompress binary.
+#pragma once
+
+#include <doctest/doctest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace kvc::test {
+
+// A fresh folder under the build folder, removed with everything in it when the test ends.
+struct TempDir {
+  explicit TempDir(const std::string& tag) {
+    std::string templ = std::string(KVC_BINARY_DIR) + "/tmp_" + tag + "_XXXXXX";
+    std::vector<char> buf(templ.begin(), templ.end());
+    buf.push_back('\0');
+    REQUIRE(::mkdtemp(buf.data()) != nullptr);
+    path = buf.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::permissions(path, std::filesystem::perms::owner_all,
+                                 std::filesystem::perm_options::add, ec);
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
+  std::string path;
+};
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void write_text(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+inline std::string kvcompress_binary() { return std::string(KVC_BINARY_DIR) + "/kvcompress"; }
+
+struct RunResult {
+  int exit_code = -1;  // the exit status, or 128 + signal when killed
+  std::string out, err;
+};
+
+// Runs a shell command line with stdout and stderr captured to files in `dir`.
+inline RunResult run_shell(const std::string& cmd, const std::string& dir) {
+  const std::string out = dir + "/.stdout", err = dir + "/.stderr";
+  const std::string full = cmd + " >" + out + " 2>" + err + " </dev/null";
+  const int status = std::system(full.c_str());
+  RunResult r;
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) r.exit_code = 128 + WTERMSIG(status);
+  r.out = read_text(out);
+  r.err = read_text(err);
+  return r;
+}
+
+// Runs kvcompress with `args` (already shell-quoted where needed).
+inline RunResult run_kvcompress(const std::string& args, const std::string& dir) {
+  return run_shell(kvcompress_binary() + " " + args, dir);
+}
+
+inline int count_lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  if (!s.empty() && s.back() != '\n') ++n;
+  return n;
+}
+
+}  // namespace kvc::test

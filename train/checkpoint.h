@@ -1,0 +1,78 @@
+// Checkpoint files (SPEC section 6): atomic HDF5 writes and validated reads.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+#include "train/metrics.h"
+
+namespace kvc::train {
+
+inline constexpr const char* kCheckpointFormat = "kvcompress-checkpoint";
+inline constexpr int64_t kCheckpointFormatVersion = 1;
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+// Root attributes. The first block is SPEC section 6; the rest records the run's other settings
+// so that `eval`, `inspect` and `--resume` need no flags repeated (absent in foreign files that
+// are otherwise valid: readers fall back to the small defaults).
+struct CheckpointMeta {
+  std::string compressor;
+  int64_t heads = 0, dim_head = 0, block = 0;
+  double expand = 1.0, dropout = 0.0;
+  int64_t reduction = 2;
+  std::string task = "distill";
+  uint64_t seed = 0;
+  int64_t step = 0;
+  std::string created;             // ISO 8601, UTC; filled by save_checkpoint when empty
+  std::string kvcompress_version;  // filled by save_checkpoint when empty
+
+  // Run settings (extra attributes).
+  int64_t batch = 2, seq = 256, queries = 32;
+  int64_t total_steps = 0;  // attribute "steps": the run's planned length (the LR schedule)
+  double lr = 1e-3;         // attribute "base_lr": the schedule's peak; /optim's lr is the last
+  int64_t warmup = 0;
+  double clip = 0.0;
+  std::string data;  // "synthetic" or the HDF5 path
+};
+
+struct OptimState {
+  int64_t step = 0;
+  NamedTensors exp_avg, exp_avg_sq;  // same keys and order as the params
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  bool decoupled = false;  // attribute "optimizer": "adamw" when true, else "adam"
+};
+
+struct Checkpoint {
+  CheckpointMeta meta;
+  NamedTensors params;  // float32, keys with dots as in the PyTorch state_dict
+  bool has_optim = false;
+  OptimState optim;
+  // /rng: named vectors of 64-bit counters (unsigned values are stored bit for bit as int64).
+  std::map<std::string, std::vector<uint64_t>> rng;
+  MetricsHistory metrics;
+};
+
+// Writes `ck` to `path` atomically: a temp file in the same folder (".<name>.tmp-<pid>"),
+// H5Fflush, close, fsync, rename() over `path`, fsync of the folder. A crash at any moment
+// leaves either the old file or the new one. Throws kvc::Error naming the path on failure and
+// removes the temp file.
+void save_checkpoint(const std::string& path, const Checkpoint& ck);
+
+// Reads and validates a checkpoint: the file must exist, be HDF5, carry format
+// "kvcompress-checkpoint" with a format_version this build reads, and have every attribute and
+// group SPEC section 6 names. Tensors land on the CPU in float32. `with_optim` false skips
+// /optim (inference). Errors are one line naming the file and what is wrong.
+Checkpoint load_checkpoint(const std::string& path, bool with_optim = true);
+
+// Reads only the root attributes (validated as above); cheap.
+CheckpointMeta read_checkpoint_meta(const std::string& path);
+
+// The current time as ISO 8601 UTC ("2025-03-01T12:34:56Z").
+std::string iso8601_now();
+
+}  // namespace kvc::train

@@ -1,0 +1,149 @@
+// The shared flags of the subcommands and their checks.
+#include "train/cli_options.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+#include <cstdlib>
+
+#include "kernels/gemm.h"
+#include "nn/compressor.h"
+
+namespace kvc::cli {
+
+ShapeFlags shape_preset(const std::string& name) {
+  if (name == "small") return ShapeFlags{};
+  if (name == "nsa") return ShapeFlags{4, 8, 8192, 16, 64, 512};
+  if (name == "long") return ShapeFlags{1, 8, 131072, 32, 128, 1024};
+  throw UsageError(str("unknown configuration '", name, "' (expected small, nsa or long)"));
+}
+
+const std::vector<std::string>& shape_preset_names() {
+  static const std::vector<std::string> names{"small", "nsa", "long"};
+  return names;
+}
+
+namespace {
+
+CLI::Validator number_check(const char* desc, bool (*ok)(double), const char* expected) {
+  return CLI::Validator(
+      [ok, expected](std::string& v) -> std::string {
+        char* end = nullptr;
+        const double x = std::strtod(v.c_str(), &end);
+        if (v.empty() || *end != '\0' || !std::isfinite(x)) return "'" + v + "' is not a number";
+        if (!ok(x)) return v + " is not " + expected;
+        return "";
+      },
+      desc);
+}
+
+}  // namespace
+
+CLI::Validator positive() {
+  return number_check("POSITIVE", [](double x) { return x > 0; }, "positive");
+}
+CLI::Validator non_negative() {
+  return number_check("NONNEGATIVE", [](double x) { return x >= 0; }, "zero or more");
+}
+CLI::Validator unit_interval() {
+  return number_check("IN [0,1)", [](double x) { return x >= 0 && x < 1; }, "in [0, 1)");
+}
+
+std::vector<std::string> compressor_kind_names() { return compressor_kinds(); }
+
+void add_shape_flags(CLI::App* cmd, ShapeFlags* s) {
+  cmd->add_option("--heads", s->heads, "KV heads h")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--dim-head", s->dim_head, "head dimension d")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--block", s->block, "tokens per compressed block n")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--seq", s->seq, "sequence length (tokens)")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--batch", s->batch, "sequences per batch b")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--queries", s->queries, "queries per sequence nq (distill task)")
+      ->capture_default_str()
+      ->check(positive());
+}
+
+void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all) {
+  std::vector<std::string> kinds = compressor_kind_names();
+  if (allow_all) kinds.insert(kinds.begin(), "all");
+  std::string list;
+  for (const std::string& k : kinds) list += (list.empty() ? "" : "|") + k;
+  cmd->add_option("--compressor", m->compressor, "compressor kind: " + list)
+      ->capture_default_str()
+      ->check(CLI::IsMember(kinds));
+  cmd->add_option("--expand", m->expand, "hidden width factor of the MLP kinds (H = n*d*expand)")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--dropout", m->dropout, "dropout probability (enhanced_mlp)")
+      ->capture_default_str()
+      ->check(unit_interval());
+  cmd->add_option("--reduction", m->reduction, "channel reduction r (efficient_conv)")
+      ->capture_default_str()
+      ->check(positive());
+}
+
+void add_device_flag(CLI::App* cmd, std::string* device) {
+  CLI::Validator check(
+      [](std::string& v) -> std::string {
+        if (v == "auto" || v == "cpu" || v == "cuda") return "";
+        if (v.rfind("cuda:", 0) == 0 && v.size() > 5 &&
+            v.find_first_not_of("0123456789", 5) == std::string::npos) {
+          return "";
+        }
+        return "'" + v + "' is not a device (expected auto, cpu, cuda or cuda:N)";
+      },
+      "auto|cpu|cuda", "device");
+  cmd->add_option("--device", *device, "auto|cpu|cuda (auto: the GPU when there is one)")
+      ->capture_default_str()
+      ->check(check);
+}
+
+void add_precision_flag(CLI::App* cmd, std::string* precision) {
+  cmd->add_option("--precision", *precision, "fp32|tf32 (TF32 tensor-core GEMMs on CUDA)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "tf32"}));
+}
+
+void validate_shape(const ShapeFlags& s, const ModelFlags& m) {
+  KVC_USAGE_CHECK(s.seq >= s.block, "--seq ", s.seq, " is shorter than one block (--block ",
+                  s.block, "): there is nothing to compress");
+  if (m.compressor == "efficient_conv" || m.compressor == "all") {
+    KVC_USAGE_CHECK(s.dim_head % m.reduction == 0, "--dim-head ", s.dim_head,
+                    " is not divisible by --reduction ", m.reduction, " (efficient_conv)");
+  }
+  const double hidden = std::floor(static_cast<double>(s.block * s.dim_head) * m.expand);
+  KVC_USAGE_CHECK(hidden >= 1, "--expand ", m.expand, " gives a hidden width of ", hidden,
+                  " for n*d = ", s.block * s.dim_head, " (it must be at least 1)");
+  KVC_USAGE_CHECK(m.dropout >= 0 && m.dropout < 1, "--dropout ", m.dropout,
+                  " is not in [0, 1)");
+}
+
+Device resolve_device(const std::string& flag) {
+  if (flag == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
+  const Device d = parse_device(flag);
+  if (d.is_cuda()) {
+    const std::string why = cuda_unavailable_reason();
+    KVC_CHECK(why.empty(), "--device ", flag, ": no usable GPU (", why, ")");
+  }
+  return d;
+}
+
+void apply_precision(const std::string& precision, Device device) {
+  const bool tf32 = precision == "tf32";
+  if (device.is_cuda()) {
+    KVC_CUDA_ONLY(kernels::cuda::set_tf32(tf32));
+  } else if (tf32) {
+    spdlog::info("--precision tf32 has no effect on the CPU: float32 GEMMs stay full precision");
+  }
+}
+
+}  // namespace kvc::cli
