@@ -48,8 +48,8 @@ std::vector<GradcheckResult> gradcheck(const std::function<Tensor()>& f,
   KVC_CHECK(opt.eps > 0, "gradcheck: eps must be positive, got ", opt.eps);
   for (const auto& [name, t] : inputs) {
     KVC_CHECK(t.defined(), "gradcheck: input '", name, "' is an undefined tensor");
-    KVC_CHECK(t.dtype() == DType::f64, "gradcheck: input '", name, "' of shape ", t.shape(),
-              " is ", dtype_name(t.dtype()), "; finite differences need float64");
+    KVC_CHECK(t.dtype() == DType::f64, "gradcheck: input '", name, "' of shape ", t.shape(), " is ",
+              dtype_name(t.dtype()), "; finite differences need float64");
   }
   InputStateGuard restore(inputs);
   for (const auto& [name, t] : inputs) {
@@ -62,8 +62,8 @@ std::vector<GradcheckResult> gradcheck(const std::function<Tensor()>& f,
   const size_t tape_before = Tape::current().size();
   Tensor y = f();
   KVC_CHECK(y.defined(), "gradcheck: the function returned an undefined tensor");
-  KVC_CHECK(y.dtype() == DType::f64, "gradcheck: the function returned a ",
-            dtype_name(y.dtype()), " tensor of shape ", y.shape(), "; it must be float64");
+  KVC_CHECK(y.dtype() == DType::f64, "gradcheck: the function returned a ", dtype_name(y.dtype()),
+            " tensor of shape ", y.shape(), "; it must be float64");
   const Shape out_shape = y.shape();
   const Tensor r = Tensor::rand(out_shape, opt.seed, 0, -1.0, 1.0, f64().with_device(y.device()));
   const std::vector<double> rv = r.to_vector();
@@ -109,8 +109,8 @@ std::vector<GradcheckResult> gradcheck(const std::function<Tensor()>& f,
       const double numeric = (lp - lm) / (xp - xm);  // the step as represented, not as asked
       const double a = analytic[ti][static_cast<size_t>(i)];
       const double err = std::fabs(a - numeric);
-      const double rel = err / std::fmax(std::fmax(std::fabs(a), std::fabs(numeric)),
-                                         opt.rel_floor);
+      const double rel =
+          err / std::fmax(std::fmax(std::fabs(a), std::fabs(numeric)), opt.rel_floor);
       // Written so that a NaN on either side fails and shows as the worst element.
       if (!(err <= opt.atol + opt.rtol * std::fabs(numeric))) res.passed = false;
       if (res.worst_index < 0 || !(err <= res.max_abs_error)) {

@@ -15,8 +15,8 @@ namespace kvc {
 // rounding error about 1e-16 * |f| / eps, so a correct gradient typically agrees to 1e-9 or
 // better, while a wrong one is off by O(1).
 struct GradcheckOptions {
-  double eps = 1e-6;        // central-difference step
-  double atol = 1e-6;       // element passes when |analytic - numeric| <= atol + rtol * |numeric|
+  double eps = 1e-6;   // central-difference step
+  double atol = 1e-6;  // element passes when |analytic - numeric| <= atol + rtol * |numeric|
   double rtol = 1e-5;
   double rel_floor = 1e-3;  // rel error = |a - n| / max(|a|, |n|, rel_floor): no blow-up near 0
   uint64_t seed = 0;        // Philox seed of the random projection R
@@ -27,7 +27,7 @@ struct GradcheckResult {
   double max_abs_error = 0.0;  // max over elements of |analytic - numeric|
   double max_rel_error = 0.0;  // max over elements of the rel error above
   bool passed = true;
-  int64_t worst_index = -1;    // flat index of the element with the largest abs error
+  int64_t worst_index = -1;  // flat index of the element with the largest abs error
   double worst_analytic = 0.0, worst_numeric = 0.0;  // the two gradients there
 };
 

@@ -110,13 +110,13 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
 
   // With one weight and untransposed a, the batch folds into the rows: a is (batch*m, k).
   const bool fold = shared_b && !trans_a;
-  const int64_t gb = fold ? 1 : batch, gm = fold ? batch * m : m;
+  const int64_t nb = fold ? 1 : batch, gm = fold ? batch * m : m;
   const int64_t a_stride = a_rows * a_cols, b_stride = shared_b ? 0 : b_rows * b_cols;
   if (empty) {
     y.fill_(0.0);
   } else {
-    gemm_tensors(gb, gm, n, k, {&a, trans_a, a_cols, a_stride}, {&b, trans_b, b_cols, b_stride},
-                 y, gm * n, 0.0, false);
+    gemm_tensors(nb, gm, n, k, {&a, trans_a, a_cols, a_stride}, {&b, trans_b, b_cols, b_stride}, y,
+                 gm * n, 0.0, false);
   }
 
   Tape::current().record(op, {a, b}, y, [=](const Tensor& gy) {
@@ -130,11 +130,11 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
       bool acc = false;
       Tensor ga = grad_buffer(a, &acc);
       if (!trans_a) {  // ga (m, k) = gy (m, n) @ op(b)^T
-        gemm_tensors(gb, gm, k, n, {&gy, false, n, gy_stride}, {&b, !trans_b, b_cols, b_stride},
-                     ga, gm * k, acc, false);
+        gemm_tensors(nb, gm, k, n, {&gy, false, n, gy_stride}, {&b, !trans_b, b_cols, b_stride}, ga,
+                     gm * k, acc, false);
       } else {  // ga stored (k, m) = op(b) (k, n) @ gy^T (n, m)
-        gemm_tensors(gb, k, gm, n, {&b, trans_b, b_cols, b_stride}, {&gy, true, n, gy_stride},
-                     ga, k * gm, acc, false);
+        gemm_tensors(nb, k, gm, n, {&b, trans_b, b_cols, b_stride}, {&gy, true, n, gy_stride}, ga,
+                     k * gm, acc, false);
       }
     }
     if (b.requires_grad()) {
@@ -142,11 +142,11 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b) {
       Tensor gbuf = grad_buffer(b, &acc);
       // A shared b sums its gradient over the batch (folded into the contraction when fold).
       if (!trans_b) {  // gb (k, n) = op(a)^T (k, m) @ gy (m, n)
-        gemm_tensors(gb, k, n, gm, {&a, !trans_a, a_cols, a_stride}, {&gy, false, n, gy_stride},
+        gemm_tensors(nb, k, n, gm, {&a, !trans_a, a_cols, a_stride}, {&gy, false, n, gy_stride},
                      gbuf, k * n, acc, shared_b);
       } else {  // gb stored (n, k) = gy^T (n, m) @ op(a) (m, k)
-        gemm_tensors(gb, n, k, gm, {&gy, true, n, gy_stride}, {&a, trans_a, a_cols, a_stride},
-                     gbuf, n * k, acc, shared_b);
+        gemm_tensors(nb, n, k, gm, {&gy, true, n, gy_stride}, {&a, trans_a, a_cols, a_stride}, gbuf,
+                     n * k, acc, shared_b);
       }
     }
   });
@@ -164,9 +164,9 @@ struct MixDims {
 };
 
 // Two-level batched GEMM over (p, h) for mix.
-void mix_gemm(const MixDims& d, int64_t m, int64_t n, int64_t k, const Operand& a,
-              int64_t a_inner, const Operand& b, int64_t b_inner, const Tensor& c,
-              int64_t c_outer, int64_t c_inner, double beta, bool sum_outer) {
+void mix_gemm(const MixDims& d, int64_t m, int64_t n, int64_t k, const Operand& a, int64_t a_inner,
+              const Operand& b, int64_t b_inner, const Tensor& c, int64_t c_outer, int64_t c_inner,
+              double beta, bool sum_outer) {
   GemmArgs g;
   g.trans_a = a.trans;
   g.trans_b = b.trans;
@@ -227,9 +227,8 @@ Tensor mix(const Tensor& x, const Tensor& weight, const Tensor& bias) {
                y_outer, y_inner, 0.0, false);
     }
     if (d.in > 0) {  // y[p, h] (w, out) (+)= x[p, h] (w, in) @ W[h] (in, out)
-      mix_gemm(d, d.w, d.out, d.in, {&x, false, d.in, x_outer}, x_inner,
-               {&weight, false, d.out, 0}, w_inner, y, y_outer, y_inner,
-               bias.defined() ? 1.0 : 0.0, false);
+      mix_gemm(d, d.w, d.out, d.in, {&x, false, d.in, x_outer}, x_inner, {&weight, false, d.out, 0},
+               w_inner, y, y_outer, y_inner, bias.defined() ? 1.0 : 0.0, false);
     } else if (!bias.defined()) {
       y.fill_(0.0);
     }
@@ -268,8 +267,8 @@ Tensor mix(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       // gB[h] (1, out) = sum_p ones (1, w) @ gy[p, h] (w, out)
       bool acc = false;
       Tensor gbias = grad_buffer(bias, &acc);
-      mix_gemm(d, 1, d.out, d.w, {&ones, false, d.w, 0}, 0, {&gy, false, d.out, y_outer},
-               y_inner, gbias, 0, d.out, acc, true);
+      mix_gemm(d, 1, d.out, d.w, {&ones, false, d.w, 0}, 0, {&gy, false, d.out, y_outer}, y_inner,
+               gbias, 0, d.out, acc, true);
     }
   });
   return y;
@@ -297,9 +296,9 @@ Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   s.kernel = weight.size(2);
   s.stride = stride;
   s.groups = groups;
-  KVC_CHECK(s.c_in % groups == 0 && s.c_out % groups == 0 && weight.size(1) * groups == s.c_in,
-            op, ": input ", x.shape(), " and weight ", weight.shape(), " do not fit groups ",
-            groups, " (need c_in = weight.size(1) * groups and c_out divisible by groups)");
+  KVC_CHECK(s.c_in % groups == 0 && s.c_out % groups == 0 && weight.size(1) * groups == s.c_in, op,
+            ": input ", x.shape(), " and weight ", weight.shape(), " do not fit groups ", groups,
+            " (need c_in = weight.size(1) * groups and c_out divisible by groups)");
   KVC_CHECK(s.kernel >= 1 && s.length >= s.kernel, op, ": input ", x.shape(),
             " is shorter than the kernel of weight ", weight.shape());
   if (bias.defined()) {
@@ -310,9 +309,9 @@ Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   Tensor y = Tensor::empty({s.batch, s.c_out, s.l_out()}, x.options());
   KVC_DISPATCH_FLOAT(x.dtype(), op, [&] {
     const scalar_t* bp = bias.defined() ? bias.data<scalar_t>() : nullptr;
-    KVC_LAUNCH(x.device(), K::conv1d_forward<scalar_t>(s, x.data<scalar_t>(),
-                                                       weight.data<scalar_t>(), bp,
-                                                       y.data<scalar_t>()));
+    KVC_LAUNCH(x.device(),
+               K::conv1d_forward<scalar_t>(s, x.data<scalar_t>(), weight.data<scalar_t>(), bp,
+                                           y.data<scalar_t>()));
   });
 
   std::vector<Tensor> inputs{x, weight};
@@ -341,10 +340,9 @@ Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
     if (accumulate && gbias.defined() && !acc_b) gbias.fill_(0.0);
     KVC_DISPATCH_FLOAT(gy.dtype(), op, [&] {
       auto ptr = [](const Tensor& t) { return t.defined() ? t.data<scalar_t>() : nullptr; };
-      KVC_LAUNCH(gy.device(),
-                 K::conv1d_backward<scalar_t>(s, x.data<scalar_t>(), weight.data<scalar_t>(),
-                                              gy.data<scalar_t>(), ptr(gx), ptr(gw), ptr(gbias),
-                                              accumulate));
+      KVC_LAUNCH(gy.device(), K::conv1d_backward<scalar_t>(
+                                  s, x.data<scalar_t>(), weight.data<scalar_t>(),
+                                  gy.data<scalar_t>(), ptr(gx), ptr(gw), ptr(gbias), accumulate));
     });
     if (gx.defined() && !gx_direct) accumulate_grad(x, gx);
   });

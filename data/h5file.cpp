@@ -2,7 +2,6 @@
 #include "data/h5file.h"
 
 #include <hdf5.h>
-
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -117,8 +116,7 @@ H5File H5File::open(const std::string& path, H5Mode mode) {
     KVC_CHECK(id >= 0, "h5: cannot create '", path, "': ", h5_reason());
   } else {
     struct stat st {};
-    KVC_CHECK(::stat(path.c_str(), &st) == 0, "h5: cannot open '", path,
-              "': no such file");
+    KVC_CHECK(::stat(path.c_str(), &st) == 0, "h5: cannot open '", path, "': no such file");
     KVC_CHECK(!S_ISDIR(st.st_mode), "h5: cannot open '", path, "': it is a directory");
     const unsigned flags = mode == H5Mode::read ? H5F_ACC_RDONLY : H5F_ACC_RDWR;
     id = H5Fopen(path.c_str(), flags, H5P_DEFAULT);
@@ -156,8 +154,7 @@ H5File& H5File::operator=(H5File&& other) noexcept {
 void H5File::flush() {
   silence_hdf5();
   KVC_CHECK(is_open(), "h5: flush of a closed file");
-  KVC_CHECK(H5Fflush(id_, H5F_SCOPE_GLOBAL) >= 0, "h5: cannot flush '", path_, "': ",
-            h5_reason());
+  KVC_CHECK(H5Fflush(id_, H5F_SCOPE_GLOBAL) >= 0, "h5: cannot flush '", path_, "': ", h5_reason());
 }
 
 void H5File::close() {
@@ -239,8 +236,8 @@ std::vector<std::string> H5File::list(const std::string& group) const {
   std::vector<std::string> names;
   names.reserve(info.nlinks);
   for (hsize_t i = 0; i < info.nlinks; ++i) {
-    const ssize_t len = H5Lget_name_by_idx(gid.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr,
-                                           0, H5P_DEFAULT);
+    const ssize_t len =
+        H5Lget_name_by_idx(gid.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
     KVC_CHECK(len >= 0, "h5: cannot list group '", g, "' in '", path_, "': ", h5_reason());
     std::string name(static_cast<size_t>(len) + 1, '\0');
     H5Lget_name_by_idx(gid.get(), ".", H5_INDEX_NAME, H5_ITER_INC, i, &name[0], name.size(),
@@ -307,10 +304,10 @@ hid_t create_dataset_id(hid_t file, const std::string& file_path, const std::str
   Handle space(make_space(shape), H5Sclose);
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   H5Pset_create_intermediate_group(lcpl.get(), 1);
-  const hid_t ds = H5Dcreate2(file, p.c_str(), file_type, space.get(), lcpl.get(), dcpl,
-                              H5P_DEFAULT);
-  KVC_CHECK(ds >= 0, "h5: cannot create dataset '", p, "' ", shape, " in '", file_path, "': ",
-            h5_reason());
+  const hid_t ds =
+      H5Dcreate2(file, p.c_str(), file_type, space.get(), lcpl.get(), dcpl, H5P_DEFAULT);
+  KVC_CHECK(ds >= 0, "h5: cannot create dataset '", p, "' ", shape, " in '", file_path,
+            "': ", h5_reason());
   return ds;
 }
 
@@ -335,8 +332,7 @@ void write_flat(hid_t file, const std::string& file_path, const std::string& p, 
   Handle ds(create_dataset_id(file, file_path, p, disk, shape, H5P_DEFAULT), H5Dclose);
   if (numel_of(shape) == 0) return;
   KVC_CHECK(H5Dwrite(ds.get(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
-            "h5: cannot write dataset '", p, "' ", shape, " in '", file_path, "': ",
-            h5_reason());
+            "h5: cannot write dataset '", p, "' ", shape, " in '", file_path, "': ", h5_reason());
 }
 
 // Selects rows [start, start + count) of a dataspace of `shape` (first axis).
@@ -377,8 +373,7 @@ Tensor H5File::read(const std::string& dataset, DType dtype, Device device) cons
   Tensor t = Tensor::empty(space_shape(space.get()), TensorOptions{}.with_dtype(dtype));
   if (t.numel() > 0) {
     KVC_CHECK(H5Dread(ds.get(), mem_type(dtype), H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data()) >= 0,
-              "h5: cannot read dataset '", p, "' ", t.shape(), " in '", path_, "': ",
-              h5_reason());
+              "h5: cannot read dataset '", p, "' ", t.shape(), " in '", path_, "': ", h5_reason());
   }
   return device.is_cpu() ? t : t.to(device);
 }
@@ -503,8 +498,8 @@ void H5File::write_int64s(const std::string& path, const std::vector<int64_t>& v
   silence_hdf5();
   const std::string p = normalize(path);
   check_writable("write", p);
-  write_flat(id_, path_, p, H5T_STD_I64LE, H5T_NATIVE_INT64,
-             {static_cast<int64_t>(values.size())}, values.data());
+  write_flat(id_, path_, p, H5T_STD_I64LE, H5T_NATIVE_INT64, {static_cast<int64_t>(values.size())},
+             values.data());
 }
 
 std::vector<int64_t> H5File::read_int64s(const std::string& path) const {
@@ -541,8 +536,8 @@ void check_object(hid_t file, const std::string& file_path, const std::string& o
 hid_t open_attr(hid_t file, const std::string& file_path, const std::string& obj,
                 const std::string& name) {
   check_object(file, file_path, obj);
-  KVC_CHECK(H5Aexists_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT) > 0, "h5: no attribute '",
-            name, "' on '", obj, "' in '", file_path, "'");
+  KVC_CHECK(H5Aexists_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT) > 0,
+            "h5: no attribute '", name, "' on '", obj, "' in '", file_path, "'");
   const hid_t a = H5Aopen_by_name(file, obj.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT);
   KVC_CHECK(a >= 0, "h5: cannot open attribute '", name, "' on '", obj, "' in '", file_path,
             "': ", h5_reason());
@@ -576,8 +571,8 @@ T read_numeric_attr(hid_t file, const std::string& file_path, const std::string&
   KVC_CHECK(n == 1, "h5: attribute '", name, "' on '", obj, "' in '", file_path, "' holds ", n,
             " values, not one");
   T value{};
-  KVC_CHECK(H5Aread(a.get(), mem, &value) >= 0, "h5: cannot read attribute '", name, "' on '",
-            obj, "' in '", file_path, "': ", h5_reason());
+  KVC_CHECK(H5Aread(a.get(), mem, &value) >= 0, "h5: cannot read attribute '", name, "' on '", obj,
+            "' in '", file_path, "': ", h5_reason());
   return value;
 }
 
@@ -605,8 +600,8 @@ std::vector<std::string> H5File::attr_names(const std::string& object) const {
         return 0;
       },
       &names, H5P_DEFAULT);
-  KVC_CHECK(status >= 0, "h5: cannot list attributes of '", obj, "' in '", path_, "': ",
-            h5_reason());
+  KVC_CHECK(status >= 0, "h5: cannot list attributes of '", obj, "' in '", path_,
+            "': ", h5_reason());
   return names;
 }
 

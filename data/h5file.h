@@ -98,7 +98,8 @@ class H5File {
   double attr_double(const std::string& object, const std::string& name) const;
 
  private:
-  H5File(int64_t id, std::string path, H5Mode mode) : id_(id), path_(std::move(path)), mode_(mode) {}
+  H5File(int64_t id, std::string path, H5Mode mode)
+      : id_(id), path_(std::move(path)), mode_(mode) {}
   void check_writable(const char* what, const std::string& object) const;
 
   int64_t id_ = -1;  // hid_t of the open file (hid_t is int64_t in HDF5 >= 1.10)

@@ -9,9 +9,13 @@
 namespace kvc {
 
 const std::vector<std::string>& compressor_kinds() {
-  static const std::vector<std::string> kinds = {
-      "conv", "efficient_conv", "attention_pool", "scaled_attention_pool",
-      "grouped_mlp", "enhanced_mlp", "mlp"};
+  static const std::vector<std::string> kinds = {"conv",
+                                                 "efficient_conv",
+                                                 "attention_pool",
+                                                 "scaled_attention_pool",
+                                                 "grouped_mlp",
+                                                 "enhanced_mlp",
+                                                 "mlp"};
   return kinds;
 }
 
@@ -33,8 +37,7 @@ std::string kinds_list() {
 void validate(const CompressorOptions& o) {
   bool known = false;
   for (const auto& k : compressor_kinds()) known = known || k == o.kind;
-  KVC_CHECK(known, "compressor: unknown kind '", o.kind, "' (expected one of ", kinds_list(),
-            ")");
+  KVC_CHECK(known, "compressor: unknown kind '", o.kind, "' (expected one of ", kinds_list(), ")");
   KVC_CHECK(o.heads > 0 && o.dim_head > 0 && o.block > 0, o.kind, ": heads ", o.heads,
             ", dim_head ", o.dim_head, " and block ", o.block, " must all be positive");
   KVC_CHECK(o.dropout >= 0.0 && o.dropout < 1.0, o.kind, ": dropout ", o.dropout,
@@ -48,28 +51,26 @@ void validate(const CompressorOptions& o) {
   }
   if (is_mlp_kind(o.kind)) {
     const double hidden = std::floor(static_cast<double>(o.block * o.dim_head) * o.expand);
-    KVC_CHECK(hidden >= 1.0, o.kind, ": hidden size floor(n * d * expand) = floor(", o.block,
-              " * ", o.dim_head, " * ", o.expand, ") = ", hidden, " must be at least 1");
+    KVC_CHECK(hidden >= 1.0, o.kind, ": hidden size floor(n * d * expand) = floor(", o.block, " * ",
+              o.dim_head, " * ", o.expand, ") = ", hidden, " must be at least 1");
   }
 }
 
-Compressor::Compressor(const CompressorOptions& options) : options_(options) {
-  validate(options_);
-}
+Compressor::Compressor(const CompressorOptions& options) : options_(options) { validate(options_); }
 
 void Compressor::check_input(const Tensor& x) const {
   const CompressorOptions& o = options_;
-  const std::string want = str("(b, ", o.heads, ", w, ", needs_block() ? std::to_string(o.block)
-                                                                       : std::string("n"),
-                               ", ", o.dim_head, ")");
+  const std::string want =
+      str("(b, ", o.heads, ", w, ", needs_block() ? std::to_string(o.block) : std::string("n"),
+          ", ", o.dim_head, ")");
   KVC_CHECK(x.defined(), o.kind, ": input is an undefined tensor (expected ", want, ")");
   KVC_CHECK(x.dim() == 5, o.kind, ": input ", x.shape(), " must be 5-D, the layer's ", want);
-  KVC_CHECK(x.size(1) == o.heads && x.size(4) == o.dim_head &&
-                (!needs_block() || x.size(3) == o.block),
-            o.kind, ": input ", x.shape(), " does not match the layer's ", want);
-  KVC_CHECK(x.dtype() == dtype() && x.device() == device(), o.kind, ": input ", x.shape(),
-            " is ", dtype_name(x.dtype()), " on ", x.device().name(),
-            " but the layer's parameters are ", dtype_name(dtype()), " on ", device().name());
+  KVC_CHECK(
+      x.size(1) == o.heads && x.size(4) == o.dim_head && (!needs_block() || x.size(3) == o.block),
+      o.kind, ": input ", x.shape(), " does not match the layer's ", want);
+  KVC_CHECK(x.dtype() == dtype() && x.device() == device(), o.kind, ": input ", x.shape(), " is ",
+            dtype_name(x.dtype()), " on ", x.device().name(), " but the layer's parameters are ",
+            dtype_name(dtype()), " on ", device().name());
 }
 
 std::shared_ptr<Compressor> make_compressor(const CompressorOptions& options) {

@@ -11,12 +11,12 @@
 namespace kvc {
 
 struct CompressorOptions {
-  std::string kind = "conv";  // one of compressor_kinds()
+  std::string kind = "conv";                    // one of compressor_kinds()
   int64_t heads = 2, dim_head = 32, block = 8;  // h, d, n
-  double expand = 1.0;      // hidden size H = floor(n * d * expand) of the MLP kinds
-  double dropout = 0.0;     // enhanced_mlp's p, in [0, 1)
-  int64_t reduction = 2;    // efficient_conv's r; d % r == 0
-  uint64_t seed = 0;        // Philox seed of the initial values and the dropout masks
+  double expand = 1.0;    // hidden size H = floor(n * d * expand) of the MLP kinds
+  double dropout = 0.0;   // enhanced_mlp's p, in [0, 1)
+  int64_t reduction = 2;  // efficient_conv's r; d % r == 0
+  uint64_t seed = 0;      // Philox seed of the initial values and the dropout masks
   DType dtype = DType::f32;
   Device device = Device::cpu();
 };

@@ -58,18 +58,18 @@ Tensor ConvCompressor::forward(const Tensor& x) {
 EfficientConvCompressor::EfficientConvCompressor(const CompressorOptions& o) : Compressor(o) {
   ParamInit init = init_of(o);
   const int64_t c = o.heads * o.dim_head, r = c / o.reduction;
-  channel_reduction_ = register_module("channel_reduction",
-                                       std::make_shared<Conv1d>(c, r, 1, 1, o.heads, init));
-  grouped_conv_ = register_module(
-      "grouped_conv", std::make_shared<Conv1d>(r, r, o.block, o.block, o.heads, init));
-  channel_expansion_ = register_module("channel_expansion",
-                                       std::make_shared<Conv1d>(r, c, 1, 1, o.heads, init));
+  channel_reduction_ =
+      register_module("channel_reduction", std::make_shared<Conv1d>(c, r, 1, 1, o.heads, init));
+  grouped_conv_ = register_module("grouped_conv",
+                                  std::make_shared<Conv1d>(r, r, o.block, o.block, o.heads, init));
+  channel_expansion_ =
+      register_module("channel_expansion", std::make_shared<Conv1d>(r, c, 1, 1, o.heads, init));
 }
 
 Tensor EfficientConvCompressor::forward(const Tensor& x) {
   Tensor y = (*channel_reduction_)(blocks_to_channels(x));  // (b, h*d/r, w*n)
-  y = (*grouped_conv_)(y);                                   // (b, h*d/r, w)
-  y = (*channel_expansion_)(y);                              // (b, h*d, w)
+  y = (*grouped_conv_)(y);                                  // (b, h*d/r, w)
+  y = (*channel_expansion_)(y);                             // (b, h*d, w)
   return channels_to_heads(y, options_.heads);
 }
 

@@ -94,9 +94,8 @@ Conv1d::Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_
 
 void Conv1d::check_input(const Tensor& x) const {
   check_kind(name(), x, weight_);
-  KVC_CHECK(x.dim() == 3 && x.size(1) == in_channels_ && x.size(2) >= kernel_, name(),
-            ": input ", x.shape(), " does not match the layer's (b, ", in_channels_,
-            ", L >= ", kernel_, ")");
+  KVC_CHECK(x.dim() == 3 && x.size(1) == in_channels_ && x.size(2) >= kernel_, name(), ": input ",
+            x.shape(), " does not match the layer's (b, ", in_channels_, ", L >= ", kernel_, ")");
 }
 
 Tensor Conv1d::forward(const Tensor& x) { return conv1d(x, weight_, bias_, stride_, groups_); }

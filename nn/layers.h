@@ -56,8 +56,8 @@ class Mix : public Module {
 // fan_in = in_channels / groups * kernel (PyTorch's default bound).
 class Conv1d : public Module {
  public:
-  Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride,
-         int64_t groups, ParamInit& init);
+  Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride, int64_t groups,
+         ParamInit& init);
   Tensor forward(const Tensor& x) override;  // (b, c_in, L) -> (b, c_out, (L - k)/stride + 1)
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Conv1d"; }

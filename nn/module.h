@@ -98,8 +98,8 @@ class Module {
  private:
   struct Entry {
     std::string name;
-    Tensor parameter;                // defined for a parameter
-    std::shared_ptr<Module> child;   // set for a submodule
+    Tensor parameter;               // defined for a parameter
+    std::shared_ptr<Module> child;  // set for a submodule
   };
   void add_child(const std::string& name, std::shared_ptr<Module> child);
   void check_new_name(const std::string& name) const;

@@ -174,8 +174,11 @@ TEST_CASE("autograd: a second backward after the tape was freed is an error") {
 
 TEST_CASE("autograd: accumulate_grad checks shape and dtype") {
   Tensor x = leaf({1, 2, 3}, {3});
-  check_error([&] { accumulate_grad(x, Tensor::ones({1, 3}, f64())); },
-              {"accumulate_grad", "(1, 3)", "(3,)"});
+  check_error(
+      [&] {
+        accumulate_grad(x, Tensor::ones({1, 3}, f64()));
+      },
+      {"accumulate_grad", "(1, 3)", "(3,)"});
   check_error([&] { accumulate_grad(x, Tensor::ones({3}, f32())); },
               {"accumulate_grad", "float32", "float64"});
   CHECK_FALSE(x.grad().defined());

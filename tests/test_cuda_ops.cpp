@@ -47,7 +47,7 @@ Inputs make_inputs(const std::vector<InputSpec>& specs, DType dtype, Device devi
 // The CUDA-vs-CPU comparison of one op at one dtype: forward, then backward with the same seed
 // gradient, then every input's gradient.
 void compare_devices(const OpCase& c, DType dtype, double tol) {
-  INFO("op ", c.name, ", dtype ", dtype_name(dtype));
+  INFO("op ", c.name, ", dtype ", std::string(dtype_name(dtype)));
   Inputs cpu = make_inputs(c.inputs, dtype, Device::cpu(), 1000);
   Inputs gpu;
   for (Tensor& t : cpu) {
@@ -55,16 +55,16 @@ void compare_devices(const OpCase& c, DType dtype, double tol) {
     gpu.back().set_requires_grad(true);
     t.set_requires_grad(true);
   }
+  // One device at a time: backward() frees the thread's whole tape.
   const Tensor y_cpu = c.f(cpu);
+  const Tensor seed = Tensor::randn(y_cpu.shape(), 99, 0, 0.0, 1.0, y_cpu.options());
+  backward(y_cpu, seed);
   const Tensor y_gpu = c.f(gpu);
   REQUIRE(y_gpu.device().is_cuda());
   REQUIRE(y_gpu.shape() == y_cpu.shape());
   const double fwd = test::rel_error(y_gpu, y_cpu);
   INFO("forward rel error ", fwd);
   CHECK(fwd <= tol);
-
-  const Tensor seed = Tensor::randn(y_cpu.shape(), 99, 0, 0.0, 1.0, y_cpu.options());
-  backward(y_cpu, seed);
   backward(y_gpu, seed.to(Device::cuda()));
   for (size_t i = 0; i < cpu.size(); ++i) {
     INFO("gradient of input ", i, " ", cpu[i].shape());

@@ -1,13 +1,12 @@
 // The library gradcheck: passes a correct gradient, catches wrong ones (and where), rejects
 // float32, restores its inputs and leaves no tape behind.
-#include "core/gradcheck.h"
-
 #include <cmath>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/gradcheck.h"
 #include "core/ops.h"
 #include "tests/test_util.h"
 

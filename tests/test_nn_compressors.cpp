@@ -23,7 +23,7 @@ using test::rel_error;
 // grad_output) against PyTorch. The module is built in float64, loaded by name, then converted
 // with Module::to, as a user converting a checkpoint would.
 void check_layer_golden(const std::string& path, DType dtype, Device device, double tol) {
-  INFO("golden ", path, " as ", dtype_name(dtype), " on ", device.name());
+  INFO("golden ", path, " as ", std::string(dtype_name(dtype)), " on ", device.name());
   const H5File f = H5File::open(path, H5Mode::read);
   const CompressorOptions o = test::golden_options(f, DType::f64);
   auto m = make_compressor(o);
@@ -375,8 +375,8 @@ TEST_CASE("nn errors: wrong input shapes name the layer and both shapes") {
           kind + ": input " + shape_str(s) + " does not match the layer's " + want;
       CHECK_THROWS_WITH_AS((*m)(Tensor::zeros(s)), msg.c_str(), Error);
     };
-    expect({1, 3, 2, 4, 6});  // heads
-    expect({1, 2, 2, 4, 5});  // dim_head
+    expect({1, 3, 2, 4, 6});             // heads
+    expect({1, 2, 2, 4, 5});             // dim_head
     if (!pool) expect({1, 2, 2, 5, 6});  // block
     CHECK_THROWS_WITH_AS((*m)(Tensor::zeros({2, 8, 6})),
                          (kind + ": input (2, 8, 6) must be 5-D, the layer's " + want).c_str(),

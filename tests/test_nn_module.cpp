@@ -211,7 +211,8 @@ TEST_CASE("nn layers: Linear, Mix and Conv1d against their formulas") {
     for (int t = 0; t < 2; ++t) {
       double acc = cb[c];
       for (int i = 0; i < 2; ++i) {
-        for (int k = 0; k < 2; ++k) acc += cw[(c * 2 + i) * 2 + k] * xcv[(g * 2 + i) * 4 + 2 * t + k];
+        for (int k = 0; k < 2; ++k)
+          acc += cw[(c * 2 + i) * 2 + k] * xcv[(g * 2 + i) * 4 + 2 * t + k];
       }
       CHECK(std::fabs(yc[c * 2 + t] - acc) < 1e-14);
     }

@@ -1,6 +1,7 @@
 // matmul, mix, conv1d and the CPU GEMM: values against naive loops written here, float64
 // gradchecks of every input, float32/float64 agreement, gradient accumulation and shape errors.
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -77,8 +78,8 @@ Vec ref_matmul(const Vec& a, const Shape& as, const Vec& b, const Shape& bs, boo
 }
 
 // x (P, h, w, in), W (h, in, out), B (h, out) or empty.
-Vec ref_mix(const Vec& x, const Vec& W, const Vec& B, int64_t P, int64_t h, int64_t w,
-            int64_t in, int64_t out) {
+Vec ref_mix(const Vec& x, const Vec& W, const Vec& B, int64_t P, int64_t h, int64_t w, int64_t in,
+            int64_t out) {
   Vec y(static_cast<size_t>(P * h * w * out));
   for (int64_t p = 0; p < P; ++p)
     for (int64_t hh = 0; hh < h; ++hh)
@@ -198,8 +199,7 @@ TEST_CASE("linalg: matmul values and gradients, all transpose combos, batched an
         const Tensor y = matmul(a, b, ta, tb);
         CHECK(y.shape() == Shape{2, 3, m, n});
         CHECK(test::max_abs_diff(y.to_vector(),
-                                 ref_matmul(a.to_vector(), as, b.to_vector(), bs, ta, tb)) <
-              1e-12);
+                                 ref_matmul(a.to_vector(), as, b.to_vector(), bs, ta, tb)) < 1e-12);
         require_gradcheck(gradcheck([&] { return matmul(a, b, ta, tb); }, {{"a", a}, {"b", b}}));
 
         // The float32 path agrees with float64.
@@ -215,8 +215,8 @@ TEST_CASE("linalg: matmul 2-D by 2-D and gradient of one input only") {
   Tensor a = randn64({3, 5}, 7);
   Tensor b = randn64({5, 4}, 8);
   CHECK(test::max_abs_diff(matmul(a, b).to_vector(),
-                           ref_matmul(a.to_vector(), {3, 5}, b.to_vector(), {5, 4}, false,
-                                      false)) < 1e-12);
+                           ref_matmul(a.to_vector(), {3, 5}, b.to_vector(), {5, 4}, false, false)) <
+        1e-12);
   require_gradcheck(gradcheck([&] { return matmul(a, b); }, {{"a", a}}));
   require_gradcheck(gradcheck([&] { return matmul(a, b); }, {{"b", b}}));
 }
@@ -303,14 +303,26 @@ TEST_CASE("linalg: mix weight gradient sums over the leading batch and accumulat
 
 TEST_CASE("linalg: mix shape errors name the op and both shapes") {
   const Tensor x = Tensor::zeros({2, 3, 4, 5});
-  check_error([&] { mix(x, Tensor::zeros({2, 5, 6}), Tensor()); }, {"mix", "(2, 3, 4, 5)",
-                                                                     "(2, 5, 6)"});
-  check_error([&] { mix(x, Tensor::zeros({3, 4, 6}), Tensor()); }, {"mix", "(2, 3, 4, 5)",
-                                                                     "(3, 4, 6)"});
-  check_error([&] { mix(x, Tensor::zeros({3, 5, 6}), Tensor::zeros({3, 5})); },
-              {"mix", "(3, 5)", "(3, 5, 6)"});
-  check_error([&] { mix(Tensor::zeros({4, 5}), Tensor::zeros({3, 5, 6}), Tensor()); },
-              {"mix", "(4, 5)", "(3, 5, 6)"});
+  check_error(
+      [&] {
+        mix(x, Tensor::zeros({2, 5, 6}), Tensor());
+      },
+      {"mix", "(2, 3, 4, 5)", "(2, 5, 6)"});
+  check_error(
+      [&] {
+        mix(x, Tensor::zeros({3, 4, 6}), Tensor());
+      },
+      {"mix", "(2, 3, 4, 5)", "(3, 4, 6)"});
+  check_error(
+      [&] {
+        mix(x, Tensor::zeros({3, 5, 6}), Tensor::zeros({3, 5}));
+      },
+      {"mix", "(3, 5)", "(3, 5, 6)"});
+  check_error(
+      [&] {
+        mix(Tensor::zeros({4, 5}), Tensor::zeros({3, 5, 6}), Tensor());
+      },
+      {"mix", "(4, 5)", "(3, 5, 6)"});
 }
 
 // ---- conv1d --------------------------------------------------------------------------------
@@ -390,16 +402,108 @@ TEST_CASE("linalg: conv1d parameter gradients accumulate, also when only one had
 
 TEST_CASE("linalg: conv1d shape errors name the op and both shapes") {
   const Tensor x = Tensor::zeros({2, 4, 8});
-  check_error([&] { conv1d(x, Tensor::zeros({4, 3, 2}), Tensor(), 2, 1); },
-              {"conv1d", "(2, 4, 8)", "(4, 3, 2)"});
-  check_error([&] { conv1d(x, Tensor::zeros({3, 2, 2}), Tensor(), 2, 2); },
-              {"conv1d", "(2, 4, 8)", "(3, 2, 2)"});
-  check_error([&] { conv1d(x, Tensor::zeros({4, 4, 9}), Tensor(), 1, 1); },
-              {"conv1d", "(2, 4, 8)", "(4, 4, 9)"});
-  check_error([&] { conv1d(x, Tensor::zeros({4, 4, 2}), Tensor::zeros({3}), 2, 1); },
-              {"conv1d", "(3,)", "(4, 4, 2)"});
-  check_error([&] { conv1d(Tensor::zeros({4, 8}), Tensor::zeros({4, 4, 2}), Tensor(), 2, 1); },
-              {"conv1d", "(4, 8)", "(4, 4, 2)"});
+  check_error(
+      [&] {
+        conv1d(x, Tensor::zeros({4, 3, 2}), Tensor(), 2, 1);
+      },
+      {"conv1d", "(2, 4, 8)", "(4, 3, 2)"});
+  check_error(
+      [&] {
+        conv1d(x, Tensor::zeros({3, 2, 2}), Tensor(), 2, 2);
+      },
+      {"conv1d", "(2, 4, 8)", "(3, 2, 2)"});
+  check_error(
+      [&] {
+        conv1d(x, Tensor::zeros({4, 4, 9}), Tensor(), 1, 1);
+      },
+      {"conv1d", "(2, 4, 8)", "(4, 4, 9)"});
+  check_error(
+      [&] {
+        conv1d(x, Tensor::zeros({4, 4, 2}), Tensor::zeros({3}), 2, 1);
+      },
+      {"conv1d", "(3,)", "(4, 4, 2)"});
+  check_error(
+      [&] {
+        conv1d(Tensor::zeros({4, 8}), Tensor::zeros({4, 4, 2}), Tensor(), 2, 1);
+      },
+      {"conv1d", "(4, 8)", "(4, 4, 2)"});
+}
+
+// ---- CUDA against CPU --------------------------------------------------------------------
+
+using OpOnInputs = std::function<Tensor(const std::vector<Tensor>&)>;
+
+// Output and every input's gradient (seeded with one fixed random tensor made on the host) of
+// `f` run on copies of `inputs` moved to `device`; undefined inputs stay undefined.
+std::vector<Vec> forward_backward_on(Device device, const std::vector<Tensor>& inputs,
+                                     const OpOnInputs& f) {
+  std::vector<Tensor> moved;
+  for (const Tensor& t : inputs) {
+    moved.push_back(t.defined() ? t.to(device).set_requires_grad(true) : Tensor());
+  }
+  const Tensor y = f(moved);
+  const Tensor seed = Tensor::randn(y.shape(), 77, 0, 0.0, 1.0, TensorOptions{y.dtype()});
+  backward(y, seed.to(device));
+  std::vector<Vec> out{y.to_vector()};
+  for (const Tensor& t : moved) {
+    if (t.defined()) out.push_back(t.grad().to_vector());
+  }
+  return out;
+}
+
+void check_cuda_matches_cpu(const std::vector<Tensor>& inputs, const OpOnInputs& f, double tol) {
+  const std::vector<Vec> cpu = forward_backward_on(Device::cpu(), inputs, f);
+  const std::vector<Vec> gpu = forward_backward_on(Device::cuda(), inputs, f);
+  REQUIRE(cpu.size() == gpu.size());
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    INFO("output 0 / gradient i: ", i);
+    CHECK(test::rel_error(gpu[i], cpu[i]) < tol);
+  }
+}
+
+TEST_CASE("linalg: CUDA matches CPU for matmul, mix and conv1d, values and gradients") {
+  KVC_REQUIRE_CUDA();
+  for (DType dt : {DType::f64, DType::f32}) {
+    CAPTURE(dtype_name(dt));
+    const double tol = dt == DType::f64 ? 1e-12 : 1e-5;
+    auto rnd = [&](const Shape& s, uint64_t seed) { return randn64(s, seed).to(dt); };
+    for (bool shared : {false, true}) {
+      for (bool ta : {false, true}) {
+        for (bool tb : {false, true}) {
+          CAPTURE(shared);
+          CAPTURE(ta);
+          CAPTURE(tb);
+          const Tensor a = rnd(ta ? Shape{2, 3, 5, 4} : Shape{2, 3, 4, 5}, 1);
+          const Tensor b = shared ? rnd(tb ? Shape{6, 5} : Shape{5, 6}, 2)
+                                  : rnd(tb ? Shape{2, 3, 6, 5} : Shape{2, 3, 5, 6}, 2);
+          check_cuda_matches_cpu(
+              {a, b}, [&](const std::vector<Tensor>& v) { return matmul(v[0], v[1], ta, tb); },
+              tol);
+        }
+      }
+    }
+    for (bool with_bias : {true, false}) {
+      const Tensor x = rnd({2, 3, 5, 4}, 3), w = rnd({3, 4, 6}, 4);
+      const Tensor b = with_bias ? rnd({3, 6}, 5) : Tensor();
+      check_cuda_matches_cpu(
+          {x, w, b}, [](const std::vector<Tensor>& v) { return mix(v[0], v[1], v[2]); }, tol);
+    }
+    struct Conv {
+      int64_t cin, cout, length, kernel, stride, groups;
+    };
+    for (const Conv& c : {Conv{8, 8, 32, 4, 4, 2}, Conv{4, 2, 11, 3, 2, 2}, Conv{6, 4, 9, 1, 1, 2},
+                          Conv{2, 4, 10, 2, 3, 1}}) {
+      const Tensor x = rnd({2, c.cin, c.length}, 6);
+      const Tensor w = rnd({c.cout, c.cin / c.groups, c.kernel}, 7);
+      const Tensor b = rnd({c.cout}, 8);
+      check_cuda_matches_cpu(
+          {x, w, b},
+          [&](const std::vector<Tensor>& v) {
+            return conv1d(v[0], v[1], v[2], c.stride, c.groups);
+          },
+          tol);
+    }
+  }
 }
 
 }  // namespace

@@ -274,3 +274,44 @@ TEST_CASE("optim: learning_rate is linear warmup then cosine to zero") {
 
 }  // namespace
 }  // namespace kvc
+
+namespace kvc {
+namespace {
+
+TEST_CASE("optim: Adam on CUDA matches the CPU (clip, L2 and AdamW)") {
+  KVC_REQUIRE_CUDA();
+  for (const bool decoupled : {false, true}) {
+    AdamOptions o;
+    o.lr = 1e-2;
+    o.weight_decay = 0.05;
+    o.decoupled = decoupled;
+    const Tensor w0 = Tensor::randn({37, 5}, 3, 0), b0 = Tensor::randn({129}, 3, 1);
+    Named cpu{{"w", w0.clone().set_requires_grad(true)}, {"b", b0.clone().set_requires_grad(true)}};
+    Named gpu{{"w", w0.to(Device::cuda()).set_requires_grad(true)},
+              {"b", b0.to(Device::cuda()).set_requires_grad(true)}};
+    Adam a(cpu, o), g(gpu, o);
+    for (uint64_t t = 0; t < 4; ++t) {
+      const Tensor gw = Tensor::randn({37, 5}, 4, 2 * t, 0.0, 3.0);
+      const Tensor gb = Tensor::randn({129}, 4, 2 * t + 1, 0.0, 3.0);
+      a.zero_grad();
+      g.zero_grad();
+      a.grad("w").copy_from(gw);
+      a.grad("b").copy_from(gb);
+      g.grad("w").copy_from(gw);
+      g.grad("b").copy_from(gb);
+      a.clip_grad_norm_async(5.0);
+      g.clip_grad_norm_async(5.0);
+      a.step();
+      g.step();
+      CHECK(g.last_grad_norm() == doctest::Approx(a.last_grad_norm()).epsilon(1e-5));
+    }
+    for (const char* name : {"w", "b"}) {
+      CHECK(rel_error(g.param(name).to_vector(), a.param(name).to_vector()) < 1e-5);
+      CHECK(rel_error(g.exp_avg(name).to_vector(), a.exp_avg(name).to_vector()) < 1e-5);
+      CHECK(rel_error(g.exp_avg_sq(name).to_vector(), a.exp_avg_sq(name).to_vector()) < 1e-5);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace kvc

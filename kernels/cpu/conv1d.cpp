@@ -29,8 +29,7 @@ Dims check_dims(const Conv1dShape& s) {
                 s.stride >= 1 && s.c_in % s.groups == 0 && s.c_out % s.groups == 0 &&
                 s.length >= s.kernel,
             "conv1d: invalid shape batch ", s.batch, " c_in ", s.c_in, " c_out ", s.c_out,
-            " length ", s.length, " kernel ", s.kernel, " stride ", s.stride, " groups ",
-            s.groups);
+            " length ", s.length, " kernel ", s.kernel, " stride ", s.stride, " groups ", s.groups);
   Dims d;
   d.lo = s.l_out();
   d.cig = s.c_in / s.groups;
@@ -117,8 +116,8 @@ void conv1d_forward(const Conv1dShape& s, const T* x, const T* w, const T* bias,
 }
 
 template <typename T>
-void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, T* gx, T* gw,
-                     T* gb, bool accumulate_params) {
+void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, T* gx, T* gw, T* gb,
+                     bool accumulate_params) {
   const Dims d = check_dims(s);
   if (gb) {
     for (int64_t o = 0; o < s.c_out; ++o) {
@@ -206,10 +205,10 @@ void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, 
   }
 }
 
-#define KVC_INSTANTIATE_CONV1D(T)                                                          \
-  template void conv1d_forward<T>(const Conv1dShape&, const T*, const T*, const T*, T*);   \
-  template void conv1d_backward<T>(const Conv1dShape&, const T*, const T*, const T*, T*, T*, \
-                                   T*, bool);
+#define KVC_INSTANTIATE_CONV1D(T)                                                                \
+  template void conv1d_forward<T>(const Conv1dShape&, const T*, const T*, const T*, T*);         \
+  template void conv1d_backward<T>(const Conv1dShape&, const T*, const T*, const T*, T*, T*, T*, \
+                                   bool);
 KVC_INSTANTIATE_CONV1D(float)
 KVC_INSTANTIATE_CONV1D(double)
 #undef KVC_INSTANTIATE_CONV1D

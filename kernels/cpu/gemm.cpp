@@ -25,8 +25,8 @@ void gemm_one(const GemmArgs& g, const float* a, const float* b, float* c, blasi
               b, ldb, static_cast<float>(g.beta), c, ldc);
 }
 
-void gemm_one(const GemmArgs& g, const double* a, const double* b, double* c, blasint m,
-              blasint n, blasint k, blasint lda, blasint ldb, blasint ldc) {
+void gemm_one(const GemmArgs& g, const double* a, const double* b, double* c, blasint m, blasint n,
+              blasint k, blasint lda, blasint ldb, blasint ldc) {
   cblas_dgemm(CblasRowMajor, g.trans_a ? CblasTrans : CblasNoTrans,
               g.trans_b ? CblasTrans : CblasNoTrans, m, n, k, g.alpha, a, lda, b, ldb, g.beta, c,
               ldc);

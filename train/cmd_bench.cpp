@@ -1,0 +1,311 @@
+// `kvcompress bench`: times forward, backward, optimizer and a full training step per kind.
+//
+// What is counted (per training step of the distill task, one pair = k and v compressors):
+//   M = b*h*w blocks, w = seq / n, I = n*d, H = floor(I * expand), r = reduction.
+//   Compressor forward FLOPs (one compressor; GEMM multiply-adds count 2):
+//     conv            2*M*I*d
+//     efficient_conv  2*M*n*d*(d/r) + 2*M*n*(d/r)*(d/r) + 2*M*(d/r)*d
+//     attention_pool, scaled_attention_pool   2*M*n*d*d (logits) + 2*M*n*d (weighted sum)
+//     grouped_mlp, enhanced_mlp, mlp          2*M*I*H + 2*M*H*d
+//   Attention GEMMs: target softmax(QK^T)V: 4*b*h*nq*seq*d; prediction over w blocks:
+//     4*b*h*nq*w*d.
+//   forward  = 2 * compressor + target + prediction
+//   backward = 2 * (2 * compressor + prediction)   (the target has no gradient)
+//   step     = forward + backward   (Adam's elementwise work is not counted as FLOPs)
+//   Bytes (the compulsory traffic, float32): forward reads K, V, Q and the parameters and writes
+//   Kc, Vc; backward reads them again and writes the parameter gradients; Adam reads parameter,
+//   gradient and both moments and writes parameter and moments (7 * 4 * P bytes).
+// GB/s and TFLOP/s divide these by the measured median times: a roofline position, not a count
+// of what the kernels actually move.
+#include <spdlog/spdlog.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <memory>
+
+#include "core/autograd.h"
+#include "data/synthetic.h"
+#include "kernels/memory.h"
+#include "nn/compressor_pair.h"
+#include "optim/adam.h"
+#include "train/cli_options.h"
+
+namespace kvc::cli {
+
+namespace {
+
+struct BenchArgs {
+  ModelFlags model;
+  ShapeFlags shape;
+  std::string config = "small";
+  std::string device = "auto";
+  std::string precision = "fp32";
+  bool json = false;
+  int64_t warmup = 3;
+  int64_t reps = 10;
+  uint64_t seed = 0;
+};
+
+struct Timing {
+  double forward_ms = 0, backward_ms = 0, optimizer_ms = 0, step_ms = 0;
+};
+
+struct Work {
+  double forward_flops = 0, backward_flops = 0;
+  double forward_bytes = 0, backward_bytes = 0, optimizer_bytes = 0;
+};
+
+void sync(Device device) {
+#ifdef KVC_WITH_CUDA
+  if (device.is_cuda()) kernels::cuda::synchronize();
+#else
+  (void)device;
+#endif
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Median milliseconds of `body` over reps after warmup runs; `setup` runs untimed before each.
+double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<void()>& setup,
+               const std::function<void()>& body) {
+  using Clock = std::chrono::steady_clock;
+  std::vector<double> ms;
+  for (int64_t i = 0; i < warmup + reps; ++i) {
+    setup();
+    sync(device);
+    const auto t0 = Clock::now();
+    body();
+    sync(device);
+    const auto t1 = Clock::now();
+    if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+  }
+  return median(ms);
+}
+
+Work count_work(const std::string& kind, const ShapeFlags& s, const ModelFlags& m,
+                int64_t params) {
+  const double b = s.batch, h = s.heads, n = s.block, d = s.dim_head, nq = s.queries;
+  const double w = std::floor(static_cast<double>(s.seq) / s.block), seq = s.seq;
+  const double M = b * h * w, I = n * d, H = std::floor(I * m.expand), dr = d / m.reduction;
+  double comp = 0;
+  if (kind == "conv") {
+    comp = 2 * M * I * d;
+  } else if (kind == "efficient_conv") {
+    comp = 2 * M * n * d * dr + 2 * M * n * dr * dr + 2 * M * dr * d;
+  } else if (kind == "attention_pool" || kind == "scaled_attention_pool") {
+    comp = 2 * M * n * d * d + 2 * M * n * d;
+  } else {
+    comp = 2 * M * I * H + 2 * M * H * d;
+  }
+  const double target = 4 * b * h * nq * seq * d, pred = 4 * b * h * nq * w * d;
+  Work wk;
+  wk.forward_flops = 2 * comp + target + pred;
+  wk.backward_flops = 2 * (2 * comp + pred);
+  const double kv = 2 * b * h * seq * d * 4, q = b * h * nq * d * 4, out = 2 * M * d * 4;
+  const double p = static_cast<double>(params) * 4;
+  wk.forward_bytes = kv + q + p + out;
+  wk.backward_bytes = kv + q + p + out + p;
+  wk.optimizer_bytes = 7 * p;
+  return wk;
+}
+
+double peak_memory_bytes(Device device, bool* is_device) {
+#ifdef KVC_WITH_CUDA
+  if (device.is_cuda()) {
+    *is_device = true;
+    return static_cast<double>(kernels::cuda::allocator_stats().peak_bytes_in_use);
+  }
+#else
+  (void)device;
+#endif
+  *is_device = false;
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<double>(ru.ru_maxrss) * 1024.0;  // Linux reports KiB
+}
+
+void reset_peak(Device device) {
+#ifdef KVC_WITH_CUDA
+  if (device.is_cuda()) kernels::cuda::reset_peak_stats();
+#else
+  (void)device;
+#endif
+}
+
+struct Result {
+  std::string kind;
+  Timing t;
+  Work w;
+  int64_t params = 0;
+  double tokens_per_s = 0, gbps = 0, tflops = 0, peak_bytes = 0;
+  bool peak_is_device = false;
+};
+
+Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags& s,
+                  Device device) {
+  CompressorOptions o;
+  o.kind = kind;
+  o.heads = s.heads;
+  o.dim_head = s.dim_head;
+  o.block = s.block;
+  o.expand = a.model.expand;
+  o.dropout = a.model.dropout;
+  o.reduction = a.model.reduction;
+  o.seed = a.seed;
+  o.device = device;
+  reset_peak(device);
+  CompressorPair pair(o);
+  pair.train(true);
+  Adam adam(pair.named_parameters(), AdamOptions{});
+  KVShape ks;
+  ks.batch = s.batch;
+  ks.heads = s.heads;
+  ks.dim_head = s.dim_head;
+  ks.seq = s.seq;
+  ks.queries = s.queries;
+  SyntheticKV data(ks, a.seed, device);
+  const Batch batch = data.next();
+
+  Result r;
+  r.kind = kind;
+  r.params = adam.numel();
+  Tensor loss;
+  auto forward = [&] { loss = pair.distill_loss(batch.q, batch.k, batch.v); };
+  auto drop_tape = [&] {
+    loss = Tensor();
+    Tape::current().clear();
+  };
+  r.t.forward_ms = time_ms(device, a.warmup, a.reps, drop_tape, forward);
+  drop_tape();
+  r.t.backward_ms = time_ms(
+      device, a.warmup, a.reps,
+      [&] {
+        drop_tape();
+        adam.zero_grad();
+        forward();
+      },
+      [&] { backward(loss); });
+  drop_tape();
+  r.t.optimizer_ms = time_ms(device, a.warmup, a.reps, [] {}, [&] {
+    adam.clip_grad_norm_async(1.0);
+    adam.step();
+  });
+  r.t.step_ms = time_ms(device, a.warmup, a.reps, [] {}, [&] {
+    adam.zero_grad();
+    forward();
+    backward(loss);
+    loss = Tensor();
+    adam.clip_grad_norm_async(1.0);
+    adam.step();
+  });
+  r.w = count_work(kind, s, a.model, r.params);
+  const double step_s = r.t.step_ms * 1e-3;
+  r.tokens_per_s = static_cast<double>(s.batch * s.seq) / step_s;
+  r.gbps = (r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes) / step_s * 1e-9;
+  r.tflops = (r.w.forward_flops + r.w.backward_flops) / step_s * 1e-12;
+  r.peak_bytes = peak_memory_bytes(device, &r.peak_is_device);
+  return r;
+}
+
+int run_bench(const CLI::App* cmd, const BenchArgs& in) {
+  BenchArgs a = in;
+  // The config sets the shape; shape flags given explicitly override it.
+  const ShapeFlags preset = shape_preset(a.config);
+  ShapeFlags s = preset;
+  if (cmd->count("--batch")) s.batch = a.shape.batch;
+  if (cmd->count("--heads")) s.heads = a.shape.heads;
+  if (cmd->count("--seq")) s.seq = a.shape.seq;
+  if (cmd->count("--block")) s.block = a.shape.block;
+  if (cmd->count("--dim-head")) s.dim_head = a.shape.dim_head;
+  if (cmd->count("--queries")) s.queries = a.shape.queries;
+  validate_shape(s, a.model);
+  const Device device = resolve_device(a.device);
+  apply_precision(a.precision, device);
+  const std::vector<std::string> kinds =
+      a.model.compressor == "all" ? compressor_kind_names()
+                                  : std::vector<std::string>{a.model.compressor};
+
+  std::vector<Result> results;
+  if (!a.json) {
+    std::printf("bench: config %s (b %lld, h %lld, seq %lld, n %lld, d %lld, nq %lld), %s, "
+                "%s, median of %lld reps after %lld warmup\n",
+                a.config.c_str(), static_cast<long long>(s.batch),
+                static_cast<long long>(s.heads), static_cast<long long>(s.seq),
+                static_cast<long long>(s.block), static_cast<long long>(s.dim_head),
+                static_cast<long long>(s.queries), device.name().c_str(), a.precision.c_str(),
+                static_cast<long long>(a.reps), static_cast<long long>(a.warmup));
+    std::printf("%-22s %10s %10s %10s %10s %12s %9s %9s %12s\n", "kind", "fwd ms", "bwd ms",
+                "optim ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
+                device.is_cuda() ? "peak dev MB" : "peak RSS MB");
+  }
+  for (const std::string& kind : kinds) {
+    const Result r = bench_kind(kind, a, s, device);
+    results.push_back(r);
+    if (!a.json) {
+      std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %12.4g %9.3f %9.4f %12.1f\n", kind.c_str(),
+                  r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms,
+                  r.tokens_per_s, r.gbps, r.tflops, r.peak_bytes / 1048576.0);
+      std::fflush(stdout);
+    }
+  }
+  if (a.json) {
+    std::printf("{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, "
+                "\"heads\": %lld, \"seq\": %lld, \"block\": %lld, \"dim_head\": %lld, "
+                "\"queries\": %lld, \"warmup\": %lld, \"reps\": %lld, \"results\": [",
+                a.config.c_str(), device.name().c_str(), a.precision.c_str(),
+                static_cast<long long>(s.batch), static_cast<long long>(s.heads),
+                static_cast<long long>(s.seq), static_cast<long long>(s.block),
+                static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
+                static_cast<long long>(a.warmup), static_cast<long long>(a.reps));
+    for (size_t i = 0; i < results.size(); ++i) {
+      const Result& r = results[i];
+      std::printf("%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
+                  "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
+                  "\"tokens_per_s\": %.6g, \"gb_per_s\": %.6g, \"tflop_per_s\": %.6g, "
+                  "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": %.6g, "
+                  "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"}",
+                  i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params),
+                  r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms,
+                  r.tokens_per_s, r.gbps, r.tflops, r.w.forward_flops, r.w.backward_flops,
+                  r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
+                  r.peak_is_device ? "device" : "host_rss");
+    }
+    std::printf("\n]}\n");
+  }
+  return kExitOk;
+}
+
+}  // namespace
+
+Command add_bench_command(CLI::App& app) {
+  auto a = std::make_shared<BenchArgs>();
+  a->model.compressor = "all";
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "time forward, backward, optimizer and a full training step per compressor kind");
+  add_model_flags(cmd, &a->model, /*allow_all=*/true);
+  cmd->add_option("--config", a->config, "shape preset small|nsa|long (shape flags override it)")
+      ->capture_default_str()
+      ->check(CLI::IsMember(shape_preset_names()));
+  add_shape_flags(cmd, &a->shape);
+  add_device_flag(cmd, &a->device);
+  add_precision_flag(cmd, &a->precision);
+  cmd->add_flag("--json", a->json, "print one JSON object instead of the table");
+  cmd->add_option("--warmup", a->warmup, "untimed runs before measuring")
+      ->capture_default_str()
+      ->check(non_negative());
+  cmd->add_option("--reps", a->reps, "timed runs (the median is reported)")
+      ->capture_default_str()
+      ->check(positive());
+  cmd->add_option("--seed", a->seed, "seed of weights and data")->capture_default_str();
+  return {cmd, [cmd, a] { return run_bench(cmd, *a); }};
+}
+
+}  // namespace kvc::cli

@@ -1,0 +1,165 @@
+// `kvcompress gradcheck`: float64 finite-difference checks of every compressor and the pair.
+#include <cstdio>
+#include <memory>
+
+#include "core/gradcheck.h"
+#include "core/ops.h"
+#include "nn/compressor_pair.h"
+#include "train/cli_options.h"
+
+namespace kvc::cli {
+
+namespace {
+
+struct GradcheckArgs {
+  ModelFlags model;
+  ShapeFlags shape{2, 2, 7, 3, 4, 3};  // b, h, seq, n, d, nq: tiny (2 evaluations per element)
+  std::string device = "cpu";
+  uint64_t seed = 0;
+  double eps = 1e-6;
+};
+
+struct Row {
+  std::string layer;
+  GradcheckResult r;
+};
+
+std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Device device) {
+  std::vector<Row> rows;
+  const ShapeFlags& s = a.shape;
+  CompressorOptions o;
+  o.kind = kind;
+  o.heads = s.heads;
+  o.dim_head = s.dim_head;
+  o.block = s.block;
+  o.expand = a.model.expand;
+  o.dropout = a.model.dropout;
+  o.reduction = a.model.reduction;
+  o.seed = a.seed;
+  o.dtype = DType::f64;
+  o.device = device;
+  GradcheckOptions go;
+  go.eps = a.eps;
+  const TensorOptions t64 = f64().with_device(device);
+  const int64_t w = s.seq / s.block;
+
+  // The layer alone: its input x and every parameter. A layer with dropout stays in training
+  // mode (the masks are part of what is checked) with its counters reset before each call, so
+  // every evaluation draws the same masks.
+  {
+    std::shared_ptr<Compressor> layer = make_compressor(o);
+    Tensor x = Tensor::randn({s.batch, s.heads, w, s.block, s.dim_head}, a.seed + 11, 0, 0.0, 1.0,
+                             t64);
+    const std::vector<uint64_t> counters = layer->rng_counters();
+    std::vector<std::pair<std::string, Tensor>> inputs{{"input", x}};
+    for (auto& kv : layer->named_parameters()) inputs.push_back(kv);
+    for (const GradcheckResult& r : gradcheck(
+             [&] {
+               layer->set_rng_counters(counters);
+               return (*layer)(x);
+             },
+             inputs, go)) {
+      rows.push_back({kind, r});
+    }
+  }
+  // The pair. compress(): K and V (its inputs) and every parameter. The distill loss: every
+  // parameter (its target attention(Q, K, V) is data, computed without gradient on purpose, so
+  // K, V and Q are checked through compress() instead of through the loss).
+  {
+    CompressorPair pair(o);
+    Tensor k = Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.seed + 12, 0, 0.0, 1.0, t64);
+    Tensor v = Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.seed + 13, 0, 0.0, 1.0, t64);
+    Tensor q = Tensor::randn({s.batch, s.heads, s.queries, s.dim_head}, a.seed + 14, 0, 0.0, 1.0,
+                             t64);
+    // Positions start at zero; move them off it so their gradient path sees general values.
+    for (auto& kv : pair.named_parameters()) {
+      if (kv.first.find("intrablock_positions") != std::string::npos) {
+        kv.second.copy_from(Tensor::randn(kv.second.shape(), a.seed + 15, 0, 0.0, 0.1, t64));
+      }
+    }
+    const std::vector<uint64_t> counters = pair.rng_counters();
+    std::vector<std::pair<std::string, Tensor>> inputs{{"k", k}, {"v", v}};
+    for (auto& kv : pair.named_parameters()) inputs.push_back(kv);
+    // Both outputs at once: (2, b, h, w, d) through one reshape-free sum of two projections.
+    for (const GradcheckResult& r : gradcheck(
+             [&] {
+               pair.set_rng_counters(counters);
+               const auto out = pair.compress(k, v);
+               return add(out.first, scale(out.second, 0.5));
+             },
+             inputs, go)) {
+      rows.push_back({"pair(" + kind + ") compress", r});
+    }
+    std::vector<std::pair<std::string, Tensor>> params = pair.named_parameters();
+    for (const GradcheckResult& r : gradcheck(
+             [&] {
+               pair.set_rng_counters(counters);
+               return pair.distill_loss(q, k, v);
+             },
+             params, go)) {
+      rows.push_back({"pair(" + kind + ") distill", r});
+    }
+  }
+  return rows;
+}
+
+int run_gradcheck(const GradcheckArgs& a) {
+  validate_shape(a.shape, a.model);
+  const Device device = resolve_device(a.device);
+  std::vector<std::string> kinds;
+  if (a.model.compressor == "all") {
+    kinds = compressor_kind_names();
+  } else {
+    kinds = {a.model.compressor};
+  }
+  std::printf("gradcheck: float64 central differences (eps %g) on %s, b %lld h %lld seq %lld "
+              "n %lld d %lld nq %lld\n",
+              a.eps, device.name().c_str(), static_cast<long long>(a.shape.batch),
+              static_cast<long long>(a.shape.heads), static_cast<long long>(a.shape.seq),
+              static_cast<long long>(a.shape.block), static_cast<long long>(a.shape.dim_head),
+              static_cast<long long>(a.shape.queries));
+  std::printf("%-34s %-40s %14s %14s  %s\n", "layer", "tensor", "max abs err", "max rel err",
+              "pass");
+  int failed = 0, total = 0;
+  std::string first_failure;
+  for (const std::string& kind : kinds) {
+    for (const Row& row : check_kind(kind, a, device)) {
+      ++total;
+      std::printf("%-34s %-40s %14.3e %14.3e  %s\n", row.layer.c_str(), row.r.tensor.c_str(),
+                  row.r.max_abs_error, row.r.max_rel_error, row.r.passed ? "ok" : "FAIL");
+      if (!row.r.passed) {
+        ++failed;
+        if (first_failure.empty()) {
+          first_failure = str(row.layer, " ", row.r.tensor, " (element ", row.r.worst_index,
+                              ": analytic ", row.r.worst_analytic, ", numeric ",
+                              row.r.worst_numeric, ")");
+        }
+      }
+    }
+    std::fflush(stdout);
+  }
+  KVC_CHECK(failed == 0, "gradcheck: ", failed, " of ", total, " checks failed, first ",
+            first_failure);
+  std::printf("all %d checks passed\n", total);
+  return kExitOk;
+}
+
+}  // namespace
+
+Command add_gradcheck_command(CLI::App& app) {
+  auto a = std::make_shared<GradcheckArgs>();
+  a->model.compressor = "all";
+  CLI::App* cmd = app.add_subcommand(
+      "gradcheck", "finite-difference check (float64) of every layer's input and parameters and "
+                   "of the pair's distill loss");
+  add_model_flags(cmd, &a->model, /*allow_all=*/true);
+  add_shape_flags(cmd, &a->shape);
+  add_device_flag(cmd, &a->device);
+  cmd->add_option("--seed", a->seed, "seed of the weights and inputs")->capture_default_str();
+  cmd->add_option("--eps", a->eps, "central-difference step")
+      ->capture_default_str()
+      ->check(positive());
+  return {cmd, [a] { return run_gradcheck(*a); }};
+}
+
+}  // namespace kvc::cli
