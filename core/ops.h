@@ -59,6 +59,22 @@ Tensor dropout(const Tensor& a, double p, bool training, uint64_t seed, uint64_t
 // ---- losses ----
 Tensor mse_loss(const Tensor& pred, const Tensor& target);  // mean((pred - target)^2), shape ()
 
+// ---- fused ops (core/ops_fused.cpp): one pass where the composition in each comment takes
+// several; same values and gradients ----
+// PyTorch F.linear: x (..., in), weight (out, in), bias (out) or undefined -> (..., out).
+// = add(matmul(x, weight, false, true), bias), the bias added inside the GEMM.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// softmax(alpha q k^T) v over the last two axes: q (..., m, d), k (..., s, d), v (..., s, e)
+// -> (..., m, e). = matmul(softmax(scale(matmul(q, k, false, true), alpha), -1), v), with alpha
+// in the GEMM and the softmax in place: one (..., m, s) buffer forward, kept for backward.
+Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha);
+// x, logits (..., n, d) -> (..., d): sum over n of x * softmax over n of (alpha * logits).
+// = sum(mul(x, softmax(scale(logits, alpha), -2)), -2); the softmax is never stored.
+Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha);
+// seq (b, h, s, d), positions (h, n, d) -> (b, h, s / n, n, d): split_blocks(seq, n) (the tail
+// that does not fill a block dropped) plus positions broadcast as (1, h, 1, n, d), one pass.
+Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t block);
+
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
 inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }

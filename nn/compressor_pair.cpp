@@ -43,9 +43,9 @@ void CompressorPair::check_kv(const char* what, const Tensor& x) const {
 std::pair<Tensor, Tensor> CompressorPair::compress(const Tensor& k, const Tensor& v) {
   check_kv("k", k);
   check_kv("v", v);
-  const Shape pos5{1, options_.heads, 1, options_.block, options_.dim_head};
-  Tensor kb = add(split_blocks(k, options_.block), reshape(k_positions_, pos5));
-  Tensor vb = add(split_blocks(v, options_.block), reshape(v_positions_, pos5));
+  // = add(split_blocks(x, n), reshape(positions, (1, h, 1, n, d))), in one pass each way.
+  const Tensor kb = add_block_positions(k, k_positions_, options_.block);
+  const Tensor vb = add_block_positions(v, v_positions_, options_.block);
   return {(*k_compress_)(kb), (*v_compress_)(vb)};
 }
 
@@ -55,9 +55,10 @@ Tensor CompressorPair::attention(const Tensor& q, const Tensor& k, const Tensor&
                 q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3),
             "attention: q ", q.shape(), " (b, h, nq, d), k ", k.shape(), " and v ", v.shape(),
             " (b, h, s, d) do not fit");
-  const double s = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
-  const Tensor scores = scale(matmul(q, k, false, /*trans_b=*/true), s);  // (b, h, nq, s)
-  return matmul(softmax(scores, -1), v);
+  // SPEC section 4: matmul(softmax(scale(matmul(q, k, false, true), d^-0.5), -1), v). The fused
+  // op scales inside the GEMM and softmaxes in place: for the full-sequence target (no grad)
+  // one (b, h, nq, seq) buffer instead of three.
+  return scaled_dot_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
 }
 
 Tensor CompressorPair::distill_loss(const Tensor& q, const Tensor& k, const Tensor& v) {

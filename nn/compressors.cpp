@@ -22,16 +22,21 @@ int64_t hidden_of(const CompressorOptions& o) {
   return static_cast<int64_t>(std::floor(static_cast<double>(o.block * o.dim_head) * o.expand));
 }
 
-// einops 'b h w n d -> b (h d) (w n)': channels grouped by head for the grouped Conv1d.
-Tensor blocks_to_channels(const Tensor& x) {  // x (b, h, w, n, d) -> (b, h*d, w*n)
-  const int64_t b = x.size(0), h = x.size(1), w = x.size(2), n = x.size(3), d = x.size(4);
-  return reshape(permute(x, {0, 1, 4, 2, 3}), {b, h * d, w * n});
-}
-
-// einops 'b (h d) w -> b h w d'.
-Tensor channels_to_heads(const Tensor& y, int64_t h) {  // y (b, h*d, w) -> (b, h, w, d)
-  const int64_t b = y.size(0), hd = y.size(1), w = y.size(2);
-  return permute(reshape(y, {b, h, hd / h, w}), {0, 1, 3, 2});
+// A grouped Conv1d with kernel == stride (groups = heads), computed as mix without moving any
+// activation. SPEC section 3 rearranges x to channels, b h w n d -> b (h d) (w n), convolves and
+// rearranges back (two copies of x each way, forward and backward). With kernel == stride each
+// output position reads one window of k taps, so on the layout (b, heads, windows, k*c_in), the
+// taps of a window flattened tap-major (x itself, viewed),
+//   y[b, g, t, o] = sum_{j, i} x[b, g, t, j*c_in + i] W[g*c_out + o, i, j] + bias[g*c_out + o],
+// which is mix with W'[g, j*c_in + i, o] = W[g*c_out + o, i, j] and bias viewed (heads, c_out).
+// Only the weight is permuted (c_out*c_in*k per head), on the tape, so conv.weight and conv.bias
+// get their gradients. x (b, heads, windows, k*c_in) -> (b, heads, windows, c_out).
+Tensor conv_as_mix(const Tensor& x, const Conv1d& conv) {
+  const Tensor& w = conv.weight();  // (heads*c_out, c_in, k)
+  const int64_t g = conv.groups(), c_out = w.size(0) / g, c_in = w.size(1), k = w.size(2);
+  const Tensor w_mix =
+      reshape(permute(reshape(w, {g, c_out, c_in, k}), {0, 3, 2, 1}), {g, k * c_in, c_out});
+  return mix(x, w_mix, reshape(conv.bias(), {g, c_out}));
 }
 
 // 'b h w n d -> b h w (n d)': a view, no copy.
@@ -49,9 +54,9 @@ ConvCompressor::ConvCompressor(const CompressorOptions& o) : Compressor(o) {
   conv_ = register_module("conv", std::make_shared<Conv1d>(c, c, o.block, o.block, o.heads, init));
 }
 
-Tensor ConvCompressor::forward(const Tensor& x) {
-  return channels_to_heads((*conv_)(blocks_to_channels(x)), options_.heads);
-}
+// SPEC: Conv1d(h*d -> h*d, kernel n, stride n, groups h) on b h w n d -> b (h d) (w n); here
+// the same sum as mix over each flattened block (conv_as_mix), x only viewed.
+Tensor ConvCompressor::forward(const Tensor& x) { return conv_as_mix(flatten_block(x), *conv_); }
 
 // ---- efficient_conv -------------------------------------------------------------------------
 
@@ -66,11 +71,14 @@ EfficientConvCompressor::EfficientConvCompressor(const CompressorOptions& o) : C
       register_module("channel_expansion", std::make_shared<Conv1d>(r, c, 1, 1, o.heads, init));
 }
 
+// SPEC: the rearrange of `conv`, then three grouped Conv1d; each is conv_as_mix on a view.
 Tensor EfficientConvCompressor::forward(const Tensor& x) {
-  Tensor y = (*channel_reduction_)(blocks_to_channels(x));  // (b, h*d/r, w*n)
-  y = (*grouped_conv_)(y);                                  // (b, h*d/r, w)
-  y = (*channel_expansion_)(y);                             // (b, h*d, w)
-  return channels_to_heads(y, options_.heads);
+  const int64_t b = x.size(0), h = x.size(1), w = x.size(2), n = x.size(3), d = x.size(4);
+  // The 1x1 reduction acts on every token: (b, h, w*n, d) -> (b, h, w*n, d/r).
+  Tensor y = conv_as_mix(reshape(x, {b, h, w * n, d}), *channel_reduction_);
+  // The block conv reads one block per window: (b, h, w, n*d/r) -> (b, h, w, d/r).
+  y = conv_as_mix(reshape(y, {b, h, w, n * y.size(3)}), *grouped_conv_);
+  return conv_as_mix(y, *channel_expansion_);  // the 1x1 expansion: -> (b, h, w, d)
 }
 
 // ---- attention_pool, scaled_attention_pool --------------------------------------------------
@@ -87,10 +95,12 @@ AttentionPoolCompressor::AttentionPoolCompressor(const CompressorOptions& o, boo
   weight.copy_from(Tensor::from_vector(eye, {o.dim_head, o.dim_head}, init.options));
 }
 
+// SPEC: sum(mul(x, softmax(logits (* d^-0.5), 3)), 3); softmax_pool does the scale, the softmax
+// over n and the weighted sum in one pass and never stores the weights.
 Tensor AttentionPoolCompressor::forward(const Tensor& x) {
-  Tensor logits = (*to_attn_logits_)(x);  // (b, h, w, n, d)
-  if (scaled_) logits = scale(logits, 1.0 / std::sqrt(static_cast<double>(options_.dim_head)));
-  return sum(mul(x, softmax(logits, 3)), 3);
+  const Tensor logits = (*to_attn_logits_)(x);  // (b, h, w, n, d)
+  const double alpha = scaled_ ? 1.0 / std::sqrt(static_cast<double>(options_.dim_head)) : 1.0;
+  return softmax_pool(x, logits, alpha);
 }
 
 // ---- grouped_mlp ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ namespace kvc {
 
 // `conv` (ConvLinearCompress): rearrange b h w n d -> b (h d) (w n), one grouped Conv1d with
 // kernel = stride = n, rearrange back. Parameters conv.weight (h*d, d, n), conv.bias (h*d).
+// Computed without the rearranges, as a per-head GEMM over each flattened block (mix).
 class ConvCompressor : public Compressor {
  public:
   explicit ConvCompressor(const CompressorOptions& options);
@@ -20,7 +21,7 @@ class ConvCompressor : public Compressor {
 };
 
 // `efficient_conv` (EfficientConvLinearCompress): 1x1 reduction h*d -> h*d/r, block conv,
-// 1x1 expansion h*d/r -> h*d, all grouped by head.
+// 1x1 expansion h*d/r -> h*d, all grouped by head; each a per-head GEMM on a view of x (mix).
 class EfficientConvCompressor : public Compressor {
  public:
   explicit EfficientConvCompressor(const CompressorOptions& options);

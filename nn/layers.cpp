@@ -44,10 +44,8 @@ void Linear::check_input(const Tensor& x) const {
             " does not end in the layer's in_features ", in_, " (weight ", weight_.shape(), ")");
 }
 
-Tensor Linear::forward(const Tensor& x) {
-  Tensor y = matmul(x, weight_, false, /*trans_b=*/true);
-  return bias_.defined() ? add(y, bias_) : y;
-}
+// = add(matmul(x, W, false, true), b); the fused op adds the bias inside the GEMM.
+Tensor Linear::forward(const Tensor& x) { return linear(x, weight_, bias_); }
 
 // ---- Mix ------------------------------------------------------------------------------------
 

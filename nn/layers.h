@@ -61,6 +61,10 @@ class Conv1d : public Module {
   Tensor forward(const Tensor& x) override;  // (b, c_in, L) -> (b, c_out, (L - k)/stride + 1)
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Conv1d"; }
+  // For compressors that compute the same convolution as a GEMM on their own layout.
+  const Tensor& weight() const { return weight_; }
+  const Tensor& bias() const { return bias_; }
+  int64_t groups() const { return groups_; }
 
  private:
   int64_t in_channels_, out_channels_, kernel_, stride_, groups_;

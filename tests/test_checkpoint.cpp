@@ -1,4 +1,5 @@
-// Tests of train/checkpoint: SPEC section 6 layout, exact round trips, atomic writes, errors.
+// Tests of train/checkpoint: SPEC section 6 layout, exact round trips, atomic
+// writes, errors.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -26,7 +27,8 @@ Checkpoint sample_checkpoint() {
   ck.meta.dropout = 0.25;
   ck.meta.reduction = 2;
   ck.meta.task = "teacher";
-  ck.meta.seed = 0xFEDCBA9876543210ull;  // above INT64_MAX: must survive the int64 attribute
+  ck.meta.seed = 0xFEDCBA9876543210ull;  // above INT64_MAX: must survive the
+                                         // int64 attribute
   ck.meta.step = 17;
   ck.meta.batch = 3;
   ck.meta.seq = 12;
@@ -36,15 +38,16 @@ Checkpoint sample_checkpoint() {
   ck.meta.warmup = 4;
   ck.meta.clip = 0.5;
   ck.meta.data = "synthetic";
-  // Values that are not round in binary, and a denormal, so only a bit-exact path passes.
+  // Values that are not round in binary, and a denormal, so only a bit-exact
+  // path passes.
   const Tensor w = Tensor::randn({8, 4, 3}, 7, 0, 0.0, 1.0 / 3.0);
   const Tensor b = Tensor::from_vector({0.1, -1e-40, 3.0, 1.0 / 7.0, 0, 0, 0, 0}, {8});
   const Tensor pos = Tensor::rand({2, 3, 4}, 9);
-  ck.params = {{"k_compress.conv.weight", w}, {"k_compress.conv.bias", b},
-               {"k_intrablock_positions", pos}};
+  ck.params = {
+      {"k_compress.conv.weight", w}, {"k_compress.conv.bias", b}, {"k_intrablock_positions", pos}};
   ck.has_optim = true;
   ck.optim.step = 17;
-  for (const auto& [key, t] : ck.params) {
+  for (const auto &[key, t] : ck.params) {
     ck.optim.exp_avg.emplace_back(key, Tensor::randn(t.shape(), 11, 1));
     ck.optim.exp_avg_sq.emplace_back(key, Tensor::rand(t.shape(), 11, 2));
   }
@@ -59,7 +62,7 @@ Checkpoint sample_checkpoint() {
   return ck;
 }
 
-void check_same(const train::NamedTensors& a, const train::NamedTensors& b) {
+void check_same(const train::NamedTensors &a, const train::NamedTensors &b) {
   REQUIRE(a.size() == b.size());
   for (size_t i = 0; i < a.size(); ++i) {
     CHECK(a[i].first == b[i].first);
@@ -71,7 +74,7 @@ void check_same(const train::NamedTensors& a, const train::NamedTensors& b) {
 
 // Sorts by key, as a file lists them: the reader returns /params in name order.
 train::NamedTensors sorted(train::NamedTensors v) {
-  std::sort(v.begin(), v.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::sort(v.begin(), v.end(), [](const auto &x, const auto &y) { return x.first < y.first; });
   return v;
 }
 
@@ -112,26 +115,29 @@ TEST_CASE("checkpoint: SPEC section 6 layout, read with the plain HDF5 wrapper")
   CHECK(f.read_scalar_int64("/optim/step") == 17);
   CHECK(f.is_dataset("/optim/exp_avg/k_intrablock_positions"));
   CHECK(f.is_dataset("/optim/exp_avg_sq/k_compress.conv.bias"));
-  for (const char* a : {"lr", "beta1", "beta2", "eps", "weight_decay"}) {
+  for (const char *a : {"lr", "beta1", "beta2", "eps", "weight_decay"}) {
     CHECK_MESSAGE(f.has_attr("/optim", a), a);
   }
   CHECK(f.attr_double("/optim", "weight_decay") == 0.05);
   CHECK(f.is_group("/rng"));
-  for (const char* m : {"step", "loss", "eval_loss", "lr"}) {
+  for (const char *m : {"step", "loss", "eval_loss", "lr"}) {
     CHECK_MESSAGE(f.is_dataset(std::string("/metrics/") + m), m);
   }
   CHECK(f.read_int64s("/metrics/step") == std::vector<int64_t>{1, 2});
   CHECK(f.read_doubles("/metrics/loss") == std::vector<double>{0.5, 0.25});
-  // The written file is the only thing left in the folder: the temp file was renamed.
+  // The written file is the only thing left in the folder: the temp file was
+  // renamed.
   int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir.path)) {
+  for (const auto &e : std::filesystem::directory_iterator(dir.path)) {
     (void)e;
     ++entries;
   }
   CHECK(entries == 1);
 }
 
-TEST_CASE("checkpoint: save then load is bit exact for params, moments, rng, metrics") {
+TEST_CASE(
+    "checkpoint: save then load is bit exact for params, moments, rng, "
+    "metrics") {
   test::TempDir dir("ckpt_roundtrip");
   const std::string path = dir / "ck.h5";
   const Checkpoint ck = sample_checkpoint();
@@ -184,7 +190,7 @@ TEST_CASE("checkpoint: a failed save leaves the old file intact and no temp file
   CHECK(test::read_text(path) == before);
   CHECK(train::load_checkpoint(path).meta.step == 17);
   int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir.path)) {
+  for (const auto &e : std::filesystem::directory_iterator(dir.path)) {
     (void)e;
     ++entries;
   }
@@ -197,10 +203,10 @@ TEST_CASE("checkpoint: a failed save leaves the old file intact and no temp file
 
 TEST_CASE("checkpoint: missing, corrupt and foreign files give one-line errors") {
   test::TempDir dir("ckpt_errors");
-  auto message = [](const std::string& p) {
+  auto message = [](const std::string &p) {
     try {
       train::load_checkpoint(p);
-    } catch (const Error& e) {
+    } catch (const Error &e) {
       return std::string(e.what());
     }
     return std::string("no error");
@@ -214,7 +220,8 @@ TEST_CASE("checkpoint: missing, corrupt and foreign files give one-line errors")
   CHECK(garbage.find("garbage.h5") != std::string::npos);
   CHECK(garbage.find("not a readable HDF5 file") != std::string::npos);
 
-  // A truncated real checkpoint (what a non-atomic writer would leave after a kill).
+  // A truncated real checkpoint (what a non-atomic writer would leave after a
+  // kill).
   train::save_checkpoint(dir / "good.h5", sample_checkpoint());
   const std::string good = test::read_text(dir / "good.h5");
   test::write_text(dir / "truncated.h5", good.substr(0, good.size() / 2));
@@ -248,7 +255,7 @@ TEST_CASE("checkpoint: missing, corrupt and foreign files give one-line errors")
   CHECK(message(dir / "noattr.h5").find("no /optim") != std::string::npos);
   CHECK_NOTHROW(train::load_checkpoint(dir / "noattr.h5", /*with_optim=*/false));
 
-  for (const std::string& m : {missing, garbage}) CHECK(m.find('\n') == std::string::npos);
+  for (const std::string &m : {missing, garbage}) CHECK(m.find('\n') == std::string::npos);
 }
 
 }  // namespace

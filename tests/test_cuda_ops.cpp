@@ -30,8 +30,7 @@ struct OpCase {
   OpFn f;
 };
 
-Inputs make_inputs(const std::vector<InputSpec>& specs, DType dtype, Device device,
-                   uint64_t seed) {
+Inputs make_inputs(const std::vector<InputSpec>& specs, DType dtype, Device device, uint64_t seed) {
   Inputs out;
   for (size_t i = 0; i < specs.size(); ++i) {
     const InputSpec& s = specs[i];
@@ -94,7 +93,9 @@ const std::vector<OpCase>& cases() {
   static const std::vector<OpCase> all = [] {
     std::vector<OpCase> v;
     auto add_case = [&](std::string name, std::vector<InputSpec> in, std::vector<InputSpec> sm,
-                        OpFn f) { v.push_back({std::move(name), std::move(in), std::move(sm), f}); };
+                        OpFn f) {
+      v.push_back({std::move(name), std::move(in), std::move(sm), f});
+    };
     const InputSpec pos_big{{4, 3, 5, 6}, 0.5, 2.0}, pos_small{{3, 1}, 0.5, 2.0};
 
     // Elementwise, with broadcasting from either side (the backward runs sum_to).
@@ -134,21 +135,28 @@ const std::vector<OpCase>& cases() {
     add_case("mean all", {{{37, 41}}}, {{{3, 4}}}, [](const Inputs& x) { return mean(x[0]); });
     add_case("mean axis", {{{4, 9, 5}}}, {{{2, 3, 2}}},
              [](const Inputs& x) { return mean(x[0], -2, true); });
-    add_case("sum_to", {{{4, 3, 5, 6}}}, {{{2, 3, 2}}},
-             [](const Inputs& x) { return sum_to(x[0], x[0].dim() == 4 ? Shape{1, 3, 1, 6} : Shape{1, 3, 1}); });
+    add_case("sum_to", {{{4, 3, 5, 6}}}, {{{2, 3, 2}}}, [](const Inputs& x) {
+      return sum_to(x[0], x[0].dim() == 4 ? Shape{1, 3, 1, 6} : Shape{1, 3, 1});
+    });
 
     // Shape ops: the tiled transpose (innermost axis moves), the generic copy (it stays),
     // size-1 axes, ragged tile edges.
-    add_case("reshape", {{{4, 6, 5}}}, {{{2, 3}}},
-             [](const Inputs& x) { return reshape(x[0], {-1, x[0].size(-1) * 1}); });
+    add_case("reshape", {{{4, 6, 5}}}, {{{2, 3}}}, [](const Inputs& x) {
+      return reshape(x[0], {-1, x[0].size(-1) * 1});
+    });
     add_case("permute compressor rearrange", {{{2, 3, 5, 8, 16}}}, {{{1, 2, 2, 3, 2}}},
-             [](const Inputs& x) { return permute(x[0], {0, 1, 4, 2, 3}); });
-    add_case("permute keeps inner", {{{3, 4, 5}}}, {{{2, 3, 2}}},
-             [](const Inputs& x) { return permute(x[0], {1, 0, 2}); });
-    add_case("permute reverse", {{{3, 33, 65}}}, {{{2, 3, 2}}},
-             [](const Inputs& x) { return permute(x[0], {2, 1, 0}); });
-    add_case("permute size-1 axes", {{{1, 45, 1, 70}}}, {{{1, 3, 1, 2}}},
-             [](const Inputs& x) { return permute(x[0], {3, 2, 1, 0}); });
+             [](const Inputs& x) {
+               return permute(x[0], {0, 1, 4, 2, 3});
+             });
+    add_case("permute keeps inner", {{{3, 4, 5}}}, {{{2, 3, 2}}}, [](const Inputs& x) {
+      return permute(x[0], {1, 0, 2});
+    });
+    add_case("permute reverse", {{{3, 33, 65}}}, {{{2, 3, 2}}}, [](const Inputs& x) {
+      return permute(x[0], {2, 1, 0});
+    });
+    add_case("permute size-1 axes", {{{1, 45, 1, 70}}}, {{{1, 3, 1, 2}}}, [](const Inputs& x) {
+      return permute(x[0], {3, 2, 1, 0});
+    });
     add_case("narrow", {{{4, 10, 6}}}, {{{2, 5, 2}}},
              [](const Inputs& x) { return narrow(x[0], 1, 2, 3); });
 
@@ -161,7 +169,8 @@ const std::vector<OpCase>& cases() {
              [](const Inputs& x) { return matmul(x[0], x[1]); });
     add_case("matmul shared weight trans", {{{5, 12, 7}}, {{6, 12}}}, {{{2, 3, 2}}, {{2, 3}}},
              [](const Inputs& x) { return matmul(x[0], x[1], true, true); });
-    add_case("mix", {{{2, 3, 5, 8}}, {{3, 8, 6}}, {{3, 6}}}, {{{1, 2, 2, 3}}, {{2, 3, 2}}, {{2, 2}}},
+    add_case("mix", {{{2, 3, 5, 8}}, {{3, 8, 6}}, {{3, 6}}},
+             {{{1, 2, 2, 3}}, {{2, 3, 2}}, {{2, 2}}},
              [](const Inputs& x) { return mix(x[0], x[1], x[2]); });
     add_case("mix no bias", {{{4, 2, 3, 5, 8}}, {{3, 8, 6}}}, {{{2, 2, 3}}, {{2, 3, 2}}},
              [](const Inputs& x) { return mix(x[0], x[1], Tensor()); });
@@ -171,7 +180,8 @@ const std::vector<OpCase>& cases() {
     add_case("conv1d overlapping windows", {{{3, 6, 21}}, {{4, 3, 5}}, {{4}}},
              {{{2, 2, 7}}, {{2, 1, 3}}, {{2}}},
              [](const Inputs& x) { return conv1d(x[0], x[1], x[2], 2, 2); });
-    add_case("conv1d pointwise", {{{2, 6, 10}}, {{9, 2, 1}}, {{9}}}, {{{2, 3, 3}}, {{3, 1, 1}}, {{3}}},
+    add_case("conv1d pointwise", {{{2, 6, 10}}, {{9, 2, 1}}, {{9}}},
+             {{{2, 3, 3}}, {{3, 1, 1}}, {{3}}},
              [](const Inputs& x) { return conv1d(x[0], x[1], x[2], 1, 3); });
     add_case("conv1d pointwise batch 1", {{{1, 4, 7}}, {{5, 4, 1}}}, {{{1, 2, 3}}, {{2, 2, 1}}},
              [](const Inputs& x) { return conv1d(x[0], x[1], Tensor(), 1, 1); });

@@ -9,6 +9,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "kernels/adam.h"
+#include "kernels/gemm.h"
 #include "kernels/memory.h"
 #include "kernels/synthetic.h"
 #include "tests/test_util.h"
@@ -159,6 +160,26 @@ TEST_CASE("cuda: running out of device memory throws OutOfMemoryError naming the
         std::vector<double>(4, 1.0));
 }
 
+TEST_CASE("cuda: set_tf32 switches float32 GEMMs to TF32 tensor cores and back") {
+  KVC_REQUIRE_CUDA();
+  struct RestoreTf32 {
+    bool saved = kernels::cuda::tf32_enabled();
+    ~RestoreTf32() { kernels::cuda::set_tf32(saved); }
+  } restore;
+  const Tensor a = Tensor::randn({256, 512}, 21, 0), b = Tensor::randn({512, 192}, 22, 0);
+  const Tensor ref = matmul(a.to(DType::f64), b.to(DType::f64));
+  const Tensor ag = a.to(Device::cuda()), bg = b.to(Device::cuda());
+  kernels::cuda::set_tf32(false);
+  const double fp32 = test::rel_error(matmul(ag, bg).to(DType::f64), ref);
+  kernels::cuda::set_tf32(true);
+  CHECK(kernels::cuda::tf32_enabled());
+  const double tf32 = test::rel_error(matmul(ag, bg).to(DType::f64), ref);
+  MESSAGE("matmul rel error vs float64: fp32 ", fp32, ", tf32 ", tf32);
+  CHECK(fp32 < 1e-6);
+  CHECK(tf32 < 3e-3);       // TF32 keeps 10 mantissa bits: about 1e-4..1e-3 here
+  CHECK(tf32 > 10 * fp32);  // and the flag really reached cuBLAS
+}
+
 template <typename T>
 std::vector<T> host_copy(const Tensor& t) {
   const Tensor c = t.to(Device::cpu());
@@ -206,7 +227,8 @@ TEST_CASE("cuda: synthetic-data kernels match the CPU bit for bit") {
   kernels::cpu::ar1_scan<float>(zc.data<float>(), b, seq, r, 0.9);
   kernels::cuda::ar1_scan<float>(zg.data<float>(), b, seq, r, 0.9);
   CHECK(zg.to_vector() == zc.to_vector());
-  Tensor qc = Tensor::empty({b, nq, r}), qg = Tensor::empty({b, nq, r}, f32().with_device(Device::cuda()));
+  Tensor qc = Tensor::empty({b, nq, r}),
+         qg = Tensor::empty({b, nq, r}, f32().with_device(Device::cuda()));
   kernels::cpu::gather_random_rows<float>(zc.data<float>(), qc.data<float>(), b, seq, r, nq, 5, 6);
   kernels::cuda::gather_random_rows<float>(zg.data<float>(), qg.data<float>(), b, seq, r, nq, 5, 6);
   CHECK(qg.to_vector() == qc.to_vector());

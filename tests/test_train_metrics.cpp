@@ -1,7 +1,8 @@
-// Tests of train/metrics (CSV, SVG loss curve), train/progress and train/signals.
+// Tests of train/metrics (CSV, SVG loss curve), train/progress and
+// train/signals.
 #include <algorithm>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <limits>
 #include <map>
 #include <regex>
@@ -49,8 +50,8 @@ TEST_CASE("metrics: CSV has the header and parses back to the same values") {
   const MetricsHistory r = train::read_metrics_csv(dir / "metrics.csv");
   REQUIRE(r.size() == h.size());
   for (size_t i = 0; i < h.size(); ++i) {
-    const MetricsRow& a = h.rows()[i];
-    const MetricsRow& b = r.rows()[i];
+    const MetricsRow &a = h.rows()[i];
+    const MetricsRow &b = r.rows()[i];
     CHECK(a.step == b.step);
     CHECK(std::fabs(a.loss - b.loss) <= 1e-8 * a.loss);  // 9 significant digits
     CHECK(std::isnan(a.eval_loss) == std::isnan(b.eval_loss));
@@ -73,14 +74,15 @@ TEST_CASE("metrics: truncate_after and set_eval_loss") {
 }
 
 // Attribute `name` of an SVG element as a string.
-std::string attr(const std::string& element, const std::string& name) {
+std::string attr(const std::string &element, const std::string &name) {
   const std::regex re(" " + name + "=\"([^\"]*)\"");
   std::smatch m;
   return std::regex_search(element, m, re) ? m[1].str() : std::string();
 }
 
-// A small XML well-formedness check: tags balance and nest, attributes are quoted.
-bool well_formed(const std::string& s, std::string* why) {
+// A small XML well-formedness check: tags balance and nest, attributes are
+// quoted.
+bool well_formed(const std::string &s, std::string *why) {
   std::vector<std::string> stack;
   size_t i = 0;
   while ((i = s.find('<', i)) != std::string::npos) {
@@ -91,12 +93,14 @@ bool well_formed(const std::string& s, std::string* why) {
     if (tag.empty()) return *why = "empty tag", false;
     if (tag[0] == '?' || tag[0] == '!') continue;
     if (tag[0] == '/') {
-      if (stack.empty() || stack.back() != tag.substr(1)) return *why = "mismatched </" + tag, false;
+      if (stack.empty() || stack.back() != tag.substr(1))
+        return *why = "mismatched </" + tag, false;
       stack.pop_back();
       continue;
     }
     const std::string name = tag.substr(0, tag.find_first_of(" \n/"));
-    if (std::count(tag.begin(), tag.end(), '"') % 2 != 0) return *why = "odd quotes in " + name, false;
+    if (std::count(tag.begin(), tag.end(), '"') % 2 != 0)
+      return *why = "odd quotes in " + name, false;
     if (tag.back() != '/') stack.push_back(name);
   }
   if (!stack.empty()) return *why = "unclosed <" + stack.back(), false;
@@ -127,7 +131,8 @@ TEST_CASE("metrics: the SVG loss curve is standalone, log-scaled, with both seri
   // Log scale: the decades are equally spaced.
   CHECK(std::fabs((decade_y[-2] - decade_y[-1]) - (decade_y[-3] - decade_y[-2])) < 0.02);
 
-  // One polyline per series; the train line runs from 1e-1 (first) to 1e-3 (last).
+  // One polyline per series; the train line runs from 1e-1 (first) to 1e-3
+  // (last).
   const std::regex poly_re("<polyline[^>]*>");
   std::vector<std::string> polys;
   for (std::sregex_iterator it(svg.begin(), svg.end(), poly_re), end; it != end; ++it) {
@@ -146,7 +151,8 @@ TEST_CASE("metrics: the SVG loss curve is standalone, log-scaled, with both seri
   REQUIRE(pts.size() == 100);
   CHECK(std::fabs(pts.front().second - decade_y[-1]) < 0.02);
   CHECK(std::fabs(pts.back().second - decade_y[-3]) < 0.02);
-  // Halfway in log space (step 50.5 would be 1e-2): step 50 is just above the 1e-2 line.
+  // Halfway in log space (step 50.5 would be 1e-2): step 50 is just above the
+  // 1e-2 line.
   CHECK(pts[49].second < decade_y[-2]);
   CHECK(pts[50].second > decade_y[-2]);
   CHECK(pts.front().first < pts.back().first);

@@ -1,4 +1,5 @@
-// Checkpoint HDF5 layout (SPEC section 6), written through a temp file and rename().
+// Checkpoint HDF5 layout (SPEC section 6), written through a temp file and
+// rename().
 #include "train/checkpoint.h"
 
 #include <fcntl.h>
@@ -21,33 +22,30 @@ namespace kvc::train {
 
 namespace {
 
-std::string dirname_of(const std::string& path) {
+std::string dirname_of(const std::string &path) {
   const size_t slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
   if (slash == 0) return "/";
   return path.substr(0, slash);
 }
 
-std::string basename_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  return slash == std::string::npos ? path : path.substr(slash + 1);
-}
-
-// fsync by path: HDF5 owns the descriptor while the file is open, so reopen it after close.
-void fsync_path(const std::string& path, bool directory) {
+// fsync by path: HDF5 owns the descriptor while the file is open, so reopen it
+// after close.
+void fsync_path(const std::string &path, bool directory) {
   const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
   KVC_CHECK(fd >= 0, "checkpoint: cannot reopen ", path, " to sync it: ", std::strerror(errno));
   const int rc = ::fsync(fd);
   const int err = errno;
   ::close(fd);
-  // Some file systems refuse fsync on folders (EINVAL); the rename is still atomic there.
+  // Some file systems refuse fsync on folders (EINVAL); the rename is still
+  // atomic there.
   KVC_CHECK(rc == 0 || (directory && (err == EINVAL || err == EBADF)), "checkpoint: fsync of ",
             path, " failed: ", std::strerror(err));
 }
 
-void write_named(H5File& f, const std::string& group, const NamedTensors& tensors) {
+void write_named(H5File &f, const std::string &group, const NamedTensors &tensors) {
   f.create_group(group);
-  for (const auto& [key, t] : tensors) {
+  for (const auto &[key, t] : tensors) {
     KVC_CHECK(t.defined(), "checkpoint: tensor '", key, "' is undefined");
     KVC_CHECK(!key.empty() && key.find('/') == std::string::npos, "checkpoint: bad key '", key,
               "' (keys may not be empty or contain '/')");
@@ -55,56 +53,56 @@ void write_named(H5File& f, const std::string& group, const NamedTensors& tensor
   }
 }
 
-NamedTensors read_named(const H5File& f, const std::string& group) {
+NamedTensors read_named(const H5File &f, const std::string &group) {
   NamedTensors out;
-  for (const std::string& key : f.list(group)) {
+  for (const std::string &key : f.list(group)) {
     const std::string p = group + "/" + key;
     KVC_CHECK(f.is_dataset(p), "checkpoint: ", f.path(), ": ", p, " is not a dataset");
     const std::string type = f.type_name(p);
-    KVC_CHECK(type == "float32" || type == "float64" || type == "float16", "checkpoint: ",
-              f.path(), ": ", p, " has element type ", type, ", expected float32");
+    KVC_CHECK(type == "float32" || type == "float64" || type == "float16", "checkpoint: ", f.path(),
+              ": ", p, " has element type ", type, ", expected float32");
     out.emplace_back(key, f.read(p, DType::f32));
   }
   return out;
 }
 
-std::string attr_str(const H5File& f, const char* name) {
+std::string attr_str(const H5File &f, const char *name) {
   KVC_CHECK(f.has_attr("/", name), "checkpoint: ", f.path(), " lacks the root attribute '", name,
             "'");
   return f.attr_string("/", name);
 }
 
-int64_t attr_int(const H5File& f, const char* name) {
+int64_t attr_int(const H5File &f, const char *name) {
   KVC_CHECK(f.has_attr("/", name), "checkpoint: ", f.path(), " lacks the root attribute '", name,
             "'");
   return f.attr_int64("/", name);
 }
 
-double attr_dbl(const H5File& f, const char* name) {
+double attr_dbl(const H5File &f, const char *name) {
   KVC_CHECK(f.has_attr("/", name), "checkpoint: ", f.path(), " lacks the root attribute '", name,
             "'");
   return f.attr_double("/", name);
 }
 
 template <typename T, typename Get>
-T attr_or(const H5File& f, const char* name, T fallback, Get get) {
+T attr_or(const H5File &f, const char *name, T fallback, Get get) {
   return f.has_attr("/", name) ? get(f, name) : fallback;
 }
 
-H5File open_checked(const std::string& path) {
+H5File open_checked(const std::string &path) {
   struct stat st {};
   KVC_CHECK(::stat(path.c_str(), &st) == 0, "checkpoint: cannot open ", path, ": ",
             std::strerror(errno));
   KVC_CHECK(S_ISREG(st.st_mode), "checkpoint: ", path, " is not a regular file");
   try {
     return H5File::open(path, H5Mode::read);
-  } catch (const Error& e) {
+  } catch (const Error &e) {
     KVC_FAIL("checkpoint: ", path, " is not a readable HDF5 file (", e.what(), ")");
   }
 }
 
-CheckpointMeta read_meta(const H5File& f) {
-  const std::string& path = f.path();
+CheckpointMeta read_meta(const H5File &f) {
+  const std::string &path = f.path();
   KVC_CHECK(f.has_attr("/", "format"), "checkpoint: ", path,
             " is not a kvcompress checkpoint (no 'format' attribute)");
   const std::string format = f.attr_string("/", "format");
@@ -130,9 +128,9 @@ CheckpointMeta read_meta(const H5File& f) {
   KVC_CHECK(m.heads > 0 && m.dim_head > 0 && m.block > 0 && m.step >= 0, "checkpoint: ", path,
             " has bad shape attributes (heads ", m.heads, ", dim_head ", m.dim_head, ", block ",
             m.block, ", step ", m.step, ")");
-  auto get_i = [](const H5File& h, const char* n) { return h.attr_int64("/", n); };
-  auto get_d = [](const H5File& h, const char* n) { return h.attr_double("/", n); };
-  auto get_s = [](const H5File& h, const char* n) { return h.attr_string("/", n); };
+  auto get_i = [](const H5File &h, const char *n) { return h.attr_int64("/", n); };
+  auto get_d = [](const H5File &h, const char *n) { return h.attr_double("/", n); };
+  auto get_s = [](const H5File &h, const char *n) { return h.attr_string("/", n); };
   m.batch = attr_or<int64_t>(f, "batch", m.batch, get_i);
   m.seq = attr_or<int64_t>(f, "seq", m.seq, get_i);
   m.queries = attr_or<int64_t>(f, "queries", m.queries, get_i);
@@ -155,12 +153,12 @@ std::string iso8601_now() {
   return buf;
 }
 
-void save_checkpoint(const std::string& path, const Checkpoint& ck) {
+void save_checkpoint(const std::string &path, const Checkpoint &ck) {
   const std::string dir = dirname_of(path);
-  const std::string tmp = dir + "/." + basename_of(path) + ".tmp-" + std::to_string(::getpid());
+  const std::string tmp = temp_path_for(path);
   try {
     H5File f = H5File::open(tmp, H5Mode::create);
-    const CheckpointMeta& m = ck.meta;
+    const CheckpointMeta &m = ck.meta;
     f.set_attr("/", "format", kCheckpointFormat);
     f.set_attr("/", "format_version", kCheckpointFormatVersion);
     f.set_attr("/", "compressor", m.compressor);
@@ -188,7 +186,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     write_named(f, "/params", ck.params);
 
     if (ck.has_optim) {
-      const OptimState& o = ck.optim;
+      const OptimState &o = ck.optim;
       f.create_group("/optim");
       f.write_scalar_int64("/optim/step", o.step);
       write_named(f, "/optim/exp_avg", o.exp_avg);
@@ -202,14 +200,14 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     }
 
     f.create_group("/rng");
-    for (const auto& [name, values] : ck.rng) {
+    for (const auto &[name, values] : ck.rng) {
       std::vector<int64_t> bits(values.size());
       for (size_t i = 0; i < values.size(); ++i) bits[i] = static_cast<int64_t>(values[i]);
       f.write_int64s("/rng/" + name, bits);
     }
 
     f.create_group("/metrics");
-    const MetricsHistory& h = ck.metrics;
+    const MetricsHistory &h = ck.metrics;
     f.write_int64s("/metrics/step", h.steps());
     f.write_doubles("/metrics/loss", h.column(&MetricsRow::loss));
     f.write_doubles("/metrics/eval_loss", h.column(&MetricsRow::eval_loss));
@@ -220,10 +218,10 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     f.flush();
     f.close();
     fsync_path(tmp, false);
-    KVC_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "checkpoint: cannot rename ", tmp,
-              " to ", path, ": ", std::strerror(errno));
+    KVC_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "checkpoint: cannot rename ", tmp, " to ",
+              path, ": ", std::strerror(errno));
     fsync_path(dir, true);
-  } catch (const Error& e) {
+  } catch (const Error &e) {
     ::unlink(tmp.c_str());
     const std::string msg = e.what();
     if (msg.rfind("checkpoint:", 0) == 0) throw;
@@ -231,17 +229,17 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
   }
 }
 
-CheckpointMeta read_checkpoint_meta(const std::string& path) {
+CheckpointMeta read_checkpoint_meta(const std::string &path) {
   try {
     return read_meta(open_checked(path));
-  } catch (const Error& e) {
+  } catch (const Error &e) {
     const std::string msg = e.what();
     if (msg.rfind("checkpoint:", 0) == 0) throw;
     KVC_FAIL("checkpoint: ", path, " is damaged: ", msg);
   }
 }
 
-Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
+Checkpoint load_checkpoint(const std::string &path, bool with_optim) {
   try {
     H5File f = open_checked(path);
     Checkpoint ck;
@@ -253,7 +251,7 @@ Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
     if (with_optim) {
       KVC_CHECK(f.is_group("/optim"), "checkpoint: ", path,
                 " has no /optim group (it cannot be resumed)");
-      OptimState& o = ck.optim;
+      OptimState &o = ck.optim;
       ck.has_optim = true;
       o.step = f.read_scalar_int64("/optim/step");
       o.exp_avg = read_named(f, "/optim/exp_avg");
@@ -263,15 +261,15 @@ Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
       o.beta2 = f.attr_double("/optim", "beta2");
       o.eps = f.attr_double("/optim", "eps");
       o.weight_decay = f.attr_double("/optim", "weight_decay");
-      o.decoupled = f.has_attr("/optim", "optimizer") &&
-                    f.attr_string("/optim", "optimizer") == "adamw";
+      o.decoupled =
+          f.has_attr("/optim", "optimizer") && f.attr_string("/optim", "optimizer") == "adamw";
       KVC_CHECK(o.exp_avg.size() == ck.params.size() && o.exp_avg_sq.size() == ck.params.size(),
                 "checkpoint: ", path, " has ", ck.params.size(), " parameters but ",
                 o.exp_avg.size(), " exp_avg and ", o.exp_avg_sq.size(), " exp_avg_sq tensors");
     }
 
     if (f.is_group("/rng")) {
-      for (const std::string& name : f.list("/rng")) {
+      for (const std::string &name : f.list("/rng")) {
         const std::vector<int64_t> bits = f.read_int64s("/rng/" + name);
         std::vector<uint64_t> values(bits.size());
         for (size_t i = 0; i < bits.size(); ++i) values[i] = static_cast<uint64_t>(bits[i]);
@@ -281,7 +279,7 @@ Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
 
     if (f.is_group("/metrics") && f.has("/metrics/step")) {
       const std::vector<int64_t> step = f.read_int64s("/metrics/step");
-      auto col = [&](const char* name) {
+      auto col = [&](const char *name) {
         const std::string p = std::string("/metrics/") + name;
         return f.has(p) ? f.read_doubles(p) : std::vector<double>(step.size(), NAN);
       };
@@ -289,7 +287,7 @@ Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
                                                 col("grad_norm"), col("elapsed"));
     }
     return ck;
-  } catch (const Error& e) {
+  } catch (const Error &e) {
     const std::string msg = e.what();
     if (msg.rfind("checkpoint:", 0) == 0) throw;
     KVC_FAIL("checkpoint: ", path, " is damaged: ", msg);

@@ -12,14 +12,15 @@
 
 namespace kvc::train {
 
-inline constexpr const char* kCheckpointFormat = "kvcompress-checkpoint";
+inline constexpr const char *kCheckpointFormat = "kvcompress-checkpoint";
 inline constexpr int64_t kCheckpointFormatVersion = 1;
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
-// Root attributes. The first block is SPEC section 6; the rest records the run's other settings
-// so that `eval`, `inspect` and `--resume` need no flags repeated (absent in foreign files that
-// are otherwise valid: readers fall back to the small defaults).
+// Root attributes. The first block is SPEC section 6; the rest records the
+// run's other settings so that `eval`, `inspect` and `--resume` need no flags
+// repeated (absent in foreign files that are otherwise valid: readers fall back
+// to the small defaults).
 struct CheckpointMeta {
   std::string compressor;
   int64_t heads = 0, dim_head = 0, block = 0;
@@ -52,25 +53,27 @@ struct Checkpoint {
   NamedTensors params;  // float32, keys with dots as in the PyTorch state_dict
   bool has_optim = false;
   OptimState optim;
-  // /rng: named vectors of 64-bit counters (unsigned values are stored bit for bit as int64).
+  // /rng: named vectors of 64-bit counters (unsigned values are stored bit for
+  // bit as int64).
   std::map<std::string, std::vector<uint64_t>> rng;
   MetricsHistory metrics;
 };
 
-// Writes `ck` to `path` atomically: a temp file in the same folder (".<name>.tmp-<pid>"),
-// H5Fflush, close, fsync, rename() over `path`, fsync of the folder. A crash at any moment
-// leaves either the old file or the new one. Throws kvc::Error naming the path on failure and
-// removes the temp file.
-void save_checkpoint(const std::string& path, const Checkpoint& ck);
+// Writes `ck` to `path` atomically: a temp file in the same folder
+// (".<name>.tmp-<pid>"), H5Fflush, close, fsync, rename() over `path`, fsync of
+// the folder. A crash at any moment leaves either the old file or the new one.
+// Throws kvc::Error naming the path on failure and removes the temp file.
+void save_checkpoint(const std::string &path, const Checkpoint &ck);
 
 // Reads and validates a checkpoint: the file must exist, be HDF5, carry format
-// "kvcompress-checkpoint" with a format_version this build reads, and have every attribute and
-// group SPEC section 6 names. Tensors land on the CPU in float32. `with_optim` false skips
-// /optim (inference). Errors are one line naming the file and what is wrong.
-Checkpoint load_checkpoint(const std::string& path, bool with_optim = true);
+// "kvcompress-checkpoint" with a format_version this build reads, and have
+// every attribute and group SPEC section 6 names. Tensors land on the CPU in
+// float32. `with_optim` false skips /optim (inference). Errors are one line
+// naming the file and what is wrong.
+Checkpoint load_checkpoint(const std::string &path, bool with_optim = true);
 
 // Reads only the root attributes (validated as above); cheap.
-CheckpointMeta read_checkpoint_meta(const std::string& path);
+CheckpointMeta read_checkpoint_meta(const std::string &path);
 
 // The current time as ISO 8601 UTC ("2025-03-01T12:34:56Z").
 std::string iso8601_now();

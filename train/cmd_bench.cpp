@@ -1,22 +1,27 @@
-// `kvcompress bench`: times forward, backward, optimizer and a full training step per kind.
+// `kvcompress bench`: times forward, backward, optimizer and a full training
+// step per kind.
 //
-// What is counted (per training step of the distill task, one pair = k and v compressors):
-//   M = b*h*w blocks, w = seq / n, I = n*d, H = floor(I * expand), r = reduction.
-//   Compressor forward FLOPs (one compressor; GEMM multiply-adds count 2):
+// What is counted (per training step of the distill task, one pair = k and v
+// compressors):
+//   M = b*h*w blocks, w = seq / n, I = n*d, H = floor(I * expand), r =
+//   reduction. Compressor forward FLOPs (one compressor; GEMM multiply-adds
+//   count 2):
 //     conv            2*M*I*d
 //     efficient_conv  2*M*n*d*(d/r) + 2*M*n*(d/r)*(d/r) + 2*M*(d/r)*d
-//     attention_pool, scaled_attention_pool   2*M*n*d*d (logits) + 2*M*n*d (weighted sum)
-//     grouped_mlp, enhanced_mlp, mlp          2*M*I*H + 2*M*H*d
-//   Attention GEMMs: target softmax(QK^T)V: 4*b*h*nq*seq*d; prediction over w blocks:
+//     attention_pool, scaled_attention_pool   2*M*n*d*d (logits) + 2*M*n*d
+//     (weighted sum) grouped_mlp, enhanced_mlp, mlp          2*M*I*H + 2*M*H*d
+//   Attention GEMMs: target softmax(QK^T)V: 4*b*h*nq*seq*d; prediction over w
+//   blocks:
 //     4*b*h*nq*w*d.
 //   forward  = 2 * compressor + target + prediction
 //   backward = 2 * (2 * compressor + prediction)   (the target has no gradient)
-//   step     = forward + backward   (Adam's elementwise work is not counted as FLOPs)
-//   Bytes (the compulsory traffic, float32): forward reads K, V, Q and the parameters and writes
-//   Kc, Vc; backward reads them again and writes the parameter gradients; Adam reads parameter,
-//   gradient and both moments and writes parameter and moments (7 * 4 * P bytes).
-// GB/s and TFLOP/s divide these by the measured median times: a roofline position, not a count
-// of what the kernels actually move.
+//   step     = forward + backward   (Adam's elementwise work is not counted as
+//   FLOPs) Bytes (the compulsory traffic, float32): forward reads K, V, Q and
+//   the parameters and writes Kc, Vc; backward reads them again and writes the
+//   parameter gradients; Adam reads parameter, gradient and both moments and
+//   writes parameter and moments (7 * 4 * P bytes).
+// GB/s and TFLOP/s divide these by the measured median times: a roofline
+// position, not a count of what the kernels actually move.
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
@@ -73,9 +78,10 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Median milliseconds of `body` over reps after warmup runs; `setup` runs untimed before each.
-double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<void()>& setup,
-               const std::function<void()>& body) {
+// Median milliseconds of `body` over reps after warmup runs; `setup` runs
+// untimed before each.
+double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<void()> &setup,
+               const std::function<void()> &body) {
   using Clock = std::chrono::steady_clock;
   std::vector<double> ms;
   for (int64_t i = 0; i < warmup + reps; ++i) {
@@ -90,8 +96,7 @@ double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<
   return median(ms);
 }
 
-Work count_work(const std::string& kind, const ShapeFlags& s, const ModelFlags& m,
-                int64_t params) {
+Work count_work(const std::string &kind, const ShapeFlags &s, const ModelFlags &m, int64_t params) {
   const double b = s.batch, h = s.heads, n = s.block, d = s.dim_head, nq = s.queries;
   const double w = std::floor(static_cast<double>(s.seq) / s.block), seq = s.seq;
   const double M = b * h * w, I = n * d, H = std::floor(I * m.expand), dr = d / m.reduction;
@@ -117,7 +122,7 @@ Work count_work(const std::string& kind, const ShapeFlags& s, const ModelFlags& 
   return wk;
 }
 
-double peak_memory_bytes(Device device, bool* is_device) {
+double peak_memory_bytes(Device device, bool *is_device) {
 #ifdef KVC_WITH_CUDA
   if (device.is_cuda()) {
     *is_device = true;
@@ -149,8 +154,7 @@ struct Result {
   bool peak_is_device = false;
 };
 
-Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags& s,
-                  Device device) {
+Result bench_kind(const std::string &kind, const BenchArgs &a, const ShapeFlags &s, Device device) {
   CompressorOptions o;
   o.kind = kind;
   o.heads = s.heads;
@@ -194,18 +198,22 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags&
       },
       [&] { backward(loss); });
   drop_tape();
-  r.t.optimizer_ms = time_ms(device, a.warmup, a.reps, [] {}, [&] {
-    adam.clip_grad_norm_async(1.0);
-    adam.step();
-  });
-  r.t.step_ms = time_ms(device, a.warmup, a.reps, [] {}, [&] {
-    adam.zero_grad();
-    forward();
-    backward(loss);
-    loss = Tensor();
-    adam.clip_grad_norm_async(1.0);
-    adam.step();
-  });
+  r.t.optimizer_ms = time_ms(
+      device, a.warmup, a.reps, [] {},
+      [&] {
+        adam.clip_grad_norm_async(1.0);
+        adam.step();
+      });
+  r.t.step_ms = time_ms(
+      device, a.warmup, a.reps, [] {},
+      [&] {
+        adam.zero_grad();
+        forward();
+        backward(loss);
+        loss = Tensor();
+        adam.clip_grad_norm_async(1.0);
+        adam.step();
+      });
   r.w = count_work(kind, s, a.model, r.params);
   const double step_s = r.t.step_ms * 1e-3;
   r.tokens_per_s = static_cast<double>(s.batch * s.seq) / step_s;
@@ -215,8 +223,9 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags&
   return r;
 }
 
-int run_bench(const CLI::App* cmd, const BenchArgs& in) {
+int run_bench(const CLI::App *cmd, const BenchArgs &in) {
   BenchArgs a = in;
+  if (a.json) spdlog::set_level(spdlog::level::warn);  // stdout carries only the JSON
   // The config sets the shape; shape flags given explicitly override it.
   const ShapeFlags preset = shape_preset(a.config);
   ShapeFlags s = preset;
@@ -229,54 +238,60 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
   validate_shape(s, a.model);
   const Device device = resolve_device(a.device);
   apply_precision(a.precision, device);
-  const std::vector<std::string> kinds =
-      a.model.compressor == "all" ? compressor_kind_names()
-                                  : std::vector<std::string>{a.model.compressor};
+  const std::vector<std::string> kinds = a.model.compressor == "all"
+                                             ? compressor_kind_names()
+                                             : std::vector<std::string>{a.model.compressor};
 
   std::vector<Result> results;
   if (!a.json) {
-    std::printf("bench: config %s (b %lld, h %lld, seq %lld, n %lld, d %lld, nq %lld), %s, "
-                "%s, median of %lld reps after %lld warmup\n",
-                a.config.c_str(), static_cast<long long>(s.batch),
-                static_cast<long long>(s.heads), static_cast<long long>(s.seq),
-                static_cast<long long>(s.block), static_cast<long long>(s.dim_head),
-                static_cast<long long>(s.queries), device.name().c_str(), a.precision.c_str(),
-                static_cast<long long>(a.reps), static_cast<long long>(a.warmup));
+    std::printf(
+        "bench: config %s (b %lld, h %lld, seq %lld, n %lld, d %lld, "
+        "nq %lld), %s, "
+        "%s, median of %lld reps after %lld warmup\n",
+        a.config.c_str(), static_cast<long long>(s.batch), static_cast<long long>(s.heads),
+        static_cast<long long>(s.seq), static_cast<long long>(s.block),
+        static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
+        device.name().c_str(), a.precision.c_str(), static_cast<long long>(a.reps),
+        static_cast<long long>(a.warmup));
     std::printf("%-22s %10s %10s %10s %10s %12s %9s %9s %12s\n", "kind", "fwd ms", "bwd ms",
                 "optim ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
                 device.is_cuda() ? "peak dev MB" : "peak RSS MB");
   }
-  for (const std::string& kind : kinds) {
+  for (const std::string &kind : kinds) {
     const Result r = bench_kind(kind, a, s, device);
     results.push_back(r);
     if (!a.json) {
       std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %12.4g %9.3f %9.4f %12.1f\n", kind.c_str(),
-                  r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms,
-                  r.tokens_per_s, r.gbps, r.tflops, r.peak_bytes / 1048576.0);
+                  r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s,
+                  r.gbps, r.tflops, r.peak_bytes / 1048576.0);
       std::fflush(stdout);
     }
   }
   if (a.json) {
-    std::printf("{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", \"batch\": %lld, "
-                "\"heads\": %lld, \"seq\": %lld, \"block\": %lld, \"dim_head\": %lld, "
-                "\"queries\": %lld, \"warmup\": %lld, \"reps\": %lld, \"results\": [",
-                a.config.c_str(), device.name().c_str(), a.precision.c_str(),
-                static_cast<long long>(s.batch), static_cast<long long>(s.heads),
-                static_cast<long long>(s.seq), static_cast<long long>(s.block),
-                static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
-                static_cast<long long>(a.warmup), static_cast<long long>(a.reps));
+    std::printf(
+        "{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", "
+        "\"batch\": %lld, "
+        "\"heads\": %lld, \"seq\": %lld, \"block\": %lld, \"dim_head\": %lld, "
+        "\"queries\": %lld, \"warmup\": %lld, \"reps\": %lld, \"results\": [",
+        a.config.c_str(), device.name().c_str(), a.precision.c_str(),
+        static_cast<long long>(s.batch), static_cast<long long>(s.heads),
+        static_cast<long long>(s.seq), static_cast<long long>(s.block),
+        static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
+        static_cast<long long>(a.warmup), static_cast<long long>(a.reps));
     for (size_t i = 0; i < results.size(); ++i) {
-      const Result& r = results[i];
-      std::printf("%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
-                  "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
-                  "\"tokens_per_s\": %.6g, \"gb_per_s\": %.6g, \"tflop_per_s\": %.6g, "
-                  "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": %.6g, "
-                  "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"}",
-                  i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params),
-                  r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms,
-                  r.tokens_per_s, r.gbps, r.tflops, r.w.forward_flops, r.w.backward_flops,
-                  r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
-                  r.peak_is_device ? "device" : "host_rss");
+      const Result &r = results[i];
+      std::printf(
+          "%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
+          "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
+          "\"tokens_per_s\": %.6g, \"gb_per_s\": %.6g, \"tflop_per_s\": %.6g, "
+          "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
+          "%.6g, "
+          "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"}",
+          i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
+          r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
+          r.w.forward_flops, r.w.backward_flops,
+          r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
+          r.peak_is_device ? "device" : "host_rss");
     }
     std::printf("\n]}\n");
   }
@@ -285,11 +300,12 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
 
 }  // namespace
 
-Command add_bench_command(CLI::App& app) {
+Command add_bench_command(CLI::App &app) {
   auto a = std::make_shared<BenchArgs>();
   a->model.compressor = "all";
-  CLI::App* cmd = app.add_subcommand(
-      "bench", "time forward, backward, optimizer and a full training step per compressor kind");
+  CLI::App *cmd = app.add_subcommand("bench",
+                                     "time forward, backward, optimizer and a "
+                                     "full training step per compressor kind");
   add_model_flags(cmd, &a->model, /*allow_all=*/true);
   cmd->add_option("--config", a->config, "shape preset small|nsa|long (shape flags override it)")
       ->capture_default_str()

@@ -1,4 +1,5 @@
-// `kvcompress eval`: a checkpoint's loss on held-out data (synthetic from its seed, or a file).
+// `kvcompress eval`: a checkpoint's loss on held-out data (synthetic from its
+// seed, or a file).
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -18,13 +19,14 @@ struct EvalArgs {
   int64_t batches = 8;
 };
 
-int run_eval(const EvalArgs& a) {
+int run_eval(const EvalArgs &a) {
   const Device device = resolve_device(a.device);
   const train::Checkpoint ck = train::load_checkpoint(a.checkpoint, /*with_optim=*/false);
-  const train::CheckpointMeta& m = ck.meta;
+  const train::CheckpointMeta &m = ck.meta;
   std::shared_ptr<CompressorPair> pair = train::pair_from_checkpoint(ck, device);
   std::shared_ptr<CompressorPair> teacher;
-  if (m.task == "teacher") teacher = CompressorPair::make_teacher(train::options_from_meta(m, device));
+  if (m.task == "teacher")
+    teacher = CompressorPair::make_teacher(train::options_from_meta(m, device));
 
   KVShape shape;
   shape.batch = m.batch;
@@ -32,18 +34,20 @@ int run_eval(const EvalArgs& a) {
   shape.dim_head = m.dim_head;
   shape.seq = m.seq;
   shape.queries = m.queries;
-  // Without --data: the run's own held-out stream (its file when it trained on one).
+  // Without --data: the run's own held-out stream (its file when it trained on
+  // one).
   const std::string data = a.data.empty() ? (m.data == "synthetic" ? "" : m.data) : a.data;
   std::unique_ptr<KVSource> source = train::make_source(data, shape, m.seed, device, Split::eval);
   const KVShape fs = source->shape();
-  KVC_CHECK(fs.heads == m.heads && fs.dim_head == m.dim_head, "eval: ", data, " has h ",
-            fs.heads, " and d ", fs.dim_head, " but the checkpoint's pair has h ", m.heads,
-            " and d ", m.dim_head);
-  KVC_CHECK(fs.seq >= m.block, "eval: ", data, " has seq ", fs.seq,
-            ", shorter than one block of ", m.block);
+  KVC_CHECK(fs.heads == m.heads && fs.dim_head == m.dim_head, "eval: ", data, " has h ", fs.heads,
+            " and d ", fs.dim_head, " but the checkpoint's pair has h ", m.heads, " and d ",
+            m.dim_head);
+  KVC_CHECK(fs.seq >= m.block, "eval: ", data, " has seq ", fs.seq, ", shorter than one block of ",
+            m.block);
 
   const double loss = train::evaluate(*pair, teacher.get(), m.task, *source, a.batches);
-  // The same pair untrained (the seed's initial weights): what the training bought.
+  // The same pair untrained (the seed's initial weights): what the training
+  // bought.
   CompressorPair fresh(train::options_from_meta(m, device));
   const double base = train::evaluate(fresh, teacher.get(), m.task, *source, a.batches);
   std::printf("checkpoint   %s (step %lld, %s, task %s)\n", a.checkpoint.c_str(),
@@ -56,10 +60,11 @@ int run_eval(const EvalArgs& a) {
 
 }  // namespace
 
-Command add_eval_command(CLI::App& app) {
+Command add_eval_command(CLI::App &app) {
   auto a = std::make_shared<EvalArgs>();
-  CLI::App* cmd = app.add_subcommand(
-      "eval", "loss of a checkpoint on held-out data (synthetic from its seed without --data)");
+  CLI::App *cmd = app.add_subcommand("eval",
+                                     "loss of a checkpoint on held-out data "
+                                     "(synthetic from its seed without --data)");
   cmd->add_option("--checkpoint", a->checkpoint, "checkpoint file (.h5)")->required();
   cmd->add_option("--data", a->data, "KV HDF5 file; its last 5% of sequences are the eval split")
       ->capture_default_str();

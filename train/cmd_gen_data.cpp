@@ -1,4 +1,5 @@
-// `kvcompress gen-data`: writes the synthetic generator's sequences as a KV HDF5 file (SPEC 5).
+// `kvcompress gen-data`: writes the synthetic generator's sequences as a KV
+// HDF5 file (SPEC 5).
 #include <spdlog/spdlog.h>
 
 #include <memory>
@@ -18,7 +19,7 @@ struct GenDataArgs {
   std::string device = "cpu";
 };
 
-int run_gen_data(const GenDataArgs& a) {
+int run_gen_data(const GenDataArgs &a) {
   KVC_USAGE_CHECK(a.shape.seq >= 1 && a.count >= 1, "--count and --seq must be positive");
   const Device device = resolve_device(a.device);
   KVShape shape;
@@ -28,17 +29,19 @@ int run_gen_data(const GenDataArgs& a) {
   shape.seq = a.shape.seq;
   shape.queries = a.shape.queries;
   generate_kv_file(a.out, shape, a.count, a.seed, device);
-  spdlog::info("wrote {}: {} sequences, k and v ({}, {}, {}, {}), q ({}, {}, {}, {}), seed {}",
-               a.out, a.count, a.count, shape.heads, shape.seq, shape.dim_head, a.count,
-               shape.heads, shape.queries, shape.dim_head, a.seed);
+  spdlog::info(
+      "wrote {}: {} sequences, k and v ({}, {}, {}, {}), q ({}, {}, "
+      "{}, {}), seed {}",
+      a.out, a.count, a.count, shape.heads, shape.seq, shape.dim_head, a.count, shape.heads,
+      shape.queries, shape.dim_head, a.seed);
   return kExitOk;
 }
 
 }  // namespace
 
-Command add_gen_data_command(CLI::App& app) {
+Command add_gen_data_command(CLI::App &app) {
   auto a = std::make_shared<GenDataArgs>();
-  CLI::App* cmd = app.add_subcommand("gen-data", "write synthetic KV sequences to an HDF5 file");
+  CLI::App *cmd = app.add_subcommand("gen-data", "write synthetic KV sequences to an HDF5 file");
   cmd->add_option("--out", a->out, "output file (.h5); written atomically")->required();
   cmd->add_option("--count", a->count, "number of sequences N")
       ->capture_default_str()

@@ -1,4 +1,5 @@
-// `kvcompress gradcheck`: float64 finite-difference checks of every compressor and the pair.
+// `kvcompress gradcheck`: float64 finite-difference checks of every compressor
+// and the pair.
 #include <cstdio>
 #include <memory>
 
@@ -24,9 +25,9 @@ struct Row {
   GradcheckResult r;
 };
 
-std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Device device) {
+std::vector<Row> check_kind(const std::string &kind, const GradcheckArgs &a, Device device) {
   std::vector<Row> rows;
-  const ShapeFlags& s = a.shape;
+  const ShapeFlags &s = a.shape;
   CompressorOptions o;
   o.kind = kind;
   o.heads = s.heads;
@@ -43,17 +44,17 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
   const TensorOptions t64 = f64().with_device(device);
   const int64_t w = s.seq / s.block;
 
-  // The layer alone: its input x and every parameter. A layer with dropout stays in training
-  // mode (the masks are part of what is checked) with its counters reset before each call, so
-  // every evaluation draws the same masks.
+  // The layer alone: its input x and every parameter. A layer with dropout
+  // stays in training mode (the masks are part of what is checked) with its
+  // counters reset before each call, so every evaluation draws the same masks.
   {
     std::shared_ptr<Compressor> layer = make_compressor(o);
-    Tensor x = Tensor::randn({s.batch, s.heads, w, s.block, s.dim_head}, a.seed + 11, 0, 0.0, 1.0,
-                             t64);
+    Tensor x =
+        Tensor::randn({s.batch, s.heads, w, s.block, s.dim_head}, a.seed + 11, 0, 0.0, 1.0, t64);
     const std::vector<uint64_t> counters = layer->rng_counters();
     std::vector<std::pair<std::string, Tensor>> inputs{{"input", x}};
-    for (auto& kv : layer->named_parameters()) inputs.push_back(kv);
-    for (const GradcheckResult& r : gradcheck(
+    for (auto &kv : layer->named_parameters()) inputs.push_back(kv);
+    for (const GradcheckResult &r : gradcheck(
              [&] {
                layer->set_rng_counters(counters);
                return (*layer)(x);
@@ -62,26 +63,29 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
       rows.push_back({kind, r});
     }
   }
-  // The pair. compress(): K and V (its inputs) and every parameter. The distill loss: every
-  // parameter (its target attention(Q, K, V) is data, computed without gradient on purpose, so
-  // K, V and Q are checked through compress() instead of through the loss).
+  // The pair. compress(): K and V (its inputs) and every parameter. The distill
+  // loss: every parameter (its target attention(Q, K, V) is data, computed
+  // without gradient on purpose, so K, V and Q are checked through compress()
+  // instead of through the loss).
   {
     CompressorPair pair(o);
     Tensor k = Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.seed + 12, 0, 0.0, 1.0, t64);
     Tensor v = Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.seed + 13, 0, 0.0, 1.0, t64);
-    Tensor q = Tensor::randn({s.batch, s.heads, s.queries, s.dim_head}, a.seed + 14, 0, 0.0, 1.0,
-                             t64);
-    // Positions start at zero; move them off it so their gradient path sees general values.
-    for (auto& kv : pair.named_parameters()) {
+    Tensor q =
+        Tensor::randn({s.batch, s.heads, s.queries, s.dim_head}, a.seed + 14, 0, 0.0, 1.0, t64);
+    // Positions start at zero; move them off it so their gradient path sees
+    // general values.
+    for (auto &kv : pair.named_parameters()) {
       if (kv.first.find("intrablock_positions") != std::string::npos) {
         kv.second.copy_from(Tensor::randn(kv.second.shape(), a.seed + 15, 0, 0.0, 0.1, t64));
       }
     }
     const std::vector<uint64_t> counters = pair.rng_counters();
     std::vector<std::pair<std::string, Tensor>> inputs{{"k", k}, {"v", v}};
-    for (auto& kv : pair.named_parameters()) inputs.push_back(kv);
-    // Both outputs at once: (2, b, h, w, d) through one reshape-free sum of two projections.
-    for (const GradcheckResult& r : gradcheck(
+    for (auto &kv : pair.named_parameters()) inputs.push_back(kv);
+    // Both outputs at once: (2, b, h, w, d) through one reshape-free sum of two
+    // projections.
+    for (const GradcheckResult &r : gradcheck(
              [&] {
                pair.set_rng_counters(counters);
                const auto out = pair.compress(k, v);
@@ -91,7 +95,7 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
       rows.push_back({"pair(" + kind + ") compress", r});
     }
     std::vector<std::pair<std::string, Tensor>> params = pair.named_parameters();
-    for (const GradcheckResult& r : gradcheck(
+    for (const GradcheckResult &r : gradcheck(
              [&] {
                pair.set_rng_counters(counters);
                return pair.distill_loss(q, k, v);
@@ -103,7 +107,7 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
   return rows;
 }
 
-int run_gradcheck(const GradcheckArgs& a) {
+int run_gradcheck(const GradcheckArgs &a) {
   validate_shape(a.shape, a.model);
   const Device device = resolve_device(a.device);
   std::vector<std::string> kinds;
@@ -112,27 +116,29 @@ int run_gradcheck(const GradcheckArgs& a) {
   } else {
     kinds = {a.model.compressor};
   }
-  std::printf("gradcheck: float64 central differences (eps %g) on %s, b %lld h %lld seq %lld "
-              "n %lld d %lld nq %lld\n",
-              a.eps, device.name().c_str(), static_cast<long long>(a.shape.batch),
-              static_cast<long long>(a.shape.heads), static_cast<long long>(a.shape.seq),
-              static_cast<long long>(a.shape.block), static_cast<long long>(a.shape.dim_head),
-              static_cast<long long>(a.shape.queries));
+  std::printf(
+      "gradcheck: float64 central differences (eps %g) on %s, b %lld h "
+      "%lld seq %lld "
+      "n %lld d %lld nq %lld\n",
+      a.eps, device.name().c_str(), static_cast<long long>(a.shape.batch),
+      static_cast<long long>(a.shape.heads), static_cast<long long>(a.shape.seq),
+      static_cast<long long>(a.shape.block), static_cast<long long>(a.shape.dim_head),
+      static_cast<long long>(a.shape.queries));
   std::printf("%-34s %-40s %14s %14s  %s\n", "layer", "tensor", "max abs err", "max rel err",
               "pass");
   int failed = 0, total = 0;
   std::string first_failure;
-  for (const std::string& kind : kinds) {
-    for (const Row& row : check_kind(kind, a, device)) {
+  for (const std::string &kind : kinds) {
+    for (const Row &row : check_kind(kind, a, device)) {
       ++total;
       std::printf("%-34s %-40s %14.3e %14.3e  %s\n", row.layer.c_str(), row.r.tensor.c_str(),
                   row.r.max_abs_error, row.r.max_rel_error, row.r.passed ? "ok" : "FAIL");
       if (!row.r.passed) {
         ++failed;
         if (first_failure.empty()) {
-          first_failure = str(row.layer, " ", row.r.tensor, " (element ", row.r.worst_index,
-                              ": analytic ", row.r.worst_analytic, ", numeric ",
-                              row.r.worst_numeric, ")");
+          first_failure =
+              str(row.layer, " ", row.r.tensor, " (element ", row.r.worst_index, ": analytic ",
+                  row.r.worst_analytic, ", numeric ", row.r.worst_numeric, ")");
         }
       }
     }
@@ -146,12 +152,13 @@ int run_gradcheck(const GradcheckArgs& a) {
 
 }  // namespace
 
-Command add_gradcheck_command(CLI::App& app) {
+Command add_gradcheck_command(CLI::App &app) {
   auto a = std::make_shared<GradcheckArgs>();
   a->model.compressor = "all";
-  CLI::App* cmd = app.add_subcommand(
-      "gradcheck", "finite-difference check (float64) of every layer's input and parameters and "
-                   "of the pair's distill loss");
+  CLI::App *cmd = app.add_subcommand("gradcheck",
+                                     "finite-difference check (float64) of "
+                                     "every layer's input and parameters and "
+                                     "of the pair's distill loss");
   add_model_flags(cmd, &a->model, /*allow_all=*/true);
   add_shape_flags(cmd, &a->shape);
   add_device_flag(cmd, &a->device);

@@ -1,4 +1,5 @@
-// `kvcompress infer`: compresses every sequence of a KV file with a checkpoint's pair (eval mode).
+// `kvcompress infer`: compresses every sequence of a KV file with a
+// checkpoint's pair (eval mode).
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include "data/kv_file.h"
 #include "train/checkpoint.h"
 #include "train/cli_options.h"
+#include "train/metrics.h"
 #include "train/trainer.h"
 
 namespace kvc::cli {
@@ -24,28 +26,25 @@ struct InferArgs {
   int64_t batch = 8;
 };
 
-int run_infer(const InferArgs& a) {
+int run_infer(const InferArgs &a) {
   const Device device = resolve_device(a.device);
   const train::Checkpoint ck = train::load_checkpoint(a.checkpoint, /*with_optim=*/false);
-  const train::CheckpointMeta& m = ck.meta;
+  const train::CheckpointMeta &m = ck.meta;
   std::shared_ptr<CompressorPair> pair = train::pair_from_checkpoint(ck, device);
   pair->eval();
 
   H5File in = H5File::open(a.data, H5Mode::read);
   const KVFileInfo info = inspect_kv_file(in);
   KVC_CHECK(info.heads == m.heads && info.dim_head == m.dim_head, "infer: ", a.data,
-            " has k of shape (", info.count, ", ", info.heads, ", ", info.seq, ", ",
-            info.dim_head, ") but the checkpoint's pair needs h ", m.heads, " and d ",
-            m.dim_head);
+            " has k of shape (", info.count, ", ", info.heads, ", ", info.seq, ", ", info.dim_head,
+            ") but the checkpoint's pair needs h ", m.heads, " and d ", m.dim_head);
   KVC_CHECK(info.seq >= m.block, "infer: ", a.data, " has seq ", info.seq,
             ", shorter than one block of ", m.block);
   const int64_t w = info.seq / m.block;
 
-  // A temp file in the output's folder, renamed over --out at the end: never a partial result.
-  const size_t slash = a.out.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : a.out.substr(0, slash);
-  const std::string name = slash == std::string::npos ? a.out : a.out.substr(slash + 1);
-  const std::string tmp = dir + "/." + name + ".tmp-" + std::to_string(::getpid());
+  // A temp file in the output's folder, renamed over --out at the end: never a
+  // partial result.
+  const std::string tmp = train::temp_path_for(a.out);
   try {
     H5File out = H5File::open(tmp, H5Mode::create);
     const Shape shape{info.count, info.heads, w, info.dim_head};
@@ -76,17 +75,20 @@ int run_infer(const InferArgs& a) {
     ::unlink(tmp.c_str());
     throw;
   }
-  spdlog::info("wrote {}: k_compressed and v_compressed ({}, {}, {}, {}) from {} sequences of {}",
-               a.out, info.count, info.heads, w, info.dim_head, info.count, a.data);
+  spdlog::info(
+      "wrote {}: k_compressed and v_compressed ({}, {}, {}, {}) from "
+      "{} sequences of {}",
+      a.out, info.count, info.heads, w, info.dim_head, info.count, a.data);
   return kExitOk;
 }
 
 }  // namespace
 
-Command add_infer_command(CLI::App& app) {
+Command add_infer_command(CLI::App &app) {
   auto a = std::make_shared<InferArgs>();
-  CLI::App* cmd = app.add_subcommand(
-      "infer", "compress every sequence of a KV file with a checkpoint's pair (eval mode)");
+  CLI::App *cmd = app.add_subcommand("infer",
+                                     "compress every sequence of a KV file with a "
+                                     "checkpoint's pair (eval mode)");
   cmd->add_option("--checkpoint", a->checkpoint, "checkpoint file (.h5)")->required();
   cmd->add_option("--data", a->data, "KV HDF5 file: k, v (N, h, seq, d)")->required();
   cmd->add_option("--out", a->out, "output file: k_compressed, v_compressed (N, h, w, d) float32")

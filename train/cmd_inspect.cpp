@@ -1,4 +1,5 @@
-// `kvcompress inspect CKPT`: a checkpoint's attributes, parameters and last metrics.
+// `kvcompress inspect CKPT`: a checkpoint's attributes, parameters and last
+// metrics.
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -10,11 +11,11 @@ namespace kvc::cli {
 
 namespace {
 
-std::string shape_text(const Shape& s) { return str(s); }
+std::string shape_text(const Shape &s) { return str(s); }
 
-int run_inspect(const std::string& path) {
+int run_inspect(const std::string &path) {
   const train::Checkpoint ck = train::load_checkpoint(path, /*with_optim=*/true);
-  const train::CheckpointMeta& m = ck.meta;
+  const train::CheckpointMeta &m = ck.meta;
   std::printf("checkpoint          %s\n", path.c_str());
   std::printf("format              %s version %lld\n", train::kCheckpointFormat,
               static_cast<long long>(train::kCheckpointFormatVersion));
@@ -37,18 +38,18 @@ int run_inspect(const std::string& path) {
   std::printf("created             %s\n", m.created.c_str());
   std::printf("kvcompress_version  %s\n", m.kvcompress_version.c_str());
   if (ck.has_optim) {
-    std::printf("optimizer           %s, step %lld, lr %g, betas (%g, %g), eps %g, "
-                "weight_decay %g\n",
-                ck.optim.decoupled ? "AdamW" : "Adam", static_cast<long long>(ck.optim.step),
-                ck.optim.lr, ck.optim.beta1, ck.optim.beta2, ck.optim.eps,
-                ck.optim.weight_decay);
+    std::printf(
+        "optimizer           %s, step %lld, lr %g, betas (%g, %g), eps %g, "
+        "weight_decay %g\n",
+        ck.optim.decoupled ? "AdamW" : "Adam", static_cast<long long>(ck.optim.step), ck.optim.lr,
+        ck.optim.beta1, ck.optim.beta2, ck.optim.eps, ck.optim.weight_decay);
   }
 
   size_t width = 9;
-  for (const auto& [key, t] : ck.params) width = std::max(width, key.size());
+  for (const auto &[key, t] : ck.params) width = std::max(width, key.size());
   std::printf("\n%-*s  %-16s %10s\n", static_cast<int>(width), "parameter", "shape", "count");
   int64_t total = 0;
-  for (const auto& [key, t] : ck.params) {
+  for (const auto &[key, t] : ck.params) {
     std::printf("%-*s  %-16s %10lld\n", static_cast<int>(width), key.c_str(),
                 shape_text(t.shape()).c_str(), static_cast<long long>(t.numel()));
     total += t.numel();
@@ -56,7 +57,7 @@ int run_inspect(const std::string& path) {
   std::printf("%-*s  %-16s %10lld\n", static_cast<int>(width), "total", "",
               static_cast<long long>(total));
 
-  const auto& rows = ck.metrics.rows();
+  const auto &rows = ck.metrics.rows();
   std::printf("\nmetrics             %zu rows\n", rows.size());
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
     if (std::isfinite(it->loss)) {
@@ -77,10 +78,11 @@ int run_inspect(const std::string& path) {
 
 }  // namespace
 
-Command add_inspect_command(CLI::App& app) {
+Command add_inspect_command(CLI::App &app) {
   auto path = std::make_shared<std::string>();
-  CLI::App* cmd = app.add_subcommand(
-      "inspect", "print a checkpoint's attributes, parameter shapes and counts, last metrics");
+  CLI::App *cmd = app.add_subcommand("inspect",
+                                     "print a checkpoint's attributes, parameter shapes and "
+                                     "counts, last metrics");
   cmd->add_option("checkpoint", *path, "checkpoint file (.h5)")->required();
   return {cmd, [path] { return run_inspect(*path); }};
 }

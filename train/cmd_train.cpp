@@ -1,4 +1,5 @@
-// `kvcompress train`: flags (SPEC section 7), then the Trainer; Ctrl-C saves and exits 130.
+// `kvcompress train`: flags (SPEC section 7), then the Trainer; Ctrl-C saves
+// and exits 130.
 #include <spdlog/spdlog.h>
 
 #include <cmath>
@@ -36,11 +37,12 @@ struct TrainArgs {
   std::string progress = "auto";
 };
 
-// With --resume the checkpoint fixes the model, the data and the schedule; a flag given
-// explicitly that disagrees with it is a usage error rather than silently ignored.
-void check_resume_flags(const CLI::App* cmd, const TrainArgs& a, const train::CheckpointMeta& m) {
-  auto given = [&](const char* flag) { return cmd->count(flag) > 0; };
-  auto conflict = [&](const char* flag, const std::string& mine, const std::string& theirs) {
+// With --resume the checkpoint fixes the model, the data and the schedule; a
+// flag given explicitly that disagrees with it is a usage error rather than
+// silently ignored.
+void check_resume_flags(const CLI::App *cmd, const TrainArgs &a, const train::CheckpointMeta &m) {
+  auto given = [&](const char *flag) { return cmd->count(flag) > 0; };
+  auto conflict = [&](const char *flag, const std::string &mine, const std::string &theirs) {
     KVC_USAGE_CHECK(!given(flag) || mine == theirs, flag, " ", mine, " conflicts with --resume ",
                     a.resume, " (trained with ", theirs, "); drop the flag to continue that run");
   };
@@ -63,7 +65,7 @@ void check_resume_flags(const CLI::App* cmd, const TrainArgs& a, const train::Ch
   conflict("--data", a.data, m.data);
 }
 
-int run_train(const CLI::App* cmd, const TrainArgs& a) {
+int run_train(const CLI::App *cmd, const TrainArgs &a) {
   train::TrainOptions o;
   const bool resuming = !a.resume.empty();
   if (resuming) {
@@ -74,14 +76,16 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
     KVC_USAGE_CHECK(o.steps == 0 || o.steps >= m.step, "--steps ", a.steps,
                     " is below the checkpoint's step ", m.step);
     if (cmd->count("--weight-decay") > 0) {
-      spdlog::warn("--weight-decay is taken from the checkpoint on --resume; ignoring the flag");
+      spdlog::warn(
+          "--weight-decay is taken from the checkpoint on --resume; "
+          "ignoring the flag");
     }
   } else {
     if (a.data.empty()) validate_shape(a.shape, a.model);
     o.steps = a.steps;
   }
-  KVC_USAGE_CHECK(a.stop_at == 0 || a.stop_at <= (o.steps ? o.steps : a.stop_at),
-                  "--stop-at ", a.stop_at, " is beyond --steps ", o.steps);
+  KVC_USAGE_CHECK(a.stop_at == 0 || a.stop_at <= (o.steps ? o.steps : a.stop_at), "--stop-at ",
+                  a.stop_at, " is beyond --steps ", o.steps);
   o.compressor = a.model.compressor;
   o.heads = a.shape.heads;
   o.dim_head = a.shape.dim_head;
@@ -105,8 +109,8 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
   o.log_every = a.log_every;
   o.eval_batches = a.eval_batches;
   o.stop_at = a.stop_at;
-  o.progress = a.progress == "tty"   ? train::ProgressMode::tty
-               : a.progress == "log" ? train::ProgressMode::log
+  o.progress = a.progress == "tty"    ? train::ProgressMode::tty
+               : a.progress == "log"  ? train::ProgressMode::log
                : a.progress == "none" ? train::ProgressMode::none
                                       : train::ProgressMode::automatic;
   o.device = resolve_device(a.device);
@@ -128,18 +132,20 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
 
 }  // namespace
 
-Command add_train_command(CLI::App& app) {
+Command add_train_command(CLI::App &app) {
   auto a = std::make_shared<TrainArgs>();
-  CLI::App* cmd = app.add_subcommand("train", "train a compressor pair (SPEC sections 4 and 7)");
+  CLI::App *cmd = app.add_subcommand("train", "train a compressor pair (SPEC sections 4 and 7)");
   add_model_flags(cmd, &a->model, /*allow_all=*/false);
   add_shape_flags(cmd, &a->shape);
   cmd->add_option("--task", a->task,
-                  "distill: match full attention with compressed K/V; teacher: match a frozen "
+                  "distill: match full attention with compressed K/V; teacher: "
+                  "match a frozen "
                   "noisy pair")
       ->capture_default_str()
       ->check(CLI::IsMember({"distill", "teacher"}));
   cmd->add_option("--data", a->data,
-                  "KV HDF5 file (k, v (N, h, seq, d), optional q); empty: synthetic data from "
+                  "KV HDF5 file (k, v (N, h, seq, d), optional q); empty: "
+                  "synthetic data from "
                   "--seed")
       ->capture_default_str();
   cmd->add_option("--steps", a->steps, "optimizer steps in total")
@@ -149,7 +155,8 @@ Command add_train_command(CLI::App& app) {
       ->capture_default_str()
       ->check(positive());
   cmd->add_option("--weight-decay", a->weight_decay,
-                  "decoupled weight decay: > 0 trains with AdamW (torch.optim.AdamW), 0 with Adam")
+                  "decoupled weight decay: > 0 trains with AdamW "
+                  "(torch.optim.AdamW), 0 with Adam")
       ->capture_default_str()
       ->check(non_negative());
   cmd->add_option("--warmup", a->warmup, "linear warmup steps")
@@ -165,7 +172,8 @@ Command add_train_command(CLI::App& app) {
   cmd->add_option("--out", a->out, "output folder (default: a new runs/<timestamp>-<kind>)")
       ->capture_default_str();
   cmd->add_option("--resume", a->resume,
-                  "continue from this checkpoint (its model, data and schedule; --steps may "
+                  "continue from this checkpoint (its model, data and "
+                  "schedule; --steps may "
                   "extend the run)")
       ->capture_default_str();
   cmd->add_option("--eval-every", a->eval_every,
@@ -183,11 +191,13 @@ Command add_train_command(CLI::App& app) {
       ->capture_default_str()
       ->check(positive());
   cmd->add_option("--stop-at", a->stop_at,
-                  "stop with a checkpoint at this step, as Ctrl-C would (0: run to --steps)")
+                  "stop with a checkpoint at this step, as Ctrl-C would (0: "
+                  "run to --steps)")
       ->capture_default_str()
       ->check(non_negative());
   cmd->add_option("--progress", a->progress,
-                  "auto: an updating line on a terminal, log lines otherwise; tty|log|none")
+                  "auto: an updating line on a terminal, log lines otherwise; "
+                  "tty|log|none")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "tty", "log", "none"}));
   return {cmd, [cmd, a] { return run_train(cmd, *a); }};

@@ -1,4 +1,5 @@
-// kvcompress: the command line. Parses with CLI11, runs one subcommand, maps errors to exit codes.
+// kvcompress: the command line. Parses with CLI11, runs one subcommand, maps
+// errors to exit codes.
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -13,7 +14,7 @@
 namespace {
 
 // Every error is one line: newlines inside a message (HDF5, CLI11) become "; ".
-void print_error(const std::string& message) {
+void print_error(const std::string &message) {
   std::string line;
   for (char c : message) {
     if (c == '\n') {
@@ -27,49 +28,51 @@ void print_error(const std::string& message) {
   std::fflush(stderr);
 }
 
-int run(int argc, char** argv) {
+int run(int argc, char **argv) {
   using namespace kvc::cli;
-  CLI::App app{"kvcompress: train, check, benchmark and run Native Sparse Attention KV compressors"};
+  CLI::App app{
+      "kvcompress: train, check, benchmark and run Native Sparse "
+      "Attention KV compressors"};
   app.set_version_flag("--version", std::string(KVC_VERSION));
   app.require_subcommand(1);
   app.fallthrough(false);
   std::vector<Command> commands = {
-      add_train_command(app),     add_gradcheck_command(app), add_eval_command(app),
-      add_infer_command(app),     add_bench_command(app),     add_inspect_command(app),
+      add_train_command(app),    add_gradcheck_command(app), add_eval_command(app),
+      add_infer_command(app),    add_bench_command(app),     add_inspect_command(app),
       add_gen_data_command(app),
   };
 
-  // CLI11 reports an unknown subcommand as "A subcommand is required"; name it instead.
+  // CLI11 reports an unknown subcommand as "A subcommand is required"; name it
+  // instead.
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;
-    for (const Command& c : commands) {
+    for (const Command &c : commands) {
       known = known || c.app->get_name() == argv[1];
       names += (names.empty() ? "" : ", ") + c.app->get_name();
     }
     if (!known) {
-      print_error(std::string("unknown command '") + argv[1] + "' (expected one of " + names +
-                  ")");
+      print_error(std::string("unknown command '") + argv[1] + "' (expected one of " + names + ")");
       return kExitUsage;
     }
   }
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp& e) {
+  } catch (const CLI::CallForHelp &e) {
     return app.exit(e);
-  } catch (const CLI::CallForAllHelp& e) {
+  } catch (const CLI::CallForAllHelp &e) {
     return app.exit(e);
-  } catch (const CLI::CallForVersion& e) {
+  } catch (const CLI::CallForVersion &e) {
     return app.exit(e);
-  } catch (const CLI::ParseError& e) {
+  } catch (const CLI::ParseError &e) {
     std::string msg = e.what();
     if (msg.empty()) msg = e.get_name();
     print_error(msg + " (run 'kvcompress --help' for usage)");
     return kExitUsage;
   }
 
-  for (const Command& c : commands) {
+  for (const Command &c : commands) {
     if (c.app->parsed()) return c.run();
   }
   print_error("no subcommand given (run 'kvcompress --help')");
@@ -78,22 +81,22 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int main(int argc, char **argv) {
   try {
     return run(argc, argv);
-  } catch (const kvc::cli::UsageError& e) {
+  } catch (const kvc::cli::UsageError &e) {
     print_error(e.what());
     return kvc::cli::kExitUsage;
-  } catch (const kvc::OutOfMemoryError& e) {
+  } catch (const kvc::OutOfMemoryError &e) {
     print_error(std::string("out of memory: ") + e.what());
     return kvc::cli::kExitError;
-  } catch (const kvc::Error& e) {
+  } catch (const kvc::Error &e) {
     print_error(e.what());
     return kvc::cli::kExitError;
-  } catch (const std::bad_alloc&) {
+  } catch (const std::bad_alloc &) {
     print_error("out of host memory");
     return kvc::cli::kExitError;
-  } catch (const std::exception& e) {
+  } catch (const std::exception &e) {
     print_error(std::string("internal error: ") + e.what());
     return kvc::cli::kExitError;
   }

@@ -39,7 +39,7 @@ Progress::~Progress() { finish(); }
 
 bool Progress::stderr_is_tty() {
   if (!::isatty(STDERR_FILENO)) return false;
-  const char* term = std::getenv("TERM");
+  const char *term = std::getenv("TERM");
   return !(term && std::strcmp(term, "dumb") == 0);
 }
 
@@ -67,12 +67,14 @@ void Progress::update(int64_t step, double loss, double lr, double grad_norm) {
     return;
   }
   if (step % log_every_ == 0 || step == total_) {
-    spdlog::info("step {}/{} loss {:.4e} lr {:.2e} grad_norm {:.3e} {:.1f} steps/s ETA {}", step,
-                 total_, loss, lr, grad_norm, rate, format_duration(eta));
+    spdlog::info(
+        "step {}/{} loss {:.4e} lr {:.2e} grad_norm {:.3e} {:.1f} "
+        "steps/s ETA {}",
+        step, total_, loss, lr, grad_norm, rate, format_duration(eta));
   }
 }
 
-void Progress::note(const std::string& message) {
+void Progress::note(const std::string &message) {
   if (tty_ && line_open_) {
     std::fprintf(stderr, "\r\033[2K");
     std::fflush(stderr);

@@ -1,4 +1,5 @@
-// Training progress: one updating line on a terminal, spdlog lines every N steps otherwise.
+// Training progress: one updating line on a terminal, spdlog lines every N
+// steps otherwise.
 #pragma once
 
 #include <chrono>
@@ -13,16 +14,19 @@ std::string format_duration(double seconds);
 
 class Progress {
  public:
-  // `first_step` is where a resumed run starts; `tty` chooses the updating line (stderr) over log
-  // lines; `log_every` is the log interval in steps when not a terminal.
+  // `first_step` is where a resumed run starts; `tty` chooses the updating line
+  // (stderr) over log lines; `log_every` is the log interval in steps when not
+  // a terminal.
   Progress(int64_t first_step, int64_t total_steps, bool tty, int64_t log_every);
   ~Progress();
 
-  // Call after every step. Rate and ETA come from the steps done since construction.
+  // Call after every step. Rate and ETA come from the steps done since
+  // construction.
   void update(int64_t step, double loss, double lr, double grad_norm);
-  // A message that must not be overwritten (eval result, checkpoint saved): on a terminal it
-  // clears the progress line first and the line is redrawn at the next update.
-  void note(const std::string& message);
+  // A message that must not be overwritten (eval result, checkpoint saved): on
+  // a terminal it clears the progress line first and the line is redrawn at the
+  // next update.
+  void note(const std::string &message);
   // Ends the updating line (prints the newline) so later output starts clean.
   void finish();
 

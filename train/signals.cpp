@@ -1,4 +1,5 @@
-// SIGINT/SIGTERM handlers that set one lock-free atomic flag; the training loop polls it.
+// SIGINT/SIGTERM handlers that set one lock-free atomic flag; the training loop
+// polls it.
 #include "train/signals.h"
 
 #include <atomic>
@@ -8,8 +9,9 @@ namespace kvc::train {
 
 namespace {
 
-// sig_atomic_t would do for the flag alone; std::atomic<int> that is lock-free is equally
-// async-signal-safe and also orders the flag against the loop's other reads.
+// sig_atomic_t would do for the flag alone; std::atomic<int> that is lock-free
+// is equally async-signal-safe and also orders the flag against the loop's
+// other reads.
 std::atomic<int> g_signal{0};
 static_assert(std::atomic<int>::is_always_lock_free, "signal flag must be lock-free");
 

@@ -1,6 +1,9 @@
-// The training loop: steps, evaluation, checkpoints, logs, NaN guard and interrupts.
+// The training loop: steps, evaluation, checkpoints, logs, NaN guard and
+// interrupts.
 #include "train/trainer.h"
 
+#include <dirent.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,10 +29,11 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-bool is_synthetic(const std::string& data) { return data.empty() || data == "synthetic"; }
+bool is_synthetic(const std::string &data) { return data.empty() || data == "synthetic"; }
 
-// True when some element is NaN or infinite (a host copy: only used once the loss went bad).
-bool has_non_finite(const Tensor& t) {
+// True when some element is NaN or infinite (a host copy: only used once the
+// loss went bad).
+bool has_non_finite(const Tensor &t) {
   if (!t.defined()) return false;
   for (double v : t.to_vector()) {
     if (!std::isfinite(v)) return true;
@@ -39,17 +43,19 @@ bool has_non_finite(const Tensor& t) {
 
 }  // namespace
 
-// ---- helpers shared with eval / infer / bench ------------------------------------------------
+// ---- helpers shared with eval / infer / bench
+// ------------------------------------------------
 
-std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& shape,
-                                      uint64_t seed, Device device, Split split) {
-  if (is_synthetic(data)) return std::make_unique<SyntheticKV>(shape, seed, device, DType::f32, split);
+std::unique_ptr<KVSource> make_source(const std::string &data, const KVShape &shape, uint64_t seed,
+                                      Device device, Split split) {
+  if (is_synthetic(data))
+    return std::make_unique<SyntheticKV>(shape, seed, device, DType::f32, split);
   return std::make_unique<H5KVDataset>(data, shape.batch, seed, device, DType::f32, split,
                                        shape.queries);
 }
 
-Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
-                 const Batch& batch) {
+Tensor task_loss(CompressorPair &pair, const CompressorPair *teacher, const std::string &task,
+                 const Batch &batch) {
   if (task == "teacher") {
     KVC_CHECK(teacher != nullptr, "train: task teacher needs a teacher pair");
     return pair.teacher_loss(*teacher, batch.k, batch.v);
@@ -58,8 +64,8 @@ Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std:
   return pair.distill_loss(batch.q, batch.k, batch.v);
 }
 
-double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
-                KVSource& source, int64_t n) {
+double evaluate(CompressorPair &pair, const CompressorPair *teacher, const std::string &task,
+                KVSource &source, int64_t n) {
   if (source.batches_per_epoch() > 0) {
     n = std::min<int64_t>(n, static_cast<int64_t>(source.batches_per_epoch()));
   }
@@ -80,7 +86,7 @@ double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::
   return sum / static_cast<double>(n);
 }
 
-CompressorOptions options_from_meta(const CheckpointMeta& m, Device device) {
+CompressorOptions options_from_meta(const CheckpointMeta &m, Device device) {
   CompressorOptions o;
   o.kind = m.compressor;
   o.heads = m.heads;
@@ -95,24 +101,24 @@ CompressorOptions options_from_meta(const CheckpointMeta& m, Device device) {
   return o;
 }
 
-std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint& ck, Device device) {
+std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint &ck, Device device) {
   std::shared_ptr<CompressorPair> pair;
   try {
     pair = std::make_shared<CompressorPair>(options_from_meta(ck.meta, device));
-  } catch (const Error& e) {
+  } catch (const Error &e) {
     KVC_FAIL("checkpoint: its attributes do not describe a valid compressor: ", e.what());
   }
   std::map<std::string, Tensor> state(ck.params.begin(), ck.params.end());
   try {
     pair->load_state(state, /*strict=*/true);
-  } catch (const Error& e) {
+  } catch (const Error &e) {
     KVC_FAIL("checkpoint: /params do not fit a ", ck.meta.compressor, " pair (h ", ck.meta.heads,
              ", d ", ck.meta.dim_head, ", n ", ck.meta.block, "): ", e.what());
   }
   return pair;
 }
 
-void make_output_dir(const std::string& dir) {
+void make_output_dir(const std::string &dir) {
   KVC_CHECK(!dir.empty(), "train: empty output folder name");
   std::string partial;
   size_t pos = 0;
@@ -131,7 +137,25 @@ void make_output_dir(const std::string& dir) {
             " is not writable: ", std::strerror(errno));
 }
 
-std::string default_run_dir(const std::string& kind) {
+void remove_stale_temp_files(const std::string &dir) {
+  DIR *d = ::opendir(dir.c_str());
+  if (!d) return;
+  while (const dirent *e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    const size_t tag = name.rfind(".tmp-");
+    if (name.empty() || name[0] != '.' || tag == std::string::npos) continue;
+    const std::string pid_text = name.substr(tag + 5);
+    if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+    if (pid == ::getpid()) continue;
+    // Only a writer that no longer exists: a live one is still renaming its
+    // file into place.
+    if (::kill(pid, 0) != 0 && errno == ESRCH) ::unlink((dir + "/" + name).c_str());
+  }
+  ::closedir(d);
+}
+
+std::string default_run_dir(const std::string &kind) {
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
   localtime_r(&t, &tm);
@@ -144,14 +168,15 @@ std::string default_run_dir(const std::string& kind) {
   return dir;
 }
 
-// ---- Trainer ----------------------------------------------------------------------------------
+// ---- Trainer
+// ----------------------------------------------------------------------------------
 
 Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kNaN) {
   Checkpoint resumed;
   const bool resuming = !opt_.resume.empty();
   if (resuming) {
     resumed = load_checkpoint(opt_.resume, /*with_optim=*/true);
-    const CheckpointMeta& m = resumed.meta;
+    const CheckpointMeta &m = resumed.meta;
     opt_.compressor = m.compressor;
     opt_.heads = m.heads;
     opt_.dim_head = m.dim_head;
@@ -230,23 +255,24 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
 
   if (opt_.out.empty()) opt_.out = default_run_dir(opt_.compressor);
   make_output_dir(opt_.out);
+  remove_stale_temp_files(opt_.out);
 }
 
 Trainer::~Trainer() = default;
 
-void Trainer::restore(const Checkpoint& ck) {
-  const OptimState& o = ck.optim;
-  std::map<std::string, const Tensor*> avg_sq;
-  for (const auto& [key, t] : o.exp_avg_sq) avg_sq[key] = &t;
-  for (const auto& [key, t] : o.exp_avg) {
+void Trainer::restore(const Checkpoint &ck) {
+  const OptimState &o = ck.optim;
+  std::map<std::string, const Tensor *> avg_sq;
+  for (const auto &[key, t] : o.exp_avg_sq) avg_sq[key] = &t;
+  for (const auto &[key, t] : o.exp_avg) {
     const auto it = avg_sq.find(key);
     KVC_CHECK(it != avg_sq.end(), "checkpoint: ", opt_.resume, " has /optim/exp_avg/", key,
               " but no /optim/exp_avg_sq/", key);
     adam_->set_state(key, t, *it->second);
   }
-  KVC_CHECK(static_cast<int64_t>(o.exp_avg.size()) == adam_->num_params(), "checkpoint: ",
-            opt_.resume, " has moments for ", o.exp_avg.size(), " tensors, the pair has ",
-            adam_->num_params());
+  KVC_CHECK(static_cast<int64_t>(o.exp_avg.size()) == adam_->num_params(),
+            "checkpoint: ", opt_.resume, " has moments for ", o.exp_avg.size(),
+            " tensors, the pair has ", adam_->num_params());
   adam_->set_step_count(o.step);
   step_ = ck.meta.step;
   KVC_CHECK(o.step == step_, "checkpoint: ", opt_.resume, " is at step ", step_,
@@ -261,7 +287,7 @@ void Trainer::restore(const Checkpoint& ck) {
 
   metrics_ = ck.metrics;
   metrics_.truncate_after(step_);
-  for (const MetricsRow& r : metrics_.rows()) {
+  for (const MetricsRow &r : metrics_.rows()) {
     if (std::isfinite(r.elapsed)) elapsed_before_ = std::max(elapsed_before_, r.elapsed);
     if (std::isfinite(r.eval_loss) && !(r.eval_loss >= best_eval_)) best_eval_ = r.eval_loss;
   }
@@ -273,7 +299,7 @@ double Trainer::evaluate() {
 
 Checkpoint Trainer::snapshot() const {
   Checkpoint ck;
-  CheckpointMeta& m = ck.meta;
+  CheckpointMeta &m = ck.meta;
   m.compressor = opt_.compressor;
   m.heads = opt_.heads;
   m.dim_head = opt_.dim_head;
@@ -294,13 +320,13 @@ Checkpoint Trainer::snapshot() const {
   m.data = is_synthetic(opt_.data) ? "synthetic" : opt_.data;
   ck.params = pair_->named_parameters();
   ck.has_optim = true;
-  OptimState& o = ck.optim;
+  OptimState &o = ck.optim;
   o.step = adam_->step_count();
-  for (const std::string& key : adam_->names()) {
+  for (const std::string &key : adam_->names()) {
     o.exp_avg.emplace_back(key, adam_->exp_avg(key));
     o.exp_avg_sq.emplace_back(key, adam_->exp_avg_sq(key));
   }
-  const AdamOptions& ao = adam_->options();
+  const AdamOptions &ao = adam_->options();
   o.lr = ao.lr;
   o.beta1 = ao.beta1;
   o.beta2 = ao.beta2;
@@ -314,7 +340,7 @@ Checkpoint Trainer::snapshot() const {
   return ck;
 }
 
-void Trainer::save(const std::string& path) const { save_checkpoint(path, snapshot()); }
+void Trainer::save(const std::string &path) const { save_checkpoint(path, snapshot()); }
 
 void Trainer::write_logs() const {
   write_metrics_csv(opt_.out + "/metrics.csv", metrics_);
@@ -323,12 +349,11 @@ void Trainer::write_logs() const {
 }
 
 std::string Trainer::describe() const {
-  return str(opt_.compressor, " pair, task ", opt_.task, ", h ", opt_.heads, ", d ",
-             opt_.dim_head, ", n ", opt_.block, ", seq ", opt_.seq, ", batch ", opt_.batch,
+  return str(opt_.compressor, " pair, task ", opt_.task, ", h ", opt_.heads, ", d ", opt_.dim_head,
+             ", n ", opt_.block, ", seq ", opt_.seq, ", batch ", opt_.batch,
              opt_.task == "distill" ? str(", queries ", opt_.queries) : std::string(), ", ",
-             adam_->numel(), " parameters, ", adam_->options().decoupled ? "AdamW" : "Adam",
-             " lr ", opt_.lr, ", data ", train_src_->describe(), ", device ",
-             opt_.device.name());
+             adam_->numel(), " parameters, ", adam_->options().decoupled ? "AdamW" : "Adam", " lr ",
+             opt_.lr, ", data ", train_src_->describe(), ", device ", opt_.device.name());
 }
 
 TrainResult Trainer::run() {
@@ -347,14 +372,14 @@ TrainResult Trainer::run() {
 
   const bool tty = opt_.progress == ProgressMode::tty ||
                    (opt_.progress == ProgressMode::automatic && Progress::stderr_is_tty());
-  Progress progress(step_, opt_.steps, tty,
-                    opt_.progress == ProgressMode::none ? std::numeric_limits<int64_t>::max()
-                                                        : opt_.log_every);
+  Progress progress(
+      step_, opt_.steps, tty,
+      opt_.progress == ProgressMode::none ? std::numeric_limits<int64_t>::max() : opt_.log_every);
   const auto start = Clock::now();
   auto elapsed = [&] {
     return elapsed_before_ + std::chrono::duration<double>(Clock::now() - start).count();
   };
-  auto note = [&](const std::string& s) {
+  auto note = [&](const std::string &s) {
     if (opt_.progress != ProgressMode::none) progress.note(s);
   };
 
@@ -372,15 +397,15 @@ TrainResult Trainer::run() {
   };
 
   if (step_ == 0 && (opt_.eval_every > 0)) {
-    // The untrained pair's eval loss: the baseline the curve falls from (not saved as best).
+    // The untrained pair's eval loss: the baseline the curve falls from (not
+    // saved as best).
     const double e = evaluate();
     metrics_.set_eval_loss(0, e);
     res.first_eval = e;
     note(str("step 0: eval loss ", e, " (untrained)"));
   }
 
-  const double nan_check_clip =
-      opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
+  const double nan_check_clip = opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
   while (step_ < opt_.steps) {
     const int64_t next = step_ + 1;
     const double lr = learning_rate(next, opt_.steps, opt_.lr, opt_.warmup);
@@ -395,17 +420,17 @@ TrainResult Trainer::run() {
     if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
       progress.finish();
       write_logs();
-      const char* what = !std::isfinite(loss) ? "loss" : "gradient norm";
+      const char *what = !std::isfinite(loss) ? "loss" : "gradient norm";
       const double value = !std::isfinite(loss) ? loss : grad_norm;
-      const bool bad_data = has_non_finite(batch.k) || has_non_finite(batch.v) ||
-                            has_non_finite(batch.q);
-      const std::string last_good =
-          ::access(ckpt.c_str(), F_OK) == 0 ? "the last good checkpoint is " + ckpt
-                                            : std::string("no checkpoint was written yet");
+      const bool bad_data =
+          has_non_finite(batch.k) || has_non_finite(batch.v) || has_non_finite(batch.q);
+      const std::string last_good = ::access(ckpt.c_str(), F_OK) == 0
+                                        ? "the last good checkpoint is " + ckpt
+                                        : std::string("no checkpoint was written yet");
       if (bad_data) {
-        KVC_FAIL("train: the ", what, " became ", value, " at step ", next,
-                 " because batch ", batch_index, " of ", train_src_->describe(),
-                 " contains NaN or Inf values; ", last_good);
+        KVC_FAIL("train: the ", what, " became ", value, " at step ", next, " because batch ",
+                 batch_index, " of ", train_src_->describe(), " contains NaN or Inf values; ",
+                 last_good);
       }
       KVC_FAIL("train: the ", what, " became ", value, " at step ", next, " (lr ", lr,
                "); stopping; ", last_good, " (try a lower --lr or --clip)");
@@ -429,8 +454,9 @@ TrainResult Trainer::run() {
       progress.finish();
       res.interrupted = interrupted;
       res.stopped = stop;
-      note(str(interrupted ? "interrupted" : "stopped", " at step ", step_, "; saved ", ckpt,
-               " (continue with --resume ", ckpt, ")"));
+      // Always said, even with --progress none: it tells how to continue.
+      progress.note(str(interrupted ? "interrupted" : "stopped", " at step ", step_, "; saved ",
+                        ckpt, " (continue with --resume ", ckpt, ")"));
       break;
     }
   }
@@ -438,9 +464,11 @@ TrainResult Trainer::run() {
   res.step = step_;
   res.best_eval = best_eval_;
   if (!res.interrupted && !res.stopped) {
-    spdlog::info("done: step {}, train loss {:.4e} -> {:.4e}, eval loss {:.4e} (best {:.4e}), "
-                 "{:.1f}s",
-                 step_, res.first_loss, res.last_loss, res.last_eval, best_eval_, elapsed());
+    spdlog::info(
+        "done: step {}, train loss {:.4e} -> {:.4e}, eval loss {:.4e} "
+        "(best {:.4e}), "
+        "{:.1f}s",
+        step_, res.first_loss, res.last_loss, res.last_eval, best_eval_, elapsed());
   }
   spdlog::info("output folder {}", opt_.out);
   return res;

@@ -1,5 +1,6 @@
-// Trainer: the training loop of `kvcompress train` (SPEC sections 4 and 7), and the helpers that
-// eval, infer and bench share with it (data sources, evaluation, checkpoint <-> pair).
+// Trainer: the training loop of `kvcompress train` (SPEC sections 4 and 7), and
+// the helpers that eval, infer and bench share with it (data sources,
+// evaluation, checkpoint <-> pair).
 #pragma once
 
 #include <cstdint>
@@ -22,73 +23,82 @@ struct TrainOptions {
   int64_t heads = 2, dim_head = 32, block = 8;
   double expand = 1.0, dropout = 0.0;
   int64_t reduction = 2;
-  // The data: "" or "synthetic" for the generator, else an HDF5 KV file, whose h, seq and d then
-  // replace heads, seq and dim_head.
+  // The data: "" or "synthetic" for the generator, else an HDF5 KV file, whose
+  // h, seq and d then replace heads, seq and dim_head.
   std::string task = "distill";  // distill | teacher
   std::string data;
   int64_t batch = 2, seq = 256, queries = 32;
-  // The optimization. weight_decay > 0 selects AdamW (decoupled, torch.optim.AdamW); 0 is Adam.
+  // The optimization. weight_decay > 0 selects AdamW (decoupled,
+  // torch.optim.AdamW); 0 is Adam.
   int64_t steps = 500;
   double lr = 1e-3, weight_decay = 0.0;
   int64_t warmup = 20;
   double clip = 1.0;  // max global grad norm; 0 turns clipping off
   uint64_t seed = 0;
   Device device = Device::cpu();
-  // Output. out empty: a new folder runs/<timestamp>-<kind> (under the current directory).
+  // Output. out empty: a new folder runs/<timestamp>-<kind> (under the current
+  // directory).
   std::string out;
-  std::string resume;  // checkpoint to continue from (its model, data and run settings win)
+  std::string resume;  // checkpoint to continue from (its model, data and run
+                       // settings win)
   int64_t eval_every = 50, save_every = 100, log_every = 50;
   int64_t eval_batches = 4;  // fixed held-out batches per evaluation
   ProgressMode progress = ProgressMode::automatic;
-  // Stop (with a checkpoint) once this step is reached, as an interrupt would; 0: never. Lets
-  // tests and scripts split one run into pieces that equal the whole.
+  // Stop (with a checkpoint) once this step is reached, as an interrupt would;
+  // 0: never. Lets tests and scripts split one run into pieces that equal the
+  // whole.
   int64_t stop_at = 0;
   // Write best.h5 on a new lowest eval loss.
   bool save_best = true;
 };
 
 struct TrainResult {
-  int64_t step = 0;           // steps done in total (a resumed run counts the earlier ones)
-  bool interrupted = false;   // stopped by SIGINT/SIGTERM (a checkpoint was saved)
-  bool stopped = false;       // stopped at stop_at
-  double first_loss = 0, last_loss = 0;  // train loss of this run's first and last step
-  double first_eval = 0, last_eval = 0, best_eval = 0;  // NaN when no evaluation ran
+  int64_t step = 0;          // steps done in total (a resumed run counts the earlier ones)
+  bool interrupted = false;  // stopped by SIGINT/SIGTERM (a checkpoint was saved)
+  bool stopped = false;      // stopped at stop_at
+  double first_loss = 0,
+         last_loss = 0;  // train loss of this run's first and last step
+  double first_eval = 0, last_eval = 0,
+         best_eval = 0;  // NaN when no evaluation ran
   std::string out_dir;
-  std::string checkpoint;     // OUT/checkpoint.h5
+  std::string checkpoint;  // OUT/checkpoint.h5
 };
 
-// A data source for `data` ("" / "synthetic" or a KV file) and `split`. For the generator the
-// shape is taken as given; a file supplies h, seq and d itself.
-std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& shape,
-                                      uint64_t seed, Device device, Split split);
+// A data source for `data` ("" / "synthetic" or a KV file) and `split`. For the
+// generator the shape is taken as given; a file supplies h, seq and d itself.
+std::unique_ptr<KVSource> make_source(const std::string &data, const KVShape &shape, uint64_t seed,
+                                      Device device, Split split);
 
-// Mean loss of `pair` (put in eval mode for the call, then restored) over batches 0..n-1 of
-// `source` (batch_at: the source's position is not touched), without gradient. `teacher` is
-// required for task "teacher". n is capped at the source's batches per epoch when it has one.
-double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
-                KVSource& source, int64_t n);
+// Mean loss of `pair` (put in eval mode for the call, then restored) over
+// batches 0..n-1 of `source` (batch_at: the source's position is not touched),
+// without gradient. `teacher` is required for task "teacher". n is capped at
+// the source's batches per epoch when it has one.
+double evaluate(CompressorPair &pair, const CompressorPair *teacher, const std::string &task,
+                KVSource &source, int64_t n);
 
 // The loss of one batch for `task` (with gradient when grad mode is on).
-Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
-                 const Batch& batch);
+Tensor task_loss(CompressorPair &pair, const CompressorPair *teacher, const std::string &task,
+                 const Batch &batch);
 
 // Compressor options as a checkpoint recorded them, on `device`.
-CompressorOptions options_from_meta(const CheckpointMeta& meta, Device device);
-// A pair built from a checkpoint's attributes with its /params loaded (strict: the keys and
-// shapes must match exactly; the error names the checkpoint).
-std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint& ck, Device device);
+CompressorOptions options_from_meta(const CheckpointMeta &meta, Device device);
+// A pair built from a checkpoint's attributes with its /params loaded (strict:
+// the keys and shapes must match exactly; the error names the checkpoint).
+std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint &ck, Device device);
 
 class Trainer {
  public:
-  // Builds the pair, optimizer and data (or restores them from options.resume) and creates the
-  // output folder. Throws kvc::Error for bad settings, unreadable data, unwritable folders.
+  // Builds the pair, optimizer and data (or restores them from options.resume)
+  // and creates the output folder. Throws kvc::Error for bad settings,
+  // unreadable data, unwritable folders.
   explicit Trainer(TrainOptions options);
   ~Trainer();
-  Trainer(const Trainer&) = delete;
-  Trainer& operator=(const Trainer&) = delete;
+  Trainer(const Trainer &) = delete;
+  Trainer &operator=(const Trainer &) = delete;
 
-  // Trains up to options.steps (or stop_at, or an interrupt). Throws kvc::Error when the loss or
-  // the gradient turns NaN/Inf, naming the step; the checkpoint on disk stays the last good one.
+  // Trains up to options.steps (or stop_at, or an interrupt). Throws kvc::Error
+  // when the loss or the gradient turns NaN/Inf, naming the step; the
+  // checkpoint on disk stays the last good one.
   TrainResult run();
 
   // Eval loss of the current parameters on the fixed held-out batches.
@@ -96,18 +106,18 @@ class Trainer {
   // The full state as a checkpoint (what save writes).
   Checkpoint snapshot() const;
   // Saves snapshot() to `path` atomically.
-  void save(const std::string& path) const;
+  void save(const std::string &path) const;
 
   int64_t step() const { return step_; }
-  const TrainOptions& options() const { return opt_; }
-  CompressorPair& pair() { return *pair_; }
-  Adam& optimizer() { return *adam_; }
-  KVSource& train_source() { return *train_src_; }
-  const MetricsHistory& metrics() const { return metrics_; }
-  const std::string& out_dir() const { return opt_.out; }
+  const TrainOptions &options() const { return opt_; }
+  CompressorPair &pair() { return *pair_; }
+  Adam &optimizer() { return *adam_; }
+  KVSource &train_source() { return *train_src_; }
+  const MetricsHistory &metrics() const { return metrics_; }
+  const std::string &out_dir() const { return opt_.out; }
 
  private:
-  void restore(const Checkpoint& ck);
+  void restore(const Checkpoint &ck);
   void write_logs() const;  // metrics.csv and loss.svg
   std::string describe() const;
 
@@ -122,10 +132,15 @@ class Trainer {
   double best_eval_;
 };
 
-// Creates `dir` and its parents; a folder that exists is fine. Throws kvc::Error naming the
-// folder and the system's reason, also when it is not writable.
-void make_output_dir(const std::string& dir);
-// runs/<YYYYmmdd-HHMMSS>-<kind>, with -2, -3, ... appended when that folder exists.
-std::string default_run_dir(const std::string& kind);
+// Creates `dir` and its parents; a folder that exists is fine. Throws
+// kvc::Error naming the folder and the system's reason, also when it is not
+// writable.
+void make_output_dir(const std::string &dir);
+// Deletes ".<name>.tmp-<pid>" files that a killed writer left in `dir` (its pid
+// is gone).
+void remove_stale_temp_files(const std::string &dir);
+// runs/<YYYYmmdd-HHMMSS>-<kind>, with -2, -3, ... appended when that folder
+// exists.
+std::string default_run_dir(const std::string &kind);
 
 }  // namespace kvc::train

@@ -67,6 +67,7 @@ template <typename T>
 void narrow(const T* in, T* out, int64_t outer, int64_t axis, int64_t inner, int64_t start,
             int64_t length) {
   const size_t run = static_cast<size_t>(length * inner) * sizeof(T);
+  if (run == 0) return;  // empty slice: out may be null, and memcpy must not see it
   for (int64_t o = 0; o < outer; ++o) {
     std::memcpy(out + o * length * inner, in + (o * axis + start) * inner, run);
   }

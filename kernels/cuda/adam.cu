@@ -87,21 +87,22 @@ void adam_step(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
   s.decay = 1.0 - args.lr * args.weight_decay;
   s.l2 = !args.decoupled && args.weight_decay != 0.0;
   s.decoupled = args.decoupled && args.weight_decay != 0.0;
-  adam_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(params, grads, exp_avg, exp_avg_sq, n, s,
-                                                        grad_scale);
+  adam_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(params, grads, exp_avg, exp_avg_sq, n, s,
+                                                         grad_scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
 void grad_norm_scale(const T* grads, int64_t n, double max_norm, T* norm_scale) {
-  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>((n + kNormSegment - 1) / kNormSegment, 1024));
+  const int64_t parts =
+      std::max<int64_t>(1, std::min<int64_t>((n + kNormSegment - 1) / kNormSegment, 1024));
   const int64_t seg = std::max<int64_t>(1, (n + parts - 1) / parts);
   Scratch partial(static_cast<size_t>(parts) * sizeof(double));
-  sumsq_partial_kernel<T><<<static_cast<int>(parts), kNormThreads, 0, kStream>>>(
-      grads, n, seg, partial.as<double>());
+  sumsq_partial_kernel<T>
+      <<<static_cast<int>(parts), kNormThreads, 0, stream()>>>(grads, n, seg, partial.as<double>());
   KVC_CUDA_CHECK(cudaGetLastError());
-  norm_scale_kernel<T><<<1, kNormThreads, 0, kStream>>>(partial.as<double>(), parts, max_norm,
-                                                         norm_scale);
+  norm_scale_kernel<T>
+      <<<1, kNormThreads, 0, stream()>>>(partial.as<double>(), parts, max_norm, norm_scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 

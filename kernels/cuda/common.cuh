@@ -11,15 +11,25 @@
 
 namespace kvc::kernels::cuda {
 
-// Every kernel, copy and cuBLAS call runs on the legacy default stream. One stream makes the
-// caching allocator simple and safe: a block freed on the host can be handed out again at once,
-// because any later use of it is ordered after the work that still reads it.
-inline constexpr cudaStream_t kStream = 0;
+// Every kernel, copy and cuBLAS call runs on this one stream. One stream makes the caching
+// allocator simple and safe: a block freed on the host can be handed out again at once, because
+// any later use of it is ordered after the work that still reads it. It is a created,
+// non-blocking stream rather than the legacy default one so that a training step can later be
+// captured into a CUDA Graph (the legacy stream cannot be captured). Never destroyed, like the
+// allocator's cache (see memory.cu).
+inline cudaStream_t stream() {
+  static const cudaStream_t s = [] {
+    cudaStream_t created = nullptr;
+    KVC_CUDA_CHECK(cudaStreamCreateWithFlags(&created, cudaStreamNonBlocking));
+    return created;
+  }();
+  return s;
+}
 
 inline constexpr int kThreads = 256;
 
 // A grid-stride loop: any n with any grid size (see grid_for).
-#define KVC_GRID_LOOP(i, n)                                                  \
+#define KVC_GRID_LOOP(i, n)                                                 \
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); \
        i += int64_t{gridDim.x} * blockDim.x)
 
@@ -93,7 +103,7 @@ __device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, 
 __device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 
 // Device scratch from the caching allocator for the length of one launcher. Freeing it while
-// kernels that use it are still queued is safe: see kStream.
+// kernels that use it are still queued is safe: see stream().
 class Scratch {
  public:
   explicit Scratch(size_t bytes)

@@ -15,8 +15,17 @@ namespace {
 struct Dims {
   int64_t B, ci, co, L, K, S, G, cig, cog, Lo, J, cols;  // cols = B * Lo
   explicit Dims(const Conv1dShape& s)
-      : B(s.batch), ci(s.c_in), co(s.c_out), L(s.length), K(s.kernel), S(s.stride), G(s.groups),
-        cig(s.c_in / s.groups), cog(s.c_out / s.groups), Lo(s.l_out()), J(cig * s.kernel),
+      : B(s.batch),
+        ci(s.c_in),
+        co(s.c_out),
+        L(s.length),
+        K(s.kernel),
+        S(s.stride),
+        G(s.groups),
+        cig(s.c_in / s.groups),
+        cog(s.c_out / s.groups),
+        Lo(s.l_out()),
+        J(cig * s.kernel),
         cols(s.batch * s.l_out()) {}
   // A 1x1 convolution with stride 1 needs no im2col: x itself is the matrix, batch by batch.
   bool pointwise() const { return K == 1 && S == 1; }
@@ -74,7 +83,7 @@ void conv1d_forward(const Conv1dShape& s, const T* x, const T* w, const T* bias,
   if (d.B == 0 || d.co == 0) return;
   const int64_t ny = d.B * d.co * d.Lo;
   if (bias) {  // the GEMM then adds onto the bias (beta = 1): no separate bias pass over y
-    bias_fill_kernel<T><<<grid_for(ny), kThreads, 0, kStream>>>(bias, y, ny, d.co, d.Lo);
+    bias_fill_kernel<T><<<grid_for(ny), kThreads, 0, stream()>>>(bias, y, ny, d.co, d.Lo);
     KVC_CUDA_CHECK(cudaGetLastError());
   }
   Scratch col_buf(d.pointwise() ? 0 : static_cast<size_t>(d.G * d.J * d.cols) * sizeof(T));
@@ -99,7 +108,7 @@ void conv1d_forward(const Conv1dShape& s, const T* x, const T* w, const T* bias,
     g.inner_stride_b = d.cig * d.L;
   } else {
     T* col = col_buf.as<T>();
-    im2col_kernel<T><<<grid_for(d.G * d.J * d.cols), kThreads, 0, kStream>>>(x, col, d);
+    im2col_kernel<T><<<grid_for(d.G * d.J * d.cols), kThreads, 0, stream()>>>(x, col, d);
     KVC_CUDA_CHECK(cudaGetLastError());
     bmat = col;
     g.ldb = d.cols;
@@ -110,8 +119,8 @@ void conv1d_forward(const Conv1dShape& s, const T* x, const T* w, const T* bias,
 }
 
 template <typename T>
-void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, T* gx, T* gw,
-                     T* gb, bool accumulate_params) {
+void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, T* gx, T* gw, T* gb,
+                     bool accumulate_params) {
   check_shape(s);
   const Dims d(s);
   if (!gx && !gw && !gb) return;
@@ -143,8 +152,8 @@ void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, 
     Scratch col_buf(x_is_col ? 0 : static_cast<size_t>(d.G * d.J * d.cols) * sizeof(T));
     const T* col = x;
     if (!x_is_col) {
-      im2col_kernel<T><<<grid_for(d.G * d.J * d.cols), kThreads, 0, kStream>>>(
-          x, col_buf.as<T>(), d);
+      im2col_kernel<T>
+          <<<grid_for(d.G * d.J * d.cols), kThreads, 0, stream()>>>(x, col_buf.as<T>(), d);
       KVC_CUDA_CHECK(cudaGetLastError());
       col = col_buf.as<T>();
     }
@@ -186,16 +195,16 @@ void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, 
     gemm<T>(g, w, gyp, gcol);
     if (!direct) {
       const int64_t nx = d.B * d.ci * d.L;
-      col2im_kernel<T><<<grid_for(nx), kThreads, 0, kStream>>>(gcol, gx, d);
+      col2im_kernel<T><<<grid_for(nx), kThreads, 0, stream()>>>(gcol, gx, d);
       KVC_CUDA_CHECK(cudaGetLastError());
     }
   }
 }
 
-#define KVC_INSTANTIATE(T)                                                                \
-  template void conv1d_forward<T>(const Conv1dShape&, const T*, const T*, const T*, T*);  \
-  template void conv1d_backward<T>(const Conv1dShape&, const T*, const T*, const T*, T*,  \
-                                   T*, T*, bool);
+#define KVC_INSTANTIATE(T)                                                                       \
+  template void conv1d_forward<T>(const Conv1dShape&, const T*, const T*, const T*, T*);         \
+  template void conv1d_backward<T>(const Conv1dShape&, const T*, const T*, const T*, T*, T*, T*, \
+                                   bool);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)
 #undef KVC_INSTANTIATE

@@ -19,25 +19,25 @@ namespace kvc::kernels::cuda::detail {
 
 [[noreturn]] inline void throw_cublas_error(cublasStatus_t status, const char* expr,
                                             const char* file, int line) {
-  const std::string msg = str("cublas: ", cublasGetStatusName(status), " (",
-                              cublasGetStatusString(status), ") in ", expr, " at ", file, ":",
-                              line);
+  const std::string msg =
+      str("cublas: ", cublasGetStatusName(status), " (", cublasGetStatusString(status), ") in ",
+          expr, " at ", file, ":", line);
   if (status == CUBLAS_STATUS_ALLOC_FAILED) throw OutOfMemoryError(msg);
   throw Error(msg);
 }
 
 }  // namespace kvc::kernels::cuda::detail
 
-#define KVC_CUDA_CHECK(expr)                                                          \
-  do {                                                                                \
-    const cudaError_t kvc_err_ = (expr);                                              \
-    if (kvc_err_ != cudaSuccess)                                                      \
+#define KVC_CUDA_CHECK(expr)                                                               \
+  do {                                                                                     \
+    const cudaError_t kvc_err_ = (expr);                                                   \
+    if (kvc_err_ != cudaSuccess)                                                           \
       ::kvc::kernels::cuda::detail::throw_cuda_error(kvc_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 
-#define KVC_CUBLAS_CHECK(expr)                                                            \
-  do {                                                                                    \
-    const cublasStatus_t kvc_status_ = (expr);                                            \
-    if (kvc_status_ != CUBLAS_STATUS_SUCCESS)                                             \
+#define KVC_CUBLAS_CHECK(expr)                                                                  \
+  do {                                                                                          \
+    const cublasStatus_t kvc_status_ = (expr);                                                  \
+    if (kvc_status_ != CUBLAS_STATUS_SUCCESS)                                                   \
       ::kvc::kernels::cuda::detail::throw_cublas_error(kvc_status_, #expr, __FILE__, __LINE__); \
   } while (0)

@@ -67,9 +67,9 @@ template <BinaryOp Op, typename T>
 void launch_binary(const T* a, const T* b, T* out, int64_t n, const BroadcastIndex& raw) {
   const BroadcastIndex index = simplify(raw);
   if (index.ndim == 0 || (index.ndim == 1 && index.a_stride[0] == 1 && index.b_stride[0] == 1)) {
-    binary_flat_kernel<Op, T><<<grid_for(n), kThreads, 0, kStream>>>(a, b, out, n);
+    binary_flat_kernel<Op, T><<<grid_for(n), kThreads, 0, stream()>>>(a, b, out, n);
   } else {
-    binary_broadcast_kernel<Op, T><<<grid_for(n), kThreads, 0, kStream>>>(a, b, out, n, index);
+    binary_broadcast_kernel<Op, T><<<grid_for(n), kThreads, 0, stream()>>>(a, b, out, n, index);
   }
   KVC_CUDA_CHECK(cudaGetLastError());
 }
@@ -127,10 +127,14 @@ template <typename T>
 void binary(BinaryOp op, const T* a, const T* b, T* out, int64_t n, const BroadcastIndex& index) {
   if (n <= 0) return;
   switch (op) {
-    case BinaryOp::add: return launch_binary<BinaryOp::add>(a, b, out, n, index);
-    case BinaryOp::sub: return launch_binary<BinaryOp::sub>(a, b, out, n, index);
-    case BinaryOp::mul: return launch_binary<BinaryOp::mul>(a, b, out, n, index);
-    case BinaryOp::div: return launch_binary<BinaryOp::div>(a, b, out, n, index);
+    case BinaryOp::add:
+      return launch_binary<BinaryOp::add>(a, b, out, n, index);
+    case BinaryOp::sub:
+      return launch_binary<BinaryOp::sub>(a, b, out, n, index);
+    case BinaryOp::mul:
+      return launch_binary<BinaryOp::mul>(a, b, out, n, index);
+    case BinaryOp::div:
+      return launch_binary<BinaryOp::div>(a, b, out, n, index);
   }
   KVC_FAIL("binary: unknown op ", static_cast<int>(op));
 }
@@ -138,35 +142,35 @@ void binary(BinaryOp op, const T* a, const T* b, T* out, int64_t n, const Broadc
 template <typename T>
 void axpby(T* y, const T* x, int64_t n, T alpha, T beta) {
   if (n <= 0) return;
-  axpby_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(y, x, n, alpha, beta);
+  axpby_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(y, x, n, alpha, beta);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
 void relu_forward(const T* x, T* y, int64_t n) {
   if (n <= 0) return;
-  relu_forward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(x, y, n);
+  relu_forward_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(x, y, n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
 void relu_backward(const T* y, const T* gy, T* gx, int64_t n) {
   if (n <= 0) return;
-  relu_backward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(y, gy, gx, n);
+  relu_backward_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(y, gy, gx, n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
 void gelu_forward(const T* x, T* y, int64_t n) {
   if (n <= 0) return;
-  gelu_forward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(x, y, n);
+  gelu_forward_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(x, y, n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
 void gelu_backward(const T* x, const T* gy, T* gx, int64_t n) {
   if (n <= 0) return;
-  gelu_backward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(x, gy, gx, n);
+  gelu_backward_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(x, gy, gx, n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -175,7 +179,7 @@ void dropout_forward(const T* x, T* y, int64_t n, float p, uint64_t seed, uint64
   KVC_CHECK(p >= 0.0f && p < 1.0f, "dropout: p = ", p, " is outside [0, 1)");
   if (n <= 0) return;
   const T scale = T(1) / (T(1) - static_cast<T>(p));  // as the CPU computes it: same bits
-  dropout_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(x, y, n, p, scale, seed, offset);
+  dropout_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(x, y, n, p, scale, seed, offset);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -185,15 +189,14 @@ void dropout_backward(const T* gy, T* gx, int64_t n, float p, uint64_t seed, uin
   dropout_forward<T>(gy, gx, n, p, seed, offset);
 }
 
-#define KVC_INSTANTIATE(T)                                                               \
-  template void binary<T>(BinaryOp, const T*, const T*, T*, int64_t,                     \
-                          const BroadcastIndex&);                                        \
-  template void axpby<T>(T*, const T*, int64_t, T, T);                                   \
-  template void relu_forward<T>(const T*, T*, int64_t);                                  \
-  template void relu_backward<T>(const T*, const T*, T*, int64_t);                       \
-  template void gelu_forward<T>(const T*, T*, int64_t);                                  \
-  template void gelu_backward<T>(const T*, const T*, T*, int64_t);                       \
-  template void dropout_forward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);    \
+#define KVC_INSTANTIATE(T)                                                                   \
+  template void binary<T>(BinaryOp, const T*, const T*, T*, int64_t, const BroadcastIndex&); \
+  template void axpby<T>(T*, const T*, int64_t, T, T);                                       \
+  template void relu_forward<T>(const T*, T*, int64_t);                                      \
+  template void relu_backward<T>(const T*, const T*, T*, int64_t);                           \
+  template void gelu_forward<T>(const T*, T*, int64_t);                                      \
+  template void gelu_backward<T>(const T*, const T*, T*, int64_t);                           \
+  template void dropout_forward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);        \
   template void dropout_backward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)

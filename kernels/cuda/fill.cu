@@ -75,21 +75,21 @@ __global__ void normal_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset,
 template <typename T>
 void fill(T* out, int64_t n, T value) {
   if (n <= 0) return;
-  fill_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(out, n, value);
+  fill_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(out, n, value);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
 void arange(T* out, int64_t n) {
   if (n <= 0) return;
-  arange_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(out, n);
+  arange_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(out, n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename To, typename From>
 void cast(To* out, const From* in, int64_t n) {
   if (n <= 0) return;
-  cast_kernel<To, From><<<grid_for(n), kThreads, 0, kStream>>>(out, in, n);
+  cast_kernel<To, From><<<grid_for(n), kThreads, 0, stream()>>>(out, in, n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -97,8 +97,8 @@ template <typename T>
 void uniform(T* out, int64_t n, uint64_t seed, uint64_t offset, double low, double high) {
   if (n <= 0) return;
   const int64_t blocks = (n + 3) / 4;
-  uniform_kernel<T><<<grid_for(blocks), kThreads, 0, kStream>>>(out, n, seed, offset, low,
-                                                                 high - low);
+  uniform_kernel<T>
+      <<<grid_for(blocks), kThreads, 0, stream()>>>(out, n, seed, offset, low, high - low);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -106,7 +106,7 @@ template <typename T>
 void normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double std) {
   if (n <= 0) return;
   const int64_t blocks = (n + 3) / 4;
-  normal_kernel<T><<<grid_for(blocks), kThreads, 0, kStream>>>(out, n, seed, offset, mean, std);
+  normal_kernel<T><<<grid_for(blocks), kThreads, 0, stream()>>>(out, n, seed, offset, mean, std);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 

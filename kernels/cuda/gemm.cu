@@ -13,13 +13,13 @@ namespace {
 
 std::atomic<bool> g_tf32{false};
 
-// Created on first use, on kStream. Never destroyed, like the allocator's cache: destroying it
+// Created on first use, on stream(). Never destroyed, like the allocator's cache: destroying it
 // from a static destructor may run after the CUDA runtime has shut down.
 cublasHandle_t handle() {
   static cublasHandle_t h = [] {
     cublasHandle_t created = nullptr;
     KVC_CUBLAS_CHECK(cublasCreate(&created));
-    KVC_CUBLAS_CHECK(cublasSetStream(created, kStream));
+    KVC_CUBLAS_CHECK(cublasSetStream(created, stream()));
     return created;
   }();
   return h;
@@ -69,7 +69,7 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
   GemmArgs g = args;
   if (g.k == 0) {
     const int64_t total = g.batch_outer * g.batch_inner * g.m * g.n;
-    scale_c_kernel<T><<<grid_for(total), kThreads, 0, kStream>>>(
+    scale_c_kernel<T><<<grid_for(total), kThreads, 0, stream()>>>(
         c, g.batch_outer * g.batch_inner, g.batch_inner, g.m, g.n, g.ldc, g.outer_stride_c,
         g.inner_stride_c, static_cast<T>(g.beta));
     KVC_CUDA_CHECK(cudaGetLastError());
@@ -110,10 +110,10 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
       T* pc = c + p * g.outer_stride_c;
       // Column-major view: C^T (n x m) = op(B)^T (n x k) @ op(A)^T (k x m); each row-major
       // operand is its own transpose in column-major with the same leading dimension.
-      KVC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
-          h, op_b, op_a, n, m, k, &alpha, pb, type, ldb, g.inner_stride_b, pa, type, lda,
-          g.inner_stride_a, &beta, pc, type, ldc, g.inner_stride_c, batch, compute,
-          CUBLAS_GEMM_DEFAULT));
+      KVC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, op_b, op_a, n, m, k, &alpha, pb, type, ldb,
+                                                  g.inner_stride_b, pa, type, lda, g.inner_stride_a,
+                                                  &beta, pc, type, ldc, g.inner_stride_c, batch,
+                                                  compute, CUBLAS_GEMM_DEFAULT));
     }
   }
 }

@@ -59,21 +59,21 @@ template <typename T>
 void mse_forward(const T* pred, const T* target, T* out, int64_t n) {
   if (n <= 0) {  // the mean of nothing is NaN, as in PyTorch
     const T nan = static_cast<T>(NAN);
-    KVC_CUDA_CHECK(cudaMemcpyAsync(out, &nan, sizeof(T), cudaMemcpyHostToDevice, kStream));
+    KVC_CUDA_CHECK(cudaMemcpyAsync(out, &nan, sizeof(T), cudaMemcpyHostToDevice, stream()));
     return;
   }
   const int64_t parts = std::min<int64_t>((n + kMinSegment - 1) / kMinSegment, 1024);
   const int64_t seg = (n + parts - 1) / parts;
   if (parts == 1) {
-    mse_partial_kernel<T><<<1, kLossThreads, 0, kStream>>>(pred, target, nullptr, out, n, seg);
+    mse_partial_kernel<T><<<1, kLossThreads, 0, stream()>>>(pred, target, nullptr, out, n, seg);
     KVC_CUDA_CHECK(cudaGetLastError());
     return;
   }
   Scratch partial(static_cast<size_t>(parts) * sizeof(double));
-  mse_partial_kernel<T><<<static_cast<int>(parts), kLossThreads, 0, kStream>>>(
+  mse_partial_kernel<T><<<static_cast<int>(parts), kLossThreads, 0, stream()>>>(
       pred, target, partial.as<double>(), out, n, seg);
   KVC_CUDA_CHECK(cudaGetLastError());
-  mse_final_kernel<T><<<1, kLossThreads, 0, kStream>>>(partial.as<double>(), parts, out, n);
+  mse_final_kernel<T><<<1, kLossThreads, 0, stream()>>>(partial.as<double>(), parts, out, n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -81,8 +81,8 @@ template <typename T>
 void mse_backward(const T* pred, const T* target, const T* grad_out, T* gpred, T* gtarget,
                   int64_t n) {
   if (n <= 0 || (!gpred && !gtarget)) return;
-  mse_backward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(pred, target, grad_out, gpred,
-                                                                gtarget, n);
+  mse_backward_kernel<T>
+      <<<grid_for(n), kThreads, 0, stream()>>>(pred, target, grad_out, gpred, gtarget, n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 

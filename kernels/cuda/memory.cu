@@ -109,8 +109,8 @@ class CachingAllocator {
       size_t free_b = 0, total_b = 0;
       (void)cudaMemGetInfo(&free_b, &total_b);
       (void)cudaGetLastError();
-      throw OutOfMemoryError(str("cuda: out of GPU memory allocating ", bytes, " bytes (",
-                                 cls, " rounded) on cuda:", device, "; ", stats_.bytes_in_use,
+      throw OutOfMemoryError(str("cuda: out of GPU memory allocating ", bytes, " bytes (", cls,
+                                 " rounded) on cuda:", device, "; ", stats_.bytes_in_use,
                                  " bytes in use by tensors, ", free_b, " of ", total_b,
                                  " bytes free on the device"));
     }
@@ -142,8 +142,8 @@ int device_count(const char** why) {
     const cudaError_t err = cudaGetDeviceCount(&n);
     if (err != cudaSuccess) {
       (void)cudaGetLastError();
-      return std::make_pair(0, std::string("no usable CUDA driver or GPU (") +
-                                   cudaGetErrorString(err) + ")");
+      return std::make_pair(
+          0, std::string("no usable CUDA driver or GPU (") + cudaGetErrorString(err) + ")");
     }
     if (n == 0) return std::make_pair(0, std::string("no CUDA GPU found"));
     return std::make_pair(n, std::string());
@@ -171,18 +171,18 @@ void empty_cache() { allocator().empty_cache(); }
 // free its buffer at once, and the host does not wait for the device.
 void copy_h2d(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
-  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, kStream));
+  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream()));
 }
 
 void copy_d2h(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
-  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, kStream));
-  KVC_CUDA_CHECK(cudaStreamSynchronize(kStream));
+  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream()));
+  KVC_CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 
 void copy_d2d(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
-  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, kStream));
+  KVC_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
 }
 
 void synchronize() { KVC_CUDA_CHECK(cudaDeviceSynchronize()); }

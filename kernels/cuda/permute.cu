@@ -154,7 +154,7 @@ void permute(const T* in, T* out, const int64_t* in_shape, const int* perm, int 
   if (D <= 1 || in_stride[D - 1] == 1) {
     if (D <= 1) {  // nothing moves
       KVC_CUDA_CHECK(cudaMemcpyAsync(out, in, static_cast<size_t>(n) * sizeof(T),
-                                     cudaMemcpyDeviceToDevice, kStream));
+                                     cudaMemcpyDeviceToDevice, stream()));
       return;
     }
     // The innermost axis stays innermost: reads and writes are both coalesced along it.
@@ -164,12 +164,12 @@ void permute(const T* in, T* out, const int64_t* in_shape, const int* perm, int 
       l.out_shape[k] = gsize[k];
       l.in_stride[k] = in_stride[k];
     }
-    permute_generic_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(in, out, n, l);
+    permute_generic_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(in, out, n, l);
     KVC_CUDA_CHECK(cudaGetLastError());
     return;
   }
   TileLayout l;
-  const int kb = D - 1;        // output position of input axis b (innermost in out)
+  const int kb = D - 1;         // output position of input axis b (innermost in out)
   const int ka = order[D - 1];  // output position of input axis a (innermost in in)
   l.size_a = gsize[ka];
   l.size_b = gsize[kb];
@@ -186,7 +186,7 @@ void permute(const T* in, T* out, const int64_t* in_shape, const int* perm, int 
   }
   const int64_t tasks = ((l.size_a + kTile - 1) / kTile) * ((l.size_b + kTile - 1) / kTile) * batch;
   const int blocks = grid_for(tasks * kTile * kTileRows, kTile * kTileRows);
-  permute_tiled_kernel<T><<<blocks, dim3(kTile, kTileRows), 0, kStream>>>(in, out, batch, l);
+  permute_tiled_kernel<T><<<blocks, dim3(kTile, kTileRows), 0, stream()>>>(in, out, batch, l);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -195,24 +195,24 @@ void narrow(const T* in, T* out, int64_t outer, int64_t axis, int64_t inner, int
             int64_t length) {
   const int64_t n = outer * length * inner;
   if (n <= 0) return;
-  narrow_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(in, out, outer, axis, inner, start,
-                                                          length);
+  narrow_kernel<T>
+      <<<grid_for(n), kThreads, 0, stream()>>>(in, out, outer, axis, inner, start, length);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
-void narrow_backward(const T* gy, T* gx, int64_t outer, int64_t axis, int64_t inner,
-                     int64_t start, int64_t length) {
+void narrow_backward(const T* gy, T* gx, int64_t outer, int64_t axis, int64_t inner, int64_t start,
+                     int64_t length) {
   const int64_t n = outer * axis * inner;
   if (n <= 0) return;
-  narrow_backward_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(gy, gx, outer, axis, inner,
-                                                                   start, length);
+  narrow_backward_kernel<T>
+      <<<grid_for(n), kThreads, 0, stream()>>>(gy, gx, outer, axis, inner, start, length);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-#define KVC_INSTANTIATE(T)                                                                 \
-  template void permute<T>(const T*, T*, const int64_t*, const int*, int);                 \
-  template void narrow<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t);      \
+#define KVC_INSTANTIATE(T)                                                            \
+  template void permute<T>(const T*, T*, const int64_t*, const int*, int);            \
+  template void narrow<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
   template void narrow_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)

@@ -23,7 +23,8 @@ __global__ void row_sum_kernel(const In* in, Out* out, int64_t rows, int64_t len
     const int64_t begin = s * seg, end = min(len, begin + seg);
     const In* p = in + row * len;
     double acc = 0;
-    for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x) acc += static_cast<double>(p[r]);
+    for (int64_t r = begin + threadIdx.x; r < end; r += blockDim.x)
+      acc += static_cast<double>(p[r]);
     acc = block_sum(acc, shared);
     if (threadIdx.x == 0) out[task] = static_cast<Out>(splits == 1 ? acc * scale : acc);
   }
@@ -51,8 +52,8 @@ constexpr int kColX = 32, kColY = 8;
 // one outer index and one of `splits` segments of the reduce axis; its 8 thread rows stride the
 // segment and meet in shared memory in a fixed order.
 template <typename In, typename Out>
-__global__ void col_sum_kernel(const In* in, Out* out, int64_t outer, int64_t reduce,
-                               int64_t inner, int64_t splits, double scale) {
+__global__ void col_sum_kernel(const In* in, Out* out, int64_t outer, int64_t reduce, int64_t inner,
+                               int64_t splits, double scale) {
   __shared__ double shared[kColY][kColX + 1];
   const int64_t tiles = (inner + kColX - 1) / kColX;
   const int64_t seg = (reduce + splits - 1) / splits;
@@ -65,7 +66,8 @@ __global__ void col_sum_kernel(const In* in, Out* out, int64_t outer, int64_t re
     double acc = 0;
     if (i < inner) {
       const In* p = in + o * reduce * inner + i;
-      for (int64_t r = begin + threadIdx.y; r < end; r += kColY) acc += static_cast<double>(p[r * inner]);
+      for (int64_t r = begin + threadIdx.y; r < end; r += kColY)
+        acc += static_cast<double>(p[r * inner]);
     }
     shared[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
@@ -111,30 +113,30 @@ void sum3(const T* in, T* out, int64_t outer, int64_t reduce, int64_t inner, dou
   if (outer * inner == 0) return;
   if (reduce == 0) {  // an empty sum is zero (all-zero bits are 0.0 in both dtypes)
     KVC_CUDA_CHECK(
-        cudaMemsetAsync(out, 0, static_cast<size_t>(outer * inner) * sizeof(T), kStream));
+        cudaMemsetAsync(out, 0, static_cast<size_t>(outer * inner) * sizeof(T), stream()));
     return;
   }
   if (inner == 1) {
     if (reduce <= 1024) {
       const int64_t rows_per_block = kThreads / 32;
       const int64_t blocks = (outer + rows_per_block - 1) / rows_per_block;
-      warp_row_sum_kernel<T, T><<<blocks_for(blocks), kThreads, 0, kStream>>>(in, out, outer,
-                                                                              reduce, scale);
+      warp_row_sum_kernel<T, T>
+          <<<blocks_for(blocks), kThreads, 0, stream()>>>(in, out, outer, reduce, scale);
       KVC_CUDA_CHECK(cudaGetLastError());
       return;
     }
     const int64_t splits = choose_splits(outer, reduce, 4096);
     if (splits == 1) {
-      row_sum_kernel<T, T><<<blocks_for(outer), kThreads, 0, kStream>>>(in, out, outer, reduce,
-                                                                        1, scale);
+      row_sum_kernel<T, T>
+          <<<blocks_for(outer), kThreads, 0, stream()>>>(in, out, outer, reduce, 1, scale);
       KVC_CUDA_CHECK(cudaGetLastError());
       return;
     }
     Scratch partial(static_cast<size_t>(outer * splits) * sizeof(double));
-    row_sum_kernel<T, double><<<blocks_for(outer * splits), kThreads, 0, kStream>>>(
+    row_sum_kernel<T, double><<<blocks_for(outer * splits), kThreads, 0, stream()>>>(
         in, partial.as<double>(), outer, reduce, splits, 1.0);
     KVC_CUDA_CHECK(cudaGetLastError());
-    warp_row_sum_kernel<double, T><<<blocks_for((outer + 7) / 8), kThreads, 0, kStream>>>(
+    warp_row_sum_kernel<double, T><<<blocks_for((outer + 7) / 8), kThreads, 0, stream()>>>(
         partial.as<double>(), out, outer, splits, scale);
     KVC_CUDA_CHECK(cudaGetLastError());
     return;
@@ -143,16 +145,16 @@ void sum3(const T* in, T* out, int64_t outer, int64_t reduce, int64_t inner, dou
   const int64_t tiles = (inner + kColX - 1) / kColX;
   const int64_t splits = choose_splits(outer * tiles, reduce, 64);
   if (splits == 1) {
-    col_sum_kernel<T, T><<<blocks_for(outer * tiles), block, 0, kStream>>>(in, out, outer, reduce,
-                                                                         inner, 1, scale);
+    col_sum_kernel<T, T><<<blocks_for(outer * tiles), block, 0, stream()>>>(in, out, outer, reduce,
+                                                                            inner, 1, scale);
     KVC_CUDA_CHECK(cudaGetLastError());
     return;
   }
   Scratch partial(static_cast<size_t>(outer * splits * inner) * sizeof(double));
-  col_sum_kernel<T, double><<<blocks_for(outer * tiles * splits), block, 0, kStream>>>(
+  col_sum_kernel<T, double><<<blocks_for(outer * tiles * splits), block, 0, stream()>>>(
       in, partial.as<double>(), outer, reduce, inner, splits, 1.0);
   KVC_CUDA_CHECK(cudaGetLastError());
-  col_sum_kernel<double, T><<<blocks_for(outer * tiles), block, 0, kStream>>>(
+  col_sum_kernel<double, T><<<blocks_for(outer * tiles), block, 0, stream()>>>(
       partial.as<double>(), out, outer, splits, inner, 1, scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
@@ -178,7 +180,7 @@ template <typename T>
 void expand_axis(const T* in, T* out, int64_t outer, int64_t reduce, int64_t inner, T scale) {
   const int64_t n = outer * reduce * inner;
   if (n <= 0) return;
-  expand_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(in, out, outer, reduce, inner, scale);
+  expand_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(in, out, outer, reduce, inner, scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -208,14 +210,14 @@ void sum_to(const T* in, const int64_t* in_shape, const int64_t* out_shape, int 
   int64_t n_in = 1;
   for (const Run& r : runs) n_in *= r.size;
   if (n_in == 0) {
-    KVC_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<size_t>(n_out) * sizeof(T), kStream));
+    KVC_CUDA_CHECK(cudaMemsetAsync(out, 0, static_cast<size_t>(n_out) * sizeof(T), stream()));
     return;
   }
   int summed_runs = 0;
   for (const Run& r : runs) summed_runs += r.summed;
   if (summed_runs == 0) {
     KVC_CUDA_CHECK(cudaMemcpyAsync(out, in, static_cast<size_t>(n_out) * sizeof(T),
-                                   cudaMemcpyDeviceToDevice, kStream));
+                                   cudaMemcpyDeviceToDevice, stream()));
     return;
   }
   // Intermediates ping-pong between two scratch buffers, each sized at its first use: every
@@ -246,9 +248,9 @@ void sum_to(const T* in, const int64_t* in_shape, const int64_t* out_shape, int 
   }
 }
 
-#define KVC_INSTANTIATE(T)                                                          \
-  template void sum_axis<T>(const T*, T*, int64_t, int64_t, int64_t, T);            \
-  template void expand_axis<T>(const T*, T*, int64_t, int64_t, int64_t, T);         \
+#define KVC_INSTANTIATE(T)                                                  \
+  template void sum_axis<T>(const T*, T*, int64_t, int64_t, int64_t, T);    \
+  template void expand_axis<T>(const T*, T*, int64_t, int64_t, int64_t, T); \
   template void sum_to<T>(const T*, const int64_t*, const int64_t*, int, T*);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)

@@ -99,14 +99,14 @@ void launch_softmax(const T* a, const T* b, T* out, int64_t outer, int64_t n, in
   if (outer * n * inner <= 0) return;
   if (inner > 1) {
     softmax_column_kernel<T, kBackward>
-        <<<grid_for(outer * inner), kThreads, 0, kStream>>>(a, b, out, outer, n, inner);
+        <<<grid_for(outer * inner), kThreads, 0, stream()>>>(a, b, out, outer, n, inner);
   } else if (n <= 1024) {
     // kThreads / 32 rows per block: grid_for over one thread per row-lane.
     softmax_warp_kernel<T, kBackward>
-        <<<grid_for(outer * 32, kThreads), kThreads, 0, kStream>>>(a, b, out, outer, n);
+        <<<grid_for(outer * 32, kThreads), kThreads, 0, stream()>>>(a, b, out, outer, n);
   } else {
     const int blocks = static_cast<int>(std::min<int64_t>(outer, 65535));
-    softmax_block_kernel<T, kBackward><<<blocks, kThreads, 0, kStream>>>(a, b, out, outer, n);
+    softmax_block_kernel<T, kBackward><<<blocks, kThreads, 0, stream()>>>(a, b, out, outer, n);
   }
   KVC_CUDA_CHECK(cudaGetLastError());
 }
@@ -123,8 +123,8 @@ void softmax_backward(const T* y, const T* gy, T* gx, int64_t outer, int64_t n, 
   launch_softmax<T, true>(y, gy, gx, outer, n, inner);
 }
 
-#define KVC_INSTANTIATE(T)                                                          \
-  template void softmax_forward<T>(const T*, T*, int64_t, int64_t, int64_t);       \
+#define KVC_INSTANTIATE(T)                                                   \
+  template void softmax_forward<T>(const T*, T*, int64_t, int64_t, int64_t); \
   template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)

@@ -45,7 +45,7 @@ template <typename T>
 void ar1_scan(T* z, int64_t b, int64_t seq, int64_t r, double rho) {
   if (b * r <= 0 || seq <= 1) return;
   const T a = static_cast<T>(rho), c = static_cast<T>(std::sqrt(1.0 - rho * rho));
-  ar1_scan_kernel<T><<<grid_for(b * r, 64), 64, 0, kStream>>>(z, b, seq, r, a, c);
+  ar1_scan_kernel<T><<<grid_for(b * r, 64), 64, 0, stream()>>>(z, b, seq, r, a, c);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -54,15 +54,15 @@ void gather_random_rows(const T* z, T* out, int64_t b, int64_t seq, int64_t r, i
                         uint64_t seed, uint64_t offset) {
   const int64_t n = b * nq * r;
   if (n <= 0) return;
-  gather_rows_kernel<T><<<grid_for(n), kThreads, 0, kStream>>>(z, out, b, seq, r, nq, seed,
-                                                               offset);
+  gather_rows_kernel<T>
+      <<<grid_for(n), kThreads, 0, stream()>>>(z, out, b, seq, r, nq, seed, offset);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-#define KVC_INSTANTIATE(T)                                                                   \
-  template void ar1_scan<T>(T*, int64_t, int64_t, int64_t, double);                          \
-  template void gather_random_rows<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t,      \
-                                      uint64_t, uint64_t);
+#define KVC_INSTANTIATE(T)                                                                        \
+  template void ar1_scan<T>(T*, int64_t, int64_t, int64_t, double);                               \
+  template void gather_random_rows<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, uint64_t, \
+                                      uint64_t);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)
 #undef KVC_INSTANTIATE

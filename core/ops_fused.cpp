@@ -1,0 +1,275 @@
+// Fused ops: linear with its bias in the GEMM, scaled-dot attention, softmax-pool and the block
+// split with positions, each one pass where the composition of core ops takes several.
+//
+// Every op keeps its reference composition and runs it when a size is zero: nothing is gained
+// there, and the composition already defines the empty sums, so the two cannot disagree.
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/op_util.h"
+#include "core/ops.h"
+#include "kernels/elementwise.h"
+#include "kernels/gemm.h"
+#include "kernels/permute.h"
+#include "kernels/reduce.h"
+#include "kernels/softmax.h"
+#include "kernels/softmax_pool.h"
+
+namespace kvc {
+
+namespace {
+
+// One GEMM operand: the tensor, whether it is transposed, elements between batch entries.
+struct Operand {
+  const Tensor* t;
+  bool trans;
+  int64_t stride;
+};
+
+// C[p] (m, n) = alpha op(A[p]) op(B[p]) + beta C[p] for p < batch, every matrix dense and
+// row-major (leading dimensions follow from the shapes). No batch entries share a C here, so
+// one strided-batched call is race-free.
+void gemm(int64_t batch, int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& b,
+          const Tensor& c, int64_t c_stride, double alpha, double beta) {
+  kernels::GemmArgs g;
+  g.trans_a = a.trans;
+  g.trans_b = b.trans;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.lda = a.trans ? m : k;
+  g.ldb = b.trans ? k : n;
+  g.ldc = n;
+  g.batch_outer = batch;
+  g.outer_stride_a = a.stride;
+  g.outer_stride_b = b.stride;
+  g.outer_stride_c = c_stride;
+  g.alpha = alpha;
+  g.beta = beta;
+  KVC_DISPATCH_FLOAT(c.dtype(), "gemm", [&] {
+    KVC_LAUNCH(c.device(), K::gemm<scalar_t>(g, a.t->data<scalar_t>(), b.t->data<scalar_t>(),
+                                             c.data<scalar_t>()));
+  });
+}
+
+Shape with_last_two(const Shape& s, int64_t rows, int64_t cols) {
+  Shape out(s.begin(), s.end() - 2);
+  out.push_back(rows);
+  out.push_back(cols);
+  return out;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// linear: y = x W^T + b. Reference: add(matmul(x, W, false, true), b), whose broadcast add is a
+// second pass over y forward and a generic sum_to backward; here the bias is a k == 1 GEMM
+// (ones (rows, 1) @ b (1, out)) that the main GEMM adds onto, and its gradient a m == 1 GEMM.
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  const char* op = "linear";
+  detail::check_defined(op, x, "input");
+  detail::check_defined(op, weight, "weight");
+  detail::check_same_kind(op, x, weight);
+  KVC_CHECK(x.dim() >= 1 && weight.dim() == 2 && x.size(-1) == weight.size(1), op, ": input ",
+            x.shape(), " (..., in) does not match weight ", weight.shape(), " (out, in)");
+  const int64_t out = weight.size(0), in = weight.size(1);
+  if (bias.defined()) {
+    detail::check_same_kind(op, x, bias);
+    KVC_CHECK(bias.shape() == Shape({out}), op, ": bias ", bias.shape(), " does not match weight ",
+              weight.shape(), " (expected (out,))");
+  }
+  const int64_t rows = numel_of(Shape(x.shape().begin(), x.shape().end() - 1));
+  Shape out_shape = x.shape();
+  out_shape.back() = out;
+  if (rows == 0 || in == 0 || out == 0) {
+    Tensor y = matmul(reshape(x, {rows, in}), weight, false, /*trans_b=*/true);
+    return reshape(bias.defined() ? add(y, bias) : y, out_shape);
+  }
+  Tensor y = Tensor::empty(out_shape, x.options());
+  const Tensor ones = bias.defined() ? Tensor::ones({rows}, x.options()) : Tensor();
+  if (bias.defined()) gemm(1, rows, out, 1, {&ones, false, 0}, {&bias, false, 0}, y, 0, 1.0, 0.0);
+  gemm(1, rows, out, in, {&x, false, 0}, {&weight, true, 0}, y, 0, 1.0, bias.defined() ? 1.0 : 0.0);
+
+  std::vector<Tensor> inputs{x, weight};
+  if (bias.defined()) inputs.push_back(bias);
+  Tape::current().record(op, std::move(inputs), y, [=](const Tensor& gy) {
+    bool acc = false;
+    if (x.requires_grad()) {  // gx (rows, in) = gy (rows, out) @ W (out, in)
+      Tensor gx = grad_buffer(x, &acc);
+      gemm(1, rows, in, out, {&gy, false, 0}, {&weight, false, 0}, gx, 0, 1.0, acc);
+    }
+    if (weight.requires_grad()) {  // gW (out, in) = gy^T (out, rows) @ x (rows, in)
+      Tensor gw = grad_buffer(weight, &acc);
+      gemm(1, out, in, rows, {&gy, true, 0}, {&x, false, 0}, gw, 0, 1.0, acc);
+    }
+    if (bias.defined() && bias.requires_grad()) {  // gb (1, out) = ones (1, rows) @ gy
+      Tensor gb = grad_buffer(bias, &acc);
+      gemm(1, 1, out, rows, {&ones, false, 0}, {&gy, false, 0}, gb, 0, 1.0, acc);
+    }
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// scaled_dot_attention: softmax(alpha q k^T) v. Reference (SPEC section 4):
+// matmul(softmax(scale(matmul(q, k, false, true), alpha), -1), v), which writes the (m, s)
+// scores three times (GEMM, scale, softmax) and keeps two of them for backward. Here alpha is
+// the GEMM's, the softmax runs in place, and backward reuses one (m, s) buffer for dP and dS.
+
+Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha) {
+  const char* op = "attention";
+  detail::check_same_kind(op, q, k);
+  detail::check_same_kind(op, q, v);
+  const Shape lead(q.shape().begin(), q.shape().end() - std::min<int64_t>(q.dim(), 2));
+  KVC_CHECK(q.dim() >= 2 && k.dim() == q.dim() && v.dim() == q.dim() &&
+                Shape(k.shape().begin(), k.shape().end() - 2) == lead &&
+                Shape(v.shape().begin(), v.shape().end() - 2) == lead &&
+                k.size(-1) == q.size(-1) && v.size(-2) == k.size(-2),
+            op, ": q ", q.shape(), " (..., m, d), k ", k.shape(), " (..., s, d) and v ", v.shape(),
+            " (..., s, e) do not fit");
+  const int64_t batch = numel_of(lead), m = q.size(-2), d = q.size(-1);
+  const int64_t s = k.size(-2), e = v.size(-1);
+  if (batch == 0 || m == 0 || d == 0 || s == 0 || e == 0) {
+    return matmul(softmax(scale(matmul(q, k, false, /*trans_b=*/true), alpha), -1), v);
+  }
+  const Shape p_shape = with_last_two(q.shape(), m, s);
+  Tensor p = Tensor::empty(p_shape, q.options());  // scores, then probabilities in place
+  gemm(batch, m, s, d, {&q, false, m * d}, {&k, true, s * d}, p, m * s, alpha, 0.0);
+  KVC_DISPATCH_FLOAT(p.dtype(), op, [&] {
+    KVC_LAUNCH(p.device(), K::softmax_forward<scalar_t>(p.data<scalar_t>(), p.data<scalar_t>(),
+                                                        batch * m, s, 1));
+  });
+  Tensor y = Tensor::empty(with_last_two(q.shape(), m, e), q.options());
+  gemm(batch, m, e, s, {&p, false, m * s}, {&v, false, s * e}, y, m * e, 1.0, 0.0);
+
+  // Without grad the closure, and with it the probabilities, are dropped here.
+  Tape::current().record(op, {q, k, v}, y, [=](const Tensor& gy) {
+    bool acc = false;
+    if (v.requires_grad()) {  // gv (s, e) = P^T (s, m) @ gy (m, e)
+      Tensor gv = grad_buffer(v, &acc);
+      gemm(batch, s, e, m, {&p, true, m * s}, {&gy, false, m * e}, gv, s * e, 1.0, acc);
+    }
+    if (!q.requires_grad() && !k.requires_grad()) return;
+    Tensor ds = Tensor::empty(p_shape, p.options());  // dP = gy v^T, then dS in place
+    gemm(batch, m, s, e, {&gy, false, m * e}, {&v, true, s * e}, ds, m * s, 1.0, 0.0);
+    KVC_DISPATCH_FLOAT(p.dtype(), op, [&] {
+      KVC_LAUNCH(p.device(),
+                 K::softmax_backward<scalar_t>(p.data<scalar_t>(), ds.data<scalar_t>(),
+                                               ds.data<scalar_t>(), batch * m, s, 1));
+    });
+    if (q.requires_grad()) {  // gq (m, d) = alpha dS (m, s) @ k (s, d)
+      Tensor gq = grad_buffer(q, &acc);
+      gemm(batch, m, d, s, {&ds, false, m * s}, {&k, false, s * d}, gq, m * d, alpha, acc);
+    }
+    if (k.requires_grad()) {  // gk (s, d) = alpha dS^T (s, m) @ q (m, d)
+      Tensor gk = grad_buffer(k, &acc);
+      gemm(batch, s, d, m, {&ds, true, m * s}, {&q, false, m * d}, gk, s * d, alpha, acc);
+    }
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax_pool: sum over axis -2 of x * softmax over axis -2 of (alpha * logits). Reference
+// (SPEC section 3's attention pools): sum(mul(x, softmax(scale(logits, alpha), -2)), -2), four
+// full-size tensors forward and about six backward; here one read of x and logits forward and
+// one read plus the two gradients backward (the softmax is recomputed, not stored).
+
+Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha) {
+  const char* op = "softmax_pool";
+  detail::check_same_kind(op, x, logits);
+  KVC_CHECK(x.dim() >= 2 && logits.shape() == x.shape(), op, ": input ", x.shape(),
+            " (..., n, d) and logits ", logits.shape(), " must have one shape of 2 or more axes");
+  const int64_t axis = x.dim() - 2;
+  const detail::AxisSplit sp = detail::split_at_axis(x.shape(), axis);
+  if (x.numel() == 0) return sum(mul(x, softmax(scale(logits, alpha), axis)), axis);
+  Shape out_shape = x.shape();
+  out_shape.erase(out_shape.begin() + axis);
+  Tensor y = Tensor::empty(out_shape, x.options());
+  KVC_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    KVC_LAUNCH(x.device(), K::softmax_pool_forward<scalar_t>(
+                               x.data<scalar_t>(), logits.data<scalar_t>(), y.data<scalar_t>(),
+                               sp.outer, sp.n, sp.inner, static_cast<scalar_t>(alpha)));
+  });
+  Tape::current().record(op, {x, logits}, y, [=](const Tensor& gy) {
+    bool acc_x = false, acc_l = false;
+    const Tensor gx = x.requires_grad() ? grad_buffer(x, &acc_x) : Tensor();
+    const Tensor gl = logits.requires_grad() ? grad_buffer(logits, &acc_l) : Tensor();
+    KVC_DISPATCH_FLOAT(gy.dtype(), op, [&] {
+      auto ptr = [](const Tensor& t) { return t.defined() ? t.data<scalar_t>() : nullptr; };
+      KVC_LAUNCH(gy.device(),
+                 K::softmax_pool_backward<scalar_t>(
+                     x.data<scalar_t>(), logits.data<scalar_t>(), gy.data<scalar_t>(), ptr(gx),
+                     ptr(gl), sp.outer, sp.n, sp.inner, static_cast<scalar_t>(alpha), acc_x, acc_l));
+    });
+  });
+  return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// add_block_positions: split_blocks(seq, n) + positions (SPEC sections 2 and 4). Reference:
+// add(reshape(narrow(seq, 2, 0, w*n), (b, h, w, n, d)), reshape(positions, (1, h, 1, n, d))):
+// the narrow is a copy whenever the tail is dropped, and backward copies the sequence gradient
+// once in add and once more in reshape. Here the add reads the kept prefix in place (strided
+// broadcast indexing) and backward writes the sequence gradient once.
+
+Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t block) {
+  const char* op = "split_blocks";
+  detail::check_same_kind(op, seq, positions);
+  KVC_CHECK(seq.dim() == 4, op, ": input ", seq.shape(), " must be (b, h, seq, d)");
+  KVC_CHECK(block > 0, op, ": block ", block, " must be positive");
+  const int64_t b = seq.size(0), h = seq.size(1), s = seq.size(2), d = seq.size(3);
+  KVC_CHECK(s >= block, op, ": seq ", s, " of input ", seq.shape(),
+            " is shorter than one block of ", block);
+  KVC_CHECK(positions.shape() == Shape({h, block, d}), op, ": positions ", positions.shape(),
+            " do not match input ", seq.shape(), " split into blocks of ", block, " (expected (",
+            h, ", ", block, ", ", d, "))");
+  const int64_t w = s / block, nd = block * d;
+  Tensor out = Tensor::empty({b, h, w, block, d}, seq.options());
+  if (out.numel() > 0) {
+    // Axes (b, h, w, n*d): the sequence steps over its whole length per head, so the dropped
+    // tail is skipped; the positions repeat over b and w.
+    kernels::BroadcastIndex idx;
+    idx.ndim = 4;
+    const int64_t shape[4] = {b, h, w, nd}, seq_stride[4] = {h * s * d, s * d, nd, 1},
+                  pos_stride[4] = {0, nd, 0, 1};
+    for (int i = 0; i < 4; ++i) {
+      idx.shape[i] = shape[i];
+      idx.a_stride[i] = seq_stride[i];
+      idx.b_stride[i] = pos_stride[i];
+    }
+    const int64_t n = out.numel();
+    KVC_DISPATCH_FLOAT(seq.dtype(), op, [&] {
+      KVC_LAUNCH(seq.device(), K::binary<scalar_t>(kernels::BinaryOp::add, seq.data<scalar_t>(),
+                                                   positions.data<scalar_t>(),
+                                                   out.data<scalar_t>(), n, idx));
+    });
+  }
+  Tape::current().record(op, {seq, positions}, out, [=](const Tensor& g) {
+    if (seq.requires_grad()) {  // g, with zeros for the dropped tail, written once
+      const bool fresh = !seq.grad().defined();
+      bool unused = false;
+      const Tensor gs = fresh ? grad_buffer(seq, &unused) : detail::empty_like(seq);
+      KVC_DISPATCH_FLOAT(g.dtype(), op, [&] {
+        KVC_LAUNCH(g.device(), K::narrow_backward<scalar_t>(g.data<scalar_t>(), gs.data<scalar_t>(),
+                                                            b * h, s, d, 0, w * block));
+      });
+      if (!fresh) accumulate_grad(seq, gs);
+    }
+    if (positions.requires_grad()) {  // the sum over b and w
+      Tensor gp = detail::empty_like(positions);
+      const int64_t in_shape[5] = {b, h, w, block, d}, out_shape[5] = {1, h, 1, block, d};
+      KVC_DISPATCH_FLOAT(g.dtype(), op, [&] {
+        KVC_LAUNCH(g.device(), K::sum_to<scalar_t>(g.data<scalar_t>(), in_shape, out_shape, 5,
+                                                   gp.data<scalar_t>()));
+      });
+      accumulate_grad(positions, gp);
+    }
+  });
+  return out;
+}
+
+}  // namespace kvc

@@ -1,0 +1,91 @@
+// CUDA softmax-pool over the middle axis of (outer, n, inner), forward and backward: a thread per
+// column (o, i), neighbouring threads on neighbouring i, so every pass over n is coalesced.
+#include "kernels/cuda/common.cuh"
+#include "kernels/softmax_pool.h"
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+// Per column: the max of scale * logits, the reciprocal of the softmax denominator and the pooled
+// value, in one pass over n with a running max (the sums rescaled when the max grows).
+template <typename T>
+__device__ __forceinline__ void pool_stats(const T* x, const T* l, int64_t n, int64_t inner,
+                                           T scale, T* mx, T* inv, T* y) {
+  T m = -INFINITY, s = 0, acc = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const T t = scale * l[j * inner], xv = x[j * inner];
+    if (t > m) {
+      const T r = exp(m - t);
+      s = s * r + T(1);
+      acc = acc * r + xv;
+      m = t;
+    } else {
+      const T e = exp(t - m);
+      s += e;
+      acc += e * xv;
+    }
+  }
+  *mx = m;
+  *inv = T(1) / s;
+  *y = acc / s;
+}
+
+template <typename T>
+__global__ void softmax_pool_forward_kernel(const T* x, const T* logits, T* y, int64_t outer,
+                                            int64_t n, int64_t inner, T scale) {
+  KVC_GRID_LOOP(col, outer * inner) {
+    const int64_t o = col / inner, i = col % inner, base = o * n * inner + i;
+    T m, inv;
+    pool_stats(x + base, logits + base, n, inner, scale, &m, &inv, y + col);
+  }
+}
+
+template <typename T>
+__global__ void softmax_pool_backward_kernel(const T* x, const T* logits, const T* gy, T* gx,
+                                             T* glogits, int64_t outer, int64_t n, int64_t inner,
+                                             T scale, bool acc_x, bool acc_logits) {
+  KVC_GRID_LOOP(col, outer * inner) {
+    const int64_t o = col / inner, i = col % inner, base = o * n * inner + i;
+    T m, inv, y;
+    pool_stats(x + base, logits + base, n, inner, scale, &m, &inv, &y);
+    const T g = gy[col];
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t k = base + j * inner;
+      const T a = exp(scale * logits[k] - m) * inv;
+      if (gx) gx[k] = (acc_x ? gx[k] : T(0)) + g * a;
+      if (glogits) glogits[k] = (acc_logits ? glogits[k] : T(0)) + scale * a * g * (x[k] - y);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void softmax_pool_forward(const T* x, const T* logits, T* y, int64_t outer, int64_t n,
+                          int64_t inner, T scale) {
+  if (outer * inner <= 0) return;
+  softmax_pool_forward_kernel<T>
+      <<<grid_for(outer * inner), kThreads, 0, stream()>>>(x, logits, y, outer, n, inner, scale);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void softmax_pool_backward(const T* x, const T* logits, const T* gy, T* gx, T* glogits,
+                           int64_t outer, int64_t n, int64_t inner, T scale, bool acc_x,
+                           bool acc_logits) {
+  if (outer * inner <= 0) return;
+  softmax_pool_backward_kernel<T><<<grid_for(outer * inner), kThreads, 0, stream()>>>(
+      x, logits, gy, gx, glogits, outer, n, inner, scale, acc_x, acc_logits);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+#define KVC_INSTANTIATE(T)                                                                       \
+  template void softmax_pool_forward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, T);   \
+  template void softmax_pool_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, \
+                                         int64_t, T, bool, bool);
+KVC_INSTANTIATE(float)
+KVC_INSTANTIATE(double)
+#undef KVC_INSTANTIATE
+
+}  // namespace kvc::kernels::cuda
