@@ -176,7 +176,8 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
 // softmax_pool: sum over axis -2 of x * softmax over axis -2 of (alpha * logits). Reference
 // (SPEC section 3's attention pools): sum(mul(x, softmax(scale(logits, alpha), -2)), -2), four
 // full-size tensors forward and about six backward; here one read of x and logits forward and
-// one read plus the two gradients backward (the softmax is recomputed, not stored).
+// one read plus the two gradients backward. On CUDA the weights are recomputed in backward (the
+// pass is bound by memory); on the CPU exp is the cost, so the forward keeps them.
 
 Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha) {
   const char* op = "softmax_pool";
@@ -189,9 +190,13 @@ Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha) {
   Shape out_shape = x.shape();
   out_shape.erase(out_shape.begin() + axis);
   Tensor y = Tensor::empty(out_shape, x.options());
+  const bool keep = x.device().is_cpu() && grad_enabled() &&
+                    (x.requires_grad() || logits.requires_grad());
+  const Tensor weights = keep ? detail::empty_like(x) : Tensor();
   KVC_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    scalar_t* wp = keep ? weights.data<scalar_t>() : nullptr;
     KVC_LAUNCH(x.device(), K::softmax_pool_forward<scalar_t>(
-                               x.data<scalar_t>(), logits.data<scalar_t>(), y.data<scalar_t>(),
+                               x.data<scalar_t>(), logits.data<scalar_t>(), y.data<scalar_t>(), wp,
                                sp.outer, sp.n, sp.inner, static_cast<scalar_t>(alpha)));
   });
   Tape::current().record(op, {x, logits}, y, [=](const Tensor& gy) {
@@ -200,10 +205,10 @@ Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha) {
     const Tensor gl = logits.requires_grad() ? grad_buffer(logits, &acc_l) : Tensor();
     KVC_DISPATCH_FLOAT(gy.dtype(), op, [&] {
       auto ptr = [](const Tensor& t) { return t.defined() ? t.data<scalar_t>() : nullptr; };
-      KVC_LAUNCH(gy.device(),
-                 K::softmax_pool_backward<scalar_t>(
-                     x.data<scalar_t>(), logits.data<scalar_t>(), gy.data<scalar_t>(), ptr(gx),
-                     ptr(gl), sp.outer, sp.n, sp.inner, static_cast<scalar_t>(alpha), acc_x, acc_l));
+      KVC_LAUNCH(gy.device(), K::softmax_pool_backward<scalar_t>(
+                                  x.data<scalar_t>(), logits.data<scalar_t>(), ptr(weights),
+                                  gy.data<scalar_t>(), ptr(gx), ptr(gl), sp.outer, sp.n, sp.inner,
+                                  static_cast<scalar_t>(alpha), acc_x, acc_l));
     });
   });
   return y;

@@ -32,27 +32,38 @@ __device__ __forceinline__ void pool_stats(const T* x, const T* l, int64_t n, in
 }
 
 template <typename T>
-__global__ void softmax_pool_forward_kernel(const T* x, const T* logits, T* y, int64_t outer,
-                                            int64_t n, int64_t inner, T scale) {
+__global__ void softmax_pool_forward_kernel(const T* x, const T* logits, T* y, T* weights,
+                                            int64_t outer, int64_t n, int64_t inner, T scale) {
   KVC_GRID_LOOP(col, outer * inner) {
     const int64_t o = col / inner, i = col % inner, base = o * n * inner + i;
     T m, inv;
     pool_stats(x + base, logits + base, n, inner, scale, &m, &inv, y + col);
+    if (weights) {
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t k = base + j * inner;
+        weights[k] = exp(scale * logits[k] - m) * inv;
+      }
+    }
   }
 }
 
 template <typename T>
-__global__ void softmax_pool_backward_kernel(const T* x, const T* logits, const T* gy, T* gx,
-                                             T* glogits, int64_t outer, int64_t n, int64_t inner,
-                                             T scale, bool acc_x, bool acc_logits) {
+__global__ void softmax_pool_backward_kernel(const T* x, const T* logits, const T* weights,
+                                             const T* gy, T* gx, T* glogits, int64_t outer,
+                                             int64_t n, int64_t inner, T scale, bool acc_x,
+                                             bool acc_logits) {
   KVC_GRID_LOOP(col, outer * inner) {
     const int64_t o = col / inner, i = col % inner, base = o * n * inner + i;
-    T m, inv, y;
-    pool_stats(x + base, logits + base, n, inner, scale, &m, &inv, &y);
+    T m = 0, inv = 0, y = 0;
+    if (weights) {
+      for (int64_t j = 0; j < n; ++j) y += weights[base + j * inner] * x[base + j * inner];
+    } else {
+      pool_stats(x + base, logits + base, n, inner, scale, &m, &inv, &y);
+    }
     const T g = gy[col];
     for (int64_t j = 0; j < n; ++j) {
       const int64_t k = base + j * inner;
-      const T a = exp(scale * logits[k] - m) * inv;
+      const T a = weights ? weights[k] : exp(scale * logits[k] - m) * inv;
       if (gx) gx[k] = (acc_x ? gx[k] : T(0)) + g * a;
       if (glogits) glogits[k] = (acc_logits ? glogits[k] : T(0)) + scale * a * g * (x[k] - y);
     }
@@ -62,28 +73,29 @@ __global__ void softmax_pool_backward_kernel(const T* x, const T* logits, const 
 }  // namespace
 
 template <typename T>
-void softmax_pool_forward(const T* x, const T* logits, T* y, int64_t outer, int64_t n,
-                          int64_t inner, T scale) {
+void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t outer,
+                          int64_t n, int64_t inner, T scale) {
   if (outer * inner <= 0) return;
-  softmax_pool_forward_kernel<T>
-      <<<grid_for(outer * inner), kThreads, 0, stream()>>>(x, logits, y, outer, n, inner, scale);
+  softmax_pool_forward_kernel<T><<<grid_for(outer * inner), kThreads, 0, stream()>>>(
+      x, logits, y, weights, outer, n, inner, scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <typename T>
-void softmax_pool_backward(const T* x, const T* logits, const T* gy, T* gx, T* glogits,
-                           int64_t outer, int64_t n, int64_t inner, T scale, bool acc_x,
-                           bool acc_logits) {
+void softmax_pool_backward(const T* x, const T* logits, const T* weights, const T* gy, T* gx,
+                           T* glogits, int64_t outer, int64_t n, int64_t inner, T scale,
+                           bool acc_x, bool acc_logits) {
   if (outer * inner <= 0) return;
   softmax_pool_backward_kernel<T><<<grid_for(outer * inner), kThreads, 0, stream()>>>(
-      x, logits, gy, gx, glogits, outer, n, inner, scale, acc_x, acc_logits);
+      x, logits, weights, gy, gx, glogits, outer, n, inner, scale, acc_x, acc_logits);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-#define KVC_INSTANTIATE(T)                                                                       \
-  template void softmax_pool_forward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, T);   \
-  template void softmax_pool_backward<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, \
-                                         int64_t, T, bool, bool);
+#define KVC_INSTANTIATE(T)                                                                     \
+  template void softmax_pool_forward<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, \
+                                        T);                                                    \
+  template void softmax_pool_backward<T>(const T*, const T*, const T*, const T*, T*, T*,       \
+                                         int64_t, int64_t, int64_t, T, bool, bool);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)
 #undef KVC_INSTANTIATE
