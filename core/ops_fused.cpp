@@ -126,8 +126,8 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
   const Shape lead(q.shape().begin(), q.shape().end() - std::min<int64_t>(q.dim(), 2));
   KVC_CHECK(q.dim() >= 2 && k.dim() == q.dim() && v.dim() == q.dim() &&
                 Shape(k.shape().begin(), k.shape().end() - 2) == lead &&
-                Shape(v.shape().begin(), v.shape().end() - 2) == lead &&
-                k.size(-1) == q.size(-1) && v.size(-2) == k.size(-2),
+                Shape(v.shape().begin(), v.shape().end() - 2) == lead && k.size(-1) == q.size(-1) &&
+                v.size(-2) == k.size(-2),
             op, ": q ", q.shape(), " (..., m, d), k ", k.shape(), " (..., s, d) and v ", v.shape(),
             " (..., s, e) do not fit");
   const int64_t batch = numel_of(lead), m = q.size(-2), d = q.size(-1);
@@ -156,9 +156,8 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
     Tensor ds = Tensor::empty(p_shape, p.options());  // dP = gy v^T, then dS in place
     gemm(batch, m, s, e, {&gy, false, m * e}, {&v, true, s * e}, ds, m * s, 1.0, 0.0);
     KVC_DISPATCH_FLOAT(p.dtype(), op, [&] {
-      KVC_LAUNCH(p.device(),
-                 K::softmax_backward<scalar_t>(p.data<scalar_t>(), ds.data<scalar_t>(),
-                                               ds.data<scalar_t>(), batch * m, s, 1));
+      KVC_LAUNCH(p.device(), K::softmax_backward<scalar_t>(p.data<scalar_t>(), ds.data<scalar_t>(),
+                                                           ds.data<scalar_t>(), batch * m, s, 1));
     });
     if (q.requires_grad()) {  // gq (m, d) = alpha dS (m, s) @ k (s, d)
       Tensor gq = grad_buffer(q, &acc);
@@ -190,8 +189,8 @@ Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha) {
   Shape out_shape = x.shape();
   out_shape.erase(out_shape.begin() + axis);
   Tensor y = Tensor::empty(out_shape, x.options());
-  const bool keep = x.device().is_cpu() && grad_enabled() &&
-                    (x.requires_grad() || logits.requires_grad());
+  const bool keep =
+      x.device().is_cpu() && grad_enabled() && (x.requires_grad() || logits.requires_grad());
   const Tensor weights = keep ? detail::empty_like(x) : Tensor();
   KVC_DISPATCH_FLOAT(x.dtype(), op, [&] {
     scalar_t* wp = keep ? weights.data<scalar_t>() : nullptr;
@@ -230,8 +229,8 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
   KVC_CHECK(s >= block, op, ": seq ", s, " of input ", seq.shape(),
             " is shorter than one block of ", block);
   KVC_CHECK(positions.shape() == Shape({h, block, d}), op, ": positions ", positions.shape(),
-            " do not match input ", seq.shape(), " split into blocks of ", block, " (expected (",
-            h, ", ", block, ", ", d, "))");
+            " do not match input ", seq.shape(), " split into blocks of ", block, " (expected (", h,
+            ", ", block, ", ", d, "))");
   const int64_t w = s / block, nd = block * d;
   Tensor out = Tensor::empty({b, h, w, block, d}, seq.options());
   if (out.numel() > 0) {
@@ -248,9 +247,9 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
     }
     const int64_t n = out.numel();
     KVC_DISPATCH_FLOAT(seq.dtype(), op, [&] {
-      KVC_LAUNCH(seq.device(), K::binary<scalar_t>(kernels::BinaryOp::add, seq.data<scalar_t>(),
-                                                   positions.data<scalar_t>(),
-                                                   out.data<scalar_t>(), n, idx));
+      KVC_LAUNCH(seq.device(),
+                 K::binary<scalar_t>(kernels::BinaryOp::add, seq.data<scalar_t>(),
+                                     positions.data<scalar_t>(), out.data<scalar_t>(), n, idx));
     });
   }
   Tape::current().record(op, {seq, positions}, out, [=](const Tensor& g) {

@@ -13,14 +13,14 @@ namespace kvc::kernels {
 // gx[o, j, i] (+)= gy[o, i] a[o, j, i] and
 // glogits[o, j, i] (+)= scale a[o, j, i] gy[o, i] (x[o, j, i] - y[o, i]); each output is
 // overwritten or, with its accumulate flag, added to; either may be null (not wanted).
-#define KVC_SOFTMAX_POOL_KERNELS                                                              \
-  template <typename T>                                                                       \
-  void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t outer,     \
-                            int64_t n, int64_t inner, T scale);                               \
-  template <typename T>                                                                       \
-  void softmax_pool_backward(const T* x, const T* logits, const T* weights, const T* gy,      \
-                             T* gx, T* glogits, int64_t outer, int64_t n, int64_t inner,      \
-                             T scale, bool acc_x, bool acc_logits);
+#define KVC_SOFTMAX_POOL_KERNELS                                                                \
+  template <typename T>                                                                         \
+  void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t outer,       \
+                            int64_t n, int64_t inner, T scale);                                 \
+  template <typename T>                                                                         \
+  void softmax_pool_backward(const T* x, const T* logits, const T* weights, const T* gy, T* gx, \
+                             T* glogits, int64_t outer, int64_t n, int64_t inner, T scale,      \
+                             bool acc_x, bool acc_logits);
 
 namespace cpu {
 KVC_SOFTMAX_POOL_KERNELS

@@ -112,7 +112,8 @@ Tensor reference_compressor(const Compressor& m, const Tensor& x) {
   }
   if (kind == "attention_pool" || kind == "scaled_attention_pool") {
     Tensor logits = matmul(x, param(m, "to_attn_logits.weight"), false, true);
-    if (kind == "scaled_attention_pool") logits = scale(logits, 1.0 / std::sqrt(double(o.dim_head)));
+    if (kind == "scaled_attention_pool")
+      logits = scale(logits, 1.0 / std::sqrt(double(o.dim_head)));
     return sum(mul(x, softmax(logits, 3)), 3);
   }
   REQUIRE(kind == "mlp");
@@ -165,17 +166,19 @@ void check_compressor(const LayerCase& c, double tol = 1e-12) {
 }
 
 TEST_CASE("fast conv: the mix formulation equals SPEC's permute + grouped conv1d") {
-  for (const LayerCase& c : {LayerCase{"conv", 2, 3, 4, 5, 6, 2}, LayerCase{"conv", 1, 1, 1, 2, 3, 2},
-                             LayerCase{"conv", 2, 2, 3, 4, 8, 2}, LayerCase{"conv", 3, 2, 2, 7, 2, 2}}) {
+  for (const LayerCase& c :
+       {LayerCase{"conv", 2, 3, 4, 5, 6, 2}, LayerCase{"conv", 1, 1, 1, 2, 3, 2},
+        LayerCase{"conv", 2, 2, 3, 4, 8, 2}, LayerCase{"conv", 3, 2, 2, 7, 2, 2}}) {
     check_compressor(c);
   }
 }
 
 TEST_CASE("fast efficient_conv: three mixes equal SPEC's three grouped conv1d, r = 2 and 4") {
-  for (const LayerCase& c :
-       {LayerCase{"efficient_conv", 2, 3, 4, 5, 8, 2}, LayerCase{"efficient_conv", 2, 3, 4, 5, 8, 4},
-        LayerCase{"efficient_conv", 1, 2, 3, 2, 4, 4}, LayerCase{"efficient_conv", 2, 1, 1, 6, 4, 2},
-        LayerCase{"efficient_conv", 1, 2, 2, 3, 12, 4}}) {
+  for (const LayerCase& c : {LayerCase{"efficient_conv", 2, 3, 4, 5, 8, 2},
+                             LayerCase{"efficient_conv", 2, 3, 4, 5, 8, 4},
+                             LayerCase{"efficient_conv", 1, 2, 3, 2, 4, 4},
+                             LayerCase{"efficient_conv", 2, 1, 1, 6, 4, 2},
+                             LayerCase{"efficient_conv", 1, 2, 2, 3, 12, 4}}) {
     check_compressor(c);
   }
 }
@@ -201,9 +204,9 @@ TEST_CASE("fast linear: bias in the GEMM equals matmul + add, with accumulation"
       return reshape(y, s);
     };
     // Each input used more than once: later backwards add onto the first's gradient.
-    const Result fast = run(
-        [&] { return add(linear(x, w, b), mul(linear(x, w, b), linear(x, w, Tensor()))); },
-        {x, w, b});
+    const Result fast =
+        run([&] { return add(linear(x, w, b), mul(linear(x, w, b), linear(x, w, Tensor()))); },
+            {x, w, b});
     const Result ref = run(
         [&] { return add(ref_linear(b), mul(ref_linear(b), ref_linear(Tensor()))); }, {x, w, b});
     check_close(fast, ref, {"x", "weight", "bias"}, 1e-12);
@@ -215,14 +218,16 @@ TEST_CASE("fast attention: scaled_dot_attention equals matmul + scale + softmax 
     Shape q, k, v;
     double alpha;
   };
-  for (const Case& c : {Case{{2, 3, 5, 4}, {2, 3, 7, 4}, {2, 3, 7, 6}, 0.5},
-                        Case{{6, 4}, {9, 4}, {9, 3}, 1.0}, Case{{2, 1, 1, 8}, {2, 1, 3, 8}, {2, 1, 3, 8}, 0.125}}) {
+  for (const Case& c :
+       {Case{{2, 3, 5, 4}, {2, 3, 7, 4}, {2, 3, 7, 6}, 0.5}, Case{{6, 4}, {9, 4}, {9, 3}, 1.0},
+        Case{{2, 1, 1, 8}, {2, 1, 3, 8}, {2, 1, 3, 8}, 0.125}}) {
     INFO("q ", c.q, " k ", c.k, " v ", c.v);
     const Tensor q = leaf(c.q, 4), k = leaf(c.k, 5, 2.0), v = leaf(c.v, 6);
     // q, k and v each used twice: the gradients accumulate (GEMM beta 1).
     const Result fast = run(
         [&] {
-          return add(scaled_dot_attention(q, k, v, c.alpha), scaled_dot_attention(q, k, v, -c.alpha));
+          return add(scaled_dot_attention(q, k, v, c.alpha),
+                     scaled_dot_attention(q, k, v, -c.alpha));
         },
         {q, k, v});
     const Result ref = run(
@@ -240,10 +245,9 @@ TEST_CASE("fast softmax_pool: equals sum(x * softmax(alpha * logits)), large log
       INFO("shape ", s, " logit std ", spread);
       const Tensor x = leaf(s, 7), l = leaf(s, 8, spread);
       // x also feeds a plain sum, so softmax_pool's x gradient is added onto another.
-      const Result fast =
-          run([&] { return add(softmax_pool(x, l, 0.7), sum(x, -2)); }, {x, l});
-      const Result ref = run(
-          [&] { return add(sum(mul(x, softmax(scale(l, 0.7), -2)), -2), sum(x, -2)); }, {x, l});
+      const Result fast = run([&] { return add(softmax_pool(x, l, 0.7), sum(x, -2)); }, {x, l});
+      const Result ref =
+          run([&] { return add(sum(mul(x, softmax(scale(l, 0.7), -2)), -2), sum(x, -2)); }, {x, l});
       check_close(fast, ref, {"x", "logits"}, 1e-12);
     }
   }
@@ -283,10 +287,13 @@ TEST_CASE("fast split_blocks: add_block_positions equals narrow + reshape + add"
   for (const Case& c : {Case{{2, 3, 11, 4}, 3}, Case{{1, 2, 6, 5}, 2}, Case{{2, 1, 4, 3}, 4}}) {
     INFO("seq ", c.seq, " block ", c.n);
     const Tensor s = leaf(c.seq, 9), p = leaf({c.seq[1], c.n, c.seq[3]}, 10);
-    const Result fast = run(
-        [&] { return mul(add_block_positions(s, p, c.n), add_block_positions(s, p, c.n)); }, {s, p});
+    const Result fast =
+        run([&] { return mul(add_block_positions(s, p, c.n), add_block_positions(s, p, c.n)); },
+            {s, p});
     const Result ref = run(
-        [&] { return mul(reference_block_positions(s, p, c.n), reference_block_positions(s, p, c.n)); },
+        [&] {
+          return mul(reference_block_positions(s, p, c.n), reference_block_positions(s, p, c.n));
+        },
         {s, p});
     check_close(fast, ref, {"seq", "positions"}, 1e-12);
   }
@@ -322,9 +329,11 @@ TEST_CASE("fast pair: distill_loss equals the composed SPEC section 4 loss, tail
             target = reference_attention(q, k, v, alpha);
           }
           const Tensor kc = reference_compressor(
-              pair.k_compress(), reference_block_positions(k, param(pair, "k_intrablock_positions"), 3));
+              pair.k_compress(),
+              reference_block_positions(k, param(pair, "k_intrablock_positions"), 3));
           const Tensor vc = reference_compressor(
-              pair.v_compress(), reference_block_positions(v, param(pair, "v_intrablock_positions"), 3));
+              pair.v_compress(),
+              reference_block_positions(v, param(pair, "v_intrablock_positions"), 3));
           return mse_loss(reference_attention(q, kc, vc, alpha), target);
         },
         leaves);

@@ -44,8 +44,8 @@ void pool_slice(const T* x, const T* l, int64_t n, int64_t inner, T scale, T* a,
 }  // namespace
 
 template <typename T>
-void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t outer,
-                          int64_t n, int64_t inner, T scale) {
+void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t outer, int64_t n,
+                          int64_t inner, T scale) {
   if (outer == 0 || inner == 0) return;
   const size_t m = static_cast<size_t>(inner);
   std::vector<T> a(weights ? 0 : m * static_cast<size_t>(n)), mx(m), sum(m);
@@ -58,8 +58,8 @@ void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t
 
 template <typename T>
 void softmax_pool_backward(const T* x, const T* logits, const T* weights, const T* gy, T* gx,
-                           T* glogits, int64_t outer, int64_t n, int64_t inner, T scale,
-                           bool acc_x, bool acc_logits) {
+                           T* glogits, int64_t outer, int64_t n, int64_t inner, T scale, bool acc_x,
+                           bool acc_logits) {
   if (outer == 0 || inner == 0) return;
   const size_t m = static_cast<size_t>(inner);
   std::vector<T> scratch(weights ? 0 : m * static_cast<size_t>(n)), mx(m), sum(m), y(m);
@@ -95,11 +95,10 @@ void softmax_pool_backward(const T* x, const T* logits, const T* weights, const 
   }
 }
 
-#define KVC_INSTANTIATE(T)                                                                     \
-  template void softmax_pool_forward<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, \
-                                        T);                                                    \
-  template void softmax_pool_backward<T>(const T*, const T*, const T*, const T*, T*, T*,       \
-                                         int64_t, int64_t, int64_t, T, bool, bool);
+#define KVC_INSTANTIATE(T)                                                                         \
+  template void softmax_pool_forward<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, T); \
+  template void softmax_pool_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t,  \
+                                         int64_t, int64_t, T, bool, bool);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)
 #undef KVC_INSTANTIATE

@@ -73,8 +73,8 @@ __global__ void softmax_pool_backward_kernel(const T* x, const T* logits, const 
 }  // namespace
 
 template <typename T>
-void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t outer,
-                          int64_t n, int64_t inner, T scale) {
+void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t outer, int64_t n,
+                          int64_t inner, T scale) {
   if (outer * inner <= 0) return;
   softmax_pool_forward_kernel<T><<<grid_for(outer * inner), kThreads, 0, stream()>>>(
       x, logits, y, weights, outer, n, inner, scale);
@@ -83,19 +83,18 @@ void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t
 
 template <typename T>
 void softmax_pool_backward(const T* x, const T* logits, const T* weights, const T* gy, T* gx,
-                           T* glogits, int64_t outer, int64_t n, int64_t inner, T scale,
-                           bool acc_x, bool acc_logits) {
+                           T* glogits, int64_t outer, int64_t n, int64_t inner, T scale, bool acc_x,
+                           bool acc_logits) {
   if (outer * inner <= 0) return;
   softmax_pool_backward_kernel<T><<<grid_for(outer * inner), kThreads, 0, stream()>>>(
       x, logits, weights, gy, gx, glogits, outer, n, inner, scale, acc_x, acc_logits);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-#define KVC_INSTANTIATE(T)                                                                     \
-  template void softmax_pool_forward<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, \
-                                        T);                                                    \
-  template void softmax_pool_backward<T>(const T*, const T*, const T*, const T*, T*, T*,       \
-                                         int64_t, int64_t, int64_t, T, bool, bool);
+#define KVC_INSTANTIATE(T)                                                                         \
+  template void softmax_pool_forward<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, T); \
+  template void softmax_pool_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t,  \
+                                         int64_t, int64_t, T, bool, bool);
 KVC_INSTANTIATE(float)
 KVC_INSTANTIATE(double)
 #undef KVC_INSTANTIATE
