@@ -96,7 +96,7 @@ AttentionPoolCompressor::AttentionPoolCompressor(const CompressorOptions& o, boo
 }
 
 // SPEC: sum(mul(x, softmax(logits (* d^-0.5), 3)), 3); softmax_pool does the scale, the softmax
-// over n and the weighted sum in one pass and never stores the weights.
+// over n and the weighted sum in one pass, forward and backward.
 Tensor AttentionPoolCompressor::forward(const Tensor& x) {
   const Tensor logits = (*to_attn_logits_)(x);  // (b, h, w, n, d)
   const double alpha = scaled_ ? 1.0 / std::sqrt(static_cast<double>(options_.dim_head)) : 1.0;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/gradcheck.h"
 #include "core/ops.h"
 #include "kernels/softmax_pool.h"
 #include "nn/compressor.h"
@@ -339,6 +340,21 @@ TEST_CASE("fast pair: distill_loss equals the composed SPEC section 4 loss, tail
         leaves);
     check_close(fast, ref, names, 1e-11, /*against_total=*/true);
   }
+}
+
+TEST_CASE("fast gradcheck: every fused op against finite differences, float64") {
+  const Tensor x = leaf({2, 3, 5}, 1), w = leaf({4, 5}, 2), b = leaf({4}, 3);
+  test::require_gradcheck(
+      gradcheck([&] { return linear(x, w, b); }, {{"x", x}, {"weight", w}, {"bias", b}}));
+  const Tensor q = leaf({2, 3, 4}, 4), k = leaf({2, 5, 4}, 5), v = leaf({2, 5, 3}, 6);
+  test::require_gradcheck(gradcheck([&] { return scaled_dot_attention(q, k, v, 0.7); },
+                                    {{"q", q}, {"k", k}, {"v", v}}));
+  const Tensor xp = leaf({2, 4, 3}, 7), lp = leaf({2, 4, 3}, 8, 2.0);
+  test::require_gradcheck(
+      gradcheck([&] { return softmax_pool(xp, lp, 0.5); }, {{"x", xp}, {"logits", lp}}));
+  const Tensor s = leaf({2, 2, 7, 3}, 9), p = leaf({2, 3, 3}, 10);
+  test::require_gradcheck(
+      gradcheck([&] { return add_block_positions(s, p, 3); }, {{"seq", s}, {"positions", p}}));
 }
 
 // ---- sizes of zero: the fused ops fall back to their compositions -----------------------------
