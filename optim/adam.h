@@ -51,6 +51,9 @@ class Adam {
   void clip_grad_norm_async(double max_norm);
   // The norm computed by the latest clip_grad_norm*(): synchronizes with the device (CUDA).
   double last_grad_norm() const;
+  // (2) on the device: [latest global grad norm, clip scale]; for readers that copy the norm
+  // without waiting for the device (the trainer batches its reads).
+  const Tensor& norm_scale() const { return norm_scale_; }
 
   double lr() const { return options_.lr; }
   void set_lr(double lr);

@@ -239,5 +239,57 @@ TEST_CASE(
   CHECK(test::read_text(dir / "loss.svg").rfind("<svg", 0) == 0);
 }
 
+// The GPU path of the loop (losses read in batches, not every step) books every step, follows
+// the CPU run, and resumes: N steps then M more equal N + M steps within fp32 rounding.
+TEST_CASE("train cuda: a GPU run follows the CPU run, books every step, and resumes") {
+  KVC_REQUIRE_CUDA();
+  test::TempDir dir("train_cuda");
+  TrainOptions o = quiet(dir / "cpu");
+  o.compressor = "enhanced_mlp";
+  o.dropout = 0.2;
+  o.steps = 20;
+  o.eval_every = 5;
+  o.save_every = 0;
+  o.log_every = 7;  // on the GPU the losses are read every 7 steps and at evals and saves
+  o.batch = 2;
+  o.seq = 64;
+  Trainer(o).run();
+  TrainOptions g = o;
+  g.out = dir / "gpu";
+  g.device = Device::cuda();
+  Trainer(g).run();
+
+  const train::MetricsHistory hc = train::read_metrics_csv(dir / "cpu/metrics.csv");
+  const train::MetricsHistory hg = train::read_metrics_csv(dir / "gpu/metrics.csv");
+  REQUIRE(hg.size() == 21);  // step 0 (the untrained eval) and every step once
+  REQUIRE(hc.size() == hg.size());
+  for (size_t i = 0; i < hg.size(); ++i) {
+    CHECK(hg.rows()[i].step == static_cast<int64_t>(i));
+    if (i == 0) continue;
+    // The same data, init and dropout masks on both devices: only float rounding differs.
+    CHECK(std::fabs(hg.rows()[i].loss - hc.rows()[i].loss) <= 1e-4 * std::fabs(hc.rows()[i].loss));
+  }
+
+  TrainOptions first = g;
+  first.out = dir / "pieces";
+  first.stop_at = 9;
+  CHECK(Trainer(first).run().step == 9);
+  TrainOptions second = quiet("");
+  second.resume = dir / "pieces/checkpoint.h5";
+  second.steps = 0;
+  second.device = Device::cuda();
+  Trainer resumed(second);
+  CHECK(resumed.run().step == 20);
+  const train::Checkpoint a = train::load_checkpoint(dir / "gpu/checkpoint.h5");
+  const train::Checkpoint b = train::load_checkpoint(dir / "pieces/checkpoint.h5");
+  REQUIRE(a.params.size() == b.params.size());
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    INFO(a.params[i].first);
+    CHECK(test::rel_error(b.params[i].second, a.params[i].second) < 1e-6);
+    CHECK(test::rel_error(b.optim.exp_avg[i].second, a.optim.exp_avg[i].second) < 1e-6);
+  }
+  CHECK(a.rng == b.rng);
+}
+
 }  // namespace
 }  // namespace kvc

@@ -15,6 +15,7 @@ LOG_DIR=${OUT:-$BUILD_DIR/gpu_check_logs}
 mkdir -p "$LOG_DIR"
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 # Test cases whose kernels use shared memory (block sums, tiled permute, split reductions).
+export PYTHON=${PYTHON:-$(command -v python3)}  # the interop test needs torch + h5py
 RACE_TESTS=${RACE_TESTS:-"cuda: every op*,cuda: a composite*,cuda: Adam*"}
 
 declare -a SUMMARY=()
@@ -58,12 +59,18 @@ if ! step build build.log ninja -C "$BUILD_DIR" -j "$JOBS"; then
 fi
 TESTS="$BUILD_DIR/kvc_tests"
 
-step cuda-tests cuda_tests.log "$TESTS" -tc="cuda*"
+# Every test whose name mentions CUDA (doctest filters ignore case): "cuda: ...",
+# "fast cuda: ...", "nn golden cuda: ...", "linalg: CUDA matches ...", ...
+step cuda-tests cuda_tests.log "$TESTS" -tc="*cuda*"
 if grep -q "KVC_SKIP" "$LOG_DIR/cuda_tests.log"; then
   SUMMARY+=("FAIL  cuda-tests skipped: no usable GPU (see cuda_tests.log)")
   FAILED=1
 fi
 step ctest ctest.log ctest --test-dir "$BUILD_DIR" -j "$JOBS" --output-on-failure
+if grep -q "(Skipped)" "$LOG_DIR/ctest.log"; then
+  SUMMARY+=("FAIL  ctest skipped $(grep -c '(Skipped)' "$LOG_DIR/ctest.log") tests on a GPU machine")
+  FAILED=1
+fi
 
 if [[ -z "${SKIP_SANITIZER:-}" ]]; then
   # No leak check: the caching allocator keeps its blocks to the end on purpose. The OOM test

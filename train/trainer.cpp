@@ -406,6 +406,59 @@ TrainResult Trainer::run() {
   }
 
   const double nan_check_clip = opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
+  // Reading a loss from the GPU waits for the device, and waiting every step would leave the GPU
+  // idle while the next step is launched. So each step's loss and gradient norm are copied, on
+  // the device, into a small buffer that is read in one transfer every `read_every` steps and
+  // before anything that needs them (eval, checkpoints, interrupts, the end). A non-finite value
+  // is still reported with its own step, and no checkpoint is written after it. On the CPU
+  // reading is free: every step is read before its optimizer step.
+  const bool on_cpu = opt_.device.is_cpu();
+  const int64_t read_every = on_cpu ? 1 : std::max<int64_t>(1, std::min<int64_t>(opt_.log_every, 50));
+  struct PendingStep {
+    int64_t step;
+    double lr;
+    uint64_t batch_index;
+    double elapsed;
+  };
+  std::vector<PendingStep> pending;
+  Tensor step_stats = Tensor::empty({read_every, 2}, pair_->named_parameters().front().second.options());
+  const size_t stat_bytes = dtype_size(step_stats.dtype());
+  // Reads the pending steps' [loss, grad norm] and books them; throws on the first non-finite.
+  // `batch` is the last step's batch when it is the only pending one (the CPU), to tell bad
+  // data from a diverging run.
+  auto read_pending = [&](const Batch *batch) {
+    if (pending.empty()) return;
+    const std::vector<double> v = step_stats.to_vector();  // the one wait for the device
+    for (size_t i = 0; i < pending.size(); ++i) {
+      const PendingStep &p = pending[i];
+      const double loss = v[2 * i], grad_norm = v[2 * i + 1];
+      if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
+        progress.finish();
+        write_logs();
+        const char *what = !std::isfinite(loss) ? "loss" : "gradient norm";
+        const double value = !std::isfinite(loss) ? loss : grad_norm;
+        const bool bad_data = batch != nullptr && (has_non_finite(batch->k) ||
+                                                   has_non_finite(batch->v) ||
+                                                   has_non_finite(batch->q));
+        const std::string last_good = ::access(ckpt.c_str(), F_OK) == 0
+                                          ? "the last good checkpoint is " + ckpt
+                                          : std::string("no checkpoint was written yet");
+        if (bad_data) {
+          KVC_FAIL("train: the ", what, " became ", value, " at step ", p.step, " because batch ",
+                   p.batch_index, " of ", train_src_->describe(), " contains NaN or Inf values; ",
+                   last_good);
+        }
+        KVC_FAIL("train: the ", what, " became ", value, " at step ", p.step, " (lr ", p.lr,
+                 "); stopping; ", last_good, " (try a lower --lr or --clip)");
+      }
+      metrics_.append({p.step, loss, kNaN, p.lr, grad_norm, p.elapsed});
+      if (std::isnan(res.first_loss)) res.first_loss = loss;
+      res.last_loss = loss;
+      if (opt_.progress != ProgressMode::none) progress.update(p.step, loss, p.lr, grad_norm);
+    }
+    pending.clear();
+  };
+
   while (step_ < opt_.steps) {
     const int64_t next = step_ + 1;
     const double lr = learning_rate(next, opt_.steps, opt_.lr, opt_.warmup);
@@ -415,38 +468,31 @@ TrainResult Trainer::run() {
     adam_->zero_grad();
     const Tensor loss_t = task_loss(*pair_, teacher_.get(), opt_.task, batch);
     backward(loss_t);
-    const double grad_norm = adam_->clip_grad_norm(nan_check_clip);
-    const double loss = loss_t.item();
-    if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
-      progress.finish();
-      write_logs();
-      const char *what = !std::isfinite(loss) ? "loss" : "gradient norm";
-      const double value = !std::isfinite(loss) ? loss : grad_norm;
-      const bool bad_data =
-          has_non_finite(batch.k) || has_non_finite(batch.v) || has_non_finite(batch.q);
-      const std::string last_good = ::access(ckpt.c_str(), F_OK) == 0
-                                        ? "the last good checkpoint is " + ckpt
-                                        : std::string("no checkpoint was written yet");
-      if (bad_data) {
-        KVC_FAIL("train: the ", what, " became ", value, " at step ", next, " because batch ",
-                 batch_index, " of ", train_src_->describe(), " contains NaN or Inf values; ",
-                 last_good);
-      }
-      KVC_FAIL("train: the ", what, " became ", value, " at step ", next, " (lr ", lr,
-               "); stopping; ", last_good, " (try a lower --lr or --clip)");
+    adam_->clip_grad_norm_async(nan_check_clip);
+    {  // stats[slot] = [loss, grad norm], device to device
+      char *slot = static_cast<char *>(step_stats.raw_data()) + 2 * pending.size() * stat_bytes;
+      copy_bytes(slot, opt_.device, loss_t.raw_data(), opt_.device, stat_bytes);
+      copy_bytes(slot + stat_bytes, opt_.device, adam_->norm_scale().raw_data(), opt_.device,
+                 stat_bytes);
+    }
+    pending.push_back({next, lr, batch_index, elapsed()});
+
+    const bool last = next == opt_.steps;
+    const bool interrupted = interrupt_requested();
+    const bool stop = opt_.stop_at > 0 && next >= opt_.stop_at;
+    const bool eval_now = (opt_.eval_every > 0 && next % opt_.eval_every == 0) || last;
+    const bool save_now =
+        (opt_.save_every > 0 && next % opt_.save_every == 0) || last || interrupted || stop;
+    // Read before the update, so a bad step found here never reaches the weights; the batch
+    // is the pending step's own only when it is the only one.
+    if (on_cpu || static_cast<int64_t>(pending.size()) == read_every || eval_now || save_now) {
+      read_pending(pending.size() == 1 ? &batch : nullptr);
     }
     adam_->step();
     step_ = next;
-    metrics_.append({step_, loss, kNaN, lr, grad_norm, elapsed()});
-    if (std::isnan(res.first_loss)) res.first_loss = loss;
-    res.last_loss = loss;
-    if (opt_.progress != ProgressMode::none) progress.update(step_, loss, lr, grad_norm);
 
-    const bool last = step_ == opt_.steps;
-    const bool interrupted = interrupt_requested();
-    const bool stop = opt_.stop_at > 0 && step_ >= opt_.stop_at;
-    if ((opt_.eval_every > 0 && step_ % opt_.eval_every == 0) || last) do_eval();
-    if ((opt_.save_every > 0 && step_ % opt_.save_every == 0) || last || interrupted || stop) {
+    if (eval_now) do_eval();
+    if (save_now) {
       save(ckpt);
       write_logs();
     }
