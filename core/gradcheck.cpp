@@ -74,8 +74,10 @@ std::vector<GradcheckResult> gradcheck(const std::function<Tensor()>& f,
   }
   y = Tensor();
   std::vector<std::vector<double>> analytic;
+  std::vector<bool> reached;
   for (const auto& [name, t] : inputs) {
     const Tensor g = t.grad();
+    reached.push_back(g.defined());
     analytic.push_back(g.defined() ? g.to_vector()
                                    : std::vector<double>(static_cast<size_t>(t.numel()), 0.0));
   }
@@ -97,7 +99,9 @@ std::vector<GradcheckResult> gradcheck(const std::function<Tensor()>& f,
     const auto& [name, t] = inputs[ti];
     GradcheckResult res;
     res.tensor = name;
+    res.reached = reached[ti];
     const std::vector<double> values = t.to_vector();
+    double diff_sq = 0, numeric_sq = 0;
     for (int64_t i = 0; i < static_cast<int64_t>(values.size()); ++i) {
       const double x0 = values[static_cast<size_t>(i)];
       const double xp = x0 + opt.eps, xm = x0 - opt.eps;
@@ -109,6 +113,8 @@ std::vector<GradcheckResult> gradcheck(const std::function<Tensor()>& f,
       const double numeric = (lp - lm) / (xp - xm);  // the step as represented, not as asked
       const double a = analytic[ti][static_cast<size_t>(i)];
       const double err = std::fabs(a - numeric);
+      diff_sq += err * err;
+      numeric_sq += numeric * numeric;
       const double rel =
           err / std::fmax(std::fmax(std::fabs(a), std::fabs(numeric)), opt.rel_floor);
       // Written so that a NaN on either side fails and shows as the worst element.
@@ -121,6 +127,7 @@ std::vector<GradcheckResult> gradcheck(const std::function<Tensor()>& f,
       }
       if (!(rel <= res.max_rel_error)) res.max_rel_error = rel;
     }
+    res.rel_l2_error = numeric_sq == 0 ? std::sqrt(diff_sq) : std::sqrt(diff_sq / numeric_sq);
     results.push_back(res);
   }
   return results;

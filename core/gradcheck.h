@@ -26,7 +26,10 @@ struct GradcheckResult {
   std::string tensor;          // the input's name
   double max_abs_error = 0.0;  // max over elements of |analytic - numeric|
   double max_rel_error = 0.0;  // max over elements of the rel error above
+  double rel_l2_error = 0.0;   // ||analytic - numeric|| / ||numeric|| over the tensor (a zero
+                               // numeric gradient: ||analytic - numeric||)
   bool passed = true;
+  bool reached = false;      // backward produced a gradient for it (else analytic counts as zero)
   int64_t worst_index = -1;  // flat index of the element with the largest abs error
   double worst_analytic = 0.0, worst_numeric = 0.0;  // the two gradients there
 };

@@ -68,6 +68,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 // -> (..., m, e). = matmul(softmax(scale(matmul(q, k, false, true), alpha), -1), v), with alpha
 // in the GEMM and the softmax in place: one (..., m, s) buffer forward, kept for backward.
 Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha);
+// The same softmax(alpha q k^T) v forward only, for targets: q (..., nq, d), k and v (..., seq, d)
+// -> (..., nq, d), fused (online softmax over key tiles, no (nq, seq) buffer). With grad needed it
+// runs scaled_dot_attention instead (core/ops_attention.cpp).
+Tensor attention_target(const Tensor& q, const Tensor& k, const Tensor& v, double alpha);
 // x, logits (..., n, d) -> (..., d): sum over n of x * softmax over n of (alpha * logits).
 // = sum(mul(x, softmax(scale(logits, alpha), -2)), -2); the softmax is never stored.
 Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha);

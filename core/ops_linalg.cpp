@@ -2,7 +2,10 @@
 //
 // Gradients are written straight into grad_buffer() with GEMM beta 0 (fresh buffer) or 1 (a
 // gradient is already there), so no temporary and no extra add is launched; sums over a shared
-// operand's batch (a weight used by every batch entry) run as successive GEMMs with beta 1.
+// operand's batch (a weight used by every batch entry) run as successive GEMMs with beta 1,
+// except mix's weight gradient when its contraction is long next to its output (split-K into a
+// temporary and a sum_to: see plan_weight_grad).
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -11,6 +14,7 @@
 #include "core/ops.h"
 #include "kernels/conv1d.h"
 #include "kernels/gemm.h"
+#include "kernels/reduce.h"
 
 namespace kvc {
 
@@ -52,14 +56,20 @@ struct Operand {
   const Tensor* t;
   bool trans;
   int64_t ld;
-  int64_t stride;  // elements between batch entries (0: shared)
+  int64_t stride;      // elements between batch entries (0: shared)
+  int64_t offset = 0;  // elements from t's start to the first entry
 };
 
-// C (batch, m, n) = op(A) @ op(B) (+ C when beta is 1), batch entries summed into one C when
-// sum_batch. Every size must be positive.
+// The second level of a two-level batched GEMM (mix's heads): entries and per-operand strides.
+struct InnerBatch {
+  int64_t count = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+};
+
+// C (batch, [inner,] m, n) = op(A) @ op(B) (+ C when beta is 1), outer batch entries summed into
+// one C when sum_batch. Every size must be positive; `op` names the caller in dtype errors.
 void gemm_tensors(int64_t batch, int64_t m, int64_t n, int64_t k, const Operand& a,
-                  const Operand& b, const Tensor& c, int64_t c_stride, double beta,
-                  bool sum_batch) {
+                  const Operand& b, const Tensor& c, int64_t c_stride, double beta, bool sum_batch,
+                  const InnerBatch& inner = {}, const char* op = "gemm", int64_t c_offset = 0) {
   GemmArgs g;
   g.trans_a = a.trans;
   g.trans_b = b.trans;
@@ -70,13 +80,17 @@ void gemm_tensors(int64_t batch, int64_t m, int64_t n, int64_t k, const Operand&
   g.ldb = b.ld;
   g.ldc = n;
   g.batch_outer = batch;
+  g.batch_inner = inner.count;
   g.outer_stride_a = a.stride;
   g.outer_stride_b = b.stride;
   g.outer_stride_c = sum_batch ? 0 : c_stride;
+  g.inner_stride_a = inner.stride_a;
+  g.inner_stride_b = inner.stride_b;
+  g.inner_stride_c = inner.stride_c;
   g.beta = beta;
-  KVC_DISPATCH_FLOAT(c.dtype(), "gemm", [&] {
-    run_gemm<scalar_t>(c.device(), g, a.t->data<scalar_t>(), b.t->data<scalar_t>(),
-                       c.data<scalar_t>(), sum_batch);
+  KVC_DISPATCH_FLOAT(c.dtype(), op, [&] {
+    run_gemm<scalar_t>(c.device(), g, a.t->data<scalar_t>() + a.offset,
+                       b.t->data<scalar_t>() + b.offset, c.data<scalar_t>() + c_offset, sum_batch);
   });
 }
 
@@ -167,28 +181,108 @@ struct MixDims {
 void mix_gemm(const MixDims& d, int64_t m, int64_t n, int64_t k, const Operand& a, int64_t a_inner,
               const Operand& b, int64_t b_inner, const Tensor& c, int64_t c_outer, int64_t c_inner,
               double beta, bool sum_outer) {
-  GemmArgs g;
-  g.trans_a = a.trans;
-  g.trans_b = b.trans;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.lda = a.ld;
-  g.ldb = b.ld;
-  g.ldc = n;
-  g.batch_outer = d.p;
-  g.batch_inner = d.h;
-  g.outer_stride_a = a.stride;
-  g.outer_stride_b = b.stride;
-  g.outer_stride_c = sum_outer ? 0 : c_outer;
-  g.inner_stride_a = a_inner;
-  g.inner_stride_b = b_inner;
-  g.inner_stride_c = c_inner;
-  g.beta = beta;
-  KVC_DISPATCH_FLOAT(c.dtype(), "mix", [&] {
-    run_gemm<scalar_t>(c.device(), g, a.t->data<scalar_t>(), b.t->data<scalar_t>(),
-                       c.data<scalar_t>(), sum_outer);
+  gemm_tensors(d.p, m, n, k, a, b, c, c_outer, beta, sum_outer, {d.h, a_inner, b_inner, c_inner},
+               "mix");
+}
+
+// The weight gradient gW[h] = sum_p x[p, h]^T @ gy[p, h] contracts over w, which is often long
+// (8192) next to a small (in, out) output (64 x 32). Run directly, it is p launches of h GEMMs of
+// a few output tiles each (beta 1 chains them), leaving most of a GPU idle. Split-K instead cuts
+// w into chunks and makes every (p, h, chunk) its own entry of one batched GEMM into a temporary
+// (p, h, chunks, in, out), which one sum_to then reduces over p and the chunks.
+constexpr int64_t kTileEdge = 64;           // a rough cuBLAS output tile, for counting CTAs
+constexpr int64_t kSplitTargetTiles = 512;  // about four 64x64 tiles per SM of an H100
+constexpr int64_t kSplitMinChunk = 128;     // shorter contractions waste the GEMM's pipeline
+constexpr int64_t kSplitMaxTemp = 1 << 23;  // elements in the temporary (32 MiB of float)
+
+// How to cut the contraction: `full` chunks of `chunk` rows, then one `tail` chunk when
+// tail > 0. direct: no temporary, the p launches of h GEMMs chained by beta 1.
+struct KSplit {
+  bool direct = true;
+  int64_t full = 1, chunk = 0, tail = 0;
+};
+
+// The same plan on every backend, so CPU tests cover the GPU's path; on the CPU the temporary
+// and its sum cost about S * out / w of reading x, small wherever the plan splits.
+KSplit plan_weight_grad(const MixDims& d) {
+  KSplit s;
+  s.chunk = d.w;
+  const int64_t tiles =
+      ((d.in + kTileEdge - 1) / kTileEdge) * ((d.out + kTileEdge - 1) / kTileEdge);
+  if (d.h * tiles >= kSplitTargetTiles) return s;  // each launch fills the GPU already
+  const int64_t per_split = d.p * d.h * d.in * d.out;
+  if (per_split > kSplitMaxTemp) return s;
+  int64_t want = (kSplitTargetTiles + d.p * d.h * tiles - 1) / (d.p * d.h * tiles);
+  want = std::min({want, d.w / kSplitMinChunk, kSplitMaxTemp / per_split});
+  want = std::max<int64_t>(want, 1);
+  if (want == 1 && d.p == 1) return s;  // one entry per head either way
+  s.direct = false;
+  // A count that divides w keeps every entry's stride uniform: one GEMM launch.
+  for (int64_t c = want; c >= std::max<int64_t>(1, want / 2); --c) {
+    if (d.w % c == 0) {
+      s.full = c;
+      s.chunk = d.w / c;
+      return s;
+    }
+  }
+  s.chunk = (d.w + want - 1) / want;
+  s.full = d.w / s.chunk;
+  s.tail = d.w - s.full * s.chunk;
+  return s;
+}
+
+// gW (h, in, out) = sum_p x[p, h]^T @ gy[p, h] (+ gW when it holds a gradient already).
+void mix_weight_grad(const MixDims& d, const Tensor& x, const Tensor& gy, const Tensor& weight) {
+  const int64_t x_inner = d.w * d.in, y_inner = d.w * d.out, w_inner = d.in * d.out;
+  const KSplit s = plan_weight_grad(d);
+  if (s.direct) {
+    bool acc = false;
+    Tensor gw = grad_buffer(weight, &acc);
+    mix_gemm(d, d.in, d.out, d.w, {&x, true, d.in, d.h * x_inner}, x_inner,
+             {&gy, false, d.out, d.h * y_inner}, y_inner, gw, 0, w_inner, acc, true);
+    return;
+  }
+  const int64_t slots = s.full + (s.tail > 0);
+  Tensor part = Tensor::empty({d.p, d.h, slots, d.in, d.out}, x.options());
+  // x[p, h] follows x[p, h - 1] (and x[p - 1, h - 1] precedes x[p, 0]): (p, h) is one axis.
+  const int64_t ph = d.p * d.h;
+  const Operand xa{&x, true, d.in, s.chunk * d.in}, ya{&gy, false, d.out, s.chunk * d.out};
+  if (s.tail == 0) {  // chunks of all (p, h) in a row: one uniform batch of ph * full entries
+    gemm_tensors(ph * s.full, d.in, d.out, s.chunk, xa, ya, part, w_inner, 0.0, false, {}, "mix");
+  } else {  // outer: the chunk; inner: (p, h). Then the tail chunk of every (p, h).
+    if (s.full > 0) {
+      gemm_tensors(s.full, d.in, d.out, s.chunk, xa, ya, part, w_inner, 0.0, false,
+                   {ph, x_inner, y_inner, slots * w_inner}, "mix");
+    }
+    const int64_t rows = s.full * s.chunk;
+    gemm_tensors(ph, d.in, d.out, s.tail, {&x, true, d.in, x_inner, rows * d.in},
+                 {&gy, false, d.out, y_inner, rows * d.out}, part, slots * w_inner, 0.0, false, {},
+                 "mix", s.full * w_inner);
+  }
+  // Sum over p and the chunks: straight into a fresh gradient, else into a temporary to add.
+  const bool fresh = !weight.grad().defined();
+  bool unused = false;
+  Tensor gw = fresh ? grad_buffer(weight, &unused) : detail::empty_like(weight);
+  const int64_t in_shape[4] = {d.p, d.h, slots, w_inner}, out_shape[4] = {1, d.h, 1, w_inner};
+  KVC_DISPATCH_FLOAT(x.dtype(), "mix", [&] {
+    KVC_LAUNCH(x.device(), K::sum_to<scalar_t>(part.data<scalar_t>(), in_shape, out_shape, 4,
+                                               gw.data<scalar_t>()));
   });
+  if (!fresh) accumulate_grad(weight, gw);
+}
+
+// gB[h] (out) = sum over p and w of gy[p, h] (w, out): one reduction (it was a GEMM with a ones
+// vector, m == 1 and the same long contraction as the weight gradient).
+void mix_bias_grad(const MixDims& d, const Tensor& gy, const Tensor& bias) {
+  const bool fresh = !bias.grad().defined();
+  bool unused = false;
+  Tensor gb = fresh ? grad_buffer(bias, &unused) : detail::empty_like(bias);
+  const int64_t in_shape[4] = {d.p, d.h, d.w, d.out}, out_shape[4] = {1, d.h, 1, d.out};
+  KVC_DISPATCH_FLOAT(gy.dtype(), "mix", [&] {
+    KVC_LAUNCH(gy.device(), K::sum_to<scalar_t>(gy.data<scalar_t>(), in_shape, out_shape, 4,
+                                                gb.data<scalar_t>()));
+  });
+  if (!fresh) accumulate_grad(bias, gb);
 }
 
 }  // namespace
@@ -217,8 +311,8 @@ Tensor mix(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const int64_t x_outer = d.h * d.w * d.in, x_inner = d.w * d.in;
   const int64_t y_outer = d.h * d.w * d.out, y_inner = d.w * d.out;
   const int64_t w_inner = d.in * d.out;
-  // A column of ones turns the bias broadcast (forward) and its sum over w (backward) into
-  // GEMMs with k == 1 and m == 1: one code path on every backend.
+  // A column of ones turns the bias broadcast into a GEMM with k == 1: one code path on every
+  // backend. (Its backward, a sum over p and w, is a reduction: see mix_bias_grad.)
   Tensor ones = bias.defined() ? Tensor::ones({d.w}, x.options()) : Tensor();
 
   if (y.numel() > 0) {
@@ -256,19 +350,12 @@ Tensor mix(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     if (weight.requires_grad()) {
       if (empty) {
         zero_grad_contribution(weight);
-      } else {  // gW[h] (in, out) = sum_p x[p, h]^T (in, w) @ gy[p, h] (w, out)
-        bool acc = false;
-        Tensor gw = grad_buffer(weight, &acc);
-        mix_gemm(d, d.in, d.out, d.w, {&x, true, d.in, x_outer}, x_inner,
-                 {&gy, false, d.out, y_outer}, y_inner, gw, 0, w_inner, acc, true);
+      } else {
+        mix_weight_grad(d, x, gy, weight);
       }
     }
     if (bias.defined() && bias.requires_grad()) {
-      // gB[h] (1, out) = sum_p ones (1, w) @ gy[p, h] (w, out)
-      bool acc = false;
-      Tensor gbias = grad_buffer(bias, &acc);
-      mix_gemm(d, 1, d.out, d.w, {&ones, false, d.w, 0}, 0, {&gy, false, d.out, y_outer}, y_inner,
-               gbias, 0, d.out, acc, true);
+      mix_bias_grad(d, gy, bias);
     }
   });
   return y;

@@ -6,11 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define KVC_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define KVC_HOST_DEVICE inline
-#endif
+#include "core/host_device.h"
 
 namespace kvc {
 namespace philox {
@@ -49,10 +45,14 @@ KVC_HOST_DEVICE U4 block(uint64_t seed, uint64_t offset, uint64_t block) {
 
 KVC_HOST_DEVICE uint32_t lane(const U4& u, uint64_t i) {
   switch (i & 3u) {
-    case 0: return u.x;
-    case 1: return u.y;
-    case 2: return u.z;
-    default: return u.w;
+    case 0:
+      return u.x;
+    case 1:
+      return u.y;
+    case 2:
+      return u.z;
+    default:
+      return u.w;
   }
 }
 
@@ -62,10 +62,14 @@ KVC_HOST_DEVICE uint32_t bits(uint64_t seed, uint64_t offset, uint64_t i) {
 }
 
 // Uniform on [0, 1) with 24 bits: exact in float, so both backends compare it identically.
-KVC_HOST_DEVICE float uniform01(uint32_t b) { return static_cast<float>(b >> 8) * 5.9604644775390625e-8f; }
+KVC_HOST_DEVICE float uniform01(uint32_t b) {
+  return static_cast<float>(b >> 8) * 5.9604644775390625e-8f;
+}
 
 // Uniform on (0, 1], for logarithms.
-KVC_HOST_DEVICE double uniform_open0(uint32_t b) { return (static_cast<double>(b) + 1.0) * 2.3283064365386963e-10; }
+KVC_HOST_DEVICE double uniform_open0(uint32_t b) {
+  return (static_cast<double>(b) + 1.0) * 2.3283064365386963e-10;
+}
 
 // Element i of a uniform [0,1) stream.
 KVC_HOST_DEVICE float uniform(uint64_t seed, uint64_t offset, uint64_t i) {

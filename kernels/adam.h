@@ -42,4 +42,9 @@ KVC_ADAM_KERNELS
 }
 #undef KVC_ADAM_KERNELS
 
+// The explicit instantiations of every launcher above for dtype T, expanded by each backend.
+#define KVC_ADAM_INSTANTIATE(T)                                                             \
+  template void adam_step<T>(T*, const T*, T*, T*, int64_t, const AdamStepArgs&, const T*); \
+  template void grad_norm_scale<T>(const T*, int64_t, double, T*);
+
 }  // namespace kvc::kernels

@@ -18,28 +18,28 @@ struct BroadcastIndex {
   int64_t b_stride[kMaxDims] = {};
 };
 
-#define KVC_ELEMENTWISE_KERNELS                                                             \
-  /* out[i] = a[.] op b[.], n = numel(out) */                                               \
-  template <typename T>                                                                     \
-  void binary(BinaryOp op, const T* a, const T* b, T* out, int64_t n,                       \
-              const BroadcastIndex& index);                                                 \
-  /* y = alpha * x + beta * y (beta == 0 ignores y's old contents, NaN included) */         \
-  template <typename T>                                                                     \
-  void axpby(T* y, const T* x, int64_t n, T alpha, T beta);                                 \
-  template <typename T>                                                                     \
-  void relu_forward(const T* x, T* y, int64_t n);                                           \
-  /* gx = gy * (y > 0), from the forward's output */                                        \
-  template <typename T>                                                                     \
-  void relu_backward(const T* y, const T* gy, T* gx, int64_t n);                            \
-  /* exact GELU: 0.5 x (1 + erf(x / sqrt 2)) */                                             \
-  template <typename T>                                                                     \
-  void gelu_forward(const T* x, T* y, int64_t n);                                           \
-  template <typename T>                                                                     \
-  void gelu_backward(const T* x, const T* gy, T* gx, int64_t n);                            \
-  /* inverted dropout; the mask is philox::keep(seed, offset, i, p), never stored */        \
-  template <typename T>                                                                     \
+#define KVC_ELEMENTWISE_KERNELS                                                               \
+  /* out[i] = a[.] op b[.], n = numel(out) */                                                 \
+  template <typename T>                                                                       \
+  void binary(BinaryOp op, const T* a, const T* b, T* out, int64_t n,                         \
+              const BroadcastIndex& index);                                                   \
+  /* y = alpha * x + beta * y (beta == 0 ignores y's old contents, NaN included) */           \
+  template <typename T>                                                                       \
+  void axpby(T* y, const T* x, int64_t n, T alpha, T beta);                                   \
+  template <typename T>                                                                       \
+  void relu_forward(const T* x, T* y, int64_t n);                                             \
+  /* gx = gy * (y > 0), from the forward's output */                                          \
+  template <typename T>                                                                       \
+  void relu_backward(const T* y, const T* gy, T* gx, int64_t n);                              \
+  /* exact GELU: 0.5 x (1 + erf(x / sqrt 2)) */                                               \
+  template <typename T>                                                                       \
+  void gelu_forward(const T* x, T* y, int64_t n);                                             \
+  template <typename T>                                                                       \
+  void gelu_backward(const T* x, const T* gy, T* gx, int64_t n);                              \
+  /* inverted dropout; the mask is philox::keep(seed, offset, i, p), never stored */          \
+  template <typename T>                                                                       \
   void dropout_forward(const T* x, T* y, int64_t n, float p, uint64_t seed, uint64_t offset); \
-  template <typename T>                                                                     \
+  template <typename T>                                                                       \
   void dropout_backward(const T* gy, T* gx, int64_t n, float p, uint64_t seed, uint64_t offset);
 
 namespace cpu {
@@ -49,5 +49,16 @@ namespace cuda {
 KVC_ELEMENTWISE_KERNELS
 }
 #undef KVC_ELEMENTWISE_KERNELS
+
+// The explicit instantiations of every launcher above for dtype T, expanded by each backend.
+#define KVC_ELEMENTWISE_INSTANTIATE(T)                                                       \
+  template void binary<T>(BinaryOp, const T*, const T*, T*, int64_t, const BroadcastIndex&); \
+  template void axpby<T>(T*, const T*, int64_t, T, T);                                       \
+  template void relu_forward<T>(const T*, T*, int64_t);                                      \
+  template void relu_backward<T>(const T*, const T*, T*, int64_t);                           \
+  template void gelu_forward<T>(const T*, T*, int64_t);                                      \
+  template void gelu_backward<T>(const T*, const T*, T*, int64_t);                           \
+  template void dropout_forward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);        \
+  template void dropout_backward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);
 
 }  // namespace kvc::kernels

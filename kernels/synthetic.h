@@ -26,4 +26,10 @@ KVC_SYNTHETIC_KERNELS
 }
 #undef KVC_SYNTHETIC_KERNELS
 
+// The explicit instantiations of every launcher above for dtype T, expanded by each backend.
+#define KVC_SYNTHETIC_INSTANTIATE(T)                                                              \
+  template void ar1_scan<T>(T*, int64_t, int64_t, int64_t, double);                               \
+  template void gather_random_rows<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, uint64_t, \
+                                      uint64_t);
+
 }  // namespace kvc::kernels

@@ -66,7 +66,8 @@ Tensor CompressorPair::distill_loss(const Tensor& q, const Tensor& k, const Tens
   Tensor target;
   {
     NoGradGuard no_grad;  // the target is data, not something to train
-    target = attention(q, k, v);
+    // Fused forward-only attention: no (b, h, nq, seq) scores in memory.
+    target = attention_target(q, k, v, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
   }
   const auto kv = compress(k, v);
   return mse_loss(attention(q, kv.first, kv.second), target);

@@ -13,21 +13,7 @@ namespace {
 
 using Vec = std::vector<double>;
 
-template <typename F>
-void check_error(F&& f, const std::vector<std::string>& parts) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const Error& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    for (const std::string& p : parts) {
-      INFO("message: ", msg, " | expected to contain: ", p);
-      CHECK(msg.find(p) != std::string::npos);
-    }
-  }
-  CHECK(thrown);
-}
+using test::check_error;
 
 Tensor leaf(const Vec& v, const Shape& s) {
   return Tensor::from_vector(v, s, f64().with_requires_grad(true));

@@ -43,6 +43,8 @@ TEST_CASE("gradcheck: a correct custom gradient passes") {
   CHECK(res[0].passed);
   CHECK(res[0].max_abs_error < 1e-8);
   CHECK(res[0].max_rel_error < 1e-8);
+  CHECK(res[0].rel_l2_error < 1e-8);
+  CHECK(res[0].reached);
   CHECK(all_passed(res));
 }
 
@@ -55,6 +57,21 @@ TEST_CASE("gradcheck: a deliberately wrong gradient fails") {
   CHECK(res[0].max_abs_error > 0.01);
   // 3x vs 2x: the relative error is (3 - 2) / 3 wherever the gradient is not tiny.
   CHECK(res[0].max_rel_error == doctest::Approx(1.0 / 3.0).epsilon(1e-6));
+  // Norm-wise: ||3x - 2x|| / ||2x|| = 1/2.
+  CHECK(res[0].rel_l2_error == doctest::Approx(0.5).epsilon(1e-6));
+}
+
+TEST_CASE("gradcheck: an input the backward never reaches is reported") {
+  // y = 2a; b does not enter y, so no gradient reaches it and its analytic gradient counts as 0.
+  Tensor a = Tensor::from_vector({1, 2}, {2}, f64());
+  Tensor b = Tensor::from_vector({3, 4}, {2}, f64());
+  const auto res = gradcheck([&] { return scale(a, 2.0); }, {{"a", a}, {"b", b}});
+  REQUIRE(res.size() == 2);
+  CHECK(res[0].reached);
+  CHECK(res[0].passed);
+  CHECK_FALSE(res[1].reached);
+  CHECK(res[1].passed);
+  CHECK(res[1].rel_l2_error == 0.0);
 }
 
 TEST_CASE("gradcheck: a wrong gradient in one element is caught and located") {

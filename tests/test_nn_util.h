@@ -69,14 +69,4 @@ inline void perturb(Module& m, uint64_t seed, double std) {
   }
 }
 
-// Fails the test with the table of every result when any gradcheck result failed.
-inline void require_gradcheck(const std::vector<GradcheckResult>& results) {
-  for (const GradcheckResult& r : results) {
-    INFO(r.tensor, ": max abs err ", r.max_abs_error, ", max rel err ", r.max_rel_error,
-         ", worst element ", r.worst_index, " analytic ", r.worst_analytic, " numeric ",
-         r.worst_numeric);
-    CHECK(r.passed);
-  }
-}
-
 }  // namespace kvc::test

@@ -6,7 +6,6 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "core/philox.h"
-#include "tests/test_fd.h"
 #include "tests/test_util.h"
 
 using namespace kvc;

@@ -21,32 +21,10 @@ Tensor randn64(const Shape& shape, uint64_t seed) {
   return Tensor::randn(shape, seed, 0, 0.0, 1.0, f64());
 }
 
-void require_gradcheck(const std::vector<GradcheckResult>& results) {
-  for (const GradcheckResult& r : results) {
-    INFO("tensor ", r.tensor, ": max abs ", r.max_abs_error, ", max rel ", r.max_rel_error,
-         ", worst index ", r.worst_index, " analytic ", r.worst_analytic, " numeric ",
-         r.worst_numeric);
-    CHECK(r.passed);
-    CHECK(r.max_abs_error < 1e-7);
-  }
-}
+// Beyond the library's tolerances, every linalg gradient element is this close to the differences.
+constexpr double kGradMaxAbs = 1e-7;
 
-// Checks that f throws kvc::Error whose message contains every one of `parts`.
-template <typename F>
-void check_error(F&& f, const std::vector<std::string>& parts) {
-  bool thrown = false;
-  try {
-    f();
-  } catch (const Error& e) {
-    thrown = true;
-    const std::string msg = e.what();
-    for (const std::string& p : parts) {
-      INFO("message: ", msg, " | expected to contain: ", p);
-      CHECK(msg.find(p) != std::string::npos);
-    }
-  }
-  CHECK(thrown);
-}
+using test::check_error;
 
 // ---- independent references ----------------------------------------------------------------
 
@@ -200,7 +178,8 @@ TEST_CASE("linalg: matmul values and gradients, all transpose combos, batched an
         CHECK(y.shape() == Shape{2, 3, m, n});
         CHECK(test::max_abs_diff(y.to_vector(),
                                  ref_matmul(a.to_vector(), as, b.to_vector(), bs, ta, tb)) < 1e-12);
-        require_gradcheck(gradcheck([&] { return matmul(a, b, ta, tb); }, {{"a", a}, {"b", b}}));
+        test::require_gradcheck(
+            gradcheck([&] { return matmul(a, b, ta, tb); }, {{"a", a}, {"b", b}}), kGradMaxAbs);
 
         // The float32 path agrees with float64.
         const Tensor y32 = matmul(a.to(DType::f32), b.to(DType::f32), ta, tb);
@@ -217,8 +196,8 @@ TEST_CASE("linalg: matmul 2-D by 2-D and gradient of one input only") {
   CHECK(test::max_abs_diff(matmul(a, b).to_vector(),
                            ref_matmul(a.to_vector(), {3, 5}, b.to_vector(), {5, 4}, false, false)) <
         1e-12);
-  require_gradcheck(gradcheck([&] { return matmul(a, b); }, {{"a", a}}));
-  require_gradcheck(gradcheck([&] { return matmul(a, b); }, {{"b", b}}));
+  test::require_gradcheck(gradcheck([&] { return matmul(a, b); }, {{"a", a}}), kGradMaxAbs);
+  test::require_gradcheck(gradcheck([&] { return matmul(a, b); }, {{"b", b}}), kGradMaxAbs);
 }
 
 TEST_CASE("linalg: matmul gradients accumulate onto an existing gradient (GEMM beta 1)") {
@@ -271,7 +250,7 @@ TEST_CASE("linalg: mix values and gradients (x, weight, bias), with and without 
                                      P, h, w, in, out)) < 1e-12);
     std::vector<std::pair<std::string, Tensor>> inputs{{"x", x}, {"weight", W}};
     if (c.bias) inputs.push_back({"bias", B});
-    require_gradcheck(gradcheck([&] { return mix(x, W, B); }, inputs));
+    test::require_gradcheck(gradcheck([&] { return mix(x, W, B); }, inputs), kGradMaxAbs);
 
     const Tensor y32 =
         mix(x.to(DType::f32), W.to(DType::f32), c.bias ? B.to(DType::f32) : Tensor());
@@ -299,6 +278,96 @@ TEST_CASE("linalg: mix weight gradient sums over the leading batch and accumulat
   backward(mix(x, W, B), Tensor::ones({3, 1, 2, 1}, f64()));
   CHECK(W.grad().item() == 12.0);
   CHECK(B.grad().item() == 12.0);
+}
+
+// Gradients of sum(y * gy) for y = mix(x, W, B), x (P, h, w, in): {gx, gW, gB} by naive loops.
+std::vector<Vec> ref_mix_grads(const Vec& x, const Vec& W, const Vec& gy, int64_t P, int64_t h,
+                               int64_t w, int64_t in, int64_t out) {
+  Vec gx(static_cast<size_t>(P * h * w * in)), gW(static_cast<size_t>(h * in * out));
+  Vec gB(static_cast<size_t>(h * out));
+  for (int64_t p = 0; p < P; ++p)
+    for (int64_t hh = 0; hh < h; ++hh)
+      for (int64_t ww = 0; ww < w; ++ww) {
+        const int64_t row = (p * h + hh) * w + ww;
+        for (int64_t o = 0; o < out; ++o) {
+          const double g = gy[static_cast<size_t>(row * out + o)];
+          gB[static_cast<size_t>(hh * out + o)] += g;
+          for (int64_t i = 0; i < in; ++i) {
+            gx[static_cast<size_t>(row * in + i)] += g * W[static_cast<size_t>((hh * in + i) * out + o)];
+            gW[static_cast<size_t>((hh * in + i) * out + o)] += g * x[static_cast<size_t>(row * in + i)];
+          }
+        }
+      }
+  return {gx, gW, gB};
+}
+
+// Shapes that reach every plan of mix's weight gradient (core/ops_linalg.cpp, plan_weight_grad:
+// split-K when w is long next to a small (in, out) output). Each backward runs twice so the
+// second writes onto existing gradients (the accumulate flag true) after the first found none.
+struct MixGradCase {
+  int64_t P, h, w, in, out;
+  const char* plan;
+};
+const MixGradCase kMixGradCases[] = {
+    {3, 2, 1024, 3, 5, "split-K, 8 chunks dividing w: one uniform batch"},
+    {2, 2, 997, 4, 3, "split-K, w prime: 6 full chunks and a tail chunk"},
+    {1, 1, 300, 2, 2, "split-K of a single (p, h)"},
+    {4, 3, 64, 3, 2, "no split, the leading batch summed by the reduction"},
+    {1, 2, 100, 3, 4, "direct GEMM"},
+};
+
+void check_mix_grads_on(Device device, DType dt, const MixGradCase& c, double tol) {
+  CAPTURE(c.plan);
+  CAPTURE(device.name());
+  CAPTURE(dtype_name(dt));
+  const Tensor x64 = randn64({c.P, c.h, c.w, c.in}, 11), w64 = randn64({c.h, c.in, c.out}, 12);
+  const Tensor b64 = randn64({c.h, c.out}, 13);
+  const Tensor g1 = randn64({c.P, c.h, c.w, c.out}, 14), g2 = randn64({c.P, c.h, c.w, c.out}, 15);
+  auto on = [&](const Tensor& t) { return t.to(dt).to(device); };
+  Tensor x = on(x64).set_requires_grad(true), W = on(w64).set_requires_grad(true);
+  Tensor B = on(b64).set_requires_grad(true);
+  const std::vector<Vec> r1 =
+      ref_mix_grads(x64.to_vector(), w64.to_vector(), g1.to_vector(), c.P, c.h, c.w, c.in, c.out);
+  const std::vector<Vec> r2 =
+      ref_mix_grads(x64.to_vector(), w64.to_vector(), g2.to_vector(), c.P, c.h, c.w, c.in, c.out);
+  const Tensor* params[3] = {&x, &W, &B};
+  backward(mix(x, W, B), on(g1));
+  for (int i = 0; i < 3; ++i) {
+    INFO("fresh gradient of input ", i);
+    CHECK(test::rel_error(params[i]->grad().to_vector(), r1[static_cast<size_t>(i)]) < tol);
+  }
+  backward(mix(x, W, B), on(g2));
+  for (int i = 0; i < 3; ++i) {
+    INFO("accumulated gradient of input ", i);
+    Vec sum = r1[static_cast<size_t>(i)];
+    for (size_t j = 0; j < sum.size(); ++j) sum[j] += r2[static_cast<size_t>(i)][j];
+    CHECK(test::rel_error(params[i]->grad().to_vector(), sum) < tol);
+  }
+}
+
+TEST_CASE("linalg: mix gradients on long w (split-K weight gradient) match naive loops") {
+  for (const MixGradCase& c : kMixGradCases) {
+    check_mix_grads_on(Device::cpu(), DType::f64, c, 1e-12);
+    check_mix_grads_on(Device::cpu(), DType::f32, c, 1e-5);
+  }
+}
+
+TEST_CASE("linalg: mix gradcheck on long w (split-K, with and without a tail chunk)") {
+  Tensor x = randn64({1, 1, 300, 2}, 21), W = randn64({1, 2, 2}, 22), B = randn64({1, 2}, 23);
+  test::require_gradcheck(
+      gradcheck([&] { return mix(x, W, B); }, {{"x", x}, {"weight", W}, {"bias", B}}),
+      kGradMaxAbs);
+  Tensor x2 = randn64({2, 2, 997, 4}, 24), W2 = randn64({2, 4, 3}, 25), B2 = randn64({2, 3}, 26);
+  test::require_gradcheck(gradcheck([&] { return mix(x2, W2, B2); }, {{"weight", W2}, {"bias", B2}}),
+                          kGradMaxAbs);
+}
+
+TEST_CASE("linalg: CUDA mix gradients on long w (split-K weight gradient) match naive loops") {
+  KVC_REQUIRE_CUDA();
+  for (const MixGradCase& c : kMixGradCases) {
+    check_mix_grads_on(Device::cuda(), DType::f64, c, 1e-12);
+    check_mix_grads_on(Device::cuda(), DType::f32, c, 1e-5);
+  }
 }
 
 TEST_CASE("linalg: mix shape errors name the op and both shapes") {
@@ -372,7 +441,8 @@ TEST_CASE("linalg: conv1d values and gradients over kernel/stride/groups") {
                          c.cin, c.length, c.cout, c.kernel, c.stride, c.groups)) < 1e-12);
     std::vector<std::pair<std::string, Tensor>> inputs{{"x", x}, {"weight", w}};
     if (c.bias) inputs.push_back({"bias", b});
-    require_gradcheck(gradcheck([&] { return conv1d(x, w, b, c.stride, c.groups); }, inputs));
+    test::require_gradcheck(gradcheck([&] { return conv1d(x, w, b, c.stride, c.groups); }, inputs),
+                            kGradMaxAbs);
 
     const Tensor y32 = conv1d(x.to(DType::f32), w.to(DType::f32),
                               c.bias ? b.to(DType::f32) : Tensor(), c.stride, c.groups);

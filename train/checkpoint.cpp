@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <ctime>
+#include <functional>
 
 #include "core/error.h"
 #include "data/h5file.h"
@@ -22,7 +23,7 @@ namespace kvc::train {
 
 namespace {
 
-std::string dirname_of(const std::string &path) {
+std::string dirname_of(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   if (slash == std::string::npos) return ".";
   if (slash == 0) return "/";
@@ -31,7 +32,7 @@ std::string dirname_of(const std::string &path) {
 
 // fsync by path: HDF5 owns the descriptor while the file is open, so reopen it
 // after close.
-void fsync_path(const std::string &path, bool directory) {
+void fsync_path(const std::string& path, bool directory) {
   const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
   KVC_CHECK(fd >= 0, "checkpoint: cannot reopen ", path, " to sync it: ", std::strerror(errno));
   const int rc = ::fsync(fd);
@@ -43,9 +44,9 @@ void fsync_path(const std::string &path, bool directory) {
             path, " failed: ", std::strerror(err));
 }
 
-void write_named(H5File &f, const std::string &group, const NamedTensors &tensors) {
+void write_named(H5File& f, const std::string& group, const NamedTensors& tensors) {
   f.create_group(group);
-  for (const auto &[key, t] : tensors) {
+  for (const auto& [key, t] : tensors) {
     KVC_CHECK(t.defined(), "checkpoint: tensor '", key, "' is undefined");
     KVC_CHECK(!key.empty() && key.find('/') == std::string::npos, "checkpoint: bad key '", key,
               "' (keys may not be empty or contain '/')");
@@ -53,9 +54,9 @@ void write_named(H5File &f, const std::string &group, const NamedTensors &tensor
   }
 }
 
-NamedTensors read_named(const H5File &f, const std::string &group) {
+NamedTensors read_named(const H5File& f, const std::string& group) {
   NamedTensors out;
-  for (const std::string &key : f.list(group)) {
+  for (const std::string& key : f.list(group)) {
     const std::string p = group + "/" + key;
     KVC_CHECK(f.is_dataset(p), "checkpoint: ", f.path(), ": ", p, " is not a dataset");
     const std::string type = f.type_name(p);
@@ -66,43 +67,54 @@ NamedTensors read_named(const H5File &f, const std::string &group) {
   return out;
 }
 
-std::string attr_str(const H5File &f, const char *name) {
+// A root attribute the format requires, read with get(f, "/", name).
+template <typename Get>
+auto required_attr(const H5File& f, const char* name, Get get) {
   KVC_CHECK(f.has_attr("/", name), "checkpoint: ", f.path(), " lacks the root attribute '", name,
             "'");
-  return f.attr_string("/", name);
+  return get(f, "/", name);
 }
 
-int64_t attr_int(const H5File &f, const char *name) {
-  KVC_CHECK(f.has_attr("/", name), "checkpoint: ", f.path(), " lacks the root attribute '", name,
-            "'");
-  return f.attr_int64("/", name);
+std::string attr_str(const H5File& f, const char* name) {
+  return required_attr(f, name, std::mem_fn(&H5File::attr_string));
 }
 
-double attr_dbl(const H5File &f, const char *name) {
-  KVC_CHECK(f.has_attr("/", name), "checkpoint: ", f.path(), " lacks the root attribute '", name,
-            "'");
-  return f.attr_double("/", name);
+int64_t attr_int(const H5File& f, const char* name) {
+  return required_attr(f, name, std::mem_fn(&H5File::attr_int64));
 }
 
+double attr_dbl(const H5File& f, const char* name) {
+  return required_attr(f, name, std::mem_fn(&H5File::attr_double));
+}
+
+// A root attribute added after version 1 of the format: older files fall back.
 template <typename T, typename Get>
-T attr_or(const H5File &f, const char *name, T fallback, Get get) {
-  return f.has_attr("/", name) ? get(f, name) : fallback;
+T attr_or(const H5File& f, const char* name, T fallback, Get get) {
+  return f.has_attr("/", name) ? get(f, "/", name) : fallback;
 }
 
-H5File open_checked(const std::string &path) {
+// Called from a catch block: rethrows an error that already names the checkpoint as it is, and
+// any other (an HDF5 or tensor error) as "checkpoint: <context>: <its message>".
+[[noreturn]] void rethrow_in_context(const Error& e, const std::string& context) {
+  const std::string msg = e.what();
+  if (msg.rfind("checkpoint:", 0) == 0) throw;
+  KVC_FAIL("checkpoint: ", context, ": ", msg);
+}
+
+H5File open_checked(const std::string& path) {
   struct stat st {};
   KVC_CHECK(::stat(path.c_str(), &st) == 0, "checkpoint: cannot open ", path, ": ",
             std::strerror(errno));
   KVC_CHECK(S_ISREG(st.st_mode), "checkpoint: ", path, " is not a regular file");
   try {
     return H5File::open(path, H5Mode::read);
-  } catch (const Error &e) {
+  } catch (const Error& e) {
     KVC_FAIL("checkpoint: ", path, " is not a readable HDF5 file (", e.what(), ")");
   }
 }
 
-CheckpointMeta read_meta(const H5File &f) {
-  const std::string &path = f.path();
+CheckpointMeta read_meta(const H5File& f) {
+  const std::string& path = f.path();
   KVC_CHECK(f.has_attr("/", "format"), "checkpoint: ", path,
             " is not a kvcompress checkpoint (no 'format' attribute)");
   const std::string format = f.attr_string("/", "format");
@@ -128,9 +140,9 @@ CheckpointMeta read_meta(const H5File &f) {
   KVC_CHECK(m.heads > 0 && m.dim_head > 0 && m.block > 0 && m.step >= 0, "checkpoint: ", path,
             " has bad shape attributes (heads ", m.heads, ", dim_head ", m.dim_head, ", block ",
             m.block, ", step ", m.step, ")");
-  auto get_i = [](const H5File &h, const char *n) { return h.attr_int64("/", n); };
-  auto get_d = [](const H5File &h, const char *n) { return h.attr_double("/", n); };
-  auto get_s = [](const H5File &h, const char *n) { return h.attr_string("/", n); };
+  const auto get_i = std::mem_fn(&H5File::attr_int64);
+  const auto get_d = std::mem_fn(&H5File::attr_double);
+  const auto get_s = std::mem_fn(&H5File::attr_string);
   m.batch = attr_or<int64_t>(f, "batch", m.batch, get_i);
   m.seq = attr_or<int64_t>(f, "seq", m.seq, get_i);
   m.queries = attr_or<int64_t>(f, "queries", m.queries, get_i);
@@ -153,12 +165,12 @@ std::string iso8601_now() {
   return buf;
 }
 
-void save_checkpoint(const std::string &path, const Checkpoint &ck) {
+void save_checkpoint(const std::string& path, const Checkpoint& ck) {
   const std::string dir = dirname_of(path);
   const std::string tmp = temp_path_for(path);
   try {
     H5File f = H5File::open(tmp, H5Mode::create);
-    const CheckpointMeta &m = ck.meta;
+    const CheckpointMeta& m = ck.meta;
     f.set_attr("/", "format", kCheckpointFormat);
     f.set_attr("/", "format_version", kCheckpointFormatVersion);
     f.set_attr("/", "compressor", m.compressor);
@@ -186,7 +198,7 @@ void save_checkpoint(const std::string &path, const Checkpoint &ck) {
     write_named(f, "/params", ck.params);
 
     if (ck.has_optim) {
-      const OptimState &o = ck.optim;
+      const OptimState& o = ck.optim;
       f.create_group("/optim");
       f.write_scalar_int64("/optim/step", o.step);
       write_named(f, "/optim/exp_avg", o.exp_avg);
@@ -200,14 +212,14 @@ void save_checkpoint(const std::string &path, const Checkpoint &ck) {
     }
 
     f.create_group("/rng");
-    for (const auto &[name, values] : ck.rng) {
+    for (const auto& [name, values] : ck.rng) {
       std::vector<int64_t> bits(values.size());
       for (size_t i = 0; i < values.size(); ++i) bits[i] = static_cast<int64_t>(values[i]);
       f.write_int64s("/rng/" + name, bits);
     }
 
     f.create_group("/metrics");
-    const MetricsHistory &h = ck.metrics;
+    const MetricsHistory& h = ck.metrics;
     f.write_int64s("/metrics/step", h.steps());
     f.write_doubles("/metrics/loss", h.column(&MetricsRow::loss));
     f.write_doubles("/metrics/eval_loss", h.column(&MetricsRow::eval_loss));
@@ -221,25 +233,21 @@ void save_checkpoint(const std::string &path, const Checkpoint &ck) {
     KVC_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "checkpoint: cannot rename ", tmp, " to ",
               path, ": ", std::strerror(errno));
     fsync_path(dir, true);
-  } catch (const Error &e) {
+  } catch (const Error& e) {
     ::unlink(tmp.c_str());
-    const std::string msg = e.what();
-    if (msg.rfind("checkpoint:", 0) == 0) throw;
-    KVC_FAIL("checkpoint: cannot write ", path, ": ", msg);
+    rethrow_in_context(e, "cannot write " + path);
   }
 }
 
-CheckpointMeta read_checkpoint_meta(const std::string &path) {
+CheckpointMeta read_checkpoint_meta(const std::string& path) {
   try {
     return read_meta(open_checked(path));
-  } catch (const Error &e) {
-    const std::string msg = e.what();
-    if (msg.rfind("checkpoint:", 0) == 0) throw;
-    KVC_FAIL("checkpoint: ", path, " is damaged: ", msg);
+  } catch (const Error& e) {
+    rethrow_in_context(e, path + " is damaged");
   }
 }
 
-Checkpoint load_checkpoint(const std::string &path, bool with_optim) {
+Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
   try {
     H5File f = open_checked(path);
     Checkpoint ck;
@@ -251,7 +259,7 @@ Checkpoint load_checkpoint(const std::string &path, bool with_optim) {
     if (with_optim) {
       KVC_CHECK(f.is_group("/optim"), "checkpoint: ", path,
                 " has no /optim group (it cannot be resumed)");
-      OptimState &o = ck.optim;
+      OptimState& o = ck.optim;
       ck.has_optim = true;
       o.step = f.read_scalar_int64("/optim/step");
       o.exp_avg = read_named(f, "/optim/exp_avg");
@@ -269,7 +277,7 @@ Checkpoint load_checkpoint(const std::string &path, bool with_optim) {
     }
 
     if (f.is_group("/rng")) {
-      for (const std::string &name : f.list("/rng")) {
+      for (const std::string& name : f.list("/rng")) {
         const std::vector<int64_t> bits = f.read_int64s("/rng/" + name);
         std::vector<uint64_t> values(bits.size());
         for (size_t i = 0; i < bits.size(); ++i) values[i] = static_cast<uint64_t>(bits[i]);
@@ -279,7 +287,7 @@ Checkpoint load_checkpoint(const std::string &path, bool with_optim) {
 
     if (f.is_group("/metrics") && f.has("/metrics/step")) {
       const std::vector<int64_t> step = f.read_int64s("/metrics/step");
-      auto col = [&](const char *name) {
+      auto col = [&](const char* name) {
         const std::string p = std::string("/metrics/") + name;
         return f.has(p) ? f.read_doubles(p) : std::vector<double>(step.size(), NAN);
       };
@@ -287,10 +295,8 @@ Checkpoint load_checkpoint(const std::string &path, bool with_optim) {
                                                 col("grad_norm"), col("elapsed"));
     }
     return ck;
-  } catch (const Error &e) {
-    const std::string msg = e.what();
-    if (msg.rfind("checkpoint:", 0) == 0) throw;
-    KVC_FAIL("checkpoint: ", path, " is damaged: ", msg);
+  } catch (const Error& e) {
+    rethrow_in_context(e, path + " is damaged");
   }
 }
 

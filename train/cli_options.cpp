@@ -11,24 +11,24 @@
 
 namespace kvc::cli {
 
-ShapeFlags shape_preset(const std::string &name) {
+ShapeFlags shape_preset(const std::string& name) {
   if (name == "small") return ShapeFlags{};
   if (name == "nsa") return ShapeFlags{4, 8, 8192, 16, 64, 512};
   if (name == "long") return ShapeFlags{1, 8, 131072, 32, 128, 1024};
   throw UsageError(str("unknown configuration '", name, "' (expected small, nsa or long)"));
 }
 
-const std::vector<std::string> &shape_preset_names() {
+const std::vector<std::string>& shape_preset_names() {
   static const std::vector<std::string> names{"small", "nsa", "long"};
   return names;
 }
 
 namespace {
 
-CLI::Validator number_check(const char *desc, bool (*ok)(double), const char *expected) {
+CLI::Validator number_check(const char* desc, bool (*ok)(double), const char* expected) {
   return CLI::Validator(
-      [ok, expected](std::string &v) -> std::string {
-        char *end = nullptr;
+      [ok, expected](std::string& v) -> std::string {
+        char* end = nullptr;
         const double x = std::strtod(v.c_str(), &end);
         if (v.empty() || *end != '\0' || !std::isfinite(x)) return "'" + v + "' is not a number";
         if (!ok(x)) return v + " is not " + expected;
@@ -54,7 +54,11 @@ CLI::Validator unit_interval() {
 
 std::vector<std::string> compressor_kind_names() { return compressor_kinds(); }
 
-void add_shape_flags(CLI::App *cmd, ShapeFlags *s) {
+std::vector<std::string> selected_kinds(const ModelFlags& m) {
+  return m.compressor == "all" ? compressor_kind_names() : std::vector<std::string>{m.compressor};
+}
+
+void add_shape_flags(CLI::App* cmd, ShapeFlags* s) {
   cmd->add_option("--heads", s->heads, "KV heads h")->capture_default_str()->check(positive());
   cmd->add_option("--dim-head", s->dim_head, "head dimension d")
       ->capture_default_str()
@@ -73,11 +77,11 @@ void add_shape_flags(CLI::App *cmd, ShapeFlags *s) {
       ->check(positive());
 }
 
-void add_model_flags(CLI::App *cmd, ModelFlags *m, bool allow_all) {
+void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all) {
   std::vector<std::string> kinds = compressor_kind_names();
   if (allow_all) kinds.insert(kinds.begin(), "all");
   std::string list;
-  for (const std::string &k : kinds) list += (list.empty() ? "" : "|") + k;
+  for (const std::string& k : kinds) list += (list.empty() ? "" : "|") + k;
   cmd->add_option("--compressor", m->compressor, "compressor kind: " + list)
       ->capture_default_str()
       ->check(CLI::IsMember(kinds));
@@ -92,9 +96,9 @@ void add_model_flags(CLI::App *cmd, ModelFlags *m, bool allow_all) {
       ->check(positive());
 }
 
-void add_device_flag(CLI::App *cmd, std::string *device) {
+void add_device_flag(CLI::App* cmd, std::string* device) {
   CLI::Validator check(
-      [](std::string &v) -> std::string {
+      [](std::string& v) -> std::string {
         if (v == "auto" || v == "cpu" || v == "cuda") return "";
         if (v.rfind("cuda:", 0) == 0 && v.size() > 5 &&
             v.find_first_not_of("0123456789", 5) == std::string::npos) {
@@ -108,13 +112,13 @@ void add_device_flag(CLI::App *cmd, std::string *device) {
       ->check(check);
 }
 
-void add_precision_flag(CLI::App *cmd, std::string *precision) {
+void add_precision_flag(CLI::App* cmd, std::string* precision) {
   cmd->add_option("--precision", *precision, "fp32|tf32 (TF32 tensor-core GEMMs on CUDA)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32"}));
 }
 
-void validate_shape(const ShapeFlags &s, const ModelFlags &m) {
+void validate_shape(const ShapeFlags& s, const ModelFlags& m) {
   KVC_USAGE_CHECK(s.seq >= s.block, "--seq ", s.seq, " is shorter than one block (--block ",
                   s.block, "): there is nothing to compress");
   if (m.compressor == "efficient_conv" || m.compressor == "all") {
@@ -127,7 +131,7 @@ void validate_shape(const ShapeFlags &s, const ModelFlags &m) {
   KVC_USAGE_CHECK(m.dropout >= 0 && m.dropout < 1, "--dropout ", m.dropout, " is not in [0, 1)");
 }
 
-Device resolve_device(const std::string &flag) {
+Device resolve_device(const std::string& flag) {
   if (flag == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
   const Device d = parse_device(flag);
   if (d.is_cuda()) {
@@ -137,7 +141,7 @@ Device resolve_device(const std::string &flag) {
   return d;
 }
 
-void apply_precision(const std::string &precision, Device device) {
+void apply_precision(const std::string& precision, Device device) {
   const bool tf32 = precision == "tf32";
   if (device.is_cuda()) {
     KVC_CUDA_ONLY(kernels::cuda::set_tf32(tf32));

@@ -17,7 +17,7 @@ namespace kvc::cli {
 // than a block): main reports it like a CLI11 parse error, with exit code 2.
 class UsageError : public Error {
  public:
-  explicit UsageError(const std::string &msg) : Error(msg) {}
+  explicit UsageError(const std::string& msg) : Error(msg) {}
 };
 
 #define KVC_USAGE_CHECK(cond, ...)                                      \
@@ -37,8 +37,8 @@ struct ShapeFlags {
 };
 
 // SPEC section 9: small, nsa, long. Throws UsageError for another name.
-ShapeFlags shape_preset(const std::string &name);
-const std::vector<std::string> &shape_preset_names();
+ShapeFlags shape_preset(const std::string& name);
+const std::vector<std::string>& shape_preset_names();
 
 // The compressor flags of `train` (and, with the same meaning, bench and
 // gradcheck).
@@ -56,46 +56,48 @@ CLI::Validator unit_interval();  // [0, 1)
 
 // The kinds SPEC section 3 names, in its order.
 std::vector<std::string> compressor_kind_names();
+// The kinds a command runs for --compressor: every kind for "all", else the one named.
+std::vector<std::string> selected_kinds(const ModelFlags& m);
 
 // --heads --dim-head --block --seq --batch --queries, each with its default
 // shown in --help.
-void add_shape_flags(CLI::App *cmd, ShapeFlags *s);
+void add_shape_flags(CLI::App* cmd, ShapeFlags* s);
 // --compressor (checked against the kinds; `allow_all` adds "all"), --expand,
 // --dropout,
 // --reduction.
-void add_model_flags(CLI::App *cmd, ModelFlags *m, bool allow_all);
+void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all);
 // --device auto|cpu|cuda (cuda:N accepted too).
-void add_device_flag(CLI::App *cmd, std::string *device);
+void add_device_flag(CLI::App* cmd, std::string* device);
 // --precision fp32|tf32.
-void add_precision_flag(CLI::App *cmd, std::string *precision);
+void add_precision_flag(CLI::App* cmd, std::string* precision);
 
 // Combinations CLI11 validators cannot see: seq >= block, d % r == 0 for
 // efficient_conv, H = floor(n d expand) >= 1, dropout in [0, 1). Throws
 // UsageError naming the values.
-void validate_shape(const ShapeFlags &s, const ModelFlags &m);
+void validate_shape(const ShapeFlags& s, const ModelFlags& m);
 
 // auto -> cuda when a GPU is usable, else cpu. "cuda" without a GPU throws
 // kvc::Error naming the reason (exit 1: the command line was fine, the machine
 // lacks the device).
-Device resolve_device(const std::string &flag);
+Device resolve_device(const std::string& flag);
 // tf32 on a CUDA device turns on TF32 GEMMs; on the CPU it is accepted and has
 // no effect (the CPU has no TF32), which is logged.
-void apply_precision(const std::string &precision, Device device);
+void apply_precision(const std::string& precision, Device device);
 
 // One subcommand: its CLI11 node and what runs when it was chosen (returns the
 // exit code).
 struct Command {
-  CLI::App *app = nullptr;
+  CLI::App* app = nullptr;
   std::function<int()> run;
 };
 
-Command add_train_command(CLI::App &app);
-Command add_gradcheck_command(CLI::App &app);
-Command add_eval_command(CLI::App &app);
-Command add_infer_command(CLI::App &app);
-Command add_bench_command(CLI::App &app);
-Command add_inspect_command(CLI::App &app);
-Command add_gen_data_command(CLI::App &app);
+Command add_train_command(CLI::App& app);
+Command add_gradcheck_command(CLI::App& app);
+Command add_eval_command(CLI::App& app);
+Command add_infer_command(CLI::App& app);
+Command add_bench_command(CLI::App& app);
+Command add_inspect_command(CLI::App& app);
+Command add_gen_data_command(CLI::App& app);
 
 // Exit codes (SPEC section 8).
 inline constexpr int kExitOk = 0;

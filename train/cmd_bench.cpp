@@ -80,8 +80,8 @@ double median(std::vector<double> v) {
 
 // Median milliseconds of `body` over reps after warmup runs; `setup` runs
 // untimed before each.
-double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<void()> &setup,
-               const std::function<void()> &body) {
+double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<void()>& setup,
+               const std::function<void()>& body) {
   using Clock = std::chrono::steady_clock;
   std::vector<double> ms;
   for (int64_t i = 0; i < warmup + reps; ++i) {
@@ -96,7 +96,7 @@ double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<
   return median(ms);
 }
 
-Work count_work(const std::string &kind, const ShapeFlags &s, const ModelFlags &m, int64_t params) {
+Work count_work(const std::string& kind, const ShapeFlags& s, const ModelFlags& m, int64_t params) {
   const double b = s.batch, h = s.heads, n = s.block, d = s.dim_head, nq = s.queries;
   const double w = std::floor(static_cast<double>(s.seq) / s.block), seq = s.seq;
   const double M = b * h * w, I = n * d, H = std::floor(I * m.expand), dr = d / m.reduction;
@@ -122,7 +122,7 @@ Work count_work(const std::string &kind, const ShapeFlags &s, const ModelFlags &
   return wk;
 }
 
-double peak_memory_bytes(Device device, bool *is_device) {
+double peak_memory_bytes(Device device, bool* is_device) {
 #ifdef KVC_WITH_CUDA
   if (device.is_cuda()) {
     *is_device = true;
@@ -154,7 +154,7 @@ struct Result {
   bool peak_is_device = false;
 };
 
-Result bench_kind(const std::string &kind, const BenchArgs &a, const ShapeFlags &s, Device device) {
+Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags& s, Device device) {
   CompressorOptions o;
   o.kind = kind;
   o.heads = s.heads;
@@ -223,7 +223,7 @@ Result bench_kind(const std::string &kind, const BenchArgs &a, const ShapeFlags 
   return r;
 }
 
-int run_bench(const CLI::App *cmd, const BenchArgs &in) {
+int run_bench(const CLI::App* cmd, const BenchArgs& in) {
   BenchArgs a = in;
   if (a.json) spdlog::set_level(spdlog::level::warn);  // stdout carries only the JSON
   // The config sets the shape; shape flags given explicitly override it.
@@ -238,9 +238,7 @@ int run_bench(const CLI::App *cmd, const BenchArgs &in) {
   validate_shape(s, a.model);
   const Device device = resolve_device(a.device);
   apply_precision(a.precision, device);
-  const std::vector<std::string> kinds = a.model.compressor == "all"
-                                             ? compressor_kind_names()
-                                             : std::vector<std::string>{a.model.compressor};
+  const std::vector<std::string> kinds = selected_kinds(a.model);
 
   std::vector<Result> results;
   if (!a.json) {
@@ -257,7 +255,7 @@ int run_bench(const CLI::App *cmd, const BenchArgs &in) {
                 "optim ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
                 device.is_cuda() ? "peak dev MB" : "peak RSS MB");
   }
-  for (const std::string &kind : kinds) {
+  for (const std::string& kind : kinds) {
     const Result r = bench_kind(kind, a, s, device);
     results.push_back(r);
     if (!a.json) {
@@ -279,7 +277,7 @@ int run_bench(const CLI::App *cmd, const BenchArgs &in) {
         static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
         static_cast<long long>(a.warmup), static_cast<long long>(a.reps));
     for (size_t i = 0; i < results.size(); ++i) {
-      const Result &r = results[i];
+      const Result& r = results[i];
       std::printf(
           "%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
           "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
@@ -300,10 +298,10 @@ int run_bench(const CLI::App *cmd, const BenchArgs &in) {
 
 }  // namespace
 
-Command add_bench_command(CLI::App &app) {
+Command add_bench_command(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
   a->model.compressor = "all";
-  CLI::App *cmd = app.add_subcommand("bench",
+  CLI::App* cmd = app.add_subcommand("bench",
                                      "time forward, backward, optimizer and a "
                                      "full training step per compressor kind");
   add_model_flags(cmd, &a->model, /*allow_all=*/true);

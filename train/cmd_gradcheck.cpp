@@ -25,9 +25,9 @@ struct Row {
   GradcheckResult r;
 };
 
-std::vector<Row> check_kind(const std::string &kind, const GradcheckArgs &a, Device device) {
+std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Device device) {
   std::vector<Row> rows;
-  const ShapeFlags &s = a.shape;
+  const ShapeFlags& s = a.shape;
   CompressorOptions o;
   o.kind = kind;
   o.heads = s.heads;
@@ -53,8 +53,8 @@ std::vector<Row> check_kind(const std::string &kind, const GradcheckArgs &a, Dev
         Tensor::randn({s.batch, s.heads, w, s.block, s.dim_head}, a.seed + 11, 0, 0.0, 1.0, t64);
     const std::vector<uint64_t> counters = layer->rng_counters();
     std::vector<std::pair<std::string, Tensor>> inputs{{"input", x}};
-    for (auto &kv : layer->named_parameters()) inputs.push_back(kv);
-    for (const GradcheckResult &r : gradcheck(
+    for (auto& kv : layer->named_parameters()) inputs.push_back(kv);
+    for (const GradcheckResult& r : gradcheck(
              [&] {
                layer->set_rng_counters(counters);
                return (*layer)(x);
@@ -75,17 +75,17 @@ std::vector<Row> check_kind(const std::string &kind, const GradcheckArgs &a, Dev
         Tensor::randn({s.batch, s.heads, s.queries, s.dim_head}, a.seed + 14, 0, 0.0, 1.0, t64);
     // Positions start at zero; move them off it so their gradient path sees
     // general values.
-    for (auto &kv : pair.named_parameters()) {
+    for (auto& kv : pair.named_parameters()) {
       if (kv.first.find("intrablock_positions") != std::string::npos) {
         kv.second.copy_from(Tensor::randn(kv.second.shape(), a.seed + 15, 0, 0.0, 0.1, t64));
       }
     }
     const std::vector<uint64_t> counters = pair.rng_counters();
     std::vector<std::pair<std::string, Tensor>> inputs{{"k", k}, {"v", v}};
-    for (auto &kv : pair.named_parameters()) inputs.push_back(kv);
+    for (auto& kv : pair.named_parameters()) inputs.push_back(kv);
     // Both outputs at once: (2, b, h, w, d) through one reshape-free sum of two
     // projections.
-    for (const GradcheckResult &r : gradcheck(
+    for (const GradcheckResult& r : gradcheck(
              [&] {
                pair.set_rng_counters(counters);
                const auto out = pair.compress(k, v);
@@ -95,7 +95,7 @@ std::vector<Row> check_kind(const std::string &kind, const GradcheckArgs &a, Dev
       rows.push_back({"pair(" + kind + ") compress", r});
     }
     std::vector<std::pair<std::string, Tensor>> params = pair.named_parameters();
-    for (const GradcheckResult &r : gradcheck(
+    for (const GradcheckResult& r : gradcheck(
              [&] {
                pair.set_rng_counters(counters);
                return pair.distill_loss(q, k, v);
@@ -107,15 +107,10 @@ std::vector<Row> check_kind(const std::string &kind, const GradcheckArgs &a, Dev
   return rows;
 }
 
-int run_gradcheck(const GradcheckArgs &a) {
+int run_gradcheck(const GradcheckArgs& a) {
   validate_shape(a.shape, a.model);
   const Device device = resolve_device(a.device);
-  std::vector<std::string> kinds;
-  if (a.model.compressor == "all") {
-    kinds = compressor_kind_names();
-  } else {
-    kinds = {a.model.compressor};
-  }
+  const std::vector<std::string> kinds = selected_kinds(a.model);
   std::printf(
       "gradcheck: float64 central differences (eps %g) on %s, b %lld h "
       "%lld seq %lld "
@@ -128,8 +123,8 @@ int run_gradcheck(const GradcheckArgs &a) {
               "pass");
   int failed = 0, total = 0;
   std::string first_failure;
-  for (const std::string &kind : kinds) {
-    for (const Row &row : check_kind(kind, a, device)) {
+  for (const std::string& kind : kinds) {
+    for (const Row& row : check_kind(kind, a, device)) {
       ++total;
       std::printf("%-34s %-40s %14.3e %14.3e  %s\n", row.layer.c_str(), row.r.tensor.c_str(),
                   row.r.max_abs_error, row.r.max_rel_error, row.r.passed ? "ok" : "FAIL");
@@ -152,10 +147,10 @@ int run_gradcheck(const GradcheckArgs &a) {
 
 }  // namespace
 
-Command add_gradcheck_command(CLI::App &app) {
+Command add_gradcheck_command(CLI::App& app) {
   auto a = std::make_shared<GradcheckArgs>();
   a->model.compressor = "all";
-  CLI::App *cmd = app.add_subcommand("gradcheck",
+  CLI::App* cmd = app.add_subcommand("gradcheck",
                                      "finite-difference check (float64) of "
                                      "every layer's input and parameters and "
                                      "of the pair's distill loss");

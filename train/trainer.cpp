@@ -516,7 +516,8 @@ TrainResult Trainer::run() {
         "{:.1f}s",
         step_, res.first_loss, res.last_loss, res.last_eval, best_eval_, elapsed());
   }
-  spdlog::info("output folder {}", opt_.out);
+  spdlog::info("output folder {}: checkpoint.h5{}, metrics.csv, loss.svg (loss curve)", opt_.out,
+               ::access((opt_.out + "/best.h5").c_str(), F_OK) == 0 ? ", best.h5" : "");
   return res;
 }
 

@@ -39,19 +39,26 @@ Dims check_dims(const Conv1dShape& s) {
   return d;
 }
 
-template <typename T>
-std::unique_ptr<T[]> im2col(const Conv1dShape& s, const Dims& d, const T* x) {
-  std::unique_ptr<T[]> col(new T[static_cast<size_t>(s.batch * s.groups * d.lo * d.ck)]);
+// Calls f(x_offset, col_offset) for every window, batch by batch and channel by channel in
+// order of output position: x[x_offset, x_offset + kernel) is col[col_offset, col_offset + kernel).
+template <typename F>
+void for_each_window(const Conv1dShape& s, const Dims& d, F f) {
   for (int64_t b = 0; b < s.batch; ++b) {
     for (int64_t ci = 0; ci < s.c_in; ++ci) {
       const int64_t g = ci / d.cig, c = ci % d.cig;
-      const T* src = x + (b * s.c_in + ci) * s.length;
-      T* dst = col.get() + ((b * s.groups + g) * d.lo) * d.ck + c * s.kernel;
-      for (int64_t t = 0; t < d.lo; ++t) {
-        std::memcpy(dst + t * d.ck, src + t * s.stride, sizeof(T) * s.kernel);
-      }
+      const int64_t x_base = (b * s.c_in + ci) * s.length;
+      const int64_t col_base = ((b * s.groups + g) * d.lo) * d.ck + c * s.kernel;
+      for (int64_t t = 0; t < d.lo; ++t) f(x_base + t * s.stride, col_base + t * d.ck);
     }
   }
+}
+
+template <typename T>
+std::unique_ptr<T[]> im2col(const Conv1dShape& s, const Dims& d, const T* x) {
+  std::unique_ptr<T[]> col(new T[static_cast<size_t>(s.batch * s.groups * d.lo * d.ck)]);
+  for_each_window(s, d, [&](int64_t xo, int64_t co) {
+    std::memcpy(col.get() + co, x + xo, sizeof(T) * s.kernel);
+  });
   return col;
 }
 
@@ -60,18 +67,9 @@ std::unique_ptr<T[]> im2col(const Conv1dShape& s, const Dims& d, const T* x) {
 template <typename T>
 void col2im(const Conv1dShape& s, const Dims& d, const T* gcol, T* gx) {
   std::fill(gx, gx + s.batch * s.c_in * s.length, T(0));
-  for (int64_t b = 0; b < s.batch; ++b) {
-    for (int64_t ci = 0; ci < s.c_in; ++ci) {
-      const int64_t g = ci / d.cig, c = ci % d.cig;
-      T* dst = gx + (b * s.c_in + ci) * s.length;
-      const T* src = gcol + ((b * s.groups + g) * d.lo) * d.ck + c * s.kernel;
-      for (int64_t t = 0; t < d.lo; ++t) {
-        T* out = dst + t * s.stride;
-        const T* in = src + t * d.ck;
-        for (int64_t k = 0; k < s.kernel; ++k) out[k] += in[k];
-      }
-    }
-  }
+  for_each_window(s, d, [&](int64_t xo, int64_t co) {
+    for (int64_t k = 0; k < s.kernel; ++k) gx[xo + k] += gcol[co + k];
+  });
 }
 
 }  // namespace
@@ -205,12 +203,7 @@ void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, 
   }
 }
 
-#define KVC_INSTANTIATE_CONV1D(T)                                                                \
-  template void conv1d_forward<T>(const Conv1dShape&, const T*, const T*, const T*, T*);         \
-  template void conv1d_backward<T>(const Conv1dShape&, const T*, const T*, const T*, T*, T*, T*, \
-                                   bool);
-KVC_INSTANTIATE_CONV1D(float)
-KVC_INSTANTIATE_CONV1D(double)
-#undef KVC_INSTANTIATE_CONV1D
+KVC_CONV1D_INSTANTIATE(float)
+KVC_CONV1D_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cpu

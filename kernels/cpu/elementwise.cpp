@@ -5,53 +5,20 @@
 
 #include "core/error.h"
 #include "core/philox.h"
+#include "kernels/cpu/strided_walk.h"
+#include "kernels/math/elementwise.h"
 
 namespace kvc::kernels::cpu {
 
 namespace {
 
-// The broadcast index with size-1 axes dropped and adjacent axes merged wherever both operands
-// step through them as one run: a same-shape op becomes one axis, a bias over (..., out) two
-// with b's inner stride 1 and outer stride 0. The innermost axis then runs as a tight loop.
-BroadcastIndex collapse(const BroadcastIndex& idx) {
-  BroadcastIndex c;
-  for (int i = 0; i < idx.ndim; ++i) {
-    if (idx.shape[i] == 1) continue;
-    if (c.ndim > 0) {
-      const int j = c.ndim - 1;
-      const int64_t s = idx.shape[i];
-      if (c.a_stride[j] == idx.a_stride[i] * s && c.b_stride[j] == idx.b_stride[i] * s) {
-        c.shape[j] *= s;
-        c.a_stride[j] = idx.a_stride[i];
-        c.b_stride[j] = idx.b_stride[i];
-        continue;
-      }
-    }
-    c.shape[c.ndim] = idx.shape[i];
-    c.a_stride[c.ndim] = idx.a_stride[i];
-    c.b_stride[c.ndim] = idx.b_stride[i];
-    ++c.ndim;
-  }
-  return c;
-}
-
 template <typename T, typename F>
 void binary_loop(F f, const T* a, const T* b, T* out, int64_t n, const BroadcastIndex& index) {
-  if (n == 0) return;
-  const BroadcastIndex c = collapse(index);
-  if (c.ndim == 0) {
-    out[0] = f(a[0], b[0]);
-    return;
-  }
-  const int last = c.ndim - 1;
-  const int64_t m = c.shape[last];
-  const int64_t sa = c.a_stride[last], sb = c.b_stride[last];
-  int64_t counter[kMaxDims] = {};
-  int64_t ao = 0, bo = 0;
-  for (int64_t base = 0; base < n; base += m) {
-    const T* pa = a + ao;
-    const T* pb = b + bo;
-    T* po = out + base;
+  for_each_run(math::collapse(index), n, [&](const StridedRun& r) {
+    const T* pa = a + r.a;
+    const T* pb = b + r.b;
+    T* po = out + r.base;
+    const int64_t m = r.len, sa = r.a_step, sb = r.b_step;
     if (sa == 1 && sb == 1) {
       for (int64_t k = 0; k < m; ++k) po[k] = f(pa[k], pb[k]);
     } else if (sa == 1 && sb == 0) {
@@ -63,16 +30,7 @@ void binary_loop(F f, const T* a, const T* b, T* out, int64_t n, const Broadcast
     } else {
       for (int64_t k = 0; k < m; ++k) po[k] = f(pa[k * sa], pb[k * sb]);
     }
-    // Step the outer axes like an odometer, updating both operand offsets incrementally.
-    for (int d = last - 1; d >= 0; --d) {
-      ao += c.a_stride[d];
-      bo += c.b_stride[d];
-      if (++counter[d] < c.shape[d]) break;
-      ao -= c.a_stride[d] * c.shape[d];
-      bo -= c.b_stride[d] * c.shape[d];
-      counter[d] = 0;
-    }
-  }
+  });
 }
 
 }  // namespace
@@ -117,21 +75,12 @@ void relu_backward(const T* y, const T* gy, T* gx, int64_t n) {
 
 template <typename T>
 void gelu_forward(const T* x, T* y, int64_t n) {
-  const T inv_sqrt2 = T(0.70710678118654752440);
-  for (int64_t i = 0; i < n; ++i) y[i] = T(0.5) * x[i] * (T(1) + std::erf(x[i] * inv_sqrt2));
+  for (int64_t i = 0; i < n; ++i) y[i] = math::gelu(x[i]);
 }
 
-// d/dx [x Phi(x)] = Phi(x) + x phi(x), Phi the normal CDF and phi its density.
 template <typename T>
 void gelu_backward(const T* x, const T* gy, T* gx, int64_t n) {
-  const T inv_sqrt2 = T(0.70710678118654752440);
-  const T inv_sqrt_2pi = T(0.39894228040143267794);
-  for (int64_t i = 0; i < n; ++i) {
-    const T v = x[i];
-    const T cdf = T(0.5) * (T(1) + std::erf(v * inv_sqrt2));
-    const T pdf = inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
-    gx[i] = gy[i] * (cdf + v * pdf);
-  }
+  for (int64_t i = 0; i < n; ++i) gx[i] = math::gelu_backward(x[i], gy[i]);
 }
 
 namespace {
@@ -140,8 +89,7 @@ namespace {
 // Philox block serves four elements. Forward and backward are the same masked scaling.
 template <typename T>
 void masked_scale(const T* in, T* out, int64_t n, float p, uint64_t seed, uint64_t offset) {
-  KVC_CHECK(p >= 0.0f && p < 1.0f, "dropout: p = ", p, " is outside [0, 1)");
-  const T s = T(1) / (T(1) - static_cast<T>(p));
+  const T s = math::dropout_scale<T>(p);
   auto one = [&](uint32_t word, int64_t i) {
     out[i] = philox::uniform01(word) >= p ? in[i] * s : T(0);
   };
@@ -171,17 +119,7 @@ void dropout_backward(const T* gy, T* gx, int64_t n, float p, uint64_t seed, uin
   masked_scale(gy, gx, n, p, seed, offset);
 }
 
-#define KVC_INSTANTIATE(T)                                                                   \
-  template void binary<T>(BinaryOp, const T*, const T*, T*, int64_t, const BroadcastIndex&); \
-  template void axpby<T>(T*, const T*, int64_t, T, T);                                       \
-  template void relu_forward<T>(const T*, T*, int64_t);                                      \
-  template void relu_backward<T>(const T*, const T*, T*, int64_t);                           \
-  template void gelu_forward<T>(const T*, T*, int64_t);                                      \
-  template void gelu_backward<T>(const T*, const T*, T*, int64_t);                           \
-  template void dropout_forward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);        \
-  template void dropout_backward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_ELEMENTWISE_INSTANTIATE(float)
+KVC_ELEMENTWISE_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cpu

@@ -4,13 +4,15 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "kernels/cpu/strided_walk.h"
 #include "kernels/elementwise.h"
+#include "kernels/math/elementwise.h"
 
 namespace kvc::kernels::cpu {
 
-// Walks `out` in order; out axis k steps `in` by in's stride of axis perm[k]. Adjacent out axes
-// that stay adjacent in `in` merge, so a permute that moves one axis past a block of others
-// becomes a few long contiguous runs.
+// Walks `out` in order; out axis k steps `in` by in's stride of axis perm[k] (operand a of the
+// walk; b is unused). Adjacent out axes that stay adjacent in `in` merge, so a permute that moves
+// one axis past a block of others becomes a few long contiguous runs.
 template <typename T>
 void permute(const T* in, T* out, const int64_t* in_shape, const int* perm, int ndim) {
   KVC_CHECK(ndim >= 0 && ndim <= kMaxDims, "permute: ", ndim, " axes exceed the maximum of ",
@@ -22,45 +24,21 @@ void permute(const T* in, T* out, const int64_t* in_shape, const int* perm, int 
     n *= in_shape[i];
   }
   if (n == 0) return;
-  int nd = 0;
-  int64_t shape[kMaxDims] = {}, stride[kMaxDims] = {};
+  BroadcastIndex walk;
+  walk.ndim = ndim;
   for (int k = 0; k < ndim; ++k) {
-    const int64_t s = in_shape[perm[k]];
-    const int64_t st = in_stride[perm[k]];
-    if (s == 1) continue;
-    if (nd > 0 && stride[nd - 1] == st * s) {
-      shape[nd - 1] *= s;
-      stride[nd - 1] = st;
-      continue;
-    }
-    shape[nd] = s;
-    stride[nd] = st;
-    ++nd;
+    walk.shape[k] = in_shape[perm[k]];
+    walk.a_stride[k] = in_stride[perm[k]];
   }
-  if (nd == 0) {
-    out[0] = in[0];
-    return;
-  }
-  const int last = nd - 1;
-  const int64_t m = shape[last];
-  const int64_t s = stride[last];
-  int64_t counter[kMaxDims] = {};
-  int64_t io = 0;
-  for (int64_t base = 0; base < n; base += m) {
-    const T* p = in + io;
-    T* q = out + base;
-    if (s == 1) {
-      std::memcpy(q, p, static_cast<size_t>(m) * sizeof(T));
+  for_each_run(math::collapse(walk), n, [&](const StridedRun& r) {
+    const T* p = in + r.a;
+    T* q = out + r.base;
+    if (r.a_step == 1) {
+      std::memcpy(q, p, static_cast<size_t>(r.len) * sizeof(T));
     } else {
-      for (int64_t k = 0; k < m; ++k) q[k] = p[k * s];
+      for (int64_t k = 0; k < r.len; ++k) q[k] = p[k * r.a_step];
     }
-    for (int d = last - 1; d >= 0; --d) {
-      io += stride[d];
-      if (++counter[d] < shape[d]) break;
-      io -= stride[d] * shape[d];
-      counter[d] = 0;
-    }
-  }
+  });
 }
 
 template <typename T>
@@ -85,12 +63,7 @@ void narrow_backward(const T* gy, T* gx, int64_t outer, int64_t axis, int64_t in
   }
 }
 
-#define KVC_INSTANTIATE(T)                                                            \
-  template void permute<T>(const T*, T*, const int64_t*, const int*, int);            \
-  template void narrow<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
-  template void narrow_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_PERMUTE_INSTANTIATE(float)
+KVC_PERMUTE_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cpu

@@ -4,7 +4,9 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "kernels/cpu/strided_walk.h"
 #include "kernels/elementwise.h"
+#include "kernels/math/elementwise.h"
 
 namespace kvc::kernels::cpu {
 
@@ -64,54 +66,27 @@ void sum_to(const T* in, const int64_t* in_shape, const int64_t* out_shape, int 
   }
   for (int64_t k = 0; k < n_out; ++k) out[k] = T(0);
   if (n_in == 0) return;
-  // Collapse: drop size-1 axes, merge runs with compatible out strides.
-  int nd = 0;
-  int64_t shape[kMaxDims] = {}, stride[kMaxDims] = {};
+  // Operand a of the walk is `out` (stride 0 along summed axes); b is unused.
+  BroadcastIndex walk;
+  walk.ndim = ndim;
   for (int i = 0; i < ndim; ++i) {
-    if (in_shape[i] == 1) continue;
-    if (nd > 0 && stride[nd - 1] == out_stride[i] * in_shape[i]) {
-      shape[nd - 1] *= in_shape[i];
-      stride[nd - 1] = out_stride[i];
-      continue;
-    }
-    shape[nd] = in_shape[i];
-    stride[nd] = out_stride[i];
-    ++nd;
+    walk.shape[i] = in_shape[i];
+    walk.a_stride[i] = out_stride[i];
   }
-  if (nd == 0) {
-    out[0] += in[0];
-    return;
-  }
-  const int last = nd - 1;
-  const int64_t m = shape[last];
-  const int64_t s = stride[last];
-  int64_t counter[kMaxDims] = {};
-  int64_t oo = 0;
-  for (int64_t base = 0; base < n_in; base += m) {
-    const T* p = in + base;
-    T* q = out + oo;
-    if (s == 0) {
+  for_each_run(math::collapse(walk), n_in, [&](const StridedRun& r) {
+    const T* p = in + r.base;
+    T* q = out + r.a;
+    if (r.a_step == 0) {
       double acc = 0;
-      for (int64_t k = 0; k < m; ++k) acc += static_cast<double>(p[k]);
+      for (int64_t k = 0; k < r.len; ++k) acc += static_cast<double>(p[k]);
       q[0] += static_cast<T>(acc);
     } else {
-      for (int64_t k = 0; k < m; ++k) q[k] += p[k];  // s == 1 after collapsing
+      for (int64_t k = 0; k < r.len; ++k) q[k] += p[k];  // stride 1 after collapsing
     }
-    for (int d = last - 1; d >= 0; --d) {
-      oo += stride[d];
-      if (++counter[d] < shape[d]) break;
-      oo -= stride[d] * shape[d];
-      counter[d] = 0;
-    }
-  }
+  });
 }
 
-#define KVC_INSTANTIATE(T)                                                  \
-  template void sum_axis<T>(const T*, T*, int64_t, int64_t, int64_t, T);    \
-  template void expand_axis<T>(const T*, T*, int64_t, int64_t, int64_t, T); \
-  template void sum_to<T>(const T*, const int64_t*, const int64_t*, int, T*);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_REDUCE_INSTANTIATE(float)
+KVC_REDUCE_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cpu

@@ -4,36 +4,23 @@
 
 #include "kernels/adam.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/math/adam.h"
 
 namespace kvc::kernels::cuda {
 
 namespace {
 
-struct AdamScalars {
-  double step_size, bc2_sqrt, beta2, one_minus_beta1, one_minus_beta2, eps, wd, decay;
-  bool l2, decoupled;
-};
-
-// The update of kernels/cpu/adam.cpp, operation for operation with rounded (unfused) products,
-// so both backends produce the same bits.
 template <typename T>
 __global__ void adam_kernel(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
-                            AdamScalars s, const T* grad_scale) {
-  const T step_size = static_cast<T>(s.step_size), bc2_sqrt = static_cast<T>(s.bc2_sqrt);
-  const T beta2 = static_cast<T>(s.beta2), omb1 = static_cast<T>(s.one_minus_beta1);
-  const T omb2 = static_cast<T>(s.one_minus_beta2), eps = static_cast<T>(s.eps);
-  const T wd = static_cast<T>(s.wd), decay = static_cast<T>(s.decay);
+                            math::AdamCoeffs<T> c, const T* grad_scale) {
   const T scale = grad_scale ? *grad_scale : T(1);
   KVC_GRID_LOOP(i, n) {
-    T p = params[i];
-    T g = grad_scale ? mul_rn(grads[i], scale) : grads[i];
-    if (s.decoupled) p = mul_rn(p, decay);
-    if (s.l2) g = add_rn(g, mul_rn(wd, p));
-    const T m = add_rn(exp_avg[i], mul_rn(omb1, g - exp_avg[i]));
-    const T v = add_rn(mul_rn(beta2, exp_avg_sq[i]), mul_rn(mul_rn(omb2, g), g));
+    const T g = grad_scale ? mul_rn(grads[i], scale) : grads[i];
+    T p = params[i], m = exp_avg[i], v = exp_avg_sq[i];
+    math::adam_update(c, g, p, m, v);
+    params[i] = p;
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
-    params[i] = p - mul_rn(step_size, m / (sqrt(v) / bc2_sqrt + eps));
   }
 }
 
@@ -74,20 +61,8 @@ template <typename T>
 void adam_step(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
                const AdamStepArgs& args, const T* grad_scale) {
   if (n <= 0) return;
-  AdamScalars s;
-  const double bc1 = 1.0 - std::pow(args.beta1, static_cast<double>(args.step));
-  const double bc2 = 1.0 - std::pow(args.beta2, static_cast<double>(args.step));
-  s.step_size = args.lr / bc1;
-  s.bc2_sqrt = std::sqrt(bc2);
-  s.beta2 = args.beta2;
-  s.one_minus_beta1 = 1.0 - args.beta1;
-  s.one_minus_beta2 = 1.0 - args.beta2;
-  s.eps = args.eps;
-  s.wd = args.weight_decay;
-  s.decay = 1.0 - args.lr * args.weight_decay;
-  s.l2 = !args.decoupled && args.weight_decay != 0.0;
-  s.decoupled = args.decoupled && args.weight_decay != 0.0;
-  adam_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(params, grads, exp_avg, exp_avg_sq, n, s,
+  const math::AdamCoeffs<T> c = math::adam_coeffs<T>(args);
+  adam_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(params, grads, exp_avg, exp_avg_sq, n, c,
                                                          grad_scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
@@ -106,11 +81,7 @@ void grad_norm_scale(const T* grads, int64_t n, double max_norm, T* norm_scale) 
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-#define KVC_INSTANTIATE(T)                                                                  \
-  template void adam_step<T>(T*, const T*, T*, T*, int64_t, const AdamStepArgs&, const T*); \
-  template void grad_norm_scale<T>(const T*, int64_t, double, T*);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_ADAM_INSTANTIATE(float)
+KVC_ADAM_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cuda

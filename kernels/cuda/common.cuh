@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/math/fp.h"
 #include "kernels/memory.h"
 
 namespace kvc::kernels::cuda {
@@ -94,13 +95,10 @@ __device__ __forceinline__ T block_max(T v, T* shared) {
   return warp_max(v);
 }
 
-// Rounded, never-fused arithmetic: nvcc contracts a * b + c into one FMA, the CPU build (ISO
-// C++17, no -ffp-contract) does not. Kernels whose results must match the CPU bit for bit use
-// these.
-__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
-__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
-__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
+// Rounded, never-fused arithmetic (kernels/math/fp.h): kernels whose results must match the
+// CPU bit for bit use these.
+using math::add_rn;
+using math::mul_rn;
 
 // Device scratch from the caching allocator for the length of one launcher. Freeing it while
 // kernels that use it are still queued is safe: see stream().

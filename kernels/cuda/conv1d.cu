@@ -201,12 +201,7 @@ void conv1d_backward(const Conv1dShape& s, const T* x, const T* w, const T* gy, 
   }
 }
 
-#define KVC_INSTANTIATE(T)                                                                       \
-  template void conv1d_forward<T>(const Conv1dShape&, const T*, const T*, const T*, T*);         \
-  template void conv1d_backward<T>(const Conv1dShape&, const T*, const T*, const T*, T*, T*, T*, \
-                                   bool);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_CONV1D_INSTANTIATE(float)
+KVC_CONV1D_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cuda

@@ -5,6 +5,7 @@
 #include "core/philox.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
+#include "kernels/math/elementwise.h"
 
 namespace kvc::kernels::cuda {
 
@@ -39,33 +40,9 @@ __global__ void binary_broadcast_kernel(const T* a, const T* b, T* out, int64_t 
   }
 }
 
-// Drops size-1 axes and merges neighbours that both operands walk contiguously, so the kernel
-// does one or two divisions per element instead of eight.
-BroadcastIndex simplify(const BroadcastIndex& in) {
-  BroadcastIndex out;
-  for (int d = 0; d < in.ndim; ++d) {
-    if (in.shape[d] == 1) continue;
-    if (out.ndim > 0) {
-      const int l = out.ndim - 1;
-      if (out.a_stride[l] == in.a_stride[d] * in.shape[d] &&
-          out.b_stride[l] == in.b_stride[d] * in.shape[d]) {
-        out.shape[l] *= in.shape[d];
-        out.a_stride[l] = in.a_stride[d];
-        out.b_stride[l] = in.b_stride[d];
-        continue;
-      }
-    }
-    out.shape[out.ndim] = in.shape[d];
-    out.a_stride[out.ndim] = in.a_stride[d];
-    out.b_stride[out.ndim] = in.b_stride[d];
-    ++out.ndim;
-  }
-  return out;
-}
-
 template <BinaryOp Op, typename T>
 void launch_binary(const T* a, const T* b, T* out, int64_t n, const BroadcastIndex& raw) {
-  const BroadcastIndex index = simplify(raw);
+  const BroadcastIndex index = math::collapse(raw);
   if (index.ndim == 0 || (index.ndim == 1 && index.a_stride[0] == 1 && index.b_stride[0] == 1)) {
     binary_flat_kernel<Op, T><<<grid_for(n), kThreads, 0, stream()>>>(a, b, out, n);
   } else {
@@ -95,21 +72,12 @@ __global__ void relu_backward_kernel(const T* y, const T* gy, T* gx, int64_t n) 
 
 template <typename T>
 __global__ void gelu_forward_kernel(const T* x, T* y, int64_t n) {
-  const T inv_sqrt2 = T(0.70710678118654752440);
-  KVC_GRID_LOOP(i, n) y[i] = T(0.5) * x[i] * (T(1) + erf(x[i] * inv_sqrt2));
+  KVC_GRID_LOOP(i, n) y[i] = math::gelu(x[i]);
 }
 
-// d/dx [x Phi(x)] = Phi(x) + x phi(x).
 template <typename T>
 __global__ void gelu_backward_kernel(const T* x, const T* gy, T* gx, int64_t n) {
-  const T inv_sqrt2 = T(0.70710678118654752440);
-  const T inv_sqrt_2pi = T(0.39894228040143267794);
-  KVC_GRID_LOOP(i, n) {
-    const T v = x[i];
-    const T cdf = T(0.5) * (T(1) + erf(v * inv_sqrt2));
-    const T pdf = inv_sqrt_2pi * exp(T(-0.5) * v * v);
-    gx[i] = gy[i] * (cdf + v * pdf);
-  }
+  KVC_GRID_LOOP(i, n) gx[i] = math::gelu_backward(x[i], gy[i]);
 }
 
 // The mask is recomputed from (seed, offset, i) in both directions: nothing is stored.
@@ -176,9 +144,8 @@ void gelu_backward(const T* x, const T* gy, T* gx, int64_t n) {
 
 template <typename T>
 void dropout_forward(const T* x, T* y, int64_t n, float p, uint64_t seed, uint64_t offset) {
-  KVC_CHECK(p >= 0.0f && p < 1.0f, "dropout: p = ", p, " is outside [0, 1)");
+  const T scale = math::dropout_scale<T>(p);  // checks p; the CPU's bits
   if (n <= 0) return;
-  const T scale = T(1) / (T(1) - static_cast<T>(p));  // as the CPU computes it: same bits
   dropout_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(x, y, n, p, scale, seed, offset);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
@@ -189,17 +156,7 @@ void dropout_backward(const T* gy, T* gx, int64_t n, float p, uint64_t seed, uin
   dropout_forward<T>(gy, gx, n, p, seed, offset);
 }
 
-#define KVC_INSTANTIATE(T)                                                                   \
-  template void binary<T>(BinaryOp, const T*, const T*, T*, int64_t, const BroadcastIndex&); \
-  template void axpby<T>(T*, const T*, int64_t, T, T);                                       \
-  template void relu_forward<T>(const T*, T*, int64_t);                                      \
-  template void relu_backward<T>(const T*, const T*, T*, int64_t);                           \
-  template void gelu_forward<T>(const T*, T*, int64_t);                                      \
-  template void gelu_backward<T>(const T*, const T*, T*, int64_t);                           \
-  template void dropout_forward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);        \
-  template void dropout_backward<T>(const T*, T*, int64_t, float, uint64_t, uint64_t);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_ELEMENTWISE_INSTANTIATE(float)
+KVC_ELEMENTWISE_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cuda

@@ -210,12 +210,7 @@ void narrow_backward(const T* gy, T* gx, int64_t outer, int64_t axis, int64_t in
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-#define KVC_INSTANTIATE(T)                                                            \
-  template void permute<T>(const T*, T*, const int64_t*, const int*, int);            \
-  template void narrow<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t); \
-  template void narrow_backward<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_PERMUTE_INSTANTIATE(float)
+KVC_PERMUTE_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cuda

@@ -248,12 +248,7 @@ void sum_to(const T* in, const int64_t* in_shape, const int64_t* out_shape, int 
   }
 }
 
-#define KVC_INSTANTIATE(T)                                                  \
-  template void sum_axis<T>(const T*, T*, int64_t, int64_t, int64_t, T);    \
-  template void expand_axis<T>(const T*, T*, int64_t, int64_t, int64_t, T); \
-  template void sum_to<T>(const T*, const int64_t*, const int64_t*, int, T*);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_REDUCE_INSTANTIATE(float)
+KVC_REDUCE_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cuda

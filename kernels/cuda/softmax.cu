@@ -123,11 +123,7 @@ void softmax_backward(const T* y, const T* gy, T* gx, int64_t outer, int64_t n, 
   launch_softmax<T, true>(y, gy, gx, outer, n, inner);
 }
 
-#define KVC_INSTANTIATE(T)                                                   \
-  template void softmax_forward<T>(const T*, T*, int64_t, int64_t, int64_t); \
-  template void softmax_backward<T>(const T*, const T*, T*, int64_t, int64_t, int64_t);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_SOFTMAX_INSTANTIATE(float)
+KVC_SOFTMAX_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cuda
