@@ -293,8 +293,10 @@ std::vector<Vec> ref_mix_grads(const Vec& x, const Vec& W, const Vec& gy, int64_
           const double g = gy[static_cast<size_t>(row * out + o)];
           gB[static_cast<size_t>(hh * out + o)] += g;
           for (int64_t i = 0; i < in; ++i) {
-            gx[static_cast<size_t>(row * in + i)] += g * W[static_cast<size_t>((hh * in + i) * out + o)];
-            gW[static_cast<size_t>((hh * in + i) * out + o)] += g * x[static_cast<size_t>(row * in + i)];
+            gx[static_cast<size_t>(row * in + i)] +=
+                g * W[static_cast<size_t>((hh * in + i) * out + o)];
+            gW[static_cast<size_t>((hh * in + i) * out + o)] +=
+                g * x[static_cast<size_t>(row * in + i)];
           }
         }
       }
@@ -355,11 +357,10 @@ TEST_CASE("linalg: mix gradients on long w (split-K weight gradient) match naive
 TEST_CASE("linalg: mix gradcheck on long w (split-K, with and without a tail chunk)") {
   Tensor x = randn64({1, 1, 300, 2}, 21), W = randn64({1, 2, 2}, 22), B = randn64({1, 2}, 23);
   test::require_gradcheck(
-      gradcheck([&] { return mix(x, W, B); }, {{"x", x}, {"weight", W}, {"bias", B}}),
-      kGradMaxAbs);
+      gradcheck([&] { return mix(x, W, B); }, {{"x", x}, {"weight", W}, {"bias", B}}), kGradMaxAbs);
   Tensor x2 = randn64({2, 2, 997, 4}, 24), W2 = randn64({2, 4, 3}, 25), B2 = randn64({2, 3}, 26);
-  test::require_gradcheck(gradcheck([&] { return mix(x2, W2, B2); }, {{"weight", W2}, {"bias", B2}}),
-                          kGradMaxAbs);
+  test::require_gradcheck(
+      gradcheck([&] { return mix(x2, W2, B2); }, {{"weight", W2}, {"bias", B2}}), kGradMaxAbs);
 }
 
 TEST_CASE("linalg: CUDA mix gradients on long w (split-K weight gradient) match naive loops") {

@@ -1,0 +1,24 @@
+// Fused attention forward without gradients (the distillation target), for every backend.
+#pragma once
+
+#include <cstdint>
+
+namespace kvc::kernels {
+
+// out[b] (nq, d) = softmax(alpha q[b] k[b]^T) v[b] for b < batch_heads, all row-major and
+// contiguous: q (bh, nq, d), k and v (bh, seq, d), out (bh, nq, d). The softmax is max-subtracted
+// and online over key tiles: nothing of size nq * seq is ever stored. Forward only.
+#define KVC_ATTENTION_KERNELS                                                             \
+  template <typename T>                                                                   \
+  void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch_heads, \
+                         int64_t nq, int64_t seq, int64_t d, double alpha);
+
+namespace cpu {
+KVC_ATTENTION_KERNELS
+}
+namespace cuda {
+KVC_ATTENTION_KERNELS
+}
+#undef KVC_ATTENTION_KERNELS
+
+}  // namespace kvc::kernels

@@ -1,0 +1,96 @@
+// CPU fused attention forward (no grad): OpenBLAS GEMMs on (query block, key block) tiles with an
+// online, max-subtracted softmax between them, so no (nq, seq) buffer is ever allocated.
+#include "kernels/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/gemm.h"
+
+namespace kvc::kernels::cpu {
+
+namespace {
+
+// Tiles large enough for the GEMMs to run near peak, small enough that S stays in L2.
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kKeyBlock = 256;
+
+}  // namespace
+
+template <typename T>
+void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch_heads, int64_t nq,
+                       int64_t seq, int64_t d, double alpha) {
+  if (batch_heads <= 0 || nq <= 0 || d <= 0) return;
+  std::vector<T> s(static_cast<size_t>(kQueryBlock * kKeyBlock));  // scores, then P in place
+  std::vector<T> m(static_cast<size_t>(kQueryBlock)), l(static_cast<size_t>(kQueryBlock));
+  for (int64_t b = 0; b < batch_heads; ++b) {
+    const T* kb = k + b * seq * d;
+    const T* vb = v + b * seq * d;
+    for (int64_t q0 = 0; q0 < nq; q0 += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, nq - q0);
+      const T* qb = q + (b * nq + q0) * d;
+      T* ob = out + (b * nq + q0) * d;
+      std::fill(ob, ob + rows * d, T(0));
+      std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
+      std::fill(l.begin(), l.end(), T(0));
+      for (int64_t k0 = 0; k0 < seq; k0 += kKeyBlock) {
+        const int64_t cols = std::min(kKeyBlock, seq - k0);
+        GemmArgs g;  // S (rows, cols) = alpha Q (rows, d) K^T (d, cols)
+        g.trans_b = true;
+        g.m = rows;
+        g.n = cols;
+        g.k = d;
+        g.lda = d;
+        g.ldb = d;
+        g.ldc = kKeyBlock;
+        g.alpha = alpha;
+        g.beta = 0.0;
+        gemm<T>(g, qb, kb + k0 * d, s.data());
+        for (int64_t r = 0; r < rows; ++r) {
+          T* sr = s.data() + r * kKeyBlock;
+          T mx = m[r];
+          for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, sr[j]);
+          // The old accumulators were weighted by exp(-m_old); move them to exp(-m_new).
+          const T corr = std::exp(m[r] - mx);
+          T sum = 0;
+          for (int64_t j = 0; j < cols; ++j) {
+            sr[j] = std::exp(sr[j] - mx);
+            sum += sr[j];
+          }
+          l[r] = l[r] * corr + sum;
+          m[r] = mx;
+          if (corr != T(1)) {
+            T* orow = ob + r * d;
+            for (int64_t c = 0; c < d; ++c) orow[c] *= corr;
+          }
+        }
+        GemmArgs pv;  // O (rows, d) += P (rows, cols) V (cols, d)
+        pv.m = rows;
+        pv.n = d;
+        pv.k = cols;
+        pv.lda = kKeyBlock;
+        pv.ldb = d;
+        pv.ldc = d;
+        pv.alpha = 1.0;
+        pv.beta = 1.0;
+        gemm<T>(pv, s.data(), vb + k0 * d, ob);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const T inv = T(1) / l[r];
+        T* orow = ob + r * d;
+        for (int64_t c = 0; c < d; ++c) orow[c] *= inv;
+      }
+    }
+  }
+}
+
+#define KVC_INSTANTIATE(T)                                                                        \
+  template void attention_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
+                                     int64_t, double);
+KVC_INSTANTIATE(float)
+KVC_INSTANTIATE(double)
+#undef KVC_INSTANTIATE
+
+}  // namespace kvc::kernels::cpu

@@ -1,0 +1,177 @@
+// attention_target and kernels::*::attention_forward: CPU against a naive float64 reference, CUDA
+// against the CPU path (outputs poisoned with NaN first), and the fallback when grad is needed.
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "kernels/attention.h"
+#include "tests/test_util.h"
+
+namespace kvc {
+namespace {
+
+struct Case {
+  int64_t bh, nq, seq, d;
+  // std of q and k: large values test the max subtraction. Logits have std spread^2; at 30 the
+  // softmax is near one-hot and exp(logit) would overflow without it. Logits of a few hundred
+  // with competing keys are left out: float32 rounding of the logits alone (|s| * 2^-24 per term)
+  // then moves the probabilities by more than 1e-5, in any float32 implementation.
+  double spread;
+};
+
+// seq below, at and across the 64-key tile and the CPU's 256-key block; d on and off the fast
+// CUDA sizes; nq not a multiple of the 64-query tile.
+const std::vector<Case> kCases = {
+    {2, 5, 7, 4, 1.0},      {1, 64, 64, 32, 1.0},  {3, 70, 131, 64, 1.0},
+    {2, 33, 300, 128, 1.0}, {2, 17, 65, 20, 1.0},  {1, 1, 1, 64, 1.0},
+    {2, 9, 257, 64, 30.0},  {1, 130, 97, 32, 1.0}, {1, 40, 520, 128, 2.5}};
+
+// out[b, i, :] = sum_j softmax_j(alpha q_i . k_j) v_j, plain loops in float64.
+std::vector<double> reference(const std::vector<double>& q, const std::vector<double>& k,
+                              const std::vector<double>& v, const Case& c, double alpha) {
+  std::vector<double> out(static_cast<size_t>(c.bh * c.nq * c.d));
+  std::vector<double> s(static_cast<size_t>(c.seq));
+  for (int64_t b = 0; b < c.bh; ++b) {
+    for (int64_t i = 0; i < c.nq; ++i) {
+      double mx = -std::numeric_limits<double>::infinity();
+      for (int64_t j = 0; j < c.seq; ++j) {
+        double dot = 0;
+        for (int64_t e = 0; e < c.d; ++e) {
+          dot += q[(b * c.nq + i) * c.d + e] * k[(b * c.seq + j) * c.d + e];
+        }
+        s[j] = alpha * dot;
+        mx = std::max(mx, s[j]);
+      }
+      double total = 0;
+      for (int64_t j = 0; j < c.seq; ++j) total += (s[j] = std::exp(s[j] - mx));
+      for (int64_t e = 0; e < c.d; ++e) {
+        double acc = 0;
+        for (int64_t j = 0; j < c.seq; ++j) acc += s[j] * v[(b * c.seq + j) * c.d + e];
+        out[(b * c.nq + i) * c.d + e] = acc / total;
+      }
+    }
+  }
+  return out;
+}
+
+struct Inputs {
+  Tensor q, k, v;
+};
+
+Inputs make_inputs(const Case& c, DType dtype, uint64_t seed) {
+  // Drawn in float64 and cast: every dtype and device sees the same values.
+  return {Tensor::randn({c.bh, c.nq, c.d}, seed, 1, 0.0, c.spread, f64()).to(dtype),
+          Tensor::randn({c.bh, c.seq, c.d}, seed, 2, 0.0, c.spread, f64()).to(dtype),
+          Tensor::randn({c.bh, c.seq, c.d}, seed, 3, 0.0, 1.0, f64()).to(dtype)};
+}
+
+// Norm-wise relative error, and every element within tol of the largest reference magnitude.
+void check_close(const std::vector<double>& got, const std::vector<double>& want, double tol) {
+  REQUIRE(got.size() == want.size());
+  double scale = 0;
+  for (double w : want) scale = std::max(scale, std::abs(w));
+  for (double g : got) REQUIRE(std::isfinite(g));
+  CHECK(test::rel_error(got, want) <= tol);
+  CHECK(test::max_abs_diff(got, want) <= tol * scale);
+}
+
+TEST_CASE("attention_target: CPU matches a naive float64 reference") {
+  uint64_t seed = 100;
+  for (const Case& c : kCases) {
+    const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
+    for (DType dtype : {DType::f32, DType::f64}) {
+      CAPTURE(c.bh);
+      CAPTURE(c.nq);
+      CAPTURE(c.seq);
+      CAPTURE(c.d);
+      CAPTURE(c.spread);
+      const std::string dtype_str = dtype_name(dtype);
+      CAPTURE(dtype_str);
+      const Inputs in = make_inputs(c, dtype, seed);
+      const std::vector<double> want =
+          reference(in.q.to_vector(), in.k.to_vector(), in.v.to_vector(), c, alpha);
+      const Tensor got = attention_target(in.q, in.k, in.v, alpha);
+      CHECK(got.shape() == in.q.shape());
+      check_close(got.to_vector(), want, dtype == DType::f32 ? 1e-5 : 1e-12);
+    }
+    ++seed;
+  }
+}
+
+TEST_CASE("attention_target: 4-d inputs, grad fallback and shape errors") {
+  const Tensor q = Tensor::randn({2, 3, 5, 8}, 1, 0, 0.0, 1.0, f64());
+  const Tensor k = Tensor::randn({2, 3, 11, 8}, 2, 0, 0.0, 1.0, f64());
+  const Tensor v = Tensor::randn({2, 3, 11, 8}, 3, 0, 0.0, 1.0, f64());
+  const Tensor ref = scaled_dot_attention(q, k, v, 0.3);
+  CHECK(test::rel_error(attention_target(q, k, v, 0.3), ref) <= 1e-13);
+  // With grad needed it must still be differentiable: the recorded op runs instead.
+  const Tensor qg = Tensor::randn({2, 3, 5, 8}, 1, 0, 0.0, 1.0, f64()).set_requires_grad(true);
+  const Tensor y = attention_target(qg, k, v, 0.3);
+  CHECK(y.requires_grad());
+  CHECK(test::rel_error(y, ref) <= 1e-13);
+  test::check_error(
+      [&] {
+        attention_target(q, Tensor::zeros({2, 3, 11, 7}, f64()), v, 0.3);
+      },
+      {"attention_target", "(2, 3, 5, 8)", "(2, 3, 11, 7)"});
+  test::check_error(
+      [&] {
+        attention_target(q, k, Tensor::zeros({2, 3, 10, 8}, f64()), 0.3);
+      },
+      {"attention_target", "(2, 3, 10, 8)"});
+}
+
+// Runs every case on CUDA (raw launcher into a NaN-poisoned output, then the op) against the CPU.
+void check_cuda_cases(const std::vector<Case>& cases, uint64_t seed) {
+  for (const Case& c : cases) {
+    const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
+    for (DType dtype : {DType::f32, DType::f64}) {
+      if (dtype == DType::f64 && c.seq > 2000) continue;  // the float64 kernel is the slow one
+      CAPTURE(c.bh);
+      CAPTURE(c.nq);
+      CAPTURE(c.seq);
+      CAPTURE(c.d);
+      const std::string dtype_str = dtype_name(dtype);
+      CAPTURE(dtype_str);
+      const Inputs in = make_inputs(c, dtype, seed);
+      const Tensor want = attention_target(in.q, in.k, in.v, alpha);
+      const Device gpu = Device::cuda();
+      const Tensor q = in.q.to(gpu), k = in.k.to(gpu), v = in.v.to(gpu);
+      Tensor out = Tensor::empty(q.shape(), q.options());
+      out.fill_(std::numeric_limits<double>::quiet_NaN());
+#ifdef KVC_WITH_CUDA
+      if (dtype == DType::f32) {
+        kernels::cuda::attention_forward<float>(q.data<float>(), k.data<float>(), v.data<float>(),
+                                                out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha);
+      } else {
+        kernels::cuda::attention_forward<double>(q.data<double>(), k.data<double>(),
+                                                 v.data<double>(), out.data<double>(), c.bh, c.nq,
+                                                 c.seq, c.d, alpha);
+      }
+#endif
+      const double tol = dtype == DType::f32 ? 1e-5 : 1e-12;
+      check_close(out.to_vector(), want.to_vector(), tol);
+      // The op on CUDA tensors reaches the same kernels.
+      check_close(attention_target(q, k, v, alpha).to_vector(), want.to_vector(), tol);
+    }
+    ++seed;
+  }
+}
+
+TEST_CASE("cuda: attention_forward matches the CPU path (outputs poisoned first)") {
+  KVC_REQUIRE_CUDA();
+  std::vector<Case> cases = kCases;
+  cases.push_back({2, 100, 1000, 48, 1.0});  // float through the generic kernel
+  check_cuda_cases(cases, 500);
+}
+
+TEST_CASE("cuda: attention_forward at the nsa target size") {
+  KVC_REQUIRE_CUDA();
+  check_cuda_cases({{8, 512, 8192, 64, 1.0}, {1, 256, 20000, 128, 1.0}}, 900);
+}
+
+}  // namespace
+}  // namespace kvc
