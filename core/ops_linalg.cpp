@@ -7,7 +7,6 @@
 // temporary and a sum_to: see plan_weight_grad).
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <vector>
 
 #include "core/autograd.h"
@@ -208,7 +207,6 @@ struct KSplit {
 KSplit plan_weight_grad(const MixDims& d) {
   KSplit s;
   s.chunk = d.w;
-  if (std::getenv("KVC_MIX_OLD")) return s;
   const int64_t tiles =
       ((d.in + kTileEdge - 1) / kTileEdge) * ((d.out + kTileEdge - 1) / kTileEdge);
   if (d.h * tiles >= kSplitTargetTiles) return s;  // each launch fills the GPU already
@@ -357,14 +355,7 @@ Tensor mix(const Tensor& x, const Tensor& weight, const Tensor& bias) {
       }
     }
     if (bias.defined() && bias.requires_grad()) {
-      if (!std::getenv("KVC_MIX_OLD")) {
-        mix_bias_grad(d, gy, bias);
-      } else {
-      bool acc = false;
-      Tensor gbias = grad_buffer(bias, &acc);
-      mix_gemm(d, 1, d.out, d.w, {&ones, false, d.w, 0}, 0, {&gy, false, d.out, y_outer}, y_inner,
-               gbias, 0, d.out, acc, true);
-      }
+      mix_bias_grad(d, gy, bias);
     }
   });
   return y;
