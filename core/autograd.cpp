@@ -85,8 +85,8 @@ void accumulate_grad(const Tensor& target, const Tensor& grad) {
             " does not match tensor of shape ", target.shape());
   KVC_CHECK(grad.dtype() == target.dtype(), "accumulate_grad: gradient dtype ",
             dtype_name(grad.dtype()), " does not match tensor dtype ", dtype_name(target.dtype()));
-  KVC_CHECK(grad.device() == target.device(), "accumulate_grad: gradient on ",
-            grad.device().name(), " but tensor on ", target.device().name());
+  KVC_CHECK(grad.device() == target.device(), "accumulate_grad: gradient on ", grad.device().name(),
+            " but tensor on ", target.device().name());
   TensorImpl* t = target.impl();
   if (!t->grad) {
     // Reuse the buffer when nothing else can see it; otherwise a later in-place accumulation
@@ -102,8 +102,8 @@ void accumulate_grad(const Tensor& target, const Tensor& grad) {
     if (acc.device().is_cpu()) {
       kernels::cpu::axpby<scalar_t>(acc.data<scalar_t>(), grad.data<scalar_t>(), n, 1, 1);
     } else {
-      KVC_CUDA_ONLY(kernels::cuda::axpby<scalar_t>(acc.data<scalar_t>(), grad.data<scalar_t>(), n,
-                                                   1, 1));
+      KVC_CUDA_ONLY(
+          kernels::cuda::axpby<scalar_t>(acc.data<scalar_t>(), grad.data<scalar_t>(), n, 1, 1));
     }
   });
 }

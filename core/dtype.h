@@ -49,7 +49,8 @@ Device parse_device(const std::string& s);
 
 // True when this build has the CUDA backend and a usable GPU is present. Never throws.
 bool cuda_available();
-// Why cuda_available() is false (empty when it is true): "built without CUDA", or the driver's word.
+// Why cuda_available() is false (empty when it is true): "built without CUDA", or the driver's
+// word.
 std::string cuda_unavailable_reason();
 
 inline std::ostream& operator<<(std::ostream& os, DType t) { return os << dtype_name(t); }
@@ -58,19 +59,19 @@ inline std::ostream& operator<<(std::ostream& os, const Device& d) { return os <
 }  // namespace kvc
 
 // KVC_DISPATCH_FLOAT(dtype, "op", [&] { use scalar_t; }) runs the lambda with scalar_t bound.
-#define KVC_DISPATCH_FLOAT(DTYPE, OPNAME, ...)                         \
-  [&] {                                                                \
-    switch (DTYPE) {                                                   \
-      case ::kvc::DType::f32: {                                        \
-        using scalar_t = float;                                        \
-        return __VA_ARGS__();                                          \
-      }                                                                \
-      case ::kvc::DType::f64: {                                        \
-        using scalar_t = double;                                       \
-        return __VA_ARGS__();                                          \
-      }                                                                \
-    }                                                                  \
-    throw ::kvc::Error(::kvc::str(OPNAME, ": unsupported dtype"));     \
+#define KVC_DISPATCH_FLOAT(DTYPE, OPNAME, ...)                     \
+  [&] {                                                            \
+    switch (DTYPE) {                                               \
+      case ::kvc::DType::f32: {                                    \
+        using scalar_t = float;                                    \
+        return __VA_ARGS__();                                      \
+      }                                                            \
+      case ::kvc::DType::f64: {                                    \
+        using scalar_t = double;                                   \
+        return __VA_ARGS__();                                      \
+      }                                                            \
+    }                                                              \
+    throw ::kvc::Error(::kvc::str(OPNAME, ": unsupported dtype")); \
   }()
 
 // Calls into kernels::cuda only exist in a CUDA build; elsewhere the call throws a clear error.

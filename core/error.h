@@ -52,9 +52,9 @@ std::string str(const Args&... args) {
 }  // namespace kvc
 
 // KVC_CHECK(cond, "mix: input ", x.shape(), " does not match heads ", h) throws kvc::Error.
-#define KVC_CHECK(cond, ...)                                   \
-  do {                                                         \
-    if (!(cond)) throw ::kvc::Error(::kvc::str(__VA_ARGS__));  \
+#define KVC_CHECK(cond, ...)                                  \
+  do {                                                        \
+    if (!(cond)) throw ::kvc::Error(::kvc::str(__VA_ARGS__)); \
   } while (0)
 
 #define KVC_FAIL(...) throw ::kvc::Error(::kvc::str(__VA_ARGS__))

@@ -32,7 +32,7 @@ Tensor sum_to(const Tensor& a, const Shape& shape);
 
 // ---- shape ----
 Tensor reshape(const Tensor& a, const Shape& shape);  // one axis may be -1; shares storage
-Tensor permute(const Tensor& a, const std::vector<int64_t>& perm);  // one copy
+Tensor permute(const Tensor& a, const std::vector<int64_t>& perm);            // one copy
 Tensor narrow(const Tensor& a, int64_t axis, int64_t start, int64_t length);  // one copy
 
 // ---- linear algebra ----

@@ -56,8 +56,8 @@ Tensor Tensor::empty(const Shape& shape, const TensorOptions& opt) {
   auto impl = std::make_shared<TensorImpl>();
   impl->shape = shape;
   impl->dtype = opt.dtype;
-  impl->storage =
-      std::make_shared<Storage>(static_cast<size_t>(numel_of(shape)) * dtype_size(opt.dtype), opt.device);
+  impl->storage = std::make_shared<Storage>(
+      static_cast<size_t>(numel_of(shape)) * dtype_size(opt.dtype), opt.device);
   impl->requires_grad = opt.requires_grad;
   return Tensor(std::move(impl));
 }
@@ -278,8 +278,6 @@ void Tensor::zero_grad() {
   impl_->grad.reset();
 }
 
-bool Tensor::is_leaf() const {
-  return checked().tape_index < 0;
-}
+bool Tensor::is_leaf() const { return checked().tape_index < 0; }
 
 }  // namespace kvc

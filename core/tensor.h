@@ -17,9 +17,18 @@ struct TensorOptions {
   Device device = Device::cpu();
   bool requires_grad = false;
 
-  TensorOptions& with_dtype(DType d) { dtype = d; return *this; }
-  TensorOptions& with_device(Device d) { device = d; return *this; }
-  TensorOptions& with_requires_grad(bool r) { requires_grad = r; return *this; }
+  TensorOptions& with_dtype(DType d) {
+    dtype = d;
+    return *this;
+  }
+  TensorOptions& with_device(Device d) {
+    device = d;
+    return *this;
+  }
+  TensorOptions& with_requires_grad(bool r) {
+    requires_grad = r;
+    return *this;
+  }
 };
 
 inline TensorOptions f32() { return TensorOptions{}; }
@@ -53,7 +62,7 @@ class Tensor {
   static Tensor from_vector(const std::vector<double>& values, const Shape& shape,
                             const TensorOptions& opt = {});
   static Tensor scalar(double value, const TensorOptions& opt = {});  // shape ()
-  static Tensor arange(int64_t n, const TensorOptions& opt = {});      // 0..n-1, shape (n)
+  static Tensor arange(int64_t n, const TensorOptions& opt = {});     // 0..n-1, shape (n)
   // Uniform on [low, high) / normal(mean, std) drawn from Philox4x32-10 keyed by (seed, offset).
   static Tensor rand(const Shape& shape, uint64_t seed, uint64_t offset = 0, double low = 0.0,
                      double high = 1.0, const TensorOptions& opt = {});
@@ -79,8 +88,8 @@ class Tensor {
               ">() on a ", dtype_name(dtype()), " tensor of shape ", shape());
     return static_cast<T*>(raw_data());
   }
-  double item() const;                     // one element; copies to host
-  std::vector<double> to_vector() const;   // all elements as double, on the host
+  double item() const;                    // one element; copies to host
+  std::vector<double> to_vector() const;  // all elements as double, on the host
   std::string to_string(int64_t max_elements = 16) const;
 
   // ---- conversion (not recorded on the tape) ----
@@ -96,10 +105,10 @@ class Tensor {
   // ---- autograd ----
   bool requires_grad() const;
   Tensor& set_requires_grad(bool r);
-  Tensor grad() const;            // undefined until backward reaches this tensor
+  Tensor grad() const;  // undefined until backward reaches this tensor
   void set_grad(const Tensor& g);
-  void zero_grad();               // drops the gradient (PyTorch's set_to_none)
-  bool is_leaf() const;           // not produced by a recorded op
+  void zero_grad();      // drops the gradient (PyTorch's set_to_none)
+  bool is_leaf() const;  // not produced by a recorded op
 
   TensorImpl* impl() const { return impl_.get(); }
   const std::shared_ptr<TensorImpl>& impl_ptr() const { return impl_; }

@@ -16,9 +16,9 @@ void free(void* p);
 namespace cuda {
 // Statistics of the caching allocator (bench, tests).
 struct AllocatorStats {
-  size_t bytes_in_use = 0;      // handed out to tensors now
+  size_t bytes_in_use = 0;  // handed out to tensors now
   size_t peak_bytes_in_use = 0;
-  size_t bytes_cached = 0;      // held by the allocator, free for reuse
+  size_t bytes_cached = 0;        // held by the allocator, free for reuse
   size_t device_allocations = 0;  // cudaMalloc calls so far
   size_t device_frees = 0;        // cudaFree calls so far
 };

@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(cmake ninja-build g++ pkg-config libhdf5-dev libspdlog-dev doctest-dev libcli11-dev
-          libopenblas-dev ccache python3 python3-numpy python3-h5py python3-torch)
+          libopenblas-dev ccache clang-format python3 python3-numpy python3-h5py python3-torch)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

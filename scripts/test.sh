@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
+echo "== clang-format =="
+scripts/format.sh --check
 echo "== tests (build/) =="
 ctest --test-dir build --output-on-failure -j "$(nproc)" | tee build/ctest.log
 # ctest lists skipped tests but folds them into its pass percentage: say plainly how many

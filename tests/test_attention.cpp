@@ -173,5 +173,13 @@ TEST_CASE("cuda: attention_forward at the nsa target size") {
   check_cuda_cases({{8, 512, 8192, 64, 1.0}, {1, 256, 20000, 128, 1.0}}, 900);
 }
 
+TEST_CASE("cuda: attention_forward with the keys split over CTAs") {
+  KVC_REQUIRE_CUDA();
+  // Few query tiles and many keys: the float kernel splits the keys and combines the partial
+  // results. seq is no multiple of the 64-key tile, so the last split ends in a partial tile.
+  check_cuda_cases({{2, 64, 50000, 128, 1.0}, {1, 70, 30011, 64, 2.0}, {1, 33, 9000, 32, 1.0}},
+                   1300);
+}
+
 }  // namespace
 }  // namespace kvc

@@ -47,7 +47,7 @@ Checkpoint sample_checkpoint() {
       {"k_compress.conv.weight", w}, {"k_compress.conv.bias", b}, {"k_intrablock_positions", pos}};
   ck.has_optim = true;
   ck.optim.step = 17;
-  for (const auto &[key, t] : ck.params) {
+  for (const auto& [key, t] : ck.params) {
     ck.optim.exp_avg.emplace_back(key, Tensor::randn(t.shape(), 11, 1));
     ck.optim.exp_avg_sq.emplace_back(key, Tensor::rand(t.shape(), 11, 2));
   }
@@ -62,7 +62,7 @@ Checkpoint sample_checkpoint() {
   return ck;
 }
 
-void check_same(const train::NamedTensors &a, const train::NamedTensors &b) {
+void check_same(const train::NamedTensors& a, const train::NamedTensors& b) {
   REQUIRE(a.size() == b.size());
   for (size_t i = 0; i < a.size(); ++i) {
     CHECK(a[i].first == b[i].first);
@@ -74,7 +74,7 @@ void check_same(const train::NamedTensors &a, const train::NamedTensors &b) {
 
 // Sorts by key, as a file lists them: the reader returns /params in name order.
 train::NamedTensors sorted(train::NamedTensors v) {
-  std::sort(v.begin(), v.end(), [](const auto &x, const auto &y) { return x.first < y.first; });
+  std::sort(v.begin(), v.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
   return v;
 }
 
@@ -115,12 +115,12 @@ TEST_CASE("checkpoint: SPEC section 6 layout, read with the plain HDF5 wrapper")
   CHECK(f.read_scalar_int64("/optim/step") == 17);
   CHECK(f.is_dataset("/optim/exp_avg/k_intrablock_positions"));
   CHECK(f.is_dataset("/optim/exp_avg_sq/k_compress.conv.bias"));
-  for (const char *a : {"lr", "beta1", "beta2", "eps", "weight_decay"}) {
+  for (const char* a : {"lr", "beta1", "beta2", "eps", "weight_decay"}) {
     CHECK_MESSAGE(f.has_attr("/optim", a), a);
   }
   CHECK(f.attr_double("/optim", "weight_decay") == 0.05);
   CHECK(f.is_group("/rng"));
-  for (const char *m : {"step", "loss", "eval_loss", "lr"}) {
+  for (const char* m : {"step", "loss", "eval_loss", "lr"}) {
     CHECK_MESSAGE(f.is_dataset(std::string("/metrics/") + m), m);
   }
   CHECK(f.read_int64s("/metrics/step") == std::vector<int64_t>{1, 2});
@@ -128,7 +128,7 @@ TEST_CASE("checkpoint: SPEC section 6 layout, read with the plain HDF5 wrapper")
   // The written file is the only thing left in the folder: the temp file was
   // renamed.
   int entries = 0;
-  for (const auto &e : std::filesystem::directory_iterator(dir.path)) {
+  for (const auto& e : std::filesystem::directory_iterator(dir.path)) {
     (void)e;
     ++entries;
   }
@@ -190,7 +190,7 @@ TEST_CASE("checkpoint: a failed save leaves the old file intact and no temp file
   CHECK(test::read_text(path) == before);
   CHECK(train::load_checkpoint(path).meta.step == 17);
   int entries = 0;
-  for (const auto &e : std::filesystem::directory_iterator(dir.path)) {
+  for (const auto& e : std::filesystem::directory_iterator(dir.path)) {
     (void)e;
     ++entries;
   }
@@ -203,10 +203,10 @@ TEST_CASE("checkpoint: a failed save leaves the old file intact and no temp file
 
 TEST_CASE("checkpoint: missing, corrupt and foreign files give one-line errors") {
   test::TempDir dir("ckpt_errors");
-  auto message = [](const std::string &p) {
+  auto message = [](const std::string& p) {
     try {
       train::load_checkpoint(p);
-    } catch (const Error &e) {
+    } catch (const Error& e) {
       return std::string(e.what());
     }
     return std::string("no error");
@@ -255,7 +255,7 @@ TEST_CASE("checkpoint: missing, corrupt and foreign files give one-line errors")
   CHECK(message(dir / "noattr.h5").find("no /optim") != std::string::npos);
   CHECK_NOTHROW(train::load_checkpoint(dir / "noattr.h5", /*with_optim=*/false));
 
-  for (const std::string &m : {missing, garbage}) CHECK(m.find('\n') == std::string::npos);
+  for (const std::string& m : {missing, garbage}) CHECK(m.find('\n') == std::string::npos);
 }
 
 }  // namespace

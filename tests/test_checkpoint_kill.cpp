@@ -22,7 +22,7 @@ namespace {
 
 // Starts kvcompress with `args`, stdout/stderr to files in `dir`; returns the
 // child's pid.
-pid_t spawn(const std::vector<std::string> &args, const std::string &dir) {
+pid_t spawn(const std::vector<std::string>& args, const std::string& dir) {
   std::vector<std::string> argv_s{test::kvcompress_binary()};
   argv_s.insert(argv_s.end(), args.begin(), args.end());
   const pid_t pid = ::fork();
@@ -32,8 +32,8 @@ pid_t spawn(const std::vector<std::string> &args, const std::string &dir) {
     const int err = ::open((dir + "/.child_err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(out, 1);
     ::dup2(err, 2);
-    std::vector<char *> argv;
-    for (std::string &s : argv_s) argv.push_back(s.data());
+    std::vector<char*> argv;
+    for (std::string& s : argv_s) argv.push_back(s.data());
     argv.push_back(nullptr);
     ::execv(argv[0], argv.data());
     ::_exit(127);
@@ -50,7 +50,7 @@ int wait_status(pid_t pid) {
   return -1;
 }
 
-bool file_exists(const std::string &p) { return ::access(p.c_str(), F_OK) == 0; }
+bool file_exists(const std::string& p) { return ::access(p.c_str(), F_OK) == 0; }
 
 TEST_CASE(
     "checkpoint kill: SIGKILL at random moments never leaves a broken "
@@ -99,7 +99,7 @@ TEST_CASE(
   // Temp files of killed writers are swept by the next run: at most the last
   // round's remains.
   int temps = 0;
-  for (const auto &e : std::filesystem::directory_iterator(out)) {
+  for (const auto& e : std::filesystem::directory_iterator(out)) {
     temps += e.path().filename().string().find(".tmp-") != std::string::npos;
   }
   CHECK(temps <= 1);
@@ -139,7 +139,7 @@ TEST_CASE("checkpoint kill: SIGINT saves a checkpoint and exits 130; SIGTERM too
 TEST_CASE(
     "interop: kvcompress infer matches PyTorch on the trained checkpoint "
     "(load_torch.py)") {
-  const char *env = std::getenv("PYTHON");
+  const char* env = std::getenv("PYTHON");
   const std::string python = env && *env ? env : "/usr/bin/python3";
   test::TempDir dir("interop");
   if (test::run_shell(python + " -c 'import torch, h5py'", dir.path).exit_code != 0) {
@@ -151,7 +151,7 @@ TEST_CASE(
   test::RunResult r =
       test::run_kvcompress("gen-data --out " + dir / "kv.h5" + " --count 6 --seq 40", dir.path);
   REQUIRE(r.exit_code == 0);
-  for (const char *kind : {"conv", "efficient_conv", "attention_pool", "scaled_attention_pool",
+  for (const char* kind : {"conv", "efficient_conv", "attention_pool", "scaled_attention_pool",
                            "grouped_mlp", "enhanced_mlp", "mlp"}) {
     INFO(kind);
     const std::string run = dir / (std::string("run_") + kind);

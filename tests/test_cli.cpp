@@ -23,7 +23,7 @@ using test::TempDir;
 
 // A KV file from explicit tensors (any shapes: the point is to write wrong ones
 // too).
-void write_kv(const std::string &path, const Tensor &k, const Tensor &v) {
+void write_kv(const std::string& path, const Tensor& k, const Tensor& v) {
   H5File f = H5File::open(path, H5Mode::create);
   f.write("/k", k);
   f.write("/v", v);
@@ -32,18 +32,18 @@ void write_kv(const std::string &path, const Tensor &k, const Tensor &v) {
 // The SPEC section 8 contract for one bad invocation: exit code, one line on
 // stderr starting "kvcompress: error:", containing every `needles` entry, and
 // no core dump.
-void expect_error(const RunResult &r, int code, const std::vector<std::string> &needles) {
+void expect_error(const RunResult& r, int code, const std::vector<std::string>& needles) {
   INFO("stderr: ", r.err);
   INFO("stdout: ", r.out);
   CHECK(r.exit_code == code);
   CHECK(test::count_lines(r.err) == 1);
   CHECK(r.err.rfind("kvcompress: error: ", 0) == 0);
-  for (const std::string &n : needles) CHECK_MESSAGE(r.err.find(n) != std::string::npos, n);
+  for (const std::string& n : needles) CHECK_MESSAGE(r.err.find(n) != std::string::npos, n);
 }
 
 // The line of `help` that documents `flag`, or "" (CLI11 versions lay the defaults out
 // differently: "--heads INT:POSITIVE=2" in 2.3, "--heads INT:POSITIVE [2]" in 2.4).
-std::string help_line(const std::string &help, const std::string &flag) {
+std::string help_line(const std::string& help, const std::string& flag) {
   std::istringstream in(help);
   std::string line;
   while (std::getline(in, line)) {
@@ -55,8 +55,8 @@ std::string help_line(const std::string &help, const std::string &flag) {
     const size_t at = word.find(flag);
     if (at == std::string::npos || (at > 0 && word[at - 1] != ',')) continue;
     const size_t after = at + flag.size();
-    if (after == word.size() || !(std::isalnum(static_cast<unsigned char>(word[after])) ||
-                                  word[after] == '-')) {
+    if (after == word.size() ||
+        !(std::isalnum(static_cast<unsigned char>(word[after])) || word[after] == '-')) {
       return line;
     }
   }
@@ -64,7 +64,7 @@ std::string help_line(const std::string &help, const std::string &flag) {
 }
 
 // True when `line` shows `value` as its default in either CLI11 layout.
-bool shows_default(const std::string &line, const std::string &value) {
+bool shows_default(const std::string& line, const std::string& value) {
   return line.find("=" + value) != std::string::npos ||
          line.find("[" + value + "]") != std::string::npos;
 }
@@ -73,23 +73,23 @@ TEST_CASE("cli: --help of every subcommand lists its flags with their defaults")
   TempDir dir("cli_help");
   const RunResult top = test::run_kvcompress("--help", dir.path);
   CHECK(top.exit_code == 0);
-  for (const char *c : {"train", "gradcheck", "eval", "infer", "bench", "inspect", "gen-data"}) {
+  for (const char* c : {"train", "gradcheck", "eval", "infer", "bench", "inspect", "gen-data"}) {
     CHECK_MESSAGE(top.out.find(c) != std::string::npos, c);
   }
   const RunResult train = test::run_kvcompress("train --help", dir.path);
   CHECK(train.exit_code == 0);
   // SPEC section 7's flags of train, each with its default where it has one ("" = none).
   const std::vector<std::pair<std::string, std::string>> flags{
-      {"--compressor", "conv"}, {"--heads", "2"},     {"--dim-head", "32"},
-      {"--block", "8"},         {"--seq", "256"},     {"--queries", "32"},
-      {"--batch", "2"},         {"--expand", "1"},    {"--dropout", "0"},
-      {"--reduction", "2"},     {"--task", "distill"}, {"--data", ""},
-      {"--steps", "500"},       {"--lr", "0.001"},    {"--weight-decay", "0"},
-      {"--warmup", "20"},       {"--clip", "1"},      {"--seed", "0"},
+      {"--compressor", "conv"}, {"--heads", "2"},        {"--dim-head", "32"},
+      {"--block", "8"},         {"--seq", "256"},        {"--queries", "32"},
+      {"--batch", "2"},         {"--expand", "1"},       {"--dropout", "0"},
+      {"--reduction", "2"},     {"--task", "distill"},   {"--data", ""},
+      {"--steps", "500"},       {"--lr", "0.001"},       {"--weight-decay", "0"},
+      {"--warmup", "20"},       {"--clip", "1"},         {"--seed", "0"},
       {"--device", "auto"},     {"--precision", "fp32"}, {"--out", ""},
-      {"--resume", ""},         {"--eval-every", ""}, {"--save-every", ""},
+      {"--resume", ""},         {"--eval-every", ""},    {"--save-every", ""},
       {"--log-every", ""}};
-  for (const auto &[flag, value] : flags) {
+  for (const auto& [flag, value] : flags) {
     const std::string line = help_line(train.out, flag);
     INFO("train --help line for ", flag, ": '", line, "'");
     CHECK(!line.empty());
@@ -98,14 +98,14 @@ TEST_CASE("cli: --help of every subcommand lists its flags with their defaults")
   CHECK(help_line(train.out, "--compressor").find("efficient_conv") != std::string::npos);
   CHECK(help_line(train.out, "--task").find("teacher") != std::string::npos);
   const RunResult bench = test::run_kvcompress("bench --help", dir.path);
-  for (const char *flag : {"--config", "--json", "--warmup", "--reps", "--device", "--precision",
+  for (const char* flag : {"--config", "--json", "--warmup", "--reps", "--device", "--precision",
                            "--heads", "--compressor"}) {
     CHECK_MESSAGE(!help_line(bench.out, flag).empty(), flag);
   }
   CHECK(shows_default(help_line(bench.out, "--config"), "small"));
   const RunResult gc = test::run_kvcompress("gradcheck --help", dir.path);
   CHECK(shows_default(help_line(gc.out, "--compressor"), "all"));
-  for (const char *c : {"eval", "infer", "inspect", "gen-data"}) {
+  for (const char* c : {"eval", "infer", "inspect", "gen-data"}) {
     CHECK(test::run_kvcompress(std::string(c) + " --help", dir.path).exit_code == 0);
   }
 }
@@ -171,7 +171,7 @@ TEST_CASE(
     const hsize_t dims[4] = {4, 2, 64, 8};
     const hid_t space = H5Screate_simple(4, dims, nullptr);
     std::vector<int32_t> zeros(4 * 2 * 64 * 8, 1);
-    for (const char *name : {"k", "v"}) {
+    for (const char* name : {"k", "v"}) {
       const hid_t d =
           H5Dcreate2(f, name, H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
       H5Dwrite(d, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros.data());
@@ -242,7 +242,7 @@ TEST_CASE(
   CHECK(r.err.empty());
   CHECK(r.out.find("output folder " + dir / "run") != std::string::npos);
   CHECK(r.out.find("step 10/40") != std::string::npos);
-  for (const char *f : {"checkpoint.h5", "best.h5", "metrics.csv", "loss.svg"}) {
+  for (const char* f : {"checkpoint.h5", "best.h5", "metrics.csv", "loss.svg"}) {
     CHECK_MESSAGE(std::filesystem::exists(dir / "run/" + f), f);
   }
   const train::Checkpoint ck = train::load_checkpoint(dir / "run/checkpoint.h5");
@@ -307,7 +307,7 @@ TEST_CASE(
   REQUIRE(r.exit_code == 0);
   CHECK(seconds < 60);
   std::string run;
-  for (const auto &e : std::filesystem::directory_iterator(dir / "runs")) run = e.path().string();
+  for (const auto& e : std::filesystem::directory_iterator(dir / "runs")) run = e.path().string();
   REQUIRE(!run.empty());
   CHECK(run.size() > 5);
   CHECK(run.substr(run.size() - 5) == "-conv");
@@ -329,7 +329,7 @@ TEST_CASE("cli: gradcheck passes for every kind; bench prints every kind") {
   INFO(r.out, r.err);
   CHECK(r.exit_code == 0);
   CHECK(r.out.find("FAIL") == std::string::npos);
-  for (const std::string &kind : {"conv", "efficient_conv", "attention_pool",
+  for (const std::string& kind : {"conv", "efficient_conv", "attention_pool",
                                   "scaled_attention_pool", "grouped_mlp", "enhanced_mlp", "mlp"}) {
     CHECK_MESSAGE(r.out.find("\n" + kind + " ") != std::string::npos, kind);
     CHECK_MESSAGE(r.out.find("pair(" + kind + ") distill") != std::string::npos, kind);
@@ -341,7 +341,7 @@ TEST_CASE("cli: gradcheck passes for every kind; bench prints every kind") {
   INFO(r.out, r.err);
   CHECK(r.exit_code == 0);
   CHECK(r.out.find("seq 64") != std::string::npos);
-  for (const char *kind : {"conv", "efficient_conv", "enhanced_mlp", "mlp"}) {
+  for (const char* kind : {"conv", "efficient_conv", "enhanced_mlp", "mlp"}) {
     CHECK_MESSAGE(r.out.find(std::string("\n") + kind + " ") != std::string::npos, kind);
   }
   r = test::run_kvcompress("bench --compressor conv --reps 2 --json", dir.path);

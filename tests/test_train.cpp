@@ -19,7 +19,7 @@ namespace {
 using train::Trainer;
 using train::TrainOptions;
 
-TrainOptions quiet(const std::string &out) {
+TrainOptions quiet(const std::string& out) {
   spdlog::set_level(spdlog::level::warn);  // the trainer's info lines would drown the report
   TrainOptions o;
   o.out = out;
@@ -33,7 +33,7 @@ TrainOptions quiet(const std::string &out) {
 TEST_CASE(
     "train: teacher task drives conv and efficient_conv below 1e-3 of "
     "the start") {
-  for (const char *kind : {"conv", "efficient_conv"}) {
+  for (const char* kind : {"conv", "efficient_conv"}) {
     test::TempDir dir(std::string("teacher_") + kind);
     TrainOptions o = quiet(dir.path);
     o.compressor = kind;
@@ -58,7 +58,7 @@ TEST_CASE(
 TEST_CASE(
     "train: distill lowers the eval loss of every kind clearly below the "
     "untrained pair's") {
-  for (const std::string &kind : compressor_kinds()) {
+  for (const std::string& kind : compressor_kinds()) {
     test::TempDir dir("distill_" + kind);
     TrainOptions o = quiet(dir.path);
     o.compressor = kind;
@@ -81,12 +81,12 @@ TEST_CASE(
   }
 }
 
-void check_bit_equal(Trainer &a, Trainer &b) {
-  Adam &x = a.optimizer();
-  Adam &y = b.optimizer();
+void check_bit_equal(Trainer& a, Trainer& b) {
+  Adam& x = a.optimizer();
+  Adam& y = b.optimizer();
   REQUIRE(x.names() == y.names());
   CHECK(x.step_count() == y.step_count());
-  for (const std::string &key : x.names()) {
+  for (const std::string& key : x.names()) {
     INFO("tensor ", key);
     CHECK(x.param(key).to_vector() == y.param(key).to_vector());
     CHECK(x.exp_avg(key).to_vector() == y.exp_avg(key).to_vector());
@@ -96,8 +96,8 @@ void check_bit_equal(Trainer &a, Trainer &b) {
   CHECK(a.train_source().position() == b.train_source().position());
   // The metrics history of the pieces equals the uninterrupted one, step for
   // step.
-  const auto &ra = a.metrics().rows();
-  const auto &rb = b.metrics().rows();
+  const auto& ra = a.metrics().rows();
+  const auto& rb = b.metrics().rows();
   REQUIRE(ra.size() == rb.size());
   for (size_t i = 0; i < ra.size(); ++i) {
     CHECK(ra[i].step == rb[i].step);
@@ -113,12 +113,12 @@ TEST_CASE(
     "train: resume after N steps then M more equals N + M steps bit for "
     "bit (CPU)") {
   struct Case {
-    const char *kind;
-    const char *task;
+    const char* kind;
+    const char* task;
     double dropout;
     bool file;
   };
-  for (const Case &c :
+  for (const Case& c :
        {Case{"enhanced_mlp", "distill", 0.2, false}, Case{"conv", "teacher", 0.0, true}}) {
     INFO(c.kind, " ", c.task, c.file ? " on a file" : " on synthetic data");
     test::TempDir dir(std::string("resume_") + c.kind);
@@ -193,7 +193,7 @@ TEST_CASE(
   std::string message;
   try {
     t.run();
-  } catch (const Error &e) {
+  } catch (const Error& e) {
     message = e.what();
   }
   INFO(message);
@@ -204,7 +204,7 @@ TEST_CASE(
   const train::Checkpoint ck = train::load_checkpoint(dir / "checkpoint.h5");
   CHECK(ck.meta.step == t.step());
   CHECK(message.find("at step " + std::to_string(t.step() + 1)) != std::string::npos);
-  for (const auto &[key, p] : ck.params) {
+  for (const auto& [key, p] : ck.params) {
     for (double v : p.to_vector()) REQUIRE(std::isfinite(v));
   }
 }

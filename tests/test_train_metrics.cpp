@@ -50,8 +50,8 @@ TEST_CASE("metrics: CSV has the header and parses back to the same values") {
   const MetricsHistory r = train::read_metrics_csv(dir / "metrics.csv");
   REQUIRE(r.size() == h.size());
   for (size_t i = 0; i < h.size(); ++i) {
-    const MetricsRow &a = h.rows()[i];
-    const MetricsRow &b = r.rows()[i];
+    const MetricsRow& a = h.rows()[i];
+    const MetricsRow& b = r.rows()[i];
     CHECK(a.step == b.step);
     CHECK(std::fabs(a.loss - b.loss) <= 1e-8 * a.loss);  // 9 significant digits
     CHECK(std::isnan(a.eval_loss) == std::isnan(b.eval_loss));
@@ -74,7 +74,7 @@ TEST_CASE("metrics: truncate_after and set_eval_loss") {
 }
 
 // Attribute `name` of an SVG element as a string.
-std::string attr(const std::string &element, const std::string &name) {
+std::string attr(const std::string& element, const std::string& name) {
   const std::regex re(" " + name + "=\"([^\"]*)\"");
   std::smatch m;
   return std::regex_search(element, m, re) ? m[1].str() : std::string();
@@ -82,7 +82,7 @@ std::string attr(const std::string &element, const std::string &name) {
 
 // A small XML well-formedness check: tags balance and nest, attributes are
 // quoted.
-bool well_formed(const std::string &s, std::string *why) {
+bool well_formed(const std::string& s, std::string* why) {
   std::vector<std::string> stack;
   size_t i = 0;
   while ((i = s.find('<', i)) != std::string::npos) {

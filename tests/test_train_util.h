@@ -19,7 +19,7 @@ namespace kvc::test {
 // A fresh folder under the build folder, removed with everything in it when the
 // test ends.
 struct TempDir {
-  explicit TempDir(const std::string &tag) {
+  explicit TempDir(const std::string& tag) {
     std::string templ = std::string(KVC_BINARY_DIR) + "/tmp_" + tag + "_XXXXXX";
     std::vector<char> buf(templ.begin(), templ.end());
     buf.push_back('\0');
@@ -32,18 +32,18 @@ struct TempDir {
                                  std::filesystem::perm_options::add, ec);
     std::filesystem::remove_all(path, ec);
   }
-  std::string operator/(const std::string &name) const { return path + "/" + name; }
+  std::string operator/(const std::string& name) const { return path + "/" + name; }
   std::string path;
 };
 
-inline std::string read_text(const std::string &path) {
+inline std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
 }
 
-inline void write_text(const std::string &path, const std::string &text) {
+inline void write_text(const std::string& path, const std::string& text) {
   std::ofstream out(path, std::ios::binary);
   out << text;
 }
@@ -56,7 +56,7 @@ struct RunResult {
 };
 
 // Runs a shell command line with stdout and stderr captured to files in `dir`.
-inline RunResult run_shell(const std::string &cmd, const std::string &dir) {
+inline RunResult run_shell(const std::string& cmd, const std::string& dir) {
   const std::string out = dir + "/.stdout", err = dir + "/.stderr";
   const std::string full = cmd + " >" + out + " 2>" + err + " </dev/null";
   const int status = std::system(full.c_str());
@@ -69,11 +69,11 @@ inline RunResult run_shell(const std::string &cmd, const std::string &dir) {
 }
 
 // Runs kvcompress with `args` (already shell-quoted where needed).
-inline RunResult run_kvcompress(const std::string &args, const std::string &dir) {
+inline RunResult run_kvcompress(const std::string& args, const std::string& dir) {
   return run_shell(kvcompress_binary() + " " + args, dir);
 }
 
-inline int count_lines(const std::string &s) {
+inline int count_lines(const std::string& s) {
   int n = 0;
   for (char c : s) n += c == '\n';
   if (!s.empty() && s.back() != '\n') ++n;

@@ -12,7 +12,7 @@
 
 namespace kvc::train {
 
-inline constexpr const char *kCheckpointFormat = "kvcompress-checkpoint";
+inline constexpr const char* kCheckpointFormat = "kvcompress-checkpoint";
 inline constexpr int64_t kCheckpointFormatVersion = 1;
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
@@ -63,17 +63,17 @@ struct Checkpoint {
 // (".<name>.tmp-<pid>"), H5Fflush, close, fsync, rename() over `path`, fsync of
 // the folder. A crash at any moment leaves either the old file or the new one.
 // Throws kvc::Error naming the path on failure and removes the temp file.
-void save_checkpoint(const std::string &path, const Checkpoint &ck);
+void save_checkpoint(const std::string& path, const Checkpoint& ck);
 
 // Reads and validates a checkpoint: the file must exist, be HDF5, carry format
 // "kvcompress-checkpoint" with a format_version this build reads, and have
 // every attribute and group SPEC section 6 names. Tensors land on the CPU in
 // float32. `with_optim` false skips /optim (inference). Errors are one line
 // naming the file and what is wrong.
-Checkpoint load_checkpoint(const std::string &path, bool with_optim = true);
+Checkpoint load_checkpoint(const std::string& path, bool with_optim = true);
 
 // Reads only the root attributes (validated as above); cheap.
-CheckpointMeta read_checkpoint_meta(const std::string &path);
+CheckpointMeta read_checkpoint_meta(const std::string& path);
 
 // The current time as ISO 8601 UTC ("2025-03-01T12:34:56Z").
 std::string iso8601_now();

@@ -19,10 +19,10 @@ struct EvalArgs {
   int64_t batches = 8;
 };
 
-int run_eval(const EvalArgs &a) {
+int run_eval(const EvalArgs& a) {
   const Device device = resolve_device(a.device);
   const train::Checkpoint ck = train::load_checkpoint(a.checkpoint, /*with_optim=*/false);
-  const train::CheckpointMeta &m = ck.meta;
+  const train::CheckpointMeta& m = ck.meta;
   std::shared_ptr<CompressorPair> pair = train::pair_from_checkpoint(ck, device);
   std::shared_ptr<CompressorPair> teacher;
   if (m.task == "teacher")
@@ -60,9 +60,9 @@ int run_eval(const EvalArgs &a) {
 
 }  // namespace
 
-Command add_eval_command(CLI::App &app) {
+Command add_eval_command(CLI::App& app) {
   auto a = std::make_shared<EvalArgs>();
-  CLI::App *cmd = app.add_subcommand("eval",
+  CLI::App* cmd = app.add_subcommand("eval",
                                      "loss of a checkpoint on held-out data "
                                      "(synthetic from its seed without --data)");
   cmd->add_option("--checkpoint", a->checkpoint, "checkpoint file (.h5)")->required();

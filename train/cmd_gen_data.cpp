@@ -19,7 +19,7 @@ struct GenDataArgs {
   std::string device = "cpu";
 };
 
-int run_gen_data(const GenDataArgs &a) {
+int run_gen_data(const GenDataArgs& a) {
   KVC_USAGE_CHECK(a.shape.seq >= 1 && a.count >= 1, "--count and --seq must be positive");
   const Device device = resolve_device(a.device);
   KVShape shape;
@@ -39,9 +39,9 @@ int run_gen_data(const GenDataArgs &a) {
 
 }  // namespace
 
-Command add_gen_data_command(CLI::App &app) {
+Command add_gen_data_command(CLI::App& app) {
   auto a = std::make_shared<GenDataArgs>();
-  CLI::App *cmd = app.add_subcommand("gen-data", "write synthetic KV sequences to an HDF5 file");
+  CLI::App* cmd = app.add_subcommand("gen-data", "write synthetic KV sequences to an HDF5 file");
   cmd->add_option("--out", a->out, "output file (.h5); written atomically")->required();
   cmd->add_option("--count", a->count, "number of sequences N")
       ->capture_default_str()

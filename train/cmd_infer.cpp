@@ -26,10 +26,10 @@ struct InferArgs {
   int64_t batch = 8;
 };
 
-int run_infer(const InferArgs &a) {
+int run_infer(const InferArgs& a) {
   const Device device = resolve_device(a.device);
   const train::Checkpoint ck = train::load_checkpoint(a.checkpoint, /*with_optim=*/false);
-  const train::CheckpointMeta &m = ck.meta;
+  const train::CheckpointMeta& m = ck.meta;
   std::shared_ptr<CompressorPair> pair = train::pair_from_checkpoint(ck, device);
   pair->eval();
 
@@ -84,9 +84,9 @@ int run_infer(const InferArgs &a) {
 
 }  // namespace
 
-Command add_infer_command(CLI::App &app) {
+Command add_infer_command(CLI::App& app) {
   auto a = std::make_shared<InferArgs>();
-  CLI::App *cmd = app.add_subcommand("infer",
+  CLI::App* cmd = app.add_subcommand("infer",
                                      "compress every sequence of a KV file with a "
                                      "checkpoint's pair (eval mode)");
   cmd->add_option("--checkpoint", a->checkpoint, "checkpoint file (.h5)")->required();

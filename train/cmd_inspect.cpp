@@ -11,11 +11,11 @@ namespace kvc::cli {
 
 namespace {
 
-std::string shape_text(const Shape &s) { return str(s); }
+std::string shape_text(const Shape& s) { return str(s); }
 
-int run_inspect(const std::string &path) {
+int run_inspect(const std::string& path) {
   const train::Checkpoint ck = train::load_checkpoint(path, /*with_optim=*/true);
-  const train::CheckpointMeta &m = ck.meta;
+  const train::CheckpointMeta& m = ck.meta;
   std::printf("checkpoint          %s\n", path.c_str());
   std::printf("format              %s version %lld\n", train::kCheckpointFormat,
               static_cast<long long>(train::kCheckpointFormatVersion));
@@ -46,10 +46,10 @@ int run_inspect(const std::string &path) {
   }
 
   size_t width = 9;
-  for (const auto &[key, t] : ck.params) width = std::max(width, key.size());
+  for (const auto& [key, t] : ck.params) width = std::max(width, key.size());
   std::printf("\n%-*s  %-16s %10s\n", static_cast<int>(width), "parameter", "shape", "count");
   int64_t total = 0;
-  for (const auto &[key, t] : ck.params) {
+  for (const auto& [key, t] : ck.params) {
     std::printf("%-*s  %-16s %10lld\n", static_cast<int>(width), key.c_str(),
                 shape_text(t.shape()).c_str(), static_cast<long long>(t.numel()));
     total += t.numel();
@@ -57,7 +57,7 @@ int run_inspect(const std::string &path) {
   std::printf("%-*s  %-16s %10lld\n", static_cast<int>(width), "total", "",
               static_cast<long long>(total));
 
-  const auto &rows = ck.metrics.rows();
+  const auto& rows = ck.metrics.rows();
   std::printf("\nmetrics             %zu rows\n", rows.size());
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
     if (std::isfinite(it->loss)) {
@@ -78,9 +78,9 @@ int run_inspect(const std::string &path) {
 
 }  // namespace
 
-Command add_inspect_command(CLI::App &app) {
+Command add_inspect_command(CLI::App& app) {
   auto path = std::make_shared<std::string>();
-  CLI::App *cmd = app.add_subcommand("inspect",
+  CLI::App* cmd = app.add_subcommand("inspect",
                                      "print a checkpoint's attributes, parameter shapes and "
                                      "counts, last metrics");
   cmd->add_option("checkpoint", *path, "checkpoint file (.h5)")->required();

@@ -40,9 +40,9 @@ struct TrainArgs {
 // With --resume the checkpoint fixes the model, the data and the schedule; a
 // flag given explicitly that disagrees with it is a usage error rather than
 // silently ignored.
-void check_resume_flags(const CLI::App *cmd, const TrainArgs &a, const train::CheckpointMeta &m) {
-  auto given = [&](const char *flag) { return cmd->count(flag) > 0; };
-  auto conflict = [&](const char *flag, const std::string &mine, const std::string &theirs) {
+void check_resume_flags(const CLI::App* cmd, const TrainArgs& a, const train::CheckpointMeta& m) {
+  auto given = [&](const char* flag) { return cmd->count(flag) > 0; };
+  auto conflict = [&](const char* flag, const std::string& mine, const std::string& theirs) {
     KVC_USAGE_CHECK(!given(flag) || mine == theirs, flag, " ", mine, " conflicts with --resume ",
                     a.resume, " (trained with ", theirs, "); drop the flag to continue that run");
   };
@@ -65,7 +65,7 @@ void check_resume_flags(const CLI::App *cmd, const TrainArgs &a, const train::Ch
   conflict("--data", a.data, m.data);
 }
 
-int run_train(const CLI::App *cmd, const TrainArgs &a) {
+int run_train(const CLI::App* cmd, const TrainArgs& a) {
   train::TrainOptions o;
   const bool resuming = !a.resume.empty();
   if (resuming) {
@@ -132,9 +132,9 @@ int run_train(const CLI::App *cmd, const TrainArgs &a) {
 
 }  // namespace
 
-Command add_train_command(CLI::App &app) {
+Command add_train_command(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
-  CLI::App *cmd = app.add_subcommand("train", "train a compressor pair (SPEC sections 4 and 7)");
+  CLI::App* cmd = app.add_subcommand("train", "train a compressor pair (SPEC sections 4 and 7)");
   add_model_flags(cmd, &a->model, /*allow_all=*/false);
   add_shape_flags(cmd, &a->shape);
   cmd->add_option("--task", a->task,

@@ -14,7 +14,7 @@
 namespace {
 
 // Every error is one line: newlines inside a message (HDF5, CLI11) become "; ".
-void print_error(const std::string &message) {
+void print_error(const std::string& message) {
   std::string line;
   for (char c : message) {
     if (c == '\n') {
@@ -28,7 +28,7 @@ void print_error(const std::string &message) {
   std::fflush(stderr);
 }
 
-int run(int argc, char **argv) {
+int run(int argc, char** argv) {
   using namespace kvc::cli;
   CLI::App app{
       "kvcompress: train, check, benchmark and run Native Sparse "
@@ -47,7 +47,7 @@ int run(int argc, char **argv) {
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;
-    for (const Command &c : commands) {
+    for (const Command& c : commands) {
       known = known || c.app->get_name() == argv[1];
       names += (names.empty() ? "" : ", ") + c.app->get_name();
     }
@@ -59,20 +59,20 @@ int run(int argc, char **argv) {
 
   try {
     app.parse(argc, argv);
-  } catch (const CLI::CallForHelp &e) {
+  } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
-  } catch (const CLI::CallForAllHelp &e) {
+  } catch (const CLI::CallForAllHelp& e) {
     return app.exit(e);
-  } catch (const CLI::CallForVersion &e) {
+  } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
-  } catch (const CLI::ParseError &e) {
+  } catch (const CLI::ParseError& e) {
     std::string msg = e.what();
     if (msg.empty()) msg = e.get_name();
     print_error(msg + " (run 'kvcompress --help' for usage)");
     return kExitUsage;
   }
 
-  for (const Command &c : commands) {
+  for (const Command& c : commands) {
     if (c.app->parsed()) return c.run();
   }
   print_error("no subcommand given (run 'kvcompress --help')");
@@ -81,22 +81,22 @@ int run(int argc, char **argv) {
 
 }  // namespace
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   try {
     return run(argc, argv);
-  } catch (const kvc::cli::UsageError &e) {
+  } catch (const kvc::cli::UsageError& e) {
     print_error(e.what());
     return kvc::cli::kExitUsage;
-  } catch (const kvc::OutOfMemoryError &e) {
+  } catch (const kvc::OutOfMemoryError& e) {
     print_error(std::string("out of memory: ") + e.what());
     return kvc::cli::kExitError;
-  } catch (const kvc::Error &e) {
+  } catch (const kvc::Error& e) {
     print_error(e.what());
     return kvc::cli::kExitError;
-  } catch (const std::bad_alloc &) {
+  } catch (const std::bad_alloc&) {
     print_error("out of host memory");
     return kvc::cli::kExitError;
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     print_error(std::string("internal error: ") + e.what());
     return kvc::cli::kExitError;
   }

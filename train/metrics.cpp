@@ -40,30 +40,30 @@ void MetricsHistory::set_eval_loss(int64_t step, double eval_loss) {
 
 void MetricsHistory::truncate_after(int64_t step) {
   rows_.erase(std::remove_if(rows_.begin(), rows_.end(),
-                             [&](const MetricsRow &r) { return r.step > step; }),
+                             [&](const MetricsRow& r) { return r.step > step; }),
               rows_.end());
 }
 
 std::vector<int64_t> MetricsHistory::steps() const {
   std::vector<int64_t> out;
   out.reserve(rows_.size());
-  for (const MetricsRow &r : rows_) out.push_back(r.step);
+  for (const MetricsRow& r : rows_) out.push_back(r.step);
   return out;
 }
 
 std::vector<double> MetricsHistory::column(double MetricsRow::*field) const {
   std::vector<double> out;
   out.reserve(rows_.size());
-  for (const MetricsRow &r : rows_) out.push_back(r.*field);
+  for (const MetricsRow& r : rows_) out.push_back(r.*field);
   return out;
 }
 
-MetricsHistory MetricsHistory::from_columns(const std::vector<int64_t> &step,
-                                            const std::vector<double> &loss,
-                                            const std::vector<double> &eval_loss,
-                                            const std::vector<double> &lr,
-                                            const std::vector<double> &grad_norm,
-                                            const std::vector<double> &elapsed) {
+MetricsHistory MetricsHistory::from_columns(const std::vector<int64_t>& step,
+                                            const std::vector<double>& loss,
+                                            const std::vector<double>& eval_loss,
+                                            const std::vector<double>& lr,
+                                            const std::vector<double>& grad_norm,
+                                            const std::vector<double>& elapsed) {
   const size_t n = step.size();
   KVC_CHECK(loss.size() == n && eval_loss.size() == n && lr.size() == n && grad_norm.size() == n &&
                 elapsed.size() == n,
@@ -81,7 +81,7 @@ MetricsHistory MetricsHistory::from_columns(const std::vector<int64_t> &step,
 // ---- CSV
 // ------------------------------------------------------------------------------------
 
-const char *metrics_csv_header() { return "step,loss,eval_loss,lr,grad_norm,elapsed"; }
+const char* metrics_csv_header() { return "step,loss,eval_loss,lr,grad_norm,elapsed"; }
 
 namespace {
 
@@ -92,9 +92,9 @@ std::string fmt_double(double v) {
   return buf;
 }
 
-double parse_field(const std::string &s, const std::string &path, size_t line_no) {
+double parse_field(const std::string& s, const std::string& path, size_t line_no) {
   if (s.empty()) return std::numeric_limits<double>::quiet_NaN();
-  char *end = nullptr;
+  char* end = nullptr;
   errno = 0;
   const double v = std::strtod(s.c_str(), &end);
   KVC_CHECK(end && *end == '\0' && errno != ERANGE, "metrics: ", path, " line ", line_no, ": '", s,
@@ -104,20 +104,20 @@ double parse_field(const std::string &s, const std::string &path, size_t line_no
 
 }  // namespace
 
-std::string metrics_csv_line(const MetricsRow &r) {
+std::string metrics_csv_line(const MetricsRow& r) {
   std::string s = std::to_string(r.step);
   for (double v : {r.loss, r.eval_loss, r.lr, r.grad_norm, r.elapsed}) s += "," + fmt_double(v);
   return s;
 }
 
-void write_metrics_csv(const std::string &path, const MetricsHistory &history) {
+void write_metrics_csv(const std::string& path, const MetricsHistory& history) {
   std::string out = metrics_csv_header();
   out += '\n';
-  for (const MetricsRow &r : history.rows()) out += metrics_csv_line(r) + '\n';
+  for (const MetricsRow& r : history.rows()) out += metrics_csv_line(r) + '\n';
   write_file_atomic(path, out);
 }
 
-MetricsHistory read_metrics_csv(const std::string &path) {
+MetricsHistory read_metrics_csv(const std::string& path) {
   std::ifstream in(path);
   KVC_CHECK(in.good(), "metrics: cannot open ", path, ": ", std::strerror(errno));
   std::string line;
@@ -154,7 +154,7 @@ MetricsHistory read_metrics_csv(const std::string &path) {
 
 namespace {
 
-std::string xml_escape(const std::string &s) {
+std::string xml_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
@@ -212,10 +212,10 @@ struct Point {
 // Points with a finite positive y, reduced to at most `max_points` by averaging
 // log(y) over equal-width runs: a browser draws 100k-point polylines slowly and
 // the eye cannot tell.
-std::vector<Point> series(const std::vector<MetricsRow> &rows, double MetricsRow::*field,
+std::vector<Point> series(const std::vector<MetricsRow>& rows, double MetricsRow::*field,
                           size_t max_points) {
   std::vector<Point> pts;
-  for (const MetricsRow &r : rows) {
+  for (const MetricsRow& r : rows) {
     const double y = r.*field;
     if (std::isfinite(y) && y > 0) pts.push_back({static_cast<double>(r.step), std::log10(y)});
   }
@@ -238,7 +238,7 @@ std::vector<Point> series(const std::vector<MetricsRow> &rows, double MetricsRow
 
 }  // namespace
 
-std::string loss_curve_svg(const MetricsHistory &history, const std::string &title) {
+std::string loss_curve_svg(const MetricsHistory& history, const std::string& title) {
   constexpr double kW = 760, kH = 460;
   constexpr double kLeft = 80, kRight = 24, kTop = 44, kBottom = 64;
   const double pw = kW - kLeft - kRight, ph = kH - kTop - kBottom;
@@ -249,8 +249,8 @@ std::string loss_curve_svg(const MetricsHistory &history, const std::string &tit
   // Data range (log10 y). Empty histories still get a valid frame.
   double x0 = 0, x1 = 1, y0 = 0, y1 = 0;
   bool any = false;
-  for (const auto *s : {&train, &eval}) {
-    for (const Point &p : *s) {
+  for (const auto* s : {&train, &eval}) {
+    for (const Point& p : *s) {
       if (!any) {
         x0 = x1 = p.x;
         y0 = y1 = p.y;
@@ -333,7 +333,7 @@ std::string loss_curve_svg(const MetricsHistory &history, const std::string &tit
     << ") rotate(-90)\" text-anchor=\"middle\">loss (log scale)</text>\n";
 
   // The series. A lone point still shows as a marker.
-  auto polyline = [&](const std::vector<Point> &pts, const char *color, const char *cls,
+  auto polyline = [&](const std::vector<Point>& pts, const char* color, const char* cls,
                       bool markers) {
     o << "<polyline class=\"" << cls << "\" fill=\"none\" stroke=\"" << color
       << "\" stroke-width=\"1.5\" points=\"";
@@ -342,7 +342,7 @@ std::string loss_curve_svg(const MetricsHistory &history, const std::string &tit
     }
     o << "\"/>\n";
     if (markers || pts.size() == 1) {
-      for (const Point &p : pts) {
+      for (const Point& p : pts) {
         o << "<circle cx=\"" << num(sx(p.x)) << "\" cy=\"" << num(sy(p.y)) << "\" r=\"2.5\" fill=\""
           << color << "\"/>\n";
       }
@@ -365,22 +365,22 @@ std::string loss_curve_svg(const MetricsHistory &history, const std::string &tit
   return o.str();
 }
 
-void write_loss_svg(const std::string &path, const MetricsHistory &history,
-                    const std::string &title) {
+void write_loss_svg(const std::string& path, const MetricsHistory& history,
+                    const std::string& title) {
   write_file_atomic(path, loss_curve_svg(history, title));
 }
 
 // ---- atomic write
 // ---------------------------------------------------------------------------
 
-std::string temp_path_for(const std::string &path) {
+std::string temp_path_for(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
   const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
   return dir + "/." + name + ".tmp-" + std::to_string(::getpid());
 }
 
-void write_file_atomic(const std::string &path, const std::string &contents) {
+void write_file_atomic(const std::string& path, const std::string& contents) {
   const std::string tmp = temp_path_for(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   KVC_CHECK(fd >= 0, "cannot write ", path, ": ", std::strerror(errno));

@@ -19,14 +19,14 @@ struct MetricsRow {
 
 class MetricsHistory {
  public:
-  void append(const MetricsRow &row) { rows_.push_back(row); }
+  void append(const MetricsRow& row) { rows_.push_back(row); }
   // Sets the eval loss of the latest row whose step is `step` (evaluation runs
   // after the step).
   void set_eval_loss(int64_t step, double eval_loss);
   // Drops rows with step > `step` (a resume from an older checkpoint than the
   // CSV reached).
   void truncate_after(int64_t step);
-  const std::vector<MetricsRow> &rows() const { return rows_; }
+  const std::vector<MetricsRow>& rows() const { return rows_; }
   bool empty() const { return rows_.empty(); }
   size_t size() const { return rows_.size(); }
   void clear() { rows_.clear(); }
@@ -37,46 +37,46 @@ class MetricsHistory {
   std::vector<double> column(double MetricsRow::*field) const;
   // Rebuilds the history from columns of equal length (checkpoint load); throws
   // otherwise.
-  static MetricsHistory from_columns(const std::vector<int64_t> &step,
-                                     const std::vector<double> &loss,
-                                     const std::vector<double> &eval_loss,
-                                     const std::vector<double> &lr,
-                                     const std::vector<double> &grad_norm,
-                                     const std::vector<double> &elapsed);
+  static MetricsHistory from_columns(const std::vector<int64_t>& step,
+                                     const std::vector<double>& loss,
+                                     const std::vector<double>& eval_loss,
+                                     const std::vector<double>& lr,
+                                     const std::vector<double>& grad_norm,
+                                     const std::vector<double>& elapsed);
 
  private:
   std::vector<MetricsRow> rows_;
 };
 
 // The CSV header line: step,loss,eval_loss,lr,grad_norm,elapsed.
-const char *metrics_csv_header();
+const char* metrics_csv_header();
 // One CSV line (no newline); NaN prints as an empty field so spreadsheets and
 // pandas read it as missing. Doubles print with 9 significant digits (enough to
 // round-trip a float32 loss).
-std::string metrics_csv_line(const MetricsRow &row);
+std::string metrics_csv_line(const MetricsRow& row);
 // Writes the whole history to `path` atomically (temp file + rename).
-void write_metrics_csv(const std::string &path, const MetricsHistory &history);
+void write_metrics_csv(const std::string& path, const MetricsHistory& history);
 // Parses a file written by write_metrics_csv; throws kvc::Error naming the file
 // and line.
-MetricsHistory read_metrics_csv(const std::string &path);
+MetricsHistory read_metrics_csv(const std::string& path);
 
 // A standalone SVG document: train loss (every step) and eval loss (steps that
 // have one) against step, log-scale y, axes with ticks and labels, a legend.
 // Non-positive and non-finite values are skipped (they have no place on a log
 // axis).
-std::string loss_curve_svg(const MetricsHistory &history, const std::string &title);
+std::string loss_curve_svg(const MetricsHistory& history, const std::string& title);
 // Writes loss_curve_svg atomically.
-void write_loss_svg(const std::string &path, const MetricsHistory &history,
-                    const std::string &title);
+void write_loss_svg(const std::string& path, const MetricsHistory& history,
+                    const std::string& title);
 
 // The temp file an atomic writer of `path` uses: ".<name>.tmp-<pid>" in the
 // same folder (a rename() is atomic only within one file system).
 // remove_stale_temp_files sweeps these.
-std::string temp_path_for(const std::string &path);
+std::string temp_path_for(const std::string& path);
 
 // Writes `contents` to `path` through a temp file in the same folder, fsync and
 // rename(), so a reader sees the old file or the new one, never a torn one.
 // Throws kvc::Error on failure.
-void write_file_atomic(const std::string &path, const std::string &contents);
+void write_file_atomic(const std::string& path, const std::string& contents);
 
 }  // namespace kvc::train

@@ -39,7 +39,7 @@ Progress::~Progress() { finish(); }
 
 bool Progress::stderr_is_tty() {
   if (!::isatty(STDERR_FILENO)) return false;
-  const char *term = std::getenv("TERM");
+  const char* term = std::getenv("TERM");
   return !(term && std::strcmp(term, "dumb") == 0);
 }
 
@@ -74,7 +74,7 @@ void Progress::update(int64_t step, double loss, double lr, double grad_norm) {
   }
 }
 
-void Progress::note(const std::string &message) {
+void Progress::note(const std::string& message) {
   if (tty_ && line_open_) {
     std::fprintf(stderr, "\r\033[2K");
     std::fflush(stderr);

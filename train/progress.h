@@ -26,7 +26,7 @@ class Progress {
   // A message that must not be overwritten (eval result, checkpoint saved): on
   // a terminal it clears the progress line first and the line is redrawn at the
   // next update.
-  void note(const std::string &message);
+  void note(const std::string& message);
   // Ends the updating line (prints the newline) so later output starts clean.
   void finish();
 

@@ -29,11 +29,11 @@ namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
 
-bool is_synthetic(const std::string &data) { return data.empty() || data == "synthetic"; }
+bool is_synthetic(const std::string& data) { return data.empty() || data == "synthetic"; }
 
 // True when some element is NaN or infinite (a host copy: only used once the
 // loss went bad).
-bool has_non_finite(const Tensor &t) {
+bool has_non_finite(const Tensor& t) {
   if (!t.defined()) return false;
   for (double v : t.to_vector()) {
     if (!std::isfinite(v)) return true;
@@ -46,7 +46,7 @@ bool has_non_finite(const Tensor &t) {
 // ---- helpers shared with eval / infer / bench
 // ------------------------------------------------
 
-std::unique_ptr<KVSource> make_source(const std::string &data, const KVShape &shape, uint64_t seed,
+std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& shape, uint64_t seed,
                                       Device device, Split split) {
   if (is_synthetic(data))
     return std::make_unique<SyntheticKV>(shape, seed, device, DType::f32, split);
@@ -54,8 +54,8 @@ std::unique_ptr<KVSource> make_source(const std::string &data, const KVShape &sh
                                        shape.queries);
 }
 
-Tensor task_loss(CompressorPair &pair, const CompressorPair *teacher, const std::string &task,
-                 const Batch &batch) {
+Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
+                 const Batch& batch) {
   if (task == "teacher") {
     KVC_CHECK(teacher != nullptr, "train: task teacher needs a teacher pair");
     return pair.teacher_loss(*teacher, batch.k, batch.v);
@@ -64,8 +64,8 @@ Tensor task_loss(CompressorPair &pair, const CompressorPair *teacher, const std:
   return pair.distill_loss(batch.q, batch.k, batch.v);
 }
 
-double evaluate(CompressorPair &pair, const CompressorPair *teacher, const std::string &task,
-                KVSource &source, int64_t n) {
+double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
+                KVSource& source, int64_t n) {
   if (source.batches_per_epoch() > 0) {
     n = std::min<int64_t>(n, static_cast<int64_t>(source.batches_per_epoch()));
   }
@@ -86,7 +86,7 @@ double evaluate(CompressorPair &pair, const CompressorPair *teacher, const std::
   return sum / static_cast<double>(n);
 }
 
-CompressorOptions options_from_meta(const CheckpointMeta &m, Device device) {
+CompressorOptions options_from_meta(const CheckpointMeta& m, Device device) {
   CompressorOptions o;
   o.kind = m.compressor;
   o.heads = m.heads;
@@ -101,24 +101,24 @@ CompressorOptions options_from_meta(const CheckpointMeta &m, Device device) {
   return o;
 }
 
-std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint &ck, Device device) {
+std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint& ck, Device device) {
   std::shared_ptr<CompressorPair> pair;
   try {
     pair = std::make_shared<CompressorPair>(options_from_meta(ck.meta, device));
-  } catch (const Error &e) {
+  } catch (const Error& e) {
     KVC_FAIL("checkpoint: its attributes do not describe a valid compressor: ", e.what());
   }
   std::map<std::string, Tensor> state(ck.params.begin(), ck.params.end());
   try {
     pair->load_state(state, /*strict=*/true);
-  } catch (const Error &e) {
+  } catch (const Error& e) {
     KVC_FAIL("checkpoint: /params do not fit a ", ck.meta.compressor, " pair (h ", ck.meta.heads,
              ", d ", ck.meta.dim_head, ", n ", ck.meta.block, "): ", e.what());
   }
   return pair;
 }
 
-void make_output_dir(const std::string &dir) {
+void make_output_dir(const std::string& dir) {
   KVC_CHECK(!dir.empty(), "train: empty output folder name");
   std::string partial;
   size_t pos = 0;
@@ -137,10 +137,10 @@ void make_output_dir(const std::string &dir) {
             " is not writable: ", std::strerror(errno));
 }
 
-void remove_stale_temp_files(const std::string &dir) {
-  DIR *d = ::opendir(dir.c_str());
+void remove_stale_temp_files(const std::string& dir) {
+  DIR* d = ::opendir(dir.c_str());
   if (!d) return;
-  while (const dirent *e = ::readdir(d)) {
+  while (const dirent* e = ::readdir(d)) {
     const std::string name = e->d_name;
     const size_t tag = name.rfind(".tmp-");
     if (name.empty() || name[0] != '.' || tag == std::string::npos) continue;
@@ -155,7 +155,7 @@ void remove_stale_temp_files(const std::string &dir) {
   ::closedir(d);
 }
 
-std::string default_run_dir(const std::string &kind) {
+std::string default_run_dir(const std::string& kind) {
   const std::time_t t = std::time(nullptr);
   std::tm tm{};
   localtime_r(&t, &tm);
@@ -176,7 +176,7 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
   const bool resuming = !opt_.resume.empty();
   if (resuming) {
     resumed = load_checkpoint(opt_.resume, /*with_optim=*/true);
-    const CheckpointMeta &m = resumed.meta;
+    const CheckpointMeta& m = resumed.meta;
     opt_.compressor = m.compressor;
     opt_.heads = m.heads;
     opt_.dim_head = m.dim_head;
@@ -260,11 +260,11 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
 
 Trainer::~Trainer() = default;
 
-void Trainer::restore(const Checkpoint &ck) {
-  const OptimState &o = ck.optim;
-  std::map<std::string, const Tensor *> avg_sq;
-  for (const auto &[key, t] : o.exp_avg_sq) avg_sq[key] = &t;
-  for (const auto &[key, t] : o.exp_avg) {
+void Trainer::restore(const Checkpoint& ck) {
+  const OptimState& o = ck.optim;
+  std::map<std::string, const Tensor*> avg_sq;
+  for (const auto& [key, t] : o.exp_avg_sq) avg_sq[key] = &t;
+  for (const auto& [key, t] : o.exp_avg) {
     const auto it = avg_sq.find(key);
     KVC_CHECK(it != avg_sq.end(), "checkpoint: ", opt_.resume, " has /optim/exp_avg/", key,
               " but no /optim/exp_avg_sq/", key);
@@ -287,7 +287,7 @@ void Trainer::restore(const Checkpoint &ck) {
 
   metrics_ = ck.metrics;
   metrics_.truncate_after(step_);
-  for (const MetricsRow &r : metrics_.rows()) {
+  for (const MetricsRow& r : metrics_.rows()) {
     if (std::isfinite(r.elapsed)) elapsed_before_ = std::max(elapsed_before_, r.elapsed);
     if (std::isfinite(r.eval_loss) && !(r.eval_loss >= best_eval_)) best_eval_ = r.eval_loss;
   }
@@ -299,7 +299,7 @@ double Trainer::evaluate() {
 
 Checkpoint Trainer::snapshot() const {
   Checkpoint ck;
-  CheckpointMeta &m = ck.meta;
+  CheckpointMeta& m = ck.meta;
   m.compressor = opt_.compressor;
   m.heads = opt_.heads;
   m.dim_head = opt_.dim_head;
@@ -320,13 +320,13 @@ Checkpoint Trainer::snapshot() const {
   m.data = is_synthetic(opt_.data) ? "synthetic" : opt_.data;
   ck.params = pair_->named_parameters();
   ck.has_optim = true;
-  OptimState &o = ck.optim;
+  OptimState& o = ck.optim;
   o.step = adam_->step_count();
-  for (const std::string &key : adam_->names()) {
+  for (const std::string& key : adam_->names()) {
     o.exp_avg.emplace_back(key, adam_->exp_avg(key));
     o.exp_avg_sq.emplace_back(key, adam_->exp_avg_sq(key));
   }
-  const AdamOptions &ao = adam_->options();
+  const AdamOptions& ao = adam_->options();
   o.lr = ao.lr;
   o.beta1 = ao.beta1;
   o.beta2 = ao.beta2;
@@ -340,7 +340,7 @@ Checkpoint Trainer::snapshot() const {
   return ck;
 }
 
-void Trainer::save(const std::string &path) const { save_checkpoint(path, snapshot()); }
+void Trainer::save(const std::string& path) const { save_checkpoint(path, snapshot()); }
 
 void Trainer::write_logs() const {
   write_metrics_csv(opt_.out + "/metrics.csv", metrics_);
@@ -379,7 +379,7 @@ TrainResult Trainer::run() {
   auto elapsed = [&] {
     return elapsed_before_ + std::chrono::duration<double>(Clock::now() - start).count();
   };
-  auto note = [&](const std::string &s) {
+  auto note = [&](const std::string& s) {
     if (opt_.progress != ProgressMode::none) progress.note(s);
   };
 
@@ -413,7 +413,8 @@ TrainResult Trainer::run() {
   // is still reported with its own step, and no checkpoint is written after it. On the CPU
   // reading is free: every step is read before its optimizer step.
   const bool on_cpu = opt_.device.is_cpu();
-  const int64_t read_every = on_cpu ? 1 : std::max<int64_t>(1, std::min<int64_t>(opt_.log_every, 50));
+  const int64_t read_every =
+      on_cpu ? 1 : std::max<int64_t>(1, std::min<int64_t>(opt_.log_every, 50));
   struct PendingStep {
     int64_t step;
     double lr;
@@ -421,25 +422,26 @@ TrainResult Trainer::run() {
     double elapsed;
   };
   std::vector<PendingStep> pending;
-  Tensor step_stats = Tensor::empty({read_every, 2}, pair_->named_parameters().front().second.options());
+  Tensor step_stats =
+      Tensor::empty({read_every, 2}, pair_->named_parameters().front().second.options());
   const size_t stat_bytes = dtype_size(step_stats.dtype());
   // Reads the pending steps' [loss, grad norm] and books them; throws on the first non-finite.
   // `batch` is the last step's batch when it is the only pending one (the CPU), to tell bad
   // data from a diverging run.
-  auto read_pending = [&](const Batch *batch) {
+  auto read_pending = [&](const Batch* batch) {
     if (pending.empty()) return;
     const std::vector<double> v = step_stats.to_vector();  // the one wait for the device
     for (size_t i = 0; i < pending.size(); ++i) {
-      const PendingStep &p = pending[i];
+      const PendingStep& p = pending[i];
       const double loss = v[2 * i], grad_norm = v[2 * i + 1];
       if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
         progress.finish();
         write_logs();
-        const char *what = !std::isfinite(loss) ? "loss" : "gradient norm";
+        const char* what = !std::isfinite(loss) ? "loss" : "gradient norm";
         const double value = !std::isfinite(loss) ? loss : grad_norm;
-        const bool bad_data = batch != nullptr && (has_non_finite(batch->k) ||
-                                                   has_non_finite(batch->v) ||
-                                                   has_non_finite(batch->q));
+        const bool bad_data =
+            batch != nullptr &&
+            (has_non_finite(batch->k) || has_non_finite(batch->v) || has_non_finite(batch->q));
         const std::string last_good = ::access(ckpt.c_str(), F_OK) == 0
                                           ? "the last good checkpoint is " + ckpt
                                           : std::string("no checkpoint was written yet");
@@ -470,7 +472,7 @@ TrainResult Trainer::run() {
     backward(loss_t);
     adam_->clip_grad_norm_async(nan_check_clip);
     {  // stats[slot] = [loss, grad norm], device to device
-      char *slot = static_cast<char *>(step_stats.raw_data()) + 2 * pending.size() * stat_bytes;
+      char* slot = static_cast<char*>(step_stats.raw_data()) + 2 * pending.size() * stat_bytes;
       copy_bytes(slot, opt_.device, loss_t.raw_data(), opt_.device, stat_bytes);
       copy_bytes(slot + stat_bytes, opt_.device, adam_->norm_scale().raw_data(), opt_.device,
                  stat_bytes);

@@ -66,25 +66,25 @@ struct TrainResult {
 
 // A data source for `data` ("" / "synthetic" or a KV file) and `split`. For the
 // generator the shape is taken as given; a file supplies h, seq and d itself.
-std::unique_ptr<KVSource> make_source(const std::string &data, const KVShape &shape, uint64_t seed,
+std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& shape, uint64_t seed,
                                       Device device, Split split);
 
 // Mean loss of `pair` (put in eval mode for the call, then restored) over
 // batches 0..n-1 of `source` (batch_at: the source's position is not touched),
 // without gradient. `teacher` is required for task "teacher". n is capped at
 // the source's batches per epoch when it has one.
-double evaluate(CompressorPair &pair, const CompressorPair *teacher, const std::string &task,
-                KVSource &source, int64_t n);
+double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
+                KVSource& source, int64_t n);
 
 // The loss of one batch for `task` (with gradient when grad mode is on).
-Tensor task_loss(CompressorPair &pair, const CompressorPair *teacher, const std::string &task,
-                 const Batch &batch);
+Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
+                 const Batch& batch);
 
 // Compressor options as a checkpoint recorded them, on `device`.
-CompressorOptions options_from_meta(const CheckpointMeta &meta, Device device);
+CompressorOptions options_from_meta(const CheckpointMeta& meta, Device device);
 // A pair built from a checkpoint's attributes with its /params loaded (strict:
 // the keys and shapes must match exactly; the error names the checkpoint).
-std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint &ck, Device device);
+std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint& ck, Device device);
 
 class Trainer {
  public:
@@ -93,8 +93,8 @@ class Trainer {
   // unreadable data, unwritable folders.
   explicit Trainer(TrainOptions options);
   ~Trainer();
-  Trainer(const Trainer &) = delete;
-  Trainer &operator=(const Trainer &) = delete;
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
 
   // Trains up to options.steps (or stop_at, or an interrupt). Throws kvc::Error
   // when the loss or the gradient turns NaN/Inf, naming the step; the
@@ -106,18 +106,18 @@ class Trainer {
   // The full state as a checkpoint (what save writes).
   Checkpoint snapshot() const;
   // Saves snapshot() to `path` atomically.
-  void save(const std::string &path) const;
+  void save(const std::string& path) const;
 
   int64_t step() const { return step_; }
-  const TrainOptions &options() const { return opt_; }
-  CompressorPair &pair() { return *pair_; }
-  Adam &optimizer() { return *adam_; }
-  KVSource &train_source() { return *train_src_; }
-  const MetricsHistory &metrics() const { return metrics_; }
-  const std::string &out_dir() const { return opt_.out; }
+  const TrainOptions& options() const { return opt_; }
+  CompressorPair& pair() { return *pair_; }
+  Adam& optimizer() { return *adam_; }
+  KVSource& train_source() { return *train_src_; }
+  const MetricsHistory& metrics() const { return metrics_; }
+  const std::string& out_dir() const { return opt_.out; }
 
  private:
-  void restore(const Checkpoint &ck);
+  void restore(const Checkpoint& ck);
   void write_logs() const;  // metrics.csv and loss.svg
   std::string describe() const;
 
@@ -135,12 +135,12 @@ class Trainer {
 // Creates `dir` and its parents; a folder that exists is fine. Throws
 // kvc::Error naming the folder and the system's reason, also when it is not
 // writable.
-void make_output_dir(const std::string &dir);
+void make_output_dir(const std::string& dir);
 // Deletes ".<name>.tmp-<pid>" files that a killed writer left in `dir` (its pid
 // is gone).
-void remove_stale_temp_files(const std::string &dir);
+void remove_stale_temp_files(const std::string& dir);
 // runs/<YYYYmmdd-HHMMSS>-<kind>, with -2, -3, ... appended when that folder
 // exists.
-std::string default_run_dir(const std::string &kind);
+std::string default_run_dir(const std::string& kind);
 
 }  // namespace kvc::train

@@ -1,6 +1,8 @@
-// CUDA fused attention forward (no grad), flash-attention style: one CTA per (batch-head, 64
-// queries) walks the keys in tiles of 64 with an online softmax, so no (nq, seq) scores ever
-// reach device memory. FP32 FFMA for d in {32, 64, 128}; a warp-per-query kernel otherwise.
+// CUDA fused attention forward (no grad), flash-attention style: one CTA per (batch-head, 128
+// queries, key split) walks its keys in tiles of 64 with an online softmax, so no (nq, seq)
+// scores ever reach device memory; splits (few query tiles, long keys) are merged by a small
+// combine kernel. FP32 FFMA for d in {32, 64, 128}; a warp-per-query kernel otherwise.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -12,13 +14,18 @@ namespace kvc::kernels::cuda {
 
 namespace {
 
-constexpr int kBQ = 64;            // queries per CTA
-constexpr int kBK = 64;            // keys per tile
-constexpr int kTileThreads = 256;  // 16 x 16: each thread owns 4 rows x 4 key columns of S
+constexpr int kBK = 64;                  // keys per tile
+constexpr int kRowGroups = 16;           // half-warps per CTA, one per group of query rows
+constexpr int kRowsPerThread = 8;        // query rows each thread owns (in S and in O)
+constexpr int kBQ = kRowGroups * kRowsPerThread;  // 128 queries per CTA
+constexpr int kTileThreads = 16 * kRowGroups;     // 256
+constexpr int kMinTilesPerSplit = 8;  // a split below this spends too much on its partial O
+constexpr int kMaxSplits = 64;
 
 // Shared-memory layout of the tiled kernel, in floats. Q and K rows are padded by 4 so that the
-// 8 lanes of a float4 phase reading K rows tx, tx+1, ... land on disjoint banks; P rows by 16 so
-// that the two half-warps (rows ty and ty + 1) write disjoint banks.
+// 8 lanes of a float4 phase reading K rows cx, cx+1, ... land on disjoint banks and the two
+// half-warps (query rows ry and ry + 1) read Q from disjoint banks; P rows are padded by 16 so
+// that the two half-warps write disjoint banks. V needs no pad: both half-warps read one row.
 template <int D>
 struct TileLayout {
   static constexpr int kQKStride = D + 4;
@@ -31,19 +38,79 @@ struct TileLayout {
   static constexpr size_t kBytes = sizeof(float) * kFloats;
 };
 
-// Thread (ty, tx) = (tid / 16, tid % 16) owns query rows ty + 16 i (i < 4) and, in S, key
-// columns tx + 16 j (j < 4); in O it owns D / 16 columns: float4 groups at g * 64 + 4 tx for
-// D >= 64, a float2 at 2 tx for D = 32. The 16 threads of one row form a half-warp, so row
-// maxima and sums are four xor-shuffles with no shared memory. Scores are kept in log2 units
-// (q pre-scaled by alpha * log2(e)) so each probability is one exp2f.
+// 16-byte global -> shared copy that does not pass through registers; `valid` false writes
+// zeros (src-size 0) without reading global memory. Before sm_80 it is a plain copy, and the
+// commit/wait below are no-ops: the kernel's barriers alone then order everything.
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#else
+  *reinterpret_cast<float4*>(dst) =
+      valid ? *reinterpret_cast<const float4*>(src) : make_float4(0.f, 0.f, 0.f, 0.f);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Rows [k0, k0 + kBK) of a (seq, D) matrix into a shared tile of the given row stride. Rows at
+// or past `end` are zero: their P is zero, and 0 * garbage could be NaN.
+template <int D, int kStride>
+__device__ __forceinline__ void load_tile_async(float* dst, const float* src, int k0, int end,
+                                                int tid) {
+  constexpr int kVec = D / 4;
+  static_assert(kBK * kVec % kTileThreads == 0, "whole float4s per thread");
+#pragma unroll
+  for (int n = 0; n < kBK * kVec / kTileThreads; ++n) {
+    const int i = tid + n * kTileThreads;
+    const int r = i / kVec, c = (i % kVec) * 4;
+    const bool valid = k0 + r < end;
+    cp_async16(dst + r * kStride + c, src + (valid ? static_cast<int64_t>(k0 + r) * D + c : 0),
+               valid);
+  }
+}
+
+// One CTA per (batch-head, 128 queries, key split). Thread (ry, cx) = (tid / 16, tid % 16) owns
+// query rows ry + 16 i (i < 8) and, in S, key columns cx + 16 t (t < 4); in O it owns D / 16
+// columns: float4 groups at g * 64 + 4 cx for D >= 64, a float2 at 2 cx for D = 32. An 8-row
+// block per thread halves the shared-memory loads per FMA of a 4-row one: per 4 steps of d a
+// warp issues 8 Q loads (two rows: one wavefront each) and 4 K loads (16 rows: two each) for 128
+// FMAs per thread. The 16 threads of one row form a half-warp, so row maxima and sums are four
+// xor-shuffles. Scores are in log2 units (q pre-scaled by alpha * log2(e)): one exp2f each.
+//
+// K and V share one buffer each but never wait on the math: K of tile j + 1 is copied (cp.async)
+// while P V of tile j runs, and V of tile j + 1 while S of tile j + 1 runs.
+//
+// The CTA covers keys [blockIdx.y * split_len, + split_len). With one split it writes the
+// normalized output; otherwise the unnormalized O and its row (max, sum) go to part_o / part_ml,
+// and attention_combine_kernel merges the splits.
 template <int D>
-__global__ void __launch_bounds__(kTileThreads)
+__global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     attention_tiled_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                           const float* __restrict__ v, float* __restrict__ out, int nq, int seq,
-                           int q_tiles, float scale_log2) {
+                           const float* __restrict__ v, float* __restrict__ out,
+                           float* __restrict__ part_o, float2* __restrict__ part_ml, int nq,
+                           int seq, int q_tiles, int split_len, float scale_log2) {
   using L = TileLayout<D>;
   constexpr int kVec = D / 4;     // float4s per row
   constexpr int kOCols = D / 16;  // O columns per thread
+  constexpr int R = kRowsPerThread;
+  // Two steps of the inner loops in flight at once fit D = 128's 255 registers; at 2 CTAs per SM
+  // (128 registers) they would spill.
+  constexpr int kUnroll = D == 128 ? 2 : 1;
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   float* qs = smem + L::kQ;
@@ -53,11 +120,18 @@ __global__ void __launch_bounds__(kTileThreads)
 
   const int bh = blockIdx.x / q_tiles;
   const int q0 = (blockIdx.x % q_tiles) * kBQ;
-  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const int kbeg = blockIdx.y * split_len;
+  const int kend = min(seq, kbeg + split_len);
+  const int tid = threadIdx.x, cx = tid & 15, ry = tid >> 4;
   const float* qb = q + (static_cast<int64_t>(bh) * nq + q0) * D;
   const float* kb = k + static_cast<int64_t>(bh) * seq * D;
   const float* vb = v + static_cast<int64_t>(bh) * seq * D;
 
+  // The first tile's copies fly while Q is scaled into shared memory.
+  load_tile_async<D, L::kQKStride>(ks, kb, kbeg, kend, tid);
+  cp_async_commit();
+  load_tile_async<D, D>(vs, vb, kbeg, kend, tid);
+  cp_async_commit();
   for (int i = tid; i < kBQ * kVec; i += kTileThreads) {
     const int r = i / kVec, c = (i % kVec) * 4;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -71,69 +145,55 @@ __global__ void __launch_bounds__(kTileThreads)
     *reinterpret_cast<float4*>(qs + r * L::kQKStride + c) = x;
   }
 
-  float o[4][kOCols];
-  float m[4], l[4];
+  float o[R][kOCols];
+  float m[R], l[R];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < R; ++i) {
     m[i] = -INFINITY;
     l[i] = 0.f;
 #pragma unroll
     for (int c = 0; c < kOCols; ++c) o[i][c] = 0.f;
   }
 
-  for (int k0 = 0; k0 < seq; k0 += kBK) {
-    __syncthreads();  // the previous tile's P V has finished reading ks, vs and ps
-    // Rows past seq are zero: their P is zero, and 0 * garbage could be NaN.
-    for (int i = tid; i < kBK * kVec; i += kTileThreads) {
-      const int r = i / kVec, c = (i % kVec) * 4;
-      float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
-      if (k0 + r < seq) {
-        const int64_t off = static_cast<int64_t>(k0 + r) * D + c;
-        kx = *reinterpret_cast<const float4*>(kb + off);
-        vx = *reinterpret_cast<const float4*>(vb + off);
-      }
-      *reinterpret_cast<float4*>(ks + r * L::kQKStride + c) = kx;
-      *reinterpret_cast<float4*>(vs + r * D + c) = vx;
-    }
-    __syncthreads();
+  for (int k0 = kbeg; k0 < kend; k0 += kBK) {
+    cp_async_wait<1>();  // this tile's K has landed (its V may still be in flight)
+    __syncthreads();     // ... for every thread's copies, and Q on the first tile
 
-    float s[4][4];
+    float s[R][4];
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < R; ++i) {
 #pragma unroll
-      for (int j = 0; j < 4; ++j) s[i][j] = 0.f;
+      for (int t = 0; t < 4; ++t) s[i][t] = 0.f;
     }
-#pragma unroll 4
+#pragma unroll(kUnroll)
     for (int kk = 0; kk < D; kk += 4) {
-      float4 qv[4], kv[4];
+      float4 kv[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        qv[i] = *reinterpret_cast<const float4*>(qs + (ty + 16 * i) * L::kQKStride + kk);
+      for (int t = 0; t < 4; ++t) {
+        kv[t] = *reinterpret_cast<const float4*>(ks + (cx + 16 * t) * L::kQKStride + kk);
       }
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        kv[j] = *reinterpret_cast<const float4*>(ks + (tx + 16 * j) * L::kQKStride + kk);
-      }
+      for (int i = 0; i < R; ++i) {
+        const float4 qv =
+            *reinterpret_cast<const float4*>(qs + (ry + kRowGroups * i) * L::kQKStride + kk);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          s[i][j] = fmaf(qv[i].x, kv[j].x, s[i][j]);
-          s[i][j] = fmaf(qv[i].y, kv[j].y, s[i][j]);
-          s[i][j] = fmaf(qv[i].z, kv[j].z, s[i][j]);
-          s[i][j] = fmaf(qv[i].w, kv[j].w, s[i][j]);
+        for (int t = 0; t < 4; ++t) {
+          s[i][t] = fmaf(qv.x, kv[t].x, s[i][t]);
+          s[i][t] = fmaf(qv.y, kv[t].y, s[i][t]);
+          s[i][t] = fmaf(qv.z, kv[t].z, s[i][t]);
+          s[i][t] = fmaf(qv.w, kv[t].w, s[i][t]);
         }
       }
     }
 
-    const int valid = seq - k0;  // keys of this tile that exist
+    const int valid = kend - k0;  // keys of this tile inside the split
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
+    for (int i = 0; i < R; ++i) {
       float mx = -INFINITY;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        if (tx + 16 * j >= valid) s[i][j] = -INFINITY;
-        mx = fmaxf(mx, s[i][j]);
+      for (int t = 0; t < 4; ++t) {
+        if (cx + 16 * t >= valid) s[i][t] = -INFINITY;
+        mx = fmaxf(mx, s[i][t]);
       }
 #pragma unroll
       for (int off = 8; off > 0; off >>= 1) {
@@ -146,23 +206,26 @@ __global__ void __launch_bounds__(kTileThreads)
       m[i] = m_new;
       float sum = 0.f;
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float p = exp2f(s[i][j] - m_new);
+      for (int t = 0; t < 4; ++t) {
+        const float p = exp2f(s[i][t] - m_new);
         sum += p;
-        ps[(ty + 16 * i) * L::kPStride + tx + 16 * j] = p;
+        ps[(ry + kRowGroups * i) * L::kPStride + cx + 16 * t] = p;
       }
       l[i] = l[i] * corr + sum;  // this thread's share of the row sum; reduced at the end
 #pragma unroll
       for (int c = 0; c < kOCols; ++c) o[i][c] *= corr;
     }
-    __syncthreads();
+    cp_async_wait<0>();  // this tile's V has landed
+    __syncthreads();     // P and V visible; every thread is done reading K
+    if (k0 + kBK < kend) load_tile_async<D, L::kQKStride>(ks, kb, k0 + kBK, kend, tid);
+    cp_async_commit();  // possibly empty: keeps the group count the same every tile
 
-#pragma unroll 2
+#pragma unroll(kUnroll)
     for (int j = 0; j < kBK; j += 4) {
-      float4 pv[4];
+      float4 pv[R];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        pv[i] = *reinterpret_cast<const float4*>(ps + (ty + 16 * i) * L::kPStride + j);
+      for (int i = 0; i < R; ++i) {
+        pv[i] = *reinterpret_cast<const float4*>(ps + (ry + kRowGroups * i) * L::kPStride + j);
       }
 #pragma unroll
       for (int jj = 0; jj < 4; ++jj) {
@@ -171,65 +234,150 @@ __global__ void __launch_bounds__(kTileThreads)
         if constexpr (D >= 64) {
 #pragma unroll
           for (int g = 0; g < D / 64; ++g) {
-            const float4 x = *reinterpret_cast<const float4*>(vrow + g * 64 + 4 * tx);
+            const float4 x = *reinterpret_cast<const float4*>(vrow + g * 64 + 4 * cx);
             vv[4 * g] = x.x;
             vv[4 * g + 1] = x.y;
             vv[4 * g + 2] = x.z;
             vv[4 * g + 3] = x.w;
           }
         } else {
-          const float2 x = *reinterpret_cast<const float2*>(vrow + 2 * tx);
+          const float2 x = *reinterpret_cast<const float2*>(vrow + 2 * cx);
           vv[0] = x.x;
           vv[1] = x.y;
         }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
+        for (int i = 0; i < R; ++i) {
           const float p = jj == 0 ? pv[i].x : jj == 1 ? pv[i].y : jj == 2 ? pv[i].z : pv[i].w;
 #pragma unroll
           for (int c = 0; c < kOCols; ++c) o[i][c] = fmaf(p, vv[c], o[i][c]);
         }
       }
     }
+    __syncthreads();  // every thread is done reading V and P
+    if (k0 + kBK < kend) load_tile_async<D, D>(vs, vb, k0 + kBK, kend, tid);
+    cp_async_commit();
   }
 
+  const bool split = gridDim.y > 1;
+  const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < R; ++i) {
     float sum = l[i];
 #pragma unroll
     for (int off = 8; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    const int row = q0 + ty + 16 * i;
+    const int row = q0 + ry + kRowGroups * i;
     if (row >= nq) continue;
-    const float inv = 1.f / sum;
-    float* orow = out + (static_cast<int64_t>(bh) * nq + row) * D;
+    const int64_t grow = static_cast<int64_t>(bh) * nq + row;
+    float* orow = out + grow * D;
+    float inv = 1.f / sum;
+    if (split) {
+      const int64_t prow = blockIdx.y * rows + grow;
+      orow = part_o + prow * D;
+      inv = 1.f;
+      if (cx == 0) part_ml[prow] = make_float2(m[i], sum);
+    }
     if constexpr (D >= 64) {
 #pragma unroll
       for (int g = 0; g < D / 64; ++g) {
-        *reinterpret_cast<float4*>(orow + g * 64 + 4 * tx) = make_float4(
+        *reinterpret_cast<float4*>(orow + g * 64 + 4 * cx) = make_float4(
             o[i][4 * g] * inv, o[i][4 * g + 1] * inv, o[i][4 * g + 2] * inv, o[i][4 * g + 3] * inv);
       }
     } else {
-      *reinterpret_cast<float2*>(orow + 2 * tx) = make_float2(o[i][0] * inv, o[i][1] * inv);
+      *reinterpret_cast<float2*>(orow + 2 * cx) = make_float2(o[i][0] * inv, o[i][1] * inv);
     }
   }
+}
+
+// out = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s with M = max_s m_s, for every row (of
+// batch_heads * nq) and float4 of columns. Every split holds at least one key, so m_s is finite.
+template <int D>
+__global__ void attention_combine_kernel(const float* __restrict__ part_o,
+                                         const float2* __restrict__ part_ml,
+                                         float* __restrict__ out, int64_t rows, int splits) {
+  constexpr int kVec = D / 4;
+  KVC_GRID_LOOP(i, rows * kVec) {
+    const int64_t row = i / kVec;
+    const int c = static_cast<int>(i % kVec) * 4;
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_ml[s * rows + row].x);
+    float sum = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s = 0; s < splits; ++s) {
+      const float2 ml = part_ml[s * rows + row];
+      const float w = exp2f(ml.x - mx);
+      sum = fmaf(w, ml.y, sum);
+      const float4 x = *reinterpret_cast<const float4*>(part_o + (s * rows + row) * D + c);
+      acc.x = fmaf(w, x.x, acc.x);
+      acc.y = fmaf(w, x.y, acc.y);
+      acc.z = fmaf(w, x.z, acc.z);
+      acc.w = fmaf(w, x.w, acc.w);
+    }
+    const float inv = 1.f / sum;
+    *reinterpret_cast<float4*>(out + row * D + c) =
+        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+  }
+}
+
+// CTAs of the tiled kernel that fit on the whole GPU at once, read once per head size.
+template <int D>
+int resident_ctas() {
+  static const int n = [] {
+    using L = TileLayout<D>;
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<D>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(L::kBytes)));
+    int device = 0, sms = 0, per_sm = 0;
+    KVC_CUDA_CHECK(cudaGetDevice(&device));
+    KVC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, attention_tiled_kernel<D>, kTileThreads, L::kBytes));
+    return std::max(1, sms * per_sm);
+  }();
+  return n;
+}
+
+// Key splits per (batch-head, query tile): the count whose waves of CTAs (time ~ waves / splits)
+// fill the GPU best, taking a larger count only for a clear (5%) gain since each split adds a
+// partial O to write and combine, and keeping at least kMinTilesPerSplit tiles per split.
+int choose_splits(int64_t ctas, int64_t tiles, int slots) {
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, tiles / kMinTilesPerSplit));
+  int best = 1;
+  double best_cost = static_cast<double>((ctas + slots - 1) / slots);
+  for (int s = 2; s <= most; ++s) {
+    const double cost = static_cast<double>((ctas * s + slots - 1) / slots) / s;
+    if (cost < 0.95 * best_cost) {
+      best = s;
+      best_cost = cost;
+    }
+  }
+  return best;
 }
 
 template <int D>
 void launch_tiled(const float* q, const float* k, const float* v, float* out, int64_t bh,
                   int64_t nq, int64_t seq, double alpha) {
   using L = TileLayout<D>;
-  static const bool configured = [] {
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<D>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(L::kBytes)));
-    return true;
-  }();
-  (void)configured;
+  const int slots = resident_ctas<D>();  // also raises the kernel's shared-memory limit
   const int64_t q_tiles = (nq + kBQ - 1) / kBQ;
+  const int64_t tiles = (seq + kBK - 1) / kBK;
+  int splits = choose_splits(bh * q_tiles, tiles, slots);
+  const int64_t split_tiles = (tiles + splits - 1) / splits;
+  splits = static_cast<int>((tiles + split_tiles - 1) / split_tiles);  // none of them empty
   const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
-  attention_tiled_kernel<D>
-      <<<static_cast<unsigned>(bh * q_tiles), kTileThreads, L::kBytes, stream()>>>(
-          q, k, v, out, static_cast<int>(nq), static_cast<int>(seq), static_cast<int>(q_tiles),
-          scale_log2);
+  const int64_t rows = bh * nq;
+  Scratch part(splits > 1 ? static_cast<size_t>(splits * rows) * (D + 2) * sizeof(float) : 0);
+  float* part_o = part.as<float>();
+  float2* part_ml = splits > 1 ? reinterpret_cast<float2*>(part_o + splits * rows * D) : nullptr;
+  const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(splits));
+  attention_tiled_kernel<D><<<grid, kTileThreads, L::kBytes, stream()>>>(
+      q, k, v, out, part_o, part_ml, static_cast<int>(nq), static_cast<int>(seq),
+      static_cast<int>(q_tiles), static_cast<int>(split_tiles * kBK), scale_log2);
+  KVC_CUDA_CHECK(cudaGetLastError());
+  if (splits > 1) {
+    attention_combine_kernel<D><<<grid_for(rows * (D / 4)), kThreads, 0, stream()>>>(
+        part_o, part_ml, out, rows, splits);
+    KVC_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 constexpr int kRowWarps = 4;  // query rows (one per warp) per block of the generic kernel
