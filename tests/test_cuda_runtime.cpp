@@ -8,10 +8,13 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "data/synthetic.h"
 #include "kernels/adam.h"
 #include "kernels/gemm.h"
 #include "kernels/memory.h"
 #include "kernels/synthetic.h"
+#include "nn/compressor_pair.h"
+#include "optim/adam.h"
 #include "tests/test_util.h"
 
 namespace kvc {
@@ -139,6 +142,45 @@ TEST_CASE("cuda: a repeated training step allocates no device memory after warm-
   CHECK(emptied.device_frees > after.device_frees);
   CHECK(emptied.bytes_in_use == after.bytes_in_use);
   CHECK(w1.to_vector().size() == 32 * 64);
+}
+
+// The same for the real thing: a distill step of a compressor pair (dropout on) with Adam and
+// clipping, on synthetic batches drawn on the device.
+TEST_CASE("cuda: a compressor pair's training step allocates nothing after warm-up") {
+  KVC_REQUIRE_CUDA();
+  for (const char* kind : {"efficient_conv", "enhanced_mlp", "attention_pool"}) {
+    INFO(kind);
+    CompressorOptions o;
+    o.kind = kind;
+    o.heads = 2;
+    o.dim_head = 16;
+    o.block = 4;
+    o.dropout = 0.1;
+    o.device = Device::cuda();
+    CompressorPair pair(o);
+    Adam adam(pair.named_parameters(), AdamOptions{});
+    KVShape shape;
+    shape.heads = 2;
+    shape.dim_head = 16;
+    shape.seq = 64;
+    shape.queries = 8;
+    SyntheticKV data(shape, 0, Device::cuda());
+    auto step = [&] {
+      const Batch b = data.next();
+      adam.zero_grad();
+      const Tensor loss = pair.distill_loss(b.q, b.k, b.v);
+      backward(loss);
+      adam.clip_grad_norm_async(1.0);
+      adam.step();
+    };
+    step();
+    step();
+    const kernels::cuda::AllocatorStats before = kernels::cuda::allocator_stats();
+    for (int i = 0; i < 4; ++i) step();
+    const kernels::cuda::AllocatorStats after = kernels::cuda::allocator_stats();
+    CHECK(after.device_allocations == before.device_allocations);
+    CHECK(after.bytes_in_use == before.bytes_in_use);
+  }
 }
 
 TEST_CASE("cuda: running out of device memory throws OutOfMemoryError naming the bytes") {

@@ -99,7 +99,7 @@ __device__ __forceinline__ void load_tile_async(float* dst, const float* src, in
 // normalized output; otherwise the unnormalized O and its row (max, sum) go to part_o / part_ml,
 // and attention_combine_kernel merges the splits.
 template <int D>
-__global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
+__global__ void __launch_bounds__(kTileThreads, D == 32 ? 2 : 1)
     attention_tiled_kernel(const float* __restrict__ q, const float* __restrict__ k,
                            const float* __restrict__ v, float* __restrict__ out,
                            float* __restrict__ part_o, float2* __restrict__ part_ml, int nq,
@@ -111,6 +111,7 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
   // Two steps of the inner loops in flight at once fit D = 128's 255 registers; at 2 CTAs per SM
   // (128 registers) they would spill.
   constexpr int kUnroll = D == 128 ? 2 : 1;
+  constexpr int kPW = D == 128 ? 4 : 2;  // P values per load: float2 keeps D < 128 unspilled
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   float* qs = smem + L::kQ;
@@ -221,14 +222,25 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     cp_async_commit();  // possibly empty: keeps the group count the same every tile
 
 #pragma unroll(kUnroll)
-    for (int j = 0; j < kBK; j += 4) {
-      float4 pv[R];
+    for (int j = 0; j < kBK; j += kPW) {
+      float pv[R][kPW];
 #pragma unroll
       for (int i = 0; i < R; ++i) {
-        pv[i] = *reinterpret_cast<const float4*>(ps + (ry + kRowGroups * i) * L::kPStride + j);
+        const float* prow = ps + (ry + kRowGroups * i) * L::kPStride + j;
+        if constexpr (kPW == 4) {
+          const float4 x = *reinterpret_cast<const float4*>(prow);
+          pv[i][0] = x.x;
+          pv[i][1] = x.y;
+          pv[i][2] = x.z;
+          pv[i][3] = x.w;
+        } else {
+          const float2 x = *reinterpret_cast<const float2*>(prow);
+          pv[i][0] = x.x;
+          pv[i][1] = x.y;
+        }
       }
 #pragma unroll
-      for (int jj = 0; jj < 4; ++jj) {
+      for (int jj = 0; jj < kPW; ++jj) {
         const float* vrow = vs + (j + jj) * D;
         float vv[kOCols];
         if constexpr (D >= 64) {
@@ -247,9 +259,8 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
         }
 #pragma unroll
         for (int i = 0; i < R; ++i) {
-          const float p = jj == 0 ? pv[i].x : jj == 1 ? pv[i].y : jj == 2 ? pv[i].z : pv[i].w;
 #pragma unroll
-          for (int c = 0; c < kOCols; ++c) o[i][c] = fmaf(p, vv[c], o[i][c]);
+          for (int c = 0; c < kOCols; ++c) o[i][c] = fmaf(pv[i][jj], vv[c], o[i][c]);
         }
       }
     }
