@@ -14,9 +14,9 @@ namespace kvc::kernels::cuda {
 
 namespace {
 
-constexpr int kBK = 64;                  // keys per tile
-constexpr int kRowGroups = 16;           // half-warps per CTA, one per group of query rows
-constexpr int kRowsPerThread = 8;        // query rows each thread owns (in S and in O)
+constexpr int kBK = 64;                           // keys per tile
+constexpr int kRowGroups = 16;                    // half-warps per CTA, one per group of query rows
+constexpr int kRowsPerThread = 8;                 // query rows each thread owns (in S and in O)
 constexpr int kBQ = kRowGroups * kRowsPerThread;  // 128 queries per CTA
 constexpr int kTileThreads = 16 * kRowGroups;     // 256
 constexpr int kMinTilesPerSplit = 8;  // a split below this spends too much on its partial O
@@ -108,10 +108,10 @@ __global__ void __launch_bounds__(kTileThreads, D == 32 ? 2 : 1)
   constexpr int kVec = D / 4;     // float4s per row
   constexpr int kOCols = D / 16;  // O columns per thread
   constexpr int R = kRowsPerThread;
-  // Two steps of the inner loops in flight at once fit D = 128's 255 registers; at 2 CTAs per SM
-  // (128 registers) they would spill.
+  // Two steps of the inner loops in flight at once fit 255 registers (one CTA per SM); D = 32
+  // runs two CTAs per SM (128 registers), where they would spill.
   constexpr int kUnroll = D == 128 ? 2 : 1;
-  constexpr int kPW = D == 128 ? 4 : 2;  // P values per load: float2 keeps D < 128 unspilled
+  constexpr int kPW = D == 128 ? 4 : 2;  // P values per load: float2 keeps D = 32 unspilled
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   float* qs = smem + L::kQ;
@@ -340,8 +340,8 @@ int resident_ctas() {
     int device = 0, sms = 0, per_sm = 0;
     KVC_CUDA_CHECK(cudaGetDevice(&device));
     KVC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, attention_tiled_kernel<D>, kTileThreads, L::kBytes));
+    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_tiled_kernel<D>,
+                                                                 kTileThreads, L::kBytes));
     return std::max(1, sms * per_sm);
   }();
   return n;
@@ -351,7 +351,8 @@ int resident_ctas() {
 // fill the GPU best, taking a larger count only for a clear (5%) gain since each split adds a
 // partial O to write and combine, and keeping at least kMinTilesPerSplit tiles per split.
 int choose_splits(int64_t ctas, int64_t tiles, int slots) {
-  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, tiles / kMinTilesPerSplit));
+  const int64_t most =
+      std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, tiles / kMinTilesPerSplit));
   int best = 1;
   double best_cost = static_cast<double>((ctas + slots - 1) / slots);
   for (int s = 2; s <= most; ++s) {
@@ -373,7 +374,7 @@ void launch_tiled(const float* q, const float* k, const float* v, float* out, in
   const int64_t tiles = (seq + kBK - 1) / kBK;
   int splits = choose_splits(bh * q_tiles, tiles, slots);
   const int64_t split_tiles = (tiles + splits - 1) / splits;
-  splits = static_cast<int>((tiles + split_tiles - 1) / split_tiles);  // none of them empty
+  splits = static_cast<int>((tiles + split_tiles - 1) / split_tiles);       // none of them empty
   const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
   const int64_t rows = bh * nq;
   Scratch part(splits > 1 ? static_cast<size_t>(splits * rows) * (D + 2) * sizeof(float) : 0);
@@ -385,8 +386,8 @@ void launch_tiled(const float* q, const float* k, const float* v, float* out, in
       static_cast<int>(q_tiles), static_cast<int>(split_tiles * kBK), scale_log2);
   KVC_CUDA_CHECK(cudaGetLastError());
   if (splits > 1) {
-    attention_combine_kernel<D><<<grid_for(rows * (D / 4)), kThreads, 0, stream()>>>(
-        part_o, part_ml, out, rows, splits);
+    attention_combine_kernel<D>
+        <<<grid_for(rows * (D / 4)), kThreads, 0, stream()>>>(part_o, part_ml, out, rows, splits);
     KVC_CUDA_CHECK(cudaGetLastError());
   }
 }
