@@ -30,4 +30,10 @@ KVC_SOFTMAX_POOL_KERNELS
 }
 #undef KVC_SOFTMAX_POOL_KERNELS
 
+// Explicit instantiations, one list for both backends.
+#define KVC_SOFTMAX_POOL_INSTANTIATE(T)                                                            \
+  template void softmax_pool_forward<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, T); \
+  template void softmax_pool_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t,  \
+                                         int64_t, int64_t, T, bool, bool);
+
 }  // namespace kvc::kernels

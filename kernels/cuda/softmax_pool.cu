@@ -91,12 +91,7 @@ void softmax_pool_backward(const T* x, const T* logits, const T* weights, const 
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-#define KVC_INSTANTIATE(T)                                                                         \
-  template void softmax_pool_forward<T>(const T*, const T*, T*, T*, int64_t, int64_t, int64_t, T); \
-  template void softmax_pool_backward<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t,  \
-                                         int64_t, int64_t, T, bool, bool);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_SOFTMAX_POOL_INSTANTIATE(float)
+KVC_SOFTMAX_POOL_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cuda
