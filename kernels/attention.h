@@ -21,4 +21,9 @@ KVC_ATTENTION_KERNELS
 }
 #undef KVC_ATTENTION_KERNELS
 
+// Explicit instantiations, one list for both backends.
+#define KVC_ATTENTION_INSTANTIATE(T)                                                              \
+  template void attention_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
+                                     int64_t, double);
+
 }  // namespace kvc::kernels

@@ -86,11 +86,7 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
   }
 }
 
-#define KVC_INSTANTIATE(T)                                                                        \
-  template void attention_forward<T>(const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
-                                     int64_t, double);
-KVC_INSTANTIATE(float)
-KVC_INSTANTIATE(double)
-#undef KVC_INSTANTIATE
+KVC_ATTENTION_INSTANTIATE(float)
+KVC_ATTENTION_INSTANTIATE(double)
 
 }  // namespace kvc::kernels::cpu
