@@ -202,7 +202,7 @@ void write_kv_file(const std::string& path, const std::vector<Batch>& batches) {
 }
 
 void generate_kv_file(const std::string& path, const KVShape& shape, int64_t count, uint64_t seed,
-                      Device device) {
+                      Device device, const std::function<void(int64_t)>& on_progress) {
   KVC_CHECK(count >= 1, "gen-data: count ", count, " must be >= 1");
   SyntheticKV gen(shape, seed, device, DType::f32, Split::train);
   KVFileWriter w(path, count, shape.heads, shape.seq, shape.dim_head, shape.queries);
@@ -210,6 +210,7 @@ void generate_kv_file(const std::string& path, const KVShape& shape, int64_t cou
   w.set_attr("seed", static_cast<int64_t>(seed));
   for (uint64_t i = 0; w.written() < count; ++i) {
     w.append(gen.batch_at(i), std::min(shape.batch, count - w.written()));
+    if (on_progress) on_progress(w.written());
   }
   w.commit();
 }

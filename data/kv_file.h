@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -73,8 +74,10 @@ void write_kv_file(const std::string& path, const Tensor& k, const Tensor& v, co
 void write_kv_file(const std::string& path, const std::vector<Batch>& batches);
 
 // gen-data: `count` sequences of the synthetic generator (seed, train split, shape.batch
-// sequences per generated batch) written to `path`, generated on `device`.
+// sequences per generated batch) written to `path`, generated on `device`. `on_progress`, when
+// given, is called with the number of sequences written after each batch.
 void generate_kv_file(const std::string& path, const KVShape& shape, int64_t count, uint64_t seed,
-                      Device device = Device::cpu());
+                      Device device = Device::cpu(),
+                      const std::function<void(int64_t)>& on_progress = {});
 
 }  // namespace kvc

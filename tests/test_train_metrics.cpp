@@ -1,11 +1,16 @@
 // Tests of train/metrics (CSV, SVG loss curve), train/progress and
 // train/signals.
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cmath>
 #include <csignal>
 #include <limits>
 #include <map>
+#include <memory>
 #include <regex>
+#include <sstream>
 
 #include "test_train_util.h"
 #include "test_util.h"
@@ -174,6 +179,25 @@ TEST_CASE("progress: durations format as a person reads them") {
   CHECK(train::format_duration(187) == "3m07s");
   CHECK(train::format_duration(7500) == "2h05m");
   CHECK(train::format_duration(NAN) == "?");
+}
+
+TEST_CASE("progress: item progress logs the count, the percentage and an ETA, and not when done") {
+  std::ostringstream log;
+  const std::shared_ptr<spdlog::logger> before = spdlog::default_logger();
+  auto logger = std::make_shared<spdlog::logger>(
+      "capture", std::make_shared<spdlog::sinks::ostream_sink_mt>(log));
+  logger->set_pattern("%v");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::info);
+  train::ItemProgress progress("gen-data: sequences written", 10, /*interval_s=*/0.0);
+  progress.update(3);
+  const std::string first = log.str();
+  progress.update(10);  // the caller's own final line says it is done
+  const std::string after = log.str();
+  spdlog::set_default_logger(before);
+  CHECK(first.find("gen-data: sequences written: 3/10 (30%)") != std::string::npos);
+  CHECK(first.find("ETA") != std::string::npos);
+  CHECK(after == first);
 }
 
 TEST_CASE("signals: SIGINT and SIGTERM set the flag instead of ending the process") {

@@ -6,6 +6,7 @@
 
 #include "data/kv_file.h"
 #include "train/cli_options.h"
+#include "train/progress.h"
 
 namespace kvc::cli {
 
@@ -28,7 +29,9 @@ int run_gen_data(const GenDataArgs& a) {
   shape.dim_head = a.shape.dim_head;
   shape.seq = a.shape.seq;
   shape.queries = a.shape.queries;
-  generate_kv_file(a.out, shape, a.count, a.seed, device);
+  train::ItemProgress progress("gen-data: sequences written", a.count);
+  generate_kv_file(a.out, shape, a.count, a.seed, device,
+                   [&](int64_t written) { progress.update(written); });
   spdlog::info(
       "wrote {}: {} sequences, k and v ({}, {}, {}, {}), q ({}, {}, "
       "{}, {}), seed {}",

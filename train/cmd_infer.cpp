@@ -12,6 +12,7 @@
 #include "train/checkpoint.h"
 #include "train/cli_options.h"
 #include "train/metrics.h"
+#include "train/progress.h"
 #include "train/trainer.h"
 
 namespace kvc::cli {
@@ -52,6 +53,7 @@ int run_infer(const InferArgs& a) {
     out.create_dataset("/k_compressed", shape, DType::f32, chunk);
     out.create_dataset("/v_compressed", shape, DType::f32, chunk);
     NoGradGuard no_grad;
+    train::ItemProgress progress("infer: sequences compressed", info.count);
     for (int64_t start = 0; start < info.count; start += chunk) {
       const int64_t n = std::min(chunk, info.count - start);
       const Tensor k = read_kv_rows(in, "k", start, n, DType::f32, device);
@@ -59,6 +61,7 @@ int run_infer(const InferArgs& a) {
       const auto kv = pair->compress(k, v);
       out.write_rows("/k_compressed", start, kv.first);
       out.write_rows("/v_compressed", start, kv.second);
+      progress.update(start + n);
     }
     out.set_attr("/", "checkpoint", a.checkpoint);
     out.set_attr("/", "data", a.data);

@@ -92,4 +92,22 @@ void Progress::finish() {
   }
 }
 
+ItemProgress::ItemProgress(std::string what, int64_t total, double interval_s)
+    : what_(std::move(what)),
+      total_(total),
+      interval_s_(interval_s),
+      start_(Clock::now()),
+      last_(start_) {}
+
+void ItemProgress::update(int64_t done) {
+  const Clock::time_point now = Clock::now();
+  if (done >= total_ || std::chrono::duration<double>(now - last_).count() < interval_s_) return;
+  last_ = now;
+  const double elapsed = std::chrono::duration<double>(now - start_).count();
+  const double rate = elapsed > 0 ? static_cast<double>(done) / elapsed : 0.0;
+  spdlog::info("{}: {}/{} ({:.0f}%), {:.1f}/s, ETA {}", what_, done, total_,
+               100.0 * static_cast<double>(done) / static_cast<double>(total_), rate,
+               rate > 0 ? format_duration(static_cast<double>(total_ - done) / rate) : "?");
+}
+
 }  // namespace kvc::train

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 
 namespace kvc::train {
 
@@ -43,6 +44,21 @@ class Progress {
   int64_t last_step_ = 0;
   Clock::time_point start_;
   Clock::time_point last_draw_;
+};
+
+// Progress of work over many items (gen-data, infer): a spdlog line at most every
+// `interval_s` seconds with the count, rate and ETA, so long runs show they are alive.
+class ItemProgress {
+ public:
+  ItemProgress(std::string what, int64_t total, double interval_s = 2.0);
+  void update(int64_t done);
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  std::string what_;
+  int64_t total_;
+  double interval_s_;
+  Clock::time_point start_, last_;
 };
 
 }  // namespace kvc::train
