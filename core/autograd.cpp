@@ -7,6 +7,21 @@ namespace kvc {
 
 namespace {
 thread_local bool t_grad_enabled = true;
+
+// The gradient backward() is handing to the closure being run, and whether its storage was
+// already given to some tensor as that tensor's gradient. While the closure runs, the walker
+// holds this gradient and nothing else does (every gradient buffer has one owner), so one view
+// of it (a reshape's gradient, say) may become a tensor's gradient without a copy: the walker
+// drops its handle right after. A second one must be copied.
+struct Handoff {
+  const Storage* storage = nullptr;
+  bool given = false;
+};
+thread_local Handoff t_handoff;
+
+bool is_handoff(const std::shared_ptr<Storage>& s) {
+  return t_handoff.storage != nullptr && s.get() == t_handoff.storage;
+}
 }  // namespace
 
 Tape& Tape::current() {
@@ -74,6 +89,10 @@ void backward(const Tensor& root, const Tensor& seed) {
     // single owner lets accumulate_grad hand the buffer on without a copy.
     Tensor grad_out(std::move(out->grad));
     out->grad.reset();
+    struct ResetHandoff {
+      ~ResetHandoff() { t_handoff = Handoff{}; }
+    } reset_handoff;
+    t_handoff = Handoff{grad_out.impl()->storage.get(), false};
     e.backward(grad_out);
   }
   // The root keeps its gradient only when it is a leaf, handled above.
@@ -88,13 +107,22 @@ void accumulate_grad(const Tensor& target, const Tensor& grad) {
   KVC_CHECK(grad.device() == target.device(), "accumulate_grad: gradient on ", grad.device().name(),
             " but tensor on ", target.device().name());
   TensorImpl* t = target.impl();
+  const std::shared_ptr<Storage>& storage = grad.impl()->storage;
   if (!t->grad) {
-    // Reuse the buffer when nothing else can see it; otherwise a later in-place accumulation
-    // would write into another tensor's gradient.
+    // Reuse the buffer when nothing else can see it, or when the only other holder is the
+    // walker's handle of the gradient being handed on (see Handoff) and no other tensor got it
+    // yet; otherwise a later in-place accumulation would write into another tensor's gradient.
+    const bool sole_view = grad.impl_ptr().use_count() == 1;
     const bool exclusive =
-        grad.impl_ptr().use_count() == 1 && grad.impl()->storage.use_count() == 1;
+        sole_view && (storage.use_count() == 1 ||
+                      (storage.use_count() == 2 && is_handoff(storage) && !t_handoff.given));
+    if (exclusive && is_handoff(storage)) t_handoff.given = true;
     t->grad = (exclusive ? grad.detach() : grad.clone()).impl_ptr();
     return;
+  }
+  if (is_handoff(t->grad->storage)) {
+    // This gradient is the one the running closure is still reading: add out of place.
+    t->grad = Tensor(t->grad).clone().impl_ptr();
   }
   Tensor acc(t->grad);
   const int64_t n = acc.numel();
@@ -111,6 +139,8 @@ void accumulate_grad(const Tensor& target, const Tensor& grad) {
 Tensor grad_buffer(const Tensor& target, bool* accumulate) {
   TensorImpl* t = target.impl();
   if (t->grad) {
+    // A kernel will write into it; never into the gradient the running closure still reads.
+    if (is_handoff(t->grad->storage)) t->grad = Tensor(t->grad).clone().impl_ptr();
     *accumulate = true;
     return Tensor(t->grad);
   }

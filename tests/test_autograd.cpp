@@ -185,6 +185,40 @@ TEST_CASE("autograd: accumulate_grad copies a gradient that another handle share
   CHECK(x.grad().to_vector() == Vec{2, 2});
 }
 
+// A reshape's gradient is a view of the gradient being handed on; it may become the input's
+// gradient without a copy, but only once, and later additions must not write through it into
+// another tensor's gradient or into the seed.
+TEST_CASE("autograd: gradients handed on without a copy never alias another gradient") {
+  Tensor x = leaf({1, 2, 3, 4, 5, 6}, {2, 3});
+  Tensor y = leaf({1, 1, 1, 1, 1, 1}, {6});
+  const Tensor c = Tensor::from_vector({1, -2, 3, -4, 5, -6}, {6}, f64());
+  // d/dx of sum(c * (reshape(x) + reshape(x) + y)) = 2c; d/dy = c.
+  const Tensor rx = reshape(x, {6});
+  const Tensor loss = sum(mul(add(add(rx, reshape(x, {6})), y), c));
+  backward(loss);
+  CHECK(x.grad().to_vector() == Vec{2, -4, 6, -8, 10, -12});
+  CHECK(y.grad().to_vector() == Vec{1, -2, 3, -4, 5, -6});
+  CHECK(x.grad().impl()->storage != y.grad().impl()->storage);
+
+  // add(a, b) hands the same gradient to both: each gets its own buffer.
+  Tensor a = leaf({1, 2}, {2});
+  Tensor b = leaf({3, 4}, {2});
+  const Tensor seed = Tensor::from_vector({0.5, -1}, {2}, f64());
+  backward(reshape(add(a, b), {2}), seed);
+  CHECK(a.grad().impl()->storage != b.grad().impl()->storage);
+  a.grad().fill_(7.0);  // writing one gradient changes neither the other nor the seed
+  CHECK(b.grad().to_vector() == Vec{0.5, -1});
+  CHECK(seed.to_vector() == Vec{0.5, -1});
+
+  // A tensor that is both inputs of one add, behind a reshape: 2g, and g itself unchanged.
+  Tensor z = leaf({1, 2, 3}, {3});
+  const Tensor rz = reshape(z, {3, 1});
+  const Tensor g = Tensor::from_vector({1, 10, 100}, {3, 1}, f64());
+  backward(add(rz, rz), g);
+  CHECK(z.grad().to_vector() == Vec{2, 20, 200});
+  CHECK(g.to_vector() == Vec{1, 10, 100});
+}
+
 TEST_CASE("autograd: grad_buffer hands out a fresh buffer, then the same one to accumulate") {
   Tensor x = leaf({1, 2}, {2});
   bool acc = true;
