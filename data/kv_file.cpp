@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "data/atomic_file.h"
 #include "data/synthetic.h"
 
 namespace kvc {
@@ -111,7 +112,7 @@ KVFileWriter::KVFileWriter(const std::string& path, int64_t count, int64_t heads
   KVC_CHECK(parent.empty() || fs::is_directory(parent, ec), "kv file '", path, "': folder '",
             parent.string(), "' does not exist");
   // Same folder as the target, so the final rename is atomic (one file system).
-  temp_path_ = path + ".tmp-" + std::to_string(::getpid());
+  temp_path_ = temp_path_for(path);
   file_ = H5File::open(temp_path_, H5Mode::create);
   file_.create_dataset("k", {count, heads, seq, dim_head}, DType::f32);
   file_.create_dataset("v", {count, heads, seq, dim_head}, DType::f32);
@@ -169,10 +170,7 @@ void KVFileWriter::commit() {
             " sequences were written");
   file_.flush();
   file_.close();
-  std::error_code ec;
-  fs::rename(temp_path_, path_, ec);
-  KVC_CHECK(!ec, "kv file '", path_, "': cannot rename '", temp_path_,
-            "' into place: ", ec.message());
+  publish_file(temp_path_, path_, "kv file '" + path_ + "'");
   committed_ = true;
 }
 

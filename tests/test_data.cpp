@@ -243,10 +243,12 @@ TEST_CASE("data: gen-data writes the synthetic stream; H5KVDataset reads it back
   CHECK(row_of(q, 1) == row_of(b0.q, 1));
   CHECK(row_of(k, 4) == row_of(b2.k, 0));
   CHECK(f.attr_int64("/", "seed") == 11);
-  // Nothing but the file is left behind.
+  // Nothing but the file is left behind: no ".<name>.tmp-<pid>" beside it.
+  const std::string temp_prefix =
+      "." + std::filesystem::path(file.path).filename().string() + ".tmp-";
   int siblings = 0;
   for (const auto& e : std::filesystem::directory_iterator(KVC_BINARY_DIR)) {
-    siblings += e.path().string().rfind(file.path + ".tmp", 0) == 0;
+    siblings += e.path().filename().string().rfind(temp_prefix, 0) == 0;
   }
   CHECK(siblings == 0);
 }

@@ -13,6 +13,7 @@
 #include <functional>
 
 #include "core/error.h"
+#include "data/atomic_file.h"
 #include "data/h5file.h"
 
 #ifndef KVC_VERSION
@@ -22,27 +23,6 @@
 namespace kvc::train {
 
 namespace {
-
-std::string dirname_of(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  if (slash == 0) return "/";
-  return path.substr(0, slash);
-}
-
-// fsync by path: HDF5 owns the descriptor while the file is open, so reopen it
-// after close.
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  KVC_CHECK(fd >= 0, "checkpoint: cannot reopen ", path, " to sync it: ", std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  // Some file systems refuse fsync on folders (EINVAL); the rename is still
-  // atomic there.
-  KVC_CHECK(rc == 0 || (directory && (err == EINVAL || err == EBADF)), "checkpoint: fsync of ",
-            path, " failed: ", std::strerror(err));
-}
 
 void write_named(H5File& f, const std::string& group, const NamedTensors& tensors) {
   f.create_group(group);
@@ -166,7 +146,6 @@ std::string iso8601_now() {
 }
 
 void save_checkpoint(const std::string& path, const Checkpoint& ck) {
-  const std::string dir = dirname_of(path);
   const std::string tmp = temp_path_for(path);
   try {
     H5File f = H5File::open(tmp, H5Mode::create);
@@ -229,10 +208,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
 
     f.flush();
     f.close();
-    fsync_path(tmp, false);
-    KVC_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "checkpoint: cannot rename ", tmp, " to ",
-              path, ": ", std::strerror(errno));
-    fsync_path(dir, true);
+    publish_file(tmp, path, "checkpoint");
   } catch (const Error& e) {
     ::unlink(tmp.c_str());
     rethrow_in_context(e, "cannot write " + path);

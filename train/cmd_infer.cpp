@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "core/autograd.h"
+#include "data/atomic_file.h"
 #include "data/kv_file.h"
 #include "train/checkpoint.h"
 #include "train/cli_options.h"
@@ -45,7 +46,7 @@ int run_infer(const InferArgs& a) {
 
   // A temp file in the output's folder, renamed over --out at the end: never a
   // partial result.
-  const std::string tmp = train::temp_path_for(a.out);
+  const std::string tmp = temp_path_for(a.out);
   try {
     H5File out = H5File::open(tmp, H5Mode::create);
     const Shape shape{info.count, info.heads, w, info.dim_head};
@@ -72,8 +73,7 @@ int run_infer(const InferArgs& a) {
     out.set_attr("/", "kvcompress_version", std::string(KVC_VERSION));
     out.flush();
     out.close();
-    KVC_CHECK(::rename(tmp.c_str(), a.out.c_str()) == 0, "infer: cannot rename ", tmp, " to ",
-              a.out, ": ", std::strerror(errno));
+    publish_file(tmp, a.out, "infer");
   } catch (...) {
     ::unlink(tmp.c_str());
     throw;

@@ -15,6 +15,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "data/atomic_file.h"
 
 namespace kvc::train {
 
@@ -373,13 +374,6 @@ void write_loss_svg(const std::string& path, const MetricsHistory& history,
 // ---- atomic write
 // ---------------------------------------------------------------------------
 
-std::string temp_path_for(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : path.substr(0, slash);
-  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-  return dir + "/." + name + ".tmp-" + std::to_string(::getpid());
-}
-
 void write_file_atomic(const std::string& path, const std::string& contents) {
   const std::string tmp = temp_path_for(path);
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -396,19 +390,12 @@ void write_file_atomic(const std::string& path, const std::string& contents) {
     }
     done += static_cast<size_t>(n);
   }
-  const bool synced = ::fsync(fd) == 0;
-  int err = errno;
-  const bool closed = ::close(fd) == 0;
-  if (synced) err = errno;
-  if (!synced || !closed) {
+  if (::close(fd) != 0) {
+    const int err = errno;
     ::unlink(tmp.c_str());
     KVC_FAIL("cannot write ", path, ": ", std::strerror(err));
   }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(tmp.c_str());
-    KVC_FAIL("cannot write ", path, ": rename failed: ", std::strerror(err));
-  }
+  publish_file(tmp, path, "cannot write " + path);
 }
 
 }  // namespace kvc::train

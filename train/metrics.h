@@ -69,11 +69,6 @@ std::string loss_curve_svg(const MetricsHistory& history, const std::string& tit
 void write_loss_svg(const std::string& path, const MetricsHistory& history,
                     const std::string& title);
 
-// The temp file an atomic writer of `path` uses: ".<name>.tmp-<pid>" in the
-// same folder (a rename() is atomic only within one file system).
-// remove_stale_temp_files sweeps these.
-std::string temp_path_for(const std::string& path);
-
 // Writes `contents` to `path` through a temp file in the same folder, fsync and
 // rename(), so a reader sees the old file or the new one, never a torn one.
 // Throws kvc::Error on failure.
