@@ -1,4 +1,5 @@
-// Batched GEMM in row-major terms: OpenBLAS on the CPU, cuBLAS on CUDA.
+// Batched GEMM in row-major terms: OpenBLAS on the CPU, cuBLAS on CUDA (float32 GEMMs there
+// round their operands as kernels/precision.h's setting says).
 #pragma once
 
 #include <cstdint>
@@ -29,9 +30,6 @@ KVC_GEMM_KERNELS
 }
 namespace cuda {
 KVC_GEMM_KERNELS
-// TF32 tensor-core math for float32 GEMMs (off by default, as in PyTorch).
-void set_tf32(bool enabled);
-bool tf32_enabled();
 }  // namespace cuda
 #undef KVC_GEMM_KERNELS
 

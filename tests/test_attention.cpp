@@ -1,5 +1,6 @@
 // attention_target and kernels::*::attention_forward: CPU against a naive float64 reference, CUDA
-// against the CPU path (outputs poisoned with NaN first), and the fallback when grad is needed.
+// against the CPU path (outputs poisoned with NaN first), the tensor-core (tf32 / bf16) kernels
+// against the same reference within their rounding, and the fallback when grad is needed.
 #include <cmath>
 #include <limits>
 #include <string>
@@ -8,6 +9,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "kernels/attention.h"
+#include "kernels/precision.h"
 #include "tests/test_util.h"
 
 namespace kvc {
@@ -179,6 +181,66 @@ TEST_CASE("cuda: attention_forward with the keys split over CTAs") {
   // results. seq is no multiple of the 64-key tile, so the last split ends in a partial tile.
   check_cuda_cases({{2, 64, 50000, 128, 1.0}, {1, 70, 30011, 64, 2.0}, {1, 33, 9000, 32, 1.0}},
                    1300);
+}
+
+#ifdef KVC_WITH_CUDA
+// Sets the CUDA math precision for one scope.
+struct PrecisionScope {
+  kernels::MathPrecision saved = kernels::cuda::math_precision();
+  explicit PrecisionScope(kernels::MathPrecision p) { kernels::cuda::set_math_precision(p); }
+  ~PrecisionScope() { kernels::cuda::set_math_precision(saved); }
+};
+
+// The tensor-core kernels against the exact float32 CPU path, within the rounding of their
+// operands: TF32 keeps 10 mantissa bits (relative rounding 2^-11), bf16 keeps 7 (2^-8). With
+// logits of unit spread the outputs then differ by ~3e-4 (tf32) and ~3e-3 (bf16) norm-wise; the
+// bounds below leave 3-5x. The error must also exceed the FP32 kernel's (< 1e-6), which shows
+// that the rounded path really ran.
+void check_tensor_core_cases(kernels::MathPrecision precision, double tol, uint64_t seed) {
+  // d = 32, 64, 128; nq off the 64-query tile; seq off the 32/64-key tiles; long key ranges with
+  // few query tiles (split over CTAs and combined); one single-key sequence.
+  const std::vector<Case> cases = {{2, 70, 131, 64, 1.0},    {1, 130, 97, 32, 1.0},
+                                   {2, 33, 300, 128, 1.0},   {1, 1, 1, 64, 1.0},
+                                   {2, 64, 50001, 128, 1.0}, {1, 70, 30011, 64, 1.0},
+                                   {1, 33, 9000, 32, 1.0},   {8, 512, 8192, 64, 1.0}};
+  for (const Case& c : cases) {
+    CAPTURE(c.bh);
+    CAPTURE(c.nq);
+    CAPTURE(c.seq);
+    CAPTURE(c.d);
+    const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
+    const Inputs in = make_inputs(c, DType::f32, seed++);
+    const std::vector<double> want = attention_target(in.q, in.k, in.v, alpha).to_vector();
+    const Device gpu = Device::cuda();
+    const Tensor q = in.q.to(gpu), k = in.k.to(gpu), v = in.v.to(gpu);
+    Tensor out = Tensor::empty(q.shape(), q.options());
+    out.fill_(std::numeric_limits<double>::quiet_NaN());
+    PrecisionScope scope(precision);
+    kernels::cuda::attention_forward<float>(q.data<float>(), k.data<float>(), v.data<float>(),
+                                            out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha);
+    const std::vector<double> got = out.to_vector();
+    check_close(got, want, tol);
+    const double err = test::rel_error(got, want);
+    MESSAGE(kernels::precision_name(precision), " rel error ", err, " (bh ", c.bh, ", nq ", c.nq,
+            ", seq ", c.seq, ", d ", c.d, ")");
+    CHECK(err > 1e-6);
+    check_close(attention_target(q, k, v, alpha).to_vector(), want, tol);  // the op, same path
+  }
+}
+#endif
+
+TEST_CASE("cuda: tf32 tensor-core attention_forward matches the CPU path within TF32 rounding") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  check_tensor_core_cases(kernels::MathPrecision::tf32, 2e-3, 2100);
+#endif
+}
+
+TEST_CASE("cuda: bf16 tensor-core attention_forward matches the CPU path within bf16 rounding") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  check_tensor_core_cases(kernels::MathPrecision::bf16, 1.5e-2, 2200);
+#endif
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "kernels/adam.h"
 #include "kernels/gemm.h"
 #include "kernels/memory.h"
+#include "kernels/precision.h"
 #include "kernels/synthetic.h"
 #include "nn/compressor_pair.h"
 #include "optim/adam.h"
@@ -202,24 +203,31 @@ TEST_CASE("cuda: running out of device memory throws OutOfMemoryError naming the
         std::vector<double>(4, 1.0));
 }
 
-TEST_CASE("cuda: set_tf32 switches float32 GEMMs to TF32 tensor cores and back") {
+TEST_CASE("cuda: set_math_precision switches float32 GEMMs to TF32 / bf16 tensor cores and back") {
   KVC_REQUIRE_CUDA();
-  struct RestoreTf32 {
-    bool saved = kernels::cuda::tf32_enabled();
-    ~RestoreTf32() { kernels::cuda::set_tf32(saved); }
+  using kernels::MathPrecision;
+  struct RestorePrecision {
+    MathPrecision saved = kernels::cuda::math_precision();
+    ~RestorePrecision() { kernels::cuda::set_math_precision(saved); }
   } restore;
   const Tensor a = Tensor::randn({256, 512}, 21, 0), b = Tensor::randn({512, 192}, 22, 0);
   const Tensor ref = matmul(a.to(DType::f64), b.to(DType::f64));
   const Tensor ag = a.to(Device::cuda()), bg = b.to(Device::cuda());
-  kernels::cuda::set_tf32(false);
-  const double fp32 = test::rel_error(matmul(ag, bg).to(DType::f64), ref);
-  kernels::cuda::set_tf32(true);
-  CHECK(kernels::cuda::tf32_enabled());
-  const double tf32 = test::rel_error(matmul(ag, bg).to(DType::f64), ref);
-  MESSAGE("matmul rel error vs float64: fp32 ", fp32, ", tf32 ", tf32);
+  auto error_with = [&](MathPrecision p) {
+    kernels::cuda::set_math_precision(p);
+    CHECK(kernels::cuda::math_precision() == p);
+    return test::rel_error(matmul(ag, bg).to(DType::f64), ref);
+  };
+  const double fp32 = error_with(MathPrecision::fp32);
+  const double tf32 = error_with(MathPrecision::tf32);
+  const double bf16 = error_with(MathPrecision::bf16);
+  MESSAGE("matmul rel error vs float64: fp32 ", fp32, ", tf32 ", tf32, ", bf16 ", bf16);
   CHECK(fp32 < 1e-6);
   CHECK(tf32 < 3e-3);       // TF32 keeps 10 mantissa bits: about 1e-4..1e-3 here
-  CHECK(tf32 > 10 * fp32);  // and the flag really reached cuBLAS
+  CHECK(tf32 > 10 * fp32);  // and the setting really reached cuBLAS
+  CHECK(bf16 < 1.5e-2);     // bf16 keeps 7: about 2e-3..4e-3 here
+  CHECK(bf16 > 3 * tf32);
+  CHECK(error_with(MathPrecision::fp32) == fp32);  // and back
 }
 
 template <typename T>

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""Runs `kvcompress bench` and tools/compare_torch.py on the same GPU in one go and prints the
-ratios side by side (SPEC section 9): speedup = PyTorch time / kvcompress time, so > 1 means
-kvcompress is faster; memory ratio = PyTorch peak / kvcompress peak.
+"""Runs `kvcompress bench` and tools/compare_torch.py on the same GPU in one go and compares each
+kvcompress precision with the *fastest* PyTorch variant (naive, sdpa, torch.compile) of the same
+precision, printing which variant won.
 
 Usage (on the GPU machine, where plain python3 has PyTorch; on Debian use PYTHON=/usr/bin/python3):
-  $PYTHON tools/bench_vs_torch.py --kvcompress build/kvcompress --config nsa [--compressor all]
-      [--precision fp32|tf32] [--reps 20] [--json OUT.json]
+  $PYTHON tools/bench_vs_torch.py --kvcompress build/kvcompress --config nsa
+      [--precision fp32,tf32,bf16|all] [--compressor all] [--variant all] [--reps 20]
+      [--json OUT.json]
+
+ratio = kvcompress step time / fastest PyTorch step time (< 1: kvcompress is faster); the
+memory column is kvcompress's peak over the winning variant's. The floor column is the time
+the step cannot beat on this GPU: max(FLOPs / matrix rate, compulsory bytes / copy bandwidth),
+both rates measured here first with PyTorch (a large matmul in the precision, a large copy), and
+"of floor" is floor / kvcompress time.
 """
 import argparse
 import json
@@ -14,16 +21,89 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def run_json(cmd):
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
+    if proc.returncode != 0 and "{" not in proc.stdout:
         sys.exit(f"bench_vs_torch: {' '.join(cmd)} failed ({proc.returncode}): "
-                 f"{proc.stderr.strip() or proc.stdout.strip()}")
+                 f"{proc.stderr.strip()[-2000:] or proc.stdout.strip()[-2000:]}")
     out = proc.stdout
     start = out.index("{")  # compare_torch may print notes before its JSON
     return json.loads(out[start:])
+
+
+def measure_peaks():
+    """Matrix rate per precision (TFLOP/s, 8192^3 on random data) and copy bandwidth (GB/s,
+    bytes read + written), medians over repeats; None without CUDA."""
+    import torch
+    if not torch.cuda.is_available():
+        return None
+
+    def timed(fn, reps=10):
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(reps):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1e-3)
+        return sorted(times)[len(times) // 2]
+
+    n = 8192
+    peaks = {}
+    for p in PRECISIONS:
+        torch.backends.cuda.matmul.allow_tf32 = p == "tf32"
+        dtype = torch.bfloat16 if p == "bf16" else torch.float32
+        a = torch.randn(n, n, device="cuda", dtype=dtype)
+        b = torch.randn(n, n, device="cuda", dtype=dtype)
+        peaks[p + "_tflops"] = 2 * n ** 3 / timed(lambda: a @ b) * 1e-12
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = torch.randn(1 << 30, device="cuda")  # 4 GiB
+    y = torch.empty_like(x)
+    peaks["copy_gbps"] = 2 * x.numel() * 4 / timed(lambda: y.copy_(x)) * 1e-9
+    del a, b, x, y
+    torch.cuda.empty_cache()
+    return peaks
+
+
+def compare(a, precision, peaks):
+    common = ["--config", a.config, "--compressor", a.compressor, "--precision", precision,
+              "--device", a.device, "--reps", str(a.reps)]
+    kvc = run_json([a.kvcompress, "bench", *common, "--warmup", str(a.warmup), "--json"])
+    torch_res = run_json([sys.executable, os.path.join(HERE, "compare_torch.py"), *common,
+                          "--warmup", str(a.warmup), "--variant", a.variant, "--json"])
+    rows = []
+    for r in kvc["results"]:
+        best = None
+        for variant, per_kind in torch_res["results"].items():
+            t = per_kind.get(r["kind"])
+            if t and "step_ms" in t and (best is None or t["step_ms"] < best[1]["step_ms"]):
+                best = (variant, t)
+        if best is None:
+            continue
+        variant, t = best
+        floor_ms = float("nan")
+        if peaks:
+            flops = r["forward_flops"] + r["backward_flops"]
+            floor_ms = 1e3 * max(flops / (peaks[precision + "_tflops"] * 1e12),
+                                 r["step_bytes"] / (peaks["copy_gbps"] * 1e9))
+        rows.append({
+            "kind": r["kind"], "precision": precision, "torch_variant": variant,
+            "kvc_step_ms": r["step_ms"], "torch_step_ms": t["step_ms"],
+            "ratio": r["step_ms"] / t["step_ms"],
+            "kvc_fwd_ms": r["forward_ms"], "torch_fwd_ms": t["fwd_ms"],
+            "kvc_bwd_ms": r["backward_ms"], "torch_bwd_ms": t["bwd_ms"],
+            "kvc_peak_mib": r["peak_bytes"] / 2**20, "torch_peak_mib": t["peak_mem_bytes"] / 2**20,
+            "floor_ms": floor_ms, "of_floor": floor_ms / r["step_ms"],
+            "torch_all": {v: per_kind.get(r["kind"], {}).get("step_ms")
+                          for v, per_kind in torch_res["results"].items()},
+        })
+    return kvc, torch_res, rows
 
 
 def main():
@@ -31,49 +111,46 @@ def main():
     ap.add_argument("--kvcompress", default="build/kvcompress")
     ap.add_argument("--config", default="nsa", choices=["small", "nsa", "long"])
     ap.add_argument("--compressor", default="all")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32"])
+    ap.add_argument("--precision", default="all",
+                    help="fp32, tf32, bf16, several comma-separated, or all (default all)")
+    ap.add_argument("--variant", default="all", help="PyTorch variants to try (default all)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--json", help="write both raw results and the ratios here")
+    ap.add_argument("--no-peaks", action="store_true", help="skip measuring the floor's rates")
+    ap.add_argument("--json", help="write the raw results and the comparison here")
     a = ap.parse_args()
+    precisions = list(PRECISIONS) if a.precision == "all" else a.precision.split(",")
+    if any(p not in PRECISIONS for p in precisions):
+        ap.error(f"--precision: '{a.precision}' (expected {', '.join(PRECISIONS)} or all)")
 
-    common = ["--config", a.config, "--compressor", a.compressor, "--precision", a.precision,
-              "--device", a.device, "--reps", str(a.reps), "--warmup", str(a.warmup)]
-    kvc = run_json([a.kvcompress, "bench", *common, "--json"])
-    torch_res = run_json([sys.executable, os.path.join(HERE, "compare_torch.py"), *common,
-                          "--json"])
-
-    rows = []
-    for r in kvc["results"]:
-        t = torch_res["results"].get(r["kind"])
-        if t is None:
-            continue
-        ratio = lambda key_t, key_k: t[key_t] / r[key_k] if r[key_k] > 0 else float("nan")
-        rows.append({
-            "kind": r["kind"],
-            "kvc_step_ms": r["step_ms"], "torch_step_ms": t["step_ms"],
-            "step_speedup": ratio("step_ms", "step_ms"),
-            "fwd_speedup": ratio("fwd_ms", "forward_ms"),
-            "bwd_speedup": ratio("bwd_ms", "backward_ms"),
-            "opt_speedup": ratio("opt_ms", "optimizer_ms"),
-            "kvc_peak_mib": r["peak_bytes"] / 2**20,
-            "torch_peak_mib": t["peak_mem_bytes"] / 2**20,
-        })
-
-    print(f"config {a.config}, {a.precision}, device {kvc['device']} vs torch "
-          f"{torch_res.get('torch')} on {torch_res.get('device')}; speedup = torch / kvcompress")
-    hdr = (f"{'kind':<22}{'kvc step ms':>12}{'torch ms':>10}{'step x':>8}{'fwd x':>8}"
-           f"{'bwd x':>8}{'opt x':>8}{'kvc MiB':>10}{'torch MiB':>11}")
+    peaks = None if a.no_peaks else measure_peaks()
+    if peaks:
+        print("measured: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()), flush=True)
+    doc = {"config": a.config, "peaks": peaks, "runs": []}
+    hdr = (f"{'prec':<5}{'kind':<22}{'kvc ms':>9}{'torch ms':>10}{'winner':>9}{'ratio':>7}"
+           f"{'fwd k/t':>13}{'bwd k/t':>13}{'MiB k/t':>13}{'floor ms':>10}{'of floor':>9}")
+    lines = []
+    for p in precisions:
+        kvc, torch_res, rows = compare(a, p, peaks)
+        doc["runs"].append({"precision": p, "kvcompress": kvc, "torch": torch_res, "rows": rows})
+        for w in rows:
+            lines.append(
+                f"{p:<5}{w['kind']:<22}{w['kvc_step_ms']:>9.3f}{w['torch_step_ms']:>10.3f}"
+                f"{w['torch_variant']:>9}{w['ratio']:>7.2f}"
+                f"{w['kvc_fwd_ms']:>6.2f}/{w['torch_fwd_ms']:<6.2f}"
+                f"{w['kvc_bwd_ms']:>6.2f}/{w['torch_bwd_ms']:<6.2f}"
+                f"{w['kvc_peak_mib']:>6.0f}/{w['torch_peak_mib']:<6.0f}"
+                f"{w['floor_ms']:>10.3f}{w['of_floor']:>9.2f}")
+            print(lines[-1], flush=True)
+        if a.json:  # after every precision: a later failure keeps what was measured
+            with open(a.json, "w") as f:
+                json.dump(doc, f, indent=2)
+    print(f"\nconfig {a.config} on {kvc['device']}, torch {torch_res.get('torch')} on "
+          f"{torch_res.get('device')}; ratio = kvcompress / fastest PyTorch step (< 1: faster)")
     print(hdr)
     print("-" * len(hdr))
-    for w in rows:
-        print(f"{w['kind']:<22}{w['kvc_step_ms']:>12.3f}{w['torch_step_ms']:>10.3f}"
-              f"{w['step_speedup']:>8.2f}{w['fwd_speedup']:>8.2f}{w['bwd_speedup']:>8.2f}"
-              f"{w['opt_speedup']:>8.2f}{w['kvc_peak_mib']:>10.1f}{w['torch_peak_mib']:>11.1f}")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"kvcompress": kvc, "torch": torch_res, "ratios": rows}, f, indent=2)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,25 @@
 #!/usr/bin/env python3
-"""The PyTorch half of the GPU benchmark (SPEC section 9): times the compressor pair's distill step.
+"""The PyTorch half of the GPU benchmark: times the compressor pair's distill step, written the
+ways a PyTorch user would write it.
 
     $PYTHON tools/compare_torch.py [--config small|nsa|long] [--compressor KIND|all]
-                                   [--precision fp32|tf32] [--json [PATH]]
+                                   [--precision fp32|tf32|bf16] [--variant naive|sdpa|compile|all]
+                                   [--json [PATH]]
 
 Run with PYTHON=/usr/bin/python3 on Debian (torch 1.13, CPU only); on the GPU machine plain
 python3 has a CUDA torch.
 
-Per kind, the same work as `kvcompress bench`: the distill task of SPEC section 4 on random K, V
-(b, h, seq, d) and Q (b, h, nq, d), float32:
+Variants (--variant, several comma-separated, or all):
+- naive:   the modules of torch_modules.py as written: attention as matmul, softmax, matmul
+- sdpa:    the same modules with F.scaled_dot_product_attention for the full-attention target and
+           for the attention over the compressed blocks (flash / memory-efficient kernels)
+- compile: the sdpa variant's loss under torch.compile (default mode); dynamo is reset between
+           kinds so each kind gets its own graph and nothing falls back to eager
+Precisions (--precision): fp32 (TF32 off for matmul and cuDNN), tf32 (TF32 on), bf16 (autocast
+to bfloat16 around the forward; float32 master weights, Adam and inputs; the loss in float32).
+
+Per kind, the same work as `kvcompress bench`: the distill task on random K, V (b, h, seq, d) and
+Q (b, h, nq, d), float32 tensors:
 - fwd_ms:  pair.distill_loss(q, k, v): the full-attention target (no_grad), split_blocks, both
            compressors, attention over the compressed blocks, the MSE loss
 - bwd_ms:  loss.backward()
@@ -18,12 +29,12 @@ Per kind, the same work as `kvcompress bench`: the distill task of SPEC section 
 Each phase is timed with CUDA events (perf_counter on CPU) around it, after --warmup untimed
 steps; the median of --reps steps is reported. peak_mem_bytes is torch.cuda.max_memory_allocated
 over the timed steps (parameters, gradients, Adam state, inputs and activations); 0 on CPU.
-TF32 is off (matmul and cuDNN) unless --precision tf32. cuDNN autotuning (benchmark mode) is on,
-as PyTorch users with fixed shapes run it; --no-cudnn-benchmark turns it off.
+cuDNN autotuning (benchmark mode) is on, as PyTorch users with fixed shapes run it;
+--no-cudnn-benchmark turns it off.
 
-Output: a table on stdout; with --json, a JSON document (per kind: fwd_ms, bwd_ms, opt_ms,
-step_ms, peak_mem_bytes, tokens_per_s, params) on stdout instead (the table goes to stderr) or,
-with --json PATH, into PATH.
+Output: a table on stdout; with --json, a JSON document (per variant and kind: fwd_ms, bwd_ms,
+opt_ms, step_ms, peak_mem_bytes, tokens_per_s, params) on stdout instead (the table goes to
+stderr) or, with --json PATH, into PATH.
 """
 
 import argparse
@@ -35,11 +46,14 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_modules as tm  # noqa: E402
 
-CONFIGS = {  # SPEC section 9
+VARIANTS = ("naive", "sdpa", "compile")
+
+CONFIGS = {  # the benchmark shapes of kvcompress bench --config
     "small": dict(batch=2, heads=2, seq=256, block=8, dim_head=32, queries=32),
     "nsa": dict(batch=4, heads=8, seq=8192, block=16, dim_head=64, queries=512),
     "long": dict(batch=1, heads=8, seq=131072, block=32, dim_head=128, queries=1024),
@@ -68,7 +82,27 @@ def _is_oom(e):
   return (oom is not None and isinstance(e, oom)) or "out of memory" in str(e)
 
 
-def bench_kind(kind, shape, args, device, timer):
+def sdpa_distill_loss(pair, q, k, v):
+  """The distill loss with F.scaled_dot_product_attention for both attentions (default scale
+  d^-0.5), the MSE in float32 (as autocast would run mse_loss)."""
+  with torch.no_grad():
+    target = F.scaled_dot_product_attention(q, k, v)
+  kc, vc = pair.compress(k, v)
+  prediction = F.scaled_dot_product_attention(q, kc, vc)
+  return ((prediction.float() - target.float()) ** 2).mean()
+
+
+def make_loss_fn(variant, pair):
+  if variant == "naive":
+    return pair.distill_loss
+  loss = lambda q, k, v: sdpa_distill_loss(pair, q, k, v)  # noqa: E731
+  if variant == "compile":
+    torch._dynamo.reset()  # a fresh cache per kind: no recompile limit, no eager fallback
+    return torch.compile(loss)
+  return loss
+
+
+def bench_kind(kind, variant, shape, args, device, timer):
   torch.manual_seed(args.seed)
   b, h, seq, n, d, nq = (shape[k] for k in ("batch", "heads", "seq", "block", "dim_head",
                                             "queries"))
@@ -82,11 +116,14 @@ def bench_kind(kind, shape, args, device, timer):
     opt = torch.optim.Adam(pair.parameters(), lr=args.lr, fused=True)
   else:
     opt = torch.optim.Adam(pair.parameters(), lr=args.lr)
+  loss_fn = make_loss_fn(variant, pair)
+  bf16 = args.precision == "bf16"
 
   def step(marks):
     opt.zero_grad(set_to_none=True)
     marks.append(timer.mark())
-    loss = pair.distill_loss(q, k, v)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+      loss = loss_fn(q, k, v)
     marks.append(timer.mark())
     loss.backward()
     marks.append(timer.mark())
@@ -117,7 +154,7 @@ def bench_kind(kind, shape, args, device, timer):
                 tokens_per_s=b * seq / (times["step_ms"] * 1e-3),
                 params=sum(p.numel() for p in pair.parameters()), loss=final_loss,
                 fused_adam=fused)
-  del pair, opt, k, v, q, loss
+  del pair, opt, k, v, q, loss, loss_fn
   return result
 
 
@@ -139,12 +176,18 @@ def main(argv=None):
   ap.add_argument("--reps", type=int, default=20, help="timed steps, median taken (default 20)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-  ap.add_argument("--precision", choices=("fp32", "tf32"), default="fp32")
+  ap.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32")
+  ap.add_argument("--variant", default="naive",
+                  help=f"{', '.join(VARIANTS)}, several comma-separated, or all (default naive)")
   ap.add_argument("--no-cudnn-benchmark", action="store_true")
   ap.add_argument("--json", nargs="?", const="-", metavar="PATH",
                   help="JSON results: on stdout (table to stderr), or into PATH")
   args = ap.parse_args(argv)
 
+  variants = list(VARIANTS) if args.variant == "all" else args.variant.split(",")
+  if any(v not in VARIANTS for v in variants):
+    ap.error(f"--variant: '{args.variant}' (expected {', '.join(VARIANTS)}, a comma-separated "
+             "list of them, or all)")
   kinds = list(tm.KINDS) if args.compressor == "all" else [args.compressor]
   if any(kind not in tm.KINDS for kind in kinds):
     ap.error(f"--compressor: unknown kind '{args.compressor}' (expected one of "
@@ -168,7 +211,7 @@ def main(argv=None):
   use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
   device = torch.device("cuda" if use_cuda else "cpu")
   if use_cuda:
-    tf32 = args.precision == "tf32"
+    tf32 = args.precision == "tf32"  # bf16 runs its float32 leftovers without TF32, as autocast
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
@@ -184,36 +227,37 @@ def main(argv=None):
         f"b={shape['batch']} h={shape['heads']} seq={shape['seq']} n={shape['block']} "
         f"d={shape['dim_head']} nq={shape['queries']}; {args.precision}; median of {args.reps} "
         f"after {args.warmup} warm-up", file=table)
-  header = (f"{'kind':<22} {'fwd ms':>9} {'bwd ms':>9} {'opt ms':>9} {'step ms':>9} "
+  header = (f"{'variant':<8} {'kind':<22} {'fwd ms':>9} {'bwd ms':>9} {'opt ms':>9} {'step ms':>9} "
             f"{'tokens/s':>11} {'peak MiB':>9} {'params':>10}")
   print(header, file=table)
   print("-" * len(header), file=table)
 
   timer = Timer(use_cuda)
-  results, failed = {}, False
-  for kind in kinds:
-    try:
-      r = bench_kind(kind, shape, args, device, timer)
-    except (RuntimeError, ValueError) as e:
-      msg = " ".join(str(e).split())[:300]
-      if use_cuda and _is_oom(e):
-        msg = f"out of GPU memory: {msg}"
-      results[kind] = {"error": msg}
-      failed = True
-      print(f"{kind:<22} error: {msg}", file=table)
+  results, failed = {v: {} for v in variants}, False
+  for variant in variants:
+    for kind in kinds:
+      try:
+        r = bench_kind(kind, variant, shape, args, device, timer)
+      except Exception as e:  # noqa: BLE001 - one kind or variant failing must not stop the rest
+        msg = " ".join(str(e).split())[:300]
+        if use_cuda and _is_oom(e):
+          msg = f"out of GPU memory: {msg}"
+        results[variant][kind] = {"error": f"{type(e).__name__}: {msg}"}
+        failed = True
+        print(f"{variant:<8} {kind:<22} error: {type(e).__name__}: {msg}", file=table)
+        if use_cuda:
+          torch.cuda.empty_cache()
+        continue
+      results[variant][kind] = r
+      print(f"{variant:<8} {kind:<22} {r['fwd_ms']:9.3f} {r['bwd_ms']:9.3f} {r['opt_ms']:9.3f} "
+            f"{r['step_ms']:9.3f} {r['tokens_per_s']:11.4g} {r['peak_mem_bytes'] / 2**20:9.1f} "
+            f"{r['params']:10d}", file=table, flush=True)
       if use_cuda:
         torch.cuda.empty_cache()
-      continue
-    results[kind] = r
-    print(f"{kind:<22} {r['fwd_ms']:9.3f} {r['bwd_ms']:9.3f} {r['opt_ms']:9.3f} "
-          f"{r['step_ms']:9.3f} {r['tokens_per_s']:11.4g} {r['peak_mem_bytes'] / 2**20:9.1f} "
-          f"{r['params']:10d}", file=table)
-    if use_cuda:
-      torch.cuda.empty_cache()
 
   if args.json:
     doc = dict(tool="compare_torch", torch=torch.__version__, device=device_name,
-               config=args.config, shape=shape, precision=args.precision,
+               config=args.config, shape=shape, precision=args.precision, variants=variants,
                expand=args.expand, dropout=args.dropout, reduction=args.reduction,
                warmup=args.warmup, reps=args.reps, notes=notes, results=results)
     text = json.dumps(doc, indent=2)

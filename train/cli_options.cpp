@@ -6,7 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 
-#include "kernels/gemm.h"
+#include "kernels/precision.h"
 #include "nn/compressor.h"
 
 namespace kvc::cli {
@@ -113,9 +113,12 @@ void add_device_flag(CLI::App* cmd, std::string* device) {
 }
 
 void add_precision_flag(CLI::App* cmd, std::string* precision) {
-  cmd->add_option("--precision", *precision, "fp32|tf32 (TF32 tensor-core GEMMs on CUDA)")
+  cmd->add_option("--precision", *precision,
+                  "fp32|tf32|bf16: operands of matrix products and attention on CUDA tensor cores "
+                  "(fp32: exact FP32 math; tf32, bf16: rounded operands, FP32 accumulation, "
+                  "float32 weights, optimizer state and checkpoints)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"fp32", "tf32"}));
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
 }
 
 void validate_shape(const ShapeFlags& s, const ModelFlags& m) {
@@ -142,13 +145,17 @@ Device resolve_device(const std::string& flag) {
 }
 
 void apply_precision(const std::string& precision, Device device) {
-  const bool tf32 = precision == "tf32";
+  kernels::MathPrecision p = kernels::MathPrecision::fp32;
+  if (precision == "tf32") p = kernels::MathPrecision::tf32;
+  if (precision == "bf16") p = kernels::MathPrecision::bf16;
   if (device.is_cuda()) {
-    KVC_CUDA_ONLY(kernels::cuda::set_tf32(tf32));
-  } else if (tf32) {
-    spdlog::info(
-        "--precision tf32 has no effect on the CPU: float32 GEMMs "
-        "stay full precision");
+    KVC_CUDA_ONLY(kernels::cuda::set_math_precision(p));
+  } else if (p == kernels::MathPrecision::bf16) {
+    // The CPU has no bfloat16 path: refusing beats silently training in another precision.
+    KVC_USAGE_CHECK(false, "--precision bf16 needs a CUDA device (--device ", device.name(),
+                    "): the CPU computes in float32; use --precision fp32 there");
+  } else if (p == kernels::MathPrecision::tf32) {
+    spdlog::info("--precision tf32 has no effect on the CPU: float32 math stays full precision");
   }
 }
 

@@ -68,7 +68,7 @@ void add_shape_flags(CLI::App* cmd, ShapeFlags* s);
 void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all);
 // --device auto|cpu|cuda (cuda:N accepted too).
 void add_device_flag(CLI::App* cmd, std::string* device);
-// --precision fp32|tf32.
+// --precision fp32|tf32|bf16.
 void add_precision_flag(CLI::App* cmd, std::string* precision);
 
 // Combinations CLI11 validators cannot see: seq >= block, d % r == 0 for
@@ -80,8 +80,8 @@ void validate_shape(const ShapeFlags& s, const ModelFlags& m);
 // kvc::Error naming the reason (exit 1: the command line was fine, the machine
 // lacks the device).
 Device resolve_device(const std::string& flag);
-// tf32 on a CUDA device turns on TF32 GEMMs; on the CPU it is accepted and has
-// no effect (the CPU has no TF32), which is logged.
+// Sets the CUDA math precision (kernels/precision.h). On the CPU, tf32 is
+// accepted and has no effect (logged); bf16 is a usage error (no bfloat16 path).
 void apply_precision(const std::string& precision, Device device);
 
 // One subcommand: its CLI11 node and what runs when it was chosen (returns the

@@ -1,26 +1,30 @@
 // CUDA fused attention forward (no grad), flash-attention style: one CTA per (batch-head, 128
 // queries, key split) walks its keys in tiles of 64 with an online softmax, so no (nq, seq)
 // scores ever reach device memory; splits (few query tiles, long keys) are merged by a small
-// combine kernel. FP32 FFMA for d in {32, 64, 128}; a warp-per-query kernel otherwise.
+// combine kernel. FP32 FFMA for d in {32, 64, 128} (tensor cores instead under tf32/bf16 math:
+// attention_tc.cu); a warp-per-query kernel otherwise.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
 #include "kernels/attention.h"
+#include "kernels/cuda/attention_split.cuh"
+#include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/precision.h"
 
 namespace kvc::kernels::cuda {
 
 namespace {
+
+using namespace attention_detail;
 
 constexpr int kBK = 64;                           // keys per tile
 constexpr int kRowGroups = 16;                    // half-warps per CTA, one per group of query rows
 constexpr int kRowsPerThread = 8;                 // query rows each thread owns (in S and in O)
 constexpr int kBQ = kRowGroups * kRowsPerThread;  // 128 queries per CTA
 constexpr int kTileThreads = 16 * kRowGroups;     // 256
-constexpr int kMinTilesPerSplit = 8;  // a split below this spends too much on its partial O
-constexpr int kMaxSplits = 64;
 
 // Shared-memory layout of the tiled kernel, in floats. Q and K rows are padded by 4 so that the
 // 8 lanes of a float4 phase reading K rows cx, cx+1, ... land on disjoint banks and the two
@@ -37,52 +41,6 @@ struct TileLayout {
   static constexpr int kFloats = kP + kBQ * kPStride;
   static constexpr size_t kBytes = sizeof(float) * kFloats;
 };
-
-// 16-byte global -> shared copy that does not pass through registers; `valid` false writes
-// zeros (src-size 0) without reading global memory. Before sm_80 it is a plain copy, and the
-// commit/wait below are no-ops: the kernel's barriers alone then order everything.
-__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
-               "r"(valid ? 16 : 0)
-               : "memory");
-#else
-  *reinterpret_cast<float4*>(dst) =
-      valid ? *reinterpret_cast<const float4*>(src) : make_float4(0.f, 0.f, 0.f, 0.f);
-#endif
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#endif
-}
-
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
-// Rows [k0, k0 + kBK) of a (seq, D) matrix into a shared tile of the given row stride. Rows at
-// or past `end` are zero: their P is zero, and 0 * garbage could be NaN.
-template <int D, int kStride>
-__device__ __forceinline__ void load_tile_async(float* dst, const float* src, int k0, int end,
-                                                int tid) {
-  constexpr int kVec = D / 4;
-  static_assert(kBK * kVec % kTileThreads == 0, "whole float4s per thread");
-#pragma unroll
-  for (int n = 0; n < kBK * kVec / kTileThreads; ++n) {
-    const int i = tid + n * kTileThreads;
-    const int r = i / kVec, c = (i % kVec) * 4;
-    const bool valid = k0 + r < end;
-    cp_async16(dst + r * kStride + c, src + (valid ? static_cast<int64_t>(k0 + r) * D + c : 0),
-               valid);
-  }
-}
 
 // One CTA per (batch-head, 128 queries, key split). Thread (ry, cx) = (tid / 16, tid % 16) owns
 // query rows ry + 16 i (i < 8) and, in S, key columns cx + 16 t (t < 4); in O it owns D / 16
@@ -132,9 +90,9 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
   const float* vb = v + static_cast<int64_t>(bh) * seq * D;
 
   // The first tile's copies fly while Q is scaled into shared memory.
-  load_tile_async<D, L::kQKStride>(ks, kb, kbeg, kend, tid);
+  load_tile_async<D, kBK, L::kQKStride, kTileThreads>(ks, kb, kbeg, kend, tid);
   cp_async_commit();
-  load_tile_async<D, D>(vs, vb, kbeg, kend, tid);
+  load_tile_async<D, kBK, D, kTileThreads>(vs, vb, kbeg, kend, tid);
   cp_async_commit();
   for (int i = tid; i < kBQ * kVec; i += kTileThreads) {
     const int r = i / kVec, c = (i % kVec) * 4;
@@ -226,7 +184,8 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     }
     cp_async_wait<0>();  // this tile's V has landed
     __syncthreads();     // P and V visible; every thread is done reading K
-    if (k0 + kBK < kend) load_tile_async<D, L::kQKStride>(ks, kb, k0 + kBK, kend, tid);
+    if (k0 + kBK < kend)
+      load_tile_async<D, kBK, L::kQKStride, kTileThreads>(ks, kb, k0 + kBK, kend, tid);
     cp_async_commit();  // possibly empty: keeps the group count the same every tile
 
 #pragma unroll(kUnroll)
@@ -273,7 +232,7 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
       }
     }
     __syncthreads();  // every thread is done reading V and P
-    if (k0 + kBK < kend) load_tile_async<D, D>(vs, vb, k0 + kBK, kend, tid);
+    if (k0 + kBK < kend) load_tile_async<D, kBK, D, kTileThreads>(vs, vb, k0 + kBK, kend, tid);
     cp_async_commit();
   }
 
@@ -308,36 +267,6 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
   }
 }
 
-// out = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s with M = max_s m_s, for every row (of
-// batch_heads * nq) and float4 of columns. Every split holds at least one key, so m_s is finite.
-template <int D>
-__global__ void attention_combine_kernel(const float* __restrict__ part_o,
-                                         const float2* __restrict__ part_ml,
-                                         float* __restrict__ out, int64_t rows, int splits) {
-  constexpr int kVec = D / 4;
-  KVC_GRID_LOOP(i, rows * kVec) {
-    const int64_t row = i / kVec;
-    const int c = static_cast<int>(i % kVec) * 4;
-    float mx = -INFINITY;
-    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_ml[s * rows + row].x);
-    float sum = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int s = 0; s < splits; ++s) {
-      const float2 ml = part_ml[s * rows + row];
-      const float w = exp2f(ml.x - mx);
-      sum = fmaf(w, ml.y, sum);
-      const float4 x = *reinterpret_cast<const float4*>(part_o + (s * rows + row) * D + c);
-      acc.x = fmaf(w, x.x, acc.x);
-      acc.y = fmaf(w, x.y, acc.y);
-      acc.z = fmaf(w, x.z, acc.z);
-      acc.w = fmaf(w, x.w, acc.w);
-    }
-    const float inv = 1.f / sum;
-    *reinterpret_cast<float4*>(out + row * D + c) =
-        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-  }
-}
-
 // CTAs of the tiled kernel that fit on the whole GPU at once, read once per head size.
 template <int D>
 int resident_ctas() {
@@ -356,49 +285,21 @@ int resident_ctas() {
   return n;
 }
 
-// Key splits per (batch-head, query tile): the count whose waves of CTAs (time ~ waves / splits)
-// fill the GPU best, taking a larger count only for a clear (5%) gain since each split adds a
-// partial O to write and combine, and keeping at least kMinTilesPerSplit tiles per split.
-int choose_splits(int64_t ctas, int64_t tiles, int slots) {
-  const int64_t most =
-      std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, tiles / kMinTilesPerSplit));
-  int best = 1;
-  double best_cost = static_cast<double>((ctas + slots - 1) / slots);
-  for (int s = 2; s <= most; ++s) {
-    const double cost = static_cast<double>((ctas * s + slots - 1) / slots) / s;
-    if (cost < 0.95 * best_cost) {
-      best = s;
-      best_cost = cost;
-    }
-  }
-  return best;
-}
-
 template <int D>
 void launch_tiled(const float* q, const float* k, const float* v, float* out, int64_t bh,
                   int64_t nq, int64_t seq, double alpha) {
   using L = TileLayout<D>;
   const int slots = resident_ctas<D>();  // also raises the kernel's shared-memory limit
   const int64_t q_tiles = (nq + kBQ - 1) / kBQ;
-  const int64_t tiles = (seq + kBK - 1) / kBK;
-  int splits = choose_splits(bh * q_tiles, tiles, slots);
-  const int64_t split_tiles = (tiles + splits - 1) / splits;
-  splits = static_cast<int>((tiles + split_tiles - 1) / split_tiles);       // none of them empty
-  const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
   const int64_t rows = bh * nq;
-  Scratch part(splits > 1 ? static_cast<size_t>(splits * rows) * (D + 2) * sizeof(float) : 0);
-  float* part_o = part.as<float>();
-  float2* part_ml = splits > 1 ? reinterpret_cast<float2*>(part_o + splits * rows * D) : nullptr;
-  const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(splits));
+  const KeySplit split(bh * q_tiles, (seq + kBK - 1) / kBK, slots, rows, D);
+  const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
+  const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
   attention_tiled_kernel<D><<<grid, kTileThreads, L::kBytes, stream()>>>(
-      q, k, v, out, part_o, part_ml, static_cast<int>(nq), static_cast<int>(seq),
-      static_cast<int>(q_tiles), static_cast<int>(split_tiles * kBK), scale_log2);
+      q, k, v, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
+      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * kBK), scale_log2);
   KVC_CUDA_CHECK(cudaGetLastError());
-  if (splits > 1) {
-    attention_combine_kernel<D>
-        <<<grid_for(rows * (D / 4)), kThreads, 0, stream()>>>(part_o, part_ml, out, rows, splits);
-    KVC_CUDA_CHECK(cudaGetLastError());
-  }
+  split.combine<D>(out, rows);
 }
 
 constexpr int kRowWarps = 4;  // query rows (one per warp) per block of the generic kernel
@@ -475,7 +376,11 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
   bool done = false;
   if constexpr (std::is_same_v<T, float>) {
     const bool vec = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
-    if (vec && d == 32) {
+    const MathPrecision precision = math_precision();
+    if (vec && precision != MathPrecision::fp32 && attention_tc_supports(d)) {
+      attention_forward_tc(q, k, v, out, batch_heads, nq, seq, d, alpha, precision);
+      done = true;
+    } else if (vec && d == 32) {
       launch_tiled<32>(q, k, v, out, batch_heads, nq, seq, alpha);
       done = true;
     } else if (vec && d == 64) {

@@ -6,12 +6,13 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/gemm.h"
+#include "kernels/precision.h"
 
 namespace kvc::kernels::cuda {
 
 namespace {
 
-std::atomic<bool> g_tf32{false};
+std::atomic<MathPrecision> g_precision{MathPrecision::fp32};
 
 // Created on first use, on stream(). Never destroyed, like the allocator's cache: destroying it
 // from a static destructor may run after the CUDA runtime has shut down.
@@ -36,7 +37,15 @@ template <>
 struct CublasType<float> {
   static constexpr cudaDataType_t data = CUDA_R_32F;
   static cublasComputeType_t compute() {
-    return g_tf32.load() ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    switch (g_precision.load()) {
+      case MathPrecision::tf32:
+        return CUBLAS_COMPUTE_32F_FAST_TF32;
+      case MathPrecision::bf16:  // operands rounded to bfloat16 inside cuBLAS, FP32 accumulation
+        return CUBLAS_COMPUTE_32F_FAST_16BF;
+      case MathPrecision::fp32:
+        break;
+    }
+    return CUBLAS_COMPUTE_32F;
   }
 };
 template <>
@@ -60,8 +69,8 @@ __global__ void scale_c_kernel(T* c, int64_t batches, int64_t outer_inner, int64
 
 }  // namespace
 
-void set_tf32(bool enabled) { g_tf32.store(enabled); }
-bool tf32_enabled() { return g_tf32.load(); }
+void set_math_precision(MathPrecision p) { g_precision.store(p); }
+MathPrecision math_precision() { return g_precision.load(); }
 
 template <typename T>
 void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {

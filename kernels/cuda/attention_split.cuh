@@ -1,0 +1,149 @@
+// Pieces shared by the FP32 and the tensor-core attention kernels: cp.async copies, the choice of
+// how many CTAs share one query tile's keys, and the kernel that merges their partial outputs.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/common.cuh"
+
+namespace kvc::kernels::cuda::attention_detail {
+
+inline constexpr int kMinTilesPerSplit = 8;  // a split below this spends too much on its partial O
+inline constexpr int kMaxSplits = 64;
+
+// 16-byte global -> shared copy that does not pass through registers; `valid` false writes
+// zeros (src-size 0) without reading global memory. Before sm_80 it is a plain copy, and the
+// commit/wait below are no-ops: the kernels' barriers alone then order everything.
+__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#else
+  *reinterpret_cast<float4*>(dst) =
+      valid ? *reinterpret_cast<const float4*>(src) : make_float4(0.f, 0.f, 0.f, 0.f);
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+
+// Waits until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Rows [k0, k0 + kRows) of a (seq, D) matrix into a shared tile of the given row stride, by
+// kThreadsPerCta threads. Rows at or past `end` are zero: their P is zero, and 0 * garbage could
+// be NaN.
+template <int D, int kRows, int kStride, int kThreadsPerCta>
+__device__ __forceinline__ void load_tile_async(float* dst, const float* src, int k0, int end,
+                                                int tid) {
+  constexpr int kVec = D / 4;
+  static_assert(kRows * kVec % kThreadsPerCta == 0, "whole float4s per thread");
+#pragma unroll
+  for (int n = 0; n < kRows * kVec / kThreadsPerCta; ++n) {
+    const int i = tid + n * kThreadsPerCta;
+    const int r = i / kVec, c = (i % kVec) * 4;
+    const bool valid = k0 + r < end;
+    cp_async16(dst + r * kStride + c, src + (valid ? static_cast<int64_t>(k0 + r) * D + c : 0),
+               valid);
+  }
+}
+
+// out = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s with M = max_s m_s, for every row (of
+// batch_heads * nq) and float4 of columns. Every split holds at least one key, so m_s is finite.
+template <int D>
+__global__ void attention_combine_kernel(const float* __restrict__ part_o,
+                                         const float2* __restrict__ part_ml,
+                                         float* __restrict__ out, int64_t rows, int splits) {
+  constexpr int kVec = D / 4;
+  KVC_GRID_LOOP(i, rows * kVec) {
+    const int64_t row = i / kVec;
+    const int c = static_cast<int>(i % kVec) * 4;
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_ml[s * rows + row].x);
+    float sum = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int s = 0; s < splits; ++s) {
+      const float2 ml = part_ml[s * rows + row];
+      const float w = exp2f(ml.x - mx);
+      sum = fmaf(w, ml.y, sum);
+      const float4 x = *reinterpret_cast<const float4*>(part_o + (s * rows + row) * D + c);
+      acc.x = fmaf(w, x.x, acc.x);
+      acc.y = fmaf(w, x.y, acc.y);
+      acc.z = fmaf(w, x.z, acc.z);
+      acc.w = fmaf(w, x.w, acc.w);
+    }
+    const float inv = 1.f / sum;
+    *reinterpret_cast<float4*>(out + row * D + c) =
+        make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+  }
+}
+
+// Key splits per (batch-head, query tile): the count whose waves of CTAs (time ~ waves / splits)
+// fill the GPU best, taking a larger count only for a clear (5%) gain since each split adds a
+// partial O to write and combine, and keeping at least kMinTilesPerSplit tiles per split.
+inline int choose_splits(int64_t ctas, int64_t tiles, int slots) {
+  const int64_t most =
+      std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, tiles / kMinTilesPerSplit));
+  int best = 1;
+  double best_cost = static_cast<double>((ctas + slots - 1) / slots);
+  for (int s = 2; s <= most; ++s) {
+    const double cost = static_cast<double>((ctas * s + slots - 1) / slots) / s;
+    if (cost < 0.95 * best_cost) {
+      best = s;
+      best_cost = cost;
+    }
+  }
+  return best;
+}
+
+// The key range of every (batch-head, query tile) cut into `splits` pieces of `split_tiles` key
+// tiles, and the scratch for their partial outputs: (splits, rows, D) O and (splits, rows)
+// (max, sum). With one split the kernels write the normalized output directly.
+struct KeySplit {
+  int splits = 1;
+  int64_t split_tiles = 0;
+  Scratch scratch;
+  float* part_o = nullptr;
+  float2* part_ml = nullptr;
+
+  KeySplit(int64_t ctas, int64_t tiles, int slots, int64_t rows, int d)
+      : KeySplit(plan(ctas, tiles, slots), tiles, rows, d) {}
+
+  // Merges the partial outputs into out (no-op with one split).
+  template <int D>
+  void combine(float* out, int64_t rows) const {
+    if (splits == 1) return;
+    attention_combine_kernel<D>
+        <<<grid_for(rows * (D / 4)), kThreads, 0, stream()>>>(part_o, part_ml, out, rows, splits);
+    KVC_CUDA_CHECK(cudaGetLastError());
+  }
+
+ private:
+  static int plan(int64_t ctas, int64_t tiles, int slots) {
+    const int wanted = choose_splits(ctas, tiles, slots);
+    const int64_t per = (tiles + wanted - 1) / wanted;
+    return static_cast<int>((tiles + per - 1) / per);  // none of them empty
+  }
+  KeySplit(int s, int64_t tiles, int64_t rows, int d)
+      : splits(s),
+        split_tiles((tiles + s - 1) / s),
+        scratch(s > 1 ? static_cast<size_t>(s * rows) * (d + 2) * sizeof(float) : 0) {
+    if (s > 1) {
+      part_o = scratch.as<float>();
+      part_ml = reinterpret_cast<float2*>(part_o + s * rows * d);
+    }
+  }
+};
+
+}  // namespace kvc::kernels::cuda::attention_detail
