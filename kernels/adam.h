@@ -1,6 +1,7 @@
 // The fused Adam(W) update and the global grad-norm clip over flat buffers, for every backend.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace kvc::kernels {
@@ -39,7 +40,17 @@ KVC_ADAM_KERNELS
 }
 namespace cuda {
 KVC_ADAM_KERNELS
-}
+// A step whose scalars live in device memory, for a step captured in a CUDA graph (scalars passed
+// by value would be frozen into it): adam_stage writes the step's coefficients into `coeffs`
+// (kAdamCoeffBytes of device memory, asynchronously, in stream order) and adam_step_staged is
+// adam_step reading them from there.
+inline constexpr size_t kAdamCoeffBytes = 128;
+template <typename T>
+void adam_stage(const AdamStepArgs& args, void* coeffs);
+template <typename T>
+void adam_step_staged(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
+                      const void* coeffs, const T* grad_scale);
+}  // namespace cuda
 #undef KVC_ADAM_KERNELS
 
 // The explicit instantiations of every launcher above for dtype T, expanded by each backend.

@@ -29,7 +29,15 @@ void* alloc(size_t bytes, int device);  // from the cache, else cudaMalloc; OutO
 void free(void* p, int device);         // back to the cache
 AllocatorStats allocator_stats();
 void reset_peak_stats();
-void empty_cache();  // cudaFree everything cached
+void empty_cache();  // cudaFree everything cached (graph pools excepted)
+
+// Private pools for CUDA graphs: while pool `id` is active every allocation is served from it (or
+// new memory that joins it), and blocks it handed out return to it when freed, never to other
+// users: a graph's replays may write them at any time. release_pool gives its blocks back to the
+// common cache (the graph must be gone). set_active_pool(0) ends the redirection.
+int create_pool();
+void set_active_pool(int id);
+void release_pool(int id);
 
 void copy_h2d(void* dst, const void* src, size_t bytes);
 void copy_d2h(void* dst, const void* src, size_t bytes);  // synchronizes: the one host sync

@@ -183,23 +183,49 @@ double Adam::last_grad_norm() const {
 }
 
 void Adam::step() {
-  reclaim_grads();
+  stage_step();
+  apply_step();
+}
+
+void Adam::stage_step() {
   ++step_;
-  kernels::AdamStepArgs args;
-  args.lr = options_.lr;
-  args.beta1 = options_.beta1;
-  args.beta2 = options_.beta2;
-  args.eps = options_.eps;
-  args.weight_decay = options_.weight_decay;
-  args.decoupled = options_.decoupled;
-  args.step = step_;
+  staged_.lr = options_.lr;
+  staged_.beta1 = options_.beta1;
+  staged_.beta2 = options_.beta2;
+  staged_.eps = options_.eps;
+  staged_.weight_decay = options_.weight_decay;
+  staged_.decoupled = options_.decoupled;
+  staged_.step = step_;
+#ifdef KVC_WITH_CUDA
+  if (device_.is_cuda()) {
+    if (!step_coeffs_.defined()) {
+      const int64_t doubles = static_cast<int64_t>(kernels::cuda::kAdamCoeffBytes / sizeof(double));
+      step_coeffs_ =
+          Tensor::zeros({doubles}, TensorOptions{}.with_dtype(DType::f64).with_device(device_));
+    }
+    KVC_DISPATCH_FLOAT(dtype_, "adam", [&] {
+      kernels::cuda::adam_stage<scalar_t>(staged_, step_coeffs_.data<double>());
+    });
+  }
+#endif
+}
+
+void Adam::apply_step() {
+  KVC_CHECK(staged_.step > 0, "adam: apply_step() before stage_step()");
+  reclaim_grads();
   const int64_t n = flat_params_.numel();
   KVC_DISPATCH_FLOAT(dtype_, "adam", [&] {
     const scalar_t* scale = scale_pending_ ? norm_scale_.data<scalar_t>() + 1 : nullptr;
-    KVC_LAUNCH(device_,
-               K::adam_step<scalar_t>(flat_params_.data<scalar_t>(), flat_grads_.data<scalar_t>(),
-                                      flat_exp_avg_.data<scalar_t>(),
-                                      flat_exp_avg_sq_.data<scalar_t>(), n, args, scale));
+    scalar_t* p = flat_params_.data<scalar_t>();
+    const scalar_t* g = flat_grads_.data<scalar_t>();
+    scalar_t* m = flat_exp_avg_.data<scalar_t>();
+    scalar_t* v = flat_exp_avg_sq_.data<scalar_t>();
+    if (device_.is_cuda()) {
+      KVC_CUDA_ONLY(kernels::cuda::adam_step_staged<scalar_t>(p, g, m, v, n,
+                                                              step_coeffs_.data<double>(), scale));
+    } else {
+      kernels::cpu::adam_step<scalar_t>(p, g, m, v, n, staged_, scale);
+    }
   });
   scale_pending_ = false;
 }

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/adam.h"
 
 namespace kvc {
 
@@ -41,6 +42,12 @@ class Adam {
   // multiplies the parameter by (1 - lr * weight_decay) first. A clip scale from
   // clip_grad_norm() since the last step/zero_grad multiplies the gradient first.
   void step();
+  // step() in two halves, for a training step captured in a CUDA graph: stage_step() counts the
+  // step and writes its scalars (learning rate, bias corrections) where the update reads them
+  // (device memory on CUDA) and is called before every replay; apply_step() is the update
+  // itself, the part that is captured.
+  void stage_step();
+  void apply_step();
 
   // torch.nn.utils.clip_grad_norm_ over all gradients: returns the global L2 norm (before
   // clipping) and scales the gradients by min(1, max_norm / (norm + 1e-6)). The scale is kept on
@@ -108,11 +115,13 @@ class Adam {
   std::vector<Slot> slots_;
   int64_t numel_ = 0;
   int64_t step_ = 0;
-  Tensor flat_params_;      // (padded_numel)
-  Tensor flat_grads_;       // (padded_numel)
-  Tensor flat_exp_avg_;     // (padded_numel)
-  Tensor flat_exp_avg_sq_;  // (padded_numel)
-  Tensor norm_scale_;       // (2): [global grad norm, clip scale], on the device
+  Tensor flat_params_;            // (padded_numel)
+  Tensor flat_grads_;             // (padded_numel)
+  Tensor flat_exp_avg_;           // (padded_numel)
+  Tensor flat_exp_avg_sq_;        // (padded_numel)
+  Tensor norm_scale_;             // (2): [global grad norm, clip scale], on the device
+  kernels::AdamStepArgs staged_;  // the scalars of the latest stage_step()
+  Tensor step_coeffs_;            // (16) float64: their coefficients on the device (CUDA only)
   bool scale_pending_ = false;
   bool norm_valid_ = false;
 };

@@ -34,6 +34,7 @@
 
 #include "core/autograd.h"
 #include "data/synthetic.h"
+#include "kernels/graph.h"
 #include "kernels/memory.h"
 #include "nn/compressor_pair.h"
 #include "optim/adam.h"
@@ -50,6 +51,7 @@ struct BenchArgs {
   std::string device = "auto";
   std::string precision = "fp32";
   bool json = false;
+  bool no_graph = false;
   int64_t warmup = 3;
   int64_t reps = 10;
   uint64_t seed = 0;
@@ -57,6 +59,8 @@ struct BenchArgs {
 
 struct Timing {
   double forward_ms = 0, backward_ms = 0, optimizer_ms = 0, step_ms = 0;
+  double eager_step_ms = 0;  // the step launched op by op (step_ms: replayed as a graph, if it was)
+  bool graph = false;
 };
 
 struct Work {
@@ -204,16 +208,44 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags&
         adam.clip_grad_norm_async(1.0);
         adam.step();
       });
-  r.t.step_ms = time_ms(
+  auto full_step = [&] {
+    adam.zero_grad();
+    forward();
+    backward(loss);
+    adam.clip_grad_norm_async(1.0);
+    adam.apply_step();
+  };
+  r.t.eager_step_ms = time_ms(
       device, a.warmup, a.reps, [] {},
       [&] {
-        adam.zero_grad();
-        forward();
-        backward(loss);
+        adam.stage_step();
+        full_step();
         loss = Tensor();
-        adam.clip_grad_norm_async(1.0);
-        adam.step();
       });
+  r.t.step_ms = r.t.eager_step_ms;
+#ifdef KVC_WITH_CUDA
+  // Dropout masks are drawn from counters passed by value: a replay would repeat them.
+  if (device.is_cuda() && !a.no_graph && a.model.dropout == 0.0) {
+    kernels::cuda::StepGraph graph;
+    try {
+      graph.capture(full_step);
+    } catch (const Error& e) {
+      spdlog::warn(
+          "bench: {}: the step could not be captured as a CUDA graph ({}); timing it "
+          "op by op",
+          kind, e.what());
+    }
+    if (graph.captured()) {
+      r.t.step_ms = time_ms(
+          device, a.warmup, a.reps, [] {},
+          [&] {
+            adam.stage_step();
+            graph.replay();
+          });
+      r.t.graph = true;
+    }
+  }
+#endif
   r.w = count_work(kind, s, a.model, r.params);
   const double step_s = r.t.step_ms * 1e-3;
   r.tokens_per_s = static_cast<double>(s.batch * s.seq) / step_s;
@@ -251,17 +283,18 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
         static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
         device.name().c_str(), a.precision.c_str(), static_cast<long long>(a.reps),
         static_cast<long long>(a.warmup));
-    std::printf("%-22s %10s %10s %10s %10s %12s %9s %9s %12s\n", "kind", "fwd ms", "bwd ms",
-                "optim ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
+    std::printf("%-22s %10s %10s %10s %10s %10s %12s %9s %9s %12s\n", "kind", "fwd ms", "bwd ms",
+                "optim ms", "eager ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
                 device.is_cuda() ? "peak dev MB" : "peak RSS MB");
   }
   for (const std::string& kind : kinds) {
     const Result r = bench_kind(kind, a, s, device);
     results.push_back(r);
     if (!a.json) {
-      std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %12.4g %9.3f %9.4f %12.1f\n", kind.c_str(),
-                  r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s,
-                  r.gbps, r.tflops, r.peak_bytes / 1048576.0);
+      std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %10.3f %12.4g %9.3f %9.4f %12.1f\n",
+                  kind.c_str(), r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms,
+                  r.t.eager_step_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
+                  r.peak_bytes / 1048576.0);
       std::fflush(stdout);
     }
   }
@@ -282,12 +315,13 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
           "%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
           "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
           "\"tokens_per_s\": %.6g, \"gb_per_s\": %.6g, \"tflop_per_s\": %.6g, "
+          "\"eager_step_ms\": %.6g, \"graph\": %s, "
           "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
           "%.6g, "
           "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"}",
           i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
           r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
-          r.w.forward_flops, r.w.backward_flops,
+          r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
           r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
           r.peak_is_device ? "device" : "host_rss");
     }
@@ -312,6 +346,9 @@ Command add_bench_command(CLI::App& app) {
   add_device_flag(cmd, &a->device);
   add_precision_flag(cmd, &a->precision);
   cmd->add_flag("--json", a->json, "print one JSON object instead of the table");
+  cmd->add_flag("--no-graph", a->no_graph,
+                "time the step launched op by op instead of replayed as a CUDA graph (the graph "
+                "is used on CUDA without dropout)");
   cmd->add_option("--warmup", a->warmup, "untimed runs before measuring")
       ->capture_default_str()
       ->check(non_negative());

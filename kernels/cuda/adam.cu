@@ -10,9 +10,12 @@ namespace kvc::kernels::cuda {
 
 namespace {
 
+// The coefficients come by value, or from device memory when `staged` is set (a captured step).
 template <typename T>
 __global__ void adam_kernel(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
-                            math::AdamCoeffs<T> c, const T* grad_scale) {
+                            math::AdamCoeffs<T> by_value, const math::AdamCoeffs<T>* staged,
+                            const T* grad_scale) {
+  const math::AdamCoeffs<T> c = staged ? *staged : by_value;
   const T scale = grad_scale ? *grad_scale : T(1);
   KVC_GRID_LOOP(i, n) {
     const T g = grad_scale ? mul_rn(grads[i], scale) : grads[i];
@@ -63,7 +66,24 @@ void adam_step(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
   if (n <= 0) return;
   const math::AdamCoeffs<T> c = math::adam_coeffs<T>(args);
   adam_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(params, grads, exp_avg, exp_avg_sq, n, c,
-                                                         grad_scale);
+                                                         nullptr, grad_scale);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void adam_stage(const AdamStepArgs& args, void* coeffs) {
+  static_assert(sizeof(math::AdamCoeffs<T>) <= kAdamCoeffBytes, "coefficient buffer too small");
+  const math::AdamCoeffs<T> c = math::adam_coeffs<T>(args);
+  copy_h2d(coeffs, &c, sizeof(c));  // staged by the driver: `c` may go out of scope at once
+}
+
+template <typename T>
+void adam_step_staged(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
+                      const void* coeffs, const T* grad_scale) {
+  if (n <= 0) return;
+  adam_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(
+      params, grads, exp_avg, exp_avg_sq, n, math::AdamCoeffs<T>{},
+      static_cast<const math::AdamCoeffs<T>*>(coeffs), grad_scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -83,5 +103,11 @@ void grad_norm_scale(const T* grads, int64_t n, double max_norm, T* norm_scale) 
 
 KVC_ADAM_INSTANTIATE(float)
 KVC_ADAM_INSTANTIATE(double)
+template void adam_stage<float>(const AdamStepArgs&, void*);
+template void adam_stage<double>(const AdamStepArgs&, void*);
+template void adam_step_staged<float>(float*, const float*, float*, float*, int64_t, const void*,
+                                      const float*);
+template void adam_step_staged<double>(double*, const double*, double*, double*, int64_t,
+                                       const void*, const double*);
 
 }  // namespace kvc::kernels::cuda

@@ -14,13 +14,19 @@ namespace {
 
 std::atomic<MathPrecision> g_precision{MathPrecision::fp32};
 
-// Created on first use, on stream(). Never destroyed, like the allocator's cache: destroying it
-// from a static destructor may run after the CUDA runtime has shut down.
+// Created on first use, on stream(). Never destroyed (nor its workspace), like the allocator's
+// cache: destroying it from a static destructor may run after the CUDA runtime has shut down.
 cublasHandle_t handle() {
   static cublasHandle_t h = [] {
     cublasHandle_t created = nullptr;
     KVC_CUBLAS_CHECK(cublasCreate(&created));
     KVC_CUBLAS_CHECK(cublasSetStream(created, stream()));
+    // An explicit workspace (32 MiB, what cuBLAS recommends for Hopper): cuBLAS then never
+    // allocates during a call, which a step captured in a CUDA graph needs.
+    constexpr size_t kWorkspace = size_t{32} << 20;
+    void* workspace = nullptr;
+    KVC_CUDA_CHECK(cudaMalloc(&workspace, kWorkspace));
+    KVC_CUBLAS_CHECK(cublasSetWorkspace(created, workspace, kWorkspace));
     return created;
   }();
   return h;

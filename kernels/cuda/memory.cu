@@ -32,16 +32,17 @@ class CachingAllocator {
   void* alloc(size_t bytes, int device) {
     const size_t cls = size_class(bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = free_.find({device, cls});
     void* p = nullptr;
-    if (it != free_.end() && !it->second.empty()) {
-      p = it->second.back();
-      it->second.pop_back();
+    // While a graph is being captured its requests are served from its own pool first, so that
+    // the memory its replays will write is never handed to anyone else.
+    if (active_pool_ != 0) p = take(pools_[active_pool_], device, cls);
+    if (!p) p = take(free_, device, cls);
+    if (p) {
       stats_.bytes_cached -= cls;
     } else {
       p = device_malloc(bytes, cls, device);
     }
-    in_use_[p] = cls;
+    in_use_[p] = Block{cls, active_pool_};
     stats_.bytes_in_use += cls;
     stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
     return p;
@@ -52,11 +53,42 @@ class CachingAllocator {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = in_use_.find(p);
     KVC_CHECK(it != in_use_.end(), "cuda: free of pointer ", p, " not from this allocator");
-    const size_t cls = it->second;
+    const Block block = it->second;
     in_use_.erase(it);
-    stats_.bytes_in_use -= cls;
-    stats_.bytes_cached += cls;
-    free_[{device, cls}].push_back(p);
+    stats_.bytes_in_use -= block.cls;
+    stats_.bytes_cached += block.cls;
+    FreeLists& lists = block.pool != 0 ? pools_[block.pool] : free_;
+    lists[{device, block.cls}].push_back(p);
+  }
+
+  int create_pool() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const int id = next_pool_++;
+    pools_[id];
+    return id;
+  }
+
+  void set_active_pool(int id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    KVC_CHECK(id == 0 || pools_.count(id), "cuda: no memory pool ", id);
+    active_pool_ = id;
+  }
+
+  // The pool's free blocks go back to the common cache; blocks of it still in use go there when
+  // they are freed.
+  void release_pool(int id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = pools_.find(id);
+    if (it == pools_.end()) return;
+    for (auto& [key, blocks] : it->second) {
+      auto& to = free_[key];
+      to.insert(to.end(), blocks.begin(), blocks.end());
+    }
+    pools_.erase(it);
+    for (auto& [p, block] : in_use_) {
+      if (block.pool == id) block.pool = 0;
+    }
+    if (active_pool_ == id) active_pool_ = 0;
   }
 
   AllocatorStats stats() {
@@ -75,7 +107,23 @@ class CachingAllocator {
   }
 
  private:
+  using FreeLists = std::map<std::pair<int, size_t>, std::vector<void*>>;
+  struct Block {
+    size_t cls;
+    int pool;  // 0: the common cache
+  };
+
+  // Caller holds mutex_. A cached block of exactly this class, or nullptr.
+  static void* take(FreeLists& lists, int device, size_t cls) {
+    auto it = lists.find({device, cls});
+    if (it == lists.end() || it->second.empty()) return nullptr;
+    void* p = it->second.back();
+    it->second.pop_back();
+    return p;
+  }
+
   // Caller holds mutex_. cudaFree synchronizes the device, so no queued kernel still uses them.
+  // Graph pools keep theirs: a graph's replays may still write them.
   void release_cached() {
     int current = 0;
     KVC_CUDA_CHECK(cudaGetDevice(&current));
@@ -120,8 +168,10 @@ class CachingAllocator {
   }
 
   std::mutex mutex_;
-  std::map<std::pair<int, size_t>, std::vector<void*>> free_;
-  std::unordered_map<void*, size_t> in_use_;
+  FreeLists free_;
+  std::map<int, FreeLists> pools_;
+  int active_pool_ = 0, next_pool_ = 1;
+  std::unordered_map<void*, Block> in_use_;
   AllocatorStats stats_;
 };
 
@@ -164,6 +214,9 @@ void* alloc(size_t bytes, int device) {
 void free(void* p, int device) { allocator().free(p, device); }
 
 AllocatorStats allocator_stats() { return allocator().stats(); }
+int create_pool() { return allocator().create_pool(); }
+void set_active_pool(int id) { allocator().set_active_pool(id); }
+void release_pool(int id) { allocator().release_pool(id); }
 void reset_peak_stats() { allocator().reset_peak(); }
 void empty_cache() { allocator().empty_cache(); }
 
