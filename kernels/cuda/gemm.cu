@@ -1,8 +1,13 @@
 // Batched GEMM on cuBLAS: row-major C = op(A) op(B) computed as column-major C^T = op(B)^T op(A)^T.
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 
 #include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/gemm.h"
@@ -73,6 +78,51 @@ __global__ void scale_c_kernel(T* c, int64_t batches, int64_t outer_inner, int64
   }
 }
 
+// dst[i] = bf16(src[i]) for i < n, round to nearest even.
+__global__ void to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst,
+                               int64_t n) {
+  KVC_GRID_LOOP(i, (n + 3) / 4) {
+    const int64_t e = 4 * i;
+    if (e + 3 < n && reinterpret_cast<uintptr_t>(src + e) % 16 == 0) {
+      const float4 x = *reinterpret_cast<const float4*>(src + e);
+      *reinterpret_cast<__nv_bfloat162*>(dst + e) = __floats2bfloat162_rn(x.x, x.y);
+      *reinterpret_cast<__nv_bfloat162*>(dst + e + 2) = __floats2bfloat162_rn(x.z, x.w);
+    } else {
+      for (int64_t j = e; j < n && j < e + 4; ++j) dst[j] = __float2bfloat16_rn(src[j]);
+    }
+  }
+}
+
+// Elements from an operand's first one to its last: rows of `ld` elements, `cols` of each used,
+// at every batch offset.
+int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, const GemmArgs& g,
+                       int64_t outer_stride, int64_t inner_stride) {
+  return (g.batch_outer - 1) * outer_stride + (g.batch_inner - 1) * inner_stride + (rows - 1) * ld +
+         cols;
+}
+
+// A bfloat16 copy of an operand, same layout: cuBLAS's CUBLAS_COMPUTE_32F_FAST_16BF on float32
+// operands is free to run TF32 kernels (and does), so bf16 math rounds the operands itself and
+// runs the product on bf16 tensor cores.
+struct Bf16Operand {
+  Scratch scratch;
+  explicit Bf16Operand(const float* src, int64_t extent)
+      : scratch(static_cast<size_t>(extent) * sizeof(__nv_bfloat16)) {
+    to_bf16_kernel<<<grid_for((extent + 3) / 4), kThreads, 0, stream()>>>(
+        src, scratch.as<__nv_bfloat16>(), extent);
+    KVC_CUDA_CHECK(cudaGetLastError());
+  }
+};
+
+// Products with a short inner dimension (bias broadcasts, k == 1) gain nothing from bf16.
+constexpr int64_t kBf16MinK = 16;
+
+bool bf16_gemm_by_conversion() {  // TEMPORARY experiment knob
+  static const bool on =
+      !(getenv("KVC_BF16_GEMM") && std::string(getenv("KVC_BF16_GEMM")) == "fast");
+  return on;
+}
+
 }  // namespace
 
 void set_math_precision(MathPrecision p) { g_precision.store(p); }
@@ -115,20 +165,39 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
   const int64_t inner_calls = shared_c ? g.batch_inner : 1;
   const int batch = shared_c ? 1 : checked_int(g.batch_inner, "batch_inner");
   const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
-  const cudaDataType_t type = CublasType<T>::data;
-  const cublasComputeType_t compute = CublasType<T>::compute();
+  cudaDataType_t type_ab = CublasType<T>::data;
+  const cudaDataType_t type_c = CublasType<T>::data;
+  cublasComputeType_t compute = CublasType<T>::compute();
+  size_t elem_ab = sizeof(T);
+  std::unique_ptr<Bf16Operand> a16, b16;
+  if constexpr (std::is_same_v<T, float>) {
+    if (g_precision.load() == MathPrecision::bf16 && g.k >= kBf16MinK &&
+        bf16_gemm_by_conversion()) {
+      const int64_t a_rows = g.trans_a ? g.k : g.m, a_cols = g.trans_a ? g.m : g.k;
+      const int64_t b_rows = g.trans_b ? g.n : g.k, b_cols = g.trans_b ? g.k : g.n;
+      a16 = std::make_unique<Bf16Operand>(
+          a, operand_extent(a_rows, a_cols, g.lda, g, g.outer_stride_a, g.inner_stride_a));
+      b16 = std::make_unique<Bf16Operand>(
+          b, operand_extent(b_rows, b_cols, g.ldb, g, g.outer_stride_b, g.inner_stride_b));
+      type_ab = CUDA_R_16BF;
+      compute = CUBLAS_COMPUTE_32F;
+      elem_ab = sizeof(__nv_bfloat16);
+    }
+  }
+  const char* a_base = a16 ? a16->scratch.as<const char>() : reinterpret_cast<const char*>(a);
+  const char* b_base = b16 ? b16->scratch.as<const char>() : reinterpret_cast<const char*>(b);
   cublasHandle_t h = handle();
   for (int64_t p = 0; p < g.batch_outer; ++p) {
     for (int64_t q = 0; q < inner_calls; ++q) {
-      const T* pa = a + p * g.outer_stride_a + q * g.inner_stride_a;
-      const T* pb = b + p * g.outer_stride_b + q * g.inner_stride_b;
+      const void* pa = a_base + (p * g.outer_stride_a + q * g.inner_stride_a) * elem_ab;
+      const void* pb = b_base + (p * g.outer_stride_b + q * g.inner_stride_b) * elem_ab;
       T* pc = c + p * g.outer_stride_c;
       // Column-major view: C^T (n x m) = op(B)^T (n x k) @ op(A)^T (k x m); each row-major
       // operand is its own transpose in column-major with the same leading dimension.
-      KVC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(h, op_b, op_a, n, m, k, &alpha, pb, type, ldb,
-                                                  g.inner_stride_b, pa, type, lda, g.inner_stride_a,
-                                                  &beta, pc, type, ldc, g.inner_stride_c, batch,
-                                                  compute, CUBLAS_GEMM_DEFAULT));
+      KVC_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          h, op_b, op_a, n, m, k, &alpha, pb, type_ab, ldb, g.inner_stride_b, pa, type_ab, lda,
+          g.inner_stride_a, &beta, pc, type_c, ldc, g.inner_stride_c, batch, compute,
+          CUBLAS_GEMM_DEFAULT));
     }
   }
 }
