@@ -12,6 +12,7 @@
 #include "nn/compressor_pair.h"
 #include "optim/adam.h"
 #include "test_util.h"
+#include "train/step_runner.h"
 
 namespace kvc {
 namespace {
@@ -131,6 +132,42 @@ TEST_CASE(
   CHECK(msg.find("cuda") != std::string::npos);
   CHECK_FALSE(graph.captured());
   CHECK(sum(x).item() == 1000.0);  // the stream still works
+#endif
+}
+
+TEST_CASE("cuda: the trainer's StepRunner replays its graphs to the bits of the op-by-op step") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  KVShape shape;
+  SyntheticKV data(shape, 12, Device::cuda());
+  std::vector<Batch> batches;
+  for (int i = 0; i < 5; ++i) batches.push_back(data.next());
+  for (const std::string task : {"distill", "teacher"}) {
+    CAPTURE(task);
+    std::vector<double> params[2], losses[2];
+    bool used_graph[2] = {false, false};
+    for (int graph = 0; graph < 2; ++graph) {
+      const CompressorOptions o = small_pair("efficient_conv");
+      CompressorPair pair(o);
+      const auto teacher = CompressorPair::make_teacher(o, 0.1);
+      Adam adam(pair.named_parameters());
+      train::StepRunnerOptions ro;
+      ro.task = task;
+      ro.allow_graph = graph == 1;
+      train::StepRunner runner(pair, teacher.get(), adam, ro);
+      for (size_t i = 0; i < batches.size(); ++i) {
+        adam.set_lr(lr_at(i));
+        losses[graph].push_back(runner.forward_backward(batches[i]).item());
+        runner.update();
+      }
+      used_graph[graph] = runner.using_graph();
+      params[graph] = adam.flat_params().to_vector();
+    }
+    CHECK_FALSE(used_graph[0]);
+    CHECK(used_graph[1]);
+    CHECK(losses[1] == losses[0]);
+    CHECK(params[1] == params[0]);
+  }
 #endif
 }
 

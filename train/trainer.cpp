@@ -22,6 +22,7 @@
 #include "optim/schedule.h"
 #include "train/progress.h"
 #include "train/signals.h"
+#include "train/step_runner.h"
 
 namespace kvc::train {
 
@@ -406,6 +407,11 @@ TrainResult Trainer::run() {
   }
 
   const double nan_check_clip = opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
+  StepRunnerOptions step_options;
+  step_options.task = opt_.task;
+  step_options.clip = nan_check_clip;
+  step_options.allow_graph = opt_.cuda_graph;
+  StepRunner runner(*pair_, teacher_.get(), *adam_, step_options);
   // Reading a loss from the GPU waits for the device, and waiting every step would leave the GPU
   // idle while the next step is launched. So each step's loss and gradient norm are copied, on
   // the device, into a small buffer that is read in one transfer every `read_every` steps and
@@ -467,10 +473,7 @@ TrainResult Trainer::run() {
     adam_->set_lr(lr);
     const uint64_t batch_index = train_src_->position();
     const Batch batch = train_src_->next();
-    adam_->zero_grad();
-    const Tensor loss_t = task_loss(*pair_, teacher_.get(), opt_.task, batch);
-    backward(loss_t);
-    adam_->clip_grad_norm_async(nan_check_clip);
+    const Tensor& loss_t = runner.forward_backward(batch);
     {  // stats[slot] = [loss, grad norm], device to device
       char* slot = static_cast<char*>(step_stats.raw_data()) + 2 * pending.size() * stat_bytes;
       copy_bytes(slot, opt_.device, loss_t.raw_data(), opt_.device, stat_bytes);
@@ -490,7 +493,7 @@ TrainResult Trainer::run() {
     if (on_cpu || static_cast<int64_t>(pending.size()) == read_every || eval_now || save_now) {
       read_pending(pending.size() == 1 ? &batch : nullptr);
     }
-    adam_->step();
+    runner.update();
     step_ = next;
 
     if (eval_now) do_eval();

@@ -50,6 +50,8 @@ struct TrainOptions {
   int64_t stop_at = 0;
   // Write best.h5 on a new lowest eval loss.
   bool save_best = true;
+  // Replay the step from CUDA graphs once shapes are fixed (CUDA, no dropout; see StepRunner).
+  bool cuda_graph = true;
 };
 
 struct TrainResult {

@@ -1,0 +1,57 @@
+// The training step in two halves, each replayed from a CUDA graph once shapes are fixed: the
+// forward/backward half (loss, gradients, the clip's norm) and the optimizer update, so that the
+// trainer can read the loss between them and keep a bad step away from the weights.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "data/batch.h"
+#include "nn/compressor_pair.h"
+#include "optim/adam.h"
+
+namespace kvc::train {
+
+struct StepRunnerOptions {
+  std::string task = "distill";  // distill | teacher
+  double clip = 1.0;             // the max norm given to Adam::clip_grad_norm_async (> 0)
+  bool allow_graph = true;       // false: always launch op by op
+};
+
+class StepRunner {
+ public:
+  // `teacher` is required for task teacher. A graph is used on CUDA when allowed and the pair
+  // draws no dropout masks (their counters would be frozen into the graph); otherwise, and when
+  // capture fails (logged once), every step is launched op by op. Both paths run the same
+  // kernels in the same order, so they give the same bits.
+  StepRunner(CompressorPair& pair, const CompressorPair* teacher, Adam& adam,
+             StepRunnerOptions options);
+  ~StepRunner();
+  StepRunner(const StepRunner&) = delete;
+  StepRunner& operator=(const StepRunner&) = delete;
+
+  // zero_grad, the task's loss on `batch`, backward, and the gradient-norm clip (the norm and
+  // the scale stay on the device, in adam.norm_scale()). Returns the loss: a device scalar that
+  // is rewritten by the next call.
+  const Tensor& forward_backward(const Batch& batch);
+  // The optimizer update with the optimizer's current learning rate (Adam::step).
+  void update();
+
+  bool using_graph() const;
+
+ private:
+  struct Graphs;
+  bool can_capture(const Batch& batch) const;
+  void run_forward_backward(const Batch& batch);
+
+  CompressorPair& pair_;
+  const CompressorPair* teacher_;
+  Adam& adam_;
+  StepRunnerOptions options_;
+  Tensor loss_;
+  int64_t eager_steps_ = 0;
+  bool graph_failed_ = false;
+  std::unique_ptr<Graphs> graphs_;
+};
+
+}  // namespace kvc::train
