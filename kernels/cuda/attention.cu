@@ -6,8 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "kernels/attention.h"
@@ -379,9 +377,7 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
   if constexpr (std::is_same_v<T, float>) {
     const bool vec = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
     const MathPrecision precision = math_precision();
-    static const bool ffma =
-        getenv("KVC_FP32_ATTN") && std::string(getenv("KVC_FP32_ATTN")) == "ffma";  // TEMPORARY
-    if (vec && (precision != MathPrecision::fp32 || !ffma) && attention_tc_supports(d)) {
+    if (vec && precision != MathPrecision::fp32 && attention_tc_supports(d)) {
       attention_forward_tc(q, k, v, out, batch_heads, nq, seq, d, alpha, precision);
       done = true;
     } else if (vec && d == 32) {

@@ -2,14 +2,13 @@
 // each warp owns 16 or 32 query rows, keys come in shared-memory tiles (cp.async, two stages), S =
 // Q K^T and O += P V are mma.sync products (bf16 m16n8k16 or tf32 m16n8k8) with FP32 accumulators,
 // and the online softmax runs on the accumulator fragments in registers, so neither S nor P ever
-// touches shared or global memory. Inputs stay float32 in memory: operands are rounded while they
-// are loaded into fragments. FP32 math runs as 3xTF32 (see TcMode).
+// touches shared or global memory. Inputs stay float32 in memory: K and V are rounded once per CTA
+// into bf16 tiles read with ldmatrix (bf16), or as their fragments are loaded (tf32).
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 
 #include "kernels/cuda/attention_split.cuh"
 #include "kernels/cuda/attention_tc.cuh"
@@ -24,33 +23,32 @@ using namespace attention_detail;
 constexpr int kWarps = 4;
 constexpr int kThreadsTc = 32 * kWarps;
 
-// How the operands of both products are rounded. kTf32x3 splits every FP32 operand x into
-// big = tf32(x) and small = tf32(x - big) and sums big*big + big*small + small*big (the small*small
-// term is below FP32 rounding): three TF32 products that give FP32-level accuracy (the 3xTF32
-// method of CUTLASS), still on tensor cores.
-enum class TcMode { kBf16, kTf32, kTf32x3 };
+enum class TcMode { kBf16, kTf32 };
 
 // Query rows of one warp: 16 (one mma M) per m-tile. Two m-tiles let every K and V fragment loaded
 // from shared memory feed two products, halving shared-memory traffic per FLOP; they need the
-// registers of two accumulators, which only d <= 64 without the 3xTF32 split can spare.
-template <int D, TcMode M>
+// registers of two accumulators, which d <= 64 can spare.
+template <int D>
 constexpr int m_tiles() {
-  return D <= 64 && M != TcMode::kTf32x3 ? 2 : 1;
+  return D <= 64 ? 2 : 1;
 }
 
-// Shared-memory layout, in floats, two stages of (K tile, V tile). Row strides are padded so the
-// fragment loads hit 32 distinct banks: a K fragment is read by lane (g, t) = (lane / 4, lane % 4)
-// at row g, column c(t): as float2 at 2t (bf16; a stride = 8 mod 32 spreads the 16 lanes of each
-// 64-bit phase) or as float at t (tf32; stride = 4 mod 32). A V fragment is read at rows 2t, 2t+1
-// and column g, so its stride is 4 mod 16 in both modes.
-template <int D, TcMode M, int kM>
+// Shared-memory layout. Two stages of float32 (K tile, V tile), filled by cp.async, row stride
+// D + 4 floats. bf16 mode converts the current stage once per CTA into one bf16 (K, V) pair of
+// row stride D + 8 (16-byte rows that start 4 banks apart: the 8 rows an ldmatrix reads at once
+// cover all 32 banks). tf32 mode reads fragments straight from the float32 stage: K at row g,
+// column t (stride = 4 mod 32: 32 distinct banks), V at rows 2t, 2t+1 and column g (stride = 4 mod
+// 16: likewise).
+template <int D, TcMode M>
 struct TcLayout {
-  static constexpr int kBK = D == 128 ? 32 : 64;  // keys per tile: D = 128 keeps 3 CTAs per SM
-  static constexpr int kKStride = D + (M == TcMode::kBf16 ? 8 : 4);
-  static constexpr int kVStride = D + 4;
-  static constexpr int kStage = kBK * (kKStride + kVStride);
-  static constexpr size_t kBytes = sizeof(float) * 2 * kStage;
-  static constexpr int kBQ = kWarps * 16 * kM;  // queries per CTA
+  static constexpr int kBK = D == 128 ? 32 : 64;  // keys per tile: two CTAs per SM at every D
+  static constexpr int kStride = D + 4;           // float32 stage rows
+  static constexpr int kStage = 2 * kBK * kStride;
+  static constexpr int kHalfStride = D + 8;  // bf16 rows
+  static constexpr size_t kStageBytes = sizeof(float) * 2 * kStage;
+  static constexpr size_t kBytes =
+      kStageBytes + (M == TcMode::kBf16 ? sizeof(uint16_t) * 2 * kBK * kHalfStride : 0);
+  static constexpr int kBQ = kWarps * 16 * m_tiles<D>();  // queries per CTA
 };
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -64,20 +62,12 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
   return r;
 }
 
-// A TF32 operand: its rounding, and for 3xTF32 the rounding of what rounding left over.
-struct Tf32Pair {
-  uint32_t big, small;
-};
-__device__ __forceinline__ Tf32Pair split_tf32(float x) {
-  const uint32_t big = to_tf32(x);
-  return {big, to_tf32(x - __uint_as_float(big))};
-}
-
+// The products are plain register operations (no volatile): the compiler may interleave
+// independent ones, which a chain of dependent products needs to hide the tensor-core latency.
 // c += a b for one 16x8 tile: a (16 x 16 bf16, row), b (16 x 8 bf16, col), c FP32.
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -86,19 +76,41 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
 // c += a b for one 16x8 tile: a (16 x 8 tf32, row), b (8 x 8 tf32, col), c FP32.
 __device__ __forceinline__ void mma_tf32(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// c += a b with a, b split for 3xTF32: the two cross terms first, the big one last.
-__device__ __forceinline__ void mma_tf32x3(float (&c)[4], const uint32_t (&a_big)[4],
-                                           const uint32_t (&a_small)[4], Tf32Pair b0, Tf32Pair b1) {
-  mma_tf32(c, a_small, b0.big, b1.big);
-  mma_tf32(c, a_big, b0.small, b1.small);
-  mma_tf32(c, a_big, b0.big, b1.big);
+// Four 8x8 bf16 matrices from shared memory; lane l gives the address of row l % 8 of matrix
+// l / 8. Plain: lane (g, t) gets row g, columns 2t, 2t+1 of each; trans: rows 2t, 2t+1 of column g.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16_t* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a)
+               : "memory");
+}
+
+// A (kRows, D) float32 tile (row stride D + 4) into bf16 (row stride D + 8), once per CTA.
+template <int D, int kRows>
+__device__ __forceinline__ void tile_to_bf16(uint16_t* dst, const float* src, int tid) {
+  constexpr int kVec = D / 4;
+#pragma unroll
+  for (int n = 0; n < kRows * kVec / kThreadsTc; ++n) {
+    const int i = tid + n * kThreadsTc;
+    const int r = i / kVec, c = (i % kVec) * 4;
+    const float4 x = *reinterpret_cast<const float4*>(src + r * (D + 4) + c);
+    *reinterpret_cast<uint2*>(dst + r * (D + 8) + c) =
+        make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+  }
 }
 
 // Fragment layouts (PTX ISA, mma.m16n8k16 / m16n8k8), lane = 4 g + t:
@@ -107,29 +119,32 @@ __device__ __forceinline__ void mma_tf32x3(float (&c)[4], const uint32_t (&a_big
 //                g+8, same.  B bf16 (k x n): b0 = rows 2t..2t+1, column g; b1 = rows 2t+8..2t+9.
 //   A tf32:      a0 = (g, t), a1 = (g+8, t), a2 = (g, t+4), a3 = (g+8, t+4).
 //                B tf32: b0 = (t, g), b1 = (t+4, g).
-// The bf16 C fragments of two adjacent key tiles are exactly the A fragment of P for the next
-// product. For tf32 they are not, so P V sums its 8 keys in another order: A column t stands for
-// key 2t and column t+4 for key 2t+1 (c0 -> a0, c2 -> a1, c1 -> a2, c3 -> a3), and B reads V rows
-// 2t and 2t+1 to match. A sum does not care about the order of its terms.
+// bf16: the C fragments of two adjacent key tiles are exactly the A fragment of P for the next
+// product; K fragments (B = K^T) are plain ldmatrix loads of K rows, V fragments transposed ones.
+// tf32: C is not A's layout, so P V sums its 8 keys in another order: A column t stands for key 2t
+// and column t+4 for key 2t+1 (c0 -> a0, c2 -> a1, c1 -> a2, c3 -> a3), and B reads V rows 2t and
+// 2t+1 to match. A sum does not care about the order of its terms.
 //
 // One CTA per (batch-head, kBQ queries, key split); scores in log2 units (q pre-scaled by
 // alpha * log2(e)), so the softmax is one exp2f per score.
-template <int D, TcMode M, int kM>
+template <int D, TcMode M>
 __global__ void __launch_bounds__(kThreadsTc)
     attention_tc_kernel(const float* __restrict__ q, const float* __restrict__ k,
                         const float* __restrict__ v, float* __restrict__ out,
                         float* __restrict__ part_o, float2* __restrict__ part_ml, int nq, int seq,
                         int q_tiles, int split_len, float scale_log2) {
-  using L = TcLayout<D, M, kM>;
+  using L = TcLayout<D, M>;
   constexpr bool kBf16 = M == TcMode::kBf16;
-  constexpr bool kX3 = M == TcMode::kTf32x3;
   constexpr int kBK = L::kBK;
+  constexpr int kM = m_tiles<D>();
   constexpr int kKSteps = kBf16 ? D / 16 : D / 8;  // k-steps of S = Q K^T
   constexpr int kSTiles = kBK / 8;                 // 8-key column tiles of S
   constexpr int kOTiles = D / 8;                   // 8-wide column tiles of O
-  constexpr int kQSmall = kX3 ? kKSteps : 1;       // the small halves of Q (3xTF32 only)
+  constexpr int kHS = L::kHalfStride;
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
+  uint16_t* kh = reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(smem) + L::kStageBytes);
+  uint16_t* vh = kh + kBK * kHS;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -142,15 +157,14 @@ __global__ void __launch_bounds__(kThreadsTc)
 
   auto load_stage = [&](int stage, int k0) {
     float* ks = smem + stage * L::kStage;
-    load_tile_async<D, kBK, L::kKStride, kThreadsTc>(ks, kb, k0, kend, tid);
-    load_tile_async<D, kBK, L::kVStride, kThreadsTc>(ks + kBK * L::kKStride, vb, k0, kend, tid);
+    load_tile_async<D, kBK, L::kStride, kThreadsTc>(ks, kb, k0, kend, tid);
+    load_tile_async<D, kBK, L::kStride, kThreadsTc>(ks + kBK * L::kStride, vb, k0, kend, tid);
     cp_async_commit();
   };
   load_stage(0, kbeg);
 
   // Q's A fragments for every m-tile and k-step stay in registers for the whole key range.
   uint32_t qa[kM][kKSteps][4];
-  uint32_t qs[kM][kQSmall][4];
 #pragma unroll
   for (int mi = 0; mi < kM; ++mi) {
     const int r0 = q0 + mi * 16 + g, r1 = r0 + 8;
@@ -172,15 +186,10 @@ __global__ void __launch_bounds__(kThreadsTc)
         qa[mi][s][3] = pack_bf16(x3.x * scale_log2, x3.y * scale_log2);
       } else {
         const int c = s * 8 + t;
-        const float x[4] = {ok0 ? qr0[c] * scale_log2 : 0.f, ok1 ? qr1[c] * scale_log2 : 0.f,
-                            ok0 ? qr0[c + 4] * scale_log2 : 0.f,
-                            ok1 ? qr1[c + 4] * scale_log2 : 0.f};
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const Tf32Pair p = split_tf32(x[e]);
-          qa[mi][s][e] = p.big;
-          if constexpr (kX3) qs[mi][s][e] = p.small;
-        }
+        qa[mi][s][0] = to_tf32(ok0 ? qr0[c] * scale_log2 : 0.f);
+        qa[mi][s][1] = to_tf32(ok1 ? qr1[c] * scale_log2 : 0.f);
+        qa[mi][s][2] = to_tf32(ok0 ? qr0[c + 4] * scale_log2 : 0.f);
+        qa[mi][s][3] = to_tf32(ok1 ? qr1[c + 4] * scale_log2 : 0.f);
       }
     }
   }
@@ -207,29 +216,39 @@ __global__ void __launch_bounds__(kThreadsTc)
     }
     __syncthreads();
     const float* ks = smem + stage * L::kStage;
-    const float* vs = ks + kBK * L::kKStride;
+    const float* vs = ks + kBK * L::kStride;
+    if constexpr (kBf16) {
+      tile_to_bf16<D, kBK>(kh, ks, tid);
+      tile_to_bf16<D, kBK>(vh, vs, tid);
+      __syncthreads();
+    }
 
-    // S = Q K^T: each K fragment is loaded (and rounded) once for all m-tiles.
+    // S = Q K^T, k-steps outermost: the products of one step are independent.
     float s[kM][kSTiles][4];
 #pragma unroll
-    for (int j = 0; j < kSTiles; ++j) {
+    for (int mi = 0; mi < kM; ++mi) {
 #pragma unroll
-      for (int mi = 0; mi < kM; ++mi) s[mi][j][0] = s[mi][j][1] = s[mi][j][2] = s[mi][j][3] = 0.f;
-      const float* krow = ks + (j * 8 + g) * L::kKStride;
+      for (int j = 0; j < kSTiles; ++j) s[mi][j][0] = s[mi][j][1] = s[mi][j][2] = s[mi][j][3] = 0.f;
+    }
 #pragma unroll
-      for (int kk = 0; kk < kKSteps; ++kk) {
-        if constexpr (kBf16) {
-          const float2 x = *reinterpret_cast<const float2*>(krow + kk * 16 + 2 * t);
-          const float2 y = *reinterpret_cast<const float2*>(krow + kk * 16 + 2 * t + 8);
-          const uint32_t b0 = pack_bf16(x.x, x.y), b1 = pack_bf16(y.x, y.y);
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      if constexpr (kBf16) {
 #pragma unroll
-          for (int mi = 0; mi < kM; ++mi) mma_bf16(s[mi][j], qa[mi][kk], b0, b1);
-        } else if constexpr (kX3) {
-          const Tf32Pair b0 = split_tf32(krow[kk * 8 + t]), b1 = split_tf32(krow[kk * 8 + t + 4]);
+        for (int jp = 0; jp < kSTiles / 2; ++jp) {
+          uint32_t b[4];  // b0, b1 of key tile 2 jp, then of 2 jp + 1
+          ldmatrix_x4(b, kh + (jp * 16 + (lane & 7) + 8 * (lane >> 4)) * kHS + kk * 16 +
+                             8 * ((lane >> 3) & 1));
 #pragma unroll
-          for (int mi = 0; mi < kM; ++mi) mma_tf32x3(s[mi][j], qa[mi][kk], qs[mi][kk], b0, b1);
-        } else {
-          const uint32_t b0 = to_tf32(krow[kk * 8 + t]), b1 = to_tf32(krow[kk * 8 + t + 4]);
+          for (int mi = 0; mi < kM; ++mi) {
+            mma_bf16(s[mi][2 * jp], qa[mi][kk], b[0], b[1]);
+            mma_bf16(s[mi][2 * jp + 1], qa[mi][kk], b[2], b[3]);
+          }
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < kSTiles; ++j) {
+          const float* krow = ks + (j * 8 + g) * L::kStride + kk * 8 + t;
+          const uint32_t b0 = to_tf32(krow[0]), b1 = to_tf32(krow[4]);
 #pragma unroll
           for (int mi = 0; mi < kM; ++mi) mma_tf32(s[mi][j], qa[mi][kk], b0, b1);
         }
@@ -253,8 +272,9 @@ __global__ void __launch_bounds__(kThreadsTc)
       for (int h = 0; h < 2; ++h) {
         float mx = -INFINITY;
 #pragma unroll
-        for (int j = 0; j < kSTiles; ++j)
+        for (int j = 0; j < kSTiles; ++j) {
           mx = fmaxf(mx, fmaxf(s[mi][j][2 * h], s[mi][j][2 * h + 1]));
+        }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float m_new = fmaxf(m_run[mi][h], mx);  // finite: every tile has a valid key
@@ -276,7 +296,7 @@ __global__ void __launch_bounds__(kThreadsTc)
       }
     }
 
-    // O += P V: each V fragment is loaded (and rounded) once for all m-tiles.
+    // O += P V: each V fragment is loaded once for all m-tiles.
     if constexpr (kBf16) {
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
@@ -288,47 +308,39 @@ __global__ void __launch_bounds__(kThreadsTc)
           pa[mi][2] = pack_bf16(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
           pa[mi][3] = pack_bf16(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
         }
-        const float* v0 = vs + (kk * 16 + 2 * t) * L::kVStride + g;
 #pragma unroll
-        for (int j = 0; j < kOTiles; ++j) {
-          const float* vc = v0 + j * 8;
-          const uint32_t b0 = pack_bf16(vc[0], vc[L::kVStride]);
-          const uint32_t b1 = pack_bf16(vc[8 * L::kVStride], vc[9 * L::kVStride]);
+        for (int jp = 0; jp < kOTiles / 2; ++jp) {
+          uint32_t b[4];  // b0, b1 of column tile 2 jp, then of 2 jp + 1
+          ldmatrix_x4_trans(b, vh + (kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * kHS + jp * 16 +
+                                   8 * (lane >> 4));
 #pragma unroll
-          for (int mi = 0; mi < kM; ++mi) mma_bf16(o[mi][j], pa[mi], b0, b1);
+          for (int mi = 0; mi < kM; ++mi) {
+            mma_bf16(o[mi][2 * jp], pa[mi], b[0], b[1]);
+            mma_bf16(o[mi][2 * jp + 1], pa[mi], b[2], b[3]);
+          }
         }
       }
     } else {
 #pragma unroll
       for (int kk = 0; kk < kBK / 8; ++kk) {
-        uint32_t pa[kM][4], ps[kM][4];
+        uint32_t pa[kM][4];
 #pragma unroll
         for (int mi = 0; mi < kM; ++mi) {
-          const float x[4] = {s[mi][kk][0], s[mi][kk][2], s[mi][kk][1], s[mi][kk][3]};
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const Tf32Pair p = split_tf32(x[e]);
-            pa[mi][e] = p.big;
-            ps[mi][e] = p.small;
-          }
+          pa[mi][0] = to_tf32(s[mi][kk][0]);
+          pa[mi][1] = to_tf32(s[mi][kk][2]);
+          pa[mi][2] = to_tf32(s[mi][kk][1]);
+          pa[mi][3] = to_tf32(s[mi][kk][3]);
         }
-        const float* v0 = vs + (kk * 8 + 2 * t) * L::kVStride + g;
+        const float* v0 = vs + (kk * 8 + 2 * t) * L::kStride + g;
 #pragma unroll
         for (int j = 0; j < kOTiles; ++j) {
-          const float* vc = v0 + j * 8;
-          if constexpr (kX3) {
-            const Tf32Pair b0 = split_tf32(vc[0]), b1 = split_tf32(vc[L::kVStride]);
+          const uint32_t b0 = to_tf32(v0[j * 8]), b1 = to_tf32(v0[j * 8 + L::kStride]);
 #pragma unroll
-            for (int mi = 0; mi < kM; ++mi) mma_tf32x3(o[mi][j], pa[mi], ps[mi], b0, b1);
-          } else {
-            const uint32_t b0 = to_tf32(vc[0]), b1 = to_tf32(vc[L::kVStride]);
-#pragma unroll
-            for (int mi = 0; mi < kM; ++mi) mma_tf32(o[mi][j], pa[mi], b0, b1);
-          }
+          for (int mi = 0; mi < kM; ++mi) mma_tf32(o[mi][j], pa[mi], b0, b1);
         }
       }
     }
-    __syncthreads();  // every warp is done with this stage before it is refilled
+    __syncthreads();  // every warp is done with this stage (and the bf16 tiles) before reuse
   }
 
   const bool split = gridDim.y > 1;
@@ -361,43 +373,38 @@ __global__ void __launch_bounds__(kThreadsTc)
 }
 
 // CTAs of one kernel instance that fit on the whole GPU at once, read once per instance.
-template <int D, TcMode M, int kM>
+template <int D, TcMode M>
 int resident_tc_ctas() {
   static const int n = [] {
-    using L = TcLayout<D, M, kM>;
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel<D, M, kM>,
+    using L = TcLayout<D, M>;
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel<D, M>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(L::kBytes)));
     int device = 0, sms = 0, per_sm = 0;
     KVC_CUDA_CHECK(cudaGetDevice(&device));
     KVC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, attention_tc_kernel<D, M, kM>, kThreadsTc, L::kBytes));
+    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_tc_kernel<D, M>,
+                                                                 kThreadsTc, L::kBytes));
     return std::max(1, sms * per_sm);
   }();
   return n;
 }
 
-template <int D, TcMode M, int kM>
+template <int D, TcMode M>
 void launch_tc(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t nq,
                int64_t seq, double alpha) {
-  using L = TcLayout<D, M, kM>;
-  const int slots = resident_tc_ctas<D, M, kM>();  // also raises the shared-memory limit
+  using L = TcLayout<D, M>;
+  const int slots = resident_tc_ctas<D, M>();  // also raises the shared-memory limit
   const int64_t q_tiles = (nq + L::kBQ - 1) / L::kBQ;
   const int64_t rows = bh * nq;
   const KeySplit split(bh * q_tiles, (seq + L::kBK - 1) / L::kBK, slots, rows, D);
   const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
   const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
-  attention_tc_kernel<D, M, kM><<<grid, kThreadsTc, L::kBytes, stream()>>>(
+  attention_tc_kernel<D, M><<<grid, kThreadsTc, L::kBytes, stream()>>>(
       q, k, v, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
       static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * L::kBK), scale_log2);
   KVC_CUDA_CHECK(cudaGetLastError());
   split.combine<D>(out, rows);
-}
-
-int tc_mtiles() {  // TEMPORARY experiment knob
-  static const int n = getenv("KVC_TC_MTILES") ? atoi(getenv("KVC_TC_MTILES")) : 2;
-  return n;
 }
 
 template <TcMode M>
@@ -405,13 +412,11 @@ void dispatch_d(const float* q, const float* k, const float* v, float* out, int6
                 int64_t seq, int64_t d, double alpha) {
   switch (d) {
     case 32:
-      if (tc_mtiles() == 1) return launch_tc<32, M, 1>(q, k, v, out, bh, nq, seq, alpha);
-      return launch_tc<32, M, m_tiles<32, M>()>(q, k, v, out, bh, nq, seq, alpha);
+      return launch_tc<32, M>(q, k, v, out, bh, nq, seq, alpha);
     case 64:
-      if (tc_mtiles() == 1) return launch_tc<64, M, 1>(q, k, v, out, bh, nq, seq, alpha);
-      return launch_tc<64, M, m_tiles<64, M>()>(q, k, v, out, bh, nq, seq, alpha);
+      return launch_tc<64, M>(q, k, v, out, bh, nq, seq, alpha);
     case 128:
-      return launch_tc<128, M, 1>(q, k, v, out, bh, nq, seq, alpha);
+      return launch_tc<128, M>(q, k, v, out, bh, nq, seq, alpha);
     default:
       KVC_FAIL("attention_forward_tc: head size ", d, " has no tensor-core kernel");
   }
@@ -422,13 +427,12 @@ void dispatch_d(const float* q, const float* k, const float* v, float* out, int6
 void attention_forward_tc(const float* q, const float* k, const float* v, float* out,
                           int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
                           MathPrecision precision) {
-  switch (precision) {
-    case MathPrecision::bf16:
-      return dispatch_d<TcMode::kBf16>(q, k, v, out, batch_heads, nq, seq, d, alpha);
-    case MathPrecision::tf32:
-      return dispatch_d<TcMode::kTf32>(q, k, v, out, batch_heads, nq, seq, d, alpha);
-    case MathPrecision::fp32:
-      return dispatch_d<TcMode::kTf32x3>(q, k, v, out, batch_heads, nq, seq, d, alpha);
+  KVC_CHECK(precision != MathPrecision::fp32,
+            "attention_forward_tc: fp32 math runs on the FP32 kernel, not on tensor cores");
+  if (precision == MathPrecision::bf16) {
+    dispatch_d<TcMode::kBf16>(q, k, v, out, batch_heads, nq, seq, d, alpha);
+  } else {
+    dispatch_d<TcMode::kTf32>(q, k, v, out, batch_heads, nq, seq, d, alpha);
   }
 }
 

@@ -4,9 +4,7 @@
 
 #include <atomic>
 #include <climits>
-#include <cstdlib>
 #include <memory>
-#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
@@ -116,12 +114,6 @@ struct Bf16Operand {
 
 // Products with a short inner dimension (bias broadcasts, k == 1) gain nothing from bf16.
 constexpr int64_t kBf16MinK = 16;
-
-bool bf16_gemm_by_conversion() {  // TEMPORARY experiment knob
-  static const bool on =
-      !(getenv("KVC_BF16_GEMM") && std::string(getenv("KVC_BF16_GEMM")) == "fast");
-  return on;
-}
 
 }  // namespace
 
