@@ -163,8 +163,7 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
   size_t elem_ab = sizeof(T);
   std::unique_ptr<Bf16Operand> a16, b16;
   if constexpr (std::is_same_v<T, float>) {
-    if (g_precision.load() == MathPrecision::bf16 && g.k >= kBf16MinK &&
-        bf16_gemm_by_conversion()) {
+    if (g_precision.load() == MathPrecision::bf16 && g.k >= kBf16MinK) {
       const int64_t a_rows = g.trans_a ? g.k : g.m, a_cols = g.trans_a ? g.m : g.k;
       const int64_t b_rows = g.trans_b ? g.n : g.k, b_cols = g.trans_b ? g.k : g.n;
       a16 = std::make_unique<Bf16Operand>(
