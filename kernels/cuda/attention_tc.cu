@@ -33,21 +33,24 @@ constexpr int m_tiles() {
   return D <= 64 ? 2 : 1;
 }
 
-// Shared-memory layout. Two stages of float32 (K tile, V tile), filled by cp.async, row stride
-// D + 4 floats. bf16 mode converts the current stage once per CTA into one bf16 (K, V) pair of
-// row stride D + 8 (16-byte rows that start 4 banks apart: the 8 rows an ldmatrix reads at once
-// cover all 32 banks). tf32 mode reads fragments straight from the float32 stage: K at row g,
-// column t (stride = 4 mod 32: 32 distinct banks), V at rows 2t, 2t+1 and column g (stride = 4 mod
-// 16: likewise).
+// Shared-memory layout: float32 (K tile, V tile) stages filled by cp.async, row stride D + 4
+// floats. bf16 mode converts its one stage per tile into a bf16 (K, V) pair of row stride D + 8
+// (16-byte rows that start 4 banks apart: the 8 rows an ldmatrix reads at once cover all 32
+// banks); the stage is then free at once, so the next tile's copies overlap the products, and
+// tiles of 64 keys fit twice per SM at every D. tf32 mode reads fragments straight from two
+// alternating float32 stages: K at row g, column t (stride = 4 mod 32: 32 distinct banks), V at
+// rows 2t, 2t+1 and column g (stride = 4 mod 16: likewise).
 template <int D, TcMode M>
 struct TcLayout {
-  static constexpr int kBK = D == 128 ? 32 : 64;  // keys per tile: two CTAs per SM at every D
-  static constexpr int kStride = D + 4;           // float32 stage rows
+  static constexpr bool kBf16 = M == TcMode::kBf16;
+  static constexpr int kBK = kBf16 || D < 128 ? 64 : 32;  // keys per tile
+  static constexpr int kStages = kBf16 ? 1 : 2;
+  static constexpr int kStride = D + 4;  // float32 stage rows
   static constexpr int kStage = 2 * kBK * kStride;
   static constexpr int kHalfStride = D + 8;  // bf16 rows
-  static constexpr size_t kStageBytes = sizeof(float) * 2 * kStage;
+  static constexpr size_t kStageBytes = sizeof(float) * kStages * kStage;
   static constexpr size_t kBytes =
-      kStageBytes + (M == TcMode::kBf16 ? sizeof(uint16_t) * 2 * kBK * kHalfStride : 0);
+      kStageBytes + (kBf16 ? sizeof(uint16_t) * 2 * kBK * kHalfStride : 0);
   static constexpr int kBQ = kWarps * 16 * m_tiles<D>();  // queries per CTA
 };
 
@@ -205,21 +208,25 @@ __global__ void __launch_bounds__(kThreadsTc)
   }
 
   int stage = 0;
-  for (int k0 = kbeg; k0 < kend; k0 += kBK, stage ^= 1) {
-    // The next tile's copies fly while this one is used; the stage they fill was last read
-    // before the barrier at the end of the previous iteration.
-    if (k0 + kBK < kend) {
-      load_stage(stage ^ 1, k0 + kBK);
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+  for (int k0 = kbeg; k0 < kend; k0 += kBK, stage ^= L::kStages - 1) {
     const float* ks = smem + stage * L::kStage;
     const float* vs = ks + kBK * L::kStride;
     if constexpr (kBf16) {
+      cp_async_wait<0>();
+      __syncthreads();  // the stage has landed; every warp is done with the last bf16 tiles
       tile_to_bf16<D, kBK>(kh, ks, tid);
       tile_to_bf16<D, kBK>(vh, vs, tid);
+      __syncthreads();  // the bf16 tiles are ready and the stage is free: refill it now
+      if (k0 + kBK < kend) load_stage(0, k0 + kBK);
+    } else {
+      // The next tile's copies fly while this one is used; the stage they fill was last read
+      // before the barrier at the end of the previous iteration.
+      if (k0 + kBK < kend) {
+        load_stage(stage ^ 1, k0 + kBK);
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
+      }
       __syncthreads();
     }
 
@@ -340,7 +347,7 @@ __global__ void __launch_bounds__(kThreadsTc)
         }
       }
     }
-    __syncthreads();  // every warp is done with this stage (and the bf16 tiles) before reuse
+    if constexpr (!kBf16) __syncthreads();  // every warp is done with this stage before reuse
   }
 
   const bool split = gridDim.y > 1;
