@@ -7,6 +7,7 @@ set -euo pipefail
 KVC=${1:-build/kvcompress}
 STEPS=${2:-300}
 OUT_DIR=${OUT_DIR:-$(mktemp -d)}
+mkdir -p "$OUT_DIR"
 shape=(--batch 4 --heads 8 --seq 8192 --block 16 --dim-head 64 --queries 512)
 printf '%-22s %12s %12s %9s\n' kind "fp32 eval" "bf16 eval" "rel diff"
 for kind in conv efficient_conv attention_pool scaled_attention_pool grouped_mlp enhanced_mlp mlp; do
