@@ -236,7 +236,6 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     cp_async_commit();
   }
 
-  const bool split = gridDim.y > 1;
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
 #pragma unroll
   for (int i = 0; i < R; ++i) {
@@ -247,14 +246,9 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     const int row = q0 + ry + kRowGroups * i;
     if (row >= nq) continue;
     const int64_t grow = static_cast<int64_t>(bh) * nq + row;
-    float* orow = out + grow * D;
-    float inv = 1.f / sum;
-    if (split) {
-      const int64_t prow = blockIdx.y * rows + grow;
-      orow = part_o + prow * D;
-      inv = 1.f;
-      if (cx == 0) part_ml[prow] = make_float2(m_i, sum);
-    }
+    const OutputRow dst = output_row(out, part_o, part_ml, grow, rows, D, m_i, sum, cx == 0);
+    float* orow = dst.ptr;
+    const float inv = dst.scale;
     if constexpr (D >= 64) {
 #pragma unroll
       for (int g = 0; g < D / 64; ++g) {

@@ -89,6 +89,22 @@ __global__ void attention_combine_kernel(const float* __restrict__ part_o,
   }
 }
 
+// Where a CTA writes the output of query row `grow` (of `rows` = batch_heads * nq): with one key
+// split the output row itself, scaled by 1 / l; otherwise its split's partial row, unscaled, with
+// the row's (running max m, sum l) beside it, written by the lane that `writes_ml`.
+struct OutputRow {
+  float* ptr;
+  float scale;
+};
+__device__ __forceinline__ OutputRow output_row(float* out, float* part_o, float2* part_ml,
+                                                int64_t grow, int64_t rows, int d, float m, float l,
+                                                bool writes_ml) {
+  if (gridDim.y == 1) return {out + grow * d, 1.f / l};
+  const int64_t prow = blockIdx.y * rows + grow;
+  if (writes_ml) part_ml[prow] = make_float2(m, l);
+  return {part_o + prow * d, 1.f};
+}
+
 // Key splits per (batch-head, query tile): the count whose waves of CTAs (time ~ waves / splits)
 // fill the GPU best, taking a larger count only for a clear (5%) gain since each split adds a
 // partial O to write and combine, and keeping at least kMinTilesPerSplit tiles per split.

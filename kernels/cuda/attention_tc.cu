@@ -350,7 +350,6 @@ __global__ void __launch_bounds__(kThreadsTc)
     if constexpr (!kBf16) __syncthreads();  // every warp is done with this stage before reuse
   }
 
-  const bool split = gridDim.y > 1;
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
 #pragma unroll
   for (int mi = 0; mi < kM; ++mi) {
@@ -362,18 +361,12 @@ __global__ void __launch_bounds__(kThreadsTc)
       const int row = q0 + mi * 16 + g + 8 * h;
       if (row >= nq) continue;
       const int64_t grow = static_cast<int64_t>(bh) * nq + row;
-      float* orow = out + grow * D;
-      float inv = 1.f / l;
-      if (split) {
-        const int64_t prow = blockIdx.y * rows + grow;
-        orow = part_o + prow * D;
-        inv = 1.f;
-        if (t == 0) part_ml[prow] = make_float2(m_run[mi][h], l);
-      }
+      const OutputRow dst =
+          output_row(out, part_o, part_ml, grow, rows, D, m_run[mi][h], l, t == 0);
 #pragma unroll
       for (int j = 0; j < kOTiles; ++j) {
-        *reinterpret_cast<float2*>(orow + j * 8 + 2 * t) =
-            make_float2(o[mi][j][2 * h] * inv, o[mi][j][2 * h + 1] * inv);
+        *reinterpret_cast<float2*>(dst.ptr + j * 8 + 2 * t) =
+            make_float2(o[mi][j][2 * h] * dst.scale, o[mi][j][2 * h + 1] * dst.scale);
       }
     }
   }
