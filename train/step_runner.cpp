@@ -62,7 +62,10 @@ void StepRunner::run_forward_backward(const Batch& batch) {
 
 const Tensor& StepRunner::forward_backward(const Batch& batch) {
 #ifdef KVC_WITH_CUDA
-  if (graphs_ && !same_shapes(batch, graphs_->inputs)) graphs_.reset();  // a new shape: eager
+  if (graphs_ && !same_shapes(batch, graphs_->inputs)) {  // a new shape: warm up again, eager
+    graphs_.reset();
+    eager_steps_ = 0;
+  }
   if (!graphs_ && eager_steps_ >= kWarmupSteps && can_capture(batch)) {
     auto g = std::make_unique<Graphs>();
     g->inputs = {batch.k.clone(), batch.v.clone(), batch.q.defined() ? batch.q.clone() : Tensor()};
