@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "core/dtype.h"
-#include "core/error.h"
+#include "base/dtype.h"
+#include "base/error.h"
 #include "core/tensor.h"
 
 // KVC_LAUNCH(device, K::kernel<scalar_t>(args...)) runs the call with the namespace alias K bound

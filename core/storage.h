@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <memory>
 
-#include "core/dtype.h"
+#include "base/dtype.h"
 
 namespace kvc {
 

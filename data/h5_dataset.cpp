@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <numeric>
 
-#include "core/philox.h"
+#include "base/philox.h"
 #include "data/streams.h"
 
 namespace kvc {

@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "data/batch.h"
 
 namespace kvc::data_streams {

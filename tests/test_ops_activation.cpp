@@ -3,9 +3,9 @@
 
 #include <cmath>
 
+#include "base/philox.h"
 #include "core/autograd.h"
 #include "core/ops.h"
-#include "core/philox.h"
 #include "tests/test_util.h"
 
 using namespace kvc;

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <sstream>
 
-#include "core/philox.h"
+#include "base/philox.h"
 #include "core/tensor.h"
 #include "tests/test_util.h"
 

@@ -12,7 +12,7 @@
 #include <ctime>
 #include <functional>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "data/atomic_file.h"
 #include "data/h5file.h"
 

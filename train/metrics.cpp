@@ -14,7 +14,7 @@
 #include <limits>
 #include <sstream>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "data/atomic_file.h"
 
 namespace kvc::train {

@@ -12,7 +12,7 @@
 #include <cstring>
 #include <memory>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "kernels/gemm.h"
 
 namespace kvc::kernels::cpu {

@@ -3,8 +3,8 @@
 
 #include <cmath>
 
-#include "core/error.h"
-#include "core/philox.h"
+#include "base/error.h"
+#include "base/philox.h"
 #include "kernels/cpu/strided_walk.h"
 #include "kernels/math/elementwise.h"
 

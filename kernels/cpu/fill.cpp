@@ -1,7 +1,7 @@
 // CPU fills, dtype casts and Philox random streams (uniform, normal).
 #include "kernels/fill.h"
 
-#include "core/philox.h"
+#include "base/philox.h"
 #include "kernels/math/fill.h"
 
 namespace kvc::kernels::cpu {

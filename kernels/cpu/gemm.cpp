@@ -6,7 +6,7 @@
 #include <algorithm>
 #include <climits>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace kvc::kernels::cpu {
 

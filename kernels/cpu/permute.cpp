@@ -3,7 +3,7 @@
 
 #include <cstring>
 
-#include "core/error.h"
+#include "base/error.h"
 #include "kernels/cpu/strided_walk.h"
 #include "kernels/elementwise.h"
 #include "kernels/math/elementwise.h"

@@ -4,7 +4,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "core/error.h"
+#include "base/error.h"
 
 namespace kvc::kernels::cuda::detail {
 

@@ -2,7 +2,7 @@
 // next to its backward.
 #include <cmath>
 
-#include "core/philox.h"
+#include "base/philox.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 #include "kernels/math/elementwise.h"

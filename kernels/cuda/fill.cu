@@ -1,5 +1,5 @@
 // CUDA fills, dtype casts and Philox random streams: the same numbers as kernels/cpu/fill.cpp.
-#include "core/philox.h"
+#include "base/philox.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/fill.h"
 #include "kernels/math/fill.h"

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <type_traits>
 
-#include "core/host_device.h"
+#include "base/host_device.h"
 
 namespace kvc::kernels::math {
 

@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "core/philox.h"
+#include "base/philox.h"
 #include "kernels/math/fp.h"
 
 namespace kvc::kernels::math {
