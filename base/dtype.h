@@ -44,14 +44,9 @@ struct Device {
   std::string name() const { return is_cpu() ? "cpu" : "cuda:" + std::to_string(index); }
 };
 
-// "cpu", "cuda", "cuda:1". Throws on anything else.
+// "cpu", "cuda", "cuda:0". Throws on anything else, and on cuda:N with N != 0: the kernels run
+// on one stream of the current device, so a second GPU would silently compute on the first.
 Device parse_device(const std::string& s);
-
-// True when this build has the CUDA backend and a usable GPU is present. Never throws.
-bool cuda_available();
-// Why cuda_available() is false (empty when it is true): "built without CUDA", or the driver's
-// word.
-std::string cuda_unavailable_reason();
 
 inline std::ostream& operator<<(std::ostream& os, DType t) { return os << dtype_name(t); }
 inline std::ostream& operator<<(std::ostream& os, const Device& d) { return os << d.name(); }

@@ -46,18 +46,6 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 #endif
 }
 
-Device parse_device(const std::string& s) {
-  if (s == "cpu") return Device::cpu();
-  if (s == "cuda") return Device::cuda(0);
-  if (s.rfind("cuda:", 0) == 0) {
-    const std::string idx = s.substr(5);
-    KVC_CHECK(!idx.empty() && idx.find_first_not_of("0123456789") == std::string::npos,
-              "device: bad device string '", s, "' (expected cpu, cuda or cuda:N)");
-    return Device::cuda(std::stoi(idx));
-  }
-  KVC_FAIL("device: bad device string '", s, "' (expected cpu, cuda or cuda:N)");
-}
-
 std::string cuda_unavailable_reason() {
 #ifdef KVC_WITH_CUDA
   const char* why = nullptr;

@@ -25,6 +25,12 @@ class Storage {
   Device device_;
 };
 
+// True when this build has the CUDA backend and a usable GPU is present. Never throws.
+bool cuda_available();
+// Why cuda_available() is false (empty when it is true): "built without CUDA", or the driver's
+// word.
+std::string cuda_unavailable_reason();
+
 // Copies `bytes` between any two devices.
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes);
 

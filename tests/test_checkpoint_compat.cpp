@@ -45,7 +45,8 @@ TEST_CASE("checkpoint compat: a file from before the settings table keeps every 
   CHECK(ck.rng.count("dropout") == 1);
 }
 
-TEST_CASE("checkpoint compat: resuming a file from before the change continues as that binary did") {
+TEST_CASE(
+    "checkpoint compat: resuming a file from before the change continues as that binary did") {
   test::TempDir dir("compat");
   std::filesystem::copy_file(old_checkpoint(), dir / "checkpoint.h5");
   const test::RunResult r = test::run_kvcompress(

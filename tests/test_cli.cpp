@@ -122,6 +122,9 @@ TEST_CASE(
   expect_error(test::run_kvcompress("train --lr -1" + out, dir.path), 2, {"--lr"});
   expect_error(test::run_kvcompress("train --dropout 1.5" + out, dir.path), 2, {"--dropout"});
   expect_error(test::run_kvcompress("train --device tpu" + out, dir.path), 2, {"--device", "tpu"});
+  // One GPU for now: a second device index is refused rather than run on the first GPU.
+  expect_error(test::run_kvcompress("train --device cuda:1" + out, dir.path), 2,
+               {"--device", "cuda:1", "one GPU"});
   expect_error(test::run_kvcompress("train --precision fp16" + out, dir.path), 2,
                {"--precision", "fp16"});
   expect_error(test::run_kvcompress("train --task nope" + out, dir.path), 2, {"--task"});

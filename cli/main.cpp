@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "base/error.h"
-#include "train/cli_options.h"
+#include "cli/cli_options.h"
 
 namespace {
 

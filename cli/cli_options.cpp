@@ -1,5 +1,5 @@
 // The shared flags of the subcommands and their checks.
-#include "train/cli_options.h"
+#include "cli/cli_options.h"
 
 #include <spdlog/spdlog.h>
 
@@ -99,12 +99,14 @@ void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all) {
 void add_device_flag(CLI::App* cmd, std::string* device) {
   CLI::Validator check(
       [](std::string& v) -> std::string {
-        if (v == "auto" || v == "cpu" || v == "cuda") return "";
-        if (v.rfind("cuda:", 0) == 0 && v.size() > 5 &&
-            v.find_first_not_of("0123456789", 5) == std::string::npos) {
+        if (v == "auto") return "";
+        try {
+          parse_device(v);
           return "";
+        } catch (const Error& e) {  // "device: <why>"; CLI11 names the flag itself
+          const std::string why = e.what();
+          return why.rfind("device: ", 0) == 0 ? why.substr(8) : why;
         }
-        return "'" + v + "' is not a device (expected auto, cpu, cuda or cuda:N)";
       },
       "auto|cpu|cuda", "device");
   cmd->add_option("--device", *device, "auto|cpu|cuda (auto: the GPU when there is one)")

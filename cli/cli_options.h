@@ -66,7 +66,7 @@ void add_shape_flags(CLI::App* cmd, ShapeFlags* s);
 // --dropout,
 // --reduction.
 void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all);
-// --device auto|cpu|cuda (cuda:N accepted too).
+// --device auto|cpu|cuda (cuda:0 too; another index is refused: one GPU for now).
 void add_device_flag(CLI::App* cmd, std::string* device);
 // --precision fp32|tf32|bf16.
 void add_precision_flag(CLI::App* cmd, std::string* precision);

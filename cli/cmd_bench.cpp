@@ -32,13 +32,13 @@
 #include <functional>
 #include <memory>
 
+#include "cli/cli_options.h"
 #include "core/autograd.h"
 #include "data/synthetic.h"
 #include "kernels/graph.h"
 #include "kernels/memory.h"
 #include "nn/compressor_pair.h"
 #include "optim/adam.h"
-#include "train/cli_options.h"
 
 namespace kvc::cli {
 

@@ -5,8 +5,8 @@
 #include <cmath>
 #include <memory>
 
+#include "cli/cli_options.h"
 #include "train/checkpoint.h"
-#include "train/cli_options.h"
 #include "train/signals.h"
 #include "train/trainer.h"
 

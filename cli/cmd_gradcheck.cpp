@@ -3,10 +3,10 @@
 #include <cstdio>
 #include <memory>
 
+#include "cli/cli_options.h"
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "nn/compressor_pair.h"
-#include "train/cli_options.h"
 
 namespace kvc::cli {
 

@@ -4,8 +4,8 @@
 #include <cstdio>
 #include <memory>
 
+#include "cli/cli_options.h"
 #include "train/checkpoint.h"
-#include "train/cli_options.h"
 
 namespace kvc::cli {
 

@@ -4,8 +4,8 @@
 
 #include <memory>
 
+#include "cli/cli_options.h"
 #include "data/kv_file.h"
-#include "train/cli_options.h"
 #include "train/progress.h"
 
 namespace kvc::cli {

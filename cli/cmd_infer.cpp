@@ -7,11 +7,11 @@
 #include <cstring>
 #include <memory>
 
+#include "cli/cli_options.h"
 #include "core/autograd.h"
 #include "data/atomic_file.h"
 #include "data/kv_file.h"
 #include "train/checkpoint.h"
-#include "train/cli_options.h"
 #include "train/metrics.h"
 #include "train/progress.h"
 #include "train/trainer.h"
