@@ -12,9 +12,16 @@
 namespace kvc::cli {
 
 ShapeFlags shape_preset(const std::string& name) {
-  if (name == "small") return ShapeFlags{};
-  if (name == "nsa") return ShapeFlags{4, 8, 8192, 16, 64, 512};
-  if (name == "long") return ShapeFlags{1, 8, 131072, 32, 128, 1024};
+  ShapeFlags s;  // small
+  if (name == "small") return s;
+  if (name == "nsa") {
+    s.batch = 4, s.heads = 8, s.seq = 8192, s.block = 16, s.dim_head = 64, s.queries = 512;
+    return s;
+  }
+  if (name == "long") {
+    s.batch = 1, s.heads = 8, s.seq = 131072, s.block = 32, s.dim_head = 128, s.queries = 1024;
+    return s;
+  }
   throw UsageError(str("unknown configuration '", name, "' (expected small, nsa or long)"));
 }
 
@@ -52,10 +59,23 @@ CLI::Validator unit_interval() {
       "IN [0,1)", [](double x) { return x >= 0 && x < 1; }, "in [0, 1)");
 }
 
-std::vector<std::string> compressor_kind_names() { return compressor_kinds(); }
-
 std::vector<std::string> selected_kinds(const ModelFlags& m) {
-  return m.compressor == "all" ? compressor_kind_names() : std::vector<std::string>{m.compressor};
+  return m.compressor == "all" ? compressor_kinds() : std::vector<std::string>{m.compressor};
+}
+
+CompressorOptions compressor_options(const std::string& kind, const ShapeFlags& s,
+                                     const ModelFlags& m, uint64_t seed, Device device) {
+  CompressorOptions o;
+  o.kind = kind;
+  o.heads = s.heads;
+  o.dim_head = s.dim_head;
+  o.block = s.block;
+  o.expand = m.expand;
+  o.dropout = m.dropout;
+  o.reduction = m.reduction;
+  o.seed = seed;
+  o.device = device;
+  return o;
 }
 
 void add_shape_flags(CLI::App* cmd, ShapeFlags* s) {
@@ -78,7 +98,7 @@ void add_shape_flags(CLI::App* cmd, ShapeFlags* s) {
 }
 
 void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all) {
-  std::vector<std::string> kinds = compressor_kind_names();
+  std::vector<std::string> kinds = compressor_kinds();
   if (allow_all) kinds.insert(kinds.begin(), "all");
   std::string list;
   for (const std::string& k : kinds) list += (list.empty() ? "" : "|") + k;
@@ -126,14 +146,17 @@ void add_precision_flag(CLI::App* cmd, std::string* precision) {
 void validate_shape(const ShapeFlags& s, const ModelFlags& m) {
   KVC_USAGE_CHECK(s.seq >= s.block, "--seq ", s.seq, " is shorter than one block (--block ",
                   s.block, "): there is nothing to compress");
-  if (m.compressor == "efficient_conv" || m.compressor == "all") {
-    KVC_USAGE_CHECK(s.dim_head % m.reduction == 0, "--dim-head ", s.dim_head,
-                    " is not divisible by --reduction ", m.reduction, " (efficient_conv)");
-  }
-  const double hidden = std::floor(static_cast<double>(s.block * s.dim_head) * m.expand);
-  KVC_USAGE_CHECK(hidden >= 1, "--expand ", m.expand, " gives a hidden width of ", hidden,
-                  " for n*d = ", s.block * s.dim_head, " (it must be at least 1)");
   KVC_USAGE_CHECK(m.dropout >= 0 && m.dropout < 1, "--dropout ", m.dropout, " is not in [0, 1)");
+  for (const std::string& kind : selected_kinds(m)) {
+    const KindOptionsUsed uses = compressor_kind(kind).uses;
+    if (uses.reduction) {
+      KVC_USAGE_CHECK(s.dim_head % m.reduction == 0, "--dim-head ", s.dim_head,
+                      " is not divisible by --reduction ", m.reduction, " (", kind, ")");
+    }
+    const double hidden = std::floor(static_cast<double>(s.block * s.dim_head) * m.expand);
+    KVC_USAGE_CHECK(!uses.expand || hidden >= 1, "--expand ", m.expand, " gives a hidden width of ",
+                    hidden, " for n*d = ", s.block * s.dim_head, " (it must be at least 1)");
+  }
 }
 
 Device resolve_device(const std::string& flag) {

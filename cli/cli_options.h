@@ -10,6 +10,8 @@
 
 #include "base/dtype.h"
 #include "base/error.h"
+#include "data/batch.h"
+#include "nn/compressor.h"
 
 namespace kvc::cli {
 
@@ -25,16 +27,12 @@ class UsageError : public Error {
     if (!(cond)) throw ::kvc::cli::UsageError(::kvc::str(__VA_ARGS__)); \
   } while (0)
 
-// The shape flags, which mean the same in every subcommand. Defaults: SPEC
-// section 9's `small`.
-struct ShapeFlags {
-  int64_t batch = 2;
-  int64_t heads = 2;
-  int64_t seq = 256;
+// The shape flags, which mean the same in every subcommand: the data's shape plus the block.
+// Defaults: SPEC section 9's `small`.
+struct ShapeFlags : KVShape {
   int64_t block = 8;
-  int64_t dim_head = 32;
-  int64_t queries = 32;
 };
+inline const KVShape& kv_shape(const ShapeFlags& s) { return s; }
 
 // SPEC section 9: small, nsa, long. Throws UsageError for another name.
 ShapeFlags shape_preset(const std::string& name);
@@ -54,10 +52,11 @@ CLI::Validator positive();       // > 0
 CLI::Validator non_negative();   // >= 0
 CLI::Validator unit_interval();  // [0, 1)
 
-// The kinds SPEC section 3 names, in its order.
-std::vector<std::string> compressor_kind_names();
-// The kinds a command runs for --compressor: every kind for "all", else the one named.
+// The kinds a command runs for --compressor: every registered kind for "all", else the one named.
 std::vector<std::string> selected_kinds(const ModelFlags& m);
+// The options of `kind` at shape `s` with the model flags `m`.
+CompressorOptions compressor_options(const std::string& kind, const ShapeFlags& s,
+                                     const ModelFlags& m, uint64_t seed, Device device);
 
 // --heads --dim-head --block --seq --batch --queries, each with its default
 // shown in --help.
@@ -71,9 +70,9 @@ void add_device_flag(CLI::App* cmd, std::string* device);
 // --precision fp32|tf32|bf16.
 void add_precision_flag(CLI::App* cmd, std::string* precision);
 
-// Combinations CLI11 validators cannot see: seq >= block, d % r == 0 for
-// efficient_conv, H = floor(n d expand) >= 1, dropout in [0, 1). Throws
-// UsageError naming the values.
+// Combinations CLI11 validators cannot see: seq >= block, and for the kinds that use them
+// (the registry says which) d % r == 0, H = floor(n d expand) >= 1, dropout in [0, 1). Throws
+// UsageError naming the flags and values.
 void validate_shape(const ShapeFlags& s, const ModelFlags& m);
 
 // auto -> cuda when a GPU is usable, else cpu. "cuda" without a GPU throws

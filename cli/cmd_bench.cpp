@@ -1,27 +1,5 @@
-// `kvcompress bench`: times forward, backward, optimizer and a full training
-// step per kind.
-//
-// What is counted (per training step of the distill task, one pair = k and v
-// compressors):
-//   M = b*h*w blocks, w = seq / n, I = n*d, H = floor(I * expand), r =
-//   reduction. Compressor forward FLOPs (one compressor; GEMM multiply-adds
-//   count 2):
-//     conv            2*M*I*d
-//     efficient_conv  2*M*n*d*(d/r) + 2*M*n*(d/r)*(d/r) + 2*M*(d/r)*d
-//     attention_pool, scaled_attention_pool   2*M*n*d*d (logits) + 2*M*n*d
-//     (weighted sum) grouped_mlp, enhanced_mlp, mlp          2*M*I*H + 2*M*H*d
-//   Attention GEMMs: target softmax(QK^T)V: 4*b*h*nq*seq*d; prediction over w
-//   blocks:
-//     4*b*h*nq*w*d.
-//   forward  = 2 * compressor + target + prediction
-//   backward = 2 * (2 * compressor + prediction)   (the target has no gradient)
-//   step     = forward + backward   (Adam's elementwise work is not counted as
-//   FLOPs) Bytes (the compulsory traffic, float32): forward reads K, V, Q and
-//   the parameters and writes Kc, Vc; backward reads them again and writes the
-//   parameter gradients; Adam reads parameter, gradient and both moments and
-//   writes parameter and moments (7 * 4 * P bytes).
-// GB/s and TFLOP/s divide these by the measured median times: a roofline
-// position, not a count of what the kernels actually move.
+// `kvcompress bench`: times forward, backward, optimizer and a full training step per kind;
+// GB/s and TFLOP/s divide the work model of train/step_work.h by the measured median times.
 #include <spdlog/spdlog.h>
 #include <sys/resource.h>
 
@@ -39,6 +17,7 @@
 #include "kernels/memory.h"
 #include "nn/compressor_pair.h"
 #include "optim/adam.h"
+#include "train/step_work.h"
 
 namespace kvc::cli {
 
@@ -61,11 +40,6 @@ struct Timing {
   double forward_ms = 0, backward_ms = 0, optimizer_ms = 0, step_ms = 0;
   double eager_step_ms = 0;  // the step launched op by op (step_ms: replayed as a graph, if it was)
   bool graph = false;
-};
-
-struct Work {
-  double forward_flops = 0, backward_flops = 0;
-  double forward_bytes = 0, backward_bytes = 0, optimizer_bytes = 0;
 };
 
 void sync(Device device) {
@@ -100,32 +74,6 @@ double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<
   return median(ms);
 }
 
-Work count_work(const std::string& kind, const ShapeFlags& s, const ModelFlags& m, int64_t params) {
-  const double b = s.batch, h = s.heads, n = s.block, d = s.dim_head, nq = s.queries;
-  const double w = std::floor(static_cast<double>(s.seq) / s.block), seq = s.seq;
-  const double M = b * h * w, I = n * d, H = std::floor(I * m.expand), dr = d / m.reduction;
-  double comp = 0;
-  if (kind == "conv") {
-    comp = 2 * M * I * d;
-  } else if (kind == "efficient_conv") {
-    comp = 2 * M * n * d * dr + 2 * M * n * dr * dr + 2 * M * dr * d;
-  } else if (kind == "attention_pool" || kind == "scaled_attention_pool") {
-    comp = 2 * M * n * d * d + 2 * M * n * d;
-  } else {
-    comp = 2 * M * I * H + 2 * M * H * d;
-  }
-  const double target = 4 * b * h * nq * seq * d, pred = 4 * b * h * nq * w * d;
-  Work wk;
-  wk.forward_flops = 2 * comp + target + pred;
-  wk.backward_flops = 2 * (2 * comp + pred);
-  const double kv = 2 * b * h * seq * d * 4, q = b * h * nq * d * 4, out = 2 * M * d * 4;
-  const double p = static_cast<double>(params) * 4;
-  wk.forward_bytes = kv + q + p + out;
-  wk.backward_bytes = kv + q + p + out + p;
-  wk.optimizer_bytes = 7 * p;
-  return wk;
-}
-
 double peak_memory_bytes(Device device, bool* is_device) {
 #ifdef KVC_WITH_CUDA
   if (device.is_cuda()) {
@@ -152,33 +100,19 @@ void reset_peak(Device device) {
 struct Result {
   std::string kind;
   Timing t;
-  Work w;
+  train::StepWork w;
   int64_t params = 0;
   double tokens_per_s = 0, gbps = 0, tflops = 0, peak_bytes = 0;
   bool peak_is_device = false;
 };
 
 Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags& s, Device device) {
-  CompressorOptions o;
-  o.kind = kind;
-  o.heads = s.heads;
-  o.dim_head = s.dim_head;
-  o.block = s.block;
-  o.expand = a.model.expand;
-  o.dropout = a.model.dropout;
-  o.reduction = a.model.reduction;
-  o.seed = a.seed;
-  o.device = device;
+  const CompressorOptions o = compressor_options(kind, s, a.model, a.seed, device);
   reset_peak(device);
   CompressorPair pair(o);
   pair.train(true);
   Adam adam(pair.named_parameters(), AdamOptions{});
-  KVShape ks;
-  ks.batch = s.batch;
-  ks.heads = s.heads;
-  ks.dim_head = s.dim_head;
-  ks.seq = s.seq;
-  ks.queries = s.queries;
+  const KVShape ks = kv_shape(s);
   SyntheticKV data(ks, a.seed, device);
   const Batch batch = data.next();
 
@@ -246,7 +180,7 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags&
     }
   }
 #endif
-  r.w = count_work(kind, s, a.model, r.params);
+  r.w = train::step_work(o, ks, r.params);
   const double step_s = r.t.step_ms * 1e-3;
   r.tokens_per_s = static_cast<double>(s.batch * s.seq) / step_s;
   r.gbps = (r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes) / step_s * 1e-9;

@@ -23,12 +23,8 @@ struct GenDataArgs {
 int run_gen_data(const GenDataArgs& a) {
   KVC_USAGE_CHECK(a.shape.seq >= 1 && a.count >= 1, "--count and --seq must be positive");
   const Device device = resolve_device(a.device);
-  KVShape shape;
+  KVShape shape = kv_shape(a.shape);
   shape.batch = std::min<int64_t>(a.shape.batch, a.count);
-  shape.heads = a.shape.heads;
-  shape.dim_head = a.shape.dim_head;
-  shape.seq = a.shape.seq;
-  shape.queries = a.shape.queries;
   train::ItemProgress progress("gen-data: sequences written", a.count);
   generate_kv_file(a.out, shape, a.count, a.seed, device,
                    [&](int64_t written) { progress.update(written); });

@@ -14,10 +14,17 @@ namespace {
 
 struct GradcheckArgs {
   ModelFlags model;
-  ShapeFlags shape{2, 2, 7, 3, 4, 3};  // b, h, seq, n, d, nq: tiny (2 evaluations per element)
+  ShapeFlags shape = tiny();
   std::string device = "cpu";
   uint64_t seed = 0;
   double eps = 1e-6;
+
+  // A tiny shape by default: two evaluations per element.
+  static ShapeFlags tiny() {
+    ShapeFlags s;
+    s.batch = 2, s.heads = 2, s.seq = 7, s.block = 3, s.dim_head = 4, s.queries = 3;
+    return s;
+  }
 };
 
 struct Row {
@@ -28,17 +35,8 @@ struct Row {
 std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Device device) {
   std::vector<Row> rows;
   const ShapeFlags& s = a.shape;
-  CompressorOptions o;
-  o.kind = kind;
-  o.heads = s.heads;
-  o.dim_head = s.dim_head;
-  o.block = s.block;
-  o.expand = a.model.expand;
-  o.dropout = a.model.dropout;
-  o.reduction = a.model.reduction;
-  o.seed = a.seed;
+  CompressorOptions o = compressor_options(kind, s, a.model, a.seed, device);
   o.dtype = DType::f64;
-  o.device = device;
   GradcheckOptions go;
   go.eps = a.eps;
   const TensorOptions t64 = f64().with_device(device);

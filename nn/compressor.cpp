@@ -1,43 +1,76 @@
-// Compressor options checks, the shared input check and the kind -> layer factory.
+// The kind registry, compressor options checks, the shared input check and make_compressor.
 #include "nn/compressor.h"
 
 #include <cmath>
 #include <sstream>
 
-#include "nn/compressors.h"
+#include "nn/kinds/kinds.h"
 
 namespace kvc {
 
-const std::vector<std::string>& compressor_kinds() {
-  static const std::vector<std::string> kinds = {"conv",
-                                                 "efficient_conv",
-                                                 "attention_pool",
-                                                 "scaled_attention_pool",
-                                                 "grouped_mlp",
-                                                 "enhanced_mlp",
-                                                 "mlp"};
-  return kinds;
-}
-
 namespace {
 
-bool is_mlp_kind(const std::string& kind) {
-  return kind == "grouped_mlp" || kind == "enhanced_mlp" || kind == "mlp";
+// The built-in kinds, one line each, in SPEC section 3's order; then whatever was registered.
+std::vector<CompressorKind>& registry() {
+  static std::vector<CompressorKind> kinds = {
+      kinds::conv(),
+      kinds::efficient_conv(),
+      kinds::attention_pool(),
+      kinds::scaled_attention_pool(),
+      kinds::grouped_mlp(),
+      kinds::enhanced_mlp(),
+      kinds::mlp(),
+  };
+  return kinds;
 }
+constexpr size_t kBuiltinKinds = 7;
 
 std::string kinds_list() {
   std::ostringstream os;
-  const auto& kinds = compressor_kinds();
-  for (size_t i = 0; i < kinds.size(); ++i) os << (i ? ", " : "") << kinds[i];
+  const auto& kinds = registry();
+  for (size_t i = 0; i < kinds.size(); ++i) os << (i ? ", " : "") << kinds[i].name;
   return os.str();
 }
 
 }  // namespace
 
+const std::vector<CompressorKind>& compressor_registry() { return registry(); }
+
+std::vector<std::string> compressor_kinds() {
+  std::vector<std::string> names;
+  for (const CompressorKind& k : registry()) names.push_back(k.name);
+  return names;
+}
+
+const CompressorKind& compressor_kind(const std::string& name) {
+  for (const CompressorKind& k : registry()) {
+    if (k.name == name) return k;
+  }
+  KVC_FAIL("compressor: unknown kind '", name, "' (expected one of ", kinds_list(), ")");
+}
+
+void register_compressor_kind(CompressorKind kind) {
+  KVC_CHECK(!kind.name.empty() && kind.make && kind.forward_flops, "compressor: kind '", kind.name,
+            "' needs a name, a factory and a FLOP model");
+  for (const CompressorKind& k : registry()) {
+    KVC_CHECK(k.name != kind.name, "compressor: kind '", kind.name, "' is already registered");
+  }
+  registry().push_back(std::move(kind));
+}
+
+void unregister_compressor_kind(const std::string& name) {
+  auto& kinds = registry();
+  for (size_t i = kBuiltinKinds; i < kinds.size(); ++i) {
+    if (kinds[i].name == name) {
+      kinds.erase(kinds.begin() + static_cast<std::ptrdiff_t>(i));
+      return;
+    }
+  }
+  KVC_FAIL("compressor: kind '", name, "' was not registered by register_compressor_kind");
+}
+
 void validate(const CompressorOptions& o) {
-  bool known = false;
-  for (const auto& k : compressor_kinds()) known = known || k == o.kind;
-  KVC_CHECK(known, "compressor: unknown kind '", o.kind, "' (expected one of ", kinds_list(), ")");
+  const KindOptionsUsed uses = compressor_kind(o.kind).uses;
   KVC_CHECK(o.heads > 0 && o.dim_head > 0 && o.block > 0, o.kind, ": heads ", o.heads,
             ", dim_head ", o.dim_head, " and block ", o.block, " must all be positive");
   KVC_CHECK(o.dropout >= 0.0 && o.dropout < 1.0, o.kind, ": dropout ", o.dropout,
@@ -45,18 +78,21 @@ void validate(const CompressorOptions& o) {
   KVC_CHECK(std::isfinite(o.expand) && o.expand > 0.0, o.kind, ": expand ", o.expand,
             " must be a positive number");
   KVC_CHECK(o.reduction >= 1, o.kind, ": reduction ", o.reduction, " must be at least 1");
-  if (o.kind == "efficient_conv") {
+  if (uses.reduction) {
     KVC_CHECK(o.dim_head % o.reduction == 0, o.kind, ": dim_head ", o.dim_head,
               " is not divisible by reduction ", o.reduction);
   }
-  if (is_mlp_kind(o.kind)) {
+  if (uses.expand) {
     const double hidden = std::floor(static_cast<double>(o.block * o.dim_head) * o.expand);
     KVC_CHECK(hidden >= 1.0, o.kind, ": hidden size floor(n * d * expand) = floor(", o.block, " * ",
               o.dim_head, " * ", o.expand, ") = ", hidden, " must be at least 1");
   }
 }
 
-Compressor::Compressor(const CompressorOptions& options) : options_(options) { validate(options_); }
+Compressor::Compressor(const CompressorOptions& options)
+    : options_(options), needs_block_(compressor_kind(options.kind).needs_block) {
+  validate(options_);
+}
 
 void Compressor::check_input(const Tensor& x) const {
   const CompressorOptions& o = options_;
@@ -75,16 +111,7 @@ void Compressor::check_input(const Tensor& x) const {
 
 std::shared_ptr<Compressor> make_compressor(const CompressorOptions& options) {
   validate(options);
-  const std::string& k = options.kind;
-  if (k == "conv") return std::make_shared<ConvCompressor>(options);
-  if (k == "efficient_conv") return std::make_shared<EfficientConvCompressor>(options);
-  if (k == "attention_pool") return std::make_shared<AttentionPoolCompressor>(options, false);
-  if (k == "scaled_attention_pool") {
-    return std::make_shared<AttentionPoolCompressor>(options, true);
-  }
-  if (k == "grouped_mlp") return std::make_shared<GroupedMlpCompressor>(options);
-  if (k == "enhanced_mlp") return std::make_shared<EnhancedMlpCompressor>(options);
-  return std::make_shared<MlpCompressor>(options);  // validate() admitted only "mlp" here
+  return compressor_kind(options.kind).make(options);
 }
 
 }  // namespace kvc

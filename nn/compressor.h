@@ -1,7 +1,8 @@
-// CompressorOptions, the Compressor base (shape checks) and make_compressor(kind) (SPEC section 3).
+// CompressorOptions, the Compressor base (shape checks), the kind registry and make_compressor.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -11,7 +12,7 @@
 namespace kvc {
 
 struct CompressorOptions {
-  std::string kind = "conv";                    // one of compressor_kinds()
+  std::string kind = "conv";                    // a registered kind
   int64_t heads = 2, dim_head = 32, block = 8;  // h, d, n
   double expand = 1.0;    // hidden size H = floor(n * d * expand) of the MLP kinds
   double dropout = 0.0;   // enhanced_mlp's p, in [0, 1)
@@ -21,12 +22,41 @@ struct CompressorOptions {
   Device device = Device::cpu();
 };
 
-// The seven kinds, in SPEC section 3's order.
-const std::vector<std::string>& compressor_kinds();
+// The options a kind reads besides h, d, n and the seed; validation checks only those.
+struct KindOptionsUsed {
+  bool expand = false;     // the hidden width H = floor(n * d * expand) >= 1
+  bool dropout = false;    // dropout in [0, 1)
+  bool reduction = false;  // d % reduction == 0
+};
+
+class Compressor;
+
+// One entry of the kind registry: everything that lists, builds, checks or costs a kind reads it.
+struct CompressorKind {
+  std::string name;
+  std::function<std::shared_ptr<Compressor>(const CompressorOptions&)> make;
+  KindOptionsUsed uses;
+  // Multiply-adds times 2 of one forward over `blocks` blocks of (n, d) each (blocks = b*h*w);
+  // the backward is counted as twice the forward (bench).
+  std::function<double(const CompressorOptions&, double blocks)> forward_flops;
+  // The input's n must equal the block (false: the attention pools pool any n).
+  bool needs_block = true;
+};
+
+// The registered kinds, the built-in ones first in SPEC section 3's order.
+const std::vector<CompressorKind>& compressor_registry();
+// Their names, in the same order.
+std::vector<std::string> compressor_kinds();
+// The entry of `name`; throws kvc::Error naming it and listing the valid kinds when unknown.
+const CompressorKind& compressor_kind(const std::string& name);
+// Adds a kind (a test's toy, a plug-in); throws when the name is taken or the entry incomplete.
+void register_compressor_kind(CompressorKind kind);
+// Removes a kind added by register_compressor_kind (tests clean up); built-in kinds stay.
+void unregister_compressor_kind(const std::string& name);
 
 // Throws kvc::Error naming the problem and the values for an unknown kind (listing the valid
-// ones), non-positive sizes, d % r != 0 (efficient_conv), H < 1 (MLP kinds), dropout outside
-// [0, 1), a non-finite or non-positive expand.
+// ones), non-positive sizes, and, for the options the kind uses, d % r != 0, H < 1, dropout
+// outside [0, 1), a non-finite or non-positive expand.
 void validate(const CompressorOptions& options);
 
 // A compressor maps a KV block tensor (b, h, w, n, d) to (b, h, w, d).
@@ -38,15 +68,18 @@ class Compressor : public Module {
   void check_input(const Tensor& x) const override;
   std::string name() const override { return options_.kind; }
   const CompressorOptions& options() const { return options_; }
-  // Whether the input's n must equal block (all but the attention pools, which pool any n).
-  virtual bool needs_block() const { return true; }
+  // Whether the input's n must equal block (the registry entry's needs_block).
+  bool needs_block() const { return needs_block_; }
 
  protected:
   CompressorOptions options_;
+
+ private:
+  bool needs_block_ = true;
 };
 
-// The compressor of `options.kind`, initialized from options.seed (SPEC section 3's inits),
-// in training mode, on options.dtype / options.device.
+// The compressor of `options.kind` (its registry entry's factory), initialized from options.seed
+// (SPEC section 3's inits), in training mode, on options.dtype / options.device.
 std::shared_ptr<Compressor> make_compressor(const CompressorOptions& options);
 
 }  // namespace kvc

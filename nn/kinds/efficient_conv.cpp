@@ -1,0 +1,59 @@
+// `efficient_conv`: grouped 1x1 reduction, block conv and 1x1 expansion, each a per-head GEMM.
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "core/ops.h"
+#include "nn/kinds/kind_util.h"
+#include "nn/kinds/kinds.h"
+
+namespace kvc::kinds {
+
+namespace {
+
+// `efficient_conv` (EfficientConvLinearCompress): 1x1 reduction h*d -> h*d/r, block conv,
+// 1x1 expansion h*d/r -> h*d, all grouped by head; each a per-head GEMM on a view of x (mix).
+class EfficientConvCompressor : public Compressor {
+ public:
+  explicit EfficientConvCompressor(const CompressorOptions& options);
+  Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+
+ private:
+  std::shared_ptr<Conv1d> channel_reduction_, grouped_conv_, channel_expansion_;
+};
+
+EfficientConvCompressor::EfficientConvCompressor(const CompressorOptions& o) : Compressor(o) {
+  ParamInit init = init_of(o);
+  const int64_t c = o.heads * o.dim_head, r = c / o.reduction;
+  channel_reduction_ =
+      register_module("channel_reduction", std::make_shared<Conv1d>(c, r, 1, 1, o.heads, init));
+  grouped_conv_ = register_module("grouped_conv",
+                                  std::make_shared<Conv1d>(r, r, o.block, o.block, o.heads, init));
+  channel_expansion_ =
+      register_module("channel_expansion", std::make_shared<Conv1d>(r, c, 1, 1, o.heads, init));
+}
+
+// SPEC: the rearrange of `conv`, then three grouped Conv1d; each is conv_as_mix on a view.
+Tensor EfficientConvCompressor::forward(const Tensor& x) {
+  const int64_t b = x.size(0), h = x.size(1), w = x.size(2), n = x.size(3), d = x.size(4);
+  // The 1x1 reduction acts on every token: (b, h, w*n, d) -> (b, h, w*n, d/r).
+  Tensor y = conv_as_mix(reshape(x, {b, h, w * n, d}), *channel_reduction_);
+  // The block conv reads one block per window: (b, h, w, n*d/r) -> (b, h, w, d/r).
+  y = conv_as_mix(reshape(y, {b, h, w, n * y.size(3)}), *grouped_conv_);
+  return conv_as_mix(y, *channel_expansion_);  // the 1x1 expansion: -> (b, h, w, d)
+}
+
+}  // namespace
+
+CompressorKind efficient_conv() {
+  return {"efficient_conv",
+          [](const CompressorOptions& o) { return std::make_shared<EfficientConvCompressor>(o); },
+          KindOptionsUsed{/*expand=*/false, /*dropout=*/false, /*reduction=*/true},
+          [](const CompressorOptions& o, double blocks) {
+            const double n = o.block, d = o.dim_head, dr = d / o.reduction;
+            return 2 * blocks * n * d * dr + 2 * blocks * n * dr * dr + 2 * blocks * dr * d;
+          },
+          /*needs_block=*/true};
+}
+
+}  // namespace kvc::kinds

@@ -1,0 +1,57 @@
+// `enhanced_mlp`: the block mean plus a scaled per-head MLP with GELU and dropout.
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "core/ops.h"
+#include "nn/kinds/kind_util.h"
+#include "nn/kinds/kinds.h"
+
+namespace kvc::kinds {
+
+namespace {
+
+// `enhanced_mlp` (EnhancedGroupedMLP): mean_n(x) + residual_scale * Dropout(Mix(Dropout(GELU(
+// Mix(x))))); keys net.0, net.3, residual_scale (1,) init 1.
+class EnhancedMlpCompressor : public Compressor {
+ public:
+  explicit EnhancedMlpCompressor(const CompressorOptions& options);
+  Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+
+ private:
+  std::shared_ptr<Sequential> net_;
+  Tensor residual_scale_;  // (1)
+};
+
+EnhancedMlpCompressor::EnhancedMlpCompressor(const CompressorOptions& o) : Compressor(o) {
+  ParamInit init = init_of(o);
+  const int64_t in = o.block * o.dim_head, hidden = hidden_of(o);
+  net_ = register_module("net", std::make_shared<Sequential>());
+  net_->add(std::make_shared<Mix>(o.heads, in, hidden, init));
+  net_->add(std::make_shared<GELU>());
+  // Each dropout its own stream, keyed by its index in net.
+  net_->add(std::make_shared<Dropout>(o.dropout, derive_seed(o.seed, 2)));
+  net_->add(std::make_shared<Mix>(o.heads, hidden, o.dim_head, init));
+  net_->add(std::make_shared<Dropout>(o.dropout, derive_seed(o.seed, 4)));
+  residual_scale_ = register_parameter("residual_scale", Tensor::ones({1}, init.options));
+}
+
+Tensor EnhancedMlpCompressor::forward(const Tensor& x) {
+  // The residual is the block mean: the parameter-free skip of shape (b, h, w, d) (SPEC 3).
+  return add(mean(x, 3), mul(residual_scale_, (*net_)(flatten_block(x))));
+}
+
+}  // namespace
+
+CompressorKind enhanced_mlp() {
+  return {"enhanced_mlp",
+          [](const CompressorOptions& o) { return std::make_shared<EnhancedMlpCompressor>(o); },
+          KindOptionsUsed{/*expand=*/true, /*dropout=*/true},
+          [](const CompressorOptions& o, double blocks) {
+            const double in = static_cast<double>(o.block * o.dim_head), hidden = hidden_of(o);
+            return 2 * blocks * in * hidden + 2 * blocks * hidden * o.dim_head;
+          },
+          /*needs_block=*/true};
+}
+
+}  // namespace kvc::kinds

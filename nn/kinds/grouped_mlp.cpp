@@ -1,0 +1,48 @@
+// `grouped_mlp`: a per-head two-layer MLP (Mix, ReLU, Mix) over each flattened block.
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "core/ops.h"
+#include "nn/kinds/kind_util.h"
+#include "nn/kinds/kinds.h"
+
+namespace kvc::kinds {
+
+namespace {
+
+// `grouped_mlp` (GroupedMLP): (b, h, w, n*d) -> Mix(I -> H), ReLU, Mix(H -> d); keys net.0, net.2.
+class GroupedMlpCompressor : public Compressor {
+ public:
+  explicit GroupedMlpCompressor(const CompressorOptions& options);
+  Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+
+ private:
+  std::shared_ptr<Sequential> net_;
+};
+
+GroupedMlpCompressor::GroupedMlpCompressor(const CompressorOptions& o) : Compressor(o) {
+  ParamInit init = init_of(o);
+  const int64_t in = o.block * o.dim_head, hidden = hidden_of(o);
+  net_ = register_module("net", std::make_shared<Sequential>());
+  net_->add(std::make_shared<Mix>(o.heads, in, hidden, init));
+  net_->add(std::make_shared<ReLU>());
+  net_->add(std::make_shared<Mix>(o.heads, hidden, o.dim_head, init));
+}
+
+Tensor GroupedMlpCompressor::forward(const Tensor& x) { return (*net_)(flatten_block(x)); }
+
+}  // namespace
+
+CompressorKind grouped_mlp() {
+  return {"grouped_mlp",
+          [](const CompressorOptions& o) { return std::make_shared<GroupedMlpCompressor>(o); },
+          KindOptionsUsed{/*expand=*/true},
+          [](const CompressorOptions& o, double blocks) {
+            const double in = static_cast<double>(o.block * o.dim_head), hidden = hidden_of(o);
+            return 2 * blocks * in * hidden + 2 * blocks * hidden * o.dim_head;
+          },
+          /*needs_block=*/true};
+}
+
+}  // namespace kvc::kinds

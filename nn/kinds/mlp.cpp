@@ -1,0 +1,47 @@
+// `mlp` (NSA's default): a two-layer MLP shared by the heads over each flattened block.
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "core/ops.h"
+#include "nn/kinds/kind_util.h"
+#include "nn/kinds/kinds.h"
+
+namespace kvc::kinds {
+
+namespace {
+
+// `mlp` (NSA's default): (b, h, w, n*d) -> Linear(I -> H), ReLU, Linear(H -> d), shared by heads.
+class MlpCompressor : public Compressor {
+ public:
+  explicit MlpCompressor(const CompressorOptions& options);
+  Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+
+ private:
+  std::shared_ptr<Sequential> net_;
+};
+
+MlpCompressor::MlpCompressor(const CompressorOptions& o) : Compressor(o) {
+  ParamInit init = init_of(o);
+  const int64_t in = o.block * o.dim_head, hidden = hidden_of(o);
+  net_ = register_module("net", std::make_shared<Sequential>());
+  net_->add(std::make_shared<Linear>(in, hidden, init));
+  net_->add(std::make_shared<ReLU>());
+  net_->add(std::make_shared<Linear>(hidden, o.dim_head, init));
+}
+
+Tensor MlpCompressor::forward(const Tensor& x) { return (*net_)(flatten_block(x)); }
+
+}  // namespace
+
+CompressorKind mlp() {
+  return {"mlp", [](const CompressorOptions& o) { return std::make_shared<MlpCompressor>(o); },
+          KindOptionsUsed{/*expand=*/true},
+          [](const CompressorOptions& o, double blocks) {
+            const double in = static_cast<double>(o.block * o.dim_head), hidden = hidden_of(o);
+            return 2 * blocks * in * hidden + 2 * blocks * hidden * o.dim_head;
+          },
+          /*needs_block=*/true};
+}
+
+}  // namespace kvc::kinds

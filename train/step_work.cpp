@@ -1,0 +1,26 @@
+// The FLOP and byte model of one distill training step, from the kind registry's FLOP models.
+#include "train/step_work.h"
+
+#include <cmath>
+
+namespace kvc::train {
+
+StepWork step_work(const CompressorOptions& o, const KVShape& s, int64_t params) {
+  const CompressorKind& kind = compressor_kind(o.kind);
+  const double b = s.batch, h = s.heads, d = s.dim_head, nq = s.queries, seq = s.seq;
+  const double w = std::floor(seq / static_cast<double>(o.block));
+  const double blocks = b * h * w;
+  const double comp = kind.forward_flops(o, blocks);
+  const double target = 4 * b * h * nq * seq * d, pred = 4 * b * h * nq * w * d;
+  StepWork wk;
+  wk.forward_flops = 2 * comp + target + pred;
+  wk.backward_flops = 2 * (2 * comp + pred);
+  const double kv = 2 * b * h * seq * d * 4, q = b * h * nq * d * 4, out = 2 * blocks * d * 4;
+  const double p = static_cast<double>(params) * 4;
+  wk.forward_bytes = kv + q + p + out;
+  wk.backward_bytes = kv + q + p + out + p;
+  wk.optimizer_bytes = 7 * p;
+  return wk;
+}
+
+}  // namespace kvc::train
