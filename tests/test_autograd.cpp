@@ -81,7 +81,7 @@ TEST_CASE("autograd: inputs that do not require grad record nothing") {
   CHECK(Tape::current().size() == 0);
 }
 
-TEST_CASE("autograd: zero_grad drops the gradient; without it gradients accumulate") {
+TEST_CASE("autograd: zero_grad drops the gradient, without it gradients accumulate") {
   Tensor x = leaf({1, 2}, {2});
   backward(sum(scale(x, 2.0)));
   CHECK(x.grad().to_vector() == Vec{2, 2});

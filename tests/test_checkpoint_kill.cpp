@@ -117,7 +117,7 @@ TEST_CASE(
   MESSAGE("20 kills survived; the killed rounds reached step ", last_step);
 }
 
-TEST_CASE("checkpoint kill: SIGINT saves a checkpoint and exits 130; SIGTERM too") {
+TEST_CASE("checkpoint kill: SIGINT saves a checkpoint and exits 130, SIGTERM too") {
   for (int sig : {SIGINT, SIGTERM}) {
     test::TempDir dir("sigint");
     const std::string out = dir / "run";

@@ -223,7 +223,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "cli: train, then eval, infer, inspect on its checkpoint; gen-data "
+    "cli: train, then eval, infer, inspect on its checkpoint, gen-data "
     "feeds train") {
   TempDir dir("cli_flow");
   RunResult r = test::run_kvcompress(
@@ -326,7 +326,7 @@ TEST_CASE(
   CHECK(end < 0.1 * start);
 }
 
-TEST_CASE("cli: gradcheck passes for every kind; bench prints every kind") {
+TEST_CASE("cli: gradcheck passes for every kind, bench prints every kind") {
   TempDir dir("cli_gradcheck");
   RunResult r = test::run_kvcompress("gradcheck", dir.path);
   INFO(r.out, r.err);

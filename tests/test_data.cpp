@@ -221,7 +221,7 @@ TEST_CASE("data: synthetic K, V, Q are the maps applied to the latent plus 0.1 n
 
 // ---- KV files ----------------------------------------------------------------------------
 
-TEST_CASE("data: gen-data writes the synthetic stream; H5KVDataset reads it back") {
+TEST_CASE("data: gen-data writes the synthetic stream, H5KVDataset reads it back") {
   TempPath file("gen.h5");
   const KVShape s = tiny_shape();
   generate_kv_file(file.path, s, 5, 11);  // batches 0, 1 and the first row of batch 2

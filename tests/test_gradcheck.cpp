@@ -108,7 +108,7 @@ TEST_CASE("gradcheck: an input the function does not use has zero gradient and p
   CHECK(res[1].max_abs_error == 0.0);
 }
 
-TEST_CASE("gradcheck: restores values, requires_grad and gradients; leaves no tape") {
+TEST_CASE("gradcheck: restores values, requires_grad and gradients, leaves no tape") {
   Tensor x = Tensor::from_vector({0.1, 0.2, 0.3}, {3}, f64());
   Tensor w = Tensor::from_vector({1, 2, 3}, {3}, f64().with_requires_grad(true));
   w.set_grad(Tensor::from_vector({7, 7, 7}, {3}, f64()));

@@ -290,7 +290,7 @@ TEST_CASE("nn init: float64 and float32 draw the same numbers") {
 
 // ---- dropout --------------------------------------------------------------------------------
 
-TEST_CASE("nn dropout: keeps 1-p of the values, scaled by 1/(1-p); eval and p=0 are identity") {
+TEST_CASE("nn dropout: keeps 1-p of the values, scaled by 1/(1-p), eval and p=0 are identity") {
   const double p = 0.25;
   const int64_t count = 200000;
   Dropout drop(p, 1234);

@@ -161,7 +161,7 @@ TEST_CASE("optim: clip_grad_norm returns the global norm and scales the next ste
   CHECK_THROWS_WITH_AS(adam.clip_grad_norm(0.0), doctest::Contains("max_norm 0"), Error);
 }
 
-TEST_CASE("optim: parameters alias the flat buffer; backward accumulates into the flat grads") {
+TEST_CASE("optim: parameters alias the flat buffer, backward accumulates into the flat grads") {
   Tensor w = Tensor::from_vector({1.0, 2.0, 3.0}, {3}, f64().with_requires_grad(true));
   Tensor b = Tensor::from_vector({0.5}, {1}, f64().with_requires_grad(true));
   Tensor w_handle = w;  // what a module keeps

@@ -210,7 +210,7 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "train: an interrupt saves a checkpoint and reports it; the run "
+    "train: an interrupt saves a checkpoint and reports it, the run "
     "resumes from it") {
   test::TempDir dir("interrupt");
   TrainOptions o = quiet(dir.path);
