@@ -8,11 +8,12 @@
 
 #include "kernels/precision.h"
 #include "nn/compressor.h"
+#include "train/trainer.h"
 
 namespace kvc::cli {
 
-ShapeFlags shape_preset(const std::string& name) {
-  ShapeFlags s;  // small
+RunSettings shape_preset(const std::string& name) {
+  RunSettings s;  // small
   if (name == "small") return s;
   if (name == "nsa") {
     s.batch = 4, s.heads = 8, s.seq = 8192, s.block = 16, s.dim_head = 64, s.queries = 512;
@@ -59,61 +60,43 @@ CLI::Validator unit_interval() {
       "IN [0,1)", [](double x) { return x >= 0 && x < 1; }, "in [0, 1)");
 }
 
-std::vector<std::string> selected_kinds(const ModelFlags& m) {
-  return m.compressor == "all" ? compressor_kinds() : std::vector<std::string>{m.compressor};
+std::vector<std::string> selected_kinds(const RunSettings& r) {
+  return r.compressor == "all" ? compressor_kinds() : std::vector<std::string>{r.compressor};
 }
 
-CompressorOptions compressor_options(const std::string& kind, const ShapeFlags& s,
-                                     const ModelFlags& m, uint64_t seed, Device device) {
-  CompressorOptions o;
+CompressorOptions compressor_options(const std::string& kind, const RunSettings& r, Device device) {
+  CompressorOptions o = train::compressor_options(r, device);
   o.kind = kind;
-  o.heads = s.heads;
-  o.dim_head = s.dim_head;
-  o.block = s.block;
-  o.expand = m.expand;
-  o.dropout = m.dropout;
-  o.reduction = m.reduction;
-  o.seed = seed;
-  o.device = device;
   return o;
 }
 
-void add_shape_flags(CLI::App* cmd, ShapeFlags* s) {
-  cmd->add_option("--heads", s->heads, "KV heads h")->capture_default_str()->check(positive());
-  cmd->add_option("--dim-head", s->dim_head, "head dimension d")
-      ->capture_default_str()
-      ->check(positive());
-  cmd->add_option("--block", s->block, "tokens per compressed block n")
-      ->capture_default_str()
-      ->check(positive());
-  cmd->add_option("--seq", s->seq, "sequence length (tokens)")
-      ->capture_default_str()
-      ->check(positive());
-  cmd->add_option("--batch", s->batch, "sequences per batch b")
-      ->capture_default_str()
-      ->check(positive());
-  cmd->add_option("--queries", s->queries, "queries per sequence nq (distill task)")
-      ->capture_default_str()
-      ->check(positive());
-}
-
-void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all) {
-  std::vector<std::string> kinds = compressor_kinds();
-  if (allow_all) kinds.insert(kinds.begin(), "all");
-  std::string list;
-  for (const std::string& k : kinds) list += (list.empty() ? "" : "|") + k;
-  cmd->add_option("--compressor", m->compressor, "compressor kind: " + list)
-      ->capture_default_str()
-      ->check(CLI::IsMember(kinds));
-  cmd->add_option("--expand", m->expand, "hidden width factor of the MLP kinds (H = n*d*expand)")
-      ->capture_default_str()
-      ->check(positive());
-  cmd->add_option("--dropout", m->dropout, "dropout probability (enhanced_mlp)")
-      ->capture_default_str()
-      ->check(unit_interval());
-  cmd->add_option("--reduction", m->reduction, "channel reduction r (efficient_conv)")
-      ->capture_default_str()
-      ->check(positive());
+void add_setting_flags(CLI::App* cmd, RunSettings* r, train::SettingGroup group, bool allow_all) {
+  for (const train::Setting& s : train::settings_table()) {
+    if (s.group != group) continue;
+    std::string help = s.help;
+    if (s.range == train::SettingRange::kind) {
+      std::string list = allow_all ? "all" : "";
+      for (const std::string& k : compressor_kinds()) list += (list.empty() ? "" : "|") + k;
+      help += ": " + list;
+    } else if (s.range == train::SettingRange::choice) {
+      std::string list;
+      for (const std::string& c : s.choices) list += (list.empty() ? "" : "|") + c;
+      help += " (" + list + ")";
+    }
+    CLI::Validator check(
+        [&s, allow_all](std::string& v) -> std::string {
+          if (allow_all && s.range == train::SettingRange::kind && v == "all") return "";
+          return train::check_setting_text(s, v);
+        },
+        "", std::string(s.name));
+    std::visit(
+        [&](auto member) {
+          cmd->add_option(train::setting_flag(s), r->*member, help)
+              ->capture_default_str()
+              ->check(check);
+        },
+        s.member);
+  }
 }
 
 void add_device_flag(CLI::App* cmd, std::string* device) {
@@ -143,19 +126,19 @@ void add_precision_flag(CLI::App* cmd, std::string* precision) {
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
 }
 
-void validate_shape(const ShapeFlags& s, const ModelFlags& m) {
-  KVC_USAGE_CHECK(s.seq >= s.block, "--seq ", s.seq, " is shorter than one block (--block ",
-                  s.block, "): there is nothing to compress");
-  KVC_USAGE_CHECK(m.dropout >= 0 && m.dropout < 1, "--dropout ", m.dropout, " is not in [0, 1)");
-  for (const std::string& kind : selected_kinds(m)) {
+void validate_shape(const RunSettings& r) {
+  KVC_USAGE_CHECK(r.seq >= r.block, "--seq ", r.seq, " is shorter than one block (--block ",
+                  r.block, "): there is nothing to compress");
+  KVC_USAGE_CHECK(r.dropout >= 0 && r.dropout < 1, "--dropout ", r.dropout, " is not in [0, 1)");
+  for (const std::string& kind : selected_kinds(r)) {
     const KindOptionsUsed uses = compressor_kind(kind).uses;
     if (uses.reduction) {
-      KVC_USAGE_CHECK(s.dim_head % m.reduction == 0, "--dim-head ", s.dim_head,
-                      " is not divisible by --reduction ", m.reduction, " (", kind, ")");
+      KVC_USAGE_CHECK(r.dim_head % r.reduction == 0, "--dim-head ", r.dim_head,
+                      " is not divisible by --reduction ", r.reduction, " (", kind, ")");
     }
-    const double hidden = std::floor(static_cast<double>(s.block * s.dim_head) * m.expand);
-    KVC_USAGE_CHECK(!uses.expand || hidden >= 1, "--expand ", m.expand, " gives a hidden width of ",
-                    hidden, " for n*d = ", s.block * s.dim_head, " (it must be at least 1)");
+    const double hidden = std::floor(static_cast<double>(r.block * r.dim_head) * r.expand);
+    KVC_USAGE_CHECK(!uses.expand || hidden >= 1, "--expand ", r.expand, " gives a hidden width of ",
+                    hidden, " for n*d = ", r.block * r.dim_head, " (it must be at least 1)");
   }
 }
 

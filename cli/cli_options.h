@@ -10,8 +10,8 @@
 
 #include "base/dtype.h"
 #include "base/error.h"
-#include "data/batch.h"
 #include "nn/compressor.h"
+#include "train/settings.h"
 
 namespace kvc::cli {
 
@@ -27,25 +27,12 @@ class UsageError : public Error {
     if (!(cond)) throw ::kvc::cli::UsageError(::kvc::str(__VA_ARGS__)); \
   } while (0)
 
-// The shape flags, which mean the same in every subcommand: the data's shape plus the block.
-// Defaults: SPEC section 9's `small`.
-struct ShapeFlags : KVShape {
-  int64_t block = 8;
-};
-inline const KVShape& kv_shape(const ShapeFlags& s) { return s; }
+using train::RunSettings;
 
-// SPEC section 9: small, nsa, long. Throws UsageError for another name.
-ShapeFlags shape_preset(const std::string& name);
+// SPEC section 9: small, nsa, long: the shape settings of a preset (the rest default).
+// Throws UsageError for another name.
+RunSettings shape_preset(const std::string& name);
 const std::vector<std::string>& shape_preset_names();
-
-// The compressor flags of `train` (and, with the same meaning, bench and
-// gradcheck).
-struct ModelFlags {
-  std::string compressor = "conv";
-  double expand = 1.0;
-  double dropout = 0.0;
-  int64_t reduction = 2;
-};
 
 // Validators with one-line messages that name the value ("0 is not positive").
 CLI::Validator positive();       // > 0
@@ -53,18 +40,14 @@ CLI::Validator non_negative();   // >= 0
 CLI::Validator unit_interval();  // [0, 1)
 
 // The kinds a command runs for --compressor: every registered kind for "all", else the one named.
-std::vector<std::string> selected_kinds(const ModelFlags& m);
-// The options of `kind` at shape `s` with the model flags `m`.
-CompressorOptions compressor_options(const std::string& kind, const ShapeFlags& s,
-                                     const ModelFlags& m, uint64_t seed, Device device);
+std::vector<std::string> selected_kinds(const RunSettings& r);
+// The options of `kind` with the rest of r's model and shape settings, on `device`.
+CompressorOptions compressor_options(const std::string& kind, const RunSettings& r, Device device);
 
-// --heads --dim-head --block --seq --batch --queries, each with its default
-// shown in --help.
-void add_shape_flags(CLI::App* cmd, ShapeFlags* s);
-// --compressor (checked against the kinds; `allow_all` adds "all"), --expand,
-// --dropout,
-// --reduction.
-void add_model_flags(CLI::App* cmd, ModelFlags* m, bool allow_all);
+// One flag per setting of `group` in the settings table (name, help, default, range check).
+// `allow_all` admits "all" for --compressor (every kind).
+void add_setting_flags(CLI::App* cmd, RunSettings* r, train::SettingGroup group,
+                       bool allow_all = false);
 // --device auto|cpu|cuda (cuda:0 too; another index is refused: one GPU for now).
 void add_device_flag(CLI::App* cmd, std::string* device);
 // --precision fp32|tf32|bf16.
@@ -73,7 +56,7 @@ void add_precision_flag(CLI::App* cmd, std::string* precision);
 // Combinations CLI11 validators cannot see: seq >= block, and for the kinds that use them
 // (the registry says which) d % r == 0, H = floor(n d expand) >= 1, dropout in [0, 1). Throws
 // UsageError naming the flags and values.
-void validate_shape(const ShapeFlags& s, const ModelFlags& m);
+void validate_shape(const RunSettings& r);
 
 // auto -> cuda when a GPU is usable, else cpu. "cuda" without a GPU throws
 // kvc::Error naming the reason (exit 1: the command line was fine, the machine

@@ -24,8 +24,7 @@ namespace kvc::cli {
 namespace {
 
 struct BenchArgs {
-  ModelFlags model;
-  ShapeFlags shape;
+  RunSettings run;  // the model and shape flags, and the seed
   std::string config = "small";
   std::string device = "auto";
   std::string precision = "fp32";
@@ -33,7 +32,6 @@ struct BenchArgs {
   bool no_graph = false;
   int64_t warmup = 3;
   int64_t reps = 10;
-  uint64_t seed = 0;
 };
 
 struct Timing {
@@ -106,14 +104,15 @@ struct Result {
   bool peak_is_device = false;
 };
 
-Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags& s, Device device) {
-  const CompressorOptions o = compressor_options(kind, s, a.model, a.seed, device);
+Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings& s,
+                  Device device) {
+  const CompressorOptions o = compressor_options(kind, s, device);
   reset_peak(device);
   CompressorPair pair(o);
   pair.train(true);
   Adam adam(pair.named_parameters(), AdamOptions{});
-  const KVShape ks = kv_shape(s);
-  SyntheticKV data(ks, a.seed, device);
+  const KVShape& ks = s;
+  SyntheticKV data(ks, s.seed, device);
   const Batch batch = data.next();
 
   Result r;
@@ -159,7 +158,7 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const ShapeFlags&
   r.t.step_ms = r.t.eager_step_ms;
 #ifdef KVC_WITH_CUDA
   // Dropout masks are drawn from counters passed by value: a replay would repeat them.
-  if (device.is_cuda() && !a.no_graph && a.model.dropout == 0.0) {
+  if (device.is_cuda() && !a.no_graph && s.dropout == 0.0) {
     kernels::cuda::StepGraph graph;
     try {
       graph.capture(full_step);
@@ -193,18 +192,16 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
   BenchArgs a = in;
   if (a.json) spdlog::set_level(spdlog::level::warn);  // stdout carries only the JSON
   // The config sets the shape; shape flags given explicitly override it.
-  const ShapeFlags preset = shape_preset(a.config);
-  ShapeFlags s = preset;
-  if (cmd->count("--batch")) s.batch = a.shape.batch;
-  if (cmd->count("--heads")) s.heads = a.shape.heads;
-  if (cmd->count("--seq")) s.seq = a.shape.seq;
-  if (cmd->count("--block")) s.block = a.shape.block;
-  if (cmd->count("--dim-head")) s.dim_head = a.shape.dim_head;
-  if (cmd->count("--queries")) s.queries = a.shape.queries;
-  validate_shape(s, a.model);
+  RunSettings s = shape_preset(a.config);
+  for (const train::Setting& setting : train::settings_table()) {
+    const bool preset_wins = setting.group == train::SettingGroup::shape &&
+                             cmd->count(train::setting_flag(setting)) == 0;
+    if (!preset_wins) copy_setting(s, a.run, setting);
+  }
+  validate_shape(s);
   const Device device = resolve_device(a.device);
   apply_precision(a.precision, device);
-  const std::vector<std::string> kinds = selected_kinds(a.model);
+  const std::vector<std::string> kinds = selected_kinds(s);
 
   std::vector<Result> results;
   if (!a.json) {
@@ -268,15 +265,15 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
 
 Command add_bench_command(CLI::App& app) {
   auto a = std::make_shared<BenchArgs>();
-  a->model.compressor = "all";
+  a->run.compressor = "all";
   CLI::App* cmd = app.add_subcommand("bench",
                                      "time forward, backward, optimizer and a "
                                      "full training step per compressor kind");
-  add_model_flags(cmd, &a->model, /*allow_all=*/true);
+  add_setting_flags(cmd, &a->run, train::SettingGroup::model, /*allow_all=*/true);
   cmd->add_option("--config", a->config, "shape preset small|nsa|long (shape flags override it)")
       ->capture_default_str()
       ->check(CLI::IsMember(shape_preset_names()));
-  add_shape_flags(cmd, &a->shape);
+  add_setting_flags(cmd, &a->run, train::SettingGroup::shape);
   add_device_flag(cmd, &a->device);
   add_precision_flag(cmd, &a->precision);
   cmd->add_flag("--json", a->json, "print one JSON object instead of the table");
@@ -289,7 +286,7 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_option("--reps", a->reps, "timed runs (the median is reported)")
       ->capture_default_str()
       ->check(positive());
-  cmd->add_option("--seed", a->seed, "seed of weights and data")->capture_default_str();
+  cmd->add_option("--seed", a->run.seed, "seed of weights and data")->capture_default_str();
   return {cmd, [cmd, a] { return run_bench(cmd, *a); }};
 }
 

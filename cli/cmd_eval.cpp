@@ -26,14 +26,9 @@ int run_eval(const EvalArgs& a) {
   std::shared_ptr<CompressorPair> pair = train::pair_from_checkpoint(ck, device);
   std::shared_ptr<CompressorPair> teacher;
   if (m.task == "teacher")
-    teacher = CompressorPair::make_teacher(train::options_from_meta(m, device));
+    teacher = CompressorPair::make_teacher(train::compressor_options(m, device));
 
-  KVShape shape;
-  shape.batch = m.batch;
-  shape.heads = m.heads;
-  shape.dim_head = m.dim_head;
-  shape.seq = m.seq;
-  shape.queries = m.queries;
+  const KVShape& shape = m;
   // Without --data: the run's own held-out stream (its file when it trained on
   // one).
   const std::string data = a.data.empty() ? (m.data == "synthetic" ? "" : m.data) : a.data;
@@ -48,7 +43,7 @@ int run_eval(const EvalArgs& a) {
   const double loss = train::evaluate(*pair, teacher.get(), m.task, *source, a.batches);
   // The same pair untrained (the seed's initial weights): what the training
   // bought.
-  CompressorPair fresh(train::options_from_meta(m, device));
+  CompressorPair fresh(train::compressor_options(m, device));
   const double base = train::evaluate(fresh, teacher.get(), m.task, *source, a.batches);
   std::printf("checkpoint   %s (step %lld, %s, task %s)\n", a.checkpoint.c_str(),
               static_cast<long long>(m.step), m.compressor.c_str(), m.task.c_str());

@@ -15,7 +15,7 @@ namespace {
 struct GenDataArgs {
   std::string out;
   int64_t count = 64;
-  ShapeFlags shape;
+  RunSettings shape;  // the shape flags (the rest unused)
   uint64_t seed = 0;
   std::string device = "cpu";
 };
@@ -23,7 +23,7 @@ struct GenDataArgs {
 int run_gen_data(const GenDataArgs& a) {
   KVC_USAGE_CHECK(a.shape.seq >= 1 && a.count >= 1, "--count and --seq must be positive");
   const Device device = resolve_device(a.device);
-  KVShape shape = kv_shape(a.shape);
+  KVShape shape = a.shape;
   shape.batch = std::min<int64_t>(a.shape.batch, a.count);
   train::ItemProgress progress("gen-data: sequences written", a.count);
   generate_kv_file(a.out, shape, a.count, a.seed, device,
@@ -45,7 +45,7 @@ Command add_gen_data_command(CLI::App& app) {
   cmd->add_option("--count", a->count, "number of sequences N")
       ->capture_default_str()
       ->check(positive());
-  add_shape_flags(cmd, &a->shape);
+  add_setting_flags(cmd, &a->shape, train::SettingGroup::shape);
   cmd->add_option("--seed", a->seed, "generator seed")->capture_default_str();
   add_device_flag(cmd, &a->device);
   return {cmd, [a] { return run_gen_data(*a); }};

@@ -13,17 +13,16 @@ namespace kvc::cli {
 namespace {
 
 struct GradcheckArgs {
-  ModelFlags model;
-  ShapeFlags shape = tiny();
+  RunSettings run = tiny();  // the model and shape flags, and the seed
   std::string device = "cpu";
-  uint64_t seed = 0;
   double eps = 1e-6;
 
   // A tiny shape by default: two evaluations per element.
-  static ShapeFlags tiny() {
-    ShapeFlags s;
-    s.batch = 2, s.heads = 2, s.seq = 7, s.block = 3, s.dim_head = 4, s.queries = 3;
-    return s;
+  static RunSettings tiny() {
+    RunSettings r;
+    r.compressor = "all";
+    r.batch = 2, r.heads = 2, r.seq = 7, r.block = 3, r.dim_head = 4, r.queries = 3;
+    return r;
   }
 };
 
@@ -34,8 +33,8 @@ struct Row {
 
 std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Device device) {
   std::vector<Row> rows;
-  const ShapeFlags& s = a.shape;
-  CompressorOptions o = compressor_options(kind, s, a.model, a.seed, device);
+  const RunSettings& s = a.run;
+  CompressorOptions o = compressor_options(kind, s, device);
   o.dtype = DType::f64;
   GradcheckOptions go;
   go.eps = a.eps;
@@ -47,8 +46,8 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
   // counters reset before each call, so every evaluation draws the same masks.
   {
     std::shared_ptr<Compressor> layer = make_compressor(o);
-    Tensor x =
-        Tensor::randn({s.batch, s.heads, w, s.block, s.dim_head}, a.seed + 11, 0, 0.0, 1.0, t64);
+    Tensor x = Tensor::randn({s.batch, s.heads, w, s.block, s.dim_head}, a.run.seed + 11, 0, 0.0,
+                             1.0, t64);
     const std::vector<uint64_t> counters = layer->rng_counters();
     std::vector<std::pair<std::string, Tensor>> inputs{{"input", x}};
     for (auto& kv : layer->named_parameters()) inputs.push_back(kv);
@@ -67,15 +66,17 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
   // instead of through the loss).
   {
     CompressorPair pair(o);
-    Tensor k = Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.seed + 12, 0, 0.0, 1.0, t64);
-    Tensor v = Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.seed + 13, 0, 0.0, 1.0, t64);
+    Tensor k =
+        Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.run.seed + 12, 0, 0.0, 1.0, t64);
+    Tensor v =
+        Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.run.seed + 13, 0, 0.0, 1.0, t64);
     Tensor q =
-        Tensor::randn({s.batch, s.heads, s.queries, s.dim_head}, a.seed + 14, 0, 0.0, 1.0, t64);
+        Tensor::randn({s.batch, s.heads, s.queries, s.dim_head}, a.run.seed + 14, 0, 0.0, 1.0, t64);
     // Positions start at zero; move them off it so their gradient path sees
     // general values.
     for (auto& kv : pair.named_parameters()) {
       if (kv.first.find("intrablock_positions") != std::string::npos) {
-        kv.second.copy_from(Tensor::randn(kv.second.shape(), a.seed + 15, 0, 0.0, 0.1, t64));
+        kv.second.copy_from(Tensor::randn(kv.second.shape(), a.run.seed + 15, 0, 0.0, 0.1, t64));
       }
     }
     const std::vector<uint64_t> counters = pair.rng_counters();
@@ -106,17 +107,17 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
 }
 
 int run_gradcheck(const GradcheckArgs& a) {
-  validate_shape(a.shape, a.model);
+  validate_shape(a.run);
   const Device device = resolve_device(a.device);
-  const std::vector<std::string> kinds = selected_kinds(a.model);
+  const std::vector<std::string> kinds = selected_kinds(a.run);
   std::printf(
       "gradcheck: float64 central differences (eps %g) on %s, b %lld h "
       "%lld seq %lld "
       "n %lld d %lld nq %lld\n",
-      a.eps, device.name().c_str(), static_cast<long long>(a.shape.batch),
-      static_cast<long long>(a.shape.heads), static_cast<long long>(a.shape.seq),
-      static_cast<long long>(a.shape.block), static_cast<long long>(a.shape.dim_head),
-      static_cast<long long>(a.shape.queries));
+      a.eps, device.name().c_str(), static_cast<long long>(a.run.batch),
+      static_cast<long long>(a.run.heads), static_cast<long long>(a.run.seq),
+      static_cast<long long>(a.run.block), static_cast<long long>(a.run.dim_head),
+      static_cast<long long>(a.run.queries));
   std::printf("%-34s %-40s %14s %14s  %s\n", "layer", "tensor", "max abs err", "max rel err",
               "pass");
   int failed = 0, total = 0;
@@ -147,15 +148,14 @@ int run_gradcheck(const GradcheckArgs& a) {
 
 Command add_gradcheck_command(CLI::App& app) {
   auto a = std::make_shared<GradcheckArgs>();
-  a->model.compressor = "all";
   CLI::App* cmd = app.add_subcommand("gradcheck",
                                      "finite-difference check (float64) of "
                                      "every layer's input and parameters and "
                                      "of the pair's distill loss");
-  add_model_flags(cmd, &a->model, /*allow_all=*/true);
-  add_shape_flags(cmd, &a->shape);
+  add_setting_flags(cmd, &a->run, train::SettingGroup::model, /*allow_all=*/true);
+  add_setting_flags(cmd, &a->run, train::SettingGroup::shape);
   add_device_flag(cmd, &a->device);
-  cmd->add_option("--seed", a->seed, "seed of the weights and inputs")->capture_default_str();
+  cmd->add_option("--seed", a->run.seed, "seed of the weights and inputs")->capture_default_str();
   cmd->add_option("--eps", a->eps, "central-difference step")
       ->capture_default_str()
       ->check(positive());

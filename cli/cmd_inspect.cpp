@@ -29,7 +29,7 @@ int run_inspect(const std::string& path) {
   std::printf("task                %s\n", m.task.c_str());
   std::printf("seed                %llu\n", static_cast<unsigned long long>(m.seed));
   std::printf("step                %lld of %lld\n", static_cast<long long>(m.step),
-              static_cast<long long>(m.total_steps));
+              static_cast<long long>(m.steps));
   std::printf("data                %s (batch %lld, seq %lld, queries %lld)\n", m.data.c_str(),
               static_cast<long long>(m.batch), static_cast<long long>(m.seq),
               static_cast<long long>(m.queries));

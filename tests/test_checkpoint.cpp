@@ -33,7 +33,7 @@ Checkpoint sample_checkpoint() {
   ck.meta.batch = 3;
   ck.meta.seq = 12;
   ck.meta.queries = 5;
-  ck.meta.total_steps = 40;
+  ck.meta.steps = 40;
   ck.meta.lr = 0.01;
   ck.meta.warmup = 4;
   ck.meta.clip = 0.5;
@@ -150,7 +150,7 @@ TEST_CASE(
   CHECK(r.meta.batch == 3);
   CHECK(r.meta.seq == 12);
   CHECK(r.meta.queries == 5);
-  CHECK(r.meta.total_steps == 40);
+  CHECK(r.meta.steps == 40);
   CHECK(r.meta.lr == 0.01);
   CHECK(r.meta.warmup == 4);
   CHECK(r.meta.clip == 0.5);

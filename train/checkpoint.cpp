@@ -11,6 +11,8 @@
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <type_traits>
+#include <variant>
 
 #include "base/error.h"
 #include "data/atomic_file.h"
@@ -63,16 +65,6 @@ int64_t attr_int(const H5File& f, const char* name) {
   return required_attr(f, name, std::mem_fn(&H5File::attr_int64));
 }
 
-double attr_dbl(const H5File& f, const char* name) {
-  return required_attr(f, name, std::mem_fn(&H5File::attr_double));
-}
-
-// A root attribute added after version 1 of the format: older files fall back.
-template <typename T, typename Get>
-T attr_or(const H5File& f, const char* name, T fallback, Get get) {
-  return f.has_attr("/", name) ? get(f, "/", name) : fallback;
-}
-
 // Called from a catch block: rethrows an error that already names the checkpoint as it is, and
 // any other (an HDF5 or tensor error) as "checkpoint: <context>: <its message>".
 [[noreturn]] void rethrow_in_context(const Error& e, const std::string& context) {
@@ -93,6 +85,50 @@ H5File open_checked(const std::string& path) {
   }
 }
 
+// The stored settings as root attributes, each of the attribute's own HDF5 type (a seed above
+// INT64_MAX is kept bit for bit as int64).
+void write_settings(H5File& f, const RunSettings& r) {
+  for (const Setting& s : settings_table()) {
+    if (s.stored == Stored::no) continue;
+    std::visit(
+        [&](auto member) {
+          using T = std::decay_t<decltype(r.*member)>;
+          if constexpr (std::is_same_v<T, uint64_t>) {
+            f.set_attr("/", s.attribute, static_cast<int64_t>(r.*member));
+          } else {
+            f.set_attr("/", s.attribute, r.*member);
+          }
+        },
+        s.member);
+  }
+}
+
+// Reads every stored setting; a required one must be there, an optional one absent from an
+// older file takes the table's fallback (or the default).
+void read_settings(const H5File& f, RunSettings& r) {
+  for (const Setting& s : settings_table()) {
+    if (s.stored == Stored::no) continue;
+    if (!f.has_attr("/", s.attribute)) {
+      KVC_CHECK(s.stored == Stored::optional, "checkpoint: ", f.path(),
+                " lacks the root attribute '", s.attribute, "'");
+      if (s.fallback) set_setting(r, s, s.fallback);
+      continue;
+    }
+    std::visit(
+        [&](auto member) {
+          using T = std::decay_t<decltype(r.*member)>;
+          if constexpr (std::is_same_v<T, std::string>) {
+            r.*member = f.attr_string("/", s.attribute);
+          } else if constexpr (std::is_same_v<T, double>) {
+            r.*member = f.attr_double("/", s.attribute);
+          } else {
+            r.*member = static_cast<T>(f.attr_int64("/", s.attribute));
+          }
+        },
+        s.member);
+  }
+}
+
 CheckpointMeta read_meta(const H5File& f) {
   const std::string& path = f.path();
   KVC_CHECK(f.has_attr("/", "format"), "checkpoint: ", path,
@@ -105,32 +141,14 @@ CheckpointMeta read_meta(const H5File& f) {
             " has format_version ", version, "; this kvcompress reads version ",
             kCheckpointFormatVersion);
   CheckpointMeta m;
-  m.compressor = attr_str(f, "compressor");
-  m.heads = attr_int(f, "heads");
-  m.dim_head = attr_int(f, "dim_head");
-  m.block = attr_int(f, "block");
-  m.expand = attr_dbl(f, "expand");
-  m.dropout = attr_dbl(f, "dropout");
-  m.reduction = attr_int(f, "reduction");
-  m.task = attr_str(f, "task");
-  m.seed = static_cast<uint64_t>(attr_int(f, "seed"));
+  read_settings(f, m);
   m.step = attr_int(f, "step");
   m.created = attr_str(f, "created");
   m.kvcompress_version = attr_str(f, "kvcompress_version");
   KVC_CHECK(m.heads > 0 && m.dim_head > 0 && m.block > 0 && m.step >= 0, "checkpoint: ", path,
             " has bad shape attributes (heads ", m.heads, ", dim_head ", m.dim_head, ", block ",
             m.block, ", step ", m.step, ")");
-  const auto get_i = std::mem_fn(&H5File::attr_int64);
-  const auto get_d = std::mem_fn(&H5File::attr_double);
-  const auto get_s = std::mem_fn(&H5File::attr_string);
-  m.batch = attr_or<int64_t>(f, "batch", m.batch, get_i);
-  m.seq = attr_or<int64_t>(f, "seq", m.seq, get_i);
-  m.queries = attr_or<int64_t>(f, "queries", m.queries, get_i);
-  m.total_steps = attr_or<int64_t>(f, "steps", m.step, get_i);
-  m.lr = attr_or<double>(f, "base_lr", m.lr, get_d);
-  m.warmup = attr_or<int64_t>(f, "warmup", m.warmup, get_i);
-  m.clip = attr_or<double>(f, "clip", m.clip, get_d);
-  m.data = attr_or<std::string>(f, "data", std::string("synthetic"), get_s);
+  if (!f.has_attr("/", "steps")) m.steps = m.step;  // an older file: the run ended there
   return m;
 }
 
@@ -152,27 +170,11 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     const CheckpointMeta& m = ck.meta;
     f.set_attr("/", "format", kCheckpointFormat);
     f.set_attr("/", "format_version", kCheckpointFormatVersion);
-    f.set_attr("/", "compressor", m.compressor);
-    f.set_attr("/", "heads", m.heads);
-    f.set_attr("/", "dim_head", m.dim_head);
-    f.set_attr("/", "block", m.block);
-    f.set_attr("/", "expand", m.expand);
-    f.set_attr("/", "dropout", m.dropout);
-    f.set_attr("/", "reduction", m.reduction);
-    f.set_attr("/", "task", m.task);
-    f.set_attr("/", "seed", static_cast<int64_t>(m.seed));
+    write_settings(f, m);
     f.set_attr("/", "step", m.step);
     f.set_attr("/", "created", m.created.empty() ? iso8601_now() : m.created);
     f.set_attr("/", "kvcompress_version",
                m.kvcompress_version.empty() ? std::string(KVC_VERSION) : m.kvcompress_version);
-    f.set_attr("/", "batch", m.batch);
-    f.set_attr("/", "seq", m.seq);
-    f.set_attr("/", "queries", m.queries);
-    f.set_attr("/", "steps", m.total_steps);
-    f.set_attr("/", "base_lr", m.lr);
-    f.set_attr("/", "warmup", m.warmup);
-    f.set_attr("/", "clip", m.clip);
-    f.set_attr("/", "data", m.data);
 
     write_named(f, "/params", ck.params);
 

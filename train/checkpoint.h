@@ -9,6 +9,7 @@
 
 #include "core/tensor.h"
 #include "train/metrics.h"
+#include "train/settings.h"
 
 namespace kvc::train {
 
@@ -17,28 +18,14 @@ inline constexpr int64_t kCheckpointFormatVersion = 1;
 
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
-// Root attributes. The first block is SPEC section 6; the rest records the
-// run's other settings so that `eval`, `inspect` and `--resume` need no flags
-// repeated (absent in foreign files that are otherwise valid: readers fall back
-// to the small defaults).
-struct CheckpointMeta {
-  std::string compressor;
-  int64_t heads = 0, dim_head = 0, block = 0;
-  double expand = 1.0, dropout = 0.0;
-  int64_t reduction = 2;
-  std::string task = "distill";
-  uint64_t seed = 0;
+// Root attributes: the run's stored settings (the settings table says which, under which
+// attribute name; absent optional ones in older files take the table's fallback), the step and
+// provenance. `steps` is the run's planned length (the LR schedule), `lr` the schedule's peak
+// (attribute base_lr; /optim's lr is the last one used).
+struct CheckpointMeta : RunSettings {
   int64_t step = 0;
   std::string created;             // ISO 8601, UTC; filled by save_checkpoint when empty
   std::string kvcompress_version;  // filled by save_checkpoint when empty
-
-  // Run settings (extra attributes).
-  int64_t batch = 2, seq = 256, queries = 32;
-  int64_t total_steps = 0;  // attribute "steps": the run's planned length (the LR schedule)
-  double lr = 1e-3;         // attribute "base_lr": the schedule's peak; /optim's lr is the last
-  int64_t warmup = 0;
-  double clip = 0.0;
-  std::string data;  // "synthetic" or the HDF5 path
 };
 
 struct OptimState {

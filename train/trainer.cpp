@@ -87,16 +87,16 @@ double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::
   return sum / static_cast<double>(n);
 }
 
-CompressorOptions options_from_meta(const CheckpointMeta& m, Device device) {
+CompressorOptions compressor_options(const RunSettings& r, Device device) {
   CompressorOptions o;
-  o.kind = m.compressor;
-  o.heads = m.heads;
-  o.dim_head = m.dim_head;
-  o.block = m.block;
-  o.expand = m.expand;
-  o.dropout = m.dropout;
-  o.reduction = m.reduction;
-  o.seed = m.seed;
+  o.kind = r.compressor;
+  o.heads = r.heads;
+  o.dim_head = r.dim_head;
+  o.block = r.block;
+  o.expand = r.expand;
+  o.dropout = r.dropout;
+  o.reduction = r.reduction;
+  o.seed = r.seed;
   o.dtype = DType::f32;
   o.device = device;
   return o;
@@ -105,7 +105,7 @@ CompressorOptions options_from_meta(const CheckpointMeta& m, Device device) {
 std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint& ck, Device device) {
   std::shared_ptr<CompressorPair> pair;
   try {
-    pair = std::make_shared<CompressorPair>(options_from_meta(ck.meta, device));
+    pair = std::make_shared<CompressorPair>(compressor_options(ck.meta, device));
   } catch (const Error& e) {
     KVC_FAIL("checkpoint: its attributes do not describe a valid compressor: ", e.what());
   }
@@ -178,24 +178,15 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
   if (resuming) {
     resumed = load_checkpoint(opt_.resume, /*with_optim=*/true);
     const CheckpointMeta& m = resumed.meta;
-    opt_.compressor = m.compressor;
-    opt_.heads = m.heads;
-    opt_.dim_head = m.dim_head;
-    opt_.block = m.block;
-    opt_.expand = m.expand;
-    opt_.dropout = m.dropout;
-    opt_.reduction = m.reduction;
-    opt_.task = m.task;
-    opt_.seed = m.seed;
-    opt_.batch = m.batch;
-    opt_.seq = m.seq;
-    opt_.queries = m.queries;
+    // The checkpoint's stored settings win; the flags keep the loop's rhythm and may extend
+    // the run (steps > 0).
+    const int64_t steps = opt_.steps;
+    for (const Setting& s : settings_table()) {
+      if (s.stored != Stored::no) copy_setting(opt_, m, s);
+    }
     opt_.data = is_synthetic(m.data) ? std::string() : m.data;
-    opt_.lr = m.lr;
-    opt_.warmup = m.warmup;
-    opt_.clip = m.clip;
     opt_.weight_decay = resumed.optim.weight_decay;
-    if (opt_.steps <= 0) opt_.steps = m.total_steps;
+    opt_.steps = steps > 0 ? steps : m.steps;
     if (opt_.out.empty()) {
       const size_t slash = opt_.resume.find_last_of('/');
       opt_.out = slash == std::string::npos ? "." : opt_.resume.substr(0, slash);
@@ -206,14 +197,8 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
             "' (expected distill or teacher)");
 
   // Data first: a file decides h, seq and d.
-  KVShape shape;
-  shape.batch = opt_.batch;
-  shape.heads = opt_.heads;
-  shape.dim_head = opt_.dim_head;
-  shape.seq = opt_.seq;
-  shape.queries = opt_.queries;
-  train_src_ = make_source(opt_.data, shape, opt_.seed, opt_.device, Split::train);
-  eval_src_ = make_source(opt_.data, shape, opt_.seed, opt_.device, Split::eval);
+  train_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::train);
+  eval_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::eval);
   if (!is_synthetic(opt_.data)) {
     const KVShape fs = train_src_->shape();
     if (resuming) {
@@ -226,19 +211,9 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
     opt_.seq = fs.seq;
     opt_.queries = fs.queries;
   }
-  KVC_CHECK(opt_.seq >= opt_.block, "train: seq ", opt_.seq, " is shorter than one block (",
-            opt_.block, ")");
+  validate_settings(opt_);
 
-  CompressorOptions co;
-  co.kind = opt_.compressor;
-  co.heads = opt_.heads;
-  co.dim_head = opt_.dim_head;
-  co.block = opt_.block;
-  co.expand = opt_.expand;
-  co.dropout = opt_.dropout;
-  co.reduction = opt_.reduction;
-  co.seed = opt_.seed;
-  co.device = opt_.device;
+  const CompressorOptions co = compressor_options(opt_, opt_.device);
   if (resuming) {
     pair_ = pair_from_checkpoint(resumed, opt_.device);
   } else {
@@ -301,23 +276,8 @@ double Trainer::evaluate() {
 Checkpoint Trainer::snapshot() const {
   Checkpoint ck;
   CheckpointMeta& m = ck.meta;
-  m.compressor = opt_.compressor;
-  m.heads = opt_.heads;
-  m.dim_head = opt_.dim_head;
-  m.block = opt_.block;
-  m.expand = opt_.expand;
-  m.dropout = opt_.dropout;
-  m.reduction = opt_.reduction;
-  m.task = opt_.task;
-  m.seed = opt_.seed;
+  static_cast<RunSettings&>(m) = opt_;
   m.step = step_;
-  m.batch = opt_.batch;
-  m.seq = opt_.seq;
-  m.queries = opt_.queries;
-  m.total_steps = opt_.steps;
-  m.lr = opt_.lr;
-  m.warmup = opt_.warmup;
-  m.clip = opt_.clip;
   m.data = is_synthetic(opt_.data) ? "synthetic" : opt_.data;
   ck.params = pair_->named_parameters();
   ck.has_optim = true;
@@ -350,11 +310,10 @@ void Trainer::write_logs() const {
 }
 
 std::string Trainer::describe() const {
-  return str(opt_.compressor, " pair, task ", opt_.task, ", h ", opt_.heads, ", d ", opt_.dim_head,
-             ", n ", opt_.block, ", seq ", opt_.seq, ", batch ", opt_.batch,
-             opt_.task == "distill" ? str(", queries ", opt_.queries) : std::string(), ", ",
-             adam_->numel(), " parameters, ", adam_->options().decoupled ? "AdamW" : "Adam", " lr ",
-             opt_.lr, ", data ", train_src_->describe(), ", device ", opt_.device.name());
+  return str(opt_.compressor, " pair, task ", opt_.task, ", ",
+             settings_summary(opt_, SettingGroup::shape), ", ", adam_->numel(), " parameters, ",
+             adam_->options().decoupled ? "AdamW" : "Adam", " lr ", opt_.lr, ", data ",
+             train_src_->describe(), ", device ", opt_.device.name());
 }
 
 TrainResult Trainer::run() {

@@ -12,44 +12,20 @@
 #include "optim/adam.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
+#include "train/settings.h"
 
 namespace kvc::train {
 
 enum class ProgressMode : uint8_t { automatic, tty, log, none };
 
-struct TrainOptions {
-  // The model.
-  std::string compressor = "conv";
-  int64_t heads = 2, dim_head = 32, block = 8;
-  double expand = 1.0, dropout = 0.0;
-  int64_t reduction = 2;
-  // The data: "" or "synthetic" for the generator, else an HDF5 KV file, whose
-  // h, seq and d then replace heads, seq and dim_head.
-  std::string task = "distill";  // distill | teacher
-  std::string data;
-  int64_t batch = 2, seq = 256, queries = 32;
-  // The optimization. weight_decay > 0 selects AdamW (decoupled,
-  // torch.optim.AdamW); 0 is Adam.
-  int64_t steps = 500;
-  double lr = 1e-3, weight_decay = 0.0;
-  int64_t warmup = 20;
-  double clip = 1.0;  // max global grad norm; 0 turns clipping off
-  uint64_t seed = 0;
+// A run: its settings (the table's) plus where it runs and writes.
+struct TrainOptions : RunSettings {
   Device device = Device::cpu();
-  // Output. out empty: a new folder runs/<timestamp>-<kind> (under the current
-  // directory).
+  // Output. out empty: a new folder runs/<timestamp>-<kind> (under the current directory).
   std::string out;
-  std::string resume;  // checkpoint to continue from (its model, data and run
-                       // settings win)
-  int64_t eval_every = 50, save_every = 100, log_every = 50;
-  int64_t eval_batches = 4;  // fixed held-out batches per evaluation
+  std::string resume;  // checkpoint to continue from (its stored settings win)
   ProgressMode progress = ProgressMode::automatic;
-  // Stop (with a checkpoint) once this step is reached, as an interrupt would;
-  // 0: never. Lets tests and scripts split one run into pieces that equal the
-  // whole.
-  int64_t stop_at = 0;
-  // Write best.h5 on a new lowest eval loss.
-  bool save_best = true;
+  bool save_best = true;  // write best.h5 on a new lowest eval loss
   // Replay the step from CUDA graphs once shapes are fixed (CUDA, no dropout; see StepRunner).
   bool cuda_graph = true;
 };
@@ -82,8 +58,8 @@ double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::
 Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
                  const Batch& batch);
 
-// Compressor options as a checkpoint recorded them, on `device`.
-CompressorOptions options_from_meta(const CheckpointMeta& meta, Device device);
+// The compressor options of a run's settings (a checkpoint's meta too), float32 on `device`.
+CompressorOptions compressor_options(const RunSettings& settings, Device device);
 // A pair built from a checkpoint's attributes with its /params loaded (strict:
 // the keys and shapes must match exactly; the error names the checkpoint).
 std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint& ck, Device device);
