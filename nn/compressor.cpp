@@ -12,6 +12,7 @@ namespace {
 
 // The built-in kinds, one line each, in SPEC section 3's order; then whatever was registered.
 std::vector<CompressorKind>& registry() {
+  // clang-format off
   static std::vector<CompressorKind> kinds = {
       kinds::conv(),
       kinds::efficient_conv(),
@@ -21,9 +22,14 @@ std::vector<CompressorKind>& registry() {
       kinds::enhanced_mlp(),
       kinds::mlp(),
   };
+  // clang-format on
   return kinds;
 }
-constexpr size_t kBuiltinKinds = 7;
+// How many entries of registry() are built in (unregister_compressor_kind leaves them).
+size_t builtin_kinds() {
+  static const size_t n = registry().size();
+  return n;
+}
 
 std::string kinds_list() {
   std::ostringstream os;
@@ -50,6 +56,7 @@ const CompressorKind& compressor_kind(const std::string& name) {
 }
 
 void register_compressor_kind(CompressorKind kind) {
+  builtin_kinds();  // counted before the first addition
   KVC_CHECK(!kind.name.empty() && kind.make && kind.forward_flops, "compressor: kind '", kind.name,
             "' needs a name, a factory and a FLOP model");
   for (const CompressorKind& k : registry()) {
@@ -60,7 +67,7 @@ void register_compressor_kind(CompressorKind kind) {
 
 void unregister_compressor_kind(const std::string& name) {
   auto& kinds = registry();
-  for (size_t i = kBuiltinKinds; i < kinds.size(); ++i) {
+  for (size_t i = builtin_kinds(); i < kinds.size(); ++i) {
     if (kinds[i].name == name) {
       kinds.erase(kinds.begin() + static_cast<std::ptrdiff_t>(i));
       return;
