@@ -328,6 +328,9 @@ TrainResult Trainer::run() {
   spdlog::info("output folder {}", opt_.out);
   spdlog::info("{}{}", step_ > 0 ? str("resuming at step ", step_, ": ") : std::string(),
                describe());
+  spdlog::info("settings: {}; {}; {}", settings_summary(opt_, SettingGroup::model),
+               settings_summary(opt_, SettingGroup::shape),
+               settings_summary(opt_, SettingGroup::train));
   write_logs();  // also proves the folder writable before any work
 
   const bool tty = opt_.progress == ProgressMode::tty ||
