@@ -138,14 +138,14 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
   r.t.optimizer_ms = time_ms(
       device, a.warmup, a.reps, [] {},
       [&] {
-        adam.clip_grad_norm_async(1.0);
+        adam.set_clip_scale(1.0);
         adam.step();
       });
   auto full_step = [&] {
     adam.zero_grad();
     forward();
     backward(loss);
-    adam.clip_grad_norm_async(1.0);
+    adam.set_clip_scale(1.0);
     adam.apply_step();
   };
   r.t.eager_step_ms = time_ms(

@@ -159,7 +159,7 @@ void Adam::zero_grad() {
   scale_pending_ = false;
 }
 
-void Adam::clip_grad_norm_async(double max_norm) {
+void Adam::set_clip_scale(double max_norm) {
   KVC_CHECK(max_norm > 0 && !std::isnan(max_norm), "clip_grad_norm: max_norm ", max_norm,
             " must be > 0");
   reclaim_grads();
@@ -173,7 +173,7 @@ void Adam::clip_grad_norm_async(double max_norm) {
 }
 
 double Adam::clip_grad_norm(double max_norm) {
-  clip_grad_norm_async(max_norm);
+  set_clip_scale(max_norm);
   return last_grad_norm();
 }
 

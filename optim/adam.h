@@ -53,9 +53,11 @@ class Adam {
   // clipping) and scales the gradients by min(1, max_norm / (norm + 1e-6)). The scale is kept on
   // the device and applied by the next step() (the gradient buffer itself is left unscaled), so
   // on CUDA nothing waits for the GPU here. Returns the norm, which reads it back from the
-  // device; call clip_grad_norm_async() + last_grad_norm() to read it only when needed.
+  // device.
   double clip_grad_norm(double max_norm);
-  void clip_grad_norm_async(double max_norm);
+  // The same without reading the norm back: computes the norm and the clip scale on the device;
+  // the gradients are scaled only by the next step(). last_grad_norm() reads the norm when needed.
+  void set_clip_scale(double max_norm);
   // The norm computed by the latest clip_grad_norm*(): synchronizes with the device (CUDA).
   double last_grad_norm() const;
   // (2) on the device: [latest global grad norm, clip scale]; for readers that copy the norm
@@ -89,10 +91,8 @@ class Adam {
   void set_state(const std::string& name, const Tensor& exp_avg, const Tensor& exp_avg_sq);
 
   // The flat buffers (padded: each parameter starts at a 64-byte boundary; padding stays zero).
-  const Tensor& flat_params() const { return flat_params_; }          // (padded_numel)
-  const Tensor& flat_grads() const { return flat_grads_; }            // (padded_numel)
-  const Tensor& flat_exp_avg() const { return flat_exp_avg_; }        // (padded_numel)
-  const Tensor& flat_exp_avg_sq() const { return flat_exp_avg_sq_; }  // (padded_numel)
+  const Tensor& flat_params() const { return flat_params_; }  // (padded_numel)
+  const Tensor& flat_grads() const { return flat_grads_; }    // (padded_numel)
 
  private:
   struct Slot {

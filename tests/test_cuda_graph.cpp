@@ -46,7 +46,7 @@ Run eager_run(const std::string& kind, const std::vector<Batch>& batches) {
     adam.zero_grad();
     const Tensor loss = pair.distill_loss(batches[i].q, batches[i].k, batches[i].v);
     backward(loss);
-    adam.clip_grad_norm_async(1.0);
+    adam.set_clip_scale(1.0);
     adam.step();
     r.losses.push_back(loss.item());
   }
@@ -67,7 +67,7 @@ Run graph_run(const std::string& kind, const std::vector<Batch>& batches, size_t
     adam.zero_grad();
     loss = pair.distill_loss(q, k, v);
     backward(loss);
-    adam.clip_grad_norm_async(1.0);
+    adam.set_clip_scale(1.0);
     adam.apply_step();
   };
   kernels::cuda::StepGraph graph;

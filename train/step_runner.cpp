@@ -57,7 +57,7 @@ void StepRunner::run_forward_backward(const Batch& batch) {
     loss_ = pair_.distill_loss(batch.q, batch.k, batch.v);
   }
   backward(loss_);
-  adam_.clip_grad_norm_async(options_.clip);
+  adam_.set_clip_scale(options_.clip);
 }
 
 const Tensor& StepRunner::forward_backward(const Batch& batch) {

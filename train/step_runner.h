@@ -14,7 +14,7 @@ namespace kvc::train {
 
 struct StepRunnerOptions {
   std::string task = "distill";  // distill | teacher
-  double clip = 1.0;             // the max norm given to Adam::clip_grad_norm_async (> 0)
+  double clip = 1.0;             // the max norm given to Adam::set_clip_scale (> 0)
   bool allow_graph = true;       // false: always launch op by op
 };
 
