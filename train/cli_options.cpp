@@ -3,6 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 
@@ -31,6 +32,12 @@ CLI::Validator number_check(const char* desc, bool (*ok)(double), const char* ex
         char* end = nullptr;
         const double x = std::strtod(v.c_str(), &end);
         if (v.empty() || *end != '\0' || !std::isfinite(x)) return "'" + v + "' is not a number";
+        // CLI11 would clamp an integer beyond 64 bits to the largest one without a word.
+        errno = 0;
+        if (v.find_first_not_of("+-0123456789") == std::string::npos &&
+            (std::strtoll(v.c_str(), nullptr, 10), errno == ERANGE)) {
+          return v + " is out of range (at most 9223372036854775807)";
+        }
         if (!ok(x)) return v + " is not " + expected;
         return "";
       },

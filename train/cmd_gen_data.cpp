@@ -7,6 +7,7 @@
 #include "data/kv_file.h"
 #include "train/cli_options.h"
 #include "train/progress.h"
+#include "train/signals.h"
 
 namespace kvc::cli {
 
@@ -30,8 +31,11 @@ int run_gen_data(const GenDataArgs& a) {
   shape.seq = a.shape.seq;
   shape.queries = a.shape.queries;
   train::ItemProgress progress("gen-data: sequences written", a.count);
-  generate_kv_file(a.out, shape, a.count, a.seed, device,
-                   [&](int64_t written) { progress.update(written); });
+  train::InterruptScope interrupts;  // Ctrl-C: the temp file goes, exit 130
+  generate_kv_file(a.out, shape, a.count, a.seed, device, [&](int64_t written) {
+    progress.update(written);
+    train::throw_if_interrupted("gen-data");
+  });
   spdlog::info(
       "wrote {}: {} sequences, k and v ({}, {}, {}, {}), q ({}, {}, "
       "{}, {}), seed {}",

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <memory>
 
+#include "data/kv_file.h"
 #include "train/checkpoint.h"
 #include "train/cli_options.h"
 #include "train/signals.h"
@@ -66,6 +67,21 @@ void check_resume_flags(const CLI::App* cmd, const TrainArgs& a, const train::Ch
   conflict("--data", a.data, m.data);
 }
 
+// With --data the file decides h, seq and d (and nq when it holds q): a flag
+// given explicitly that disagrees with it is a usage error rather than ignored.
+void check_data_flags(const CLI::App* cmd, const TrainArgs& a) {
+  const KVFileInfo f = inspect_kv_file(a.data);
+  auto conflict = [&](const char* flag, int64_t mine, int64_t theirs) {
+    KVC_USAGE_CHECK(cmd->count(flag) == 0 || mine == theirs, flag, " ", mine,
+                    " conflicts with --data ", a.data, ", which has ", theirs,
+                    "; drop the flag (the file decides it)");
+  };
+  conflict("--heads", a.shape.heads, f.heads);
+  conflict("--dim-head", a.shape.dim_head, f.dim_head);
+  conflict("--seq", a.shape.seq, f.seq);
+  if (f.has_queries()) conflict("--queries", a.shape.queries, f.queries);
+}
+
 int run_train(const CLI::App* cmd, const TrainArgs& a) {
   train::TrainOptions o;
   const bool resuming = !a.resume.empty();
@@ -83,6 +99,7 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
     }
   } else {
     if (a.data.empty()) validate_shape(a.shape, a.model);
+    if (!a.data.empty()) check_data_flags(cmd, a);
     o.steps = a.steps;
   }
   KVC_USAGE_CHECK(a.stop_at == 0 || a.stop_at <= (o.steps ? o.steps : a.stop_at), "--stop-at ",
