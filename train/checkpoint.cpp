@@ -135,6 +135,11 @@ CheckpointMeta read_meta(const H5File& f) {
   m.warmup = attr_or<int64_t>(f, "warmup", m.warmup, get_i);
   m.clip = attr_or<double>(f, "clip", m.clip, get_d);
   m.data = attr_or<std::string>(f, "data", std::string("synthetic"), get_s);
+  KVC_CHECK(m.batch > 0 && m.seq > 0 && m.queries > 0 && m.step <= m.total_steps && m.warmup >= 0 &&
+                std::isfinite(m.lr) && m.lr > 0 && std::isfinite(m.clip) && m.clip >= 0,
+            "checkpoint: ", path, " has bad run attributes (batch ", m.batch, ", seq ", m.seq,
+            ", queries ", m.queries, ", step ", m.step, " of ", m.total_steps, ", base_lr ", m.lr,
+            ", warmup ", m.warmup, ", clip ", m.clip, ")");
   return m;
 }
 
