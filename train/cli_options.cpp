@@ -135,9 +135,13 @@ void validate_shape(const ShapeFlags& s, const ModelFlags& m) {
     KVC_USAGE_CHECK(s.dim_head % m.reduction == 0, "--dim-head ", s.dim_head,
                     " is not divisible by --reduction ", m.reduction, " (efficient_conv)");
   }
-  const double hidden = std::floor(static_cast<double>(s.block * s.dim_head) * m.expand);
+  // Sizes whose products overflow would wrap into small or negative tensors.
+  const int64_t block_width = checked_mul(s.block, s.dim_head, "--block * --dim-head");
+  numel_of({s.batch, s.heads, s.seq, s.dim_head});
+  numel_of({s.batch, s.heads, s.queries, s.dim_head});
+  const double hidden = std::floor(static_cast<double>(block_width) * m.expand);
   KVC_USAGE_CHECK(hidden >= 1, "--expand ", m.expand, " gives a hidden width of ", hidden,
-                  " for n*d = ", s.block * s.dim_head, " (it must be at least 1)");
+                  " for n*d = ", block_width, " (it must be at least 1)");
   KVC_USAGE_CHECK(m.dropout >= 0 && m.dropout < 1, "--dropout ", m.dropout, " is not in [0, 1)");
 }
 
