@@ -177,12 +177,11 @@ H5File H5File::open(const std::string& path, H5Mode mode) {
 
 namespace {
 
-// A write to a file that failed (disk full, file too large) leaves dirty data in HDF5's caches,
-// and H5Fclose then fails too, freeing the file's state but keeping its id: HDF5 closes that id
-// again at exit and crashes. So a writable file is flushed before it is closed, and when the flush
-// fails its descriptor is pointed at an anonymous in-memory file, where the last writes succeed
-// and vanish; the close then succeeds. The file on disk is left as it was: a temp file that the
-// writer removes.
+// Points an open file's descriptor at an anonymous in-memory file, so that what HDF5 still
+// writes (at the close) succeeds and vanishes, and the file on disk stays as it was: a temp file
+// its writer removes. For files that will not be published (a failed write, an exception): on a
+// full disk their close would fail, and libhdf5 1.10 keeps the id of a file whose close failed
+// after freeing it, then closes it again at exit and crashes.
 void abandon_disk_file(hid_t file) {
   Handle fapl(H5Fget_access_plist(file), H5Pclose);
   void* handle = nullptr;

@@ -123,6 +123,10 @@ pid_t start(const Options& o, Job& job) {
     ::dup2(null, 1);
     ::dup2(err, 2);
     if (::chdir(job.dir.c_str()) != 0) ::_exit(126);
+    // libhdf5 leaks a few hundred bytes on some damaged files (its own error paths, outside
+    // kvcompress): those leaks alone are not counted; every other report is.
+    const std::string lsan = "print_suppressions=0:suppressions=" + o.work + "/lsan.supp";
+    ::setenv("LSAN_OPTIONS", lsan.c_str(), 1);
     std::vector<char*> argv;
     for (std::string& s : argv_s) argv.push_back(s.data());
     argv.push_back(nullptr);
@@ -201,6 +205,7 @@ int main(int argc, char** argv) {
   const auto t0 = Clock::now();
   fs::remove_all(o.work);
   fs::create_directories(o.work);
+  write_file(o.work + "/lsan.supp", "leak:libhdf5\n");
   const std::string kv = o.work + "/kv.h5", run = o.work + "/run";
   make_input(o, "gen-data --count 8 --seq 32 --dim-head 16 --out " + kv);
   make_input(o,
