@@ -3,6 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 
@@ -39,6 +40,12 @@ CLI::Validator number_check(const char* desc, bool (*ok)(double), const char* ex
         char* end = nullptr;
         const double x = std::strtod(v.c_str(), &end);
         if (v.empty() || *end != '\0' || !std::isfinite(x)) return "'" + v + "' is not a number";
+        // CLI11 would clamp an integer beyond 64 bits to the largest one without a word.
+        errno = 0;
+        if (v.find_first_not_of("+-0123456789") == std::string::npos &&
+            (std::strtoll(v.c_str(), nullptr, 10), errno == ERANGE)) {
+          return v + " is out of range (at most 9223372036854775807)";
+        }
         if (!ok(x)) return v + " is not " + expected;
         return "";
       },
@@ -129,6 +136,10 @@ void add_precision_flag(CLI::App* cmd, std::string* precision) {
 void validate_shape(const RunSettings& r) {
   KVC_USAGE_CHECK(r.seq >= r.block, "--seq ", r.seq, " is shorter than one block (--block ",
                   r.block, "): there is nothing to compress");
+  // Sizes whose products overflow would wrap into small or negative tensors.
+  checked_mul(r.block, r.dim_head, "--block * --dim-head");
+  numel_of({r.batch, r.heads, r.seq, r.dim_head});
+  numel_of({r.batch, r.heads, r.queries, r.dim_head});
   KVC_USAGE_CHECK(r.dropout >= 0 && r.dropout < 1, "--dropout ", r.dropout, " is not in [0, 1)");
   for (const std::string& kind : selected_kinds(r)) {
     const KindOptionsUsed uses = compressor_kind(kind).uses;

@@ -7,6 +7,7 @@
 #include "cli/cli_options.h"
 #include "data/kv_file.h"
 #include "train/progress.h"
+#include "train/signals.h"
 
 namespace kvc::cli {
 
@@ -26,8 +27,11 @@ int run_gen_data(const GenDataArgs& a) {
   KVShape shape = a.shape;
   shape.batch = std::min<int64_t>(a.shape.batch, a.count);
   train::ItemProgress progress("gen-data: sequences written", a.count);
-  generate_kv_file(a.out, shape, a.count, a.seed, device,
-                   [&](int64_t written) { progress.update(written); });
+  train::InterruptScope interrupts;  // Ctrl-C: the temp file goes, exit 130
+  generate_kv_file(a.out, shape, a.count, a.seed, device, [&](int64_t written) {
+    progress.update(written);
+    train::throw_if_interrupted("gen-data");
+  });
   spdlog::info(
       "wrote {}: {} sequences, k and v ({}, {}, {}, {}), q ({}, {}, "
       "{}, {}), seed {}",

@@ -10,10 +10,12 @@
 #include "cli/cli_options.h"
 #include "core/autograd.h"
 #include "data/atomic_file.h"
+#include "data/file_checks.h"
 #include "data/kv_file.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/progress.h"
+#include "train/signals.h"
 #include "train/trainer.h"
 
 namespace kvc::cli {
@@ -44,6 +46,9 @@ int run_infer(const InferArgs& a) {
             ", shorter than one block of ", m.block);
   const int64_t w = info.seq / m.block;
 
+  require_distinct_files(a.data, a.out, "infer");
+  require_replaceable_output(a.out, "infer");
+  train::InterruptScope interrupts;  // Ctrl-C: the temp file goes, exit 130
   // A temp file in the output's folder, renamed over --out at the end: never a
   // partial result.
   const std::string tmp = temp_path_for(a.out);
@@ -63,6 +68,7 @@ int run_infer(const InferArgs& a) {
       out.write_rows("/k_compressed", start, kv.first);
       out.write_rows("/v_compressed", start, kv.second);
       progress.update(start + n);
+      train::throw_if_interrupted("infer");
     }
     out.set_attr("/", "checkpoint", a.checkpoint);
     out.set_attr("/", "data", a.data);

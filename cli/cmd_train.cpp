@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "cli/cli_options.h"
+#include "data/kv_file.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
 #include "train/trainer.h"
@@ -37,6 +38,21 @@ void check_resume_flags(const CLI::App* cmd, const TrainArgs& a, const train::Ch
   }
 }
 
+// With --data the file decides h, seq and d (and nq when it holds q): a flag
+// given explicitly that disagrees with it is a usage error rather than ignored.
+void check_data_flags(const CLI::App* cmd, const TrainArgs& a) {
+  const KVFileInfo f = inspect_kv_file(a.run.data);
+  auto conflict = [&](const char* flag, int64_t mine, int64_t theirs) {
+    KVC_USAGE_CHECK(cmd->count(flag) == 0 || mine == theirs, flag, " ", mine,
+                    " conflicts with --data ", a.run.data, ", which has ", theirs,
+                    "; drop the flag (the file decides it)");
+  };
+  conflict("--heads", a.run.heads, f.heads);
+  conflict("--dim-head", a.run.dim_head, f.dim_head);
+  conflict("--seq", a.run.seq, f.seq);
+  if (f.has_queries()) conflict("--queries", a.run.queries, f.queries);
+}
+
 int run_train(const CLI::App* cmd, const TrainArgs& a) {
   train::TrainOptions o;
   static_cast<RunSettings&>(o) = a.run;
@@ -55,6 +71,8 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
     }
   } else if (a.run.data.empty()) {
     validate_shape(a.run);
+  } else {
+    check_data_flags(cmd, a);
   }
   KVC_USAGE_CHECK(a.run.stop_at == 0 || a.run.stop_at <= (o.steps ? o.steps : a.run.stop_at),
                   "--stop-at ", a.run.stop_at, " is beyond --steps ", o.steps);

@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "cli/cli_options.h"
+#include "train/signals.h"
 
 namespace {
 
@@ -87,6 +88,9 @@ int main(int argc, char** argv) {
   } catch (const kvc::cli::UsageError& e) {
     print_error(e.what());
     return kvc::cli::kExitUsage;
+  } catch (const kvc::train::Interrupted& e) {
+    print_error(e.what());
+    return kvc::cli::kExitInterrupted;
   } catch (const kvc::OutOfMemoryError& e) {
     print_error(std::string("out of memory: ") + e.what());
     return kvc::cli::kExitError;

@@ -1,6 +1,7 @@
 // Tensor factories, metadata, host access and conversions.
 #include "core/tensor.h"
 
+#include <cmath>
 #include <cstring>
 #include <iomanip>
 #include <sstream>
@@ -9,13 +10,47 @@
 
 namespace kvc {
 
+int64_t checked_mul(int64_t a, int64_t b, const char* what) {
+  int64_t product = 0;
+  KVC_CHECK(a >= 0 && b >= 0 && !__builtin_mul_overflow(a, b, &product), what, ": ", a, " * ", b,
+            a < 0 || b < 0 ? " has a negative factor" : " overflows 64 bits");
+  return product;
+}
+
 int64_t numel_of(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t s : shape) n *= s;
+  for (int64_t s : shape) {
+    KVC_CHECK(s >= 0, "tensor: negative size in shape ", shape);
+    KVC_CHECK(!__builtin_mul_overflow(n, s, &n), "tensor: shape ", shape,
+              " has more elements than 64 bits can count");
+  }
   return n;
 }
 
+size_t nbytes_of(const Shape& shape, DType dtype) {
+  const int64_t n = numel_of(shape);
+  int64_t bytes = 0;
+  KVC_CHECK(!__builtin_mul_overflow(n, static_cast<int64_t>(dtype_size(dtype)), &bytes),
+            "tensor: shape ", shape, " of ", dtype_name(dtype),
+            " needs more bytes than 64 bits "
+            "can count");
+  return static_cast<size_t>(bytes);
+}
+
 std::string shape_str(const Shape& shape) { return str(shape); }
+
+int64_t find_non_finite(const Tensor& t) {
+  const Tensor host = t.device().is_cpu() ? t : t.to(Device::cpu());
+  int64_t found = -1;
+  KVC_DISPATCH_FLOAT(host.dtype(), "find_non_finite", [&] {
+    const scalar_t* p = host.data<scalar_t>();
+    const int64_t n = host.numel();
+    for (int64_t i = 0; i < n && found < 0; ++i) {
+      if (!std::isfinite(p[i])) found = i;
+    }
+  });
+  return found;
+}
 
 namespace {
 
@@ -56,8 +91,7 @@ Tensor Tensor::empty(const Shape& shape, const TensorOptions& opt) {
   auto impl = std::make_shared<TensorImpl>();
   impl->shape = shape;
   impl->dtype = opt.dtype;
-  impl->storage = std::make_shared<Storage>(
-      static_cast<size_t>(numel_of(shape)) * dtype_size(opt.dtype), opt.device);
+  impl->storage = std::make_shared<Storage>(nbytes_of(shape, opt.dtype), opt.device);
   impl->requires_grad = opt.requires_grad;
   return Tensor(std::move(impl));
 }

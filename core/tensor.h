@@ -119,8 +119,17 @@ class Tensor {
   std::shared_ptr<TensorImpl> impl_;
 };
 
+// a * b for sizes and counts (both >= 0). Every product of sizes that can come from a flag or a
+// file goes through here: an overflow throws kvc::Error naming `what` and both values instead of
+// wrapping into a small or negative size.
+int64_t checked_mul(int64_t a, int64_t b, const char* what = "size");
+// The number of elements of `shape`, through checked_mul: throws naming the shape on overflow.
 int64_t numel_of(const Shape& shape);
+// numel_of(shape) * dtype_size(dtype), checked: throws naming the shape when it overflows.
+size_t nbytes_of(const Shape& shape, DType dtype);
 std::string shape_str(const Shape& shape);
+// The flat index of the first NaN or infinite element of a float tensor (any device), or -1.
+int64_t find_non_finite(const Tensor& t);
 std::ostream& operator<<(std::ostream& os, const Tensor& t);
 
 }  // namespace kvc

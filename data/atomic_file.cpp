@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "data/file_checks.h"
 
 namespace kvc {
 
@@ -21,7 +22,12 @@ std::string folder_of(const std::string& path) {
 std::string temp_path_for(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-  return folder_of(path) + "/." + name + ".tmp-" + std::to_string(::getpid());
+  const std::string folder = folder_of(path);
+  // Writers of this target killed earlier (SIGKILL gives no chance to clean up) left theirs.
+  sweep_stale_temp_files(folder, name);
+  const std::string tmp = folder + "/." + name + ".tmp-" + std::to_string(::getpid());
+  register_temp_file(tmp);  // removed by a signal that ends the process mid-write
+  return tmp;
 }
 
 void sync_path(const std::string& path, bool directory, const std::string& what) {
@@ -37,6 +43,7 @@ void sync_path(const std::string& path, bool directory, const std::string& what)
 
 void publish_file(const std::string& tmp, const std::string& path, const std::string& what) {
   try {
+    require_replaceable_output(path, what);
     sync_path(tmp, false, what);
     KVC_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, what, ": cannot rename ", tmp, " to ", path,
               ": ", std::strerror(errno));

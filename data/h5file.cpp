@@ -1,12 +1,22 @@
 // H5File: the HDF5 C API behind RAII handles, with every failure turned into a kvc::Error.
 #include "data/h5file.h"
 
+#include <fcntl.h>
 #include <hdf5.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <exception>
 #include <type_traits>
+
+#include "data/file_checks.h"
 
 namespace kvc {
 
@@ -16,7 +26,27 @@ namespace {
 
 // HDF5 prints its error stack to stderr by default; the library never prints, so switch it off.
 // Cheap, and per-thread in thread-safe HDF5 builds, hence called on every entry.
-void silence_hdf5() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
+//
+// The first call also asks HDF5 not to close files from an atexit handler: every file here is
+// closed by its owner, and libhdf5 1.10 crashes at exit closing a file whose close failed.
+void silence_hdf5() {
+  static const bool no_atexit = H5dont_atexit() >= 0;
+  (void)no_atexit;
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+}
+
+// HDF5's file drivers report a failed system call as "file write failed: time = ..., filename =
+// ..., errno = 28, error message = 'No space left on device', buf = 0x..., ...": keep the first
+// words and the system's message.
+std::string concise(const std::string& desc) {
+  const size_t details = desc.find(": time = ");
+  const size_t msg = desc.find("error message = '");
+  if (details == std::string::npos || msg == std::string::npos) return desc;
+  const size_t start = msg + std::strlen("error message = '");
+  const size_t end = desc.find('\'', start);
+  if (end == std::string::npos) return desc;
+  return desc.substr(0, details) + ": " + desc.substr(start, end - start);
+}
 
 // HDF5's own words for the last failure: the innermost message of the error stack (the most
 // specific: "unable to open file: name = ..., errno = 2, error message = 'No such file...'").
@@ -33,8 +63,8 @@ std::string h5_reason() {
       &messages);
   H5Eclear2(H5E_DEFAULT);
   if (messages.empty()) return "unknown HDF5 error";
-  if (messages.size() == 1) return messages.front();
-  return messages.front() + ": " + messages.back();
+  if (messages.size() == 1) return concise(messages.front());
+  return messages.front() + ": " + concise(messages.back());
 }
 
 // Owns one hid_t and closes it with the matching H5?close.
@@ -49,6 +79,13 @@ class Handle {
   Handle& operator=(const Handle&) = delete;
   hid_t get() const { return id_; }
   bool ok() const { return id_ >= 0; }
+  // Closes now and says whether that worked: closing a dataset writes its cached chunks, so a
+  // writer must check it (a failure in the destructor would lose data without a word).
+  bool close() {
+    const hid_t id = id_;
+    id_ = -1;
+    return id < 0 || closer_(id) >= 0;
+  }
 
  private:
   hid_t id_;
@@ -112,12 +149,19 @@ H5File H5File::open(const std::string& path, H5Mode mode) {
   silence_hdf5();
   hid_t id = -1;
   if (mode == H5Mode::create) {
-    id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    // The 1.10 file format checksums every piece of metadata (superblock, object headers with
+    // their attributes, chunk indexes): a damaged byte is reported as such when read, rather
+    // than parsed into a wrong size or a crash.
+    Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V110, H5F_LIBVER_LATEST);
+    id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
     KVC_CHECK(id >= 0, "h5: cannot create '", path, "': ", h5_reason());
   } else {
     struct stat st {};
     KVC_CHECK(::stat(path.c_str(), &st) == 0, "h5: cannot open '", path, "': no such file");
-    KVC_CHECK(!S_ISDIR(st.st_mode), "h5: cannot open '", path, "': it is a directory");
+    // A FIFO or a device would block or never end the read: only regular files are HDF5 files.
+    KVC_CHECK(S_ISREG(st.st_mode), "h5: cannot open '", path, "': it is ", file_kind(path),
+              ", not a regular file");
     const unsigned flags = mode == H5Mode::read ? H5F_ACC_RDONLY : H5F_ACC_RDWR;
     id = H5Fopen(path.c_str(), flags, H5P_DEFAULT);
     if (id < 0) {
@@ -131,38 +175,164 @@ H5File H5File::open(const std::string& path, H5Mode mode) {
   return H5File(id, path, mode);
 }
 
-H5File::~H5File() {
-  if (id_ >= 0) H5Fclose(id_);
+namespace {
+
+// Points an open file's descriptor at an anonymous in-memory file, so that what HDF5 still
+// writes (at the close) succeeds and vanishes, and the file on disk stays as it was: a temp file
+// its writer removes. For files that will not be published (a failed write, an exception): on a
+// full disk their close would fail, and libhdf5 1.10 keeps the id of a file whose close failed
+// after freeing it, then closes it again at exit and crashes.
+void abandon_disk_file(hid_t file) {
+  Handle fapl(H5Fget_access_plist(file), H5Pclose);
+  void* handle = nullptr;
+  if (!fapl.ok() || H5Pget_driver(fapl.get()) != H5FD_SEC2 ||
+      H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) < 0 || handle == nullptr) {
+    H5Eclear2(H5E_DEFAULT);
+    return;
+  }
+  const int fd = *static_cast<int*>(handle);
+  int sink = ::memfd_create("kvcompress-abandoned-h5", MFD_CLOEXEC);
+  if (sink < 0) {
+    std::FILE* f = std::tmpfile();  // a kernel without memfd: an unlinked temp file does as well
+    sink = f != nullptr ? ::dup(::fileno(f)) : -1;
+    if (f != nullptr) std::fclose(f);
+  }
+  if (sink < 0) return;
+  ::dup2(sink, fd);
+  ::close(sink);
 }
 
+// Discards an open file: abandon_disk_file, then the close (which extends the sink to the file's
+// allocated size). A soft file-size limit (ulimit -S -f) applies to the in-memory sink too, so it
+// is lifted to the hard limit for the close and put back.
+void discard_file(hid_t file) {
+  abandon_disk_file(file);
+  struct rlimit limit {};
+  const bool lift = ::getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != limit.rlim_max;
+  if (lift) {
+    struct rlimit lifted = limit;
+    lifted.rlim_cur = limit.rlim_max;
+    ::setrlimit(RLIMIT_FSIZE, &lifted);
+  }
+  H5Fclose(file);
+  H5Eclear2(H5E_DEFAULT);
+  if (lift) ::setrlimit(RLIMIT_FSIZE, &limit);
+}
+
+// libhdf5 1.10 cannot recover from a metadata flush that fails midway (a disk that fills up):
+// its metadata cache is left in a state that every later flush and the close refuse, and the
+// failed close crashes at exit. So before a flush the disk blocks of everything HDF5 has
+// allocated in the file (its end of allocation: the metadata already has its addresses when the
+// datasets are closed) are reserved with fallocate; a disk that cannot take them is reported
+// here, before HDF5 writes anything. Returns the reason, "" when reserved or when the file
+// system cannot reserve (the flush then reports what happens).
+std::string reserve_for_flush(hid_t file) {
+  haddr_t eoa = 0;
+  void* handle = nullptr;
+  Handle fapl(H5Fget_access_plist(file), H5Pclose);
+  if (H5Fget_eoa(file, &eoa) < 0 || !fapl.ok() || H5Pget_driver(fapl.get()) != H5FD_SEC2 ||
+      H5Fget_vfd_handle(file, H5P_DEFAULT, &handle) < 0 || handle == nullptr) {
+    H5Eclear2(H5E_DEFAULT);
+    return "";
+  }
+  const off_t want = static_cast<off_t>(eoa) + 4096;  // and a page to spare
+  struct rlimit limit {};
+  if (::getrlimit(RLIMIT_FSIZE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
+      static_cast<rlim_t>(want) > limit.rlim_cur) {
+    return str("the file needs ", human_bytes(static_cast<uint64_t>(want)),
+               ", over the process's file-size limit of ", human_bytes(limit.rlim_cur));
+  }
+  if (::fallocate(*static_cast<int*>(handle), FALLOC_FL_KEEP_SIZE, 0, want) == 0) return "";
+  const int err = errno;
+  if (err == EOPNOTSUPP || err == ENOSYS || err == EINVAL) return "";
+  return str("cannot reserve ", human_bytes(static_cast<uint64_t>(want)),
+             " on disk: ", std::strerror(err));
+}
+
+// Flushes (writable files) and closes; when the space for the flush cannot be reserved, or the
+// flush fails anyway, the file is discarded instead. Returns the reason for a failure, "" on
+// success.
+std::string flush_and_close(hid_t file, bool writable) {
+  if (writable) {
+    std::string reason = reserve_for_flush(file);
+    if (reason.empty() && H5Fflush(file, H5F_SCOPE_GLOBAL) < 0) reason = h5_reason();
+    if (!reason.empty()) {
+      discard_file(file);
+      return reason;
+    }
+  }
+  std::string reason;
+  if (H5Fclose(file) < 0) reason = h5_reason();
+  H5Eclear2(H5E_DEFAULT);
+  return reason;
+}
+
+}  // namespace
+
+H5File::H5File(int64_t id, std::string path, H5Mode mode)
+    : id_(id),
+      path_(std::move(path)),
+      mode_(mode),
+      unwinding_at_open_(std::uncaught_exceptions()) {}
+
+void H5File::release() noexcept {
+  if (id_ < 0) return;
+  silence_hdf5();
+  // A new file that an exception leaves behind is a temp file its writer removes: nothing more
+  // need reach the disk, and a full disk must not fail the close (see abandon_disk_file).
+  if (mode_ == H5Mode::create && std::uncaught_exceptions() > unwinding_at_open_) {
+    discard_file(id_);
+  } else {
+    flush_and_close(id_, mode_ != H5Mode::read);
+  }
+  id_ = -1;
+}
+
+H5File::~H5File() { release(); }
+
 H5File::H5File(H5File&& other) noexcept
-    : id_(other.id_), path_(std::move(other.path_)), mode_(other.mode_) {
+    : id_(other.id_),
+      path_(std::move(other.path_)),
+      mode_(other.mode_),
+      unwinding_at_open_(other.unwinding_at_open_) {
   other.id_ = -1;
 }
 
 H5File& H5File::operator=(H5File&& other) noexcept {
   if (this != &other) {
-    if (id_ >= 0) H5Fclose(id_);
+    release();
     id_ = other.id_;
     path_ = std::move(other.path_);
     mode_ = other.mode_;
+    unwinding_at_open_ = other.unwinding_at_open_;
     other.id_ = -1;
   }
   return *this;
 }
 
+void H5File::discard() noexcept {
+  if (id_ < 0) return;
+  silence_hdf5();
+  discard_file(id_);
+  id_ = -1;
+}
+
 void H5File::flush() {
   silence_hdf5();
   KVC_CHECK(is_open(), "h5: flush of a closed file");
-  KVC_CHECK(H5Fflush(id_, H5F_SCOPE_GLOBAL) >= 0, "h5: cannot flush '", path_, "': ", h5_reason());
+  std::string reason = mode_ == H5Mode::read ? "" : reserve_for_flush(id_);
+  if (reason.empty() && H5Fflush(id_, H5F_SCOPE_GLOBAL) >= 0) return;
+  if (reason.empty()) reason = h5_reason();
+  discard();  // a file HDF5 could not flush cannot be closed normally either
+  KVC_FAIL("h5: cannot flush '", path_, "': ", reason);
 }
 
 void H5File::close() {
   if (id_ < 0) return;
   silence_hdf5();
-  const herr_t status = H5Fclose(id_);
+  const std::string reason = flush_and_close(id_, mode_ != H5Mode::read);
   id_ = -1;
-  KVC_CHECK(status >= 0, "h5: cannot close '", path_, "': ", h5_reason());
+  KVC_CHECK(reason.empty(), "h5: cannot close '", path_, "': ", reason);
 }
 
 void H5File::check_writable(const char* what, const std::string& object) const {
@@ -311,12 +481,77 @@ hid_t create_dataset_id(hid_t file, const std::string& file_path, const std::str
   return ds;
 }
 
+// The number of chunks a chunked dataset of `dims` needs, or 0 when its chunk sizes are damaged.
+hsize_t chunks_needed(hid_t dcpl, const std::vector<hsize_t>& dims) {
+  hsize_t chunk[H5S_MAX_RANK] = {0};
+  const int rank = static_cast<int>(dims.size());
+  if (rank == 0 || rank > H5S_MAX_RANK || H5Pget_chunk(dcpl, rank, chunk) != rank) return 0;
+  hsize_t needed = 1;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (chunk[i] == 0) return 0;
+    if (__builtin_mul_overflow(needed, (dims[i] + chunk[i] - 1) / chunk[i], &needed)) return 0;
+  }
+  return needed;
+}
+
+// Throws unless the data a dataset's shape claims is really in the file: a damaged or hand-made
+// file can claim 2^40 rows in a few bytes of metadata, and reading it would allocate for all of
+// them first. Contiguous data must be stored whole and inside the file; chunked data must have
+// every chunk stored (compressed chunks may be small, but they are there).
+void check_stored_extent(hid_t file, hid_t ds, const std::string& file_path, const std::string& p) {
+  Handle space(H5Dget_space(ds), H5Sclose);
+  Handle type(H5Dget_type(ds), H5Tclose);
+  Handle dcpl(H5Dget_create_plist(ds), H5Pclose);
+  KVC_CHECK(space.ok() && type.ok() && dcpl.ok(), "h5: dataset '", p, "' in '", file_path,
+            "' is damaged: ", h5_reason());
+  const Shape shape = space_shape(space.get());
+  int64_t bytes = static_cast<int64_t>(H5Tget_size(type.get()));
+  for (int64_t d : shape) {
+    KVC_CHECK(!__builtin_mul_overflow(bytes, d, &bytes), "h5: dataset '", p, "' in '", file_path,
+              "' claims shape ", shape, ", more bytes than 64 bits can count");
+  }
+  if (bytes == 0) return;
+  hsize_t file_size = 0;
+  H5Fget_filesize(file, &file_size);
+  const hsize_t stored = H5Dget_storage_size(ds);
+  const auto want = static_cast<hsize_t>(bytes);
+  switch (H5Pget_layout(dcpl.get())) {
+    case H5D_COMPACT:
+      KVC_CHECK(stored >= want, "h5: dataset '", p, "' ", shape, " in '", file_path,
+                "' is damaged: it stores ", stored, " of its ", want, " bytes");
+      break;
+    case H5D_CONTIGUOUS:
+      KVC_CHECK(stored == want && stored <= file_size, "h5: dataset '", p, "' ", shape, " in '",
+                file_path, "' claims ", human_bytes(want), " of data but ",
+                stored == 0 ? std::string("stores none") : "stores " + human_bytes(stored),
+                " in a file of ", human_bytes(file_size), " (damaged or truncated)");
+      break;
+    case H5D_CHUNKED: {
+      const hsize_t needed = chunks_needed(dcpl.get(), dims_of(shape));
+      hsize_t have = 0;
+      KVC_CHECK(needed > 0 && H5Dget_num_chunks(ds, space.get(), &have) >= 0, "h5: dataset '", p,
+                "' ", shape, " in '", file_path, "' has a damaged chunk layout");
+      KVC_CHECK(have == needed, "h5: dataset '", p, "' ", shape, " in '", file_path, "' claims ",
+                human_bytes(want), " of data in ", needed, " chunks but stores ", have,
+                " of them (damaged or incompletely written)");
+      KVC_CHECK(stored <= file_size, "h5: dataset '", p, "' ", shape, " in '", file_path,
+                "' is damaged: ", human_bytes(stored), " stored in a file of ",
+                human_bytes(file_size));
+      break;
+    }
+    default:
+      KVC_FAIL("h5: dataset '", p, "' in '", file_path,
+               "' uses a storage layout kvcompress does not read (virtual or external)");
+  }
+}
+
 // Reads a whole numeric dataset flattened, converted to T by HDF5.
 template <typename T>
 std::vector<T> read_flat(hid_t file, const std::string& file_path, const std::string& p,
                          hid_t mem) {
   Handle ds(open_dataset(file, file_path, p), H5Dclose);
   check_numeric(ds.get(), file_path, p);
+  check_stored_extent(file, ds.get(), file_path, p);
   Handle space(H5Dget_space(ds.get()), H5Sclose);
   std::vector<T> out(static_cast<size_t>(numel_of(space_shape(space.get()))));
   if (!out.empty()) {
@@ -326,13 +561,29 @@ std::vector<T> read_flat(hid_t file, const std::string& file_path, const std::st
   return out;
 }
 
+// Whole datasets are stored as one chunk with a Fletcher-32 checksum (a standard HDF5 filter
+// that h5py reads): a damaged value in a checkpoint is an error, not a silently wrong weight.
+// Scalars, empty datasets and ones over HDF5's 4 GB chunk limit stay unchecked.
+void set_checksummed_layout(hid_t dcpl, const Shape& shape, hid_t disk) {
+  const int64_t n = numel_of(shape);
+  if (!shape.empty() && n > 0 && static_cast<double>(n) * H5Tget_size(disk) < 0x1p32 - 1) {
+    const std::vector<hsize_t> chunk = dims_of(shape);
+    H5Pset_chunk(dcpl, static_cast<int>(chunk.size()), chunk.data());
+    H5Pset_fletcher32(dcpl);
+  }
+}
+
 template <typename T>
 void write_flat(hid_t file, const std::string& file_path, const std::string& p, hid_t disk,
                 hid_t mem, const Shape& shape, const T* data) {
-  Handle ds(create_dataset_id(file, file_path, p, disk, shape, H5P_DEFAULT), H5Dclose);
-  if (numel_of(shape) == 0) return;
-  KVC_CHECK(H5Dwrite(ds.get(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
-            "h5: cannot write dataset '", p, "' ", shape, " in '", file_path, "': ", h5_reason());
+  Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  set_checksummed_layout(dcpl.get(), shape, disk);
+  Handle ds(create_dataset_id(file, file_path, p, disk, shape, dcpl.get()), H5Dclose);
+  KVC_CHECK(
+      numel_of(shape) == 0 || H5Dwrite(ds.get(), mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
+      "h5: cannot write dataset '", p, "' ", shape, " in '", file_path, "': ", h5_reason());
+  KVC_CHECK(ds.close(), "h5: cannot write dataset '", p, "' ", shape, " in '", file_path,
+            "': ", h5_reason());
 }
 
 // Selects rows [start, start + count) of a dataspace of `shape` (first axis).
@@ -369,6 +620,7 @@ Tensor H5File::read(const std::string& dataset, DType dtype, Device device) cons
   KVC_CHECK(is_open(), "h5: read('", p, "') on a closed file");
   Handle ds(open_dataset(id_, path_, p), H5Dclose);
   check_numeric(ds.get(), path_, p);
+  check_stored_extent(id_, ds.get(), path_, p);
   Handle space(H5Dget_space(ds.get()), H5Sclose);
   Tensor t = Tensor::empty(space_shape(space.get()), TensorOptions{}.with_dtype(dtype));
   if (t.numel() > 0) {
@@ -376,6 +628,14 @@ Tensor H5File::read(const std::string& dataset, DType dtype, Device device) cons
               "h5: cannot read dataset '", p, "' ", t.shape(), " in '", path_, "': ", h5_reason());
   }
   return device.is_cpu() ? t : t.to(device);
+}
+
+void H5File::check_stored(const std::string& dataset) const {
+  silence_hdf5();
+  const std::string p = normalize(dataset);
+  KVC_CHECK(is_open(), "h5: check_stored('", p, "') on a closed file");
+  Handle ds(open_dataset(id_, path_, p), H5Dclose);
+  check_stored_extent(id_, ds.get(), path_, p);
 }
 
 Tensor H5File::read_rows(const std::string& dataset, int64_t start, int64_t count, DType dtype,
@@ -433,6 +693,8 @@ void H5File::create_dataset(const std::string& path, const Shape& shape, DType d
     H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
   }
   Handle ds(create_dataset_id(id_, path_, p, disk_type(disk), shape, dcpl.get()), H5Dclose);
+  KVC_CHECK(ds.close(), "h5: cannot create dataset '", p, "' ", shape, " in '", path_,
+            "': ", h5_reason());
 }
 
 void H5File::write_rows(const std::string& path, int64_t start, const Tensor& rows) {
@@ -455,7 +717,8 @@ void H5File::write_rows(const std::string& path, int64_t start, const Tensor& ro
   select_rows(file_space.get(), full, start, count);
   Handle mem_space(make_space(part), H5Sclose);
   KVC_CHECK(H5Dwrite(ds.get(), mem_type(host.dtype()), mem_space.get(), file_space.get(),
-                     H5P_DEFAULT, host.raw_data()) >= 0,
+                     H5P_DEFAULT, host.raw_data()) >= 0 &&
+                ds.close(),
             "h5: cannot write rows [", start, ", ", start + count, ") of dataset '", p, "' in '",
             path_, "': ", h5_reason());
 }
@@ -576,6 +839,13 @@ T read_numeric_attr(hid_t file, const std::string& file_path, const std::string&
   return value;
 }
 
+bool attr_is_float(hid_t file, const std::string& file_path, const std::string& obj,
+                   const std::string& name) {
+  Handle a(open_attr(file, file_path, obj, name), H5Aclose);
+  Handle type(H5Aget_type(a.get()), H5Tclose);
+  return type.ok() && H5Tget_class(type.get()) == H5T_FLOAT;
+}
+
 }  // namespace
 
 bool H5File::has_attr(const std::string& object, const std::string& name) const {
@@ -610,11 +880,15 @@ void H5File::set_attr(const std::string& object, const std::string& name,
   silence_hdf5();
   const std::string obj = normalize(object);
   check_writable("set attribute on", obj);
+  // Fixed length, stored in the attribute itself: a variable-length string lives in the file's
+  // global heap, whose reader in libhdf5 trusts the heap's sizes and crashes on a damaged file.
   Handle type(H5Tcopy(H5T_C_S1), H5Tclose);
-  H5Tset_size(type.get(), H5T_VARIABLE);
+  H5Tset_size(type.get(), std::max<size_t>(1, value.size()));
+  H5Tset_strpad(type.get(), H5T_STR_NULLPAD);
   H5Tset_cset(type.get(), H5T_CSET_UTF8);
-  const char* data = value.c_str();
-  write_attr(id_, path_, obj, name, type.get(), type.get(), &data);
+  std::string data = value;
+  data.resize(std::max<size_t>(1, value.size()), '\0');
+  write_attr(id_, path_, obj, name, type.get(), type.get(), data.data());
 }
 
 void H5File::set_attr(const std::string& object, const std::string& name, const char* value) {
@@ -634,6 +908,11 @@ void H5File::set_attr(const std::string& object, const std::string& name, double
   check_writable("set attribute on", obj);
   write_attr(id_, path_, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
 }
+
+namespace {
+// Longer string attributes are refused as damage: ours are names, paths and timestamps.
+constexpr size_t kMaxStringAttr = 1 << 16;
+}  // namespace
 
 std::string H5File::attr_string(const std::string& object, const std::string& name) const {
   silence_hdf5();
@@ -659,8 +938,13 @@ std::string H5File::attr_string(const std::string& object, const std::string& na
     return out;
   }
   // Fixed length (numpy bytes): read as stored, then cut at the first NUL and any space padding.
+  // The size comes from the file: bound it by what the attribute really stores first.
   const size_t size = H5Tget_size(type.get());
-  std::string buf(size, '\0');
+  KVC_CHECK(size >= 1 && size <= kMaxStringAttr &&
+                H5Aget_storage_size(a.get()) == static_cast<hsize_t>(size),
+            "h5: attribute '", name, "' on '", obj, "' in '", path_, "' is damaged (a string of ",
+            size, " bytes stored in ", H5Aget_storage_size(a.get()), ")");
+  std::string buf(size + 1, '\0');
   KVC_CHECK(H5Aread(a.get(), type.get(), &buf[0]) >= 0, "h5: cannot read attribute '", name,
             "' on '", obj, "' in '", path_, "': ", h5_reason());
   buf.resize(std::strlen(buf.c_str()));
@@ -673,7 +957,15 @@ std::string H5File::attr_string(const std::string& object, const std::string& na
 int64_t H5File::attr_int64(const std::string& object, const std::string& name) const {
   silence_hdf5();
   KVC_CHECK(is_open(), "h5: attr_int64 on a closed file");
-  return read_numeric_attr<int64_t>(id_, path_, normalize(object), name, H5T_NATIVE_INT64);
+  const std::string obj = normalize(object);
+  if (attr_is_float(id_, path_, obj, name)) {
+    // HDF5 would convert 32.5 to 32 and 1e30 to the largest int64 without a word.
+    const double x = read_numeric_attr<double>(id_, path_, obj, name, H5T_NATIVE_DOUBLE);
+    KVC_CHECK(std::isfinite(x) && x == std::floor(x) && std::fabs(x) < 0x1p63, "h5: attribute '",
+              name, "' on '", obj, "' in '", path_, "' is ", x, ", not an integer");
+    return static_cast<int64_t>(x);
+  }
+  return read_numeric_attr<int64_t>(id_, path_, obj, name, H5T_NATIVE_INT64);
 }
 
 double H5File::attr_double(const std::string& object, const std::string& name) const {

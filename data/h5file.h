@@ -18,7 +18,9 @@ enum class H5Mode {
 // One open HDF5 file. Paths are absolute inside the file ("/params/k_compress.conv.weight");
 // a missing leading '/' is read as relative to the root. Dataset and group names may contain
 // dots. Every failure throws kvc::Error naming the file, the object and HDF5's own reason;
-// HDF5's printing of its error stack is switched off. Move-only; closing is the destructor's.
+// HDF5's printing of its error stack is switched off. Move-only; closing is the destructor's,
+// which flushes first, and discards instead (see discard()) a new file destroyed by a throw or
+// one whose flush failed: libhdf5 crashes at exit after a failed close, so a close must not fail.
 // Not thread-safe (the serial HDF5 library is not).
 class H5File {
  public:
@@ -33,8 +35,13 @@ class H5File {
 
   bool is_open() const { return id_ >= 0; }
   const std::string& path() const { return path_; }
-  void flush();  // writes everything to disk (before a rename over an old checkpoint)
+  // Writes everything to disk (before a rename over an old checkpoint). A failed flush (disk
+  // full) discards the file: it is closed and nothing more is written to it.
+  void flush();
   void close();  // idempotent; reports a failed close as an error
+  // Closes without writing anything more to the disk: for a temp file that is about to be
+  // removed (a writer that failed or was interrupted). Never fails.
+  void discard() noexcept;
 
   // ---- structure ----
   // True when every component of `path` exists (a group, dataset or any link). "/" is true.
@@ -57,6 +64,10 @@ class H5File {
   // `device`. A scalar dataset gives shape ().
   Tensor read(const std::string& dataset, DType dtype = DType::f32,
               Device device = Device::cpu()) const;
+  // Throws unless the data the dataset's shape claims is stored in the file (whole, inside the
+  // file, every chunk present): a damaged file can claim 2^40 rows in a few bytes. read() and the
+  // flat reads check this before allocating; read_rows leaves it to its caller (once per file).
+  void check_stored(const std::string& dataset) const;
   // Rows [start, start + count) along the first axis (a hyperslab: only those bytes are read).
   Tensor read_rows(const std::string& dataset, int64_t start, int64_t count,
                    DType dtype = DType::f32, Device device = Device::cpu()) const;
@@ -85,26 +96,29 @@ class H5File {
   // ---- attributes, on the root ("/") or any group or dataset ----
   bool has_attr(const std::string& object, const std::string& name) const;
   std::vector<std::string> attr_names(const std::string& object = "/") const;
-  // Written as a variable-length UTF-8 string (what h5py writes for a Python str); replaces an
-  // existing attribute of that name.
+  // Written as a fixed-length UTF-8 string (h5py reads it as bytes); replaces an existing
+  // attribute of that name. Fixed length keeps the text inside the attribute: variable-length
+  // strings live in a heap that libhdf5 reads unchecked (a damaged one crashes the reader).
   void set_attr(const std::string& object, const std::string& name, const std::string& value);
   void set_attr(const std::string& object, const std::string& name, const char* value);
   void set_attr(const std::string& object, const std::string& name, int64_t value);
   void set_attr(const std::string& object, const std::string& name, double value);
-  // Reads fixed- or variable-length strings.
+  // Reads fixed- or variable-length strings (older checkpoints hold variable-length ones).
   std::string attr_string(const std::string& object, const std::string& name) const;
   // Numeric attributes of any integer or float type, converted by HDF5; must hold one value.
+  // attr_int64 of a float attribute requires an integral value in range (32.5 is an error).
   int64_t attr_int64(const std::string& object, const std::string& name) const;
   double attr_double(const std::string& object, const std::string& name) const;
 
  private:
-  H5File(int64_t id, std::string path, H5Mode mode)
-      : id_(id), path_(std::move(path)), mode_(mode) {}
+  H5File(int64_t id, std::string path, H5Mode mode);
   void check_writable(const char* what, const std::string& object) const;
+  void release() noexcept;  // the destructor's close
 
   int64_t id_ = -1;  // hid_t of the open file (hid_t is int64_t in HDF5 >= 1.10)
   std::string path_;
   H5Mode mode_ = H5Mode::read;
+  int unwinding_at_open_ = 0;  // std::uncaught_exceptions() when opened
 };
 
 }  // namespace kvc

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "data/atomic_file.h"
+#include "data/file_checks.h"
 #include "data/synthetic.h"
 
 namespace kvc {
@@ -36,6 +37,7 @@ Shape check_dataset(const H5File& f, const std::string& name, const char* layout
     KVC_CHECK(x >= 1, "kv file '", f.path(), "': dataset '", name, "' has an empty axis, shape ",
               s);
   }
+  f.check_stored(name);  // the rows it claims are in the file: batches are sized from them
   return s;
 }
 
@@ -107,10 +109,15 @@ KVFileWriter::KVFileWriter(const std::string& path, int64_t count, int64_t heads
             path, "': bad sizes: count ", count, ", heads ", heads, ", seq ", seq, ", dim_head ",
             dim_head, ", queries ", queries);
   std::error_code ec;
-  KVC_CHECK(!fs::is_directory(path, ec), "kv file '", path, "': is a directory");
+  require_replaceable_output(path, "kv file '" + path + "'");
   const fs::path parent = fs::path(path).parent_path();
   KVC_CHECK(parent.empty() || fs::is_directory(parent, ec), "kv file '", path, "': folder '",
             parent.string(), "' does not exist");
+  // float32 k and v, and q: refuse at once a file the disk cannot hold, not after hours.
+  const int64_t kv_bytes = checked_mul(2 * 4, numel_of({count, heads, seq, dim_head}), "kv file");
+  const int64_t q_bytes = checked_mul(4, numel_of({count, heads, queries, dim_head}), "kv file");
+  require_free_space(folder_of(path), static_cast<uint64_t>(kv_bytes) + q_bytes,
+                     "kv file '" + path + "'");
   // Same folder as the target, so the final rename is atomic (one file system).
   temp_path_ = temp_path_for(path);
   file_ = H5File::open(temp_path_, H5Mode::create);
@@ -121,10 +128,7 @@ KVFileWriter::KVFileWriter(const std::string& path, int64_t count, int64_t heads
 
 KVFileWriter::~KVFileWriter() {
   if (committed_) return;
-  try {
-    file_.close();
-  } catch (...) {  // a destructor must not throw; the file goes anyway
-  }
+  file_.discard();  // the temp file goes: nothing more need reach the disk
   std::error_code ec;
   fs::remove(temp_path_, ec);
 }

@@ -89,10 +89,19 @@ void validate(const CompressorOptions& o) {
     KVC_CHECK(o.dim_head % o.reduction == 0, o.kind, ": dim_head ", o.dim_head,
               " is not divisible by reduction ", o.reduction);
   }
+  // Every parameter's size is a product of these; checked once here so none can wrap.
+  const int64_t block_width = checked_mul(o.block, o.dim_head, "compressor: block * dim_head");
+  const int64_t channels = checked_mul(o.heads, o.dim_head, "compressor: heads * dim_head");
+  checked_mul(channels, block_width,
+              "compressor: conv weight (heads * dim_head) * (dim_head * block)");
   if (uses.expand) {
-    const double hidden = std::floor(static_cast<double>(o.block * o.dim_head) * o.expand);
+    const double hidden = std::floor(static_cast<double>(block_width) * o.expand);
     KVC_CHECK(hidden >= 1.0, o.kind, ": hidden size floor(n * d * expand) = floor(", o.block, " * ",
               o.dim_head, " * ", o.expand, ") = ", hidden, " must be at least 1");
+    KVC_CHECK(hidden < 0x1p62, o.kind, ": hidden size floor(n * d * expand) = floor(", o.block,
+              " * ", o.dim_head, " * ", o.expand, ") = ", hidden, " is too large");
+    checked_mul(checked_mul(o.heads, block_width, "compressor: heads * block * dim_head"),
+                static_cast<int64_t>(hidden), "compressor: MLP weight (heads * n * d) * hidden");
   }
 }
 

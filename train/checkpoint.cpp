@@ -45,6 +45,10 @@ NamedTensors read_named(const H5File& f, const std::string& group) {
     KVC_CHECK(type == "float32" || type == "float64" || type == "float16", "checkpoint: ", f.path(),
               ": ", p, " has element type ", type, ", expected float32");
     out.emplace_back(key, f.read(p, DType::f32));
+    const int64_t bad = find_non_finite(out.back().second);
+    KVC_CHECK(bad < 0, "checkpoint: ", f.path(), ": ", p, " holds a non-finite value (",
+              bad < 0 ? 0.0 : out.back().second.to_vector()[static_cast<size_t>(bad)],
+              " at element ", bad, ")");
   }
   return out;
 }
@@ -149,6 +153,11 @@ CheckpointMeta read_meta(const H5File& f) {
             " has bad shape attributes (heads ", m.heads, ", dim_head ", m.dim_head, ", block ",
             m.block, ", step ", m.step, ")");
   if (!f.has_attr("/", "steps")) m.steps = m.step;  // an older file: the run ended there
+  KVC_CHECK(m.batch > 0 && m.seq > 0 && m.queries > 0 && m.step <= m.steps && m.warmup >= 0 &&
+                std::isfinite(m.lr) && m.lr > 0 && std::isfinite(m.clip) && m.clip >= 0,
+            "checkpoint: ", path, " has bad run attributes (batch ", m.batch, ", seq ", m.seq,
+            ", queries ", m.queries, ", step ", m.step, " of ", m.steps, ", base_lr ", m.lr,
+            ", warmup ", m.warmup, ", clip ", m.clip, ")");
   return m;
 }
 
@@ -234,9 +243,7 @@ Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
     ck.params = read_named(f, "/params");
     KVC_CHECK(!ck.params.empty(), "checkpoint: ", path, " has no parameters under /params");
 
-    if (with_optim) {
-      KVC_CHECK(f.is_group("/optim"), "checkpoint: ", path,
-                " has no /optim group (it cannot be resumed)");
+    if (with_optim && f.is_group("/optim")) {  // weights-only files are valid, not resumable
       OptimState& o = ck.optim;
       ck.has_optim = true;
       o.step = f.read_scalar_int64("/optim/step");

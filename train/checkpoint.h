@@ -55,7 +55,9 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck);
 // Reads and validates a checkpoint: the file must exist, be HDF5, carry format
 // "kvcompress-checkpoint" with a format_version this build reads, and have
 // every attribute and group SPEC section 6 names. Tensors land on the CPU in
-// float32. `with_optim` false skips /optim (inference). Errors are one line
+// float32, all finite. `with_optim` reads /optim when the file has it (a
+// weights-only file loads with has_optim false); false skips it (inference).
+// Errors are one line
 // naming the file and what is wrong.
 Checkpoint load_checkpoint(const std::string& path, bool with_optim = true);
 

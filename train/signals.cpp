@@ -5,6 +5,8 @@
 #include <atomic>
 #include <csignal>
 
+#include "data/file_checks.h"
+
 namespace kvc::train {
 
 namespace {
@@ -18,7 +20,9 @@ static_assert(std::atomic<int>::is_always_lock_free, "signal flag must be lock-f
 extern "C" void on_interrupt(int sig) {
   int expected = 0;
   if (!g_signal.compare_exchange_strong(expected, sig)) {
-    // Second signal: the user insists. Default action (terminate) right away.
+    // Second signal: the user insists. Default action (terminate) right away,
+    // leaving no temp file of a half-written output.
+    remove_registered_temp_files();
     std::signal(sig, SIG_DFL);
     std::raise(sig);
   }
@@ -44,5 +48,13 @@ bool interrupt_requested() { return g_signal.load(std::memory_order_relaxed) != 
 int interrupt_signal() { return g_signal.load(std::memory_order_relaxed); }
 void request_interrupt() { g_signal.store(SIGINT); }
 void clear_interrupt() { g_signal.store(0); }
+
+void throw_if_interrupted(const char* what) {
+  const int sig = interrupt_signal();
+  if (sig != 0) {
+    throw Interrupted(str(what, ": interrupted by ", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                          "; nothing was written"));
+  }
+}
 
 }  // namespace kvc::train

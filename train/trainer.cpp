@@ -2,12 +2,11 @@
 // interrupts.
 #include "train/trainer.h"
 
-#include <dirent.h>
-#include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -17,6 +16,7 @@
 #include <map>
 
 #include "core/autograd.h"
+#include "data/file_checks.h"
 #include "data/h5_dataset.h"
 #include "data/synthetic.h"
 #include "optim/schedule.h"
@@ -103,6 +103,16 @@ CompressorOptions compressor_options(const RunSettings& r, Device device) {
 }
 
 std::shared_ptr<CompressorPair> pair_from_checkpoint(const Checkpoint& ck, Device device) {
+  // The attributes' sizes decide what the pair allocates: a stored tensor must back them first.
+  const CheckpointMeta& m = ck.meta;
+  const Shape positions{m.heads, m.block, m.dim_head};
+  const auto stored = std::find_if(ck.params.begin(), ck.params.end(), [](const auto& p) {
+    return p.first == "k_intrablock_positions";
+  });
+  KVC_CHECK(stored != ck.params.end() && stored->second.shape() == positions,
+            "checkpoint: /params/", "k_intrablock_positions is ",
+            stored == ck.params.end() ? "missing" : str(stored->second.shape()),
+            " but the attributes heads, block and dim_head say ", positions);
   std::shared_ptr<CompressorPair> pair;
   try {
     pair = std::make_shared<CompressorPair>(compressor_options(ck.meta, device));
@@ -138,23 +148,7 @@ void make_output_dir(const std::string& dir) {
             " is not writable: ", std::strerror(errno));
 }
 
-void remove_stale_temp_files(const std::string& dir) {
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) return;
-  while (const dirent* e = ::readdir(d)) {
-    const std::string name = e->d_name;
-    const size_t tag = name.rfind(".tmp-");
-    if (name.empty() || name[0] != '.' || tag == std::string::npos) continue;
-    const std::string pid_text = name.substr(tag + 5);
-    if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos) continue;
-    const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
-    if (pid == ::getpid()) continue;
-    // Only a writer that no longer exists: a live one is still renaming its
-    // file into place.
-    if (::kill(pid, 0) != 0 && errno == ESRCH) ::unlink((dir + "/" + name).c_str());
-  }
-  ::closedir(d);
-}
+void remove_stale_temp_files(const std::string& dir) { sweep_stale_temp_files(dir); }
 
 std::string default_run_dir(const std::string& kind) {
   const std::time_t t = std::time(nullptr);
@@ -177,6 +171,8 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
   const bool resuming = !opt_.resume.empty();
   if (resuming) {
     resumed = load_checkpoint(opt_.resume, /*with_optim=*/true);
+    KVC_CHECK(resumed.has_optim, "checkpoint: ", opt_.resume,
+              " holds weights only (no /optim group): it cannot be resumed");
     const CheckpointMeta& m = resumed.meta;
     // The checkpoint's stored settings win; the flags keep the loop's rhythm and may extend
     // the run (steps > 0).
@@ -231,6 +227,7 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
 
   if (opt_.out.empty()) opt_.out = default_run_dir(opt_.compressor);
   make_output_dir(opt_.out);
+  lock_ = std::make_unique<FolderLock>(opt_.out);  // one run per folder
   remove_stale_temp_files(opt_.out);
 }
 

@@ -14,6 +14,10 @@
 #include "train/metrics.h"
 #include "train/settings.h"
 
+namespace kvc {
+class FolderLock;
+}
+
 namespace kvc::train {
 
 enum class ProgressMode : uint8_t { automatic, tty, log, none };
@@ -108,6 +112,7 @@ class Trainer {
   int64_t step_ = 0;
   double elapsed_before_ = 0;  // seconds of the runs this one resumes
   double best_eval_;
+  std::unique_ptr<FolderLock> lock_;  // held while this trainer may write into opt_.out
 };
 
 // Creates `dir` and its parents; a folder that exists is fine. Throws
