@@ -222,6 +222,11 @@ TEST_CASE("reliability: single-byte damage to a checkpoint never crashes or stal
   const std::string ckpt = small_run(dir);
   const std::string kv = small_kv(dir);
   const std::string original = test::read_text(ckpt);
+  // libhdf5 leaks a few hundred bytes in its own error paths on some damaged files (seen under
+  // LeakSanitizer): those alone are not counted, as in the fuzz test.
+  test::write_text(dir / "lsan.supp", "leak:libhdf5\n");
+  const std::string env =
+      "LSAN_OPTIONS=print_suppressions=0:suppressions=" + dir / "lsan.supp" + " ";
   const std::vector<std::pair<size_t, char>> flips{
       {2231, '\x95'}, {2117, '\x33'}, {6357, '\x37'}, {1679, '\x3b'}, {421863, '\x80'},
       {0, 'X'},       {8, '\x07'},    {100, '\xff'},  {700, '\x00'},  {4000, '\x41'}};
@@ -234,7 +239,7 @@ TEST_CASE("reliability: single-byte damage to a checkpoint never crashes or stal
          {"inspect " + path, "eval --batches 1 --checkpoint " + path,
           "infer --checkpoint " + path + " --data " + kv + " --out " + dir / "inf.h5"}) {
       const auto t0 = Clock::now();
-      const RunResult r = test::run_kvcompress(cmd, dir.path);
+      const RunResult r = test::run_shell(env + test::kvcompress_binary() + " " + cmd, dir.path);
       const double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       INFO("byte ", offset, " = ", static_cast<int>(static_cast<unsigned char>(value)), ": ", cmd,
            "\nstderr: ", r.err);
