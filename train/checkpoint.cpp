@@ -205,6 +205,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     f.write_doubles("/metrics/lr", h.column(&MetricsRow::lr));
     f.write_doubles("/metrics/grad_norm", h.column(&MetricsRow::grad_norm));
     f.write_doubles("/metrics/elapsed", h.column(&MetricsRow::elapsed));
+    if (!h.resume_steps().empty()) f.write_int64s("/metrics/resumed_at", h.resume_steps());
 
     f.flush();
     f.close();
@@ -269,6 +270,9 @@ Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
       };
       ck.metrics = MetricsHistory::from_columns(step, col("loss"), col("eval_loss"), col("lr"),
                                                 col("grad_norm"), col("elapsed"));
+      if (f.has("/metrics/resumed_at")) {
+        ck.metrics.set_resume_steps(f.read_int64s("/metrics/resumed_at"));
+      }
     }
     return ck;
   } catch (const Error& e) {

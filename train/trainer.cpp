@@ -20,6 +20,7 @@
 #include "data/h5_dataset.h"
 #include "data/synthetic.h"
 #include "optim/schedule.h"
+#include "train/loss_plot.h"
 #include "train/progress.h"
 #include "train/signals.h"
 #include "train/step_runner.h"
@@ -288,6 +289,7 @@ void Trainer::restore(const Checkpoint& ck) {
 
   metrics_ = ck.metrics;
   metrics_.truncate_after(step_);
+  metrics_.mark_resume(step_);
   for (const MetricsRow& r : metrics_.rows()) {
     if (std::isfinite(r.elapsed)) elapsed_before_ = std::max(elapsed_before_, r.elapsed);
     if (std::isfinite(r.eval_loss) && !(r.eval_loss >= best_eval_)) best_eval_ = r.eval_loss;
@@ -393,7 +395,8 @@ TrainResult Trainer::run() {
               "; the last good checkpoint is ", ckpt);
     const bool best = !(e >= best_eval_);  // also true when best_eval_ is NaN (none yet)
     if (best) best_eval_ = e;
-    note(str("step ", step_, ": eval loss ", e, best ? " (best)" : ""));
+    progress.set_eval_loss(e);
+    note(str("step ", step_, ": eval loss ", format_loss(e), best ? " (best)" : ""));
     if (best && opt_.save_best) save(opt_.out + "/best.h5");
   };
 
@@ -403,7 +406,8 @@ TrainResult Trainer::run() {
     const double e = evaluate();
     metrics_.set_eval_loss(0, e);
     res.first_eval = e;
-    note(str("step 0: eval loss ", e, " (untrained)"));
+    progress.set_eval_loss(e);
+    note(str("step 0: eval loss ", format_loss(e), " (untrained)"));
   }
 
   const double nan_check_clip = opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
@@ -500,6 +504,7 @@ TrainResult Trainer::run() {
     if (save_now) {
       save(ckpt);
       write_logs();
+      if (!interrupted && !stop) note(str("step ", step_, ": saved checkpoint.h5"));
     }
     if (interrupted || stop) {
       progress.finish();
