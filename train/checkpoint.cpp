@@ -131,6 +131,9 @@ CheckpointMeta read_meta(const H5File& f) {
   m.warmup = attr_or<int64_t>(f, "warmup", m.warmup, get_i);
   m.clip = attr_or<double>(f, "clip", m.clip, get_d);
   m.data = attr_or<std::string>(f, "data", std::string("synthetic"), get_s);
+  m.eval_batches = attr_or<int64_t>(f, "eval_batches", m.eval_batches, get_i);
+  m.lr_replan_step = attr_or<int64_t>(f, "lr_replan_step", 0, get_i);
+  m.lr_replan_lr = attr_or<double>(f, "lr_replan_lr", 0.0, get_d);
   return m;
 }
 
@@ -173,6 +176,11 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     f.set_attr("/", "warmup", m.warmup);
     f.set_attr("/", "clip", m.clip);
     f.set_attr("/", "data", m.data);
+    f.set_attr("/", "eval_batches", m.eval_batches);
+    if (m.lr_replan_step > 0) {
+      f.set_attr("/", "lr_replan_step", m.lr_replan_step);
+      f.set_attr("/", "lr_replan_lr", m.lr_replan_lr);
+    }
 
     write_named(f, "/params", ck.params);
 

@@ -38,7 +38,12 @@ struct CheckpointMeta {
   double lr = 1e-3;         // attribute "base_lr": the schedule's peak; /optim's lr is the last
   int64_t warmup = 0;
   double clip = 0.0;
-  std::string data;  // "synthetic" or the HDF5 path
+  std::string data;          // "synthetic" or the HDF5 path
+  int64_t eval_batches = 4;  // held-out batches per evaluation (what `eval` averages by default)
+  // Where a resume changed the run's length (attributes "lr_replan_step", "lr_replan_lr"; step 0:
+  // never): the LR schedule blends from that LR into the new plan (optim/lr_replan.h).
+  int64_t lr_replan_step = 0;
+  double lr_replan_lr = 0.0;
 };
 
 struct OptimState {

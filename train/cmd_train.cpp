@@ -36,6 +36,8 @@ struct TrainArgs {
   int64_t stop_at = 0;
   std::string progress = "auto";
   bool no_graph = false;
+  bool overwrite = false;
+  int64_t patience = 0;
 };
 
 // With --resume the checkpoint fixes the model, the data and the schedule; a
@@ -76,6 +78,8 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
     o.steps = cmd->count("--steps") > 0 ? a.steps : 0;  // 0: the checkpoint's planned length
     KVC_USAGE_CHECK(o.steps == 0 || o.steps >= m.step, "--steps ", a.steps,
                     " is below the checkpoint's step ", m.step);
+    // Evaluations keep measuring what the run measured before, so "best" stays comparable.
+    if (cmd->count("--eval-batches") == 0) o.eval_batches = m.eval_batches;
     if (cmd->count("--weight-decay") > 0) {
       spdlog::warn(
           "--weight-decay is taken from the checkpoint on --resume; "
@@ -108,9 +112,13 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
   o.eval_every = a.eval_every;
   o.save_every = a.save_every;
   o.log_every = a.log_every;
-  o.eval_batches = a.eval_batches;
+  if (!resuming || cmd->count("--eval-batches") > 0) o.eval_batches = a.eval_batches;
   o.stop_at = a.stop_at;
   o.cuda_graph = !a.no_graph;
+  o.overwrite = a.overwrite;
+  o.patience = a.patience;
+  KVC_USAGE_CHECK(a.patience == 0 || a.eval_every > 0, "--patience ", a.patience,
+                  " needs evaluations during the run (--eval-every is 0)");
   o.progress = a.progress == "tty"    ? train::ProgressMode::tty
                : a.progress == "log"  ? train::ProgressMode::log
                : a.progress == "none" ? train::ProgressMode::none
@@ -150,7 +158,9 @@ Command add_train_command(CLI::App& app) {
                   "synthetic data from "
                   "--seed")
       ->capture_default_str();
-  cmd->add_option("--steps", a->steps, "optimizer steps in total")
+  cmd->add_option("--steps", a->steps,
+                  "optimizer steps in total; with --resume, a new length re-plans the cosine to "
+                  "end there, reached from the current learning rate over --warmup steps")
       ->capture_default_str()
       ->check(positive());
   cmd->add_option("--lr", a->lr, "peak learning rate (linear warmup, then cosine to 0)")
@@ -195,6 +205,14 @@ Command add_train_command(CLI::App& app) {
   cmd->add_option("--stop-at", a->stop_at,
                   "stop with a checkpoint at this step, as Ctrl-C would (0: "
                   "run to --steps)")
+      ->capture_default_str()
+      ->check(non_negative());
+  cmd->add_flag("--overwrite", a->overwrite,
+                "start over in an --out folder that holds another run (its checkpoints and "
+                "metrics are deleted)");
+  cmd->add_option("--patience", a->patience,
+                  "stop early after N evaluations in a row without a lower eval loss "
+                  "(checkpoint.h5 saved, best.h5 kept); 0: never")
       ->capture_default_str()
       ->check(non_negative());
   cmd->add_option("--progress", a->progress,
