@@ -18,4 +18,10 @@ double replanned_learning_rate(int64_t step, int64_t total_steps, double base_lr
   return replan.lr + (planned - replan.lr) * t;
 }
 
+LrReplan replan_on_resume(const LrReplan& before, int64_t step, int64_t old_total,
+                          int64_t new_total, double base_lr, int64_t warmup) {
+  if (new_total == old_total || step <= 0) return before;
+  return {step, replanned_learning_rate(step, old_total, base_lr, warmup, before)};
+}
+
 }  // namespace kvc

@@ -19,4 +19,9 @@ struct LrReplan {
 double replanned_learning_rate(int64_t step, int64_t total_steps, double base_lr, int64_t warmup,
                                const LrReplan& replan);
 
+// The replan a run resumed at `step` continues with: the checkpoint's own (`before`) when the
+// length stays `old_total`, else a new one from the learning rate the run had at `step`.
+LrReplan replan_on_resume(const LrReplan& before, int64_t step, int64_t old_total,
+                          int64_t new_total, double base_lr, int64_t warmup);
+
 }  // namespace kvc

@@ -198,15 +198,13 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
     opt_.clip = m.clip;
     opt_.weight_decay = resumed.optim.weight_decay;
     if (opt_.steps <= 0) opt_.steps = m.total_steps;
-    replan_ = {m.lr_replan_step, m.lr_replan_lr};
-    if (opt_.steps != m.total_steps && m.step > 0) {
-      // A new length: keep the LR continuous at the resume step (optim/lr_replan.h).
-      const double lr_now = replanned_learning_rate(m.step, m.total_steps, m.lr, m.warmup, replan_);
-      replan_ = {m.step, lr_now};
+    replan_ = replan_on_resume({m.lr_replan_step, m.lr_replan_lr}, m.step, m.total_steps,
+                               opt_.steps, m.lr, m.warmup);
+    if (replan_.step == m.step && m.total_steps != opt_.steps) {
       spdlog::info(
           "the run's length changes from {} to {} steps: the learning rate blends from {:.3e} at "
-          "step {} into the schedule planned for {} steps over {} steps",
-          m.total_steps, opt_.steps, lr_now, m.step, opt_.steps, std::max<int64_t>(1, m.warmup));
+          "step {} into the schedule planned for {} steps",
+          m.total_steps, opt_.steps, replan_.lr, m.step, opt_.steps);
     }
     if (opt_.out.empty()) {
       const size_t slash = opt_.resume.find_last_of('/');
