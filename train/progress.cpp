@@ -76,15 +76,15 @@ std::string progress_line(const ProgressState& s, int columns) {
   std::snprintf(count, sizeof(count), "%*lld/%lld", count_width, static_cast<long long>(s.step),
                 static_cast<long long>(s.total));
   std::string text = count;
-  if (std::isfinite(s.loss)) text += "  loss " + format("%.3e", s.loss);
-  if (std::isfinite(s.eval_loss)) text += "  eval " + format("%.3e", s.eval_loss);
+  if (std::isfinite(s.loss)) text += " loss " + format("%.3e", s.loss);
+  if (std::isfinite(s.eval_loss)) text += " eval " + format("%.3e", s.eval_loss);
   if (s.steps_per_s > 0 && std::isfinite(s.steps_per_s)) {
-    text += "  " + format(s.steps_per_s < 10 ? "%.2f" : "%.1f", s.steps_per_s) + " steps/s";
+    text += " " + format(s.steps_per_s < 10 ? "%.2f" : "%.1f", s.steps_per_s) + " steps/s";
   }
-  text += "  ETA " + format_duration(s.eta_s);
+  text += " ETA " + format_duration(s.eta_s);
 
   const int room = columns - 1;  // writing the last column wraps the line on some terminals
-  constexpr int kMinBar = 10, kMaxBar = 30;
+  constexpr int kMinBar = 8, kMaxBar = 30;
   const int bar = std::min<int>(
       kMaxBar, room - static_cast<int>(std::strlen(head) + text.size()) - 4);  // " [" + "] "
   std::string line;
