@@ -79,11 +79,14 @@ TEST_CASE("metrics: truncate_after and set_eval_loss") {
   CHECK(h.size() == 40);
 }
 
-// Attribute `name` of an SVG element as a string.
+// Attribute `name` of an SVG element as a string. (Plain string search: libstdc++'s std::regex
+// recurses once per character and overflows the stack on a long `points` list under ASan.)
 std::string attr(const std::string& element, const std::string& name) {
-  const std::regex re(" " + name + "=\"([^\"]*)\"");
-  std::smatch m;
-  return std::regex_search(element, m, re) ? m[1].str() : std::string();
+  const std::string key = " " + name + "=\"";
+  const size_t at = element.find(key);
+  if (at == std::string::npos) return std::string();
+  const size_t from = at + key.size();
+  return element.substr(from, element.find('"', from) - from);
 }
 
 // A small XML well-formedness check: tags balance and nest, attributes are
@@ -134,11 +137,13 @@ std::vector<std::pair<double, double>> polyline_points(const std::string& elemen
   return pts;
 }
 
-// The polyline of class `cls` (exactly one).
+// The polyline of class `cls` (exactly one; found without std::regex, see attr()).
 std::string series_of(const std::string& svg, const std::string& cls) {
-  const std::vector<std::string> found = elements(svg, "<polyline class=\"" + cls + "\"[^>]*>");
-  REQUIRE(found.size() == 1);
-  return found[0];
+  const std::string head = "<polyline class=\"" + cls + "\"";
+  const size_t at = svg.find(head);
+  REQUIRE(at != std::string::npos);
+  CHECK(svg.find(head, at + 1) == std::string::npos);
+  return svg.substr(at, svg.find('>', at) + 1 - at);
 }
 
 struct Box {
