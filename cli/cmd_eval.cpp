@@ -16,7 +16,7 @@ struct EvalArgs {
   std::string checkpoint;
   std::string data;
   std::string device = "auto";
-  int64_t batches = 8;
+  int64_t batches = 0;  // 0: the training's own count, from the checkpoint
 };
 
 int run_eval(const EvalArgs& a) {
@@ -40,14 +40,17 @@ int run_eval(const EvalArgs& a) {
   KVC_CHECK(fs.seq >= m.block, "eval: ", data, " has seq ", fs.seq, ", shorter than one block of ",
             m.block);
 
-  const double loss = train::evaluate(*pair, teacher.get(), m.task, *source, a.batches);
+  // The training's count by default, so the number matches the eval loss the run printed.
+  const int64_t batches = a.batches > 0 ? a.batches : m.eval_batches;
+  const double loss = train::evaluate(*pair, teacher.get(), m.task, *source, batches);
   // The same pair untrained (the seed's initial weights): what the training
   // bought.
   CompressorPair fresh(train::compressor_options(m, device));
-  const double base = train::evaluate(fresh, teacher.get(), m.task, *source, a.batches);
+  const double base = train::evaluate(fresh, teacher.get(), m.task, *source, batches);
   std::printf("checkpoint   %s (step %lld, %s, task %s)\n", a.checkpoint.c_str(),
               static_cast<long long>(m.step), m.compressor.c_str(), m.task.c_str());
-  std::printf("data         %s\n", source->describe().c_str());
+  std::printf("data         %s (%lld batches)\n", source->describe().c_str(),
+              static_cast<long long>(batches));
   std::printf("eval loss    %.6e\n", loss);
   std::printf("untrained    %.6e (ratio %.3g)\n", base, base > 0 ? loss / base : NAN);
   return kExitOk;
@@ -64,8 +67,9 @@ Command add_eval_command(CLI::App& app) {
   cmd->add_option("--data", a->data, "KV HDF5 file; its last 5% of sequences are the eval split")
       ->capture_default_str();
   add_device_flag(cmd, &a->device);
-  cmd->add_option("--batches", a->batches, "held-out batches to average over")
-      ->capture_default_str()
+  cmd->add_option("--batches", a->batches,
+                  "held-out batches to average over (default: as many as the training's "
+                  "evaluations used, recorded in the checkpoint)")
       ->check(positive());
   return {cmd, [a] { return run_eval(*a); }};
 }

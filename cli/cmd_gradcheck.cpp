@@ -1,5 +1,6 @@
 // `kvcompress gradcheck`: float64 finite-difference checks of every compressor
 // and the pair.
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 
@@ -118,26 +119,35 @@ int run_gradcheck(const GradcheckArgs& a) {
       static_cast<long long>(a.run.heads), static_cast<long long>(a.run.seq),
       static_cast<long long>(a.run.block), static_cast<long long>(a.run.dim_head),
       static_cast<long long>(a.run.queries));
-  std::printf("%-34s %-40s %14s %14s  %s\n", "layer", "tensor", "max abs err", "max rel err",
-              "pass");
-  int failed = 0, total = 0;
-  std::string first_failure;
+  // All rows first: the name columns are as wide as the longest name, so the numbers line up.
+  std::vector<Row> rows;
   for (const std::string& kind : kinds) {
-    for (const Row& row : check_kind(kind, a, device)) {
-      ++total;
-      std::printf("%-34s %-40s %14.3e %14.3e  %s\n", row.layer.c_str(), row.r.tensor.c_str(),
-                  row.r.max_abs_error, row.r.max_rel_error, row.r.passed ? "ok" : "FAIL");
-      if (!row.r.passed) {
-        ++failed;
-        if (first_failure.empty()) {
-          first_failure =
-              str(row.layer, " ", row.r.tensor, " (element ", row.r.worst_index, ": analytic ",
-                  row.r.worst_analytic, ", numeric ", row.r.worst_numeric, ")");
-        }
+    for (Row& row : check_kind(kind, a, device)) rows.push_back(std::move(row));
+  }
+  int layer_w = 5, tensor_w = 6;  // "layer", "tensor"
+  for (const Row& row : rows) {
+    layer_w = std::max(layer_w, static_cast<int>(row.layer.size()));
+    tensor_w = std::max(tensor_w, static_cast<int>(row.r.tensor.size()));
+  }
+  std::printf("%-*s  %-*s  %14s %14s  %s\n", layer_w, "layer", tensor_w, "tensor", "max abs err",
+              "max rel err", "pass");
+  int failed = 0;
+  const int total = static_cast<int>(rows.size());
+  std::string first_failure;
+  for (const Row& row : rows) {
+    std::printf("%-*s  %-*s  %14.3e %14.3e  %s\n", layer_w, row.layer.c_str(), tensor_w,
+                row.r.tensor.c_str(), row.r.max_abs_error, row.r.max_rel_error,
+                row.r.passed ? "ok" : "FAIL");
+    if (!row.r.passed) {
+      ++failed;
+      if (first_failure.empty()) {
+        first_failure =
+            str(row.layer, " ", row.r.tensor, " (element ", row.r.worst_index, ": analytic ",
+                row.r.worst_analytic, ", numeric ", row.r.worst_numeric, ")");
       }
     }
-    std::fflush(stdout);
   }
+  std::fflush(stdout);
   KVC_CHECK(failed == 0, "gradcheck: ", failed, " of ", total, " checks failed, first ",
             first_failure);
   std::printf("all %d checks passed\n", total);

@@ -23,6 +23,8 @@ struct TrainArgs {
   std::string resume;
   std::string progress = "auto";
   bool no_graph = false;
+  bool overwrite = false;
+  int64_t patience = 0;
 };
 
 // With --resume the checkpoint fixes the model, the data and the schedule (its stored
@@ -64,6 +66,8 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
     o.steps = cmd->count("--steps") > 0 ? a.run.steps : 0;  // 0: the checkpoint's planned length
     KVC_USAGE_CHECK(o.steps == 0 || o.steps >= m.step, "--steps ", a.run.steps,
                     " is below the checkpoint's step ", m.step);
+    // Evaluations keep measuring what the run measured before, so "best" stays comparable.
+    if (cmd->count("--eval-batches") == 0) o.eval_batches = m.eval_batches;
     if (cmd->count("--weight-decay") > 0) {
       spdlog::warn(
           "--weight-decay is taken from the checkpoint on --resume; "
@@ -78,6 +82,10 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
                   "--stop-at ", a.run.stop_at, " is beyond --steps ", o.steps);
   o.out = a.out;
   o.cuda_graph = !a.no_graph;
+  o.overwrite = a.overwrite;
+  o.patience = a.patience;
+  KVC_USAGE_CHECK(a.patience == 0 || a.run.eval_every > 0, "--patience ", a.patience,
+                  " needs evaluations during the run (--eval-every is 0)");
   o.progress = a.progress == "tty"    ? train::ProgressMode::tty
                : a.progress == "log"  ? train::ProgressMode::log
                : a.progress == "none" ? train::ProgressMode::none
@@ -120,6 +128,14 @@ Command add_train_command(CLI::App& app) {
                   "tty|log|none")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "tty", "log", "none"}));
+  cmd->add_flag("--overwrite", a->overwrite,
+                "start over in an --out folder that holds another run (its checkpoints and "
+                "metrics are deleted)");
+  cmd->add_option("--patience", a->patience,
+                  "stop early after N evaluations in a row without a lower eval loss "
+                  "(checkpoint.h5 saved, best.h5 kept); 0: never")
+      ->capture_default_str()
+      ->check(non_negative());
   cmd->add_flag("--no-graph", a->no_graph,
                 "launch every step op by op; by default a CUDA run without dropout replays its "
                 "step from CUDA graphs after two warm-up steps (same results, less launch time)");

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: set-up and Release build (scripts/setup.sh), every test
-# through ctest, then the CPU code again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# The whole test suite, as CI runs it: set-up with the test extras and Release build
+# (scripts/setup.sh --tests), every test through ctest, then the CPU code again under
+# AddressSanitizer + UndefinedBehaviorSanitizer.
 # CUDA tests skip themselves (ctest reports them as skipped) where no GPU is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh
+scripts/setup.sh --tests
 echo "== clang-format =="
 scripts/format.sh --check
 echo "== tests (build/) =="

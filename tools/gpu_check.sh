@@ -49,7 +49,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
   tee "$LOG_DIR/gpu.txt" || true
 
 if ! step configure configure.log cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_CUDA_ARCHITECTURES="$ARCH"; then
+    -DCMAKE_CUDA_ARCHITECTURES="$ARCH" -DKVC_BUILD_TESTS=ON; then
   printf '%s\n' "${SUMMARY[@]}"
   exit 1
 fi

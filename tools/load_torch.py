@@ -25,9 +25,16 @@ import argparse
 import os
 import sys
 
-import h5py
-import numpy as np
-import torch
+try:
+  import h5py
+  import numpy as np
+  import torch
+except ImportError as missing:
+  # One line instead of a traceback: on Debian the first python3 on PATH is often not the one
+  # that sees python3-torch.
+  sys.exit(f"load_torch.py: {sys.executable} cannot import {missing.name}; run it with an "
+           "interpreter that has numpy, h5py and torch, e.g. PYTHON=/usr/bin/python3 on Debian "
+           "(apt-get install python3-torch python3-h5py), then $PYTHON tools/load_torch.py ...")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_modules as tm  # noqa: E402

@@ -158,6 +158,17 @@ CheckpointMeta read_meta(const H5File& f) {
             "checkpoint: ", path, " has bad run attributes (batch ", m.batch, ", seq ", m.seq,
             ", queries ", m.queries, ", step ", m.step, " of ", m.steps, ", base_lr ", m.lr,
             ", warmup ", m.warmup, ", clip ", m.clip, ")");
+  // Not run settings but the run's record (older files lack them): the eval's batch count and
+  // where a resume re-planned the learning rate.
+  if (f.has_attr("/", "eval_batches")) m.eval_batches = f.attr_int64("/", "eval_batches");
+  if (f.has_attr("/", "lr_replan_step")) {
+    m.lr_replan_step = f.attr_int64("/", "lr_replan_step");
+    m.lr_replan_lr = f.attr_double("/", "lr_replan_lr");
+  }
+  KVC_CHECK(m.eval_batches > 0 && m.lr_replan_step >= 0 && m.lr_replan_step <= m.step &&
+                std::isfinite(m.lr_replan_lr) && m.lr_replan_lr >= 0,
+            "checkpoint: ", path, " has bad run attributes (eval_batches ", m.eval_batches,
+            ", lr_replan_step ", m.lr_replan_step, ", lr_replan_lr ", m.lr_replan_lr, ")");
   return m;
 }
 
@@ -184,6 +195,11 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     f.set_attr("/", "created", m.created.empty() ? iso8601_now() : m.created);
     f.set_attr("/", "kvcompress_version",
                m.kvcompress_version.empty() ? std::string(KVC_VERSION) : m.kvcompress_version);
+    f.set_attr("/", "eval_batches", m.eval_batches);
+    if (m.lr_replan_step > 0) {
+      f.set_attr("/", "lr_replan_step", m.lr_replan_step);
+      f.set_attr("/", "lr_replan_lr", m.lr_replan_lr);
+    }
 
     write_named(f, "/params", ck.params);
 
@@ -216,6 +232,7 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
     f.write_doubles("/metrics/lr", h.column(&MetricsRow::lr));
     f.write_doubles("/metrics/grad_norm", h.column(&MetricsRow::grad_norm));
     f.write_doubles("/metrics/elapsed", h.column(&MetricsRow::elapsed));
+    if (!h.resume_steps().empty()) f.write_int64s("/metrics/resumed_at", h.resume_steps());
 
     f.flush();
     f.close();
@@ -278,6 +295,9 @@ Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
       };
       ck.metrics = MetricsHistory::from_columns(step, col("loss"), col("eval_loss"), col("lr"),
                                                 col("grad_norm"), col("elapsed"));
+      if (f.has("/metrics/resumed_at")) {
+        ck.metrics.set_resume_steps(f.read_int64s("/metrics/resumed_at"));
+      }
     }
     return ck;
   } catch (const Error& e) {

@@ -26,6 +26,10 @@ struct CheckpointMeta : RunSettings {
   int64_t step = 0;
   std::string created;             // ISO 8601, UTC; filled by save_checkpoint when empty
   std::string kvcompress_version;  // filled by save_checkpoint when empty
+  // Where a resume changed the run's length (attributes "lr_replan_step", "lr_replan_lr"; step 0:
+  // never): the LR schedule blends from that LR into the new plan (optim/lr_replan.h).
+  int64_t lr_replan_step = 0;
+  double lr_replan_lr = 0.0;
 };
 
 struct OptimState {

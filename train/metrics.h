@@ -1,8 +1,9 @@
-// The run's metrics history, its CSV file and a hand-written SVG loss curve.
+// The run's metrics history and its CSV file (loss_plot.h draws it).
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace kvc::train {
@@ -26,10 +27,18 @@ class MetricsHistory {
   // Drops rows with step > `step` (a resume from an older checkpoint than the
   // CSV reached).
   void truncate_after(int64_t step);
+  // Steps where a resumed run continued the history (drawn on the loss curve). Truncation drops
+  // those past the new end too.
+  void mark_resume(int64_t step);
+  const std::vector<int64_t>& resume_steps() const { return resume_steps_; }
+  void set_resume_steps(std::vector<int64_t> steps) { resume_steps_ = std::move(steps); }
   const std::vector<MetricsRow>& rows() const { return rows_; }
   bool empty() const { return rows_.empty(); }
   size_t size() const { return rows_.size(); }
-  void clear() { rows_.clear(); }
+  void clear() {
+    rows_.clear();
+    resume_steps_.clear();
+  }
 
   // Column views (the checkpoint stores /metrics/{step, loss, eval_loss, lr,
   // grad_norm, elapsed}).
@@ -46,9 +55,11 @@ class MetricsHistory {
 
  private:
   std::vector<MetricsRow> rows_;
+  std::vector<int64_t> resume_steps_;
 };
 
-// The CSV header line: step,loss,eval_loss,lr,grad_norm,elapsed.
+// The CSV header line: step,loss,eval_loss,lr,grad_norm,elapsed_s (elapsed_s: seconds since the
+// run began).
 const char* metrics_csv_header();
 // One CSV line (no newline); NaN prints as an empty field so spreadsheets and
 // pandas read it as missing. Doubles print with 9 significant digits (enough to
@@ -59,15 +70,6 @@ void write_metrics_csv(const std::string& path, const MetricsHistory& history);
 // Parses a file written by write_metrics_csv; throws kvc::Error naming the file
 // and line.
 MetricsHistory read_metrics_csv(const std::string& path);
-
-// A standalone SVG document: train loss (every step) and eval loss (steps that
-// have one) against step, log-scale y, axes with ticks and labels, a legend.
-// Non-positive and non-finite values are skipped (they have no place on a log
-// axis).
-std::string loss_curve_svg(const MetricsHistory& history, const std::string& title);
-// Writes loss_curve_svg atomically.
-void write_loss_svg(const std::string& path, const MetricsHistory& history,
-                    const std::string& title);
 
 // Writes `contents` to `path` through a temp file in the same folder, fsync and
 // rename(), so a reader sees the old file or the new one, never a torn one.

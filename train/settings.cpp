@@ -47,7 +47,9 @@ const std::vector<Setting>& settings_table() {
      "KV HDF5 file (k, v (N, h, seq, d), optional q); empty: synthetic data from --seed", {},
      "synthetic"},
     {"steps", "steps", &RS::steps, G::train, R::positive, S::optional,
-     "optimizer steps in total"},  // an older file's fallback is its own step (checkpoint.cpp)
+     "optimizer steps in total; with --resume, a new length re-plans the cosine to end there, "
+     "reached from the current learning rate over --warmup steps"},
+    // an older file's fallback for steps is its own step (checkpoint.cpp)
     {"lr", "base_lr", &RS::lr, G::train, R::positive, S::optional,
      "peak learning rate (linear warmup, then cosine to 0)"},
     {"weight_decay", nullptr, &RS::weight_decay, G::train, R::non_negative, S::no,

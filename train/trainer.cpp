@@ -20,7 +20,9 @@
 #include "data/h5_dataset.h"
 #include "data/synthetic.h"
 #include "optim/schedule.h"
+#include "train/loss_plot.h"
 #include "train/progress.h"
+#include "train/run_folder.h"
 #include "train/signals.h"
 #include "train/step_runner.h"
 
@@ -183,6 +185,14 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
     opt_.data = is_synthetic(m.data) ? std::string() : m.data;
     opt_.weight_decay = resumed.optim.weight_decay;
     opt_.steps = steps > 0 ? steps : m.steps;
+    replan_ = replan_on_resume({m.lr_replan_step, m.lr_replan_lr}, m.step, m.steps, opt_.steps,
+                               m.lr, m.warmup);
+    if (replan_.step == m.step && m.steps != opt_.steps) {
+      spdlog::info(
+          "the run's length changes from {} to {} steps: the learning rate blends from {:.3e} at "
+          "step {} into the schedule planned for {} steps",
+          m.steps, opt_.steps, replan_.lr, m.step, opt_.steps);
+    }
     if (opt_.out.empty()) {
       const size_t slash = opt_.resume.find_last_of('/');
       opt_.out = slash == std::string::npos ? "." : opt_.resume.substr(0, slash);
@@ -228,6 +238,7 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
   if (opt_.out.empty()) opt_.out = default_run_dir(opt_.compressor);
   make_output_dir(opt_.out);
   lock_ = std::make_unique<FolderLock>(opt_.out);  // one run per folder
+  claim_run_folder(opt_.out, opt_.resume, opt_.overwrite);
   remove_stale_temp_files(opt_.out);
 }
 
@@ -260,9 +271,17 @@ void Trainer::restore(const Checkpoint& ck) {
 
   metrics_ = ck.metrics;
   metrics_.truncate_after(step_);
+  metrics_.mark_resume(step_);
   for (const MetricsRow& r : metrics_.rows()) {
     if (std::isfinite(r.elapsed)) elapsed_before_ = std::max(elapsed_before_, r.elapsed);
-    if (std::isfinite(r.eval_loss) && !(r.eval_loss >= best_eval_)) best_eval_ = r.eval_loss;
+    if (!std::isfinite(r.eval_loss) || r.step == 0) continue;
+    if (!(r.eval_loss >= best_eval_)) {
+      best_eval_ = r.eval_loss;
+      best_step_ = r.step;
+      evals_since_best_ = 0;
+    } else {
+      ++evals_since_best_;
+    }
   }
 }
 
@@ -276,6 +295,9 @@ Checkpoint Trainer::snapshot() const {
   static_cast<RunSettings&>(m) = opt_;
   m.step = step_;
   m.data = is_synthetic(opt_.data) ? "synthetic" : opt_.data;
+  m.eval_batches = opt_.eval_batches;
+  m.lr_replan_step = replan_.step;
+  m.lr_replan_lr = replan_.lr;
   ck.params = pair_->named_parameters();
   ck.has_optim = true;
   OptimState& o = ck.optim;
@@ -351,8 +373,13 @@ TrainResult Trainer::run() {
     KVC_CHECK(std::isfinite(e), "train: eval loss became ", e, " at step ", step_,
               "; the last good checkpoint is ", ckpt);
     const bool best = !(e >= best_eval_);  // also true when best_eval_ is NaN (none yet)
-    if (best) best_eval_ = e;
-    note(str("step ", step_, ": eval loss ", e, best ? " (best)" : ""));
+    if (best) {
+      best_eval_ = e;
+      best_step_ = step_;
+    }
+    evals_since_best_ = best ? 0 : evals_since_best_ + 1;
+    progress.set_eval_loss(e);
+    note(str("step ", step_, ": eval loss ", format_loss(e), best ? " (best)" : ""));
     if (best && opt_.save_best) save(opt_.out + "/best.h5");
   };
 
@@ -362,7 +389,8 @@ TrainResult Trainer::run() {
     const double e = evaluate();
     metrics_.set_eval_loss(0, e);
     res.first_eval = e;
-    note(str("step 0: eval loss ", e, " (untrained)"));
+    progress.set_eval_loss(e);
+    note(str("step 0: eval loss ", format_loss(e), " (untrained)"));
   }
 
   const double nan_check_clip = opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
@@ -428,7 +456,7 @@ TrainResult Trainer::run() {
 
   while (step_ < opt_.steps) {
     const int64_t next = step_ + 1;
-    const double lr = learning_rate(next, opt_.steps, opt_.lr, opt_.warmup);
+    const double lr = replanned_learning_rate(next, opt_.steps, opt_.lr, opt_.warmup, replan_);
     adam_->set_lr(lr);
     const uint64_t batch_index = train_src_->position();
     const Batch batch = train_src_->next();
@@ -456,9 +484,19 @@ TrainResult Trainer::run() {
     step_ = next;
 
     if (eval_now) do_eval();
-    if (save_now) {
+    const bool early = eval_now && !last && opt_.patience > 0 && evals_since_best_ >= opt_.patience;
+    if (save_now || early) {
       save(ckpt);
       write_logs();
+      if (!interrupted && !stop && !early) note(str("step ", step_, ": saved checkpoint.h5"));
+    }
+    if (early) {
+      progress.finish();
+      res.early_stopped = true;
+      progress.note(str("early stop at step ", step_, ": no lower eval loss in the last ",
+                        opt_.patience, " evaluations (best ", format_loss(best_eval_), " at step ",
+                        best_step_, ", in best.h5); saved ", ckpt));
+      break;
     }
     if (interrupted || stop) {
       progress.finish();

@@ -10,6 +10,7 @@
 #include "data/batch.h"
 #include "nn/compressor_pair.h"
 #include "optim/adam.h"
+#include "optim/lr_replan.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/settings.h"
@@ -32,12 +33,19 @@ struct TrainOptions : RunSettings {
   bool save_best = true;  // write best.h5 on a new lowest eval loss
   // Replay the step from CUDA graphs once shapes are fixed (CUDA, no dropout; see StepRunner).
   bool cuda_graph = true;
+  // Start over in a folder that holds another run (its files are deleted); without it, and
+  // without resuming a checkpoint of that folder, such a folder is refused.
+  bool overwrite = false;
+  // Stop early (with a checkpoint, best.h5 kept) after this many evaluations in a row without a
+  // new lowest eval loss; 0: never.
+  int64_t patience = 0;
 };
 
 struct TrainResult {
-  int64_t step = 0;          // steps done in total (a resumed run counts the earlier ones)
-  bool interrupted = false;  // stopped by SIGINT/SIGTERM (a checkpoint was saved)
-  bool stopped = false;      // stopped at stop_at
+  int64_t step = 0;            // steps done in total (a resumed run counts the earlier ones)
+  bool interrupted = false;    // stopped by SIGINT/SIGTERM (a checkpoint was saved)
+  bool stopped = false;        // stopped at stop_at
+  bool early_stopped = false;  // stopped by --patience (a checkpoint was saved)
   double first_loss = 0,
          last_loss = 0;  // train loss of this run's first and last step
   double first_eval = 0, last_eval = 0,
@@ -113,6 +121,9 @@ class Trainer {
   double elapsed_before_ = 0;  // seconds of the runs this one resumes
   double best_eval_;
   std::unique_ptr<FolderLock> lock_;  // held while this trainer may write into opt_.out
+  int64_t best_step_ = 0;
+  int64_t evals_since_best_ = 0;  // evaluations after the best one (for --patience)
+  LrReplan replan_;               // where a resume changed the run's length
 };
 
 // Creates `dir` and its parents; a folder that exists is fine. Throws
