@@ -217,12 +217,14 @@ TEST_CASE(
   o.steps = 50;
   o.eval_every = 10;
   o.save_every = 0;
-  Trainer t(o);
-  train::request_interrupt();
-  const train::TrainResult r = t.run();
-  train::clear_interrupt();
-  CHECK(r.interrupted);
-  CHECK(r.step == 1);  // the step in flight completes, then the loop saves and stops
+  {
+    Trainer t(o);  // holds the folder's lock until it goes away
+    train::request_interrupt();
+    const train::TrainResult r = t.run();
+    train::clear_interrupt();
+    CHECK(r.interrupted);
+    CHECK(r.step == 1);  // the step in flight completes, then the loop saves and stops
+  }
   CHECK(train::load_checkpoint(dir / "checkpoint.h5").meta.step == 1);
   TrainOptions again = quiet("");
   again.resume = dir / "checkpoint.h5";

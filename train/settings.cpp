@@ -129,8 +129,9 @@ std::string check_setting_text(const Setting& s, const std::string& text) {
   const double x = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !std::isfinite(x)) return "'" + text + "' is not a number";
   const bool integral = !std::holds_alternative<double RunSettings::*>(s.member);
-  if (integral && (x != std::floor(x) || std::fabs(x) > 9.2e18)) {
-    return "'" + text + "' is not a whole number";
+  if (integral && x != std::floor(x)) return "'" + text + "' is not a whole number";
+  if (integral && std::fabs(x) > 9.2e18) {
+    return "'" + text + "' is out of range (at most 2^63 - 1)";
   }
   if (std::holds_alternative<uint64_t RunSettings::*>(s.member) && x < 0) {
     return text + " is negative";
