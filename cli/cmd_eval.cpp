@@ -16,11 +16,13 @@ struct EvalArgs {
   std::string checkpoint;
   std::string data;
   std::string device = "auto";
+  std::string precision = "fp32";
   int64_t batches = 0;  // 0: the training's own count, from the checkpoint
 };
 
 int run_eval(const EvalArgs& a) {
   const Device device = resolve_device(a.device);
+  apply_precision(a.precision, device);
   const train::Checkpoint ck = train::load_checkpoint(a.checkpoint, /*with_optim=*/false);
   const train::CheckpointMeta& m = ck.meta;
   std::shared_ptr<CompressorPair> pair = train::pair_from_checkpoint(ck, device);
@@ -67,6 +69,7 @@ Command add_eval_command(CLI::App& app) {
   cmd->add_option("--data", a->data, "KV HDF5 file; its last 5% of sequences are the eval split")
       ->capture_default_str();
   add_device_flag(cmd, &a->device);
+  add_precision_flag(cmd, &a->precision);
   cmd->add_option("--batches", a->batches,
                   "held-out batches to average over (default: as many as the training's "
                   "evaluations used, recorded in the checkpoint)")

@@ -27,11 +27,13 @@ struct InferArgs {
   std::string data;
   std::string out;
   std::string device = "auto";
+  std::string precision = "fp32";
   int64_t batch = 8;
 };
 
 int run_infer(const InferArgs& a) {
   const Device device = resolve_device(a.device);
+  apply_precision(a.precision, device);
   const train::Checkpoint ck = train::load_checkpoint(a.checkpoint, /*with_optim=*/false);
   const train::CheckpointMeta& m = ck.meta;
   std::shared_ptr<CompressorPair> pair = train::pair_from_checkpoint(ck, device);
@@ -103,6 +105,7 @@ Command add_infer_command(CLI::App& app) {
   cmd->add_option("--out", a->out, "output file: k_compressed, v_compressed (N, h, w, d) float32")
       ->required();
   add_device_flag(cmd, &a->device);
+  add_precision_flag(cmd, &a->precision);
   cmd->add_option("--batch", a->batch, "sequences per forward")
       ->capture_default_str()
       ->check(positive());

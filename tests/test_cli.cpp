@@ -127,6 +127,14 @@ TEST_CASE(
                {"--device", "cuda:1", "one GPU"});
   expect_error(test::run_kvcompress("train --precision fp16" + out, dir.path), 2,
                {"--precision", "fp16"});
+  // bf16 math exists on CUDA only: the CPU refuses it instead of training in another precision.
+  const std::vector<std::string> bf16_on_cpu = {
+      "train --device cpu --precision bf16" + out, "bench --device cpu --precision bf16 --reps 1",
+      "eval --device cpu --precision bf16 --checkpoint none.h5",
+      "infer --device cpu --precision bf16 --checkpoint none.h5 --data none.h5 --out x.h5"};
+  for (const std::string& cmd : bf16_on_cpu) {
+    expect_error(test::run_kvcompress(cmd, dir.path), 2, {"--precision bf16", "CUDA"});
+  }
   expect_error(test::run_kvcompress("train --task nope" + out, dir.path), 2, {"--task"});
   expect_error(test::run_kvcompress("train --no-such-flag" + out, dir.path), 2, {"--no-such-flag"});
   expect_error(test::run_kvcompress("frobnicate", dir.path), 2, {"frobnicate"});
