@@ -20,36 +20,6 @@
 namespace kvc {
 namespace {
 
-// Starts kvcompress with `args`, stdout/stderr to files in `dir`; returns the
-// child's pid.
-pid_t spawn(const std::vector<std::string>& args, const std::string& dir) {
-  std::vector<std::string> argv_s{test::kvcompress_binary()};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int out = ::open((dir + "/.child_out").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-    const int err = ::open((dir + "/.child_err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    std::vector<char*> argv;
-    for (std::string& s : argv_s) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-int wait_status(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
-
 bool file_exists(const std::string& p) { return ::access(p.c_str(), F_OK) == 0; }
 
 TEST_CASE(
@@ -70,7 +40,7 @@ TEST_CASE(
     if (file_exists(ckpt))
       args = {"train", "--resume",   ckpt,   "--save-every", "1",  "--eval-every",
               "0",     "--progress", "none", "--device",     "cpu"};
-    const pid_t pid = spawn(args, dir.path);
+    const pid_t pid = test::spawn_kvcompress(args, dir.path);
     // Wait for the process to get going (a first checkpoint in round 0), then a
     // random delay.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
@@ -80,7 +50,7 @@ TEST_CASE(
     std::this_thread::sleep_for(
         std::chrono::microseconds(std::uniform_int_distribution<int>(20000, 250000)(rng)));
     REQUIRE(::kill(pid, SIGKILL) == 0);
-    const int code = wait_status(pid);
+    const int code = test::wait_status(pid);
     INFO("round ", round, ": stderr ", test::read_text(dir / ".child_err"));
     CHECK(code == 128 + SIGKILL);
     REQUIRE(file_exists(ckpt));
@@ -101,11 +71,11 @@ TEST_CASE(
   // load): it sweeps the temp files the killed writers left, continues from the newest
   // checkpoint, and leaves no temp file of its own.
   const int64_t target = last_step + 3;
-  const pid_t pid =
-      spawn({"train", "--resume", ckpt, "--stop-at", std::to_string(target), "--save-every", "1",
-             "--eval-every", "0", "--progress", "none", "--device", "cpu"},
-            dir.path);
-  const int code = wait_status(pid);
+  const pid_t pid = test::spawn_kvcompress(
+      {"train", "--resume", ckpt, "--stop-at", std::to_string(target), "--save-every", "1",
+       "--eval-every", "0", "--progress", "none", "--device", "cpu"},
+      dir.path);
+  const int code = test::wait_status(pid);
   INFO("final resume: stderr ", test::read_text(dir / ".child_err"));
   CHECK(code == 0);
   CHECK(train::load_checkpoint(ckpt).meta.step == target);
@@ -121,9 +91,10 @@ TEST_CASE("checkpoint kill: SIGINT saves a checkpoint and exits 130, SIGTERM too
   for (int sig : {SIGINT, SIGTERM}) {
     test::TempDir dir("sigint");
     const std::string out = dir / "run";
-    const pid_t pid = spawn({"train", "--steps", "1000000", "--save-every", "0", "--eval-every",
-                             "0", "--progress", "none", "--device", "cpu", "--out", out},
-                            dir.path);
+    const pid_t pid =
+        test::spawn_kvcompress({"train", "--steps", "1000000", "--save-every", "0", "--eval-every",
+                                "0", "--progress", "none", "--device", "cpu", "--out", out},
+                               dir.path);
     // Wait until it trains (metrics.csv is written before the first step), then
     // interrupt.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
@@ -132,7 +103,7 @@ TEST_CASE("checkpoint kill: SIGINT saves a checkpoint and exits 130, SIGTERM too
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     REQUIRE(::kill(pid, sig) == 0);
-    const int code = wait_status(pid);
+    const int code = test::wait_status(pid);
     INFO("signal ", sig, " stderr: ", test::read_text(dir / ".child_err"));
     CHECK(code == 130);
     const train::Checkpoint ck = train::load_checkpoint(out + "/checkpoint.h5");

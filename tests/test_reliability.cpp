@@ -69,35 +69,6 @@ std::string small_kv(const TempDir& dir, const std::string& name = "kv.h5", int 
   return dir / name;
 }
 
-// Starts kvcompress with `args` in the background, its output into files in `dir`.
-pid_t spawn(const std::vector<std::string>& args, const std::string& dir) {
-  std::vector<std::string> argv_s{test::kvcompress_binary()};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  const pid_t pid = ::fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int out = ::open((dir + "/.child_out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    const int err = ::open((dir + "/.child_err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(out, 1);
-    ::dup2(err, 2);
-    std::vector<char*> argv;
-    for (std::string& s : argv_s) argv.push_back(s.data());
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return pid;
-}
-
-int wait_status(pid_t pid) {
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-  return -1;
-}
-
 // Waits up to 30 s for `ok()`.
 template <typename Pred>
 bool wait_for(Pred ok) {
@@ -375,11 +346,11 @@ TEST_CASE("reliability: Ctrl-C during gen-data or infer removes the temp file an
   for (const auto& [name, args] : commands) {
     for (int sig : {SIGINT, SIGTERM}) {
       INFO(name, " signal ", sig);
-      const pid_t pid = spawn(args, dir.path);
+      const pid_t pid = test::spawn_kvcompress(args, dir.path);
       REQUIRE(wait_for([&] { return temp_files_in(dir.path) > 0; }));
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
       REQUIRE(::kill(pid, sig) == 0);
-      CHECK(wait_status(pid) == 130);
+      CHECK(test::wait_status(pid) == 130);
       INFO("stderr: ", test::read_text(dir / ".child_err"));
       CHECK(test::read_text(dir / ".child_err").find("interrupted") != std::string::npos);
       CHECK(temp_files_in(dir.path) == 0);
@@ -391,11 +362,11 @@ TEST_CASE("reliability: Ctrl-C during gen-data or infer removes the temp file an
 
 TEST_CASE("reliability: the temp file a killed writer left is swept by the next writer") {
   TempDir dir("rel_sweep");
-  const pid_t pid =
-      spawn({"gen-data", "--count", "50000", "--seq", "32", "--out", dir / "g.h5"}, dir.path);
+  const pid_t pid = test::spawn_kvcompress(
+      {"gen-data", "--count", "50000", "--seq", "32", "--out", dir / "g.h5"}, dir.path);
   REQUIRE(wait_for([&] { return temp_files_in(dir.path) > 0; }));
   REQUIRE(::kill(pid, SIGKILL) == 0);
-  CHECK(wait_status(pid) == 128 + SIGKILL);
+  CHECK(test::wait_status(pid) == 128 + SIGKILL);
   CHECK(temp_files_in(dir.path) == 1);
   // Another target's temp file of a dead writer in the same folder is not this writer's to take.
   test::write_text(dir / ".other.h5.tmp-999999999", "x");
@@ -513,14 +484,15 @@ TEST_CASE("reliability: a weights-only checkpoint is valid for inspect, eval and
 TEST_CASE("reliability: a second train into a folder in use is refused, naming the holder") {
   TempDir dir("rel_lock");
   const std::string out = dir / "run";
-  const pid_t pid = spawn({"train", "--steps", "1000000", "--save-every", "0", "--eval-every", "0",
-                           "--progress", "none", "--device", "cpu", "--out", out},
-                          dir.path);
+  const pid_t pid =
+      test::spawn_kvcompress({"train", "--steps", "1000000", "--save-every", "0", "--eval-every",
+                              "0", "--progress", "none", "--device", "cpu", "--out", out},
+                             dir.path);
   REQUIRE(wait_for([&] { return exists(out + "/metrics.csv"); }));
   expect_error(test::run_kvcompress("train --steps 3 --progress none --out " + out, dir.path), 1,
                {out, "in use", "pid " + std::to_string(pid)});
   REQUIRE(::kill(pid, SIGINT) == 0);
-  CHECK(wait_status(pid) == 130);
+  CHECK(test::wait_status(pid) == 130);
   // The lock goes with its holder: the run can be resumed in that folder.
   const RunResult r = test::run_kvcompress(
       "train --progress none --steps 1000000 --stop-at 2 --resume " + out + "/checkpoint.h5",

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -71,6 +73,37 @@ inline RunResult run_shell(const std::string& cmd, const std::string& dir) {
 // Runs kvcompress with `args` (already shell-quoted where needed).
 inline RunResult run_kvcompress(const std::string& args, const std::string& dir) {
   return run_shell(kvcompress_binary() + " " + args, dir);
+}
+
+// Starts kvcompress with `args` in the background; stdout is appended to DIR/.child_out (several
+// children in one folder keep their output), stderr replaces DIR/.child_err. Returns the pid.
+inline pid_t spawn_kvcompress(const std::vector<std::string>& args, const std::string& dir) {
+  std::vector<std::string> argv_s{kvcompress_binary()};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int out = ::open((dir + "/.child_out").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    const int err = ::open((dir + "/.child_err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::dup2(err, 2);
+    std::vector<char*> argv;
+    for (std::string& a : argv_s) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// The exit status of child `pid`, or 128 + the signal that ended it (as a shell reports it).
+inline int wait_status(pid_t pid) {
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
 }
 
 inline int count_lines(const std::string& s) {
