@@ -29,17 +29,7 @@ void write_kv(const std::string& path, const Tensor& k, const Tensor& v) {
   f.write("/v", v);
 }
 
-// The SPEC section 8 contract for one bad invocation: exit code, one line on
-// stderr starting "kvcompress: error:", containing every `needles` entry, and
-// no core dump.
-void expect_error(const RunResult& r, int code, const std::vector<std::string>& needles) {
-  INFO("stderr: ", r.err);
-  INFO("stdout: ", r.out);
-  CHECK(r.exit_code == code);
-  CHECK(test::count_lines(r.err) == 1);
-  CHECK(r.err.rfind("kvcompress: error: ", 0) == 0);
-  for (const std::string& n : needles) CHECK_MESSAGE(r.err.find(n) != std::string::npos, n);
-}
+using test::expect_error;
 
 // The line of `help` that documents `flag`, or "" (CLI11 versions lay the defaults out
 // differently: "--heads INT:POSITIVE=2" in 2.3, "--heads INT:POSITIVE [2]" in 2.4).

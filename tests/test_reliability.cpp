@@ -28,15 +28,7 @@ using test::RunResult;
 using test::TempDir;
 using Clock = std::chrono::steady_clock;
 
-// SPEC section 8 for one bad invocation: the exit code, one line on stderr naming the problem.
-void expect_error(const RunResult& r, int code, const std::vector<std::string>& needles) {
-  INFO("stderr: ", r.err);
-  INFO("stdout: ", r.out);
-  CHECK(r.exit_code == code);
-  CHECK(test::count_lines(r.err) == 1);
-  CHECK(r.err.rfind("kvcompress: error: ", 0) == 0);
-  for (const std::string& n : needles) CHECK_MESSAGE(r.err.find(n) != std::string::npos, n);
-}
+using test::expect_error;
 
 // Temp files (".<name>.tmp-<pid>") left in `dir`.
 int temp_files_in(const std::string& dir) {

@@ -113,4 +113,15 @@ inline int count_lines(const std::string& s) {
   return n;
 }
 
+// The contract for one bad invocation: the exit code, one line on stderr starting
+// "kvcompress: error:" that contains every `needles` entry, and no core dump.
+inline void expect_error(const RunResult& r, int code, const std::vector<std::string>& needles) {
+  INFO("stderr: ", r.err);
+  INFO("stdout: ", r.out);
+  CHECK(r.exit_code == code);
+  CHECK(count_lines(r.err) == 1);
+  CHECK(r.err.rfind("kvcompress: error: ", 0) == 0);
+  for (const std::string& n : needles) CHECK_MESSAGE(r.err.find(n) != std::string::npos, n);
+}
+
 }  // namespace kvc::test
