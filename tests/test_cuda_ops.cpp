@@ -107,6 +107,19 @@ const std::vector<OpCase>& cases() {
              [](const Inputs& x) { return add(x[0], x[1]); });
     add_case("add leading broadcast", {{{9, 20000}}, {{5, 1, 20000}}}, {{{2, 3}}, {{2, 1, 3}}},
              [](const Inputs& x) { return add(x[0], x[1]); });
+    add_case("mul row scale, long rows", {{{300, 400}}, {{300, 1}}}, {{{2, 3}}, {{2, 1}}},
+             [](const Inputs& x) { return mul(x[0], x[1]); });
+    add_case("mul row scale, few very long rows", {{{3, 70001}}, {{3, 1}}}, {{{2, 3}}, {{2, 1}}},
+             [](const Inputs& x) { return mul(x[0], x[1]); });
+    // Blocks of a sequence's kept prefix plus per-head positions: long rows, strided input.
+    add_case("add_block_positions", {{{2, 3, 73, 64}}, {{3, 5, 64}}}, {{{2, 2, 7, 3}}, {{2, 3, 3}}},
+             [](const Inputs& x) { return add_block_positions(x[0], x[1], x[1].shape()[1]); });
+    // softmax_pool: n within the register-cached backward and beyond it; x also feeds a plain
+    // sum, so its gradient is accumulated onto another.
+    add_case("softmax_pool cached n", {{{7, 5, 300}}, {{7, 5, 300}}}, {{{2, 3, 4}}, {{2, 3, 4}}},
+             [](const Inputs& x) { return add(softmax_pool(x[0], x[1], 0.7), sum(x[0], -2)); });
+    add_case("softmax_pool long n", {{{3, 40, 50}}, {{3, 40, 50}}}, {{{2, 3, 4}}, {{2, 3, 4}}},
+             [](const Inputs& x) { return softmax_pool(x[0], x[1], 0.7); });
     add_case("sub", {{{4, 3, 5, 6}}, {{3, 1, 6}}}, {{{2, 3}}, {{3}}},
              [](const Inputs& x) { return sub(x[0], x[1]); });
     add_case("mul", {{{4, 3, 5, 6}}, {{4, 3, 1, 1}}}, {{{2, 3}}, {{2, 1}}},

@@ -2,13 +2,17 @@
 // each warp owns 16 or 32 query rows, keys come in shared-memory tiles (cp.async, two stages), S =
 // Q K^T and O += P V are mma.sync products (bf16 m16n8k16 or tf32 m16n8k8) with FP32 accumulators,
 // and the online softmax runs on the accumulator fragments in registers, so neither S nor P ever
-// touches shared or global memory. Inputs stay float32 in memory: K and V are rounded once per CTA
-// into bf16 tiles read with ldmatrix (bf16), or as their fragments are loaded (tf32).
+// touches shared or global memory. bf16: K and V are rounded to bf16 once, in one pass before the
+// kernel (every query tile reads them, so rounding per tile would repeat the work and move twice
+// the bytes), and arrive by cp.async straight into bf16 tiles read with ldmatrix, three stages
+// deep. tf32: float32 tiles, rounded as their fragments are loaded.
 #include <cuda_bf16.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/attention_split.cuh"
 #include "kernels/cuda/attention_tc.cuh"
@@ -25,6 +29,10 @@ constexpr int kThreadsTc = 32 * kWarps;
 
 enum class TcMode { kBf16, kTf32 };
 
+// Element type of K and V in global and shared memory: bf16 bits, or float32.
+template <TcMode M>
+using TcKV = std::conditional_t<M == TcMode::kBf16, uint16_t, float>;
+
 // Query rows of one warp: 16 (one mma M) per m-tile. Two m-tiles let every K and V fragment loaded
 // from shared memory feed two products, halving shared-memory traffic per FLOP; they need the
 // registers of two accumulators, which d <= 64 can spare.
@@ -33,24 +41,19 @@ constexpr int m_tiles() {
   return D <= 64 ? 2 : 1;
 }
 
-// Shared-memory layout: float32 (K tile, V tile) stages filled by cp.async, row stride D + 4
-// floats. bf16 mode converts its one stage per tile into a bf16 (K, V) pair of row stride D + 8
-// (16-byte rows that start 4 banks apart: the 8 rows an ldmatrix reads at once cover all 32
-// banks); the stage is then free at once, so the next tile's copies overlap the products, and
-// tiles of 64 keys fit twice per SM at every D. tf32 mode reads fragments straight from two
-// alternating float32 stages: K at row g, column t (stride = 4 mod 32: 32 distinct banks), V at
-// rows 2t, 2t+1 and column g (stride = 4 mod 16: likewise).
+// Shared-memory layout. bf16: kStages (K tile, V tile) pairs of bf16 rows of stride D + 8 (16-byte
+// rows that start 4 banks apart: the 8 rows an ldmatrix reads at once cover all 32 banks), filled
+// by cp.async kStages - 1 tiles ahead. tf32: two alternating float32 (K, V) stages of row stride
+// D + 4, fragments read straight from them: K at row g, column t (stride = 4 mod 32: 32 distinct
+// banks), V at rows 2t, 2t+1 and column g (stride = 4 mod 16: likewise).
 template <int D, TcMode M>
 struct TcLayout {
   static constexpr bool kBf16 = M == TcMode::kBf16;
   static constexpr int kBK = kBf16 || D < 128 ? 64 : 32;  // keys per tile
-  static constexpr int kStages = kBf16 ? 1 : 2;
-  static constexpr int kStride = D + 4;  // float32 stage rows
-  static constexpr int kStage = 2 * kBK * kStride;
-  static constexpr int kHalfStride = D + 8;  // bf16 rows
-  static constexpr size_t kStageBytes = sizeof(float) * kStages * kStage;
-  static constexpr size_t kBytes =
-      kStageBytes + (kBf16 ? sizeof(uint16_t) * 2 * kBK * kHalfStride : 0);
+  static constexpr int kStages = kBf16 ? 3 : 2;
+  static constexpr int kStride = kBf16 ? D + 8 : D + 4;  // elements per shared row
+  static constexpr int kStage = 2 * kBK * kStride;       // elements per (K, V) stage
+  static constexpr size_t kBytes = (kBf16 ? sizeof(uint16_t) : sizeof(float)) * kStages * kStage;
   static constexpr int kBQ = kWarps * 16 * m_tiles<D>();  // queries per CTA
 };
 
@@ -102,17 +105,30 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const uint16
                : "memory");
 }
 
-// A (kRows, D) float32 tile (row stride D + 4) into bf16 (row stride D + 8), once per CTA.
-template <int D, int kRows>
-__device__ __forceinline__ void tile_to_bf16(uint16_t* dst, const float* src, int tid) {
-  constexpr int kVec = D / 4;
+// Rows [k0, k0 + kRows) of a (seq, D) bf16 matrix into a shared tile of row stride kStride, 8
+// elements per 16-byte copy; rows at or past `end` are zero (see load_tile_async).
+template <int D, int kRows, int kStride>
+__device__ __forceinline__ void load_bf16_tile_async(uint16_t* dst, const uint16_t* src, int k0,
+                                                     int end, int tid) {
+  constexpr int kVec = D / 8;
+  static_assert(kRows * kVec % kThreadsTc == 0, "whole 16-byte copies per thread");
 #pragma unroll
   for (int n = 0; n < kRows * kVec / kThreadsTc; ++n) {
     const int i = tid + n * kThreadsTc;
-    const int r = i / kVec, c = (i % kVec) * 4;
-    const float4 x = *reinterpret_cast<const float4*>(src + r * (D + 4) + c);
-    *reinterpret_cast<uint2*>(dst + r * (D + 8) + c) =
-        make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+    const int r = i / kVec, c = (i % kVec) * 8;
+    const bool valid = k0 + r < end;
+    const uint16_t* from = src + (valid ? static_cast<int64_t>(k0 + r) * D + c : 0);
+    cp_async16(reinterpret_cast<float*>(dst + r * kStride + c),
+               reinterpret_cast<const float*>(from), valid);
+  }
+}
+
+// dst[i] = bf16(src[i]) (round to nearest even), four at a time; n is a multiple of 4.
+__global__ void round_to_bf16_kernel(const float* __restrict__ src, uint2* __restrict__ dst,
+                                     int64_t n4) {
+  KVC_GRID_LOOP(i, n4) {
+    const float4 x = reinterpret_cast<const float4*>(src)[i];
+    dst[i] = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
   }
 }
 
@@ -132,8 +148,8 @@ __device__ __forceinline__ void tile_to_bf16(uint16_t* dst, const float* src, in
 // alpha * log2(e)), so the softmax is one exp2f per score.
 template <int D, TcMode M>
 __global__ void __launch_bounds__(kThreadsTc)
-    attention_tc_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                        const float* __restrict__ v, float* __restrict__ out,
+    attention_tc_kernel(const float* __restrict__ q, const TcKV<M>* __restrict__ k,
+                        const TcKV<M>* __restrict__ v, float* __restrict__ out,
                         float* __restrict__ part_o, float2* __restrict__ part_ml, int nq, int seq,
                         int q_tiles, int split_len, float scale_log2) {
   using L = TcLayout<D, M>;
@@ -143,11 +159,9 @@ __global__ void __launch_bounds__(kThreadsTc)
   constexpr int kKSteps = kBf16 ? D / 16 : D / 8;  // k-steps of S = Q K^T
   constexpr int kSTiles = kBK / 8;                 // 8-key column tiles of S
   constexpr int kOTiles = D / 8;                   // 8-wide column tiles of O
-  constexpr int kHS = L::kHalfStride;
+  constexpr int kStride = L::kStride;
   extern __shared__ float4 smem4[];
-  float* smem = reinterpret_cast<float*>(smem4);
-  uint16_t* kh = reinterpret_cast<uint16_t*>(reinterpret_cast<char*>(smem) + L::kStageBytes);
-  uint16_t* vh = kh + kBK * kHS;
+  TcKV<M>* smem = reinterpret_cast<TcKV<M>*>(smem4);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;
@@ -155,16 +169,26 @@ __global__ void __launch_bounds__(kThreadsTc)
   const int q0 = (blockIdx.x % q_tiles) * L::kBQ + warp * 16 * kM;
   const int kbeg = blockIdx.y * split_len;
   const int kend = min(seq, kbeg + split_len);
-  const float* kb = k + static_cast<int64_t>(bh) * seq * D;
-  const float* vb = v + static_cast<int64_t>(bh) * seq * D;
+  const TcKV<M>* kb = k + static_cast<int64_t>(bh) * seq * D;
+  const TcKV<M>* vb = v + static_cast<int64_t>(bh) * seq * D;
 
+  // Fills a stage with the tile at k0 (nothing past the split: an empty group keeps the count of
+  // committed groups, which the waits rely on, the same for every tile).
   auto load_stage = [&](int stage, int k0) {
-    float* ks = smem + stage * L::kStage;
-    load_tile_async<D, kBK, L::kStride, kThreadsTc>(ks, kb, k0, kend, tid);
-    load_tile_async<D, kBK, L::kStride, kThreadsTc>(ks + kBK * L::kStride, vb, k0, kend, tid);
+    TcKV<M>* ks = smem + stage * L::kStage;
+    if (k0 < kend) {
+      if constexpr (kBf16) {
+        load_bf16_tile_async<D, kBK, kStride>(ks, kb, k0, kend, tid);
+        load_bf16_tile_async<D, kBK, kStride>(ks + kBK * kStride, vb, k0, kend, tid);
+      } else {
+        load_tile_async<D, kBK, kStride, kThreadsTc>(ks, kb, k0, kend, tid);
+        load_tile_async<D, kBK, kStride, kThreadsTc>(ks + kBK * kStride, vb, k0, kend, tid);
+      }
+    }
     cp_async_commit();
   };
-  load_stage(0, kbeg);
+#pragma unroll
+  for (int st = 0; st < L::kStages - 1; ++st) load_stage(st, kbeg + st * kBK);
 
   // Q's A fragments for every m-tile and k-step stay in registers for the whole key range.
   uint32_t qa[kM][kKSteps][4];
@@ -207,28 +231,17 @@ __global__ void __launch_bounds__(kThreadsTc)
     l_run[mi][0] = l_run[mi][1] = 0.f;
   }
 
-  int stage = 0;
-  for (int k0 = kbeg; k0 < kend; k0 += kBK, stage ^= L::kStages - 1) {
-    const float* ks = smem + stage * L::kStage;
-    const float* vs = ks + kBK * L::kStride;
-    if constexpr (kBf16) {
-      cp_async_wait<0>();
-      __syncthreads();  // the stage has landed; every warp is done with the last bf16 tiles
-      tile_to_bf16<D, kBK>(kh, ks, tid);
-      tile_to_bf16<D, kBK>(vh, vs, tid);
-      __syncthreads();  // the bf16 tiles are ready and the stage is free: refill it now
-      if (k0 + kBK < kend) load_stage(0, k0 + kBK);
-    } else {
-      // The next tile's copies fly while this one is used; the stage they fill was last read
-      // before the barrier at the end of the previous iteration.
-      if (k0 + kBK < kend) {
-        load_stage(stage ^ 1, k0 + kBK);
-        cp_async_wait<1>();
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();
-    }
+  int stage = 0;  // the stage holding the tile at k0
+  for (int k0 = kbeg; k0 < kend; k0 += kBK) {
+    // The tile at k0 has landed once at most kStages - 2 later groups are in flight; after the
+    // barrier every warp is also done with the previous tile, whose stage is refilled at once.
+    cp_async_wait<L::kStages - 2>();
+    __syncthreads();
+    const int refill = stage == 0 ? L::kStages - 1 : stage - 1;
+    load_stage(refill, k0 + (L::kStages - 1) * kBK);
+    const TcKV<M>* ks = smem + stage * L::kStage;
+    const TcKV<M>* vs = ks + kBK * kStride;
+    stage = stage == L::kStages - 1 ? 0 : stage + 1;
 
     // S = Q K^T, k-steps outermost: the products of one step are independent.
     float s[kM][kSTiles][4];
@@ -243,7 +256,7 @@ __global__ void __launch_bounds__(kThreadsTc)
 #pragma unroll
         for (int jp = 0; jp < kSTiles / 2; ++jp) {
           uint32_t b[4];  // b0, b1 of key tile 2 jp, then of 2 jp + 1
-          ldmatrix_x4(b, kh + (jp * 16 + (lane & 7) + 8 * (lane >> 4)) * kHS + kk * 16 +
+          ldmatrix_x4(b, ks + (jp * 16 + (lane & 7) + 8 * (lane >> 4)) * kStride + kk * 16 +
                              8 * ((lane >> 3) & 1));
 #pragma unroll
           for (int mi = 0; mi < kM; ++mi) {
@@ -254,7 +267,7 @@ __global__ void __launch_bounds__(kThreadsTc)
       } else {
 #pragma unroll
         for (int j = 0; j < kSTiles; ++j) {
-          const float* krow = ks + (j * 8 + g) * L::kStride + kk * 8 + t;
+          const float* krow = ks + (j * 8 + g) * kStride + kk * 8 + t;
           const uint32_t b0 = to_tf32(krow[0]), b1 = to_tf32(krow[4]);
 #pragma unroll
           for (int mi = 0; mi < kM; ++mi) mma_tf32(s[mi][j], qa[mi][kk], b0, b1);
@@ -318,8 +331,8 @@ __global__ void __launch_bounds__(kThreadsTc)
 #pragma unroll
         for (int jp = 0; jp < kOTiles / 2; ++jp) {
           uint32_t b[4];  // b0, b1 of column tile 2 jp, then of 2 jp + 1
-          ldmatrix_x4_trans(b, vh + (kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * kHS + jp * 16 +
-                                   8 * (lane >> 4));
+          ldmatrix_x4_trans(b, vs + (kk * 16 + (lane & 7) + 8 * ((lane >> 3) & 1)) * kStride +
+                                   jp * 16 + 8 * (lane >> 4));
 #pragma unroll
           for (int mi = 0; mi < kM; ++mi) {
             mma_bf16(o[mi][2 * jp], pa[mi], b[0], b[1]);
@@ -338,17 +351,17 @@ __global__ void __launch_bounds__(kThreadsTc)
           pa[mi][2] = to_tf32(s[mi][kk][1]);
           pa[mi][3] = to_tf32(s[mi][kk][3]);
         }
-        const float* v0 = vs + (kk * 8 + 2 * t) * L::kStride + g;
+        const float* v0 = vs + (kk * 8 + 2 * t) * kStride + g;
 #pragma unroll
         for (int j = 0; j < kOTiles; ++j) {
-          const uint32_t b0 = to_tf32(v0[j * 8]), b1 = to_tf32(v0[j * 8 + L::kStride]);
+          const uint32_t b0 = to_tf32(v0[j * 8]), b1 = to_tf32(v0[j * 8 + kStride]);
 #pragma unroll
           for (int mi = 0; mi < kM; ++mi) mma_tf32(o[mi][j], pa[mi], b0, b1);
         }
       }
     }
-    if constexpr (!kBf16) __syncthreads();  // every warp is done with this stage before reuse
   }
+  cp_async_wait<0>();  // no copy may outlive the CTA (the last refills are empty groups)
 
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
 #pragma unroll
@@ -391,8 +404,8 @@ int resident_tc_ctas() {
 }
 
 template <int D, TcMode M>
-void launch_tc(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t nq,
-               int64_t seq, double alpha) {
+void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, int64_t bh,
+               int64_t nq, int64_t seq, double alpha) {
   using L = TcLayout<D, M>;
   const int slots = resident_tc_ctas<D, M>();  // also raises the shared-memory limit
   const int64_t q_tiles = (nq + L::kBQ - 1) / L::kBQ;
@@ -407,18 +420,29 @@ void launch_tc(const float* q, const float* k, const float* v, float* out, int64
   split.combine<D>(out, rows);
 }
 
-template <TcMode M>
-void dispatch_d(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t nq,
-                int64_t seq, int64_t d, double alpha) {
-  switch (d) {
-    case 32:
-      return launch_tc<32, M>(q, k, v, out, bh, nq, seq, alpha);
-    case 64:
-      return launch_tc<64, M>(q, k, v, out, bh, nq, seq, alpha);
-    case 128:
-      return launch_tc<128, M>(q, k, v, out, bh, nq, seq, alpha);
-    default:
-      KVC_FAIL("attention_forward_tc: head size ", d, " has no tensor-core kernel");
+// bf16: K and V rounded once into scratch, then the kernel on the rounded copies.
+template <int D>
+void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, int64_t bh,
+                    int64_t nq, int64_t seq, double alpha) {
+  const int64_t n = bh * seq * D;
+  const Scratch kv16(2 * static_cast<size_t>(n) * sizeof(uint16_t));
+  uint16_t* k16 = kv16.as<uint16_t>();
+  uint16_t* v16 = k16 + n;
+  for (auto [src, dst] : {std::pair{k, k16}, std::pair{v, v16}}) {
+    round_to_bf16_kernel<<<grid_for(n / 4), kThreads, 0, stream()>>>(
+        src, reinterpret_cast<uint2*>(dst), n / 4);
+    KVC_CUDA_CHECK(cudaGetLastError());
+  }
+  launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha);
+}
+
+template <int D>
+void launch_d(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t nq,
+              int64_t seq, double alpha, MathPrecision precision) {
+  if (precision == MathPrecision::bf16) {
+    launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha);
+  } else {
+    launch_tc<D, TcMode::kTf32>(q, k, v, out, bh, nq, seq, alpha);
   }
 }
 
@@ -429,10 +453,15 @@ void attention_forward_tc(const float* q, const float* k, const float* v, float*
                           MathPrecision precision) {
   KVC_CHECK(precision != MathPrecision::fp32,
             "attention_forward_tc: fp32 math runs on the FP32 kernel, not on tensor cores");
-  if (precision == MathPrecision::bf16) {
-    dispatch_d<TcMode::kBf16>(q, k, v, out, batch_heads, nq, seq, d, alpha);
-  } else {
-    dispatch_d<TcMode::kTf32>(q, k, v, out, batch_heads, nq, seq, d, alpha);
+  switch (d) {
+    case 32:
+      return launch_d<32>(q, k, v, out, batch_heads, nq, seq, alpha, precision);
+    case 64:
+      return launch_d<64>(q, k, v, out, batch_heads, nq, seq, alpha, precision);
+    case 128:
+      return launch_d<128>(q, k, v, out, batch_heads, nq, seq, alpha, precision);
+    default:
+      KVC_FAIL("attention_forward_tc: head size ", d, " has no tensor-core kernel");
   }
 }
 

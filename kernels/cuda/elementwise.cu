@@ -1,5 +1,6 @@
 // CUDA elementwise kernels: broadcast binary ops, axpby, ReLU, GELU and dropout, each forward
 // next to its backward.
+#include <algorithm>
 #include <cmath>
 
 #include "base/philox.h"
@@ -40,11 +41,51 @@ __global__ void binary_broadcast_kernel(const T* a, const T* b, T* out, int64_t 
   }
 }
 
+// The same with a long last axis: CTAs walk (row, chunk of the row) pairs, so a row's offsets
+// cost ndim - 1 divisions once per chunk instead of ndim per element, consecutive threads touch
+// consecutive elements, and a few very long rows still spread over the whole GPU. Block positions
+// added to every block and per-head scales take this path.
+constexpr int64_t kRowChunk = 8 * kThreads;
+
+template <BinaryOp Op, typename T>
+__global__ void binary_rows_kernel(const T* a, const T* b, T* out, int64_t rows,
+                                   BroadcastIndex index) {
+  const int last = index.ndim - 1;
+  const int64_t inner = index.shape[last];
+  const int64_t chunks = (inner + kRowChunk - 1) / kRowChunk;
+  const int64_t sa = index.a_stride[last], sb = index.b_stride[last];
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    int64_t rest = r, ia = 0, ib = 0;
+    for (int d = last - 1; d >= 0; --d) {
+      const int64_t c = rest % index.shape[d];
+      rest /= index.shape[d];
+      ia += c * index.a_stride[d];
+      ib += c * index.b_stride[d];
+    }
+    T* o = out + r * inner;
+    for (int64_t chunk = blockIdx.y; chunk < chunks; chunk += gridDim.y) {
+      const int64_t end = min(inner, (chunk + 1) * kRowChunk);
+      for (int64_t c = chunk * kRowChunk + threadIdx.x; c < end; c += blockDim.x) {
+        o[c] = apply<Op>(a[ia + c * sa], b[ib + c * sb]);
+      }
+    }
+  }
+}
+
+// Rows at least this long go to binary_rows_kernel (a shorter one would idle most of the CTA).
+constexpr int64_t kMinRowLength = 256;
+
 template <BinaryOp Op, typename T>
 void launch_binary(const T* a, const T* b, T* out, int64_t n, const BroadcastIndex& raw) {
   const BroadcastIndex index = math::collapse(raw);
   if (index.ndim == 0 || (index.ndim == 1 && index.a_stride[0] == 1 && index.b_stride[0] == 1)) {
     binary_flat_kernel<Op, T><<<grid_for(n), kThreads, 0, stream()>>>(a, b, out, n);
+  } else if (index.ndim >= 2 && index.shape[index.ndim - 1] >= kMinRowLength) {
+    const int64_t inner = index.shape[index.ndim - 1], rows = n / inner;
+    const dim3 grid(
+        static_cast<unsigned>(std::min<int64_t>(rows, 65535)),
+        static_cast<unsigned>(std::min<int64_t>((inner + kRowChunk - 1) / kRowChunk, 65535)));
+    binary_rows_kernel<Op, T><<<grid, kThreads, 0, stream()>>>(a, b, out, rows, index);
   } else {
     binary_broadcast_kernel<Op, T><<<grid_for(n), kThreads, 0, stream()>>>(a, b, out, n, index);
   }

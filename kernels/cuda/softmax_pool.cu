@@ -70,6 +70,50 @@ __global__ void softmax_pool_backward_kernel(const T* x, const T* logits, const 
   }
 }
 
+// The backward for n <= kN without stored weights: each column's x and logits are read once
+// into registers and serve both the statistics and the gradients, so the pass moves x, logits,
+// gy, gx and glogits once each (the kernel above reads x and logits twice).
+template <typename T, int kN>
+__global__ void softmax_pool_backward_cached_kernel(const T* x, const T* logits, const T* gy, T* gx,
+                                                    T* glogits, int64_t outer, int n, int64_t inner,
+                                                    T scale, bool acc_x, bool acc_logits) {
+  KVC_GRID_LOOP(col, outer * inner) {
+    const int64_t o = col / inner, i = col % inner, base = o * n * inner + i;
+    T xs[kN], e[kN];  // x, then exp(scale * logit - max) per j
+    T m = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      if (j < n) {
+        xs[j] = x[base + j * inner];
+        e[j] = scale * logits[base + j * inner];
+        m = max(m, e[j]);
+      }
+    }
+    T sum = 0, acc = 0;
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      if (j < n) {
+        e[j] = exp(e[j] - m);
+        sum += e[j];
+        acc += e[j] * xs[j];
+      }
+    }
+    const T inv = T(1) / sum, y = acc * inv, g = gy[col];
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      if (j < n) {
+        const int64_t k = base + j * inner;
+        const T a = e[j] * inv;
+        if (gx) gx[k] = (acc_x ? gx[k] : T(0)) + g * a;
+        if (glogits) glogits[k] = (acc_logits ? glogits[k] : T(0)) + scale * a * g * (xs[j] - y);
+      }
+    }
+  }
+}
+
+// Longest n whose column fits the registers of softmax_pool_backward_cached_kernel.
+constexpr int64_t kCachedN = 32;
+
 }  // namespace
 
 template <typename T>
@@ -86,6 +130,14 @@ void softmax_pool_backward(const T* x, const T* logits, const T* weights, const 
                            T* glogits, int64_t outer, int64_t n, int64_t inner, T scale, bool acc_x,
                            bool acc_logits) {
   if (outer * inner <= 0) return;
+  if (!weights && n <= kCachedN) {
+    softmax_pool_backward_cached_kernel<T, kCachedN>
+        <<<grid_for(outer * inner), kThreads, 0, stream()>>>(x, logits, gy, gx, glogits, outer,
+                                                             static_cast<int>(n), inner, scale,
+                                                             acc_x, acc_logits);
+    KVC_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   softmax_pool_backward_kernel<T><<<grid_for(outer * inner), kThreads, 0, stream()>>>(
       x, logits, weights, gy, gx, glogits, outer, n, inner, scale, acc_x, acc_logits);
   KVC_CUDA_CHECK(cudaGetLastError());
