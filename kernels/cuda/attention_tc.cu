@@ -146,12 +146,18 @@ __global__ void round_to_bf16_kernel(const float* __restrict__ src, uint2* __res
 //
 // One CTA per (batch-head, kBQ queries, key split); scores in log2 units (q pre-scaled by
 // alpha * log2(e)), so the softmax is one exp2f per score.
-template <int D, TcMode M>
+//
+// kMasked: row r sees keys below visible[r] only (causal targets). The CTA stops at the largest
+// count of its rows; a row that has seen no key yet keeps its max at -inf and takes 0 as the
+// exponent base, so its weights and sums stay zero (a split past all its keys hands the combine
+// m = -inf, l = 0, O = 0). The unmasked kernel is compiled without any of it.
+template <int D, TcMode M, bool kMasked>
 __global__ void __launch_bounds__(kThreadsTc)
     attention_tc_kernel(const float* __restrict__ q, const TcKV<M>* __restrict__ k,
                         const TcKV<M>* __restrict__ v, float* __restrict__ out,
                         float* __restrict__ part_o, float2* __restrict__ part_ml, int nq, int seq,
-                        int q_tiles, int split_len, float scale_log2) {
+                        int q_tiles, int split_len, float scale_log2,
+                        const int32_t* __restrict__ visible) {
   using L = TcLayout<D, M>;
   constexpr bool kBf16 = M == TcMode::kBf16;
   constexpr int kBK = L::kBK;
@@ -168,7 +174,16 @@ __global__ void __launch_bounds__(kThreadsTc)
   const int bh = blockIdx.x / q_tiles;
   const int q0 = (blockIdx.x % q_tiles) * L::kBQ + warp * 16 * kM;
   const int kbeg = blockIdx.y * split_len;
-  const int kend = min(seq, kbeg + split_len);
+  int kend = min(seq, kbeg + split_len);
+  if constexpr (kMasked) {
+    __shared__ int cta_limit;
+    if (tid == 0) cta_limit = 0;
+    __syncthreads();
+    const int r = (blockIdx.x % q_tiles) * L::kBQ + tid;
+    if (tid < L::kBQ && r < nq) atomicMax(&cta_limit, visible[static_cast<int64_t>(bh) * nq + r]);
+    __syncthreads();
+    kend = max(kbeg, min(kend, cta_limit));
+  }
   const TcKV<M>* kb = k + static_cast<int64_t>(bh) * seq * D;
   const TcKV<M>* vb = v + static_cast<int64_t>(bh) * seq * D;
 
@@ -230,6 +245,16 @@ __global__ void __launch_bounds__(kThreadsTc)
     m_run[mi][0] = m_run[mi][1] = -INFINITY;
     l_run[mi][0] = l_run[mi][1] = 0.f;
   }
+  // Keys each of this lane's rows may see (rows past nq: all, their output is dropped).
+  int limit[kM][2];
+#pragma unroll
+  for (int mi = 0; mi < kM; ++mi) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = q0 + mi * 16 + g + 8 * h;
+      limit[mi][h] = kMasked && row < nq ? visible[static_cast<int64_t>(bh) * nq + row] : seq;
+    }
+  }
 
   int stage = 0;  // the stage holding the tile at k0
   for (int k0 = kbeg; k0 < kend; k0 += kBK) {
@@ -286,6 +311,17 @@ __global__ void __launch_bounds__(kThreadsTc)
           if (col + 1 >= valid) s[mi][j][1] = s[mi][j][3] = -INFINITY;
         }
       }
+      if constexpr (kMasked) {
+#pragma unroll
+        for (int j = 0; j < kSTiles; ++j) {
+          const int key = k0 + j * 8 + 2 * t;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            if (key >= limit[mi][h]) s[mi][j][2 * h] = -INFINITY;
+            if (key + 1 >= limit[mi][h]) s[mi][j][2 * h + 1] = -INFINITY;
+          }
+        }
+      }
       // Online softmax of rows g (h = 0: c0, c1) and g + 8 (h = 1: c2, c3); the 4 lanes of a
       // quad hold one row's columns.
 #pragma unroll
@@ -297,9 +333,11 @@ __global__ void __launch_bounds__(kThreadsTc)
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(m_run[mi][h], mx);  // finite: every tile has a valid key
+        // Finite unless masked: every tile has a valid key.
+        const float m_seen = fmaxf(m_run[mi][h], mx);
+        const float m_new = kMasked && m_seen == -INFINITY ? 0.f : m_seen;
         const float corr = exp2f(m_run[mi][h] - m_new);
-        m_run[mi][h] = m_new;
+        m_run[mi][h] = m_seen;
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < kSTiles; ++j) {
@@ -386,18 +424,18 @@ __global__ void __launch_bounds__(kThreadsTc)
 }
 
 // CTAs of one kernel instance that fit on the whole GPU at once, read once per instance.
-template <int D, TcMode M>
+template <int D, TcMode M, bool kMasked>
 int resident_tc_ctas() {
   static const int n = [] {
     using L = TcLayout<D, M>;
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel<D, M>,
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel<D, M, kMasked>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(L::kBytes)));
     int device = 0, sms = 0, per_sm = 0;
     KVC_CUDA_CHECK(cudaGetDevice(&device));
     KVC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_tc_kernel<D, M>,
-                                                                 kThreadsTc, L::kBytes));
+    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, attention_tc_kernel<D, M, kMasked>, kThreadsTc, L::kBytes));
     return std::max(1, sms * per_sm);
   }();
   return n;
@@ -405,17 +443,19 @@ int resident_tc_ctas() {
 
 template <int D, TcMode M>
 void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, int64_t bh,
-               int64_t nq, int64_t seq, double alpha) {
+               int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
   using L = TcLayout<D, M>;
-  const int slots = resident_tc_ctas<D, M>();  // also raises the shared-memory limit
+  // also raises the shared-memory limit
+  const int slots = visible ? resident_tc_ctas<D, M, true>() : resident_tc_ctas<D, M, false>();
   const int64_t q_tiles = (nq + L::kBQ - 1) / L::kBQ;
   const int64_t rows = bh * nq;
   const KeySplit split(bh * q_tiles, (seq + L::kBK - 1) / L::kBK, slots, rows, D);
   const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
   const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
-  attention_tc_kernel<D, M><<<grid, kThreadsTc, L::kBytes, stream()>>>(
+  auto kernel = visible ? attention_tc_kernel<D, M, true> : attention_tc_kernel<D, M, false>;
+  kernel<<<grid, kThreadsTc, L::kBytes, stream()>>>(
       q, k, v, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
-      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * L::kBK), scale_log2);
+      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * L::kBK), scale_log2, visible);
   KVC_CUDA_CHECK(cudaGetLastError());
   split.combine<D>(out, rows);
 }
@@ -423,7 +463,7 @@ void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, i
 // bf16: K and V rounded once into scratch, then the kernel on the rounded copies.
 template <int D>
 void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, int64_t bh,
-                    int64_t nq, int64_t seq, double alpha) {
+                    int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
   const int64_t n = bh * seq * D;
   const Scratch kv16(2 * static_cast<size_t>(n) * sizeof(uint16_t));
   uint16_t* k16 = kv16.as<uint16_t>();
@@ -433,16 +473,16 @@ void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, 
         src, reinterpret_cast<uint2*>(dst), n / 4);
     KVC_CUDA_CHECK(cudaGetLastError());
   }
-  launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha);
+  launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha, visible);
 }
 
 template <int D>
 void launch_d(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t nq,
-              int64_t seq, double alpha, MathPrecision precision) {
+              int64_t seq, double alpha, MathPrecision precision, const int32_t* visible) {
   if (precision == MathPrecision::bf16) {
-    launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha);
+    launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha, visible);
   } else {
-    launch_tc<D, TcMode::kTf32>(q, k, v, out, bh, nq, seq, alpha);
+    launch_tc<D, TcMode::kTf32>(q, k, v, out, bh, nq, seq, alpha, visible);
   }
 }
 
@@ -450,16 +490,16 @@ void launch_d(const float* q, const float* k, const float* v, float* out, int64_
 
 void attention_forward_tc(const float* q, const float* k, const float* v, float* out,
                           int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
-                          MathPrecision precision) {
+                          MathPrecision precision, const int32_t* visible) {
   KVC_CHECK(precision != MathPrecision::fp32,
             "attention_forward_tc: fp32 math runs on the FP32 kernel, not on tensor cores");
   switch (d) {
     case 32:
-      return launch_d<32>(q, k, v, out, batch_heads, nq, seq, alpha, precision);
+      return launch_d<32>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible);
     case 64:
-      return launch_d<64>(q, k, v, out, batch_heads, nq, seq, alpha, precision);
+      return launch_d<64>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible);
     case 128:
-      return launch_d<128>(q, k, v, out, batch_heads, nq, seq, alpha, precision);
+      return launch_d<128>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible);
     default:
       KVC_FAIL("attention_forward_tc: head size ", d, " has no tensor-core kernel");
   }
