@@ -2,8 +2,11 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
+#include <vector>
 
+#include "base/error.h"
 #include "core/tensor.h"
 
 namespace kvc {
@@ -42,6 +45,21 @@ class KVSource {
   // Distinct batches before the stream repeats or reshuffles; 0 for an endless generator.
   virtual uint64_t batches_per_epoch() const = 0;
   virtual std::string describe() const = 0;  // one line for logs: kind, path or seed, split
+
+  // The source's state for a checkpoint, as the stream "data_position" of `streams`: the
+  // position alone decides what comes next (a file's epoch and shuffle order follow from it and
+  // the seed).
+  void state_dict(std::map<std::string, std::vector<uint64_t>>& streams) const {
+    streams["data_position"] = {position()};
+  }
+  // Continues from a state_dict's position; throws when `streams` lacks a one-value
+  // "data_position".
+  void load_state_dict(const std::map<std::string, std::vector<uint64_t>>& streams) {
+    const auto it = streams.find("data_position");
+    KVC_CHECK(it != streams.end() && it->second.size() == 1, "data: the state lacks ",
+              "/rng/data_position (one position)");
+    set_position(it->second[0]);
+  }
 };
 
 }  // namespace kvc

@@ -2,6 +2,7 @@
 #include "optim/adam.h"
 
 #include <cmath>
+#include <map>
 #include <unordered_set>
 
 #include "core/op_util.h"
@@ -122,6 +123,35 @@ void Adam::set_state(const std::string& name, const Tensor& exp_avg, const Tenso
             " but the parameter has ", shape);
   slice(flat_exp_avg_, i).copy_from(exp_avg.to(dtype_));
   slice(flat_exp_avg_sq_, i).copy_from(exp_avg_sq.to(dtype_));
+}
+
+AdamState Adam::state_dict() const {
+  AdamState s;
+  s.step = step_;
+  for (size_t i = 0; i < names_.size(); ++i) {
+    s.exp_avg.emplace_back(names_[i], slice(flat_exp_avg_, i));
+    s.exp_avg_sq.emplace_back(names_[i], slice(flat_exp_avg_sq_, i));
+  }
+  s.lr = options_.lr;
+  s.beta1 = options_.beta1;
+  s.beta2 = options_.beta2;
+  s.eps = options_.eps;
+  s.weight_decay = options_.weight_decay;
+  s.decoupled = options_.decoupled;
+  return s;
+}
+
+void Adam::load_state_dict(const AdamState& state) {
+  std::map<std::string, const Tensor*> avg_sq;
+  for (const auto& [key, t] : state.exp_avg_sq) avg_sq[key] = &t;
+  for (const auto& [key, t] : state.exp_avg) {
+    const auto it = avg_sq.find(key);
+    KVC_CHECK(it != avg_sq.end(), "adam: the state has exp_avg/", key, " but no exp_avg_sq/", key);
+    set_state(key, t, *it->second);
+  }
+  KVC_CHECK(state.exp_avg.size() == names_.size(), "adam: the state has moments for ",
+            state.exp_avg.size(), " tensors, the optimizer has ", names_.size());
+  set_step_count(state.step);
 }
 
 void Adam::set_lr(double lr) {

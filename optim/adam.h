@@ -20,6 +20,15 @@ struct AdamOptions {
   bool decoupled = false;  // true: AdamW (decay the parameter); false: Adam (L2 added to the grad)
 };
 
+// Adam's state as a checkpoint holds it (/optim): the step count, both moments of every parameter
+// (the parameters' names, in their order) and the hyperparameters (lr: the last one used).
+struct AdamState {
+  int64_t step = 0;
+  std::vector<std::pair<std::string, Tensor>> exp_avg, exp_avg_sq;
+  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  bool decoupled = false;  // attribute "optimizer": "adamw" when true, else "adam"
+};
+
 // Construction moves every parameter into one flat buffer: each parameter's TensorImpl is
 // re-pointed at its slice, so the module's own handles see (and write) the same memory. Each
 // parameter's .grad is set to a view into one flat gradient buffer, so backward accumulates into
@@ -89,6 +98,14 @@ class Adam {
   // Restores one parameter's moments (checkpoint resume); shapes must match the parameter's.
   // Values are cast to the optimizer's dtype and copied to its device.
   void set_state(const std::string& name, const Tensor& exp_avg, const Tensor& exp_avg_sq);
+
+  // The state to save: the moments are views into the flat buffers (no copy), valid while this
+  // optimizer lives and changed by its next step.
+  AdamState state_dict() const;
+  // Restores the step count and the moments of every parameter (by name; each needs both, and
+  // every parameter needs them). The hyperparameters stay this optimizer's own. Throws naming
+  // the first parameter that is missing or does not fit.
+  void load_state_dict(const AdamState& state);
 
   // The flat buffers (padded: each parameter starts at a 64-byte boundary; padding stays zero).
   const Tensor& flat_params() const { return flat_params_; }  // (padded_numel)
