@@ -172,6 +172,75 @@ CheckpointMeta read_meta(const H5File& f) {
   return m;
 }
 
+// ---- /optim, /rng and /metrics: each group's layout in one place, written and read from it
+
+// /optim's double attributes.
+const std::vector<std::pair<const char*, double OptimState::*>>& optim_attributes() {
+  static const std::vector<std::pair<const char*, double OptimState::*>> attributes = {
+      {"lr", &OptimState::lr},
+      {"beta1", &OptimState::beta1},
+      {"beta2", &OptimState::beta2},
+      {"eps", &OptimState::eps},
+      {"weight_decay", &OptimState::weight_decay}};
+  return attributes;
+}
+
+void write_optim(H5File& f, const OptimState& o) {
+  f.create_group("/optim");
+  f.write_scalar_int64("/optim/step", o.step);
+  write_named(f, "/optim/exp_avg", o.exp_avg);
+  write_named(f, "/optim/exp_avg_sq", o.exp_avg_sq);
+  for (const auto& [name, field] : optim_attributes()) f.set_attr("/optim", name, o.*field);
+  f.set_attr("/optim", "optimizer", o.decoupled ? "adamw" : "adam");
+}
+
+OptimState read_optim(const H5File& f) {
+  OptimState o;
+  o.step = f.read_scalar_int64("/optim/step");
+  o.exp_avg = read_named(f, "/optim/exp_avg");
+  o.exp_avg_sq = read_named(f, "/optim/exp_avg_sq");
+  for (const auto& [name, field] : optim_attributes()) o.*field = f.attr_double("/optim", name);
+  o.decoupled =
+      f.has_attr("/optim", "optimizer") && f.attr_string("/optim", "optimizer") == "adamw";
+  return o;
+}
+
+void write_rng(H5File& f, const RngStreams& rng) {
+  f.create_group("/rng");
+  for (const auto& [name, values] : rng) {
+    f.write_int64s("/rng/" + name, std::vector<int64_t>(values.begin(), values.end()));
+  }
+}
+
+RngStreams read_rng(const H5File& f) {
+  RngStreams rng;
+  for (const std::string& name : f.list("/rng")) {
+    const std::vector<int64_t> bits = f.read_int64s("/rng/" + name);
+    rng[name] = std::vector<uint64_t>(bits.begin(), bits.end());
+  }
+  return rng;
+}
+
+void write_metrics(H5File& f, const MetricsHistory& h) {
+  f.create_group("/metrics");
+  f.write_int64s("/metrics/step", h.steps());
+  for (const MetricsColumn& c : metrics_columns()) {
+    f.write_doubles(std::string("/metrics/") + c.name, h.column(c.field));
+  }
+  if (!h.resume_steps().empty()) f.write_int64s("/metrics/resumed_at", h.resume_steps());
+}
+
+// A column absent from an older file stays NaN.
+MetricsHistory read_metrics(const H5File& f) {
+  MetricsHistory h = MetricsHistory::with_steps(f.read_int64s("/metrics/step"));
+  for (const MetricsColumn& c : metrics_columns()) {
+    const std::string p = std::string("/metrics/") + c.name;
+    if (f.has(p)) h.set_column(c, f.read_doubles(p));
+  }
+  if (f.has("/metrics/resumed_at")) h.set_resume_steps(f.read_int64s("/metrics/resumed_at"));
+  return h;
+}
+
 }  // namespace
 
 std::string iso8601_now() {
@@ -203,36 +272,9 @@ void save_checkpoint(const std::string& path, const Checkpoint& ck) {
 
     write_named(f, "/params", ck.params);
 
-    if (ck.has_optim) {
-      const OptimState& o = ck.optim;
-      f.create_group("/optim");
-      f.write_scalar_int64("/optim/step", o.step);
-      write_named(f, "/optim/exp_avg", o.exp_avg);
-      write_named(f, "/optim/exp_avg_sq", o.exp_avg_sq);
-      f.set_attr("/optim", "lr", o.lr);
-      f.set_attr("/optim", "beta1", o.beta1);
-      f.set_attr("/optim", "beta2", o.beta2);
-      f.set_attr("/optim", "eps", o.eps);
-      f.set_attr("/optim", "weight_decay", o.weight_decay);
-      f.set_attr("/optim", "optimizer", o.decoupled ? "adamw" : "adam");
-    }
-
-    f.create_group("/rng");
-    for (const auto& [name, values] : ck.rng) {
-      std::vector<int64_t> bits(values.size());
-      for (size_t i = 0; i < values.size(); ++i) bits[i] = static_cast<int64_t>(values[i]);
-      f.write_int64s("/rng/" + name, bits);
-    }
-
-    f.create_group("/metrics");
-    const MetricsHistory& h = ck.metrics;
-    f.write_int64s("/metrics/step", h.steps());
-    f.write_doubles("/metrics/loss", h.column(&MetricsRow::loss));
-    f.write_doubles("/metrics/eval_loss", h.column(&MetricsRow::eval_loss));
-    f.write_doubles("/metrics/lr", h.column(&MetricsRow::lr));
-    f.write_doubles("/metrics/grad_norm", h.column(&MetricsRow::grad_norm));
-    f.write_doubles("/metrics/elapsed", h.column(&MetricsRow::elapsed));
-    if (!h.resume_steps().empty()) f.write_int64s("/metrics/resumed_at", h.resume_steps());
+    if (ck.has_optim) write_optim(f, ck.optim);
+    write_rng(f, ck.rng);
+    write_metrics(f, ck.metrics);
 
     f.flush();
     f.close();
@@ -261,44 +303,16 @@ Checkpoint load_checkpoint(const std::string& path, bool with_optim) {
     KVC_CHECK(!ck.params.empty(), "checkpoint: ", path, " has no parameters under /params");
 
     if (with_optim && f.is_group("/optim")) {  // weights-only files are valid, not resumable
-      OptimState& o = ck.optim;
       ck.has_optim = true;
-      o.step = f.read_scalar_int64("/optim/step");
-      o.exp_avg = read_named(f, "/optim/exp_avg");
-      o.exp_avg_sq = read_named(f, "/optim/exp_avg_sq");
-      o.lr = f.attr_double("/optim", "lr");
-      o.beta1 = f.attr_double("/optim", "beta1");
-      o.beta2 = f.attr_double("/optim", "beta2");
-      o.eps = f.attr_double("/optim", "eps");
-      o.weight_decay = f.attr_double("/optim", "weight_decay");
-      o.decoupled =
-          f.has_attr("/optim", "optimizer") && f.attr_string("/optim", "optimizer") == "adamw";
-      KVC_CHECK(o.exp_avg.size() == ck.params.size() && o.exp_avg_sq.size() == ck.params.size(),
+      ck.optim = read_optim(f);
+      KVC_CHECK(ck.optim.exp_avg.size() == ck.params.size() &&
+                    ck.optim.exp_avg_sq.size() == ck.params.size(),
                 "checkpoint: ", path, " has ", ck.params.size(), " parameters but ",
-                o.exp_avg.size(), " exp_avg and ", o.exp_avg_sq.size(), " exp_avg_sq tensors");
+                ck.optim.exp_avg.size(), " exp_avg and ", ck.optim.exp_avg_sq.size(),
+                " exp_avg_sq tensors");
     }
-
-    if (f.is_group("/rng")) {
-      for (const std::string& name : f.list("/rng")) {
-        const std::vector<int64_t> bits = f.read_int64s("/rng/" + name);
-        std::vector<uint64_t> values(bits.size());
-        for (size_t i = 0; i < bits.size(); ++i) values[i] = static_cast<uint64_t>(bits[i]);
-        ck.rng[name] = std::move(values);
-      }
-    }
-
-    if (f.is_group("/metrics") && f.has("/metrics/step")) {
-      const std::vector<int64_t> step = f.read_int64s("/metrics/step");
-      auto col = [&](const char* name) {
-        const std::string p = std::string("/metrics/") + name;
-        return f.has(p) ? f.read_doubles(p) : std::vector<double>(step.size(), NAN);
-      };
-      ck.metrics = MetricsHistory::from_columns(step, col("loss"), col("eval_loss"), col("lr"),
-                                                col("grad_norm"), col("elapsed"));
-      if (f.has("/metrics/resumed_at")) {
-        ck.metrics.set_resume_steps(f.read_int64s("/metrics/resumed_at"));
-      }
-    }
+    if (f.is_group("/rng")) ck.rng = read_rng(f);
+    if (f.is_group("/metrics") && f.has("/metrics/step")) ck.metrics = read_metrics(f);
     return ck;
   } catch (const Error& e) {
     rethrow_in_context(e, path + " is damaged");

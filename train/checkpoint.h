@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "optim/adam.h"
 #include "train/metrics.h"
 #include "train/settings.h"
 
@@ -32,21 +33,21 @@ struct CheckpointMeta : RunSettings {
   double lr_replan_lr = 0.0;
 };
 
-struct OptimState {
-  int64_t step = 0;
-  NamedTensors exp_avg, exp_avg_sq;  // same keys and order as the params
-  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
-  bool decoupled = false;  // attribute "optimizer": "adamw" when true, else "adam"
-};
+// /optim: the optimizer's state_dict.
+using OptimState = AdamState;
 
+// /rng: named streams of 64-bit counters: "data_position" (the training data source's state) and
+// "dropout" (the pair's dropout counters, when it has dropout layers).
+using RngStreams = std::map<std::string, std::vector<uint64_t>>;
+
+// The union of the components' state_dicts: the run's record (meta), the pair's parameters, the
+// optimizer, the random streams and the metrics history.
 struct Checkpoint {
   CheckpointMeta meta;
   NamedTensors params;  // float32, keys with dots as in the PyTorch state_dict
   bool has_optim = false;
   OptimState optim;
-  // /rng: named vectors of 64-bit counters (unsigned values are stored bit for
-  // bit as int64).
-  std::map<std::string, std::vector<uint64_t>> rng;
+  RngStreams rng;  // unsigned values are stored bit for bit as int64
   MetricsHistory metrics;
 };
 

@@ -65,24 +65,53 @@ std::vector<double> MetricsHistory::column(double MetricsRow::*field) const {
   return out;
 }
 
-MetricsHistory MetricsHistory::from_columns(const std::vector<int64_t>& step,
-                                            const std::vector<double>& loss,
-                                            const std::vector<double>& eval_loss,
-                                            const std::vector<double>& lr,
-                                            const std::vector<double>& grad_norm,
-                                            const std::vector<double>& elapsed) {
-  const size_t n = step.size();
-  KVC_CHECK(loss.size() == n && eval_loss.size() == n && lr.size() == n && grad_norm.size() == n &&
-                elapsed.size() == n,
-            "metrics: columns of different lengths (step ", n, ", loss ", loss.size(),
-            ", eval_loss ", eval_loss.size(), ", lr ", lr.size(), ", grad_norm ", grad_norm.size(),
-            ", elapsed ", elapsed.size(), ")");
+const std::vector<MetricsColumn>& metrics_columns() {
+  static const std::vector<MetricsColumn> columns = {{"loss", &MetricsRow::loss},
+                                                     {"eval_loss", &MetricsRow::eval_loss},
+                                                     {"lr", &MetricsRow::lr},
+                                                     {"grad_norm", &MetricsRow::grad_norm},
+                                                     {"elapsed", &MetricsRow::elapsed}};
+  return columns;
+}
+
+MetricsHistory MetricsHistory::with_steps(const std::vector<int64_t>& steps) {
+  constexpr double nan = std::numeric_limits<double>::quiet_NaN();
   MetricsHistory h;
-  h.rows_.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    h.rows_.push_back({step[i], loss[i], eval_loss[i], lr[i], grad_norm[i], elapsed[i]});
-  }
+  h.rows_.reserve(steps.size());
+  for (const int64_t step : steps) h.rows_.push_back({step, nan, nan, nan, nan, nan});
   return h;
+}
+
+void MetricsHistory::set_column(const MetricsColumn& column, const std::vector<double>& values) {
+  KVC_CHECK(values.size() == rows_.size(), "metrics: column ", column.name, " has ", values.size(),
+            " values for ", rows_.size(), " steps");
+  for (size_t i = 0; i < rows_.size(); ++i) rows_[i].*column.field = values[i];
+}
+
+double MetricsHistory::max_elapsed() const {
+  double out = 0;
+  for (const MetricsRow& r : rows_) {
+    if (std::isfinite(r.elapsed)) out = std::max(out, r.elapsed);
+  }
+  return out;
+}
+
+bool BestEval::add(int64_t at_step, double eval_loss) {
+  const bool best = !(eval_loss >= loss);  // also true while loss is NaN (none yet)
+  if (best) {
+    loss = eval_loss;
+    step = at_step;
+  }
+  evals_since = best ? 0 : evals_since + 1;
+  return best;
+}
+
+BestEval BestEval::of(const MetricsHistory& history) {
+  BestEval best;
+  for (const MetricsRow& r : history.rows()) {
+    if (std::isfinite(r.eval_loss) && r.step != 0) best.add(r.step, r.eval_loss);
+  }
+  return best;
 }
 
 // ---- CSV

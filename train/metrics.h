@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -17,6 +18,14 @@ struct MetricsRow {
   double grad_norm = 0;
   double elapsed = 0;  // seconds since the run began (resumed runs continue the count)
 };
+
+// A double field of MetricsRow and its name in the checkpoint (/metrics/<name>).
+struct MetricsColumn {
+  const char* name;
+  double MetricsRow::*field;
+};
+// Every double field, in row order: the one list the checkpoint writes and reads.
+const std::vector<MetricsColumn>& metrics_columns();
 
 class MetricsHistory {
  public:
@@ -44,18 +53,27 @@ class MetricsHistory {
   // grad_norm, elapsed}).
   std::vector<int64_t> steps() const;
   std::vector<double> column(double MetricsRow::*field) const;
-  // Rebuilds the history from columns of equal length (checkpoint load); throws
-  // otherwise.
-  static MetricsHistory from_columns(const std::vector<int64_t>& step,
-                                     const std::vector<double>& loss,
-                                     const std::vector<double>& eval_loss,
-                                     const std::vector<double>& lr,
-                                     const std::vector<double>& grad_norm,
-                                     const std::vector<double>& elapsed);
+  // Rows for `steps` with every other field NaN (checkpoint load fills them by set_column).
+  static MetricsHistory with_steps(const std::vector<int64_t>& steps);
+  // Sets one field of every row; throws naming the column when the lengths differ.
+  void set_column(const MetricsColumn& column, const std::vector<double>& values);
+  // The largest finite elapsed time (0 when none): where a resumed run's clock continues.
+  double max_elapsed() const;
 
  private:
   std::vector<MetricsRow> rows_;
   std::vector<int64_t> resume_steps_;
+};
+
+// The lowest eval loss of a run and how many evaluations came after it (for --patience).
+struct BestEval {
+  double loss = std::numeric_limits<double>::quiet_NaN();  // NaN until the first evaluation
+  int64_t step = 0;
+  int64_t evals_since = 0;
+  // Books an evaluation at `at_step`; true when it is a new lowest (the first always is).
+  bool add(int64_t at_step, double eval_loss);
+  // The history's evaluations replayed, except step 0's (the untrained baseline).
+  static BestEval of(const MetricsHistory& history);
 };
 
 // The CSV header line: step,loss,eval_loss,lr,grad_norm,elapsed_s (elapsed_s: seconds since the
