@@ -25,6 +25,7 @@
 #include "train/run_folder.h"
 #include "train/signals.h"
 #include "train/step_runner.h"
+#include "train/step_stats.h"
 
 namespace kvc::train {
 
@@ -168,63 +169,24 @@ std::string default_run_dir(const std::string& kind) {
 // ---- Trainer
 // ----------------------------------------------------------------------------------
 
-Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kNaN) {
+Trainer::Trainer(TrainOptions options) : opt_(std::move(options)) {
   Checkpoint resumed;
   const bool resuming = !opt_.resume.empty();
   if (resuming) {
     resumed = load_checkpoint(opt_.resume, /*with_optim=*/true);
     KVC_CHECK(resumed.has_optim, "checkpoint: ", opt_.resume,
               " holds weights only (no /optim group): it cannot be resumed");
-    const CheckpointMeta& m = resumed.meta;
-    // The checkpoint's stored settings win; the flags keep the loop's rhythm and may extend
-    // the run (steps > 0).
-    const int64_t steps = opt_.steps;
-    for (const Setting& s : settings_table()) {
-      if (s.stored != Stored::no) copy_setting(opt_, m, s);
-    }
-    opt_.data = is_synthetic(m.data) ? std::string() : m.data;
-    opt_.weight_decay = resumed.optim.weight_decay;
-    opt_.steps = steps > 0 ? steps : m.steps;
-    replan_ = replan_on_resume({m.lr_replan_step, m.lr_replan_lr}, m.step, m.steps, opt_.steps,
-                               m.lr, m.warmup);
-    if (replan_.step == m.step && m.steps != opt_.steps) {
-      spdlog::info(
-          "the run's length changes from {} to {} steps: the learning rate blends from {:.3e} at "
-          "step {} into the schedule planned for {} steps",
-          m.steps, opt_.steps, replan_.lr, m.step, opt_.steps);
-    }
-    if (opt_.out.empty()) {
-      const size_t slash = opt_.resume.find_last_of('/');
-      opt_.out = slash == std::string::npos ? "." : opt_.resume.substr(0, slash);
-    }
+    adopt_resumed_settings(resumed);
   }
   KVC_CHECK(opt_.steps > 0, "train: --steps ", opt_.steps, " must be positive");
   KVC_CHECK(opt_.task == "distill" || opt_.task == "teacher", "train: unknown task '", opt_.task,
             "' (expected distill or teacher)");
-
-  // Data first: a file decides h, seq and d.
-  train_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::train);
-  eval_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::eval);
-  if (!is_synthetic(opt_.data)) {
-    const KVShape fs = train_src_->shape();
-    if (resuming) {
-      KVC_CHECK(fs.heads == opt_.heads && fs.dim_head == opt_.dim_head, "train: ", opt_.data,
-                " has h ", fs.heads, " and d ", fs.dim_head, ", the checkpoint h ", opt_.heads,
-                " and d ", opt_.dim_head);
-    }
-    opt_.heads = fs.heads;
-    opt_.dim_head = fs.dim_head;
-    opt_.seq = fs.seq;
-    opt_.queries = fs.queries;
-  }
+  open_sources(resuming);
   validate_settings(opt_);
 
   const CompressorOptions co = compressor_options(opt_, opt_.device);
-  if (resuming) {
-    pair_ = pair_from_checkpoint(resumed, opt_.device);
-  } else {
-    pair_ = std::make_shared<CompressorPair>(co);
-  }
+  pair_ =
+      resuming ? pair_from_checkpoint(resumed, opt_.device) : std::make_shared<CompressorPair>(co);
   pair_->train(true);
   if (opt_.task == "teacher") teacher_ = CompressorPair::make_teacher(co);
 
@@ -233,8 +195,54 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
   ao.weight_decay = opt_.weight_decay;
   ao.decoupled = opt_.weight_decay > 0;
   adam_ = std::make_unique<Adam>(pair_->named_parameters(), ao);
-  if (resuming) restore(resumed);
+  if (resuming) load_state_dict(resumed);
+  open_output_folder();
+}
 
+Trainer::~Trainer() = default;
+
+void Trainer::adopt_resumed_settings(const Checkpoint& resumed) {
+  const CheckpointMeta& m = resumed.meta;
+  // The checkpoint's stored settings win; the flags keep the loop's rhythm and may extend the
+  // run (steps > 0).
+  const int64_t steps = opt_.steps;
+  for (const Setting& s : settings_table()) {
+    if (s.stored != Stored::no) copy_setting(opt_, m, s);
+  }
+  opt_.data = is_synthetic(m.data) ? std::string() : m.data;
+  opt_.weight_decay = resumed.optim.weight_decay;
+  opt_.steps = steps > 0 ? steps : m.steps;
+  replan_ = replan_on_resume({m.lr_replan_step, m.lr_replan_lr}, m.step, m.steps, opt_.steps, m.lr,
+                             m.warmup);
+  if (replan_.step == m.step && m.steps != opt_.steps) {
+    spdlog::info(
+        "the run's length changes from {} to {} steps: the learning rate blends from {:.3e} at "
+        "step {} into the schedule planned for {} steps",
+        m.steps, opt_.steps, replan_.lr, m.step, opt_.steps);
+  }
+  if (opt_.out.empty()) {
+    const size_t slash = opt_.resume.find_last_of('/');
+    opt_.out = slash == std::string::npos ? "." : opt_.resume.substr(0, slash);
+  }
+}
+
+void Trainer::open_sources(bool resuming) {
+  train_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::train);
+  eval_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::eval);
+  if (is_synthetic(opt_.data)) return;
+  const KVShape fs = train_src_->shape();
+  if (resuming) {
+    KVC_CHECK(fs.heads == opt_.heads && fs.dim_head == opt_.dim_head, "train: ", opt_.data,
+              " has h ", fs.heads, " and d ", fs.dim_head, ", the checkpoint h ", opt_.heads,
+              " and d ", opt_.dim_head);
+  }
+  opt_.heads = fs.heads;
+  opt_.dim_head = fs.dim_head;
+  opt_.seq = fs.seq;
+  opt_.queries = fs.queries;
+}
+
+void Trainer::open_output_folder() {
   if (opt_.out.empty()) opt_.out = default_run_dir(opt_.compressor);
   make_output_dir(opt_.out);
   lock_ = std::make_unique<FolderLock>(opt_.out);  // one run per folder
@@ -242,47 +250,23 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)), best_eval_(kN
   remove_stale_temp_files(opt_.out);
 }
 
-Trainer::~Trainer() = default;
-
-void Trainer::restore(const Checkpoint& ck) {
-  const OptimState& o = ck.optim;
-  std::map<std::string, const Tensor*> avg_sq;
-  for (const auto& [key, t] : o.exp_avg_sq) avg_sq[key] = &t;
-  for (const auto& [key, t] : o.exp_avg) {
-    const auto it = avg_sq.find(key);
-    KVC_CHECK(it != avg_sq.end(), "checkpoint: ", opt_.resume, " has /optim/exp_avg/", key,
-              " but no /optim/exp_avg_sq/", key);
-    adam_->set_state(key, t, *it->second);
+void Trainer::load_state_dict(const Checkpoint& ck) {
+  try {
+    adam_->load_state_dict(ck.optim);
+    train_src_->load_state_dict(ck.rng);
+    const auto dropout = ck.rng.find("dropout");
+    if (dropout != ck.rng.end()) pair_->set_rng_counters(dropout->second);
+  } catch (const Error& e) {
+    KVC_FAIL("checkpoint: ", opt_.resume, ": ", e.what());
   }
-  KVC_CHECK(static_cast<int64_t>(o.exp_avg.size()) == adam_->num_params(),
-            "checkpoint: ", opt_.resume, " has moments for ", o.exp_avg.size(),
-            " tensors, the pair has ", adam_->num_params());
-  adam_->set_step_count(o.step);
   step_ = ck.meta.step;
-  KVC_CHECK(o.step == step_, "checkpoint: ", opt_.resume, " is at step ", step_,
-            " but its optimizer at step ", o.step);
-
-  const auto pos = ck.rng.find("data_position");
-  KVC_CHECK(pos != ck.rng.end() && pos->second.size() == 1, "checkpoint: ", opt_.resume,
-            " lacks /rng/data_position");
-  train_src_->set_position(pos->second[0]);
-  const auto dropout = ck.rng.find("dropout");
-  if (dropout != ck.rng.end()) pair_->set_rng_counters(dropout->second);
-
+  KVC_CHECK(ck.optim.step == step_, "checkpoint: ", opt_.resume, " is at step ", step_,
+            " but its optimizer at step ", ck.optim.step);
   metrics_ = ck.metrics;
   metrics_.truncate_after(step_);
   metrics_.mark_resume(step_);
-  for (const MetricsRow& r : metrics_.rows()) {
-    if (std::isfinite(r.elapsed)) elapsed_before_ = std::max(elapsed_before_, r.elapsed);
-    if (!std::isfinite(r.eval_loss) || r.step == 0) continue;
-    if (!(r.eval_loss >= best_eval_)) {
-      best_eval_ = r.eval_loss;
-      best_step_ = r.step;
-      evals_since_best_ = 0;
-    } else {
-      ++evals_since_best_;
-    }
-  }
+  elapsed_before_ = metrics_.max_elapsed();
+  best_ = BestEval::of(metrics_);
 }
 
 double Trainer::evaluate() {
@@ -295,25 +279,12 @@ Checkpoint Trainer::snapshot() const {
   static_cast<RunSettings&>(m) = opt_;
   m.step = step_;
   m.data = is_synthetic(opt_.data) ? "synthetic" : opt_.data;
-  m.eval_batches = opt_.eval_batches;
   m.lr_replan_step = replan_.step;
   m.lr_replan_lr = replan_.lr;
   ck.params = pair_->named_parameters();
   ck.has_optim = true;
-  OptimState& o = ck.optim;
-  o.step = adam_->step_count();
-  for (const std::string& key : adam_->names()) {
-    o.exp_avg.emplace_back(key, adam_->exp_avg(key));
-    o.exp_avg_sq.emplace_back(key, adam_->exp_avg_sq(key));
-  }
-  const AdamOptions& ao = adam_->options();
-  o.lr = ao.lr;
-  o.beta1 = ao.beta1;
-  o.beta2 = ao.beta2;
-  o.eps = ao.eps;
-  o.weight_decay = ao.weight_decay;
-  o.decoupled = ao.decoupled;
-  ck.rng["data_position"] = {train_src_->position()};
+  ck.optim = adam_->state_dict();
+  train_src_->state_dict(ck.rng);
   const std::vector<uint64_t> counters = pair_->rng_counters();
   if (!counters.empty()) ck.rng["dropout"] = counters;
   ck.metrics = metrics_;
@@ -335,15 +306,66 @@ std::string Trainer::describe() const {
              train_src_->describe(), ", device ", opt_.device.name());
 }
 
-TrainResult Trainer::run() {
-  using Clock = std::chrono::steady_clock;
-  TrainResult res;
-  res.out_dir = opt_.out;
-  res.checkpoint = opt_.out + "/checkpoint.h5";
-  res.first_eval = res.last_eval = kNaN;
-  res.first_loss = res.last_loss = kNaN;
-  const std::string ckpt = res.checkpoint;
+// ---- the loop
+// ----------------------------------------------------------------------------------
 
+struct Trainer::Session {
+  using Clock = std::chrono::steady_clock;
+  Session(Trainer& t, bool tty, int64_t log_every, StepRunnerOptions step, int64_t read_every)
+      : progress(t.step_, t.opt_.steps, tty, log_every),
+        runner(*t.pair_, t.teacher_.get(), *t.adam_, std::move(step)),
+        stats(read_every, t.pair_->named_parameters().front().second.options()),
+        start(Clock::now()),
+        elapsed_before(t.elapsed_before_),
+        quiet(t.opt_.progress == ProgressMode::none) {}
+
+  double elapsed() const {
+    return elapsed_before + std::chrono::duration<double>(Clock::now() - start).count();
+  }
+  // Books the launched step's loss and gradient norm (read later), stamped with the time now.
+  void record_step(StepRecord r, const Tensor& loss, const Tensor& norm_scale) {
+    r.elapsed = elapsed();
+    stats.record(r, loss, norm_scale);
+  }
+  // A line above the progress bar (none with --progress none).
+  void note(const std::string& line) {
+    if (!quiet) progress.note(line);
+  }
+
+  TrainResult res;
+  Progress progress;
+  StepRunner runner;
+  StepStats stats;
+  Clock::time_point start;
+  double elapsed_before;
+  bool quiet;
+};
+
+struct Trainer::StepPlan {
+  StepRecord record;  // step, lr, batch index
+  bool last = false, interrupted = false, stop = false, eval_now = false, save_now = false;
+};
+
+TrainResult Trainer::run() {
+  std::unique_ptr<Session> s = begin_run();
+  while (step_ < opt_.steps) {
+    const StepPlan plan = plan_step(step_ + 1);
+    adam_->set_lr(plan.record.lr);
+    const Batch batch = train_src_->next();
+    const Tensor& loss = s->runner.forward_backward(batch);  // forward, backward, clip norm
+    s->record_step(plan.record, loss, adam_->norm_scale());
+    // Read before the update, so a bad step found here never reaches the weights.
+    if (s->stats.full() || plan.eval_now || plan.save_now) {
+      book_steps(*s, s->stats.pending() == 1 ? &batch : nullptr);
+    }
+    s->runner.update();  // the optimizer
+    step_ = plan.record.step;
+    if (!after_step(*s, plan)) break;
+  }
+  return finish_run(*s);
+}
+
+std::unique_ptr<Trainer::Session> Trainer::begin_run() {
   spdlog::info("output folder {}", opt_.out);
   spdlog::info("{}{}", step_ > 0 ? str("resuming at step ", step_, ": ") : std::string(),
                describe());
@@ -354,169 +376,128 @@ TrainResult Trainer::run() {
 
   const bool tty = opt_.progress == ProgressMode::tty ||
                    (opt_.progress == ProgressMode::automatic && Progress::stderr_is_tty());
-  Progress progress(
-      step_, opt_.steps, tty,
-      opt_.progress == ProgressMode::none ? std::numeric_limits<int64_t>::max() : opt_.log_every);
-  const auto start = Clock::now();
-  auto elapsed = [&] {
-    return elapsed_before_ + std::chrono::duration<double>(Clock::now() - start).count();
-  };
-  auto note = [&](const std::string& s) {
-    if (opt_.progress != ProgressMode::none) progress.note(s);
-  };
+  const int64_t log_every =
+      opt_.progress == ProgressMode::none ? std::numeric_limits<int64_t>::max() : opt_.log_every;
+  StepRunnerOptions step;
+  step.task = opt_.task;
+  step.clip = opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
+  step.allow_graph = opt_.cuda_graph;
+  // On the CPU reading is free: every step is read before its optimizer step.
+  const int64_t read_every =
+      opt_.device.is_cpu() ? 1 : std::max<int64_t>(1, std::min<int64_t>(opt_.log_every, 50));
+  auto s = std::make_unique<Session>(*this, tty, log_every, step, read_every);
+  s->res.out_dir = opt_.out;
+  s->res.checkpoint = opt_.out + "/checkpoint.h5";
+  s->res.first_eval = s->res.last_eval = s->res.first_loss = s->res.last_loss = kNaN;
 
-  auto do_eval = [&] {
-    const double e = evaluate();
-    metrics_.set_eval_loss(step_, e);
-    if (std::isnan(res.first_eval)) res.first_eval = e;
-    res.last_eval = e;
-    KVC_CHECK(std::isfinite(e), "train: eval loss became ", e, " at step ", step_,
-              "; the last good checkpoint is ", ckpt);
-    const bool best = !(e >= best_eval_);  // also true when best_eval_ is NaN (none yet)
-    if (best) {
-      best_eval_ = e;
-      best_step_ = step_;
-    }
-    evals_since_best_ = best ? 0 : evals_since_best_ + 1;
-    progress.set_eval_loss(e);
-    note(str("step ", step_, ": eval loss ", format_loss(e), best ? " (best)" : ""));
-    if (best && opt_.save_best) save(opt_.out + "/best.h5");
-  };
-
-  if (step_ == 0 && (opt_.eval_every > 0)) {
-    // The untrained pair's eval loss: the baseline the curve falls from (not
-    // saved as best).
+  if (step_ == 0 && opt_.eval_every > 0) {
+    // The untrained pair's eval loss: the baseline the curve falls from (not saved as best).
     const double e = evaluate();
     metrics_.set_eval_loss(0, e);
-    res.first_eval = e;
-    progress.set_eval_loss(e);
-    note(str("step 0: eval loss ", format_loss(e), " (untrained)"));
+    s->res.first_eval = e;
+    s->progress.set_eval_loss(e);
+    s->note(str("step 0: eval loss ", format_loss(e), " (untrained)"));
   }
+  return s;
+}
 
-  const double nan_check_clip = opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
-  StepRunnerOptions step_options;
-  step_options.task = opt_.task;
-  step_options.clip = nan_check_clip;
-  step_options.allow_graph = opt_.cuda_graph;
-  StepRunner runner(*pair_, teacher_.get(), *adam_, step_options);
-  // Reading a loss from the GPU waits for the device, and waiting every step would leave the GPU
-  // idle while the next step is launched. So each step's loss and gradient norm are copied, on
-  // the device, into a small buffer that is read in one transfer every `read_every` steps and
-  // before anything that needs them (eval, checkpoints, interrupts, the end). A non-finite value
-  // is still reported with its own step, and no checkpoint is written after it. On the CPU
-  // reading is free: every step is read before its optimizer step.
-  const bool on_cpu = opt_.device.is_cpu();
-  const int64_t read_every =
-      on_cpu ? 1 : std::max<int64_t>(1, std::min<int64_t>(opt_.log_every, 50));
-  struct PendingStep {
-    int64_t step;
-    double lr;
-    uint64_t batch_index;
-    double elapsed;
-  };
-  std::vector<PendingStep> pending;
-  Tensor step_stats =
-      Tensor::empty({read_every, 2}, pair_->named_parameters().front().second.options());
-  const size_t stat_bytes = dtype_size(step_stats.dtype());
-  // Reads the pending steps' [loss, grad norm] and books them; throws on the first non-finite.
-  // `batch` is the last step's batch when it is the only pending one (the CPU), to tell bad
-  // data from a diverging run.
-  auto read_pending = [&](const Batch* batch) {
-    if (pending.empty()) return;
-    const std::vector<double> v = step_stats.to_vector();  // the one wait for the device
-    for (size_t i = 0; i < pending.size(); ++i) {
-      const PendingStep& p = pending[i];
-      const double loss = v[2 * i], grad_norm = v[2 * i + 1];
-      if (!std::isfinite(loss) || !std::isfinite(grad_norm)) {
-        progress.finish();
-        write_logs();
-        const char* what = !std::isfinite(loss) ? "loss" : "gradient norm";
-        const double value = !std::isfinite(loss) ? loss : grad_norm;
-        const bool bad_data =
-            batch != nullptr &&
-            (has_non_finite(batch->k) || has_non_finite(batch->v) || has_non_finite(batch->q));
-        const std::string last_good = ::access(ckpt.c_str(), F_OK) == 0
-                                          ? "the last good checkpoint is " + ckpt
-                                          : std::string("no checkpoint was written yet");
-        if (bad_data) {
-          KVC_FAIL("train: the ", what, " became ", value, " at step ", p.step, " because batch ",
-                   p.batch_index, " of ", train_src_->describe(), " contains NaN or Inf values; ",
-                   last_good);
-        }
-        KVC_FAIL("train: the ", what, " became ", value, " at step ", p.step, " (lr ", p.lr,
-                 "); stopping; ", last_good, " (try a lower --lr or --clip)");
-      }
-      metrics_.append({p.step, loss, kNaN, p.lr, grad_norm, p.elapsed});
-      if (std::isnan(res.first_loss)) res.first_loss = loss;
-      res.last_loss = loss;
-      if (opt_.progress != ProgressMode::none) progress.update(p.step, loss, p.lr, grad_norm);
-    }
-    pending.clear();
-  };
+Trainer::StepPlan Trainer::plan_step(int64_t step) const {
+  StepPlan p;
+  p.record.step = step;
+  p.record.lr = replanned_learning_rate(step, opt_.steps, opt_.lr, opt_.warmup, replan_);
+  p.record.batch_index = train_src_->position();
+  p.last = step == opt_.steps;
+  p.interrupted = interrupt_requested();
+  p.stop = opt_.stop_at > 0 && step >= opt_.stop_at;
+  p.eval_now = (opt_.eval_every > 0 && step % opt_.eval_every == 0) || p.last;
+  p.save_now =
+      (opt_.save_every > 0 && step % opt_.save_every == 0) || p.last || p.interrupted || p.stop;
+  return p;
+}
 
-  while (step_ < opt_.steps) {
-    const int64_t next = step_ + 1;
-    const double lr = replanned_learning_rate(next, opt_.steps, opt_.lr, opt_.warmup, replan_);
-    adam_->set_lr(lr);
-    const uint64_t batch_index = train_src_->position();
-    const Batch batch = train_src_->next();
-    const Tensor& loss_t = runner.forward_backward(batch);
-    {  // stats[slot] = [loss, grad norm], device to device
-      char* slot = static_cast<char*>(step_stats.raw_data()) + 2 * pending.size() * stat_bytes;
-      copy_bytes(slot, opt_.device, loss_t.raw_data(), opt_.device, stat_bytes);
-      copy_bytes(slot + stat_bytes, opt_.device, adam_->norm_scale().raw_data(), opt_.device,
-                 stat_bytes);
-    }
-    pending.push_back({next, lr, batch_index, elapsed()});
-
-    const bool last = next == opt_.steps;
-    const bool interrupted = interrupt_requested();
-    const bool stop = opt_.stop_at > 0 && next >= opt_.stop_at;
-    const bool eval_now = (opt_.eval_every > 0 && next % opt_.eval_every == 0) || last;
-    const bool save_now =
-        (opt_.save_every > 0 && next % opt_.save_every == 0) || last || interrupted || stop;
-    // Read before the update, so a bad step found here never reaches the weights; the batch
-    // is the pending step's own only when it is the only one.
-    if (on_cpu || static_cast<int64_t>(pending.size()) == read_every || eval_now || save_now) {
-      read_pending(pending.size() == 1 ? &batch : nullptr);
-    }
-    runner.update();
-    step_ = next;
-
-    if (eval_now) do_eval();
-    const bool early = eval_now && !last && opt_.patience > 0 && evals_since_best_ >= opt_.patience;
-    if (save_now || early) {
-      save(ckpt);
-      write_logs();
-      if (!interrupted && !stop && !early) note(str("step ", step_, ": saved checkpoint.h5"));
-    }
-    if (early) {
-      progress.finish();
-      res.early_stopped = true;
-      progress.note(str("early stop at step ", step_, ": no lower eval loss in the last ",
-                        opt_.patience, " evaluations (best ", format_loss(best_eval_), " at step ",
-                        best_step_, ", in best.h5); saved ", ckpt));
-      break;
-    }
-    if (interrupted || stop) {
-      progress.finish();
-      res.interrupted = interrupted;
-      res.stopped = stop;
-      // Always said, even with --progress none: it tells how to continue.
-      progress.note(str(interrupted ? "interrupted" : "stopped", " at step ", step_, "; saved ",
-                        ckpt, " (continue with --resume ", ckpt, ")"));
-      break;
-    }
+void Trainer::book_steps(Session& s, const Batch* batch) {
+  for (const StepRecord& r : s.stats.read()) {
+    if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) fail_non_finite(s, r, batch);
+    metrics_.append({r.step, r.loss, kNaN, r.lr, r.grad_norm, r.elapsed});
+    if (std::isnan(s.res.first_loss)) s.res.first_loss = r.loss;
+    s.res.last_loss = r.loss;
+    if (!s.quiet) s.progress.update(r.step, r.loss, r.lr, r.grad_norm);
   }
-  progress.finish();
+}
+
+void Trainer::fail_non_finite(Session& s, const StepRecord& r, const Batch* batch) {
+  s.progress.finish();
+  write_logs();
+  const char* what = !std::isfinite(r.loss) ? "loss" : "gradient norm";
+  const double value = !std::isfinite(r.loss) ? r.loss : r.grad_norm;
+  const bool bad_data = batch != nullptr && (has_non_finite(batch->k) || has_non_finite(batch->v) ||
+                                             has_non_finite(batch->q));
+  const std::string& ckpt = s.res.checkpoint;
+  const std::string last_good = ::access(ckpt.c_str(), F_OK) == 0
+                                    ? "the last good checkpoint is " + ckpt
+                                    : std::string("no checkpoint was written yet");
+  if (bad_data) {
+    KVC_FAIL("train: the ", what, " became ", value, " at step ", r.step, " because batch ",
+             r.batch_index, " of ", train_src_->describe(), " contains NaN or Inf values; ",
+             last_good);
+  }
+  KVC_FAIL("train: the ", what, " became ", value, " at step ", r.step, " (lr ", r.lr,
+           "); stopping; ", last_good, " (try a lower --lr or --clip)");
+}
+
+void Trainer::evaluate_and_record(Session& s) {
+  const double e = evaluate();
+  metrics_.set_eval_loss(step_, e);
+  if (std::isnan(s.res.first_eval)) s.res.first_eval = e;
+  s.res.last_eval = e;
+  KVC_CHECK(std::isfinite(e), "train: eval loss became ", e, " at step ", step_,
+            "; the last good checkpoint is ", s.res.checkpoint);
+  const bool best = best_.add(step_, e);
+  s.progress.set_eval_loss(e);
+  s.note(str("step ", step_, ": eval loss ", format_loss(e), best ? " (best)" : ""));
+  if (best && opt_.save_best) save(opt_.out + "/best.h5");
+}
+
+bool Trainer::after_step(Session& s, const StepPlan& plan) {
+  if (plan.eval_now) evaluate_and_record(s);
+  const std::string& ckpt = s.res.checkpoint;
+  const bool early =
+      plan.eval_now && !plan.last && opt_.patience > 0 && best_.evals_since >= opt_.patience;
+  if (plan.save_now || early) {
+    save(ckpt);
+    write_logs();
+    if (!plan.interrupted && !plan.stop && !early)
+      s.note(str("step ", step_, ": saved checkpoint.h5"));
+  }
+  if (early) {
+    s.progress.finish();
+    s.res.early_stopped = true;
+    s.progress.note(str("early stop at step ", step_, ": no lower eval loss in the last ",
+                        opt_.patience, " evaluations (best ", format_loss(best_.loss), " at step ",
+                        best_.step, ", in best.h5); saved ", ckpt));
+    return false;
+  }
+  if (plan.interrupted || plan.stop) {
+    s.progress.finish();
+    s.res.interrupted = plan.interrupted;
+    s.res.stopped = plan.stop;
+    // Always said, even with --progress none: it tells how to continue.
+    s.progress.note(str(plan.interrupted ? "interrupted" : "stopped", " at step ", step_,
+                        "; saved ", ckpt, " (continue with --resume ", ckpt, ")"));
+    return false;
+  }
+  return true;
+}
+
+TrainResult Trainer::finish_run(Session& s) {
+  s.progress.finish();
+  TrainResult& res = s.res;
   res.step = step_;
-  res.best_eval = best_eval_;
+  res.best_eval = best_.loss;
   if (!res.interrupted && !res.stopped) {
     spdlog::info(
-        "done: step {}, train loss {:.4e} -> {:.4e}, eval loss {:.4e} "
-        "(best {:.4e}), "
-        "{:.1f}s",
-        step_, res.first_loss, res.last_loss, res.last_eval, best_eval_, elapsed());
+        "done: step {}, train loss {:.4e} -> {:.4e}, eval loss {:.4e} (best {:.4e}), {:.1f}s",
+        step_, res.first_loss, res.last_loss, res.last_eval, best_.loss, s.elapsed());
   }
   spdlog::info("output folder {}: checkpoint.h5{}, metrics.csv, loss.svg (loss curve)", opt_.out,
                ::access((opt_.out + "/best.h5").c_str(), F_OK) == 0 ? ", best.h5" : "");

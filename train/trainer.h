@@ -14,6 +14,7 @@
 #include "train/checkpoint.h"
 #include "train/metrics.h"
 #include "train/settings.h"
+#include "train/step_stats.h"
 
 namespace kvc {
 class FolderLock;
@@ -107,7 +108,28 @@ class Trainer {
   const std::string& out_dir() const { return opt_.out; }
 
  private:
-  void restore(const Checkpoint& ck);
+  struct Session;   // what one run() call keeps: progress, step runner, step statistics, result
+  struct StepPlan;  // what happens around one step
+
+  // The components' state_dicts and back (params: the pair's, loaded when it is built).
+  void load_state_dict(const Checkpoint& ck);
+  // The stored settings of a resumed run win over the flags (but for the loop's rhythm and a
+  // longer --steps); re-plans the learning rate when the run's length changes.
+  void adopt_resumed_settings(const Checkpoint& resumed);
+  void open_sources(bool resuming);  // the data: a file decides h, seq and d
+  void open_output_folder();
+
+  std::unique_ptr<Session> begin_run();
+  StepPlan plan_step(int64_t step) const;
+  // Reads the pending steps' loss and gradient norm, books them, throws on the first
+  // non-finite one. `batch`: the only pending step's batch, to tell bad data from divergence.
+  void book_steps(Session& s, const Batch* batch);
+  [[noreturn]] void fail_non_finite(Session& s, const StepRecord& r, const Batch* batch);
+  void evaluate_and_record(Session& s);
+  // Evaluation, checkpoint, early stop, interrupt after a step; false ends the run.
+  bool after_step(Session& s, const StepPlan& plan);
+  TrainResult finish_run(Session& s);
+
   void write_logs() const;  // metrics.csv and loss.svg
   std::string describe() const;
 
@@ -119,11 +141,9 @@ class Trainer {
   MetricsHistory metrics_;
   int64_t step_ = 0;
   double elapsed_before_ = 0;  // seconds of the runs this one resumes
-  double best_eval_;
+  BestEval best_;
   std::unique_ptr<FolderLock> lock_;  // held while this trainer may write into opt_.out
-  int64_t best_step_ = 0;
-  int64_t evals_since_best_ = 0;  // evaluations after the best one (for --patience)
-  LrReplan replan_;               // where a resume changed the run's length
+  LrReplan replan_;                   // where a resume changed the run's length
 };
 
 // Creates `dir` and its parents; a folder that exists is fine. Throws
