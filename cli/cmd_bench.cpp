@@ -104,6 +104,39 @@ struct Result {
   bool peak_is_device = false;
 };
 
+#ifdef KVC_WITH_CUDA
+// The step replayed from a CUDA graph: sets t.step_ms and t.graph, or logs why it could not be
+// captured and leaves the eager time.
+void time_graph_step(const std::string& kind, const BenchArgs& a, Device device, Adam& adam,
+                     const std::function<void()>& full_step, Timing& t) {
+  kernels::cuda::StepGraph graph;
+  try {
+    graph.capture(full_step);
+  } catch (const Error& e) {
+    spdlog::warn(
+        "bench: {}: the step could not be captured as a CUDA graph ({}); timing it "
+        "op by op",
+        kind, e.what());
+  }
+  if (!graph.captured()) return;
+  t.step_ms = time_ms(
+      device, a.warmup, a.reps, [] {},
+      [&] {
+        adam.stage_step();
+        graph.replay();
+      });
+  t.graph = true;
+}
+#endif
+
+// Tokens per second, GB/s and TFLOP/s of the step time and the step's work.
+void set_rates(Result& r, const RunSettings& s) {
+  const double step_s = r.t.step_ms * 1e-3;
+  r.tokens_per_s = static_cast<double>(s.batch * s.seq) / step_s;
+  r.gbps = (r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes) / step_s * 1e-9;
+  r.tflops = (r.w.forward_flops + r.w.backward_flops) / step_s * 1e-12;
+}
+
 Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings& s,
                   Device device) {
   const CompressorOptions o = compressor_options(kind, s, device);
@@ -159,31 +192,11 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
 #ifdef KVC_WITH_CUDA
   // Dropout masks are drawn from counters passed by value: a replay would repeat them.
   if (device.is_cuda() && !a.no_graph && s.dropout == 0.0) {
-    kernels::cuda::StepGraph graph;
-    try {
-      graph.capture(full_step);
-    } catch (const Error& e) {
-      spdlog::warn(
-          "bench: {}: the step could not be captured as a CUDA graph ({}); timing it "
-          "op by op",
-          kind, e.what());
-    }
-    if (graph.captured()) {
-      r.t.step_ms = time_ms(
-          device, a.warmup, a.reps, [] {},
-          [&] {
-            adam.stage_step();
-            graph.replay();
-          });
-      r.t.graph = true;
-    }
+    time_graph_step(kind, a, device, adam, full_step, r.t);
   }
 #endif
   r.w = train::step_work(o, ks, r.params);
-  const double step_s = r.t.step_ms * 1e-3;
-  r.tokens_per_s = static_cast<double>(s.batch * s.seq) / step_s;
-  r.gbps = (r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes) / step_s * 1e-9;
-  r.tflops = (r.w.forward_flops + r.w.backward_flops) / step_s * 1e-12;
+  set_rates(r, s);
   r.peak_bytes = peak_memory_bytes(device, &r.peak_is_device);
   return r;
 }
