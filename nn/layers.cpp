@@ -30,12 +30,14 @@ void check_kind(const std::string& layer, const Tensor& x, const Tensor& weight)
 
 // ---- Linear ---------------------------------------------------------------------------------
 
-Linear::Linear(int64_t in, int64_t out, ParamInit& init, bool bias) : in_(in), out_(out) {
+Linear::Linear(const LinearOptions& options, ParamInit& init)
+    : in_(options.in_features()), out_(options.out_features()) {
+  const int64_t in = in_, out = out_;
   check_positive("Linear", "in_features", in);
   check_positive("Linear", "out_features", out);
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));
   weight_ = register_parameter("weight", init.uniform({out, in}, bound));
-  if (bias) bias_ = register_parameter("bias", init.uniform({out}, bound));
+  if (options.bias()) bias_ = register_parameter("bias", init.uniform({out}, bound));
 }
 
 void Linear::check_input(const Tensor& x) const {
@@ -69,17 +71,13 @@ Tensor Mix::forward(const Tensor& x) { return mix(x, weight_, bias_); }
 
 // ---- Conv1d ---------------------------------------------------------------------------------
 
-Conv1d::Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride,
-               int64_t groups, ParamInit& init)
-    : in_channels_(in_channels),
-      out_channels_(out_channels),
-      kernel_(kernel),
-      stride_(stride),
-      groups_(groups) {
+Conv1d::Conv1d(const Conv1dOptions& options, ParamInit& init) : options_(options) {
+  const int64_t in_channels = options.in_channels(), out_channels = options.out_channels();
+  const int64_t kernel = options.kernel(), groups = options.groups();
   check_positive("Conv1d", "in_channels", in_channels);
   check_positive("Conv1d", "out_channels", out_channels);
   check_positive("Conv1d", "kernel", kernel);
-  check_positive("Conv1d", "stride", stride);
+  check_positive("Conv1d", "stride", options.stride());
   check_positive("Conv1d", "groups", groups);
   KVC_CHECK(in_channels % groups == 0 && out_channels % groups == 0, "Conv1d: channels ",
             in_channels, " -> ", out_channels, " are not divisible by groups ", groups);
@@ -92,11 +90,14 @@ Conv1d::Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_
 
 void Conv1d::check_input(const Tensor& x) const {
   check_kind(name(), x, weight_);
-  KVC_CHECK(x.dim() == 3 && x.size(1) == in_channels_ && x.size(2) >= kernel_, name(), ": input ",
-            x.shape(), " does not match the layer's (b, ", in_channels_, ", L >= ", kernel_, ")");
+  const int64_t in_channels = options_.in_channels(), kernel = options_.kernel();
+  KVC_CHECK(x.dim() == 3 && x.size(1) == in_channels && x.size(2) >= kernel, name(), ": input ",
+            x.shape(), " does not match the layer's (b, ", in_channels, ", L >= ", kernel, ")");
 }
 
-Tensor Conv1d::forward(const Tensor& x) { return conv1d(x, weight_, bias_, stride_, groups_); }
+Tensor Conv1d::forward(const Tensor& x) {
+  return conv1d(x, weight_, bias_, options_.stride(), options_.groups());
+}
 
 // ---- activations, dropout ---------------------------------------------------------------------
 

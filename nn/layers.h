@@ -23,10 +23,29 @@ struct ParamInit {
   Tensor uniform(const Shape& shape, double bound);
 };
 
+// Linear's sizes (as nn.Linear's in_features, out_features) and its switches, set by name:
+// LinearOptions(in, out).bias(false).
+class LinearOptions {
+ public:
+  LinearOptions(int64_t in_features, int64_t out_features)
+      : in_features_(in_features), out_features_(out_features) {}
+  LinearOptions& bias(bool on) {
+    bias_ = on;
+    return *this;
+  }
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
+  bool bias() const { return bias_; }
+
+ private:
+  int64_t in_features_, out_features_;
+  bool bias_ = true;
+};
+
 // PyTorch nn.Linear: y = x W^T + b over the last axis. Init U(1/sqrt(in)) (SPEC's `mlp`).
 class Linear : public Module {
  public:
-  Linear(int64_t in, int64_t out, ParamInit& init, bool bias = true);
+  Linear(const LinearOptions& options, ParamInit& init);
   Tensor forward(const Tensor& x) override;  // (..., in) -> (..., out)
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Linear"; }
@@ -52,22 +71,50 @@ class Mix : public Module {
   Tensor bias_;    // (h, out)
 };
 
+// Conv1d's channels (as nn.Conv1d's) and the rest set by name, each 1 unless set:
+// Conv1dOptions(c, c).kernel(n).stride(n).groups(h).
+class Conv1dOptions {
+ public:
+  Conv1dOptions(int64_t in_channels, int64_t out_channels)
+      : in_channels_(in_channels), out_channels_(out_channels) {}
+  Conv1dOptions& kernel(int64_t k) {
+    kernel_ = k;
+    return *this;
+  }
+  Conv1dOptions& stride(int64_t s) {
+    stride_ = s;
+    return *this;
+  }
+  Conv1dOptions& groups(int64_t g) {
+    groups_ = g;
+    return *this;
+  }
+  int64_t in_channels() const { return in_channels_; }
+  int64_t out_channels() const { return out_channels_; }
+  int64_t kernel() const { return kernel_; }
+  int64_t stride() const { return stride_; }
+  int64_t groups() const { return groups_; }
+
+ private:
+  int64_t in_channels_, out_channels_;
+  int64_t kernel_ = 1, stride_ = 1, groups_ = 1;
+};
+
 // PyTorch nn.Conv1d with padding 0 and groups. Init U(1/sqrt(fan_in)) for weight and bias,
 // fan_in = in_channels / groups * kernel (PyTorch's default bound).
 class Conv1d : public Module {
  public:
-  Conv1d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride, int64_t groups,
-         ParamInit& init);
+  Conv1d(const Conv1dOptions& options, ParamInit& init);
   Tensor forward(const Tensor& x) override;  // (b, c_in, L) -> (b, c_out, (L - k)/stride + 1)
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Conv1d"; }
   // For compressors that compute the same convolution as a GEMM on their own layout.
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }
-  int64_t groups() const { return groups_; }
+  int64_t groups() const { return options_.groups(); }
 
  private:
-  int64_t in_channels_, out_channels_, kernel_, stride_, groups_;
+  Conv1dOptions options_;
   Tensor weight_;  // (c_out, c_in / groups, kernel)
   Tensor bias_;    // (c_out)
 };

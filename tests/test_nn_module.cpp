@@ -23,10 +23,10 @@ class Toy : public Module {
     ParamInit init{7, f64()};
     a_ = register_parameter("a", Tensor::zeros({2}, f64()));
     net_ = register_module("net", std::make_shared<Sequential>());
-    net_->add(std::make_shared<Linear>(3, 2, init));
+    net_->add(std::make_shared<Linear>(LinearOptions(3, 2), init));
     net_->add(std::make_shared<ReLU>());
     net_->add(std::make_shared<Dropout>(0.5, 99));
-    net_->add(std::make_shared<Linear>(2, 1, init, false));
+    net_->add(std::make_shared<Linear>(LinearOptions(2, 1).bias(false), init));
     b_ = register_parameter("b", Tensor::ones({1}, f64()));
   }
   Tensor forward(const Tensor& x) override { return add((*net_)(x), b_); }
@@ -159,7 +159,7 @@ TEST_CASE("nn module: rng counters collected recursively in order") {
 TEST_CASE("nn layers: Linear, Mix and Conv1d against their formulas") {
   ParamInit init{3, f64()};
   // Linear: y = x W^T + b.
-  Linear lin(3, 2, init);
+  Linear lin(LinearOptions(3, 2), init);
   const auto lp = lin.named_parameters();
   REQUIRE(lp[0].first == "weight");
   REQUIRE(lp[0].second.shape() == Shape{2, 3});
@@ -199,7 +199,7 @@ TEST_CASE("nn layers: Linear, Mix and Conv1d against their formulas") {
                        "Mix: input (1, 3, 2, 3) does not match the layer's (..., 2, w, 3)", Error);
 
   // Conv1d, groups 2, kernel 2, stride 2: out[c, t] = B[c] + sum_{i,k} W[c, i, k] x[g*2+i, 2t+k].
-  Conv1d conv(4, 4, 2, 2, 2, init);
+  Conv1d conv(Conv1dOptions(4, 4).kernel(2).stride(2).groups(2), init);
   const auto cp = conv.named_parameters();
   REQUIRE(cp[0].second.shape() == Shape{4, 2, 2});
   const std::vector<double> cw = cp[0].second.to_vector(), cb = cp[1].second.to_vector();
@@ -217,8 +217,8 @@ TEST_CASE("nn layers: Linear, Mix and Conv1d against their formulas") {
       CHECK(std::fabs(yc[c * 2 + t] - acc) < 1e-14);
     }
   }
-  CHECK_THROWS_WITH_AS(Conv1d(3, 4, 2, 2, 2, init), doctest::Contains("not divisible by groups 2"),
-                       Error);
+  CHECK_THROWS_WITH_AS(Conv1d(Conv1dOptions(3, 4).kernel(2).stride(2).groups(2), init),
+                       doctest::Contains("not divisible by groups 2"), Error);
 }
 
 TEST_CASE("nn layers: GELU is the exact erf form, ReLU clips") {

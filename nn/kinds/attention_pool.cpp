@@ -26,8 +26,9 @@ class AttentionPoolCompressor : public Compressor {
 AttentionPoolCompressor::AttentionPoolCompressor(const CompressorOptions& o, bool scaled)
     : Compressor(o), scaled_(scaled) {
   ParamInit init = init_of(o);
-  to_attn_logits_ = register_module("to_attn_logits",
-                                    std::make_shared<Linear>(o.dim_head, o.dim_head, init, false));
+  to_attn_logits_ = register_module(
+      "to_attn_logits",
+      std::make_shared<Linear>(LinearOptions(o.dim_head, o.dim_head).bias(false), init));
   // Identity init: at the start the logits are the values themselves.
   std::vector<double> eye(static_cast<size_t>(o.dim_head * o.dim_head), 0.0);
   for (int64_t i = 0; i < o.dim_head; ++i) eye[static_cast<size_t>(i * o.dim_head + i)] = 1.0;

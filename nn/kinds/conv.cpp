@@ -26,7 +26,9 @@ class ConvCompressor : public Compressor {
 ConvCompressor::ConvCompressor(const CompressorOptions& o) : Compressor(o) {
   ParamInit init = init_of(o);
   const int64_t c = o.heads * o.dim_head;
-  conv_ = register_module("conv", std::make_shared<Conv1d>(c, c, o.block, o.block, o.heads, init));
+  conv_ = register_module(
+      "conv", std::make_shared<Conv1d>(
+                  Conv1dOptions(c, c).kernel(o.block).stride(o.block).groups(o.heads), init));
 }
 
 // SPEC: Conv1d(h*d -> h*d, kernel n, stride n, groups h) on b h w n d -> b (h d) (w n); here

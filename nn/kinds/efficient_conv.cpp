@@ -25,12 +25,14 @@ class EfficientConvCompressor : public Compressor {
 EfficientConvCompressor::EfficientConvCompressor(const CompressorOptions& o) : Compressor(o) {
   ParamInit init = init_of(o);
   const int64_t c = o.heads * o.dim_head, r = c / o.reduction;
-  channel_reduction_ =
-      register_module("channel_reduction", std::make_shared<Conv1d>(c, r, 1, 1, o.heads, init));
-  grouped_conv_ = register_module("grouped_conv",
-                                  std::make_shared<Conv1d>(r, r, o.block, o.block, o.heads, init));
-  channel_expansion_ =
-      register_module("channel_expansion", std::make_shared<Conv1d>(r, c, 1, 1, o.heads, init));
+  channel_reduction_ = register_module(
+      "channel_reduction", std::make_shared<Conv1d>(Conv1dOptions(c, r).groups(o.heads), init));
+  grouped_conv_ = register_module(
+      "grouped_conv",
+      std::make_shared<Conv1d>(Conv1dOptions(r, r).kernel(o.block).stride(o.block).groups(o.heads),
+                               init));
+  channel_expansion_ = register_module(
+      "channel_expansion", std::make_shared<Conv1d>(Conv1dOptions(r, c).groups(o.heads), init));
 }
 
 // SPEC: the rearrange of `conv`, then three grouped Conv1d; each is conv_as_mix on a view.

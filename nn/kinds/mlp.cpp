@@ -25,9 +25,9 @@ MlpCompressor::MlpCompressor(const CompressorOptions& o) : Compressor(o) {
   ParamInit init = init_of(o);
   const int64_t in = o.block * o.dim_head, hidden = hidden_of(o);
   net_ = register_module("net", std::make_shared<Sequential>());
-  net_->add(std::make_shared<Linear>(in, hidden, init));
+  net_->add(std::make_shared<Linear>(LinearOptions(in, hidden), init));
   net_->add(std::make_shared<ReLU>());
-  net_->add(std::make_shared<Linear>(hidden, o.dim_head, init));
+  net_->add(std::make_shared<Linear>(LinearOptions(hidden, o.dim_head), init));
 }
 
 Tensor MlpCompressor::forward(const Tensor& x) { return (*net_)(flatten_block(x)); }
