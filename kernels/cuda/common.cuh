@@ -49,13 +49,6 @@ inline int grid_for(int64_t n, int threads = kThreads) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, max_blocks)));
 }
 
-// Sums of float inputs are accumulated in double: reductions over millions of elements then stay
-// far inside float rounding, matching the CPU reference whatever order either side sums in.
-template <typename T>
-struct Acc {
-  using type = double;
-};
-
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
   for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
