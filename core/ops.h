@@ -43,10 +43,6 @@ Tensor matmul(const Tensor& a, const Tensor& b, bool trans_a = false, bool trans
 // Grouped linear (einops EinMix 'b h w i -> b h w o'): x (..., h, w, in), weight (h, in, out),
 // bias (h, out) or undefined. y[.., h, w, o] = sum_i x[.., h, w, i] W[h, i, o] + B[h, o].
 Tensor mix(const Tensor& x, const Tensor& weight, const Tensor& bias);
-// PyTorch Conv1d with padding 0: x (b, c_in, L), weight (c_out, c_in/groups, k), bias (c_out)
-// or undefined; returns (b, c_out, (L - k)/stride + 1).
-Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
-              int64_t groups);
 
 // ---- activations ----
 Tensor softmax(const Tensor& a, int64_t axis);

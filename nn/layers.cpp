@@ -79,6 +79,8 @@ Conv1d::Conv1d(const Conv1dOptions& options, ParamInit& init) : options_(options
   check_positive("Conv1d", "kernel", kernel);
   check_positive("Conv1d", "stride", options.stride());
   check_positive("Conv1d", "groups", groups);
+  KVC_CHECK(options.stride() == kernel, "Conv1d: stride ", options.stride(),
+            " differs from kernel ", kernel, " (only non-overlapping windows are supported)");
   KVC_CHECK(in_channels % groups == 0 && out_channels % groups == 0, "Conv1d: channels ",
             in_channels, " -> ", out_channels, " are not divisible by groups ", groups);
   const int64_t fan_in = in_channels / groups * kernel;
@@ -95,8 +97,31 @@ void Conv1d::check_input(const Tensor& x) const {
             x.shape(), " does not match the layer's (b, ", in_channels, ", L >= ", kernel, ")");
 }
 
+// With kernel == stride each output position reads one window of k taps, so on the layout
+// (b, groups, windows, k*c_in), the taps of a window flattened tap-major,
+//   y[b, g, t, o] = sum_{j, i} x[b, g, t, j*c_in + i] W[g*c_out + o, i, j] + bias[g*c_out + o],
+// which is mix with W'[g, j*c_in + i, o] = W[g*c_out + o, i, j] and bias viewed (groups, c_out).
+// Only the weight is permuted (c_out*c_in*k per group), on the tape, so weight and bias get
+// their gradients. SPEC section 3's rearrange to channels and back (two copies of x each way,
+// forward and backward) is then not needed where the blocks already are the windows.
+Tensor Conv1d::forward_windows(const Tensor& windows) const {
+  const int64_t g = options_.groups(), k = options_.kernel();
+  const int64_t c_in = options_.in_channels() / g, c_out = options_.out_channels() / g;
+  const Tensor w =
+      reshape(permute(reshape(weight_, {g, c_out, c_in, k}), {0, 3, 2, 1}), {g, k * c_in, c_out});
+  return mix(windows, w, reshape(bias_, {g, c_out}));
+}
+
 Tensor Conv1d::forward(const Tensor& x) {
-  return conv1d(x, weight_, bias_, options_.stride(), options_.groups());
+  const int64_t b = x.size(0), g = options_.groups(), k = options_.kernel();
+  const int64_t c_in = options_.in_channels() / g, c_out = options_.out_channels() / g;
+  const int64_t windows = x.size(2) / k;  // a remainder shorter than a window is not read
+  const Tensor whole = windows * k == x.size(2) ? x : narrow(x, 2, 0, windows * k);
+  // (b, g*ci, t*k) -> (b, g, ci, t, k) -> (b, g, t, k, ci) -> (b, g, t, k*ci)
+  const Tensor xw = reshape(permute(reshape(whole, {b, g, c_in, windows, k}), {0, 1, 3, 4, 2}),
+                            {b, g, windows, k * c_in});
+  // (b, g, t, co) -> (b, g, co, t) -> (b, g*co, t)
+  return reshape(permute(forward_windows(xw), {0, 1, 3, 2}), {b, g * c_out, windows});
 }
 
 // ---- activations, dropout ---------------------------------------------------------------------

@@ -100,15 +100,18 @@ class Conv1dOptions {
   int64_t kernel_ = 1, stride_ = 1, groups_ = 1;
 };
 
-// PyTorch nn.Conv1d with padding 0 and groups. Init U(1/sqrt(fan_in)) for weight and bias,
-// fan_in = in_channels / groups * kernel (PyTorch's default bound).
+// PyTorch nn.Conv1d with padding 0, groups and stride == kernel (non-overlapping windows, the
+// only convolution the compressors use), computed as mix over the windows. Init U(1/sqrt(fan_in))
+// for weight and bias, fan_in = in_channels / groups * kernel (PyTorch's default bound).
 class Conv1d : public Module {
  public:
   Conv1d(const Conv1dOptions& options, ParamInit& init);
-  Tensor forward(const Tensor& x) override;  // (b, c_in, L) -> (b, c_out, (L - k)/stride + 1)
+  Tensor forward(const Tensor& x) override;  // (b, c_in, L) -> (b, c_out, floor(L / k))
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Conv1d"; }
-  // For compressors that compute the same convolution as a GEMM on their own layout.
+  // The same convolution as mix over windows laid out (b, groups, windows, k * c_in/groups) ->
+  // (b, groups, windows, c_out/groups): for compressors whose blocks already are the windows.
+  Tensor forward_windows(const Tensor& windows) const;
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }
   int64_t groups() const { return options_.groups(); }

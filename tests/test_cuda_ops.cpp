@@ -9,6 +9,7 @@
 #include "core/autograd.h"
 #include "core/gradcheck.h"
 #include "core/ops.h"
+#include "tests/reference/conv1d.h"
 #include "tests/test_util.h"
 
 namespace kvc {

@@ -14,6 +14,7 @@
 #include "nn/compressor_pair.h"
 #include "test_nn_util.h"
 #include "test_util.h"
+#include "tests/reference/conv1d.h"
 
 namespace kvc {
 namespace {

@@ -10,6 +10,7 @@
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "kernels/gemm.h"
+#include "tests/reference/conv1d.h"
 #include "tests/test_util.h"
 
 namespace kvc {

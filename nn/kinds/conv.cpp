@@ -32,8 +32,8 @@ ConvCompressor::ConvCompressor(const CompressorOptions& o) : Compressor(o) {
 }
 
 // SPEC: Conv1d(h*d -> h*d, kernel n, stride n, groups h) on b h w n d -> b (h d) (w n); here
-// the same sum as mix over each flattened block (conv_as_mix), x only viewed.
-Tensor ConvCompressor::forward(const Tensor& x) { return conv_as_mix(flatten_block(x), *conv_); }
+// the same sum as mix over each flattened block (Conv1d::forward_windows), x only viewed.
+Tensor ConvCompressor::forward(const Tensor& x) { return conv_->forward_windows(flatten_block(x)); }
 
 }  // namespace
 

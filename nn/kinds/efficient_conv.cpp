@@ -35,14 +35,15 @@ EfficientConvCompressor::EfficientConvCompressor(const CompressorOptions& o) : C
       "channel_expansion", std::make_shared<Conv1d>(Conv1dOptions(r, c).groups(o.heads), init));
 }
 
-// SPEC: the rearrange of `conv`, then three grouped Conv1d; each is conv_as_mix on a view.
+// SPEC: the rearrange of `conv`, then three grouped Conv1d; each is Conv1d::forward_windows on a
+// view.
 Tensor EfficientConvCompressor::forward(const Tensor& x) {
   const int64_t b = x.size(0), h = x.size(1), w = x.size(2), n = x.size(3), d = x.size(4);
   // The 1x1 reduction acts on every token: (b, h, w*n, d) -> (b, h, w*n, d/r).
-  Tensor y = conv_as_mix(reshape(x, {b, h, w * n, d}), *channel_reduction_);
+  Tensor y = channel_reduction_->forward_windows(reshape(x, {b, h, w * n, d}));
   // The block conv reads one block per window: (b, h, w, n*d/r) -> (b, h, w, d/r).
-  y = conv_as_mix(reshape(y, {b, h, w, n * y.size(3)}), *grouped_conv_);
-  return conv_as_mix(y, *channel_expansion_);  // the 1x1 expansion: -> (b, h, w, d)
+  y = grouped_conv_->forward_windows(reshape(y, {b, h, w, n * y.size(3)}));
+  return channel_expansion_->forward_windows(y);  // the 1x1 expansion: -> (b, h, w, d)
 }
 
 }  // namespace

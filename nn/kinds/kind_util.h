@@ -1,5 +1,4 @@
-// Helpers the compressor kinds share: parameter init, the MLP hidden width, block views, and a
-// grouped Conv1d computed as mix.
+// Helpers the compressor kinds share: parameter init, the MLP hidden width, and block views.
 #pragma once
 
 #include <cstdint>
@@ -17,9 +16,5 @@ int64_t hidden_of(const CompressorOptions& o);
 
 // 'b h w n d -> b h w (n d)': a view, no copy. x (b, h, w, n, d) -> (b, h, w, n*d).
 Tensor flatten_block(const Tensor& x);
-
-// A grouped Conv1d with kernel == stride, as mix over x (b, heads, windows, k*c_in) ->
-// (b, heads, windows, c_out); see kind_util.cpp for the identity.
-Tensor conv_as_mix(const Tensor& x, const Conv1d& conv);
 
 }  // namespace kvc::kinds

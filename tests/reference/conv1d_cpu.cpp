@@ -6,14 +6,13 @@
 // compressor's case) the windows do not overlap: the buffer is a pure rearrangement of x and
 // col2im in backward is a scatter without collisions. A pointwise conv (kernel 1, stride 1)
 // needs no buffer at all: x[b, group] already is the (c_in/groups, length) GEMM operand.
-#include "kernels/conv1d.h"
-
 #include <algorithm>
 #include <cstring>
 #include <memory>
 
 #include "base/error.h"
 #include "kernels/gemm.h"
+#include "tests/reference/conv1d_kernels.h"
 
 namespace kvc::kernels::cpu {
 
