@@ -127,17 +127,12 @@ void Adam::set_state(const std::string& name, const Tensor& exp_avg, const Tenso
 
 AdamState Adam::state_dict() const {
   AdamState s;
+  static_cast<AdamOptions&>(s) = options_;
   s.step = step_;
   for (size_t i = 0; i < names_.size(); ++i) {
     s.exp_avg.emplace_back(names_[i], slice(flat_exp_avg_, i));
     s.exp_avg_sq.emplace_back(names_[i], slice(flat_exp_avg_sq_, i));
   }
-  s.lr = options_.lr;
-  s.beta1 = options_.beta1;
-  s.beta2 = options_.beta2;
-  s.eps = options_.eps;
-  s.weight_decay = options_.weight_decay;
-  s.decoupled = options_.decoupled;
   return s;
 }
 

@@ -20,13 +20,12 @@ struct AdamOptions {
   bool decoupled = false;  // true: AdamW (decay the parameter); false: Adam (L2 added to the grad)
 };
 
-// Adam's state as a checkpoint holds it (/optim): the step count, both moments of every parameter
-// (the parameters' names, in their order) and the hyperparameters (lr: the last one used).
-struct AdamState {
+// Adam's state as a checkpoint holds it (/optim): the hyperparameters (lr: the last one used;
+// decoupled: attribute "optimizer", "adamw" or "adam"), the step count and both moments of
+// every parameter (the parameters' names, in their order).
+struct AdamState : AdamOptions {
   int64_t step = 0;
   std::vector<std::pair<std::string, Tensor>> exp_avg, exp_avg_sq;
-  double lr = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
-  bool decoupled = false;  // attribute "optimizer": "adamw" when true, else "adam"
 };
 
 // Construction moves every parameter into one flat buffer: each parameter's TensorImpl is
