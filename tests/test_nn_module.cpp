@@ -12,6 +12,7 @@
 #include "nn/layers.h"
 #include "nn/module.h"
 #include "test_util.h"
+#include "tests/reference/conv1d.h"
 
 namespace kvc {
 namespace {
@@ -219,6 +220,33 @@ TEST_CASE("nn layers: Linear, Mix and Conv1d against their formulas") {
   }
   CHECK_THROWS_WITH_AS(Conv1d(Conv1dOptions(3, 4).kernel(2).stride(2).groups(2), init),
                        doctest::Contains("not divisible by groups 2"), Error);
+}
+
+TEST_CASE("nn layers: Conv1d as mix equals the reference conv1d op, forward and backward") {
+  ParamInit init;
+  init.seed = 5;
+  init.options = f64();
+  // groups 2, 3 -> 4 channels per group, kernel = stride 3; length 14 leaves a remainder of 2.
+  Conv1d conv(Conv1dOptions(6, 8).kernel(3).stride(3).groups(2), init);
+  const auto params = conv.named_parameters();
+  const Tensor w = params[0].second, b = params[1].second;
+  const Tensor x = Tensor::randn({2, 6, 14}, 6, 0, 0.0, 1.0, f64().with_requires_grad(true));
+  const Tensor x_ref = x.detach().clone().set_requires_grad(true);
+  const Tensor w_ref = w.detach().clone().set_requires_grad(true);
+  const Tensor b_ref = b.detach().clone().set_requires_grad(true);
+  const Tensor seed = Tensor::randn({2, 8, 4}, 6, 1, 0.0, 1.0, f64());
+  const Tensor y = conv(x), y_ref = conv1d(x_ref, w_ref, b_ref, 3, 2);
+  REQUIRE(y.shape() == y_ref.shape());
+  CHECK(test::max_abs_diff(y.to_vector(), y_ref.to_vector()) < 1e-13);
+  backward(add(sum(mul(y, seed)), sum(mul(y_ref, seed))));  // one tape holds both graphs
+  CHECK(test::max_abs_diff(x.grad().to_vector(), x_ref.grad().to_vector()) < 1e-13);
+  CHECK(test::max_abs_diff(w.grad().to_vector(), w_ref.grad().to_vector()) < 1e-13);
+  CHECK(test::max_abs_diff(b.grad().to_vector(), b_ref.grad().to_vector()) < 1e-13);
+
+  CHECK_THROWS_WITH_AS(Conv1d(Conv1dOptions(4, 4).kernel(3).stride(2), init),
+                       "Conv1d: stride 2 differs from kernel 3 (only non-overlapping windows are "
+                       "supported)",
+                       Error);
 }
 
 TEST_CASE("nn layers: GELU is the exact erf form, ReLU clips") {

@@ -240,6 +240,56 @@ TEST_CASE("optim: state views restore moments and step count for a resume") {
                        doctest::Contains("(2,)"), Error);
 }
 
+TEST_CASE("optim: state_dict and load_state_dict continue a run to the same bits") {
+  const std::vector<double> p0{0.1, 0.2, -0.3, 0.7};
+  const std::vector<std::vector<double>> gs{{1, 2, 3, -1}, {-1, 0.5, 2, 0}, {0.3, -0.2, 0.1, 4}};
+  AdamOptions o;
+  o.lr = 0.02;
+  o.weight_decay = 0.1;
+  o.decoupled = true;
+  auto params = [&] {
+    return Named{{"a", Tensor::from_vector({p0[0], p0[1]}, {2}, f64().with_requires_grad(true))},
+                 {"b", Tensor::from_vector({p0[2], p0[3]}, {2}, f64().with_requires_grad(true))}};
+  };
+  Named ref = params();  // three steps in one run
+  Adam a(ref, o);
+  for (const auto& g : gs) {
+    set_grads(ref, g);
+    a.step();
+  }
+  Named first = params();  // two steps, then state_dict into a fresh optimizer
+  Adam b(first, o);
+  for (int i = 0; i < 2; ++i) {
+    set_grads(first, gs[static_cast<size_t>(i)]);
+    b.step();
+  }
+  const AdamState state = b.state_dict();
+  CHECK(state.step == 2);
+  CHECK(state.lr == 0.02);
+  CHECK(state.decoupled);
+  REQUIRE(state.exp_avg.size() == 2);
+  CHECK(state.exp_avg[1].first == "b");
+  Named resumed{{"a", first[0].second.clone().set_requires_grad(true)},
+                {"b", first[1].second.clone().set_requires_grad(true)}};
+  Adam c(resumed, o);
+  c.load_state_dict(state);
+  set_grads(resumed, gs[2]);
+  c.step();
+  CHECK(c.step_count() == 3);
+  for (size_t i = 0; i < 2; ++i) {
+    CHECK(resumed[i].second.to_vector() == ref[i].second.to_vector());
+  }
+
+  AdamState missing = state;
+  missing.exp_avg_sq.pop_back();
+  CHECK_THROWS_WITH_AS(c.load_state_dict(missing),
+                       "adam: the state has exp_avg/b but no exp_avg_sq/b", Error);
+  AdamState short_state = state;
+  short_state.exp_avg.pop_back();
+  CHECK_THROWS_WITH_AS(c.load_state_dict(short_state),
+                       "adam: the state has moments for 1 tensors, the optimizer has 2", Error);
+}
+
 TEST_CASE("optim: Adam rejects mixed dtypes, devices, duplicates and bad options") {
   Tensor a = Tensor::zeros({2}, f32().with_requires_grad(true));
   Tensor b = Tensor::zeros({2}, f64().with_requires_grad(true));

@@ -11,7 +11,6 @@
 
 namespace kvc {
 
-
 Tensor conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride,
               int64_t groups) {
   const char* op = "conv1d";
