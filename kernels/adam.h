@@ -7,14 +7,19 @@
 namespace kvc::kernels {
 
 // Scalars of one Adam step, computed on the host in double (as PyTorch does for its scalars).
-struct AdamStepArgs {
+// Adam's hyperparameters, as the optimizer is configured with them (optim::AdamOptions).
+struct AdamHyperparams {
   double lr = 1e-3;
   double beta1 = 0.9;
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 0.0;
-  bool decoupled = false;  // AdamW
-  int64_t step = 1;        // this step's number, counted from 1 (for the bias corrections)
+  bool decoupled = false;  // true: AdamW (decay the parameter); false: Adam (L2 added to the grad)
+};
+
+// One step's arguments: the hyperparameters and the step's number.
+struct AdamStepArgs : AdamHyperparams {
+  int64_t step = 1;  // this step's number, counted from 1 (for the bias corrections)
 };
 
 #define KVC_ADAM_KERNELS                                                                     \

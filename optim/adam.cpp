@@ -214,12 +214,7 @@ void Adam::step() {
 
 void Adam::stage_step() {
   ++step_;
-  staged_.lr = options_.lr;
-  staged_.beta1 = options_.beta1;
-  staged_.beta2 = options_.beta2;
-  staged_.eps = options_.eps;
-  staged_.weight_decay = options_.weight_decay;
-  staged_.decoupled = options_.decoupled;
+  static_cast<AdamOptions&>(staged_) = options_;
   staged_.step = step_;
 #ifdef KVC_WITH_CUDA
   if (device_.is_cuda()) {

@@ -11,14 +11,7 @@
 
 namespace kvc {
 
-struct AdamOptions {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.0;
-  bool decoupled = false;  // true: AdamW (decay the parameter); false: Adam (L2 added to the grad)
-};
+using AdamOptions = kernels::AdamHyperparams;
 
 // Adam's state as a checkpoint holds it (/optim): the hyperparameters (lr: the last one used;
 // decoupled: attribute "optimizer", "adamw" or "adam"), the step count and both moments of
