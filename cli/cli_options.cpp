@@ -3,6 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -131,6 +132,71 @@ void add_precision_flag(CLI::App* cmd, std::string* precision) {
                   "float32 weights, optimizer state and checkpoints)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
+}
+
+void add_config_file_flag(CLI::App* cmd, std::string* path) {
+  cmd->add_option("--config-file", *path,
+                  "read flags from this TOML file (\"steps = 2000\", one per line; flags on the "
+                  "command line override it); every run writes OUT/config.toml in this form")
+      ->check(CLI::ExistingFile);
+}
+
+namespace {
+
+// The option a config key names: "dim-head" or "dim_head" for --dim-head.
+CLI::Option* option_for_key(CLI::App* cmd, const std::string& key) {
+  std::string flag = "--" + key;
+  std::replace(flag.begin(), flag.end(), '_', '-');
+  CLI::Option* op = cmd->get_option_no_throw(flag);
+  const bool usable = op != nullptr && flag != "--help" && flag != "--config-file";
+  return usable ? op : nullptr;
+}
+
+}  // namespace
+
+void apply_config_file(CLI::App* cmd, const std::string& path) {
+  const std::string where = "--config-file " + path;
+  std::vector<CLI::ConfigItem> items;
+  try {
+    items = CLI::ConfigTOML().from_file(path);
+  } catch (const CLI::ParseError& e) {
+    throw UsageError(where + ": " + e.what());
+  }
+  const std::string help = " (see 'kvcompress " + cmd->get_name() + " --help')";
+  for (const CLI::ConfigItem& item : items) {
+    KVC_USAGE_CHECK(item.parents.empty(), where, ": section [", item.parents.front(),
+                    "] is not read; write the keys at the top of the file");
+    CLI::Option* op = option_for_key(cmd, item.name);
+    KVC_USAGE_CHECK(op != nullptr, where, ": unknown key '", item.name, "': ", cmd->get_name(),
+                    " has no flag --", item.name, help);
+    if (op->count() > 0) continue;  // the command line wins
+    try {
+      op->add_result(item.inputs);
+      op->run_callback();
+    } catch (const CLI::ParseError& e) {
+      throw UsageError(where + ": key '" + item.name + "': " + e.what());
+    }
+  }
+}
+
+std::string options_toml(const CLI::App* cmd, const std::vector<std::string>& skip) {
+  std::string out;
+  for (const CLI::Option* op : cmd->get_options()) {
+    const std::string name = op->get_single_name();
+    if (name.empty() || std::find(skip.begin(), skip.end(), name) != skip.end()) continue;
+    if (name == "help" || name == "config-file") continue;
+    std::string value;
+    if (op->get_expected_min() == 0) {  // a flag (all of them default to false)
+      value = op->count() > 0 && op->as<bool>() ? "true" : "false";
+    } else {
+      value = op->count() > 0 ? op->results().back() : op->get_default_str();
+      if (op->get_type_name().rfind("TEXT", 0) == 0 || value.empty()) {
+        value = train::toml_string(value);
+      }
+    }
+    out += name + " = " + value + "\n";
+  }
+  return out;
 }
 
 void validate_shape(const RunSettings& r) {

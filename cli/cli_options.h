@@ -53,6 +53,16 @@ void add_device_flag(CLI::App* cmd, std::string* device);
 // --precision fp32|tf32|bf16.
 void add_precision_flag(CLI::App* cmd, std::string* precision);
 
+// --config-file FILE.toml: flags of `cmd` as TOML keys ("dim-head = 64" or "dim_head = 64").
+void add_config_file_flag(CLI::App* cmd, std::string* path);
+// Gives every key of the TOML file `path` to the flag of `cmd` it names, unless the command line
+// gave that flag (the command line wins), with the flag's own checks (CLI11's TOML reader).
+// Throws UsageError naming the file and the key for an unknown key, a section or a bad value.
+void apply_config_file(CLI::App* cmd, const std::string& path);
+// TOML lines "name = value" for the options of `cmd` not named in `skip`: the value given on the
+// command line (or from a config file), else the default; flags as true/false.
+std::string options_toml(const CLI::App* cmd, const std::vector<std::string>& skip);
+
 // Combinations CLI11 validators cannot see: seq >= block, and for the kinds that use them
 // (the registry says which) d % r == 0, H = floor(n d expand) >= 1, dropout in [0, 1). Throws
 // UsageError naming the flags and values.

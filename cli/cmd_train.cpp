@@ -25,6 +25,7 @@ struct TrainArgs {
   bool no_graph = false;
   bool overwrite = false;
   int64_t patience = 0;
+  std::string config_file;
 };
 
 // With --resume the checkpoint fixes the model, the data and the schedule (its stored
@@ -53,6 +54,30 @@ void check_data_flags(const CLI::App* cmd, const TrainArgs& a) {
   conflict("--dim-head", a.run.dim_head, f.dim_head);
   conflict("--seq", a.run.seq, f.seq);
   if (f.has_queries()) conflict("--queries", a.run.queries, f.queries);
+}
+
+// OUT/config.toml: the run's resolved settings (a resume's come from its checkpoint, a KV
+// file's shape from the file) and the flags that shape the computation, so that
+// `train --config-file OUT/config.toml --out NEW` trains the same run again.
+void write_run_config(const CLI::App* cmd, const TrainArgs& a, const train::Trainer& trainer) {
+  const train::TrainOptions& o = trainer.options();
+  std::string toml =
+      "# kvcompress " + std::string(KVC_VERSION) +
+      " train: this run's settings; 'kvcompress train --config-file THIS_FILE --out NEW_FOLDER' "
+      "trains it again (flags given on the command line override these)\n";
+  if (!a.resume.empty()) {
+    toml += "# continued from " + a.resume +
+            "; from step 0 these settings give the same run unless the resume changed --steps\n";
+  }
+  toml += train::settings_toml(o);
+  toml += "device = " + train::toml_string(o.device.name()) + "\n";
+  // Not repeated: the table's (resolved above), where the run writes or starts from, the display.
+  std::vector<std::string> written{"device", "out", "resume", "overwrite", "progress"};
+  for (const train::Setting& s : train::settings_table()) {
+    written.push_back(train::setting_flag(s).substr(2));
+  }
+  toml += options_toml(cmd, written);
+  train::write_file_atomic(o.out + "/config.toml", toml);
 }
 
 int run_train(const CLI::App* cmd, const TrainArgs& a) {
@@ -94,6 +119,7 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
   apply_precision(a.precision, o.device);
 
   train::Trainer trainer(o);
+  write_run_config(cmd, a, trainer);
   train::clear_interrupt();
   train::install_interrupt_handlers();
   train::TrainResult r;
@@ -111,7 +137,9 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
 
 Command add_train_command(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
-  CLI::App* cmd = app.add_subcommand("train", "train a compressor pair (SPEC sections 4 and 7)");
+  CLI::App* cmd = app.add_subcommand(
+      "train",
+      "train a compressor pair (flags, files and exit codes: docs/cli.md, docs/formats.md)");
   add_setting_flags(cmd, &a->run, train::SettingGroup::model);
   add_setting_flags(cmd, &a->run, train::SettingGroup::shape);
   add_setting_flags(cmd, &a->run, train::SettingGroup::train);
@@ -139,7 +167,11 @@ Command add_train_command(CLI::App& app) {
   cmd->add_flag("--no-graph", a->no_graph,
                 "launch every step op by op; by default a CUDA run without dropout replays its "
                 "step from CUDA graphs after two warm-up steps (same results, less launch time)");
-  return {cmd, [cmd, a] { return run_train(cmd, *a); }};
+  add_config_file_flag(cmd, &a->config_file);
+  return {cmd, [cmd, a] {
+            if (!a->config_file.empty()) apply_config_file(cmd, a->config_file);
+            return run_train(cmd, *a);
+          }};
 }
 
 }  // namespace kvc::cli

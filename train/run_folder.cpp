@@ -45,7 +45,7 @@ void claim_run_folder(const std::string& out, const std::string& resume, bool ov
     KVC_FAIL("train: ", out, " holds another run (", list, "); continue it with --resume ", out,
              "/checkpoint.h5, start over with --overwrite, or choose another --out");
   }
-  for (const char* name : {"checkpoint.h5", "best.h5", "metrics.csv", "loss.svg"}) {
+  for (const char* name : {"checkpoint.h5", "best.h5", "metrics.csv", "loss.svg", "config.toml"}) {
     const std::string path = out + "/" + name;
     KVC_CHECK(::unlink(path.c_str()) == 0 || errno == ENOENT, "train: --overwrite cannot remove ",
               path, ": ", std::strerror(errno));

@@ -179,6 +179,26 @@ void validate_settings(const RunSettings& r) {
   KVC_CHECK(r.seq >= r.block, "train: seq ", r.seq, " is shorter than one block (", r.block, ")");
 }
 
+std::string toml_string(const std::string& text) {
+  const char quote = text.find('\'') == std::string::npos ? '\'' : '"';
+  return quote + text + quote;
+}
+
+std::string settings_toml(const RunSettings& r) {
+  std::string out;
+  for (const Setting& s : settings_table()) {
+    std::string value = setting_text(r, s);
+    if (std::holds_alternative<std::string RunSettings::*>(s.member)) {
+      value = toml_string(value);
+    } else if (std::holds_alternative<double RunSettings::*>(s.member) &&
+               value.find_first_of(".e") == std::string::npos) {
+      value += ".0";  // TOML reads "1" as an integer; the setting is a float
+    }
+    out += setting_flag(s).substr(2) + " = " + value + "\n";
+  }
+  return out;
+}
+
 std::string settings_summary(const RunSettings& r, SettingGroup group) {
   std::string out;
   for (const Setting& s : settings_table()) {

@@ -77,6 +77,12 @@ std::string check_setting_text(const Setting& s, const std::string& text);
 // Every range of the table (throws kvc::Error naming the flag and the value), then seq >= block.
 void validate_settings(const RunSettings& r);
 
+// Every setting of the table as a TOML line "dim-head = 32" (the flag's name; text quoted, a
+// double written as a float: "expand = 1.0"), in table order: what `train --config-file` reads.
+std::string settings_toml(const RunSettings& r);
+// `text` as a TOML string: '...' (literal, as CLI11 reads it back), "..." when it holds a '.
+std::string toml_string(const std::string& text);
+
 // "compressor conv, heads 2, ..." over the settings of `group`.
 std::string settings_summary(const RunSettings& r, SettingGroup group);
 
