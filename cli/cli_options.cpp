@@ -107,6 +107,14 @@ void add_setting_flags(CLI::App* cmd, RunSettings* r, train::SettingGroup group,
   }
 }
 
+void refuse_flag(CLI::App* cmd, const std::string& flag, const std::string& why) {
+  cmd->remove_option(cmd->get_option(flag));
+  const std::string message = flag + " does not apply to " + cmd->get_name() + ": " + why;
+  cmd->add_option(flag, "")
+      ->group("")  // not in --help
+      ->each([message](const std::string&) { throw UsageError(message); });
+}
+
 void add_device_flag(CLI::App* cmd, std::string* device) {
   CLI::Validator check(
       [](std::string& v) -> std::string {
@@ -162,13 +170,12 @@ void apply_config_file(CLI::App* cmd, const std::string& path) {
   } catch (const CLI::ParseError& e) {
     throw UsageError(where + ": " + e.what());
   }
-  const std::string help = " (see 'kvcompress " + cmd->get_name() + " --help')";
   for (const CLI::ConfigItem& item : items) {
     KVC_USAGE_CHECK(item.parents.empty(), where, ": section [", item.parents.front(),
                     "] is not read; write the keys at the top of the file");
     CLI::Option* op = option_for_key(cmd, item.name);
     KVC_USAGE_CHECK(op != nullptr, where, ": unknown key '", item.name, "': ", cmd->get_name(),
-                    " has no flag --", item.name, help);
+                    " has no flag --", item.name);
     if (op->count() > 0) continue;  // the command line wins
     try {
       op->add_result(item.inputs);

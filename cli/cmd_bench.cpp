@@ -30,7 +30,7 @@ struct BenchArgs {
   std::string precision = "fp32";
   bool json = false;
   bool no_graph = false;
-  int64_t warmup = 3;
+  int64_t warmup_reps = 3;  // untimed runs first (not the LR warmup of train)
   int64_t reps = 10;
 };
 
@@ -54,20 +54,20 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Median milliseconds of `body` over reps after warmup runs; `setup` runs
+// Median milliseconds of `body` over reps after warmup_reps untimed runs; `setup` runs
 // untimed before each.
-double time_ms(Device device, int64_t warmup, int64_t reps, const std::function<void()>& setup,
+double time_ms(Device device, int64_t warmup_reps, int64_t reps, const std::function<void()>& setup,
                const std::function<void()>& body) {
   using Clock = std::chrono::steady_clock;
   std::vector<double> ms;
-  for (int64_t i = 0; i < warmup + reps; ++i) {
+  for (int64_t i = 0; i < warmup_reps + reps; ++i) {
     setup();
     sync(device);
     const auto t0 = Clock::now();
     body();
     sync(device);
     const auto t1 = Clock::now();
-    if (i >= warmup) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
+    if (i >= warmup_reps) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());
   }
   return median(ms);
 }
@@ -120,7 +120,7 @@ void time_graph_step(const std::string& kind, const BenchArgs& a, Device device,
   }
   if (!graph.captured()) return;
   t.step_ms = time_ms(
-      device, a.warmup, a.reps, [] {},
+      device, a.warmup_reps, a.reps, [] {},
       [&] {
         adam.stage_step();
         graph.replay();
@@ -157,10 +157,10 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
     loss = Tensor();
     Tape::current().clear();
   };
-  r.t.forward_ms = time_ms(device, a.warmup, a.reps, drop_tape, forward);
+  r.t.forward_ms = time_ms(device, a.warmup_reps, a.reps, drop_tape, forward);
   drop_tape();
   r.t.backward_ms = time_ms(
-      device, a.warmup, a.reps,
+      device, a.warmup_reps, a.reps,
       [&] {
         drop_tape();
         adam.zero_grad();
@@ -169,7 +169,7 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
       [&] { backward(loss); });
   drop_tape();
   r.t.optimizer_ms = time_ms(
-      device, a.warmup, a.reps, [] {},
+      device, a.warmup_reps, a.reps, [] {},
       [&] {
         adam.set_clip_scale(1.0);
         adam.step();
@@ -182,7 +182,7 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
     adam.apply_step();
   };
   r.t.eager_step_ms = time_ms(
-      device, a.warmup, a.reps, [] {},
+      device, a.warmup_reps, a.reps, [] {},
       [&] {
         adam.stage_step();
         full_step();
@@ -221,12 +221,12 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
     std::printf(
         "bench: config %s (b %lld, h %lld, seq %lld, n %lld, d %lld, "
         "nq %lld), %s, "
-        "%s, median of %lld reps after %lld warmup\n",
+        "%s, median of %lld reps after %lld untimed\n",
         a.config.c_str(), static_cast<long long>(s.batch), static_cast<long long>(s.heads),
         static_cast<long long>(s.seq), static_cast<long long>(s.block),
         static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
         device.name().c_str(), a.precision.c_str(), static_cast<long long>(a.reps),
-        static_cast<long long>(a.warmup));
+        static_cast<long long>(a.warmup_reps));
     std::printf("%-22s %10s %10s %10s %10s %10s %12s %9s %9s %12s\n", "kind", "fwd ms", "bwd ms",
                 "optim ms", "eager ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
                 device.is_cuda() ? "peak dev MB" : "peak RSS MB");
@@ -247,12 +247,12 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
         "{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", "
         "\"batch\": %lld, "
         "\"heads\": %lld, \"seq\": %lld, \"block\": %lld, \"dim_head\": %lld, "
-        "\"queries\": %lld, \"warmup\": %lld, \"reps\": %lld, \"results\": [",
+        "\"queries\": %lld, \"warmup_reps\": %lld, \"reps\": %lld, \"results\": [",
         a.config.c_str(), device.name().c_str(), a.precision.c_str(),
         static_cast<long long>(s.batch), static_cast<long long>(s.heads),
         static_cast<long long>(s.seq), static_cast<long long>(s.block),
         static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
-        static_cast<long long>(a.warmup), static_cast<long long>(a.reps));
+        static_cast<long long>(a.warmup_reps), static_cast<long long>(a.reps));
     for (size_t i = 0; i < results.size(); ++i) {
       const Result& r = results[i];
       std::printf(
@@ -293,7 +293,8 @@ Command add_bench_command(CLI::App& app) {
   cmd->add_flag("--no-graph", a->no_graph,
                 "time the step launched op by op instead of replayed as a CUDA graph (the graph "
                 "is used on CUDA without dropout)");
-  cmd->add_option("--warmup", a->warmup, "untimed runs before measuring")
+  cmd->add_option("--warmup-reps", a->warmup_reps,
+                  "untimed runs of each phase before the timed ones")
       ->capture_default_str()
       ->check(non_negative());
   cmd->add_option("--reps", a->reps, "timed runs (the median is reported)")

@@ -53,8 +53,9 @@ int run_eval(const EvalArgs& a) {
               static_cast<long long>(m.step), m.compressor.c_str(), m.task.c_str());
   std::printf("data         %s (%lld batches)\n", source->describe().c_str(),
               static_cast<long long>(batches));
-  std::printf("eval loss    %.6e\n", loss);
-  std::printf("untrained    %.6e (ratio %.3g)\n", base, base > 0 ? loss / base : NAN);
+  // Losses as the training logs print them (5 significant digits), so the two read alike.
+  std::printf("eval loss    %.4e\n", loss);
+  std::printf("untrained    %.4e (ratio %.3g)\n", base, base > 0 ? loss / base : NAN);
   return kExitOk;
 }
 

@@ -16,7 +16,7 @@ namespace {
 struct GenDataArgs {
   std::string out;
   int64_t count = 64;
-  RunSettings shape;  // the shape flags (the rest unused)
+  RunSettings shape;  // the shape flags (block and batch are refused: they do not shape the file)
   uint64_t seed = 0;
   std::string device = "cpu";
 };
@@ -25,7 +25,7 @@ int run_gen_data(const GenDataArgs& a) {
   KVC_USAGE_CHECK(a.shape.seq >= 1 && a.count >= 1, "--count and --seq must be positive");
   const Device device = resolve_device(a.device);
   KVShape shape = a.shape;
-  shape.batch = std::min<int64_t>(a.shape.batch, a.count);
+  shape.batch = std::min<int64_t>(RunSettings{}.batch, a.count);  // the generator's chunk
   train::ItemProgress progress("gen-data: sequences written", a.count);
   train::InterruptScope interrupts;  // Ctrl-C: the temp file goes, exit 130
   generate_kv_file(a.out, shape, a.count, a.seed, device, [&](int64_t written) {
@@ -50,6 +50,9 @@ Command add_gen_data_command(CLI::App& app) {
       ->capture_default_str()
       ->check(positive());
   add_setting_flags(cmd, &a->shape, train::SettingGroup::shape);
+  refuse_flag(cmd, "--block", "the file holds whole sequences; train splits them into blocks");
+  refuse_flag(cmd, "--batch",
+              "the file holds --count sequences; train and infer choose their own batches");
   cmd->add_option("--seed", a->seed, "generator seed")->capture_default_str();
   add_device_flag(cmd, &a->device);
   return {cmd, [a] { return run_gen_data(*a); }};

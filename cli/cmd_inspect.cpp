@@ -39,7 +39,7 @@ int run_inspect(const std::string& path) {
   std::printf("kvcompress_version  %s\n", m.kvcompress_version.c_str());
   if (ck.has_optim) {
     std::printf(
-        "optimizer           %s, step %lld, lr %g, betas (%g, %g), eps %g, "
+        "optimizer           %s, step %lld, lr %.3e, betas (%g, %g), eps %g, "
         "weight_decay %g\n",
         ck.optim.decoupled ? "AdamW" : "Adam", static_cast<long long>(ck.optim.step), ck.optim.lr,
         ck.optim.beta1, ck.optim.beta2, ck.optim.eps, ck.optim.weight_decay);
@@ -61,14 +61,15 @@ int run_inspect(const std::string& path) {
   std::printf("\nmetrics             %zu rows\n", rows.size());
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
     if (std::isfinite(it->loss)) {
-      std::printf("last train loss     %.6g at step %lld (lr %g, grad_norm %g)\n", it->loss,
+      // Numbers as the training logs print them: losses %.4e, lr and grad_norm %.3e.
+      std::printf("last train loss     %.4e at step %lld (lr %.3e, grad_norm %.3e)\n", it->loss,
                   static_cast<long long>(it->step), it->lr, it->grad_norm);
       break;
     }
   }
   for (auto it = rows.rbegin(); it != rows.rend(); ++it) {
     if (std::isfinite(it->eval_loss)) {
-      std::printf("last eval loss      %.6g at step %lld\n", it->eval_loss,
+      std::printf("last eval loss      %.4e at step %lld\n", it->eval_loss,
                   static_cast<long long>(it->step));
       break;
     }

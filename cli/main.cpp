@@ -29,6 +29,12 @@ void print_error(const std::string& message) {
   std::fflush(stderr);
 }
 
+// A command-line mistake: the message, then where the flags are explained; exit code 2.
+int usage_error(const std::string& message, const std::string& help) {
+  print_error(message + " (see '" + help + "')");
+  return kvc::cli::kExitUsage;
+}
+
 int run(int argc, char** argv) {
   using namespace kvc::cli;
   CLI::App app{
@@ -45,6 +51,7 @@ int run(int argc, char** argv) {
 
   // CLI11 reports an unknown subcommand as "A subcommand is required"; name it
   // instead.
+  std::string help = "kvcompress --help";  // where a usage error points
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
     std::string names;
@@ -53,13 +60,17 @@ int run(int argc, char** argv) {
       names += (names.empty() ? "" : ", ") + c.app->get_name();
     }
     if (!known) {
-      print_error(std::string("unknown command '") + argv[1] + "' (expected one of " + names + ")");
-      return kExitUsage;
+      return usage_error(
+          std::string("unknown command '") + argv[1] + "' (expected one of " + names + ")", help);
     }
+    help = std::string("kvcompress ") + argv[1] + " --help";
   }
 
   try {
     app.parse(argc, argv);
+    for (const Command& c : commands) {
+      if (c.app->parsed()) return c.run();
+    }
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
   } catch (const CLI::CallForAllHelp& e) {
@@ -69,15 +80,11 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     std::string msg = e.what();
     if (msg.empty()) msg = e.get_name();
-    print_error(msg + " (run 'kvcompress --help' for usage)");
-    return kExitUsage;
+    return usage_error(msg, help);
+  } catch (const UsageError& e) {
+    return usage_error(e.what(), help);
   }
-
-  for (const Command& c : commands) {
-    if (c.app->parsed()) return c.run();
-  }
-  print_error("no subcommand given (run 'kvcompress --help')");
-  return kExitUsage;
+  return usage_error("no subcommand given", help);
 }
 
 }  // namespace

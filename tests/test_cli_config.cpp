@@ -94,7 +94,8 @@ TEST_CASE("config: a bad file is a usage error naming the file and the key") {
     test::write_text(dir / "run.toml", toml);
     return train_run("--config-file " + dir / "run.toml" + out, dir);
   };
-  test::expect_error(run_with("steps = 3\nbogus = 1\n"), 2, {"run.toml", "'bogus'", "train --help"});
+  test::expect_error(run_with("steps = 3\nbogus = 1\n"), 2,
+                     {"run.toml", "'bogus'", "train --help"});
   test::expect_error(run_with("lr = -1\n"), 2, {"run.toml", "'lr'", "-1", "not positive"});
   test::expect_error(run_with("steps = 'many'\n"), 2, {"'steps'", "many", "not a number"});
   test::expect_error(run_with("compressor = 'nope'\n"), 2, {"'compressor'", "nope"});

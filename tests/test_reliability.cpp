@@ -253,7 +253,7 @@ TEST_CASE("reliability: shape flags whose products overflow are errors naming th
     CHECK(test::count_lines(r.err) == 1);
     CHECK(r.err.find(big) != std::string::npos);
   }
-  for (const std::string& cmd : {"bench --reps 1 --warmup 0 --compressor conv --seq " + big,
+  for (const std::string& cmd : {"bench --reps 1 --warmup-reps 0 --compressor conv --seq " + big,
                                  "gradcheck --compressor conv --queries " + big,
                                  "gradcheck --compressor conv --batch " + big}) {
     const RunResult r = test::run_kvcompress(cmd, dir.path);

@@ -74,9 +74,9 @@ def measure_peaks():
 def compare(a, precision, peaks):
     common = ["--config", a.config, "--compressor", a.compressor, "--precision", precision,
               "--device", a.device, "--reps", str(a.reps)]
-    kvc = run_json([a.kvcompress, "bench", *common, "--warmup", str(a.warmup), "--json"])
+    kvc = run_json([a.kvcompress, "bench", *common, "--warmup-reps", str(a.warmup_reps), "--json"])
     torch_res = run_json([sys.executable, os.path.join(HERE, "compare_torch.py"), *common,
-                          "--warmup", str(a.warmup), "--variant", a.variant, "--json"])
+                          "--warmup-reps", str(a.warmup_reps), "--variant", a.variant, "--json"])
     rows = []
     for r in kvc["results"]:
         best = None
@@ -116,7 +116,7 @@ def main():
     ap.add_argument("--variant", default="all", help="PyTorch variants to try (default all)")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--warmup-reps", type=int, default=5, help="untimed steps first (default 5)")
     ap.add_argument("--no-peaks", action="store_true", help="skip measuring the floor's rates")
     ap.add_argument("--json", help="write the raw results and the comparison here")
     a = ap.parse_args()

@@ -26,7 +26,7 @@ Q (b, h, nq, d), float32 tensors:
 - opt_ms:  torch.optim.Adam(fused=True).step() over all the pair's parameters (fused needs CUDA;
            on CPU the default implementation, with a note)
 - step_ms: the whole training step, zero_grad(set_to_none=True) + fwd + bwd + opt, timed as one
-Each phase is timed with CUDA events (perf_counter on CPU) around it, after --warmup untimed
+Each phase is timed with CUDA events (perf_counter on CPU) around it, after --warmup-reps untimed
 steps; the median of --reps steps is reported. peak_mem_bytes is torch.cuda.max_memory_allocated
 over the timed steps (parameters, gradients, Adam state, inputs and activations); 0 on CPU.
 cuDNN autotuning (benchmark mode) is on, as PyTorch users with fixed shapes run it;
@@ -131,7 +131,7 @@ def bench_kind(kind, variant, shape, args, device, timer):
     marks.append(timer.mark())
     return loss
 
-  for _ in range(args.warmup):
+  for _ in range(args.warmup_reps):
     step([])
   if device.type == "cuda":
     torch.cuda.synchronize()
@@ -172,7 +172,7 @@ def main(argv=None):
   ap.add_argument("--dropout", type=float, default=0.0)
   ap.add_argument("--reduction", type=int, default=2)
   ap.add_argument("--lr", type=float, default=1e-3)
-  ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+  ap.add_argument("--warmup-reps", type=int, default=5, help="untimed steps first (default 5)")
   ap.add_argument("--reps", type=int, default=20, help="timed steps, median taken (default 20)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -197,8 +197,8 @@ def main(argv=None):
     if getattr(args, key) is not None:
       shape[key] = getattr(args, key)
   bad = [f"{key} {val}" for key, val in shape.items() if val < 1]
-  if bad or args.reps < 1 or args.warmup < 0:
-    ap.error(f"bad values: {', '.join(bad) or f'reps {args.reps}, warmup {args.warmup}'}")
+  if bad or args.reps < 1 or args.warmup_reps < 0:
+    ap.error(f"bad values: {', '.join(bad) or f'reps {args.reps}, warmup-reps {args.warmup_reps}'}")
   if shape["seq"] < shape["block"]:
     ap.error(f"--seq {shape['seq']} is shorter than one block of {shape['block']}")
 
@@ -226,7 +226,7 @@ def main(argv=None):
   print(f"compare_torch: torch {torch.__version__} on {device_name}; config {args.config} "
         f"b={shape['batch']} h={shape['heads']} seq={shape['seq']} n={shape['block']} "
         f"d={shape['dim_head']} nq={shape['queries']}; {args.precision}; median of {args.reps} "
-        f"after {args.warmup} warm-up", file=table)
+        f"after {args.warmup_reps} untimed", file=table)
   header = (f"{'variant':<8} {'kind':<22} {'fwd ms':>9} {'bwd ms':>9} {'opt ms':>9} {'step ms':>9} "
             f"{'tokens/s':>11} {'peak MiB':>9} {'params':>10}")
   print(header, file=table)
@@ -259,7 +259,7 @@ def main(argv=None):
     doc = dict(tool="compare_torch", torch=torch.__version__, device=device_name,
                config=args.config, shape=shape, precision=args.precision, variants=variants,
                expand=args.expand, dropout=args.dropout, reduction=args.reduction,
-               warmup=args.warmup, reps=args.reps, notes=notes, results=results)
+               warmup_reps=args.warmup_reps, reps=args.reps, notes=notes, results=results)
     text = json.dumps(doc, indent=2)
     if args.json == "-":
       print(text)

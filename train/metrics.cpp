@@ -157,8 +157,12 @@ MetricsHistory read_metrics_csv(const std::string& path) {
   std::ifstream in(path);
   KVC_CHECK(in.good(), "metrics: cannot open ", path, ": ", std::strerror(errno));
   std::string line;
-  KVC_CHECK(static_cast<bool>(std::getline(in, line)) && line == metrics_csv_header(),
-            "metrics: ", path, " does not start with the header '", metrics_csv_header(), "'");
+  // Runs written before the column said its unit name it "elapsed" (the same seconds).
+  const bool header =
+      static_cast<bool>(std::getline(in, line)) &&
+      (line == metrics_csv_header() || line == "step,loss,eval_loss,lr,grad_norm,elapsed");
+  KVC_CHECK(header, "metrics: ", path, " does not start with the header '", metrics_csv_header(),
+            "'");
   MetricsHistory h;
   size_t line_no = 1;
   while (std::getline(in, line)) {
