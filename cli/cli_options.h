@@ -29,8 +29,8 @@ class UsageError : public Error {
 
 using train::RunSettings;
 
-// SPEC section 9: small, nsa, long: the shape settings of a preset (the rest default).
-// Throws UsageError for another name.
+// The presets small, nsa, long (docs/cli.md, bench): the shape settings of a preset (the rest
+// default). Throws UsageError for another name.
 RunSettings shape_preset(const std::string& name);
 const std::vector<std::string>& shape_preset_names();
 
@@ -94,7 +94,7 @@ Command add_bench_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
 Command add_gen_data_command(CLI::App& app);
 
-// Exit codes (SPEC section 8).
+// Exit codes (docs/cli.md).
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitError = 1;
 inline constexpr int kExitUsage = 2;

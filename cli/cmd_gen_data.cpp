@@ -1,5 +1,5 @@
 // `kvcompress gen-data`: writes the synthetic generator's sequences as a KV
-// HDF5 file (SPEC 5).
+// HDF5 file (the KV file of docs/formats.md).
 #include <spdlog/spdlog.h>
 
 #include <memory>

@@ -1,4 +1,4 @@
-// `kvcompress train`: flags (SPEC section 7), then the Trainer; Ctrl-C saves
+// `kvcompress train`: flags (docs/cli.md), then the Trainer; Ctrl-C saves
 // and exits 130.
 #include <spdlog/spdlog.h>
 
@@ -137,9 +137,7 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
 
 Command add_train_command(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
-  CLI::App* cmd = app.add_subcommand(
-      "train",
-      "train a compressor pair (flags, files and exit codes: docs/cli.md, docs/formats.md)");
+  CLI::App* cmd = app.add_subcommand("train", "train a compressor pair");
   add_setting_flags(cmd, &a->run, train::SettingGroup::model);
   add_setting_flags(cmd, &a->run, train::SettingGroup::shape);
   add_setting_flags(cmd, &a->run, train::SettingGroup::train);

@@ -48,6 +48,12 @@ int run(int argc, char** argv) {
       add_infer_command(app),    add_bench_command(app),     add_inspect_command(app),
       add_gen_data_command(app),
   };
+  // The reference pages ship with the sources.
+  const std::string footer =
+      "Every subcommand, flag, default and exit code: docs/cli.md; the file layouts: "
+      "docs/formats.md.";
+  app.footer(footer);
+  for (const Command& c : commands) c.app->footer(footer);
 
   // CLI11 reports an unknown subcommand as "A subcommand is required"; name it
   // instead.

@@ -5,11 +5,11 @@
 
 Run with PYTHON=/usr/bin/python3 on Debian (the first python3 on PATH there has no torch).
 
-- CKPT.h5: a kvcompress checkpoint (SPEC section 6): root attributes compressor, heads,
+- CKPT.h5: a kvcompress checkpoint (docs/formats.md): root attributes compressor, heads,
   dim_head, block, expand, dropout, reduction; /params/<key> float32 datasets named by the full
   state_dict key. They are loaded with load_state_dict(strict=True) and no renaming: this is the
   check that the checkpoint layout is PyTorch's.
-- KV.h5: datasets k and v, shape (N, h, seq, d), float32 or float16 (SPEC section 5); read
+- KV.h5: datasets k and v, shape (N, h, seq, d), float32 or float16 (docs/formats.md); read
   --chunk sequences at a time, so a file larger than memory works.
 - The pair runs in eval mode (dropout off), by default in float64 (the float32 weights widened
   exactly), so it is a reference for kvcompress's float32 `infer`.

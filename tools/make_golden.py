@@ -6,7 +6,7 @@ Regenerate all of them (run with PYTHON=/usr/bin/python3 on Debian, whose torch 
     PYTHON=/usr/bin/python3; $PYTHON tools/make_golden.py --out tests/golden
 
 Before writing, it checks the PyTorch modules themselves against independent references (index
-formulas of SPEC section 3 written out with numpy, torch.autograd.gradcheck, a hand-written
+formulas of the layers (nn/) written out with numpy, torch.autograd.gradcheck, a hand-written
 Adam) and prints the results; it writes nothing if any check fails.
 
 Golden file format (every float dataset float64, written with h5py)
@@ -15,15 +15,15 @@ Layer goldens, one file per (kind, shape): `<kind>_<tag>.h5`, tag a (b=2 h=2 w=3
 expand 1.0) and b (b=1 h=3 w=2 n=5 d=4, expand 0.5); reduction 2, dropout 0.
 - root attributes: `kind` (str), `b`, `h`, `w`, `n`, `d`, `reduction` (int64), `expand`,
   `dropout` (float64)
-- `/params/<state_dict key>`: every parameter, names and shapes exactly as SPEC section 3
+- `/params/<state_dict key>`: every parameter, names and shapes exactly as the layers
   (`/params/conv.weight`, `/params/net.0.weight`, `/params/residual_scale`, ...), random: the
-  SPEC init plus N(0, 0.25^2) noise, so identity and constant inits cannot hide a bug
+  layer's own init plus N(0, 0.25^2) noise, so identity and constant inits cannot hide a bug
 - `/input` (b,h,w,n,d); `/output` (b,h,w,d); `/grad_output` (b,h,w,d) a fixed random upstream
   gradient
 - `/grads/input` (b,h,w,n,d) and `/grads/params/<key>` for every parameter: the gradients of
   sum(output * grad_output)
 
-Pair goldens `pair_<kind>.h5`, every kind, for the distill task (SPEC section 4); b=2 h=2 n=4
+Pair goldens `pair_<kind>.h5`, every kind, for the distill task; b=2 h=2 n=4
 d=6 nq=5, seq 14 (not a multiple of n: the trailing 2 tokens are dropped, w=3) for conv,
 attention_pool, grouped_mlp, mlp and seq 12 (w=3) for the others; expand 0.5, reduction 2,
 dropout 0.
@@ -69,7 +69,7 @@ REDUCTION = 2
 PAIR_SHAPE = dict(b=2, h=2, n=4, d=6, nq=5, expand=0.5)
 PAIR_SEQ_UNEVEN = ("conv", "attention_pool", "grouped_mlp", "mlp")  # seq 14, else 12
 
-# The parameter names and shapes SPEC section 3 lists, written out independently of the modules:
+# The parameter names and shapes of each layer (nn/), written out independently of the modules:
 # a module whose state_dict differs from these fails before anything is written.
 def spec_params(kind, h, n, d, expand, r):
   i = n * d
@@ -94,7 +94,7 @@ def spec_params(kind, h, n, d, expand, r):
   raise ValueError(kind)
 
 
-# ---- independent numpy references: SPEC section 3's formulas, index by index -----------------
+# ---- independent numpy references: the layers' formulas, index by index ---------------------
 def _softmax(x, axis):
   e = np.exp(x - x.max(axis=axis, keepdims=True))
   return e / e.sum(axis=axis, keepdims=True)
@@ -206,7 +206,7 @@ class Checks:
 
 def check_keys(checks, name, module, want):
   got = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-  checks.true(f"{name}: state_dict keys and shapes are SPEC's {sorted(want)}", got == want)
+  checks.true(f"{name}: state_dict keys and shapes are the expected {sorted(want)}", got == want)
 
 
 def layer_golden(kind, tag, gen, checks):

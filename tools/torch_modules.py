@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The kvcompress compressors in PyTorch: the one definition the tools share (SPEC sections 3, 4).
+"""The kvcompress compressors in PyTorch: the one definition the tools share.
 
 Run the tools with PYTHON=/usr/bin/python3 on Debian (the first python3 on PATH there has no
-torch). Every module's state_dict keys and shapes are exactly the ones SPEC section 3 lists, so
+torch). Every module's state_dict keys and shapes are exactly kvcompress's (nn/), so
 a kvcompress checkpoint's /params load with `load_state_dict(strict=True)` and no renaming.
 
 Shapes: a KV block tensor is (b, h, w, n, d) -> compressed (b, h, w, d); a KV sequence is
@@ -26,7 +26,7 @@ def _uniform_(t, bound):
 
 
 def _check_blocks(name, x, heads, block, dim_head, need_block):
-  """Shape check shared by the layers; mirrors SPEC section 3's "clear error naming both"."""
+  """Shape check shared by the layers; a clear error naming both shapes."""
   if x.dim() != 5:
     raise ValueError(f"{name}: input must be (b, h, w, n, d), got {tuple(x.shape)}")
   _, h, _, n, d = x.shape
@@ -183,7 +183,7 @@ class CompressMLP(nn.Module):
 
 
 def make_compressor(kind, heads, dim_head, block, expand=1.0, dropout=0.0, reduction=2):
-  """One compressor of SPEC section 3 by its kind name."""
+  """One compressor by its kind name."""
   if kind == "conv":
     return ConvLinearCompress(heads, dim_head, block)
   if kind == "efficient_conv":
@@ -217,7 +217,7 @@ def full_attention(q, k, v):
 
 
 class CompressorPair(nn.Module):
-  """NSA's pair (SPEC section 4): k_compress, v_compress and the intra-block positions (h, n, d)."""
+  """NSA's pair: k_compress, v_compress and the intra-block positions (h, n, d)."""
 
   def __init__(self, kind, heads, dim_head, block, expand=1.0, dropout=0.0, reduction=2):
     super().__init__()
@@ -257,7 +257,7 @@ def make_teacher(kind, heads, dim_head, block, expand=1.0, dropout=0.0, reductio
   """The `teacher` task's frozen pair: built from seed + 1, then N(0, noise^2) on every parameter.
 
   The RNG stream is PyTorch's, so the exact numbers differ from kvcompress's; the recipe is the
-  same (SPEC section 4).
+  same.
   """
   gen_state = torch.random.get_rng_state()
   torch.manual_seed(seed + 1)
