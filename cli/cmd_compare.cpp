@@ -41,8 +41,8 @@ std::vector<std::string> parse_kinds(const std::string& list) {
     KVC_USAGE_CHECK(std::find(known.begin(), known.end(), kind) != known.end(),
                     "--compressors: unknown kind '", kind, "' (expected all or a list of ", names,
                     ")");
-    KVC_USAGE_CHECK(std::find(kinds.begin(), kinds.end(), kind) == kinds.end(),
-                    "--compressors: '", kind, "' is listed twice");
+    KVC_USAGE_CHECK(std::find(kinds.begin(), kinds.end(), kind) == kinds.end(), "--compressors: '",
+                    kind, "' is listed twice");
     kinds.push_back(kind);
   }
   KVC_USAGE_CHECK(!kinds.empty(), "--compressors '", list, "' names no kind");
@@ -66,7 +66,8 @@ train::TrainResult train_kind(const train::TrainOptions& base, const std::string
   const auto start = std::chrono::steady_clock::now();
   train::Trainer trainer(o);
   const train::TrainResult r = trainer.run();
-  const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const train::CsvColumns metrics = train::read_csv_columns(o.out + "/metrics.csv");
   rows.push_back(train::leaderboard_row(kind, trainer.pair().num_parameters(), wall, metrics));
   curves.push_back(train::eval_curve(kind, metrics));
@@ -107,8 +108,8 @@ int run_compare(const CLI::App* cmd, const CompareArgs& a) {
       interrupted = r.interrupted;
       const train::LeaderboardRow& row = rows.back();
       spdlog::info("kind {}/{}: {} done: best eval loss {} at step {}, {:.2f} ms/step, {:.1f} s",
-                   i + 1, kinds.size(), kinds[i], train::format_loss(row.best_eval),
-                   row.best_step, row.ms_per_step, row.wall_seconds);
+                   i + 1, kinds.size(), kinds[i], train::format_loss(row.best_eval), row.best_step,
+                   row.ms_per_step, row.wall_seconds);
     }
   } catch (...) {
     train::restore_default_handlers();
@@ -116,13 +117,13 @@ int run_compare(const CLI::App* cmd, const CompareArgs& a) {
   }
   train::restore_default_handlers();
   train::write_leaderboard(o.out, rows, curves,
-                           interrupted ? note + " Interrupted after " +
-                                             std::to_string(rows.size()) + " of " +
-                                             std::to_string(kinds.size()) + " kinds."
-                                       : note);
+                           interrupted
+                               ? note + " Interrupted after " + std::to_string(rows.size()) +
+                                     " of " + std::to_string(kinds.size()) + " kinds."
+                               : note);
   std::fputs(train::leaderboard_markdown(train::ranked(rows), note).c_str(), stdout);
-  spdlog::info("output folder {}: leaderboard.csv, leaderboard.md, compare.svg, one folder per kind",
-               o.out);
+  spdlog::info(
+      "output folder {}: leaderboard.csv, leaderboard.md, compare.svg, one folder per kind", o.out);
   return interrupted ? kExitInterrupted : kExitOk;
 }
 

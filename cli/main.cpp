@@ -40,9 +40,7 @@ int run(int argc, char** argv) {
   std::vector<Command> commands = {
       add_train_command(app),    add_gradcheck_command(app), add_eval_command(app),
       add_infer_command(app),    add_bench_command(app),     add_inspect_command(app),
-      add_gen_data_command(app),
-      add_compare_command(app),
-      add_export_command(app),
+      add_gen_data_command(app), add_compare_command(app),   add_export_command(app),
   };
 
   // CLI11 reports an unknown subcommand as "A subcommand is required"; name it

@@ -41,6 +41,15 @@ std::string value_text(double v, const char* fmt, const char* missing) {
   return buf;
 }
 
+// The lowest point after step 0 (what best.h5 holds), or null.
+const plot::Point* best_point(const std::vector<plot::Point>& series) {
+  const plot::Point* best = nullptr;
+  for (const plot::Point& p : series) {
+    if (p.x > 0 && (!best || p.y < best->y)) best = &p;
+  }
+  return best;
+}
+
 }  // namespace
 
 LeaderboardRow leaderboard_row(const std::string& kind, int64_t parameters, double wall_seconds,
@@ -92,9 +101,8 @@ std::string leaderboard_csv(const std::vector<LeaderboardRow>& rows) {
   std::string out =
       "kind,parameters,best_eval_loss,best_step,final_eval_loss,recall_at_k,ms_per_step,wall_s\n";
   for (const LeaderboardRow& r : rows) {
-    out += r.kind + "," + std::to_string(r.parameters) + "," +
-           value_text(r.best_eval, "%.9g", "") + "," +
-           (r.best_step >= 0 ? std::to_string(r.best_step) : "") + "," +
+    out += r.kind + "," + std::to_string(r.parameters) + "," + value_text(r.best_eval, "%.9g", "") +
+           "," + (r.best_step >= 0 ? std::to_string(r.best_step) : "") + "," +
            value_text(r.final_eval, "%.9g", "") + "," + value_text(r.recall_at_best, "%.6g", "") +
            "," + value_text(r.ms_per_step, "%.6g", "") + "," +
            value_text(r.wall_seconds, "%.3f", "") + "\n";
@@ -109,10 +117,9 @@ std::string leaderboard_markdown(const std::vector<LeaderboardRow>& rows, const 
                     "|---:|---|---:|---:|---:|---:|---:|---:|\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     const LeaderboardRow& r = rows[i];
-    const std::string best =
-        std::isfinite(r.best_eval)
-            ? format_loss(r.best_eval) + " (" + std::to_string(r.best_step) + ")"
-            : std::string("n/a");
+    const std::string best = std::isfinite(r.best_eval) ? format_loss(r.best_eval) + " (" +
+                                                              std::to_string(r.best_step) + ")"
+                                                        : std::string("n/a");
     out += "| " + std::to_string(i + 1) + " | " + r.kind + " | " + std::to_string(r.parameters) +
            " | " + best + " | " +
            (std::isfinite(r.final_eval) ? format_loss(r.final_eval) : std::string("n/a")) + " | " +
@@ -129,7 +136,8 @@ std::string compare_svg(const std::vector<EvalCurve>& curves, const std::string&
   for (const EvalCurve& c : curves) {
     std::vector<Point> pts;
     for (const auto& [step, loss] : c.points) {
-      if (std::isfinite(loss) && loss > 0) pts.push_back({static_cast<double>(step), std::log10(loss)});
+      if (std::isfinite(loss) && loss > 0)
+        pts.push_back({static_cast<double>(step), std::log10(loss)});
     }
     series.push_back(std::move(pts));
   }
@@ -137,7 +145,10 @@ std::string compare_svg(const std::vector<EvalCurve>& curves, const std::string&
   for (const auto& s : series) all.push_back(&s);
   std::vector<LegendItem> items;
   for (size_t i = 0; i < curves.size(); ++i) {
-    items.push_back({curves[i].kind, kPalette[i % kColors], i < kColors ? "" : "6,3", 2.5});
+    const Point* best = best_point(series[i]);
+    const std::string label =
+        curves[i].kind + (best ? " (best " + format_loss(std::pow(10.0, best->y)) + ")" : "");
+    items.push_back({label, kPalette[i % kColors], i < kColors ? "" : "6,3", 2.5});
   }
 
   SvgWriter svg;
@@ -159,11 +170,7 @@ std::string compare_svg(const std::vector<EvalCurve>& curves, const std::string&
     const std::string dash = i < kColors ? "" : " stroke-dasharray=\"6,3\"";
     svg.polyline(thinned(series[i]), xs, ys, cls.c_str(), color, 2, dash);
     if (series[i].size() <= 200) svg.dots(series[i], xs, ys, color, 2.5);
-    const Point* best = nullptr;  // the lowest after step 0, as best.h5
-    for (const Point& p : series[i]) {
-      if (p.x > 0 && (!best || p.y < best->y)) best = &p;
-    }
-    if (best) {
+    if (const Point* best = best_point(series[i])) {
       svg.o << "<circle class=\"best\" cx=\"" << num(xs(best->x)) << "\" cy=\"" << num(ys(best->y))
             << "\" r=\"6\" fill=\"none\" stroke=\"" << color << "\" stroke-width=\"2\"/>\n";
     }

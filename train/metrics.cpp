@@ -211,7 +211,8 @@ CsvColumns read_csv_columns(const std::string& path) {
     const std::vector<std::string> f = split(line);
     KVC_CHECK(f.size() == names.size(), "csv: ", path, " line ", line_no, " has ", f.size(),
               " fields, expected ", names.size());
-    for (size_t i = 0; i < f.size(); ++i) columns[names[i]].push_back(parse_field(f[i], path, line_no));
+    for (size_t i = 0; i < f.size(); ++i)
+      columns[names[i]].push_back(parse_field(f[i], path, line_no));
   }
   return columns;
 }

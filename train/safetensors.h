@@ -19,8 +19,8 @@ std::string safetensors_bytes(const NamedTensors& tensors,
                               const std::map<std::string, std::string>& metadata);
 
 // Reads `checkpoint` (weights only) and writes its /params to `out` atomically, with the model
-// and shape attributes (compressor, heads, dim_head, block, ...) as metadata, as text. An existing `out` is refused
-// unless `overwrite`. Returns the number of tensors written.
+// and shape attributes (compressor, heads, dim_head, block, ...) as metadata, as text. An existing
+// `out` is refused unless `overwrite`. Returns the number of tensors written.
 size_t export_safetensors(const std::string& checkpoint, const std::string& out, bool overwrite);
 
 }  // namespace kvc::train

@@ -164,9 +164,9 @@ void SvgWriter::log_axis(const Frame& f, const Axis& ys, bool right, const std::
     if (grid && k % every == 0) line(f.x, y, f.right(), y, "#e6e6e6");
     line(edge, y, edge + 6 * out, y, "black");
     if (k % every == 0) {
-      text(edge + 9 * out, y + 4, "1e" + std::to_string(static_cast<int>(ys.lo) + k),
-           std::string(" text-anchor=\"") + (right ? "start" : "end") + "\" fill=\"" + color +
-               "\"");
+      text(
+          edge + 9 * out, y + 4, "1e" + std::to_string(static_cast<int>(ys.lo) + k),
+          std::string(" text-anchor=\"") + (right ? "start" : "end") + "\" fill=\"" + color + "\"");
     }
     for (int m = 2; k < decades && decades <= 8 && m <= 9; ++m) {
       const double ym = ys(ys.lo + k + std::log10(static_cast<double>(m)));
