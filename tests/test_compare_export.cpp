@@ -25,7 +25,7 @@ using train::LeaderboardRow;
 std::string metrics_csv(bool recall) {
   std::string s = std::string("step,loss,eval_loss,lr,grad_norm,elapsed_s") +
                   (recall ? ",recall_at_k\n" : "\n");
-  const char* rows[] = {"0,,0.9,,,0",           "1,0.8,,0.1,1,0.010", "2,0.7,0.5,0.1,1,0.020",
+  const char* rows[] = {"0,,0.9,,,0",           "1,0.8,,0.1,1,0.010",    "2,0.7,0.5,0.1,1,0.020",
                         "3,0.6,,0.1,1,0.530",   "4,0.5,0.3,0.1,1,0.540", "5,0.4,,0.1,1,1.050",
                         "6,0.3,0.4,0.1,1,1.060"};
   const char* recalls[] = {",", ",", ",0.25", ",", ",0.75", ",", ",0.5"};
@@ -42,7 +42,8 @@ CsvColumns columns_of(const std::string& csv) {
 TEST_CASE("compare: a leaderboard row from metrics with and without the recall column") {
   for (bool recall : {true, false}) {
     INFO("recall column: ", recall);
-    const LeaderboardRow r = train::leaderboard_row("conv", 123, 4.5, columns_of(metrics_csv(recall)));
+    const LeaderboardRow r =
+        train::leaderboard_row("conv", 123, 4.5, columns_of(metrics_csv(recall)));
     CHECK(r.kind == "conv");
     CHECK(r.parameters == 123);
     CHECK(r.best_eval == 0.3);  // step 4; the untrained 0.9 and the later 0.4 are not the best
@@ -109,8 +110,7 @@ TEST_CASE("compare: compare.svg draws every kind's eval curve on one log axis") 
   // Log scale: equal ratios are equal pixel steps, and both curves share the axis.
   CHECK(conv[1] - conv[0] == doctest::Approx(conv[2] - conv[1]).epsilon(1e-3));
   CHECK(mlp[0] == doctest::Approx(conv[0]));
-  CHECK((mlp[1] - mlp[0]) / (conv[1] - conv[0]) ==
-        doctest::Approx(-std::log10(0.5)).epsilon(1e-3));
+  CHECK((mlp[1] - mlp[0]) / (conv[1] - conv[0]) == doctest::Approx(-std::log10(0.5)).epsilon(1e-3));
   // One best ring per kind, and the legend names each kind with its best loss.
   const std::regex ring("class=\"best\"");
   CHECK(std::distance(std::sregex_iterator(svg.begin(), svg.end(), ring), std::sregex_iterator()) ==
@@ -123,7 +123,8 @@ TEST_CASE("compare: trains each kind into its folder and writes the leaderboard 
   test::TempDir dir("compare");
   const test::RunResult r = test::run_kvcompress(
       "compare --compressors conv,mlp --steps 8 --eval-every 4 --seq 32 --progress none "
-      "--device cpu --out " + dir / "cmp",
+      "--device cpu --out " +
+          dir / "cmp",
       dir.path);
   INFO(r.out, r.err);
   REQUIRE(r.exit_code == 0);
@@ -164,7 +165,8 @@ TEST_CASE("compare: bad --compressors lists are usage errors naming the kind") {
 
 uint64_t le64(const std::string& bytes) {
   uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(bytes[static_cast<size_t>(i)]);
+  for (int i = 7; i >= 0; --i)
+    v = (v << 8) | static_cast<unsigned char>(bytes[static_cast<size_t>(i)]);
   return v;
 }
 
@@ -186,8 +188,7 @@ TEST_CASE("export: the safetensors layout of two small tensors, byte for byte") 
   // IEEE 754 single precision, little-endian: 0.5 is 0x3f000000, -2 is 0xc0000000.
   CHECK(file.substr(8 + n, 4) == std::string("\x00\x00\x00\x3f", 4));
   CHECK(file.substr(8 + n + 28, 4) == std::string("\x00\x00\x00\xc0", 4));
-  test::check_error([&] { train::safetensors_bytes({{"__metadata__", a}}, {}); },
-                    {"__metadata__"});
+  test::check_error([&] { train::safetensors_bytes({{"__metadata__", a}}, {}); }, {"__metadata__"});
   test::check_error([&] { train::safetensors_bytes({{"x", a}, {"x", b}}, {}); }, {"'x'", "twice"});
 }
 
@@ -243,6 +244,41 @@ TEST_CASE("export: PyTorch loads the safetensors file strictly (check_safetensor
     INFO(r.out, r.err);
     CHECK(r.exit_code == 0);
     CHECK(r.out.find("ok:") != std::string::npos);
+  }
+}
+
+// tools/extract_kv.py on a tiny random Llama built from a config (tests/extract_kv_check.py
+// checks the file against the model's own attention output), then training on the file.
+TEST_CASE("extract_kv: real-model KV trains with --data (tiny random Llama)") {
+  const char* env = std::getenv("PYTHON");
+  const std::string python = env && *env ? env : "/usr/bin/python3";
+  test::TempDir dir("extract_kv");
+  test::RunResult r = test::run_shell(
+      python + " " + std::string(KVC_SOURCE_DIR) + "/tests/extract_kv_check.py " + dir.path,
+      dir.path);
+  if (r.exit_code == 3) {
+    std::printf("KVC_SKIP: extract_kv test skipped: %s", r.out.c_str());
+    std::fflush(stdout);
+    return;
+  }
+  INFO(r.out, r.err);
+  REQUIRE(r.exit_code == 0);
+  r = test::run_kvcompress("train --data " + dir / "kv_first.h5" +
+                               " --steps 3 --eval-every 0 --progress none --device cpu --out " +
+                               dir / "run",
+                           dir.path);
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  // Every query head (GQA) trains where train knows --query-heads.
+  if (test::run_kvcompress("train --help", dir.path).out.find("--query-heads") !=
+      std::string::npos) {
+    r = test::run_kvcompress("train --data " + dir / "kv_all.h5" +
+                                 " --query-heads 2 --steps 3 --eval-every 0 --progress none "
+                                 "--device cpu --out " +
+                                 dir / "run_gqa",
+                             dir.path);
+    INFO(r.err);
+    CHECK(r.exit_code == 0);
   }
 }
 
