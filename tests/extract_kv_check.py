@@ -40,8 +40,10 @@ def build_model(folder, text):
   tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
   tok.pre_tokenizer = pre_tokenizers.Whitespace()
   tok.train_from_iterator([text], trainers.WordLevelTrainer(special_tokens=["[UNK]", "<s>"]))
-  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]",
-                                              bos_token="<s>")
+  # PreTrainedTokenizerFast; newer releases also name it TokenizersBackend.
+  fast_class = getattr(transformers, "PreTrainedTokenizerFast", None) or getattr(
+      transformers, "TokenizersBackend")
+  fast = fast_class(tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>")
   fast.save_pretrained(folder)
   torch.manual_seed(0)
   config = transformers.LlamaConfig(
@@ -106,7 +108,8 @@ def main():
   tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
   ids = tokenizer(text, add_special_tokens=False)["input_ids"]
   n = 5
-  windows = np.array([[1] + ids[w * (SEQ - 1):(w + 1) * (SEQ - 1)] for w in range(n)])
+  bos = tokenizer.bos_token_id
+  windows = np.array([[bos] + ids[w * (SEQ - 1):(w + 1) * (SEQ - 1)] for w in range(n)])
   reference = attention_output(folder, windows)
   for q_heads in ("all", "first"):
     out = os.path.join(work, f"kv_{q_heads}.h5")

@@ -3,7 +3,7 @@
 kvcompress KV file, so compressors train on a real model's KV (`kvcompress train --data kv.h5`).
 
     $PYTHON tools/extract_kv.py --model NAME_OR_DIR --text FILE --layer L --seq N --out kv.h5
-        [--count C] [--queries NQ] [--q-heads all|first] [--batch B] [--device auto|cpu|cuda]
+        [--count C] [--queries NQ (64)] [--q-heads all|first] [--batch B] [--device auto|cpu|cuda]
         [--dtype float32|bfloat16|float16] [--seed S] [--overwrite]
 
 Needs torch, h5py, numpy and transformers (take the interpreter from PYTHON).
@@ -60,7 +60,8 @@ def parse_args(argv):
   p.add_argument("--seq", type=int, required=True, help="tokens per sequence N")
   p.add_argument("--out", required=True, help="output KV file (.h5)")
   p.add_argument("--count", type=int, default=0, help="sequences to write (default: all)")
-  p.add_argument("--queries", type=int, default=64, help="queries per sequence nq (default 64)")
+  p.add_argument("--queries", type=int, default=None,
+                 help="queries per sequence nq (default: 64, at most --seq)")
   p.add_argument("--q-heads", choices=("all", "first"), default="all",
                  help="all: every query head (h*G); first: one per KV head (default all)")
   p.add_argument("--batch", type=int, default=1, help="sequences per forward pass (default 1)")
@@ -70,6 +71,8 @@ def parse_args(argv):
   p.add_argument("--seed", type=int, default=0, help="seed of the query positions (default 0)")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
   a = p.parse_args(argv)
+  if a.queries is None:
+    a.queries = min(64, a.seq)
   for name in ("seq", "queries", "batch"):
     if getattr(a, name) < 1:
       p.error(f"--{name.replace('_', '-')} {getattr(a, name)} is not positive")
