@@ -216,15 +216,9 @@ TEST_CASE("export: writes the checkpoint's params, refuses to overwrite without 
 
 // The file reads back with json + numpy alone and loads into the PyTorch modules strictly.
 TEST_CASE("export: PyTorch loads the safetensors file strictly (check_safetensors.py)") {
-  const char* env = std::getenv("PYTHON");
-  const std::string python = env && *env ? env : "/usr/bin/python3";
   test::TempDir dir("export_torch");
-  if (test::run_shell(python + " -c 'import torch, h5py'", dir.path).exit_code != 0) {
-    std::printf("KVC_SKIP: export interop skipped: %s cannot import torch and h5py\n",
-                python.c_str());
-    std::fflush(stdout);
-    return;
-  }
+  const std::string python = test::python_or_skip("torch, h5py", dir.path, "export interop");
+  if (python.empty()) return;
   for (const char* kind : {"conv", "enhanced_mlp"}) {
     INFO(kind);
     const std::string run = dir / kind;
@@ -250,9 +244,9 @@ TEST_CASE("export: PyTorch loads the safetensors file strictly (check_safetensor
 // tools/extract_kv.py on a tiny random Llama built from a config (tests/extract_kv_check.py
 // checks the file against the model's own attention output), then training on the file.
 TEST_CASE("extract_kv: real-model KV trains with --data (tiny random Llama)") {
-  const char* env = std::getenv("PYTHON");
-  const std::string python = env && *env ? env : "/usr/bin/python3";
   test::TempDir dir("extract_kv");
+  const std::string python = test::python_or_skip("torch, h5py", dir.path, "extract_kv test");
+  if (python.empty()) return;
   test::RunResult r = test::run_shell(
       python + " " + std::string(KVC_SOURCE_DIR) + "/tests/extract_kv_check.py " + dir.path,
       dir.path);
