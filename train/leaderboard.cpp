@@ -143,8 +143,17 @@ std::string compare_svg(const std::vector<EvalCurve>& curves, const std::string&
   }
   std::vector<const std::vector<Point>*> all;
   for (const auto& s : series) all.push_back(&s);
+  // The legend lists the kinds best first (colours stay in run order), so it reads as a ranking.
+  std::vector<size_t> order(curves.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  auto best_y = [&](size_t i) {
+    const Point* best = best_point(series[i]);
+    return best ? best->y : std::numeric_limits<double>::infinity();
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return best_y(a) < best_y(b); });
   std::vector<LegendItem> items;
-  for (size_t i = 0; i < curves.size(); ++i) {
+  for (size_t i : order) {
     const Point* best = best_point(series[i]);
     const std::string label =
         curves[i].kind + (best ? " (best " + format_loss(std::pow(10.0, best->y)) + ")" : "");

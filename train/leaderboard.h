@@ -48,8 +48,9 @@ std::string leaderboard_csv(const std::vector<LeaderboardRow>& rows);
 // shared settings) as a paragraph.
 std::string leaderboard_markdown(const std::vector<LeaderboardRow>& rows, const std::string& note);
 // One log-scale panel: each kind's eval loss against the step, a colour per kind (dashed after
-// the tenth), its best point ringed; legend above the frame. Classes the test reads: frame
-// `frame-compare`, series `eval-<kind>`, rings `best`.
+// the tenth), its best point ringed; the legend above the frame, best kind first, with each
+// kind's best eval loss. Classes the test reads: frame `frame-compare`, series `eval-<kind>`,
+// rings `best`.
 std::string compare_svg(const std::vector<EvalCurve>& curves, const std::string& title);
 
 // Writes OUT/leaderboard.csv, OUT/leaderboard.md and OUT/compare.svg atomically.
