@@ -70,6 +70,9 @@ std::string options_toml(const CLI::App* cmd, const std::vector<std::string>& sk
 // (the registry says which) d % r == 0, H = floor(n d expand) >= 1, dropout in [0, 1). Throws
 // UsageError naming the flags and values.
 void validate_shape(const RunSettings& r);
+// With --data the file decides h, seq and d (and nq when it holds q): a flag of `cmd` given
+// explicitly that disagrees with the file is a usage error rather than ignored.
+void check_data_flags(const CLI::App* cmd, const RunSettings& r);
 
 // auto -> cuda when a GPU is usable, else cpu. "cuda" without a GPU throws
 // kvc::Error naming the reason (exit 1: the command line was fine, the machine
@@ -93,6 +96,8 @@ Command add_infer_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
 Command add_inspect_command(CLI::App& app);
 Command add_gen_data_command(CLI::App& app);
+Command add_compare_command(CLI::App& app);
+Command add_export_command(CLI::App& app);
 
 // Exit codes (docs/cli.md).
 inline constexpr int kExitOk = 0;

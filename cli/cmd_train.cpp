@@ -41,21 +41,6 @@ void check_resume_flags(const CLI::App* cmd, const TrainArgs& a, const train::Ch
   }
 }
 
-// With --data the file decides h, seq and d (and nq when it holds q): a flag
-// given explicitly that disagrees with it is a usage error rather than ignored.
-void check_data_flags(const CLI::App* cmd, const TrainArgs& a) {
-  const KVFileInfo f = inspect_kv_file(a.run.data);
-  auto conflict = [&](const char* flag, int64_t mine, int64_t theirs) {
-    KVC_USAGE_CHECK(cmd->count(flag) == 0 || mine == theirs, flag, " ", mine,
-                    " conflicts with --data ", a.run.data, ", which has ", theirs,
-                    "; drop the flag (the file decides it)");
-  };
-  conflict("--heads", a.run.heads, f.heads);
-  conflict("--dim-head", a.run.dim_head, f.dim_head);
-  conflict("--seq", a.run.seq, f.seq);
-  if (f.has_queries()) conflict("--queries", a.run.queries, f.queries);
-}
-
 // OUT/config.toml: the run's resolved settings (a resume's come from its checkpoint, a KV
 // file's shape from the file) and the flags that shape the computation, so that
 // `train --config-file OUT/config.toml --out NEW` trains the same run again.
@@ -101,7 +86,7 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
   } else if (a.run.data.empty()) {
     validate_shape(a.run);
   } else {
-    check_data_flags(cmd, a);
+    check_data_flags(cmd, a.run);
   }
   KVC_USAGE_CHECK(a.run.stop_at == 0 || a.run.stop_at <= (o.steps ? o.steps : a.run.stop_at),
                   "--stop-at ", a.run.stop_at, " is beyond --steps ", o.steps);
@@ -134,6 +119,19 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
 }
 
 }  // namespace
+
+void check_data_flags(const CLI::App* cmd, const RunSettings& r) {
+  const KVFileInfo f = inspect_kv_file(r.data);
+  auto conflict = [&](const char* flag, int64_t mine, int64_t theirs) {
+    KVC_USAGE_CHECK(cmd->count(flag) == 0 || mine == theirs, flag, " ", mine,
+                    " conflicts with --data ", r.data, ", which has ", theirs,
+                    "; drop the flag (the file decides it)");
+  };
+  conflict("--heads", r.heads, f.heads);
+  conflict("--dim-head", r.dim_head, f.dim_head);
+  conflict("--seq", r.seq, f.seq);
+  if (f.has_queries()) conflict("--queries", r.queries, f.queries);
+}
 
 Command add_train_command(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();

@@ -46,7 +46,7 @@ int run(int argc, char** argv) {
   std::vector<Command> commands = {
       add_train_command(app),    add_gradcheck_command(app), add_eval_command(app),
       add_infer_command(app),    add_bench_command(app),     add_inspect_command(app),
-      add_gen_data_command(app),
+      add_gen_data_command(app), add_compare_command(app),   add_export_command(app),
   };
   // The reference pages ship with the sources.
   const std::string footer =

@@ -15,7 +15,7 @@ case "${1:-}" in
 esac
 
 packages=(cmake ninja-build g++ pkg-config libhdf5-dev libspdlog-dev libcli11-dev libopenblas-dev
-          ccache)
+          nlohmann-json3-dev ccache)
 if [ "$with_tests" = ON ]; then
   packages+=(doctest-dev clang-format python3 python3-numpy python3-h5py python3-torch)
 fi

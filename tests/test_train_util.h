@@ -124,4 +124,18 @@ inline void expect_error(const RunResult& r, int code, const std::vector<std::st
   for (const std::string& n : needles) CHECK_MESSAGE(r.err.find(n) != std::string::npos, n);
 }
 
+// The Python interpreter of the interop tests: $PYTHON, else /usr/bin/python3. Returns "" after
+// printing the KVC_SKIP line (ctest counts the test as skipped) when it cannot import `modules`
+// ("torch, h5py").
+inline std::string python_or_skip(const std::string& modules, const std::string& dir,
+                                  const char* test_name) {
+  const char* env = std::getenv("PYTHON");
+  const std::string python = env && *env ? env : "/usr/bin/python3";
+  if (run_shell(python + " -c 'import " + modules + "'", dir).exit_code == 0) return python;
+  std::printf("KVC_SKIP: %s skipped: %s cannot import %s\n", test_name, python.c_str(),
+              modules.c_str());
+  std::fflush(stdout);
+  return "";
+}
+
 }  // namespace kvc::test

@@ -189,6 +189,38 @@ MetricsHistory read_metrics_csv(const std::string& path) {
   return h;
 }
 
+CsvColumns read_csv_columns(const std::string& path) {
+  std::ifstream in(path);
+  KVC_CHECK(in.good(), "csv: cannot open ", path, ": ", std::strerror(errno));
+  auto split = [](const std::string& line) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    std::string field;
+    while (std::getline(ss, field, ',')) f.push_back(field);
+    if (!line.empty() && line.back() == ',') f.push_back("");
+    return f;
+  };
+  std::string line;
+  KVC_CHECK(static_cast<bool>(std::getline(in, line)), "csv: ", path, " is empty (no header)");
+  const std::vector<std::string> names = split(line);
+  CsvColumns columns;
+  for (const std::string& name : names) {
+    KVC_CHECK(columns.emplace(name, std::vector<double>{}).second, "csv: ", path,
+              " names the column '", name, "' twice");
+  }
+  size_t line_no = 1;
+  while (std::getline(in, line)) {
+    ++line_no;
+    if (line.empty()) continue;
+    const std::vector<std::string> f = split(line);
+    KVC_CHECK(f.size() == names.size(), "csv: ", path, " line ", line_no, " has ", f.size(),
+              " fields, expected ", names.size());
+    for (size_t i = 0; i < f.size(); ++i)
+      columns[names[i]].push_back(parse_field(f[i], path, line_no));
+  }
+  return columns;
+}
+
 // ---- atomic write
 // ---------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -88,6 +89,12 @@ void write_metrics_csv(const std::string& path, const MetricsHistory& history);
 // Parses a file written by write_metrics_csv; throws kvc::Error naming the file
 // and line.
 MetricsHistory read_metrics_csv(const std::string& path);
+
+// Every column of a numeric CSV file with a header line, by name (an empty field is NaN): how
+// readers that want a column a newer file may add (or an older one lack) see metrics.csv.
+// Throws kvc::Error naming the file and line for a ragged row or a non-number.
+using CsvColumns = std::map<std::string, std::vector<double>>;
+CsvColumns read_csv_columns(const std::string& path);
 
 // Writes `contents` to `path` through a temp file in the same folder, fsync and
 // rename(), so a reader sees the old file or the new one, never a torn one.
