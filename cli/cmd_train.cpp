@@ -7,6 +7,7 @@
 
 #include "cli/cli_options.h"
 #include "data/kv_file.h"
+#include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
 #include "train/trainer.h"
@@ -91,6 +92,13 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
                : a.progress == "none" ? train::ProgressMode::none
                                       : train::ProgressMode::automatic;
   o.device = resolve_device(a.device);
+  dist::Communicator& world = dist::world();
+  if (o.device.is_cuda() && world.size() > 1) {  // each rank takes the GPU of its local rank
+    dist::select_gpu(world);
+    o.device = Device::cuda(world.local_rank());
+  }
+  o.comm = dist::gradient_communicator(o.device);
+  if (!world.is_root()) o.progress = train::ProgressMode::none;
   apply_precision(a.precision, o.device);
 
   train::Trainer trainer(o);
