@@ -41,6 +41,8 @@ SyntheticKV::SyntheticKV(KVShape shape, uint64_t seed, Device device, DType dtyp
                 shape.queries >= 1,
             "synthetic: every size must be >= 1, got batch ", shape.batch, ", heads ", shape.heads,
             ", dim_head ", shape.dim_head, ", seq ", shape.seq, ", queries ", shape.queries);
+  KVC_CHECK(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count, "synthetic: shard ",
+            shard.index, " of ", shard.count, " does not exist");
   const TensorOptions opt = TensorOptions{}.with_dtype(dtype).with_device(device);
   const Shape map_shape{shape.heads, latent_dim_, shape.dim_head};
   const double map_std = 1.0 / std::sqrt(static_cast<double>(latent_dim_));
