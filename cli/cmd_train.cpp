@@ -91,14 +91,9 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
                : a.progress == "log"  ? train::ProgressMode::log
                : a.progress == "none" ? train::ProgressMode::none
                                       : train::ProgressMode::automatic;
-  o.device = resolve_device(a.device);
-  dist::Communicator& world = dist::world();
-  if (o.device.is_cuda() && world.size() > 1) {  // each rank takes the GPU of its local rank
-    dist::select_gpu(world);
-    o.device = Device::cuda(world.local_rank());
-  }
+  o.device = dist::rank_device(resolve_device(a.device));  // a rank: the GPU of its local rank
   o.comm = dist::gradient_communicator(o.device);
-  if (!world.is_root()) o.progress = train::ProgressMode::none;
+  if (!o.comm->is_root()) o.progress = train::ProgressMode::none;
   apply_precision(a.precision, o.device);
 
   train::Trainer trainer(o);

@@ -183,4 +183,11 @@ void select_gpu(const Communicator& comm) {
 #endif
 }
 
+Device rank_device(Device requested) {
+  Communicator& w = world();
+  if (!requested.is_cuda() || w.size() == 1) return requested;
+  select_gpu(w);
+  return Device::cuda(w.local_rank());
+}
+
 }  // namespace kvc::dist

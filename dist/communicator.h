@@ -75,5 +75,8 @@ uint64_t fingerprint(const void* data, size_t bytes);
 // Makes GPU `local_rank` this process's current device (before any CUDA work): throws naming the
 // rank when this machine has fewer GPUs or the GPU cannot be used (busy in exclusive mode).
 void select_gpu(const Communicator& comm);
+// The device of this rank of world(): `requested` itself with one process or on the CPU, else
+// the GPU of its local rank (made current by select_gpu).
+Device rank_device(Device requested);
 
 }  // namespace kvc::dist

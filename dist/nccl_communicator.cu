@@ -3,6 +3,8 @@
 // host collectives go to the communicator that passed the unique id (MPI, or one process).
 #include <nccl.h>
 
+#include <cstdlib>
+
 #include "dist/backends.h"
 #include "kernels/cuda/common.cuh"
 
@@ -48,6 +50,7 @@ class NcclCommunicator final : public Communicator {
     ncclCommAbort(comm_);  // no NCCL kernel keeps waiting for a rank that is gone
     comm_ = nullptr;
     host_->abort(code);
+    std::_Exit(code);  // not reached: the host communicator ends the process
   }
 
  private:

@@ -13,8 +13,8 @@ namespace kvc::kernels {
   template <typename T>                                                                      \
   void ar1_scan(T* z, int64_t b, int64_t seq, int64_t r, double rho);                        \
   /* z (b, seq, r) -> out (b, nq, r): out[i, j, :] = z[i, t_ij, :] with                      \
-     t_ij = min(seq - 1, floor(philox::uniform(seed, offset, (first_row + i) * nq + j) * seq)): \
-     z holds sequences first_row.. of a larger batch (a shard) and draws their positions. */  \
+     t_ij = min(seq - 1, floor(philox::uniform(seed, offset, row) * seq)), row =             \
+     (first_row + i) * nq + j: z holds rows first_row.. of a larger batch (a shard). */      \
   template <typename T>                                                                      \
   void gather_random_rows(const T* z, T* out, int64_t b, int64_t seq, int64_t r, int64_t nq, \
                           uint64_t seed, uint64_t offset, int64_t first_row = 0);

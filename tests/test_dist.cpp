@@ -99,9 +99,9 @@ TEST_CASE("data-parallel: HDF5 shards read their rows of the shared shuffled ord
   H5KVDataset whole(path, 3 * parts, 9, Device::cpu(), DType::f32, Split::train, 3);
   CHECK(shards[0]->batches_per_epoch() == whole.batches_per_epoch());  // 25 / 6 = 4
   for (uint64_t index : {0u, 5u}) check_shards(whole, shards, index);  // 5: the second epoch
-  CHECK_THROWS_WITH_AS(H5KVDataset(path, 13, 9, Device::cpu(), DType::f32, Split::train, 3,
-                                   Shard{0, 2}),
-                       doctest::Contains("fewer than batch 13 x 2 processes"), Error);
+  CHECK_THROWS_WITH_AS(
+      H5KVDataset(path, 13, 9, Device::cpu(), DType::f32, Split::train, 3, Shard{0, 2}),
+      doctest::Contains("fewer than batch 13 x 2 processes"), Error);
 }
 
 TEST_CASE("cuda: data-parallel synthetic shards equal the CPU's") {
@@ -120,9 +120,10 @@ TEST_CASE("cuda: data-parallel synthetic shards equal the CPU's") {
     CHECK(a.v.to_vector() == b.v.to_vector());
     CHECK(a.q.to_vector() == b.q.to_vector());
   }
-  const Tensor whole = Tensor::randn({37}, 11, 5, 0.0, 1.0, TensorOptions{}.with_device(Device::cuda()));
-  const Tensor part = Tensor::randn({13}, 11, 5, 0.0, 1.0,
-                                    TensorOptions{}.with_device(Device::cuda()), 3);
+  const Tensor whole =
+      Tensor::randn({37}, 11, 5, 0.0, 1.0, TensorOptions{}.with_device(Device::cuda()));
+  const Tensor part =
+      Tensor::randn({13}, 11, 5, 0.0, 1.0, TensorOptions{}.with_device(Device::cuda()), 3);
   const std::vector<double> w = whole.to_vector();
   CHECK(part.to_vector() == std::vector<double>(w.begin() + 3, w.begin() + 16));
 }
@@ -142,12 +143,13 @@ std::string mpirun(int ranks) {
 #define KVC_REQUIRE_MPI() (void)0
 #else
 std::string mpirun(int) { return ""; }
-#define KVC_REQUIRE_MPI()                                                                   \
-  do {                                                                                      \
-    std::printf("KVC_SKIP: MPI test skipped: kvcompress was built without MPI (install " \
-                "libopenmpi-dev openmpi-bin and configure again)\n");                       \
-    std::fflush(stdout);                                                                    \
-    return;                                                                                 \
+#define KVC_REQUIRE_MPI()                                                        \
+  do {                                                                           \
+    std::printf(                                                                 \
+        "KVC_SKIP: MPI test skipped: kvcompress was built without MPI (install " \
+        "libopenmpi-dev openmpi-bin and configure again)\n");                    \
+    std::fflush(stdout);                                                         \
+    return;                                                                      \
   } while (0)
 #endif
 
@@ -185,8 +187,8 @@ void check_same_parameters(const std::string& a, const std::string& reference, d
       worst = std::max(worst, d);
     }
   }
-  MESSAGE("largest difference: ", worst_signal, " where the gradient carries signal, ",
-          worst_noise, " where it is rounding noise");
+  MESSAGE("largest difference: ", worst_signal, " where the gradient carries signal, ", worst_noise,
+          " where it is rounding noise");
   CHECK(worst_signal <= tolerance);
   CHECK(worst_noise <= noise_bound);
 }
@@ -208,7 +210,8 @@ TEST_SUITE("mpi") {
     // The same data and the same mean gradient; only the order of the float32 sums differs (the
     // loss's mean over 4 rows against the mean of two means over 2 rows, then the all-reduce): a
     // few ulp per step, which Adam (lr <= 4e-4 here) carries to about 1e-8 after 8 steps (7.5e-9
-    // measured); the bound 1e-6 leaves room. Noise-driven elements move at most ~lr per step: 8 steps, sum of lr 1.8e-3.
+    // measured); the bound 1e-6 leaves room. Noise-driven elements move at most ~lr per step: 8
+    // steps, sum of lr 1.8e-3.
     check_same_parameters(dir / "two/checkpoint.h5", dir / "one/checkpoint.h5", 1e-6, 2e-3);
     // Rank 0 alone wrote the run's files, and the losses of the global batch are logged.
     CHECK(std::filesystem::exists(dir / "two/metrics.csv"));
@@ -222,14 +225,14 @@ TEST_SUITE("mpi") {
     TempDir dir("dist_resume");
     const std::string run2 = mpirun(2) + test::kvcompress_binary() + " " + kTiny + " --batch 2";
     REQUIRE(test::run_shell(run2 + " --steps 6 --out " + (dir / "full"), dir.path).exit_code == 0);
-    const auto part = test::run_shell(run2 + " --steps 6 --stop-at 3 --out " + (dir / "part"),
-                                      dir.path);
+    const auto part =
+        test::run_shell(run2 + " --steps 6 --stop-at 3 --out " + (dir / "part"), dir.path);
     INFO("stderr: ", part.err);
     REQUIRE(part.exit_code == 0);
-    const auto resumed = test::run_shell(
-        mpirun(2) + test::kvcompress_binary() + " train --progress none --resume " +
-            (dir / "part/checkpoint.h5"),
-        dir.path);
+    const auto resumed =
+        test::run_shell(mpirun(2) + test::kvcompress_binary() + " train --progress none --resume " +
+                            (dir / "part/checkpoint.h5"),
+                        dir.path);
     INFO("stderr: ", resumed.err);
     REQUIRE(resumed.exit_code == 0);
     check_same_parameters(dir / "part/checkpoint.h5", dir / "full/checkpoint.h5", 0.0, 0.0);

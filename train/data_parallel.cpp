@@ -22,9 +22,9 @@ void check_ranks_agree(dist::Communicator& comm, const TrainOptions& o, const Ad
   dist::require_same_on_all(comm, "settings", rank_settings_line(o));
   const Tensor params = adam.flat_params().to(Device::cpu());
   const uint64_t print = dist::fingerprint(params.raw_data(), params.nbytes());
-  dist::require_same_on_all(comm, "initial parameters",
-                            str("fingerprint ", std::hex, print, " of ", std::dec, adam.numel(),
-                                " values"));
+  dist::require_same_on_all(
+      comm, "initial parameters",
+      str("fingerprint ", std::hex, print, " of ", std::dec, adam.numel(), " values"));
 }
 
 std::function<void()> gradient_reducer(dist::Communicator& comm, Adam& adam) {
