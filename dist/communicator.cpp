@@ -30,6 +30,7 @@ class SingleProcess final : public Communicator {
   void broadcast(void*, int64_t, int) override {}
   void barrier() override {}
   [[noreturn]] void abort(int code) override { std::_Exit(code); }
+  bool no_library() const override { return true; }
 };
 
 std::shared_ptr<Communicator>& world_slot() {

@@ -40,6 +40,9 @@ class Communicator {
   [[noreturn]] virtual void abort(int code) = 0;
 
   bool is_root() const { return rank() == 0; }
+  // True for single_process(): no library behind it, so callers may skip the collectives (an MPI
+  // or NCCL world of one rank still runs them, which tests that path on one GPU).
+  virtual bool no_library() const { return false; }
 };
 
 // This process alone: every collective is the identity.

@@ -329,4 +329,56 @@ TEST_SUITE("mpi") {
     CHECK(ended);  // within 60 s of the kill
     CHECK(!(WIFEXITED(status) && WEXITSTATUS(status) == 0));
   }
+
+  TEST_CASE("mpi: one rank under mpirun (the gradient sum hook running) equals the plain run") {
+    KVC_REQUIRE_MPI();
+    TempDir dir("dist_one");
+    const std::string args = kTiny + " --steps 6 --batch 2 --out ";
+    const auto one = test::run_shell(
+        mpirun(1) + test::kvcompress_binary() + " " + args + (dir / "mpi"), dir.path);
+    INFO("stderr: ", one.err);
+    REQUIRE(one.exit_code == 0);
+    REQUIRE(test::run_kvcompress(args + (dir / "plain"), dir.path).exit_code == 0);
+    check_same_parameters(dir / "mpi/checkpoint.h5", dir / "plain/checkpoint.h5", 0.0, 0.0);
+  }
+
+  TEST_CASE("mpi: SIGTERM to mpirun stops both ranks at one step; rank 0 saves a checkpoint") {
+    KVC_REQUIRE_MPI();
+    TempDir dir("dist_term");
+    std::string launcher_cmd = mpirun(2);
+    launcher_cmd.insert(launcher_cmd.find("timeout"), "exec ");
+    const std::string cmd = launcher_cmd + test::kvcompress_binary() + " " + kTiny +
+                            " --steps 100000000 --batch 2 --out " + (dir / "run") + " >" +
+                            (dir / ".out") + " 2>" + (dir / ".err");
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      ::setpgid(0, 0);
+      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    bool training = false;
+    for (int i = 0; i < 1200 && !training; ++i) {
+      training = test::count_lines(test::read_text(dir / "run/metrics.csv")) >= 3;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    // timeout passes SIGTERM on to mpirun, which passes it on to the ranks.
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    INFO("stderr: ", test::read_text(dir / ".err"));
+    REQUIRE(training);
+    const std::string err = test::read_text(dir / ".out");  // the log goes to stdout
+    const size_t at = err.find("interrupted at step ");
+    REQUIRE(at != std::string::npos);
+    const int64_t step = std::stoll(err.substr(at + 20));
+    CHECK(train::load_checkpoint(dir / "run/checkpoint.h5", true).meta.step == step);
+    // Both ranks continue from it.
+    const auto resumed =
+        test::run_shell(mpirun(2) + test::kvcompress_binary() + " train --progress none --steps " +
+                            std::to_string(step + 2) + " --resume " + (dir / "run/checkpoint.h5"),
+                        dir.path);
+    INFO("resumed: ", resumed.err);
+    CHECK(resumed.exit_code == 0);
+  }
 }

@@ -28,7 +28,7 @@ void check_ranks_agree(dist::Communicator& comm, const TrainOptions& o, const Ad
 }
 
 std::function<void()> gradient_reducer(dist::Communicator& comm, Adam& adam) {
-  if (comm.size() == 1) return {};
+  if (comm.no_library()) return {};
   return [&comm, &adam] {
     Tensor grads = adam.flat_grads();
     KVC_CHECK(grads.dtype() == DType::f32, "train: data-parallel gradients must be float32, not ",

@@ -25,7 +25,8 @@ void check_ranks_agree(dist::Communicator& comm, const TrainOptions& o, const Ad
 
 // StepRunnerOptions::reduce_gradients for `comm`: sums the flat gradient buffer over the ranks
 // and divides by their number, so each rank holds the gradient of the global batch's mean loss
-// (every shard has the same batch). Empty with one process.
+// (every shard has the same batch). Empty for dist::single_process() (an MPI or NCCL world of
+// one rank runs it: the sum over one rank and the division by 1 leave the bits as they are).
 std::function<void()> gradient_reducer(dist::Communicator& comm, Adam& adam);
 
 // Replaces each step's loss by its mean over the ranks: the global batch's (equal shards).
