@@ -46,6 +46,9 @@ void check_shards(KVSource& whole, std::vector<std::unique_ptr<KVSource>>& shard
   }
 }
 
+// Sizes whose shards start inside Philox blocks of four draws (h*seq*d = 15, h*nq*d = 9).
+KVShape odd_shape(int64_t batch) { return KVShape{batch, 1, 3, 5, 3}; }
+
 }  // namespace
 
 TEST_CASE("data-parallel: normal draws from element `first` are the slice of a longer draw") {
@@ -59,12 +62,7 @@ TEST_CASE("data-parallel: normal draws from element `first` are the slice of a l
 }
 
 TEST_CASE("data-parallel: synthetic shards concatenate to one process's batch of N x batch") {
-  // Odd sizes: the shards start inside Philox blocks of four draws.
-  KVShape shape;
-  shape.heads = 1;
-  shape.dim_head = 3;
-  shape.seq = 5;
-  shape.queries = 3;
+  KVShape shape = odd_shape(2);
   for (int64_t parts : {2, 3}) {
     shape.batch = 2;
     std::vector<std::unique_ptr<KVSource>> shards;
@@ -82,12 +80,7 @@ TEST_CASE("data-parallel: synthetic shards concatenate to one process's batch of
 
 TEST_CASE("data-parallel: HDF5 shards read their rows of the shared shuffled order") {
   TempDir dir("dist_h5");
-  KVShape shape;
-  shape.batch = 4;
-  shape.heads = 2;
-  shape.dim_head = 5;
-  shape.seq = 6;
-  shape.queries = 3;
+  KVShape shape{4, 2, 5, 6, 3};  // batch, heads, dim_head, seq, queries
   const std::string path = dir / "kv.h5";
   generate_kv_file(path, shape, 26, 3);  // 25 train sequences, 1 eval; no q: queries from keys
   const int64_t parts = 2;
@@ -106,12 +99,7 @@ TEST_CASE("data-parallel: HDF5 shards read their rows of the shared shuffled ord
 
 TEST_CASE("cuda: data-parallel synthetic shards equal the CPU's") {
   KVC_REQUIRE_CUDA();
-  KVShape shape;
-  shape.batch = 2;
-  shape.heads = 1;
-  shape.dim_head = 3;
-  shape.seq = 5;
-  shape.queries = 3;
+  const KVShape shape = odd_shape(2);
   for (int64_t r = 0; r < 2; ++r) {
     SyntheticKV cpu(shape, 7, Device::cpu(), DType::f32, Split::train, Shard{r, 2});
     SyntheticKV gpu(shape, 7, Device::cuda(), DType::f32, Split::train, Shard{r, 2});
@@ -191,6 +179,42 @@ void check_same_parameters(const std::string& a, const std::string& reference, d
           " where it is rounding noise");
   CHECK(worst_signal <= tolerance);
   CHECK(worst_noise <= noise_bound);
+}
+
+// Starts 2 ranks training "forever" into DIR/run (stdout DIR/.out, stderr DIR/.err) in a process
+// group of their own: sh becomes timeout (the returned pid), whose child is mpirun, whose
+// children are the ranks.
+pid_t start_endless_run(const TempDir& dir) {
+  std::string launcher = mpirun(2);
+  launcher.insert(launcher.find("timeout"), "exec ");
+  const std::string cmd = launcher + test::kvcompress_binary() + " " + kTiny +
+                          " --steps 100000000 --batch 2 --out " + (dir / "run") + " >" +
+                          (dir / ".out") + " 2>" + (dir / ".err");
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::setpgid(0, 0);
+    ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Rank 0 has logged two steps.
+bool training_started(const TempDir& dir) {
+  return test::count_lines(test::read_text(dir / "run/metrics.csv")) >= 3;
+}
+
+// Polls `ready` every 50 ms for up to `seconds`.
+template <typename Ready>
+bool wait_for(Ready ready, double seconds) {
+  using Clock = std::chrono::steady_clock;
+  const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+  while (Clock::now() < end) {
+    if (ready()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
 }
 
 }  // namespace
@@ -274,31 +298,8 @@ TEST_SUITE("mpi") {
   TEST_CASE("mpi: a killed rank does not leave the other waiting") {
     KVC_REQUIRE_MPI();
     TempDir dir("dist_kill");
-    std::string launcher_cmd = mpirun(2);  // "... timeout ...": sh becomes timeout itself
-    launcher_cmd.insert(launcher_cmd.find("timeout"), "exec ");
-    const std::string cmd = launcher_cmd + test::kvcompress_binary() + " " + kTiny +
-                            " --steps 100000000 --batch 2 --out " + (dir / "run") + " >" +
-                            (dir / ".out") + " 2>" + (dir / ".err");
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::setpgid(0, 0);
-      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    using Clock = std::chrono::steady_clock;
-    auto wait_for = [&](auto ready, double seconds) {
-      const auto end = Clock::now() + std::chrono::duration<double>(seconds);
-      while (Clock::now() < end) {
-        if (ready()) return true;
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-      }
-      return false;
-    };
-    // Training has started once rank 0 logged a step (timeout's child is mpirun, whose children
-    // are the ranks).
-    const bool training = wait_for(
-        [&] { return test::count_lines(test::read_text(dir / "run/metrics.csv")) >= 3; }, 60);
+    const pid_t pid = start_endless_run(dir);
+    const bool training = wait_for([&] { return training_started(dir); }, 60);
     std::vector<pid_t> ranks;
     if (training) {
       std::string launcher = std::to_string(pid);
@@ -345,23 +346,8 @@ TEST_SUITE("mpi") {
   TEST_CASE("mpi: SIGTERM to mpirun stops both ranks at one step; rank 0 saves a checkpoint") {
     KVC_REQUIRE_MPI();
     TempDir dir("dist_term");
-    std::string launcher_cmd = mpirun(2);
-    launcher_cmd.insert(launcher_cmd.find("timeout"), "exec ");
-    const std::string cmd = launcher_cmd + test::kvcompress_binary() + " " + kTiny +
-                            " --steps 100000000 --batch 2 --out " + (dir / "run") + " >" +
-                            (dir / ".out") + " 2>" + (dir / ".err");
-    const pid_t pid = ::fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      ::setpgid(0, 0);
-      ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-      ::_exit(127);
-    }
-    bool training = false;
-    for (int i = 0; i < 1200 && !training; ++i) {
-      training = test::count_lines(test::read_text(dir / "run/metrics.csv")) >= 3;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    const pid_t pid = start_endless_run(dir);
+    const bool training = wait_for([&] { return training_started(dir); }, 60);
     // timeout passes SIGTERM on to mpirun, which passes it on to the ranks.
     ::kill(pid, SIGTERM);
     int status = 0;
