@@ -77,7 +77,14 @@ int run(int argc, char** argv) {
   }
 
   for (const Command& c : commands) {
-    if (c.app->parsed()) return c.run();
+    if (!c.app->parsed()) continue;
+    // Several ranks cooperate only in train and bench; any other command would repeat its work
+    // (and its writes) on every rank.
+    const std::string name = c.app->get_name();
+    const int ranks = kvc::dist::world().size();
+    KVC_USAGE_CHECK(ranks == 1 || name == "train" || name == "bench", "'", name, "' runs as ",
+                    ranks, " MPI ranks; only train and bench run on several (start it alone)");
+    return c.run();
   }
   print_error("no subcommand given (run 'kvcompress --help')");
   return kExitUsage;

@@ -367,4 +367,17 @@ TEST_SUITE("mpi") {
     INFO("resumed: ", resumed.err);
     CHECK(resumed.exit_code == 0);
   }
+
+  TEST_CASE("mpi: commands other than train and bench refuse to run on several ranks") {
+    KVC_REQUIRE_MPI();
+    TempDir dir("dist_cmd");
+    const auto r = test::run_shell(
+        mpirun(2) + test::kvcompress_binary() + " gen-data --out " + (dir / "kv.h5"), dir.path);
+    INFO("stderr: ", r.err);
+    CHECK(r.exit_code != 0);
+    CHECK(r.exit_code != 124);
+    CHECK(r.err.find("'gen-data' runs as 2 MPI ranks; only train and bench run on several") !=
+          std::string::npos);
+    CHECK(!std::filesystem::exists(dir / "kv.h5"));
+  }
 }
