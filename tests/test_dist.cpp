@@ -12,12 +12,16 @@
 #include <sstream>
 #include <thread>
 
+#include "core/ops.h"
 #include "data/h5_dataset.h"
 #include "data/kv_file.h"
 #include "data/synthetic.h"
+#include "nn/compressor_pair.h"
 #include "test_train_util.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel.h"
+#include "train/step_runner.h"
 
 using namespace kvc;
 using kvc::test::TempDir;
@@ -49,7 +53,80 @@ void check_shards(KVSource& whole, std::vector<std::unique_ptr<KVSource>>& shard
 // Sizes whose shards start inside Philox blocks of four draws (h*seq*d = 15, h*nq*d = 9).
 KVShape odd_shape(int64_t batch) { return KVShape{batch, 1, 3, 5, 3}; }
 
+// Two ranks that computed the same gradient: the sum doubles it (the pointer must be Adam's flat
+// gradient), so gradient_reducer's division by 2 must give back the bits of one rank's gradient.
+class TwinRanks final : public dist::Communicator {
+ public:
+  explicit TwinRanks(const Adam& adam) : adam_(adam) {}
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  int local_rank() const override { return 0; }
+  std::string name() const override { return "twin ranks"; }
+  void allreduce_sum(float* data, int64_t count, Device device) override {
+    Tensor g = adam_.flat_grads();
+    REQUIRE(data == g.data<float>());
+    REQUIRE(count == g.numel());
+    REQUIRE(device == g.device());
+    g.copy_from(scale(g, 2.0));
+  }
+  void allreduce_sum(double* data, int64_t count) override {
+    for (int64_t i = 0; i < count; ++i) data[i] *= 2;
+  }
+  void broadcast(void*, int64_t, int) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(int code) override { std::_Exit(code); }
+
+ private:
+  const Adam& adam_;
+};
+
+// Five steps of the trainer's StepRunner: [losses..., parameters...]. With `twin`, the gradient
+// is summed over TwinRanks between backward and the clip (on CUDA with `graph`: between the
+// replayed graphs of backward and of the clip).
+std::vector<double> run_steps(Device device, bool twin, bool graph, bool* used_graph) {
+  KVShape shape;
+  SyntheticKV data(shape, 12, device);
+  CompressorOptions o;
+  o.kind = "efficient_conv";
+  o.heads = shape.heads;
+  o.dim_head = shape.dim_head;
+  o.seed = 7;
+  o.device = device;
+  CompressorPair pair(o);
+  Adam adam(pair.named_parameters());
+  TwinRanks ranks(adam);
+  train::StepRunnerOptions ro;
+  ro.allow_graph = graph;
+  if (twin) ro.reduce_gradients = train::gradient_reducer(ranks, adam);
+  train::StepRunner runner(pair, nullptr, adam, ro);
+  std::vector<double> out;
+  for (int i = 0; i < 5; ++i) {
+    adam.set_lr(1e-2 / (i + 1));
+    out.push_back(runner.forward_backward(data.next()).item());
+    runner.update();
+  }
+  *used_graph = runner.using_graph();
+  const std::vector<double> params = adam.flat_params().to_vector();
+  out.insert(out.end(), params.begin(), params.end());
+  return out;
+}
+
 }  // namespace
+
+TEST_CASE("data-parallel: the gradient sum between backward and the clip keeps the step's bits") {
+  bool graph = false;
+  const std::vector<double> plain = run_steps(Device::cpu(), false, false, &graph);
+  CHECK(run_steps(Device::cpu(), true, false, &graph) == plain);
+}
+
+TEST_CASE("cuda: data-parallel gradient sum between the replayed graphs keeps the step's bits") {
+  KVC_REQUIRE_CUDA();
+  bool graph = false;
+  const std::vector<double> plain = run_steps(Device::cuda(), false, false, &graph);
+  CHECK(run_steps(Device::cuda(), true, false, &graph) == plain);
+  CHECK(run_steps(Device::cuda(), true, true, &graph) == plain);
+  CHECK(graph);  // the last run replayed graphs
+}
 
 TEST_CASE("data-parallel: normal draws from element `first` are the slice of a longer draw") {
   const Tensor whole = Tensor::randn({37}, 11, 5, 0.0, 1.0);
