@@ -212,6 +212,43 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
   return r;
 }
 
+// The results as one JSON object on stdout (with the all-reduce fields under MPI).
+void print_json(const BenchArgs& a, const RunSettings& s, Device device,
+                const std::vector<Result>& results, const dist::Communicator& comm) {
+  std::printf(
+      "{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", "
+      "\"batch\": %lld, "
+      "\"heads\": %lld, \"seq\": %lld, \"block\": %lld, \"dim_head\": %lld, "
+      "\"queries\": %lld, \"warmup\": %lld, \"reps\": %lld, \"results\": [",
+      a.config.c_str(), device.name().c_str(), a.precision.c_str(), static_cast<long long>(s.batch),
+      static_cast<long long>(s.heads), static_cast<long long>(s.seq),
+      static_cast<long long>(s.block), static_cast<long long>(s.dim_head),
+      static_cast<long long>(s.queries), static_cast<long long>(a.warmup),
+      static_cast<long long>(a.reps));
+  for (size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    std::printf(
+        "%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
+        "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
+        "\"tokens_per_s\": %.6g, \"gb_per_s\": %.6g, \"tflop_per_s\": %.6g, "
+        "\"eager_step_ms\": %.6g, \"graph\": %s, "
+        "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
+        "%.6g, "
+        "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"",
+        i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
+        r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
+        r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
+        r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
+        r.peak_is_device ? "device" : "host_rss");
+    if (comm.size() > 1) {
+      std::printf(", \"ranks\": %d, \"allreduce_ms\": %.6g, \"scaling_efficiency\": %.6g",
+                  comm.size(), r.t.allreduce_ms, r.t.scaling);
+    }
+    std::printf("}");
+  }
+  std::printf("\n]}\n");
+}
+
 int run_bench(const CLI::App* cmd, const BenchArgs& in) {
   BenchArgs a = in;
   if (a.json) spdlog::set_level(spdlog::level::warn);  // stdout carries only the JSON
@@ -265,40 +302,7 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
       std::fflush(stdout);
     }
   }
-  if (a.json && print) {
-    std::printf(
-        "{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", "
-        "\"batch\": %lld, "
-        "\"heads\": %lld, \"seq\": %lld, \"block\": %lld, \"dim_head\": %lld, "
-        "\"queries\": %lld, \"warmup\": %lld, \"reps\": %lld, \"results\": [",
-        a.config.c_str(), device.name().c_str(), a.precision.c_str(),
-        static_cast<long long>(s.batch), static_cast<long long>(s.heads),
-        static_cast<long long>(s.seq), static_cast<long long>(s.block),
-        static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
-        static_cast<long long>(a.warmup), static_cast<long long>(a.reps));
-    for (size_t i = 0; i < results.size(); ++i) {
-      const Result& r = results[i];
-      std::printf(
-          "%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
-          "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
-          "\"tokens_per_s\": %.6g, \"gb_per_s\": %.6g, \"tflop_per_s\": %.6g, "
-          "\"eager_step_ms\": %.6g, \"graph\": %s, "
-          "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
-          "%.6g, "
-          "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"",
-          i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
-          r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
-          r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
-          r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
-          r.peak_is_device ? "device" : "host_rss");
-      if (ranks) {
-        std::printf(", \"ranks\": %d, \"allreduce_ms\": %.6g, \"scaling_efficiency\": %.6g",
-                    comm->size(), r.t.allreduce_ms, r.t.scaling);
-      }
-      std::printf("}");
-    }
-    std::printf("\n]}\n");
-  }
+  if (a.json && print) print_json(a, s, device, results, *comm);
   return kExitOk;
 }
 
