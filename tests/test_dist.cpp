@@ -424,7 +424,7 @@ TEST_SUITE("mpi") {
     check_same_parameters(dir / "mpi/checkpoint.h5", dir / "plain/checkpoint.h5", 0.0, 0.0);
   }
 
-  TEST_CASE("mpi: SIGTERM to the ranks stops both at one step, rank 0 saves a checkpoint") {
+  TEST_CASE("mpi: SIGTERM to the ranks stops both at one step and rank 0 saves a checkpoint") {
     KVC_REQUIRE_MPI();
     TempDir dir("dist_term");
     const pid_t pid = start_endless_run(dir);
