@@ -13,6 +13,7 @@
 #include "cli/cli_options.h"
 #include "core/autograd.h"
 #include "data/synthetic.h"
+#include "dist/communicator.h"
 #include "kernels/graph.h"
 #include "kernels/memory.h"
 #include "nn/compressor_pair.h"
@@ -38,6 +39,9 @@ struct Timing {
   double forward_ms = 0, backward_ms = 0, optimizer_ms = 0, step_ms = 0;
   double eager_step_ms = 0;  // the step launched op by op (step_ms: replayed as a graph, if it was)
   bool graph = false;
+  // Under MPI: the sum of the flat gradient over the ranks, and the share of a data-parallel step
+  // left to compute: step / (step + all-reduce), the throughput of N ranks over N times one's.
+  double allreduce_ms = 0, scaling = 1;
 };
 
 void sync(Device device) {
@@ -137,8 +141,8 @@ void set_rates(Result& r, const RunSettings& s) {
   r.tflops = (r.w.forward_flops + r.w.backward_flops) / step_s * 1e-12;
 }
 
-Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings& s,
-                  Device device) {
+Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings& s, Device device,
+                  dist::Communicator& comm) {
   const CompressorOptions o = compressor_options(kind, s, device);
   reset_peak(device);
   CompressorPair pair(o);
@@ -195,10 +199,54 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
     time_graph_step(kind, a, device, adam, full_step, r.t);
   }
 #endif
+  if (comm.size() > 1) {  // the trainer's all-reduce: after backward, outside any graph
+    Tensor grads = adam.flat_grads();
+    r.t.allreduce_ms = time_ms(
+        device, a.warmup_reps, a.reps, [] {},
+        [&] { comm.allreduce_sum(grads.data<float>(), grads.numel(), device); });
+    r.t.scaling = r.t.step_ms / (r.t.step_ms + r.t.allreduce_ms);
+  }
   r.w = train::step_work(o, ks, r.params);
   set_rates(r, s);
   r.peak_bytes = peak_memory_bytes(device, &r.peak_is_device);
   return r;
+}
+
+// The results as one JSON object on stdout (with the all-reduce fields under MPI).
+void print_json(const BenchArgs& a, const RunSettings& s, Device device,
+                const std::vector<Result>& results, const dist::Communicator& comm) {
+  std::printf(
+      "{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", "
+      "\"batch\": %lld, "
+      "\"heads\": %lld, \"seq\": %lld, \"block\": %lld, \"dim_head\": %lld, "
+      "\"queries\": %lld, \"warmup_reps\": %lld, \"reps\": %lld, \"results\": [",
+      a.config.c_str(), device.name().c_str(), a.precision.c_str(), static_cast<long long>(s.batch),
+      static_cast<long long>(s.heads), static_cast<long long>(s.seq),
+      static_cast<long long>(s.block), static_cast<long long>(s.dim_head),
+      static_cast<long long>(s.queries), static_cast<long long>(a.warmup_reps),
+      static_cast<long long>(a.reps));
+  for (size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    std::printf(
+        "%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
+        "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
+        "\"tokens_per_s\": %.6g, \"gb_per_s\": %.6g, \"tflop_per_s\": %.6g, "
+        "\"eager_step_ms\": %.6g, \"graph\": %s, "
+        "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
+        "%.6g, "
+        "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"",
+        i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
+        r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
+        r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
+        r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
+        r.peak_is_device ? "device" : "host_rss");
+    if (comm.size() > 1) {
+      std::printf(", \"ranks\": %d, \"allreduce_ms\": %.6g, \"scaling_efficiency\": %.6g",
+                  comm.size(), r.t.allreduce_ms, r.t.scaling);
+    }
+    std::printf("}");
+  }
+  std::printf("\n]}\n");
 }
 
 int run_bench(const CLI::App* cmd, const BenchArgs& in) {
@@ -212,12 +260,14 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
     if (!preset_wins) copy_setting(s, a.run, setting);
   }
   validate_shape(s);
-  const Device device = resolve_device(a.device);
+  const Device device = dist::rank_device(resolve_device(a.device));
   apply_precision(a.precision, device);
   const std::vector<std::string> kinds = selected_kinds(s);
+  const std::shared_ptr<dist::Communicator> comm = dist::gradient_communicator(device);
+  const bool ranks = comm->size() > 1, print = comm->is_root();  // rank 0 alone prints
 
   std::vector<Result> results;
-  if (!a.json) {
+  if (!a.json && print) {
     std::printf(
         "bench: config %s (b %lld, h %lld, seq %lld, n %lld, d %lld, "
         "nq %lld), %s, "
@@ -230,47 +280,29 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
     std::printf("%-22s %10s %10s %10s %10s %10s %12s %9s %9s %12s\n", "kind", "fwd ms", "bwd ms",
                 "optim ms", "eager ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
                 device.is_cuda() ? "peak dev MB" : "peak RSS MB");
+    if (ranks) {
+      std::printf(
+          "(%d ranks through %s: per rank, then the all-reduce of the gradient and the "
+          "scaling efficiency)\n",
+          comm->size(), comm->name().c_str());
+    }
   }
   for (const std::string& kind : kinds) {
-    const Result r = bench_kind(kind, a, s, device);
+    const Result r = bench_kind(kind, a, s, device, *comm);
     results.push_back(r);
-    if (!a.json) {
+    if (!a.json && print) {
       std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %10.3f %12.4g %9.3f %9.4f %12.1f\n",
                   kind.c_str(), r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms,
                   r.t.eager_step_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
                   r.peak_bytes / 1048576.0);
+      if (ranks) {
+        std::printf("%-22s allreduce %.3f ms/step, scaling efficiency %.1f%%\n", "",
+                    r.t.allreduce_ms, 100 * r.t.scaling);
+      }
       std::fflush(stdout);
     }
   }
-  if (a.json) {
-    std::printf(
-        "{\"config\": \"%s\", \"device\": \"%s\", \"precision\": \"%s\", "
-        "\"batch\": %lld, "
-        "\"heads\": %lld, \"seq\": %lld, \"block\": %lld, \"dim_head\": %lld, "
-        "\"queries\": %lld, \"warmup_reps\": %lld, \"reps\": %lld, \"results\": [",
-        a.config.c_str(), device.name().c_str(), a.precision.c_str(),
-        static_cast<long long>(s.batch), static_cast<long long>(s.heads),
-        static_cast<long long>(s.seq), static_cast<long long>(s.block),
-        static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
-        static_cast<long long>(a.warmup_reps), static_cast<long long>(a.reps));
-    for (size_t i = 0; i < results.size(); ++i) {
-      const Result& r = results[i];
-      std::printf(
-          "%s\n  {\"kind\": \"%s\", \"params\": %lld, \"forward_ms\": %.6g, "
-          "\"backward_ms\": %.6g, \"optimizer_ms\": %.6g, \"step_ms\": %.6g, "
-          "\"tokens_per_s\": %.6g, \"gb_per_s\": %.6g, \"tflop_per_s\": %.6g, "
-          "\"eager_step_ms\": %.6g, \"graph\": %s, "
-          "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
-          "%.6g, "
-          "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"}",
-          i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
-          r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
-          r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
-          r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
-          r.peak_is_device ? "device" : "host_rss");
-    }
-    std::printf("\n]}\n");
-  }
+  if (a.json && print) print_json(a, s, device, results, *comm);
   return kExitOk;
 }
 

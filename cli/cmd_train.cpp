@@ -7,6 +7,7 @@
 
 #include "cli/cli_options.h"
 #include "data/kv_file.h"
+#include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/signals.h"
 #include "train/trainer.h"
@@ -100,7 +101,9 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
                : a.progress == "log"  ? train::ProgressMode::log
                : a.progress == "none" ? train::ProgressMode::none
                                       : train::ProgressMode::automatic;
-  o.device = resolve_device(a.device);
+  o.device = dist::rank_device(resolve_device(a.device));  // a rank: the GPU of its local rank
+  o.comm = dist::gradient_communicator(o.device);
+  if (!o.comm->is_root()) o.progress = train::ProgressMode::none;
   apply_precision(a.precision, o.device);
 
   train::Trainer trainer(o);

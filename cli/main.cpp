@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "cli/cli_options.h"
+#include "dist/communicator.h"
 #include "train/signals.h"
 
 namespace {
@@ -25,6 +26,8 @@ void print_error(const std::string& message) {
     }
   }
   while (!line.empty() && (line.back() == ' ' || line.back() == ';')) line.pop_back();
+  const kvc::dist::Communicator& world = kvc::dist::world();
+  if (world.size() > 1) line = "rank " + std::to_string(world.rank()) + ": " + line;
   std::fprintf(stderr, "kvcompress: error: %s\n", line.c_str());
   std::fflush(stderr);
 }
@@ -75,7 +78,14 @@ int run(int argc, char** argv) {
   try {
     app.parse(argc, argv);
     for (const Command& c : commands) {
-      if (c.app->parsed()) return c.run();
+      if (!c.app->parsed()) continue;
+      // Several ranks cooperate only in train and bench; any other command would repeat its
+      // work (and its writes) on every rank.
+      const std::string name = c.app->get_name();
+      const int ranks = kvc::dist::world().size();
+      KVC_USAGE_CHECK(ranks == 1 || name == "train" || name == "bench", "'", name, "' runs as ",
+                      ranks, " MPI ranks; only train and bench run on several (start it alone)");
+      return c.run();
     }
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);
@@ -93,28 +103,56 @@ int run(int argc, char** argv) {
   return usage_error("no subcommand given", help);
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// Runs the command; an error is printed here. `together` is left true when every rank ends the
+// same way (success, an interrupt, a collective error) and set false when this rank failed alone.
+int run_reporting_errors(int argc, char** argv, bool* together) {
   try {
     return run(argc, argv);
+  } catch (const kvc::dist::CollectiveError& e) {
+    print_error(e.what());
+    return kvc::cli::kExitError;
   } catch (const kvc::cli::UsageError& e) {
     print_error(e.what());
+    *together = false;
     return kvc::cli::kExitUsage;
   } catch (const kvc::train::Interrupted& e) {
     print_error(e.what());
     return kvc::cli::kExitInterrupted;
   } catch (const kvc::OutOfMemoryError& e) {
+    *together = false;
     print_error(std::string("out of memory: ") + e.what());
     return kvc::cli::kExitError;
   } catch (const kvc::Error& e) {
+    *together = false;
     print_error(e.what());
     return kvc::cli::kExitError;
   } catch (const std::bad_alloc&) {
+    *together = false;
     print_error("out of host memory");
     return kvc::cli::kExitError;
   } catch (const std::exception& e) {
+    *together = false;
     print_error(std::string("internal error: ") + e.what());
     return kvc::cli::kExitError;
   }
+}
+
+}  // namespace
+
+// Under an MPI launcher every process is one rank: only rank 0 logs; a rank that fails alone
+// stops the others (MPI_Abort), so none waits forever for it.
+int main(int argc, char** argv) {
+  try {
+    kvc::dist::init_world(&argc, &argv);
+  } catch (const kvc::Error& e) {
+    print_error(e.what());
+    return kvc::cli::kExitError;
+  }
+  kvc::dist::Communicator& world = kvc::dist::world();
+  if (!world.is_root()) spdlog::set_level(spdlog::level::warn);
+  bool together = true;
+  const int code = run_reporting_errors(argc, argv, &together);
+  if (!together && world.size() > 1) world.abort(code);
+  kvc::dist::finalize_world();
+  return code;
 }

@@ -155,16 +155,16 @@ Tensor Tensor::rand(const Shape& shape, uint64_t seed, uint64_t offset, double l
 }
 
 Tensor Tensor::randn(const Shape& shape, uint64_t seed, uint64_t offset, double mean, double std,
-                     const TensorOptions& opt) {
+                     const TensorOptions& opt, uint64_t first) {
   KVC_CHECK(std >= 0, "randn: negative std ", std);
   Tensor t = empty(shape, opt);
   const int64_t n = t.numel();
   on_backend(t, "randn", [&](auto* p, auto on_cuda) {
     using T = std::remove_pointer_t<decltype(p)>;
     if constexpr (decltype(on_cuda)::value) {
-      KVC_CUDA_ONLY(kernels::cuda::normal<T>(p, n, seed, offset, mean, std));
+      KVC_CUDA_ONLY(kernels::cuda::normal<T>(p, n, seed, offset, mean, std, first));
     } else {
-      kernels::cpu::normal<T>(p, n, seed, offset, mean, std);
+      kernels::cpu::normal<T>(p, n, seed, offset, mean, std, first);
     }
   });
   return t;

@@ -66,8 +66,9 @@ class Tensor {
   // Uniform on [low, high) / normal(mean, std) drawn from Philox4x32-10 keyed by (seed, offset).
   static Tensor rand(const Shape& shape, uint64_t seed, uint64_t offset = 0, double low = 0.0,
                      double high = 1.0, const TensorOptions& opt = {});
+  // randn's `first`: the tensor holds elements first.. of the stream (a shard of a larger draw).
   static Tensor randn(const Shape& shape, uint64_t seed, uint64_t offset = 0, double mean = 0.0,
-                      double std = 1.0, const TensorOptions& opt = {});
+                      double std = 1.0, const TensorOptions& opt = {}, uint64_t first = 0);
 
   // ---- metadata ----
   bool defined() const { return impl_ != nullptr; }

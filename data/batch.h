@@ -26,6 +26,14 @@ struct KVShape {
   int64_t queries = 32;
 };
 
+// A process's part of a global batch in data-parallel training: part `index` of `count` holds
+// rows [index * batch, (index + 1) * batch) of the global batch of count * batch rows that one
+// process with batch count * batch would draw, random draws included.
+struct Shard {
+  int64_t index = 0;
+  int64_t count = 1;
+};
+
 // Train and eval draw from different random streams (synthetic) or sequences (files).
 enum class Split : uint8_t { train, eval };
 inline const char* split_name(Split s) { return s == Split::train ? "train" : "eval"; }

@@ -19,15 +19,20 @@ enum Draw : uint64_t { kQueryPos = 5, kQueryNoise = 6 };
 }  // namespace
 
 H5KVDataset::H5KVDataset(const std::string& path, int64_t batch, uint64_t seed, Device device,
-                         DType dtype, Split split, int64_t queries)
+                         DType dtype, Split split, int64_t queries, Shard shard)
     : batch_(batch),
       seed_(seed),
       key_(ds::key(seed)),
       device_(device),
       dtype_(dtype),
       split_(split),
-      queries_(queries) {
+      queries_(queries),
+      shard_(shard) {
   KVC_CHECK(batch >= 1, "h5 dataset '", path, "': batch ", batch, " must be >= 1");
+  KVC_CHECK(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count &&
+                (shard.count == 1 || split == Split::train),
+            "h5 dataset '", path, "': shard ", shard.index, " of ", shard.count, " of the ",
+            split_name(split), " split does not exist");
   std::error_code ec;
   KVC_CHECK(std::filesystem::exists(path, ec), "h5 dataset '", path, "': no such file");
   file_ = H5File::open(path, H5Mode::read);
@@ -41,9 +46,11 @@ H5KVDataset::H5KVDataset(const std::string& path, int64_t batch, uint64_t seed, 
               " must be >= 1 (the file has no 'q', so queries are drawn from the keys)");
   }
   if (split == Split::train) {
-    KVC_CHECK(train_count() >= batch, "h5 dataset '", path, "': the train split has ",
-              train_count(), " sequence(s) (of ", info_.count, "), fewer than batch ", batch);
-    batches_per_epoch_ = static_cast<uint64_t>(train_count() / batch);
+    const int64_t global = batch * shard.count;
+    KVC_CHECK(train_count() >= global, "h5 dataset '", path, "': the train split has ",
+              train_count(), " sequence(s) (of ", info_.count, "), fewer than batch ", batch,
+              shard.count > 1 ? str(" x ", shard.count, " processes") : "");
+    batches_per_epoch_ = static_cast<uint64_t>(train_count() / global);
   } else {
     const int64_t eb = std::min(batch, eval_count());
     batches_per_epoch_ = static_cast<uint64_t>((eval_count() + eb - 1) / eb);
@@ -65,7 +72,8 @@ std::string H5KVDataset::describe() const {
              eval_count(), " eval; ", split_name(split_), " split, batch ", shape().batch,
              ", heads ", info_.heads, ", seq ", info_.seq, ", dim_head ", info_.dim_head,
              ", queries ", queries_, info_.has_queries() ? " from the file" : " from the keys",
-             ", seed ", seed_, ")");
+             ", seed ", seed_,
+             shard_.count > 1 ? str(", part ", shard_.index + 1, " of ", shard_.count) : "", ")");
 }
 
 const std::vector<int64_t>& H5KVDataset::permutation(uint64_t epoch) {
@@ -91,9 +99,9 @@ std::vector<int64_t> H5KVDataset::rows_of(uint64_t index) {
   std::vector<int64_t> rows;
   if (split_ == Split::train) {
     const std::vector<int64_t>& perm = permutation(index / batches_per_epoch_);
-    for (int64_t s = 0; s < batch_; ++s) {
-      rows.push_back(perm[static_cast<size_t>(static_cast<int64_t>(within) * batch_ + s)]);
-    }
+    const int64_t first = static_cast<int64_t>(within) * batch_ * shard_.count +
+                          shard_.index * batch_;  // this shard's place in the global batch
+    for (int64_t s = 0; s < batch_; ++s) rows.push_back(perm[static_cast<size_t>(first + s)]);
   } else {
     const int64_t eb = std::min(batch_, eval_count());
     const int64_t begin = train_count() + static_cast<int64_t>(within) * eb;
@@ -124,8 +132,9 @@ Tensor H5KVDataset::queries_from_keys(const Tensor& k, uint64_t index) const {
   const int64_t b = k.size(0), h = k.size(1), n = k.size(2), d = k.size(3), nq = queries_;
   const TensorOptions host = TensorOptions{}.with_dtype(dtype_);
   const ds::Family family = ds::family_of(split_);
-  Tensor q =
-      Tensor::randn({b, h, nq, d}, key_, ds::offset(family, index, kQueryNoise), 0.0, 1.0, host);
+  const int64_t first_row = shard_.index * batch_;  // keys the draws by the global batch's rows
+  Tensor q = Tensor::randn({b, h, nq, d}, key_, ds::offset(family, index, kQueryNoise), 0.0, 1.0,
+                           host, static_cast<uint64_t>(first_row * h * nq * d));
   const uint64_t pos_off = ds::offset(family, index, kQueryPos);
   KVC_DISPATCH_FLOAT(dtype_, "h5 dataset", [&] {
     const scalar_t* kp = k.data<scalar_t>();
@@ -133,7 +142,8 @@ Tensor H5KVDataset::queries_from_keys(const Tensor& k, uint64_t index) const {
     for (int64_t s = 0; s < b; ++s) {
       std::vector<int64_t> pos(static_cast<size_t>(nq));
       for (int64_t j = 0; j < nq; ++j) {
-        const double u = philox::uniform(key_, pos_off, static_cast<uint64_t>(s * nq + j));
+        const double u =
+            philox::uniform(key_, pos_off, static_cast<uint64_t>((first_row + s) * nq + j));
         pos[static_cast<size_t>(j)] = std::min<int64_t>(n - 1, static_cast<int64_t>(u * n));
       }
       for (int64_t hh = 0; hh < h; ++hh) {

@@ -20,13 +20,16 @@ namespace kvc {
 // smaller. Only the rows of a batch are read (hyperslabs), so a file larger than memory works.
 // Without a `q` dataset, queries are keys at `queries` random positions per sequence (shared by
 // the heads) plus noise of std 0.1 * the RMS of that sequence's keys in that head, drawn from
-// (seed, split, batch index).
+// (seed, split, batch index). A shard (train split only) reads its rows of the global batch of
+// count * batch sequences, and draws their queries keyed by their place in it, so N shards read
+// what one dataset with N times the batch reads, and every sequence once per epoch.
 class H5KVDataset : public KVSource {
  public:
   static constexpr double kQueryNoise = 0.1;
 
   H5KVDataset(const std::string& path, int64_t batch, uint64_t seed, Device device = Device::cpu(),
-              DType dtype = DType::f32, Split split = Split::train, int64_t queries = 32);
+              DType dtype = DType::f32, Split split = Split::train, int64_t queries = 32,
+              Shard shard = {});
 
   Batch next() override;
   Batch batch_at(uint64_t index) override;
@@ -67,6 +70,7 @@ class H5KVDataset : public KVSource {
   DType dtype_;
   Split split_;
   int64_t queries_;
+  Shard shard_;
   uint64_t batches_per_epoch_ = 0;
   uint64_t position_ = 0;
   uint64_t perm_epoch_ = 0;

@@ -27,18 +27,22 @@ Tensor project(const Tensor& z, const Tensor& map, int64_t heads) {
 
 }  // namespace
 
-SyntheticKV::SyntheticKV(KVShape shape, uint64_t seed, Device device, DType dtype, Split split)
+SyntheticKV::SyntheticKV(KVShape shape, uint64_t seed, Device device, DType dtype, Split split,
+                         Shard shard)
     : shape_(shape),
       seed_(seed),
       key_(ds::key(seed)),
       device_(device),
       dtype_(dtype),
       split_(split),
+      shard_(shard),
       latent_dim_(std::max<int64_t>(1, shape.dim_head / 4)) {
   KVC_CHECK(shape.batch >= 1 && shape.heads >= 1 && shape.dim_head >= 1 && shape.seq >= 1 &&
                 shape.queries >= 1,
             "synthetic: every size must be >= 1, got batch ", shape.batch, ", heads ", shape.heads,
             ", dim_head ", shape.dim_head, ", seq ", shape.seq, ", queries ", shape.queries);
+  KVC_CHECK(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count, "synthetic: shard ",
+            shard.index, " of ", shard.count, " does not exist");
   const TensorOptions opt = TensorOptions{}.with_dtype(dtype).with_device(device);
   const Shape map_shape{shape.heads, latent_dim_, shape.dim_head};
   const double map_std = 1.0 / std::sqrt(static_cast<double>(latent_dim_));
@@ -54,8 +58,9 @@ uint64_t SyntheticKV::stream(uint64_t index, uint64_t which) const {
 
 Tensor SyntheticKV::latent_at(uint64_t index) const {
   const TensorOptions opt = TensorOptions{}.with_dtype(dtype_).with_device(device_);
+  const uint64_t per_row = static_cast<uint64_t>(shape_.seq * latent_dim_);
   Tensor z = Tensor::randn({shape_.batch, shape_.seq, latent_dim_}, key_, stream(index, kLatent),
-                           0.0, 1.0, opt);
+                           0.0, 1.0, opt, first_row() * per_row);
   KVC_DISPATCH_FLOAT(dtype_, "synthetic", [&] {
     KVC_LAUNCH(device_, K::ar1_scan<scalar_t>(z.data<scalar_t>(), shape_.batch, shape_.seq,
                                               latent_dim_, kRho));
@@ -73,15 +78,18 @@ Batch SyntheticKV::batch_at(uint64_t index) {
   const uint64_t pos_stream = stream(index, kQueryPos);
   KVC_DISPATCH_FLOAT(dtype_, "synthetic", [&] {
     KVC_LAUNCH(device_, K::gather_random_rows<scalar_t>(z.data<scalar_t>(), zq.data<scalar_t>(), b,
-                                                        n, r, nq, key_, pos_stream));
+                                                        n, r, nq, key_, pos_stream,
+                                                        static_cast<int64_t>(first_row())));
   });
+  const uint64_t kv_first = first_row() * static_cast<uint64_t>(h * n * d);
+  const uint64_t q_first = first_row() * static_cast<uint64_t>(h * nq * d);
   Batch out;
-  out.k = add(project(z, map_k_, h),
-              Tensor::randn({b, h, n, d}, key_, stream(index, kNoiseK), 0.0, kNoise, opt));
-  out.v = add(project(z, map_v_, h),
-              Tensor::randn({b, h, n, d}, key_, stream(index, kNoiseV), 0.0, kNoise, opt));
-  out.q = add(project(zq, map_q_, h),
-              Tensor::randn({b, h, nq, d}, key_, stream(index, kNoiseQ), 0.0, kNoise, opt));
+  out.k = add(project(z, map_k_, h), Tensor::randn({b, h, n, d}, key_, stream(index, kNoiseK), 0.0,
+                                                   kNoise, opt, kv_first));
+  out.v = add(project(z, map_v_, h), Tensor::randn({b, h, n, d}, key_, stream(index, kNoiseV), 0.0,
+                                                   kNoise, opt, kv_first));
+  out.q = add(project(zq, map_q_, h), Tensor::randn({b, h, nq, d}, key_, stream(index, kNoiseQ),
+                                                    0.0, kNoise, opt, q_first));
   return out;
 }
 
@@ -94,7 +102,8 @@ Batch SyntheticKV::next() {
 std::string SyntheticKV::describe() const {
   return str("synthetic (seed ", seed_, ", ", split_name(split_), " split, batch ", shape_.batch,
              ", heads ", shape_.heads, ", seq ", shape_.seq, ", dim_head ", shape_.dim_head,
-             ", queries ", shape_.queries, ", on ", device_.name(), ")");
+             ", queries ", shape_.queries, ", on ", device_.name(),
+             shard_.count > 1 ? str(", part ", shard_.index + 1, " of ", shard_.count) : "", ")");
 }
 
 }  // namespace kvc

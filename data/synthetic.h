@@ -17,13 +17,15 @@ namespace kvc {
 // with nq query positions t_j per sequence, uniform on [0, seq), shared by the heads.
 // Everything is generated on `device` from Philox streams keyed by (seed, split, batch index):
 // batch_at(i) is a pure function of them, and the train and eval splits use disjoint streams.
+// With a shard, every draw is keyed by the sequence's index in the global batch, so the shards of
+// N processes concatenate to the batch of one process with N times the batch size.
 class SyntheticKV : public KVSource {
  public:
   static constexpr double kRho = 0.9;
   static constexpr double kNoise = 0.1;
 
   SyntheticKV(KVShape shape, uint64_t seed, Device device = Device::cpu(), DType dtype = DType::f32,
-              Split split = Split::train);
+              Split split = Split::train, Shard shard = {});
 
   Batch next() override;
   Batch batch_at(uint64_t index) override;
@@ -45,6 +47,8 @@ class SyntheticKV : public KVSource {
 
  private:
   uint64_t stream(uint64_t index, uint64_t which) const;  // the Philox offset of one draw
+  // The index in the global batch of this shard's first sequence.
+  uint64_t first_row() const { return static_cast<uint64_t>(shard_.index * shape_.batch); }
 
   KVShape shape_;
   uint64_t seed_;
@@ -52,6 +56,7 @@ class SyntheticKV : public KVSource {
   Device device_;
   DType dtype_;
   Split split_;
+  Shard shard_;
   int64_t latent_dim_;
   uint64_t position_ = 0;
   Tensor map_k_;  // (h, r, d)

@@ -13,10 +13,11 @@ namespace kvc::kernels {
   template <typename T>                                                                      \
   void ar1_scan(T* z, int64_t b, int64_t seq, int64_t r, double rho);                        \
   /* z (b, seq, r) -> out (b, nq, r): out[i, j, :] = z[i, t_ij, :] with                      \
-     t_ij = min(seq - 1, floor(philox::uniform(seed, offset, i * nq + j) * seq)). */         \
+     t_ij = min(seq - 1, floor(philox::uniform(seed, offset, row) * seq)), row =             \
+     (first_row + i) * nq + j: z holds rows first_row.. of a larger batch (a shard). */      \
   template <typename T>                                                                      \
   void gather_random_rows(const T* z, T* out, int64_t b, int64_t seq, int64_t r, int64_t nq, \
-                          uint64_t seed, uint64_t offset);
+                          uint64_t seed, uint64_t offset, int64_t first_row = 0);
 
 namespace cpu {
 KVC_SYNTHETIC_KERNELS
@@ -30,6 +31,6 @@ KVC_SYNTHETIC_KERNELS
 #define KVC_SYNTHETIC_INSTANTIATE(T)                                                              \
   template void ar1_scan<T>(T*, int64_t, int64_t, int64_t, double);                               \
   template void gather_random_rows<T>(const T*, T*, int64_t, int64_t, int64_t, int64_t, uint64_t, \
-                                      uint64_t);
+                                      uint64_t, int64_t);
 
 }  // namespace kvc::kernels

@@ -3,7 +3,9 @@
 # into build/ (Release; with CUDA when nvcc is found). Safe to run again: it does only what is left.
 #   scripts/setup.sh          what building and training need; builds the library and `kvcompress`
 #   scripts/setup.sh --tests  adds the test extras (doctest, clang-format, Python with numpy, h5py
-#                             and torch for the PyTorch interop tests) and builds the test binary too
+#                             and torch for the PyTorch interop tests, Open MPI for the 2-rank
+#                             data-parallel tests) and builds the test binary too
+# Data-parallel training is built wherever MPI is installed (libopenmpi-dev openmpi-bin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,8 @@ esac
 packages=(cmake ninja-build g++ pkg-config libhdf5-dev libspdlog-dev libcli11-dev libopenblas-dev
           nlohmann-json3-dev ccache)
 if [ "$with_tests" = ON ]; then
-  packages+=(doctest-dev clang-format python3 python3-numpy python3-h5py python3-torch)
+  packages+=(doctest-dev clang-format python3 python3-numpy python3-h5py python3-torch
+             libopenmpi-dev openmpi-bin)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -24,7 +24,7 @@ bool same_shapes(const Batch& a, const Batch& b) {
 #ifdef KVC_WITH_CUDA
 struct StepRunner::Graphs {
   Batch inputs;  // the captured step reads its batch from here: each batch is copied in
-  kernels::cuda::StepGraph forward_backward, update;
+  kernels::cuda::StepGraph forward_backward, clip, update;
 };
 #else
 struct StepRunner::Graphs {};
@@ -57,8 +57,10 @@ void StepRunner::run_forward_backward(const Batch& batch) {
     loss_ = pair_.distill_loss(batch.q, batch.k, batch.v);
   }
   backward(loss_);
-  adam_.set_clip_scale(options_.clip);
+  if (!options_.reduce_gradients) clip();  // else after the reduction
 }
+
+void StepRunner::clip() { adam_.set_clip_scale(options_.clip); }
 
 const Tensor& StepRunner::forward_backward(const Batch& batch) {
 #ifdef KVC_WITH_CUDA
@@ -71,6 +73,7 @@ const Tensor& StepRunner::forward_backward(const Batch& batch) {
     g->inputs = {batch.k.clone(), batch.v.clone(), batch.q.defined() ? batch.q.clone() : Tensor()};
     try {
       g->forward_backward.capture([&] { run_forward_backward(g->inputs); });
+      if (options_.reduce_gradients) g->clip.capture([&] { clip(); });
       g->update.capture([&] { adam_.apply_step(); });
       graphs_ = std::move(g);
     } catch (const Error& e) {
@@ -85,10 +88,18 @@ const Tensor& StepRunner::forward_backward(const Batch& batch) {
     graphs_->inputs.v.copy_from(batch.v);
     if (batch.q.defined()) graphs_->inputs.q.copy_from(batch.q);
     graphs_->forward_backward.replay();
+    if (options_.reduce_gradients) {
+      options_.reduce_gradients();
+      graphs_->clip.replay();
+    }
     return loss_;
   }
 #endif
   run_forward_backward(batch);
+  if (options_.reduce_gradients) {
+    options_.reduce_gradients();
+    clip();
+  }
   ++eager_steps_;
   return loss_;
 }

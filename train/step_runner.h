@@ -3,6 +3,7 @@
 // trainer can read the loss between them and keep a bad step away from the weights.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -16,6 +17,9 @@ struct StepRunnerOptions {
   std::string task = "distill";  // distill | teacher
   double clip = 1.0;             // the max norm given to Adam::set_clip_scale (> 0)
   bool allow_graph = true;       // false: always launch op by op
+  // Runs between backward and the clip (data-parallel ranks sum their gradients here). It is not
+  // captured: the graph then ends after backward and the clip is replayed from a graph of its own.
+  std::function<void()> reduce_gradients;
 };
 
 class StepRunner {
@@ -42,7 +46,8 @@ class StepRunner {
  private:
   struct Graphs;
   bool can_capture(const Batch& batch) const;
-  void run_forward_backward(const Batch& batch);
+  void run_forward_backward(const Batch& batch);  // zero_grad, loss, backward
+  void clip();
 
   CompressorPair& pair_;
   const CompressorPair* teacher_;

@@ -20,6 +20,7 @@
 #include "data/h5_dataset.h"
 #include "data/synthetic.h"
 #include "optim/schedule.h"
+#include "train/data_parallel.h"
 #include "train/loss_plot.h"
 #include "train/progress.h"
 #include "train/run_folder.h"
@@ -51,11 +52,11 @@ bool has_non_finite(const Tensor& t) {
 // ------------------------------------------------
 
 std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& shape, uint64_t seed,
-                                      Device device, Split split) {
+                                      Device device, Split split, Shard shard) {
   if (is_synthetic(data))
-    return std::make_unique<SyntheticKV>(shape, seed, device, DType::f32, split);
+    return std::make_unique<SyntheticKV>(shape, seed, device, DType::f32, split, shard);
   return std::make_unique<H5KVDataset>(data, shape.batch, seed, device, DType::f32, split,
-                                       shape.queries);
+                                       shape.queries, shard);
 }
 
 Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
@@ -69,7 +70,7 @@ Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std:
 }
 
 double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
-                KVSource& source, int64_t n) {
+                KVSource& source, int64_t n, dist::Communicator* comm) {
   if (source.batches_per_epoch() > 0) {
     n = std::min<int64_t>(n, static_cast<int64_t>(source.batches_per_epoch()));
   }
@@ -79,7 +80,8 @@ double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::
   NoGradGuard no_grad;
   double sum = 0;
   try {
-    for (int64_t i = 0; i < n; ++i) {
+    const int64_t first = comm ? comm->rank() : 0, stride = comm ? comm->size() : 1;
+    for (int64_t i = first; i < n; i += stride) {
       sum += task_loss(pair, teacher, task, source.batch_at(static_cast<uint64_t>(i))).item();
     }
   } catch (...) {
@@ -87,6 +89,7 @@ double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::
     throw;
   }
   pair.train(was_training);
+  if (comm) comm->allreduce_sum(&sum, 1);
   return sum / static_cast<double>(n);
 }
 
@@ -169,7 +172,8 @@ std::string default_run_dir(const std::string& kind) {
 // ---- Trainer
 // ----------------------------------------------------------------------------------
 
-Trainer::Trainer(TrainOptions options) : opt_(std::move(options)) {
+Trainer::Trainer(TrainOptions options)
+    : opt_(std::move(options)), comm_(opt_.comm ? opt_.comm : dist::single_process()) {
   Checkpoint resumed;
   const bool resuming = !opt_.resume.empty();
   if (resuming) {
@@ -196,7 +200,8 @@ Trainer::Trainer(TrainOptions options) : opt_(std::move(options)) {
   ao.decoupled = opt_.weight_decay > 0;
   adam_ = std::make_unique<Adam>(pair_->named_parameters(), ao);
   if (resuming) load_state_dict(resumed);
-  open_output_folder();
+  check_ranks_agree(*comm_, opt_, *adam_);
+  if (comm_->is_root()) open_output_folder();  // rank 0 alone writes
 }
 
 Trainer::~Trainer() = default;
@@ -227,8 +232,13 @@ void Trainer::adopt_resumed_settings(const Checkpoint& resumed) {
 }
 
 void Trainer::open_sources(bool resuming) {
-  train_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::train);
-  eval_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::eval);
+  // Each rank draws its shard of the global train batch; evaluation takes whole global batches,
+  // a share of them on each rank.
+  train_src_ = make_source(opt_.data, opt_, opt_.seed, opt_.device, Split::train,
+                           Shard{comm_->rank(), comm_->size()});
+  KVShape eval_shape = opt_;
+  eval_shape.batch *= comm_->size();
+  eval_src_ = make_source(opt_.data, eval_shape, opt_.seed, opt_.device, Split::eval);
   if (is_synthetic(opt_.data)) return;
   const KVShape fs = train_src_->shape();
   if (resuming) {
@@ -254,6 +264,7 @@ void Trainer::load_state_dict(const Checkpoint& ck) {
   try {
     adam_->load_state_dict(ck.optim);
     train_src_->load_state_dict(ck.rng);
+    warn_on_other_rank_count(ck);
     const auto dropout = ck.rng.find("dropout");
     if (dropout != ck.rng.end()) pair_->set_rng_counters(dropout->second);
   } catch (const Error& e) {
@@ -269,8 +280,21 @@ void Trainer::load_state_dict(const Checkpoint& ck) {
   best_ = BestEval::of(metrics_);
 }
 
+// The data position is the global batch's index, the same on every rank; a resume on another
+// number of ranks continues with another global batch.
+void Trainer::warn_on_other_rank_count(const Checkpoint& ck) const {
+  const auto ranks = ck.rng.find("data_ranks");
+  const uint64_t saved = ranks != ck.rng.end() && !ranks->second.empty() ? ranks->second[0] : 1;
+  if (saved != static_cast<uint64_t>(comm_->size()) && comm_->is_root()) {
+    spdlog::warn(
+        "{} was trained by {} rank(s), this run has {}: the global batch changes from {} to {}",
+        opt_.resume, saved, comm_->size(), saved * opt_.batch, comm_->size() * opt_.batch);
+  }
+}
+
 double Trainer::evaluate() {
-  return train::evaluate(*pair_, teacher_.get(), opt_.task, *eval_src_, opt_.eval_batches);
+  return train::evaluate(*pair_, teacher_.get(), opt_.task, *eval_src_, opt_.eval_batches,
+                         comm_.get());
 }
 
 Checkpoint Trainer::snapshot() const {
@@ -285,15 +309,19 @@ Checkpoint Trainer::snapshot() const {
   ck.has_optim = true;
   ck.optim = adam_->state_dict();
   train_src_->state_dict(ck.rng);
+  if (comm_->size() > 1) ck.rng["data_ranks"] = {static_cast<uint64_t>(comm_->size())};
   const std::vector<uint64_t> counters = pair_->rng_counters();
   if (!counters.empty()) ck.rng["dropout"] = counters;
   ck.metrics = metrics_;
   return ck;
 }
 
-void Trainer::save(const std::string& path) const { save_checkpoint(path, snapshot()); }
+void Trainer::save(const std::string& path) const {
+  if (comm_->is_root()) save_checkpoint(path, snapshot());
+}
 
 void Trainer::write_logs() const {
+  if (!comm_->is_root()) return;
   write_metrics_csv(opt_.out + "/metrics.csv", metrics_);
   write_loss_svg(opt_.out + "/loss.svg", metrics_,
                  opt_.compressor + " pair, task " + opt_.task + " (" + opt_.device.name() + ")");
@@ -382,6 +410,7 @@ std::unique_ptr<Trainer::Session> Trainer::begin_run() {
   step.task = opt_.task;
   step.clip = opt_.clip > 0 ? opt_.clip : std::numeric_limits<double>::infinity();
   step.allow_graph = opt_.cuda_graph;
+  step.reduce_gradients = gradient_reducer(*comm_, *adam_);
   // On the CPU reading is free: every step is read before its optimizer step.
   const int64_t read_every =
       opt_.device.is_cpu() ? 1 : std::max<int64_t>(1, std::min<int64_t>(opt_.log_every, 50));
@@ -407,7 +436,7 @@ Trainer::StepPlan Trainer::plan_step(int64_t step) const {
   p.record.lr = replanned_learning_rate(step, opt_.steps, opt_.lr, opt_.warmup, replan_);
   p.record.batch_index = train_src_->position();
   p.last = step == opt_.steps;
-  p.interrupted = interrupt_requested();
+  p.interrupted = dist::any_rank(*comm_, interrupt_requested());  // every rank stops together
   p.stop = opt_.stop_at > 0 && step >= opt_.stop_at;
   p.eval_now = (opt_.eval_every > 0 && step % opt_.eval_every == 0) || p.last;
   p.save_now =
@@ -416,7 +445,9 @@ Trainer::StepPlan Trainer::plan_step(int64_t step) const {
 }
 
 void Trainer::book_steps(Session& s, const Batch* batch) {
-  for (const StepRecord& r : s.stats.read()) {
+  std::vector<StepRecord> records = s.stats.read();
+  average_losses_over_ranks(*comm_, records);  // the global batch's; the norms are global already
+  for (const StepRecord& r : records) {
     if (!std::isfinite(r.loss) || !std::isfinite(r.grad_norm)) fail_non_finite(s, r, batch);
     metrics_.append({r.step, r.loss, kNaN, r.lr, r.grad_norm, r.elapsed});
     if (std::isnan(s.res.first_loss)) s.res.first_loss = r.loss;

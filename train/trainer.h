@@ -8,6 +8,7 @@
 #include <string>
 
 #include "data/batch.h"
+#include "dist/communicator.h"
 #include "nn/compressor_pair.h"
 #include "optim/adam.h"
 #include "optim/lr_replan.h"
@@ -40,6 +41,9 @@ struct TrainOptions : RunSettings {
   // Stop early (with a checkpoint, best.h5 kept) after this many evaluations in a row without a
   // new lowest eval loss; 0: never.
   int64_t patience = 0;
+  // Data-parallel training: the ranks that train this pair together, each on `batch` rows of a
+  // global batch of batch x ranks (see train/data_parallel.h). Null: this process alone.
+  std::shared_ptr<dist::Communicator> comm;
 };
 
 struct TrainResult {
@@ -57,15 +61,17 @@ struct TrainResult {
 
 // A data source for `data` ("" / "synthetic" or a KV file) and `split`. For the
 // generator the shape is taken as given; a file supplies h, seq and d itself.
+// `shard`: this rank's rows of the global batch (train split).
 std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& shape, uint64_t seed,
-                                      Device device, Split split);
+                                      Device device, Split split, Shard shard = {});
 
 // Mean loss of `pair` (put in eval mode for the call, then restored) over
 // batches 0..n-1 of `source` (batch_at: the source's position is not touched),
 // without gradient. `teacher` is required for task "teacher". n is capped at
-// the source's batches per epoch when it has one.
+// the source's batches per epoch when it has one. With `comm`, rank r evaluates batches r, r + N,
+// ... and the mean is over all ranks' batches (every rank gets it).
 double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
-                KVSource& source, int64_t n);
+                KVSource& source, int64_t n, dist::Communicator* comm = nullptr);
 
 // The loss of one batch for `task` (with gradient when grad mode is on).
 Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
@@ -113,6 +119,7 @@ class Trainer {
 
   // The components' state_dicts and back (params: the pair's, loaded when it is built).
   void load_state_dict(const Checkpoint& ck);
+  void warn_on_other_rank_count(const Checkpoint& ck) const;
   // The stored settings of a resumed run win over the flags (but for the loop's rhythm and a
   // longer --steps); re-plans the learning rate when the run's length changes.
   void adopt_resumed_settings(const Checkpoint& resumed);
@@ -134,6 +141,7 @@ class Trainer {
   std::string describe() const;
 
   TrainOptions opt_;
+  std::shared_ptr<dist::Communicator> comm_;  // opt_.comm, or this process alone
   std::shared_ptr<CompressorPair> pair_;
   std::shared_ptr<CompressorPair> teacher_;  // task teacher only
   std::unique_ptr<Adam> adam_;

@@ -32,10 +32,19 @@ void uniform(T* out, int64_t n, uint64_t seed, uint64_t offset, double low, doub
 }
 
 template <typename T>
-void normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double std) {
-  for (int64_t base = 0; base < n; base += 4) {
-    const philox::U4 u = philox::block(seed, offset, static_cast<uint64_t>(base) >> 2);
-    math::normal_block(out, n, base, u, mean, std);
+void normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double std,
+            uint64_t first) {
+  if (n <= 0) return;
+  if (first % 4 == 0) {  // out starts on a block: whole blocks
+    for (int64_t base = 0; base < n; base += 4) {
+      const uint64_t block = first / 4 + (static_cast<uint64_t>(base) >> 2);
+      math::normal_block(out, n, base, philox::block(seed, offset, block), mean, std);
+    }
+    return;
+  }
+  const uint64_t last_block = (first + static_cast<uint64_t>(n) - 1) / 4;
+  for (uint64_t block = first / 4; block <= last_block; ++block) {
+    math::normal_block_from(out, n, first, block, philox::block(seed, offset, block), mean, std);
   }
 }
 

@@ -23,10 +23,10 @@ void ar1_scan(T* z, int64_t b, int64_t seq, int64_t r, double rho) {
 
 template <typename T>
 void gather_random_rows(const T* z, T* out, int64_t b, int64_t seq, int64_t r, int64_t nq,
-                        uint64_t seed, uint64_t offset) {
+                        uint64_t seed, uint64_t offset, int64_t first_row) {
   for (int64_t i = 0; i < b; ++i) {
     for (int64_t j = 0; j < nq; ++j) {
-      const int64_t t = math::random_row(seed, offset, i * nq + j, seq);
+      const int64_t t = math::random_row(seed, offset, (first_row + i) * nq + j, seq);
       std::memcpy(out + (i * nq + j) * r, z + (i * seq + t) * r, sizeof(T) * r);
     }
   }

@@ -34,13 +34,21 @@ __global__ void uniform_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset
   }
 }
 
+// Elements [first, first + n) of the stream: whole blocks when first is a multiple of 4.
 template <typename T>
 __global__ void normal_kernel(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean,
-                              double stddev) {
-  const int64_t blocks = (n + 3) / 4;
+                              double stddev, uint64_t first) {
+  const uint64_t first_block = first / 4;
+  const int64_t blocks =
+      static_cast<int64_t>((first + static_cast<uint64_t>(n) + 3) / 4 - first_block);
   KVC_GRID_LOOP(b, blocks) {
-    const philox::U4 u = philox::block(seed, offset, static_cast<uint64_t>(b));
-    math::normal_block(out, n, 4 * b, u, mean, stddev);
+    const uint64_t block = first_block + static_cast<uint64_t>(b);
+    const philox::U4 u = philox::block(seed, offset, block);
+    if (first % 4 == 0) {
+      math::normal_block(out, n, 4 * b, u, mean, stddev);
+    } else {
+      math::normal_block_from(out, n, first, block, u, mean, stddev);
+    }
   }
 }
 
@@ -77,10 +85,12 @@ void uniform(T* out, int64_t n, uint64_t seed, uint64_t offset, double low, doub
 }
 
 template <typename T>
-void normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double std) {
+void normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, double std,
+            uint64_t first) {
   if (n <= 0) return;
-  const int64_t blocks = (n + 3) / 4;
-  normal_kernel<T><<<grid_for(blocks), kThreads, 0, stream()>>>(out, n, seed, offset, mean, std);
+  const int64_t blocks = (n + 3) / 4 + 1;
+  normal_kernel<T>
+      <<<grid_for(blocks), kThreads, 0, stream()>>>(out, n, seed, offset, mean, std, first);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -26,11 +26,11 @@ __global__ void ar1_scan_kernel(T* z, int64_t b, int64_t seq, int64_t r, math::A
 
 template <typename T>
 __global__ void gather_rows_kernel(const T* z, T* out, int64_t b, int64_t seq, int64_t r,
-                                   int64_t nq, uint64_t seed, uint64_t offset) {
+                                   int64_t nq, uint64_t seed, uint64_t offset, int64_t first_row) {
   KVC_GRID_LOOP(idx, b * nq * r) {
     const int64_t k = idx % r, row = idx / r;  // row = i * nq + j
     const int64_t i = row / nq;
-    const int64_t t = math::random_row(seed, offset, row, seq);
+    const int64_t t = math::random_row(seed, offset, first_row * nq + row, seq);
     out[idx] = z[(i * seq + t) * r + k];
   }
 }
@@ -46,11 +46,11 @@ void ar1_scan(T* z, int64_t b, int64_t seq, int64_t r, double rho) {
 
 template <typename T>
 void gather_random_rows(const T* z, T* out, int64_t b, int64_t seq, int64_t r, int64_t nq,
-                        uint64_t seed, uint64_t offset) {
+                        uint64_t seed, uint64_t offset, int64_t first_row) {
   const int64_t n = b * nq * r;
   if (n <= 0) return;
   gather_rows_kernel<T>
-      <<<grid_for(n), kThreads, 0, stream()>>>(z, out, b, seq, r, nq, seed, offset);
+      <<<grid_for(n), kThreads, 0, stream()>>>(z, out, b, seq, r, nq, seed, offset, first_row);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 

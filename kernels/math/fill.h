@@ -59,6 +59,22 @@ KVC_HOST_DEVICE void normal_block(T* out, int64_t n, int64_t base, const philox:
   }
 }
 
+// The elements of stream block `block` (elements 4 * block .. 4 * block + 3) that fall in
+// [first, first + n), written to out[element - first]: a draw that starts inside a block.
+template <typename T>
+KVC_HOST_DEVICE void normal_block_from(T* out, int64_t n, uint64_t first, uint64_t block,
+                                       const philox::U4& u, double mean, double stddev) {
+  T four[4];
+  normal_block(four, 4, 0, u, mean, stddev);
+  KVC_UNROLL
+  for (int j = 0; j < 4; ++j) {
+    const uint64_t element = 4 * block + static_cast<uint64_t>(j);
+    if (element >= first && element < first + static_cast<uint64_t>(n)) {
+      out[element - first] = four[j];
+    }
+  }
+}
+
 #undef KVC_UNROLL
 
 }  // namespace kvc::kernels::math
