@@ -44,8 +44,8 @@ std::pair<Tensor, Tensor> CompressorPair::compress(const Tensor& k, const Tensor
   check_kv("k", k);
   check_kv("v", v);
   // = add(split_blocks(x, n), reshape(positions, (1, h, 1, n, d))), in one pass each way.
-  const Tensor kb = add_block_positions(k, k_positions_, options_.block);
-  const Tensor vb = add_block_positions(v, v_positions_, options_.block);
+  const Tensor kb = add_block_positions(k, k_positions_, options_.block, stride());
+  const Tensor vb = add_block_positions(v, v_positions_, options_.block, stride());
   return {(*k_compress_)(kb), (*v_compress_)(vb)};
 }
 
@@ -61,16 +61,43 @@ Tensor CompressorPair::attention(const Tensor& q, const Tensor& k, const Tensor&
   return scaled_dot_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
 }
 
-Tensor CompressorPair::distill_loss(const Tensor& q, const Tensor& k, const Tensor& v) {
-  check_kv("q", q);
+Tensor CompressorPair::grouped_queries(const Tensor& q, const Tensor& k) const {
+  const int64_t g = options_.query_heads, h = options_.heads, d = options_.dim_head;
+  KVC_CHECK(q.defined(), name(), ": q is an undefined tensor");
+  KVC_CHECK(q.dim() == 4 && q.size(0) == k.size(0) && q.size(1) == h * g && q.size(3) == d, name(),
+            ": q ", q.shape(), " does not match (", k.size(0), ", ", h * g, ", nq, ", d,
+            ") for k ", k.shape(), " and ", g, " query heads per KV head");
+  return g == 1 ? q : reshape(q, {q.size(0), h, g * q.size(2), d});
+}
+
+Tensor CompressorPair::distill_loss(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& q_pos) {
+  check_kv("k", k);
+  const Tensor qg = grouped_queries(q, k);
+  const double alpha = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  const int64_t heads = q.size(1), seq = k.size(2);
+  VisibleCounts keys, blocks;
+  Tensor weights;  // causal: 1 / (kept rows * d) on the kept rows, 0 on the others
+  if (options_.causal) {
+    KVC_CHECK(q_pos.defined(), name(), ": causal distillation needs the queries' positions");
+    KVC_CHECK(q_pos.shape() == Shape({q.size(0), q.size(2)}), name(), ": query positions ",
+              q_pos.shape(), " do not match q ", q.shape(), " (expected (", q.size(0), ", ",
+              q.size(2), "))");
+    keys = visible_counts(q_pos, heads, 0, 1, seq);
+    blocks = visible_counts(q_pos, heads, options_.block - 1, stride(), windows(seq), &weights,
+                            static_cast<double>(q.size(3)));
+  }
   Tensor target;
   {
     NoGradGuard no_grad;  // the target is data, not something to train
     // Fused forward-only attention: no (b, h, nq, seq) scores in memory.
-    target = attention_target(q, k, v, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
+    target = attention_target(qg, k, v, alpha, keys);
   }
   const auto kv = compress(k, v);
-  return mse_loss(attention(q, kv.first, kv.second), target);
+  const Tensor pred = scaled_dot_attention(qg, kv.first, kv.second, alpha, blocks);
+  if (!options_.causal) return mse_loss(pred, target);
+  const Tensor diff = sub(pred, target);
+  return sum(mul(mul(diff, diff), reshape(weights, {q.size(0), options_.heads, -1, 1})));
 }
 
 Tensor CompressorPair::teacher_loss(const CompressorPair& teacher, const Tensor& k,

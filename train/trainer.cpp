@@ -65,7 +65,7 @@ Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std:
     return pair.teacher_loss(*teacher, batch.k, batch.v);
   }
   KVC_CHECK(task == "distill", "train: unknown task '", task, "' (expected distill or teacher)");
-  return pair.distill_loss(batch.q, batch.k, batch.v);
+  return pair.distill_loss(batch.q, batch.k, batch.v, batch.q_pos);
 }
 
 double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
@@ -99,6 +99,9 @@ CompressorOptions compressor_options(const RunSettings& r, Device device) {
   o.expand = r.expand;
   o.dropout = r.dropout;
   o.reduction = r.reduction;
+  o.stride = r.stride;
+  o.query_heads = r.query_heads;
+  o.causal = r.causal;
   o.seed = r.seed;
   o.dtype = DType::f32;
   o.device = device;
