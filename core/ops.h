@@ -84,6 +84,10 @@ class VisibleCounts {
 // do (all 0 when none does), so sum(weights * x) over rows is the mean over the kept rows.
 VisibleCounts visible_counts(const Tensor& pos, int64_t heads, int64_t first, int64_t step,
                              int64_t limit, Tensor* weights = nullptr, double scale = 1.0);
+// Softmax over the last axis with row r seeing its first count(r) entries (the rest 0, a row that
+// sees none all 0); undefined `visible`: softmax(x, -1). Forward only (evaluation): not recorded,
+// and an error when x requires grad under grad mode.
+Tensor masked_softmax(const Tensor& x, const VisibleCounts& visible);
 
 // ---- fused ops (core/ops_fused.cpp): one pass where the composition in each comment takes
 // several; same values and gradients ----

@@ -2,6 +2,7 @@
 // the masks of scaled_dot_attention and attention_target.
 #include <vector>
 
+#include "core/autograd.h"
 #include "core/op_util.h"
 #include "core/ops.h"
 #include "kernels/window.h"
@@ -51,6 +52,26 @@ VisibleCounts visible_counts(const Tensor& pos, int64_t heads, int64_t first, in
                                                          scale));
   });
   return out;
+}
+
+Tensor masked_softmax(const Tensor& x, const VisibleCounts& visible) {
+  const char* op = "masked_softmax";
+  detail::check_defined(op, x);
+  KVC_CHECK(!(grad_enabled() && x.requires_grad()), op, ": forward only, but ", x.shape(),
+            " requires grad");
+  if (!visible.defined()) return softmax(x, -1);
+  KVC_CHECK(x.dim() >= 1, op, ": input ", x.shape(), " has no axis to softmax over");
+  const int64_t n = x.size(-1), rows = n > 0 ? x.numel() / n : 0;
+  KVC_CHECK(visible.rows() == rows && visible.device() == x.device(), op, ": ", visible.rows(),
+            " visible counts on ", visible.device().name(), " for ", x.shape(), " on ",
+            x.device().name());
+  Tensor y = detail::empty_like(x);
+  KVC_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    KVC_LAUNCH(x.device(), K::masked_softmax_forward<scalar_t>(x.data<scalar_t>(),
+                                                               y.data<scalar_t>(), rows, n,
+                                                               visible.data()));
+  });
+  return y;
 }
 
 }  // namespace kvc

@@ -13,6 +13,16 @@ namespace kvc {
 // dropped (as NSA does). Throws when seq < block or the input is not 4-D.
 Tensor split_blocks(const Tensor& seq, int64_t block);
 
+// Selection recall@k of one batch (see CompressorPair::selection_recall): the sum of the per
+// (query, KV head) recalls, how many there are, and the queries that see no block (left out).
+struct SelectionRecall {
+  double sum = 0;
+  int64_t count = 0;
+  int64_t queries_without_block = 0;
+  double mean() const;  // sum / count (NaN when count is 0)
+  SelectionRecall& operator+=(const SelectionRecall& o);
+};
+
 // Keys, in registration order: k_compress.<key>..., v_compress.<key>..., k_intrablock_positions,
 // v_intrablock_positions (SPEC section 4's listing; PyTorch's named_parameters would list the
 // two positions first, the keys are the same).
@@ -47,6 +57,15 @@ class CompressorPair : public Module {
   // of the mean (a loss of 0 when every query is). q_pos is ignored otherwise.
   Tensor distill_loss(const Tensor& q, const Tensor& k, const Tensor& v,
                       const Tensor& q_pos = Tensor());
+
+  // NSA's selection recall@k for the distill task's inputs (evaluation, no gradient): per KV
+  // head (the probabilities of its G query heads summed) and query, the top-k compressed blocks
+  // by compressed-attention probability against the top-k by true attention mass (full-attention
+  // probability summed over each block's tokens), both under the causal rule when the pair is
+  // causal; k = min(topk, blocks the query sees), and queries that see none are left out.
+  // Memory: the full (b, h*G, nq, seq) probabilities once.
+  SelectionRecall selection_recall(const Tensor& q, const Tensor& k, const Tensor& q_pos,
+                                   int64_t topk);
 
   // The teacher task: MSE(k outputs) + MSE(v outputs) against `teacher.compress(k, v)` computed
   // without gradient. The teacher must not be in training mode with dropout (its counters would
