@@ -70,6 +70,12 @@ Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std:
 
 double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
                 KVSource& source, int64_t n) {
+  return evaluate_with_recall(pair, teacher, task, source, n, 0).loss;
+}
+
+EvalResult evaluate_with_recall(CompressorPair& pair, const CompressorPair* teacher,
+                                const std::string& task, KVSource& source, int64_t n,
+                                int64_t topk) {
   if (source.batches_per_epoch() > 0) {
     n = std::min<int64_t>(n, static_cast<int64_t>(source.batches_per_epoch()));
   }
@@ -78,16 +84,26 @@ double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::
   pair.eval();
   NoGradGuard no_grad;
   double sum = 0;
+  EvalResult out;
+  SelectionRecall recall;
   try {
     for (int64_t i = 0; i < n; ++i) {
-      sum += task_loss(pair, teacher, task, source.batch_at(static_cast<uint64_t>(i))).item();
+      const Batch batch = source.batch_at(static_cast<uint64_t>(i));
+      sum += task_loss(pair, teacher, task, batch).item();
+      if (task != "distill") continue;
+      out.queries += batch.q.size(0) * batch.q.size(2);
+      // Recall only when asked (topk > 0); the left-out count comes with it.
+      if (topk > 0) recall += pair.selection_recall(batch.q, batch.k, batch.q_pos, topk);
     }
   } catch (...) {
     pair.train(was_training);
     throw;
   }
   pair.train(was_training);
-  return sum / static_cast<double>(n);
+  out.loss = sum / static_cast<double>(n);
+  out.recall_at_k = recall.mean();
+  out.queries_without_block = recall.queries_without_block;
+  return out;
 }
 
 CompressorOptions compressor_options(const RunSettings& r, Device device) {
@@ -276,6 +292,11 @@ double Trainer::evaluate() {
   return train::evaluate(*pair_, teacher_.get(), opt_.task, *eval_src_, opt_.eval_batches);
 }
 
+EvalResult Trainer::evaluate_with_recall() {
+  return train::evaluate_with_recall(*pair_, teacher_.get(), opt_.task, *eval_src_,
+                                     opt_.eval_batches, opt_.topk);
+}
+
 Checkpoint Trainer::snapshot() const {
   Checkpoint ck;
   CheckpointMeta& m = ck.meta;
@@ -395,11 +416,12 @@ std::unique_ptr<Trainer::Session> Trainer::begin_run() {
 
   if (step_ == 0 && opt_.eval_every > 0) {
     // The untrained pair's eval loss: the baseline the curve falls from (not saved as best).
-    const double e = evaluate();
-    metrics_.set_eval_loss(0, e);
-    s->res.first_eval = e;
-    s->progress.set_eval_loss(e);
-    s->note(str("step 0: eval loss ", format_loss(e), " (untrained)"));
+    const EvalResult r = evaluate_with_recall();
+    metrics_.set_eval_loss(0, r.loss);
+    metrics_.set_recall(0, r.recall_at_k);
+    s->res.first_eval = r.loss;
+    s->progress.set_eval_loss(r.loss);
+    s->note(str("step 0: ", eval_note(r), " (untrained)"));
   }
   return s;
 }
@@ -448,16 +470,28 @@ void Trainer::fail_non_finite(Session& s, const StepRecord& r, const Batch* batc
            "); stopping; ", last_good, " (try a lower --lr or --clip)");
 }
 
+std::string Trainer::eval_note(const EvalResult& r) const {
+  std::string s = "eval loss " + format_loss(r.loss);
+  if (!std::isnan(r.recall_at_k)) s += str(", recall@", opt_.topk, " ", r.recall_at_k);
+  if (opt_.causal) {
+    s += str(" (", r.queries_without_block, " of ", r.queries,
+             " queries see no complete block: left out)");
+  }
+  return s;
+}
+
 void Trainer::evaluate_and_record(Session& s) {
-  const double e = evaluate();
+  const EvalResult r = evaluate_with_recall();
+  const double e = r.loss;
   metrics_.set_eval_loss(step_, e);
+  metrics_.set_recall(step_, r.recall_at_k);
   if (std::isnan(s.res.first_eval)) s.res.first_eval = e;
   s.res.last_eval = e;
   KVC_CHECK(std::isfinite(e), "train: eval loss became ", e, " at step ", step_,
             "; the last good checkpoint is ", s.res.checkpoint);
   const bool best = best_.add(step_, e);
   s.progress.set_eval_loss(e);
-  s.note(str("step ", step_, ": eval loss ", format_loss(e), best ? " (best)" : ""));
+  s.note(str("step ", step_, ": ", eval_note(r), best ? " (best)" : ""));
   if (best && opt_.save_best) save(opt_.out + "/best.h5");
 }
 
