@@ -34,10 +34,9 @@ Tensor attention_target(const Tensor& q, const Tensor& k, const Tensor& v, doubl
             q.device().name());
   Tensor out = Tensor::empty(q.shape(), q.options());
   KVC_DISPATCH_FLOAT(q.dtype(), op, [&] {
-    KVC_LAUNCH(q.device(), K::attention_forward<scalar_t>(q.data<scalar_t>(), k.data<scalar_t>(),
-                                                          v.data<scalar_t>(), out.data<scalar_t>(),
-                                                          batch, nq, seq, d, alpha,
-                                                          visible.data()));
+    KVC_LAUNCH(q.device(), K::attention_forward<scalar_t>(
+                               q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
+                               out.data<scalar_t>(), batch, nq, seq, d, alpha, visible.data()));
   });
   return out;
 }

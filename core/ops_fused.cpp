@@ -276,9 +276,9 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
       const Tensor gs = fresh ? grad_buffer(seq, &unused) : detail::empty_like(seq);
       KVC_DISPATCH_FLOAT(g.dtype(), op, [&] {
         if (stride == block) {  // disjoint blocks: a copy
-          KVC_LAUNCH(g.device(), K::narrow_backward<scalar_t>(
-                                     g.data<scalar_t>(), gs.data<scalar_t>(), b * h, s, d, 0,
-                                     w * block));
+          KVC_LAUNCH(g.device(),
+                     K::narrow_backward<scalar_t>(g.data<scalar_t>(), gs.data<scalar_t>(), b * h, s,
+                                                  d, 0, w * block));
         } else {
           KVC_LAUNCH(g.device(),
                      K::window_backward<scalar_t>(g.data<scalar_t>(), gs.data<scalar_t>(), b * h, s,

@@ -32,24 +32,24 @@ VisibleCounts visible_counts(const Tensor& pos, int64_t heads, int64_t first, in
   const char* op = "visible_counts";
   detail::check_defined(op, pos, "positions");
   KVC_CHECK(pos.dim() == 2, op, ": positions ", pos.shape(), " must be (b, nq)");
-  KVC_CHECK(heads >= 1 && step >= 1 && limit >= 0 && first >= 0 && scale > 0, op, ": heads ",
-            heads, ", first ", first, ", step ", step, ", limit ", limit, " or scale ", scale,
+  KVC_CHECK(heads >= 1 && step >= 1 && limit >= 0 && first >= 0 && scale > 0, op, ": heads ", heads,
+            ", first ", first, ", step ", step, ", limit ", limit, " or scale ", scale,
             " out of range");
   const int64_t b = pos.size(0), nq = pos.size(1);
   const int64_t rows = numel_of({b, heads, nq});
   KVC_CHECK(rows <= INT32_MAX && limit <= INT32_MAX, op, ": ", rows, " rows or limit ", limit,
             " beyond 32 bits");
-  auto storage = std::make_shared<Storage>(static_cast<size_t>(rows) * sizeof(int32_t),
-                                           pos.device());
+  auto storage =
+      std::make_shared<Storage>(static_cast<size_t>(rows) * sizeof(int32_t), pos.device());
   VisibleCounts out(storage, rows);
   if (weights) *weights = Tensor::empty({b, heads, nq, 1}, pos.options());
   if (rows == 0) return out;
   int32_t* counts = static_cast<int32_t*>(storage->data());
   KVC_DISPATCH_FLOAT(pos.dtype(), op, [&] {
     scalar_t* wp = weights ? weights->data<scalar_t>() : nullptr;
-    KVC_LAUNCH(pos.device(), K::visible_counts<scalar_t>(pos.data<scalar_t>(), counts, wp, rows,
-                                                         heads * nq, nq, first, step, limit,
-                                                         scale));
+    KVC_LAUNCH(pos.device(),
+               K::visible_counts<scalar_t>(pos.data<scalar_t>(), counts, wp, rows, heads * nq, nq,
+                                           first, step, limit, scale));
   });
   return out;
 }
@@ -67,9 +67,8 @@ Tensor masked_softmax(const Tensor& x, const VisibleCounts& visible) {
             x.device().name());
   Tensor y = detail::empty_like(x);
   KVC_DISPATCH_FLOAT(x.dtype(), op, [&] {
-    KVC_LAUNCH(x.device(), K::masked_softmax_forward<scalar_t>(x.data<scalar_t>(),
-                                                               y.data<scalar_t>(), rows, n,
-                                                               visible.data()));
+    KVC_LAUNCH(x.device(), K::masked_softmax_forward<scalar_t>(
+                               x.data<scalar_t>(), y.data<scalar_t>(), rows, n, visible.data()));
   });
   return y;
 }

@@ -14,7 +14,7 @@ namespace kvc::kernels {
 #define KVC_ATTENTION_KERNELS                                                             \
   template <typename T>                                                                   \
   void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch_heads, \
-                         int64_t nq, int64_t seq, int64_t d, double alpha,            \
+                         int64_t nq, int64_t seq, int64_t d, double alpha,                \
                          const int32_t* visible = nullptr);
 
 namespace cpu {

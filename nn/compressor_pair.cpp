@@ -69,8 +69,8 @@ Tensor CompressorPair::grouped_queries(const Tensor& q, const Tensor& k) const {
   const int64_t g = options_.query_heads, h = options_.heads, d = options_.dim_head;
   KVC_CHECK(q.defined(), name(), ": q is an undefined tensor");
   KVC_CHECK(q.dim() == 4 && q.size(0) == k.size(0) && q.size(1) == h * g && q.size(3) == d, name(),
-            ": q ", q.shape(), " does not match (", k.size(0), ", ", h * g, ", nq, ", d,
-            ") for k ", k.shape(), " and ", g, " query heads per KV head");
+            ": q ", q.shape(), " does not match (", k.size(0), ", ", h * g, ", nq, ", d, ") for k ",
+            k.shape(), " and ", g, " query heads per KV head");
   return g == 1 ? q : reshape(q, {q.size(0), h, g * q.size(2), d});
 }
 
@@ -162,8 +162,8 @@ SelectionRecall CompressorPair::selection_recall(const Tensor& q, const Tensor& 
   const Tensor chunk_sums =
       sum(reshape(narrow(pf, 3, 0, chunks * c), {rows, 1, chunks, c}), 3, /*keepdim=*/true);
   const Tensor zero = Tensor::zeros({1, n / c, 1}, pf.options());
-  const Tensor mass = reshape(sum(add_block_positions(chunk_sums, zero, n / c, s / c), 3),
-                              {b, q.size(1), nq, w});
+  const Tensor mass =
+      reshape(sum(add_block_positions(chunk_sums, zero, n / c, s / c), 3), {b, q.size(1), nq, w});
   const std::vector<double> pc_host = group_sum(reshape(pc, {b, q.size(1), nq, w}), h);
   const std::vector<double> mass_host = group_sum(mass, h);
   const std::vector<int32_t> seen = blocks.defined() ? blocks.to_vector() : std::vector<int32_t>();

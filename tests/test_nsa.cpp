@@ -49,8 +49,7 @@ void check_nsa_golden(const std::string& path, DType dtype, Device device, doubl
     const auto kv = pair.compress(k, v);
     close("k_compressed", kv.first, "/k_compressed");
     close("v_compressed", kv.second, "/v_compressed");
-    const SelectionRecall r =
-        pair.selection_recall(q, k, q_pos, f.attr_int64("/", "topk"));
+    const SelectionRecall r = pair.selection_recall(q, k, q_pos, f.attr_int64("/", "topk"));
     CHECK(std::fabs(r.mean() - f.read("/recall", DType::f64).item()) < 1e-12);
     CHECK(r.count == 2 * static_cast<int64_t>(f.read("/recall_queries", DType::f64).item()));
     CHECK(r.queries_without_block == 3);
@@ -154,7 +153,9 @@ TEST_CASE("nsa masked attention: equals the unmasked one on each row's prefix, g
                     scaled_dot_attention(q, k, v3, 0.7, causal)) < 1e-14);
   }
   test::check_gradients(
-      [&](const std::vector<Tensor>& x) { return scaled_dot_attention(x[0], x[1], x[2], 0.7, vis); },
+      [&](const std::vector<Tensor>& x) {
+        return scaled_dot_attention(x[0], x[1], x[2], 0.7, vis);
+      },
       {q, k, v});
 }
 
@@ -177,8 +178,8 @@ TEST_CASE("nsa cuda: windows, masks and the fused causal target match the CPU") 
   for (int64_t stride : {3, 8}) {
     std::vector<std::pair<std::string, Tensor>> in{{"seq", seq.to(Device::cuda())},
                                                    {"positions", pos.to(Device::cuda())}};
-    test::require_gradcheck(gradcheck(
-        [&] { return add_block_positions(in[0].second, in[1].second, 8, stride); }, in));
+    test::require_gradcheck(
+        gradcheck([&] { return add_block_positions(in[0].second, in[1].second, 8, stride); }, in));
     NoGradGuard ng;
     CHECK(rel_error(add_block_positions(in[0].second, in[1].second, 8, stride).to(Device::cpu()),
                     add_block_positions(seq, pos, 8, stride)) < 1e-15);
@@ -200,11 +201,11 @@ TEST_CASE("nsa cuda: windows, masks and the fused causal target match the CPU") 
     CHECK(rel_error(attention_target(qc, kc, vc, alpha, gpu).to(Device::cpu()),
                     attention_target(q, k, v, alpha, cpu)) < 1e-5);
     const VisibleCounts blocks = visible_counts(positions.to(Device::cuda()), 3, 15, 8, 40);
-    CHECK(rel_error(scaled_dot_attention(qc, narrow(kc, 2, 0, 40), narrow(vc, 2, 0, 40), alpha,
-                                         blocks)
-                        .to(Device::cpu()),
-                    scaled_dot_attention(q, narrow(k, 2, 0, 40), narrow(v, 2, 0, 40), alpha,
-                                         visible_counts(positions, 3, 15, 8, 40))) < 1e-5);
+    CHECK(rel_error(
+              scaled_dot_attention(qc, narrow(kc, 2, 0, 40), narrow(vc, 2, 0, 40), alpha, blocks)
+                  .to(Device::cpu()),
+              scaled_dot_attention(q, narrow(k, 2, 0, 40), narrow(v, 2, 0, 40), alpha,
+                                   visible_counts(positions, 3, 15, 8, 40))) < 1e-5);
   }
   const Tensor q = test::param({2, 5, 3}, 3), k = test::param({2, 7, 3}, 4),
                v = test::param({2, 7, 2}, 5);
@@ -231,14 +232,22 @@ TEST_CASE("nsa errors: stride, query heads, positions and causal without them na
   CompressorPair pair(o);
   const Tensor k = Tensor::randn({1, 2, 32, 32}, 1), q = Tensor::randn({1, 4, 3, 32}, 2);
   test::check_error([&] { pair.distill_loss(q, k, k); }, {"causal", "positions"});
-  test::check_error([&] { pair.distill_loss(q, k, k, Tensor::zeros({1, 4})); },
-                    {"positions (1, 4)", "(1, 3)"});
-  test::check_error([&] { pair.distill_loss(Tensor::randn({1, 2, 3, 32}, 2), k, k); },
-                    {"q (1, 2, 3, 32)", "2 query heads"});
-  test::check_error([&] { pair.selection_recall(q, k, Tensor::zeros({1, 3}), 0); },
-                    {"top-k 0"});
-  test::check_error([&] { add_block_positions(k, Tensor::zeros({2, 8, 32}), 8, 9); },
-                    {"stride 9", "block 8"});
+  test::check_error(
+      [&] {
+        pair.distill_loss(q, k, k, Tensor::zeros({1, 4}));
+      },
+      {"positions (1, 4)", "(1, 3)"});
+  test::check_error(
+      [&] {
+        pair.distill_loss(Tensor::randn({1, 2, 3, 32}, 2), k, k);
+      },
+      {"q (1, 2, 3, 32)", "2 query heads"});
+  test::check_error([&] { pair.selection_recall(q, k, Tensor::zeros({1, 3}), 0); }, {"top-k 0"});
+  test::check_error(
+      [&] {
+        add_block_positions(k, Tensor::zeros({2, 8, 32}), 8, 9);
+      },
+      {"stride 9", "block 8"});
 }
 
 TEST_CASE("nsa pair: stride == block and G = 1 without causal keep today's loss bit for bit") {

@@ -177,8 +177,8 @@ void set_setting(RunSettings& r, const Setting& s, const std::string& text) {
         if constexpr (std::is_same_v<T, std::string>) {
           r.*member = text;
         } else if constexpr (std::is_same_v<T, bool>) {
-          KVC_CHECK(text == "true" || text == "false" || text == "1" || text == "0", "settings: ",
-                    setting_flag(s), " '", text, "' is not true or false");
+          KVC_CHECK(text == "true" || text == "false" || text == "1" || text == "0",
+                    "settings: ", setting_flag(s), " '", text, "' is not true or false");
           r.*member = text == "true" || text == "1";
         } else {
           std::istringstream in(text);

@@ -58,9 +58,9 @@ enum class SettingRange : uint8_t {
 enum class Stored : uint8_t { required, optional, no };
 
 // A bool setting is a flag without a value on the command line (--causal).
-using SettingMember = std::variant<int64_t RunSettings::*, double RunSettings::*,
-                                   uint64_t RunSettings::*, std::string RunSettings::*,
-                                   bool RunSettings::*>;
+using SettingMember =
+    std::variant<int64_t RunSettings::*, double RunSettings::*, uint64_t RunSettings::*,
+                 std::string RunSettings::*, bool RunSettings::*>;
 
 struct Setting {
   const char* name;  // RunSettings member and summary name; the flag is --name with '-' for '_'

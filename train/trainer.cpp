@@ -55,7 +55,7 @@ std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& sh
   if (is_synthetic(data))
     return std::make_unique<SyntheticKV>(shape, seed, device, DType::f32, split);
   return std::make_unique<H5KVDataset>(data, shape.batch, seed, device, DType::f32, split,
-                                       shape.queries);
+                                       shape.queries, shape.query_heads);
 }
 
 Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
@@ -259,6 +259,11 @@ void Trainer::open_sources(bool resuming) {
   opt_.dim_head = fs.dim_head;
   opt_.seq = fs.seq;
   opt_.queries = fs.queries;
+  opt_.query_heads = fs.query_heads;
+  const auto* file = dynamic_cast<const H5KVDataset*>(train_src_.get());
+  KVC_CHECK(!opt_.causal || !file->file_has_queries() || file->info().has_positions,
+            "train: --causal needs the queries' positions, but ", opt_.data,
+            " has 'q' without 'q_pos' (N, nq)");
 }
 
 void Trainer::open_output_folder() {

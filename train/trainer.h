@@ -76,8 +76,7 @@ struct EvalResult {
   int64_t queries_without_block = 0;  // of them, left out (causal only)
 };
 EvalResult evaluate_with_recall(CompressorPair& pair, const CompressorPair* teacher,
-                                const std::string& task, KVSource& source, int64_t n,
-                                int64_t topk);
+                                const std::string& task, KVSource& source, int64_t n, int64_t topk);
 
 // The loss of one batch for `task` (with gradient when grad mode is on).
 Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,

@@ -71,8 +71,8 @@ void window_backward(const T* g, T* gs, int64_t bh, int64_t seq, int64_t d, int6
                      int64_t stride) {
   const int64_t total = bh * seq * d;
   if (total <= 0) return;
-  window_backward_kernel<T><<<grid_for(total), kThreads, 0, stream()>>>(g, gs, bh, seq, d, w, n,
-                                                                         stride);
+  window_backward_kernel<T>
+      <<<grid_for(total), kThreads, 0, stream()>>>(g, gs, bh, seq, d, w, n, stride);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -80,8 +80,8 @@ template <typename T>
 void visible_counts(const T* pos, int32_t* visible, T* weight, int64_t rows, int64_t rows_per_batch,
                     int64_t nq, int64_t first, int64_t step, int64_t limit, double scale) {
   if (rows <= 0) return;
-  visible_counts_kernel<T><<<1, 1024, 0, stream()>>>(pos, visible, weight, rows, rows_per_batch,
-                                                     nq, first, step, limit, scale);
+  visible_counts_kernel<T><<<1, 1024, 0, stream()>>>(pos, visible, weight, rows, rows_per_batch, nq,
+                                                     first, step, limit, scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -14,8 +14,7 @@ namespace kvc::kernels::math {
 struct WindowRange {
   int64_t first, last;
 };
-KVC_HOST_DEVICE WindowRange windows_holding(int64_t t, int64_t w, int64_t n,
-                                                   int64_t stride) {
+KVC_HOST_DEVICE WindowRange windows_holding(int64_t t, int64_t w, int64_t n, int64_t stride) {
   const int64_t lo = t - n + 1;  // the earliest start whose window still reaches t
   WindowRange r;
   r.first = lo <= 0 ? 0 : (lo + stride - 1) / stride;
