@@ -75,12 +75,10 @@ std::vector<double> MetricsHistory::column(double MetricsRow::*field) const {
 }
 
 const std::vector<MetricsColumn>& metrics_columns() {
-  static const std::vector<MetricsColumn> columns = {{"loss", &MetricsRow::loss},
-                                                     {"eval_loss", &MetricsRow::eval_loss},
-                                                     {"lr", &MetricsRow::lr},
-                                                     {"grad_norm", &MetricsRow::grad_norm},
-                                                     {"elapsed", &MetricsRow::elapsed},
-                                                     {"recall_at_k", &MetricsRow::recall_at_k}};
+  static const std::vector<MetricsColumn> columns = {
+      {"loss", &MetricsRow::loss},       {"eval_loss", &MetricsRow::eval_loss},
+      {"lr", &MetricsRow::lr},           {"grad_norm", &MetricsRow::grad_norm},
+      {"elapsed", &MetricsRow::elapsed}, {"recall_at_k", &MetricsRow::recall_at_k}};
   return columns;
 }
 
