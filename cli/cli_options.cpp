@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <type_traits>
 
 #include "kernels/precision.h"
 #include "nn/compressor.h"
@@ -99,9 +100,13 @@ void add_setting_flags(CLI::App* cmd, RunSettings* r, train::SettingGroup group,
         "", std::string(s.name));
     std::visit(
         [&](auto member) {
-          cmd->add_option(train::setting_flag(s), r->*member, help)
-              ->capture_default_str()
-              ->check(check);
+          if constexpr (std::is_same_v<std::decay_t<decltype(r->*member)>, bool>) {
+            cmd->add_flag(train::setting_flag(s), r->*member, help);
+          } else {
+            cmd->add_option(train::setting_flag(s), r->*member, help)
+                ->capture_default_str()
+                ->check(check);
+          }
         },
         s.member);
   }
@@ -209,10 +214,12 @@ std::string options_toml(const CLI::App* cmd, const std::vector<std::string>& sk
 void validate_shape(const RunSettings& r) {
   KVC_USAGE_CHECK(r.seq >= r.block, "--seq ", r.seq, " is shorter than one block (--block ",
                   r.block, "): there is nothing to compress");
+  KVC_USAGE_CHECK(r.stride <= r.block, "--stride ", r.stride, " is larger than --block ", r.block,
+                  ": tokens between the blocks would never be seen");
   // Sizes whose products overflow would wrap into small or negative tensors.
   checked_mul(r.block, r.dim_head, "--block * --dim-head");
   numel_of({r.batch, r.heads, r.seq, r.dim_head});
-  numel_of({r.batch, r.heads, r.queries, r.dim_head});
+  numel_of({r.batch, r.heads, r.query_heads, r.queries, r.dim_head});
   KVC_USAGE_CHECK(r.dropout >= 0 && r.dropout < 1, "--dropout ", r.dropout, " is not in [0, 1)");
   for (const std::string& kind : selected_kinds(r)) {
     const KindOptionsUsed uses = compressor_kind(kind).uses;

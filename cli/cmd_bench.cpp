@@ -156,7 +156,7 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
   r.kind = kind;
   r.params = adam.numel();
   Tensor loss;
-  auto forward = [&] { loss = pair.distill_loss(batch.q, batch.k, batch.v); };
+  auto forward = [&] { loss = pair.distill_loss(batch.q, batch.k, batch.v, batch.q_pos); };
   auto drop_tape = [&] {
     loss = Tensor();
     Tape::current().clear();

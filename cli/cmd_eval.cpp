@@ -44,7 +44,9 @@ int run_eval(const EvalArgs& a) {
 
   // The training's count by default, so the number matches the eval loss the run printed.
   const int64_t batches = a.batches > 0 ? a.batches : m.eval_batches;
-  const double loss = train::evaluate(*pair, teacher.get(), m.task, *source, batches);
+  const train::EvalResult r =
+      train::evaluate_with_recall(*pair, teacher.get(), m.task, *source, batches, m.topk);
+  const double loss = r.loss;
   // The same pair untrained (the seed's initial weights): what the training
   // bought.
   CompressorPair fresh(train::compressor_options(m, device));
@@ -56,6 +58,14 @@ int run_eval(const EvalArgs& a) {
   // Losses as the training logs print them (5 significant digits), so the two read alike.
   std::printf("eval loss    %.4e\n", loss);
   std::printf("untrained    %.4e (ratio %.3g)\n", base, base > 0 ? loss / base : NAN);
+  if (m.task == "distill") {
+    std::printf("recall@%-5lld %.4f (selection of the top %lld compressed blocks)\n",
+                static_cast<long long>(m.topk), r.recall_at_k, static_cast<long long>(m.topk));
+  }
+  if (m.causal) {
+    std::printf("left out     %lld of %lld queries (no complete block before them)\n",
+                static_cast<long long>(r.queries_without_block), static_cast<long long>(r.queries));
+  }
   return kExitOk;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
@@ -55,6 +56,39 @@ Tensor dropout(const Tensor& a, double p, bool training, uint64_t seed, uint64_t
 // ---- losses ----
 Tensor mse_loss(const Tensor& pred, const Tensor& target);  // mean((pred - target)^2), shape ()
 
+// ---- causal visibility (core/ops_window.cpp) ----
+// Per-row counts for masked attention: row r of a (..., m, s) score matrix (rows = the product
+// of all axes but the last) sees columns 0 .. count(r) - 1 only. Held as int32 on the device of
+// the tensors it masks; copies share the buffer. Undefined: no mask.
+class VisibleCounts {
+ public:
+  VisibleCounts() = default;
+  VisibleCounts(std::shared_ptr<Storage> counts, int64_t rows)
+      : counts_(std::move(counts)), rows_(rows) {}
+  bool defined() const { return counts_ != nullptr; }
+  int64_t rows() const { return rows_; }
+  Device device() const;
+  const int32_t* data() const;
+  std::vector<int32_t> to_vector() const;  // a host copy (tests, eval counts)
+
+ private:
+  std::shared_ptr<Storage> counts_;
+  int64_t rows_ = 0;
+};
+
+// For queries at positions pos (b, nq) (whole numbers held as floats) repeated over `heads`
+// query heads, rows ordered (b, heads, nq): count = clamp(floor((pos - first) / step) + 1, 0,
+// limit). Keys 0..t of a sequence: first 0, step 1, limit seq. Blocks of n tokens at a stride
+// whose last token is <= t: first n - 1, step stride, limit w. `weights`, when given, becomes
+// (b, heads, nq, 1): 1 / (kept * scale) on rows that see something, else 0, kept = how many
+// do (all 0 when none does), so sum(weights * x) over rows is the mean over the kept rows.
+VisibleCounts visible_counts(const Tensor& pos, int64_t heads, int64_t first, int64_t step,
+                             int64_t limit, Tensor* weights = nullptr, double scale = 1.0);
+// Softmax over the last axis with row r seeing its first count(r) entries (the rest 0, a row that
+// sees none all 0); undefined `visible`: softmax(x, -1). Forward only (evaluation): not recorded,
+// and an error when x requires grad under grad mode.
+Tensor masked_softmax(const Tensor& x, const VisibleCounts& visible);
+
 // ---- fused ops (core/ops_fused.cpp): one pass where the composition in each comment takes
 // several; same values and gradients ----
 // PyTorch F.linear: x (..., in), weight (out, in), bias (out) or undefined -> (..., out).
@@ -63,17 +97,25 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 // softmax(alpha q k^T) v over the last two axes: q (..., m, d), k (..., s, d), v (..., s, e)
 // -> (..., m, e). = matmul(softmax(scale(matmul(q, k, false, true), alpha), -1), v), with alpha
 // in the GEMM and the softmax in place: one (..., m, s) buffer forward, kept for backward.
-Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha);
+// `visible` (rows = the product of q's axes but the last) masks keys past each row's count to
+// probability 0; a row that sees none gives 0 (and passes no gradient).
+Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha,
+                            const VisibleCounts& visible = {});
 // The same softmax(alpha q k^T) v forward only, for targets: q (..., nq, d), k and v (..., seq, d)
 // -> (..., nq, d), fused (online softmax over key tiles, no (nq, seq) buffer). With grad needed it
 // runs scaled_dot_attention instead (core/ops_attention.cpp).
-Tensor attention_target(const Tensor& q, const Tensor& k, const Tensor& v, double alpha);
+// `visible` as for scaled_dot_attention; every count must be >= 1 here.
+Tensor attention_target(const Tensor& q, const Tensor& k, const Tensor& v, double alpha,
+                        const VisibleCounts& visible = {});
 // x, logits (..., n, d) -> (..., d): sum over n of x * softmax over n of (alpha * logits).
 // = sum(mul(x, softmax(scale(logits, alpha), -2)), -2); the softmax is never stored.
 Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha);
-// seq (b, h, s, d), positions (h, n, d) -> (b, h, s / n, n, d): split_blocks(seq, n) (the tail
-// that does not fill a block dropped) plus positions broadcast as (1, h, 1, n, d), one pass.
-Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t block);
+// seq (b, h, s, d), positions (h, n, d) -> (b, h, w, n, d): the windows of n tokens starting
+// at 0, stride, 2 stride, ... (w = (s - n) / stride + 1; stride 0 means n: split_blocks, the
+// tail that does not fill a block dropped) plus positions broadcast as (1, h, 1, n, d), one
+// pass. Overlapping windows (stride < n) scatter-add their gradients back onto the sequence.
+Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t block,
+                           int64_t stride = 0);
 
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }

@@ -10,7 +10,8 @@
 
 namespace kvc {
 
-Tensor attention_target(const Tensor& q, const Tensor& k, const Tensor& v, double alpha) {
+Tensor attention_target(const Tensor& q, const Tensor& k, const Tensor& v, double alpha,
+                        const VisibleCounts& visible) {
   const char* op = "attention_target";
   detail::check_same_kind(op, q, k);
   detail::check_same_kind(op, q, v);
@@ -26,13 +27,16 @@ Tensor attention_target(const Tensor& q, const Tensor& k, const Tensor& v, doubl
       grad_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   const int64_t batch = numel_of(lead), nq = q.size(-2), seq = k.size(-2), d = q.size(-1);
   if (needs_grad || batch == 0 || nq == 0 || seq == 0 || d == 0 || d > 1024) {
-    return scaled_dot_attention(q, k, v, alpha);
+    return scaled_dot_attention(q, k, v, alpha, visible);
   }
+  KVC_CHECK(!visible.defined() || (visible.rows() == batch * nq && visible.device() == q.device()),
+            op, ": ", visible.rows(), " visible counts for q ", q.shape(), " on ",
+            q.device().name());
   Tensor out = Tensor::empty(q.shape(), q.options());
   KVC_DISPATCH_FLOAT(q.dtype(), op, [&] {
-    KVC_LAUNCH(q.device(), K::attention_forward<scalar_t>(q.data<scalar_t>(), k.data<scalar_t>(),
-                                                          v.data<scalar_t>(), out.data<scalar_t>(),
-                                                          batch, nq, seq, d, alpha));
+    KVC_LAUNCH(q.device(), K::attention_forward<scalar_t>(
+                               q.data<scalar_t>(), k.data<scalar_t>(), v.data<scalar_t>(),
+                               out.data<scalar_t>(), batch, nq, seq, d, alpha, visible.data()));
   });
   return out;
 }

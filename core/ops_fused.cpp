@@ -16,6 +16,7 @@
 #include "kernels/reduce.h"
 #include "kernels/softmax.h"
 #include "kernels/softmax_pool.h"
+#include "kernels/window.h"
 
 namespace kvc {
 
@@ -119,7 +120,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 // scores three times (GEMM, scale, softmax) and keeps two of them for backward. Here alpha is
 // the GEMM's, the softmax runs in place, and backward reuses one (m, s) buffer for dP and dS.
 
-Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha) {
+Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha,
+                            const VisibleCounts& visible) {
   const char* op = "attention";
   detail::check_same_kind(op, q, k);
   detail::check_same_kind(op, q, v);
@@ -132,15 +134,26 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
             " (..., s, e) do not fit");
   const int64_t batch = numel_of(lead), m = q.size(-2), d = q.size(-1);
   const int64_t s = k.size(-2), e = v.size(-1);
-  if (batch == 0 || m == 0 || d == 0 || s == 0 || e == 0) {
+  if (visible.defined()) {
+    KVC_CHECK(visible.rows() == batch * m && visible.device() == q.device(), op, ": ",
+              visible.rows(), " visible counts on ", visible.device().name(), " for q ", q.shape(),
+              " on ", q.device().name());
+  }
+  if (batch == 0 || m == 0 || d == 0 || s == 0 || e == 0) {  // nothing to mask
     return matmul(softmax(scale(matmul(q, k, false, /*trans_b=*/true), alpha), -1), v);
   }
   const Shape p_shape = with_last_two(q.shape(), m, s);
   Tensor p = Tensor::empty(p_shape, q.options());  // scores, then probabilities in place
   gemm(batch, m, s, d, {&q, false, m * d}, {&k, true, s * d}, p, m * s, alpha, 0.0);
   KVC_DISPATCH_FLOAT(p.dtype(), op, [&] {
-    KVC_LAUNCH(p.device(), K::softmax_forward<scalar_t>(p.data<scalar_t>(), p.data<scalar_t>(),
-                                                        batch * m, s, 1));
+    if (visible.defined()) {  // masked keys get probability 0: backward needs no mask
+      KVC_LAUNCH(p.device(),
+                 K::masked_softmax_forward<scalar_t>(p.data<scalar_t>(), p.data<scalar_t>(),
+                                                     batch * m, s, visible.data()));
+    } else {
+      KVC_LAUNCH(p.device(), K::softmax_forward<scalar_t>(p.data<scalar_t>(), p.data<scalar_t>(),
+                                                          batch * m, s, 1));
+    }
   });
   Tensor y = Tensor::empty(with_last_two(q.shape(), m, e), q.options());
   gemm(batch, m, e, s, {&p, false, m * s}, {&v, false, s * e}, y, m * e, 1.0, 0.0);
@@ -220,25 +233,29 @@ Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha) {
 // once in add and once more in reshape. Here the add reads the kept prefix in place (strided
 // broadcast indexing) and backward writes the sequence gradient once.
 
-Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t block) {
+Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t block,
+                           int64_t stride) {
   const char* op = "split_blocks";
   detail::check_same_kind(op, seq, positions);
   KVC_CHECK(seq.dim() == 4, op, ": input ", seq.shape(), " must be (b, h, seq, d)");
   KVC_CHECK(block > 0, op, ": block ", block, " must be positive");
+  if (stride == 0) stride = block;
+  KVC_CHECK(stride >= 1 && stride <= block, op, ": stride ", stride, " must be in [1, block ",
+            block, "]");
   const int64_t b = seq.size(0), h = seq.size(1), s = seq.size(2), d = seq.size(3);
   KVC_CHECK(s >= block, op, ": seq ", s, " of input ", seq.shape(),
             " is shorter than one block of ", block);
   KVC_CHECK(positions.shape() == Shape({h, block, d}), op, ": positions ", positions.shape(),
             " do not match input ", seq.shape(), " split into blocks of ", block, " (expected (", h,
             ", ", block, ", ", d, "))");
-  const int64_t w = s / block, nd = block * d;
+  const int64_t w = (s - block) / stride + 1, nd = block * d;
   Tensor out = Tensor::empty({b, h, w, block, d}, seq.options());
   if (out.numel() > 0) {
     // Axes (b, h, w, n*d): the sequence steps over its whole length per head, so the dropped
-    // tail is skipped; the positions repeat over b and w.
+    // tail is skipped, and by stride tokens per window; the positions repeat over b and w.
     kernels::BroadcastIndex idx;
     idx.ndim = 4;
-    const int64_t shape[4] = {b, h, w, nd}, seq_stride[4] = {h * s * d, s * d, nd, 1},
+    const int64_t shape[4] = {b, h, w, nd}, seq_stride[4] = {h * s * d, s * d, stride * d, 1},
                   pos_stride[4] = {0, nd, 0, 1};
     for (int i = 0; i < 4; ++i) {
       idx.shape[i] = shape[i];
@@ -258,8 +275,15 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
       bool unused = false;
       const Tensor gs = fresh ? grad_buffer(seq, &unused) : detail::empty_like(seq);
       KVC_DISPATCH_FLOAT(g.dtype(), op, [&] {
-        KVC_LAUNCH(g.device(), K::narrow_backward<scalar_t>(g.data<scalar_t>(), gs.data<scalar_t>(),
-                                                            b * h, s, d, 0, w * block));
+        if (stride == block) {  // disjoint blocks: a copy
+          KVC_LAUNCH(g.device(),
+                     K::narrow_backward<scalar_t>(g.data<scalar_t>(), gs.data<scalar_t>(), b * h, s,
+                                                  d, 0, w * block));
+        } else {
+          KVC_LAUNCH(g.device(),
+                     K::window_backward<scalar_t>(g.data<scalar_t>(), gs.data<scalar_t>(), b * h, s,
+                                                  d, w, block, stride));
+        }
       });
       if (!fresh) accumulate_grad(seq, gs);
     }

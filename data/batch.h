@@ -14,7 +14,10 @@ namespace kvc {
 struct Batch {
   Tensor k;  // (b, h, seq, d)
   Tensor v;  // (b, h, seq, d)
-  Tensor q;  // (b, h, nq, d)
+  Tensor q;  // (b, h*G, nq, d), G query heads per KV head
+  // (b, nq): each query's position in [0, seq), whole numbers in q's dtype and device
+  // (causal distillation); undefined when the source has none.
+  Tensor q_pos;
 };
 
 // Defaults are SPEC section 9's `small` configuration.
@@ -24,6 +27,7 @@ struct KVShape {
   int64_t dim_head = 32;
   int64_t seq = 256;
   int64_t queries = 32;
+  int64_t query_heads = 1;  // G: queries are (b, heads * G, nq, d)
 };
 
 // A process's part of a global batch in data-parallel training: part `index` of `count` holds

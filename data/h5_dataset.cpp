@@ -19,7 +19,8 @@ enum Draw : uint64_t { kQueryPos = 5, kQueryNoise = 6 };
 }  // namespace
 
 H5KVDataset::H5KVDataset(const std::string& path, int64_t batch, uint64_t seed, Device device,
-                         DType dtype, Split split, int64_t queries, Shard shard)
+                         DType dtype, Split split, int64_t queries, int64_t query_heads,
+                         Shard shard)
     : batch_(batch),
       seed_(seed),
       key_(ds::key(seed)),
@@ -27,6 +28,7 @@ H5KVDataset::H5KVDataset(const std::string& path, int64_t batch, uint64_t seed, 
       dtype_(dtype),
       split_(split),
       queries_(queries),
+      query_heads_(query_heads),
       shard_(shard) {
   KVC_CHECK(batch >= 1, "h5 dataset '", path, "': batch ", batch, " must be >= 1");
   KVC_CHECK(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count &&
@@ -41,7 +43,10 @@ H5KVDataset::H5KVDataset(const std::string& path, int64_t batch, uint64_t seed, 
             " sequence(s); need at least 2 (one is held out for eval)");
   if (info_.has_queries()) {
     queries_ = info_.queries;
+    query_heads_ = info_.query_heads;
   } else {
+    KVC_CHECK(query_heads >= 1, "h5 dataset '", path, "': query heads ", query_heads,
+              " must be >= 1");
     KVC_CHECK(queries >= 1, "h5 dataset '", path, "': queries ", queries,
               " must be >= 1 (the file has no 'q', so queries are drawn from the keys)");
   }
@@ -64,6 +69,7 @@ KVShape H5KVDataset::shape() const {
   s.dim_head = info_.dim_head;
   s.seq = info_.seq;
   s.queries = queries_;
+  s.query_heads = query_heads_;
   return s;
 }
 
@@ -128,30 +134,45 @@ Tensor H5KVDataset::read_rows(const std::string& name, const std::vector<int64_t
   return out;
 }
 
-Tensor H5KVDataset::queries_from_keys(const Tensor& k, uint64_t index) const {
+Tensor H5KVDataset::read_positions(const std::vector<int64_t>& rows) const {
+  const Tensor pos = read_rows("q_pos", rows);
+  const std::vector<double> p = pos.to_vector();
+  for (size_t i = 0; i < p.size(); ++i) {
+    KVC_CHECK(p[i] >= 0 && p[i] < static_cast<double>(info_.seq), "kv file '", info_.path,
+              "': q_pos of sequence ", rows[i / static_cast<size_t>(queries_)], " holds ", p[i],
+              ", outside [0, seq ", info_.seq, ")");
+  }
+  return pos;
+}
+
+Batch H5KVDataset::queries_from_keys(const Tensor& k, uint64_t index) const {
   const int64_t b = k.size(0), h = k.size(1), n = k.size(2), d = k.size(3), nq = queries_;
+  const int64_t g = query_heads_, hq = h * g;
   const TensorOptions host = TensorOptions{}.with_dtype(dtype_);
   const ds::Family family = ds::family_of(split_);
   const int64_t first_row = shard_.index * batch_;  // keys the draws by the global batch's rows
-  Tensor q = Tensor::randn({b, h, nq, d}, key_, ds::offset(family, index, kQueryNoise), 0.0, 1.0,
-                           host, static_cast<uint64_t>(first_row * h * nq * d));
+  Tensor q = Tensor::randn({b, hq, nq, d}, key_, ds::offset(family, index, kQueryNoise), 0.0, 1.0,
+                           host, static_cast<uint64_t>(first_row * hq * nq * d));
+  Tensor q_pos = Tensor::empty({b, nq}, host);
   const uint64_t pos_off = ds::offset(family, index, kQueryPos);
   KVC_DISPATCH_FLOAT(dtype_, "h5 dataset", [&] {
     const scalar_t* kp = k.data<scalar_t>();
     scalar_t* qp = q.data<scalar_t>();
+    scalar_t* pp = q_pos.data<scalar_t>();
     for (int64_t s = 0; s < b; ++s) {
       std::vector<int64_t> pos(static_cast<size_t>(nq));
       for (int64_t j = 0; j < nq; ++j) {
         const double u =
             philox::uniform(key_, pos_off, static_cast<uint64_t>((first_row + s) * nq + j));
         pos[static_cast<size_t>(j)] = std::min<int64_t>(n - 1, static_cast<int64_t>(u * n));
+        pp[s * nq + j] = static_cast<scalar_t>(pos[static_cast<size_t>(j)]);
       }
-      for (int64_t hh = 0; hh < h; ++hh) {
-        const scalar_t* kh = kp + (s * h + hh) * n * d;
+      for (int64_t hh = 0; hh < hq; ++hh) {
+        const scalar_t* kh = kp + (s * h + hh / g) * n * d;
         double sq = 0;
         for (int64_t i = 0; i < n * d; ++i) sq += static_cast<double>(kh[i]) * kh[i];
         const double noise = kQueryNoise * std::sqrt(sq / static_cast<double>(n * d));
-        scalar_t* qh = qp + (s * h + hh) * nq * d;
+        scalar_t* qh = qp + (s * hq + hh) * nq * d;
         for (int64_t j = 0; j < nq; ++j) {
           const scalar_t* krow = kh + pos[static_cast<size_t>(j)] * d;
           for (int64_t c = 0; c < d; ++c) {
@@ -161,7 +182,10 @@ Tensor H5KVDataset::queries_from_keys(const Tensor& k, uint64_t index) const {
       }
     }
   });
-  return q;
+  Batch out;
+  out.q = q;
+  out.q_pos = q_pos;
+  return out;
 }
 
 Batch H5KVDataset::batch_at(uint64_t index) {
@@ -169,11 +193,19 @@ Batch H5KVDataset::batch_at(uint64_t index) {
   Batch out;
   out.k = read_rows("k", rows);
   out.v = read_rows("v", rows);
-  out.q = info_.has_queries() ? read_rows("q", rows) : queries_from_keys(out.k, index);
+  if (info_.has_queries()) {
+    out.q = read_rows("q", rows);
+    if (info_.has_positions) out.q_pos = read_positions(rows);
+  } else {
+    const Batch drawn = queries_from_keys(out.k, index);
+    out.q = drawn.q;
+    out.q_pos = drawn.q_pos;
+  }
   if (!device_.is_cpu()) {
     out.k = out.k.to(device_);
     out.v = out.v.to(device_);
     out.q = out.q.to(device_);
+    if (out.q_pos.defined()) out.q_pos = out.q_pos.to(device_);
   }
   return out;
 }

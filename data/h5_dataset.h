@@ -20,16 +20,18 @@ namespace kvc {
 // smaller. Only the rows of a batch are read (hyperslabs), so a file larger than memory works.
 // Without a `q` dataset, queries are keys at `queries` random positions per sequence (shared by
 // the heads) plus noise of std 0.1 * the RMS of that sequence's keys in that head, drawn from
-// (seed, split, batch index). A shard (train split only) reads its rows of the global batch of
-// count * batch sequences, and draws their queries keyed by their place in it, so N shards read
-// what one dataset with N times the batch reads, and every sequence once per epoch.
+// (seed, split, batch index); with G query heads per KV head, each query head g copies the keys
+// of head g / G with its own noise. The drawn positions are the batch's q_pos. A shard (train
+// split only) reads its rows of the global batch of count * batch sequences, and draws their
+// queries keyed by their place in it, so N shards read what one dataset with N times the batch
+// reads, and every sequence once per epoch.
 class H5KVDataset : public KVSource {
  public:
   static constexpr double kQueryNoise = 0.1;
 
   H5KVDataset(const std::string& path, int64_t batch, uint64_t seed, Device device = Device::cpu(),
               DType dtype = DType::f32, Split split = Split::train, int64_t queries = 32,
-              Shard shard = {});
+              int64_t query_heads = 1, Shard shard = {});
 
   Batch next() override;
   Batch batch_at(uint64_t index) override;
@@ -59,7 +61,10 @@ class H5KVDataset : public KVSource {
 
  private:
   Tensor read_rows(const std::string& name, const std::vector<int64_t>& rows) const;
-  Tensor queries_from_keys(const Tensor& k, uint64_t index) const;  // k (b, h, seq, d) on host
+  // k (b, h, seq, d) on host -> q (b, h*G, nq, d) and its positions (b, nq).
+  Batch queries_from_keys(const Tensor& k, uint64_t index) const;
+  // q_pos rows as dtype_, checked to lie in [0, seq).
+  Tensor read_positions(const std::vector<int64_t>& rows) const;
 
   H5File file_;
   KVFileInfo info_;
@@ -70,6 +75,7 @@ class H5KVDataset : public KVSource {
   DType dtype_;
   Split split_;
   int64_t queries_;
+  int64_t query_heads_;  // G: the file's when it has q
   Shard shard_;
   uint64_t batches_per_epoch_ = 0;
   uint64_t position_ = 0;

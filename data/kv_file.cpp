@@ -65,11 +65,23 @@ KVFileInfo inspect_kv_file(const H5File& f) {
   info.v_type = f.type_name("v");
   if (f.has("q")) {
     const Shape q = check_dataset(f, "q", "(N, h, nq, d)");
-    KVC_CHECK(q[0] == k[0] && q[1] == k[1] && q[3] == k[3], "kv file '", f.path(),
+    KVC_CHECK(q[0] == k[0] && q[1] % k[1] == 0 && q[3] == k[3], "kv file '", f.path(),
               "': dataset 'q' has shape ", q, " but 'k' has ", k,
-              " (q must be (N, h, nq, d) with k's N, h and d)");
+              " (q must be (N, h*G, nq, d) with k's N, h and d)");
     info.queries = q[2];
+    info.query_heads = q[1] / k[1];
     info.q_type = f.type_name("q");
+  }
+  if (f.has("q_pos")) {
+    const std::string type = f.is_dataset("q_pos") ? f.type_name("q_pos") : "a group";
+    KVC_CHECK(info.has_queries(), "kv file '", f.path(), "': 'q_pos' without a 'q' dataset");
+    KVC_CHECK(type.rfind("int", 0) == 0 || type.rfind("uint", 0) == 0, "kv file '", f.path(),
+              "': dataset 'q_pos' holds ", type, ", expected integers (int64)");
+    const Shape p = f.shape("q_pos");
+    KVC_CHECK(p == Shape({k[0], info.queries}), "kv file '", f.path(),
+              "': dataset 'q_pos' has shape ", p,
+              ", expected (N, nq) = ", Shape({k[0], info.queries}));
+    info.has_positions = true;
   }
   return info;
 }

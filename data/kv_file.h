@@ -13,7 +13,8 @@
 namespace kvc {
 
 // What a valid KV file holds: `k`, `v` (count, heads, seq, dim_head) and optionally
-// `q` (count, heads, queries, dim_head), each float16, float32 or float64 on disk.
+// `q` (count, heads * G, queries, dim_head), each float16, float32 or float64 on disk, and with q
+// optionally `q_pos` (count, queries) integers: each query's position in [0, seq).
 struct KVFileInfo {
   std::string path;
   int64_t count = 0;
@@ -21,6 +22,8 @@ struct KVFileInfo {
   int64_t seq = 0;
   int64_t dim_head = 0;
   int64_t queries = 0;                 // 0 when the file has no `q`
+  int64_t query_heads = 1;             // G: `q` holds heads * G query heads
+  bool has_positions = false;          // `q_pos` (count, queries), integers in [0, seq)
   std::string k_type, v_type, q_type;  // on-disk element types ("float16", ...)
   bool has_queries() const { return queries > 0; }
 };

@@ -3,11 +3,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/op_util.h"
 #include "core/ops.h"
 #include "data/streams.h"
+#include "kernels/math/synthetic.h"
 #include "kernels/synthetic.h"
 
 namespace kvc {
@@ -38,9 +40,10 @@ SyntheticKV::SyntheticKV(KVShape shape, uint64_t seed, Device device, DType dtyp
       shard_(shard),
       latent_dim_(std::max<int64_t>(1, shape.dim_head / 4)) {
   KVC_CHECK(shape.batch >= 1 && shape.heads >= 1 && shape.dim_head >= 1 && shape.seq >= 1 &&
-                shape.queries >= 1,
+                shape.queries >= 1 && shape.query_heads >= 1,
             "synthetic: every size must be >= 1, got batch ", shape.batch, ", heads ", shape.heads,
-            ", dim_head ", shape.dim_head, ", seq ", shape.seq, ", queries ", shape.queries);
+            ", dim_head ", shape.dim_head, ", seq ", shape.seq, ", queries ", shape.queries,
+            ", query heads ", shape.query_heads);
   KVC_CHECK(shard.count >= 1 && shard.index >= 0 && shard.index < shard.count, "synthetic: shard ",
             shard.index, " of ", shard.count, " does not exist");
   const TensorOptions opt = TensorOptions{}.with_dtype(dtype).with_device(device);
@@ -49,7 +52,9 @@ SyntheticKV::SyntheticKV(KVShape shape, uint64_t seed, Device device, DType dtyp
   // The shared family: the maps depend on the seed only, so train and eval see the same ones.
   map_k_ = Tensor::randn(map_shape, key_, ds::offset(ds::kShared, 0, 0), 0.0, map_std, opt);
   map_v_ = Tensor::randn(map_shape, key_, ds::offset(ds::kShared, 0, 1), 0.0, map_std, opt);
-  map_q_ = Tensor::randn(map_shape, key_, ds::offset(ds::kShared, 0, 2), 0.0, map_std, opt);
+  // One map per query head (h * G of them; with G = 1 the shape and draws of the K and V maps).
+  map_q_ = Tensor::randn({checked_mul(shape.heads, shape.query_heads), latent_dim_, shape.dim_head},
+                         key_, ds::offset(ds::kShared, 0, 2), 0.0, map_std, opt);
 }
 
 uint64_t SyntheticKV::stream(uint64_t index, uint64_t which) const {
@@ -82,14 +87,23 @@ Batch SyntheticKV::batch_at(uint64_t index) {
                                                         static_cast<int64_t>(first_row())));
   });
   const uint64_t kv_first = first_row() * static_cast<uint64_t>(h * n * d);
-  const uint64_t q_first = first_row() * static_cast<uint64_t>(h * nq * d);
+  const uint64_t q_first = first_row() * static_cast<uint64_t>(h * shape_.query_heads * nq * d);
   Batch out;
   out.k = add(project(z, map_k_, h), Tensor::randn({b, h, n, d}, key_, stream(index, kNoiseK), 0.0,
                                                    kNoise, opt, kv_first));
   out.v = add(project(z, map_v_, h), Tensor::randn({b, h, n, d}, key_, stream(index, kNoiseV), 0.0,
                                                    kNoise, opt, kv_first));
-  out.q = add(project(zq, map_q_, h), Tensor::randn({b, h, nq, d}, key_, stream(index, kNoiseQ),
-                                                    0.0, kNoise, opt, q_first));
+  const int64_t hq = h * shape_.query_heads;
+  out.q = add(project(zq, map_q_, hq), Tensor::randn({b, hq, nq, d}, key_, stream(index, kNoiseQ),
+                                                     0.0, kNoise, opt, q_first));
+  // The positions the kernel drew, recomputed on the host (the same Philox draws).
+  std::vector<double> pos(static_cast<size_t>(b * nq));
+  const int64_t first_query = static_cast<int64_t>(first_row()) * nq;
+  for (int64_t row = 0; row < b * nq; ++row) {
+    pos[static_cast<size_t>(row)] = static_cast<double>(
+        kernels::math::random_row(key_, pos_stream, first_query + row, n));
+  }
+  out.q_pos = Tensor::from_vector(pos, {b, nq}, opt);
   return out;
 }
 

@@ -13,8 +13,9 @@ namespace kvc {
 //   z_0 ~ N(0, I),  z_t = rho z_(t-1) + sqrt(1 - rho^2) eps_t,  rho = 0.9,
 // so every z_t is N(0, I) and the lag-1 autocorrelation is rho. Per head fixed maps A_h, B_h,
 // C_h (d x r, entries N(0, 1/r)) drawn from the seed alone, shared by both splits; then
-//   K[b,h,t] = A_h z_t + 0.1 xi,  V[b,h,t] = B_h z_t + 0.1 xi',  Q[b,h,j] = C_h z_(t_j) + 0.1 xi''
-// with nq query positions t_j per sequence, uniform on [0, seq), shared by the heads.
+//   K[b,h,t] = A_h z_t + 0.1 xi,  V[b,h,t] = B_h z_t + 0.1 xi',  Q[b,g,j] = C_g z_(t_j) + 0.1 xi''
+// with nq query positions t_j per sequence, uniform on [0, seq), shared by the heads (batch
+// q_pos), and a map C_g per query head g < h * G (G = shape.query_heads).
 // Everything is generated on `device` from Philox streams keyed by (seed, split, batch index):
 // batch_at(i) is a pure function of them, and the train and eval splits use disjoint streams.
 // With a shard, every draw is keyed by the sequence's index in the global batch, so the shards of
@@ -43,7 +44,7 @@ class SyntheticKV : public KVSource {
   // The maps in matmul layout: K[b,h,t,:] = z[b,t,:] @ map_k()[h] + noise, i.e. A_h = map_k()[h]^T.
   const Tensor& map_k() const { return map_k_; }  // (h, r, d)
   const Tensor& map_v() const { return map_v_; }  // (h, r, d)
-  const Tensor& map_q() const { return map_q_; }  // (h, r, d)
+  const Tensor& map_q() const { return map_q_; }  // (h * G, r, d)
 
  private:
   uint64_t stream(uint64_t index, uint64_t which) const;  // the Philox offset of one draw

@@ -85,6 +85,9 @@ void validate(const CompressorOptions& o) {
   KVC_CHECK(std::isfinite(o.expand) && o.expand > 0.0, o.kind, ": expand ", o.expand,
             " must be a positive number");
   KVC_CHECK(o.reduction >= 1, o.kind, ": reduction ", o.reduction, " must be at least 1");
+  KVC_CHECK(o.stride >= 0 && o.stride <= o.block, o.kind, ": stride ", o.stride,
+            " must be in [1, block ", o.block, "]");
+  KVC_CHECK(o.query_heads >= 1, o.kind, ": query heads ", o.query_heads, " must be at least 1");
   if (uses.reduction) {
     KVC_CHECK(o.dim_head % o.reduction == 0, o.kind, ": dim_head ", o.dim_head,
               " is not divisible by reduction ", o.reduction);

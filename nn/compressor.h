@@ -18,6 +18,11 @@ struct CompressorOptions {
   double dropout = 0.0;   // enhanced_mlp's p, in [0, 1)
   int64_t reduction = 2;  // efficient_conv's r; d % r == 0
   uint64_t seed = 0;      // Philox seed of the initial values and the dropout masks
+  // The pair's (NSA's compressed branch): blocks start every `stride` tokens (0: block, disjoint),
+  // query heads per KV head (GQA), causal distillation (queries carry positions).
+  int64_t stride = 0;
+  int64_t query_heads = 1;
+  bool causal = false;
   DType dtype = DType::f32;
   Device device = Device::cpu();
 };
@@ -56,7 +61,8 @@ void unregister_compressor_kind(const std::string& name);
 
 // Throws kvc::Error naming the problem and the values for an unknown kind (listing the valid
 // ones), non-positive sizes, and, for the options the kind uses, d % r != 0, H < 1, dropout
-// outside [0, 1), a non-finite or non-positive expand.
+// outside [0, 1), a non-finite or non-positive expand, a stride outside [1, block] (0 is the
+// block), query heads < 1.
 void validate(const CompressorOptions& options);
 
 // A compressor maps a KV block tensor (b, h, w, n, d) to (b, h, w, d).

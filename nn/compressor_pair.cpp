@@ -1,7 +1,11 @@
 // CompressorPair: block splitting, positions, the pair's compress, attention and both losses.
 #include "nn/compressor_pair.h"
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <numeric>
+#include <vector>
 
 #include "core/autograd.h"
 #include "core/ops.h"
@@ -44,8 +48,8 @@ std::pair<Tensor, Tensor> CompressorPair::compress(const Tensor& k, const Tensor
   check_kv("k", k);
   check_kv("v", v);
   // = add(split_blocks(x, n), reshape(positions, (1, h, 1, n, d))), in one pass each way.
-  const Tensor kb = add_block_positions(k, k_positions_, options_.block);
-  const Tensor vb = add_block_positions(v, v_positions_, options_.block);
+  const Tensor kb = add_block_positions(k, k_positions_, options_.block, stride());
+  const Tensor vb = add_block_positions(v, v_positions_, options_.block, stride());
   return {(*k_compress_)(kb), (*v_compress_)(vb)};
 }
 
@@ -61,16 +65,130 @@ Tensor CompressorPair::attention(const Tensor& q, const Tensor& k, const Tensor&
   return scaled_dot_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
 }
 
-Tensor CompressorPair::distill_loss(const Tensor& q, const Tensor& k, const Tensor& v) {
-  check_kv("q", q);
+Tensor CompressorPair::grouped_queries(const Tensor& q, const Tensor& k) const {
+  const int64_t g = options_.query_heads, h = options_.heads, d = options_.dim_head;
+  KVC_CHECK(q.defined(), name(), ": q is an undefined tensor");
+  KVC_CHECK(q.dim() == 4 && q.size(0) == k.size(0) && q.size(1) == h * g && q.size(3) == d, name(),
+            ": q ", q.shape(), " does not match (", k.size(0), ", ", h * g, ", nq, ", d, ") for k ",
+            k.shape(), " and ", g, " query heads per KV head");
+  return g == 1 ? q : reshape(q, {q.size(0), h, g * q.size(2), d});
+}
+
+Tensor CompressorPair::distill_loss(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    const Tensor& q_pos) {
+  check_kv("k", k);
+  const Tensor qg = grouped_queries(q, k);
+  const double alpha = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  const int64_t heads = q.size(1), seq = k.size(2);
+  VisibleCounts keys, blocks;
+  Tensor weights;  // causal: 1 / (kept rows * d) on the kept rows, 0 on the others
+  if (options_.causal) {
+    KVC_CHECK(q_pos.defined(), name(), ": causal distillation needs the queries' positions");
+    KVC_CHECK(q_pos.shape() == Shape({q.size(0), q.size(2)}), name(), ": query positions ",
+              q_pos.shape(), " do not match q ", q.shape(), " (expected (", q.size(0), ", ",
+              q.size(2), "))");
+    keys = visible_counts(q_pos, heads, 0, 1, seq);
+    blocks = visible_counts(q_pos, heads, options_.block - 1, stride(), windows(seq), &weights,
+                            static_cast<double>(q.size(3)));
+  }
   Tensor target;
   {
     NoGradGuard no_grad;  // the target is data, not something to train
     // Fused forward-only attention: no (b, h, nq, seq) scores in memory.
-    target = attention_target(q, k, v, 1.0 / std::sqrt(static_cast<double>(q.size(3))));
+    target = attention_target(qg, k, v, alpha, keys);
   }
   const auto kv = compress(k, v);
-  return mse_loss(attention(q, kv.first, kv.second), target);
+  const Tensor pred = scaled_dot_attention(qg, kv.first, kv.second, alpha, blocks);
+  if (!options_.causal) return mse_loss(pred, target);
+  const Tensor diff = sub(pred, target);
+  return sum(mul(mul(diff, diff), reshape(weights, {q.size(0), options_.heads, -1, 1})));
+}
+
+double SelectionRecall::mean() const {
+  return count > 0 ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN();
+}
+
+SelectionRecall& SelectionRecall::operator+=(const SelectionRecall& o) {
+  sum += o.sum;
+  count += o.count;
+  queries_without_block += o.queries_without_block;
+  return *this;
+}
+
+namespace {
+
+// (b, h*G, m, w) -> (b, h, m, w) on the host: the sum over each KV head's G query heads.
+std::vector<double> group_sum(const Tensor& p, int64_t heads) {
+  const int64_t b = p.size(0), g = p.size(1) / heads;
+  return sum(reshape(p, {b, heads, g, p.size(2), p.size(3)}), 2).to_vector();
+}
+
+// The indices of the k largest of row[0..c), ties to the lower index.
+std::vector<int64_t> top_indices(const double* row, int64_t c, int64_t k) {
+  std::vector<int64_t> idx(static_cast<size_t>(c));
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int64_t a, int64_t b) {
+    return row[a] > row[b] || (row[a] == row[b] && a < b);
+  });
+  idx.resize(static_cast<size_t>(k));
+  std::sort(idx.begin(), idx.end());
+  return idx;
+}
+
+}  // namespace
+
+SelectionRecall CompressorPair::selection_recall(const Tensor& q, const Tensor& k,
+                                                 const Tensor& q_pos, int64_t topk) {
+  KVC_CHECK(topk >= 1, name(), ": selection recall top-k ", topk, " must be at least 1");
+  check_kv("k", k);
+  NoGradGuard no_grad;
+  const Tensor qg = grouped_queries(q, k);
+  const int64_t b = q.size(0), h = options_.heads, nq = q.size(2), seq = k.size(2);
+  const int64_t n = options_.block, s = stride(), w = windows(seq);
+  const double alpha = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  VisibleCounts keys, blocks;
+  if (options_.causal) {
+    KVC_CHECK(q_pos.defined() && q_pos.shape() == Shape({b, nq}), name(),
+              ": causal selection recall needs query positions (", b, ", ", nq, ")");
+    keys = visible_counts(q_pos, q.size(1), 0, 1, seq);
+    blocks = visible_counts(q_pos, q.size(1), n - 1, s, w);
+  }
+  const Tensor kc = (*k_compress_)(add_block_positions(k, k_positions_, n, s));
+  const Tensor pc = masked_softmax(matmul(qg, kc, false, true) * alpha, blocks);
+  // The true mass of each block: the probabilities summed in chunks of gcd(n, stride) tokens,
+  // then windows of n / c chunks every stride / c chunks summed (the window op over chunks).
+  const Tensor pf = masked_softmax(matmul(qg, k, false, true) * alpha, keys);
+  const int64_t c = std::gcd(n, s), chunks = ((w - 1) * s + n) / c, rows = pf.numel() / seq;
+  const Tensor chunk_sums =
+      sum(reshape(narrow(pf, 3, 0, chunks * c), {rows, 1, chunks, c}), 3, /*keepdim=*/true);
+  const Tensor zero = Tensor::zeros({1, n / c, 1}, pf.options());
+  const Tensor mass =
+      reshape(sum(add_block_positions(chunk_sums, zero, n / c, s / c), 3), {b, q.size(1), nq, w});
+  const std::vector<double> pc_host = group_sum(reshape(pc, {b, q.size(1), nq, w}), h);
+  const std::vector<double> mass_host = group_sum(mass, h);
+  const std::vector<int32_t> seen = blocks.defined() ? blocks.to_vector() : std::vector<int32_t>();
+  SelectionRecall out;
+  for (int64_t bi = 0; bi < b; ++bi) {
+    for (int64_t j = 0; j < nq; ++j) {
+      // Rows of visible_counts are (b, h*G, nq): every head of a query sees the same blocks.
+      const int64_t visible = seen.empty() ? w : seen[static_cast<size_t>(bi * q.size(1) * nq + j)];
+      if (visible == 0) {
+        ++out.queries_without_block;
+        continue;
+      }
+      const int64_t kk = std::min(topk, visible);
+      for (int64_t hh = 0; hh < h; ++hh) {
+        const size_t at = static_cast<size_t>(((bi * h + hh) * nq + j) * w);
+        const std::vector<int64_t> a = top_indices(pc_host.data() + at, visible, kk);
+        const std::vector<int64_t> t = top_indices(mass_host.data() + at, visible, kk);
+        std::vector<int64_t> both;
+        std::set_intersection(a.begin(), a.end(), t.begin(), t.end(), std::back_inserter(both));
+        out.sum += static_cast<double>(both.size()) / static_cast<double>(kk);
+        ++out.count;
+      }
+    }
+  }
+  return out;
 }
 
 Tensor CompressorPair::teacher_loss(const CompressorPair& teacher, const Tensor& k,

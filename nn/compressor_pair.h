@@ -13,6 +13,16 @@ namespace kvc {
 // dropped (as NSA does). Throws when seq < block or the input is not 4-D.
 Tensor split_blocks(const Tensor& seq, int64_t block);
 
+// Selection recall@k of one batch (see CompressorPair::selection_recall): the sum of the per
+// (query, KV head) recalls, how many there are, and the queries that see no block (left out).
+struct SelectionRecall {
+  double sum = 0;
+  int64_t count = 0;
+  int64_t queries_without_block = 0;
+  double mean() const;  // sum / count (NaN when count is 0)
+  SelectionRecall& operator+=(const SelectionRecall& o);
+};
+
 // Keys, in registration order: k_compress.<key>..., v_compress.<key>..., k_intrablock_positions,
 // v_intrablock_positions (SPEC section 4's listing; PyTorch's named_parameters would list the
 // two positions first, the keys are the same).
@@ -27,16 +37,35 @@ class CompressorPair : public Module {
   Compressor& k_compress() { return *k_compress_; }
   Compressor& v_compress() { return *v_compress_; }
 
-  // k, v (b, h, seq, d) -> (k_compressed, v_compressed), each (b, h, seq / n, d):
-  // compressor(split_blocks(x) + positions broadcast as (1, h, 1, n, d)).
+  // The block stride (options.stride, or the block when 0) and the blocks of a sequence,
+  // w = (seq - n) / stride + 1.
+  int64_t stride() const { return options_.stride > 0 ? options_.stride : options_.block; }
+  int64_t windows(int64_t seq) const { return (seq - options_.block) / stride() + 1; }
+
+  // k, v (b, h, seq, d) -> (k_compressed, v_compressed), each (b, h, w, d):
+  // compressor(blocks of n tokens every stride tokens + positions broadcast as (1, h, 1, n, d)).
   std::pair<Tensor, Tensor> compress(const Tensor& k, const Tensor& v);
 
   // softmax(q k^T / sqrt d) v: q (b, h, nq, d), k and v (b, h, s, d) -> (b, h, nq, d).
   static Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v);
 
   // The distill task: mean((attention(q, Kc, Vc) - attention(q, k, v))^2), the target computed
-  // without gradient. q (b, h, nq, d), k and v (b, h, seq, d); returns shape ().
-  Tensor distill_loss(const Tensor& q, const Tensor& k, const Tensor& v);
+  // without gradient. q (b, h*G, nq, d) (G = options.query_heads; query head j uses KV head
+  // j / G), k and v (b, h, seq, d); returns shape (). Causal (options.causal): q_pos (b, nq)
+  // holds each query's position t (whole numbers, as floats); the target sees keys 0..t, the
+  // prediction the blocks whose last token is <= t, and queries that see no block are left out
+  // of the mean (a loss of 0 when every query is). q_pos is ignored otherwise.
+  Tensor distill_loss(const Tensor& q, const Tensor& k, const Tensor& v,
+                      const Tensor& q_pos = Tensor());
+
+  // NSA's selection recall@k for the distill task's inputs (evaluation, no gradient): per KV
+  // head (the probabilities of its G query heads summed) and query, the top-k compressed blocks
+  // by compressed-attention probability against the top-k by true attention mass (full-attention
+  // probability summed over each block's tokens), both under the causal rule when the pair is
+  // causal; k = min(topk, blocks the query sees), and queries that see none are left out.
+  // Memory: the full (b, h*G, nq, seq) probabilities once.
+  SelectionRecall selection_recall(const Tensor& q, const Tensor& k, const Tensor& q_pos,
+                                   int64_t topk);
 
   // The teacher task: MSE(k outputs) + MSE(v outputs) against `teacher.compress(k, v)` computed
   // without gradient. The teacher must not be in training mode with dropout (its counters would
@@ -51,6 +80,8 @@ class CompressorPair : public Module {
 
  private:
   void check_kv(const char* what, const Tensor& x) const;
+  // q (b, h*G, nq, d) as (b, h, G*nq, d): one group's query heads are consecutive rows.
+  Tensor grouped_queries(const Tensor& q, const Tensor& k) const;
 
   CompressorOptions options_;
   std::shared_ptr<Compressor> k_compress_, v_compress_;

@@ -465,16 +465,29 @@ TEST_CASE("data: bad KV files fail with messages naming the file, dataset and va
                          doctest::Contains("'v' has shape (3, 1, 5, 2) but 'k' has (3, 1, 4, 2)"),
                          Error);
   }
-  SUBCASE("q of the wrong heads") {
+  SUBCASE("q of the wrong head size (its heads may be h * G)") {
     TempPath file("qshape.h5");
     {
       H5File f = H5File::open(file.path, H5Mode::create);
       f.write("k", good);
       f.write("v", good);
-      f.write("q", Tensor::zeros({3, 2, 5, 2}));
+      f.write("q", Tensor::zeros({3, 2, 5, 3}));
     }
     CHECK_THROWS_WITH_AS(inspect_kv_file(file.path),
-                         doctest::Contains("'q' has shape (3, 2, 5, 2)"), Error);
+                         doctest::Contains("'q' has shape (3, 2, 5, 3)"), Error);
+  }
+  SUBCASE("q_pos of the wrong shape or type") {
+    TempPath file("qpos.h5");
+    {
+      H5File f = H5File::open(file.path, H5Mode::create);
+      f.write("k", good);
+      f.write("v", good);
+      f.write("q", Tensor::zeros({3, 2, 5, 2}));
+      f.write_int64s("q_pos", {1, 2, 3});
+    }
+    CHECK_THROWS_WITH_AS(inspect_kv_file(file.path),
+                         doctest::Contains("'q_pos' has shape (3,), expected (N, nq) = (3, 5)"),
+                         Error);
   }
   SUBCASE("wrong dtype") {
     TempPath file("dtype.h5");

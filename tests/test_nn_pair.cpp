@@ -49,34 +49,7 @@ void check_pair_golden(const std::string& path, DType dtype, Device device, doub
   backward(loss);
   close("grad k", k.grad(), ref("/grads/k"));
   close("grad v", v.grad(), ref("/grads/v"));
-  const auto grads = test::read_group(f, "/grads/params", DType::f64);
-  const auto params = pair.named_parameters();
-  REQUIRE(grads.size() == params.size());
-  double total = 0;  // the norm of the whole reference gradient
-  for (const auto& kv : grads) {
-    for (double e : kv.second.to_vector()) total += e * e;
-  }
-  total = std::sqrt(total);
-  for (const auto& kv : params) {
-    INFO("parameter ", kv.first);
-    REQUIRE(grads.count(kv.first) == 1);
-    REQUIRE(kv.second.grad().defined());
-    const Tensor got = kv.second.grad().to(DType::f64);
-    const std::vector<double> want = grads.at(kv.first).to_vector();
-    double norm = 0;
-    for (double e : want) norm += e * e;
-    if (std::sqrt(norm) > 1e-9 * total) {
-      CHECK(rel_error(got, grads.at(kv.first)) < tol);
-    } else {
-      // Exactly zero in exact arithmetic: a shift of every compressed key (the k side's biases
-      // before any nonlinearity, the k positions of the linear kinds) leaves softmax unchanged,
-      // so PyTorch's value is rounding noise; ours must be noise at the same scale.
-      const std::vector<double> g = got.to_vector();
-      double gn = 0;
-      for (double e : g) gn += e * e;
-      CHECK(std::sqrt(gn) < tol * total);
-    }
-  }
+  test::check_param_grads(f, pair, tol);
 }
 
 TEST_CASE("nn pair golden: the distill task of every kind matches PyTorch, float64") {

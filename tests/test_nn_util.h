@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -10,6 +11,7 @@
 #include "core/gradcheck.h"
 #include "data/h5file.h"
 #include "nn/compressor.h"
+#include "nn/module.h"
 #include "test_util.h"
 
 namespace kvc::test {
@@ -24,7 +26,10 @@ inline std::vector<std::string> golden_files(bool pairs) {
   if (!fs::is_directory(golden_dir())) return out;
   for (const auto& entry : fs::directory_iterator(golden_dir())) {
     const std::string name = entry.path().filename().string();
-    if (entry.path().extension() != ".h5" || name == "optim.h5") continue;
+    // nsa_*.h5: the NSA settings' goldens, read by test_nsa.cpp.
+    if (entry.path().extension() != ".h5" || name == "optim.h5" || name.rfind("nsa_", 0) == 0) {
+      continue;
+    }
     const bool is_pair = name.rfind("pair_", 0) == 0;
     if (is_pair == pairs) out.push_back(entry.path().string());
   }
@@ -38,6 +43,40 @@ inline std::map<std::string, Tensor> read_group(const H5File& f, const std::stri
   std::map<std::string, Tensor> out;
   for (const std::string& key : f.list(group)) out[key] = f.read(group + "/" + key, dtype);
   return out;
+}
+
+// The gradient of every parameter of `m` against the file's /grads/params/<key> (float64),
+// relative error below tol; a reference gradient that is zero in exact arithmetic (rounding
+// noise in PyTorch) must be noise at the same scale here.
+inline void check_param_grads(const H5File& f, const Module& m, double tol) {
+  const auto grads = test::read_group(f, "/grads/params", DType::f64);
+  const auto params = m.named_parameters();
+  REQUIRE(grads.size() == params.size());
+  double total = 0;  // the norm of the whole reference gradient
+  for (const auto& kv : grads) {
+    for (double e : kv.second.to_vector()) total += e * e;
+  }
+  total = std::sqrt(total);
+  for (const auto& kv : params) {
+    INFO("parameter ", kv.first);
+    REQUIRE(grads.count(kv.first) == 1);
+    REQUIRE(kv.second.grad().defined());
+    const Tensor got = kv.second.grad().to(DType::f64);
+    const std::vector<double> want = grads.at(kv.first).to_vector();
+    double norm = 0;
+    for (double e : want) norm += e * e;
+    if (std::sqrt(norm) > 1e-9 * total) {
+      CHECK(rel_error(got, grads.at(kv.first)) < tol);
+    } else {
+      // Exactly zero in exact arithmetic: a shift of every compressed key (the k side's biases
+      // before any nonlinearity, the k positions of the linear kinds) leaves softmax unchanged,
+      // so PyTorch's value is rounding noise; ours must be noise at the same scale.
+      const std::vector<double> g = got.to_vector();
+      double gn = 0;
+      for (double e : g) gn += e * e;
+      CHECK(std::sqrt(gn) < tol * total);
+    }
+  }
 }
 
 // The options a golden file was made with (layer or pair: the same attributes where shared).

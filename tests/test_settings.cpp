@@ -26,6 +26,10 @@ train::CheckpointMeta unusual_meta() {
                              {"heads", "3"},
                              {"dim_head", "12"},
                              {"block", "5"},
+                             {"stride", "3"},
+                             {"query_heads", "2"},
+                             {"causal", "true"},
+                             {"topk", "4"},
                              {"seq", "40"},
                              {"batch", "6"},
                              {"queries", "7"},
@@ -60,7 +64,7 @@ TEST_CASE("settings: every stored setting round-trips through a checkpoint under
     CHECK(f.has_attr("/", s.attribute));
     CHECK(train::setting_text(back, s) == train::setting_text(ck.meta, s));
   }
-  CHECK(stored == 17);  // SPEC section 6's attributes and the run settings the file records
+  CHECK(stored == 21);  // SPEC section 6's attributes and the run settings the file records
   CHECK(f.attr_double("/", "base_lr") == 0.0125);  // lr is stored as base_lr
   CHECK(back.seed == 18446744073709551615ull);
 }
@@ -87,6 +91,10 @@ TEST_CASE("settings: a file without the optional attributes takes the older form
   CHECK(m.clip == 0);
   CHECK(m.data == "synthetic");
   CHECK(m.steps == 11);  // the run ended at its step
+  CHECK(m.stride == 0);  // disjoint blocks, non-causal, one query head per KV head, top 16
+  CHECK(!m.causal);
+  CHECK(m.query_heads == 1);
+  CHECK(m.topk == 16);
 }
 
 TEST_CASE("settings: ranges are checked with the flag and the value named") {
@@ -101,6 +109,11 @@ TEST_CASE("settings: ranges are checked with the flag and the value named") {
   bad("warmup", "-2", "not zero or more");
   bad("compressor", "nope", "not a compressor kind");
   bad("task", "nope", "not one of");
+  bad("stride", "-1", "not positive");
+  bad("query_heads", "0", "not positive");
+  bad("topk", "0", "not positive");
+  CHECK(train::check_setting_text(train::setting("causal"), "maybe") ==
+        "'maybe' is not true or false");
   train::RunSettings r;
   CHECK_NOTHROW(train::validate_settings(r));
   CHECK(train::check_setting_text(train::setting("steps"), "1.5") == "'1.5' is not a whole number");
@@ -109,6 +122,9 @@ TEST_CASE("settings: ranges are checked with the flag and the value named") {
   test::check_error([&] { train::set_setting(r, train::setting("heads"), "x"); }, {"--heads", "x"});
   r.seq = 4;
   test::check_error([&] { train::validate_settings(r); }, {"seq 4", "block", "8"});
+  r.seq = 64;
+  r.stride = 9;
+  test::check_error([&] { train::validate_settings(r); }, {"--stride 9", "block", "8"});
   CHECK(train::settings_summary(train::RunSettings{}, train::SettingGroup::model) ==
         "compressor conv, expand 1, dropout 0, reduction 2");
 }

@@ -42,7 +42,7 @@ TEST_CASE("metrics: CSV has the header and parses back to the same values") {
   const MetricsHistory h = sample_history();
   train::write_metrics_csv(dir / "metrics.csv", h);
   const std::string text = test::read_text(dir / "metrics.csv");
-  CHECK(text.rfind("step,loss,eval_loss,lr,grad_norm,elapsed_s\n", 0) == 0);  // seconds
+  CHECK(text.rfind("step,loss,eval_loss,lr,grad_norm,elapsed_s,recall_at_k\n", 0) == 0);
   CHECK(test::count_lines(text) == 101);
   // Row 2 by hand: step 2, no eval loss (an empty field).
   std::istringstream in(text);

@@ -39,6 +39,17 @@ dropout 0.
   (b,h,seq,d), the gradients with respect to the inputs (through the compressed branch only:
   the target is under no_grad; the dropped trailing tokens get 0)
 
+NSA goldens `nsa_<kind>.h5` (conv, mlp, attention_pool): the distill task with overlapping
+blocks, GQA and causal masking, and the selection recall; b=2 h=2 n=16 stride 8 d=6 nq=6 G=2,
+seq 43 (w=4; the 3 tokens past the last window are dropped), topk 2; expand 0.5, reduction 2.
+- root attributes as the pair goldens', plus `stride`, `query_heads`, `causal` (1), `topk`
+  (int64)
+- `/params/<key>`, `/k`, `/v` (b,h,seq,d), `/q` (b,h*G,nq,d), `/q_pos` (b,nq) the positions
+  (float64 whole numbers; some see no complete block)
+- `/k_compressed`, `/v_compressed` (b,h,w,d); `/target`, `/prediction` (b,h*G,nq,d); `/loss`
+- `/grads/params/<key>`, `/grads/k`, `/grads/v` as for the pair goldens
+- `/recall` scalar: selection recall@topk; `/recall_queries` scalar: queries counted in it
+
 Optimizer golden `optim.h5`: groups `/adam` (torch.optim.Adam, weight_decay 0), `/adamw`
 (torch.optim.AdamW, decoupled weight_decay 0.1) and `/adam_l2` (torch.optim.Adam with
 weight_decay 0.01, the L2 penalty added to the gradient), float64, each with attributes `lr`,
@@ -293,10 +304,58 @@ def pair_golden(kind, gen, checks):
   }
 
 
-def _pair_loss(pair, names, q, target, k, v, params):
+NSA_SHAPE = dict(b=2, h=2, n=16, stride=8, d=6, nq=6, g=2, seq=43, topk=2, expand=0.5)
+NSA_KINDS = ("conv", "mlp", "attention_pool")
+
+
+def nsa_golden(kind, gen, checks):
+  s = NSA_SHAPE
+  b, h, n, st, d, nq, g, seq = (s[x] for x in ("b", "h", "n", "stride", "d", "nq", "g", "seq"))
+  w = (seq - n) // st + 1
+  pair = tm.CompressorPair(kind, h, d, n, s["expand"], 0.0, REDUCTION, stride=st, query_heads=g,
+                           causal=True).double()
+  perturb(pair, gen)
+  k = torch.randn(b, h, seq, d, generator=gen, dtype=torch.float64, requires_grad=True)
+  v = torch.randn(b, h, seq, d, generator=gen, dtype=torch.float64, requires_grad=True)
+  q = torch.randn(b, h * g, nq, d, generator=gen, dtype=torch.float64)
+  # Positions before the first block's last token (n - 1 = 15) see no block: left out.
+  q_pos = torch.tensor([[3, 15, 16, 30, 42, 23], [24, 0, 38, 31, 17, 14]])
+  loss, pred, target, kc, vc = pair.distill(q, k, v, q_pos)
+  names = [key for key, _ in pair.named_parameters()]
+  grads = torch.autograd.grad(loss, [k, v] + [p for _, p in pair.named_parameters()])
+  recall, counted = tm.selection_recall(q, k, kc, q_pos, n, st, s["topk"], h)
+  checks.true(f"nsa_{kind}: queries without a block get zero prediction",
+              bool((pred.reshape(b, h * g, nq, d)[0, :, 0] == 0).all()))
+  checks.true(f"nsa_{kind}: 9 of 12 queries count in the recall", counted == 9)
+  if kind == "conv":
+    checks.true(f"nsa_{kind}: gradcheck of the causal GQA distill loss over overlapping blocks",
+                torch.autograd.gradcheck(
+                    lambda kk, vv, *ps: _pair_loss(pair, names, q, target, kk, vv, ps, q_pos),
+                    [k.detach().requires_grad_(), v.detach().requires_grad_()] +
+                    [p.detach().clone().requires_grad_() for p in pair.parameters()],
+                    eps=1e-6, atol=1e-8))
+  return {
+      "attrs": dict(kind=kind, b=b, h=h, seq=seq, n=n, d=d, nq=nq, w=w, stride=st, query_heads=g,
+                    causal=True, topk=s["topk"], reduction=REDUCTION, expand=s["expand"],
+                    dropout=0.0),
+      "data": {"k": k, "v": v, "q": q, "q_pos": q_pos.double(), "k_compressed": kc,
+               "v_compressed": vc, "target": target, "prediction": pred, "loss": loss,
+               "recall": torch.tensor(recall, dtype=torch.float64),
+               "recall_queries": torch.tensor(float(counted), dtype=torch.float64),
+               "grads/k": grads[0], "grads/v": grads[1],
+               **{f"params/{key}": p for key, p in pair.named_parameters()},
+               **{f"grads/params/{key}": g for key, g in zip(names, grads[2:])}},
+  }
+
+
+def _pair_loss(pair, names, q, target, k, v, params, q_pos=None):
   """The distill loss with `params` substituted and the target held at its value: what the
   autograd gradient is (the target is under no_grad), so finite differences over k and v must
-  not move it."""
+  not move it. q and target (b, h*G, nq, d); with q_pos the pair's causal loss."""
+  qg = tm.group_queries(q, pair.heads)
+  target = tm.group_queries(target, pair.heads)
+  blk_vis = pair.visibility(q_pos, k.shape[2])[1]
+
   class _Loss(torch.nn.Module):
     def __init__(self, inner):
       super().__init__()
@@ -304,7 +363,7 @@ def _pair_loss(pair, names, q, target, k, v, params):
 
     def forward(self, k, v):
       kc, vc = self.inner.compress(k, v)
-      return ((tm.full_attention(q, kc, vc) - target) ** 2).mean()
+      return tm.CompressorPair.loss_of(tm.full_attention(qg, kc, vc, blk_vis), target, blk_vis)
 
   return _functional_call(_Loss(pair), {f"inner.{key}": p for key, p in zip(names, params)},
                           (k, v))
@@ -384,6 +443,9 @@ def main(argv=None):
     files[f"pair_{kind}.h5"] = {"": pair_golden(kind, gen, checks)}
   print("optimizer golden")
   files["optim.h5"] = optim_golden(gen, checks)
+  print("NSA goldens (stride, GQA, causal, selection recall)")
+  for kind in NSA_KINDS:
+    files[f"nsa_{kind}.h5"] = {"": nsa_golden(kind, gen, checks)}
 
   if checks.failed:
     print(f"make_golden: {len(checks.failed)} check(s) failed, nothing written: "

@@ -201,55 +201,154 @@ def make_compressor(kind, heads, dim_head, block, expand=1.0, dropout=0.0, reduc
   raise ValueError(f"unknown compressor kind '{kind}' (expected one of {', '.join(KINDS)})")
 
 
-def split_blocks(x, block):
-  """(b, h, seq, d) -> (b, h, seq // n, n, d); trailing tokens that do not fill a block dropped."""
+def split_blocks(x, block, stride=None):
+  """(b, h, seq, d) -> (b, h, w, n, d): windows of n tokens starting every `stride` tokens
+  (default n: disjoint blocks), w = (seq - n) // stride + 1; tokens past the last window dropped."""
   b, h, seq, d = x.shape
-  w = seq // block
-  if w < 1:
+  stride = stride or block
+  if seq < block:
     raise ValueError(f"split_blocks: seq {seq} is shorter than one block of {block}")
-  return x[:, :, :w * block].reshape(b, h, w, block, d)
+  if not 1 <= stride <= block:
+    raise ValueError(f"split_blocks: stride {stride} must be in [1, block {block}]")
+  if stride == block:
+    w = seq // block
+    return x[:, :, :w * block].reshape(b, h, w, block, d)
+  return x.unfold(2, block, stride).transpose(-1, -2)  # (b, h, w, d, n) -> (b, h, w, n, d)
 
 
-def full_attention(q, k, v):
-  """softmax(q k^T / sqrt d) v for q (b, h, nq, d), k and v (b, h, s, d) -> (b, h, nq, d)."""
+def visible_counts(q_pos, first, step, limit):
+  """clamp(floor((pos - first) / step) + 1, 0, limit) per query position (b, nq) (int64): the
+  keys (first 0, step 1, limit seq) or blocks (first n - 1, step stride, limit w) a query sees."""
+  return torch.div(q_pos - first, step, rounding_mode="floor").add(1).clamp(0, limit)
+
+
+def attention_probs(q, k, visible=None):
+  """softmax(q k^T / sqrt d) over keys, (..., m, s); with `visible` (..., m) only the first
+  visible[r] keys of row r count, and a row that sees none is all zero."""
   scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5)
-  return torch.matmul(scores.softmax(dim=-1), v)
+  if visible is None:
+    return scores.softmax(dim=-1)
+  seen = torch.arange(k.shape[-2]) < visible[..., None]
+  scores = scores.masked_fill(~seen, -math.inf).masked_fill(~seen.any(-1, keepdim=True), 0.0)
+  return scores.softmax(dim=-1) * seen.any(-1, keepdim=True)
+
+
+def full_attention(q, k, v, visible=None):
+  """softmax(q k^T / sqrt d) v for q (b, h, nq, d), k and v (b, h, s, d) -> (b, h, nq, d);
+  `visible` as attention_probs says."""
+  return torch.matmul(attention_probs(q, k, visible), v)
+
+
+def group_queries(q, heads):
+  """(b, h*G, nq, d) -> (b, h, G*nq, d): query head j uses KV head j // G (GQA)."""
+  b, hq, nq, d = q.shape
+  if hq % heads:
+    raise ValueError(f"queries have {hq} heads, not a multiple of the {heads} KV heads")
+  return q.reshape(b, heads, hq // heads * nq, d)
+
+
+def selection_recall(q, k, kc, q_pos, block, stride, topk, heads):
+  """NSA's selection recall@k: per query group (the G query heads of a KV head, probabilities
+  summed) and query, the top-k blocks by compressed-attention probability against the top-k by
+  true attention mass (full-attention probability summed over each block's tokens), under the
+  causal rule when q_pos is given; |both| / k averaged over the queries that see a block (k capped
+  at the blocks a query sees). Returns (recall, queries counted)."""
+  b, hq, nq, d = q.shape
+  g = hq // heads
+  seq, w = k.shape[2], kc.shape[2]
+  qg = group_queries(q, heads)
+  key_vis = blk_vis = None
+  if q_pos is not None:
+    key_vis = visible_counts(q_pos, 0, 1, seq)[:, None].repeat(1, heads, g)
+    blk_vis = visible_counts(q_pos, block - 1, stride, w)[:, None].repeat(1, heads, g)
+  with torch.no_grad():
+    pc = attention_probs(qg, kc, blk_vis).reshape(b, heads, g, nq, w).sum(2)
+    pf = attention_probs(qg, k, key_vis)
+    ind = torch.zeros(seq, w, dtype=pf.dtype)
+    for i in range(w):
+      ind[i * stride:i * stride + block, i] = 1
+    mass = torch.matmul(pf, ind).reshape(b, heads, g, nq, w).sum(2)
+  seen = (torch.full((b, nq), w) if q_pos is None else visible_counts(q_pos, block - 1, stride, w))
+  total, count = 0.0, 0
+  for bi in range(b):
+    for j in range(nq):
+      c = int(seen[bi, j])
+      if c == 0:
+        continue
+      kk = min(topk, c)
+      for hh in range(heads):
+        a = set(torch.topk(pc[bi, hh, j, :c], kk).indices.tolist())
+        t = set(torch.topk(mass[bi, hh, j, :c], kk).indices.tolist())
+        total += len(a & t) / kk
+        count += 1
+  return (total / count if count else float("nan")), count // heads
 
 
 class CompressorPair(nn.Module):
   """NSA's pair: k_compress, v_compress and the intra-block positions (h, n, d)."""
 
-  def __init__(self, kind, heads, dim_head, block, expand=1.0, dropout=0.0, reduction=2):
+  def __init__(self, kind, heads, dim_head, block, expand=1.0, dropout=0.0, reduction=2,
+               stride=None, query_heads=1, causal=False):
     super().__init__()
-    self.kind, self.block = kind, block
+    self.kind, self.block, self.heads = kind, block, heads
+    self.stride, self.query_heads, self.causal = stride or block, query_heads, causal
     self.k_compress = make_compressor(kind, heads, dim_head, block, expand, dropout, reduction)
     self.v_compress = make_compressor(kind, heads, dim_head, block, expand, dropout, reduction)
     self.k_intrablock_positions = nn.Parameter(torch.zeros(heads, block, dim_head))
     self.v_intrablock_positions = nn.Parameter(torch.zeros(heads, block, dim_head))
 
   def compress(self, k, v):
-    """k, v: (b, h, seq, d) -> (k_compressed, v_compressed), each (b, h, seq // n, d)."""
+    """k, v: (b, h, seq, d) -> (k_compressed, v_compressed), each (b, h, w, d)."""
     # positions (h, n, d) broadcast over b and w: (h, 1, n, d) against (b, h, w, n, d)
-    kc = self.k_compress(split_blocks(k, self.block) + self.k_intrablock_positions[:, None])
-    vc = self.v_compress(split_blocks(v, self.block) + self.v_intrablock_positions[:, None])
+    kb = split_blocks(k, self.block, self.stride)
+    vb = split_blocks(v, self.block, self.stride)
+    kc = self.k_compress(kb + self.k_intrablock_positions[:, None])
+    vc = self.v_compress(vb + self.v_intrablock_positions[:, None])
     return kc, vc
 
   @staticmethod
   def full_attention(q, k, v):
     return full_attention(q, k, v)
 
-  def distill(self, q, k, v):
-    """The distill task's pieces: (loss, prediction, target, k_compressed, v_compressed)."""
-    with torch.no_grad():  # the target is data, not something to train
-      target = full_attention(q, k, v)
-    kc, vc = self.compress(k, v)
-    prediction = full_attention(q, kc, vc)
-    loss = ((prediction - target) ** 2).mean()
-    return loss, prediction, target, kc, vc
+  def distill(self, q, k, v, q_pos=None):
+    """The distill task's pieces: (loss, prediction, target, k_compressed, v_compressed).
 
-  def distill_loss(self, q, k, v):
+    q is (b, h*G, nq, d) (G = query_heads); prediction and target come back in q's shape.
+    Causal: q_pos (b, nq) int64 positions; query t sees keys 0..t and the blocks whose last
+    token is <= t, and queries that see no block are left out of the mean."""
+    qg = group_queries(q, self.heads)
+    key_vis, blk_vis = self.visibility(q_pos, k.shape[2])
+    with torch.no_grad():  # the target is data, not something to train
+      target = full_attention(qg, k, v, key_vis)
+    kc, vc = self.compress(k, v)
+    prediction = full_attention(qg, kc, vc, blk_vis)
+    loss = self.loss_of(prediction, target, blk_vis)
+    return loss, prediction.reshape(q.shape), target.reshape(q.shape), kc, vc
+
+  def visibility(self, q_pos, seq):
+    """(keys, blocks) each query row of group_queries' (b, h, G*nq) sees; (None, None) when not
+    causal."""
+    if not self.causal:
+      return None, None
+    if q_pos is None:
+      raise ValueError("causal distillation needs the queries' positions")
+    g, w = self.query_heads, (seq - self.block) // self.stride + 1
+    key_vis = visible_counts(q_pos, 0, 1, seq)[:, None].repeat(1, self.heads, g)
+    blk_vis = visible_counts(q_pos, self.block - 1, self.stride, w)[:, None]
+    return key_vis, blk_vis.repeat(1, self.heads, g)
+
+  @staticmethod
+  def loss_of(prediction, target, blk_vis):
+    """The mean squared error, over the query rows that see a block when blk_vis is given."""
+    if blk_vis is None:
+      return ((prediction - target) ** 2).mean()
+    kept = (blk_vis > 0)[..., None]
+    denom = (kept.sum() * prediction.shape[-1]).clamp(min=1)
+    return (((prediction - target) ** 2) * kept).sum() / denom
+
+  def distill_loss(self, q, k, v, q_pos=None):
     """mean((softmax(Q Kc^T/sqrt d) Vc - softmax(Q K^T/sqrt d) V)^2), target under no_grad."""
-    return self.distill(q, k, v)[0]
+    return self.distill(q, k, v, q_pos)[0]
 
 
 def make_teacher(kind, heads, dim_head, block, expand=1.0, dropout=0.0, reduction=2, seed=0,

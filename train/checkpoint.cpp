@@ -97,7 +97,7 @@ void write_settings(H5File& f, const RunSettings& r) {
     std::visit(
         [&](auto member) {
           using T = std::decay_t<decltype(r.*member)>;
-          if constexpr (std::is_same_v<T, uint64_t>) {
+          if constexpr (std::is_same_v<T, uint64_t> || std::is_same_v<T, bool>) {
             f.set_attr("/", s.attribute, static_cast<int64_t>(r.*member));
           } else {
             f.set_attr("/", s.attribute, r.*member);

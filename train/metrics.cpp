@@ -38,6 +38,15 @@ void MetricsHistory::set_eval_loss(int64_t step, double eval_loss) {
   rows_.push_back(row);
 }
 
+void MetricsHistory::set_recall(int64_t step, double recall_at_k) {
+  for (auto it = rows_.rbegin(); it != rows_.rend(); ++it) {
+    if (it->step == step) {
+      it->recall_at_k = recall_at_k;
+      return;
+    }
+  }
+}
+
 void MetricsHistory::truncate_after(int64_t step) {
   rows_.erase(std::remove_if(rows_.begin(), rows_.end(),
                              [&](const MetricsRow& r) { return r.step > step; }),
@@ -66,11 +75,10 @@ std::vector<double> MetricsHistory::column(double MetricsRow::*field) const {
 }
 
 const std::vector<MetricsColumn>& metrics_columns() {
-  static const std::vector<MetricsColumn> columns = {{"loss", &MetricsRow::loss},
-                                                     {"eval_loss", &MetricsRow::eval_loss},
-                                                     {"lr", &MetricsRow::lr},
-                                                     {"grad_norm", &MetricsRow::grad_norm},
-                                                     {"elapsed", &MetricsRow::elapsed}};
+  static const std::vector<MetricsColumn> columns = {
+      {"loss", &MetricsRow::loss},       {"eval_loss", &MetricsRow::eval_loss},
+      {"lr", &MetricsRow::lr},           {"grad_norm", &MetricsRow::grad_norm},
+      {"elapsed", &MetricsRow::elapsed}, {"recall_at_k", &MetricsRow::recall_at_k}};
   return columns;
 }
 
@@ -78,7 +86,7 @@ MetricsHistory MetricsHistory::with_steps(const std::vector<int64_t>& steps) {
   constexpr double nan = std::numeric_limits<double>::quiet_NaN();
   MetricsHistory h;
   h.rows_.reserve(steps.size());
-  for (const int64_t step : steps) h.rows_.push_back({step, nan, nan, nan, nan, nan});
+  for (const int64_t step : steps) h.rows_.push_back({step, nan, nan, nan, nan, nan, nan});
   return h;
 }
 
@@ -117,7 +125,14 @@ BestEval BestEval::of(const MetricsHistory& history) {
 // ---- CSV
 // ------------------------------------------------------------------------------------
 
-const char* metrics_csv_header() { return "step,loss,eval_loss,lr,grad_norm,elapsed_s"; }
+const char* metrics_csv_header() {
+  return "step,loss,eval_loss,lr,grad_norm,elapsed_s,recall_at_k";
+}
+
+namespace {
+// The header of files written before the recall column.
+constexpr const char* kHeaderWithoutRecall = "step,loss,eval_loss,lr,grad_norm,elapsed_s";
+}  // namespace
 
 namespace {
 
@@ -142,7 +157,9 @@ double parse_field(const std::string& s, const std::string& path, size_t line_no
 
 std::string metrics_csv_line(const MetricsRow& r) {
   std::string s = std::to_string(r.step);
-  for (double v : {r.loss, r.eval_loss, r.lr, r.grad_norm, r.elapsed}) s += "," + fmt_double(v);
+  for (double v : {r.loss, r.eval_loss, r.lr, r.grad_norm, r.elapsed, r.recall_at_k}) {
+    s += "," + fmt_double(v);
+  }
   return s;
 }
 
@@ -157,12 +174,14 @@ MetricsHistory read_metrics_csv(const std::string& path) {
   std::ifstream in(path);
   KVC_CHECK(in.good(), "metrics: cannot open ", path, ": ", std::strerror(errno));
   std::string line;
-  // Runs written before the column said its unit name it "elapsed" (the same seconds).
-  const bool header =
-      static_cast<bool>(std::getline(in, line)) &&
-      (line == metrics_csv_header() || line == "step,loss,eval_loss,lr,grad_norm,elapsed");
+  // Runs written before recall@k was logged have six columns; before the time column said its
+  // unit, it was named "elapsed" (the same seconds).
+  const bool header = static_cast<bool>(std::getline(in, line)) &&
+                      (line == metrics_csv_header() || line == kHeaderWithoutRecall ||
+                       line == "step,loss,eval_loss,lr,grad_norm,elapsed");
   KVC_CHECK(header, "metrics: ", path, " does not start with the header '", metrics_csv_header(),
             "'");
+  const size_t fields = line == metrics_csv_header() ? 7 : 6;
   MetricsHistory h;
   size_t line_no = 1;
   while (std::getline(in, line)) {
@@ -173,8 +192,8 @@ MetricsHistory read_metrics_csv(const std::string& path) {
     std::string field;
     while (std::getline(ss, field, ',')) f.push_back(field);
     if (!line.empty() && line.back() == ',') f.push_back("");
-    KVC_CHECK(f.size() == 6, "metrics: ", path, " line ", line_no, " has ", f.size(),
-              " fields, expected 6");
+    KVC_CHECK(f.size() == fields, "metrics: ", path, " line ", line_no, " has ", f.size(),
+              " fields, expected ", fields);
     MetricsRow r;
     const double step = parse_field(f[0], path, line_no);
     KVC_CHECK(std::isfinite(step), "metrics: ", path, " line ", line_no, ": empty step");
@@ -184,6 +203,7 @@ MetricsHistory read_metrics_csv(const std::string& path) {
     r.lr = parse_field(f[3], path, line_no);
     r.grad_norm = parse_field(f[4], path, line_no);
     r.elapsed = parse_field(f[5], path, line_no);
+    if (fields == 7) r.recall_at_k = parse_field(f[6], path, line_no);
     h.append(r);
   }
   return h;

@@ -18,6 +18,8 @@ struct MetricsRow {
   double lr = 0;
   double grad_norm = 0;
   double elapsed = 0;  // seconds since the run began (resumed runs continue the count)
+  // Selection recall@k at this step's evaluation (distill task); NaN without one.
+  double recall_at_k = std::numeric_limits<double>::quiet_NaN();
 };
 
 // A double field of MetricsRow and its name in the checkpoint (/metrics/<name>).
@@ -34,6 +36,8 @@ class MetricsHistory {
   // Sets the eval loss of the latest row whose step is `step` (evaluation runs
   // after the step).
   void set_eval_loss(int64_t step, double eval_loss);
+  // Sets the recall of the row set_eval_loss wrote for `step`.
+  void set_recall(int64_t step, double recall_at_k);
   // Drops rows with step > `step` (a resume from an older checkpoint than the
   // CSV reached).
   void truncate_after(int64_t step);
@@ -77,8 +81,8 @@ struct BestEval {
   static BestEval of(const MetricsHistory& history);
 };
 
-// The CSV header line: step,loss,eval_loss,lr,grad_norm,elapsed_s (elapsed_s: seconds since the
-// run began).
+// The CSV header line: step,loss,eval_loss,lr,grad_norm,elapsed_s,recall_at_k (elapsed_s: seconds
+// since the run began). Files without the recall column (older runs) still read.
 const char* metrics_csv_header();
 // One CSV line (no newline); NaN prints as an empty field so spreadsheets and
 // pandas read it as missing. Doubles print with 9 significant digits (enough to

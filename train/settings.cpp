@@ -40,6 +40,16 @@ const std::vector<Setting>& settings_table() {
     {"batch", "batch", &RS::batch, G::shape, R::positive, S::optional, "sequences per batch b"},
     {"queries", "queries", &RS::queries, G::shape, R::positive, S::optional,
      "queries per sequence nq (distill task)"},
+    {"stride", "stride", &RS::stride, G::shape, R::positive_or_default, S::optional,
+     "tokens between the starts of compressed blocks, 1..block (default: the block size; "
+     "smaller strides overlap the blocks as NSA does)", {}, "0"},
+    {"query_heads", "query_heads", &RS::query_heads, G::shape, R::positive, S::optional,
+     "query heads per KV head G (GQA): queries are (b, h*G, nq, d)", {}, "1"},
+    {"causal", "causal", &RS::causal, G::train, R::any, S::optional,
+     "causal distillation: a query at position t sees keys 0..t and the blocks ending by t",
+     {}, "0"},
+    {"topk", "topk", &RS::topk, G::train, R::positive, S::optional,
+     "k of the selection recall@k reported at every eval (capped at the blocks)", {}, "16"},
     {"task", "task", &RS::task, G::train, R::choice, S::required,
      "distill: match full attention with compressed K/V; teacher: match a frozen noisy pair",
      {"distill", "teacher"}},
@@ -93,7 +103,9 @@ std::string setting_text(const RunSettings& r, const Setting& s) {
       [&](auto member) {
         using T = std::decay_t<decltype(r.*member)>;
         std::ostringstream os;
-        if constexpr (std::is_same_v<T, double>) {
+        if constexpr (std::is_same_v<T, bool>) {
+          os << (r.*member ? "true" : "false");
+        } else if constexpr (std::is_same_v<T, double>) {
           // The shortest text that reads back as the same double ("0.1", not 0.1000...01).
           for (int digits = 6; digits <= 17; ++digits) {
             os.str("");
@@ -124,6 +136,11 @@ std::string check_setting_text(const Setting& s, const std::string& text) {
     return "'" + text + "' is not one of the choices";
   }
   if (is_text) return "";
+  if (std::holds_alternative<bool RunSettings::*>(s.member)) {
+    return text == "true" || text == "false" || text == "1" || text == "0"
+               ? ""
+               : "'" + text + "' is not true or false";
+  }
   char* end = nullptr;
   errno = 0;
   const double x = std::strtod(text.c_str(), &end);
@@ -138,6 +155,7 @@ std::string check_setting_text(const Setting& s, const std::string& text) {
   }
   switch (s.range) {
     case R::positive:
+    case R::positive_or_default:
       return x > 0 ? "" : text + " is not positive";
     case R::non_negative:
       return x >= 0 ? "" : text + " is not zero or more";
@@ -158,6 +176,10 @@ void set_setting(RunSettings& r, const Setting& s, const std::string& text) {
         using T = std::decay_t<decltype(r.*member)>;
         if constexpr (std::is_same_v<T, std::string>) {
           r.*member = text;
+        } else if constexpr (std::is_same_v<T, bool>) {
+          KVC_CHECK(text == "true" || text == "false" || text == "1" || text == "0",
+                    "settings: ", setting_flag(s), " '", text, "' is not true or false");
+          r.*member = text == "true" || text == "1";
         } else {
           std::istringstream in(text);
           T value{};
@@ -173,10 +195,13 @@ void set_setting(RunSettings& r, const Setting& s, const std::string& text) {
 void validate_settings(const RunSettings& r) {
   for (const Setting& s : settings_table()) {
     const std::string text = setting_text(r, s);
+    if (s.range == R::positive_or_default && text == "0") continue;
     const std::string why = check_setting_text(s, text);
     KVC_CHECK(why.empty(), "train: ", setting_flag(s), " ", text, ": ", why);
   }
   KVC_CHECK(r.seq >= r.block, "train: seq ", r.seq, " is shorter than one block (", r.block, ")");
+  KVC_CHECK(r.stride <= r.block, "train: --stride ", r.stride, " is larger than the block (",
+            r.block, "): tokens between blocks would be skipped");
 }
 
 std::string toml_string(const std::string& text) {

@@ -19,6 +19,11 @@ struct RunSettings : KVShape {
   int64_t block = 8;
   double expand = 1.0, dropout = 0.0;
   int64_t reduction = 2;
+  // NSA's compressed branch: windows every `stride` tokens (0: the block size, disjoint blocks),
+  // causal attention, the k of the selection recall at eval (query_heads is KVShape's).
+  int64_t stride = 0;
+  bool causal = false;
+  int64_t topk = 16;
   // The task and the data: "" or "synthetic" for the generator, else an HDF5 KV file (whose h,
   // seq and d then replace heads, seq and dim_head).
   std::string task = "distill";
@@ -39,12 +44,23 @@ struct RunSettings : KVShape {
 // Which flags a command takes: the data shape, the compressor, the rest of a training run.
 enum class SettingGroup : uint8_t { shape, model, train };
 // The values a setting admits.
-enum class SettingRange : uint8_t { any, positive, non_negative, unit_interval, choice, kind };
+// positive_or_default: a flag must be positive; 0 is the unset default (the struct's).
+enum class SettingRange : uint8_t {
+  any,
+  positive,
+  positive_or_default,
+  non_negative,
+  unit_interval,
+  choice,
+  kind
+};
 // In the checkpoint: a root attribute every file has, one older files may lack, or none.
 enum class Stored : uint8_t { required, optional, no };
 
-using SettingMember = std::variant<int64_t RunSettings::*, double RunSettings::*,
-                                   uint64_t RunSettings::*, std::string RunSettings::*>;
+// A bool setting is a flag without a value on the command line (--causal).
+using SettingMember =
+    std::variant<int64_t RunSettings::*, double RunSettings::*, uint64_t RunSettings::*,
+                 std::string RunSettings::*, bool RunSettings::*>;
 
 struct Setting {
   const char* name;  // RunSettings member and summary name; the flag is --name with '-' for '_'
@@ -74,7 +90,8 @@ void set_setting(RunSettings& r, const Setting& s, const std::string& text);
 // Empty when `text` is a valid value of the setting, else why not ("0 is not positive").
 std::string check_setting_text(const Setting& s, const std::string& text);
 
-// Every range of the table (throws kvc::Error naming the flag and the value), then seq >= block.
+// Every range of the table (throws kvc::Error naming the flag and the value), then seq >= block
+// and stride <= block.
 void validate_settings(const RunSettings& r);
 
 // Every setting of the table as a TOML line "dim-head = 32" (the flag's name; text quoted, a

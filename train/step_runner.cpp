@@ -16,7 +16,9 @@ constexpr int64_t kWarmupSteps = 2;
 
 bool same_shapes(const Batch& a, const Batch& b) {
   return a.k.shape() == b.k.shape() && a.v.shape() == b.v.shape() &&
-         a.q.defined() == b.q.defined() && (!a.q.defined() || a.q.shape() == b.q.shape());
+         a.q.defined() == b.q.defined() && (!a.q.defined() || a.q.shape() == b.q.shape()) &&
+         a.q_pos.defined() == b.q_pos.defined() &&
+         (!a.q_pos.defined() || a.q_pos.shape() == b.q_pos.shape());
 }
 
 }  // namespace
@@ -54,7 +56,7 @@ void StepRunner::run_forward_backward(const Batch& batch) {
   } else {
     KVC_CHECK(options_.task == "distill", "train: unknown task '", options_.task,
               "' (expected distill or teacher)");
-    loss_ = pair_.distill_loss(batch.q, batch.k, batch.v);
+    loss_ = pair_.distill_loss(batch.q, batch.k, batch.v, batch.q_pos);
   }
   backward(loss_);
   if (!options_.reduce_gradients) clip();  // else after the reduction
@@ -70,7 +72,8 @@ const Tensor& StepRunner::forward_backward(const Batch& batch) {
   }
   if (!graphs_ && eager_steps_ >= kWarmupSteps && can_capture(batch)) {
     auto g = std::make_unique<Graphs>();
-    g->inputs = {batch.k.clone(), batch.v.clone(), batch.q.defined() ? batch.q.clone() : Tensor()};
+    auto copy = [](const Tensor& t) { return t.defined() ? t.clone() : Tensor(); };
+    g->inputs = {batch.k.clone(), batch.v.clone(), copy(batch.q), copy(batch.q_pos)};
     try {
       g->forward_backward.capture([&] { run_forward_backward(g->inputs); });
       if (options_.reduce_gradients) g->clip.capture([&] { clip(); });
@@ -87,6 +90,7 @@ const Tensor& StepRunner::forward_backward(const Batch& batch) {
     graphs_->inputs.k.copy_from(batch.k);
     graphs_->inputs.v.copy_from(batch.v);
     if (batch.q.defined()) graphs_->inputs.q.copy_from(batch.q);
+    if (batch.q_pos.defined()) graphs_->inputs.q_pos.copy_from(batch.q_pos);
     graphs_->forward_backward.replay();
     if (options_.reduce_gradients) {
       options_.reduce_gradients();

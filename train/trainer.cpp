@@ -56,7 +56,7 @@ std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& sh
   if (is_synthetic(data))
     return std::make_unique<SyntheticKV>(shape, seed, device, DType::f32, split, shard);
   return std::make_unique<H5KVDataset>(data, shape.batch, seed, device, DType::f32, split,
-                                       shape.queries, shard);
+                                       shape.queries, shape.query_heads, shard);
 }
 
 Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
@@ -66,11 +66,17 @@ Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std:
     return pair.teacher_loss(*teacher, batch.k, batch.v);
   }
   KVC_CHECK(task == "distill", "train: unknown task '", task, "' (expected distill or teacher)");
-  return pair.distill_loss(batch.q, batch.k, batch.v);
+  return pair.distill_loss(batch.q, batch.k, batch.v, batch.q_pos);
 }
 
 double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
                 KVSource& source, int64_t n, dist::Communicator* comm) {
+  return evaluate_with_recall(pair, teacher, task, source, n, 0, comm).loss;
+}
+
+EvalResult evaluate_with_recall(CompressorPair& pair, const CompressorPair* teacher,
+                                const std::string& task, KVSource& source, int64_t n,
+                                int64_t topk, dist::Communicator* comm) {
   if (source.batches_per_epoch() > 0) {
     n = std::min<int64_t>(n, static_cast<int64_t>(source.batches_per_epoch()));
   }
@@ -79,18 +85,39 @@ double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::
   pair.eval();
   NoGradGuard no_grad;
   double sum = 0;
+  EvalResult out;
+  SelectionRecall recall;
   try {
     const int64_t first = comm ? comm->rank() : 0, stride = comm ? comm->size() : 1;
     for (int64_t i = first; i < n; i += stride) {
-      sum += task_loss(pair, teacher, task, source.batch_at(static_cast<uint64_t>(i))).item();
+      const Batch batch = source.batch_at(static_cast<uint64_t>(i));
+      sum += task_loss(pair, teacher, task, batch).item();
+      if (task != "distill") continue;
+      out.queries += batch.q.size(0) * batch.q.size(2);
+      // Recall only when asked (topk > 0); the left-out count comes with it.
+      if (topk > 0) recall += pair.selection_recall(batch.q, batch.k, batch.q_pos, topk);
     }
   } catch (...) {
     pair.train(was_training);
     throw;
   }
   pair.train(was_training);
-  if (comm) comm->allreduce_sum(&sum, 1);
-  return sum / static_cast<double>(n);
+  if (comm) {
+    // Every rank gets the sums over all ranks' batches (the counts are exact in a double).
+    double sums[5] = {sum, recall.sum, static_cast<double>(recall.count),
+                      static_cast<double>(recall.queries_without_block),
+                      static_cast<double>(out.queries)};
+    comm->allreduce_sum(sums, 5);
+    sum = sums[0];
+    recall.sum = sums[1];
+    recall.count = static_cast<int64_t>(sums[2]);
+    recall.queries_without_block = static_cast<int64_t>(sums[3]);
+    out.queries = static_cast<int64_t>(sums[4]);
+  }
+  out.loss = sum / static_cast<double>(n);
+  out.recall_at_k = recall.mean();
+  out.queries_without_block = recall.queries_without_block;
+  return out;
 }
 
 CompressorOptions compressor_options(const RunSettings& r, Device device) {
@@ -102,6 +129,9 @@ CompressorOptions compressor_options(const RunSettings& r, Device device) {
   o.expand = r.expand;
   o.dropout = r.dropout;
   o.reduction = r.reduction;
+  o.stride = r.stride;
+  o.query_heads = r.query_heads;
+  o.causal = r.causal;
   o.seed = r.seed;
   o.dtype = DType::f32;
   o.device = device;
@@ -250,6 +280,11 @@ void Trainer::open_sources(bool resuming) {
   opt_.dim_head = fs.dim_head;
   opt_.seq = fs.seq;
   opt_.queries = fs.queries;
+  opt_.query_heads = fs.query_heads;
+  const auto* file = dynamic_cast<const H5KVDataset*>(train_src_.get());
+  KVC_CHECK(!opt_.causal || !file->file_has_queries() || file->info().has_positions,
+            "train: --causal needs the queries' positions, but ", opt_.data,
+            " has 'q' without 'q_pos' (N, nq)");
 }
 
 void Trainer::open_output_folder() {
@@ -295,6 +330,11 @@ void Trainer::warn_on_other_rank_count(const Checkpoint& ck) const {
 double Trainer::evaluate() {
   return train::evaluate(*pair_, teacher_.get(), opt_.task, *eval_src_, opt_.eval_batches,
                          comm_.get());
+}
+
+EvalResult Trainer::evaluate_with_recall() {
+  return train::evaluate_with_recall(*pair_, teacher_.get(), opt_.task, *eval_src_,
+                                     opt_.eval_batches, opt_.topk, comm_.get());
 }
 
 Checkpoint Trainer::snapshot() const {
@@ -421,11 +461,12 @@ std::unique_ptr<Trainer::Session> Trainer::begin_run() {
 
   if (step_ == 0 && opt_.eval_every > 0) {
     // The untrained pair's eval loss: the baseline the curve falls from (not saved as best).
-    const double e = evaluate();
-    metrics_.set_eval_loss(0, e);
-    s->res.first_eval = e;
-    s->progress.set_eval_loss(e);
-    s->note(str("step 0: eval loss ", format_loss(e), " (untrained)"));
+    const EvalResult r = evaluate_with_recall();
+    metrics_.set_eval_loss(0, r.loss);
+    metrics_.set_recall(0, r.recall_at_k);
+    s->res.first_eval = r.loss;
+    s->progress.set_eval_loss(r.loss);
+    s->note(str("step 0: ", eval_note(r), " (untrained)"));
   }
   return s;
 }
@@ -476,16 +517,28 @@ void Trainer::fail_non_finite(Session& s, const StepRecord& r, const Batch* batc
            "); stopping; ", last_good, " (try a lower --lr or --clip)");
 }
 
+std::string Trainer::eval_note(const EvalResult& r) const {
+  std::string s = "eval loss " + format_loss(r.loss);
+  if (!std::isnan(r.recall_at_k)) s += str(", recall@", opt_.topk, " ", r.recall_at_k);
+  if (opt_.causal) {
+    s += str(" (", r.queries_without_block, " of ", r.queries,
+             " queries see no complete block: left out)");
+  }
+  return s;
+}
+
 void Trainer::evaluate_and_record(Session& s) {
-  const double e = evaluate();
+  const EvalResult r = evaluate_with_recall();
+  const double e = r.loss;
   metrics_.set_eval_loss(step_, e);
+  metrics_.set_recall(step_, r.recall_at_k);
   if (std::isnan(s.res.first_eval)) s.res.first_eval = e;
   s.res.last_eval = e;
   KVC_CHECK(std::isfinite(e), "train: eval loss became ", e, " at step ", step_,
             "; the last good checkpoint is ", s.res.checkpoint);
   const bool best = best_.add(step_, e);
   s.progress.set_eval_loss(e);
-  s.note(str("step ", step_, ": eval loss ", format_loss(e), best ? " (best)" : ""));
+  s.note(str("step ", step_, ": ", eval_note(r), best ? " (best)" : ""));
   if (best && opt_.save_best) save(opt_.out + "/best.h5");
 }
 

@@ -73,6 +73,18 @@ std::unique_ptr<KVSource> make_source(const std::string& data, const KVShape& sh
 double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
                 KVSource& source, int64_t n, dist::Communicator* comm = nullptr);
 
+// An evaluation with the distill task's selection recall@topk (NaN for the teacher task or when
+// no query sees a block) and the queries left out of a causal loss (no complete block yet).
+struct EvalResult {
+  double loss = 0;
+  double recall_at_k = 0;
+  int64_t queries = 0;                // queries evaluated (batch * nq per batch)
+  int64_t queries_without_block = 0;  // of them, left out (causal only)
+};
+EvalResult evaluate_with_recall(CompressorPair& pair, const CompressorPair* teacher,
+                                const std::string& task, KVSource& source, int64_t n, int64_t topk,
+                                dist::Communicator* comm = nullptr);
+
 // The loss of one batch for `task` (with gradient when grad mode is on).
 Tensor task_loss(CompressorPair& pair, const CompressorPair* teacher, const std::string& task,
                  const Batch& batch);
@@ -100,6 +112,8 @@ class Trainer {
 
   // Eval loss of the current parameters on the fixed held-out batches.
   double evaluate();
+  // The same with the selection recall (--topk) and the queries left out.
+  EvalResult evaluate_with_recall();
   // The full state as a checkpoint (what save writes).
   Checkpoint snapshot() const;
   // Saves snapshot() to `path` atomically.
@@ -133,6 +147,8 @@ class Trainer {
   void book_steps(Session& s, const Batch* batch);
   [[noreturn]] void fail_non_finite(Session& s, const StepRecord& r, const Batch* batch);
   void evaluate_and_record(Session& s);
+  // "eval loss X, recall@k Y (N of M queries see no complete block: left out)".
+  std::string eval_note(const EvalResult& r) const;
   // Evaluation, checkpoint, early stop, interrupt after a step; false ends the run.
   bool after_step(Session& s, const StepPlan& plan);
   TrainResult finish_run(Session& s);

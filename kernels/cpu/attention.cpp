@@ -21,7 +21,7 @@ constexpr int64_t kKeyBlock = 256;
 
 template <typename T>
 void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch_heads, int64_t nq,
-                       int64_t seq, int64_t d, double alpha) {
+                       int64_t seq, int64_t d, double alpha, const int32_t* visible) {
   if (batch_heads <= 0 || nq <= 0 || d <= 0) return;
   std::vector<T> s(static_cast<size_t>(kQueryBlock * kKeyBlock));  // scores, then P in place
   std::vector<T> m(static_cast<size_t>(kQueryBlock)), l(static_cast<size_t>(kQueryBlock));
@@ -35,8 +35,14 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
       std::fill(ob, ob + rows * d, T(0));
       std::fill(m.begin(), m.end(), -std::numeric_limits<T>::infinity());
       std::fill(l.begin(), l.end(), T(0));
-      for (int64_t k0 = 0; k0 < seq; k0 += kKeyBlock) {
-        const int64_t cols = std::min(kKeyBlock, seq - k0);
+      // The keys any row of this query block sees: later tiles are skipped.
+      int64_t keys = seq;
+      if (visible != nullptr) {
+        const int32_t* vr = visible + b * nq + q0;
+        keys = std::min<int64_t>(seq, *std::max_element(vr, vr + rows));
+      }
+      for (int64_t k0 = 0; k0 < keys; k0 += kKeyBlock) {
+        const int64_t cols = std::min(kKeyBlock, keys - k0);
         GemmArgs g;  // S (rows, cols) = alpha Q (rows, d) K^T (d, cols)
         g.trans_b = true;
         g.m = rows;
@@ -50,8 +56,18 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
         gemm<T>(g, qb, kb + k0 * d, s.data());
         for (int64_t r = 0; r < rows; ++r) {
           T* sr = s.data() + r * kKeyBlock;
+          if (visible != nullptr) {
+            const int64_t lim = visible[b * nq + q0 + r] - k0;
+            for (int64_t j = std::max<int64_t>(lim, 0); j < cols; ++j) {
+              sr[j] = -std::numeric_limits<T>::infinity();
+            }
+          }
           T mx = m[r];
           for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, sr[j]);
+          if (mx == -std::numeric_limits<T>::infinity()) {  // nothing seen yet: no weight
+            std::fill(sr, sr + cols, T(0));
+            continue;
+          }
           // The old accumulators were weighted by exp(-m_old); move them to exp(-m_new).
           const T corr = std::exp(m[r] - mx);
           T sum = 0;

@@ -56,12 +56,17 @@ struct TileLayout {
 // The CTA covers keys [blockIdx.y * split_len, + split_len). With one split it writes the
 // normalized output; otherwise the unnormalized O and its row (max, sum) go to part_o / part_ml,
 // and attention_combine_kernel merges the splits.
-template <int D>
+//
+// kMasked: row r sees keys below visible[r] only (causal targets). The CTA stops at the largest
+// count of its rows, and a row whose keys all lie past it keeps a zero weight (its max stays
+// -inf, so the exponent base is taken as 0). The unmasked kernel is compiled without any of it.
+template <int D, bool kMasked>
 __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     attention_tiled_kernel(const float* __restrict__ q, const float* __restrict__ k,
                            const float* __restrict__ v, float* __restrict__ out,
                            float* __restrict__ part_o, float2* __restrict__ part_ml, int nq,
-                           int seq, int q_tiles, int split_len, float scale_log2) {
+                           int seq, int q_tiles, int split_len, float scale_log2,
+                           const int32_t* __restrict__ visible) {
   using L = TileLayout<D>;
   constexpr int kVec = D / 4;     // float4s per row
   constexpr int kOCols = D / 16;  // O columns per thread
@@ -83,8 +88,21 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
   const int bh = blockIdx.x / q_tiles;
   const int q0 = (blockIdx.x % q_tiles) * kBQ;
   const int kbeg = blockIdx.y * split_len;
-  const int kend = min(seq, kbeg + split_len);
+  int kend = min(seq, kbeg + split_len);
   const int tid = threadIdx.x, cx = tid & 15, ry = tid >> 4;
+  __shared__ int row_limit[kMasked ? kBQ : 1];
+  if constexpr (kMasked) {
+    __shared__ int cta_limit;
+    if (tid == 0) cta_limit = 0;
+    __syncthreads();
+    for (int r = tid; r < kBQ; r += kTileThreads) {
+      const int lim = q0 + r < nq ? visible[static_cast<int64_t>(bh) * nq + q0 + r] : 0;
+      row_limit[r] = lim;
+      atomicMax(&cta_limit, lim);
+    }
+    __syncthreads();
+    kend = max(kbeg, min(kend, cta_limit));
+  }
   const float* qb = q + (static_cast<int64_t>(bh) * nq + q0) * D;
   const float* kb = k + static_cast<int64_t>(bh) * seq * D;
   const float* vb = v + static_cast<int64_t>(bh) * seq * D;
@@ -159,6 +177,9 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
         if (cx + 16 * t >= valid) s[i][t] = -INFINITY;
+        if constexpr (kMasked) {
+          if (k0 + cx + 16 * t >= row_limit[ry + kRowGroups * i]) s[i][t] = -INFINITY;
+        }
         mx = fmaxf(mx, s[i][t]);
       }
 #pragma unroll
@@ -166,11 +187,13 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       }
       const float m_old = __shfl_sync(0xffffffffu, m_row, half | i);
-      const float m_new = fmaxf(m_old, mx);
+      const float m_seen = fmaxf(m_old, mx);
+      // A row that has seen no key yet keeps the max -inf; its weights take base 0 (all zero).
+      const float m_new = kMasked && m_seen == -INFINITY ? 0.f : m_seen;
       // Accumulators so far are weighted by 2^-m_old; move them to 2^-m_new (0 on the first
       // tile, where m_old = -inf and they are zero anyway).
       const float corr = exp2f(m_old - m_new);
-      if (cx == i) m_row = m_new;
+      if (cx == i) m_row = m_seen;
       float sum = 0.f;
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
@@ -262,18 +285,18 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
 }
 
 // CTAs of the tiled kernel that fit on the whole GPU at once, read once per head size.
-template <int D>
+template <int D, bool kMasked>
 int resident_ctas() {
   static const int n = [] {
     using L = TileLayout<D>;
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<D>,
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<D, kMasked>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(L::kBytes)));
     int device = 0, sms = 0, per_sm = 0;
     KVC_CUDA_CHECK(cudaGetDevice(&device));
     KVC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, attention_tiled_kernel<D>,
-                                                                 kTileThreads, L::kBytes));
+    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, attention_tiled_kernel<D, kMasked>, kTileThreads, L::kBytes));
     return std::max(1, sms * per_sm);
   }();
   return n;
@@ -281,17 +304,19 @@ int resident_ctas() {
 
 template <int D>
 void launch_tiled(const float* q, const float* k, const float* v, float* out, int64_t bh,
-                  int64_t nq, int64_t seq, double alpha) {
+                  int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
   using L = TileLayout<D>;
-  const int slots = resident_ctas<D>();  // also raises the kernel's shared-memory limit
+  // also raises the kernel's shared-memory limit
+  const int slots = visible ? resident_ctas<D, true>() : resident_ctas<D, false>();
   const int64_t q_tiles = (nq + kBQ - 1) / kBQ;
   const int64_t rows = bh * nq;
   const KeySplit split(bh * q_tiles, (seq + kBK - 1) / kBK, slots, rows, D);
   const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
   const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
-  attention_tiled_kernel<D><<<grid, kTileThreads, L::kBytes, stream()>>>(
+  auto kernel = visible ? attention_tiled_kernel<D, true> : attention_tiled_kernel<D, false>;
+  kernel<<<grid, kTileThreads, L::kBytes, stream()>>>(
       q, k, v, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
-      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * kBK), scale_log2);
+      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * kBK), scale_log2, visible);
   KVC_CUDA_CHECK(cudaGetLastError());
   split.combine<D>(out, rows);
 }
@@ -304,7 +329,8 @@ constexpr int kRowWarps = 4;  // query rows (one per warp) per block of the gene
 template <typename T>
 __global__ void attention_row_kernel(const T* __restrict__ q, const T* __restrict__ k,
                                      const T* __restrict__ v, T* __restrict__ out, int64_t rows,
-                                     int64_t nq, int64_t seq, int64_t d, T alpha) {
+                                     int64_t nq, int64_t seq, int64_t d, T alpha,
+                                     const int32_t* __restrict__ visible) {
   extern __shared__ unsigned char raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   T* acc = reinterpret_cast<T*>(raw) + warp * (d + 32);
@@ -317,10 +343,11 @@ __global__ void attention_row_kernel(const T* __restrict__ q, const T* __restric
   const T* vb = v + b * seq * d;
   for (int64_t c = lane; c < d; c += 32) acc[c] = T(0);
   T m = -INFINITY, l = 0;
-  for (int64_t k0 = 0; k0 < seq; k0 += 32) {
+  const int64_t keys = visible ? min(seq, static_cast<int64_t>(visible[row])) : seq;
+  for (int64_t k0 = 0; k0 < keys; k0 += 32) {
     const int64_t j = k0 + lane;
     T s = -INFINITY;
-    if (j < seq) {
+    if (j < keys) {
       T dot = 0;
       for (int64_t c = 0; c < d; ++c) dot += qr[c] * kb[j * d + c];
       s = dot * alpha;
@@ -332,7 +359,7 @@ __global__ void attention_row_kernel(const T* __restrict__ q, const T* __restric
     m = m_new;
     pw[lane] = p;
     __syncwarp();
-    const int64_t n = seq - k0 < 32 ? seq - k0 : 32;
+    const int64_t n = keys - k0 < 32 ? keys - k0 : 32;
     for (int64_t c = lane; c < d; c += 32) {
       T a = acc[c] * corr;
       for (int64_t jj = 0; jj < n; ++jj) a += pw[jj] * vb[(k0 + jj) * d + c];
@@ -346,14 +373,14 @@ __global__ void attention_row_kernel(const T* __restrict__ q, const T* __restric
 
 template <typename T>
 void launch_rows(const T* q, const T* k, const T* v, T* out, int64_t bh, int64_t nq, int64_t seq,
-                 int64_t d, double alpha) {
+                 int64_t d, double alpha, const int32_t* visible) {
   const size_t bytes = sizeof(T) * static_cast<size_t>(kRowWarps * (d + 32));
   KVC_CHECK(bytes <= 48 * 1024, "attention_forward: head size ", d, " too large for the ",
             "generic CUDA kernel");
   const int64_t rows = bh * nq;
   const int64_t blocks = (rows + kRowWarps - 1) / kRowWarps;
   attention_row_kernel<T><<<static_cast<unsigned>(blocks), kRowWarps * 32, bytes, stream()>>>(
-      q, k, v, out, rows, nq, seq, d, static_cast<T>(alpha));
+      q, k, v, out, rows, nq, seq, d, static_cast<T>(alpha), visible);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -362,7 +389,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 template <typename T>
 void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch_heads, int64_t nq,
-                       int64_t seq, int64_t d, double alpha) {
+                       int64_t seq, int64_t d, double alpha, const int32_t* visible) {
   if (batch_heads <= 0 || nq <= 0 || d <= 0) return;
   KVC_CHECK(seq > 0, "attention_forward: seq must be positive (softmax over no keys)");
   KVC_CHECK(seq <= INT32_MAX && nq <= INT32_MAX && batch_heads * ((nq + kBQ - 1) / kBQ) < INT32_MAX,
@@ -371,21 +398,22 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
   if constexpr (std::is_same_v<T, float>) {
     const bool vec = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
     const MathPrecision precision = math_precision();
-    if (vec && precision != MathPrecision::fp32 && attention_tc_supports(d)) {
+    // Masked calls take the FP32 kernel until the tensor-core one learns the mask.
+    if (vec && !visible && precision != MathPrecision::fp32 && attention_tc_supports(d)) {
       attention_forward_tc(q, k, v, out, batch_heads, nq, seq, d, alpha, precision);
       done = true;
     } else if (vec && d == 32) {
-      launch_tiled<32>(q, k, v, out, batch_heads, nq, seq, alpha);
+      launch_tiled<32>(q, k, v, out, batch_heads, nq, seq, alpha, visible);
       done = true;
     } else if (vec && d == 64) {
-      launch_tiled<64>(q, k, v, out, batch_heads, nq, seq, alpha);
+      launch_tiled<64>(q, k, v, out, batch_heads, nq, seq, alpha, visible);
       done = true;
     } else if (vec && d == 128) {
-      launch_tiled<128>(q, k, v, out, batch_heads, nq, seq, alpha);
+      launch_tiled<128>(q, k, v, out, batch_heads, nq, seq, alpha, visible);
       done = true;
     }
   }
-  if (!done) launch_rows<T>(q, k, v, out, batch_heads, nq, seq, d, alpha);
+  if (!done) launch_rows<T>(q, k, v, out, batch_heads, nq, seq, d, alpha, visible);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
