@@ -70,7 +70,7 @@ std::string options_toml(const CLI::App* cmd, const std::vector<std::string>& sk
 // (the registry says which) d % r == 0, H = floor(n d expand) >= 1, dropout in [0, 1). Throws
 // UsageError naming the flags and values.
 void validate_shape(const RunSettings& r);
-// With --data the file decides h, seq and d (and nq when it holds q): a flag of `cmd` given
+// With --data the file decides h, seq and d (and nq and G when it holds q): a flag of `cmd` given
 // explicitly that disagrees with the file is a usage error rather than ignored.
 void check_data_flags(const CLI::App* cmd, const RunSettings& r);
 

@@ -33,10 +33,11 @@ int run_gen_data(const GenDataArgs& a) {
     train::throw_if_interrupted("gen-data");
   });
   spdlog::info(
-      "wrote {}: {} sequences, k and v ({}, {}, {}, {}), q ({}, {}, "
-      "{}, {}), seed {}",
-      a.out, a.count, a.count, shape.heads, shape.seq, shape.dim_head, a.count, shape.heads,
-      shape.queries, shape.dim_head, a.seed);
+      "wrote {}: {} sequences, k and v ({}, {}, {}, {}), q ({}, {}, {}, {}) and q_pos ({}, {}), "
+      "seed {}",
+      a.out, a.count, a.count, shape.heads, shape.seq, shape.dim_head, a.count,
+      shape.heads * shape.query_heads, shape.queries, shape.dim_head, a.count, shape.queries,
+      a.seed);
   return kExitOk;
 }
 
@@ -51,6 +52,7 @@ Command add_gen_data_command(CLI::App& app) {
       ->check(positive());
   add_setting_flags(cmd, &a->shape, train::SettingGroup::shape);
   refuse_flag(cmd, "--block", "the file holds whole sequences; train splits them into blocks");
+  refuse_flag(cmd, "--stride", "the file holds whole sequences; train chooses the blocks' stride");
   refuse_flag(cmd, "--batch",
               "the file holds --count sequences; train and infer choose their own batches");
   cmd->add_option("--seed", a->seed, "generator seed")->capture_default_str();

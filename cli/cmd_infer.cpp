@@ -46,7 +46,7 @@ int run_infer(const InferArgs& a) {
             ") but the checkpoint's pair needs h ", m.heads, " and d ", m.dim_head);
   KVC_CHECK(info.seq >= m.block, "infer: ", a.data, " has seq ", info.seq,
             ", shorter than one block of ", m.block);
-  const int64_t w = info.seq / m.block;
+  const int64_t w = pair->windows(info.seq);  // (seq - n) / stride + 1 blocks
 
   require_distinct_files(a.data, a.out, "infer");
   require_replaceable_output(a.out, "infer");
@@ -76,6 +76,7 @@ int run_infer(const InferArgs& a) {
     out.set_attr("/", "data", a.data);
     out.set_attr("/", "compressor", m.compressor);
     out.set_attr("/", "block", m.block);
+    out.set_attr("/", "stride", pair->stride());
     out.set_attr("/", "step", m.step);
     out.set_attr("/", "created", train::iso8601_now());
     out.set_attr("/", "kvcompress_version", std::string(KVC_VERSION));

@@ -107,7 +107,7 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
   apply_precision(a.precision, o.device);
 
   train::Trainer trainer(o);
-  write_run_config(cmd, a, trainer);
+  if (o.comm->is_root()) write_run_config(cmd, a, trainer);
   train::clear_interrupt();
   train::install_interrupt_handlers();
   train::TrainResult r;
@@ -133,7 +133,10 @@ void check_data_flags(const CLI::App* cmd, const RunSettings& r) {
   conflict("--heads", r.heads, f.heads);
   conflict("--dim-head", r.dim_head, f.dim_head);
   conflict("--seq", r.seq, f.seq);
-  if (f.has_queries()) conflict("--queries", r.queries, f.queries);
+  if (f.has_queries()) {
+    conflict("--queries", r.queries, f.queries);
+    conflict("--query-heads", r.query_heads, f.query_heads);
+  }
 }
 
 Command add_train_command(CLI::App& app) {

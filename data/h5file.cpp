@@ -681,6 +681,16 @@ void H5File::write(const std::string& path, const Tensor& t, DType disk) {
 
 void H5File::create_dataset(const std::string& path, const Shape& shape, DType disk,
                             int64_t chunk_rows) {
+  create_typed_dataset(path, shape, disk_type(disk), chunk_rows);
+}
+
+void H5File::create_int64_dataset(const std::string& path, const Shape& shape,
+                                  int64_t chunk_rows) {
+  create_typed_dataset(path, shape, H5T_STD_I64LE, chunk_rows);
+}
+
+void H5File::create_typed_dataset(const std::string& path, const Shape& shape, int64_t disk_type,
+                                  int64_t chunk_rows) {
   silence_hdf5();
   const std::string p = normalize(path);
   check_writable("create dataset", p);
@@ -692,7 +702,8 @@ void H5File::create_dataset(const std::string& path, const Shape& shape, DType d
     chunk[0] = static_cast<hsize_t>(std::min(chunk_rows, shape[0]));
     H5Pset_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data());
   }
-  Handle ds(create_dataset_id(id_, path_, p, disk_type(disk), shape, dcpl.get()), H5Dclose);
+  Handle ds(create_dataset_id(id_, path_, p, static_cast<hid_t>(disk_type), shape, dcpl.get()),
+            H5Dclose);
   KVC_CHECK(ds.close(), "h5: cannot create dataset '", p, "' ", shape, " in '", path_,
             "': ", h5_reason());
 }

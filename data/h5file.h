@@ -80,6 +80,8 @@ class H5File {
   // chunk_rows > 0 makes it chunked along the first axis with that many rows per chunk.
   void create_dataset(const std::string& path, const Shape& shape, DType disk,
                       int64_t chunk_rows = 0);
+  // The same with int64 on disk (positions, indices): write_rows converts whole-number values.
+  void create_int64_dataset(const std::string& path, const Shape& shape, int64_t chunk_rows = 0);
   // Writes `rows` (count, rest of the dataset's shape...) at rows [start, start + count).
   void write_rows(const std::string& path, int64_t start, const Tensor& rows);
 
@@ -114,6 +116,9 @@ class H5File {
   H5File(int64_t id, std::string path, H5Mode mode);
   void check_writable(const char* what, const std::string& object) const;
   void release() noexcept;  // the destructor's close
+  // create_dataset with the HDF5 file type `disk_type` (a hid_t).
+  void create_typed_dataset(const std::string& path, const Shape& shape, int64_t disk_type,
+                            int64_t chunk_rows);
 
   int64_t id_ = -1;  // hid_t of the open file (hid_t is int64_t in HDF5 >= 1.10)
   std::string path_;

@@ -115,27 +115,39 @@ Tensor read_kv_rows(const H5File& f, const std::string& name, int64_t start, int
 }
 
 KVFileWriter::KVFileWriter(const std::string& path, int64_t count, int64_t heads, int64_t seq,
-                           int64_t dim_head, int64_t queries)
-    : path_(path), count_(count), heads_(heads), seq_(seq), dim_head_(dim_head), queries_(queries) {
-  KVC_CHECK(count >= 1 && heads >= 1 && seq >= 1 && dim_head >= 1 && queries >= 0, "kv file '",
-            path, "': bad sizes: count ", count, ", heads ", heads, ", seq ", seq, ", dim_head ",
-            dim_head, ", queries ", queries);
+                           int64_t dim_head, int64_t queries, int64_t query_heads, bool positions)
+    : path_(path),
+      count_(count),
+      heads_(heads),
+      seq_(seq),
+      dim_head_(dim_head),
+      queries_(queries),
+      query_heads_(query_heads),
+      positions_(positions) {
+  KVC_CHECK(count >= 1 && heads >= 1 && seq >= 1 && dim_head >= 1 && queries >= 0 &&
+                query_heads >= 1 && (!positions || queries > 0),
+            "kv file '", path, "': bad sizes: count ", count, ", heads ", heads, ", seq ", seq,
+            ", dim_head ", dim_head, ", queries ", queries, ", query heads ", query_heads,
+            positions ? " with positions" : "");
   std::error_code ec;
   require_replaceable_output(path, "kv file '" + path + "'");
   const fs::path parent = fs::path(path).parent_path();
   KVC_CHECK(parent.empty() || fs::is_directory(parent, ec), "kv file '", path, "': folder '",
             parent.string(), "' does not exist");
   // float32 k and v, and q: refuse at once a file the disk cannot hold, not after hours.
+  const int64_t q_heads = checked_mul(heads, query_heads, "kv file");
   const int64_t kv_bytes = checked_mul(2 * 4, numel_of({count, heads, seq, dim_head}), "kv file");
-  const int64_t q_bytes = checked_mul(4, numel_of({count, heads, queries, dim_head}), "kv file");
-  require_free_space(folder_of(path), static_cast<uint64_t>(kv_bytes) + q_bytes,
+  const int64_t q_bytes = checked_mul(4, numel_of({count, q_heads, queries, dim_head}), "kv file");
+  const int64_t pos_bytes = positions ? checked_mul(8, numel_of({count, queries}), "kv file") : 0;
+  require_free_space(folder_of(path), static_cast<uint64_t>(kv_bytes) + q_bytes + pos_bytes,
                      "kv file '" + path + "'");
   // Same folder as the target, so the final rename is atomic (one file system).
   temp_path_ = temp_path_for(path);
   file_ = H5File::open(temp_path_, H5Mode::create);
   file_.create_dataset("k", {count, heads, seq, dim_head}, DType::f32);
   file_.create_dataset("v", {count, heads, seq, dim_head}, DType::f32);
-  if (queries > 0) file_.create_dataset("q", {count, heads, queries, dim_head}, DType::f32);
+  if (queries > 0) file_.create_dataset("q", {count, q_heads, queries, dim_head}, DType::f32);
+  if (positions) file_.create_int64_dataset("q_pos", {count, queries});
 }
 
 KVFileWriter::~KVFileWriter() {
@@ -154,9 +166,15 @@ void KVFileWriter::append(const Batch& batch, int64_t rows) {
             ", ", dim_head_, ")");
   const int64_t b = want[0];
   if (queries_ > 0) {
-    const Shape want_q{b, heads_, queries_, dim_head_};
+    const Shape want_q{b, heads_ * query_heads_, queries_, dim_head_};
     KVC_CHECK(batch.q.defined() && batch.q.shape() == want_q, "kv file '", path_, "': batch q ",
               batch.q.defined() ? batch.q.shape() : Shape{}, " does not match ", want_q);
+  }
+  if (positions_) {
+    const Shape want_pos{b, queries_};
+    KVC_CHECK(batch.q_pos.defined() && batch.q_pos.shape() == want_pos, "kv file '", path_,
+              "': batch q_pos ", batch.q_pos.defined() ? batch.q_pos.shape() : Shape{},
+              " does not match ", want_pos);
   }
   if (rows < 0) rows = b;
   KVC_CHECK(rows <= b, "kv file '", path_, "': append of ", rows, " rows from a batch of ", b);
@@ -169,6 +187,7 @@ void KVFileWriter::append(const Batch& batch, int64_t rows) {
   file_.write_rows("k", written_, host_f32(batch.k));
   file_.write_rows("v", written_, host_f32(batch.v));
   if (queries_ > 0) file_.write_rows("q", written_, host_f32(batch.q));
+  if (positions_) file_.write_rows("q_pos", written_, host_f32(batch.q_pos));
   written_ += rows;
 }
 
@@ -194,7 +213,8 @@ void write_kv_file(const std::string& path, const Tensor& k, const Tensor& v, co
   KVC_CHECK(k.defined() && k.dim() == 4, "kv file '", path, "': k must be (N, h, seq, d), got ",
             k.defined() ? k.shape() : Shape{});
   const int64_t nq = q.defined() ? q.size(2) : 0;
-  KVFileWriter w(path, k.size(0), k.size(1), k.size(2), k.size(3), nq);
+  const int64_t g = q.defined() && q.dim() == 4 ? std::max<int64_t>(1, q.size(1) / k.size(1)) : 1;
+  KVFileWriter w(path, k.size(0), k.size(1), k.size(2), k.size(3), nq, g);
   w.append(Batch{k, v, q});
   w.commit();
 }
@@ -210,7 +230,10 @@ void write_kv_file(const std::string& path, const std::vector<Batch>& batches) {
     count += b.k.size(0);
   }
   const int64_t nq = first.q.defined() ? first.q.size(2) : 0;
-  KVFileWriter w(path, count, first.k.size(1), first.k.size(2), first.k.size(3), nq);
+  const int64_t g =
+      first.q.defined() && first.q.dim() == 4 ? std::max<int64_t>(1, first.q.size(1) / first.k.size(1)) : 1;
+  KVFileWriter w(path, count, first.k.size(1), first.k.size(2), first.k.size(3), nq, g,
+                 nq > 0 && first.q_pos.defined());
   for (const Batch& b : batches) w.append(b);
   w.commit();
 }
@@ -219,7 +242,8 @@ void generate_kv_file(const std::string& path, const KVShape& shape, int64_t cou
                       Device device, const std::function<void(int64_t)>& on_progress) {
   KVC_CHECK(count >= 1, "gen-data: count ", count, " must be >= 1");
   SyntheticKV gen(shape, seed, device, DType::f32, Split::train);
-  KVFileWriter w(path, count, shape.heads, shape.seq, shape.dim_head, shape.queries);
+  KVFileWriter w(path, count, shape.heads, shape.seq, shape.dim_head, shape.queries,
+                 shape.query_heads, /*positions=*/true);
   w.set_attr("generator", "kvcompress synthetic");
   w.set_attr("seed", static_cast<int64_t>(seed));
   for (uint64_t i = 0; w.written() < count; ++i) {

@@ -46,8 +46,10 @@ Tensor read_kv_rows(const H5File& file, const std::string& name, int64_t start, 
 // uncommitted writer removes the temporary file.
 class KVFileWriter {
  public:
+  // q holds heads * query_heads heads when queries > 0; `positions` adds q_pos (count, queries),
+  // int64, from each batch's q_pos.
   KVFileWriter(const std::string& path, int64_t count, int64_t heads, int64_t seq, int64_t dim_head,
-               int64_t queries);
+               int64_t queries, int64_t query_heads = 1, bool positions = false);
   ~KVFileWriter();
   KVFileWriter(const KVFileWriter&) = delete;
   KVFileWriter& operator=(const KVFileWriter&) = delete;
@@ -66,19 +68,22 @@ class KVFileWriter {
   std::string path_;
   std::string temp_path_;
   H5File file_;
-  int64_t count_, heads_, seq_, dim_head_, queries_;
+  int64_t count_, heads_, seq_, dim_head_, queries_, query_heads_;
+  bool positions_;
   int64_t written_ = 0;
   bool committed_ = false;
 };
 
-// Writes one KV file from whole tensors: k, v (N, h, seq, d), q (N, h, nq, d); atomic as above.
+// Writes one KV file from whole tensors: k, v (N, h, seq, d), q (N, h*G, nq, d); atomic as above.
 void write_kv_file(const std::string& path, const Tensor& k, const Tensor& v, const Tensor& q);
-// The same from batches of one shape, concatenated along the batch axis.
+// The same from batches of one shape, concatenated along the batch axis (with q_pos when the
+// batches carry it).
 void write_kv_file(const std::string& path, const std::vector<Batch>& batches);
 
 // gen-data: `count` sequences of the synthetic generator (seed, train split, shape.batch
-// sequences per generated batch) written to `path`, generated on `device`. `on_progress`, when
-// given, is called with the number of sequences written after each batch.
+// sequences per generated batch; q of heads * query_heads heads and their q_pos) written to
+// `path`, generated on `device`. `on_progress`, when given, is called with the number of
+// sequences written after each batch.
 void generate_kv_file(const std::string& path, const KVShape& shape, int64_t count, uint64_t seed,
                       Device device = Device::cpu(),
                       const std::function<void(int64_t)>& on_progress = {});

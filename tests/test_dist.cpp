@@ -164,13 +164,13 @@ TEST_CASE("data-parallel: HDF5 shards read their rows of the shared shuffled ord
   std::vector<std::unique_ptr<KVSource>> shards;
   for (int64_t r = 0; r < parts; ++r) {
     shards.push_back(std::make_unique<H5KVDataset>(path, 3, 9, Device::cpu(), DType::f32,
-                                                   Split::train, 3, Shard{r, parts}));
+                                                   Split::train, 3, 1, Shard{r, parts}));
   }
   H5KVDataset whole(path, 3 * parts, 9, Device::cpu(), DType::f32, Split::train, 3);
   CHECK(shards[0]->batches_per_epoch() == whole.batches_per_epoch());  // 25 / 6 = 4
   for (uint64_t index : {0u, 5u}) check_shards(whole, shards, index);  // 5: the second epoch
   CHECK_THROWS_WITH_AS(
-      H5KVDataset(path, 13, 9, Device::cpu(), DType::f32, Split::train, 3, Shard{0, 2}),
+      H5KVDataset(path, 13, 9, Device::cpu(), DType::f32, Split::train, 3, 1, Shard{0, 2}),
       doctest::Contains("fewer than batch 13 x 2 processes"), Error);
 }
 

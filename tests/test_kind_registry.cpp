@@ -91,6 +91,18 @@ TEST_CASE("kind registry: a toy kind is listed, built, costed and checkpointed")
   CHECK(w.backward_flops == doctest::Approx(2 * (2 * comp + pred)));
   CHECK(w.optimizer_bytes == doctest::Approx(7 * 2 * 4));
 
+  // Overlapping blocks (stride 2 < n = 4: w = (16 - 4) / 2 + 1 = 7) and 3 query heads per KV
+  // head: the compressor runs over b*h*7 blocks, the attentions over b*h*3 query heads.
+  CompressorOptions strided = o;
+  strided.stride = 2;
+  KVShape grouped = s;
+  grouped.query_heads = 3;
+  const train::StepWork ws = train::step_work(strided, grouped, 2);
+  const double blocks7 = 2 * 2 * 7, comp7 = blocks7 * 4 * 3 + blocks7 * 3;
+  const double target3 = 3 * target, pred3 = 4.0 * 2 * 6 * 5 * 7 * 3;
+  CHECK(ws.forward_flops == doctest::Approx(2 * comp7 + target3 + pred3));
+  CHECK(ws.backward_flops == doctest::Approx(2 * (2 * comp7 + pred3)));
+
   // Round-tripped through a checkpoint: the loaded pair is a toy pair with the saved values.
   CompressorPair pair(o);
   pair.named_parameters().front().second.copy_from(Tensor::full({1}, 3.5));

@@ -213,6 +213,8 @@ std::string settings_toml(const RunSettings& r) {
   std::string out;
   for (const Setting& s : settings_table()) {
     std::string value = setting_text(r, s);
+    // Unset (0): the default stands in for it, and a flag or key must be positive.
+    if (s.range == R::positive_or_default && value == "0") continue;
     if (std::holds_alternative<std::string RunSettings::*>(s.member)) {
       value = toml_string(value);
     } else if (std::holds_alternative<double RunSettings::*>(s.member) &&

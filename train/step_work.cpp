@@ -8,14 +8,16 @@ namespace kvc::train {
 StepWork step_work(const CompressorOptions& o, const KVShape& s, int64_t params) {
   const CompressorKind& kind = compressor_kind(o.kind);
   const double b = s.batch, h = s.heads, d = s.dim_head, nq = s.queries, seq = s.seq;
-  const double w = std::floor(seq / static_cast<double>(o.block));
+  const double hq = h * static_cast<double>(s.query_heads);
+  const int64_t stride = o.stride > 0 ? o.stride : o.block;
+  const double w = std::floor(static_cast<double>(s.seq - o.block) / static_cast<double>(stride)) + 1;
   const double blocks = b * h * w;
   const double comp = kind.forward_flops(o, blocks);
-  const double target = 4 * b * h * nq * seq * d, pred = 4 * b * h * nq * w * d;
+  const double target = 4 * b * hq * nq * seq * d, pred = 4 * b * hq * nq * w * d;
   StepWork wk;
   wk.forward_flops = 2 * comp + target + pred;
   wk.backward_flops = 2 * (2 * comp + pred);
-  const double kv = 2 * b * h * seq * d * 4, q = b * h * nq * d * 4, out = 2 * blocks * d * 4;
+  const double kv = 2 * b * h * seq * d * 4, q = b * hq * nq * d * 4, out = 2 * blocks * d * 4;
   const double p = static_cast<double>(params) * 4;
   wk.forward_bytes = kv + q + p + out;
   wk.backward_bytes = kv + q + p + out + p;

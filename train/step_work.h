@@ -9,9 +9,10 @@
 namespace kvc::train {
 
 // Per training step of the distill task, one pair = k and v compressors; M = b*h*w blocks,
-// w = floor(seq / n).
+// w = floor((seq - n) / stride) + 1 (stride n when unset), hq = h * query_heads query heads.
 //   compressor: the kind's registry FLOP model over M blocks (GEMM multiply-adds count 2)
-//   attention GEMMs: target softmax(QK^T)V 4*b*h*nq*seq*d; prediction over w blocks 4*b*h*nq*w*d
+//   attention GEMMs: target softmax(QK^T)V 4*b*hq*nq*seq*d; prediction over w blocks
+//   4*b*hq*nq*w*d (full attention: a causal run computes about half of both)
 //   forward  = 2 * compressor + target + prediction
 //   backward = 2 * (2 * compressor + prediction)   (the target has no gradient)
 // Adam's elementwise work is not counted as FLOPs. Bytes (the compulsory traffic, float32): the
