@@ -103,9 +103,10 @@ void add_setting_flags(CLI::App* cmd, RunSettings* r, train::SettingGroup group,
           if constexpr (std::is_same_v<std::decay_t<decltype(r->*member)>, bool>) {
             cmd->add_flag(train::setting_flag(s), r->*member, help);
           } else {
-            cmd->add_option(train::setting_flag(s), r->*member, help)
-                ->capture_default_str()
-                ->check(check);
+            CLI::Option* o = cmd->add_option(train::setting_flag(s), r->*member, help);
+            // An unset default (0) is not a value the flag takes: the help says what stands in.
+            if (s.range != train::SettingRange::positive_or_default) o->capture_default_str();
+            o->check(check);
           }
         },
         s.member);

@@ -40,7 +40,8 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
   GradcheckOptions go;
   go.eps = a.eps;
   const TensorOptions t64 = f64().with_device(device);
-  const int64_t w = s.seq / s.block;
+  const int64_t stride = s.stride > 0 ? s.stride : s.block;
+  const int64_t w = (s.seq - s.block) / stride + 1;  // the pair's windows
 
   // The layer alone: its input x and every parameter. A layer with dropout
   // stays in training mode (the masks are part of what is checked) with its
@@ -71,8 +72,8 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
         Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.run.seed + 12, 0, 0.0, 1.0, t64);
     Tensor v =
         Tensor::randn({s.batch, s.heads, s.seq, s.dim_head}, a.run.seed + 13, 0, 0.0, 1.0, t64);
-    Tensor q =
-        Tensor::randn({s.batch, s.heads, s.queries, s.dim_head}, a.run.seed + 14, 0, 0.0, 1.0, t64);
+    Tensor q = Tensor::randn({s.batch, s.heads * s.query_heads, s.queries, s.dim_head},
+                             a.run.seed + 14, 0, 0.0, 1.0, t64);
     // Positions start at zero; move them off it so their gradient path sees
     // general values.
     for (auto& kv : pair.named_parameters()) {

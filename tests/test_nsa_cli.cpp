@@ -110,5 +110,22 @@ TEST_CASE("nsa cli: gen-data with query heads, causal strided training, eval and
   for (size_t i = 0; i < got.size(); ++i) CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-6));
 }
 
+TEST_CASE("nsa cli: gradcheck and bench take the stride and the query heads") {
+  TempDir dir("nsa_cli_check");
+  // Finite differences of the layer over overlapping windows, compress() and the grouped loss.
+  RunResult r = test::run_kvcompress(
+      "gradcheck --device cpu --compressor efficient_conv --stride 2 --query-heads 2", dir.path);
+  INFO(r.out, r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("checks passed") != std::string::npos);
+  r = test::run_kvcompress(
+      "bench --device cpu --config small --compressor conv --stride 4 --query-heads 2 "
+      "--warmup-reps 0 --reps 1 --json",
+      dir.path);
+  INFO(r.out, r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("\"kind\": \"conv\"") != std::string::npos);
+}
+
 }  // namespace
 }  // namespace kvc
