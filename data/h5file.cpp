@@ -684,8 +684,7 @@ void H5File::create_dataset(const std::string& path, const Shape& shape, DType d
   create_typed_dataset(path, shape, disk_type(disk), chunk_rows);
 }
 
-void H5File::create_int64_dataset(const std::string& path, const Shape& shape,
-                                  int64_t chunk_rows) {
+void H5File::create_int64_dataset(const std::string& path, const Shape& shape, int64_t chunk_rows) {
   create_typed_dataset(path, shape, H5T_STD_I64LE, chunk_rows);
 }
 

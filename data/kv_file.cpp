@@ -230,8 +230,9 @@ void write_kv_file(const std::string& path, const std::vector<Batch>& batches) {
     count += b.k.size(0);
   }
   const int64_t nq = first.q.defined() ? first.q.size(2) : 0;
-  const int64_t g =
-      first.q.defined() && first.q.dim() == 4 ? std::max<int64_t>(1, first.q.size(1) / first.k.size(1)) : 1;
+  const int64_t g = first.q.defined() && first.q.dim() == 4
+                        ? std::max<int64_t>(1, first.q.size(1) / first.k.size(1))
+                        : 1;
   KVFileWriter w(path, count, first.k.size(1), first.k.size(2), first.k.size(3), nq, g,
                  nq > 0 && first.q_pos.defined());
   for (const Batch& b : batches) w.append(b);

@@ -100,8 +100,8 @@ Batch SyntheticKV::batch_at(uint64_t index) {
   std::vector<double> pos(static_cast<size_t>(b * nq));
   const int64_t first_query = static_cast<int64_t>(first_row()) * nq;
   for (int64_t row = 0; row < b * nq; ++row) {
-    pos[static_cast<size_t>(row)] = static_cast<double>(
-        kernels::math::random_row(key_, pos_stream, first_query + row, n));
+    pos[static_cast<size_t>(row)] =
+        static_cast<double>(kernels::math::random_row(key_, pos_stream, first_query + row, n));
   }
   out.q_pos = Tensor::from_vector(pos, {b, nq}, opt);
   return out;

@@ -9,6 +9,7 @@
 #include "core/gradcheck.h"
 #include "core/ops.h"
 #include "data/h5file.h"
+#include "kernels/precision.h"
 #include "nn/compressor_pair.h"
 #include "test_nn_util.h"
 #include "test_util.h"
@@ -216,6 +217,51 @@ TEST_CASE("nsa cuda: windows, masks and the fused causal target match the CPU") 
   test::require_gradcheck(gradcheck(
       [&] { return scaled_dot_attention(in[0].second, in[1].second, in[2].second, 0.7, vis); },
       in));
+}
+
+TEST_CASE("nsa cuda: the tensor-core causal target (tf32, bf16) matches the CPU, split keys too") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  // Within the operands' rounding (tf32 2^-11, bf16 2^-8: bounds as for the unmasked kernel),
+  // and above the FP32 kernel's error, which shows the rounded path ran. Positions include 0
+  // (one key), seq - 1 (all keys) and rows ending inside and across the key tiles and splits.
+  struct Shape4 {
+    int64_t seq, d;
+  };
+  uint64_t seed = 40;
+  for (const Shape4 c : {Shape4{131, 64}, Shape4{300, 128}, Shape4{9000, 32}, Shape4{30011, 64},
+                         Shape4{50001, 128}}) {
+    for (const auto& [precision, tol] : {std::pair{kernels::MathPrecision::tf32, 2e-3},
+                                         std::pair{kernels::MathPrecision::bf16, 1.5e-2}}) {
+      INFO("seq ", c.seq, ", d ", c.d, ", ", kernels::precision_name(precision));
+      const int64_t nq = 70;
+      std::vector<double> p(static_cast<size_t>(nq));
+      for (int64_t i = 0; i < nq; ++i)
+        p[static_cast<size_t>(i)] = static_cast<double>((i * 7919) % c.seq);
+      p[0] = 0, p[1] = static_cast<double>(c.seq - 1);
+      const Tensor positions = Tensor::from_vector(p, {1, nq}, f32());
+      const Tensor q = Tensor::randn({1, 2, nq, c.d}, seed++, 0, 0.0, 1.0, f32());
+      const Tensor k = Tensor::randn({1, 2, c.seq, c.d}, seed++, 0, 0.0, 1.0, f32());
+      const Tensor v = Tensor::randn({1, 2, c.seq, c.d}, seed++, 0, 0.0, 1.0, f32());
+      const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
+      NoGradGuard ng;
+      const Tensor want =
+          attention_target(q, k, v, alpha, visible_counts(positions, 2, 0, 1, c.seq));
+      const kernels::MathPrecision saved = kernels::cuda::math_precision();
+      kernels::cuda::set_math_precision(precision);
+      const Tensor got =
+          attention_target(q.to(Device::cuda()), k.to(Device::cuda()), v.to(Device::cuda()), alpha,
+                           visible_counts(positions.to(Device::cuda()), 2, 0, 1, c.seq))
+              .to(Device::cpu());
+      kernels::cuda::set_math_precision(saved);
+      const double err = rel_error(got, want);
+      MESSAGE(kernels::precision_name(precision), " causal rel error ", err, " (seq ", c.seq,
+              ", d ", c.d, ")");
+      CHECK(err < tol);
+      CHECK(err > 1e-6);
+    }
+  }
+#endif
 }
 
 TEST_CASE("nsa errors: stride, query heads, positions and causal without them name the values") {

@@ -53,10 +53,10 @@ TEST_CASE("nsa cli: gen-data with query heads, causal strided training, eval and
   expect_error(test::run_kvcompress("gen-data --out " + dir / "x.h5" + " --stride 4", dir.path), 2,
                {"--stride does not apply to gen-data"});
   // The file decides G: a flag that disagrees is refused.
-  expect_error(test::run_kvcompress("train --data " + dir / "kv.h5" + " --query-heads 3 --out " +
-                                        dir / "bad",
-                                    dir.path),
-               2, {"--query-heads 3", "which has 2"});
+  expect_error(
+      test::run_kvcompress(
+          "train --data " + dir / "kv.h5" + " --query-heads 3 --out " + dir / "bad", dir.path),
+      2, {"--query-heads 3", "which has 2"});
 
   r = test::run_kvcompress("train --data " + dir / "kv.h5" +
                                " --block 8 --stride 4 --causal --topk 4 --batch 2 --steps 6 "

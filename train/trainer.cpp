@@ -75,8 +75,8 @@ double evaluate(CompressorPair& pair, const CompressorPair* teacher, const std::
 }
 
 EvalResult evaluate_with_recall(CompressorPair& pair, const CompressorPair* teacher,
-                                const std::string& task, KVSource& source, int64_t n,
-                                int64_t topk, dist::Communicator* comm) {
+                                const std::string& task, KVSource& source, int64_t n, int64_t topk,
+                                dist::Communicator* comm) {
   if (source.batches_per_epoch() > 0) {
     n = std::min<int64_t>(n, static_cast<int64_t>(source.batches_per_epoch()));
   }

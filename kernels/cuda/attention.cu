@@ -398,9 +398,8 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
   if constexpr (std::is_same_v<T, float>) {
     const bool vec = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(out);
     const MathPrecision precision = math_precision();
-    // Masked calls take the FP32 kernel until the tensor-core one learns the mask.
-    if (vec && !visible && precision != MathPrecision::fp32 && attention_tc_supports(d)) {
-      attention_forward_tc(q, k, v, out, batch_heads, nq, seq, d, alpha, precision);
+    if (vec && precision != MathPrecision::fp32 && attention_tc_supports(d)) {
+      attention_forward_tc(q, k, v, out, batch_heads, nq, seq, d, alpha, precision, visible);
       done = true;
     } else if (vec && d == 32) {
       launch_tiled<32>(q, k, v, out, batch_heads, nq, seq, alpha, visible);
