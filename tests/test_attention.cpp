@@ -216,8 +216,8 @@ void check_tensor_core_cases(kernels::MathPrecision precision, double tol,
     const std::vector<double> got = out.to_vector();
     check_close(got, want, tol);
     const double err = test::rel_error(got, want);
-    MESSAGE(kernels::precision_name(precision), " rel error ", err, " (bh ", c.bh, ", nq ", c.nq,
-            ", seq ", c.seq, ", d ", c.d, ")");
+    MESSAGE(std::string(kernels::precision_name(precision)), " rel error ", err, " (bh ", c.bh,
+            ", nq ", c.nq, ", seq ", c.seq, ", d ", c.d, ")");
     CHECK(err > 1e-6);
     check_close(attention_target(q, k, v, alpha).to_vector(), want, tol);  // the op, same path
   }

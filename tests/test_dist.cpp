@@ -347,10 +347,10 @@ TEST_SUITE("mpi") {
         test::run_shell(run2 + " --steps 6 --stop-at 3 --out " + (dir / "part"), dir.path);
     INFO("stderr: ", part.err);
     REQUIRE(part.exit_code == 0);
-    const auto resumed =
-        test::run_shell(mpirun(2) + test::kvcompress_binary() + " train --progress none --resume " +
-                            (dir / "part/checkpoint.h5"),
-                        dir.path);
+    const auto resumed = test::run_shell(mpirun(2) + test::kvcompress_binary() +
+                                             " train --device cpu --progress none --resume " +
+                                             (dir / "part/checkpoint.h5"),
+                                         dir.path);
     INFO("stderr: ", resumed.err);
     REQUIRE(resumed.exit_code == 0);
     check_same_parameters(dir / "part/checkpoint.h5", dir / "full/checkpoint.h5", 0.0, 0.0);
@@ -445,10 +445,10 @@ TEST_SUITE("mpi") {
     const int64_t step = std::stoll(err.substr(at + 20));
     CHECK(train::load_checkpoint(dir / "run/checkpoint.h5", true).meta.step == step);
     // Both ranks continue from it.
-    const auto resumed =
-        test::run_shell(mpirun(2) + test::kvcompress_binary() + " train --progress none --steps " +
-                            std::to_string(step + 2) + " --resume " + (dir / "run/checkpoint.h5"),
-                        dir.path);
+    const auto resumed = test::run_shell(
+        mpirun(2) + test::kvcompress_binary() + " train --device cpu --progress none --steps " +
+            std::to_string(step + 2) + " --resume " + (dir / "run/checkpoint.h5"),
+        dir.path);
     INFO("resumed: ", resumed.err);
     CHECK(resumed.exit_code == 0);
   }

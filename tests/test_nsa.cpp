@@ -255,8 +255,8 @@ TEST_CASE("nsa cuda: the tensor-core causal target (tf32, bf16) matches the CPU,
               .to(Device::cpu());
       kernels::cuda::set_math_precision(saved);
       const double err = rel_error(got, want);
-      MESSAGE(kernels::precision_name(precision), " causal rel error ", err, " (seq ", c.seq,
-              ", d ", c.d, ")");
+      MESSAGE(std::string(kernels::precision_name(precision)), " causal rel error ", err, " (seq ",
+              c.seq, ", d ", c.d, ")");
       CHECK(err < tol);
       CHECK(err > 1e-6);
     }
