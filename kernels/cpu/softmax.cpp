@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/softmax_row.h"
+
 namespace kvc::kernels::cpu {
 
 // inner == 1 (the last axis) runs row by row; otherwise whole rows of `inner` elements are
@@ -15,15 +17,7 @@ void softmax_forward(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) 
     for (int64_t o = 0; o < outer; ++o) {
       const T* xr = x + o * n;
       T* yr = y + o * n;
-      T mx = xr[0];
-      for (int64_t j = 1; j < n; ++j) mx = xr[j] > mx ? xr[j] : mx;
-      T sum = 0;
-      for (int64_t j = 0; j < n; ++j) {
-        yr[j] = std::exp(xr[j] - mx);
-        sum += yr[j];
-      }
-      const T inv = T(1) / sum;
-      for (int64_t j = 0; j < n; ++j) yr[j] *= inv;
+      softmax_row(xr, yr, n);
     }
     return;
   }

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/softmax_row.h"
 #include "kernels/math/window.h"
 
 namespace kvc::kernels::cpu {
@@ -46,17 +47,7 @@ void masked_softmax_forward(const T* x, T* y, int64_t rows, int64_t n, const int
     const T* xr = x + r * n;
     T* yr = y + r * n;
     const int64_t m = std::min<int64_t>(n, visible[r]);
-    if (m > 0) {
-      T mx = xr[0];
-      for (int64_t j = 1; j < m; ++j) mx = xr[j] > mx ? xr[j] : mx;
-      T sum = 0;
-      for (int64_t j = 0; j < m; ++j) {
-        yr[j] = std::exp(xr[j] - mx);
-        sum += yr[j];
-      }
-      const T inv = T(1) / sum;
-      for (int64_t j = 0; j < m; ++j) yr[j] *= inv;
-    }
+    if (m > 0) softmax_row(xr, yr, m);
     std::fill(yr + std::max<int64_t>(m, 0), yr + n, T(0));
   }
 }
