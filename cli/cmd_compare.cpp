@@ -89,9 +89,8 @@ int run_compare(const CLI::App* cmd, const CompareArgs& a) {
   o.device = resolve_device(a.device);
   apply_precision(a.precision, o.device);
   train::make_output_dir(o.out);
-  o.compressor = a.compressors;  // the summary names the list; each run sets its kind
   const std::string note = "Every kind trained with " +
-                           train::settings_summary(o, train::SettingGroup::model) + "; " +
+                           train::settings_summary(o, train::SettingGroup::model, false) + "; " +
                            train::settings_summary(o, train::SettingGroup::shape) + "; " +
                            train::settings_summary(o, train::SettingGroup::train) + "; device " +
                            o.device.name() + ", precision " + a.precision + ".";

@@ -127,6 +127,15 @@ TEST_CASE("settings: ranges are checked with the flag and the value named") {
   test::check_error([&] { train::validate_settings(r); }, {"--stride 9", "block", "8"});
   CHECK(train::settings_summary(train::RunSettings{}, train::SettingGroup::model) ==
         "compressor conv, expand 1, dropout 0, reduction 2");
+  // The shape leaves out the unset stride; the kind can be left out (compare names several).
+  CHECK(train::settings_summary(train::RunSettings{}, train::SettingGroup::shape).find("stride") ==
+        std::string::npos);
+  r = train::RunSettings{};
+  r.stride = 4;
+  CHECK(train::settings_summary(r, train::SettingGroup::shape).find("stride 4") !=
+        std::string::npos);
+  CHECK(train::settings_summary(r, train::SettingGroup::model, false) ==
+        "expand 1, dropout 0, reduction 2");
 }
 
 }  // namespace

@@ -226,11 +226,14 @@ std::string settings_toml(const RunSettings& r) {
   return out;
 }
 
-std::string settings_summary(const RunSettings& r, SettingGroup group) {
+std::string settings_summary(const RunSettings& r, SettingGroup group, bool with_kind) {
   std::string out;
   for (const Setting& s : settings_table()) {
-    if (s.group != group) continue;
-    out += (out.empty() ? "" : ", ") + std::string(s.name) + " " + setting_text(r, s);
+    if (s.group != group || (!with_kind && s.range == R::kind)) continue;
+    const std::string text = setting_text(r, s);
+    // Unset (a stride of 0: the block) and empty (no data file: synthetic) say nothing.
+    if (text.empty() || (s.range == R::positive_or_default && text == "0")) continue;
+    out += (out.empty() ? "" : ", ") + std::string(s.name) + " " + text;
   }
   return out;
 }

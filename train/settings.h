@@ -100,7 +100,8 @@ std::string settings_toml(const RunSettings& r);
 // `text` as a TOML string: '...' (literal, as CLI11 reads it back), "..." when it holds a '.
 std::string toml_string(const std::string& text);
 
-// "compressor conv, heads 2, ..." over the settings of `group`.
-std::string settings_summary(const RunSettings& r, SettingGroup group);
+// "compressor conv, heads 2, ..." over the settings of `group` that are set (an unset stride and
+// an empty data path are left out); with_kind false leaves out the compressor kind.
+std::string settings_summary(const RunSettings& r, SettingGroup group, bool with_kind = true);
 
 }  // namespace kvc::train
