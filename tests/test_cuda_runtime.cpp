@@ -210,24 +210,37 @@ TEST_CASE("cuda: set_math_precision switches float32 GEMMs to TF32 / bf16 tensor
     MathPrecision saved = kernels::cuda::math_precision();
     ~RestorePrecision() { kernels::cuda::set_math_precision(saved); }
   } restore;
-  const Tensor a = Tensor::randn({256, 512}, 21, 0), b = Tensor::randn({512, 192}, 22, 0);
+  // A compute-bound product (~340 FLOPs per byte of float32 operands): bf16 rounds them.
+  const Tensor a = Tensor::randn({2048, 2048}, 21, 0), b = Tensor::randn({2048, 2048}, 22, 0);
   const Tensor ref = matmul(a.to(DType::f64), b.to(DType::f64));
   const Tensor ag = a.to(Device::cuda()), bg = b.to(Device::cuda());
-  auto error_with = [&](MathPrecision p) {
+  auto error_with = [&](MathPrecision p, const Tensor& x, const Tensor& y, const Tensor& want) {
     kernels::cuda::set_math_precision(p);
     CHECK(kernels::cuda::math_precision() == p);
-    return test::rel_error(matmul(ag, bg).to(DType::f64), ref);
+    return test::rel_error(matmul(x, y).to(DType::f64), want);
   };
-  const double fp32 = error_with(MathPrecision::fp32);
-  const double tf32 = error_with(MathPrecision::tf32);
-  const double bf16 = error_with(MathPrecision::bf16);
+  const double fp32 = error_with(MathPrecision::fp32, ag, bg, ref);
+  const double tf32 = error_with(MathPrecision::tf32, ag, bg, ref);
+  const double bf16 = error_with(MathPrecision::bf16, ag, bg, ref);
   MESSAGE("matmul rel error vs float64: fp32 ", fp32, ", tf32 ", tf32, ", bf16 ", bf16);
   CHECK(fp32 < 1e-6);
   CHECK(tf32 < 3e-3);       // TF32 keeps 10 mantissa bits: about 1e-4..1e-3 here
   CHECK(tf32 > 10 * fp32);  // and the setting really reached cuBLAS
   CHECK(bf16 < 1.5e-2);     // bf16 keeps 7: about 2e-3..4e-3 here
   CHECK(bf16 > 3 * tf32);   // operands really rounded to bf16 (not cuBLAS's TF32 kernels)
-  CHECK(error_with(MathPrecision::fp32) == fp32);  // and back
+  CHECK(error_with(MathPrecision::fp32, ag, bg, ref) == fp32);  // and back
+
+  // A memory-bound one (a thin weight over many rows, ~30 FLOPs per byte): a bf16 conversion
+  // pass would cost more than it saves, so bf16 mode runs it on TF32 tensor cores: the error is
+  // TF32's, not bf16's.
+  const Tensor x = Tensor::randn({8192, 128}, 23, 0), w = Tensor::randn({128, 64}, 24, 0);
+  const Tensor xw = matmul(x.to(DType::f64), w.to(DType::f64));
+  const Tensor xg = x.to(Device::cuda()), wg = w.to(Device::cuda());
+  const double thin_tf32 = error_with(MathPrecision::tf32, xg, wg, xw);
+  const double thin_bf16 = error_with(MathPrecision::bf16, xg, wg, xw);
+  MESSAGE("thin matmul rel error: tf32 ", thin_tf32, ", bf16 mode ", thin_bf16);
+  CHECK(thin_tf32 > 10 * error_with(MathPrecision::fp32, xg, wg, xw));
+  CHECK(thin_bf16 < 2 * thin_tf32);
 }
 
 template <typename T>

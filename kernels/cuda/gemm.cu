@@ -2,6 +2,7 @@
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <memory>
@@ -115,6 +116,21 @@ struct Bf16Operand {
 // Products with a short inner dimension (bias broadcasts, k == 1) gain nothing from bf16.
 constexpr int64_t kBf16MinK = 16;
 
+// Whether rounding the operands to bf16 pays for its conversion pass (read float32, write bf16:
+// 6 bytes an element) with a product that reads half the bytes at twice TF32's tensor-core rate.
+// A memory-bound product (few FLOPs per byte: thin weights over many rows, their gradients) does
+// not gain: it keeps float32 operands on TF32 tensor cores, more precise than bf16, so no result
+// gets worse. Times in units of one byte of HBM traffic; the rates are the H100/H200 ratios
+// (~100 TF32 FLOPs per byte of bandwidth, bf16 tensor cores ~2x TF32).
+bool bf16_pays(double flops, double a_elems, double b_elems, double c_elems) {
+  constexpr double kTf32FlopsPerByte = 100.0;
+  const double tf32 = std::max(flops / kTf32FlopsPerByte, 4.0 * (a_elems + b_elems + c_elems));
+  const double bf16 =
+      6.0 * (a_elems + b_elems) +
+      std::max(flops / (2 * kTf32FlopsPerByte), 2.0 * (a_elems + b_elems) + 4.0 * c_elems);
+  return bf16 < tf32;
+}
+
 }  // namespace
 
 void set_math_precision(MathPrecision p) { g_precision.store(p); }
@@ -166,13 +182,21 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
     if (g_precision.load() == MathPrecision::bf16 && g.k >= kBf16MinK) {
       const int64_t a_rows = g.trans_a ? g.k : g.m, a_cols = g.trans_a ? g.m : g.k;
       const int64_t b_rows = g.trans_b ? g.n : g.k, b_cols = g.trans_b ? g.k : g.n;
-      a16 = std::make_unique<Bf16Operand>(
-          a, operand_extent(a_rows, a_cols, g.lda, g, g.outer_stride_a, g.inner_stride_a));
-      b16 = std::make_unique<Bf16Operand>(
-          b, operand_extent(b_rows, b_cols, g.ldb, g, g.outer_stride_b, g.inner_stride_b));
-      type_ab = CUDA_R_16BF;
-      compute = CUBLAS_COMPUTE_32F;
-      elem_ab = sizeof(__nv_bfloat16);
+      const int64_t a_extent =
+          operand_extent(a_rows, a_cols, g.lda, g, g.outer_stride_a, g.inner_stride_a);
+      const int64_t b_extent =
+          operand_extent(b_rows, b_cols, g.ldb, g, g.outer_stride_b, g.inner_stride_b);
+      const double products = static_cast<double>(g.batch_outer) * g.batch_inner;
+      const double flops = 2.0 * products * g.m * g.n * g.k;
+      if (bf16_pays(flops, a_extent, b_extent, products * g.m * g.n)) {
+        a16 = std::make_unique<Bf16Operand>(a, a_extent);
+        b16 = std::make_unique<Bf16Operand>(b, b_extent);
+        type_ab = CUDA_R_16BF;
+        compute = CUBLAS_COMPUTE_32F;
+        elem_ab = sizeof(__nv_bfloat16);
+      } else {
+        compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+      }
     }
   }
   const char* a_base = a16 ? a16->scratch.as<const char>() : reinterpret_cast<const char*>(a);
