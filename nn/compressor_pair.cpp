@@ -138,22 +138,43 @@ std::vector<int64_t> top_indices(const double* row, int64_t c, int64_t k) {
 }  // namespace
 
 SelectionRecall CompressorPair::selection_recall(const Tensor& q, const Tensor& k,
-                                                 const Tensor& q_pos, int64_t topk) {
+                                                 const Tensor& q_pos, int64_t topk,
+                                                 int64_t max_scores) {
   KVC_CHECK(topk >= 1, name(), ": selection recall top-k ", topk, " must be at least 1");
   check_kv("k", k);
+  const int64_t b = q.size(0), nq = q.size(2);
+  if (options_.causal) {
+    KVC_CHECK(q_pos.defined() && q_pos.shape() == Shape({b, nq}), name(),
+              ": causal selection recall needs query positions (", b, ", ", nq, ")");
+  }
   NoGradGuard no_grad;
+  const Tensor kc = (*k_compress_)(add_block_positions(k, k_positions_, options_.block, stride()));
+  // Queries in chunks, so the (b, h*G, chunk, seq) probabilities stay within max_scores elements
+  // (the long shape's 1024 queries over 131072 keys would hold 4.3 GB at once).
+  const int64_t per_query = b * q.size(1) * k.size(2);
+  const int64_t chunk = std::clamp<int64_t>(max_scores / std::max<int64_t>(per_query, 1), 1, nq);
+  SelectionRecall out;
+  for (int64_t j0 = 0; j0 < nq; j0 += chunk) {
+    const int64_t len = std::min(chunk, nq - j0);
+    if (len == nq) return recall_of_queries(q, k, kc, q_pos, topk);
+    out += recall_of_queries(narrow(q, 2, j0, len), k, kc,
+                             q_pos.defined() ? narrow(q_pos, 1, j0, len) : q_pos, topk);
+  }
+  return out;
+}
+
+SelectionRecall CompressorPair::recall_of_queries(const Tensor& q, const Tensor& k,
+                                                  const Tensor& kc, const Tensor& q_pos,
+                                                  int64_t topk) const {
   const Tensor qg = grouped_queries(q, k);
   const int64_t b = q.size(0), h = options_.heads, nq = q.size(2), seq = k.size(2);
   const int64_t n = options_.block, s = stride(), w = windows(seq);
   const double alpha = 1.0 / std::sqrt(static_cast<double>(q.size(3)));
   VisibleCounts keys, blocks;
   if (options_.causal) {
-    KVC_CHECK(q_pos.defined() && q_pos.shape() == Shape({b, nq}), name(),
-              ": causal selection recall needs query positions (", b, ", ", nq, ")");
     keys = visible_counts(q_pos, q.size(1), 0, 1, seq);
     blocks = visible_counts(q_pos, q.size(1), n - 1, s, w);
   }
-  const Tensor kc = (*k_compress_)(add_block_positions(k, k_positions_, n, s));
   const Tensor pc = masked_softmax(matmul(qg, kc, false, true) * alpha, blocks);
   // The true mass of each block: the probabilities summed in chunks of gcd(n, stride) tokens,
   // then windows of n / c chunks every stride / c chunks summed (the window op over chunks).

@@ -63,9 +63,11 @@ class CompressorPair : public Module {
   // by compressed-attention probability against the top-k by true attention mass (full-attention
   // probability summed over each block's tokens), both under the causal rule when the pair is
   // causal; k = min(topk, blocks the query sees), and queries that see none are left out.
-  // Memory: the full (b, h*G, nq, seq) probabilities once.
+  // Memory: the (b, h*G, nq, seq) probabilities in query chunks of at most `max_scores`
+  // elements (the result does not depend on it).
+  static constexpr int64_t kRecallMaxScores = int64_t{1} << 26;
   SelectionRecall selection_recall(const Tensor& q, const Tensor& k, const Tensor& q_pos,
-                                   int64_t topk);
+                                   int64_t topk, int64_t max_scores = kRecallMaxScores);
 
   // The teacher task: MSE(k outputs) + MSE(v outputs) against `teacher.compress(k, v)` computed
   // without gradient. The teacher must not be in training mode with dropout (its counters would
@@ -82,6 +84,9 @@ class CompressorPair : public Module {
   void check_kv(const char* what, const Tensor& x) const;
   // q (b, h*G, nq, d) as (b, h, G*nq, d): one group's query heads are consecutive rows.
   Tensor grouped_queries(const Tensor& q, const Tensor& k) const;
+  // selection_recall over the queries of q (and their q_pos) with the compressed keys kc.
+  SelectionRecall recall_of_queries(const Tensor& q, const Tensor& k, const Tensor& kc,
+                                    const Tensor& q_pos, int64_t topk) const;
 
   CompressorOptions options_;
   std::shared_ptr<Compressor> k_compress_, v_compress_;

@@ -50,10 +50,17 @@ void check_nsa_golden(const std::string& path, DType dtype, Device device, doubl
     const auto kv = pair.compress(k, v);
     close("k_compressed", kv.first, "/k_compressed");
     close("v_compressed", kv.second, "/v_compressed");
-    const SelectionRecall r = pair.selection_recall(q, k, q_pos, f.attr_int64("/", "topk"));
-    CHECK(std::fabs(r.mean() - f.read("/recall", DType::f64).item()) < 1e-12);
+    const int64_t topk = f.attr_int64("/", "topk");
+    const double golden_recall = f.read("/recall", DType::f64).item();
+    const SelectionRecall r = pair.selection_recall(q, k, q_pos, topk);
+    CHECK(std::fabs(r.mean() - golden_recall) < 1e-12);
     CHECK(r.count == 2 * static_cast<int64_t>(f.read("/recall_queries", DType::f64).item()));
     CHECK(r.queries_without_block == 3);
+    // One query per chunk (the memory bound at its smallest): the same recall.
+    const SelectionRecall chunked = pair.selection_recall(q, k, q_pos, topk, 1);
+    CHECK(std::fabs(chunked.mean() - golden_recall) < 1e-12);
+    CHECK(chunked.count == r.count);
+    CHECK(chunked.queries_without_block == 3);
   }
   k.set_requires_grad(true);
   v.set_requires_grad(true);
