@@ -148,6 +148,20 @@ void add_precision_flag(CLI::App* cmd, std::string* precision) {
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
 }
 
+void add_progress_flag(CLI::App* cmd, std::string* progress) {
+  cmd->add_option("--progress", *progress,
+                  "auto: an updating line on a terminal, log lines otherwise; tty|log|none")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "tty", "log", "none"}));
+}
+
+train::ProgressMode progress_mode(const std::string& flag) {
+  return flag == "tty"    ? train::ProgressMode::tty
+         : flag == "log"  ? train::ProgressMode::log
+         : flag == "none" ? train::ProgressMode::none
+                          : train::ProgressMode::automatic;
+}
+
 void add_config_file_flag(CLI::App* cmd, std::string* path) {
   cmd->add_option("--config-file", *path,
                   "read flags from this TOML file (\"steps = 2000\", one per line; flags on the "

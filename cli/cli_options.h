@@ -12,6 +12,7 @@
 #include "base/error.h"
 #include "nn/compressor.h"
 #include "train/settings.h"
+#include "train/trainer.h"
 
 namespace kvc::cli {
 
@@ -55,6 +56,9 @@ void refuse_flag(CLI::App* cmd, const std::string& flag, const std::string& why)
 void add_device_flag(CLI::App* cmd, std::string* device);
 // --precision fp32|tf32|bf16.
 void add_precision_flag(CLI::App* cmd, std::string* precision);
+// --progress auto|tty|log|none, and its mode for the trainer.
+void add_progress_flag(CLI::App* cmd, std::string* progress);
+train::ProgressMode progress_mode(const std::string& flag);
 
 // --config-file FILE.toml: flags of `cmd` as TOML keys ("dim-head = 64" or "dim_head = 64").
 void add_config_file_flag(CLI::App* cmd, std::string* path);

@@ -49,13 +49,6 @@ std::vector<std::string> parse_kinds(const std::string& list) {
   return kinds;
 }
 
-train::ProgressMode progress_mode(const std::string& flag) {
-  return flag == "tty"    ? train::ProgressMode::tty
-         : flag == "log"  ? train::ProgressMode::log
-         : flag == "none" ? train::ProgressMode::none
-                          : train::ProgressMode::automatic;
-}
-
 // Trains `kind` into OUT/<kind>; fills its leaderboard row and eval curve from its metrics.csv.
 train::TrainResult train_kind(const train::TrainOptions& base, const std::string& kind,
                               std::vector<train::LeaderboardRow>& rows,
@@ -146,10 +139,7 @@ Command add_compare_command(CLI::App& app) {
   cmd->add_option("--out", a->out,
                   "output folder, one subfolder per kind (default: a new runs/<timestamp>-compare)")
       ->capture_default_str();
-  cmd->add_option("--progress", a->progress,
-                  "auto: an updating line on a terminal, log lines otherwise; tty|log|none")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "tty", "log", "none"}));
+  add_progress_flag(cmd, &a->progress);
   cmd->add_flag("--overwrite", a->overwrite,
                 "start over in kind folders that hold another run (their files are deleted)");
   return {cmd, [cmd, a] { return run_compare(cmd, *a); }};

@@ -97,10 +97,7 @@ int run_train(const CLI::App* cmd, const TrainArgs& a) {
   o.patience = a.patience;
   KVC_USAGE_CHECK(a.patience == 0 || a.run.eval_every > 0, "--patience ", a.patience,
                   " needs evaluations during the run (--eval-every is 0)");
-  o.progress = a.progress == "tty"    ? train::ProgressMode::tty
-               : a.progress == "log"  ? train::ProgressMode::log
-               : a.progress == "none" ? train::ProgressMode::none
-                                      : train::ProgressMode::automatic;
+  o.progress = progress_mode(a.progress);
   o.device = dist::rank_device(resolve_device(a.device));  // a rank: the GPU of its local rank
   o.comm = dist::gradient_communicator(o.device);
   if (!o.comm->is_root()) o.progress = train::ProgressMode::none;
@@ -153,11 +150,7 @@ Command add_train_command(CLI::App& app) {
                   "continue from this checkpoint (its model, data and schedule; --steps may "
                   "extend the run)")
       ->capture_default_str();
-  cmd->add_option("--progress", a->progress,
-                  "auto: an updating line on a terminal, log lines otherwise; "
-                  "tty|log|none")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "tty", "log", "none"}));
+  add_progress_flag(cmd, &a->progress);
   cmd->add_flag("--overwrite", a->overwrite,
                 "start over in an --out folder that holds another run (its checkpoints and "
                 "metrics are deleted)");
