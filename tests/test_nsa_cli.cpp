@@ -75,7 +75,8 @@ TEST_CASE("nsa cli: gen-data with query heads, causal strided training, eval and
   CHECK(ck.meta.topk == 4);
   // Every evaluation's recall is a fraction of the top 4 (0, 1/4, ... per query: a mean in [0, 1]).
   int evals = 0;
-  for (const train::MetricsRow& row : train::read_metrics_csv(dir / "run/metrics.csv").rows()) {
+  const train::MetricsHistory history = train::read_metrics_csv(dir / "run/metrics.csv");
+  for (const train::MetricsRow& row : history.rows()) {
     if (std::isnan(row.eval_loss)) continue;
     ++evals;
     CHECK(row.recall_at_k >= 0.0);
