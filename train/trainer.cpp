@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <limits>
@@ -519,7 +520,11 @@ void Trainer::fail_non_finite(Session& s, const StepRecord& r, const Batch* batc
 
 std::string Trainer::eval_note(const EvalResult& r) const {
   std::string s = "eval loss " + format_loss(r.loss);
-  if (!std::isnan(r.recall_at_k)) s += str(", recall@", opt_.topk, " ", r.recall_at_k);
+  if (!std::isnan(r.recall_at_k)) {
+    char recall[32];
+    std::snprintf(recall, sizeof(recall), "%.4f", r.recall_at_k);  // as `eval` prints it
+    s += str(", recall@", opt_.topk, " ", recall);
+  }
   if (opt_.causal) {
     s += str(" (", r.queries_without_block, " of ", r.queries,
              " queries see no complete block: left out)");
