@@ -40,8 +40,7 @@ std::vector<Row> check_kind(const std::string& kind, const GradcheckArgs& a, Dev
   GradcheckOptions go;
   go.eps = a.eps;
   const TensorOptions t64 = f64().with_device(device);
-  const int64_t stride = s.stride > 0 ? s.stride : s.block;
-  const int64_t w = (s.seq - s.block) / stride + 1;  // the pair's windows
+  const int64_t w = o.windows(s.seq);  // the pair's blocks
 
   // The layer alone: its input x and every parameter. A layer with dropout
   // stays in training mode (the masks are part of what is checked) with its

@@ -25,6 +25,11 @@ struct CompressorOptions {
   bool causal = false;
   DType dtype = DType::f32;
   Device device = Device::cpu();
+
+  // The block stride (stride, or the block when 0) and the blocks of a sequence of seq tokens,
+  // w = (seq - n) / stride + 1.
+  int64_t block_stride() const { return stride > 0 ? stride : block; }
+  int64_t windows(int64_t seq) const { return (seq - block) / block_stride() + 1; }
 };
 
 // The options a kind reads besides h, d, n and the seed; validation checks only those.

@@ -37,10 +37,9 @@ class CompressorPair : public Module {
   Compressor& k_compress() { return *k_compress_; }
   Compressor& v_compress() { return *v_compress_; }
 
-  // The block stride (options.stride, or the block when 0) and the blocks of a sequence,
-  // w = (seq - n) / stride + 1.
-  int64_t stride() const { return options_.stride > 0 ? options_.stride : options_.block; }
-  int64_t windows(int64_t seq) const { return (seq - options_.block) / stride() + 1; }
+  // The block stride and the blocks of a sequence (CompressorOptions::block_stride, windows).
+  int64_t stride() const { return options_.block_stride(); }
+  int64_t windows(int64_t seq) const { return options_.windows(seq); }
 
   // k, v (b, h, seq, d) -> (k_compressed, v_compressed), each (b, h, w, d):
   // compressor(blocks of n tokens every stride tokens + positions broadcast as (1, h, 1, n, d)).

@@ -1,17 +1,13 @@
 // The FLOP and byte model of one distill training step, from the kind registry's FLOP models.
 #include "train/step_work.h"
 
-#include <cmath>
-
 namespace kvc::train {
 
 StepWork step_work(const CompressorOptions& o, const KVShape& s, int64_t params) {
   const CompressorKind& kind = compressor_kind(o.kind);
   const double b = s.batch, h = s.heads, d = s.dim_head, nq = s.queries, seq = s.seq;
   const double hq = h * static_cast<double>(s.query_heads);
-  const int64_t stride = o.stride > 0 ? o.stride : o.block;
-  const double w =
-      std::floor(static_cast<double>(s.seq - o.block) / static_cast<double>(stride)) + 1;
+  const double w = static_cast<double>(o.windows(s.seq));
   const double blocks = b * h * w;
   const double comp = kind.forward_flops(o, blocks);
   const double target = 4 * b * hq * nq * seq * d, pred = 4 * b * hq * nq * w * d;
