@@ -192,10 +192,17 @@ void set_setting(RunSettings& r, const Setting& s, const std::string& text) {
       s.member);
 }
 
+namespace {
+// A positive_or_default setting left at 0: the default (the block, for the stride) stands in.
+bool is_unset(const Setting& s, const std::string& text) {
+  return s.range == R::positive_or_default && text == "0";
+}
+}  // namespace
+
 void validate_settings(const RunSettings& r) {
   for (const Setting& s : settings_table()) {
     const std::string text = setting_text(r, s);
-    if (s.range == R::positive_or_default && text == "0") continue;
+    if (is_unset(s, text)) continue;
     const std::string why = check_setting_text(s, text);
     KVC_CHECK(why.empty(), "train: ", setting_flag(s), " ", text, ": ", why);
   }
@@ -214,7 +221,7 @@ std::string settings_toml(const RunSettings& r) {
   for (const Setting& s : settings_table()) {
     std::string value = setting_text(r, s);
     // Unset (0): the default stands in for it, and a flag or key must be positive.
-    if (s.range == R::positive_or_default && value == "0") continue;
+    if (is_unset(s, value)) continue;
     if (std::holds_alternative<std::string RunSettings::*>(s.member)) {
       value = toml_string(value);
     } else if (std::holds_alternative<double RunSettings::*>(s.member) &&
@@ -232,7 +239,7 @@ std::string settings_summary(const RunSettings& r, SettingGroup group, bool with
     if (s.group != group || (!with_kind && s.range == R::kind)) continue;
     const std::string text = setting_text(r, s);
     // Unset (a stride of 0: the block) and empty (no data file: synthetic) say nothing.
-    if (text.empty() || (s.range == R::positive_or_default && text == "0")) continue;
+    if (text.empty() || is_unset(s, text)) continue;
     out += (out.empty() ? "" : ", ") + std::string(s.name) + " " + text;
   }
   return out;
