@@ -212,11 +212,7 @@ void KVFileWriter::commit() {
 void write_kv_file(const std::string& path, const Tensor& k, const Tensor& v, const Tensor& q) {
   KVC_CHECK(k.defined() && k.dim() == 4, "kv file '", path, "': k must be (N, h, seq, d), got ",
             k.defined() ? k.shape() : Shape{});
-  const int64_t nq = q.defined() ? q.size(2) : 0;
-  const int64_t g = q.defined() && q.dim() == 4 ? std::max<int64_t>(1, q.size(1) / k.size(1)) : 1;
-  KVFileWriter w(path, k.size(0), k.size(1), k.size(2), k.size(3), nq, g);
-  w.append(Batch{k, v, q});
-  w.commit();
+  write_kv_file(path, std::vector<Batch>{Batch{k, v, q}});
 }
 
 void write_kv_file(const std::string& path, const std::vector<Batch>& batches) {
