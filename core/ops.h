@@ -116,6 +116,12 @@ Tensor softmax_pool(const Tensor& x, const Tensor& logits, double alpha);
 // pass. Overlapping windows (stride < n) scatter-add their gradients back onto the sequence.
 Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t block,
                            int64_t stride = 0);
+// The attention pools' layer over the blocks of a sequence: x = add_block_positions(seq,
+// positions, block, stride), softmax_pool(x, linear(x, weight), alpha) -> (b, h, w, d), weight
+// (d, d). On CUDA in tf32 or bf16 one fused pass each way (the blocks and logits are never
+// stored) where the sizes fit and seq needs no gradient; the composition everywhere else.
+Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& weight,
+                      int64_t block, int64_t stride, double alpha);
 
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }

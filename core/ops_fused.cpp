@@ -1,5 +1,6 @@
-// Fused ops: linear with its bias in the GEMM, scaled-dot attention, softmax-pool and the block
-// split with positions, each one pass where the composition of core ops takes several.
+// Fused ops: linear with its bias in the GEMM, scaled-dot attention, softmax-pool, the block
+// split with positions and the attention pools' whole layer, each one pass where the composition
+// of core ops takes several.
 //
 // Every op keeps its reference composition and runs it when a size is zero: nothing is gained
 // there, and the composition already defines the empty sums, so the two cannot disagree.
@@ -10,6 +11,7 @@
 #include "core/autograd.h"
 #include "core/op_util.h"
 #include "core/ops.h"
+#include "kernels/attention_pool.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/permute.h"
@@ -298,6 +300,81 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
     }
   });
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention_pool: softmax_pool(x, linear(x, W), alpha) over x = add_block_positions(seq, ...).
+// The composition writes the blocks and the logits (each the size of the sequence) forward and
+// twice that backward; the fused CUDA pass reads the sequence once each way and recomputes the
+// logits in backward. Only positions and W get gradients there: a sequence that needs one (or
+// exact fp32, float64, the CPU, sizes without a kernel) takes the composition.
+
+#ifdef KVC_WITH_CUDA
+namespace {
+
+// Whether the fused CUDA pass takes these inputs.
+bool fused_attention_pool_fits(const Tensor& seq, const Tensor& positions, int64_t block) {
+  if (!seq.device().is_cuda() || seq.dtype() != DType::f32 || seq.numel() == 0) return false;
+  if (grad_enabled() && seq.requires_grad()) return false;
+  const auto aligned = [](const Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.data<float>()) % 16 == 0;
+  };
+  return kernels::cuda::attention_pool_fits(block, seq.size(3)) && aligned(seq) &&
+         aligned(positions);
+}
+
+Tensor fused_attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& weight,
+                            int64_t block, int64_t stride, double alpha) {
+  if (stride == 0) stride = block;
+  KVC_CHECK(stride >= 1 && stride <= block && seq.size(2) >= block &&
+                positions.shape() == Shape({seq.size(1), block, seq.size(3)}),
+            "attention_pool: input ", seq.shape(), ", positions ", positions.shape(), ", block ",
+            block, " and stride ", stride,
+            " do not fit (positions (h, block, d), stride in [1, block], seq >= block)");
+  kernels::cuda::AttentionPoolArgs args;
+  args.seq = seq.data<float>();
+  args.positions = positions.data<float>();
+  args.weight = weight.data<float>();
+  args.b = seq.size(0);
+  args.h = seq.size(1);
+  args.s = seq.size(2);
+  args.n = block;
+  args.d = seq.size(3);
+  args.stride = stride;
+  args.alpha = static_cast<float>(alpha);
+  const int64_t w = (args.s - block) / stride + 1;
+  Tensor y = Tensor::empty({args.b, args.h, w, args.d}, seq.options());
+  kernels::cuda::attention_pool_forward(args, y.data<float>());
+  Tape::current().record("attention_pool", {seq, positions, weight}, y, [=](const Tensor& gy) {
+    bool acc_p = false, acc_w = false;
+    const Tensor gp = positions.requires_grad() ? grad_buffer(positions, &acc_p) : Tensor();
+    const Tensor gw = weight.requires_grad() ? grad_buffer(weight, &acc_w) : Tensor();
+    kernels::cuda::attention_pool_backward(args, gy.data<float>(),
+                                           gp.defined() ? gp.data<float>() : nullptr,
+                                           gw.defined() ? gw.data<float>() : nullptr, acc_p, acc_w);
+  });
+  return y;
+}
+
+}  // namespace
+#endif
+
+Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& weight,
+                      int64_t block, int64_t stride, double alpha) {
+  const char* op = "attention_pool";
+  detail::check_same_kind(op, seq, positions);
+  detail::check_same_kind(op, seq, weight);
+  KVC_CHECK(seq.dim() == 4 && weight.dim() == 2 && weight.size(0) == seq.size(3) &&
+                weight.size(1) == seq.size(3),
+            op, ": input ", seq.shape(), " (b, h, s, d) and weight ", weight.shape(),
+            " (d, d) do not fit");
+#ifdef KVC_WITH_CUDA
+  if (fused_attention_pool_fits(seq, positions, block)) {
+    return fused_attention_pool(seq, positions, weight, block, stride, alpha);
+  }
+#endif
+  const Tensor x = add_block_positions(seq, positions, block, stride);
+  return softmax_pool(x, linear(x, weight, Tensor()), alpha);
 }
 
 }  // namespace kvc

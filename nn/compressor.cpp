@@ -4,6 +4,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "core/ops.h"
 #include "nn/kinds/kinds.h"
 
 namespace kvc {
@@ -126,6 +127,10 @@ void Compressor::check_input(const Tensor& x) const {
   KVC_CHECK(x.dtype() == dtype() && x.device() == device(), o.kind, ": input ", x.shape(), " is ",
             dtype_name(x.dtype()), " on ", x.device().name(), " but the layer's parameters are ",
             dtype_name(dtype()), " on ", device().name());
+}
+
+Tensor Compressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
+  return (*this)(add_block_positions(seq, positions, options_.block, options_.block_stride()));
 }
 
 std::shared_ptr<Compressor> make_compressor(const CompressorOptions& options) {

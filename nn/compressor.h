@@ -81,6 +81,10 @@ class Compressor : public Module {
   const CompressorOptions& options() const { return options_; }
   // Whether the input's n must equal block (the registry entry's needs_block).
   bool needs_block() const { return needs_block_; }
+  // The compressed blocks of a sequence seq (b, h, s, d) with the pair's positions (h, n, d):
+  // (*this)(add_block_positions(seq, positions, block, block_stride())). A kind whose first
+  // layer fuses with the split overrides it (the attention pools do).
+  virtual Tensor compress_sequence(const Tensor& seq, const Tensor& positions);
 
  protected:
   CompressorOptions options_;

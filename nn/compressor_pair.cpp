@@ -47,10 +47,9 @@ void CompressorPair::check_kv(const char* what, const Tensor& x) const {
 std::pair<Tensor, Tensor> CompressorPair::compress(const Tensor& k, const Tensor& v) {
   check_kv("k", k);
   check_kv("v", v);
-  // = add(split_blocks(x, n), reshape(positions, (1, h, 1, n, d))), in one pass each way.
-  const Tensor kb = add_block_positions(k, k_positions_, options_.block, stride());
-  const Tensor vb = add_block_positions(v, v_positions_, options_.block, stride());
-  return {(*k_compress_)(kb), (*v_compress_)(vb)};
+  // Each compressor over add(split_blocks(x, n), reshape(positions, (1, h, 1, n, d))).
+  return {k_compress_->compress_sequence(k, k_positions_),
+          v_compress_->compress_sequence(v, v_positions_)};
 }
 
 Tensor CompressorPair::attention(const Tensor& q, const Tensor& k, const Tensor& v) {
@@ -148,7 +147,7 @@ SelectionRecall CompressorPair::selection_recall(const Tensor& q, const Tensor& 
               ": causal selection recall needs query positions (", b, ", ", nq, ")");
   }
   NoGradGuard no_grad;
-  const Tensor kc = (*k_compress_)(add_block_positions(k, k_positions_, options_.block, stride()));
+  const Tensor kc = k_compress_->compress_sequence(k, k_positions_);
   // Queries in chunks, so the (b, h*G, chunk, seq) probabilities stay within max_scores elements
   // (the long shape's 1024 queries over 131072 keys would hold 4.3 GB at once).
   const int64_t per_query = b * q.size(1) * k.size(2);

@@ -184,13 +184,6 @@ TEST_CASE("cuda: attention_forward with the keys split over CTAs") {
 }
 
 #ifdef KVC_WITH_CUDA
-// Sets the CUDA math precision for one scope.
-struct PrecisionScope {
-  kernels::MathPrecision saved = kernels::cuda::math_precision();
-  explicit PrecisionScope(kernels::MathPrecision p) { kernels::cuda::set_math_precision(p); }
-  ~PrecisionScope() { kernels::cuda::set_math_precision(saved); }
-};
-
 // The tensor-core kernels against the exact float32 CPU path, within the rounding of their
 // operands: TF32 keeps 10 mantissa bits (relative rounding 2^-11), bf16 keeps 7 (2^-8). With
 // logits of unit spread the outputs then differ by ~3e-4 (tf32) and ~3e-3 (bf16) norm-wise; the
@@ -210,7 +203,7 @@ void check_tensor_core_cases(kernels::MathPrecision precision, double tol,
     const Tensor q = in.q.to(gpu), k = in.k.to(gpu), v = in.v.to(gpu);
     Tensor out = Tensor::empty(q.shape(), q.options());
     out.fill_(std::numeric_limits<double>::quiet_NaN());
-    PrecisionScope scope(precision);
+    test::PrecisionScope scope(precision);
     kernels::cuda::attention_forward<float>(q.data<float>(), k.data<float>(), v.data<float>(),
                                             out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha);
     const std::vector<double> got = out.to_vector();

@@ -206,10 +206,7 @@ TEST_CASE("cuda: running out of device memory throws OutOfMemoryError naming the
 TEST_CASE("cuda: set_math_precision switches float32 GEMMs to TF32 / bf16 tensor cores and back") {
   KVC_REQUIRE_CUDA();
   using kernels::MathPrecision;
-  struct RestorePrecision {
-    MathPrecision saved = kernels::cuda::math_precision();
-    ~RestorePrecision() { kernels::cuda::set_math_precision(saved); }
-  } restore;
+  test::PrecisionScope restore(kernels::cuda::math_precision());  // set again below
   // A compute-bound product (~340 FLOPs per byte of float32 operands): bf16 rounds them.
   const Tensor a = Tensor::randn({2048, 2048}, 21, 0), b = Tensor::randn({2048, 2048}, 22, 0);
   const Tensor ref = matmul(a.to(DType::f64), b.to(DType::f64));

@@ -15,6 +15,7 @@
 #include "base/error.h"
 #include "core/gradcheck.h"
 #include "core/tensor.h"
+#include "kernels/precision.h"
 
 namespace kvc::test {
 
@@ -116,5 +117,16 @@ inline void check_gradients(const OpFn& f, const std::vector<Tensor>& inputs, do
       return;                                                                                     \
     }                                                                                             \
   } while (0)
+
+#ifdef KVC_WITH_CUDA
+// Sets the CUDA math precision (tf32, bf16) for one scope and restores the one before.
+struct PrecisionScope {
+  kernels::MathPrecision saved = kernels::cuda::math_precision();
+  explicit PrecisionScope(kernels::MathPrecision p) { kernels::cuda::set_math_precision(p); }
+  ~PrecisionScope() { kernels::cuda::set_math_precision(saved); }
+  PrecisionScope(const PrecisionScope&) = delete;
+  PrecisionScope& operator=(const PrecisionScope&) = delete;
+};
+#endif
 
 }  // namespace kvc::test

@@ -17,9 +17,11 @@ class AttentionPoolCompressor : public Compressor {
  public:
   AttentionPoolCompressor(const CompressorOptions& options, bool scaled);
   Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+  Tensor compress_sequence(const Tensor& seq, const Tensor& positions) override;
 
  private:
   bool scaled_;
+  double alpha() const;
   std::shared_ptr<Linear> to_attn_logits_;  // weight (d, d), no bias
 };
 
@@ -40,8 +42,17 @@ AttentionPoolCompressor::AttentionPoolCompressor(const CompressorOptions& o, boo
 // over n and the weighted sum in one pass, forward and backward.
 Tensor AttentionPoolCompressor::forward(const Tensor& x) {
   const Tensor logits = (*to_attn_logits_)(x);  // (b, h, w, n, d)
-  const double alpha = scaled_ ? 1.0 / std::sqrt(static_cast<double>(options_.dim_head)) : 1.0;
-  return softmax_pool(x, logits, alpha);
+  return softmax_pool(x, logits, alpha());
+}
+
+// The same over the blocks of a sequence, split, logits and pool in one op (fused on CUDA).
+Tensor AttentionPoolCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
+  const Tensor weight = to_attn_logits_->named_parameters().front().second;
+  return attention_pool(seq, positions, weight, options_.block, options_.block_stride(), alpha());
+}
+
+double AttentionPoolCompressor::alpha() const {
+  return scaled_ ? 1.0 / std::sqrt(static_cast<double>(options_.dim_head)) : 1.0;
 }
 
 }  // namespace

@@ -1,0 +1,366 @@
+// The attention pools' layer fused on tensor cores (see kernels/attention_pool.h). One CTA of 8
+// warps walks the windows of one head: a window's n x d block (sequence rows plus positions)
+// comes from global memory once per pass into shared memory, prefetched into registers while
+// the window before it is computed; logits = x W^T, and in backward dx = dlogits W and
+// dW += dlogits^T x, are wmma products (tf32 m16n16k8, or bf16 m16n16k16 from bf16 copies of the
+// operands) with float32 accumulation; the softmax over the block and the pooled sum run in
+// float32 from the float32 block. Backward recomputes the logits instead of storing them. Each
+// CTA sums its windows' dW and dx (the positions' gradient) in registers and shared memory and
+// writes them once; a second kernel adds the CTAs' parts in a fixed order.
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/attention_pool.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/precision.h"
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+using namespace nvcuda;
+
+constexpr int kPoolWarps = 8;
+constexpr int kPoolThreads = 32 * kPoolWarps;
+
+// The wmma shapes and operand types of one precision. tf32 fragments load from float32 shared
+// memory and are rounded as they load; bf16 ones load from bf16 copies.
+template <bool kBf16>
+struct PoolMma {
+  using Op = std::conditional_t<kBf16, __nv_bfloat16, float>;
+  using Tag = std::conditional_t<kBf16, __nv_bfloat16, wmma::precision::tf32>;
+  static constexpr int kK = kBf16 ? 16 : 8;
+  template <typename L>
+  using A = wmma::fragment<wmma::matrix_a, 16, 16, kK, Tag, L>;
+  template <typename L>
+  using B = wmma::fragment<wmma::matrix_b, 16, 16, kK, Tag, L>;
+  using C = wmma::fragment<wmma::accumulator, 16, 16, kK, float>;
+
+  template <typename F>
+  static __device__ __forceinline__ void load(F& f, const Op* p, int ld) {
+    wmma::load_matrix_sync(f, p, ld);
+    if constexpr (!kBf16) {
+      for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
+    }
+  }
+  static __device__ __forceinline__ Op op(float v) {
+    if constexpr (kBf16) {
+      return __float2bfloat16_rn(v);
+    } else {
+      return v;
+    }
+  }
+};
+
+// Shared memory, byte offsets. Rows of kLd = D + 8 elements (a multiple of 8, so every wmma tile
+// starts 32-byte aligned; the 8 extra elements shift consecutive rows across banks).
+template <int N, int D, bool kBf16>
+struct PoolLayout {
+  static constexpr int kLd = D + 8;
+  static constexpr size_t kOpSize = kBf16 ? 2 : 4;
+  static constexpr size_t kBlock = size_t{4} * N * kLd;          // one float32 n x d block
+  static constexpr size_t kBlockOp = kBf16 ? size_t{2} * N * kLd : 0;  // its bf16 copy
+  static constexpr size_t kW = 0;                                // W (out, in), operand type
+  static constexpr size_t kX = kW + kOpSize * D * kLd;           // x = rows + positions
+  static constexpr size_t kL = kX + kBlock;                      // logits, then their gradient
+  static constexpr size_t kXOp = kL + kBlock;                    // bf16 x (bf16 only)
+  static constexpr size_t kLOp = kXOp + kBlockOp;                // bf16 dlogits (bf16 only)
+  static constexpr size_t kG = kLOp + kBlockOp;                  // sum of dx over the windows
+  static constexpr size_t kForwardBytes = kLOp;
+  static constexpr size_t kBackwardBytes = kG + kBlock;
+};
+
+struct PoolGrid {
+  int chunks;         // CTAs per head
+  int64_t per_chunk;  // windows per CTA
+};
+
+template <int N, int D, bool kBf16, bool kBackward>
+__global__ void __launch_bounds__(kPoolThreads)
+    attention_pool_kernel(AttentionPoolArgs a, PoolGrid grid, const float* __restrict__ gy,
+                          float* __restrict__ y, float* __restrict__ part_w,
+                          float* __restrict__ part_pos) {
+  using M = PoolMma<kBf16>;
+  using Op = typename M::Op;
+  using Lay = PoolLayout<N, D, kBf16>;
+  constexpr int kLd = Lay::kLd;
+  constexpr int kVec4 = N * D / 4;  // float4s per block
+  constexpr int kPerThread = (kVec4 + kPoolThreads - 1) / kPoolThreads;
+  constexpr int kTiles = (N / 16) * (D / 16);
+  constexpr int kWTiles = (D / 16) * (D / 16);
+  constexpr int kWPerWarp = (kWTiles + kPoolWarps - 1) / kPoolWarps;
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // tf32 and bf16 wmma need sm_80; attention_pool_fits refuses older GPUs
+#else
+  extern __shared__ __align__(128) unsigned char smem[];
+  Op* sw = reinterpret_cast<Op*>(smem + Lay::kW);
+  float* sx = reinterpret_cast<float*>(smem + Lay::kX);
+  float* sl = reinterpret_cast<float*>(smem + Lay::kL);
+  Op* xop = kBf16 ? reinterpret_cast<Op*>(smem + Lay::kXOp) : reinterpret_cast<Op*>(sx);
+  Op* lop = kBf16 ? reinterpret_cast<Op*>(smem + Lay::kLOp) : reinterpret_cast<Op*>(sl);
+  float* sg = reinterpret_cast<float*>(smem + Lay::kG);
+
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int64_t head = blockIdx.x / grid.chunks, chunk = blockIdx.x % grid.chunks;
+  const int64_t w = (a.s - N) / a.stride + 1, windows = a.b * w;
+  const int64_t j0 = min(windows, chunk * grid.per_chunk);
+  const int64_t j1 = min(windows, j0 + grid.per_chunk);
+
+  for (int e = tid; e < D * D; e += kPoolThreads) sw[(e / D) * kLd + e % D] = M::op(a.weight[e]);
+  if constexpr (kBackward) {
+    for (int e = tid; e < N * D; e += kPoolThreads) sg[(e / D) * kLd + e % D] = 0.0f;
+  }
+  typename M::C dw[kWPerWarp];
+  for (int i = 0; i < kWPerWarp; ++i) wmma::fill_fragment(dw[i], 0.0f);
+
+  const float4* pos4 = reinterpret_cast<const float4*>(a.positions + head * N * D);
+  float4 next[kPerThread];
+  auto fetch = [&](int64_t j) {  // window j's rows into registers
+    const int64_t bi = j / w, wi = j % w;
+    const float4* src =
+        reinterpret_cast<const float4*>(a.seq + ((bi * a.h + head) * a.s + wi * a.stride) * D);
+    for (int v = 0; v < kPerThread; ++v) {
+      const int i = tid + v * kPoolThreads;
+      if (i < kVec4) next[v] = __ldcs(src + i);  // streamed: each block is read once a pass
+    }
+  };
+  if (j0 < j1) fetch(j0);
+
+  for (int64_t j = j0; j < j1; ++j) {
+    __syncthreads();  // the previous window is done with the block buffers
+    for (int v = 0; v < kPerThread; ++v) {
+      const int i = tid + v * kPoolThreads;
+      if (i >= kVec4) continue;
+      const float4 p = __ldg(pos4 + i);
+      const float4 x = make_float4(next[v].x + p.x, next[v].y + p.y, next[v].z + p.z,
+                                   next[v].w + p.w);
+      const int r = 4 * i / D, c = 4 * i % D;
+      *reinterpret_cast<float4*>(sx + r * kLd + c) = x;
+      if constexpr (kBf16) {
+        xop[r * kLd + c] = M::op(x.x);
+        xop[r * kLd + c + 1] = M::op(x.y);
+        xop[r * kLd + c + 2] = M::op(x.z);
+        xop[r * kLd + c + 3] = M::op(x.w);
+      }
+    }
+    __syncthreads();
+    if (j + 1 < j1) fetch(j + 1);  // in flight while this window computes
+
+    // logits (n, d) = x (n, d) W^T
+    for (int t = warp; t < kTiles; t += kPoolWarps) {
+      const int tm = t / (D / 16), tn = t % (D / 16);
+      typename M::C acc;
+      wmma::fill_fragment(acc, 0.0f);
+      for (int k0 = 0; k0 < D; k0 += M::kK) {
+        typename M::template A<wmma::row_major> fa;
+        typename M::template B<wmma::col_major> fb;
+        M::load(fa, xop + tm * 16 * kLd + k0, kLd);
+        M::load(fb, sw + tn * 16 * kLd + k0, kLd);  // B[k][o] = W[o][k]
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(sl + tm * 16 * kLd + tn * 16, acc, kLd, wmma::mem_row_major);
+    }
+    __syncthreads();
+
+    // Per column: softmax over the block's rows, the pooled value; backward: the direct part of
+    // dx (gy a) into the positions' sum and dlogits = alpha a gy (x - y) in place of the logits.
+    const int64_t bi = j / w, wi = j % w, out = ((bi * a.h + head) * w + wi) * D;
+    for (int c = tid; c < D; c += kPoolThreads) {
+      float mx = -INFINITY;
+      for (int r = 0; r < N; ++r) mx = fmaxf(mx, a.alpha * sl[r * kLd + c]);
+      float sum = 0.0f, pooled = 0.0f;
+      for (int r = 0; r < N; ++r) {
+        const float e = __expf(a.alpha * sl[r * kLd + c] - mx);
+        sum += e;
+        pooled += e * sx[r * kLd + c];
+      }
+      const float inv = 1.0f / sum, yc = pooled * inv;
+      if constexpr (!kBackward) {
+        y[out + c] = yc;
+      } else {
+        const float g = gy[out + c];
+        for (int r = 0; r < N; ++r) {
+          const float p = __expf(a.alpha * sl[r * kLd + c] - mx) * inv;
+          sg[r * kLd + c] += g * p;
+          const float dl = a.alpha * p * g * (sx[r * kLd + c] - yc);
+          if constexpr (kBf16) {
+            lop[r * kLd + c] = M::op(dl);
+          } else {
+            sl[r * kLd + c] = dl;
+          }
+        }
+      }
+    }
+    if constexpr (kBackward) {
+      __syncthreads();
+      // The positions' sum += dlogits (n, d) W (d, d)
+      for (int t = warp; t < kTiles; t += kPoolWarps) {
+        const int tm = t / (D / 16), tn = t % (D / 16);
+        typename M::C acc;
+        float* tile = sg + tm * 16 * kLd + tn * 16;
+        wmma::load_matrix_sync(acc, tile, kLd, wmma::mem_row_major);
+        for (int k0 = 0; k0 < D; k0 += M::kK) {
+          typename M::template A<wmma::row_major> fa;
+          typename M::template B<wmma::row_major> fb;
+          M::load(fa, lop + tm * 16 * kLd + k0, kLd);
+          M::load(fb, sw + k0 * kLd + tn * 16, kLd);
+          wmma::mma_sync(acc, fa, fb, acc);
+        }
+        wmma::store_matrix_sync(tile, acc, kLd, wmma::mem_row_major);
+      }
+      // dW (d, d) += dlogits^T (d, n) x (n, d)
+      for (int i = 0; i < kWPerWarp; ++i) {
+        const int t = warp + i * kPoolWarps;
+        if (t >= kWTiles) break;
+        const int tm = t / (D / 16), tn = t % (D / 16);
+        for (int k0 = 0; k0 < N; k0 += M::kK) {
+          typename M::template A<wmma::col_major> fa;
+          typename M::template B<wmma::row_major> fb;
+          M::load(fa, lop + k0 * kLd + tm * 16, kLd);
+          M::load(fb, xop + k0 * kLd + tn * 16, kLd);
+          wmma::mma_sync(dw[i], fa, fb, dw[i]);
+        }
+      }
+    }
+  }
+  if constexpr (kBackward) {
+    __syncthreads();
+    float* my_w = part_w + blockIdx.x * int64_t{D * D};
+    for (int i = 0; i < kWPerWarp; ++i) {
+      const int t = warp + i * kPoolWarps;
+      if (t >= kWTiles) break;
+      const int tm = t / (D / 16), tn = t % (D / 16);
+      wmma::store_matrix_sync(my_w + tm * 16 * D + tn * 16, dw[i], D, wmma::mem_row_major);
+    }
+    float* my_pos = part_pos + blockIdx.x * int64_t{N * D};  // blockIdx = head * chunks + chunk
+    for (int e = tid; e < N * D; e += kPoolThreads) my_pos[e] = sg[(e / D) * kLd + e % D];
+  }
+#endif
+}
+
+// out[g, i] (+)= sum over p < parts of part[g, p, i], p in order.
+__global__ void sum_parts_kernel(const float* __restrict__ part, float* __restrict__ out,
+                                 int64_t groups, int64_t parts, int64_t size, bool accumulate) {
+  KVC_GRID_LOOP(e, groups * size) {
+    const int64_t g = e / size, i = e % size;
+    const float* src = part + g * parts * size + i;
+    float s = 0.0f;
+    for (int64_t p = 0; p < parts; ++p) s += src[p * size];
+    out[e] = accumulate ? out[e] + s : s;
+  }
+}
+
+int sms() {
+  static const int n = [] {
+    int device = 0, count = 0;
+    KVC_CUDA_CHECK(cudaGetDevice(&device));
+    KVC_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    return count;
+  }();
+  return n;
+}
+
+template <int N, int D, bool kBf16, bool kBackward>
+void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
+            float* g_weight, bool acc_positions, bool acc_weight) {
+  using Lay = PoolLayout<N, D, kBf16>;
+  constexpr size_t kBytes = kBackward ? Lay::kBackwardBytes : Lay::kForwardBytes;
+  auto* kernel = attention_pool_kernel<N, D, kBf16, kBackward>;
+  static const int per_sm = [&] {
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kBytes)));
+    int blocks = 0;
+    KVC_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kPoolThreads, kBytes));
+    return std::max(blocks, 1);
+  }();
+  // One wave of CTAs, each a contiguous run of one head's windows (b and w flattened).
+  const int64_t windows = a.b * ((a.s - N) / a.stride + 1);
+  PoolGrid grid;
+  grid.chunks = static_cast<int>(
+      std::clamp<int64_t>(int64_t{per_sm} * sms() / std::max<int64_t>(a.h, 1), 1, windows));
+  grid.per_chunk = (windows + grid.chunks - 1) / grid.chunks;
+  const int64_t ctas = a.h * grid.chunks;
+  KVC_CHECK(ctas <= INT32_MAX, "attention_pool: ", a.h, " heads exceed the grid");
+  Scratch part_w(kBackward ? sizeof(float) * ctas * D * D : 0);
+  Scratch part_pos(kBackward ? sizeof(float) * ctas * N * D : 0);
+  kernel<<<static_cast<unsigned>(ctas), kPoolThreads, kBytes, stream()>>>(
+      a, grid, gy, y, part_w.as<float>(), part_pos.as<float>());
+  KVC_CUDA_CHECK(cudaGetLastError());
+  if constexpr (kBackward) {
+    if (g_weight) {
+      sum_parts_kernel<<<grid_for(D * D), kThreads, 0, stream()>>>(part_w.as<float>(), g_weight, 1,
+                                                                   ctas, D * D, acc_weight);
+      KVC_CUDA_CHECK(cudaGetLastError());
+    }
+    if (g_positions) {
+      sum_parts_kernel<<<grid_for(a.h * N * D), kThreads, 0, stream()>>>(
+          part_pos.as<float>(), g_positions, a.h, grid.chunks, N * D, acc_positions);
+      KVC_CUDA_CHECK(cudaGetLastError());
+    }
+  }
+}
+
+// The (n, d) instantiations; `call` receives the launch of the matching one.
+template <bool kBf16, bool kBackward>
+void dispatch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
+              float* g_weight, bool acc_positions, bool acc_weight) {
+#define KVC_POOL_CASE(NN, DD)                                                                  \
+  if (a.n == NN && a.d == DD) {                                                                \
+    return launch<NN, DD, kBf16, kBackward>(a, gy, y, g_positions, g_weight, acc_positions,    \
+                                            acc_weight);                                       \
+  }
+  KVC_POOL_CASE(16, 64)
+  KVC_POOL_CASE(32, 64)
+  KVC_POOL_CASE(64, 64)
+  KVC_POOL_CASE(16, 128)
+  KVC_POOL_CASE(32, 128)
+  KVC_POOL_CASE(64, 128)
+#undef KVC_POOL_CASE
+  KVC_FAIL("attention_pool: no fused kernel for blocks of ", a.n, " x ", a.d);
+}
+
+template <bool kBackward>
+void run(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
+         float* g_weight, bool acc_positions, bool acc_weight) {
+  KVC_CHECK(attention_pool_fits(a.n, a.d), "attention_pool: blocks of ", a.n, " x ", a.d,
+            " in ", precision_name(math_precision()), " have no fused kernel");
+  KVC_CHECK(a.b >= 1 && a.h >= 1 && a.stride >= 1 && a.s >= a.n, "attention_pool: b ", a.b,
+            ", h ", a.h, ", seq ", a.s, ", stride ", a.stride, " out of range for block ", a.n);
+  if (math_precision() == MathPrecision::bf16) {
+    dispatch<true, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, acc_weight);
+  } else {
+    dispatch<false, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, acc_weight);
+  }
+}
+
+}  // namespace
+
+bool attention_pool_fits(int64_t n, int64_t d) {
+  static const bool ampere = [] {
+    int device = 0, major = 0;
+    KVC_CUDA_CHECK(cudaGetDevice(&device));
+    KVC_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    return major >= 8;
+  }();
+  const MathPrecision p = math_precision();
+  return ampere && (p == MathPrecision::tf32 || p == MathPrecision::bf16) && (n == 16 || n == 32 || n == 64) &&
+         (d == 64 || d == 128);
+}
+
+void attention_pool_forward(const AttentionPoolArgs& args, float* y) {
+  run<false>(args, nullptr, y, nullptr, nullptr, false, false);
+}
+
+void attention_pool_backward(const AttentionPoolArgs& args, const float* gy, float* g_positions,
+                             float* g_weight, bool acc_positions, bool acc_weight) {
+  run<true>(args, gy, nullptr, g_positions, g_weight, acc_positions, acc_weight);
+}
+
+}  // namespace kvc::kernels::cuda
