@@ -70,9 +70,12 @@ struct PoolLayout {
   static constexpr size_t kL = kX + kBlock;                      // logits, then their gradient
   static constexpr size_t kXOp = kL + kBlock;                    // bf16 x (bf16 only)
   static constexpr size_t kLOp = kXOp + kBlockOp;                // bf16 dlogits (bf16 only)
-  static constexpr size_t kG = kLOp + kBlockOp;                  // sum of dx over the windows
-  static constexpr size_t kForwardBytes = kLOp;
+  static constexpr size_t kRed = kLOp + kBlockOp;  // the softmax's partial max, sum, pooled
+  static constexpr size_t kG = kRed + size_t{4} * 3 * kPoolThreads;  // sum of dx over windows
+  static constexpr size_t kForwardBytes = kG;
   static constexpr size_t kBackwardBytes = kG + kBlock;
+  // Two CTAs an SM where their shared memory fits (the registers are then capped at 128).
+  static constexpr int kMinBlocks = 2 * kBackwardBytes <= size_t{220} << 10 ? 2 : 1;
 };
 
 struct PoolGrid {
@@ -81,7 +84,7 @@ struct PoolGrid {
 };
 
 template <int N, int D, bool kBf16, bool kBackward>
-__global__ void __launch_bounds__(kPoolThreads)
+__global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlocks)
     attention_pool_kernel(AttentionPoolArgs a, PoolGrid grid, const float* __restrict__ gy,
                           float* __restrict__ y, float* __restrict__ part_w,
                           float* __restrict__ part_pos) {
@@ -94,6 +97,9 @@ __global__ void __launch_bounds__(kPoolThreads)
   constexpr int kTiles = (N / 16) * (D / 16);
   constexpr int kWTiles = (D / 16) * (D / 16);
   constexpr int kWPerWarp = (kWTiles + kPoolWarps - 1) / kPoolWarps;
+  constexpr int kParts = kPoolThreads / D;  // threads per column in the softmax
+  constexpr int kRows = N / kParts;         // rows per thread
+  static_assert(kPoolThreads % D == 0 && N % kParts == 0, "attention_pool: column split");
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // tf32 and bf16 wmma need sm_80; attention_pool_fits refuses older GPUs
@@ -105,6 +111,7 @@ __global__ void __launch_bounds__(kPoolThreads)
   Op* xop = kBf16 ? reinterpret_cast<Op*>(smem + Lay::kXOp) : reinterpret_cast<Op*>(sx);
   Op* lop = kBf16 ? reinterpret_cast<Op*>(smem + Lay::kLOp) : reinterpret_cast<Op*>(sl);
   float* sg = reinterpret_cast<float*>(smem + Lay::kG);
+  float* red = reinterpret_cast<float*>(smem + Lay::kRed);
 
   const int tid = threadIdx.x, warp = tid / 32;
   const int64_t head = blockIdx.x / grid.chunks, chunk = blockIdx.x % grid.chunks;
@@ -125,6 +132,7 @@ __global__ void __launch_bounds__(kPoolThreads)
     const int64_t bi = j / w, wi = j % w;
     const float4* src =
         reinterpret_cast<const float4*>(a.seq + ((bi * a.h + head) * a.s + wi * a.stride) * D);
+#pragma unroll
     for (int v = 0; v < kPerThread; ++v) {
       const int i = tid + v * kPoolThreads;
       if (i < kVec4) next[v] = __ldcs(src + i);  // streamed: each block is read once a pass
@@ -134,6 +142,7 @@ __global__ void __launch_bounds__(kPoolThreads)
 
   for (int64_t j = j0; j < j1; ++j) {
     __syncthreads();  // the previous window is done with the block buffers
+#pragma unroll
     for (int v = 0; v < kPerThread; ++v) {
       const int i = tid + v * kPoolThreads;
       if (i >= kVec4) continue;
@@ -170,30 +179,55 @@ __global__ void __launch_bounds__(kPoolThreads)
 
     // Per column: softmax over the block's rows, the pooled value; backward: the direct part of
     // dx (gy a) into the positions' sum and dlogits = alpha a gy (x - y) in place of the logits.
+    // kParts threads share a column, kRows rows each, held in registers (unrolled: the loads
+    // and exps of a thread's rows are independent), their partial max and sums met in `red`.
     const int64_t bi = j / w, wi = j % w, out = ((bi * a.h + head) * w + wi) * D;
-    for (int c = tid; c < D; c += kPoolThreads) {
-      float mx = -INFINITY;
-      for (int r = 0; r < N; ++r) mx = fmaxf(mx, a.alpha * sl[r * kLd + c]);
-      float sum = 0.0f, pooled = 0.0f;
-      for (int r = 0; r < N; ++r) {
-        const float e = __expf(a.alpha * sl[r * kLd + c] - mx);
-        sum += e;
-        pooled += e * sx[r * kLd + c];
-      }
-      const float inv = 1.0f / sum, yc = pooled * inv;
-      if constexpr (!kBackward) {
-        y[out + c] = yc;
-      } else {
-        const float g = gy[out + c];
-        for (int r = 0; r < N; ++r) {
-          const float p = __expf(a.alpha * sl[r * kLd + c] - mx) * inv;
-          sg[r * kLd + c] += g * p;
-          const float dl = a.alpha * p * g * (sx[r * kLd + c] - yc);
-          if constexpr (kBf16) {
-            lop[r * kLd + c] = M::op(dl);
-          } else {
-            sl[r * kLd + c] = dl;
-          }
+    const int c = tid % D, part = tid / D, r0 = part * kRows;
+    float l[kRows], xv[kRows];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      l[i] = a.alpha * sl[(r0 + i) * kLd + c];
+      xv[i] = sx[(r0 + i) * kLd + c];
+      mx = fmaxf(mx, l[i]);
+    }
+    red[part * D + c] = mx;
+    __syncthreads();
+    mx = red[c];
+#pragma unroll
+    for (int p = 1; p < kParts; ++p) mx = fmaxf(mx, red[p * D + c]);
+    float sum = 0.0f, pooled = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      l[i] = __expf(l[i] - mx);  // now the unnormalized weight
+      sum += l[i];
+      pooled += l[i] * xv[i];
+    }
+    red[(kParts + part) * D + c] = sum;
+    red[(2 * kParts + part) * D + c] = pooled;
+    __syncthreads();
+    sum = 0.0f;
+    pooled = 0.0f;
+#pragma unroll
+    for (int p = 0; p < kParts; ++p) {
+      sum += red[(kParts + p) * D + c];
+      pooled += red[(2 * kParts + p) * D + c];
+    }
+    const float inv = 1.0f / sum, yc = pooled * inv;
+    if constexpr (!kBackward) {
+      if (part == 0) y[out + c] = yc;
+    } else {
+      const float g = gy[out + c];
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) {
+        const int at = (r0 + i) * kLd + c;
+        const float p = l[i] * inv;
+        sg[at] += g * p;
+        const float dl = a.alpha * p * g * (xv[i] - yc);
+        if constexpr (kBf16) {
+          lop[at] = M::op(dl);
+        } else {
+          sl[at] = dl;
         }
       }
     }
@@ -215,6 +249,7 @@ __global__ void __launch_bounds__(kPoolThreads)
         wmma::store_matrix_sync(tile, acc, kLd, wmma::mem_row_major);
       }
       // dW (d, d) += dlogits^T (d, n) x (n, d)
+#pragma unroll
       for (int i = 0; i < kWPerWarp; ++i) {
         const int t = warp + i * kPoolWarps;
         if (t >= kWTiles) break;
