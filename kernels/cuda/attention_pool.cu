@@ -1,12 +1,13 @@
 // The attention pools' layer fused on tensor cores (see kernels/attention_pool.h). One CTA of 8
 // warps walks the windows of one head: a window's n x d block (sequence rows plus positions)
 // comes from global memory once per pass into shared memory, prefetched into registers while
-// the window before it is computed; logits = x W^T, and in backward dx = dlogits W and
-// dW += dlogits^T x, are wmma products (tf32 m16n16k8, or bf16 m16n16k16 from bf16 copies of the
-// operands) with float32 accumulation; the softmax over the block and the pooled sum run in
-// float32 from the float32 block. Backward recomputes the logits instead of storing them. Each
-// CTA sums its windows' dW and dx (the positions' gradient) in registers and shared memory and
-// writes them once; a second kernel adds the CTAs' parts in a fixed order.
+// the window before it is computed; logits = x W^T and, in backward, dW += dlogits^T x are wmma
+// products (tf32 m16n16k8, or bf16 m16n16k16 from bf16 copies of the operands) with float32
+// accumulation; the softmax over the block and the pooled sum run in float32 from the float32
+// block. Backward recomputes the logits instead of storing them. The positions' gradient is the
+// sum over windows of dx = gy a + dlogits W, and W is the same for every window: a CTA sums
+// gy a and dlogits over its windows and multiplies by W once at its end. Each CTA writes its dW
+// and positions' parts once; a second kernel adds the CTAs' parts in a fixed order.
 #include <cuda_bf16.h>
 #include <mma.h>
 
@@ -71,11 +72,66 @@ struct PoolLayout {
   static constexpr size_t kXOp = kL + kBlock;                    // bf16 x (bf16 only)
   static constexpr size_t kLOp = kXOp + kBlockOp;                // bf16 dlogits (bf16 only)
   static constexpr size_t kRed = kLOp + kBlockOp;  // the softmax's partial max, sum, pooled
-  static constexpr size_t kG = kRed + size_t{4} * 3 * kPoolThreads;  // sum of dx over windows
+  static constexpr size_t kG = kRed + size_t{4} * 3 * kPoolThreads;  // sum of gy a over windows
+  static constexpr size_t kS = kG + kBlock;                          // sum of dlogits
   static constexpr size_t kForwardBytes = kG;
-  static constexpr size_t kBackwardBytes = kG + kBlock;
-  // Two CTAs an SM where their shared memory fits (the registers are then capped at 128).
-  static constexpr int kMinBlocks = 2 * kBackwardBytes <= size_t{220} << 10 ? 2 : 1;
+  static constexpr size_t kBackwardBytes = kS + kBlock;
+};
+
+// The mma instance of a precision and the wmma tile counts of an n x d block.
+template <int N, int D, bool kBf16>
+struct PoolTiles {
+  using M = PoolMma<kBf16>;
+  using Op = typename M::Op;
+  static constexpr int kLd = PoolLayout<N, D, kBf16>::kLd;
+  // (n, d) products: warp w owns column tile w % kColWarps and every kRowGroups-th row tile
+  // from w / kColWarps, so each B fragment it loads feeds all of its row tiles.
+  static constexpr int kColWarps = D / 16 < kPoolWarps ? D / 16 : kPoolWarps;
+  static constexpr int kRowGroups = kPoolWarps / kColWarps;
+  static constexpr int kMine = (N / 16 + kRowGroups - 1) / kRowGroups;
+  // dW (d, d): warp w owns kWPerWarp consecutive tiles of one tile row.
+  static constexpr int kWPerWarp = (D / 16) * (D / 16) / kPoolWarps;
+  static_assert(kPoolWarps % kColWarps == 0 && kWPerWarp >= 1 && (D / 16) % kWPerWarp == 0,
+                "attention_pool: warp tiling");
+
+  // out (n, d) = (init or 0) + a (n, d) B, B = W^T (kTransposed, W in shared memory (out, in)) or
+  // W; a row-major of stride kLd; init and out of stride ld (shared or global memory).
+  template <bool kTransposed>
+  static __device__ __forceinline__ void rows_times_w(const Op* a, const Op* w, const float* init,
+                                                      float* out, int ld, int warp) {
+    using LayoutB = std::conditional_t<kTransposed, wmma::col_major, wmma::row_major>;
+    const int tn = warp % kColWarps, g = warp / kColWarps;
+    typename M::C acc[kMine];
+#pragma unroll
+    for (int i = 0; i < kMine; ++i) {
+      const int tm = g + i * kRowGroups;
+      if (tm >= N / 16) break;
+      if (init) {
+        wmma::load_matrix_sync(acc[i], init + tm * 16 * ld + tn * 16, ld, wmma::mem_row_major);
+      } else {
+        wmma::fill_fragment(acc[i], 0.0f);
+      }
+    }
+#pragma unroll 4
+    for (int k0 = 0; k0 < D; k0 += M::kK) {
+      typename M::template B<LayoutB> fb;  // B[k][o] = W[o][k] (transposed) or W[k][o]
+      M::load(fb, kTransposed ? w + tn * 16 * kLd + k0 : w + k0 * kLd + tn * 16, kLd);
+#pragma unroll
+      for (int i = 0; i < kMine; ++i) {
+        const int tm = g + i * kRowGroups;
+        if (tm >= N / 16) break;
+        typename M::template A<wmma::row_major> fa;
+        M::load(fa, a + tm * 16 * kLd + k0, kLd);
+        wmma::mma_sync(acc[i], fa, fb, acc[i]);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kMine; ++i) {
+      const int tm = g + i * kRowGroups;
+      if (tm >= N / 16) break;
+      wmma::store_matrix_sync(out + tm * 16 * ld + tn * 16, acc[i], ld, wmma::mem_row_major);
+    }
+  }
 };
 
 struct PoolGrid {
@@ -84,7 +140,7 @@ struct PoolGrid {
 };
 
 template <int N, int D, bool kBf16, bool kBackward>
-__global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlocks)
+__global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
     attention_pool_kernel(AttentionPoolArgs a, PoolGrid grid, const float* __restrict__ gy,
                           float* __restrict__ y, float* __restrict__ part_w,
                           float* __restrict__ part_pos) {
@@ -94,9 +150,8 @@ __global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlo
   constexpr int kLd = Lay::kLd;
   constexpr int kVec4 = N * D / 4;  // float4s per block
   constexpr int kPerThread = (kVec4 + kPoolThreads - 1) / kPoolThreads;
-  constexpr int kTiles = (N / 16) * (D / 16);
-  constexpr int kWTiles = (D / 16) * (D / 16);
-  constexpr int kWPerWarp = (kWTiles + kPoolWarps - 1) / kPoolWarps;
+  using Tiles = PoolTiles<N, D, kBf16>;
+  constexpr int kWPerWarp = Tiles::kWPerWarp;
   constexpr int kParts = kPoolThreads / D;  // threads per column in the softmax
   constexpr int kRows = N / kParts;         // rows per thread
   static_assert(kPoolThreads % D == 0 && N % kParts == 0, "attention_pool: column split");
@@ -112,6 +167,7 @@ __global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlo
   Op* lop = kBf16 ? reinterpret_cast<Op*>(smem + Lay::kLOp) : reinterpret_cast<Op*>(sl);
   float* sg = reinterpret_cast<float*>(smem + Lay::kG);
   float* red = reinterpret_cast<float*>(smem + Lay::kRed);
+  float* ss = reinterpret_cast<float*>(smem + Lay::kS);
 
   const int tid = threadIdx.x, warp = tid / 32;
   const int64_t head = blockIdx.x / grid.chunks, chunk = blockIdx.x % grid.chunks;
@@ -121,9 +177,13 @@ __global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlo
 
   for (int e = tid; e < D * D; e += kPoolThreads) sw[(e / D) * kLd + e % D] = M::op(a.weight[e]);
   if constexpr (kBackward) {
-    for (int e = tid; e < N * D; e += kPoolThreads) sg[(e / D) * kLd + e % D] = 0.0f;
+    for (int e = tid; e < N * D; e += kPoolThreads) {
+      sg[(e / D) * kLd + e % D] = 0.0f;
+      ss[(e / D) * kLd + e % D] = 0.0f;
+    }
   }
   typename M::C dw[kWPerWarp];
+#pragma unroll
   for (int i = 0; i < kWPerWarp; ++i) wmma::fill_fragment(dw[i], 0.0f);
 
   const float4* pos4 = reinterpret_cast<const float4*>(a.positions + head * N * D);
@@ -162,19 +222,7 @@ __global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlo
     if (j + 1 < j1) fetch(j + 1);  // in flight while this window computes
 
     // logits (n, d) = x (n, d) W^T
-    for (int t = warp; t < kTiles; t += kPoolWarps) {
-      const int tm = t / (D / 16), tn = t % (D / 16);
-      typename M::C acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int k0 = 0; k0 < D; k0 += M::kK) {
-        typename M::template A<wmma::row_major> fa;
-        typename M::template B<wmma::col_major> fb;
-        M::load(fa, xop + tm * 16 * kLd + k0, kLd);
-        M::load(fb, sw + tn * 16 * kLd + k0, kLd);  // B[k][o] = W[o][k]
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
-      wmma::store_matrix_sync(sl + tm * 16 * kLd + tn * 16, acc, kLd, wmma::mem_row_major);
-    }
+    Tiles::template rows_times_w<true>(xop, sw, nullptr, sl, kLd, warp);
     __syncthreads();
 
     // Per column: softmax over the block's rows, the pooled value; backward: the direct part of
@@ -183,6 +231,7 @@ __global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlo
     // and exps of a thread's rows are independent), their partial max and sums met in `red`.
     const int64_t bi = j / w, wi = j % w, out = ((bi * a.h + head) * w + wi) * D;
     const int c = tid % D, part = tid / D, r0 = part * kRows;
+    const float g = kBackward ? gy[out + c] : 0.0f;  // loaded early: its latency hides
     float l[kRows], xv[kRows];
     float mx = -INFINITY;
 #pragma unroll
@@ -217,13 +266,13 @@ __global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlo
     if constexpr (!kBackward) {
       if (part == 0) y[out + c] = yc;
     } else {
-      const float g = gy[out + c];
 #pragma unroll
       for (int i = 0; i < kRows; ++i) {
         const int at = (r0 + i) * kLd + c;
         const float p = l[i] * inv;
         sg[at] += g * p;
         const float dl = a.alpha * p * g * (xv[i] - yc);
+        ss[at] += dl;
         if constexpr (kBf16) {
           lop[at] = M::op(dl);
         } else {
@@ -233,31 +282,16 @@ __global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlo
     }
     if constexpr (kBackward) {
       __syncthreads();
-      // The positions' sum += dlogits (n, d) W (d, d)
-      for (int t = warp; t < kTiles; t += kPoolWarps) {
-        const int tm = t / (D / 16), tn = t % (D / 16);
-        typename M::C acc;
-        float* tile = sg + tm * 16 * kLd + tn * 16;
-        wmma::load_matrix_sync(acc, tile, kLd, wmma::mem_row_major);
-        for (int k0 = 0; k0 < D; k0 += M::kK) {
-          typename M::template A<wmma::row_major> fa;
-          typename M::template B<wmma::row_major> fb;
-          M::load(fa, lop + tm * 16 * kLd + k0, kLd);
-          M::load(fb, sw + k0 * kLd + tn * 16, kLd);
-          wmma::mma_sync(acc, fa, fb, acc);
-        }
-        wmma::store_matrix_sync(tile, acc, kLd, wmma::mem_row_major);
-      }
-      // dW (d, d) += dlogits^T (d, n) x (n, d)
+      // dW (d, d) += dlogits^T (d, n) x (n, d): this warp's tiles share one A fragment.
+      const int tm = warp * kWPerWarp / (D / 16);
 #pragma unroll
-      for (int i = 0; i < kWPerWarp; ++i) {
-        const int t = warp + i * kPoolWarps;
-        if (t >= kWTiles) break;
-        const int tm = t / (D / 16), tn = t % (D / 16);
-        for (int k0 = 0; k0 < N; k0 += M::kK) {
-          typename M::template A<wmma::col_major> fa;
+      for (int k0 = 0; k0 < N; k0 += M::kK) {
+        typename M::template A<wmma::col_major> fa;
+        M::load(fa, lop + k0 * kLd + tm * 16, kLd);
+#pragma unroll
+        for (int i = 0; i < kWPerWarp; ++i) {
+          const int tn = (warp * kWPerWarp + i) % (D / 16);
           typename M::template B<wmma::row_major> fb;
-          M::load(fa, lop + k0 * kLd + tm * 16, kLd);
           M::load(fb, xop + k0 * kLd + tn * 16, kLd);
           wmma::mma_sync(dw[i], fa, fb, dw[i]);
         }
@@ -265,15 +299,24 @@ __global__ void __launch_bounds__(kPoolThreads, PoolLayout<N, D, kBf16>::kMinBlo
     }
   }
   if constexpr (kBackward) {
-    __syncthreads();
     float* my_w = part_w + blockIdx.x * int64_t{D * D};
+#pragma unroll
     for (int i = 0; i < kWPerWarp; ++i) {
-      const int t = warp + i * kPoolWarps;
-      if (t >= kWTiles) break;
-      const int tm = t / (D / 16), tn = t % (D / 16);
+      const int t = warp * kWPerWarp + i, tm = t / (D / 16), tn = t % (D / 16);
       wmma::store_matrix_sync(my_w + tm * 16 * D + tn * 16, dw[i], D, wmma::mem_row_major);
     }
+    // The positions' part: sum of gy a + (sum of dlogits) W, dlogits rounded once, here.
+    __syncthreads();
+    if constexpr (kBf16) {
+      for (int e = tid; e < N * D; e += kPoolThreads) {
+        lop[(e / D) * kLd + e % D] = M::op(ss[(e / D) * kLd + e % D]);
+      }
+      __syncthreads();
+    }
     float* my_pos = part_pos + blockIdx.x * int64_t{N * D};  // blockIdx = head * chunks + chunk
+    Tiles::template rows_times_w<false>(kBf16 ? lop : reinterpret_cast<Op*>(ss), sw, sg, sg, kLd,
+                                        warp);
+    __syncthreads();
     for (int e = tid; e < N * D; e += kPoolThreads) my_pos[e] = sg[(e / D) * kLd + e % D];
   }
 #endif
