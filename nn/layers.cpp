@@ -49,6 +49,10 @@ void Linear::check_input(const Tensor& x) const {
 // = add(matmul(x, W, false, true), b); the fused op adds the bias inside the GEMM.
 Tensor Linear::forward(const Tensor& x) { return linear(x, weight_, bias_); }
 
+Tensor Linear::forward_shifted(const Tensor& x, const Tensor& shift) {
+  return add(linear(x, weight_, Tensor()), linear(shift, weight_, bias_));
+}
+
 // ---- Mix ------------------------------------------------------------------------------------
 
 Mix::Mix(int64_t heads, int64_t in, int64_t out, ParamInit& init)
@@ -68,6 +72,12 @@ void Mix::check_input(const Tensor& x) const {
 }
 
 Tensor Mix::forward(const Tensor& x) { return mix(x, weight_, bias_); }
+
+Tensor Mix::forward_shifted(const Tensor& x, const Tensor& shift) {
+  KVC_CHECK(shift.shape() == Shape({1, heads_, 1, in_}), "Mix: shift ", shift.shape(),
+            " must be (1, ", heads_, ", 1, ", in_, ")");
+  return mix(x, weight_, reshape(mix(shift, weight_, bias_), {heads_, out_}));
+}
 
 // ---- Conv1d ---------------------------------------------------------------------------------
 
@@ -105,11 +115,25 @@ void Conv1d::check_input(const Tensor& x) const {
 // their gradients. SPEC section 3's rearrange to channels and back (two copies of x each way,
 // forward and backward) is then not needed where the blocks already are the windows.
 Tensor Conv1d::forward_windows(const Tensor& windows) const {
+  const int64_t g = options_.groups(), c_out = options_.out_channels() / g;
+  return mix(windows, grouped_weight(), reshape(bias_, {g, c_out}));
+}
+
+Tensor Conv1d::forward_windows_shifted(const Tensor& windows, const Tensor& shift) const {
   const int64_t g = options_.groups(), k = options_.kernel();
   const int64_t c_in = options_.in_channels() / g, c_out = options_.out_channels() / g;
-  const Tensor w =
-      reshape(permute(reshape(weight_, {g, c_out, c_in, k}), {0, 3, 2, 1}), {g, k * c_in, c_out});
-  return mix(windows, w, reshape(bias_, {g, c_out}));
+  KVC_CHECK(shift.shape() == Shape({1, g, 1, k * c_in}), "Conv1d: shift ", shift.shape(),
+            " must be (1, ", g, ", 1, ", k * c_in, ")");
+  const Tensor w = grouped_weight();
+  return mix(windows, w, reshape(mix(shift, w, reshape(bias_, {g, c_out})), {g, c_out}));
+}
+
+// The weight as mix's (g, k*c_in, c_out): (g*co, ci, k) -> (g, k, ci, co).
+Tensor Conv1d::grouped_weight() const {
+  const int64_t g = options_.groups(), k = options_.kernel();
+  const int64_t c_in = options_.in_channels() / g, c_out = options_.out_channels() / g;
+  return reshape(permute(reshape(weight_, {g, c_out, c_in, k}), {0, 3, 2, 1}),
+                 {g, k * c_in, c_out});
 }
 
 Tensor Conv1d::forward(const Tensor& x) {
@@ -149,9 +173,12 @@ size_t Dropout::restore_own_rng_counters(const std::vector<uint64_t>& in, size_t
 
 // ---- Sequential -----------------------------------------------------------------------------
 
-Tensor Sequential::forward(const Tensor& x) {
+Tensor Sequential::forward(const Tensor& x) { return forward_from(0, x); }
+
+Tensor Sequential::forward_from(int64_t first, const Tensor& x) {
+  KVC_CHECK(first >= 0 && first <= size_, "Sequential: first layer ", first, " of ", size_);
   Tensor y = x;
-  for (auto& layer : layers_) y = (*layer)(y);
+  for (size_t i = static_cast<size_t>(first); i < layers_.size(); ++i) y = (*layers_[i])(y);
   return y;
 }
 

@@ -47,6 +47,9 @@ class Linear : public Module {
  public:
   Linear(const LinearOptions& options, ParamInit& init);
   Tensor forward(const Tensor& x) override;  // (..., in) -> (..., out)
+  // forward(x + shift) for a shift broadcast over x (the positions of blocks), computed as
+  // x W^T + forward(shift): affine in x, so backward needs no gradient of x when x needs none.
+  Tensor forward_shifted(const Tensor& x, const Tensor& shift);
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Linear"; }
 
@@ -62,6 +65,10 @@ class Mix : public Module {
  public:
   Mix(int64_t heads, int64_t in, int64_t out, ParamInit& init);
   Tensor forward(const Tensor& x) override;  // (b, h, w, in) -> (b, h, w, out)
+  // forward(x + shift) for shift (1, h, 1, in) broadcast over b and w (the positions of blocks):
+  // the shift moves into the bias, mix(x, W, mix(shift, W, B)), so backward needs no gradient
+  // of x when x needs none.
+  Tensor forward_shifted(const Tensor& x, const Tensor& shift);
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Mix"; }
 
@@ -112,11 +119,14 @@ class Conv1d : public Module {
   // The same convolution as mix over windows laid out (b, groups, windows, k * c_in/groups) ->
   // (b, groups, windows, c_out/groups): for compressors whose blocks already are the windows.
   Tensor forward_windows(const Tensor& windows) const;
+  // forward_windows(windows + shift), shift (1, g, 1, k*c_in), the way Mix::forward_shifted does.
+  Tensor forward_windows_shifted(const Tensor& windows, const Tensor& shift) const;
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }
   int64_t groups() const { return options_.groups(); }
 
  private:
+  Tensor grouped_weight() const;  // as mix's (groups, k * c_in/groups, c_out/groups), on the tape
   Conv1dOptions options_;
   Tensor weight_;  // (c_out, c_in / groups, kernel)
   Tensor bias_;    // (c_out)
@@ -169,6 +179,8 @@ class Sequential : public Module {
     return m;
   }
   Tensor forward(const Tensor& x) override;  // each child's operator() in turn
+  // The children from index `first` on, in turn (a caller ran the ones before itself).
+  Tensor forward_from(int64_t first, const Tensor& x);
   std::string name() const override { return "Sequential"; }
   int64_t size() const { return size_; }
 

@@ -96,9 +96,9 @@ void check_fused(kernels::MathPrecision precision, double tol) {
   // (b, h, s, n, d, stride): every (n, d) kernel; a dropped tail; overlapping windows; more
   // windows per head than CTAs (several per CTA) and fewer (b = 1, short sequences).
   const std::vector<PoolCase> cases = {
-      {2, 3, 200, 16, 64, 16, 1.0},   {1, 2, 300, 32, 128, 8, 0.088},
-      {2, 1, 130, 64, 64, 64, 0.125}, {1, 1, 64, 16, 128, 16, 1.0},
-      {3, 2, 4100, 32, 64, 32, 1.0},  {1, 1, 100, 64, 128, 12, 1.0},
+      {2, 3, 200, 16, 64, 16, 1.0},    {1, 2, 300, 32, 128, 8, 0.088},
+      {2, 1, 130, 64, 64, 64, 0.125},  {1, 1, 64, 16, 128, 16, 1.0},
+      {3, 2, 4100, 32, 64, 32, 1.0},   {1, 1, 100, 64, 128, 12, 1.0},
       {1, 8, 2048, 32, 128, 32, 0.088}};
   test::PrecisionScope scope(precision);
   for (const PoolCase& c : cases) {
@@ -137,8 +137,9 @@ TEST_CASE("cuda: fused attention_pool (tf32, bf16) matches the CPU, forward and 
 #endif
 }
 
-TEST_CASE("cuda: fused attention_pool adds onto existing gradients and leaves seq's to the "
-          "composition") {
+TEST_CASE(
+    "cuda: fused attention_pool adds onto existing gradients and leaves seq's to the "
+    "composition") {
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
   test::PrecisionScope scope(kernels::MathPrecision::tf32);

@@ -64,13 +64,13 @@ template <int N, int D, bool kBf16>
 struct PoolLayout {
   static constexpr int kLd = D + 8;
   static constexpr size_t kOpSize = kBf16 ? 2 : 4;
-  static constexpr size_t kBlock = size_t{4} * N * kLd;          // one float32 n x d block
+  static constexpr size_t kBlock = size_t{4} * N * kLd;                // one float32 n x d block
   static constexpr size_t kBlockOp = kBf16 ? size_t{2} * N * kLd : 0;  // its bf16 copy
-  static constexpr size_t kW = 0;                                // W (out, in), operand type
-  static constexpr size_t kX = kW + kOpSize * D * kLd;           // x = rows + positions
-  static constexpr size_t kL = kX + kBlock;                      // logits, then their gradient
-  static constexpr size_t kXOp = kL + kBlock;                    // bf16 x (bf16 only)
-  static constexpr size_t kLOp = kXOp + kBlockOp;                // bf16 dlogits (bf16 only)
+  static constexpr size_t kW = 0;                                      // W (out, in), operand type
+  static constexpr size_t kX = kW + kOpSize * D * kLd;                 // x = rows + positions
+  static constexpr size_t kL = kX + kBlock;        // logits, then their gradient
+  static constexpr size_t kXOp = kL + kBlock;      // bf16 x (bf16 only)
+  static constexpr size_t kLOp = kXOp + kBlockOp;  // bf16 dlogits (bf16 only)
   static constexpr size_t kRed = kLOp + kBlockOp;  // the softmax's partial max, sum, pooled
   static constexpr size_t kG = kRed + size_t{4} * 3 * kPoolThreads;  // sum of gy a over windows
   static constexpr size_t kS = kG + kBlock;                          // sum of dlogits
@@ -207,8 +207,8 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
       const int i = tid + v * kPoolThreads;
       if (i >= kVec4) continue;
       const float4 p = __ldg(pos4 + i);
-      const float4 x = make_float4(next[v].x + p.x, next[v].y + p.y, next[v].z + p.z,
-                                   next[v].w + p.w);
+      const float4 x =
+          make_float4(next[v].x + p.x, next[v].y + p.y, next[v].z + p.z, next[v].w + p.w);
       const int r = 4 * i / D, c = 4 * i % D;
       *reinterpret_cast<float4*>(sx + r * kLd + c) = x;
       if constexpr (kBf16) {
@@ -389,10 +389,10 @@ void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_posi
 template <bool kBf16, bool kBackward>
 void dispatch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
               float* g_weight, bool acc_positions, bool acc_weight) {
-#define KVC_POOL_CASE(NN, DD)                                                                  \
-  if (a.n == NN && a.d == DD) {                                                                \
-    return launch<NN, DD, kBf16, kBackward>(a, gy, y, g_positions, g_weight, acc_positions,    \
-                                            acc_weight);                                       \
+#define KVC_POOL_CASE(NN, DD)                                                               \
+  if (a.n == NN && a.d == DD) {                                                             \
+    return launch<NN, DD, kBf16, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, \
+                                            acc_weight);                                    \
   }
   KVC_POOL_CASE(16, 64)
   KVC_POOL_CASE(32, 64)
@@ -405,12 +405,12 @@ void dispatch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_po
 }
 
 template <bool kBackward>
-void run(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
-         float* g_weight, bool acc_positions, bool acc_weight) {
-  KVC_CHECK(attention_pool_fits(a.n, a.d), "attention_pool: blocks of ", a.n, " x ", a.d,
-            " in ", precision_name(math_precision()), " have no fused kernel");
-  KVC_CHECK(a.b >= 1 && a.h >= 1 && a.stride >= 1 && a.s >= a.n, "attention_pool: b ", a.b,
-            ", h ", a.h, ", seq ", a.s, ", stride ", a.stride, " out of range for block ", a.n);
+void run(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions, float* g_weight,
+         bool acc_positions, bool acc_weight) {
+  KVC_CHECK(attention_pool_fits(a.n, a.d), "attention_pool: blocks of ", a.n, " x ", a.d, " in ",
+            precision_name(math_precision()), " have no fused kernel");
+  KVC_CHECK(a.b >= 1 && a.h >= 1 && a.stride >= 1 && a.s >= a.n, "attention_pool: b ", a.b, ", h ",
+            a.h, ", seq ", a.s, ", stride ", a.stride, " out of range for block ", a.n);
   if (math_precision() == MathPrecision::bf16) {
     dispatch<true, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, acc_weight);
   } else {
@@ -428,8 +428,8 @@ bool attention_pool_fits(int64_t n, int64_t d) {
     return major >= 8;
   }();
   const MathPrecision p = math_precision();
-  return ampere && (p == MathPrecision::tf32 || p == MathPrecision::bf16) && (n == 16 || n == 32 || n == 64) &&
-         (d == 64 || d == 128);
+  return ampere && (p == MathPrecision::tf32 || p == MathPrecision::bf16) &&
+         (n == 16 || n == 32 || n == 64) && (d == 64 || d == 128);
 }
 
 void attention_pool_forward(const AttentionPoolArgs& args, float* y) {

@@ -18,6 +18,7 @@ class ConvCompressor : public Compressor {
  public:
   explicit ConvCompressor(const CompressorOptions& options);
   Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+  Tensor compress_sequence(const Tensor& seq, const Tensor& positions) override;
 
  private:
   std::shared_ptr<Conv1d> conv_;
@@ -34,6 +35,13 @@ ConvCompressor::ConvCompressor(const CompressorOptions& o) : Compressor(o) {
 // SPEC: Conv1d(h*d -> h*d, kernel n, stride n, groups h) on b h w n d -> b (h d) (w n); here
 // the same sum as mix over each flattened block (Conv1d::forward_windows), x only viewed.
 Tensor ConvCompressor::forward(const Tensor& x) { return conv_->forward_windows(flatten_block(x)); }
+
+// The same over a sequence's blocks with the positions moved into the bias (blocks_apart): no
+// (b, h, w, n, d) tensor is written, forward or backward.
+Tensor ConvCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
+  const BlocksApart in = blocks_apart(seq, positions, options_);
+  return conv_->forward_windows_shifted(flatten_block(in.windows), flatten_block(in.positions));
+}
 
 }  // namespace
 

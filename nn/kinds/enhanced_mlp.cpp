@@ -17,17 +17,19 @@ class EnhancedMlpCompressor : public Compressor {
  public:
   explicit EnhancedMlpCompressor(const CompressorOptions& options);
   Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+  Tensor compress_sequence(const Tensor& seq, const Tensor& positions) override;
 
  private:
   std::shared_ptr<Sequential> net_;
-  Tensor residual_scale_;  // (1)
+  std::shared_ptr<Mix> first_;  // net_'s layer 0
+  Tensor residual_scale_;       // (1)
 };
 
 EnhancedMlpCompressor::EnhancedMlpCompressor(const CompressorOptions& o) : Compressor(o) {
   ParamInit init = init_of(o);
   const int64_t in = o.block * o.dim_head, hidden = hidden_of(o);
   net_ = register_module("net", std::make_shared<Sequential>());
-  net_->add(std::make_shared<Mix>(o.heads, in, hidden, init));
+  first_ = net_->add(std::make_shared<Mix>(o.heads, in, hidden, init));
   net_->add(std::make_shared<GELU>());
   // Each dropout its own stream, keyed by its index in net.
   net_->add(std::make_shared<Dropout>(o.dropout, derive_seed(o.seed, 2)));
@@ -39,6 +41,16 @@ EnhancedMlpCompressor::EnhancedMlpCompressor(const CompressorOptions& o) : Compr
 Tensor EnhancedMlpCompressor::forward(const Tensor& x) {
   // The residual is the block mean: the parameter-free skip of shape (b, h, w, d) (SPEC 3).
   return add(mean(x, 3), mul(residual_scale_, (*net_)(flatten_block(x))));
+}
+
+// The same over a sequence's blocks with the positions apart (blocks_apart): the block mean and
+// the first Mix are affine, so backward forms no gradient of the (b, h, w, n, d) input.
+Tensor EnhancedMlpCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
+  const BlocksApart in = blocks_apart(seq, positions, options_);
+  const Tensor block_mean = add(mean(in.windows, 3), mean(in.positions, 3));
+  const Tensor hidden =
+      first_->forward_shifted(flatten_block(in.windows), flatten_block(in.positions));
+  return add(block_mean, mul(residual_scale_, net_->forward_from(1, hidden)));
 }
 
 }  // namespace

@@ -16,21 +16,31 @@ class GroupedMlpCompressor : public Compressor {
  public:
   explicit GroupedMlpCompressor(const CompressorOptions& options);
   Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+  Tensor compress_sequence(const Tensor& seq, const Tensor& positions) override;
 
  private:
   std::shared_ptr<Sequential> net_;
+  std::shared_ptr<Mix> first_;  // net_'s layer 0
 };
 
 GroupedMlpCompressor::GroupedMlpCompressor(const CompressorOptions& o) : Compressor(o) {
   ParamInit init = init_of(o);
   const int64_t in = o.block * o.dim_head, hidden = hidden_of(o);
   net_ = register_module("net", std::make_shared<Sequential>());
-  net_->add(std::make_shared<Mix>(o.heads, in, hidden, init));
+  first_ = net_->add(std::make_shared<Mix>(o.heads, in, hidden, init));
   net_->add(std::make_shared<ReLU>());
   net_->add(std::make_shared<Mix>(o.heads, hidden, o.dim_head, init));
 }
 
 Tensor GroupedMlpCompressor::forward(const Tensor& x) { return (*net_)(flatten_block(x)); }
+
+// The same over a sequence's blocks, the positions moved into the first Mix's bias
+// (blocks_apart): backward skips the first layer's input gradient, the largest GEMM there is.
+Tensor GroupedMlpCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
+  const BlocksApart in = blocks_apart(seq, positions, options_);
+  return net_->forward_from(
+      1, first_->forward_shifted(flatten_block(in.windows), flatten_block(in.positions)));
+}
 
 }  // namespace
 

@@ -23,4 +23,24 @@ Tensor flatten_block(const Tensor& x) {  // x (b, h, w, n, d) -> (b, h, w, n*d)
   return reshape(x, {x.size(0), x.size(1), x.size(2), x.size(3) * x.size(4)});
 }
 
+BlocksApart blocks_apart(const Tensor& seq, const Tensor& positions, const CompressorOptions& o) {
+  const int64_t h = o.heads, n = o.block, d = o.dim_head, stride = o.block_stride();
+  KVC_CHECK(
+      seq.defined() && seq.dim() == 4 && seq.size(1) == h && seq.size(3) == d && seq.size(2) >= n,
+      o.kind, ": sequence ", seq.defined() ? seq.shape() : Shape{},
+      " does not match the layer's (b, ", h, ", s >= ", n, ", ", d, ")");
+  KVC_CHECK(positions.defined() && positions.shape() == Shape({h, n, d}), o.kind, ": positions ",
+            positions.defined() ? positions.shape() : Shape{}, " are not (", h, ", ", n, ", ", d,
+            ")");
+  const int64_t b = seq.size(0), w = o.windows(seq.size(2));
+  Tensor windows;
+  if (stride == n) {  // blocks tile the kept prefix: a view unless a tail is dropped
+    const Tensor kept = seq.size(2) == w * n ? seq : narrow(seq, 2, 0, w * n);
+    windows = reshape(kept, {b, h, w, n, d});
+  } else {  // overlapping blocks: copied out, with no positions added
+    windows = add_block_positions(seq, Tensor::zeros({h, n, d}, seq.options()), n, stride);
+  }
+  return {windows, reshape(positions, {1, h, 1, n, d})};
+}
+
 }  // namespace kvc::kinds
