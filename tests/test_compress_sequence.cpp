@@ -18,15 +18,15 @@ struct Grads {
   std::vector<Tensor> grads;  // seq (when it needs one), positions, then every parameter
 };
 
-Grads run(Compressor& m, const Tensor& seq0, const Tensor& pos0, bool seq_grad, bool by_definition) {
+Grads run(Compressor& m, const Tensor& seq0, const Tensor& pos0, bool seq_grad,
+          bool by_definition) {
   Tensor seq = seq0.detach(), pos = pos0.detach();
   seq.set_requires_grad(seq_grad);
   pos.set_requires_grad(true);
   for (auto& kv : m.named_parameters()) kv.second.zero_grad();
   const CompressorOptions& o = m.options();
-  const Tensor y = by_definition
-                       ? m(add_block_positions(seq, pos, o.block, o.block_stride()))
-                       : m.compress_sequence(seq, pos);
+  const Tensor y = by_definition ? m(add_block_positions(seq, pos, o.block, o.block_stride()))
+                                 : m.compress_sequence(seq, pos);
   backward(y, Tensor::randn(y.shape(), 91, 0, 0.0, 1.0, y.options()));
   Grads out{y.to(DType::f64).to(Device::cpu()), {}};
   if (seq_grad) out.grads.push_back(seq.grad().to(DType::f64).to(Device::cpu()));

@@ -25,10 +25,11 @@ Tensor flatten_block(const Tensor& x) {  // x (b, h, w, n, d) -> (b, h, w, n*d)
 
 BlocksApart blocks_apart(const Tensor& seq, const Tensor& positions, const CompressorOptions& o) {
   const int64_t h = o.heads, n = o.block, d = o.dim_head, stride = o.block_stride();
-  KVC_CHECK(
-      seq.defined() && seq.dim() == 4 && seq.size(1) == h && seq.size(3) == d && seq.size(2) >= n,
-      o.kind, ": sequence ", seq.defined() ? seq.shape() : Shape{},
-      " does not match the layer's (b, ", h, ", s >= ", n, ", ", d, ")");
+  KVC_CHECK(seq.defined() && seq.dim() == 4 && seq.size(1) == h && seq.size(3) == d, o.kind,
+            ": sequence ", seq.defined() ? seq.shape() : Shape{},
+            " does not match the layer's (b, ", h, ", s, ", d, ")");
+  KVC_CHECK(seq.size(2) >= n, o.kind, ": seq ", seq.size(2), " of input ", seq.shape(),
+            " is shorter than one block of ", n);
   KVC_CHECK(positions.defined() && positions.shape() == Shape({h, n, d}), o.kind, ": positions ",
             positions.defined() ? positions.shape() : Shape{}, " are not (", h, ", ", n, ", ", d,
             ")");
