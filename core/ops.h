@@ -118,8 +118,9 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
                            int64_t stride = 0);
 // The attention pools' layer over the blocks of a sequence: x = add_block_positions(seq,
 // positions, block, stride), softmax_pool(x, linear(x, weight), alpha) -> (b, h, w, d), weight
-// (d, d). On CUDA in tf32 or bf16 one fused pass each way (the blocks and logits are never
-// stored) where the sizes fit and seq needs no gradient; the composition everywhere else.
+// (d, d). On CUDA in float32 one fused tensor-core pass each way (the blocks and logits are
+// never stored; fp32 math as three TF32 products) where the sizes fit and seq needs no
+// gradient; the composition everywhere else.
 Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& weight,
                       int64_t block, int64_t stride, double alpha);
 

@@ -307,7 +307,7 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
 // The composition writes the blocks and the logits (each the size of the sequence) forward and
 // twice that backward; the fused CUDA pass reads the sequence once each way and recomputes the
 // logits in backward. Only positions and W get gradients there: a sequence that needs one (or
-// exact fp32, float64, the CPU, sizes without a kernel) takes the composition.
+// float64, the CPU, sizes without a kernel) takes the composition.
 
 #ifdef KVC_WITH_CUDA
 namespace {

@@ -1,15 +1,17 @@
 // The attention pools' whole layer in one pass on CUDA tensor cores: blocks of a sequence plus
 // their positions, logits = x W^T, the softmax over each block and the weighted sum, forward and
-// backward, without writing the (b, h, w, n, d) blocks or logits anywhere. The CPU (and CUDA in
-// exact fp32 or float64) runs the composition add_block_positions, linear, softmax_pool instead.
+// backward, without writing the (b, h, w, n, d) blocks or logits anywhere. The products round
+// their operands as the math precision says (tf32, bf16; fp32 splits each float32 operand into
+// two TF32 parts, three products, about float32's accuracy). The CPU and float64 run the
+// composition add_block_positions, linear, softmax_pool instead.
 #pragma once
 
 #include <cstdint>
 
 namespace kvc::kernels::cuda {
 
-// Whether the fused kernels take blocks of n tokens of width d in the current math precision
-// (tf32 or bf16; n in {16, 32, 64}, d in {64, 128}).
+// Whether the fused kernels take blocks of n tokens of width d on this GPU (sm_80 or newer; n in
+// {16, 32, 64}, d in {64, 128}).
 bool attention_pool_fits(int64_t n, int64_t d);
 
 // Sizes and inputs, all float32, contiguous, 16-byte aligned: seq (b, h, s, d); positions

@@ -121,8 +121,8 @@ const std::vector<OpCase>& cases() {
              [](const Inputs& x) { return add(softmax_pool(x[0], x[1], 0.7), sum(x[0], -2)); });
     add_case("softmax_pool long n", {{{3, 40, 50}}, {{3, 40, 50}}}, {{{2, 3, 4}}, {{2, 3, 4}}},
              [](const Inputs& x) { return softmax_pool(x[0], x[1], 0.7); });
-    // The attention pools' layer: on the GPU in float32 and float64 the composition runs (the
-    // fused pass is for tf32 / bf16: tests/test_attention_pool.cpp); overlapping blocks.
+    // The attention pools' layer, overlapping blocks: d = 8 has no fused kernel, so both
+    // devices run the composition (the fused pass: tests/test_attention_pool.cpp).
     add_case("attention_pool", {{{2, 3, 40, 8}}, {{3, 5, 8}}, {{8, 8}}},
              {{{1, 2, 7, 3}}, {{2, 3, 3}}, {{3, 3}}}, [](const Inputs& x) {
                return attention_pool(x[0], x[1], x[2], x[1].shape()[1], 2, 0.7);

@@ -29,25 +29,51 @@ using namespace nvcuda;
 constexpr int kPoolWarps = 8;
 constexpr int kPoolThreads = 32 * kPoolWarps;
 
-// The wmma shapes and operand types of one precision. tf32 fragments load from float32 shared
-// memory and are rounded as they load; bf16 ones load from bf16 copies.
-template <bool kBf16>
+// How the products round their operands: tf32 (10-bit mantissas), bf16 (7 bits, from bf16
+// copies in shared memory), or tf32x3 for float32 math: each float32 operand split into a TF32
+// part and a TF32 remainder, a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi (three tensor-core products,
+// about float32's accuracy).
+enum class PoolMode { tf32, bf16, tf32x3 };
+
+// The wmma shapes and operand types of a mode. tf32 fragments load from float32 shared memory
+// and are rounded (split) as they load; bf16 ones load from bf16 copies.
+template <PoolMode kMode>
 struct PoolMma {
+  static constexpr bool kBf16 = kMode == PoolMode::bf16;
+  static constexpr bool kSplit = kMode == PoolMode::tf32x3;
   using Op = std::conditional_t<kBf16, __nv_bfloat16, float>;
   using Tag = std::conditional_t<kBf16, __nv_bfloat16, wmma::precision::tf32>;
   static constexpr int kK = kBf16 ? 16 : 8;
+  template <typename F>
+  struct Parts {
+    F hi, lo;  // lo: the remainder, tf32x3 only
+  };
   template <typename L>
-  using A = wmma::fragment<wmma::matrix_a, 16, 16, kK, Tag, L>;
+  using A = Parts<wmma::fragment<wmma::matrix_a, 16, 16, kK, Tag, L>>;
   template <typename L>
-  using B = wmma::fragment<wmma::matrix_b, 16, 16, kK, Tag, L>;
+  using B = Parts<wmma::fragment<wmma::matrix_b, 16, 16, kK, Tag, L>>;
   using C = wmma::fragment<wmma::accumulator, 16, 16, kK, float>;
 
   template <typename F>
-  static __device__ __forceinline__ void load(F& f, const Op* p, int ld) {
-    wmma::load_matrix_sync(f, p, ld);
+  static __device__ __forceinline__ void load(Parts<F>& f, const Op* p, int ld) {
+    wmma::load_matrix_sync(f.hi, p, ld);
     if constexpr (!kBf16) {
-      for (int i = 0; i < f.num_elements; ++i) f.x[i] = wmma::__float_to_tf32(f.x[i]);
+#pragma unroll
+      for (int i = 0; i < f.hi.num_elements; ++i) {
+        const float v = f.hi.x[i], hi = wmma::__float_to_tf32(v);
+        f.hi.x[i] = hi;
+        if constexpr (kSplit) f.lo.x[i] = wmma::__float_to_tf32(v - hi);
+      }
     }
+  }
+  // acc += a b
+  template <typename FA, typename FB>
+  static __device__ __forceinline__ void mac(C& acc, const Parts<FA>& a, const Parts<FB>& b) {
+    if constexpr (kSplit) {  // the small products first
+      wmma::mma_sync(acc, a.lo, b.hi, acc);
+      wmma::mma_sync(acc, a.hi, b.lo, acc);
+    }
+    wmma::mma_sync(acc, a.hi, b.hi, acc);
   }
   static __device__ __forceinline__ Op op(float v) {
     if constexpr (kBf16) {
@@ -79,11 +105,11 @@ struct PoolLayout {
 };
 
 // The mma instance of a precision and the wmma tile counts of an n x d block.
-template <int N, int D, bool kBf16>
+template <int N, int D, PoolMode kMode>
 struct PoolTiles {
-  using M = PoolMma<kBf16>;
+  using M = PoolMma<kMode>;
   using Op = typename M::Op;
-  static constexpr int kLd = PoolLayout<N, D, kBf16>::kLd;
+  static constexpr int kLd = PoolLayout<N, D, M::kBf16>::kLd;
   // (n, d) products: warp w owns column tile w % kColWarps and every kRowGroups-th row tile
   // from w / kColWarps, so each B fragment it loads feeds all of its row tiles.
   static constexpr int kColWarps = D / 16 < kPoolWarps ? D / 16 : kPoolWarps;
@@ -122,7 +148,7 @@ struct PoolTiles {
         if (tm >= N / 16) break;
         typename M::template A<wmma::row_major> fa;
         M::load(fa, a + tm * 16 * kLd + k0, kLd);
-        wmma::mma_sync(acc[i], fa, fb, acc[i]);
+        M::mac(acc[i], fa, fb);
       }
     }
 #pragma unroll
@@ -139,18 +165,19 @@ struct PoolGrid {
   int64_t per_chunk;  // windows per CTA
 };
 
-template <int N, int D, bool kBf16, bool kBackward>
+template <int N, int D, PoolMode kMode, bool kBackward>
 __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
     attention_pool_kernel(AttentionPoolArgs a, PoolGrid grid, const float* __restrict__ gy,
                           float* __restrict__ y, float* __restrict__ part_w,
                           float* __restrict__ part_pos) {
-  using M = PoolMma<kBf16>;
+  using M = PoolMma<kMode>;
   using Op = typename M::Op;
+  constexpr bool kBf16 = M::kBf16;
   using Lay = PoolLayout<N, D, kBf16>;
   constexpr int kLd = Lay::kLd;
   constexpr int kVec4 = N * D / 4;  // float4s per block
   constexpr int kPerThread = (kVec4 + kPoolThreads - 1) / kPoolThreads;
-  using Tiles = PoolTiles<N, D, kBf16>;
+  using Tiles = PoolTiles<N, D, kMode>;
   constexpr int kWPerWarp = Tiles::kWPerWarp;
   constexpr int kParts = kPoolThreads / D;  // threads per column in the softmax
   constexpr int kRows = N / kParts;         // rows per thread
@@ -293,7 +320,7 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
           const int tn = (warp * kWPerWarp + i) % (D / 16);
           typename M::template B<wmma::row_major> fb;
           M::load(fb, xop + k0 * kLd + tn * 16, kLd);
-          wmma::mma_sync(dw[i], fa, fb, dw[i]);
+          M::mac(dw[i], fa, fb);
         }
       }
     }
@@ -344,12 +371,12 @@ int sms() {
   return n;
 }
 
-template <int N, int D, bool kBf16, bool kBackward>
+template <int N, int D, PoolMode kMode, bool kBackward>
 void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
             float* g_weight, bool acc_positions, bool acc_weight) {
-  using Lay = PoolLayout<N, D, kBf16>;
+  using Lay = PoolLayout<N, D, kMode == PoolMode::bf16>;
   constexpr size_t kBytes = kBackward ? Lay::kBackwardBytes : Lay::kForwardBytes;
-  auto* kernel = attention_pool_kernel<N, D, kBf16, kBackward>;
+  auto* kernel = attention_pool_kernel<N, D, kMode, kBackward>;
   static const int per_sm = [&] {
     KVC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(kBytes)));
@@ -386,12 +413,12 @@ void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_posi
 }
 
 // The (n, d) instantiations; `call` receives the launch of the matching one.
-template <bool kBf16, bool kBackward>
+template <PoolMode kMode, bool kBackward>
 void dispatch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
               float* g_weight, bool acc_positions, bool acc_weight) {
 #define KVC_POOL_CASE(NN, DD)                                                               \
   if (a.n == NN && a.d == DD) {                                                             \
-    return launch<NN, DD, kBf16, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, \
+    return launch<NN, DD, kMode, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, \
                                             acc_weight);                                    \
   }
   KVC_POOL_CASE(16, 64)
@@ -411,11 +438,17 @@ void run(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positio
             precision_name(math_precision()), " have no fused kernel");
   KVC_CHECK(a.b >= 1 && a.h >= 1 && a.stride >= 1 && a.s >= a.n, "attention_pool: b ", a.b, ", h ",
             a.h, ", seq ", a.s, ", stride ", a.stride, " out of range for block ", a.n);
-  if (math_precision() == MathPrecision::bf16) {
-    dispatch<true, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, acc_weight);
-  } else {
-    dispatch<false, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, acc_weight);
+  switch (math_precision()) {
+    case MathPrecision::bf16:
+      return dispatch<PoolMode::bf16, kBackward>(a, gy, y, g_positions, g_weight, acc_positions,
+                                                 acc_weight);
+    case MathPrecision::tf32:
+      return dispatch<PoolMode::tf32, kBackward>(a, gy, y, g_positions, g_weight, acc_positions,
+                                                 acc_weight);
+    case MathPrecision::fp32:
+      break;
   }
+  dispatch<PoolMode::tf32x3, kBackward>(a, gy, y, g_positions, g_weight, acc_positions, acc_weight);
 }
 
 }  // namespace
@@ -427,9 +460,7 @@ bool attention_pool_fits(int64_t n, int64_t d) {
     KVC_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     return major >= 8;
   }();
-  const MathPrecision p = math_precision();
-  return ampere && (p == MathPrecision::tf32 || p == MathPrecision::bf16) &&
-         (n == 16 || n == 32 || n == 64) && (d == 64 || d == 128);
+  return ampere && (n == 16 || n == 32 || n == 64) && (d == 64 || d == 128);
 }
 
 void attention_pool_forward(const AttentionPoolArgs& args, float* y) {
