@@ -16,7 +16,7 @@ mkdir -p "$LOG_DIR"
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}
 # Test cases whose kernels use shared memory (block sums, tiled permute, split reductions).
 export PYTHON=${PYTHON:-$(command -v python3)}  # the interop test needs torch + h5py
-RACE_TESTS=${RACE_TESTS:-"cuda: every op*,cuda: a composite*,cuda: Adam*,cuda: tensor-core attention_forward*small shapes,cuda: attention_forward matches*"}
+RACE_TESTS=${RACE_TESTS:-"cuda: every op*,cuda: a composite*,cuda: Adam*,cuda: tensor-core attention_forward*small shapes,cuda: attention_forward matches*,cuda: fused attention_pool adds*"}
 
 declare -a SUMMARY=()
 FAILED=0
