@@ -140,10 +140,11 @@ void add_device_flag(CLI::App* cmd, std::string* device) {
 }
 
 void add_precision_flag(CLI::App* cmd, std::string* precision) {
-  cmd->add_option("--precision", *precision,
-                  "fp32|tf32|bf16: operands of matrix products and attention on CUDA tensor cores "
-                  "(fp32: exact FP32 math; tf32, bf16: rounded operands, FP32 accumulation, "
-                  "float32 weights, optimizer state and checkpoints)")
+  cmd->add_option(
+         "--precision", *precision,
+         "fp32|tf32|bf16: operands of matrix products and attention on CUDA tensor cores "
+         "(fp32: FP32 accuracy, TF32 off; tf32, bf16: rounded operands, FP32 accumulation, "
+         "float32 weights, optimizer state and checkpoints)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16"}));
 }

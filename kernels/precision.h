@@ -8,7 +8,8 @@
 namespace kvc::kernels {
 
 enum class MathPrecision : uint8_t {
-  fp32,  // full FP32 FMA (the default, as in PyTorch with TF32 off)
+  fp32,  // FP32 accuracy (the default, as PyTorch with TF32 off): FP32 FMA, or three TF32
+         // products of split operands (the attention pools' fused layer)
   tf32,  // TF32 operands (10-bit mantissa) on tensor cores
   bf16,  // bfloat16 operands (8-bit mantissa) on tensor cores
 };
