@@ -212,7 +212,7 @@ void KVFileWriter::commit() {
 void write_kv_file(const std::string& path, const Tensor& k, const Tensor& v, const Tensor& q) {
   KVC_CHECK(k.defined() && k.dim() == 4, "kv file '", path, "': k must be (N, h, seq, d), got ",
             k.defined() ? k.shape() : Shape{});
-  write_kv_file(path, std::vector<Batch>{Batch{k, v, q}});
+  write_kv_file(path, std::vector<Batch>{Batch{k, v, q, Tensor()}});  // positions derived there
 }
 
 void write_kv_file(const std::string& path, const std::vector<Batch>& batches) {
