@@ -51,6 +51,10 @@ struct CompressorKind {
   std::function<double(const CompressorOptions&, double blocks)> forward_flops;
   // The input's n must equal the block (false: the attention pools pool any n).
   bool needs_block = true;
+  // FLOPs (counted as forward_flops) of the forward's first layer when it is affine in the blocks:
+  // over a sequence the blocks are data, so that layer's input gradient is never formed
+  // (compress_sequence) and the backward has only its weight gradient. Null: none.
+  std::function<double(const CompressorOptions&, double blocks)> affine_input_flops;
 };
 
 // The registered kinds, the built-in ones first in SPEC section 3's order.

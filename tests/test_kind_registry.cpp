@@ -103,6 +103,16 @@ TEST_CASE("kind registry: a toy kind is listed, built, costed and checkpointed")
   CHECK(ws.forward_flops == doctest::Approx(2 * comp7 + target3 + pred3));
   CHECK(ws.backward_flops == doctest::Approx(2 * (2 * comp7 + pred3)));
 
+  // A kind whose first layer is affine in the blocks (mlp: n*d -> H) has no input gradient
+  // there: the backward counts that layer's weight gradient only.
+  CompressorOptions m = o;
+  m.kind = "mlp";
+  m.expand = 0.5;  // H = floor(4 * 3 * 0.5) = 6
+  const train::StepWork wm = train::step_work(m, s, 2);
+  const double first = 2 * blocks * 12 * 6, mlp_comp = first + 2 * blocks * 6 * 3;
+  CHECK(wm.forward_flops == doctest::Approx(2 * mlp_comp + target + pred));
+  CHECK(wm.backward_flops == doctest::Approx(2 * (2 * mlp_comp - first + pred)));
+
   // Round-tripped through a checkpoint: the loaded pair is a toy pair with the saved values.
   CompressorPair pair(o);
   pair.named_parameters().front().second.copy_from(Tensor::full({1}, 3.5));

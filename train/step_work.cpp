@@ -13,7 +13,8 @@ StepWork step_work(const CompressorOptions& o, const KVShape& s, int64_t params)
   const double target = 4 * b * hq * nq * seq * d, pred = 4 * b * hq * nq * w * d;
   StepWork wk;
   wk.forward_flops = 2 * comp + target + pred;
-  wk.backward_flops = 2 * (2 * comp + pred);
+  const double affine = kind.affine_input_flops ? kind.affine_input_flops(o, blocks) : 0.0;
+  wk.backward_flops = 2 * (2 * comp - affine + pred);
   const double kv = 2 * b * h * seq * d * 4, q = b * hq * nq * d * 4, out = 2 * blocks * d * 4;
   const double p = static_cast<double>(params) * 4;
   wk.forward_bytes = kv + q + p + out;

@@ -14,7 +14,9 @@ namespace kvc::train {
 //   attention GEMMs: target softmax(QK^T)V 4*b*hq*nq*seq*d; prediction over w blocks
 //   4*b*hq*nq*w*d (full attention: a causal run computes about half of both)
 //   forward  = 2 * compressor + target + prediction
-//   backward = 2 * (2 * compressor + prediction)   (the target has no gradient)
+//   backward = 2 * (2 * compressor - affine + prediction)   (the target has no gradient;
+//              affine: the registry's affine_input_flops, a first layer whose input gradient
+//              is never formed)
 // Adam's elementwise work is not counted as FLOPs. Bytes (the compulsory traffic, float32): the
 // forward reads K, V, Q and the parameters and writes Kc, Vc; the backward reads them again and
 // writes the parameter gradients; Adam reads parameter, gradient and both moments and writes

@@ -67,7 +67,8 @@ CompressorKind attention_pool() {
             const double n = o.block, d = o.dim_head;
             return 2 * blocks * n * d * d + 2 * blocks * n * d;
           },
-          /*needs_block=*/false};
+          /*needs_block=*/false,
+          /*affine_input_flops=*/nullptr};
 }
 
 CompressorKind scaled_attention_pool() {
@@ -80,7 +81,8 @@ CompressorKind scaled_attention_pool() {
             const double n = o.block, d = o.dim_head;
             return 2 * blocks * n * d * d + 2 * blocks * n * d;
           },
-          /*needs_block=*/false};
+          /*needs_block=*/false,
+          /*affine_input_flops=*/nullptr};
 }
 
 }  // namespace kvc::kinds

@@ -43,16 +43,21 @@ Tensor ConvCompressor::compress_sequence(const Tensor& seq, const Tensor& positi
   return conv_->forward_windows_shifted(flatten_block(in.windows), flatten_block(in.positions));
 }
 
+// One (n*d -> d) product per block: the whole layer, and affine in the blocks.
+double conv_flops(const CompressorOptions& o, double blocks) {
+  const double n = o.block, d = o.dim_head;
+  return 2 * blocks * (n * d) * d;
+}
+
 }  // namespace
 
 CompressorKind conv() {
-  return {"conv", [](const CompressorOptions& o) { return std::make_shared<ConvCompressor>(o); },
+  return {"conv",
+          [](const CompressorOptions& o) { return std::make_shared<ConvCompressor>(o); },
           KindOptionsUsed{},
-          [](const CompressorOptions& o, double blocks) {
-            const double n = o.block, d = o.dim_head;
-            return 2 * blocks * (n * d) * d;
-          },
-          /*needs_block=*/true};
+          conv_flops,
+          /*needs_block=*/true,
+          conv_flops};
 }
 
 }  // namespace kvc::kinds

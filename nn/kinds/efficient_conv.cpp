@@ -56,7 +56,8 @@ CompressorKind efficient_conv() {
             const double n = o.block, d = o.dim_head, dr = d / o.reduction;
             return 2 * blocks * n * d * dr + 2 * blocks * n * dr * dr + 2 * blocks * dr * d;
           },
-          /*needs_block=*/true};
+          /*needs_block=*/true,
+          /*affine_input_flops=*/nullptr};
 }
 
 }  // namespace kvc::kinds

@@ -52,7 +52,8 @@ CompressorKind grouped_mlp() {
             const double in = static_cast<double>(o.block * o.dim_head), hidden = hidden_of(o);
             return 2 * blocks * in * hidden + 2 * blocks * hidden * o.dim_head;
           },
-          /*needs_block=*/true};
+          /*needs_block=*/true,
+          mlp_first_layer_flops};
 }
 
 }  // namespace kvc::kinds

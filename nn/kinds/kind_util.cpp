@@ -18,6 +18,10 @@ int64_t hidden_of(const CompressorOptions& o) {
   return static_cast<int64_t>(std::floor(static_cast<double>(o.block * o.dim_head) * o.expand));
 }
 
+double mlp_first_layer_flops(const CompressorOptions& o, double blocks) {
+  return 2 * blocks * static_cast<double>(o.block * o.dim_head) * static_cast<double>(hidden_of(o));
+}
+
 // 'b h w n d -> b h w (n d)': a view, no copy.
 Tensor flatten_block(const Tensor& x) {  // x (b, h, w, n, d) -> (b, h, w, n*d)
   return reshape(x, {x.size(0), x.size(1), x.size(2), x.size(3) * x.size(4)});

@@ -45,13 +45,15 @@ Tensor MlpCompressor::compress_sequence(const Tensor& seq, const Tensor& positio
 }  // namespace
 
 CompressorKind mlp() {
-  return {"mlp", [](const CompressorOptions& o) { return std::make_shared<MlpCompressor>(o); },
+  return {"mlp",
+          [](const CompressorOptions& o) { return std::make_shared<MlpCompressor>(o); },
           KindOptionsUsed{/*expand=*/true},
           [](const CompressorOptions& o, double blocks) {
             const double in = static_cast<double>(o.block * o.dim_head), hidden = hidden_of(o);
             return 2 * blocks * in * hidden + 2 * blocks * hidden * o.dim_head;
           },
-          /*needs_block=*/true};
+          /*needs_block=*/true,
+          mlp_first_layer_flops};
 }
 
 }  // namespace kvc::kinds
