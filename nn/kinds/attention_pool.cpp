@@ -55,6 +55,12 @@ double AttentionPoolCompressor::alpha() const {
   return scaled_ ? 1.0 / std::sqrt(static_cast<double>(options_.dim_head)) : 1.0;
 }
 
+// Per block: the (n, d) x (d, d) logits and the weighted sum over n.
+double pool_flops(const CompressorOptions& o, double blocks) {
+  const double n = o.block, d = o.dim_head;
+  return 2 * blocks * n * d * d + 2 * blocks * n * d;
+}
+
 }  // namespace
 
 CompressorKind attention_pool() {
@@ -63,10 +69,7 @@ CompressorKind attention_pool() {
             return std::make_shared<AttentionPoolCompressor>(o, /*scaled=*/false);
           },
           KindOptionsUsed{},
-          [](const CompressorOptions& o, double blocks) {
-            const double n = o.block, d = o.dim_head;
-            return 2 * blocks * n * d * d + 2 * blocks * n * d;
-          },
+          pool_flops,
           /*needs_block=*/false,
           /*affine_input_flops=*/nullptr};
 }
@@ -77,10 +80,7 @@ CompressorKind scaled_attention_pool() {
             return std::make_shared<AttentionPoolCompressor>(o, /*scaled=*/true);
           },
           KindOptionsUsed{},
-          [](const CompressorOptions& o, double blocks) {
-            const double n = o.block, d = o.dim_head;
-            return 2 * blocks * n * d * d + 2 * blocks * n * d;
-          },
+          pool_flops,
           /*needs_block=*/false,
           /*affine_input_flops=*/nullptr};
 }

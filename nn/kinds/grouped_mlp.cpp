@@ -48,10 +48,7 @@ CompressorKind grouped_mlp() {
   return {"grouped_mlp",
           [](const CompressorOptions& o) { return std::make_shared<GroupedMlpCompressor>(o); },
           KindOptionsUsed{/*expand=*/true},
-          [](const CompressorOptions& o, double blocks) {
-            const double in = static_cast<double>(o.block * o.dim_head), hidden = hidden_of(o);
-            return 2 * blocks * in * hidden + 2 * blocks * hidden * o.dim_head;
-          },
+          mlp_flops,
           /*needs_block=*/true,
           mlp_first_layer_flops};
 }

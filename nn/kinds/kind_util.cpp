@@ -22,6 +22,11 @@ double mlp_first_layer_flops(const CompressorOptions& o, double blocks) {
   return 2 * blocks * static_cast<double>(o.block * o.dim_head) * static_cast<double>(hidden_of(o));
 }
 
+double mlp_flops(const CompressorOptions& o, double blocks) {
+  return mlp_first_layer_flops(o, blocks) +
+         2 * blocks * static_cast<double>(hidden_of(o)) * static_cast<double>(o.dim_head);
+}
+
 // 'b h w n d -> b h w (n d)': a view, no copy.
 Tensor flatten_block(const Tensor& x) {  // x (b, h, w, n, d) -> (b, h, w, n*d)
   return reshape(x, {x.size(0), x.size(1), x.size(2), x.size(3) * x.size(4)});

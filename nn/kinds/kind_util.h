@@ -14,9 +14,10 @@ ParamInit init_of(const CompressorOptions& o);
 // H = floor(n * d * expand), the hidden width of the MLP kinds.
 int64_t hidden_of(const CompressorOptions& o);
 
-// FLOPs of the MLP kinds' first layer (n*d -> H) over `blocks` blocks: their registry entries'
-// affine_input_flops.
+// FLOPs of the MLP kinds over `blocks` blocks: the first layer (n*d -> H; their registry
+// entries' affine_input_flops) and the whole forward (n*d -> H -> d; their forward_flops).
 double mlp_first_layer_flops(const CompressorOptions& o, double blocks);
+double mlp_flops(const CompressorOptions& o, double blocks);
 
 // 'b h w n d -> b h w (n d)': a view, no copy. x (b, h, w, n, d) -> (b, h, w, n*d).
 Tensor flatten_block(const Tensor& x);
