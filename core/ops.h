@@ -123,6 +123,16 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
 // gradient; the composition everywhere else.
 Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& weight,
                       int64_t block, int64_t stride, double alpha);
+// The MLP kinds' two layers per head: act(x W1 + b1) W2 + b2 over x (b, h, w, in) -> (b, h, w,
+// out). Weights per head as Mix keeps them, w1 (h, in, hidden) and w2 (h, hidden, out), or one
+// pair for every head as F.linear keeps it, w1 (hidden, in) and w2 (out, hidden); b1 (h, hidden)
+// or (hidden), b2 (h, out) or (out). = mix or linear, relu or gelu, mix or linear, each bias
+// added. On CUDA in float32 one cuBLASLt pass each way (kernels/mlp.h: the bias and ReLU in the
+// products' epilogues, the hidden activations kept in the products' operand type); the
+// composition on the CPU and in float64.
+enum class Activation { relu, gelu };
+Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
+                     const Tensor& w2, const Tensor& b2);
 
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }

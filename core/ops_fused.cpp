@@ -1,11 +1,12 @@
 // Fused ops: linear with its bias in the GEMM, scaled-dot attention, softmax-pool, the block
-// split with positions and the attention pools' whole layer, each one pass where the composition
-// of core ops takes several.
+// split with positions, the attention pools' whole layer and the MLP kinds' two layers, each
+// one pass where the composition of core ops takes several.
 //
 // Every op keeps its reference composition and runs it when a size is zero: nothing is gained
 // there, and the composition already defines the empty sums, so the two cannot disagree.
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/autograd.h"
@@ -14,6 +15,7 @@
 #include "kernels/attention_pool.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
+#include "kernels/mlp.h"
 #include "kernels/permute.h"
 #include "kernels/reduce.h"
 #include "kernels/softmax.h"
@@ -375,6 +377,115 @@ Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& 
 #endif
   const Tensor x = add_block_positions(seq, positions, block, stride);
   return softmax_pool(x, linear(x, weight, Tensor()), alpha);
+}
+
+// ---------------------------------------------------------------------------------------------
+// two_layer_mlp: act(x W1 + b1) W2 + b2 per head. The composition writes x W1 + b1 and its
+// activation (each (b, h, w, hidden), float32) forward and their gradients backward, each pass
+// its own kernel; on CUDA cuBLASLt adds the bias and applies ReLU inside the product, keeps the
+// hidden activations in the products' operand type (bfloat16 under bf16) and masks the gradient
+// inside the backward's product (kernels/mlp.h).
+
+namespace {
+
+struct MlpSizes {
+  int64_t b = 0, h = 0, w = 0, in = 0, hidden = 0, out = 0;
+  bool shared = false;  // F.linear's weights, one pair for every head
+};
+
+MlpSizes check_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
+                             const Tensor& b2) {
+  const char* op = "two_layer_mlp";
+  for (const Tensor* t : {&w1, &b1, &w2, &b2}) detail::check_same_kind(op, x, *t);
+  MlpSizes s;
+  s.shared = w1.dim() == 2;
+  KVC_CHECK(x.dim() == 4, op, ": input ", x.shape(), " is not (b, h, w, in)");
+  s.b = x.size(0), s.h = x.size(1), s.w = x.size(2), s.in = x.size(3);
+  if (s.shared) {
+    s.hidden = w1.size(0);
+    s.out = w2.dim() == 2 ? w2.size(0) : -1;
+    KVC_CHECK(w1.size(1) == s.in && w2.dim() == 2 && w2.size(1) == s.hidden, op, ": input ",
+              x.shape(), ", weights ", w1.shape(), " and ", w2.shape(),
+              " are not (b, h, w, in), (hidden, in) and (out, hidden)");
+  } else {
+    KVC_CHECK(w1.dim() == 3 && w1.size(0) == s.h && w1.size(1) == s.in && w2.dim() == 3 &&
+                  w2.size(0) == s.h && w2.size(1) == w1.size(2),
+              op, ": input ", x.shape(), ", weights ", w1.shape(), " and ", w2.shape(),
+              " are not (b, h, w, in), (h, in, hidden) and (h, hidden, out)");
+    s.hidden = w1.size(2);
+    s.out = w2.size(2);
+  }
+  const auto bias_fits = [&](const Tensor& bias, int64_t n) {
+    return bias.shape() == Shape({s.h, n}) || bias.shape() == Shape({n});
+  };
+  KVC_CHECK(bias_fits(b1, s.hidden) && bias_fits(b2, s.out), op, ": biases ", b1.shape(), " and ",
+            b2.shape(), " are not (h, ", s.hidden, ") or (", s.hidden, ",), and (h, ", s.out,
+            ") or (", s.out, ",) for ", s.h, " heads");
+  return s;
+}
+
+// One layer of the composition: x W + bias, the bias per head or shared.
+Tensor mlp_layer(const Tensor& x, const Tensor& weight, const Tensor& bias, bool shared) {
+  if (shared) {
+    if (bias.dim() == 1) return linear(x, weight, bias);
+    return add(linear(x, weight, Tensor()), reshape(bias, {bias.size(0), 1, bias.size(1)}));
+  }
+  if (bias.dim() == 2) return mix(x, weight, bias);
+  return add(mix(x, weight, Tensor()), bias);
+}
+
+#ifdef KVC_WITH_CUDA
+Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
+                           const Tensor& w2, const Tensor& b2, const MlpSizes& s) {
+  kernels::cuda::MlpArgs args;
+  args.b = s.b, args.h = s.h, args.w = s.w;
+  args.in = s.in, args.hidden = s.hidden, args.out = s.out;
+  args.shared_weights = s.shared;
+  args.b1_per_head = b1.dim() == 2;
+  args.b2_per_head = b2.dim() == 2;
+  args.act = act == Activation::relu ? kernels::cuda::MlpActivation::relu
+                                     : kernels::cuda::MlpActivation::gelu;
+  args.x = x.data<float>();
+  args.w1 = w1.data<float>();
+  args.b1 = b1.data<float>();
+  args.w2 = w2.data<float>();
+  args.b2 = b2.data<float>();
+  Tensor y = Tensor::empty({s.b, s.h, s.w, s.out}, x.options());
+  bool any_grad = false;
+  for (const Tensor* t : {&x, &w1, &b1, &w2, &b2}) any_grad = any_grad || t->requires_grad();
+  const bool save = grad_enabled() && any_grad;
+  const std::shared_ptr<kernels::cuda::MlpSaved> saved =
+      kernels::cuda::mlp_forward(args, y.data<float>(), save);
+  if (!save) return y;
+  Tape::current().record("two_layer_mlp", {x, w1, b1, w2, b2}, y, [=](const Tensor& gy) {
+    kernels::cuda::MlpGrads grads;
+    const auto want = [](const Tensor& t, float** dst, bool* acc) {
+      if (t.requires_grad()) *dst = grad_buffer(t, acc).data<float>();
+    };
+    want(x, &grads.x, &grads.acc_x);
+    want(w1, &grads.w1, &grads.acc_w1);
+    want(b1, &grads.b1, &grads.acc_b1);
+    want(w2, &grads.w2, &grads.acc_w2);
+    want(b2, &grads.b2, &grads.acc_b2);
+    kernels::cuda::mlp_backward(args, *saved, gy.data<float>(), grads);
+  });
+  return y;
+}
+#endif
+
+}  // namespace
+
+Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
+                     const Tensor& w2, const Tensor& b2) {
+  const MlpSizes s = check_two_layer_mlp(x, w1, b1, w2, b2);
+#ifdef KVC_WITH_CUDA
+  if (x.device().is_cuda() && x.dtype() == DType::f32 && x.numel() > 0 && s.hidden > 0 &&
+      s.out > 0) {
+    return fused_two_layer_mlp(x, w1, b1, act, w2, b2, s);
+  }
+#endif
+  const Tensor pre = mlp_layer(x, w1, b1, s.shared);
+  return mlp_layer(act == Activation::relu ? relu(pre) : gelu(pre), w2, b2, s.shared);
 }
 
 }  // namespace kvc

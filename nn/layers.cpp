@@ -49,8 +49,10 @@ void Linear::check_input(const Tensor& x) const {
 // = add(matmul(x, W, false, true), b); the fused op adds the bias inside the GEMM.
 Tensor Linear::forward(const Tensor& x) { return linear(x, weight_, bias_); }
 
-Tensor Linear::forward_shifted(const Tensor& x, const Tensor& shift) {
-  return add(linear(x, weight_, Tensor()), linear(shift, weight_, bias_));
+Tensor Linear::shifted_bias(const Tensor& shift) {
+  KVC_CHECK(shift.dim() == 4 && shift.size(0) == 1 && shift.size(2) == 1 && shift.size(3) == in_,
+            "Linear: shift ", shift.shape(), " must be (1, h, 1, ", in_, ")");
+  return reshape(linear(shift, weight_, bias_), {shift.size(1), out_});
 }
 
 // ---- Mix ------------------------------------------------------------------------------------
@@ -74,9 +76,13 @@ void Mix::check_input(const Tensor& x) const {
 Tensor Mix::forward(const Tensor& x) { return mix(x, weight_, bias_); }
 
 Tensor Mix::forward_shifted(const Tensor& x, const Tensor& shift) {
+  return mix(x, weight_, shifted_bias(shift));
+}
+
+Tensor Mix::shifted_bias(const Tensor& shift) {
   KVC_CHECK(shift.shape() == Shape({1, heads_, 1, in_}), "Mix: shift ", shift.shape(),
             " must be (1, ", heads_, ", 1, ", in_, ")");
-  return mix(x, weight_, reshape(mix(shift, weight_, bias_), {heads_, out_}));
+  return reshape(mix(shift, weight_, bias_), {heads_, out_});
 }
 
 // ---- Conv1d ---------------------------------------------------------------------------------

@@ -47,11 +47,14 @@ class Linear : public Module {
  public:
   Linear(const LinearOptions& options, ParamInit& init);
   Tensor forward(const Tensor& x) override;  // (..., in) -> (..., out)
-  // forward(x + shift) for a shift broadcast over x (the positions of blocks), computed as
-  // x W^T + forward(shift): affine in x, so backward needs no gradient of x when x needs none.
-  Tensor forward_shifted(const Tensor& x, const Tensor& shift);
+  // forward(x + shift) = x W^T + forward(shift) for a shift (1, h, 1, in) broadcast over x (the
+  // positions of blocks): this is forward(shift) as a per-head bias (h, out). Affine in x, so
+  // backward needs no gradient of x when x needs none.
+  Tensor shifted_bias(const Tensor& shift);
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Linear"; }
+  const Tensor& weight() const { return weight_; }
+  const Tensor& bias() const { return bias_; }
 
  private:
   int64_t in_, out_;
@@ -69,8 +72,12 @@ class Mix : public Module {
   // the shift moves into the bias, mix(x, W, mix(shift, W, B)), so backward needs no gradient
   // of x when x needs none.
   Tensor forward_shifted(const Tensor& x, const Tensor& shift);
+  // That bias, mix(shift, W, B) as (h, out).
+  Tensor shifted_bias(const Tensor& shift);
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Mix"; }
+  const Tensor& weight() const { return weight_; }
+  const Tensor& bias() const { return bias_; }
 
  private:
   int64_t heads_, in_, out_;

@@ -127,6 +127,18 @@ const std::vector<OpCase>& cases() {
              {{{1, 2, 7, 3}}, {{2, 3, 3}}, {{3, 3}}}, [](const Inputs& x) {
                return attention_pool(x[0], x[1], x[2], x[1].shape()[1], 2, 0.7);
              });
+    // The MLP kinds' two layers: float32 on CUDA is the cuBLASLt pass (its products in fp32),
+    // float64 the composition (the pass in tf32 and bf16: tests/test_two_layer_mlp.cpp).
+    add_case("two_layer_mlp per head, relu",
+             {{{2, 3, 40, 48}}, {{3, 48, 72}}, {{3, 72}}, {{3, 72, 16}}, {{3, 16}}},
+             {{{1, 2, 2, 3}}, {{2, 3, 4}}, {{2, 4}}, {{2, 4, 2}}, {{2, 2}}}, [](const Inputs& x) {
+               return two_layer_mlp(x[0], x[1], x[2], Activation::relu, x[3], x[4]);
+             });
+    add_case("two_layer_mlp shared, gelu",
+             {{{2, 3, 40, 48}}, {{72, 48}}, {{72}}, {{16, 72}}, {{16}}},
+             {{{1, 2, 2, 3}}, {{4, 3}}, {{4}}, {{2, 4}}, {{2}}}, [](const Inputs& x) {
+               return two_layer_mlp(x[0], x[1], x[2], Activation::gelu, x[3], x[4]);
+             });
     add_case("sub", {{{4, 3, 5, 6}}, {{3, 1, 6}}}, {{{2, 3}}, {{3}}},
              [](const Inputs& x) { return sub(x[0], x[1]); });
     add_case("mul", {{{4, 3, 5, 6}}, {{4, 3, 1, 1}}}, {{{2, 3}}, {{2, 1}}},

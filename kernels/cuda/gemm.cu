@@ -8,6 +8,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/gemm.h"
 #include "kernels/precision.h"
@@ -107,9 +108,7 @@ struct Bf16Operand {
   Scratch scratch;
   explicit Bf16Operand(const float* src, int64_t extent)
       : scratch(static_cast<size_t>(extent) * sizeof(__nv_bfloat16)) {
-    to_bf16_kernel<<<grid_for((extent + 3) / 4), kThreads, 0, stream()>>>(
-        src, scratch.as<__nv_bfloat16>(), extent);
-    KVC_CUDA_CHECK(cudaGetLastError());
+    round_to_bf16(src, scratch.as<__nv_bfloat16>(), extent);
   }
 };
 
@@ -132,6 +131,12 @@ bool bf16_pays(double flops, double a_elems, double b_elems, double c_elems) {
 }
 
 }  // namespace
+
+void round_to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {
+  if (n == 0) return;
+  to_bf16_kernel<<<grid_for((n + 3) / 4), kThreads, 0, stream()>>>(src, dst, n);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
 
 void set_math_precision(MathPrecision p) { g_precision.store(p); }
 MathPrecision math_precision() { return g_precision.load(); }

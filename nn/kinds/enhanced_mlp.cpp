@@ -21,8 +21,9 @@ class EnhancedMlpCompressor : public Compressor {
 
  private:
   std::shared_ptr<Sequential> net_;
-  std::shared_ptr<Mix> first_;  // net_'s layer 0
-  Tensor residual_scale_;       // (1)
+  std::shared_ptr<Mix> first_;   // net_'s layer 0
+  std::shared_ptr<Mix> second_;  // net_'s layer 3
+  Tensor residual_scale_;        // (1)
 };
 
 EnhancedMlpCompressor::EnhancedMlpCompressor(const CompressorOptions& o) : Compressor(o) {
@@ -33,7 +34,7 @@ EnhancedMlpCompressor::EnhancedMlpCompressor(const CompressorOptions& o) : Compr
   net_->add(std::make_shared<GELU>());
   // Each dropout its own stream, keyed by its index in net.
   net_->add(std::make_shared<Dropout>(o.dropout, derive_seed(o.seed, 2)));
-  net_->add(std::make_shared<Mix>(o.heads, hidden, o.dim_head, init));
+  second_ = net_->add(std::make_shared<Mix>(o.heads, hidden, o.dim_head, init));
   net_->add(std::make_shared<Dropout>(o.dropout, derive_seed(o.seed, 4)));
   residual_scale_ = register_parameter("residual_scale", Tensor::ones({1}, init.options));
 }
@@ -48,9 +49,13 @@ Tensor EnhancedMlpCompressor::forward(const Tensor& x) {
 Tensor EnhancedMlpCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
   const BlocksApart in = blocks_apart(seq, positions, options_);
   const Tensor block_mean = add(mean(in.windows, 3), mean(in.positions, 3));
-  const Tensor hidden =
-      first_->forward_shifted(flatten_block(in.windows), flatten_block(in.positions));
-  return add(block_mean, mul(residual_scale_, net_->forward_from(1, hidden)));
+  const Tensor windows = flatten_block(in.windows), shift = flatten_block(in.positions);
+  // Dropout off (p = 0 or evaluation): the two Mix layers and GELU as one op.
+  const Tensor mlp = training() && options_.dropout > 0.0
+                         ? net_->forward_from(1, first_->forward_shifted(windows, shift))
+                         : two_layer_mlp(windows, first_->weight(), first_->shifted_bias(shift),
+                                         Activation::gelu, second_->weight(), second_->bias());
+  return add(block_mean, mul(residual_scale_, mlp));
 }
 
 }  // namespace

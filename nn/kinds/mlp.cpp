@@ -20,7 +20,8 @@ class MlpCompressor : public Compressor {
 
  private:
   std::shared_ptr<Sequential> net_;
-  std::shared_ptr<Linear> first_;  // net_'s layer 0
+  std::shared_ptr<Linear> first_;   // net_'s layer 0
+  std::shared_ptr<Linear> second_;  // net_'s layer 2
 };
 
 MlpCompressor::MlpCompressor(const CompressorOptions& o) : Compressor(o) {
@@ -29,7 +30,7 @@ MlpCompressor::MlpCompressor(const CompressorOptions& o) : Compressor(o) {
   net_ = register_module("net", std::make_shared<Sequential>());
   first_ = net_->add(std::make_shared<Linear>(LinearOptions(in, hidden), init));
   net_->add(std::make_shared<ReLU>());
-  net_->add(std::make_shared<Linear>(LinearOptions(hidden, o.dim_head), init));
+  second_ = net_->add(std::make_shared<Linear>(LinearOptions(hidden, o.dim_head), init));
 }
 
 Tensor MlpCompressor::forward(const Tensor& x) { return (*net_)(flatten_block(x)); }
@@ -38,8 +39,9 @@ Tensor MlpCompressor::forward(const Tensor& x) { return (*net_)(flatten_block(x)
 // (blocks_apart): backward skips the first layer's input gradient, the largest GEMM there is.
 Tensor MlpCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
   const BlocksApart in = blocks_apart(seq, positions, options_);
-  return net_->forward_from(
-      1, first_->forward_shifted(flatten_block(in.windows), flatten_block(in.positions)));
+  return two_layer_mlp(flatten_block(in.windows), first_->weight(),
+                       first_->shifted_bias(flatten_block(in.positions)), Activation::relu,
+                       second_->weight(), second_->bias());
 }
 
 }  // namespace

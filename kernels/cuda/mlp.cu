@@ -1,0 +1,464 @@
+// The MLP kinds' two layers on cuBLASLt with fused epilogues (see kernels/mlp.h).
+//
+// Every product is written in row-major terms, as kernels/gemm.h's: C (m, n) = op(A) op(B) per
+// batch entry. cuBLASLt is column-major, so it computes C^T = op(B)^T op(A)^T: its "A" is our B,
+// and its bias (one value per row of its D) is one value per column of our C.
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "kernels/cuda/bf16.cuh"
+#include "kernels/cuda/common.cuh"
+#include "kernels/math/elementwise.h"
+#include "kernels/mlp.h"
+#include "kernels/precision.h"
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+// cuBLASLt's recommended workspace on Hopper. Allocated once and never freed (as gemm.cu's):
+// a fixed workspace keeps every call capturable in a CUDA graph.
+constexpr size_t kWorkspace = size_t{32} << 20;
+
+cublasLtHandle_t lt_handle() {
+  static cublasLtHandle_t h = [] {
+    cublasLtHandle_t created = nullptr;
+    KVC_CUBLAS_CHECK(cublasLtCreate(&created));
+    return created;
+  }();
+  return h;
+}
+
+void* lt_workspace() {
+  static void* w = [] {
+    void* p = nullptr;
+    KVC_CUDA_CHECK(cudaMalloc(&p, kWorkspace));
+    return p;
+  }();
+  return w;
+}
+
+// One (batched) product and its epilogue. Strides and leading dimensions in elements; the ReLU
+// mask's (aux) in bits, as cuBLASLt counts them.
+struct Product {
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldc = 0;
+  int64_t batch = 1, stride_a = 0, stride_b = 0, stride_c = 0;
+  cudaDataType_t ab = CUDA_R_32F, c = CUDA_R_32F;
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  const void* bias = nullptr;  // n values per batch entry, C's type
+  int64_t bias_stride = 0;
+  void* aux = nullptr;
+  int64_t aux_ld = 0, aux_stride = 0;
+  float beta = 0.0f;
+};
+
+template <typename V>
+void set_attr(cublasLtMatmulDesc_t desc, cublasLtMatmulDescAttributes_t attr, const V& value) {
+  KVC_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(desc, attr, &value, sizeof value));
+}
+
+struct Layout {
+  cublasLtMatrixLayout_t handle = nullptr;
+  Layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld, int64_t batch,
+         int64_t stride) {
+    KVC_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&handle, type, static_cast<uint64_t>(rows),
+                                                static_cast<uint64_t>(cols), ld));
+    if (batch > 1) {
+      const int32_t count = static_cast<int32_t>(batch);
+      KVC_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+          handle, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+      KVC_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+          handle, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
+    }
+  }
+  ~Layout() { cublasLtMatrixLayoutDestroy(handle); }
+  Layout(const Layout&) = delete;
+  Layout& operator=(const Layout&) = delete;
+};
+
+struct Desc {
+  cublasLtMatmulDesc_t handle = nullptr;
+  explicit Desc(cublasComputeType_t compute) {
+    KVC_CUBLAS_CHECK(cublasLtMatmulDescCreate(&handle, compute, CUDA_R_32F));
+  }
+  ~Desc() { cublasLtMatmulDescDestroy(handle); }
+  Desc(const Desc&) = delete;
+  Desc& operator=(const Desc&) = delete;
+};
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The algorithm cuBLASLt's heuristic ranks first, asked once per problem (sizes, types,
+// epilogue and the pointers' 16-byte alignment, on which its choice depends).
+cublasLtMatmulAlgo_t best_algo(const Product& p, const void* a, const void* b, const void* c,
+                               cublasLtMatmulDesc_t desc, const Layout& la, const Layout& lb,
+                               const Layout& lc) {
+  static std::mutex mutex;
+  static std::map<std::vector<int64_t>, cublasLtMatmulAlgo_t> cache;
+  const std::vector<int64_t> key{
+      p.trans_a, p.trans_b, p.m, p.n, p.k, p.lda, p.ldb, p.ldc, p.batch, p.stride_a, p.stride_b,
+      p.stride_c, p.ab, p.c, p.compute, p.epilogue, p.bias_stride, p.aux_ld, p.aux_stride,
+      aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) + 8 * aligned16(p.bias) +
+          16 * aligned16(p.aux)};
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto found = cache.find(key);
+  if (found != cache.end()) return found->second;
+  cublasLtMatmulPreference_t pref = nullptr;
+  KVC_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t workspace = kWorkspace;
+  cublasLtMatmulHeuristicResult_t result{};
+  int count = 0;
+  const cublasStatus_t status = [&] {
+    const cublasStatus_t s = cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace);
+    if (s != CUBLAS_STATUS_SUCCESS) return s;
+    return cublasLtMatmulAlgoGetHeuristic(lt_handle(), desc, la.handle, lb.handle, lc.handle,
+                                          lc.handle, pref, 1, &result, &count);
+  }();
+  cublasLtMatmulPreferenceDestroy(pref);
+  KVC_CUBLAS_CHECK(status);
+  KVC_CHECK(count > 0, "cuBLASLt has no algorithm for the MLP product m ", p.m, ", n ", p.n, ", k ",
+            p.k, ", batch ", p.batch, ", epilogue ", static_cast<int>(p.epilogue));
+  cache.emplace(key, result.algo);
+  return result.algo;
+}
+
+void run(const Product& p, const void* a, const void* b, void* c) {
+  Desc desc(p.compute);
+  const cublasOperation_t op_a = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A: our B
+  const cublasOperation_t op_b = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  set_attr(desc.handle, CUBLASLT_MATMUL_DESC_TRANSA, op_a);
+  set_attr(desc.handle, CUBLASLT_MATMUL_DESC_TRANSB, op_b);
+  if (p.epilogue != CUBLASLT_EPILOGUE_DEFAULT) {
+    set_attr(desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE, p.epilogue);
+    if (p.bias) {
+      set_attr(desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias);
+      set_attr(desc.handle, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, p.bias_stride);
+    }
+    if (p.aux) {
+      set_attr(desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, p.aux);
+      set_attr(desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, p.aux_ld);
+      set_attr(desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE, p.aux_stride);
+    }
+  }
+  // Column-major shapes: our B is (k, n) row-major = (n, k) column-major, and so on.
+  const Layout la(p.ab, p.trans_b ? p.k : p.n, p.trans_b ? p.n : p.k, p.ldb, p.batch, p.stride_b);
+  const Layout lb(p.ab, p.trans_a ? p.m : p.k, p.trans_a ? p.k : p.m, p.lda, p.batch, p.stride_a);
+  const Layout lc(p.c, p.n, p.m, p.ldc, p.batch, p.stride_c);
+  const cublasLtMatmulAlgo_t algo = best_algo(p, a, b, c, desc.handle, la, lb, lc);
+  const float alpha = 1.0f, beta = p.beta;
+  KVC_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), desc.handle, &alpha, b, la.handle, a, lb.handle,
+                                  &beta, c, lc.handle, c, lc.handle, &algo, lt_workspace(),
+                                  kWorkspace, stream()));
+}
+
+template <typename T>
+__global__ void fill_kernel(T* dst, int64_t n, float value) {
+  KVC_GRID_LOOP(i, n) dst[i] = static_cast<T>(value);
+}
+
+// a = gelu(p) (exact, float32 math) over n elements.
+template <typename T>
+__global__ void gelu_kernel(const T* p, T* a, int64_t n) {  // p == a: in place
+  KVC_GRID_LOOP(i, n) a[i] = static_cast<T>(math::gelu(static_cast<float>(p[i])));
+}
+
+// g = g * gelu'(p) in place over n elements.
+template <typename T>
+__global__ void gelu_backward_kernel(const T* __restrict__ p, T* __restrict__ g, int64_t n) {
+  KVC_GRID_LOOP(i, n) {
+    g[i] = static_cast<T>(math::gelu_backward(static_cast<float>(p[i]), static_cast<float>(g[i])));
+  }
+}
+
+template <typename T>
+void launch_fill(T* dst, int64_t n, float value) {
+  fill_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(dst, n, value);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+// The element type of the products' operands and of the hidden activations.
+struct Types {
+  bool bf16 = false;
+  cudaDataType_t data = CUDA_R_32F;
+  size_t size = sizeof(float);
+  cublasComputeType_t compute = CUBLAS_COMPUTE_32F;
+
+  explicit Types(MathPrecision precision) : bf16(precision == MathPrecision::bf16) {
+    if (bf16) {
+      data = CUDA_R_16BF;
+      size = sizeof(__nv_bfloat16);
+    } else if (precision == MathPrecision::tf32) {
+      compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+    }
+  }
+};
+
+// Owned device memory, or a float32 input used in place (bf16 false).
+struct Operand {
+  std::unique_ptr<Scratch> copy;
+  const void* p = nullptr;
+  Operand() = default;
+  Operand(const float* src, int64_t n, bool bf16) : p(src) {
+    if (!bf16) return;
+    copy = std::make_unique<Scratch>(static_cast<size_t>(n) * sizeof(__nv_bfloat16));
+    round_to_bf16(src, copy->as<__nv_bfloat16>(), n);
+    p = copy->as<void>();
+  }
+};
+
+const char* at(const void* base, int64_t elems, size_t elem_size) {
+  return static_cast<const char*>(base) + static_cast<size_t>(elems) * elem_size;
+}
+char* at(void* base, int64_t elems, size_t elem_size) {
+  return static_cast<char*>(base) + static_cast<size_t>(elems) * elem_size;
+}
+
+// Bits of one row of the ReLU mask: cuBLASLt wants a multiple of 128.
+int64_t mask_ld(int64_t hidden) { return (hidden + 127) / 128 * 128; }
+
+}  // namespace
+
+struct MlpSaved {
+  MathPrecision precision = MathPrecision::fp32;
+  Operand x, w2;                       // as the products read them
+  std::unique_ptr<Scratch> hidden;     // act(x W1 + b1), (b, h, w, hidden)
+  std::unique_ptr<Scratch> aux;        // ReLU: its bit mask; GELU: its input
+};
+
+std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
+  auto s = std::make_shared<MlpSaved>();
+  s->precision = math_precision();
+  const Types t(s->precision);
+  const int64_t rows = g.b * g.h * g.w;
+  s->x = Operand(g.x, rows * g.in, t.bf16);
+  const int64_t w1_elems = (g.shared_weights ? 1 : g.h) * g.in * g.hidden;
+  const int64_t w2_elems = (g.shared_weights ? 1 : g.h) * g.hidden * g.out;
+  const Operand w1(g.w1, w1_elems, t.bf16);
+  const Operand b1(g.b1, (g.b1_per_head ? g.h : 1) * g.hidden, t.bf16);
+  s->w2 = Operand(g.w2, w2_elems, t.bf16);
+  s->hidden = std::make_unique<Scratch>(static_cast<size_t>(rows * g.hidden) * t.size);
+  const bool relu = g.act == MlpActivation::relu;
+  const int64_t ld_mask = mask_ld(g.hidden);
+  if (save) {
+    s->aux = std::make_unique<Scratch>(
+        relu ? static_cast<size_t>(rows * ld_mask / 8) : static_cast<size_t>(rows * g.hidden) * t.size);
+  }
+  // GELU's input goes where the backward will read it (or straight into hidden, then in place).
+  void* first_out = !relu && save ? s->aux->as<void>() : s->hidden->as<void>();
+
+  // Per batch index, all heads in one batched product: (w, in) @ W1 -> (w, hidden), + b1, act.
+  for (int64_t bi = 0; bi < g.b; ++bi) {
+    Product p;
+    p.m = g.w, p.n = g.hidden, p.k = g.in;
+    p.lda = g.in, p.stride_a = g.w * g.in;
+    p.trans_b = g.shared_weights;  // (hidden, in) shared, or (in, hidden) per head
+    p.ldb = g.shared_weights ? g.in : g.hidden;
+    p.stride_b = g.shared_weights ? 0 : g.in * g.hidden;
+    p.ldc = g.hidden, p.stride_c = g.w * g.hidden;
+    p.batch = g.h;
+    p.ab = p.c = t.data;
+    p.compute = t.compute;
+    p.bias = b1.p;
+    p.bias_stride = g.b1_per_head ? g.hidden : 0;
+    if (relu) {
+      p.epilogue = save ? CUBLASLT_EPILOGUE_RELU_AUX_BIAS : CUBLASLT_EPILOGUE_RELU_BIAS;
+      if (save) {
+        p.aux = at(s->aux->as<void>(), bi * g.h * g.w * ld_mask / 8, 1);
+        p.aux_ld = ld_mask, p.aux_stride = g.w * ld_mask;
+      }
+    } else {
+      p.epilogue = CUBLASLT_EPILOGUE_BIAS;
+    }
+    run(p, at(s->x.p, bi * g.h * g.w * g.in, t.size), w1.p,
+        at(first_out, bi * g.h * g.w * g.hidden, t.size));
+  }
+  if (!relu) {
+    const int64_t n = rows * g.hidden;
+    if (t.bf16) {
+      gelu_kernel<<<grid_for(n), kThreads, 0, stream()>>>(
+          static_cast<const __nv_bfloat16*>(first_out), s->hidden->as<__nv_bfloat16>(), n);
+    } else {
+      gelu_kernel<<<grid_for(n), kThreads, 0, stream()>>>(static_cast<const float*>(first_out),
+                                                          s->hidden->as<float>(), n);
+    }
+    KVC_CUDA_CHECK(cudaGetLastError());
+  }
+  // (w, hidden) @ W2 -> (w, out) float32, + b2.
+  for (int64_t bi = 0; bi < g.b; ++bi) {
+    Product p;
+    p.m = g.w, p.n = g.out, p.k = g.hidden;
+    p.lda = g.hidden, p.stride_a = g.w * g.hidden;
+    p.trans_b = g.shared_weights;  // (out, hidden) shared, or (hidden, out) per head
+    p.ldb = g.shared_weights ? g.hidden : g.out;
+    p.stride_b = g.shared_weights ? 0 : g.hidden * g.out;
+    p.ldc = g.out, p.stride_c = g.w * g.out;
+    p.batch = g.h;
+    p.ab = t.data;
+    p.c = CUDA_R_32F;
+    p.compute = t.compute;
+    p.epilogue = CUBLASLT_EPILOGUE_BIAS;
+    p.bias = g.b2;
+    p.bias_stride = g.b2_per_head ? g.out : 0;
+    run(p, at(s->hidden->as<void>(), bi * g.h * g.w * g.hidden, t.size), s->w2.p,
+        y + bi * g.h * g.w * g.out);
+  }
+  if (!save) return nullptr;
+  return s;
+}
+
+void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const MlpGrads& out) {
+  const Types t(s.precision);
+  const int64_t rows = g.b * g.h * g.w;
+  const bool relu = g.act == MlpActivation::relu;
+  const Operand gy_op(gy, rows * g.out, t.bf16);
+  // Ones for the bias gradients (sums over rows as 1 x rows products), float32 and operand type.
+  const int64_t ones_n = rows;
+  Scratch ones32(static_cast<size_t>(ones_n) * sizeof(float));
+  launch_fill(ones32.as<float>(), ones_n, 1.0f);
+  Operand ones_op;
+  if (t.bf16) {
+    ones_op.copy = std::make_unique<Scratch>(static_cast<size_t>(ones_n) * sizeof(__nv_bfloat16));
+    launch_fill(ones_op.copy->as<__nv_bfloat16>(), ones_n, 1.0f);
+    ones_op.p = ones_op.copy->as<void>();
+  } else {
+    ones_op.p = ones32.as<void>();
+  }
+
+  // Sum over the rows of m (b, h, w, cols) into dst: per head (h, cols) or over all (cols).
+  const auto sum_rows = [&](const void* m, cudaDataType_t type, size_t size, const void* ones,
+                            int64_t cols, bool per_head, float* dst, bool acc) {
+    if (!per_head) {
+      Product p;
+      p.m = 1, p.n = cols, p.k = rows, p.lda = rows, p.ldb = cols, p.ldc = cols;
+      p.ab = type;
+      p.beta = acc ? 1.0f : 0.0f;
+      run(p, ones, m, dst);
+      return;
+    }
+    for (int64_t bi = 0; bi < g.b; ++bi) {
+      Product p;
+      p.m = 1, p.n = cols, p.k = g.w, p.lda = g.w, p.ldb = cols, p.ldc = cols;
+      p.batch = g.h, p.stride_b = g.w * cols, p.stride_c = cols;
+      p.ab = type;
+      p.beta = acc || bi > 0 ? 1.0f : 0.0f;
+      run(p, ones, at(m, bi * g.h * g.w * cols, size), dst);
+    }
+  };
+
+  if (out.b2) {
+    sum_rows(gy, CUDA_R_32F, sizeof(float), ones32.as<void>(), g.out, g.b2_per_head, out.b2,
+             out.acc_b2);
+  }
+  if (out.w2) {  // per head (hidden, out) = hidden^T gy; shared (out, hidden) = gy^T hidden
+    if (g.shared_weights) {
+      Product p;
+      p.trans_a = true;
+      p.m = g.out, p.n = g.hidden, p.k = rows, p.lda = g.out, p.ldb = g.hidden, p.ldc = g.hidden;
+      p.ab = t.data, p.compute = t.compute;
+      p.beta = out.acc_w2 ? 1.0f : 0.0f;
+      run(p, gy_op.p, s.hidden->as<void>(), out.w2);
+    } else {
+      for (int64_t bi = 0; bi < g.b; ++bi) {
+        Product p;
+        p.trans_a = true;
+        p.m = g.hidden, p.n = g.out, p.k = g.w, p.lda = g.hidden, p.ldb = g.out, p.ldc = g.out;
+        p.batch = g.h, p.stride_a = g.w * g.hidden, p.stride_b = g.w * g.out;
+        p.stride_c = g.hidden * g.out;
+        p.ab = t.data, p.compute = t.compute;
+        p.beta = out.acc_w2 || bi > 0 ? 1.0f : 0.0f;
+        run(p, at(s.hidden->as<void>(), bi * g.h * g.w * g.hidden, t.size),
+            at(gy_op.p, bi * g.h * g.w * g.out, t.size), out.w2);
+      }
+    }
+  }
+  if (!out.x && !out.w1 && !out.b1) return;
+
+  // The gradient at the first product's output: (gy W2^T) * act'(.), operand type.
+  const int64_t ld_mask = mask_ld(g.hidden);
+  Scratch dpre(static_cast<size_t>(rows * g.hidden) * t.size);
+  for (int64_t bi = 0; bi < g.b; ++bi) {
+    Product p;
+    p.m = g.w, p.n = g.hidden, p.k = g.out;
+    p.lda = g.out, p.stride_a = g.w * g.out;
+    p.trans_b = !g.shared_weights;  // W2^T: (hidden, out) per head, (out, hidden) shared
+    p.ldb = g.shared_weights ? g.hidden : g.out;
+    p.stride_b = g.shared_weights ? 0 : g.hidden * g.out;
+    p.ldc = g.hidden, p.stride_c = g.w * g.hidden;
+    p.batch = g.h;
+    p.ab = p.c = t.data;
+    p.compute = t.compute;
+    if (relu) {
+      p.epilogue = CUBLASLT_EPILOGUE_DRELU;
+      p.aux = at(s.aux->as<void>(), bi * g.h * g.w * ld_mask / 8, 1);
+      p.aux_ld = ld_mask, p.aux_stride = g.w * ld_mask;
+    }
+    run(p, at(gy_op.p, bi * g.h * g.w * g.out, t.size), s.w2.p,
+        at(dpre.as<void>(), bi * g.h * g.w * g.hidden, t.size));
+  }
+  if (!relu) {
+    const int64_t n = rows * g.hidden;
+    if (t.bf16) {
+      gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream()>>>(
+          s.aux->as<__nv_bfloat16>(), dpre.as<__nv_bfloat16>(), n);
+    } else {
+      gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream()>>>(s.aux->as<float>(),
+                                                                   dpre.as<float>(), n);
+    }
+    KVC_CUDA_CHECK(cudaGetLastError());
+  }
+  if (out.b1) {
+    sum_rows(dpre.as<void>(), t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1,
+             out.acc_b1);
+  }
+  if (out.w1) {  // per head (in, hidden) = x^T dpre; shared (hidden, in) = dpre^T x
+    if (g.shared_weights) {
+      Product p;
+      p.trans_a = true;
+      p.m = g.hidden, p.n = g.in, p.k = rows, p.lda = g.hidden, p.ldb = g.in, p.ldc = g.in;
+      p.ab = t.data, p.compute = t.compute;
+      p.beta = out.acc_w1 ? 1.0f : 0.0f;
+      run(p, dpre.as<void>(), s.x.p, out.w1);
+    } else {
+      for (int64_t bi = 0; bi < g.b; ++bi) {
+        Product p;
+        p.trans_a = true;
+        p.m = g.in, p.n = g.hidden, p.k = g.w, p.lda = g.in, p.ldb = g.hidden, p.ldc = g.hidden;
+        p.batch = g.h, p.stride_a = g.w * g.in, p.stride_b = g.w * g.hidden;
+        p.stride_c = g.in * g.hidden;
+        p.ab = t.data, p.compute = t.compute;
+        p.beta = out.acc_w1 || bi > 0 ? 1.0f : 0.0f;
+        run(p, at(s.x.p, bi * g.h * g.w * g.in, t.size),
+            at(dpre.as<void>(), bi * g.h * g.w * g.hidden, t.size), out.w1);
+      }
+    }
+  }
+  if (out.x) {  // (w, in) = dpre W1^T, float32
+    const int64_t w1_elems = (g.shared_weights ? 1 : g.h) * g.in * g.hidden;
+    const Operand w1(g.w1, w1_elems, t.bf16);
+    for (int64_t bi = 0; bi < g.b; ++bi) {
+      Product p;
+      p.m = g.w, p.n = g.in, p.k = g.hidden;
+      p.lda = g.hidden, p.stride_a = g.w * g.hidden;
+      p.trans_b = !g.shared_weights;  // W1^T: (in, hidden) per head, (hidden, in) shared
+      p.ldb = g.shared_weights ? g.in : g.hidden;
+      p.stride_b = g.shared_weights ? 0 : g.in * g.hidden;
+      p.ldc = g.in, p.stride_c = g.w * g.in;
+      p.batch = g.h;
+      p.ab = t.data;
+      p.c = CUDA_R_32F;
+      p.compute = t.compute;
+      p.beta = out.acc_x ? 1.0f : 0.0f;
+      run(p, at(dpre.as<void>(), bi * g.h * g.w * g.hidden, t.size), w1.p,
+          out.x + bi * g.h * g.w * g.in);
+    }
+  }
+}
+
+}  // namespace kvc::kernels::cuda

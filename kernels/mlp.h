@@ -1,0 +1,55 @@
+// The MLP kinds' two layers in one op on CUDA, on cuBLASLt: y = act(x W1 + b1) W2 + b2 per head.
+// The first product's epilogue adds the bias and applies ReLU (keeping its bit mask for the
+// backward, whose product applies the mask in its own epilogue); GELU, whose epilogue in
+// cuBLASLt is the tanh approximation and not the exact one, runs as one pass over the hidden
+// activations. Those activations stay in the math precision's operand type: bfloat16 under
+// bf16, so the second product and the weight gradients read them without a conversion pass and
+// they take half the memory of float32. Bias gradients are ones-vector products in float32.
+// The CPU, float64 and other sizes run the composition of core ops (core/ops_fused.cpp).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+namespace kvc::kernels::cuda {
+
+enum class MlpActivation { relu, gelu };
+
+// Sizes and float32 inputs, all contiguous. x (b, h, w, in): rows of each head. Weights per head
+// as Mix keeps them, w1 (h, in, hidden) and w2 (h, hidden, out), or with shared_weights one pair
+// for every head as F.linear keeps it, w1 (hidden, in) and w2 (out, hidden). b1 (h, hidden) or
+// (hidden), b2 (h, out) or (out), as the *_per_head flags say.
+struct MlpArgs {
+  int64_t b = 0, h = 0, w = 0, in = 0, hidden = 0, out = 0;
+  bool shared_weights = false, b1_per_head = true, b2_per_head = true;
+  MlpActivation act = MlpActivation::relu;
+  const float* x = nullptr;
+  const float* w1 = nullptr;
+  const float* b1 = nullptr;
+  const float* w2 = nullptr;
+  const float* b2 = nullptr;
+};
+
+// What the backward reads: the hidden activations, the ReLU mask or GELU's input, and the
+// operands already rounded to bfloat16 (device memory, released with it).
+struct MlpSaved;
+
+// y (b, h, w, out). With `save` the state for mlp_backward comes back, else nullptr. The products
+// round their operands as the math precision says (kernels/precision.h).
+std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& args, float* y, bool save);
+
+// Gradient outputs (null: not wanted), each written or, with its acc flag, added to.
+struct MlpGrads {
+  float* x = nullptr;
+  float* w1 = nullptr;
+  float* b1 = nullptr;
+  float* w2 = nullptr;
+  float* b2 = nullptr;
+  bool acc_x = false, acc_w1 = false, acc_b1 = false, acc_w2 = false, acc_b2 = false;
+};
+
+// From gy (b, h, w, out); `args` as in the forward that returned `saved`.
+void mlp_backward(const MlpArgs& args, const MlpSaved& saved, const float* gy,
+                  const MlpGrads& grads);
+
+}  // namespace kvc::kernels::cuda

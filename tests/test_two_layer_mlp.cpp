@@ -1,0 +1,180 @@
+// The MLP kinds' two-layer op (two_layer_mlp): float64 gradcheck of the composition on the CPU;
+// on CUDA the cuBLASLt pass (epilogue bias and ReLU, hidden activations in the operand type)
+// against the float64 CPU values, forward and every gradient, in fp32, tf32 and bf16, for both
+// weight layouts, both activations and both bias layouts.
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/ops.h"
+#include "tests/test_util.h"
+
+namespace kvc {
+namespace {
+
+struct MlpCase {
+  int64_t b, h, w, in, hidden, out;
+  bool shared;        // F.linear's weights (hidden, in), (out, hidden) for every head
+  bool head_biases;   // b1 (h, hidden), b2 (h, out); else (hidden), (out)
+  Activation act;
+};
+
+std::string describe(const MlpCase& c) {
+  return str("b ", c.b, " h ", c.h, " w ", c.w, " in ", c.in, " hidden ", c.hidden, " out ", c.out,
+             c.shared ? " shared" : " per-head", c.head_biases ? " head-biases" : " biases",
+             c.act == Activation::relu ? " relu" : " gelu");
+}
+
+// x, w1, b1, w2, b2 for a case as float64 CPU tensors; weights of fan-in scale so the hidden
+// pre-activations have unit spread.
+std::vector<Tensor> make_inputs(const MlpCase& c, uint64_t seed) {
+  const TensorOptions opt = TensorOptions{}.with_dtype(DType::f64);
+  const double s1 = 1.0 / std::sqrt(double(c.in)), s2 = 1.0 / std::sqrt(double(c.hidden));
+  const Shape w1 = c.shared ? Shape{c.hidden, c.in} : Shape{c.h, c.in, c.hidden};
+  const Shape w2 = c.shared ? Shape{c.out, c.hidden} : Shape{c.h, c.hidden, c.out};
+  const Shape b1 = c.head_biases ? Shape{c.h, c.hidden} : Shape{c.hidden};
+  const Shape b2 = c.head_biases ? Shape{c.h, c.out} : Shape{c.out};
+  return {Tensor::randn({c.b, c.h, c.w, c.in}, seed, 0, 0.0, 1.0, opt),
+          Tensor::randn(w1, seed + 1, 0, 0.0, s1, opt), Tensor::randn(b1, seed + 2, 0, 0.0, 0.5, opt),
+          Tensor::randn(w2, seed + 3, 0, 0.0, s2, opt), Tensor::randn(b2, seed + 4, 0, 0.0, 0.5, opt)};
+}
+
+Tensor run(const MlpCase& c, const std::vector<Tensor>& x) {
+  return two_layer_mlp(x[0], x[1], x[2], c.act, x[3], x[4]);
+}
+
+const std::vector<MlpCase>& small_cases() {
+  static const std::vector<MlpCase> all = {
+      {2, 3, 4, 5, 6, 3, false, true, Activation::relu},
+      {1, 2, 3, 4, 7, 2, true, true, Activation::relu},
+      {2, 2, 3, 4, 5, 3, false, false, Activation::gelu},
+      {2, 3, 2, 3, 4, 2, true, false, Activation::gelu},
+  };
+  return all;
+}
+
+TEST_CASE("two_layer_mlp: float64 gradcheck of every input, both layouts and activations") {
+  for (const MlpCase& c : small_cases()) {
+    CAPTURE(describe(c));
+    std::vector<Tensor> x = make_inputs(c, 700);
+    for (Tensor& t : x) t.set_requires_grad(true);
+    test::check_gradients([&](const std::vector<Tensor>& in) { return run(c, in); }, x);
+  }
+}
+
+TEST_CASE("two_layer_mlp: mismatched weights and biases are refused with the shapes named") {
+  const TensorOptions opt = TensorOptions{}.with_dtype(DType::f64);
+  const Tensor x = Tensor::zeros({1, 2, 3, 4}, opt);
+  CHECK_THROWS_WITH_AS(two_layer_mlp(x, Tensor::zeros({2, 5, 6}, opt), Tensor::zeros({6}, opt),
+                                     Activation::relu, Tensor::zeros({2, 6, 3}, opt),
+                                     Tensor::zeros({3}, opt)),
+                       "two_layer_mlp: input (1, 2, 3, 4), weights (2, 5, 6) and (2, 6, 3) are not "
+                       "(b, h, w, in), (h, in, hidden) and (h, hidden, out)",
+                       Error);
+  CHECK_THROWS_WITH_AS(two_layer_mlp(x, Tensor::zeros({6, 4}, opt), Tensor::zeros({3, 6}, opt),
+                                     Activation::relu, Tensor::zeros({3, 6}, opt),
+                                     Tensor::zeros({3}, opt)),
+                       "two_layer_mlp: biases (3, 6) and (3,) are not (h, 6) or (6,), and (h, 3) "
+                       "or (3,) for 2 heads",
+                       Error);
+}
+
+#ifdef KVC_WITH_CUDA
+struct MlpResult {
+  std::vector<Tensor> values;  // y, then the gradients of x, w1, b1, w2, b2 (float64, CPU)
+};
+
+// y and the gradients of sum(y * gy) on a device and dtype; `x_grad`: whether x requires one.
+MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
+  std::vector<Tensor> x = make_inputs(c, 800);
+  for (size_t i = 0; i < x.size(); ++i) {
+    x[i] = x[i].to(dtype).to(device);
+    x[i].set_requires_grad(i > 0 || x_grad);
+  }
+  const Tensor y = run(c, x);
+  const Tensor gy = Tensor::randn(y.shape(), 899, 0, 0.0, 1.0, TensorOptions{}.with_dtype(DType::f64))
+                        .to(dtype)
+                        .to(device);
+  backward(y, gy);
+  MlpResult r;
+  r.values.push_back(y.detach().to(DType::f64).to(Device::cpu()));
+  for (size_t i = x_grad ? 0 : 1; i < x.size(); ++i) {
+    r.values.push_back(x[i].grad().to(DType::f64).to(Device::cpu()));
+  }
+  return r;
+}
+
+// The cuBLASLt pass against float64 on the CPU. tf32 rounds the operands to 10 mantissa bits and
+// bf16 to 8 (and bf16 keeps the hidden activations and the gradient at the first product's
+// output in bfloat16), so the norm-wise errors are ~5e-4 and ~5e-3; the bounds leave ~5x. In tf32
+// and bf16 the error must also exceed `floor`, above float32 arithmetic's (~1e-6): the rounded
+// path really ran. fp32 must stay near float32's own rounding.
+void check_fused(kernels::MathPrecision precision, double tol, double floor) {
+  const std::vector<MlpCase> cases = {
+      {1, 8, 64, 512, 512, 64, false, true, Activation::relu},   // the kinds' layout, b = 1
+      {3, 2, 40, 256, 384, 32, false, true, Activation::relu},   // b > 1: one product per batch
+      {2, 3, 33, 96, 200, 16, true, true, Activation::relu},     // shared weights, odd sizes
+      {2, 2, 50, 128, 256, 64, false, true, Activation::gelu},   // enhanced_mlp's
+      {1, 4, 37, 64, 130, 24, true, false, Activation::gelu},    // shared biases
+      {2, 2, 20, 64, 100, 8, false, false, Activation::relu},    // mask rows not 128-aligned
+  };
+  test::PrecisionScope scope(precision);
+  for (const MlpCase& c : cases) {
+    for (const bool x_grad : {false, true}) {
+      CAPTURE(describe(c));
+      CAPTURE(x_grad);
+      const MlpResult want = run_on(c, DType::f64, Device::cpu(), x_grad);
+      const MlpResult got = run_on(c, DType::f32, Device::cuda(), x_grad);
+      REQUIRE(got.values.size() == want.values.size());
+      std::string errors;
+      for (size_t i = 0; i < got.values.size(); ++i) {
+        const double e = test::rel_error(got.values[i], want.values[i]);
+        errors += str(" ", e);
+        CHECK(e < tol);
+        CHECK(e > floor);
+      }
+      MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ",
+              x_grad, ": rel errors (y, grads)", errors);
+    }
+  }
+}
+#endif
+
+TEST_CASE("cuda: two_layer_mlp on cuBLASLt (fp32, tf32, bf16) matches the CPU, every gradient") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  check_fused(kernels::MathPrecision::fp32, 1e-5, 0.0);
+  check_fused(kernels::MathPrecision::tf32, 4e-3, 2e-5);
+  check_fused(kernels::MathPrecision::bf16, 3e-2, 2e-4);
+#endif
+}
+
+TEST_CASE("cuda: two_layer_mlp adds onto existing gradients and runs without a tape") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  test::PrecisionScope scope(kernels::MathPrecision::bf16);
+  const MlpCase c{2, 2, 24, 64, 128, 16, false, true, Activation::relu};
+  std::vector<Tensor> x = make_inputs(c, 900);
+  for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
+  backward(sum(run(c, x)));
+  std::vector<std::vector<double>> once;
+  for (const Tensor& t : x) once.push_back(t.grad().to_vector());
+  backward(sum(run(c, x)));  // accumulates: twice, up to the rounding of the sums
+  for (size_t i = 0; i < x.size(); ++i) {
+    std::vector<double> doubled = once[i];
+    for (double& v : doubled) v *= 2;
+    CHECK(test::rel_error(x[i].grad().to_vector(), doubled) < 1e-6);
+  }
+  Tensor y_tape = run(c, x);
+  Tensor y_free;
+  {
+    NoGradGuard no_grad;  // forward only: nothing saved, the same values
+    y_free = run(c, x);
+  }
+  CHECK(y_free.to_vector() == y_tape.to_vector());
+#endif
+}
+
+}  // namespace
+}  // namespace kvc
