@@ -134,6 +134,10 @@ Tensor Conv1d::forward_windows_shifted(const Tensor& windows, const Tensor& shif
   return mix(windows, w, reshape(mix(shift, w, reshape(bias_, {g, c_out})), {g, c_out}));
 }
 
+Tensor Conv1d::forward_windows_linear(const Tensor& windows) const {
+  return mix(windows, grouped_weight(), Tensor());
+}
+
 // The weight as mix's (g, k*c_in, c_out): (g*co, ci, k) -> (g, k, ci, co).
 Tensor Conv1d::grouped_weight() const {
   const int64_t g = options_.groups(), k = options_.kernel();

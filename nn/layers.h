@@ -128,6 +128,8 @@ class Conv1d : public Module {
   Tensor forward_windows(const Tensor& windows) const;
   // forward_windows(windows + shift), shift (1, g, 1, k*c_in), the way Mix::forward_shifted does.
   Tensor forward_windows_shifted(const Tensor& windows, const Tensor& shift) const;
+  // forward_windows without the bias: the linear part alone.
+  Tensor forward_windows_linear(const Tensor& windows) const;
   const Tensor& weight() const { return weight_; }
   const Tensor& bias() const { return bias_; }
   int64_t groups() const { return options_.groups(); }

@@ -112,6 +112,14 @@ TEST_CASE("kind registry: a toy kind is listed, built, costed and checkpointed")
   const double first = 2 * blocks * 12 * 6, mlp_comp = first + 2 * blocks * 6 * 3;
   CHECK(wm.forward_flops == doctest::Approx(2 * mlp_comp + target + pred));
   CHECK(wm.backward_flops == doctest::Approx(2 * (2 * mlp_comp - first + pred)));
+  // efficient_conv's 1x1 reduction (d -> d/r per token) is that affine first layer there.
+  CompressorOptions e = o;
+  e.kind = "efficient_conv";
+  e.reduction = 3;  // d = 3 -> d/r = 1
+  const train::StepWork we = train::step_work(e, s, 2);
+  const double reduction = 2 * blocks * 4 * 3 * 1, eff_comp = reduction + 2 * blocks * (4 + 3);
+  CHECK(we.forward_flops == doctest::Approx(2 * eff_comp + target + pred));
+  CHECK(we.backward_flops == doctest::Approx(2 * (2 * eff_comp - reduction + pred)));
 
   // Round-tripped through a checkpoint: the loaded pair is a toy pair with the saved values.
   CompressorPair pair(o);

@@ -15,8 +15,8 @@ namespace {
 
 struct MlpCase {
   int64_t b, h, w, in, hidden, out;
-  bool shared;        // F.linear's weights (hidden, in), (out, hidden) for every head
-  bool head_biases;   // b1 (h, hidden), b2 (h, out); else (hidden), (out)
+  bool shared;       // F.linear's weights (hidden, in), (out, hidden) for every head
+  bool head_biases;  // b1 (h, hidden), b2 (h, out); else (hidden), (out)
   Activation act;
 };
 
@@ -35,9 +35,10 @@ std::vector<Tensor> make_inputs(const MlpCase& c, uint64_t seed) {
   const Shape w2 = c.shared ? Shape{c.out, c.hidden} : Shape{c.h, c.hidden, c.out};
   const Shape b1 = c.head_biases ? Shape{c.h, c.hidden} : Shape{c.hidden};
   const Shape b2 = c.head_biases ? Shape{c.h, c.out} : Shape{c.out};
-  return {Tensor::randn({c.b, c.h, c.w, c.in}, seed, 0, 0.0, 1.0, opt),
-          Tensor::randn(w1, seed + 1, 0, 0.0, s1, opt), Tensor::randn(b1, seed + 2, 0, 0.0, 0.5, opt),
-          Tensor::randn(w2, seed + 3, 0, 0.0, s2, opt), Tensor::randn(b2, seed + 4, 0, 0.0, 0.5, opt)};
+  return {
+      Tensor::randn({c.b, c.h, c.w, c.in}, seed, 0, 0.0, 1.0, opt),
+      Tensor::randn(w1, seed + 1, 0, 0.0, s1, opt), Tensor::randn(b1, seed + 2, 0, 0.0, 0.5, opt),
+      Tensor::randn(w2, seed + 3, 0, 0.0, s2, opt), Tensor::randn(b2, seed + 4, 0, 0.0, 0.5, opt)};
 }
 
 Tensor run(const MlpCase& c, const std::vector<Tensor>& x) {
@@ -66,18 +67,18 @@ TEST_CASE("two_layer_mlp: float64 gradcheck of every input, both layouts and act
 TEST_CASE("two_layer_mlp: mismatched weights and biases are refused with the shapes named") {
   const TensorOptions opt = TensorOptions{}.with_dtype(DType::f64);
   const Tensor x = Tensor::zeros({1, 2, 3, 4}, opt);
-  CHECK_THROWS_WITH_AS(two_layer_mlp(x, Tensor::zeros({2, 5, 6}, opt), Tensor::zeros({6}, opt),
-                                     Activation::relu, Tensor::zeros({2, 6, 3}, opt),
-                                     Tensor::zeros({3}, opt)),
-                       "two_layer_mlp: input (1, 2, 3, 4), weights (2, 5, 6) and (2, 6, 3) are not "
-                       "(b, h, w, in), (h, in, hidden) and (h, hidden, out)",
-                       Error);
-  CHECK_THROWS_WITH_AS(two_layer_mlp(x, Tensor::zeros({6, 4}, opt), Tensor::zeros({3, 6}, opt),
-                                     Activation::relu, Tensor::zeros({3, 6}, opt),
-                                     Tensor::zeros({3}, opt)),
-                       "two_layer_mlp: biases (3, 6) and (3,) are not (h, 6) or (6,), and (h, 3) "
-                       "or (3,) for 2 heads",
-                       Error);
+  CHECK_THROWS_WITH_AS(
+      two_layer_mlp(x, Tensor::zeros({2, 5, 6}, opt), Tensor::zeros({6}, opt), Activation::relu,
+                    Tensor::zeros({2, 6, 3}, opt), Tensor::zeros({3}, opt)),
+      "two_layer_mlp: input (1, 2, 3, 4), weights (2, 5, 6) and (2, 6, 3) are not "
+      "(b, h, w, in), (h, in, hidden) and (h, hidden, out)",
+      Error);
+  CHECK_THROWS_WITH_AS(
+      two_layer_mlp(x, Tensor::zeros({6, 4}, opt), Tensor::zeros({3, 6}, opt), Activation::relu,
+                    Tensor::zeros({3, 6}, opt), Tensor::zeros({3}, opt)),
+      "two_layer_mlp: biases (3, 6) and (3,) are not (h, 6) or (6,), and (h, 3) "
+      "or (3,) for 2 heads",
+      Error);
 }
 
 #ifdef KVC_WITH_CUDA
@@ -93,9 +94,10 @@ MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
     x[i].set_requires_grad(i > 0 || x_grad);
   }
   const Tensor y = run(c, x);
-  const Tensor gy = Tensor::randn(y.shape(), 899, 0, 0.0, 1.0, TensorOptions{}.with_dtype(DType::f64))
-                        .to(dtype)
-                        .to(device);
+  const Tensor gy =
+      Tensor::randn(y.shape(), 899, 0, 0.0, 1.0, TensorOptions{}.with_dtype(DType::f64))
+          .to(dtype)
+          .to(device);
   backward(y, gy);
   MlpResult r;
   r.values.push_back(y.detach().to(DType::f64).to(Device::cpu()));
@@ -112,12 +114,12 @@ MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
 // path really ran. fp32 must stay near float32's own rounding.
 void check_fused(kernels::MathPrecision precision, double tol, double floor) {
   const std::vector<MlpCase> cases = {
-      {1, 8, 64, 512, 512, 64, false, true, Activation::relu},   // the kinds' layout, b = 1
-      {3, 2, 40, 256, 384, 32, false, true, Activation::relu},   // b > 1: one product per batch
-      {2, 3, 33, 96, 200, 16, true, true, Activation::relu},     // shared weights, odd sizes
-      {2, 2, 50, 128, 256, 64, false, true, Activation::gelu},   // enhanced_mlp's
-      {1, 4, 37, 64, 130, 24, true, false, Activation::gelu},    // shared biases
-      {2, 2, 20, 64, 100, 8, false, false, Activation::relu},    // mask rows not 128-aligned
+      {1, 8, 64, 512, 512, 64, false, true, Activation::relu},  // the kinds' layout, b = 1
+      {3, 2, 40, 256, 384, 32, false, true, Activation::relu},  // b > 1: one product per batch
+      {2, 3, 33, 96, 200, 16, true, true, Activation::relu},    // shared weights, odd sizes
+      {2, 2, 50, 128, 256, 64, false, true, Activation::gelu},  // enhanced_mlp's
+      {1, 4, 37, 64, 130, 24, true, false, Activation::gelu},   // shared biases
+      {2, 2, 20, 64, 100, 8, false, false, Activation::relu},   // mask rows not 128-aligned
   };
   test::PrecisionScope scope(precision);
   for (const MlpCase& c : cases) {
@@ -134,8 +136,8 @@ void check_fused(kernels::MathPrecision precision, double tol, double floor) {
         CHECK(e < tol);
         CHECK(e > floor);
       }
-      MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ",
-              x_grad, ": rel errors (y, grads)", errors);
+      MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ", x_grad,
+              ": rel errors (y, grads)", errors);
     }
   }
 }

@@ -361,16 +361,6 @@ __global__ void sum_parts_kernel(const float* __restrict__ part, float* __restri
   }
 }
 
-int sms() {
-  static const int n = [] {
-    int device = 0, count = 0;
-    KVC_CUDA_CHECK(cudaGetDevice(&device));
-    KVC_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    return count;
-  }();
-  return n;
-}
-
 template <int N, int D, PoolMode kMode, bool kBackward>
 void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
             float* g_weight, bool acc_positions, bool acc_weight) {
@@ -389,7 +379,7 @@ void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_posi
   const int64_t windows = a.b * ((a.s - N) / a.stride + 1);
   PoolGrid grid;
   grid.chunks = static_cast<int>(
-      std::clamp<int64_t>(int64_t{per_sm} * sms() / std::max<int64_t>(a.h, 1), 1, windows));
+      std::clamp<int64_t>(int64_t{per_sm} * sm_count() / std::max<int64_t>(a.h, 1), 1, windows));
   grid.per_chunk = (windows + grid.chunks - 1) / grid.chunks;
   const int64_t ctas = a.h * grid.chunks;
   KVC_CHECK(ctas <= INT32_MAX, "attention_pool: ", a.h, " heads exceed the grid");

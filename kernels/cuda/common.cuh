@@ -34,19 +34,26 @@ inline constexpr int kThreads = 256;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); \
        i += int64_t{gridDim.x} * blockDim.x)
 
+// The current device's multiprocessor count, asked once (100 if the runtime cannot say: grid
+// sizes then stay reasonable on any GPU).
+inline int sm_count() {
+  static const int sms = [] {
+    int device = 0, n = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+      return 100;
+    }
+    return n;
+  }();
+  return sms;
+}
+
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU several times over,
 // never more than the elements need. Kernels loop, so large n never overflows the grid.
 inline int grid_for(int64_t n, int threads = kThreads) {
-  static const int max_blocks = [] {
-    int device = 0, sms = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-      return 1024;
-    }
-    return sms * 16;
-  }();
   const int64_t needed = (n + threads - 1) / threads;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, max_blocks)));
+  return static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(needed, int64_t{sm_count()} * 16)));
 }
 
 template <typename T>

@@ -71,8 +71,8 @@ struct Layout {
                                                 static_cast<uint64_t>(cols), ld));
     if (batch > 1) {
       const int32_t count = static_cast<int32_t>(batch);
-      KVC_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
-          handle, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+      KVC_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(handle, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                                                        &count, sizeof count));
       KVC_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
           handle, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
     }
@@ -101,11 +101,27 @@ cublasLtMatmulAlgo_t best_algo(const Product& p, const void* a, const void* b, c
                                const Layout& lc) {
   static std::mutex mutex;
   static std::map<std::vector<int64_t>, cublasLtMatmulAlgo_t> cache;
-  const std::vector<int64_t> key{
-      p.trans_a, p.trans_b, p.m, p.n, p.k, p.lda, p.ldb, p.ldc, p.batch, p.stride_a, p.stride_b,
-      p.stride_c, p.ab, p.c, p.compute, p.epilogue, p.bias_stride, p.aux_ld, p.aux_stride,
-      aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) + 8 * aligned16(p.bias) +
-          16 * aligned16(p.aux)};
+  const std::vector<int64_t> key{p.trans_a,
+                                 p.trans_b,
+                                 p.m,
+                                 p.n,
+                                 p.k,
+                                 p.lda,
+                                 p.ldb,
+                                 p.ldc,
+                                 p.batch,
+                                 p.stride_a,
+                                 p.stride_b,
+                                 p.stride_c,
+                                 p.ab,
+                                 p.c,
+                                 p.compute,
+                                 p.epilogue,
+                                 p.bias_stride,
+                                 p.aux_ld,
+                                 p.aux_stride,
+                                 aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) +
+                                     8 * aligned16(p.bias) + 16 * aligned16(p.aux)};
   std::lock_guard<std::mutex> lock(mutex);
   const auto found = cache.find(key);
   if (found != cache.end()) return found->second;
@@ -227,9 +243,9 @@ int64_t mask_ld(int64_t hidden) { return (hidden + 127) / 128 * 128; }
 
 struct MlpSaved {
   MathPrecision precision = MathPrecision::fp32;
-  Operand x, w2;                       // as the products read them
-  std::unique_ptr<Scratch> hidden;     // act(x W1 + b1), (b, h, w, hidden)
-  std::unique_ptr<Scratch> aux;        // ReLU: its bit mask; GELU: its input
+  Operand x, w2;                    // as the products read them
+  std::unique_ptr<Scratch> hidden;  // act(x W1 + b1), (b, h, w, hidden)
+  std::unique_ptr<Scratch> aux;     // ReLU: its bit mask; GELU: its input
 };
 
 std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
@@ -247,8 +263,8 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   const bool relu = g.act == MlpActivation::relu;
   const int64_t ld_mask = mask_ld(g.hidden);
   if (save) {
-    s->aux = std::make_unique<Scratch>(
-        relu ? static_cast<size_t>(rows * ld_mask / 8) : static_cast<size_t>(rows * g.hidden) * t.size);
+    s->aux = std::make_unique<Scratch>(relu ? static_cast<size_t>(rows * ld_mask / 8)
+                                            : static_cast<size_t>(rows * g.hidden) * t.size);
   }
   // GELU's input goes where the backward will read it (or straight into hidden, then in place).
   void* first_out = !relu && save ? s->aux->as<void>() : s->hidden->as<void>();
@@ -405,8 +421,8 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   if (!relu) {
     const int64_t n = rows * g.hidden;
     if (t.bf16) {
-      gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream()>>>(
-          s.aux->as<__nv_bfloat16>(), dpre.as<__nv_bfloat16>(), n);
+      gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream()>>>(s.aux->as<__nv_bfloat16>(),
+                                                                   dpre.as<__nv_bfloat16>(), n);
     } else {
       gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream()>>>(s.aux->as<float>(),
                                                                    dpre.as<float>(), n);

@@ -81,18 +81,6 @@ __global__ void col_sum_kernel(const In* in, Out* out, int64_t outer, int64_t re
   }
 }
 
-int sm_count() {
-  static const int sms = [] {
-    int device = 0, n = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
-      return 100;
-    }
-    return n;
-  }();
-  return sms;
-}
-
 int blocks_for(int64_t tasks) {
   return static_cast<int>(std::min<int64_t>(tasks, int64_t{sm_count()} * 32));
 }

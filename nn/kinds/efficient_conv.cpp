@@ -17,6 +17,7 @@ class EfficientConvCompressor : public Compressor {
  public:
   explicit EfficientConvCompressor(const CompressorOptions& options);
   Tensor forward(const Tensor& x) override;  // (b, h, w, n, d) -> (b, h, w, d)
+  Tensor compress_sequence(const Tensor& seq, const Tensor& positions) override;
 
  private:
   std::shared_ptr<Conv1d> channel_reduction_, grouped_conv_, channel_expansion_;
@@ -46,6 +47,25 @@ Tensor EfficientConvCompressor::forward(const Tensor& x) {
   return channel_expansion_->forward_windows(y);  // the 1x1 expansion: -> (b, h, w, d)
 }
 
+// The same over a sequence's blocks with the positions apart (blocks_apart). The 1x1 reduction
+// is affine per token: R(x + p) = W x + R(p), R(p) one (h, n, d/r) tensor for every window. The
+// block conv is linear in its input, so R(p) passes through it once per head as its bias
+// (Conv1d::forward_windows_shifted). No (b, h, w, n, d) tensor is written, and backward forms no
+// gradient of the blocks: the reduction's input gradient and the blocks' copy are gone.
+Tensor EfficientConvCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
+  const BlocksApart in = blocks_apart(seq, positions, options_);
+  const int64_t b = in.windows.size(0), h = in.windows.size(1), w = in.windows.size(2);
+  const int64_t n = in.windows.size(3), d = in.windows.size(4);
+  const Tensor reduced = channel_reduction_->forward_windows_linear(
+      reshape(in.windows, {b, h, w * n, d}));  // W x: (b, h, w*n, d/r)
+  const Tensor reduced_positions =
+      channel_reduction_->forward_windows(reshape(in.positions, {1, h, n, d}));  // R(p)
+  const int64_t dr = reduced.size(3);
+  const Tensor y = grouped_conv_->forward_windows_shifted(
+      reshape(reduced, {b, h, w, n * dr}), reshape(reduced_positions, {1, h, 1, n * dr}));
+  return channel_expansion_->forward_windows(y);
+}
+
 }  // namespace
 
 CompressorKind efficient_conv() {
@@ -57,7 +77,11 @@ CompressorKind efficient_conv() {
             return 2 * blocks * n * d * dr + 2 * blocks * n * dr * dr + 2 * blocks * dr * d;
           },
           /*needs_block=*/true,
-          /*affine_input_flops=*/nullptr};
+          // The 1x1 reduction, affine in the blocks (compress_sequence).
+          [](const CompressorOptions& o, double blocks) {
+            const double n = o.block, d = o.dim_head, dr = d / o.reduction;
+            return 2 * blocks * n * d * dr;
+          }};
 }
 
 }  // namespace kvc::kinds
