@@ -239,6 +239,30 @@ char* at(void* base, int64_t elems, size_t elem_size) {
 // Bits of one row of the ReLU mask: cuBLASLt wants a multiple of 128.
 int64_t mask_ld(int64_t hidden) { return (hidden + 127) / 128 * 128; }
 
+// out (w, n) = in (w, k) @ W for every head's rows: one batched product (over heads) per batch
+// index. W is a layer's weight as stored: per head (Mix), or one for every head (shared, stride
+// 0), and `stored_kn` says whether it is kept as (k, n) or as (n, k) (then multiplied
+// transposed). `p` brings the types, compute and epilogue; `per_batch(p, bi)` sets what moves
+// with the batch index (beta, the ReLU mask's offset).
+template <typename PerBatch>
+void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool stored_kn,
+                       const void* in, size_t in_size, const void* weight, void* out,
+                       size_t out_size, PerBatch&& per_batch) {
+  p.m = g.w, p.n = n, p.k = k;
+  p.lda = k, p.stride_a = g.w * k;
+  p.trans_b = !stored_kn;
+  p.ldb = stored_kn ? n : k;
+  p.stride_b = g.shared_weights ? 0 : k * n;
+  p.ldc = n, p.stride_c = g.w * n;
+  p.batch = g.h;
+  for (int64_t bi = 0; bi < g.b; ++bi) {
+    per_batch(p, bi);
+    run(p, at(in, bi * g.h * g.w * k, in_size), weight, at(out, bi * g.h * g.w * n, out_size));
+  }
+}
+
+void no_per_batch(Product&, int64_t) {}
+
 }  // namespace
 
 struct MlpSaved {
@@ -253,12 +277,11 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   s->precision = math_precision();
   const Types t(s->precision);
   const int64_t rows = g.b * g.h * g.w;
+  const int64_t heads_w = g.shared_weights ? 1 : g.h;
   s->x = Operand(g.x, rows * g.in, t.bf16);
-  const int64_t w1_elems = (g.shared_weights ? 1 : g.h) * g.in * g.hidden;
-  const int64_t w2_elems = (g.shared_weights ? 1 : g.h) * g.hidden * g.out;
-  const Operand w1(g.w1, w1_elems, t.bf16);
+  const Operand w1(g.w1, heads_w * g.in * g.hidden, t.bf16);
   const Operand b1(g.b1, (g.b1_per_head ? g.h : 1) * g.hidden, t.bf16);
-  s->w2 = Operand(g.w2, w2_elems, t.bf16);
+  s->w2 = Operand(g.w2, heads_w * g.hidden * g.out, t.bf16);
   s->hidden = std::make_unique<Scratch>(static_cast<size_t>(rows * g.hidden) * t.size);
   const bool relu = g.act == MlpActivation::relu;
   const int64_t ld_mask = mask_ld(g.hidden);
@@ -269,32 +292,21 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   // GELU's input goes where the backward will read it (or straight into hidden, then in place).
   void* first_out = !relu && save ? s->aux->as<void>() : s->hidden->as<void>();
 
-  // Per batch index, all heads in one batched product: (w, in) @ W1 -> (w, hidden), + b1, act.
-  for (int64_t bi = 0; bi < g.b; ++bi) {
-    Product p;
-    p.m = g.w, p.n = g.hidden, p.k = g.in;
-    p.lda = g.in, p.stride_a = g.w * g.in;
-    p.trans_b = g.shared_weights;  // (hidden, in) shared, or (in, hidden) per head
-    p.ldb = g.shared_weights ? g.in : g.hidden;
-    p.stride_b = g.shared_weights ? 0 : g.in * g.hidden;
-    p.ldc = g.hidden, p.stride_c = g.w * g.hidden;
-    p.batch = g.h;
-    p.ab = p.c = t.data;
-    p.compute = t.compute;
-    p.bias = b1.p;
-    p.bias_stride = g.b1_per_head ? g.hidden : 0;
-    if (relu) {
-      p.epilogue = save ? CUBLASLT_EPILOGUE_RELU_AUX_BIAS : CUBLASLT_EPILOGUE_RELU_BIAS;
-      if (save) {
-        p.aux = at(s->aux->as<void>(), bi * g.h * g.w * ld_mask / 8, 1);
-        p.aux_ld = ld_mask, p.aux_stride = g.w * ld_mask;
-      }
-    } else {
-      p.epilogue = CUBLASLT_EPILOGUE_BIAS;
-    }
-    run(p, at(s->x.p, bi * g.h * g.w * g.in, t.size), w1.p,
-        at(first_out, bi * g.h * g.w * g.hidden, t.size));
-  }
+  // x @ W1 + b1, then ReLU in the epilogue (keeping its mask when saving) or GELU after.
+  Product first;
+  first.ab = first.c = t.data;
+  first.compute = t.compute;
+  first.bias = b1.p;
+  first.bias_stride = g.b1_per_head ? g.hidden : 0;
+  first.epilogue = !relu  ? CUBLASLT_EPILOGUE_BIAS
+                   : save ? CUBLASLT_EPILOGUE_RELU_AUX_BIAS
+                          : CUBLASLT_EPILOGUE_RELU_BIAS;
+  rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p, first_out,
+                    t.size, [&](Product& p, int64_t bi) {
+                      if (!relu || !save) return;
+                      p.aux = at(s->aux->as<void>(), bi * g.h * g.w * ld_mask / 8, 1);
+                      p.aux_ld = ld_mask, p.aux_stride = g.w * ld_mask;
+                    });
   if (!relu) {
     const int64_t n = rows * g.hidden;
     if (t.bf16) {
@@ -306,25 +318,15 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
     }
     KVC_CUDA_CHECK(cudaGetLastError());
   }
-  // (w, hidden) @ W2 -> (w, out) float32, + b2.
-  for (int64_t bi = 0; bi < g.b; ++bi) {
-    Product p;
-    p.m = g.w, p.n = g.out, p.k = g.hidden;
-    p.lda = g.hidden, p.stride_a = g.w * g.hidden;
-    p.trans_b = g.shared_weights;  // (out, hidden) shared, or (hidden, out) per head
-    p.ldb = g.shared_weights ? g.hidden : g.out;
-    p.stride_b = g.shared_weights ? 0 : g.hidden * g.out;
-    p.ldc = g.out, p.stride_c = g.w * g.out;
-    p.batch = g.h;
-    p.ab = t.data;
-    p.c = CUDA_R_32F;
-    p.compute = t.compute;
-    p.epilogue = CUBLASLT_EPILOGUE_BIAS;
-    p.bias = g.b2;
-    p.bias_stride = g.b2_per_head ? g.out : 0;
-    run(p, at(s->hidden->as<void>(), bi * g.h * g.w * g.hidden, t.size), s->w2.p,
-        y + bi * g.h * g.w * g.out);
-  }
+  // hidden @ W2 + b2, float32 out.
+  Product second;
+  second.ab = t.data;
+  second.compute = t.compute;
+  second.epilogue = CUBLASLT_EPILOGUE_BIAS;
+  second.bias = g.b2;
+  second.bias_stride = g.b2_per_head ? g.out : 0;
+  rows_times_weight(g, second, g.hidden, g.out, !g.shared_weights, s->hidden->as<void>(), t.size,
+                    s->w2.p, y, sizeof(float), no_per_batch);
   if (!save) return nullptr;
   return s;
 }
@@ -335,36 +337,53 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   const bool relu = g.act == MlpActivation::relu;
   const Operand gy_op(gy, rows * g.out, t.bf16);
   // Ones for the bias gradients (sums over rows as 1 x rows products), float32 and operand type.
-  const int64_t ones_n = rows;
-  Scratch ones32(static_cast<size_t>(ones_n) * sizeof(float));
-  launch_fill(ones32.as<float>(), ones_n, 1.0f);
+  Scratch ones32(static_cast<size_t>(rows) * sizeof(float));
+  launch_fill(ones32.as<float>(), rows, 1.0f);
   Operand ones_op;
+  ones_op.p = ones32.as<void>();
   if (t.bf16) {
-    ones_op.copy = std::make_unique<Scratch>(static_cast<size_t>(ones_n) * sizeof(__nv_bfloat16));
-    launch_fill(ones_op.copy->as<__nv_bfloat16>(), ones_n, 1.0f);
+    ones_op.copy = std::make_unique<Scratch>(static_cast<size_t>(rows) * sizeof(__nv_bfloat16));
+    launch_fill(ones_op.copy->as<__nv_bfloat16>(), rows, 1.0f);
     ones_op.p = ones_op.copy->as<void>();
-  } else {
-    ones_op.p = ones32.as<void>();
   }
 
   // Sum over the rows of m (b, h, w, cols) into dst: per head (h, cols) or over all (cols).
   const auto sum_rows = [&](const void* m, cudaDataType_t type, size_t size, const void* ones,
                             int64_t cols, bool per_head, float* dst, bool acc) {
+    Product p;
+    p.ab = type;
+    p.m = 1, p.n = cols, p.ldb = cols, p.ldc = cols;
     if (!per_head) {
-      Product p;
-      p.m = 1, p.n = cols, p.k = rows, p.lda = rows, p.ldb = cols, p.ldc = cols;
-      p.ab = type;
+      p.k = rows, p.lda = rows;
       p.beta = acc ? 1.0f : 0.0f;
       run(p, ones, m, dst);
       return;
     }
+    p.k = g.w, p.lda = g.w;
+    p.batch = g.h, p.stride_b = g.w * cols, p.stride_c = cols;
     for (int64_t bi = 0; bi < g.b; ++bi) {
-      Product p;
-      p.m = 1, p.n = cols, p.k = g.w, p.lda = g.w, p.ldb = cols, p.ldc = cols;
-      p.batch = g.h, p.stride_b = g.w * cols, p.stride_c = cols;
-      p.ab = type;
       p.beta = acc || bi > 0 ? 1.0f : 0.0f;
       run(p, ones, at(m, bi * g.h * g.w * cols, size), dst);
+    }
+  };
+  // A layer's weight gradient from its input `in` (cols k) and its output's gradient `grad`
+  // (cols n), both in the operand type: per head (k, n) = in^T grad; shared (n, k) = grad^T in.
+  const auto weight_grad = [&](const void* in, int64_t k, const void* grad, int64_t n, float* dst,
+                               bool acc) {
+    Product p;
+    p.trans_a = true;
+    p.ab = t.data, p.compute = t.compute;
+    p.beta = acc ? 1.0f : 0.0f;
+    if (g.shared_weights) {
+      p.m = n, p.n = k, p.k = rows, p.lda = n, p.ldb = k, p.ldc = k;
+      run(p, grad, in, dst);
+      return;
+    }
+    p.m = k, p.n = n, p.k = g.w, p.lda = k, p.ldb = n, p.ldc = n;
+    p.batch = g.h, p.stride_a = g.w * k, p.stride_b = g.w * n, p.stride_c = k * n;
+    for (int64_t bi = 0; bi < g.b; ++bi) {
+      p.beta = acc || bi > 0 ? 1.0f : 0.0f;
+      run(p, at(in, bi * g.h * g.w * k, t.size), at(grad, bi * g.h * g.w * n, t.size), dst);
     }
   };
 
@@ -372,52 +391,23 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     sum_rows(gy, CUDA_R_32F, sizeof(float), ones32.as<void>(), g.out, g.b2_per_head, out.b2,
              out.acc_b2);
   }
-  if (out.w2) {  // per head (hidden, out) = hidden^T gy; shared (out, hidden) = gy^T hidden
-    if (g.shared_weights) {
-      Product p;
-      p.trans_a = true;
-      p.m = g.out, p.n = g.hidden, p.k = rows, p.lda = g.out, p.ldb = g.hidden, p.ldc = g.hidden;
-      p.ab = t.data, p.compute = t.compute;
-      p.beta = out.acc_w2 ? 1.0f : 0.0f;
-      run(p, gy_op.p, s.hidden->as<void>(), out.w2);
-    } else {
-      for (int64_t bi = 0; bi < g.b; ++bi) {
-        Product p;
-        p.trans_a = true;
-        p.m = g.hidden, p.n = g.out, p.k = g.w, p.lda = g.hidden, p.ldb = g.out, p.ldc = g.out;
-        p.batch = g.h, p.stride_a = g.w * g.hidden, p.stride_b = g.w * g.out;
-        p.stride_c = g.hidden * g.out;
-        p.ab = t.data, p.compute = t.compute;
-        p.beta = out.acc_w2 || bi > 0 ? 1.0f : 0.0f;
-        run(p, at(s.hidden->as<void>(), bi * g.h * g.w * g.hidden, t.size),
-            at(gy_op.p, bi * g.h * g.w * g.out, t.size), out.w2);
-      }
-    }
-  }
+  if (out.w2) weight_grad(s.hidden->as<void>(), g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
   if (!out.x && !out.w1 && !out.b1) return;
 
-  // The gradient at the first product's output: (gy W2^T) * act'(.), operand type.
+  // The gradient at the first product's output, gy W2^T times act'(.), in the operand type:
+  // ReLU's mask applied in the product's epilogue, GELU's derivative in a pass after it.
   const int64_t ld_mask = mask_ld(g.hidden);
   Scratch dpre(static_cast<size_t>(rows * g.hidden) * t.size);
-  for (int64_t bi = 0; bi < g.b; ++bi) {
-    Product p;
-    p.m = g.w, p.n = g.hidden, p.k = g.out;
-    p.lda = g.out, p.stride_a = g.w * g.out;
-    p.trans_b = !g.shared_weights;  // W2^T: (hidden, out) per head, (out, hidden) shared
-    p.ldb = g.shared_weights ? g.hidden : g.out;
-    p.stride_b = g.shared_weights ? 0 : g.hidden * g.out;
-    p.ldc = g.hidden, p.stride_c = g.w * g.hidden;
-    p.batch = g.h;
-    p.ab = p.c = t.data;
-    p.compute = t.compute;
-    if (relu) {
-      p.epilogue = CUBLASLT_EPILOGUE_DRELU;
-      p.aux = at(s.aux->as<void>(), bi * g.h * g.w * ld_mask / 8, 1);
-      p.aux_ld = ld_mask, p.aux_stride = g.w * ld_mask;
-    }
-    run(p, at(gy_op.p, bi * g.h * g.w * g.out, t.size), s.w2.p,
-        at(dpre.as<void>(), bi * g.h * g.w * g.hidden, t.size));
-  }
+  Product back;
+  back.ab = back.c = t.data;
+  back.compute = t.compute;
+  if (relu) back.epilogue = CUBLASLT_EPILOGUE_DRELU;
+  rows_times_weight(g, back, g.out, g.hidden, g.shared_weights, gy_op.p, t.size, s.w2.p,
+                    dpre.as<void>(), t.size, [&](Product& p, int64_t bi) {
+                      if (!relu) return;
+                      p.aux = at(s.aux->as<void>(), bi * g.h * g.w * ld_mask / 8, 1);
+                      p.aux_ld = ld_mask, p.aux_stride = g.w * ld_mask;
+                    });
   if (!relu) {
     const int64_t n = rows * g.hidden;
     if (t.bf16) {
@@ -433,47 +423,15 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     sum_rows(dpre.as<void>(), t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1,
              out.acc_b1);
   }
-  if (out.w1) {  // per head (in, hidden) = x^T dpre; shared (hidden, in) = dpre^T x
-    if (g.shared_weights) {
-      Product p;
-      p.trans_a = true;
-      p.m = g.hidden, p.n = g.in, p.k = rows, p.lda = g.hidden, p.ldb = g.in, p.ldc = g.in;
-      p.ab = t.data, p.compute = t.compute;
-      p.beta = out.acc_w1 ? 1.0f : 0.0f;
-      run(p, dpre.as<void>(), s.x.p, out.w1);
-    } else {
-      for (int64_t bi = 0; bi < g.b; ++bi) {
-        Product p;
-        p.trans_a = true;
-        p.m = g.in, p.n = g.hidden, p.k = g.w, p.lda = g.in, p.ldb = g.hidden, p.ldc = g.hidden;
-        p.batch = g.h, p.stride_a = g.w * g.in, p.stride_b = g.w * g.hidden;
-        p.stride_c = g.in * g.hidden;
-        p.ab = t.data, p.compute = t.compute;
-        p.beta = out.acc_w1 || bi > 0 ? 1.0f : 0.0f;
-        run(p, at(s.x.p, bi * g.h * g.w * g.in, t.size),
-            at(dpre.as<void>(), bi * g.h * g.w * g.hidden, t.size), out.w1);
-      }
-    }
-  }
-  if (out.x) {  // (w, in) = dpre W1^T, float32
-    const int64_t w1_elems = (g.shared_weights ? 1 : g.h) * g.in * g.hidden;
-    const Operand w1(g.w1, w1_elems, t.bf16);
-    for (int64_t bi = 0; bi < g.b; ++bi) {
-      Product p;
-      p.m = g.w, p.n = g.in, p.k = g.hidden;
-      p.lda = g.hidden, p.stride_a = g.w * g.hidden;
-      p.trans_b = !g.shared_weights;  // W1^T: (in, hidden) per head, (hidden, in) shared
-      p.ldb = g.shared_weights ? g.in : g.hidden;
-      p.stride_b = g.shared_weights ? 0 : g.in * g.hidden;
-      p.ldc = g.in, p.stride_c = g.w * g.in;
-      p.batch = g.h;
-      p.ab = t.data;
-      p.c = CUDA_R_32F;
-      p.compute = t.compute;
-      p.beta = out.acc_x ? 1.0f : 0.0f;
-      run(p, at(dpre.as<void>(), bi * g.h * g.w * g.hidden, t.size), w1.p,
-          out.x + bi * g.h * g.w * g.in);
-    }
+  if (out.w1) weight_grad(s.x.p, g.in, dpre.as<void>(), g.hidden, out.w1, out.acc_w1);
+  if (out.x) {  // dpre W1^T, float32 out
+    const Operand w1(g.w1, (g.shared_weights ? 1 : g.h) * g.in * g.hidden, t.bf16);
+    Product p;
+    p.ab = t.data;
+    p.compute = t.compute;
+    p.beta = out.acc_x ? 1.0f : 0.0f;
+    rows_times_weight(g, p, g.hidden, g.in, g.shared_weights, dpre.as<void>(), t.size, w1.p, out.x,
+                      sizeof(float), no_per_batch);
   }
 }
 
