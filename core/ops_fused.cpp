@@ -382,9 +382,9 @@ Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& 
 // ---------------------------------------------------------------------------------------------
 // two_layer_mlp: act(x W1 + b1) W2 + b2 per head. The composition writes x W1 + b1 and its
 // activation (each (b, h, w, hidden), float32) forward and their gradients backward, each pass
-// its own kernel; on CUDA cuBLASLt adds the bias and applies ReLU inside the product, keeps the
-// hidden activations in the products' operand type (bfloat16 under bf16) and masks the gradient
-// inside the backward's product (kernels/mlp.h).
+// its own kernel; on CUDA cuBLASLt adds the bias and applies ReLU inside the product and the
+// hidden activations stay in the products' operand type (bfloat16 under bf16: no conversion
+// pass before the products that read them, half the memory) (kernels/mlp.h).
 
 namespace {
 

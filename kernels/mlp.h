@@ -1,11 +1,11 @@
 // The MLP kinds' two layers in one op on CUDA, on cuBLASLt: y = act(x W1 + b1) W2 + b2 per head.
-// The first product's epilogue adds the bias and applies ReLU (keeping its bit mask for the
-// backward, whose product applies the mask in its own epilogue); GELU, whose epilogue in
-// cuBLASLt is the tanh approximation and not the exact one, runs as one pass over the hidden
-// activations. Those activations stay in the math precision's operand type: bfloat16 under
-// bf16, so the second product and the weight gradients read them without a conversion pass and
-// they take half the memory of float32. Bias gradients are ones-vector products in float32.
-// The CPU, float64 and other sizes run the composition of core ops (core/ops_fused.cpp).
+// The first product's epilogue adds the bias and applies ReLU; GELU, whose epilogue in cuBLASLt
+// is the tanh approximation and not the exact one, runs as one pass over the hidden activations,
+// and the backward applies either derivative in one pass after its product. Those activations stay
+// in the math precision's operand type: bfloat16 under bf16, so the second product and the weight
+// gradients read them without a conversion pass and they take half the memory of float32. Bias
+// gradients are ones-vector products in float32. The CPU, float64 and other sizes run the
+// composition of core ops (core/ops_fused.cpp).
 #pragma once
 
 #include <cstdint>
@@ -30,8 +30,8 @@ struct MlpArgs {
   const float* b2 = nullptr;
 };
 
-// What the backward reads: the hidden activations, the ReLU mask or GELU's input, and the
-// operands already rounded to bfloat16 (device memory, released with it).
+// What the backward reads: the hidden activations, GELU's input, and the operands already
+// rounded to bfloat16 (device memory, released with it).
 struct MlpSaved;
 
 // y (b, h, w, out). With `save` the state for mlp_backward comes back, else nullptr. The products

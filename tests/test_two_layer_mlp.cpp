@@ -109,8 +109,8 @@ MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
 
 // The cuBLASLt pass against float64 on the CPU. tf32 rounds the operands to 10 mantissa bits and
 // bf16 to 8 (and bf16 keeps the hidden activations and the gradient at the first product's
-// output in bfloat16), so the norm-wise errors are ~5e-4 and ~5e-3; the bounds leave ~5x. In tf32
-// and bf16 the error must also exceed `floor`, above float32 arithmetic's (~1e-6): the rounded
+// output in bfloat16), so the norm-wise errors are ~4e-4 and ~4e-3; the bounds leave ~8x. In tf32
+// and bf16 the error must also exceed `floor`, above float32 arithmetic's (~3e-7): the rounded
 // path really ran. fp32 must stay near float32's own rounding.
 void check_fused(kernels::MathPrecision precision, double tol, double floor) {
   const std::vector<MlpCase> cases = {
@@ -129,12 +129,17 @@ void check_fused(kernels::MathPrecision precision, double tol, double floor) {
       const MlpResult want = run_on(c, DType::f64, Device::cpu(), x_grad);
       const MlpResult got = run_on(c, DType::f32, Device::cuda(), x_grad);
       REQUIRE(got.values.size() == want.values.size());
+      // Rounded operands show in y and in the first weight's gradient wherever the sizes let
+      // cuBLASLt take its tensor-core kernels (multiples of 8; others may run exact FP32 ones).
+      // b2's gradient is a float32 sum of gy either way.
+      const bool tensor_cores = c.in % 8 == 0 && c.hidden % 8 == 0 && c.out % 8 == 0;
+      const size_t w1_index = x_grad ? 2 : 1;
       std::string errors;
       for (size_t i = 0; i < got.values.size(); ++i) {
         const double e = test::rel_error(got.values[i], want.values[i]);
         errors += str(" ", e);
         CHECK(e < tol);
-        CHECK(e > floor);
+        if (tensor_cores && (i == 0 || i == w1_index)) CHECK(e > floor);
       }
       MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ", x_grad,
               ": rel errors (y, grads)", errors);

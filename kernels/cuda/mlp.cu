@@ -42,8 +42,7 @@ void* lt_workspace() {
   return w;
 }
 
-// One (batched) product and its epilogue. Strides and leading dimensions in elements; the ReLU
-// mask's (aux) in bits, as cuBLASLt counts them.
+// One (batched) product and its epilogue. Strides and leading dimensions in elements.
 struct Product {
   bool trans_a = false, trans_b = false;
   int64_t m = 0, n = 0, k = 0, lda = 0, ldb = 0, ldc = 0;
@@ -53,8 +52,6 @@ struct Product {
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   const void* bias = nullptr;  // n values per batch entry, C's type
   int64_t bias_stride = 0;
-  void* aux = nullptr;
-  int64_t aux_ld = 0, aux_stride = 0;
   float beta = 0.0f;
 };
 
@@ -101,27 +98,16 @@ cublasLtMatmulAlgo_t best_algo(const Product& p, const void* a, const void* b, c
                                const Layout& lc) {
   static std::mutex mutex;
   static std::map<std::vector<int64_t>, cublasLtMatmulAlgo_t> cache;
-  const std::vector<int64_t> key{p.trans_a,
-                                 p.trans_b,
-                                 p.m,
-                                 p.n,
-                                 p.k,
-                                 p.lda,
-                                 p.ldb,
-                                 p.ldc,
-                                 p.batch,
-                                 p.stride_a,
-                                 p.stride_b,
-                                 p.stride_c,
-                                 p.ab,
-                                 p.c,
-                                 p.compute,
-                                 p.epilogue,
-                                 p.bias_stride,
-                                 p.aux_ld,
-                                 p.aux_stride,
-                                 aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) +
-                                     8 * aligned16(p.bias) + 16 * aligned16(p.aux)};
+  const std::vector<int64_t> key{
+      p.trans_a,     p.trans_b,
+      p.m,           p.n,
+      p.k,           p.lda,
+      p.ldb,         p.ldc,
+      p.batch,       p.stride_a,
+      p.stride_b,    p.stride_c,
+      p.ab,          p.c,
+      p.compute,     p.epilogue,
+      p.bias_stride, aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) + 8 * aligned16(p.bias)};
   std::lock_guard<std::mutex> lock(mutex);
   const auto found = cache.find(key);
   if (found != cache.end()) return found->second;
@@ -157,11 +143,6 @@ void run(const Product& p, const void* a, const void* b, void* c) {
       set_attr(desc.handle, CUBLASLT_MATMUL_DESC_BIAS_POINTER, p.bias);
       set_attr(desc.handle, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, p.bias_stride);
     }
-    if (p.aux) {
-      set_attr(desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, p.aux);
-      set_attr(desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, p.aux_ld);
-      set_attr(desc.handle, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_BATCH_STRIDE, p.aux_stride);
-    }
   }
   // Column-major shapes: our B is (k, n) row-major = (n, k) column-major, and so on.
   const Layout la(p.ab, p.trans_b ? p.k : p.n, p.trans_b ? p.n : p.k, p.ldb, p.batch, p.stride_b);
@@ -190,6 +171,14 @@ template <typename T>
 __global__ void gelu_backward_kernel(const T* __restrict__ p, T* __restrict__ g, int64_t n) {
   KVC_GRID_LOOP(i, n) {
     g[i] = static_cast<T>(math::gelu_backward(static_cast<float>(p[i]), static_cast<float>(g[i])));
+  }
+}
+
+// g = g where the ReLU's output a is positive, else 0, in place over n elements.
+template <typename T>
+__global__ void relu_backward_kernel(const T* __restrict__ a, T* __restrict__ g, int64_t n) {
+  KVC_GRID_LOOP(i, n) {
+    if (!(static_cast<float>(a[i]) > 0.0f)) g[i] = static_cast<T>(0.0f);
   }
 }
 
@@ -236,18 +225,13 @@ char* at(void* base, int64_t elems, size_t elem_size) {
   return static_cast<char*>(base) + static_cast<size_t>(elems) * elem_size;
 }
 
-// Bits of one row of the ReLU mask: cuBLASLt wants a multiple of 128.
-int64_t mask_ld(int64_t hidden) { return (hidden + 127) / 128 * 128; }
-
 // out (w, n) = in (w, k) @ W for every head's rows: one batched product (over heads) per batch
 // index. W is a layer's weight as stored: per head (Mix), or one for every head (shared, stride
 // 0), and `stored_kn` says whether it is kept as (k, n) or as (n, k) (then multiplied
-// transposed). `p` brings the types, compute and epilogue; `per_batch(p, bi)` sets what moves
-// with the batch index (beta, the ReLU mask's offset).
-template <typename PerBatch>
+// transposed). `p` brings the types, compute, epilogue and beta.
 void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool stored_kn,
                        const void* in, size_t in_size, const void* weight, void* out,
-                       size_t out_size, PerBatch&& per_batch) {
+                       size_t out_size) {
   p.m = g.w, p.n = n, p.k = k;
   p.lda = k, p.stride_a = g.w * k;
   p.trans_b = !stored_kn;
@@ -256,12 +240,9 @@ void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool s
   p.ldc = n, p.stride_c = g.w * n;
   p.batch = g.h;
   for (int64_t bi = 0; bi < g.b; ++bi) {
-    per_batch(p, bi);
     run(p, at(in, bi * g.h * g.w * k, in_size), weight, at(out, bi * g.h * g.w * n, out_size));
   }
 }
-
-void no_per_batch(Product&, int64_t) {}
 
 }  // namespace
 
@@ -269,7 +250,7 @@ struct MlpSaved {
   MathPrecision precision = MathPrecision::fp32;
   Operand x, w2;                    // as the products read them
   std::unique_ptr<Scratch> hidden;  // act(x W1 + b1), (b, h, w, hidden)
-  std::unique_ptr<Scratch> aux;     // ReLU: its bit mask; GELU: its input
+  std::unique_ptr<Scratch> aux;     // GELU's input
 };
 
 std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
@@ -284,29 +265,22 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   s->w2 = Operand(g.w2, heads_w * g.hidden * g.out, t.bf16);
   s->hidden = std::make_unique<Scratch>(static_cast<size_t>(rows * g.hidden) * t.size);
   const bool relu = g.act == MlpActivation::relu;
-  const int64_t ld_mask = mask_ld(g.hidden);
-  if (save) {
-    s->aux = std::make_unique<Scratch>(relu ? static_cast<size_t>(rows * ld_mask / 8)
-                                            : static_cast<size_t>(rows * g.hidden) * t.size);
+  if (save && !relu) {
+    s->aux = std::make_unique<Scratch>(static_cast<size_t>(rows * g.hidden) * t.size);
   }
   // GELU's input goes where the backward will read it (or straight into hidden, then in place).
   void* first_out = !relu && save ? s->aux->as<void>() : s->hidden->as<void>();
 
-  // x @ W1 + b1, then ReLU in the epilogue (keeping its mask when saving) or GELU after.
+  // x @ W1 + b1, then ReLU in the epilogue or GELU after. (ReLU's backward reads its output:
+  // cuBLASLt's ReLU bit mask, with a bias per batch entry, came out wrong on tensor cores.)
   Product first;
   first.ab = first.c = t.data;
   first.compute = t.compute;
   first.bias = b1.p;
   first.bias_stride = g.b1_per_head ? g.hidden : 0;
-  first.epilogue = !relu  ? CUBLASLT_EPILOGUE_BIAS
-                   : save ? CUBLASLT_EPILOGUE_RELU_AUX_BIAS
-                          : CUBLASLT_EPILOGUE_RELU_BIAS;
+  first.epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
   rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p, first_out,
-                    t.size, [&](Product& p, int64_t bi) {
-                      if (!relu || !save) return;
-                      p.aux = at(s->aux->as<void>(), bi * g.h * g.w * ld_mask / 8, 1);
-                      p.aux_ld = ld_mask, p.aux_stride = g.w * ld_mask;
-                    });
+                    t.size);
   if (!relu) {
     const int64_t n = rows * g.hidden;
     if (t.bf16) {
@@ -326,7 +300,7 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   second.bias = g.b2;
   second.bias_stride = g.b2_per_head ? g.out : 0;
   rows_times_weight(g, second, g.hidden, g.out, !g.shared_weights, s->hidden->as<void>(), t.size,
-                    s->w2.p, y, sizeof(float), no_per_batch);
+                    s->w2.p, y, sizeof(float));
   if (!save) return nullptr;
   return s;
 }
@@ -394,31 +368,29 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   if (out.w2) weight_grad(s.hidden->as<void>(), g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
   if (!out.x && !out.w1 && !out.b1) return;
 
-  // The gradient at the first product's output, gy W2^T times act'(.), in the operand type:
-  // ReLU's mask applied in the product's epilogue, GELU's derivative in a pass after it.
-  const int64_t ld_mask = mask_ld(g.hidden);
-  Scratch dpre(static_cast<size_t>(rows * g.hidden) * t.size);
+  // The gradient at the first product's output, gy W2^T times act'(.), in the operand type.
+  const int64_t n_hidden = rows * g.hidden;
+  Scratch dpre(static_cast<size_t>(n_hidden) * t.size);
   Product back;
   back.ab = back.c = t.data;
   back.compute = t.compute;
-  if (relu) back.epilogue = CUBLASLT_EPILOGUE_DRELU;
   rows_times_weight(g, back, g.out, g.hidden, g.shared_weights, gy_op.p, t.size, s.w2.p,
-                    dpre.as<void>(), t.size, [&](Product& p, int64_t bi) {
-                      if (!relu) return;
-                      p.aux = at(s.aux->as<void>(), bi * g.h * g.w * ld_mask / 8, 1);
-                      p.aux_ld = ld_mask, p.aux_stride = g.w * ld_mask;
-                    });
-  if (!relu) {
-    const int64_t n = rows * g.hidden;
-    if (t.bf16) {
-      gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream()>>>(s.aux->as<__nv_bfloat16>(),
-                                                                   dpre.as<__nv_bfloat16>(), n);
-    } else {
-      gelu_backward_kernel<<<grid_for(n), kThreads, 0, stream()>>>(s.aux->as<float>(),
-                                                                   dpre.as<float>(), n);
-    }
-    KVC_CUDA_CHECK(cudaGetLastError());
+                    dpre.as<void>(), t.size);
+  const int blocks = grid_for(n_hidden);
+  if (t.bf16 && relu) {
+    relu_backward_kernel<<<blocks, kThreads, 0, stream()>>>(s.hidden->as<__nv_bfloat16>(),
+                                                            dpre.as<__nv_bfloat16>(), n_hidden);
+  } else if (relu) {
+    relu_backward_kernel<<<blocks, kThreads, 0, stream()>>>(s.hidden->as<float>(), dpre.as<float>(),
+                                                            n_hidden);
+  } else if (t.bf16) {
+    gelu_backward_kernel<<<blocks, kThreads, 0, stream()>>>(s.aux->as<__nv_bfloat16>(),
+                                                            dpre.as<__nv_bfloat16>(), n_hidden);
+  } else {
+    gelu_backward_kernel<<<blocks, kThreads, 0, stream()>>>(s.aux->as<float>(), dpre.as<float>(),
+                                                            n_hidden);
   }
+  KVC_CUDA_CHECK(cudaGetLastError());
   if (out.b1) {
     sum_rows(dpre.as<void>(), t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1,
              out.acc_b1);
@@ -431,7 +403,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     p.compute = t.compute;
     p.beta = out.acc_x ? 1.0f : 0.0f;
     rows_times_weight(g, p, g.hidden, g.in, g.shared_weights, dpre.as<void>(), t.size, w1.p, out.x,
-                      sizeof(float), no_per_batch);
+                      sizeof(float));
   }
 }
 
