@@ -112,7 +112,11 @@ MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
 // output in bfloat16), so the norm-wise errors are ~4e-4 and ~4e-3; the bounds leave ~8x. In tf32
 // and bf16 the error must also exceed `floor`, above float32 arithmetic's (~3e-7): the rounded
 // path really ran. fp32 must stay near float32's own rounding.
-void check_fused(kernels::MathPrecision precision, double tol, double floor) {
+// Below a ReLU the rounded pre-activations flip the sign of the few that lie within rounding of
+// 0 (a fraction f ~ 0.4 * relative rounding: ~1e-4 in tf32, ~1e-3 in bf16), and there the
+// gradient is all or nothing: the norm-wise error of x's, w1's and b1's gradients is ~sqrt(f),
+// ~1.4e-2 and ~3.5e-2 (as in PyTorch's autocast). `kink_tol` bounds those; fp32's flips none.
+void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, double floor) {
   const std::vector<MlpCase> cases = {
       {1, 8, 64, 512, 512, 64, false, true, Activation::relu},  // the kinds' layout, b = 1
       {3, 2, 40, 256, 384, 32, false, true, Activation::relu},  // b > 1: one product per batch
@@ -133,12 +137,14 @@ void check_fused(kernels::MathPrecision precision, double tol, double floor) {
       // cuBLASLt take its tensor-core kernels (multiples of 8; others may run exact FP32 ones).
       // b2's gradient is a float32 sum of gy either way.
       const bool tensor_cores = c.in % 8 == 0 && c.hidden % 8 == 0 && c.out % 8 == 0;
-      const size_t w1_index = x_grad ? 2 : 1;
+      const size_t w1_index = x_grad ? 2 : 1, b1_index = w1_index + 1;
       std::string errors;
       for (size_t i = 0; i < got.values.size(); ++i) {
         const double e = test::rel_error(got.values[i], want.values[i]);
         errors += str(" ", e);
-        CHECK(e < tol);
+        // Below ReLU (x, w1, b1), see kink_tol.
+        const bool below_relu = c.act == Activation::relu && i >= 1 && i <= b1_index;
+        CHECK(e < (below_relu ? kink_tol : tol));
         if (tensor_cores && (i == 0 || i == w1_index)) CHECK(e > floor);
       }
       MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ", x_grad,
@@ -151,9 +157,9 @@ void check_fused(kernels::MathPrecision precision, double tol, double floor) {
 TEST_CASE("cuda: two_layer_mlp on cuBLASLt (fp32, tf32, bf16) matches the CPU, every gradient") {
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
-  check_fused(kernels::MathPrecision::fp32, 1e-5, 0.0);
-  check_fused(kernels::MathPrecision::tf32, 4e-3, 2e-5);
-  check_fused(kernels::MathPrecision::bf16, 3e-2, 2e-4);
+  check_fused(kernels::MathPrecision::fp32, 1e-5, 1e-5, 0.0);
+  check_fused(kernels::MathPrecision::tf32, 4e-3, 3e-2, 2e-5);
+  check_fused(kernels::MathPrecision::bf16, 3e-2, 8e-2, 2e-4);
 #endif
 }
 
