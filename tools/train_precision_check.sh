@@ -3,6 +3,7 @@
 # prints both eval losses side by side with their relative difference: the check that bf16 mixed
 # precision trains to the same place. On a GPU machine, from the repository root:
 #   tools/train_precision_check.sh [build/kvcompress] [steps]
+# KINDS="grouped_mlp mlp" limits it to those kinds.
 set -euo pipefail
 KVC=${1:-build/kvcompress}
 STEPS=${2:-300}
@@ -10,7 +11,7 @@ OUT_DIR=${OUT_DIR:-$(mktemp -d)}
 mkdir -p "$OUT_DIR"
 shape=(--batch 4 --heads 8 --seq 8192 --block 16 --dim-head 64 --queries 512)
 printf '%-22s %12s %12s %9s\n' kind "fp32 eval" "bf16 eval" "rel diff"
-for kind in conv efficient_conv attention_pool scaled_attention_pool grouped_mlp enhanced_mlp mlp; do
+for kind in ${KINDS:-conv efficient_conv attention_pool scaled_attention_pool grouped_mlp enhanced_mlp mlp}; do
   declare -A eval_loss=()
   for p in fp32 bf16; do
     "$KVC" train --compressor "$kind" "${shape[@]}" --steps "$STEPS" --eval-every "$STEPS" \
