@@ -128,7 +128,7 @@ Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& 
 // pair for every head as F.linear keeps it, w1 (hidden, in) and w2 (out, hidden); b1 (h, hidden)
 // or (hidden), b2 (h, out) or (out). = mix or linear, relu or gelu, mix or linear, each bias
 // added. On CUDA in float32 one cuBLASLt pass each way (kernels/mlp.h: the bias and ReLU in the
-// products' epilogues, the hidden activations kept in the products' operand type); the
+// first product's epilogue, the hidden activations kept in the products' operand type); the
 // composition on the CPU and in float64.
 enum class Activation { relu, gelu };
 Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
