@@ -66,22 +66,27 @@ Tensor EfficientConvCompressor::compress_sequence(const Tensor& seq, const Tenso
   return channel_expansion_->forward_windows(y);
 }
 
+// The 1x1 reduction (d -> d/r per token): the first layer, affine in the blocks.
+double reduction_flops(const CompressorOptions& o, double blocks) {
+  const double n = o.block, d = o.dim_head, dr = d / o.reduction;
+  return 2 * blocks * n * d * dr;
+}
+
+// The reduction, the block conv (n*d/r -> d/r) and the 1x1 expansion (d/r -> d).
+double efficient_conv_flops(const CompressorOptions& o, double blocks) {
+  const double n = o.block, d = o.dim_head, dr = d / o.reduction;
+  return reduction_flops(o, blocks) + 2 * blocks * n * dr * dr + 2 * blocks * dr * d;
+}
+
 }  // namespace
 
 CompressorKind efficient_conv() {
   return {"efficient_conv",
           [](const CompressorOptions& o) { return std::make_shared<EfficientConvCompressor>(o); },
           KindOptionsUsed{/*expand=*/false, /*dropout=*/false, /*reduction=*/true},
-          [](const CompressorOptions& o, double blocks) {
-            const double n = o.block, d = o.dim_head, dr = d / o.reduction;
-            return 2 * blocks * n * d * dr + 2 * blocks * n * dr * dr + 2 * blocks * dr * d;
-          },
+          efficient_conv_flops,
           /*needs_block=*/true,
-          // The 1x1 reduction, affine in the blocks (compress_sequence).
-          [](const CompressorOptions& o, double blocks) {
-            const double n = o.block, d = o.dim_head, dr = d / o.reduction;
-            return 2 * blocks * n * d * dr;
-          }};
+          reduction_flops};
 }
 
 }  // namespace kvc::kinds
