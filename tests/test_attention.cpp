@@ -12,6 +12,12 @@
 #include "kernels/precision.h"
 #include "tests/test_util.h"
 
+#ifdef KVC_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/attention_tc.cuh"
+#endif
+
 namespace kvc {
 namespace {
 
@@ -213,6 +219,18 @@ void check_tensor_core_cases(kernels::MathPrecision precision, double tol,
             ", nq ", c.nq, ", seq ", c.seq, ", d ", c.d, ")");
     CHECK(err > 1e-6);
     check_close(attention_target(q, k, v, alpha).to_vector(), want, tol);  // the op, same path
+    if (precision == kernels::MathPrecision::bf16) {
+      // The mma.sync kernel, which GPUs other than Hopper run (the call above may have taken the
+      // warpgroup-MMA one).
+      out.fill_(std::numeric_limits<double>::quiet_NaN());
+      kernels::cuda::attention_forward_tc(q.data<float>(), k.data<float>(), v.data<float>(),
+                                          out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha,
+                                          precision, nullptr, kernels::cuda::TcKernel::mma_sync);
+      const std::vector<double> sync = out.to_vector();
+      check_close(sync, want, tol);
+      MESSAGE("bf16 mma.sync rel error ", test::rel_error(sync, want));
+      CHECK(test::rel_error(sync, want) > 1e-6);
+    }
   }
 }
 
@@ -231,6 +249,23 @@ TEST_CASE("cuda: tensor-core attention_forward (tf32, bf16) matches the CPU path
 #ifdef KVC_WITH_CUDA
   check_tensor_core_cases(kernels::MathPrecision::tf32, 2e-3, kTensorCoreSmall, 2100);
   check_tensor_core_cases(kernels::MathPrecision::bf16, 1.5e-2, kTensorCoreSmall, 2200);
+#endif
+}
+
+TEST_CASE("cuda: the warpgroup-MMA attention kernel runs where the GPU and the build allow it") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  int device = 0, major = 0, minor = 0;
+  REQUIRE(cudaGetDevice(&device) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess);
+  REQUIRE(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess);
+#ifdef KVC_HAVE_SM90A
+  CHECK(kernels::cuda::attention_wgmma_available() == (major == 9 && minor == 0));
+#else
+  CHECK_FALSE(kernels::cuda::attention_wgmma_available());
+#endif
+  MESSAGE("compute capability ", major, ".", minor, ", warpgroup MMA ",
+          std::string(kernels::cuda::attention_wgmma_available() ? "on" : "off"));
 #endif
 }
 

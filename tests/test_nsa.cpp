@@ -14,6 +14,12 @@
 #include "test_nn_util.h"
 #include "test_util.h"
 
+#ifdef KVC_WITH_CUDA
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/attention_tc.cuh"
+#endif
+
 namespace kvc {
 namespace {
 
@@ -266,6 +272,20 @@ TEST_CASE("nsa cuda: the tensor-core causal target (tf32, bf16) matches the CPU,
               c.seq, ", d ", c.d, ")");
       CHECK(err < tol);
       CHECK(err > 1e-6);
+      if (precision == kernels::MathPrecision::bf16) {
+        // The mma.sync kernel too (on Hopper the op above runs the warpgroup-MMA one).
+        const Tensor qc = q.to(Device::cuda()), kc = k.to(Device::cuda()),
+                     vc = v.to(Device::cuda());
+        const VisibleCounts vis = visible_counts(positions.to(Device::cuda()), 2, 0, 1, c.seq);
+        Tensor out = Tensor::zeros(qc.shape(), qc.options());
+        kernels::cuda::attention_forward_tc(qc.data<float>(), kc.data<float>(), vc.data<float>(),
+                                            out.data<float>(), 2, nq, c.seq, c.d, alpha, precision,
+                                            vis.data(), kernels::cuda::TcKernel::mma_sync);
+        const double sync_err = rel_error(out.to(Device::cpu()), want);
+        MESSAGE("bf16 mma.sync causal rel error ", sync_err);
+        CHECK(sync_err < tol);
+        CHECK(sync_err > 1e-6);
+      }
     }
   }
 #endif

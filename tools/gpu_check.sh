@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check: build with CUDA (Release, sm_90), run the CUDA tests, the whole suite through
+# GPU check: build with CUDA (Release, sm_90a), run the CUDA tests, the whole suite through
 # ctest, then kvc_tests under compute-sanitizer (memcheck on everything, racecheck on the tests
 # that run the shared-memory kernels). Exits non-zero on any failure; logs go to $OUT if set.
 #
@@ -10,7 +10,7 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 JOBS=${JOBS:-$(nproc)}
-ARCH=${CUDA_ARCH:-90}
+ARCH=${CUDA_ARCH:-90a}
 LOG_DIR=${OUT:-$BUILD_DIR/gpu_check_logs}
 mkdir -p "$LOG_DIR"
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)}

@@ -5,7 +5,8 @@
 // touches shared or global memory. bf16: K and V are rounded to bf16 once, in one pass before the
 // kernel (every query tile reads them, so rounding per tile would repeat the work and move twice
 // the bytes), and arrive by cp.async straight into bf16 tiles read with ldmatrix, three stages
-// deep. tf32: float32 tiles, rounded as their fragments are loaded.
+// deep. tf32: float32 tiles, rounded as their fragments are loaded. On Hopper, bf16 with d 64 or
+// 128 runs the warpgroup-MMA kernel of attention_wgmma.cu on the same rounded K and V instead.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "kernels/cuda/attention_fragments.cuh"
 #include "kernels/cuda/attention_split.cuh"
 #include "kernels/cuda/attention_tc.cuh"
 #include "kernels/cuda/common.cuh"
@@ -56,11 +58,6 @@ struct TcLayout {
   static constexpr size_t kBytes = (kBf16 ? sizeof(uint16_t) : sizeof(float)) * kStages * kStage;
   static constexpr int kBQ = kWarps * 16 * m_tiles<D>();  // queries per CTA
 };
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low 16 bits
-  return *reinterpret_cast<const uint32_t*>(&x);
-}
 
 __device__ __forceinline__ uint32_t to_tf32(float x) {
   uint32_t r;
@@ -176,13 +173,8 @@ __global__ void __launch_bounds__(kThreadsTc)
   const int kbeg = blockIdx.y * split_len;
   int kend = min(seq, kbeg + split_len);
   if constexpr (kMasked) {
-    __shared__ int cta_limit;
-    if (tid == 0) cta_limit = 0;
-    __syncthreads();
-    const int r = (blockIdx.x % q_tiles) * L::kBQ + tid;
-    if (tid < L::kBQ && r < nq) atomicMax(&cta_limit, visible[static_cast<int64_t>(bh) * nq + r]);
-    __syncthreads();
-    kend = max(kbeg, min(kend, cta_limit));
+    kend = max(kbeg,
+               min(kend, cta_key_limit(visible, bh, (blockIdx.x % q_tiles) * L::kBQ, L::kBQ, nq)));
   }
   const TcKV<M>* kb = k + static_cast<int64_t>(bh) * seq * D;
   const TcKV<M>* vb = v + static_cast<int64_t>(bh) * seq * D;
@@ -209,24 +201,15 @@ __global__ void __launch_bounds__(kThreadsTc)
   uint32_t qa[kM][kKSteps][4];
 #pragma unroll
   for (int mi = 0; mi < kM; ++mi) {
-    const int r0 = q0 + mi * 16 + g, r1 = r0 + 8;
-    const float* qr0 = q + (static_cast<int64_t>(bh) * nq + r0) * D;
-    const float* qr1 = q + (static_cast<int64_t>(bh) * nq + r1) * D;
-    const bool ok0 = r0 < nq, ok1 = r1 < nq;
+    if constexpr (kBf16) {
+      q_fragments<D>(qa[mi], q, bh, q0 + mi * 16, nq, scale_log2);
+    } else {
+      const int r0 = q0 + mi * 16 + g, r1 = r0 + 8;
+      const float* qr0 = q + (static_cast<int64_t>(bh) * nq + r0) * D;
+      const float* qr1 = q + (static_cast<int64_t>(bh) * nq + r1) * D;
+      const bool ok0 = r0 < nq, ok1 = r1 < nq;
 #pragma unroll
-    for (int s = 0; s < kKSteps; ++s) {
-      if constexpr (kBf16) {
-        const int c = s * 16 + 2 * t;
-        const float2 zero = make_float2(0.f, 0.f);
-        const float2 x0 = ok0 ? *reinterpret_cast<const float2*>(qr0 + c) : zero;
-        const float2 x1 = ok1 ? *reinterpret_cast<const float2*>(qr1 + c) : zero;
-        const float2 x2 = ok0 ? *reinterpret_cast<const float2*>(qr0 + c + 8) : zero;
-        const float2 x3 = ok1 ? *reinterpret_cast<const float2*>(qr1 + c + 8) : zero;
-        qa[mi][s][0] = pack_bf16(x0.x * scale_log2, x0.y * scale_log2);
-        qa[mi][s][1] = pack_bf16(x1.x * scale_log2, x1.y * scale_log2);
-        qa[mi][s][2] = pack_bf16(x2.x * scale_log2, x2.y * scale_log2);
-        qa[mi][s][3] = pack_bf16(x3.x * scale_log2, x3.y * scale_log2);
-      } else {
+      for (int s = 0; s < kKSteps; ++s) {
         const int c = s * 8 + t;
         qa[mi][s][0] = to_tf32(ok0 ? qr0[c] * scale_log2 : 0.f);
         qa[mi][s][1] = to_tf32(ok1 ? qr1[c] * scale_log2 : 0.f);
@@ -245,16 +228,10 @@ __global__ void __launch_bounds__(kThreadsTc)
     m_run[mi][0] = m_run[mi][1] = -INFINITY;
     l_run[mi][0] = l_run[mi][1] = 0.f;
   }
-  // Keys each of this lane's rows may see (rows past nq: all, their output is dropped).
-  int limit[kM][2];
+  int limit[kM][2];  // keys each of this lane's rows may see
 #pragma unroll
-  for (int mi = 0; mi < kM; ++mi) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = q0 + mi * 16 + g + 8 * h;
-      limit[mi][h] = kMasked && row < nq ? visible[static_cast<int64_t>(bh) * nq + row] : seq;
-    }
-  }
+  for (int mi = 0; mi < kM; ++mi)
+    row_limits<kMasked>(limit[mi], visible, bh, q0 + mi * 16, nq, seq);
 
   int stage = 0;  // the stage holding the tile at k0
   for (int k0 = kbeg; k0 < kend; k0 += kBK) {
@@ -300,58 +277,10 @@ __global__ void __launch_bounds__(kThreadsTc)
       }
     }
 
-    const int valid = kend - k0;  // keys of this tile inside the split
 #pragma unroll
     for (int mi = 0; mi < kM; ++mi) {
-      if (valid < kBK) {
-#pragma unroll
-        for (int j = 0; j < kSTiles; ++j) {
-          const int col = j * 8 + 2 * t;
-          if (col >= valid) s[mi][j][0] = s[mi][j][2] = -INFINITY;
-          if (col + 1 >= valid) s[mi][j][1] = s[mi][j][3] = -INFINITY;
-        }
-      }
-      if constexpr (kMasked) {
-#pragma unroll
-        for (int j = 0; j < kSTiles; ++j) {
-          const int key = k0 + j * 8 + 2 * t;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            if (key >= limit[mi][h]) s[mi][j][2 * h] = -INFINITY;
-            if (key + 1 >= limit[mi][h]) s[mi][j][2 * h + 1] = -INFINITY;
-          }
-        }
-      }
-      // Online softmax of rows g (h = 0: c0, c1) and g + 8 (h = 1: c2, c3); the 4 lanes of a
-      // quad hold one row's columns.
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < kSTiles; ++j) {
-          mx = fmaxf(mx, fmaxf(s[mi][j][2 * h], s[mi][j][2 * h + 1]));
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // Finite unless masked: every tile has a valid key.
-        const float m_seen = fmaxf(m_run[mi][h], mx);
-        const float m_new = kMasked && m_seen == -INFINITY ? 0.f : m_seen;
-        const float corr = exp2f(m_run[mi][h] - m_new);
-        m_run[mi][h] = m_seen;
-        float sum = 0.f;
-#pragma unroll
-        for (int j = 0; j < kSTiles; ++j) {
-          s[mi][j][2 * h] = exp2f(s[mi][j][2 * h] - m_new);
-          s[mi][j][2 * h + 1] = exp2f(s[mi][j][2 * h + 1] - m_new);
-          sum += s[mi][j][2 * h] + s[mi][j][2 * h + 1];
-        }
-        l_run[mi][h] = l_run[mi][h] * corr + sum;
-#pragma unroll
-        for (int j = 0; j < kOTiles; ++j) {
-          o[mi][j][2 * h] *= corr;
-          o[mi][j][2 * h + 1] *= corr;
-        }
-      }
+      mask_scores<kSTiles, kMasked>(s[mi], kend - k0, k0, limit[mi]);
+      softmax_tile<kSTiles, kOTiles, kMasked>(s[mi], o[mi], m_run[mi], l_run[mi]);
     }
 
     // O += P V: each V fragment is loaded once for all m-tiles.
@@ -360,12 +289,7 @@ __global__ void __launch_bounds__(kThreadsTc)
       for (int kk = 0; kk < kBK / 16; ++kk) {
         uint32_t pa[kM][4];
 #pragma unroll
-        for (int mi = 0; mi < kM; ++mi) {
-          pa[mi][0] = pack_bf16(s[mi][2 * kk][0], s[mi][2 * kk][1]);
-          pa[mi][1] = pack_bf16(s[mi][2 * kk][2], s[mi][2 * kk][3]);
-          pa[mi][2] = pack_bf16(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
-          pa[mi][3] = pack_bf16(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
-        }
+        for (int mi = 0; mi < kM; ++mi) p_fragment<kSTiles>(pa[mi], s[mi], kk);
 #pragma unroll
         for (int jp = 0; jp < kOTiles / 2; ++jp) {
           uint32_t b[4];  // b0, b1 of column tile 2 jp, then of 2 jp + 1
@@ -404,22 +328,8 @@ __global__ void __launch_bounds__(kThreadsTc)
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
 #pragma unroll
   for (int mi = 0; mi < kM; ++mi) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      float l = l_run[mi][h];
-      l += __shfl_xor_sync(0xffffffffu, l, 1);
-      l += __shfl_xor_sync(0xffffffffu, l, 2);
-      const int row = q0 + mi * 16 + g + 8 * h;
-      if (row >= nq) continue;
-      const int64_t grow = static_cast<int64_t>(bh) * nq + row;
-      const OutputRow dst =
-          output_row(out, part_o, part_ml, grow, rows, D, m_run[mi][h], l, t == 0);
-#pragma unroll
-      for (int j = 0; j < kOTiles; ++j) {
-        *reinterpret_cast<float2*>(dst.ptr + j * 8 + 2 * t) =
-            make_float2(o[mi][j][2 * h] * dst.scale, o[mi][j][2 * h + 1] * dst.scale);
-      }
-    }
+    write_rows<kOTiles>(o[mi], m_run[mi], l_run[mi], out, part_o, part_ml, bh, q0 + mi * 16, nq,
+                        rows);
   }
 }
 
@@ -460,10 +370,12 @@ void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, i
   split.combine<D>(out, rows);
 }
 
-// bf16: K and V rounded once into scratch, then the kernel on the rounded copies.
+// bf16: K and V rounded once into scratch, then the kernel on the rounded copies: warpgroup MMA
+// where it can run (Hopper, d 64 or 128), else mma.sync.
 template <int D>
 void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, int64_t bh,
-                    int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
+                    int64_t nq, int64_t seq, double alpha, const int32_t* visible,
+                    TcKernel kernel) {
   const int64_t n = bh * seq * D;
   const Scratch kv16(2 * static_cast<size_t>(n) * sizeof(uint16_t));
   uint16_t* k16 = kv16.as<uint16_t>();
@@ -473,14 +385,19 @@ void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, 
         src, reinterpret_cast<uint2*>(dst), n / 4);
     KVC_CUDA_CHECK(cudaGetLastError());
   }
-  launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha, visible);
+  if (kernel == TcKernel::fastest && D != 32 && attention_wgmma_available()) {
+    attention_forward_wgmma(q, k16, v16, out, bh, nq, seq, D, alpha, visible);
+  } else {
+    launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha, visible);
+  }
 }
 
 template <int D>
 void launch_d(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t nq,
-              int64_t seq, double alpha, MathPrecision precision, const int32_t* visible) {
+              int64_t seq, double alpha, MathPrecision precision, const int32_t* visible,
+              TcKernel kernel) {
   if (precision == MathPrecision::bf16) {
-    launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha, visible);
+    launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha, visible, kernel);
   } else {
     launch_tc<D, TcMode::kTf32>(q, k, v, out, bh, nq, seq, alpha, visible);
   }
@@ -490,16 +407,16 @@ void launch_d(const float* q, const float* k, const float* v, float* out, int64_
 
 void attention_forward_tc(const float* q, const float* k, const float* v, float* out,
                           int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
-                          MathPrecision precision, const int32_t* visible) {
+                          MathPrecision precision, const int32_t* visible, TcKernel kernel) {
   KVC_CHECK(precision != MathPrecision::fp32,
             "attention_forward_tc: fp32 math runs on the FP32 kernel, not on tensor cores");
   switch (d) {
     case 32:
-      return launch_d<32>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible);
+      return launch_d<32>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel);
     case 64:
-      return launch_d<64>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible);
+      return launch_d<64>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel);
     case 128:
-      return launch_d<128>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible);
+      return launch_d<128>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel);
     default:
       KVC_FAIL("attention_forward_tc: head size ", d, " has no tensor-core kernel");
   }

@@ -1,5 +1,6 @@
-// The tensor-core path of the attention forward (kernels/cuda/attention_tc.cu), called by
-// attention_forward<float> when the math precision is tf32 or bf16.
+// The tensor-core paths of the attention forward, called by attention_forward<float> when the
+// math precision is tf32 or bf16: mma.sync (kernels/cuda/attention_tc.cu, any GPU from sm_80) and,
+// for bf16 on Hopper, warpgroup MMA (kernels/cuda/attention_wgmma.cu).
 #pragma once
 
 #include <cstdint>
@@ -11,12 +12,28 @@ namespace kvc::kernels::cuda {
 // Head sizes the tensor-core kernel is built for.
 inline bool attention_tc_supports(int64_t d) { return d == 32 || d == 64 || d == 128; }
 
+// Which tensor-core kernel runs bf16: the fastest the GPU and the build have, or mma.sync
+// everywhere (the tests run both).
+enum class TcKernel { fastest, mma_sync };
+
 // out = softmax(alpha q k^T) v as attention_forward says, with q, k and v rounded to `precision`
 // (tf32 or bf16) for the two matrix products and P rounded likewise before P V; accumulation,
 // the running max and the row sums stay FP32. Pointers 16-byte aligned, d supported. visible:
 // null, or per query row the number of keys it sees (causal), each in [1, seq].
 void attention_forward_tc(const float* q, const float* k, const float* v, float* out,
                           int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
-                          MathPrecision precision, const int32_t* visible = nullptr);
+                          MathPrecision precision, const int32_t* visible = nullptr,
+                          TcKernel kernel = TcKernel::fastest);
+
+// True where the warpgroup-MMA kernel can run: an sm_90 GPU, and a build whose CUDA targets
+// include sm_90a (CMAKE_CUDA_ARCHITECTURES 90a, the default).
+bool attention_wgmma_available();
+
+// The bf16 forward on warpgroup MMA, for d 64 and 128, from K and V already rounded to bf16 (bits
+// of (batch_heads, seq, d) row-major); otherwise as attention_forward_tc. Throws where
+// attention_wgmma_available() is false.
+void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out,
+                             int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
+                             const int32_t* visible);
 
 }  // namespace kvc::kernels::cuda

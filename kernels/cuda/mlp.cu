@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/fill.h"
 #include "kernels/math/elementwise.h"
 #include "kernels/mlp.h"
 #include "kernels/precision.h"
@@ -155,11 +156,6 @@ void run(const Product& p, const void* a, const void* b, void* c) {
                                   kWorkspace, stream()));
 }
 
-template <typename T>
-__global__ void fill_kernel(T* dst, int64_t n, float value) {
-  KVC_GRID_LOOP(i, n) dst[i] = static_cast<T>(value);
-}
-
 // a = gelu(p) (exact, float32 math) over n elements.
 template <typename T>
 __global__ void gelu_kernel(const T* p, T* a, int64_t n) {  // p == a: in place
@@ -180,12 +176,6 @@ __global__ void relu_backward_kernel(const T* __restrict__ a, T* __restrict__ g,
   KVC_GRID_LOOP(i, n) {
     if (!(static_cast<float>(a[i]) > 0.0f)) g[i] = static_cast<T>(0.0f);
   }
-}
-
-template <typename T>
-void launch_fill(T* dst, int64_t n, float value) {
-  fill_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(dst, n, value);
-  KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 // The element type of the products' operands and of the hidden activations.
@@ -313,14 +303,8 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   const Operand gy_op(gy, rows * g.out, t.bf16);
   // Ones for the bias gradients (sums over rows as 1 x rows products), float32 and operand type.
   Scratch ones32(static_cast<size_t>(rows) * sizeof(float));
-  launch_fill(ones32.as<float>(), rows, 1.0f);
-  Operand ones_op;
-  ones_op.p = ones32.as<void>();
-  if (t.bf16) {
-    ones_op.copy = std::make_unique<Scratch>(static_cast<size_t>(rows) * sizeof(__nv_bfloat16));
-    launch_fill(ones_op.copy->as<__nv_bfloat16>(), rows, 1.0f);
-    ones_op.p = ones_op.copy->as<void>();
-  }
+  fill<float>(ones32.as<float>(), rows, 1.0f);
+  const Operand ones_op(ones32.as<float>(), rows, t.bf16);
 
   // Sum over the rows of m (b, h, w, cols) into dst: per head (h, cols) or over all (cols).
   const auto sum_rows = [&](const void* m, cudaDataType_t type, size_t size, const void* ones,

@@ -1,0 +1,171 @@
+// The online softmax of the tensor-core attention kernels (kernels/cuda/attention_tc.cu on
+// mma.sync, kernels/cuda/attention_wgmma.cu on Hopper's warpgroup MMA), on accumulator fragments
+// in registers. Both instructions give a warp's 16 rows of S and O in the same layout: per 8-column
+// tile j, lane 4 g + t holds c0, c1 at row g, columns 8 j + 2t, 8 j + 2t + 1, and c2, c3 at row
+// g + 8, same columns. The 4 lanes of a quad hold one row between them.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/attention_split.cuh"
+
+namespace kvc::kernels::cuda::attention_detail {
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low 16 bits
+  return *reinterpret_cast<const uint32_t*>(&x);
+}
+
+// Scores of keys this lane's rows may not see become -inf: columns at or past `valid` (past the
+// split's end) and, with kMasked, keys at or past limit[h] of row g + 8 h (causal targets).
+template <int kSTiles, bool kMasked>
+__device__ __forceinline__ void mask_scores(float (&s)[kSTiles][4], int valid, int k0,
+                                            const int (&limit)[2]) {
+  const int t = threadIdx.x & 3;
+  if (valid < kSTiles * 8) {
+#pragma unroll
+    for (int j = 0; j < kSTiles; ++j) {
+      const int col = j * 8 + 2 * t;
+      if (col >= valid) s[j][0] = s[j][2] = -INFINITY;
+      if (col + 1 >= valid) s[j][1] = s[j][3] = -INFINITY;
+    }
+  }
+  if constexpr (kMasked) {
+#pragma unroll
+    for (int j = 0; j < kSTiles; ++j) {
+      const int key = k0 + j * 8 + 2 * t;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (key >= limit[h]) s[j][2 * h] = -INFINITY;
+        if (key + 1 >= limit[h]) s[j][2 * h + 1] = -INFINITY;
+      }
+    }
+  }
+}
+
+// One tile of the online softmax for rows g (h = 0) and g + 8 (h = 1): scores (log2 units) become
+// exp2(s - running max), the running max and this lane's share of the row sum move on, and O is
+// rescaled to the new max. A row that has seen no key yet (masked) keeps its max at -inf and takes
+// 0 as the exponent base, so its weights and sums stay zero.
+template <int kSTiles, int kOTiles, bool kMasked>
+__device__ __forceinline__ void softmax_tile(float (&s)[kSTiles][4], float (&o)[kOTiles][4],
+                                             float (&m_run)[2], float (&l_run)[2]) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kSTiles; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    // Finite unless masked: every tile has a valid key.
+    const float m_seen = fmaxf(m_run[h], mx);
+    const float m_new = kMasked && m_seen == -INFINITY ? 0.f : m_seen;
+    const float corr = exp2f(m_run[h] - m_new);
+    m_run[h] = m_seen;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kSTiles; ++j) {
+      s[j][2 * h] = exp2f(s[j][2 * h] - m_new);
+      s[j][2 * h + 1] = exp2f(s[j][2 * h + 1] - m_new);
+      sum += s[j][2 * h] + s[j][2 * h + 1];
+    }
+    l_run[h] = l_run[h] * corr + sum;
+#pragma unroll
+    for (int j = 0; j < kOTiles; ++j) {
+      o[j][2 * h] *= corr;
+      o[j][2 * h + 1] *= corr;
+    }
+  }
+}
+
+// P of 16 keys (S tiles 2 kk and 2 kk + 1) as the bf16 A fragment of P V: the C fragments of two
+// adjacent 8-key tiles are exactly the A fragment of a k16 product.
+template <int kSTiles>
+__device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&s)[kSTiles][4], int kk) {
+  a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+  a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+  a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// Q rows r0 = row0 + g and r0 + 8 (zero past nq), scaled to log2 units, as the bf16 A fragments of
+// S = Q K^T, one per k16 step of the head size.
+template <int D>
+__device__ __forceinline__ void q_fragments(uint32_t (&qa)[D / 16][4], const float* q, int64_t bh,
+                                            int row0, int nq, float scale_log2) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const int r0 = row0 + g, r1 = r0 + 8;
+  const float* qr0 = q + (bh * nq + r0) * D;
+  const float* qr1 = q + (bh * nq + r1) * D;
+  const bool ok0 = r0 < nq, ok1 = r1 < nq;
+  const float2 zero = make_float2(0.f, 0.f);
+#pragma unroll
+  for (int s = 0; s < D / 16; ++s) {
+    const int c = s * 16 + 2 * t;
+    const float2 x0 = ok0 ? *reinterpret_cast<const float2*>(qr0 + c) : zero;
+    const float2 x1 = ok1 ? *reinterpret_cast<const float2*>(qr1 + c) : zero;
+    const float2 x2 = ok0 ? *reinterpret_cast<const float2*>(qr0 + c + 8) : zero;
+    const float2 x3 = ok1 ? *reinterpret_cast<const float2*>(qr1 + c + 8) : zero;
+    qa[s][0] = pack_bf16(x0.x * scale_log2, x0.y * scale_log2);
+    qa[s][1] = pack_bf16(x1.x * scale_log2, x1.y * scale_log2);
+    qa[s][2] = pack_bf16(x2.x * scale_log2, x2.y * scale_log2);
+    qa[s][3] = pack_bf16(x3.x * scale_log2, x3.y * scale_log2);
+  }
+}
+
+// Keys rows row0 + g + 8 h may see: visible[row] with kMasked, else all (rows past nq: all, their
+// output is dropped).
+template <bool kMasked>
+__device__ __forceinline__ void row_limits(int (&limit)[2], const int32_t* visible, int64_t bh,
+                                           int row0, int nq, int seq) {
+  const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = row0 + g + 8 * h;
+    limit[h] = kMasked && row < nq ? visible[bh * nq + row] : seq;
+  }
+}
+
+// The largest visible-key count of the CTA's rows [row0, row0 + rows) (causal targets: the CTA
+// stops there). Every thread of the CTA calls it.
+__device__ __forceinline__ int cta_key_limit(const int32_t* visible, int64_t bh, int row0,
+                                             int rows, int nq) {
+  __shared__ int cta_limit;
+  if (threadIdx.x == 0) cta_limit = 0;
+  __syncthreads();
+  const int r = row0 + static_cast<int>(threadIdx.x);
+  if (static_cast<int>(threadIdx.x) < rows && r < nq) atomicMax(&cta_limit, visible[bh * nq + r]);
+  __syncthreads();
+  return cta_limit;
+}
+
+// Writes this lane's columns of rows row0 + g + 8 h: the output divided by the row sum, or, with
+// keys split over CTAs, the split's partial row and (max, sum) (see output_row).
+template <int kOTiles>
+__device__ __forceinline__ void write_rows(const float (&o)[kOTiles][4], const float (&m_run)[2],
+                                           const float (&l_run)[2], float* out, float* part_o,
+                                           float2* part_ml, int64_t bh, int row0, int nq,
+                                           int64_t rows) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float l = l_run[h];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const int row = row0 + g + 8 * h;
+    if (row >= nq) continue;
+    const int64_t grow = bh * nq + row;
+    const OutputRow dst =
+        output_row(out, part_o, part_ml, grow, rows, kOTiles * 8, m_run[h], l, t == 0);
+#pragma unroll
+    for (int j = 0; j < kOTiles; ++j) {
+      *reinterpret_cast<float2*>(dst.ptr + j * 8 + 2 * t) =
+          make_float2(o[j][2 * h] * dst.scale, o[j][2 * h + 1] * dst.scale);
+    }
+  }
+}
+
+}  // namespace kvc::kernels::cuda::attention_detail

@@ -1,0 +1,389 @@
+// The bf16 attention target on Hopper's warpgroup MMA (sm_90a wgmma), for head sizes 64 and 128.
+// Same algorithm and numbers as the mma.sync kernel of kernels/cuda/attention_tc.cu (flash
+// attention, online softmax on the accumulators, keys split over CTAs where the query tiles alone
+// do not fill the GPU), but each warpgroup multiplies 64 query rows by a whole key tile per
+// instruction, with K and V read by the tensor cores straight from shared memory: no ldmatrix, no
+// per-warp fragment loads. The products are asynchronous, so the next tile's S = Q K^T runs on the
+// tensor cores while this tile's softmax runs on the other units, and this tile's P V runs on into
+// the next step. Two warpgroups share each K/V tile (128 query rows per CTA).
+//
+// Shared memory holds kStages (K tile, V tile) pairs of 64 keys, bf16, in the 128-byte swizzled
+// layout the tensor cores read: a tile is D / 64 column blocks of 64 elements (128 bytes) per key,
+// and in each block the 16-byte chunk c of key r sits at chunk c ^ (r % 8), so the 8 keys of one
+// 1024-byte atom spread every column over all banks. K is the B operand of S = Q K^T "K-major"
+// (the head dimension is the reduction, contiguous); V is the B operand of O += P V "MN-major"
+// (the keys are the reduction, the head dimension contiguous: the transposed read). Q and P are
+// A operands from registers, in the fragment layout of mma.sync (attention_fragments.cuh).
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+#include "kernels/cuda/attention_fragments.cuh"
+#include "kernels/cuda/attention_split.cuh"
+#include "kernels/cuda/attention_tc.cuh"
+#include "kernels/cuda/common.cuh"
+
+// The wgmma instructions exist in the arch-specific sm_90a target only; elsewhere the kernel is an
+// empty shell that is never launched (attention_wgmma_available() says false).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define KVC_WGMMA_DEVICE 1
+#endif
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+using namespace attention_detail;
+
+constexpr int kWarpgroups = 2;
+constexpr int kThreadsWg = 128 * kWarpgroups;
+constexpr int kBN = 64;           // keys per tile
+constexpr int kStages = 5;        // (K, V) tile pairs in shared memory (see the main loop)
+constexpr int kBQ = 64 * kWarpgroups;  // query rows per CTA
+
+template <int D>
+struct WgLayout {
+  static constexpr int kBlocks = D / 64;         // 128-byte column blocks per key
+  static constexpr int kBlockBytes = kBN * 128;  // one column block of a tile
+  static constexpr int kTileBytes = kBlocks * kBlockBytes;
+  static constexpr int kStageBytes = 2 * kTileBytes;
+  static constexpr size_t kBytes = kStages * kStageBytes + 1024;  // + slack to align to 1024
+};
+
+#ifdef KVC_WGMMA_DEVICE
+// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte
+// offsets (all in 16-byte units), layout type 1 in bits 62-63.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, uint32_t lead_bytes,
+                                               uint32_t stride_bytes) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) |
+         static_cast<uint64_t>(lead_bytes >> 4) << 16 |
+         static_cast<uint64_t>(stride_bytes >> 4) << 32 | uint64_t{1} << 62;
+}
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Marks registers an asynchronous wgmma reads or writes as used here, after its wgmma_wait. The
+// compiler sees no dependence of registers on the wait: without this it may move reads of the
+// accumulators above the wait, or hand an A fragment's registers to other values while the tensor
+// cores still read them.
+template <int kTiles>
+__device__ __forceinline__ void fence_registers(float (&d)[kTiles][4]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    asm volatile("" : "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])::"memory");
+  }
+}
+template <int kTiles>
+__device__ __forceinline__ void fence_registers(uint32_t (&a)[kTiles][4]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    asm volatile("" : "+r"(a[j][0]), "+r"(a[j][1]), "+r"(a[j][2]), "+r"(a[j][3])::"memory");
+  }
+}
+
+// Orders this thread's generic-proxy writes to shared memory (cp.async) before the tensor cores'
+// async-proxy reads of it.
+__device__ __forceinline__ void fence_proxy_async() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// d (+)= a b for the warpgroup's 64 x N tile: a from registers (per warp 16 rows, mma.sync's A
+// layout), b (16 x N) by descriptor, kTransB = 1 for an MN-major b. accumulate = 0 overwrites d.
+template <int kTransB>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const uint32_t (&a)[4],
+                                                uint64_t b_desc, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate), "n"(kTransB));
+}
+
+template <int kTransB>
+__device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32_t (&a)[4],
+                                                uint64_t b_desc, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
+        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
+        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
+        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
+        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
+        "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+        "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
+        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
+        "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
+        "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
+        "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
+        "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate), "n"(kTransB));
+}
+#endif
+
+// Rows [k0, k0 + kBN) of a (seq, D) bf16 matrix into a swizzled tile (layout above); rows at or
+// past `end` are zero (their P is zero, and 0 * garbage could be NaN).
+template <int D>
+__device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const uint16_t* src, int k0,
+                                                int end, int tid) {
+  constexpr int kChunks = D / 8;  // 16-byte chunks per key
+  static_assert(kBN * kChunks % kThreadsWg == 0, "whole chunks per thread");
+#pragma unroll
+  for (int n = 0; n < kBN * kChunks / kThreadsWg; ++n) {
+    const int i = tid + n * kThreadsWg;
+    const int r = i / kChunks, c = i % kChunks;
+    const bool valid = k0 + r < end;
+    const uint16_t* from = src + (valid ? static_cast<int64_t>(k0 + r) * D + c * 8 : 0);
+    unsigned char* to =
+        tile + (c / 8) * WgLayout<D>::kBlockBytes + r * 128 + (((c % 8) ^ (r & 7)) << 4);
+    cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from), valid);
+  }
+}
+
+// One CTA per (batch-head, kBQ queries, key split); warp w holds query rows 16 w.. of the CTA's
+// tile (warpgroup w / 4 the rows 64 (w / 4)..). Scores in log2 units, as in attention_tc.cu.
+template <int D, bool kMasked>
+__global__ void __launch_bounds__(kThreadsWg)
+    attention_wgmma_kernel(const float* __restrict__ q, const uint16_t* __restrict__ k,
+                           const uint16_t* __restrict__ v, float* __restrict__ out,
+                           float* __restrict__ part_o, float2* __restrict__ part_ml, int nq,
+                           int seq, int q_tiles, int split_len, float scale_log2,
+                           const int32_t* __restrict__ visible) {
+#ifdef KVC_WGMMA_DEVICE
+  using L = WgLayout<D>;
+  constexpr int kSTiles = kBN / 8;  // 8-key column tiles of S
+  constexpr int kOTiles = D / 8;    // 8-wide column tiles of O
+  extern __shared__ float4 smem4[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem4));
+  const uint32_t base = (raw + 1023) & ~1023u;  // the swizzle atoms need 1024-byte alignment
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem4) + (base - raw);
+
+  const int tid = threadIdx.x, warp = tid >> 5;
+  const int64_t bh = blockIdx.x / q_tiles;
+  const int tile_row0 = (blockIdx.x % q_tiles) * kBQ;
+  const int row0 = tile_row0 + warp * 16;
+  const int kbeg = blockIdx.y * split_len;
+  int kend = min(seq, kbeg + split_len);
+  if constexpr (kMasked) {
+    kend = max(kbeg, min(kend, cta_key_limit(visible, bh, tile_row0, kBQ, nq)));
+  }
+  const uint16_t* kb = k + bh * seq * D;
+  const uint16_t* vb = v + bh * seq * D;
+
+  // Fills a stage with the tile at k0 (an empty group past the split keeps the group count the
+  // waits rely on).
+  auto load_stage = [&](int stage, int k0) {
+    unsigned char* ks = smem + stage * L::kStageBytes;
+    if (k0 < kend) {
+      load_tile_sw128<D>(ks, kb, k0, kend, tid);
+      load_tile_sw128<D>(ks + L::kTileBytes, vb, k0, kend, tid);
+    }
+    cp_async_commit();
+  };
+#pragma unroll
+  for (int st = 0; st < kStages - 2; ++st) load_stage(st, kbeg + st * kBN);
+
+  uint32_t qa[D / 16][4];
+  q_fragments<D>(qa, q, bh, row0, nq, scale_log2);
+  int limit[2];
+  row_limits<kMasked>(limit, visible, bh, row0, nq, seq);
+
+  // Two S tiles: the scores being turned into P, and the next tile's, computed meanwhile.
+  float s0[kSTiles][4], s1[kSTiles][4], o[kOTiles][4];
+  uint32_t pa[kBN / 16][4] = {};  // P's A fragments: read by the running P V until it is waited for
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < kOTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+
+  // S = Q K^T of the tile in `stage` into sc, committed, not waited for: k-step kk reads 32 bytes
+  // at (kk % 4) * 32 of column block kk / 4 of every key.
+  auto issue_s = [&](float (&sc)[kSTiles][4], int stage) {
+    const uint32_t ks = base + stage * L::kStageBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const uint64_t desc = sw128_desc(ks + (kk / 4) * L::kBlockBytes + (kk % 4) * 32, 16, 1024);
+      wgmma_m64n64k16<0>(sc, qa[kk], desc, kk > 0);
+    }
+    wgmma_commit();
+  };
+  // O += P V of the tile in `stage`, committed: k-step kk reads keys 16 kk..16 kk + 15 (two
+  // 8-key atoms, 2048 bytes in), the column blocks L::kBlockBytes apart.
+  auto issue_pv = [&](int stage) {
+    const uint32_t vs = base + stage * L::kStageBytes + L::kTileBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) {
+      const uint64_t desc = sw128_desc(vs + kk * 2048, L::kBlockBytes, 1024);
+      if constexpr (D == 64) {
+        wgmma_m64n64k16<1>(o, pa[kk], desc, 1);
+      } else {
+        wgmma_m64n128k16<1>(o, pa[kk], desc, 1);
+      }
+    }
+    wgmma_commit();
+  };
+  // Tile j (at k0): its S in sc is complete, the P V of tile j - 1 may still run. The next tile's
+  // S goes to the tensor cores first, so that it runs while this tile's softmax does; then this
+  // tile's P V, left running into the next step.
+  // kMore: a tile follows this one in the split.
+  auto step = [&](auto more_tag, float (&sc)[kSTiles][4], float (&sn)[kSTiles][4], int j) {
+    constexpr bool more = decltype(more_tag)::value;
+    const int k0 = kbeg + j * kBN;
+    // Tile j + 1 has landed once at most kStages - 4 later groups are in flight. After the
+    // barrier every warpgroup has also waited for the P V of tile j - 2 (in step j - 1), so its
+    // stage is free and takes the tile kStages - 2 ahead.
+    cp_async_wait<kStages - 4>();
+    fence_proxy_async();
+    __syncthreads();
+    load_stage((j + kStages - 2) % kStages, k0 + (kStages - 2) * kBN);
+    if constexpr (more) {
+      issue_s(sn, (j + 1) % kStages);
+      wgmma_wait<1>();  // the P V of tile j - 1 (the S just issued may run on)
+    } else {
+      wgmma_wait<0>();
+    }
+    fence_registers(o);
+    fence_registers(pa);
+    mask_scores<kSTiles, kMasked>(sc, kend - k0, k0, limit);
+    softmax_tile<kSTiles, kOTiles, kMasked>(sc, o, m_run, l_run);
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) p_fragment<kSTiles>(pa[kk], sc, kk);
+    issue_pv(j % kStages);
+    if constexpr (more) {
+      wgmma_wait<1>();  // the next tile's S (this P V runs on)
+      fence_registers(sn);
+    }
+  };
+  const std::true_type next;
+  const std::false_type last;
+
+  const int tiles = (kend - kbeg + kBN - 1) / kBN;  // 0 for a causal CTA past its keys
+  if (tiles > 0) {
+    cp_async_wait<kStages - 3>();  // tile 0
+    fence_proxy_async();
+    __syncthreads();
+    issue_s(s0, 0);
+    wgmma_wait<0>();
+    fence_registers(s0);
+    // Two steps per pass, so that the two S tiles trade places without copies; the last step
+    // (no next S) apart.
+    int j = 0;
+    for (; j + 2 < tiles; j += 2) {
+      step(next, s0, s1, j);
+      step(next, s1, s0, j + 1);
+    }
+    if (j + 1 < tiles) {
+      step(next, s0, s1, j);
+      step(last, s1, s0, j + 1);
+    } else {
+      step(last, s0, s1, j);
+    }
+  }
+  wgmma_wait<0>();  // the last P V
+  fence_registers(o);
+  fence_registers(pa);
+  cp_async_wait<0>();  // no copy may outlive the CTA (the last refills are empty groups)
+
+  const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
+  write_rows<kOTiles>(o, m_run, l_run, out, part_o, part_ml, bh, row0, nq, rows);
+#endif
+}
+
+// CTAs of one kernel instance that fit on the whole GPU at once, read once per instance.
+template <int D, bool kMasked>
+int resident_wgmma_ctas() {
+  static const int n = [] {
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_wgmma_kernel<D, kMasked>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(WgLayout<D>::kBytes)));
+    int per_sm = 0;
+    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, attention_wgmma_kernel<D, kMasked>, kThreadsWg, WgLayout<D>::kBytes));
+    return std::max(1, sm_count() * per_sm);
+  }();
+  return n;
+}
+
+template <int D>
+void launch_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out, int64_t bh,
+                  int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
+  // also raises the shared-memory limit
+  const int slots = visible ? resident_wgmma_ctas<D, true>() : resident_wgmma_ctas<D, false>();
+  const int64_t q_tiles = (nq + kBQ - 1) / kBQ;
+  const int64_t rows = bh * nq;
+  const KeySplit split(bh * q_tiles, (seq + kBN - 1) / kBN, slots, rows, D);
+  const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
+  const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
+  auto kernel = visible ? attention_wgmma_kernel<D, true> : attention_wgmma_kernel<D, false>;
+  kernel<<<grid, kThreadsWg, WgLayout<D>::kBytes, stream()>>>(
+      q, k16, v16, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
+      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * kBN), scale_log2, visible);
+  KVC_CUDA_CHECK(cudaGetLastError());
+  split.combine<D>(out, rows);
+}
+
+}  // namespace
+
+bool attention_wgmma_available() {
+#ifdef KVC_HAVE_SM90A
+  static const bool yes = [] {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+      return false;
+    }
+    return major == 9 && minor == 0;
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out,
+                             int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
+                             const int32_t* visible) {
+  KVC_CHECK(attention_wgmma_available(),
+            "attention_forward_wgmma: needs an sm_90 GPU and a build for sm_90a");
+  switch (d) {
+    case 64:
+      return launch_wgmma<64>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible);
+    case 128:
+      return launch_wgmma<128>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible);
+    default:
+      KVC_FAIL("attention_forward_wgmma: head size ", d, " has no wgmma kernel");
+  }
+}
+
+}  // namespace kvc::kernels::cuda
