@@ -284,41 +284,11 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
   }
 }
 
-// CTAs of the tiled kernel that fit on the whole GPU at once, read once per head size.
-template <int D, bool kMasked>
-int resident_ctas() {
-  static const int n = [] {
-    using L = TileLayout<D>;
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tiled_kernel<D, kMasked>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(L::kBytes)));
-    int device = 0, sms = 0, per_sm = 0;
-    KVC_CUDA_CHECK(cudaGetDevice(&device));
-    KVC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, attention_tiled_kernel<D, kMasked>, kTileThreads, L::kBytes));
-    return std::max(1, sms * per_sm);
-  }();
-  return n;
-}
-
 template <int D>
 void launch_tiled(const float* q, const float* k, const float* v, float* out, int64_t bh,
                   int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
-  using L = TileLayout<D>;
-  // also raises the kernel's shared-memory limit
-  const int slots = visible ? resident_ctas<D, true>() : resident_ctas<D, false>();
-  const int64_t q_tiles = (nq + kBQ - 1) / kBQ;
-  const int64_t rows = bh * nq;
-  const KeySplit split(bh * q_tiles, (seq + kBK - 1) / kBK, slots, rows, D);
-  const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
-  const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
-  auto kernel = visible ? attention_tiled_kernel<D, true> : attention_tiled_kernel<D, false>;
-  kernel<<<grid, kTileThreads, L::kBytes, stream()>>>(
-      q, k, v, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
-      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * kBK), scale_log2, visible);
-  KVC_CUDA_CHECK(cudaGetLastError());
-  split.combine<D>(out, rows);
+  launch_split_attention<D, attention_tiled_kernel<D, false>, attention_tiled_kernel<D, true>>(
+      kTileThreads, TileLayout<D>::kBytes, kBQ, kBK, q, k, v, out, bh, nq, seq, alpha, visible);
 }
 
 constexpr int kRowWarps = 4;  // query rows (one per warp) per block of the generic kernel

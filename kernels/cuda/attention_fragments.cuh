@@ -131,8 +131,8 @@ __device__ __forceinline__ void row_limits(int (&limit)[2], const int32_t* visib
 
 // The largest visible-key count of the CTA's rows [row0, row0 + rows) (causal targets: the CTA
 // stops there). Every thread of the CTA calls it.
-__device__ __forceinline__ int cta_key_limit(const int32_t* visible, int64_t bh, int row0,
-                                             int rows, int nq) {
+__device__ __forceinline__ int cta_key_limit(const int32_t* visible, int64_t bh, int row0, int rows,
+                                             int nq) {
   __shared__ int cta_limit;
   if (threadIdx.x == 0) cta_limit = 0;
   __syncthreads();

@@ -162,4 +162,47 @@ struct KeySplit {
   }
 };
 
+// The signature every attention forward kernel shares (KV: float32, or bf16 bits).
+template <typename KV>
+using AttentionKernel = void (*)(const float* q, const KV* k, const KV* v, float* out,
+                                 float* part_o, float2* part_ml, int nq, int seq, int q_tiles,
+                                 int split_len, float scale_log2, const int32_t* visible);
+
+// CTAs of `kernel` that fit on the whole GPU at once with `threads` threads and `smem` bytes of
+// dynamic shared memory (whose limit it raises), asked once per kernel.
+template <auto kKernel>
+int resident_ctas(int threads, size_t smem) {
+  static const int n = [&] {
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    int per_sm = 0;
+    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, threads, smem));
+    return std::max(1, sm_count() * per_sm);
+  }();
+  return n;
+}
+
+// Runs an attention forward kernel (kPlain, or kMasked with `visible`) over one CTA per
+// (batch-head, q_rows queries, key split) -- the splits chosen so that the CTAs fill the GPU --
+// and merges the splits' partial outputs. Scores in log2 units: the kernels take alpha log2(e).
+template <int D, auto kPlain, auto kMasked, typename KV>
+void launch_split_attention(int threads, size_t smem, int q_rows, int key_tile, const float* q,
+                            const KV* k, const KV* v, float* out, int64_t bh, int64_t nq,
+                            int64_t seq, double alpha, const int32_t* visible) {
+  const int slots =
+      visible ? resident_ctas<kMasked>(threads, smem) : resident_ctas<kPlain>(threads, smem);
+  const int64_t q_tiles = (nq + q_rows - 1) / q_rows;
+  const int64_t rows = bh * nq;
+  const KeySplit split(bh * q_tiles, (seq + key_tile - 1) / key_tile, slots, rows, D);
+  const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
+  const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
+  const AttentionKernel<KV> kernel = visible ? kMasked : kPlain;
+  kernel<<<grid, threads, smem, stream()>>>(
+      q, k, v, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
+      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * key_tile), scale_log2,
+      visible);
+  KVC_CUDA_CHECK(cudaGetLastError());
+  split.combine<D>(out, rows);
+}
+
 }  // namespace kvc::kernels::cuda::attention_detail

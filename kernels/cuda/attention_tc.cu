@@ -333,41 +333,12 @@ __global__ void __launch_bounds__(kThreadsTc)
   }
 }
 
-// CTAs of one kernel instance that fit on the whole GPU at once, read once per instance.
-template <int D, TcMode M, bool kMasked>
-int resident_tc_ctas() {
-  static const int n = [] {
-    using L = TcLayout<D, M>;
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_tc_kernel<D, M, kMasked>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(L::kBytes)));
-    int device = 0, sms = 0, per_sm = 0;
-    KVC_CUDA_CHECK(cudaGetDevice(&device));
-    KVC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, attention_tc_kernel<D, M, kMasked>, kThreadsTc, L::kBytes));
-    return std::max(1, sms * per_sm);
-  }();
-  return n;
-}
-
 template <int D, TcMode M>
 void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, int64_t bh,
                int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
   using L = TcLayout<D, M>;
-  // also raises the shared-memory limit
-  const int slots = visible ? resident_tc_ctas<D, M, true>() : resident_tc_ctas<D, M, false>();
-  const int64_t q_tiles = (nq + L::kBQ - 1) / L::kBQ;
-  const int64_t rows = bh * nq;
-  const KeySplit split(bh * q_tiles, (seq + L::kBK - 1) / L::kBK, slots, rows, D);
-  const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
-  const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
-  auto kernel = visible ? attention_tc_kernel<D, M, true> : attention_tc_kernel<D, M, false>;
-  kernel<<<grid, kThreadsTc, L::kBytes, stream()>>>(
-      q, k, v, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
-      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * L::kBK), scale_log2, visible);
-  KVC_CUDA_CHECK(cudaGetLastError());
-  split.combine<D>(out, rows);
+  launch_split_attention<D, attention_tc_kernel<D, M, false>, attention_tc_kernel<D, M, true>>(
+      kThreadsTc, L::kBytes, L::kBQ, L::kBK, q, k, v, out, bh, nq, seq, alpha, visible);
 }
 
 // bf16: K and V rounded once into scratch, then the kernel on the rounded copies: warpgroup MMA

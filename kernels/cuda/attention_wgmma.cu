@@ -39,8 +39,8 @@ using namespace attention_detail;
 
 constexpr int kWarpgroups = 2;
 constexpr int kThreadsWg = 128 * kWarpgroups;
-constexpr int kBN = 64;           // keys per tile
-constexpr int kStages = 5;        // (K, V) tile pairs in shared memory (see the main loop)
+constexpr int kBN = 64;                // keys per tile
+constexpr int kStages = 5;             // (K, V) tile pairs in shared memory (see the main loop)
 constexpr int kBQ = 64 * kWarpgroups;  // query rows per CTA
 
 template <int D>
@@ -108,20 +108,18 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const uint32_t
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
       "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
       "{%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
+        "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
+        "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+        "+f"(d[7][2]), "+f"(d[7][3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate), "n"(kTransB));
 }
 
 template <int kTransB>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32_t (&a)[4],
-                                                uint64_t b_desc, int accumulate) {
+                                                 uint64_t b_desc, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
@@ -130,22 +128,18 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32
       "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
       "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
       "{%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
-      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]),
-        "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]),
-        "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
-        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]),
-        "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-        "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
-        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]),
-        "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3]),
-        "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
-        "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]),
-        "+f"(d[10][0]), "+f"(d[10][1]), "+f"(d[10][2]), "+f"(d[10][3]),
-        "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]), "+f"(d[11][3]),
-        "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
-        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]),
-        "+f"(d[14][0]), "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]),
-        "+f"(d[15][0]), "+f"(d[15][1]), "+f"(d[15][2]), "+f"(d[15][3])
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
+        "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
+        "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+        "+f"(d[7][2]), "+f"(d[7][3]), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]),
+        "+f"(d[9][0]), "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),
+        "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]),
+        "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]),
+        "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]),
+        "+f"(d[15][2]), "+f"(d[15][3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate), "n"(kTransB));
 }
 #endif
@@ -226,7 +220,7 @@ __global__ void __launch_bounds__(kThreadsWg)
 
   // S = Q K^T of the tile in `stage` into sc, committed, not waited for: k-step kk reads 32 bytes
   // at (kk % 4) * 32 of column block kk / 4 of every key.
-  auto issue_s = [&](float (&sc)[kSTiles][4], int stage) {
+  auto issue_s = [&](float(&sc)[kSTiles][4], int stage) {
     const uint32_t ks = base + stage * L::kStageBytes;
     wgmma_fence();
 #pragma unroll
@@ -256,7 +250,7 @@ __global__ void __launch_bounds__(kThreadsWg)
   // S goes to the tensor cores first, so that it runs while this tile's softmax does; then this
   // tile's P V, left running into the next step.
   // kMore: a tile follows this one in the split.
-  auto step = [&](auto more_tag, float (&sc)[kSTiles][4], float (&sn)[kSTiles][4], int j) {
+  auto step = [&](auto more_tag, float(&sc)[kSTiles][4], float(&sn)[kSTiles][4], int j) {
     constexpr bool more = decltype(more_tag)::value;
     const int k0 = kbeg + j * kBN;
     // Tile j + 1 has landed once at most kStages - 4 later groups are in flight. After the
@@ -319,37 +313,11 @@ __global__ void __launch_bounds__(kThreadsWg)
 #endif
 }
 
-// CTAs of one kernel instance that fit on the whole GPU at once, read once per instance.
-template <int D, bool kMasked>
-int resident_wgmma_ctas() {
-  static const int n = [] {
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_wgmma_kernel<D, kMasked>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(WgLayout<D>::kBytes)));
-    int per_sm = 0;
-    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, attention_wgmma_kernel<D, kMasked>, kThreadsWg, WgLayout<D>::kBytes));
-    return std::max(1, sm_count() * per_sm);
-  }();
-  return n;
-}
-
 template <int D>
 void launch_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out, int64_t bh,
                   int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
-  // also raises the shared-memory limit
-  const int slots = visible ? resident_wgmma_ctas<D, true>() : resident_wgmma_ctas<D, false>();
-  const int64_t q_tiles = (nq + kBQ - 1) / kBQ;
-  const int64_t rows = bh * nq;
-  const KeySplit split(bh * q_tiles, (seq + kBN - 1) / kBN, slots, rows, D);
-  const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
-  const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
-  auto kernel = visible ? attention_wgmma_kernel<D, true> : attention_wgmma_kernel<D, false>;
-  kernel<<<grid, kThreadsWg, WgLayout<D>::kBytes, stream()>>>(
-      q, k16, v16, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
-      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * kBN), scale_log2, visible);
-  KVC_CUDA_CHECK(cudaGetLastError());
-  split.combine<D>(out, rows);
+  launch_split_attention<D, attention_wgmma_kernel<D, false>, attention_wgmma_kernel<D, true>>(
+      kThreadsWg, WgLayout<D>::kBytes, kBQ, kBN, q, k16, v16, out, bh, nq, seq, alpha, visible);
 }
 
 }  // namespace
