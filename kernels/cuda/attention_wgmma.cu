@@ -248,8 +248,8 @@ __global__ void __launch_bounds__(kThreadsWg)
   };
   // Tile j (at k0): its S in sc is complete, the P V of tile j - 1 may still run. The next tile's
   // S goes to the tensor cores first, so that it runs while this tile's softmax does; then this
-  // tile's P V, left running into the next step.
-  // kMore: a tile follows this one in the split.
+  // tile's P V, left running into the next step. more_tag (std::true_type or std::false_type):
+  // whether a tile follows this one in the split.
   auto step = [&](auto more_tag, float(&sc)[kSTiles][4], float(&sn)[kSTiles][4], int j) {
     constexpr bool more = decltype(more_tag)::value;
     const int k0 = kbeg + j * kBN;
