@@ -5,7 +5,7 @@ precision, printing which variant won.
 
 Usage (on the GPU machine, where plain python3 has PyTorch; on Debian use PYTHON=/usr/bin/python3):
   $PYTHON tools/bench_vs_torch.py --kvcompress build/kvcompress --config nsa
-      [--precision fp32,tf32,bf16|all] [--compressor all] [--variant all] [--reps 20]
+      [--precision fp32,tf32,bf16|all] [--compressor all|KIND,...] [--variant all] [--reps 20]
       [--json OUT.json]
 
 ratio = kvcompress step time / fastest PyTorch step time (< 1: kvcompress is faster); the
@@ -72,11 +72,21 @@ def measure_peaks():
 
 
 def compare(a, precision, peaks):
-    common = ["--config", a.config, "--compressor", a.compressor, "--precision", precision,
-              "--device", a.device, "--reps", str(a.reps)]
-    kvc = run_json([a.kvcompress, "bench", *common, "--warmup-reps", str(a.warmup_reps), "--json"])
-    torch_res = run_json([sys.executable, os.path.join(HERE, "compare_torch.py"), *common,
-                          "--warmup-reps", str(a.warmup_reps), "--variant", a.variant, "--json"])
+    # Each comma-separated kind runs as its own pair of processes (at `long`, one kind's compiled
+    # graphs and memory are gone before the next); their results are merged.
+    kvc, torch_res = None, None
+    for kind in a.compressor.split(","):
+        common = ["--config", a.config, "--compressor", kind, "--precision", precision,
+                  "--device", a.device, "--reps", str(a.reps), "--warmup-reps", str(a.warmup_reps)]
+        k = run_json([a.kvcompress, "bench", *common, "--json"])
+        t = run_json([sys.executable, os.path.join(HERE, "compare_torch.py"), *common,
+                      "--variant", a.variant, "--json"])
+        if kvc is None:
+            kvc, torch_res = k, t
+            continue
+        kvc["results"].extend(k["results"])
+        for variant, per_kind in t["results"].items():
+            torch_res["results"].setdefault(variant, {}).update(per_kind)
     rows = []
     for r in kvc["results"]:
         best = None
@@ -110,7 +120,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kvcompress", default="build/kvcompress")
     ap.add_argument("--config", default="nsa", choices=["small", "nsa", "long"])
-    ap.add_argument("--compressor", default="all")
+    ap.add_argument("--compressor", default="all",
+                    help="all (one run), one kind, or several comma-separated (one run each)")
     ap.add_argument("--precision", default="all",
                     help="fp32, tf32, bf16, several comma-separated, or all (default all)")
     ap.add_argument("--variant", default="all", help="PyTorch variants to try (default all)")
