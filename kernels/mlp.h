@@ -28,6 +28,9 @@ struct MlpArgs {
   const float* b1 = nullptr;
   const float* w2 = nullptr;
   const float* b2 = nullptr;
+
+  // Heads that own a weight pair: one when every head shares it.
+  int64_t weight_heads() const { return shared_weights ? 1 : h; }
 };
 
 // What the backward reads: the hidden activations, GELU's input, and the operands already

@@ -65,6 +65,13 @@ std::vector<double> reference(const std::vector<double>& q, const std::vector<do
   return out;
 }
 
+// A case's sizes in the report of a failed check.
+#define CAPTURE_CASE(c) \
+  CAPTURE((c).bh);      \
+  CAPTURE((c).nq);      \
+  CAPTURE((c).seq);     \
+  CAPTURE((c).d)
+
 struct Inputs {
   Tensor q, k, v;
 };
@@ -91,10 +98,7 @@ TEST_CASE("attention_target: CPU matches a naive float64 reference") {
   for (const Case& c : kCases) {
     const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
     for (DType dtype : {DType::f32, DType::f64}) {
-      CAPTURE(c.bh);
-      CAPTURE(c.nq);
-      CAPTURE(c.seq);
-      CAPTURE(c.d);
+      CAPTURE_CASE(c);
       CAPTURE(c.spread);
       const std::string dtype_str = dtype_name(dtype);
       CAPTURE(dtype_str);
@@ -138,10 +142,7 @@ void check_cuda_cases(const std::vector<Case>& cases, uint64_t seed) {
     const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
     for (DType dtype : {DType::f32, DType::f64}) {
       if (dtype == DType::f64 && c.seq > 2000) continue;  // the float64 kernel is the slow one
-      CAPTURE(c.bh);
-      CAPTURE(c.nq);
-      CAPTURE(c.seq);
-      CAPTURE(c.d);
+      CAPTURE_CASE(c);
       const std::string dtype_str = dtype_name(dtype);
       CAPTURE(dtype_str);
       const Inputs in = make_inputs(c, dtype, seed);
@@ -198,10 +199,7 @@ TEST_CASE("cuda: attention_forward with the keys split over CTAs") {
 void check_tensor_core_cases(kernels::MathPrecision precision, double tol,
                              const std::vector<Case>& cases, uint64_t seed) {
   for (const Case& c : cases) {
-    CAPTURE(c.bh);
-    CAPTURE(c.nq);
-    CAPTURE(c.seq);
-    CAPTURE(c.d);
+    CAPTURE_CASE(c);
     const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
     const Inputs in = make_inputs(c, DType::f32, seed++);
     const std::vector<double> want = attention_target(in.q, in.k, in.v, alpha).to_vector();

@@ -120,11 +120,29 @@ struct PoolTiles {
   static_assert(kPoolWarps % kColWarps == 0 && kWPerWarp >= 1 && (D / 16) % kWPerWarp == 0,
                 "attention_pool: warp tiling");
 
-  // out (n, d) = (init or 0) + a (n, d) B, B = W^T (kTransposed, W in shared memory (out, in)) or
-  // W; a row-major of stride kLd; init and out of stride ld (shared or global memory).
+  // The B fragments of W^T for a warp's column tile, every k-step. bf16 keeps them in registers
+  // for the CTA's whole run of windows (4 registers each, 32 at d = 128): a window's logits then
+  // read only x from shared memory. TF32 fragments take 2-4x the registers and load per window.
+  static constexpr bool kWtInRegisters = M::kBf16;
+  static constexpr int kKSteps = D / M::kK;
+  struct WtFragments {
+    typename M::template B<wmma::col_major> f[kWtInRegisters ? kKSteps : 1];
+  };
+  static __device__ __forceinline__ void load_wt(WtFragments& wt, const Op* w, int warp) {
+    if constexpr (kWtInRegisters) {
+      const int tn = warp % kColWarps;
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) M::load(wt.f[ks], w + tn * 16 * kLd + ks * M::kK, kLd);
+    }
+  }
+
+  // out (n, d) = (init or 0) + a (n, d) B, B = W^T (kTransposed, W in shared memory (out, in), or
+  // its fragments in wt) or W; a row-major of stride kLd; init and out of stride ld (shared or
+  // global memory).
   template <bool kTransposed>
   static __device__ __forceinline__ void rows_times_w(const Op* a, const Op* w, const float* init,
-                                                      float* out, int ld, int warp) {
+                                                      float* out, int ld, int warp,
+                                                      const WtFragments& wt) {
     using LayoutB = std::conditional_t<kTransposed, wmma::col_major, wmma::row_major>;
     const int tn = warp % kColWarps, g = warp / kColWarps;
     typename M::C acc[kMine];
@@ -138,10 +156,15 @@ struct PoolTiles {
         wmma::fill_fragment(acc[i], 0.0f);
       }
     }
-#pragma unroll 4
-    for (int k0 = 0; k0 < D; k0 += M::kK) {
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      const int k0 = ks * M::kK;
       typename M::template B<LayoutB> fb;  // B[k][o] = W[o][k] (transposed) or W[k][o]
-      M::load(fb, kTransposed ? w + tn * 16 * kLd + k0 : w + k0 * kLd + tn * 16, kLd);
+      if constexpr (kTransposed && kWtInRegisters) {
+        fb = wt.f[ks];
+      } else {
+        M::load(fb, kTransposed ? w + tn * 16 * kLd + k0 : w + k0 * kLd + tn * 16, kLd);
+      }
 #pragma unroll
       for (int i = 0; i < kMine; ++i) {
         const int tm = g + i * kRowGroups;
@@ -209,54 +232,78 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
       ss[(e / D) * kLd + e % D] = 0.0f;
     }
   }
+  __syncthreads();  // W is in shared memory
+  typename Tiles::WtFragments wt;
+  Tiles::load_wt(wt, sw, warp);
   typename M::C dw[kWPerWarp];
 #pragma unroll
   for (int i = 0; i < kWPerWarp; ++i) wmma::fill_fragment(dw[i], 0.0f);
 
   const float4* pos4 = reinterpret_cast<const float4*>(a.positions + head * N * D);
+  // Window j is window wi of batch row bi, j = bi * w + wi. The loop walks j upward, so both are
+  // stepped instead of divided (64-bit division costs ~100 instructions a thread, per window).
+  struct WindowAt {
+    int64_t bi, wi;
+    __device__ void step(int64_t w) {
+      if (++wi == w) wi = 0, ++bi;
+    }
+  };
+  WindowAt now{j0 / w, j0 % w}, ahead = now;  // the window computed, the one fetched
   float4 next[kPerThread];
-  auto fetch = [&](int64_t j) {  // window j's rows into registers
-    const int64_t bi = j / w, wi = j % w;
-    const float4* src =
-        reinterpret_cast<const float4*>(a.seq + ((bi * a.h + head) * a.s + wi * a.stride) * D);
+  auto fetch = [&](const WindowAt& at) {  // a window's rows into registers
+    const float4* src = reinterpret_cast<const float4*>(
+        a.seq + ((at.bi * a.h + head) * a.s + at.wi * a.stride) * D);
 #pragma unroll
     for (int v = 0; v < kPerThread; ++v) {
       const int i = tid + v * kPoolThreads;
       if (i < kVec4) next[v] = __ldcs(src + i);  // streamed: each block is read once a pass
     }
   };
-  if (j0 < j1) fetch(j0);
+  if (j0 < j1) fetch(ahead);
+  // Every window adds the same positions: the forward keeps this thread's in registers; the
+  // backward has none to spare and reads them per window (L1 hits).
+  float4 pos[kBackward ? 1 : kPerThread];
+  if constexpr (!kBackward) {
+#pragma unroll
+    for (int v = 0; v < kPerThread; ++v) {
+      const int i = tid + v * kPoolThreads;
+      if (i < kVec4) pos[v] = __ldg(pos4 + i);
+    }
+  }
 
-  for (int64_t j = j0; j < j1; ++j) {
+  for (int64_t j = j0; j < j1; ++j, now.step(w)) {
     __syncthreads();  // the previous window is done with the block buffers
 #pragma unroll
     for (int v = 0; v < kPerThread; ++v) {
       const int i = tid + v * kPoolThreads;
       if (i >= kVec4) continue;
-      const float4 p = __ldg(pos4 + i);
+      const float4 p = kBackward ? __ldg(pos4 + i) : pos[kBackward ? 0 : v];
       const float4 x =
           make_float4(next[v].x + p.x, next[v].y + p.y, next[v].z + p.z, next[v].w + p.w);
       const int r = 4 * i / D, c = 4 * i % D;
       *reinterpret_cast<float4*>(sx + r * kLd + c) = x;
-      if constexpr (kBf16) {
-        xop[r * kLd + c] = M::op(x.x);
-        xop[r * kLd + c + 1] = M::op(x.y);
-        xop[r * kLd + c + 2] = M::op(x.z);
-        xop[r * kLd + c + 3] = M::op(x.w);
+      if constexpr (kBf16) {  // one 8-byte store (c is a multiple of 4, rows 16-byte aligned)
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y);
+        const __nv_bfloat162 hi = __floats2bfloat162_rn(x.z, x.w);
+        *reinterpret_cast<uint2*>(xop + r * kLd + c) = make_uint2(
+            *reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
       }
     }
     __syncthreads();
-    if (j + 1 < j1) fetch(j + 1);  // in flight while this window computes
+    if (j + 1 < j1) {  // in flight while this window computes
+      ahead.step(w);
+      fetch(ahead);
+    }
 
     // logits (n, d) = x (n, d) W^T
-    Tiles::template rows_times_w<true>(xop, sw, nullptr, sl, kLd, warp);
+    Tiles::template rows_times_w<true>(xop, sw, nullptr, sl, kLd, warp, wt);
     __syncthreads();
 
     // Per column: softmax over the block's rows, the pooled value; backward: the direct part of
     // dx (gy a) into the positions' sum and dlogits = alpha a gy (x - y) in place of the logits.
     // kParts threads share a column, kRows rows each, held in registers (unrolled: the loads
     // and exps of a thread's rows are independent), their partial max and sums met in `red`.
-    const int64_t bi = j / w, wi = j % w, out = ((bi * a.h + head) * w + wi) * D;
+    const int64_t out = ((now.bi * a.h + head) * w + now.wi) * D;
     const int c = tid % D, part = tid / D, r0 = part * kRows;
     const float g = kBackward ? gy[out + c] : 0.0f;  // loaded early: its latency hides
     float l[kRows], xv[kRows];
@@ -342,7 +389,7 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
     }
     float* my_pos = part_pos + blockIdx.x * int64_t{N * D};  // blockIdx = head * chunks + chunk
     Tiles::template rows_times_w<false>(kBf16 ? lop : reinterpret_cast<Op*>(ss), sw, sg, sg, kLd,
-                                        warp);
+                                        warp, wt);
     __syncthreads();
     for (int e = tid; e < N * D; e += kPoolThreads) my_pos[e] = sg[(e / D) * kLd + e % D];
   }
@@ -444,13 +491,7 @@ void run(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positio
 }  // namespace
 
 bool attention_pool_fits(int64_t n, int64_t d) {
-  static const bool ampere = [] {
-    int device = 0, major = 0;
-    KVC_CUDA_CHECK(cudaGetDevice(&device));
-    KVC_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    return major >= 8;
-  }();
-  return ampere && (n == 16 || n == 32 || n == 64) && (d == 64 || d == 128);
+  return compute_capability() >= 80 && (n == 16 || n == 32 || n == 64) && (d == 64 || d == 128);
 }
 
 void attention_pool_forward(const AttentionPoolArgs& args, float* y) {

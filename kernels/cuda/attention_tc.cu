@@ -13,11 +13,11 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
-#include <utility>
 
 #include "kernels/cuda/attention_fragments.cuh"
 #include "kernels/cuda/attention_split.cuh"
 #include "kernels/cuda/attention_tc.cuh"
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace kvc::kernels::cuda {
@@ -117,15 +117,6 @@ __device__ __forceinline__ void load_bf16_tile_async(uint16_t* dst, const uint16
     const uint16_t* from = src + (valid ? static_cast<int64_t>(k0 + r) * D + c : 0);
     cp_async16(reinterpret_cast<float*>(dst + r * kStride + c),
                reinterpret_cast<const float*>(from), valid);
-  }
-}
-
-// dst[i] = bf16(src[i]) (round to nearest even), four at a time; n is a multiple of 4.
-__global__ void round_to_bf16_kernel(const float* __restrict__ src, uint2* __restrict__ dst,
-                                     int64_t n4) {
-  KVC_GRID_LOOP(i, n4) {
-    const float4 x = reinterpret_cast<const float4*>(src)[i];
-    dst[i] = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
   }
 }
 
@@ -351,11 +342,8 @@ void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, 
   const Scratch kv16(2 * static_cast<size_t>(n) * sizeof(uint16_t));
   uint16_t* k16 = kv16.as<uint16_t>();
   uint16_t* v16 = k16 + n;
-  for (auto [src, dst] : {std::pair{k, k16}, std::pair{v, v16}}) {
-    round_to_bf16_kernel<<<grid_for(n / 4), kThreads, 0, stream()>>>(
-        src, reinterpret_cast<uint2*>(dst), n / 4);
-    KVC_CUDA_CHECK(cudaGetLastError());
-  }
+  round_to_bf16(k, reinterpret_cast<__nv_bfloat16*>(k16), n);
+  round_to_bf16(v, reinterpret_cast<__nv_bfloat16*>(v16), n);
   if (kernel == TcKernel::fastest && D != 32 && attention_wgmma_available()) {
     attention_forward_wgmma(q, k16, v16, out, bh, nq, seq, D, alpha, visible);
   } else {

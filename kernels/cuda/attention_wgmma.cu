@@ -324,16 +324,7 @@ void launch_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, floa
 
 bool attention_wgmma_available() {
 #ifdef KVC_HAVE_SM90A
-  static const bool yes = [] {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-      return false;
-    }
-    return major == 9 && minor == 0;
-  }();
-  return yes;
+  return compute_capability() == 90;
 #else
   return false;
 #endif

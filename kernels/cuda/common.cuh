@@ -48,6 +48,21 @@ inline int sm_count() {
   return sms;
 }
 
+// The current device's compute capability as major * 10 + minor (90 for Hopper), asked once; 0
+// if the runtime cannot say, so no path that needs a newer GPU is taken.
+inline int compute_capability() {
+  static const int cc = [] {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+      return 0;
+    }
+    return major * 10 + minor;
+  }();
+  return cc;
+}
+
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU several times over,
 // never more than the elements need. Kernels loop, so large n never overflows the grid.
 inline int grid_for(int64_t n, int threads = kThreads) {

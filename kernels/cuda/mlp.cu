@@ -248,11 +248,10 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   s->precision = math_precision();
   const Types t(s->precision);
   const int64_t rows = g.b * g.h * g.w;
-  const int64_t heads_w = g.shared_weights ? 1 : g.h;
   s->x = Operand(g.x, rows * g.in, t.bf16);
-  const Operand w1(g.w1, heads_w * g.in * g.hidden, t.bf16);
+  const Operand w1(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
   const Operand b1(g.b1, (g.b1_per_head ? g.h : 1) * g.hidden, t.bf16);
-  s->w2 = Operand(g.w2, heads_w * g.hidden * g.out, t.bf16);
+  s->w2 = Operand(g.w2, g.weight_heads() * g.hidden * g.out, t.bf16);
   s->hidden = std::make_unique<Scratch>(static_cast<size_t>(rows * g.hidden) * t.size);
   const bool relu = g.act == MlpActivation::relu;
   if (save && !relu) {
@@ -382,7 +381,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   }
   if (out.w1) weight_grad(s.x.p, g.in, dpre.as<void>(), g.hidden, out.w1, out.acc_w1);
   if (out.x) {  // dpre W1^T, float32 out
-    const Operand w1(g.w1, (g.shared_weights ? 1 : g.h) * g.in * g.hidden, t.bf16);
+    const Operand w1(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
     Product p;
     p.ab = t.data;
     p.compute = t.compute;
