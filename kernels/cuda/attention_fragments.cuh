@@ -11,13 +11,9 @@
 #include <cstdint>
 
 #include "kernels/cuda/attention_split.cuh"
+#include "kernels/cuda/mma_sync.cuh"
 
 namespace kvc::kernels::cuda::attention_detail {
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 x = __floats2bfloat162_rn(lo, hi);  // .x (lo) in the low 16 bits
-  return *reinterpret_cast<const uint32_t*>(&x);
-}
 
 // Scores of keys this lane's rows may not see become -inf: columns at or past `valid` (past the
 // split's end) and, with kMasked, keys at or past limit[h] of row g + 8 h (causal targets).

@@ -7,7 +7,9 @@
 // block. Backward recomputes the logits instead of storing them. The positions' gradient is the
 // sum over windows of dx = gy a + dlogits W, and W is the same for every window: a CTA sums
 // gy a and dlogits over its windows and multiplies by W once at its end. Each CTA writes its dW
-// and positions' parts once; a second kernel adds the CTAs' parts in a fixed order.
+// and positions' parts once; a second kernel adds the CTAs' parts in a fixed order. The bf16
+// forward runs its own kernel on mma.sync instead, with the logits and the softmax in registers
+// (attention_pool_forward_mma_kernel).
 #include <cuda_bf16.h>
 #include <mma.h>
 
@@ -18,6 +20,7 @@
 
 #include "kernels/attention_pool.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma_sync.cuh"
 #include "kernels/precision.h"
 
 namespace kvc::kernels::cuda {
@@ -396,6 +399,181 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
 #endif
 }
 
+// The bf16 forward on mma.sync, its logits never leaving registers. Warp w owns the 16 output
+// columns [16 ct, 16 ct + 16), ct = w % kColWarps, of window slot w / kColWarps: a CTA step covers
+// kWin = 8 / kColWarps consecutive windows (1 at d = 128, 2 at d = 64). The B fragments of W^T
+// for the warp's columns are read from global memory once and stay in registers (d / 4 of them);
+// a step's blocks (sequence rows plus positions) land in shared memory as float32 and as bf16,
+// the A fragments come from the bf16 copy by ldmatrix, and the softmax over a block's rows runs
+// on the accumulators: a column's rows lie in the 8 lanes of equal t (three xor-shuffles). The
+// pooled sum reads the float32 rows. Two barriers a step, none between the product and the output
+// (the wmma kernel stores the logits and meets at four).
+template <int N, int D>
+struct PoolMmaLayout {
+  static constexpr int kColWarps = D / 16;
+  static constexpr int kWin = kPoolWarps / kColWarps;  // windows per step
+  static constexpr int kRows = kWin * N;               // block rows per step
+  static constexpr int kLdX = D + 4;                   // float32 rows
+  static constexpr int kLdOp =
+      D + 8;  // bf16 rows: 16-byte aligned, the 8 of an ldmatrix on distinct banks
+  static constexpr size_t kX = 0;
+  static constexpr size_t kXOp = kX + size_t{4} * kRows * kLdX;
+  static constexpr size_t kBytes = kXOp + size_t{2} * kRows * kLdOp;
+};
+
+template <int N, int D>
+__global__ void __launch_bounds__(kPoolThreads, 2)
+    attention_pool_forward_mma_kernel(AttentionPoolArgs a, PoolGrid grid,
+                                      const float* __restrict__ /*gy*/, float* __restrict__ y,
+                                      float* /*part_w*/, float* /*part_pos*/) {
+  using L = PoolMmaLayout<N, D>;
+  constexpr int kMTiles = N / 16, kKSteps = D / 16;
+  constexpr int kWinVec4 = N * D / 4;  // float4s per block
+  constexpr int kPerThread = L::kWin * kWinVec4 / kPoolThreads;
+  static_assert(kWinVec4 % kPoolThreads == 0, "attention_pool: whole float4s per thread");
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // mma.sync bf16 needs sm_80; attention_pool_fits refuses older GPUs
+#else
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* sx = reinterpret_cast<float*>(smem + L::kX);
+  uint16_t* xop = reinterpret_cast<uint16_t*>(smem + L::kXOp);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int ct = warp % L::kColWarps, slot = warp / L::kColWarps;
+  const int64_t head = blockIdx.x / grid.chunks, chunk = blockIdx.x % grid.chunks;
+  const int64_t w = (a.s - N) / a.stride + 1, windows = a.b * w;
+  const int64_t j0 = min(windows, chunk * grid.per_chunk);
+  const int64_t j1 = min(windows, j0 + grid.per_chunk);
+
+  // B[k][n] = W[n][k], n this warp's columns (two 8-column tiles), k every step of 16.
+  uint32_t wt[kKSteps][2][2];
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+    for (int nj = 0; nj < 2; ++nj) {
+      const float* row = a.weight + (ct * 16 + nj * 8 + g) * D + ks * 16 + 2 * t;
+      const float2 lo = __ldg(reinterpret_cast<const float2*>(row));
+      const float2 hi = __ldg(reinterpret_cast<const float2*>(row + 8));
+      wt[ks][nj][0] = pack_bf16(lo.x, lo.y);
+      wt[ks][nj][1] = pack_bf16(hi.x, hi.y);
+    }
+  }
+
+  const float4* pos4 = reinterpret_cast<const float4*>(a.positions + head * N * D);
+  struct WindowAt {  // window wi of batch row bi; stepped, never divided (see the wmma kernel)
+    int64_t bi, wi;
+    __device__ void step(int64_t w) {
+      if (++wi == w) wi = 0, ++bi;
+    }
+  };
+  float4 next[kPerThread];
+  auto fetch = [&](WindowAt at, int64_t j) {  // the blocks of windows j, j + 1, ... into registers
+#pragma unroll
+    for (int v = 0; v < kPerThread; ++v) {
+      const int ws = v * kPoolThreads / kWinVec4, i = (tid + v * kPoolThreads) % kWinVec4;
+      if (v > 0 && ws != (v - 1) * kPoolThreads / kWinVec4) at.step(w);
+      if (j + ws < j1) {
+        next[v] = __ldcs(reinterpret_cast<const float4*>(
+                             a.seq + ((at.bi * a.h + head) * a.s + at.wi * a.stride) * D) +
+                         i);
+      }
+    }
+  };
+  WindowAt first{j0 / w, j0 % w};  // the step's first window
+  if (j0 < j1) fetch(first, j0);
+
+  for (int64_t j = j0; j < j1; j += L::kWin) {
+    __syncthreads();  // the step before is done with the blocks
+#pragma unroll
+    for (int v = 0; v < kPerThread; ++v) {
+      const int ws = v * kPoolThreads / kWinVec4, i = (tid + v * kPoolThreads) % kWinVec4;
+      const float4 p = __ldg(pos4 + i);
+      const float4 x =
+          make_float4(next[v].x + p.x, next[v].y + p.y, next[v].z + p.z, next[v].w + p.w);
+      const int r = ws * N + 4 * i / D, c = 4 * i % D;
+      *reinterpret_cast<float4*>(sx + r * L::kLdX + c) = x;
+      *reinterpret_cast<uint2*>(xop + r * L::kLdOp + c) =
+          make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+    }
+    __syncthreads();
+    WindowAt mine = first;  // this warp's window
+    if (slot > 0) mine.step(w);
+    for (int s = 0; s < L::kWin; ++s) first.step(w);
+    if (j + L::kWin < j1) fetch(first, j + L::kWin);  // in flight while this step computes
+
+    // logits (this warp's block rows, its 16 columns) = x W^T
+    float acc[kMTiles][2][4];
+#pragma unroll
+    for (int mi = 0; mi < kMTiles; ++mi) {
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj)
+        acc[mi][nj][0] = acc[mi][nj][1] = acc[mi][nj][2] = acc[mi][nj][3] = 0.f;
+    }
+    const uint16_t* xs = xop + (slot * N + (lane & 15)) * L::kLdOp + (lane >> 4) * 8;
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+#pragma unroll
+      for (int mi = 0; mi < kMTiles; ++mi) {
+        uint32_t af[4];
+        ldmatrix_x4(af, xs + mi * 16 * L::kLdOp + ks * 16);
+        mma_bf16(acc[mi][0], af, wt[ks][0][0], wt[ks][0][1]);
+        mma_bf16(acc[mi][1], af, wt[ks][1][0], wt[ks][1][1]);
+      }
+    }
+
+    // Per column: the softmax over the block's rows and the pooled value. Element e of
+    // acc[mi][nj] is row 16 mi + g + 8 (e / 2), column 16 ct + 8 nj + 2 t + e % 2.
+    const float* xrow = sx + (slot * N + g) * L::kLdX + ct * 16 + 2 * t;
+#pragma unroll
+    for (int nj = 0; nj < 2; ++nj) {
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int mi = 0; mi < kMTiles; ++mi) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          acc[mi][nj][e] *= a.alpha;
+          mx[e % 2] = fmaxf(mx[e % 2], acc[mi][nj][e]);
+        }
+      }
+      float sum[2] = {0.f, 0.f}, pooled[2] = {0.f, 0.f};
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1)
+          mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], o));
+      }
+#pragma unroll
+      for (int mi = 0; mi < kMTiles; ++mi) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float2 x =
+              *reinterpret_cast<const float2*>(xrow + (mi * 16 + 8 * h) * L::kLdX + nj * 8);
+          const float p0 = __expf(acc[mi][nj][2 * h] - mx[0]);
+          const float p1 = __expf(acc[mi][nj][2 * h + 1] - mx[1]);
+          sum[0] += p0;
+          sum[1] += p1;
+          pooled[0] += p0 * x.x;
+          pooled[1] += p1 * x.y;
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) {
+          sum[c] += __shfl_xor_sync(0xffffffffu, sum[c], o);
+          pooled[c] += __shfl_xor_sync(0xffffffffu, pooled[c], o);
+        }
+      }
+      if (g == 0 && j + slot < j1) {
+        const int64_t out = ((mine.bi * a.h + head) * w + mine.wi) * D + ct * 16 + nj * 8 + 2 * t;
+        *reinterpret_cast<float2*>(y + out) = make_float2(pooled[0] / sum[0], pooled[1] / sum[1]);
+      }
+    }
+  }
+#endif
+}
+
 // out[g, i] (+)= sum over p < parts of part[g, p, i], p in order.
 __global__ void sum_parts_kernel(const float* __restrict__ part, float* __restrict__ out,
                                  int64_t groups, int64_t parts, int64_t size, bool accumulate) {
@@ -412,8 +590,18 @@ template <int N, int D, PoolMode kMode, bool kBackward>
 void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
             float* g_weight, bool acc_positions, bool acc_weight) {
   using Lay = PoolLayout<N, D, kMode == PoolMode::bf16>;
-  constexpr size_t kBytes = kBackward ? Lay::kBackwardBytes : Lay::kForwardBytes;
-  auto* kernel = attention_pool_kernel<N, D, kMode, kBackward>;
+  // bf16's forward keeps its logits in registers on mma.sync; the rest runs the wmma kernel.
+  constexpr bool kMmaForward = kMode == PoolMode::bf16 && !kBackward;
+  constexpr size_t kBytes = kMmaForward ? PoolMmaLayout<N, D>::kBytes
+                            : kBackward ? Lay::kBackwardBytes
+                                        : Lay::kForwardBytes;
+  auto* kernel = [] {
+    if constexpr (kMmaForward) {
+      return attention_pool_forward_mma_kernel<N, D>;
+    } else {
+      return attention_pool_kernel<N, D, kMode, kBackward>;
+    }
+  }();
   static const int per_sm = [&] {
     KVC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(kBytes)));
