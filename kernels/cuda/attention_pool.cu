@@ -414,8 +414,8 @@ struct PoolMmaLayout {
   static constexpr int kWin = kPoolWarps / kColWarps;  // windows per step
   static constexpr int kRows = kWin * N;               // block rows per step
   static constexpr int kLdX = D + 4;                   // float32 rows
-  static constexpr int kLdOp =
-      D + 8;  // bf16 rows: 16-byte aligned, the 8 of an ldmatrix on distinct banks
+  // bf16 rows: 16-byte aligned, and the 8 rows an ldmatrix reads at once on distinct banks
+  static constexpr int kLdOp = D + 8;
   static constexpr size_t kX = 0;
   static constexpr size_t kXOp = kX + size_t{4} * kRows * kLdX;
   static constexpr size_t kBytes = kXOp + size_t{2} * kRows * kLdOp;
