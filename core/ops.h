@@ -134,6 +134,25 @@ enum class Activation { relu, gelu };
 Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
                      const Tensor& w2, const Tensor& b2);
 
+// While alive, CUDA bf16 math that rounds one of these float32 tensors (or a part) to bfloat16
+// takes the copy another op made and still holds instead of rounding it again: the MLP kinds keep
+// theirs of K and V for the backward, the attention pools' forward writes them on its way through
+// K and V, and the attention target then reads those. The tensors must not change while it
+// lives. Elsewhere (CPU, other precisions) it does nothing (core/ops_fused.cpp,
+// kernels/precision.h).
+class ShareBf16Copies {
+ public:
+  explicit ShareBf16Copies(const std::vector<Tensor>& tensors);
+  ~ShareBf16Copies();
+  ShareBf16Copies(const ShareBf16Copies&) = delete;
+  ShareBf16Copies& operator=(const ShareBf16Copies&) = delete;
+
+ private:
+  struct Scope;
+  std::vector<Tensor> tensors_;  // kept alive (and their storage unmoved) while shared
+  std::unique_ptr<Scope> scope_;
+};
+
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
 inline Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
 inline Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }

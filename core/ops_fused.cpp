@@ -17,6 +17,7 @@
 #include "kernels/gemm.h"
 #include "kernels/mlp.h"
 #include "kernels/permute.h"
+#include "kernels/precision.h"
 #include "kernels/reduce.h"
 #include "kernels/softmax.h"
 #include "kernels/softmax_pool.h"
@@ -487,5 +488,31 @@ Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activa
   const Tensor pre = mlp_layer(x, w1, b1, s.shared);
   return mlp_layer(act == Activation::relu ? relu(pre) : gelu(pre), w2, b2, s.shared);
 }
+
+// ---------------------------------------------------------------------------------------------
+// ShareBf16Copies: the CUDA scope over the float32 CUDA tensors among those given.
+
+#ifdef KVC_WITH_CUDA
+struct ShareBf16Copies::Scope {
+  explicit Scope(const std::vector<std::pair<const float*, int64_t>>& buffers) : copies(buffers) {}
+  kernels::cuda::SharedBf16Copies copies;
+};
+#else
+struct ShareBf16Copies::Scope {};
+#endif
+
+ShareBf16Copies::ShareBf16Copies(const std::vector<Tensor>& tensors) : tensors_(tensors) {
+#ifdef KVC_WITH_CUDA
+  std::vector<std::pair<const float*, int64_t>> buffers;
+  for (const Tensor& t : tensors_) {
+    if (t.defined() && t.device().is_cuda() && t.dtype() == DType::f32 && t.numel() > 0) {
+      buffers.emplace_back(t.data<float>(), t.numel());
+    }
+  }
+  if (!buffers.empty()) scope_ = std::make_unique<Scope>(buffers);
+#endif
+}
+
+ShareBf16Copies::~ShareBf16Copies() = default;
 
 }  // namespace kvc

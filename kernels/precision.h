@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 namespace kvc::kernels {
 
@@ -19,6 +21,33 @@ const char* precision_name(MathPrecision p);
 namespace cuda {
 void set_math_precision(MathPrecision p);
 MathPrecision math_precision();
+
+struct Bf16Copy;
+struct Bf16Fill;
+Bf16Copy bf16_copy(const float* src, int64_t n);
+Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
+
+// While alive, a product or attention that rounds one of these float32 buffers (or a part of one)
+// to bfloat16 takes the copy another op made and still holds, instead of rounding it again: the
+// MLP kinds keep theirs of K and V for the backward, and the attention target then reads the
+// same copies. The scope itself keeps only the copies a kernel wrote on its way through a whole
+// buffer (the attention pools' forward, which reads K and V as float32 and needs no copy), until
+// it closes. The buffers must not change while it lives. Scopes nest, one chain per thread
+// (kernels/cuda/bf16.cu).
+class SharedBf16Copies {
+ public:
+  explicit SharedBf16Copies(const std::vector<std::pair<const float*, int64_t>>& buffers);
+  ~SharedBf16Copies();
+  SharedBf16Copies(const SharedBf16Copies&) = delete;
+  SharedBf16Copies& operator=(const SharedBf16Copies&) = delete;
+
+ private:
+  struct Listed;
+  friend Bf16Copy bf16_copy(const float* src, int64_t n);
+  friend Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
+  std::vector<Listed> listed_;
+  SharedBf16Copies* outer_;
+};
 }  // namespace cuda
 
 }  // namespace kvc::kernels

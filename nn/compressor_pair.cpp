@@ -90,13 +90,17 @@ Tensor CompressorPair::distill_loss(const Tensor& q, const Tensor& k, const Tens
     blocks = visible_counts(q_pos, heads, options_.block - 1, stride(), windows(seq), &weights,
                             static_cast<double>(q.size(3)));
   }
+  // The compressors run first: where they make bf16 copies of K and V (the MLP kinds, for their
+  // backward; the attention pools, on their way through), the target reads those instead of
+  // rounding K and V again.
+  const ShareBf16Copies share_kv({k, v});
+  const auto kv = compress(k, v);
   Tensor target;
   {
     NoGradGuard no_grad;  // the target is data, not something to train
     // Fused forward-only attention: no (b, h, nq, seq) scores in memory.
     target = attention_target(qg, k, v, alpha, keys);
   }
-  const auto kv = compress(k, v);
   const Tensor pred = scaled_dot_attention(qg, kv.first, kv.second, alpha, blocks);
   if (!options_.causal) return mse_loss(pred, target);
   const Tensor diff = sub(pred, target);

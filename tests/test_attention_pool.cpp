@@ -2,6 +2,7 @@
 // the fused tensor-core pass (tf32, bf16) against the float64 CPU values, forward and the
 // gradients of the positions and the weight, with disjoint and overlapping blocks.
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,7 @@
 #include "tests/test_util.h"
 #ifdef KVC_WITH_CUDA
 #include "kernels/attention_pool.h"
+#include "kernels/memory.h"
 #endif
 
 namespace kvc {
@@ -176,6 +178,62 @@ TEST_CASE(
   CHECK(test::rel_error(seq.grad().to(Device::cpu()).to(DType::f64), seq_c.grad()) < 5e-3);
   CHECK(test::rel_error(pos.grad().to(Device::cpu()).to(DType::f64), pos_c.grad()) < 5e-3);
   CHECK(test::rel_error(weight.grad().to(Device::cpu()).to(DType::f64), w_c.grad()) < 5e-3);
+#endif
+}
+
+TEST_CASE(
+    "cuda: under ShareBf16Copies the attention target reads the bf16 K and V the bf16 pools' "
+    "forward wrote") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  test::PrecisionScope scope(kernels::MathPrecision::bf16);
+  const int64_t b = 2, h = 2, s = 256, d = 64, n = 16, nq = 32;
+  const TensorOptions gpu = TensorOptions{}.with_device(Device::cuda());
+  const Tensor k = Tensor::randn({b, h, s, d}, 611, 0, 0.0, 1.0, gpu);
+  const Tensor v = Tensor::randn({b, h, s, d}, 612, 0, 0.0, 1.0, gpu);
+  const Tensor q = Tensor::randn({b, h, nq, d}, 613, 0, 0.0, 1.0, gpu);
+  Tensor pos = Tensor::randn({h, n, d}, 614, 0, 0.0, 0.5, gpu);
+  Tensor weight = Tensor::randn({d, d}, 615, 0, 0.0, 0.125, gpu);
+  pos.set_requires_grad(true);
+  weight.set_requires_grad(true);
+  const size_t copy_bytes = static_cast<size_t>(k.numel()) * 2;
+
+  // Both pools' outputs and the target's values, and the bytes the target allocated at its peak.
+  struct Run {
+    std::vector<double> pooled, target;
+    size_t target_bytes = 0;
+  };
+  const auto run = [&](bool share, int64_t stride) {
+    std::unique_ptr<ShareBf16Copies> shared;
+    if (share) shared = std::make_unique<ShareBf16Copies>(std::vector<Tensor>{k, v});
+    Run r;
+    for (const Tensor* x : {&k, &v}) {
+      const std::vector<double> y = attention_pool(*x, pos, weight, n, stride, 1.0).to_vector();
+      r.pooled.insert(r.pooled.end(), y.begin(), y.end());
+    }
+    const size_t before = kernels::cuda::allocator_stats().bytes_in_use;
+    kernels::cuda::reset_peak_stats();
+    NoGradGuard no_grad;
+    r.target = attention_target(q, k, v, 0.125).to_vector();
+    r.target_bytes = kernels::cuda::allocator_stats().peak_bytes_in_use - before;
+    return r;
+  };
+  // stride n: the windows tile K and V, the pools write both copies and the target rounds
+  // nothing; stride n / 2: overlapping windows, the target rounds both itself.
+  for (const int64_t stride : {n, n / 2}) {
+    CAPTURE(stride);
+    const Run own = run(false, stride), shared = run(true, stride);
+    MESSAGE("stride ", stride, ": target's peak allocation ", own.target_bytes,
+            " bytes rounding K and V, ", shared.target_bytes, " under the scope (a copy is ",
+            copy_bytes, ")");
+    CHECK(shared.pooled == own.pooled);
+    CHECK(shared.target == own.target);
+    if (stride == n) {
+      CHECK(own.target_bytes >= shared.target_bytes + 2 * copy_bytes);
+    } else {
+      CHECK(own.target_bytes == shared.target_bytes);
+    }
+  }
 #endif
 }
 

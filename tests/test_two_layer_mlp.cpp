@@ -3,11 +3,13 @@
 // against the float64 CPU values, forward and every gradient, in fp32, tf32 and bf16, for both
 // weight layouts, both activations and both bias layouts.
 #include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "kernels/memory.h"
 #include "tests/test_util.h"
 
 namespace kvc {
@@ -124,6 +126,8 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {2, 2, 50, 128, 256, 64, false, true, Activation::gelu},  // enhanced_mlp's
       {1, 4, 37, 64, 130, 24, true, false, Activation::gelu},   // shared biases
       {2, 2, 20, 64, 100, 8, false, false, Activation::relu},   // mask rows not 128-aligned
+      {1, 3, 7, 24, 37, 8, true, false, Activation::gelu},      // 777 hidden values: a tail
+      {1, 1, 1, 16, 5, 8, false, true, Activation::gelu},       // 5: less than one 16-byte step
   };
   test::PrecisionScope scope(precision);
   for (const MlpCase& c : cases) {
@@ -186,6 +190,44 @@ TEST_CASE("cuda: two_layer_mlp adds onto existing gradients and runs without a t
     y_free = run(c, x);
   }
   CHECK(y_free.to_vector() == y_tape.to_vector());
+#endif
+}
+
+TEST_CASE("cuda: under ShareBf16Copies the attention target reads the MLP's bf16 copy of K") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  test::PrecisionScope scope(kernels::MathPrecision::bf16);
+  // K (b, h, seq, d) seen as the blocks (b, h, w, n d) an MLP kind reads, as at stride = n.
+  const int64_t b = 1, h = 2, seq = 512, d = 64, n = 16, nq = 64;
+  const MlpCase c{b, h, seq / n, n * d, 128, d, true, false, Activation::relu};
+  std::vector<Tensor> x = make_inputs(c, 930);
+  for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
+  const TensorOptions cuda = TensorOptions{}.with_device(Device::cuda());
+  const Tensor k = reshape(x[0].detach(), {b, h, seq, d});
+  const Tensor v = Tensor::randn({b, h, seq, d}, 931, 0, 0.0, 1.0, cuda);
+  const Tensor q = Tensor::randn({b, h, nq, d}, 932, 0, 0.0, 1.0, cuda);
+  REQUIRE(x[0].data<float>() == k.data<float>());
+  const size_t k16_bytes = static_cast<size_t>(k.numel()) * 2;
+
+  // The target's bytes allocated at its peak while the MLP holds its saved copy of the blocks:
+  // with K and V listed, K's copy is the MLP's (no second one), and the values are the same.
+  const auto target_peak = [&](bool share, std::vector<double>* out) {
+    std::unique_ptr<ShareBf16Copies> shared;
+    if (share) shared = std::make_unique<ShareBf16Copies>(std::vector<Tensor>{k, v});
+    const Tensor y = run(c, x);  // keeps its bf16 blocks for the backward
+    const size_t before = kernels::cuda::allocator_stats().bytes_in_use;
+    kernels::cuda::reset_peak_stats();
+    NoGradGuard no_grad;
+    *out = attention_target(q, k, v, 0.125).to_vector();
+    return kernels::cuda::allocator_stats().peak_bytes_in_use - before;
+  };
+  std::vector<double> own, shared;
+  const size_t own_bytes = target_peak(false, &own);
+  const size_t shared_bytes = target_peak(true, &shared);
+  MESSAGE("target's peak allocation: ", own_bytes, " bytes with its own copies, ", shared_bytes,
+          " sharing K's (", k16_bytes, " bytes)");
+  CHECK(shared == own);
+  CHECK(own_bytes >= shared_bytes + k16_bytes);
 #endif
 }
 

@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "kernels/attention_pool.h"
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma_sync.cuh"
 #include "kernels/precision.h"
@@ -421,11 +422,15 @@ struct PoolMmaLayout {
   static constexpr size_t kBytes = kXOp + size_t{2} * kRows * kLdOp;
 };
 
+//
+// seq16, where not null, gets the bf16 rounding of every sequence element the CTA reads (the
+// launcher passes it only where the windows tile the sequence, so that every element is written
+// once): the attention target's copy of K or V (bf16_copy_to_fill), at 2 bytes an element
+// instead of a pass of 6.
 template <int N, int D>
 __global__ void __launch_bounds__(kPoolThreads, 2)
-    attention_pool_forward_mma_kernel(AttentionPoolArgs a, PoolGrid grid,
-                                      const float* __restrict__ /*gy*/, float* __restrict__ y,
-                                      float* /*part_w*/, float* /*part_pos*/) {
+    attention_pool_forward_mma_kernel(AttentionPoolArgs a, PoolGrid grid, float* __restrict__ y,
+                                      uint16_t* __restrict__ seq16) {
   using L = PoolMmaLayout<N, D>;
   constexpr int kMTiles = N / 16, kKSteps = D / 16;
   constexpr int kWinVec4 = N * D / 4;  // float4s per block
@@ -467,6 +472,10 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
       if (++wi == w) wi = 0, ++bi;
     }
   };
+  // Where window `at`'s block starts in the sequence (float32 elements).
+  const auto block_start = [&](WindowAt at) {
+    return ((at.bi * a.h + head) * a.s + at.wi * a.stride) * D;
+  };
   float4 next[kPerThread];
   auto fetch = [&](WindowAt at, int64_t j) {  // the blocks of windows j, j + 1, ... into registers
 #pragma unroll
@@ -474,9 +483,7 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
       const int ws = v * kPoolThreads / kWinVec4, i = (tid + v * kPoolThreads) % kWinVec4;
       if (v > 0 && ws != (v - 1) * kPoolThreads / kWinVec4) at.step(w);
       if (j + ws < j1) {
-        next[v] = __ldcs(reinterpret_cast<const float4*>(
-                             a.seq + ((at.bi * a.h + head) * a.s + at.wi * a.stride) * D) +
-                         i);
+        next[v] = __ldcs(reinterpret_cast<const float4*>(a.seq + block_start(at)) + i);
       }
     }
   };
@@ -495,6 +502,12 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
       *reinterpret_cast<float4*>(sx + r * L::kLdX + c) = x;
       *reinterpret_cast<uint2*>(xop + r * L::kLdOp + c) =
           make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+      if (seq16 != nullptr && j + ws < j1) {
+        WindowAt at = first;
+        for (int k = 0; k < ws; ++k) at.step(w);
+        *reinterpret_cast<uint2*>(seq16 + block_start(at) + 4 * i) =
+            make_uint2(pack_bf16(next[v].x, next[v].y), pack_bf16(next[v].z, next[v].w));
+      }
     }
     __syncthreads();
     WindowAt mine = first;  // this warp's window
@@ -618,21 +631,31 @@ void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_posi
   grid.per_chunk = (windows + grid.chunks - 1) / grid.chunks;
   const int64_t ctas = a.h * grid.chunks;
   KVC_CHECK(ctas <= INT32_MAX, "attention_pool: ", a.h, " heads exceed the grid");
-  Scratch part_w(kBackward ? sizeof(float) * ctas * D * D : 0);
-  Scratch part_pos(kBackward ? sizeof(float) * ctas * N * D : 0);
-  kernel<<<static_cast<unsigned>(ctas), kPoolThreads, kBytes, stream()>>>(
-      a, grid, gy, y, part_w.as<float>(), part_pos.as<float>());
-  KVC_CUDA_CHECK(cudaGetLastError());
-  if constexpr (kBackward) {
-    if (g_weight) {
-      sum_parts_kernel<<<grid_for(D * D), kThreads, 0, stream()>>>(part_w.as<float>(), g_weight, 1,
-                                                                   ctas, D * D, acc_weight);
-      KVC_CUDA_CHECK(cudaGetLastError());
-    }
-    if (g_positions) {
-      sum_parts_kernel<<<grid_for(a.h * N * D), kThreads, 0, stream()>>>(
-          part_pos.as<float>(), g_positions, a.h, grid.chunks, N * D, acc_positions);
-      KVC_CUDA_CHECK(cudaGetLastError());
+  if constexpr (kMmaForward) {
+    // Windows that tile the sequence read each element once: the rounding of all of it on the
+    // way, where a later op will want it (bf16_copy_to_fill).
+    const bool tiles = a.stride == N && a.s % N == 0;
+    const Bf16Fill seq16 = tiles ? bf16_copy_to_fill(a.seq, a.b * a.h * a.s * D) : Bf16Fill{};
+    kernel<<<static_cast<unsigned>(ctas), kPoolThreads, kBytes, stream()>>>(
+        a, grid, y, reinterpret_cast<uint16_t*>(seq16.p));
+    KVC_CUDA_CHECK(cudaGetLastError());
+  } else {
+    Scratch part_w(kBackward ? sizeof(float) * ctas * D * D : 0);
+    Scratch part_pos(kBackward ? sizeof(float) * ctas * N * D : 0);
+    kernel<<<static_cast<unsigned>(ctas), kPoolThreads, kBytes, stream()>>>(
+        a, grid, gy, y, part_w.as<float>(), part_pos.as<float>());
+    KVC_CUDA_CHECK(cudaGetLastError());
+    if constexpr (kBackward) {
+      if (g_weight) {
+        sum_parts_kernel<<<grid_for(D * D), kThreads, 0, stream()>>>(part_w.as<float>(), g_weight,
+                                                                     1, ctas, D * D, acc_weight);
+        KVC_CUDA_CHECK(cudaGetLastError());
+      }
+      if (g_positions) {
+        sum_parts_kernel<<<grid_for(a.h * N * D), kThreads, 0, stream()>>>(
+            part_pos.as<float>(), g_positions, a.h, grid.chunks, N * D, acc_positions);
+        KVC_CUDA_CHECK(cudaGetLastError());
+      }
     }
   }
 }

@@ -285,18 +285,17 @@ void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, i
       kThreadsTc, L::kBytes, L::kBQ, L::kBK, q, k, v, out, bh, nq, seq, alpha, visible);
 }
 
-// bf16: K and V rounded once into scratch, then the kernel on the rounded copies: warpgroup MMA
-// where it can run (Hopper, d 64 or 128), else mma.sync.
+// bf16: K and V rounded once (or the copies the compressors made, see SharedBf16Copies), then
+// the kernel on the rounded copies: warpgroup MMA where it can run (Hopper, d 64 or 128), else
+// mma.sync.
 template <int D>
 void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, int64_t bh,
                     int64_t nq, int64_t seq, double alpha, const int32_t* visible,
                     TcKernel kernel) {
   const int64_t n = bh * seq * D;
-  const Scratch kv16(2 * static_cast<size_t>(n) * sizeof(uint16_t));
-  uint16_t* k16 = kv16.as<uint16_t>();
-  uint16_t* v16 = k16 + n;
-  round_to_bf16(k, reinterpret_cast<__nv_bfloat16*>(k16), n);
-  round_to_bf16(v, reinterpret_cast<__nv_bfloat16*>(v16), n);
+  const Bf16Copy k_copy = bf16_copy(k, n), v_copy = bf16_copy(v, n);
+  const auto* k16 = reinterpret_cast<const uint16_t*>(k_copy.p);
+  const auto* v16 = reinterpret_cast<const uint16_t*>(v_copy.p);
   if (kernel == TcKernel::fastest && D != 32 && attention_wgmma_available()) {
     attention_forward_wgmma(q, k16, v16, out, bh, nq, seq, D, alpha, visible);
   } else {

@@ -78,21 +78,6 @@ __global__ void scale_c_kernel(T* c, int64_t batches, int64_t outer_inner, int64
   }
 }
 
-// dst[i] = bf16(src[i]) for i < n, round to nearest even.
-__global__ void to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst,
-                               int64_t n) {
-  KVC_GRID_LOOP(i, (n + 3) / 4) {
-    const int64_t e = 4 * i;
-    if (e + 3 < n && reinterpret_cast<uintptr_t>(src + e) % 16 == 0) {
-      const float4 x = *reinterpret_cast<const float4*>(src + e);
-      *reinterpret_cast<__nv_bfloat162*>(dst + e) = __floats2bfloat162_rn(x.x, x.y);
-      *reinterpret_cast<__nv_bfloat162*>(dst + e + 2) = __floats2bfloat162_rn(x.z, x.w);
-    } else {
-      for (int64_t j = e; j < n && j < e + 4; ++j) dst[j] = __float2bfloat16_rn(src[j]);
-    }
-  }
-}
-
 // Elements from an operand's first one to its last: rows of `ld` elements, `cols` of each used,
 // at every batch offset.
 int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, const GemmArgs& g,
@@ -100,17 +85,6 @@ int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, const GemmArgs& g
   return (g.batch_outer - 1) * outer_stride + (g.batch_inner - 1) * inner_stride + (rows - 1) * ld +
          cols;
 }
-
-// A bfloat16 copy of an operand, same layout: cuBLAS's CUBLAS_COMPUTE_32F_FAST_16BF on float32
-// operands is free to run TF32 kernels (and does), so bf16 math rounds the operands itself and
-// runs the product on bf16 tensor cores.
-struct Bf16Operand {
-  Scratch scratch;
-  explicit Bf16Operand(const float* src, int64_t extent)
-      : scratch(static_cast<size_t>(extent) * sizeof(__nv_bfloat16)) {
-    round_to_bf16(src, scratch.as<__nv_bfloat16>(), extent);
-  }
-};
 
 // Products with a short inner dimension (bias broadcasts, k == 1) gain nothing from bf16.
 constexpr int64_t kBf16MinK = 16;
@@ -131,12 +105,6 @@ bool bf16_pays(double flops, double a_elems, double b_elems, double c_elems) {
 }
 
 }  // namespace
-
-void round_to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {
-  if (n == 0) return;
-  to_bf16_kernel<<<grid_for((n + 3) / 4), kThreads, 0, stream()>>>(src, dst, n);
-  KVC_CUDA_CHECK(cudaGetLastError());
-}
 
 void set_math_precision(MathPrecision p) { g_precision.store(p); }
 MathPrecision math_precision() { return g_precision.load(); }
@@ -182,7 +150,10 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
   const cudaDataType_t type_c = CublasType<T>::data;
   cublasComputeType_t compute = CublasType<T>::compute();
   size_t elem_ab = sizeof(T);
-  std::unique_ptr<Bf16Operand> a16, b16;
+  // bf16: copies of the operands, same layout. cuBLAS's CUBLAS_COMPUTE_32F_FAST_16BF on float32
+  // operands is free to run TF32 kernels (and does), so bf16 math rounds the operands itself and
+  // runs the product on bf16 tensor cores.
+  Bf16Copy a16, b16;
   if constexpr (std::is_same_v<T, float>) {
     if (g_precision.load() == MathPrecision::bf16 && g.k >= kBf16MinK) {
       const int64_t a_rows = g.trans_a ? g.k : g.m, a_cols = g.trans_a ? g.m : g.k;
@@ -194,8 +165,8 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
       const double products = static_cast<double>(g.batch_outer) * g.batch_inner;
       const double flops = 2.0 * products * g.m * g.n * g.k;
       if (bf16_pays(flops, a_extent, b_extent, products * g.m * g.n)) {
-        a16 = std::make_unique<Bf16Operand>(a, a_extent);
-        b16 = std::make_unique<Bf16Operand>(b, b_extent);
+        a16 = bf16_copy(a, a_extent);
+        b16 = bf16_copy(b, b_extent);
         type_ab = CUDA_R_16BF;
         compute = CUBLAS_COMPUTE_32F;
         elem_ab = sizeof(__nv_bfloat16);
@@ -204,8 +175,10 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
       }
     }
   }
-  const char* a_base = a16 ? a16->scratch.as<const char>() : reinterpret_cast<const char*>(a);
-  const char* b_base = b16 ? b16->scratch.as<const char>() : reinterpret_cast<const char*>(b);
+  const char* a_base =
+      a16.p ? reinterpret_cast<const char*>(a16.p) : reinterpret_cast<const char*>(a);
+  const char* b_base =
+      b16.p ? reinterpret_cast<const char*>(b16.p) : reinterpret_cast<const char*>(b);
   cublasHandle_t h = handle();
   for (int64_t p = 0; p < g.batch_outer; ++p) {
     for (int64_t q = 0; q < inner_calls; ++q) {

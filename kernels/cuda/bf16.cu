@@ -1,0 +1,103 @@
+// bfloat16 rounding of float32 operands, and the copies SharedBf16Copies lets ops share.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "kernels/cuda/bf16.cuh"
+#include "kernels/cuda/common.cuh"
+#include "kernels/precision.h"
+
+namespace kvc::kernels::cuda {
+
+namespace {
+
+// dst[i] = bf16(src[i]) for i < n, round to nearest even; four elements per thread.
+__global__ void to_bf16_kernel(const float* __restrict__ src, __nv_bfloat16* __restrict__ dst,
+                               int64_t n) {
+  KVC_GRID_LOOP(i, (n + 3) / 4) {
+    const int64_t e = 4 * i;
+    if (e + 3 < n && reinterpret_cast<uintptr_t>(src + e) % 16 == 0) {
+      const float4 x = *reinterpret_cast<const float4*>(src + e);
+      *reinterpret_cast<__nv_bfloat162*>(dst + e) = __floats2bfloat162_rn(x.x, x.y);
+      *reinterpret_cast<__nv_bfloat162*>(dst + e + 2) = __floats2bfloat162_rn(x.z, x.w);
+    } else {
+      for (int64_t j = e; j < n && j < e + 4; ++j) dst[j] = __float2bfloat16_rn(src[j]);
+    }
+  }
+}
+
+std::shared_ptr<Scratch> rounded(const float* src, int64_t n) {
+  auto copy = std::make_shared<Scratch>(static_cast<size_t>(n) * sizeof(__nv_bfloat16));
+  round_to_bf16(src, copy->as<__nv_bfloat16>(), n);
+  return copy;
+}
+
+// The innermost open scope of this thread.
+thread_local SharedBf16Copies* t_innermost = nullptr;
+
+}  // namespace
+
+// A listed buffer and its copy, held weakly: the scope never keeps memory alive by itself, so it
+// adds nothing to the peak; a copy is shared while an op that made or took it still holds it.
+struct SharedBf16Copies::Listed {
+  uintptr_t begin = 0, end = 0;  // the buffer's float32 elements, as addresses
+  std::weak_ptr<Scratch> copy;
+  std::shared_ptr<Scratch> filled;  // a copy a kernel wrote on its way (bf16_copy_to_fill)
+};
+
+SharedBf16Copies::SharedBf16Copies(const std::vector<std::pair<const float*, int64_t>>& buffers)
+    : outer_(t_innermost) {
+  for (const auto& [data, n] : buffers) {
+    if (data == nullptr || n <= 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(data);
+    listed_.push_back(Listed{begin, begin + static_cast<uintptr_t>(n) * sizeof(float), {}});
+  }
+  t_innermost = this;
+}
+
+SharedBf16Copies::~SharedBf16Copies() { t_innermost = outer_; }
+
+Bf16Copy bf16_copy(const float* src, int64_t n) {
+  const auto begin = reinterpret_cast<uintptr_t>(src);
+  const auto end = begin + static_cast<uintptr_t>(n) * sizeof(float);
+  for (SharedBf16Copies* scope = t_innermost; scope != nullptr; scope = scope->outer_) {
+    for (SharedBf16Copies::Listed& l : scope->listed_) {
+      if (begin < l.begin || end > l.end) continue;
+      std::shared_ptr<Scratch> copy = l.copy.lock();
+      if (!copy) {
+        copy = rounded(reinterpret_cast<const float*>(l.begin),
+                       static_cast<int64_t>((l.end - l.begin) / sizeof(float)));
+        l.copy = copy;
+      }
+      const int64_t offset = static_cast<int64_t>((begin - l.begin) / sizeof(float));
+      return {copy, copy->as<const __nv_bfloat16>() + offset};
+    }
+  }
+  std::shared_ptr<Scratch> copy = rounded(src, n);
+  return {copy, copy->as<const __nv_bfloat16>()};
+}
+
+Bf16Fill bf16_copy_to_fill(const float* src, int64_t n) {
+  const auto begin = reinterpret_cast<uintptr_t>(src);
+  const auto end = begin + static_cast<uintptr_t>(n) * sizeof(float);
+  for (SharedBf16Copies* scope = t_innermost; scope != nullptr; scope = scope->outer_) {
+    for (SharedBf16Copies::Listed& l : scope->listed_) {
+      if (begin != l.begin || end != l.end || !l.copy.expired()) continue;
+      l.filled = std::make_shared<Scratch>(static_cast<size_t>(n) * sizeof(__nv_bfloat16));
+      l.copy = l.filled;
+      return {l.filled, l.filled->as<__nv_bfloat16>()};
+    }
+  }
+  return {};
+}
+
+void round_to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {
+  if (n == 0) return;
+  to_bf16_kernel<<<grid_for((n + 3) / 4), kThreads, 0, stream()>>>(src, dst, n);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace kvc::kernels::cuda
