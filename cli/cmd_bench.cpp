@@ -104,7 +104,12 @@ struct Result {
   Timing t;
   train::StepWork w;
   int64_t params = 0;
-  double tokens_per_s = 0, gbps = 0, tflops = 0, peak_bytes = 0;
+  double tokens_per_s = 0, gbps = 0, tflops = 0;
+  // Peak memory over the timed full steps (what PyTorch's max_memory_allocated measures around
+  // its timed steps), and over what came before them: building the pair and the optimizer,
+  // making the batch, the forward, backward and optimizer phases. On the CPU both are the
+  // process's peak RSS (it cannot be reset).
+  double peak_bytes = 0, setup_peak_bytes = 0;
   bool peak_is_device = false;
 };
 
@@ -178,6 +183,8 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
         adam.set_clip_scale(1.0);
         adam.step();
       });
+  r.setup_peak_bytes = peak_memory_bytes(device, &r.peak_is_device);
+  reset_peak(device);
   auto full_step = [&] {
     adam.zero_grad();
     forward();
@@ -234,12 +241,12 @@ void print_json(const BenchArgs& a, const RunSettings& s, Device device,
         "\"eager_step_ms\": %.6g, \"graph\": %s, "
         "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
         "%.6g, "
-        "\"peak_bytes\": %.0f, \"peak_kind\": \"%s\"",
+        "\"peak_bytes\": %.0f, \"setup_peak_bytes\": %.0f, \"peak_kind\": \"%s\"",
         i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
         r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
         r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
         r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
-        r.peak_is_device ? "device" : "host_rss");
+        r.setup_peak_bytes, r.peak_is_device ? "device" : "host_rss");
     if (comm.size() > 1) {
       std::printf(", \"ranks\": %d, \"allreduce_ms\": %.6g, \"scaling_efficiency\": %.6g",
                   comm.size(), r.t.allreduce_ms, r.t.scaling);
@@ -277,9 +284,9 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
         static_cast<long long>(s.dim_head), static_cast<long long>(s.queries),
         device.name().c_str(), a.precision.c_str(), static_cast<long long>(a.reps),
         static_cast<long long>(a.warmup_reps));
-    std::printf("%-22s %10s %10s %10s %10s %10s %12s %9s %9s %12s\n", "kind", "fwd ms", "bwd ms",
+    std::printf("%-22s %10s %10s %10s %10s %10s %12s %9s %9s %13s\n", "kind", "fwd ms", "bwd ms",
                 "optim ms", "eager ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
-                device.is_cuda() ? "peak dev MB" : "peak RSS MB");
+                device.is_cuda() ? "step peak MiB" : "peak RSS MiB");
     if (ranks) {
       std::printf(
           "(%d ranks through %s: per rank, then the all-reduce of the gradient and the "
@@ -291,7 +298,7 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
     const Result r = bench_kind(kind, a, s, device, *comm);
     results.push_back(r);
     if (!a.json && print) {
-      std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %10.3f %12.4g %9.3f %9.4f %12.1f\n",
+      std::printf("%-22s %10.3f %10.3f %10.3f %10.3f %10.3f %12.4g %9.3f %9.4f %13.1f\n",
                   kind.c_str(), r.t.forward_ms, r.t.backward_ms, r.t.optimizer_ms,
                   r.t.eager_step_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
                   r.peak_bytes / 1048576.0);
@@ -313,7 +320,8 @@ Command add_bench_command(CLI::App& app) {
   a->run.compressor = "all";
   CLI::App* cmd = app.add_subcommand("bench",
                                      "time forward, backward, optimizer and a "
-                                     "full training step per compressor kind");
+                                     "full training step per compressor kind, with the step's "
+                                     "peak memory");
   add_setting_flags(cmd, &a->run, train::SettingGroup::model, /*allow_all=*/true);
   cmd->add_option("--config", a->config, "shape preset small|nsa|long (shape flags override it)")
       ->capture_default_str()

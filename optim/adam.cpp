@@ -75,23 +75,32 @@ Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, Adam
 
   const TensorOptions opt = TensorOptions{}.with_dtype(dtype_).with_device(device_);
   const Shape flat_shape{static_cast<int64_t>(total)};
+  // The values move first, each parameter's own storage freed as it goes, and only then come the
+  // gradient and moment buffers: the peak while building is twice the parameters, not five
+  // times (the whole-model copies would otherwise all coexist with the old storages).
   flat_params_ = Tensor::zeros(flat_shape, opt);
+  std::vector<std::shared_ptr<TensorImpl>> old_grads(slots_.size());
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    TensorImpl& p = *slots_[i].param;
+    // The parameter's own impl is re-pointed, so every handle to it (the module's member) sees
+    // the flat storage.
+    Tensor(view_impl(flat_params_, slots_[i].offset, p.shape))
+        .copy_from(Tensor(slots_[i].param).detach());
+    p.storage = flat_params_.impl()->storage;
+    p.offset = flat_params_.impl()->offset + slots_[i].offset * dtype_size(dtype_);
+    old_grads[i] = std::move(p.grad);
+  }
   flat_grads_ = Tensor::zeros(flat_shape, opt);
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    Slot& slot = slots_[i];
+    slot.grad = view_impl(flat_grads_, slot.offset, slot.param->shape);
+    if (old_grads[i]) Tensor(slot.grad).copy_from(Tensor(old_grads[i]));  // an existing gradient
+    old_grads[i].reset();
+    slot.param->grad = slot.grad;
+  }
   flat_exp_avg_ = Tensor::zeros(flat_shape, opt);
   flat_exp_avg_sq_ = Tensor::zeros(flat_shape, opt);
   norm_scale_ = Tensor::zeros({2}, opt);
-
-  for (Slot& slot : slots_) {
-    TensorImpl& p = *slot.param;
-    // Values (and any existing gradient) move into the flat buffers; then the parameter's own
-    // impl is re-pointed, so every handle to it (the module's member) sees the flat storage.
-    Tensor(view_impl(flat_params_, slot.offset, p.shape)).copy_from(Tensor(slot.param).detach());
-    slot.grad = view_impl(flat_grads_, slot.offset, p.shape);
-    if (p.grad) Tensor(slot.grad).copy_from(Tensor(p.grad));
-    p.storage = flat_params_.impl()->storage;
-    p.offset = flat_params_.impl()->offset + slot.offset * dtype_size(dtype_);
-    p.grad = slot.grad;
-  }
 }
 
 size_t Adam::index_of(const std::string& name) const {

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/autograd.h"
@@ -143,6 +144,26 @@ TEST_CASE("cuda: a repeated training step allocates no device memory after warm-
   CHECK(emptied.device_frees > after.device_frees);
   CHECK(emptied.bytes_in_use == after.bytes_in_use);
   CHECK(w1.to_vector().size() == 32 * 64);
+}
+
+TEST_CASE("cuda: the allocator rounds a block to 512 B up to 1 MiB and to 2 MiB above") {
+  KVC_REQUIRE_CUDA();
+  constexpr size_t kMiB = size_t{1} << 20;
+  // (bytes asked, bytes the block holds): the closed form of the two size classes.
+  const std::vector<std::pair<size_t, size_t>> cases = {{1, 512},
+                                                        {513, 1024},
+                                                        {kMiB, kMiB},
+                                                        {kMiB + 1, 2 * kMiB},
+                                                        {33 * kMiB + 1, 34 * kMiB},
+                                                        {1056 * kMiB + 7, 1058 * kMiB}};
+  for (const auto& [bytes, held] : cases) {
+    CAPTURE(bytes);
+    const size_t before = kernels::cuda::allocator_stats().bytes_in_use;
+    void* p = kernels::cuda::alloc(bytes, 0);
+    CHECK(kernels::cuda::allocator_stats().bytes_in_use - before == held);
+    kernels::cuda::free(p, 0);
+    CHECK(kernels::cuda::allocator_stats().bytes_in_use == before);
+  }
 }
 
 // The same for the real thing: a distill step of a compressor pair (dropout on) with Adam and
