@@ -33,8 +33,9 @@ struct MlpArgs {
   int64_t weight_heads() const { return shared_weights ? 1 : h; }
 };
 
-// What the backward reads: the hidden activations, GELU's input, and the operands already
-// rounded to bfloat16 (device memory, released with it).
+// What the backward reads: ReLU's output or GELU's input (GELU's output is recomputed from it
+// there, rather than kept beside it), and the operands already rounded to bfloat16 (device
+// memory, released with it).
 struct MlpSaved;
 
 // y (b, h, w, out). With `save` the state for mlp_backward comes back, else nullptr. The products

@@ -278,9 +278,25 @@ void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool s
 struct MlpSaved {
   MathPrecision precision = MathPrecision::fp32;
   Operand x, w2;                    // as the products read them
-  std::unique_ptr<Scratch> hidden;  // act(x W1 + b1), (b, h, w, hidden)
-  std::unique_ptr<Scratch> aux;     // GELU's input
+  std::unique_ptr<Scratch> hidden;  // ReLU: act(x W1 + b1), (b, h, w, hidden); GELU: its input
 };
+
+namespace {
+
+// a = gelu(p) over n elements of the operand type (p == a: in place).
+void apply_gelu(const Types& t, const void* p, void* a, int64_t n) {
+  const int blocks = grid_for(std::max<int64_t>(n * static_cast<int64_t>(t.size) / 16, 1));
+  if (t.bf16) {
+    gelu_kernel<<<blocks, kThreads, 0, stream()>>>(static_cast<const __nv_bfloat16*>(p),
+                                                   static_cast<__nv_bfloat16*>(a), n);
+  } else {
+    gelu_kernel<<<blocks, kThreads, 0, stream()>>>(static_cast<const float*>(p),
+                                                   static_cast<float*>(a), n);
+  }
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
 
 std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   auto s = std::make_shared<MlpSaved>();
@@ -291,13 +307,16 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   const Operand w1(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
   const Operand b1(g.b1, (g.b1_per_head ? g.h : 1) * g.hidden, t.bf16);
   s->w2 = Operand(g.w2, g.weight_heads() * g.hidden * g.out, t.bf16);
-  s->hidden = std::make_unique<Scratch>(static_cast<size_t>(rows * g.hidden) * t.size);
+  // The first product's output: ReLU's (its epilogue applies it), kept for the backward, which
+  // needs nothing else of this layer; GELU's input, kept for the backward, which recomputes
+  // GELU's output from it rather than keeping both (half the memory, one more pass), and GELU
+  // applied into a second buffer for the next product (in place where nothing is kept).
   const bool relu = g.act == MlpActivation::relu;
-  if (save && !relu) {
-    s->aux = std::make_unique<Scratch>(static_cast<size_t>(rows * g.hidden) * t.size);
-  }
-  // GELU's input goes where the backward will read it (or straight into hidden, then in place).
-  void* first_out = !relu && save ? s->aux->as<void>() : s->hidden->as<void>();
+  const int64_t n_hidden = rows * g.hidden;
+  s->hidden = std::make_unique<Scratch>(static_cast<size_t>(n_hidden) * t.size);
+  std::unique_ptr<Scratch> activated;
+  if (!relu && save) activated = std::make_unique<Scratch>(static_cast<size_t>(n_hidden) * t.size);
+  void* act_out = activated ? activated->as<void>() : s->hidden->as<void>();
 
   // x @ W1 + b1, then ReLU in the epilogue or GELU after. ReLU's backward reads its output in
   // one pass: cuBLASLt's bit-mask epilogues (RELU_AUX_BIAS, DRELU) gave the same values but
@@ -308,20 +327,9 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   first.bias = b1.p;
   first.bias_stride = g.b1_per_head ? g.hidden : 0;
   first.epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-  rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p, first_out,
-                    t.size);
-  if (!relu) {
-    const int64_t n = rows * g.hidden;
-    const int blocks = grid_for(std::max<int64_t>(n * t.size / 16, 1));
-    if (t.bf16) {
-      gelu_kernel<<<blocks, kThreads, 0, stream()>>>(static_cast<const __nv_bfloat16*>(first_out),
-                                                     s->hidden->as<__nv_bfloat16>(), n);
-    } else {
-      gelu_kernel<<<blocks, kThreads, 0, stream()>>>(static_cast<const float*>(first_out),
-                                                     s->hidden->as<float>(), n);
-    }
-    KVC_CUDA_CHECK(cudaGetLastError());
-  }
+  rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p,
+                    s->hidden->as<void>(), t.size);
+  if (!relu) apply_gelu(t, s->hidden->as<void>(), act_out, n_hidden);
   // hidden @ W2 + b2, float32 out.
   Product second;
   second.ab = t.data;
@@ -329,8 +337,8 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   second.epilogue = CUBLASLT_EPILOGUE_BIAS;
   second.bias = g.b2;
   second.bias_stride = g.b2_per_head ? g.out : 0;
-  rows_times_weight(g, second, g.hidden, g.out, !g.shared_weights, s->hidden->as<void>(), t.size,
-                    s->w2.p, y, sizeof(float));
+  rows_times_weight(g, second, g.hidden, g.out, !g.shared_weights, act_out, t.size, s->w2.p, y,
+                    sizeof(float));
   if (!save) return nullptr;
   return s;
 }
@@ -389,26 +397,32 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     sum_rows(gy, CUDA_R_32F, sizeof(float), ones32.as<void>(), g.out, g.b2_per_head, out.b2,
              out.acc_b2);
   }
-  if (out.w2) weight_grad(s.hidden->as<void>(), g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
+  // ReLU: its output as kept. GELU: the output recomputed from its kept input into the buffer that
+  // then takes the gradient at the first product's output (one buffer of (b, h, w, hidden)).
+  const int64_t n_hidden = rows * g.hidden;
+  Scratch dpre(static_cast<size_t>(n_hidden) * t.size);
+  const void* activated = s.hidden->as<void>();
+  if (!relu && out.w2) {
+    apply_gelu(t, s.hidden->as<void>(), dpre.as<void>(), n_hidden);
+    activated = dpre.as<void>();
+  }
+  if (out.w2) weight_grad(activated, g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
   if (!out.x && !out.w1 && !out.b1) return;
 
   // The gradient at the first product's output, gy W2^T times act'(.), in the operand type.
-  const int64_t n_hidden = rows * g.hidden;
-  Scratch dpre(static_cast<size_t>(n_hidden) * t.size);
   Product back;
   back.ab = back.c = t.data;
   back.compute = t.compute;
   rows_times_weight(g, back, g.out, g.hidden, g.shared_weights, gy_op.p, t.size, s.w2.p,
                     dpre.as<void>(), t.size);
-  const void* saved = relu ? s.hidden->as<void>() : s.aux->as<void>();
   if (t.bf16 && relu) {
-    activation_backward<__nv_bfloat16>(saved, dpre.as<void>(), n_hidden, ReluGrad{});
+    activation_backward<__nv_bfloat16>(s.hidden->as<void>(), dpre.as<void>(), n_hidden, ReluGrad{});
   } else if (relu) {
-    activation_backward<float>(saved, dpre.as<void>(), n_hidden, ReluGrad{});
+    activation_backward<float>(s.hidden->as<void>(), dpre.as<void>(), n_hidden, ReluGrad{});
   } else if (t.bf16) {
-    activation_backward<__nv_bfloat16>(saved, dpre.as<void>(), n_hidden, GeluGrad{});
+    activation_backward<__nv_bfloat16>(s.hidden->as<void>(), dpre.as<void>(), n_hidden, GeluGrad{});
   } else {
-    activation_backward<float>(saved, dpre.as<void>(), n_hidden, GeluGrad{});
+    activation_backward<float>(s.hidden->as<void>(), dpre.as<void>(), n_hidden, GeluGrad{});
   }
   if (out.b1) {
     sum_rows(dpre.as<void>(), t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1,
