@@ -422,7 +422,6 @@ struct PoolMmaLayout {
   static constexpr size_t kBytes = kXOp + size_t{2} * kRows * kLdOp;
 };
 
-//
 // seq16, where not null, gets the bf16 rounding of every sequence element the CTA reads (the
 // launcher passes it only where the windows tile the sequence, so that every element is written
 // once): the attention target's copy of K or V (bf16_copy_to_fill), at 2 bytes an element
