@@ -32,8 +32,8 @@ Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
 // MLP kinds keep theirs of K and V for the backward, and the attention target then reads the
 // same copies. The scope itself keeps only the copies a kernel wrote on its way through a whole
 // buffer (the attention pools' forward, which reads K and V as float32 and needs no copy), until
-// it closes. The buffers must not change while it lives. Scopes nest, one chain per thread
-// (kernels/cuda/bf16.cu).
+// it closes. The buffers must not change while it lives. Scopes nest (inner ones asked first,
+// any may close first), one chain per thread (kernels/cuda/bf16.cu).
 class SharedBf16Copies {
  public:
   explicit SharedBf16Copies(const std::vector<std::pair<const float*, int64_t>>& buffers);

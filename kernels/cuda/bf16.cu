@@ -58,7 +58,19 @@ SharedBf16Copies::SharedBf16Copies(const std::vector<std::pair<const float*, int
   t_innermost = this;
 }
 
-SharedBf16Copies::~SharedBf16Copies() { t_innermost = outer_; }
+// Unlinked from its thread's chain wherever it is: scopes held on the heap may close out of order.
+SharedBf16Copies::~SharedBf16Copies() {
+  if (t_innermost == this) {
+    t_innermost = outer_;
+    return;
+  }
+  for (SharedBf16Copies* s = t_innermost; s != nullptr; s = s->outer_) {
+    if (s->outer_ == this) {
+      s->outer_ = outer_;
+      return;
+    }
+  }
+}
 
 Bf16Copy bf16_copy(const float* src, int64_t n) {
   const auto begin = reinterpret_cast<uintptr_t>(src);
