@@ -320,8 +320,8 @@ Command add_bench_command(CLI::App& app) {
   a->run.compressor = "all";
   CLI::App* cmd = app.add_subcommand("bench",
                                      "time forward, backward, optimizer and a "
-                                     "full training step per compressor kind, with the step's "
-                                     "peak memory");
+                                     "full training step per compressor kind, with peak memory "
+                                     "(CUDA: the timed steps'; CPU: the process's RSS)");
   add_setting_flags(cmd, &a->run, train::SettingGroup::model, /*allow_all=*/true);
   cmd->add_option("--config", a->config, "shape preset small|nsa|long (shape flags override it)")
       ->capture_default_str()
