@@ -1,15 +1,15 @@
 // The attention pools' layer fused on tensor cores (see kernels/attention_pool.h). One CTA of 8
 // warps walks the windows of one head: a window's n x d block (sequence rows plus positions)
 // comes from global memory once per pass into shared memory, prefetched into registers while
-// the window before it is computed; logits = x W^T and, in backward, dW += dlogits^T x are wmma
-// products (tf32 m16n16k8, or bf16 m16n16k16 from bf16 copies of the operands) with float32
-// accumulation; the softmax over the block and the pooled sum run in float32 from the float32
-// block. Backward recomputes the logits instead of storing them. The positions' gradient is the
-// sum over windows of dx = gy a + dlogits W, and W is the same for every window: a CTA sums
-// gy a and dlogits over its windows and multiplies by W once at its end. Each CTA writes its dW
-// and positions' parts once; a second kernel adds the CTAs' parts in a fixed order. The bf16
-// forward runs its own kernel on mma.sync instead, with the logits and the softmax in registers
-// (attention_pool_forward_mma_kernel).
+// the window before it is computed; logits = x W^T and, in backward, dW += dlogits^T x are
+// tensor-core products with float32 accumulation; the softmax over the block and the pooled sum
+// run in float32 from the float32 block. Backward recomputes the logits instead of storing them.
+// The positions' gradient is the sum over windows of dx = gy a + dlogits W, and W is the same for
+// every window: a CTA sums gy a and dlogits over its windows and multiplies by W once at its end.
+// Each CTA writes its dW and positions' parts once; a second kernel adds the CTAs' parts in a
+// fixed order. Two kernels: bf16 runs on mma.sync with the logits and the softmax in registers
+// (attention_pool_mma_kernel); tf32 and fp32 (three TF32 products of split operands) on wmma
+// with the logits in shared memory (attention_pool_kernel).
 #include <cuda_bf16.h>
 #include <mma.h>
 
@@ -400,7 +400,7 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
 #endif
 }
 
-// The bf16 forward on mma.sync, its logits never leaving registers. Warp w owns the 16 output
+// The bf16 layer on mma.sync, its logits never leaving registers. Warp w owns the 16 output
 // columns [16 ct, 16 ct + 16), ct = w % kColWarps, of window slot w / kColWarps: a CTA step covers
 // kWin = 8 / kColWarps consecutive windows (1 at d = 128, 2 at d = 64). The B fragments of W^T
 // for the warp's columns are read from global memory once and stay in registers (d / 4 of them);
@@ -409,6 +409,15 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
 // on the accumulators: a column's rows lie in the 8 lanes of equal t (three xor-shuffles). The
 // pooled sum reads the float32 rows. Two barriers a step, none between the product and the output
 // (the wmma kernel stores the logits and meets at four).
+//
+// Backward, per window and on the same accumulators: dlogits = alpha a gy (x - y); gy a and
+// dlogits add into the window slot's float32 sums in shared memory (each element owned by one
+// thread: no barrier); the warp writes its dlogits columns in bf16 to shared memory and, after a
+// __syncwarp only, adds dlogits^T x to the 16 rows of dW its columns index: both operands by
+// ldmatrix.trans (dlogits and x are stored row by row; the product runs over the block's rows),
+// the d / 2 accumulators of a 16 x d slice of dW in registers for the CTA's whole run. At the end
+// each warp writes its slice (a part per window slot), and the positions' part G + S W comes from
+// the slots' sums on mma.sync (S rounded to bf16 once, as the wmma kernel does).
 template <int N, int D>
 struct PoolMmaLayout {
   static constexpr int kColWarps = D / 16;
@@ -419,19 +428,29 @@ struct PoolMmaLayout {
   static constexpr int kLdOp = D + 8;
   static constexpr size_t kX = 0;
   static constexpr size_t kXOp = kX + size_t{4} * kRows * kLdX;
-  static constexpr size_t kBytes = kXOp + size_t{2} * kRows * kLdOp;
+  static constexpr size_t kForwardBytes = kXOp + size_t{2} * kRows * kLdOp;
+  // Backward: bf16 dlogits, the float32 sums of gy a (G) and of dlogits (S) per window slot,
+  // and W (out, in) in bf16: the backward reads W^T's fragments from here, keeping the
+  // registers for dW (two CTAs an SM need <= 128 a thread).
+  static constexpr size_t kDl = kForwardBytes;
+  static constexpr size_t kG = kDl + size_t{2} * kRows * kLdOp;
+  static constexpr size_t kS = kG + size_t{4} * kRows * kLdX;
+  static constexpr size_t kW = kS + size_t{4} * kRows * kLdX;
+  static constexpr size_t kBackwardBytes = kW + size_t{2} * D * kLdOp;
 };
 
-// seq16, where not null, gets the bf16 rounding of every sequence element the CTA reads (the
-// launcher passes it only where the windows tile the sequence, so that every element is written
-// once): the attention target's copy of K or V (bf16_copy_to_fill), at 2 bytes an element
-// instead of a pass of 6.
-template <int N, int D>
-__global__ void __launch_bounds__(kPoolThreads, 2)
-    attention_pool_forward_mma_kernel(AttentionPoolArgs a, PoolGrid grid, float* __restrict__ y,
-                                      uint16_t* __restrict__ seq16) {
+// Forward: y. seq16, where not null, gets the bf16 rounding of every sequence element the CTA
+// reads (the launcher passes it only where the windows tile the sequence, so that every element
+// is written once): the attention target's copy of K or V (bf16_copy_to_fill), at 2 bytes an
+// element instead of a pass of 6. Backward: from gy, this CTA's dW parts (one per window slot,
+// part_w[blockIdx * kWin + slot]) and its positions' part (part_pos[blockIdx]).
+template <int N, int D, bool kBackward>
+__global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
+    attention_pool_mma_kernel(AttentionPoolArgs a, PoolGrid grid, const float* __restrict__ gy,
+                              float* __restrict__ y, uint16_t* __restrict__ seq16,
+                              float* __restrict__ part_w, float* __restrict__ part_pos) {
   using L = PoolMmaLayout<N, D>;
-  constexpr int kMTiles = N / 16, kKSteps = D / 16;
+  constexpr int kMTiles = N / 16, kKSteps = D / 16, kNTiles = D / 8;
   constexpr int kWinVec4 = N * D / 4;  // float4s per block
   constexpr int kPerThread = L::kWin * kWinVec4 / kPoolThreads;
   static_assert(kWinVec4 % kPoolThreads == 0, "attention_pool: whole float4s per thread");
@@ -442,6 +461,10 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
   extern __shared__ __align__(128) unsigned char smem[];
   float* sx = reinterpret_cast<float*>(smem + L::kX);
   uint16_t* xop = reinterpret_cast<uint16_t*>(smem + L::kXOp);
+  uint16_t* sdl = reinterpret_cast<uint16_t*>(smem + L::kDl);
+  float* sg = reinterpret_cast<float*>(smem + L::kG);
+  float* ss = reinterpret_cast<float*>(smem + L::kS);
+  uint16_t* sw = reinterpret_cast<uint16_t*>(smem + L::kW);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int ct = warp % L::kColWarps, slot = warp / L::kColWarps;
@@ -452,6 +475,12 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
 
   // B[k][n] = W[n][k], n this warp's columns (two 8-column tiles), k every step of 16.
   uint32_t wt[kKSteps][2][2];
+  if constexpr (kBackward) {  // W in bf16 for the positions' product at the end
+    for (int e = 2 * tid; e < D * D; e += 2 * kPoolThreads) {
+      const float2 v = __ldg(reinterpret_cast<const float2*>(a.weight + e));
+      *reinterpret_cast<uint32_t*>(sw + (e / D) * L::kLdOp + e % D) = pack_bf16(v.x, v.y);
+    }
+  }
 #pragma unroll
   for (int ks = 0; ks < kKSteps; ++ks) {
 #pragma unroll
@@ -463,6 +492,12 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
       wt[ks][nj][1] = pack_bf16(hi.x, hi.y);
     }
   }
+  // Backward: rows [16 ct, 16 ct + 16) of dW, all d columns: element e of dw[nt] is row
+  // 16 ct + g + 8 (e / 2), column 8 nt + 2 t + e % 2.
+  float dw[kBackward ? kNTiles : 1][4] = {};
+  // Backward: this warp's elements of the sums of gy a and of dlogits over its windows, in the
+  // logits' fragment layout.
+  float gsum[kBackward ? kMTiles : 1][2][4] = {}, ssum[kBackward ? kMTiles : 1][2][4] = {};
 
   const float4* pos4 = reinterpret_cast<const float4*>(a.positions + head * N * D);
   struct WindowAt {  // window wi of batch row bi; stepped, never divided (see the wmma kernel)
@@ -486,8 +521,23 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
       }
     }
   };
+  // The output row of window `at` at this warp's columns 16 ct + 2 t (+ 8 nj, + 1).
+  const auto out_at = [&](WindowAt at) {
+    return ((at.bi * a.h + head) * w + at.wi) * D + ct * 16 + 2 * t;
+  };
+  // Backward: gy there for this warp's window of the step starting at `at`, fetched a step ahead
+  // like the blocks (loaded where it is used, its latency would stall every window).
+  float gnext[2][2];
+  auto fetch_gy = [&](WindowAt at, int64_t j) {
+    if (!kBackward || j + slot >= j1) return;
+    if (slot > 0) at.step(w);
+    const float* src = gy + out_at(at);
+#pragma unroll
+    for (int nj = 0; nj < 2; ++nj)
+      gnext[nj][0] = __ldg(src + nj * 8), gnext[nj][1] = __ldg(src + nj * 8 + 1);
+  };
   WindowAt first{j0 / w, j0 % w};  // the step's first window
-  if (j0 < j1) fetch(first, j0);
+  if (j0 < j1) fetch(first, j0), fetch_gy(first, j0);
 
   for (int64_t j = j0; j < j1; j += L::kWin) {
     __syncthreads();  // the step before is done with the blocks
@@ -501,7 +551,7 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
       *reinterpret_cast<float4*>(sx + r * L::kLdX + c) = x;
       *reinterpret_cast<uint2*>(xop + r * L::kLdOp + c) =
           make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
-      if (seq16 != nullptr && j + ws < j1) {
+      if (!kBackward && seq16 != nullptr && j + ws < j1) {
         WindowAt at = first;
         for (int k = 0; k < ws; ++k) at.step(w);
         *reinterpret_cast<uint2*>(seq16 + block_start(at) + 4 * i) =
@@ -512,7 +562,15 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
     WindowAt mine = first;  // this warp's window
     if (slot > 0) mine.step(w);
     for (int s = 0; s < L::kWin; ++s) first.step(w);
-    if (j + L::kWin < j1) fetch(first, j + L::kWin);  // in flight while this step computes
+    float gv[2][2];
+#pragma unroll
+    for (int nj = 0; nj < 2; ++nj) gv[nj][0] = gnext[nj][0], gv[nj][1] = gnext[nj][1];
+    if (j + L::kWin < j1) {  // in flight while this step computes
+      fetch(first, j + L::kWin);
+      fetch_gy(first, j + L::kWin);
+    }
+    if (j + slot >= j1) continue;  // past the CTA's last window (warp-uniform; no barrier below)
+    const int64_t out = out_at(mine);
 
     // logits (this warp's block rows, its 16 columns) = x W^T
     float acc[kMTiles][2][4];
@@ -536,7 +594,8 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
 
     // Per column: the softmax over the block's rows and the pooled value. Element e of
     // acc[mi][nj] is row 16 mi + g + 8 (e / 2), column 16 ct + 8 nj + 2 t + e % 2.
-    const float* xrow = sx + (slot * N + g) * L::kLdX + ct * 16 + 2 * t;
+    const int row0 = slot * N + g, col0 = ct * 16 + 2 * t;
+    const float* xrow = sx + row0 * L::kLdX + col0;
 #pragma unroll
     for (int nj = 0; nj < 2; ++nj) {
       float mx[2] = {-INFINITY, -INFINITY};
@@ -555,14 +614,16 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
         for (int o = 4; o < 32; o <<= 1)
           mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], o));
       }
+      float2 xv[kMTiles][2];  // the float32 rows, read once
 #pragma unroll
       for (int mi = 0; mi < kMTiles; ++mi) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-          const float2 x =
+          const float2 x = xv[mi][h] =
               *reinterpret_cast<const float2*>(xrow + (mi * 16 + 8 * h) * L::kLdX + nj * 8);
           const float p0 = __expf(acc[mi][nj][2 * h] - mx[0]);
           const float p1 = __expf(acc[mi][nj][2 * h + 1] - mx[1]);
+          if constexpr (kBackward) acc[mi][nj][2 * h] = p0, acc[mi][nj][2 * h + 1] = p1;
           sum[0] += p0;
           sum[1] += p1;
           pooled[0] += p0 * x.x;
@@ -577,9 +638,132 @@ __global__ void __launch_bounds__(kPoolThreads, 2)
           pooled[c] += __shfl_xor_sync(0xffffffffu, pooled[c], o);
         }
       }
-      if (g == 0 && j + slot < j1) {
-        const int64_t out = ((mine.bi * a.h + head) * w + mine.wi) * D + ct * 16 + nj * 8 + 2 * t;
-        *reinterpret_cast<float2*>(y + out) = make_float2(pooled[0] / sum[0], pooled[1] / sum[1]);
+      if constexpr (!kBackward) {
+        if (g == 0) {
+          *reinterpret_cast<float2*>(y + out + nj * 8) =
+              make_float2(pooled[0] / sum[0], pooled[1] / sum[1]);
+        }
+      } else {
+        // a = p / sum; G += gy a; dlogits = alpha gy a (x - y) into S and, in bf16, sdl.
+        float ga[2], k[2], yc[2];
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const float inv = 1.0f / sum[c];
+          ga[c] = gv[nj][c] * inv;
+          k[c] = a.alpha * ga[c];
+          yc[c] = pooled[c] * inv;
+        }
+#pragma unroll
+        for (int mi = 0; mi < kMTiles; ++mi) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float2 x = xv[mi][h];
+            const float p0 = acc[mi][nj][2 * h], p1 = acc[mi][nj][2 * h + 1];
+            const float dl0 = p0 * k[0] * (x.x - yc[0]), dl1 = p1 * k[1] * (x.y - yc[1]);
+            gsum[mi][nj][2 * h] += p0 * ga[0];
+            gsum[mi][nj][2 * h + 1] += p1 * ga[1];
+            ssum[mi][nj][2 * h] += dl0;
+            ssum[mi][nj][2 * h + 1] += dl1;
+            *reinterpret_cast<uint32_t*>(sdl + (row0 + mi * 16 + 8 * h) * L::kLdOp + col0 +
+                                         nj * 8) = pack_bf16(dl0, dl1);
+          }
+        }
+      }
+    }
+    if constexpr (kBackward) {
+      __syncwarp();  // this warp's dlogits columns are in sdl
+      // dW[o][i] += sum over the block's rows r of dlogits[r][o] x[r][i], o this warp's 16
+      // columns. A (o, r) = dlogits^T: ldmatrix.trans of the 8 x 8 tiles (r, o), lanes 0-7 rows
+      // r 0-7 at o 0, 8-15 the same rows at o 8, 16-31 rows r 8-15. B (r, i) = x: the trans
+      // tiles (r, i), lanes 0-7 rows r 0-7, 8-15 rows r 8-15, 16-31 the same at i + 8.
+      const uint16_t* da = sdl + (slot * N + (lane & 7) + ((lane >> 4) << 3)) * L::kLdOp + ct * 16 +
+                           ((lane >> 3) & 1) * 8;
+      const uint16_t* xb =
+          xop + (slot * N + (lane & 7) + ((lane >> 3) & 1) * 8) * L::kLdOp + (lane >> 4) * 8;
+#pragma unroll
+      for (int kk = 0; kk < kMTiles; ++kk) {
+        uint32_t af[4];
+        ldmatrix_x4_trans(af, da + kk * 16 * L::kLdOp);
+#pragma unroll
+        for (int np = 0; np < kNTiles / 2; ++np) {
+          uint32_t bf[4];
+          ldmatrix_x4_trans(bf, xb + kk * 16 * L::kLdOp + np * 16);
+          mma_bf16(dw[2 * np], af, bf[0], bf[1]);
+          mma_bf16(dw[2 * np + 1], af, bf[2], bf[3]);
+        }
+      }
+    }
+  }
+
+  if constexpr (kBackward) {
+    // This warp's slice of dW, in the part of its window slot.
+    float* my_w = part_w + (int64_t{blockIdx.x} * L::kWin + slot) * D * D;
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      float* at = my_w + (ct * 16 + g) * D + nt * 8 + 2 * t;
+      *reinterpret_cast<float2*>(at) = make_float2(dw[nt][0], dw[nt][1]);
+      *reinterpret_cast<float2*>(at + 8 * D) = make_float2(dw[nt][2], dw[nt][3]);
+    }
+    // The positions' part: G + S W over the slots' sums, S rounded to bf16 (into xop) once.
+    __syncthreads();  // every warp is done with the blocks
+#pragma unroll
+    for (int mi = 0; mi < kMTiles; ++mi) {
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int at = (slot * N + mi * 16 + g + 8 * h) * L::kLdX + ct * 16 + nj * 8 + 2 * t;
+          *reinterpret_cast<float2*>(sg + at) =
+              make_float2(gsum[mi][nj][2 * h], gsum[mi][nj][2 * h + 1]);
+          *reinterpret_cast<float2*>(ss + at) =
+              make_float2(ssum[mi][nj][2 * h], ssum[mi][nj][2 * h + 1]);
+        }
+      }
+    }
+    __syncthreads();
+    for (int e = tid; e < N * D; e += kPoolThreads) {
+      const int at = (e / D) * L::kLdX + e % D;
+      float gs = sg[at], sd = ss[at];
+#pragma unroll
+      for (int s = 1; s < L::kWin; ++s)
+        gs += sg[at + s * N * L::kLdX], sd += ss[at + s * N * L::kLdX];
+      sg[at] = gs;
+      reinterpret_cast<__nv_bfloat16*>(xop)[(e / D) * L::kLdOp + e % D] = __float2bfloat16_rn(sd);
+    }
+    __syncthreads();
+    // B (o, c) = W[o][c], c this warp's columns: the trans tiles (o, c) of W, lanes as x's in
+    // the dW product.
+    const uint16_t* wc =
+        sw + ((lane & 7) + ((lane >> 3) & 1) * 8) * L::kLdOp + ct * 16 + (lane >> 4) * 8;
+    float* my_pos = part_pos + int64_t{blockIdx.x} * N * D;  // blockIdx = head * chunks + chunk
+    for (int mi = slot; mi < kMTiles; mi += L::kWin) {       // the slots split the row tiles
+      float acc[2][4];
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const float2 v = *reinterpret_cast<const float2*>(sg + (mi * 16 + g + 8 * h) * L::kLdX +
+                                                            ct * 16 + nj * 8 + 2 * t);
+          acc[nj][2 * h] = v.x;
+          acc[nj][2 * h + 1] = v.y;
+        }
+      }
+      const uint16_t* sa = xop + (mi * 16 + (lane & 15)) * L::kLdOp + (lane >> 4) * 8;
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks) {
+        uint32_t af[4], b[4];
+        ldmatrix_x4(af, sa + ks * 16);
+        ldmatrix_x4_trans(b, wc + ks * 16 * L::kLdOp);
+        mma_bf16(acc[0], af, b[0], b[1]);
+        mma_bf16(acc[1], af, b[2], b[3]);
+      }
+#pragma unroll
+      for (int nj = 0; nj < 2; ++nj) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          *reinterpret_cast<float2*>(my_pos + (mi * 16 + g + 8 * h) * D + ct * 16 + nj * 8 +
+                                     2 * t) = make_float2(acc[nj][2 * h], acc[nj][2 * h + 1]);
+        }
       }
     }
   }
@@ -601,15 +785,16 @@ __global__ void sum_parts_kernel(const float* __restrict__ part, float* __restri
 template <int N, int D, PoolMode kMode, bool kBackward>
 void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_positions,
             float* g_weight, bool acc_positions, bool acc_weight) {
-  using Lay = PoolLayout<N, D, kMode == PoolMode::bf16>;
-  // bf16's forward keeps its logits in registers on mma.sync; the rest runs the wmma kernel.
-  constexpr bool kMmaForward = kMode == PoolMode::bf16 && !kBackward;
-  constexpr size_t kBytes = kMmaForward ? PoolMmaLayout<N, D>::kBytes
+  // bf16 keeps its logits in registers on mma.sync; tf32 and fp32 run the wmma kernel.
+  constexpr bool kMma = kMode == PoolMode::bf16;
+  using Lay = PoolLayout<N, D, kMma>;
+  using MmaLay = PoolMmaLayout<N, D>;
+  constexpr size_t kBytes = kMma ? (kBackward ? MmaLay::kBackwardBytes : MmaLay::kForwardBytes)
                             : kBackward ? Lay::kBackwardBytes
                                         : Lay::kForwardBytes;
   auto* kernel = [] {
-    if constexpr (kMmaForward) {
-      return attention_pool_forward_mma_kernel<N, D>;
+    if constexpr (kMma) {
+      return attention_pool_mma_kernel<N, D, kBackward>;
     } else {
       return attention_pool_kernel<N, D, kMode, kBackward>;
     }
@@ -630,31 +815,33 @@ void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_posi
   grid.per_chunk = (windows + grid.chunks - 1) / grid.chunks;
   const int64_t ctas = a.h * grid.chunks;
   KVC_CHECK(ctas <= INT32_MAX, "attention_pool: ", a.h, " heads exceed the grid");
-  if constexpr (kMmaForward) {
-    // Windows that tile the sequence read each element once: the rounding of all of it on the
-    // way, where a later op will want it (bf16_copy_to_fill).
-    const bool tiles = a.stride == N && a.s % N == 0;
+  // The mma kernel's backward writes a dW part per window slot of each CTA.
+  const int64_t w_parts = ctas * (kMma ? MmaLay::kWin : 1);
+  Scratch part_w(kBackward ? sizeof(float) * w_parts * D * D : 0);
+  Scratch part_pos(kBackward ? sizeof(float) * ctas * N * D : 0);
+  if constexpr (kMma) {
+    // Windows that tile the sequence read each element once: the forward rounds all of it on
+    // the way, where a later op will want it (bf16_copy_to_fill).
+    const bool tiles = !kBackward && a.stride == N && a.s % N == 0;
     const Bf16Fill seq16 = tiles ? bf16_copy_to_fill(a.seq, a.b * a.h * a.s * D) : Bf16Fill{};
     kernel<<<static_cast<unsigned>(ctas), kPoolThreads, kBytes, stream()>>>(
-        a, grid, y, reinterpret_cast<uint16_t*>(seq16.p));
-    KVC_CUDA_CHECK(cudaGetLastError());
+        a, grid, gy, y, reinterpret_cast<uint16_t*>(seq16.p), part_w.as<float>(),
+        part_pos.as<float>());
   } else {
-    Scratch part_w(kBackward ? sizeof(float) * ctas * D * D : 0);
-    Scratch part_pos(kBackward ? sizeof(float) * ctas * N * D : 0);
     kernel<<<static_cast<unsigned>(ctas), kPoolThreads, kBytes, stream()>>>(
         a, grid, gy, y, part_w.as<float>(), part_pos.as<float>());
-    KVC_CUDA_CHECK(cudaGetLastError());
-    if constexpr (kBackward) {
-      if (g_weight) {
-        sum_parts_kernel<<<grid_for(D * D), kThreads, 0, stream()>>>(part_w.as<float>(), g_weight,
-                                                                     1, ctas, D * D, acc_weight);
-        KVC_CUDA_CHECK(cudaGetLastError());
-      }
-      if (g_positions) {
-        sum_parts_kernel<<<grid_for(a.h * N * D), kThreads, 0, stream()>>>(
-            part_pos.as<float>(), g_positions, a.h, grid.chunks, N * D, acc_positions);
-        KVC_CUDA_CHECK(cudaGetLastError());
-      }
+  }
+  KVC_CUDA_CHECK(cudaGetLastError());
+  if constexpr (kBackward) {
+    if (g_weight) {
+      sum_parts_kernel<<<grid_for(D * D), kThreads, 0, stream()>>>(part_w.as<float>(), g_weight, 1,
+                                                                   w_parts, D * D, acc_weight);
+      KVC_CUDA_CHECK(cudaGetLastError());
+    }
+    if (g_positions) {
+      sum_parts_kernel<<<grid_for(a.h * N * D), kThreads, 0, stream()>>>(
+          part_pos.as<float>(), g_positions, a.h, grid.chunks, N * D, acc_positions);
+      KVC_CUDA_CHECK(cudaGetLastError());
     }
   }
 }
