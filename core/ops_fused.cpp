@@ -12,6 +12,7 @@
 #include "core/autograd.h"
 #include "core/op_util.h"
 #include "core/ops.h"
+#include "kernels/attention_backward.h"
 #include "kernels/attention_pool.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -125,6 +126,42 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 // scores three times (GEMM, scale, softmax) and keeps two of them for backward. Here alpha is
 // the GEMM's, the softmax runs in place, and backward reuses one (m, s) buffer for dP and dS.
 
+namespace {
+
+// The gradients of K and V in one pass on CUDA bf16 tensor cores from the kept probabilities,
+// where the queries need none (the attention over compressed blocks): true if it ran.
+bool fused_kv_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& p,
+                       const Tensor& y, const Tensor& gy, double alpha) {
+#ifdef KVC_WITH_CUDA
+  if (!p.device().is_cuda() || p.dtype() != DType::f32 || q.requires_grad()) return false;
+  if (kernels::cuda::math_precision() != kernels::MathPrecision::bf16) return false;
+  const int64_t s = k.size(-2), d = q.size(-1);
+  if (!kernels::cuda::attention_backward_kv_fits(s, d, v.size(-1))) return false;
+  kernels::cuda::AttentionBackwardArgs args;
+  args.q = q.data<float>();
+  args.v = v.data<float>();
+  args.p = p.data<float>();
+  args.y = y.data<float>();
+  args.gy = gy.data<float>();
+  args.m = q.size(-2);
+  args.batch = q.numel() / (args.m * d);
+  args.s = s;
+  args.d = d;
+  args.alpha = static_cast<float>(alpha);
+  bool acc_k = false, acc_v = false;
+  const Tensor gk = k.requires_grad() ? grad_buffer(k, &acc_k) : Tensor();
+  const Tensor gv = v.requires_grad() ? grad_buffer(v, &acc_v) : Tensor();
+  kernels::cuda::attention_backward_kv(args, gk.defined() ? gk.data<float>() : nullptr,
+                                       gv.defined() ? gv.data<float>() : nullptr, acc_k, acc_v);
+  return true;
+#else
+  (void)q, (void)k, (void)v, (void)p, (void)y, (void)gy, (void)alpha;
+  return false;
+#endif
+}
+
+}  // namespace
+
 Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha,
                             const VisibleCounts& visible) {
   const char* op = "attention";
@@ -150,6 +187,15 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
   const Shape p_shape = with_last_two(q.shape(), m, s);
   Tensor p = Tensor::empty(p_shape, q.options());  // scores, then probabilities in place
   gemm(batch, m, s, d, {&q, false, m * d}, {&k, true, s * d}, p, m * s, alpha, 0.0);
+  // bf16 on CUDA: the softmax writes P's bf16 copy on the way and the P V product takes it (bf16
+  // tensor cores without a rounding pass; float32 P stays for the backward).
+  std::vector<Tensor> share;
+#ifdef KVC_WITH_CUDA
+  if (p.device().is_cuda() && kernels::cuda::math_precision() == kernels::MathPrecision::bf16) {
+    share.push_back(p);
+  }
+#endif
+  const ShareBf16Copies share_p(share);
   KVC_DISPATCH_FLOAT(p.dtype(), op, [&] {
     if (visible.defined()) {  // masked keys get probability 0: backward needs no mask
       KVC_LAUNCH(p.device(),
@@ -164,7 +210,9 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
   gemm(batch, m, e, s, {&p, false, m * s}, {&v, false, s * e}, y, m * e, 1.0, 0.0);
 
   // Without grad the closure, and with it the probabilities, are dropped here.
+  const Tensor out = y.detach();  // for the fused backward's rowsum(gy y)
   Tape::current().record(op, {q, k, v}, y, [=](const Tensor& gy) {
+    if (fused_kv_backward(q, k, v, p, out, gy, alpha)) return;
     bool acc = false;
     if (v.requires_grad()) {  // gv (s, e) = P^T (s, m) @ gy (m, e)
       Tensor gv = grad_buffer(v, &acc);

@@ -26,6 +26,7 @@ struct Bf16Copy;
 struct Bf16Fill;
 Bf16Copy bf16_copy(const float* src, int64_t n);
 Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
+bool bf16_copy_held(const float* src, int64_t n);
 
 // While alive, a product or attention that rounds one of these float32 buffers (or a part of one)
 // to bfloat16 takes the copy another op made and still holds, instead of rounding it again: the
@@ -43,8 +44,11 @@ class SharedBf16Copies {
 
  private:
   struct Listed;
+  // The innermost open scope's listed buffer holding src[0, n), or null.
+  static Listed* find(const float* src, int64_t n);
   friend Bf16Copy bf16_copy(const float* src, int64_t n);
   friend Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
+  friend bool bf16_copy_held(const float* src, int64_t n);
   std::vector<Listed> listed_;
   SharedBf16Copies* outer_;
 };

@@ -5,12 +5,13 @@
 
 namespace kvc::kernels {
 
-#define KVC_SOFTMAX_KERNELS                                                        \
-  /* x viewed as (outer, n, inner); softmax over n, max-subtracted */              \
-  template <typename T>                                                            \
-  void softmax_forward(const T* x, T* y, int64_t outer, int64_t n, int64_t inner); \
-  /* gx = y * (gy - sum_n(gy * y)) */                                              \
-  template <typename T>                                                            \
+#define KVC_SOFTMAX_KERNELS                                                          \
+  /* x viewed as (outer, n, inner); softmax over n, max-subtracted. CUDA float32, */ \
+  /* inner 1: where an open SharedBf16Copies lists y, its bf16 copy on the way */    \
+  template <typename T>                                                              \
+  void softmax_forward(const T* x, T* y, int64_t outer, int64_t n, int64_t inner);   \
+  /* gx = y * (gy - sum_n(gy * y)) */                                                \
+  template <typename T>                                                              \
   void softmax_backward(const T* y, const T* gy, T* gx, int64_t outer, int64_t n, int64_t inner);
 
 namespace cpu {

@@ -25,7 +25,8 @@ namespace kvc::kernels {
                       int64_t rows_per_batch, int64_t nq, int64_t first, int64_t step,        \
                       int64_t limit, double scale);                                           \
   /* Softmax of each row r of x (rows, n) over its first visible[r] entries; the rest of the  \
-     row is 0, and so is a row that sees nothing. y may be x. */                              \
+     row is 0, and so is a row that sees nothing. y may be x. CUDA float32: where an open     \
+     SharedBf16Copies lists y, y's bf16 copy is written on the way. */                        \
   template <typename T>                                                                       \
   void masked_softmax_forward(const T* x, T* y, int64_t rows, int64_t n, const int32_t* visible);
 

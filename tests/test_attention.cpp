@@ -15,6 +15,7 @@
 #ifdef KVC_WITH_CUDA
 #include <cuda_runtime.h>
 
+#include "kernels/attention_backward.h"
 #include "kernels/cuda/attention_tc.cuh"
 #endif
 
@@ -272,6 +273,86 @@ TEST_CASE("cuda: tensor-core attention_forward (tf32, bf16) matches the CPU path
 #ifdef KVC_WITH_CUDA
   check_tensor_core_cases(kernels::MathPrecision::tf32, 2e-3, kTensorCoreLarge, 2300);
   check_tensor_core_cases(kernels::MathPrecision::bf16, 1.5e-2, kTensorCoreLarge, 2400);
+#endif
+}
+
+#ifdef KVC_WITH_CUDA
+// scaled_dot_attention's K and V gradients for queries without grad (the attention over
+// compressed blocks), which bf16 on CUDA computes in one fused pass from the kept probabilities
+// (kernels/attention_backward.h), against float64 on the CPU. The products round P, gy and q to
+// bf16 (2^-8 relative), so with unit-spread logits the gradients differ by ~3e-3 norm-wise; the
+// bound leaves ~8x, and the error must exceed float32's (< 1e-5): the fused path really ran.
+struct KvGrads {
+  Tensor y, gk, gv;
+};
+KvGrads attention_kv_grads(int64_t b, int64_t h, int64_t m, int64_t s, int64_t d, bool masked,
+                           DType dtype, Device device, int passes) {
+  const TensorOptions opt = TensorOptions{}.with_dtype(DType::f64);
+  const Tensor q = Tensor::randn({b, h, m, d}, 801, 0, 0.0, 1.0, opt).to(dtype).to(device);
+  Tensor k = Tensor::randn({b, h, s, d}, 802, 0, 0.0, 1.0, opt).to(dtype).to(device);
+  Tensor v = Tensor::randn({b, h, s, d}, 803, 0, 0.0, 1.0, opt).to(dtype).to(device);
+  const Tensor gy = Tensor::randn({b, h, m, d}, 804, 0, 0.0, 1.0, opt).to(dtype).to(device);
+  k.set_requires_grad(true);
+  v.set_requires_grad(true);
+  VisibleCounts visible;
+  if (masked) {  // positions in [0, s + 8): rows before key 8 see nothing, late ones everything
+    std::vector<double> pos(static_cast<size_t>(b * m));
+    for (size_t i = 0; i < pos.size(); ++i) pos[i] = static_cast<double>((i * 37) % (s + 8));
+    const Tensor at = Tensor::from_vector(pos, {b, m}, opt).to(dtype).to(device);
+    visible = visible_counts(at, h, 8, 1, s);
+  }
+  Tensor y;
+  for (int i = 0; i < passes; ++i) {
+    y = scaled_dot_attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(d)), visible);
+    backward(y, gy);
+  }
+  return {y.to(DType::f64).to(Device::cpu()), k.grad().to(DType::f64).to(Device::cpu()),
+          v.grad().to(DType::f64).to(Device::cpu())};
+}
+#endif
+
+TEST_CASE("cuda: scaled_dot_attention's fused bf16 K and V gradients match the CPU") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  test::PrecisionScope scope(kernels::MathPrecision::bf16);
+  struct KvCase {
+    int64_t b, h, m, s, d;
+    bool masked;
+  };
+  // d 64 and 128; keys off the 64-key tile (100, 36 in the last) and on it; query rows off the
+  // 32-row tile; causal counts with rows that see nothing; the nsa compressed attention.
+  const std::vector<KvCase> cases = {{1, 2, 45, 100, 64, false},
+                                     {2, 3, 70, 128, 128, true},
+                                     {1, 1, 32, 64, 128, false},
+                                     {1, 2, 7, 36, 64, true},
+                                     {4, 8, 512, 512, 64, true}};
+  for (const KvCase& c : cases) {
+    CAPTURE(c.b);
+    CAPTURE(c.h);
+    CAPTURE(c.m);
+    CAPTURE(c.s);
+    CAPTURE(c.d);
+    CAPTURE(c.masked);
+    REQUIRE(kernels::cuda::attention_backward_kv_fits(c.s, c.d, c.d));
+    const KvGrads want =
+        attention_kv_grads(c.b, c.h, c.m, c.s, c.d, c.masked, DType::f64, Device::cpu(), 1);
+    const KvGrads got =
+        attention_kv_grads(c.b, c.h, c.m, c.s, c.d, c.masked, DType::f32, Device::cuda(), 1);
+    const double ek = test::rel_error(got.gk, want.gk), ev = test::rel_error(got.gv, want.gv);
+    MESSAGE("bf16 fused K / V gradients: rel error ", ek, " / ", ev, " (b ", c.b, ", h ", c.h,
+            ", m ", c.m, ", s ", c.s, ", d ", c.d, std::string(c.masked ? ", masked)" : ")"));
+    CHECK(ek < 2.5e-2);
+    CHECK(ev < 2.5e-2);
+    CHECK(ek > 1e-5);
+    CHECK(ev > 1e-5);
+    // A second backward adds onto the first's gradients.
+    const KvGrads twice =
+        attention_kv_grads(c.b, c.h, c.m, c.s, c.d, c.masked, DType::f32, Device::cuda(), 2);
+    const std::vector<double> k1 = got.gk.to_vector(), k2 = twice.gk.to_vector();
+    const std::vector<double> v1 = got.gv.to_vector(), v2 = twice.gv.to_vector();
+    for (size_t i = 0; i < k1.size(); ++i) CHECK(k2[i] == doctest::Approx(2 * k1[i]).epsilon(1e-5));
+    for (size_t i = 0; i < v1.size(); ++i) CHECK(v2[i] == doctest::Approx(2 * v1[i]).epsilon(1e-5));
+  }
 #endif
 }
 

@@ -72,38 +72,48 @@ SharedBf16Copies::~SharedBf16Copies() {
   }
 }
 
-Bf16Copy bf16_copy(const float* src, int64_t n) {
+SharedBf16Copies::Listed* SharedBf16Copies::find(const float* src, int64_t n) {
   const auto begin = reinterpret_cast<uintptr_t>(src);
   const auto end = begin + static_cast<uintptr_t>(n) * sizeof(float);
   for (SharedBf16Copies* scope = t_innermost; scope != nullptr; scope = scope->outer_) {
-    for (SharedBf16Copies::Listed& l : scope->listed_) {
-      if (begin < l.begin || end > l.end) continue;
-      std::shared_ptr<Scratch> copy = l.copy.lock();
-      if (!copy) {
-        copy = rounded(reinterpret_cast<const float*>(l.begin),
-                       static_cast<int64_t>((l.end - l.begin) / sizeof(float)));
-        l.copy = copy;
-      }
-      const int64_t offset = static_cast<int64_t>((begin - l.begin) / sizeof(float));
-      return {copy, copy->as<const __nv_bfloat16>() + offset};
+    for (Listed& l : scope->listed_) {
+      if (begin >= l.begin && end <= l.end) return &l;
     }
   }
-  std::shared_ptr<Scratch> copy = rounded(src, n);
-  return {copy, copy->as<const __nv_bfloat16>()};
+  return nullptr;
+}
+
+Bf16Copy bf16_copy(const float* src, int64_t n) {
+  SharedBf16Copies::Listed* l = SharedBf16Copies::find(src, n);
+  if (l == nullptr) {
+    std::shared_ptr<Scratch> copy = rounded(src, n);
+    return {copy, copy->as<const __nv_bfloat16>()};
+  }
+  std::shared_ptr<Scratch> copy = l->copy.lock();
+  if (!copy) {
+    copy = rounded(reinterpret_cast<const float*>(l->begin),
+                   static_cast<int64_t>((l->end - l->begin) / sizeof(float)));
+    l->copy = copy;
+  }
+  const auto offset = (reinterpret_cast<uintptr_t>(src) - l->begin) / sizeof(float);
+  return {copy, copy->as<const __nv_bfloat16>() + offset};
 }
 
 Bf16Fill bf16_copy_to_fill(const float* src, int64_t n) {
+  SharedBf16Copies::Listed* l = SharedBf16Copies::find(src, n);
   const auto begin = reinterpret_cast<uintptr_t>(src);
-  const auto end = begin + static_cast<uintptr_t>(n) * sizeof(float);
-  for (SharedBf16Copies* scope = t_innermost; scope != nullptr; scope = scope->outer_) {
-    for (SharedBf16Copies::Listed& l : scope->listed_) {
-      if (begin != l.begin || end != l.end || !l.copy.expired()) continue;
-      l.filled = std::make_shared<Scratch>(static_cast<size_t>(n) * sizeof(__nv_bfloat16));
-      l.copy = l.filled;
-      return {l.filled, l.filled->as<__nv_bfloat16>()};
-    }
+  if (l == nullptr || begin != l->begin ||
+      begin + static_cast<uintptr_t>(n) * sizeof(float) != l->end || !l->copy.expired()) {
+    return {};
   }
-  return {};
+  l->filled = std::make_shared<Scratch>(static_cast<size_t>(n) * sizeof(__nv_bfloat16));
+  l->copy = l->filled;
+  return {l->filled, l->filled->as<__nv_bfloat16>()};
+}
+
+bool bf16_copy_held(const float* src, int64_t n) {
+  const SharedBf16Copies::Listed* l = SharedBf16Copies::find(src, n);
+  return l != nullptr && !l->copy.expired();
 }
 
 void round_to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 
@@ -37,5 +38,30 @@ struct Bf16Fill {
   __nv_bfloat16* p = nullptr;
 };
 Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
+
+// Whether bf16_copy(src, n) would take a copy someone holds now (no rounding pass).
+bool bf16_copy_held(const float* src, int64_t n);
+
+// *p = the bf16 bits of v (round to nearest even): a kernel writing the copy of its float32
+// output on the way (bf16_copy_to_fill). Float64 outputs have no copy: nothing for T = double.
+template <typename T>
+__device__ __forceinline__ void store_bf16(uint16_t* p, T v) {
+  if constexpr (std::is_same_v<T, float>) {
+    const __nv_bfloat16 b = __float2bfloat16_rn(v);
+    *p = *reinterpret_cast<const uint16_t*>(&b);
+  }
+}
+
+// Where the caller's float32 output y[0, n) is listed by an open SharedBf16Copies and has no
+// copy yet, memory for one to write on the way (the owner keeps it while the scope lives), else
+// none; float64 never.
+template <typename T>
+Bf16Fill bf16_fill_for(const T* y, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    return bf16_copy_to_fill(y, n);
+  } else {
+    return {};
+  }
+}
 
 }  // namespace kvc::kernels::cuda

@@ -90,16 +90,18 @@ int64_t operand_extent(int64_t rows, int64_t cols, int64_t ld, const GemmArgs& g
 constexpr int64_t kBf16MinK = 16;
 
 // Whether rounding the operands to bf16 pays for its conversion pass (read float32, write bf16:
-// 6 bytes an element) with a product that reads half the bytes at twice TF32's tensor-core rate.
+// 6 bytes an element; none for an operand whose copy another op holds, *_held) with a product
+// that reads half the bytes at twice TF32's tensor-core rate.
 // A memory-bound product (few FLOPs per byte: thin weights over many rows, their gradients) does
 // not gain: it keeps float32 operands on TF32 tensor cores, more precise than bf16, so no result
 // gets worse. Times in units of one byte of HBM traffic; the rates are the H100/H200 ratios
 // (~100 TF32 FLOPs per byte of bandwidth, bf16 tensor cores ~2x TF32).
-bool bf16_pays(double flops, double a_elems, double b_elems, double c_elems) {
+bool bf16_pays(double flops, double a_elems, double b_elems, double c_elems, bool a_held,
+               bool b_held) {
   constexpr double kTf32FlopsPerByte = 100.0;
   const double tf32 = std::max(flops / kTf32FlopsPerByte, 4.0 * (a_elems + b_elems + c_elems));
   const double bf16 =
-      6.0 * (a_elems + b_elems) +
+      6.0 * ((a_held ? 0.0 : a_elems) + (b_held ? 0.0 : b_elems)) +
       std::max(flops / (2 * kTf32FlopsPerByte), 2.0 * (a_elems + b_elems) + 4.0 * c_elems);
   return bf16 < tf32;
 }
@@ -164,7 +166,8 @@ void gemm(const GemmArgs& args, const T* a, const T* b, T* c) {
           operand_extent(b_rows, b_cols, g.ldb, g, g.outer_stride_b, g.inner_stride_b);
       const double products = static_cast<double>(g.batch_outer) * g.batch_inner;
       const double flops = 2.0 * products * g.m * g.n * g.k;
-      if (bf16_pays(flops, a_extent, b_extent, products * g.m * g.n)) {
+      if (bf16_pays(flops, a_extent, b_extent, products * g.m * g.n, bf16_copy_held(a, a_extent),
+                    bf16_copy_held(b, b_extent))) {
         a16 = bf16_copy(a, a_extent);
         b16 = bf16_copy(b, b_extent);
         type_ab = CUDA_R_16BF;

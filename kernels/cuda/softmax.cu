@@ -1,5 +1,6 @@
 // CUDA softmax over one axis of (outer, n, inner), forward and backward in the same kernels:
 // a warp per row for short rows, a block per long row, a thread per column when inner > 1.
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/softmax.h"
 
@@ -7,9 +8,11 @@ namespace kvc::kernels::cuda {
 
 namespace {
 
-// Forward: a = x, b unused, out = softmax(x). Backward: a = y, b = gy, out = y * (gy - <gy, y>).
+// Forward: a = x, b unused, out = softmax(x), and its bf16 bits into out16 where not null (see
+// softmax_forward). Backward: a = y, b = gy, out = y * (gy - <gy, y>).
 template <typename T, bool kBackward>
-__global__ void softmax_warp_kernel(const T* a, const T* b, T* out, int64_t rows, int64_t n) {
+__global__ void softmax_warp_kernel(const T* a, const T* b, T* out, int64_t rows, int64_t n,
+                                    uint16_t* out16) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t{gridDim.x} * (blockDim.x >> 5);
   for (int64_t row = blockIdx.x * int64_t{blockDim.x >> 5} + (threadIdx.x >> 5); row < rows;
@@ -29,13 +32,17 @@ __global__ void softmax_warp_kernel(const T* a, const T* b, T* out, int64_t rows
       T s = 0;
       for (int64_t j = lane; j < n; j += 32) s += exp(pa[j] - m);
       const T inv = T(1) / warp_sum(s);
-      for (int64_t j = lane; j < n; j += 32) po[j] = exp(pa[j] - m) * inv;
+      for (int64_t j = lane; j < n; j += 32) {
+        po[j] = exp(pa[j] - m) * inv;
+        if (out16) store_bf16(out16 + row * n + j, po[j]);
+      }
     }
   }
 }
 
 template <typename T, bool kBackward>
-__global__ void softmax_block_kernel(const T* a, const T* b, T* out, int64_t rows, int64_t n) {
+__global__ void softmax_block_kernel(const T* a, const T* b, T* out, int64_t rows, int64_t n,
+                                     uint16_t* out16) {
   __shared__ T shared[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* pa = a + row * n;
@@ -53,7 +60,10 @@ __global__ void softmax_block_kernel(const T* a, const T* b, T* out, int64_t row
       T s = 0;
       for (int64_t j = threadIdx.x; j < n; j += blockDim.x) s += exp(pa[j] - m);
       const T inv = T(1) / block_sum(s, shared);
-      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) po[j] = exp(pa[j] - m) * inv;
+      for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        po[j] = exp(pa[j] - m) * inv;
+        if (out16) store_bf16(out16 + row * n + j, po[j]);
+      }
     }
   }
 }
@@ -100,13 +110,20 @@ void launch_softmax(const T* a, const T* b, T* out, int64_t outer, int64_t n, in
   if (inner > 1) {
     softmax_column_kernel<T, kBackward>
         <<<grid_for(outer * inner), kThreads, 0, stream()>>>(a, b, out, outer, n, inner);
-  } else if (n <= 1024) {
+    KVC_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  // The forward writes the bf16 copy of its output on the way where an open SharedBf16Copies
+  // lists it (the attention's probabilities, for its bf16 P V product).
+  const Bf16Fill out16 = kBackward ? Bf16Fill{} : bf16_fill_for(out, outer * n);
+  uint16_t* o16 = reinterpret_cast<uint16_t*>(out16.p);
+  if (n <= 1024) {
     // kThreads / 32 rows per block: grid_for over one thread per row-lane.
     softmax_warp_kernel<T, kBackward>
-        <<<grid_for(outer * 32, kThreads), kThreads, 0, stream()>>>(a, b, out, outer, n);
+        <<<grid_for(outer * 32, kThreads), kThreads, 0, stream()>>>(a, b, out, outer, n, o16);
   } else {
     const int blocks = static_cast<int>(std::min<int64_t>(outer, 65535));
-    softmax_block_kernel<T, kBackward><<<blocks, kThreads, 0, stream()>>>(a, b, out, outer, n);
+    softmax_block_kernel<T, kBackward><<<blocks, kThreads, 0, stream()>>>(a, b, out, outer, n, o16);
   }
   KVC_CUDA_CHECK(cudaGetLastError());
 }

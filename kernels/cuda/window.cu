@@ -1,5 +1,6 @@
 // CUDA window kernels: the scatter of overlapping windows back onto the sequence (a gather per
 // token, no atomics), the causal visible counts and the row-masked softmax.
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/math/window.h"
 #include "kernels/window.h"
@@ -42,10 +43,10 @@ __global__ void visible_counts_kernel(const T* __restrict__ pos, int32_t* __rest
   for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) weight[r] = visible[r] > 0 ? w : T(0);
 }
 
-// A warp per row.
+// A warp per row; y16, where not null, gets the bf16 bits of y (see masked_softmax_forward).
 template <typename T>
 __global__ void masked_softmax_kernel(const T* x, T* y, int64_t rows, int64_t n,
-                                      const int32_t* __restrict__ visible) {
+                                      const int32_t* __restrict__ visible, uint16_t* y16) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = int64_t{gridDim.x} * (blockDim.x >> 5);
   for (int64_t row = blockIdx.x * int64_t{blockDim.x >> 5} + (threadIdx.x >> 5); row < rows;
@@ -60,7 +61,10 @@ __global__ void masked_softmax_kernel(const T* x, T* y, int64_t rows, int64_t n,
     for (int64_t j = lane; j < m; j += 32) s += exp(xr[j] - mx);
     s = warp_sum(s);
     const T inv = m > 0 ? T(1) / s : T(0);
-    for (int64_t j = lane; j < n; j += 32) yr[j] = j < m ? exp(xr[j] - mx) * inv : T(0);
+    for (int64_t j = lane; j < n; j += 32) {
+      yr[j] = j < m ? exp(xr[j] - mx) * inv : T(0);
+      if (y16) store_bf16(y16 + row * n + j, yr[j]);
+    }
   }
 }
 
@@ -88,8 +92,11 @@ void visible_counts(const T* pos, int32_t* visible, T* weight, int64_t rows, int
 template <typename T>
 void masked_softmax_forward(const T* x, T* y, int64_t rows, int64_t n, const int32_t* visible) {
   if (rows <= 0 || n <= 0) return;
-  masked_softmax_kernel<T>
-      <<<grid_for(rows * 32, kThreads), kThreads, 0, stream()>>>(x, y, rows, n, visible);
+  // The bf16 copy of y on the way where an open SharedBf16Copies lists it (the attention's
+  // probabilities, for its bf16 P V product).
+  const Bf16Fill y16 = bf16_fill_for(y, rows * n);
+  masked_softmax_kernel<T><<<grid_for(rows * 32, kThreads), kThreads, 0, stream()>>>(
+      x, y, rows, n, visible, reinterpret_cast<uint16_t*>(y16.p));
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
