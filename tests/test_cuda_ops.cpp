@@ -226,6 +226,8 @@ const std::vector<OpCase>& cases() {
              [](const Inputs& x) { return softmax(x[0], -1); });
     add_case("softmax last axis long", {{{5, 3000}}}, {{{1, 6}}},
              [](const Inputs& x) { return softmax(x[0], -1); });
+    add_case("softmax last axis past the cached row", {{{3, 5000}}}, {{{1, 6}}},
+             [](const Inputs& x) { return softmax(x[0], -1); });
     add_case("softmax middle axis", {{{4, 7, 9}}}, {{{2, 3, 2}}},
              [](const Inputs& x) { return softmax(x[0], 1); });
     add_case("relu", {{{1001, 3}}}, {{{7}}}, [](const Inputs& x) { return relu(x[0]); });

@@ -1,5 +1,6 @@
 // CUDA softmax over one axis of (outer, n, inner), forward and backward in the same kernels:
-// a warp per row for short rows, a block per long row, a thread per column when inner > 1.
+// a warp per row for short rows, a block per long row (the forward's up to 4096 elements held in
+// registers), a thread per column when inner > 1.
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/softmax.h"
@@ -68,6 +69,44 @@ __global__ void softmax_block_kernel(const T* a, const T* b, T* out, int64_t row
   }
 }
 
+// The forward for rows of at most kThreads * kSoftmaxCached: each thread keeps its elements of
+// the row in registers, so the row is read once (the block kernel reads it three times: at 16 KiB
+// a row those re-reads miss L1, and the pass took twice its bandwidth time).
+constexpr int kSoftmaxCached = 16;
+
+template <typename T>
+__global__ void softmax_cached_kernel(const T* x, T* out, int64_t rows, int64_t n,
+                                      uint16_t* out16) {
+  __shared__ T shared[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* px = x + row * n;
+    T v[kSoftmaxCached];
+    T m = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < kSoftmaxCached; ++i) {
+      const int64_t j = threadIdx.x + int64_t{i} * blockDim.x;
+      v[i] = j < n ? px[j] : T(-INFINITY);
+      m = max(m, v[i]);
+    }
+    m = block_max(m, shared);
+    T s = 0;
+#pragma unroll
+    for (int i = 0; i < kSoftmaxCached; ++i) {
+      const int64_t j = threadIdx.x + int64_t{i} * blockDim.x;
+      v[i] = j < n ? exp(v[i] - m) : T(0);
+      s += v[i];
+    }
+    const T inv = T(1) / block_sum(s, shared);
+#pragma unroll
+    for (int i = 0; i < kSoftmaxCached; ++i) {
+      const int64_t j = threadIdx.x + int64_t{i} * blockDim.x;
+      if (j >= n) break;
+      out[row * n + j] = v[i] * inv;
+      if (out16) store_bf16(out16 + row * n + j, v[i] * inv);
+    }
+  }
+}
+
 // inner > 1: neighbouring threads take neighbouring columns, so every pass is coalesced. The
 // forward keeps a running max and rescales its sum (one read pass before the write pass).
 template <typename T, bool kBackward>
@@ -121,6 +160,9 @@ void launch_softmax(const T* a, const T* b, T* out, int64_t outer, int64_t n, in
     // kThreads / 32 rows per block: grid_for over one thread per row-lane.
     softmax_warp_kernel<T, kBackward>
         <<<grid_for(outer * 32, kThreads), kThreads, 0, stream()>>>(a, b, out, outer, n, o16);
+  } else if (!kBackward && n <= int64_t{kThreads} * kSoftmaxCached) {
+    const int blocks = static_cast<int>(std::min<int64_t>(outer, 65535));
+    softmax_cached_kernel<T><<<blocks, kThreads, 0, stream()>>>(a, out, outer, n, o16);
   } else {
     const int blocks = static_cast<int>(std::min<int64_t>(outer, 65535));
     softmax_block_kernel<T, kBackward><<<blocks, kThreads, 0, stream()>>>(a, b, out, outer, n, o16);
