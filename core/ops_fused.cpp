@@ -124,7 +124,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 // scaled_dot_attention: softmax(alpha q k^T) v. Reference (SPEC section 4):
 // matmul(softmax(scale(matmul(q, k, false, true), alpha), -1), v), which writes the (m, s)
 // scores three times (GEMM, scale, softmax) and keeps two of them for backward. Here alpha is
-// the GEMM's, the softmax runs in place, and backward reuses one (m, s) buffer for dP and dS.
+// the GEMM's, the softmax runs in place, and backward reuses one (m, s) buffer for dP and dS. On
+// CUDA in bf16, queries without grad (the attention over compressed blocks) take one fused pass
+// for the K and V gradients instead (fused_kv_backward), and P V reads the softmax's bf16 copy
+// of P.
 
 namespace {
 

@@ -410,14 +410,17 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
 // pooled sum reads the float32 rows. Two barriers a step, none between the product and the output
 // (the wmma kernel stores the logits and meets at four).
 //
-// Backward, per window and on the same accumulators: dlogits = alpha a gy (x - y); gy a and
-// dlogits add into the window slot's float32 sums in shared memory (each element owned by one
-// thread: no barrier); the warp writes its dlogits columns in bf16 to shared memory and, after a
-// __syncwarp only, adds dlogits^T x to the 16 rows of dW its columns index: both operands by
-// ldmatrix.trans (dlogits and x are stored row by row; the product runs over the block's rows),
-// the d / 2 accumulators of a 16 x d slice of dW in registers for the CTA's whole run. At the end
-// each warp writes its slice (a part per window slot), and the positions' part G + S W comes from
-// the slots' sums on mma.sync (S rounded to bf16 once, as the wmma kernel does).
+// Backward, per window and on the same accumulators: dlogits = alpha a gy (x - y), the float32
+// rows read once into registers (gy fetched a window ahead with the blocks); gy a and dlogits add
+// into this thread's sums over its windows, registers in the logits' fragment layout; the warp
+// writes its dlogits columns in bf16 to shared memory and, after a __syncwarp only, adds
+// dlogits^T x to the 16 rows of dW its columns index: both operands by ldmatrix.trans (dlogits
+// and x are stored row by row; the product runs over the block's rows), the d / 2 accumulators of
+// a 16 x d slice of dW in registers for the CTA's whole run. That is ~254 registers: one CTA an
+// SM (a form with the sums in shared memory and two CTAs an SM spilled and ran slower). At the end
+// each warp writes its dW slice (a part per window slot), the sums go to shared memory, and the
+// positions' part G + S W comes from the slots' sums on mma.sync (S rounded to bf16 once, as the
+// wmma kernel does).
 template <int N, int D>
 struct PoolMmaLayout {
   static constexpr int kColWarps = D / 16;
@@ -429,9 +432,8 @@ struct PoolMmaLayout {
   static constexpr size_t kX = 0;
   static constexpr size_t kXOp = kX + size_t{4} * kRows * kLdX;
   static constexpr size_t kForwardBytes = kXOp + size_t{2} * kRows * kLdOp;
-  // Backward: bf16 dlogits, the float32 sums of gy a (G) and of dlogits (S) per window slot,
-  // and W (out, in) in bf16: the backward reads W^T's fragments from here, keeping the
-  // registers for dW (two CTAs an SM need <= 128 a thread).
+  // Backward: bf16 dlogits; for the end only, the float32 sums of gy a (G) and of dlogits (S)
+  // per window slot and W (out, in) in bf16 for the positions' product G + S W.
   static constexpr size_t kDl = kForwardBytes;
   static constexpr size_t kG = kDl + size_t{2} * kRows * kLdOp;
   static constexpr size_t kS = kG + size_t{4} * kRows * kLdX;
