@@ -320,12 +320,11 @@ TEST_CASE("cuda: scaled_dot_attention's fused bf16 K and V gradients match the C
     bool masked;
   };
   // d 64 and 128; keys off the 64-key tile (100, 36 in the last) and on it; query rows off the
-  // 32-row tile; causal counts with rows that see nothing; the nsa compressed attention.
-  const std::vector<KvCase> cases = {{1, 2, 45, 100, 64, false},
-                                     {2, 3, 70, 128, 128, true},
-                                     {1, 1, 32, 64, 128, false},
-                                     {1, 2, 7, 36, 64, true},
-                                     {4, 8, 512, 512, 64, true}};
+  // 32-row tile; causal counts with rows that see nothing; the nsa compressed attention; rows past
+  // the warp softmax (1100 keys: the block softmax writes P's bf16 copy).
+  const std::vector<KvCase> cases = {{1, 2, 45, 100, 64, false}, {1, 1, 40, 1100, 64, false},
+                                     {2, 3, 70, 128, 128, true}, {1, 1, 32, 64, 128, false},
+                                     {1, 2, 7, 36, 64, true},    {4, 8, 512, 512, 64, true}};
   for (const KvCase& c : cases) {
     CAPTURE(c.b);
     CAPTURE(c.h);
