@@ -33,21 +33,21 @@ using namespace nvcuda;
 constexpr int kPoolWarps = 8;
 constexpr int kPoolThreads = 32 * kPoolWarps;
 
-// How the products round their operands: tf32 (10-bit mantissas), bf16 (7 bits, from bf16
-// copies in shared memory), or tf32x3 for float32 math: each float32 operand split into a TF32
-// part and a TF32 remainder, a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi (three tensor-core products,
-// about float32's accuracy).
+// How the products round their operands: tf32 (10-bit mantissas), bf16 (7 bits; the mma.sync
+// kernel), or tf32x3 for float32 math: each float32 operand split into a TF32 part and a TF32
+// remainder, a b ~ a_hi b_hi + a_hi b_lo + a_lo b_hi (three tensor-core products, about
+// float32's accuracy).
 enum class PoolMode { tf32, bf16, tf32x3 };
 
-// The wmma shapes and operand types of a mode. tf32 fragments load from float32 shared memory
-// and are rounded (split) as they load; bf16 ones load from bf16 copies.
+// The wmma kernel's shapes and operands (tf32 and tf32x3): fragments load from float32 shared
+// memory and are rounded (split) as they load.
 template <PoolMode kMode>
 struct PoolMma {
-  static constexpr bool kBf16 = kMode == PoolMode::bf16;
+  static_assert(kMode != PoolMode::bf16, "attention_pool: bf16 runs the mma.sync kernel");
   static constexpr bool kSplit = kMode == PoolMode::tf32x3;
-  using Op = std::conditional_t<kBf16, __nv_bfloat16, float>;
-  using Tag = std::conditional_t<kBf16, __nv_bfloat16, wmma::precision::tf32>;
-  static constexpr int kK = kBf16 ? 16 : 8;
+  using Op = float;
+  using Tag = wmma::precision::tf32;
+  static constexpr int kK = 8;
   template <typename F>
   struct Parts {
     F hi, lo;  // lo: the remainder, tf32x3 only
@@ -61,13 +61,11 @@ struct PoolMma {
   template <typename F>
   static __device__ __forceinline__ void load(Parts<F>& f, const Op* p, int ld) {
     wmma::load_matrix_sync(f.hi, p, ld);
-    if constexpr (!kBf16) {
 #pragma unroll
-      for (int i = 0; i < f.hi.num_elements; ++i) {
-        const float v = f.hi.x[i], hi = wmma::__float_to_tf32(v);
-        f.hi.x[i] = hi;
-        if constexpr (kSplit) f.lo.x[i] = wmma::__float_to_tf32(v - hi);
-      }
+    for (int i = 0; i < f.hi.num_elements; ++i) {
+      const float v = f.hi.x[i], hi = wmma::__float_to_tf32(v);
+      f.hi.x[i] = hi;
+      if constexpr (kSplit) f.lo.x[i] = wmma::__float_to_tf32(v - hi);
     }
   }
   // acc += a b
@@ -79,29 +77,18 @@ struct PoolMma {
     }
     wmma::mma_sync(acc, a.hi, b.hi, acc);
   }
-  static __device__ __forceinline__ Op op(float v) {
-    if constexpr (kBf16) {
-      return __float2bfloat16_rn(v);
-    } else {
-      return v;
-    }
-  }
 };
 
 // Shared memory, byte offsets. Rows of kLd = D + 8 elements (a multiple of 8, so every wmma tile
 // starts 32-byte aligned; the 8 extra elements shift consecutive rows across banks).
-template <int N, int D, bool kBf16>
+template <int N, int D>
 struct PoolLayout {
   static constexpr int kLd = D + 8;
-  static constexpr size_t kOpSize = kBf16 ? 2 : 4;
-  static constexpr size_t kBlock = size_t{4} * N * kLd;                // one float32 n x d block
-  static constexpr size_t kBlockOp = kBf16 ? size_t{2} * N * kLd : 0;  // its bf16 copy
-  static constexpr size_t kW = 0;                                      // W (out, in), operand type
-  static constexpr size_t kX = kW + kOpSize * D * kLd;                 // x = rows + positions
-  static constexpr size_t kL = kX + kBlock;        // logits, then their gradient
-  static constexpr size_t kXOp = kL + kBlock;      // bf16 x (bf16 only)
-  static constexpr size_t kLOp = kXOp + kBlockOp;  // bf16 dlogits (bf16 only)
-  static constexpr size_t kRed = kLOp + kBlockOp;  // the softmax's partial max, sum, pooled
+  static constexpr size_t kBlock = size_t{4} * N * kLd;   // one float32 n x d block
+  static constexpr size_t kW = 0;                         // W (out, in)
+  static constexpr size_t kX = kW + size_t{4} * D * kLd;  // x = rows + positions
+  static constexpr size_t kL = kX + kBlock;               // logits, then their gradient
+  static constexpr size_t kRed = kL + kBlock;             // the softmax's partial max, sum, pooled
   static constexpr size_t kG = kRed + size_t{4} * 3 * kPoolThreads;  // sum of gy a over windows
   static constexpr size_t kS = kG + kBlock;                          // sum of dlogits
   static constexpr size_t kForwardBytes = kG;
@@ -113,7 +100,7 @@ template <int N, int D, PoolMode kMode>
 struct PoolTiles {
   using M = PoolMma<kMode>;
   using Op = typename M::Op;
-  static constexpr int kLd = PoolLayout<N, D, M::kBf16>::kLd;
+  static constexpr int kLd = PoolLayout<N, D>::kLd;
   // (n, d) products: warp w owns column tile w % kColWarps and every kRowGroups-th row tile
   // from w / kColWarps, so each B fragment it loads feeds all of its row tiles.
   static constexpr int kColWarps = D / 16 < kPoolWarps ? D / 16 : kPoolWarps;
@@ -124,29 +111,15 @@ struct PoolTiles {
   static_assert(kPoolWarps % kColWarps == 0 && kWPerWarp >= 1 && (D / 16) % kWPerWarp == 0,
                 "attention_pool: warp tiling");
 
-  // The B fragments of W^T for a warp's column tile, every k-step. bf16 keeps them in registers
-  // for the CTA's whole run of windows (4 registers each, 32 at d = 128): a window's logits then
-  // read only x from shared memory. TF32 fragments take 2-4x the registers and load per window.
-  static constexpr bool kWtInRegisters = M::kBf16;
+  // The B fragments of W^T load per window: TF32 fragments would take 2-4x the registers the
+  // mma.sync kernel's bf16 ones keep for a CTA's run.
   static constexpr int kKSteps = D / M::kK;
-  struct WtFragments {
-    typename M::template B<wmma::col_major> f[kWtInRegisters ? kKSteps : 1];
-  };
-  static __device__ __forceinline__ void load_wt(WtFragments& wt, const Op* w, int warp) {
-    if constexpr (kWtInRegisters) {
-      const int tn = warp % kColWarps;
-#pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks) M::load(wt.f[ks], w + tn * 16 * kLd + ks * M::kK, kLd);
-    }
-  }
 
-  // out (n, d) = (init or 0) + a (n, d) B, B = W^T (kTransposed, W in shared memory (out, in), or
-  // its fragments in wt) or W; a row-major of stride kLd; init and out of stride ld (shared or
-  // global memory).
+  // out (n, d) = (init or 0) + a (n, d) B, B = W^T (kTransposed, W in shared memory (out, in)) or
+  // W; a row-major of stride kLd; init and out of stride ld (shared or global memory).
   template <bool kTransposed>
   static __device__ __forceinline__ void rows_times_w(const Op* a, const Op* w, const float* init,
-                                                      float* out, int ld, int warp,
-                                                      const WtFragments& wt) {
+                                                      float* out, int ld, int warp) {
     using LayoutB = std::conditional_t<kTransposed, wmma::col_major, wmma::row_major>;
     const int tn = warp % kColWarps, g = warp / kColWarps;
     typename M::C acc[kMine];
@@ -164,11 +137,7 @@ struct PoolTiles {
     for (int ks = 0; ks < kKSteps; ++ks) {
       const int k0 = ks * M::kK;
       typename M::template B<LayoutB> fb;  // B[k][o] = W[o][k] (transposed) or W[k][o]
-      if constexpr (kTransposed && kWtInRegisters) {
-        fb = wt.f[ks];
-      } else {
-        M::load(fb, kTransposed ? w + tn * 16 * kLd + k0 : w + k0 * kLd + tn * 16, kLd);
-      }
+      M::load(fb, kTransposed ? w + tn * 16 * kLd + k0 : w + k0 * kLd + tn * 16, kLd);
 #pragma unroll
       for (int i = 0; i < kMine; ++i) {
         const int tm = g + i * kRowGroups;
@@ -198,9 +167,7 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
                           float* __restrict__ y, float* __restrict__ part_w,
                           float* __restrict__ part_pos) {
   using M = PoolMma<kMode>;
-  using Op = typename M::Op;
-  constexpr bool kBf16 = M::kBf16;
-  using Lay = PoolLayout<N, D, kBf16>;
+  using Lay = PoolLayout<N, D>;
   constexpr int kLd = Lay::kLd;
   constexpr int kVec4 = N * D / 4;  // float4s per block
   constexpr int kPerThread = (kVec4 + kPoolThreads - 1) / kPoolThreads;
@@ -211,14 +178,12 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
   static_assert(kPoolThreads % D == 0 && N % kParts == 0, "attention_pool: column split");
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  __trap();  // tf32 and bf16 wmma need sm_80; attention_pool_fits refuses older GPUs
+  __trap();  // tf32 wmma needs sm_80; attention_pool_fits refuses older GPUs
 #else
   extern __shared__ __align__(128) unsigned char smem[];
-  Op* sw = reinterpret_cast<Op*>(smem + Lay::kW);
+  float* sw = reinterpret_cast<float*>(smem + Lay::kW);
   float* sx = reinterpret_cast<float*>(smem + Lay::kX);
   float* sl = reinterpret_cast<float*>(smem + Lay::kL);
-  Op* xop = kBf16 ? reinterpret_cast<Op*>(smem + Lay::kXOp) : reinterpret_cast<Op*>(sx);
-  Op* lop = kBf16 ? reinterpret_cast<Op*>(smem + Lay::kLOp) : reinterpret_cast<Op*>(sl);
   float* sg = reinterpret_cast<float*>(smem + Lay::kG);
   float* red = reinterpret_cast<float*>(smem + Lay::kRed);
   float* ss = reinterpret_cast<float*>(smem + Lay::kS);
@@ -229,7 +194,7 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
   const int64_t j0 = min(windows, chunk * grid.per_chunk);
   const int64_t j1 = min(windows, j0 + grid.per_chunk);
 
-  for (int e = tid; e < D * D; e += kPoolThreads) sw[(e / D) * kLd + e % D] = M::op(a.weight[e]);
+  for (int e = tid; e < D * D; e += kPoolThreads) sw[(e / D) * kLd + e % D] = a.weight[e];
   if constexpr (kBackward) {
     for (int e = tid; e < N * D; e += kPoolThreads) {
       sg[(e / D) * kLd + e % D] = 0.0f;
@@ -237,8 +202,6 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
     }
   }
   __syncthreads();  // W is in shared memory
-  typename Tiles::WtFragments wt;
-  Tiles::load_wt(wt, sw, warp);
   typename M::C dw[kWPerWarp];
 #pragma unroll
   for (int i = 0; i < kWPerWarp; ++i) wmma::fill_fragment(dw[i], 0.0f);
@@ -286,12 +249,6 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
           make_float4(next[v].x + p.x, next[v].y + p.y, next[v].z + p.z, next[v].w + p.w);
       const int r = 4 * i / D, c = 4 * i % D;
       *reinterpret_cast<float4*>(sx + r * kLd + c) = x;
-      if constexpr (kBf16) {  // one 8-byte store (c is a multiple of 4, rows 16-byte aligned)
-        const __nv_bfloat162 lo = __floats2bfloat162_rn(x.x, x.y);
-        const __nv_bfloat162 hi = __floats2bfloat162_rn(x.z, x.w);
-        *reinterpret_cast<uint2*>(xop + r * kLd + c) = make_uint2(
-            *reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi));
-      }
     }
     __syncthreads();
     if (j + 1 < j1) {  // in flight while this window computes
@@ -300,7 +257,7 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
     }
 
     // logits (n, d) = x (n, d) W^T
-    Tiles::template rows_times_w<true>(xop, sw, nullptr, sl, kLd, warp, wt);
+    Tiles::template rows_times_w<true>(sx, sw, nullptr, sl, kLd, warp);
     __syncthreads();
 
     // Per column: softmax over the block's rows, the pooled value; backward: the direct part of
@@ -351,11 +308,7 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
         sg[at] += g * p;
         const float dl = a.alpha * p * g * (xv[i] - yc);
         ss[at] += dl;
-        if constexpr (kBf16) {
-          lop[at] = M::op(dl);
-        } else {
-          sl[at] = dl;
-        }
+        sl[at] = dl;
       }
     }
     if constexpr (kBackward) {
@@ -365,12 +318,12 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
 #pragma unroll
       for (int k0 = 0; k0 < N; k0 += M::kK) {
         typename M::template A<wmma::col_major> fa;
-        M::load(fa, lop + k0 * kLd + tm * 16, kLd);
+        M::load(fa, sl + k0 * kLd + tm * 16, kLd);
 #pragma unroll
         for (int i = 0; i < kWPerWarp; ++i) {
           const int tn = (warp * kWPerWarp + i) % (D / 16);
           typename M::template B<wmma::row_major> fb;
-          M::load(fb, xop + k0 * kLd + tn * 16, kLd);
+          M::load(fb, sx + k0 * kLd + tn * 16, kLd);
           M::mac(dw[i], fa, fb);
         }
       }
@@ -383,17 +336,10 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
       const int t = warp * kWPerWarp + i, tm = t / (D / 16), tn = t % (D / 16);
       wmma::store_matrix_sync(my_w + tm * 16 * D + tn * 16, dw[i], D, wmma::mem_row_major);
     }
-    // The positions' part: sum of gy a + (sum of dlogits) W, dlogits rounded once, here.
+    // The positions' part: sum of gy a + (sum of dlogits) W.
     __syncthreads();
-    if constexpr (kBf16) {
-      for (int e = tid; e < N * D; e += kPoolThreads) {
-        lop[(e / D) * kLd + e % D] = M::op(ss[(e / D) * kLd + e % D]);
-      }
-      __syncthreads();
-    }
     float* my_pos = part_pos + blockIdx.x * int64_t{N * D};  // blockIdx = head * chunks + chunk
-    Tiles::template rows_times_w<false>(kBf16 ? lop : reinterpret_cast<Op*>(ss), sw, sg, sg, kLd,
-                                        warp, wt);
+    Tiles::template rows_times_w<false>(ss, sw, sg, sg, kLd, warp);
     __syncthreads();
     for (int e = tid; e < N * D; e += kPoolThreads) my_pos[e] = sg[(e / D) * kLd + e % D];
   }
@@ -789,7 +735,7 @@ void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_posi
             float* g_weight, bool acc_positions, bool acc_weight) {
   // bf16 keeps its logits in registers on mma.sync; tf32 and fp32 run the wmma kernel.
   constexpr bool kMma = kMode == PoolMode::bf16;
-  using Lay = PoolLayout<N, D, kMma>;
+  using Lay = PoolLayout<N, D>;
   using MmaLay = PoolMmaLayout<N, D>;
   constexpr size_t kBytes = kMma ? (kBackward ? MmaLay::kBackwardBytes : MmaLay::kForwardBytes)
                             : kBackward ? Lay::kBackwardBytes
