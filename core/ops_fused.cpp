@@ -140,6 +140,11 @@ bool fused_kv_backward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   if (kernels::cuda::math_precision() != kernels::MathPrecision::bf16) return false;
   const int64_t s = k.size(-2), d = q.size(-1);
   if (!kernels::cuda::attention_backward_kv_fits(s, d, v.size(-1))) return false;
+  // The kernel reads V in 8-byte pieces and P in 16-byte ones (a view may start anywhere).
+  if (reinterpret_cast<uintptr_t>(v.data<float>()) % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(p.data<float>()) % 16 != 0) {
+    return false;
+  }
   kernels::cuda::AttentionBackwardArgs args;
   args.q = q.data<float>();
   args.v = v.data<float>();
@@ -367,14 +372,15 @@ Tensor add_block_positions(const Tensor& seq, const Tensor& positions, int64_t b
 namespace {
 
 // Whether the fused CUDA pass takes these inputs.
-bool fused_attention_pool_fits(const Tensor& seq, const Tensor& positions, int64_t block) {
+bool fused_attention_pool_fits(const Tensor& seq, const Tensor& positions, const Tensor& weight,
+                               int64_t block) {
   if (!seq.device().is_cuda() || seq.dtype() != DType::f32 || seq.numel() == 0) return false;
   if (grad_enabled() && seq.requires_grad()) return false;
   const auto aligned = [](const Tensor& t) {
     return reinterpret_cast<uintptr_t>(t.data<float>()) % 16 == 0;
   };
   return kernels::cuda::attention_pool_fits(block, seq.size(3)) && aligned(seq) &&
-         aligned(positions);
+         aligned(positions) && aligned(weight);
 }
 
 Tensor fused_attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& weight,
@@ -423,7 +429,7 @@ Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& 
             op, ": input ", seq.shape(), " (b, h, s, d) and weight ", weight.shape(),
             " (d, d) do not fit");
 #ifdef KVC_WITH_CUDA
-  if (fused_attention_pool_fits(seq, positions, block)) {
+  if (fused_attention_pool_fits(seq, positions, weight, block)) {
     return fused_attention_pool(seq, positions, weight, block, stride, alpha);
   }
 #endif

@@ -12,11 +12,11 @@ namespace kvc::kernels::cuda {
 // multiple of 4 (whole 16-byte rows of P).
 bool attention_backward_kv_fits(int64_t s, int64_t d, int64_t e);
 
-// All float32, contiguous: q (batch, m, d); v (batch, s, d); p (batch, m, s) the forward's
-// probabilities (masked keys 0), 16-byte aligned; y (batch, m, d) the forward's output and gy its
-// gradient. gk = alpha dS^T q and gv = P^T gy (batch, s, d), written or (acc_*) added to, with
-// dS = P (gy v^T - rowsum(gy y)); either may be null (not wanted). q, gy and P are rounded to
-// bf16 for the products, whose sums stay float32.
+// All float32, contiguous: q (batch, m, d); v (batch, s, d), 8-byte aligned; p (batch, m, s) the
+// forward's probabilities (masked keys 0), 16-byte aligned; y (batch, m, d) the forward's output
+// and gy its gradient. gk = alpha dS^T q and gv = P^T gy (batch, s, d), written or (acc_*) added
+// to, with dS = P (gy v^T - rowsum(gy y)); either may be null (not wanted). q, gy and P are rounded
+// to bf16 for the products, whose sums stay float32.
 struct AttentionBackwardArgs {
   const float* q = nullptr;
   const float* v = nullptr;
