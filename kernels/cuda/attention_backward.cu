@@ -206,28 +206,24 @@ __global__ void __launch_bounds__(kBwdThreads, 2)
   }
   cp_async_wait<0>();  // no copy outlives the kernel
 
-  // Each key row of dK (times alpha) and dV, once.
+  // Each key row of dK (times alpha) and dV, once: out (+)= scale sums.
+  const auto store = [&](float* out, const float(&sums)[kDTiles][4], float scale, bool acc) {
+    if (!out) return;
 #pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t key = k0 + kw + g + 8 * h;
-    if (key >= a.s) continue;
-    const int64_t row = (b * a.s + key) * D + 2 * t;
+    for (int h = 0; h < 2; ++h) {
+      const int64_t key = k0 + kw + g + 8 * h;
+      if (key >= a.s) continue;
 #pragma unroll
-    for (int nt = 0; nt < kDTiles; ++nt) {
-      if (gk) {
-        float2* at = reinterpret_cast<float2*>(gk + row + nt * 8);
-        float2 x = make_float2(a.alpha * dk[nt][2 * h], a.alpha * dk[nt][2 * h + 1]);
-        if (acc_k) x.x += at->x, x.y += at->y;
-        *at = x;
-      }
-      if (gv) {
-        float2* at = reinterpret_cast<float2*>(gv + row + nt * 8);
-        float2 x = make_float2(dv[nt][2 * h], dv[nt][2 * h + 1]);
-        if (acc_v) x.x += at->x, x.y += at->y;
+      for (int nt = 0; nt < kDTiles; ++nt) {
+        float2* at = reinterpret_cast<float2*>(out + (b * a.s + key) * D + 2 * t + nt * 8);
+        float2 x = make_float2(scale * sums[nt][2 * h], scale * sums[nt][2 * h + 1]);
+        if (acc) x.x += at->x, x.y += at->y;
         *at = x;
       }
     }
-  }
+  };
+  store(gk, dk, a.alpha, acc_k);
+  store(gv, dv, 1.0f, acc_v);
 #endif
 }
 
@@ -241,13 +237,7 @@ void launch(const AttentionBackwardArgs& a, float* gk, float* gv, bool acc_k, bo
   KVC_CUDA_CHECK(cudaGetLastError());
   const Bf16Copy q16 = bf16_copy(a.q, a.batch * a.m * D);
   const Bf16Copy gy16 = bf16_copy(a.gy, a.batch * a.m * D);
-  static const bool attributes_set = [] {
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(attention_backward_kv_kernel<D>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(L::kBytes)));
-    return true;
-  }();
-  (void)attributes_set;
+  resident_ctas<attention_backward_kv_kernel<D>>(kBwdThreads, L::kBytes);  // raises the limit
   const int64_t ctas = a.batch * ((a.s + kKeysPerCta - 1) / kKeysPerCta);
   KVC_CHECK(ctas <= INT32_MAX, "attention backward: ", a.batch, " x ", a.s,
             " keys exceed the grid");

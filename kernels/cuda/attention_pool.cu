@@ -740,26 +740,19 @@ void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_posi
   constexpr size_t kBytes = kMma ? (kBackward ? MmaLay::kBackwardBytes : MmaLay::kForwardBytes)
                             : kBackward ? Lay::kBackwardBytes
                                         : Lay::kForwardBytes;
-  auto* kernel = [] {
+  constexpr auto* kernel = [] {
     if constexpr (kMma) {
       return attention_pool_mma_kernel<N, D, kBackward>;
     } else {
       return attention_pool_kernel<N, D, kMode, kBackward>;
     }
   }();
-  static const int per_sm = [&] {
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(kBytes)));
-    int blocks = 0;
-    KVC_CUDA_CHECK(
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kPoolThreads, kBytes));
-    return std::max(blocks, 1);
-  }();
   // One wave of CTAs, each a contiguous run of one head's windows (b and w flattened).
+  const int64_t resident = resident_ctas<kernel>(kPoolThreads, kBytes);
   const int64_t windows = a.b * ((a.s - N) / a.stride + 1);
   PoolGrid grid;
-  grid.chunks = static_cast<int>(
-      std::clamp<int64_t>(int64_t{per_sm} * sm_count() / std::max<int64_t>(a.h, 1), 1, windows));
+  grid.chunks =
+      static_cast<int>(std::clamp<int64_t>(resident / std::max<int64_t>(a.h, 1), 1, windows));
   grid.per_chunk = (windows + grid.chunks - 1) / grid.chunks;
   const int64_t ctas = a.h * grid.chunks;
   KVC_CHECK(ctas <= INT32_MAX, "attention_pool: ", a.h, " heads exceed the grid");

@@ -168,20 +168,6 @@ using AttentionKernel = void (*)(const float* q, const KV* k, const KV* v, float
                                  float* part_o, float2* part_ml, int nq, int seq, int q_tiles,
                                  int split_len, float scale_log2, const int32_t* visible);
 
-// CTAs of `kernel` that fit on the whole GPU at once with `threads` threads and `smem` bytes of
-// dynamic shared memory (whose limit it raises), asked once per kernel.
-template <auto kKernel>
-int resident_ctas(int threads, size_t smem) {
-  static const int n = [&] {
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-    int per_sm = 0;
-    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, threads, smem));
-    return std::max(1, sm_count() * per_sm);
-  }();
-  return n;
-}
-
 // Runs an attention forward kernel (kPlain, or kMasked with `visible`) over one CTA per
 // (batch-head, q_rows queries, key split) -- the splits chosen so that the CTAs fill the GPU --
 // and merges the splits' partial outputs. Scores in log2 units: the kernels take alpha log2(e).

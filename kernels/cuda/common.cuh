@@ -48,6 +48,20 @@ inline int sm_count() {
   return sms;
 }
 
+// CTAs of `kernel` that fit on the whole GPU at once with `threads` threads and `smem` bytes of
+// dynamic shared memory (whose limit it raises), asked once per kernel.
+template <auto kKernel>
+int resident_ctas(int threads, size_t smem) {
+  static const int n = [&] {
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+    int per_sm = 0;
+    KVC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kKernel, threads, smem));
+    return std::max(1, sm_count() * per_sm);
+  }();
+  return n;
+}
+
 // The current device's compute capability as major * 10 + minor (90 for Hopper), asked once; 0
 // if the runtime cannot say, so no path that needs a newer GPU is taken.
 inline int compute_capability() {
