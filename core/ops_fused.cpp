@@ -125,46 +125,58 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 // matmul(softmax(scale(matmul(q, k, false, true), alpha), -1), v), which writes the (m, s)
 // scores three times (GEMM, scale, softmax) and keeps two of them for backward. Here alpha is
 // the GEMM's, the softmax runs in place, and backward reuses one (m, s) buffer for dP and dS. On
-// CUDA in bf16, queries without grad (the attention over compressed blocks) take one fused pass
-// for the K and V gradients instead (fused_kv_backward), and P V reads the softmax's bf16 copy
-// of P.
+// CUDA in bf16, queries without grad (the attention over compressed blocks) take the flash pair
+// instead (flash_attention_kv): no (m, s) buffer at all. Elsewhere in bf16, P V reads the
+// softmax's bf16 copy of P.
 
 namespace {
 
-// The gradients of K and V in one pass on CUDA bf16 tensor cores from the kept probabilities,
-// where the queries need none (the attention over compressed blocks): true if it ran.
-bool fused_kv_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& p,
-                       const Tensor& y, const Tensor& gy, double alpha) {
+// softmax(alpha q k^T) v on CUDA bf16 tensor cores where the queries need no gradient and the
+// sizes fit (kernels/attention_backward.h): a flash forward that keeps each row's log-sum-exp,
+// and one pass for the K and V gradients that recomputes the probabilities from it. Undefined
+// where it does not apply.
+Tensor flash_attention_kv(const Tensor& q, const Tensor& k, const Tensor& v, double alpha,
+                          const VisibleCounts& visible) {
 #ifdef KVC_WITH_CUDA
-  if (!p.device().is_cuda() || p.dtype() != DType::f32 || q.requires_grad()) return false;
-  if (kernels::cuda::math_precision() != kernels::MathPrecision::bf16) return false;
-  const int64_t s = k.size(-2), d = q.size(-1);
-  if (!kernels::cuda::attention_backward_kv_fits(s, d, v.size(-1))) return false;
-  // The kernel reads V in 8-byte pieces and P in 16-byte ones (a view may start anywhere).
-  if (reinterpret_cast<uintptr_t>(v.data<float>()) % 8 != 0 ||
-      reinterpret_cast<uintptr_t>(p.data<float>()) % 16 != 0) {
-    return false;
+  if (!q.device().is_cuda() || q.dtype() != DType::f32) return {};
+  if (kernels::cuda::math_precision() != kernels::MathPrecision::bf16) return {};
+  if (grad_enabled() && q.requires_grad()) return {};
+  const int64_t m = q.size(-2), s = k.size(-2), d = q.size(-1);
+  if (!kernels::cuda::attention_kv_fused_fits(d, v.size(-1))) return {};
+  for (const Tensor* t : {&q, &k, &v}) {  // the kernels read 16-byte pieces
+    if (reinterpret_cast<uintptr_t>(t->data<float>()) % 16 != 0) return {};
   }
-  kernels::cuda::AttentionBackwardArgs args;
-  args.q = q.data<float>();
-  args.v = v.data<float>();
-  args.p = p.data<float>();
-  args.y = y.data<float>();
-  args.gy = gy.data<float>();
-  args.m = q.size(-2);
-  args.batch = q.numel() / (args.m * d);
-  args.s = s;
-  args.d = d;
-  args.alpha = static_cast<float>(alpha);
-  bool acc_k = false, acc_v = false;
-  const Tensor gk = k.requires_grad() ? grad_buffer(k, &acc_k) : Tensor();
-  const Tensor gv = v.requires_grad() ? grad_buffer(v, &acc_v) : Tensor();
-  kernels::cuda::attention_backward_kv(args, gk.defined() ? gk.data<float>() : nullptr,
-                                       gv.defined() ? gv.data<float>() : nullptr, acc_k, acc_v);
-  return true;
+  const int64_t batch = q.numel() / (m * d);
+  Tensor y = Tensor::empty(q.shape(), q.options());
+  const Tensor lse = Tensor::empty({batch, m}, q.options());
+  kernels::cuda::attention_forward_lse(q.data<float>(), k.data<float>(), v.data<float>(),
+                                       y.data<float>(), lse.data<float>(), batch, m, s, d, alpha,
+                                       visible.data());
+  const Tensor out = y.detach();  // for rowsum(gy y)
+  Tape::current().record("attention", {q, k, v}, y, [=](const Tensor& gy) {
+    kernels::cuda::AttentionBackwardArgs args;
+    args.q = q.data<float>();
+    args.k = k.data<float>();
+    args.v = v.data<float>();
+    args.lse = lse.data<float>();
+    args.y = out.data<float>();
+    args.gy = gy.data<float>();
+    args.visible = visible.data();
+    args.batch = batch;
+    args.m = m;
+    args.s = s;
+    args.d = d;
+    args.alpha = alpha;
+    bool acc_k = false, acc_v = false;
+    const Tensor gk = k.requires_grad() ? grad_buffer(k, &acc_k) : Tensor();
+    const Tensor gv = v.requires_grad() ? grad_buffer(v, &acc_v) : Tensor();
+    kernels::cuda::attention_backward_kv(args, gk.defined() ? gk.data<float>() : nullptr,
+                                         gv.defined() ? gv.data<float>() : nullptr, acc_k, acc_v);
+  });
+  return y;
 #else
-  (void)q, (void)k, (void)v, (void)p, (void)y, (void)gy, (void)alpha;
-  return false;
+  (void)q, (void)k, (void)v, (void)alpha, (void)visible;
+  return {};
 #endif
 }
 
@@ -192,6 +204,7 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
   if (batch == 0 || m == 0 || d == 0 || s == 0 || e == 0) {  // nothing to mask
     return matmul(softmax(scale(matmul(q, k, false, /*trans_b=*/true), alpha), -1), v);
   }
+  if (Tensor y = flash_attention_kv(q, k, v, alpha, visible); y.defined()) return y;
   const Shape p_shape = with_last_two(q.shape(), m, s);
   Tensor p = Tensor::empty(p_shape, q.options());  // scores, then probabilities in place
   gemm(batch, m, s, d, {&q, false, m * d}, {&k, true, s * d}, p, m * s, alpha, 0.0);
@@ -218,9 +231,7 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
   gemm(batch, m, e, s, {&p, false, m * s}, {&v, false, s * e}, y, m * e, 1.0, 0.0);
 
   // Without grad the closure, and with it the probabilities, are dropped here.
-  const Tensor out = y.detach();  // for the fused backward's rowsum(gy y)
   Tape::current().record(op, {q, k, v}, y, [=](const Tensor& gy) {
-    if (fused_kv_backward(q, k, v, p, out, gy, alpha)) return;
     bool acc = false;
     if (v.requires_grad()) {  // gv (s, e) = P^T (s, m) @ gy (m, e)
       Tensor gv = grad_buffer(v, &acc);

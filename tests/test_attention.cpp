@@ -277,11 +277,12 @@ TEST_CASE("cuda: tensor-core attention_forward (tf32, bf16) matches the CPU path
 }
 
 #ifdef KVC_WITH_CUDA
-// scaled_dot_attention's K and V gradients for queries without grad (the attention over
-// compressed blocks), which bf16 on CUDA computes in one fused pass from the kept probabilities
-// (kernels/attention_backward.h), against float64 on the CPU. The products round P, gy and q to
-// bf16 (2^-8 relative), so with unit-spread logits the gradients differ by ~3e-3 norm-wise; the
-// bound leaves ~8x, and the error must exceed float32's (< 1e-5): the fused path really ran.
+// scaled_dot_attention's output and K and V gradients for queries without grad (the attention
+// over compressed blocks), which bf16 on CUDA computes by the flash pair (kernels/
+// attention_backward.h: a forward keeping the rows' log-sum-exp, one backward pass recomputing P
+// from it), against float64 on the CPU. The products round q, k, v, P and gy to bf16 (2^-8
+// relative), so with unit-spread logits the gradients differ by ~3e-3 norm-wise; the bound leaves
+// ~8x, and the error must exceed float32's (< 1e-5): the bf16 path really ran.
 struct KvGrads {
   Tensor y, gk, gv;
 };
@@ -311,7 +312,7 @@ KvGrads attention_kv_grads(int64_t b, int64_t h, int64_t m, int64_t s, int64_t d
 }
 #endif
 
-TEST_CASE("cuda: scaled_dot_attention's fused bf16 K and V gradients match the CPU") {
+TEST_CASE("cuda: scaled_dot_attention's flash bf16 forward and K, V gradients match the CPU") {
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
   test::PrecisionScope scope(kernels::MathPrecision::bf16);
@@ -319,12 +320,14 @@ TEST_CASE("cuda: scaled_dot_attention's fused bf16 K and V gradients match the C
     int64_t b, h, m, s, d;
     bool masked;
   };
-  // d 64 and 128; keys off the 64-key tile (100, 36 in the last) and on it; query rows off the
-  // 32-row tile; causal counts with rows that see nothing; the nsa compressed attention; rows past
-  // the warp softmax (1100 keys: the block softmax writes P's bf16 copy).
-  const std::vector<KvCase> cases = {{1, 2, 45, 100, 64, false}, {1, 1, 40, 1100, 64, false},
-                                     {2, 3, 70, 128, 128, true}, {1, 1, 32, 64, 128, false},
-                                     {1, 2, 7, 36, 64, true},    {4, 8, 512, 512, 64, true}};
+  // d 64 and 128; keys off the 64-key tile (100, 37: 37 in the last) and on it; query rows off
+  // the 32-row tile; causal counts with rows that see nothing; the nsa compressed attention; 1100
+  // keys for 40 rows, which the forward splits over CTAs (the log-sum-exp from the merge), masked
+  // too (rows that see no key in any split).
+  const std::vector<KvCase> cases = {
+      {1, 2, 45, 100, 64, false}, {1, 1, 40, 1100, 64, false}, {2, 3, 70, 128, 128, true},
+      {1, 1, 32, 64, 128, false}, {1, 2, 7, 37, 64, true},     {4, 8, 512, 512, 64, true},
+      {1, 1, 40, 1100, 128, true}};
   for (const KvCase& c : cases) {
     CAPTURE(c.b);
     CAPTURE(c.h);
@@ -332,13 +335,13 @@ TEST_CASE("cuda: scaled_dot_attention's fused bf16 K and V gradients match the C
     CAPTURE(c.s);
     CAPTURE(c.d);
     CAPTURE(c.masked);
-    REQUIRE(kernels::cuda::attention_backward_kv_fits(c.s, c.d, c.d));
+    REQUIRE(kernels::cuda::attention_kv_fused_fits(c.d, c.d));
     const KvGrads want =
         attention_kv_grads(c.b, c.h, c.m, c.s, c.d, c.masked, DType::f64, Device::cpu(), 1);
     const KvGrads got =
         attention_kv_grads(c.b, c.h, c.m, c.s, c.d, c.masked, DType::f32, Device::cuda(), 1);
     const double ek = test::rel_error(got.gk, want.gk), ev = test::rel_error(got.gv, want.gv);
-    CHECK(test::rel_error(got.y, want.y) < 1.5e-2);  // P V from the softmax's bf16 copy of P
+    CHECK(test::rel_error(got.y, want.y) < 1.5e-2);
     MESSAGE("bf16 fused K / V gradients: rel error ", ek, " / ", ev, " (b ", c.b, ", h ", c.h,
             ", m ", c.m, ", s ", c.s, ", d ", c.d, std::string(c.masked ? ", masked)" : ")"));
     CHECK(ek < 2.5e-2);

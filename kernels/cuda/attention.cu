@@ -63,9 +63,8 @@ struct TileLayout {
 template <int D, bool kMasked>
 __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     attention_tiled_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                           const float* __restrict__ v, float* __restrict__ out,
-                           float* __restrict__ part_o, float2* __restrict__ part_ml, int nq,
-                           int seq, int q_tiles, int split_len, float scale_log2,
+                           const float* __restrict__ v, AttentionDest out_to, int nq, int seq,
+                           int q_tiles, int split_len, float scale_log2,
                            const int32_t* __restrict__ visible) {
   using L = TileLayout<D>;
   constexpr int kVec = D / 4;     // float4s per row
@@ -269,7 +268,7 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     const int row = q0 + ry + kRowGroups * i;
     if (row >= nq) continue;
     const int64_t grow = static_cast<int64_t>(bh) * nq + row;
-    const OutputRow dst = output_row(out, part_o, part_ml, grow, rows, D, m_i, sum, cx == 0);
+    const OutputRow dst = output_row(out_to, grow, rows, D, m_i, sum, cx == 0);
     float* orow = dst.ptr;
     const float inv = dst.scale;
     if constexpr (D >= 64) {

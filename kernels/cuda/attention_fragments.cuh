@@ -142,9 +142,8 @@ __device__ __forceinline__ int cta_key_limit(const int32_t* visible, int64_t bh,
 // keys split over CTAs, the split's partial row and (max, sum) (see output_row).
 template <int kOTiles>
 __device__ __forceinline__ void write_rows(const float (&o)[kOTiles][4], const float (&m_run)[2],
-                                           const float (&l_run)[2], float* out, float* part_o,
-                                           float2* part_ml, int64_t bh, int row0, int nq,
-                                           int64_t rows) {
+                                           const float (&l_run)[2], const AttentionDest& dest,
+                                           int64_t bh, int row0, int nq, int64_t rows) {
   const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -154,8 +153,7 @@ __device__ __forceinline__ void write_rows(const float (&o)[kOTiles][4], const f
     const int row = row0 + g + 8 * h;
     if (row >= nq) continue;
     const int64_t grow = bh * nq + row;
-    const OutputRow dst =
-        output_row(out, part_o, part_ml, grow, rows, kOTiles * 8, m_run[h], l, t == 0);
+    const OutputRow dst = output_row(dest, grow, rows, kOTiles * 8, m_run[h], l, t == 0);
 #pragma unroll
     for (int j = 0; j < kOTiles; ++j) {
       *reinterpret_cast<float2*>(dst.ptr + j * 8 + 2 * t) =

@@ -60,11 +60,13 @@ __device__ __forceinline__ void load_tile_async(float* dst, const float* src, in
 }
 
 // out = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s with M = max_s m_s, for every row (of
-// batch_heads * nq) and float4 of columns. Every split holds at least one key, so m_s is finite.
+// batch_heads * nq) and float4 of columns, and lse = M + log2(sum_s 2^(m_s - M) l_s) where wanted.
+// A row that sees no key in any split (M = -inf: masked, count 0) gets 0 and lse = +inf.
 template <int D>
 __global__ void attention_combine_kernel(const float* __restrict__ part_o,
                                          const float2* __restrict__ part_ml,
-                                         float* __restrict__ out, int64_t rows, int splits) {
+                                         float* __restrict__ out, float* __restrict__ lse,
+                                         int64_t rows, int splits) {
   constexpr int kVec = D / 4;
   KVC_GRID_LOOP(i, rows * kVec) {
     const int64_t row = i / kVec;
@@ -73,36 +75,54 @@ __global__ void attention_combine_kernel(const float* __restrict__ part_o,
     for (int s = 0; s < splits; ++s) mx = fmaxf(mx, part_ml[s * rows + row].x);
     float sum = 0.f;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int s = 0; s < splits; ++s) {
-      const float2 ml = part_ml[s * rows + row];
-      const float w = exp2f(ml.x - mx);
-      sum = fmaf(w, ml.y, sum);
-      const float4 x = *reinterpret_cast<const float4*>(part_o + (s * rows + row) * D + c);
-      acc.x = fmaf(w, x.x, acc.x);
-      acc.y = fmaf(w, x.y, acc.y);
-      acc.z = fmaf(w, x.z, acc.z);
-      acc.w = fmaf(w, x.w, acc.w);
+    if (mx != -INFINITY) {
+      for (int s = 0; s < splits; ++s) {
+        const float2 ml = part_ml[s * rows + row];
+        const float w = exp2f(ml.x - mx);
+        sum = fmaf(w, ml.y, sum);
+        const float4 x = *reinterpret_cast<const float4*>(part_o + (s * rows + row) * D + c);
+        acc.x = fmaf(w, x.x, acc.x);
+        acc.y = fmaf(w, x.y, acc.y);
+        acc.z = fmaf(w, x.z, acc.z);
+        acc.w = fmaf(w, x.w, acc.w);
+      }
     }
-    const float inv = 1.f / sum;
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
     *reinterpret_cast<float4*>(out + row * D + c) =
         make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
+    if (lse && c == 0) lse[row] = sum > 0.f ? mx + log2f(sum) : INFINITY;
   }
 }
 
-// Where a CTA writes the output of query row `grow` (of `rows` = batch_heads * nq): with one key
-// split the output row itself, scaled by 1 / l; otherwise its split's partial row, unscaled, with
-// the row's (running max m, sum l) beside it, written by the lane that `writes_ml`.
+// Where a forward kernel writes, for rows = batch_heads * nq query rows: the output (rows, d);
+// with keys split over CTAs the splits' partial outputs (splits, rows, d) and (max, sum) (splits,
+// rows) instead, merged by attention_combine_kernel; and, where lse is not null, every row's
+// log-sum-exp of its scores in log2 units (what a backward recomputes the probabilities from).
+struct AttentionDest {
+  float* out = nullptr;
+  float* part_o = nullptr;
+  float2* part_ml = nullptr;
+  float* lse = nullptr;
+};
+
+// Where a CTA writes the output of query row `grow` (of `rows`): with one key split the output
+// row itself, scaled by 1 / l (0 for a row that saw no key), and its log-sum-exp m + log2(l)
+// (+inf there); otherwise its split's partial row, unscaled, with the row's (running max m, sum l)
+// beside it. The lane that `writes_ml` writes the per-row values.
 struct OutputRow {
   float* ptr;
   float scale;
 };
-__device__ __forceinline__ OutputRow output_row(float* out, float* part_o, float2* part_ml,
-                                                int64_t grow, int64_t rows, int d, float m, float l,
+__device__ __forceinline__ OutputRow output_row(const AttentionDest& dst, int64_t grow,
+                                                int64_t rows, int d, float m, float l,
                                                 bool writes_ml) {
-  if (gridDim.y == 1) return {out + grow * d, 1.f / l};
+  if (gridDim.y == 1) {
+    if (dst.lse && writes_ml) dst.lse[grow] = l > 0.f ? m + log2f(l) : INFINITY;
+    return {dst.out + grow * d, l > 0.f ? 1.f / l : 0.f};
+  }
   const int64_t prow = blockIdx.y * rows + grow;
-  if (writes_ml) part_ml[prow] = make_float2(m, l);
-  return {part_o + prow * d, 1.f};
+  if (writes_ml) dst.part_ml[prow] = make_float2(m, l);
+  return {dst.part_o + prow * d, 1.f};
 }
 
 // Key splits per (batch-head, query tile): the count whose waves of CTAs (time ~ waves / splits)
@@ -136,12 +156,12 @@ struct KeySplit {
   KeySplit(int64_t ctas, int64_t tiles, int slots, int64_t rows, int d)
       : KeySplit(plan(ctas, tiles, slots), tiles, rows, d) {}
 
-  // Merges the partial outputs into out (no-op with one split).
+  // Merges the partial outputs into out and lse (no-op with one split).
   template <int D>
-  void combine(float* out, int64_t rows) const {
+  void combine(float* out, float* lse, int64_t rows) const {
     if (splits == 1) return;
-    attention_combine_kernel<D>
-        <<<grid_for(rows * (D / 4)), kThreads, 0, stream()>>>(part_o, part_ml, out, rows, splits);
+    attention_combine_kernel<D><<<grid_for(rows * (D / 4)), kThreads, 0, stream()>>>(
+        part_o, part_ml, out, lse, rows, splits);
     KVC_CUDA_CHECK(cudaGetLastError());
   }
 
@@ -164,17 +184,19 @@ struct KeySplit {
 
 // The signature every attention forward kernel shares (KV: float32, or bf16 bits).
 template <typename KV>
-using AttentionKernel = void (*)(const float* q, const KV* k, const KV* v, float* out,
-                                 float* part_o, float2* part_ml, int nq, int seq, int q_tiles,
-                                 int split_len, float scale_log2, const int32_t* visible);
+using AttentionKernel = void (*)(const float* q, const KV* k, const KV* v, AttentionDest dst,
+                                 int nq, int seq, int q_tiles, int split_len, float scale_log2,
+                                 const int32_t* visible);
 
 // Runs an attention forward kernel (kPlain, or kMasked with `visible`) over one CTA per
 // (batch-head, q_rows queries, key split) -- the splits chosen so that the CTAs fill the GPU --
 // and merges the splits' partial outputs. Scores in log2 units: the kernels take alpha log2(e).
+// lse: null, or (bh * nq) floats for the rows' log-sum-exp (see AttentionDest).
 template <int D, auto kPlain, auto kMasked, typename KV>
 void launch_split_attention(int threads, size_t smem, int q_rows, int key_tile, const float* q,
                             const KV* k, const KV* v, float* out, int64_t bh, int64_t nq,
-                            int64_t seq, double alpha, const int32_t* visible) {
+                            int64_t seq, double alpha, const int32_t* visible,
+                            float* lse = nullptr) {
   const int slots =
       visible ? resident_ctas<kMasked>(threads, smem) : resident_ctas<kPlain>(threads, smem);
   const int64_t q_tiles = (nq + q_rows - 1) / q_rows;
@@ -183,12 +205,16 @@ void launch_split_attention(int threads, size_t smem, int q_rows, int key_tile, 
   const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
   const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
   const AttentionKernel<KV> kernel = visible ? kMasked : kPlain;
+  AttentionDest dst;
+  dst.out = out;
+  dst.part_o = split.part_o;
+  dst.part_ml = split.part_ml;
+  dst.lse = lse;
   kernel<<<grid, threads, smem, stream()>>>(
-      q, k, v, out, split.part_o, split.part_ml, static_cast<int>(nq), static_cast<int>(seq),
-      static_cast<int>(q_tiles), static_cast<int>(split.split_tiles * key_tile), scale_log2,
-      visible);
+      q, k, v, dst, static_cast<int>(nq), static_cast<int>(seq), static_cast<int>(q_tiles),
+      static_cast<int>(split.split_tiles * key_tile), scale_log2, visible);
   KVC_CUDA_CHECK(cudaGetLastError());
-  split.combine<D>(out, rows);
+  split.combine<D>(out, lse, rows);
 }
 
 }  // namespace kvc::kernels::cuda::attention_detail

@@ -95,8 +95,7 @@ __device__ __forceinline__ void load_bf16_tile_async(uint16_t* dst, const uint16
 template <int D, TcMode M, bool kMasked>
 __global__ void __launch_bounds__(kThreadsTc)
     attention_tc_kernel(const float* __restrict__ q, const TcKV<M>* __restrict__ k,
-                        const TcKV<M>* __restrict__ v, float* __restrict__ out,
-                        float* __restrict__ part_o, float2* __restrict__ part_ml, int nq, int seq,
+                        const TcKV<M>* __restrict__ v, AttentionDest dst, int nq, int seq,
                         int q_tiles, int split_len, float scale_log2,
                         const int32_t* __restrict__ visible) {
   using L = TcLayout<D, M>;
@@ -272,17 +271,16 @@ __global__ void __launch_bounds__(kThreadsTc)
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
 #pragma unroll
   for (int mi = 0; mi < kM; ++mi) {
-    write_rows<kOTiles>(o[mi], m_run[mi], l_run[mi], out, part_o, part_ml, bh, q0 + mi * 16, nq,
-                        rows);
+    write_rows<kOTiles>(o[mi], m_run[mi], l_run[mi], dst, bh, q0 + mi * 16, nq, rows);
   }
 }
 
 template <int D, TcMode M>
 void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, int64_t bh,
-               int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
+               int64_t nq, int64_t seq, double alpha, const int32_t* visible, float* lse) {
   using L = TcLayout<D, M>;
   launch_split_attention<D, attention_tc_kernel<D, M, false>, attention_tc_kernel<D, M, true>>(
-      kThreadsTc, L::kBytes, L::kBQ, L::kBK, q, k, v, out, bh, nq, seq, alpha, visible);
+      kThreadsTc, L::kBytes, L::kBQ, L::kBK, q, k, v, out, bh, nq, seq, alpha, visible, lse);
 }
 
 // bf16: K and V rounded once (or the copies the compressors made, see SharedBf16Copies), then
@@ -291,26 +289,26 @@ void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, i
 template <int D>
 void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, int64_t bh,
                     int64_t nq, int64_t seq, double alpha, const int32_t* visible,
-                    TcKernel kernel) {
+                    TcKernel kernel, float* lse) {
   const int64_t n = bh * seq * D;
   const Bf16Copy k_copy = bf16_copy(k, n), v_copy = bf16_copy(v, n);
   const auto* k16 = reinterpret_cast<const uint16_t*>(k_copy.p);
   const auto* v16 = reinterpret_cast<const uint16_t*>(v_copy.p);
   if (kernel == TcKernel::fastest && D != 32 && attention_wgmma_available()) {
-    attention_forward_wgmma(q, k16, v16, out, bh, nq, seq, D, alpha, visible);
+    attention_forward_wgmma(q, k16, v16, out, bh, nq, seq, D, alpha, visible, lse);
   } else {
-    launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha, visible);
+    launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha, visible, lse);
   }
 }
 
 template <int D>
 void launch_d(const float* q, const float* k, const float* v, float* out, int64_t bh, int64_t nq,
               int64_t seq, double alpha, MathPrecision precision, const int32_t* visible,
-              TcKernel kernel) {
+              TcKernel kernel, float* lse) {
   if (precision == MathPrecision::bf16) {
-    launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha, visible, kernel);
+    launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha, visible, kernel, lse);
   } else {
-    launch_tc<D, TcMode::kTf32>(q, k, v, out, bh, nq, seq, alpha, visible);
+    launch_tc<D, TcMode::kTf32>(q, k, v, out, bh, nq, seq, alpha, visible, lse);
   }
 }
 
@@ -318,16 +316,20 @@ void launch_d(const float* q, const float* k, const float* v, float* out, int64_
 
 void attention_forward_tc(const float* q, const float* k, const float* v, float* out,
                           int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
-                          MathPrecision precision, const int32_t* visible, TcKernel kernel) {
+                          MathPrecision precision, const int32_t* visible, TcKernel kernel,
+                          float* lse) {
   KVC_CHECK(precision != MathPrecision::fp32,
             "attention_forward_tc: fp32 math runs on the FP32 kernel, not on tensor cores");
   switch (d) {
     case 32:
-      return launch_d<32>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel);
+      return launch_d<32>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel,
+                          lse);
     case 64:
-      return launch_d<64>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel);
+      return launch_d<64>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel,
+                          lse);
     case 128:
-      return launch_d<128>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel);
+      return launch_d<128>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel,
+                          lse);
     default:
       KVC_FAIL("attention_forward_tc: head size ", d, " has no tensor-core kernel");
   }

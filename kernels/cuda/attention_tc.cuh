@@ -19,11 +19,13 @@ enum class TcKernel { fastest, mma_sync };
 // out = softmax(alpha q k^T) v as attention_forward says, with q, k and v rounded to `precision`
 // (tf32 or bf16) for the two matrix products and P rounded likewise before P V; accumulation,
 // the running max and the row sums stay FP32. Pointers 16-byte aligned, d supported. visible:
-// null, or per query row the number of keys it sees (causal), each in [1, seq].
+// null, or per query row the number of keys it sees (causal), in [0, seq]; a row that sees none
+// gives 0. lse: null, or (batch_heads * nq) floats that take every row's log-sum-exp in log2
+// units, log2 sum_j 2^(alpha log2(e) q k_j) over its visible keys (+inf where it sees none).
 void attention_forward_tc(const float* q, const float* k, const float* v, float* out,
                           int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
                           MathPrecision precision, const int32_t* visible = nullptr,
-                          TcKernel kernel = TcKernel::fastest);
+                          TcKernel kernel = TcKernel::fastest, float* lse = nullptr);
 
 // True where the warpgroup-MMA kernel can run: an sm_90 GPU, and a build whose CUDA targets
 // include sm_90a (CMAKE_CUDA_ARCHITECTURES 90a, the default).
@@ -34,6 +36,6 @@ bool attention_wgmma_available();
 // attention_wgmma_available() is false.
 void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out,
                              int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
-                             const int32_t* visible);
+                             const int32_t* visible, float* lse = nullptr);
 
 }  // namespace kvc::kernels::cuda

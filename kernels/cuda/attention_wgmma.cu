@@ -168,9 +168,8 @@ __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const uint1
 template <int D, bool kMasked>
 __global__ void __launch_bounds__(kThreadsWg)
     attention_wgmma_kernel(const float* __restrict__ q, const uint16_t* __restrict__ k,
-                           const uint16_t* __restrict__ v, float* __restrict__ out,
-                           float* __restrict__ part_o, float2* __restrict__ part_ml, int nq,
-                           int seq, int q_tiles, int split_len, float scale_log2,
+                           const uint16_t* __restrict__ v, AttentionDest dst, int nq, int seq,
+                           int q_tiles, int split_len, float scale_log2,
                            const int32_t* __restrict__ visible) {
 #ifdef KVC_WGMMA_DEVICE
   using L = WgLayout<D>;
@@ -309,15 +308,16 @@ __global__ void __launch_bounds__(kThreadsWg)
   cp_async_wait<0>();  // no copy may outlive the CTA (the last refills are empty groups)
 
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
-  write_rows<kOTiles>(o, m_run, l_run, out, part_o, part_ml, bh, row0, nq, rows);
+  write_rows<kOTiles>(o, m_run, l_run, dst, bh, row0, nq, rows);
 #endif
 }
 
 template <int D>
 void launch_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out, int64_t bh,
-                  int64_t nq, int64_t seq, double alpha, const int32_t* visible) {
+                  int64_t nq, int64_t seq, double alpha, const int32_t* visible, float* lse) {
   launch_split_attention<D, attention_wgmma_kernel<D, false>, attention_wgmma_kernel<D, true>>(
-      kThreadsWg, WgLayout<D>::kBytes, kBQ, kBN, q, k16, v16, out, bh, nq, seq, alpha, visible);
+      kThreadsWg, WgLayout<D>::kBytes, kBQ, kBN, q, k16, v16, out, bh, nq, seq, alpha, visible,
+      lse);
 }
 
 }  // namespace
@@ -332,14 +332,14 @@ bool attention_wgmma_available() {
 
 void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out,
                              int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
-                             const int32_t* visible) {
+                             const int32_t* visible, float* lse) {
   KVC_CHECK(attention_wgmma_available(),
             "attention_forward_wgmma: needs an sm_90 GPU and a build for sm_90a");
   switch (d) {
     case 64:
-      return launch_wgmma<64>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible);
+      return launch_wgmma<64>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible, lse);
     case 128:
-      return launch_wgmma<128>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible);
+      return launch_wgmma<128>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible, lse);
     default:
       KVC_FAIL("attention_forward_wgmma: head size ", d, " has no wgmma kernel");
   }
