@@ -718,16 +718,43 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
 #endif
 }
 
-// out[g, i] (+)= sum over p < parts of part[g, p, i], p in order.
-__global__ void sum_parts_kernel(const float* __restrict__ part, float* __restrict__ out,
-                                 int64_t groups, int64_t parts, int64_t size, bool accumulate) {
-  KVC_GRID_LOOP(e, groups * size) {
-    const int64_t g = e / size, i = e % size;
+// out[g, i] (+)= sum over p < parts of part[g, p, i], in a fixed order (the same every run): a
+// CTA per (g, 32 columns); its 8 warps each sum every 8th part from their own (one coalesced
+// 128-byte row a load), then warp 0 adds the 8 sums in order. Many CTAs each with few loads in
+// flight per thread: a thread per column walking all parts alone left most SMs idle.
+constexpr int kSumCols = 32;
+constexpr int kSumWarps = 8;
+__global__ void __launch_bounds__(kSumCols * kSumWarps)
+    sum_parts_kernel(const float* __restrict__ part, float* __restrict__ out, int64_t parts,
+                     int64_t size, bool accumulate) {
+  __shared__ float sums[kSumWarps][kSumCols];
+  const int64_t col_blocks = (size + kSumCols - 1) / kSumCols;
+  const int64_t g = blockIdx.x / col_blocks;
+  const int lane = threadIdx.x % kSumCols, warp = threadIdx.x / kSumCols;
+  const int64_t i = (blockIdx.x % col_blocks) * kSumCols + lane;
+  float s = 0.0f;
+  if (i < size) {
     const float* src = part + g * parts * size + i;
-    float s = 0.0f;
-    for (int64_t p = 0; p < parts; ++p) s += src[p * size];
-    out[e] = accumulate ? out[e] + s : s;
+    for (int64_t p = warp; p < parts; p += kSumWarps) s += src[p * size];
   }
+  sums[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && i < size) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kSumWarps; ++w) total += sums[w][lane];
+    float* dst = out + g * size + i;
+    *dst = accumulate ? *dst + total : total;
+  }
+}
+
+void sum_parts(const float* part, float* out, int64_t groups, int64_t parts, int64_t size,
+               bool accumulate) {
+  const int64_t ctas = groups * ((size + kSumCols - 1) / kSumCols);
+  KVC_CHECK(ctas <= INT32_MAX, "attention_pool: ", groups, " x ", size, " gradient too large");
+  sum_parts_kernel<<<static_cast<unsigned>(ctas), kSumCols * kSumWarps, 0, stream()>>>(
+      part, out, parts, size, accumulate);
+  KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 template <int N, int D, PoolMode kMode, bool kBackward>
@@ -774,15 +801,9 @@ void launch(const AttentionPoolArgs& a, const float* gy, float* y, float* g_posi
   }
   KVC_CUDA_CHECK(cudaGetLastError());
   if constexpr (kBackward) {
-    if (g_weight) {
-      sum_parts_kernel<<<grid_for(D * D), kThreads, 0, stream()>>>(part_w.as<float>(), g_weight, 1,
-                                                                   w_parts, D * D, acc_weight);
-      KVC_CUDA_CHECK(cudaGetLastError());
-    }
+    if (g_weight) sum_parts(part_w.as<float>(), g_weight, 1, w_parts, D * D, acc_weight);
     if (g_positions) {
-      sum_parts_kernel<<<grid_for(a.h * N * D), kThreads, 0, stream()>>>(
-          part_pos.as<float>(), g_positions, a.h, grid.chunks, N * D, acc_positions);
-      KVC_CUDA_CHECK(cudaGetLastError());
+      sum_parts(part_pos.as<float>(), g_positions, a.h, grid.chunks, N * D, acc_positions);
     }
   }
 }
