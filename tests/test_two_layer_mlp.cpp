@@ -128,6 +128,8 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {2, 2, 20, 64, 100, 8, false, false, Activation::relu},   // mask rows not 128-aligned
       {1, 3, 7, 24, 37, 8, true, false, Activation::gelu},      // 777 hidden values: a tail
       {1, 1, 1, 16, 5, 8, false, true, Activation::gelu},       // 5: less than one 16-byte step
+      {1, 3, 7, 24, 37, 8, true, false, Activation::relu},      // ReLU's signs with a tail
+      {1, 1, 1, 16, 5, 8, false, true, Activation::relu},       // and with no whole step
   };
   test::PrecisionScope scope(precision);
   for (const MlpCase& c : cases) {

@@ -176,12 +176,9 @@ __global__ void gelu_kernel(const T* p, T* a, int64_t n) {
   }
 }
 
-// The activations' derivatives, g = g * act'(.) per element (f(saved, g) -> g).
+// GELU's derivative, g = g * gelu'(p) per element (f(saved, g) -> g); ReLU's is relu_masked below.
 struct GeluGrad {  // saved: GELU's input
   __device__ float operator()(float p, float g) const { return math::gelu_backward(p, g); }
-};
-struct ReluGrad {  // saved: ReLU's output
-  __device__ float operator()(float a, float g) const { return a > 0.0f ? g : 0.0f; }
 };
 
 // g[i] = f(saved[i], g[i]) in place over n elements, 16 bytes of each per thread and step (the
@@ -214,6 +211,66 @@ void activation_backward(const void* saved, void* g, int64_t n, F f) {
   const int64_t vecs = n / (16 / sizeof(T));
   activation_backward_kernel<<<grid_for(std::max<int64_t>(vecs, 1)), kThreads, 0, stream()>>>(
       static_cast<const T*>(saved), static_cast<T*>(g), n, f);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+// ReLU's derivative from signs kept aside, so that the backward can write the gradient over the
+// kept activations themselves: mask[i] has bit e set where element (16 / sizeof(T)) i + e of a
+// (ReLU's output) is positive, a byte per 16 bytes of a; the n % (16 / sizeof(T)) last elements
+// take a byte each after them (relu_mask_bytes).
+template <typename T>
+int64_t relu_mask_bytes(int64_t n) {
+  constexpr int kVec = 16 / sizeof(T);
+  return n / kVec + n % kVec;
+}
+template <typename T>
+__global__ void relu_mask_kernel(const T* __restrict__ a, uint8_t* __restrict__ mask, int64_t n) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t vecs = n / kVec;
+  KVC_GRID_LOOP(i, vecs) {
+    const uint4 v = __ldcs(reinterpret_cast<const uint4*>(a) + i);
+    const T* e = reinterpret_cast<const T*>(&v);
+    unsigned bits = 0;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) bits |= (static_cast<float>(e[j]) > 0.0f ? 1u : 0u) << j;
+    mask[i] = static_cast<uint8_t>(bits);
+  }
+  KVC_GRID_LOOP(i, n - vecs * kVec) {
+    mask[vecs + i] = static_cast<float>(a[vecs * kVec + i]) > 0.0f ? 1 : 0;
+  }
+}
+// g = g where the mask's bit is set, else 0, in place (the mask as relu_mask_kernel wrote it).
+template <typename T>
+__global__ void relu_masked_kernel(const uint8_t* __restrict__ mask, T* __restrict__ g,
+                                   int64_t n) {
+  constexpr int kVec = 16 / sizeof(T);
+  const int64_t vecs = n / kVec;
+  KVC_GRID_LOOP(i, vecs) {
+    uint4 v = __ldcs(reinterpret_cast<const uint4*>(g) + i);
+    T* e = reinterpret_cast<T*>(&v);
+    const unsigned bits = mask[i];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      if (!((bits >> j) & 1u)) e[j] = static_cast<T>(0.0f);
+    }
+    reinterpret_cast<uint4*>(g)[i] = v;
+  }
+  KVC_GRID_LOOP(i, n - vecs * kVec) {
+    if (!mask[vecs + i]) g[vecs * kVec + i] = static_cast<T>(0.0f);
+  }
+}
+template <typename T>
+void relu_mask(const void* a, void* mask, int64_t n) {
+  const int64_t vecs = n / (16 / sizeof(T));
+  relu_mask_kernel<<<grid_for(std::max<int64_t>(vecs, 1)), kThreads, 0, stream()>>>(
+      static_cast<const T*>(a), static_cast<uint8_t*>(mask), n);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+template <typename T>
+void relu_masked(const void* mask, void* g, int64_t n) {
+  const int64_t vecs = n / (16 / sizeof(T));
+  relu_masked_kernel<<<grid_for(std::max<int64_t>(vecs, 1)), kThreads, 0, stream()>>>(
+      static_cast<const uint8_t*>(mask), static_cast<T*>(g), n);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -397,45 +454,57 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     sum_rows(gy, CUDA_R_32F, sizeof(float), ones32.as<void>(), g.out, g.b2_per_head, out.b2,
              out.acc_b2);
   }
-  // ReLU: its output as kept. GELU: the output recomputed from its kept input into the buffer that
-  // then takes the gradient at the first product's output (one buffer of (b, h, w, hidden)).
+  // ReLU: its output as kept, for dW2; then the gradient at the first product's output is written
+  // over it, its signs kept aside first (relu_mask: a 16th or 8th of its size), so the backward
+  // holds no second (b, h, w, hidden) buffer (the saved state is spent: a tape runs each backward
+  // once). GELU: the output recomputed from its kept input into a buffer that then takes that
+  // gradient.
   const int64_t n_hidden = rows * g.hidden;
-  Scratch dpre(static_cast<size_t>(n_hidden) * t.size);
+  Scratch gelu_out(relu ? 0 : static_cast<size_t>(n_hidden) * t.size);
   const void* activated = s.hidden->as<void>();
   if (!relu && out.w2) {
-    apply_gelu(t, s.hidden->as<void>(), dpre.as<void>(), n_hidden);
-    activated = dpre.as<void>();
+    apply_gelu(t, s.hidden->as<void>(), gelu_out.as<void>(), n_hidden);
+    activated = gelu_out.as<void>();
   }
   if (out.w2) weight_grad(activated, g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
   if (!out.x && !out.w1 && !out.b1) return;
 
   // The gradient at the first product's output, gy W2^T times act'(.), in the operand type.
+  void* dpre = relu ? s.hidden->as<void>() : gelu_out.as<void>();
+  Scratch signs(relu ? static_cast<size_t>(t.bf16 ? relu_mask_bytes<__nv_bfloat16>(n_hidden)
+                                                  : relu_mask_bytes<float>(n_hidden))
+                     : 0);
+  if (relu && t.bf16) {
+    relu_mask<__nv_bfloat16>(s.hidden->as<void>(), signs.as<void>(), n_hidden);
+  } else if (relu) {
+    relu_mask<float>(s.hidden->as<void>(), signs.as<void>(), n_hidden);
+  }
   Product back;
   back.ab = back.c = t.data;
   back.compute = t.compute;
-  rows_times_weight(g, back, g.out, g.hidden, g.shared_weights, gy_op.p, t.size, s.w2.p,
-                    dpre.as<void>(), t.size);
-  if (t.bf16 && relu) {
-    activation_backward<__nv_bfloat16>(s.hidden->as<void>(), dpre.as<void>(), n_hidden, ReluGrad{});
+  rows_times_weight(g, back, g.out, g.hidden, g.shared_weights, gy_op.p, t.size, s.w2.p, dpre,
+                    t.size);
+  if (relu && t.bf16) {
+    relu_masked<__nv_bfloat16>(signs.as<void>(), dpre, n_hidden);
   } else if (relu) {
-    activation_backward<float>(s.hidden->as<void>(), dpre.as<void>(), n_hidden, ReluGrad{});
+    relu_masked<float>(signs.as<void>(), dpre, n_hidden);
   } else if (t.bf16) {
-    activation_backward<__nv_bfloat16>(s.hidden->as<void>(), dpre.as<void>(), n_hidden, GeluGrad{});
+    activation_backward<__nv_bfloat16>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
   } else {
-    activation_backward<float>(s.hidden->as<void>(), dpre.as<void>(), n_hidden, GeluGrad{});
+    activation_backward<float>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
   }
   if (out.b1) {
-    sum_rows(dpre.as<void>(), t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1,
+    sum_rows(dpre, t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1,
              out.acc_b1);
   }
-  if (out.w1) weight_grad(s.x.p, g.in, dpre.as<void>(), g.hidden, out.w1, out.acc_w1);
+  if (out.w1) weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, out.acc_w1);
   if (out.x) {  // dpre W1^T, float32 out
     const Operand w1(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
     Product p;
     p.ab = t.data;
     p.compute = t.compute;
     p.beta = out.acc_x ? 1.0f : 0.0f;
-    rows_times_weight(g, p, g.hidden, g.in, g.shared_weights, dpre.as<void>(), t.size, w1.p, out.x,
+    rows_times_weight(g, p, g.hidden, g.in, g.shared_weights, dpre, t.size, w1.p, out.x,
                       sizeof(float));
   }
 }
