@@ -324,10 +324,10 @@ TEST_CASE("cuda: scaled_dot_attention's flash bf16 forward and K, V gradients ma
   // the 32-row tile; causal counts with rows that see nothing; the nsa compressed attention; 1100
   // keys for 40 rows, which the forward splits over CTAs (the log-sum-exp from the merge), masked
   // too (rows that see no key in any split).
-  const std::vector<KvCase> cases = {
-      {1, 2, 45, 100, 64, false}, {1, 1, 40, 1100, 64, false}, {2, 3, 70, 128, 128, true},
-      {1, 1, 32, 64, 128, false}, {1, 2, 7, 37, 64, true},     {4, 8, 512, 512, 64, true},
-      {1, 1, 40, 1100, 128, true}};
+  const std::vector<KvCase> cases = {{1, 2, 45, 100, 64, false}, {1, 1, 40, 1100, 64, false},
+                                     {2, 3, 70, 128, 128, true}, {1, 1, 32, 64, 128, false},
+                                     {1, 2, 7, 37, 64, true},    {4, 8, 512, 512, 64, true},
+                                     {1, 1, 40, 1100, 128, true}};
   for (const KvCase& c : cases) {
     CAPTURE(c.b);
     CAPTURE(c.h);

@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(kBwdThreads, 2)
   for (int i = tid; i < kKeysPerCta * D / 4; i += kBwdThreads) {
     const int row = i / (D / 4), c = (i % (D / 4)) * 4;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (k0 + row < a.s) x = __ldg(reinterpret_cast<const float4*>(a.k + (b * a.s + k0 + row) * D + c));
+    if (k0 + row < a.s)
+      x = __ldg(reinterpret_cast<const float4*>(a.k + (b * a.s + k0 + row) * D + c));
     *reinterpret_cast<uint2*>(sk + row * L::kLd16 + c) =
         make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
   }
@@ -297,7 +298,7 @@ void launch(const AttentionBackwardArgs& a, float* gk, float* gv, bool acc_k, bo
   // dK = alpha dS^T q = (alpha / scale_log2) dS^T (scale_log2 q).
   const float k_scale = static_cast<float>(a.alpha / scale_log2);
   kernel<<<static_cast<unsigned>(ctas), kBwdThreads, L::kBytes, stream()>>>(a, r, m_pad, gk, gv,
-                                                                           k_scale, acc_k, acc_v);
+                                                                            k_scale, acc_k, acc_v);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 

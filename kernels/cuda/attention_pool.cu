@@ -724,7 +724,7 @@ __global__ void __launch_bounds__(kPoolThreads, kBackward ? 1 : 2)
 // flight per thread: a thread per column walking all parts alone left most SMs idle.
 constexpr int kSumCols = 32;
 constexpr int kSumWarps = 8;
-__global__ void __launch_bounds__(kSumCols * kSumWarps)
+__global__ void __launch_bounds__(kSumCols* kSumWarps)
     sum_parts_kernel(const float* __restrict__ part, float* __restrict__ out, int64_t parts,
                      int64_t size, bool accumulate) {
   __shared__ float sums[kSumWarps][kSumCols];

@@ -288,8 +288,8 @@ void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, i
 // mma.sync.
 template <int D>
 void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, int64_t bh,
-                    int64_t nq, int64_t seq, double alpha, const int32_t* visible,
-                    TcKernel kernel, float* lse) {
+                    int64_t nq, int64_t seq, double alpha, const int32_t* visible, TcKernel kernel,
+                    float* lse) {
   const int64_t n = bh * seq * D;
   const Bf16Copy k_copy = bf16_copy(k, n), v_copy = bf16_copy(v, n);
   const auto* k16 = reinterpret_cast<const uint16_t*>(k_copy.p);
@@ -329,7 +329,7 @@ void attention_forward_tc(const float* q, const float* k, const float* v, float*
                           lse);
     case 128:
       return launch_d<128>(q, k, v, out, batch_heads, nq, seq, alpha, precision, visible, kernel,
-                          lse);
+                           lse);
     default:
       KVC_FAIL("attention_forward_tc: head size ", d, " has no tensor-core kernel");
   }

@@ -241,8 +241,7 @@ __global__ void relu_mask_kernel(const T* __restrict__ a, uint8_t* __restrict__ 
 }
 // g = g where the mask's bit is set, else 0, in place (the mask as relu_mask_kernel wrote it).
 template <typename T>
-__global__ void relu_masked_kernel(const uint8_t* __restrict__ mask, T* __restrict__ g,
-                                   int64_t n) {
+__global__ void relu_masked_kernel(const uint8_t* __restrict__ mask, T* __restrict__ g, int64_t n) {
   constexpr int kVec = 16 / sizeof(T);
   const int64_t vecs = n / kVec;
   KVC_GRID_LOOP(i, vecs) {
@@ -494,8 +493,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     activation_backward<float>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
   }
   if (out.b1) {
-    sum_rows(dpre, t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1,
-             out.acc_b1);
+    sum_rows(dpre, t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1, out.acc_b1);
   }
   if (out.w1) weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, out.acc_w1);
   if (out.x) {  // dpre W1^T, float32 out
