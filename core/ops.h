@@ -96,7 +96,9 @@ Tensor masked_softmax(const Tensor& x, const VisibleCounts& visible);
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 // softmax(alpha q k^T) v over the last two axes: q (..., m, d), k (..., s, d), v (..., s, e)
 // -> (..., m, e). = matmul(softmax(scale(matmul(q, k, false, true), alpha), -1), v), with alpha
-// in the GEMM and the softmax in place: one (..., m, s) buffer forward, kept for backward.
+// in the GEMM and the softmax in place: one (..., m, s) buffer forward, kept for backward. On
+// CUDA in bf16 with queries that need no gradient and d = e in {64, 128}: a flash forward and
+// backward instead, keeping only each row's log-sum-exp.
 // `visible` (rows = the product of q's axes but the last) masks keys past each row's count to
 // probability 0; a row that sees none gives 0 (and passes no gradient).
 Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, double alpha,
