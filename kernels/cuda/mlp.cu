@@ -157,6 +157,15 @@ void run(const Product& p, const void* a, const void* b, void* c) {
                                   kWorkspace, stream()));
 }
 
+// Launches one of the elementwise kernels below, which move 16 bytes of T a thread and step (the
+// n % (16 / sizeof(T)) last elements one by one): a grid for the steps.
+template <typename T, typename Kernel, typename... Args>
+void launch_16_bytes(Kernel kernel, int64_t n, Args... args) {
+  const int64_t steps = n / (16 / static_cast<int64_t>(sizeof(T)));
+  kernel<<<grid_for(std::max<int64_t>(steps, 1)), kThreads, 0, stream()>>>(args...);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
 // a = gelu(p) (exact, float32 math) over n elements, p == a in place; 16 bytes a thread and step
 // as activation_backward_kernel below.
 template <typename T>
@@ -208,10 +217,8 @@ __global__ void activation_backward_kernel(const T* __restrict__ saved, T* __res
 
 template <typename T, typename F>
 void activation_backward(const void* saved, void* g, int64_t n, F f) {
-  const int64_t vecs = n / (16 / sizeof(T));
-  activation_backward_kernel<<<grid_for(std::max<int64_t>(vecs, 1)), kThreads, 0, stream()>>>(
-      static_cast<const T*>(saved), static_cast<T*>(g), n, f);
-  KVC_CUDA_CHECK(cudaGetLastError());
+  launch_16_bytes<T>(activation_backward_kernel<T, F>, n, static_cast<const T*>(saved),
+                     static_cast<T*>(g), n, f);
 }
 
 // ReLU's derivative from signs kept aside, so that the backward can write the gradient over the
@@ -260,17 +267,13 @@ __global__ void relu_masked_kernel(const uint8_t* __restrict__ mask, T* __restri
 }
 template <typename T>
 void relu_mask(const void* a, void* mask, int64_t n) {
-  const int64_t vecs = n / (16 / sizeof(T));
-  relu_mask_kernel<<<grid_for(std::max<int64_t>(vecs, 1)), kThreads, 0, stream()>>>(
-      static_cast<const T*>(a), static_cast<uint8_t*>(mask), n);
-  KVC_CUDA_CHECK(cudaGetLastError());
+  launch_16_bytes<T>(relu_mask_kernel<T>, n, static_cast<const T*>(a), static_cast<uint8_t*>(mask),
+                     n);
 }
 template <typename T>
 void relu_masked(const void* mask, void* g, int64_t n) {
-  const int64_t vecs = n / (16 / sizeof(T));
-  relu_masked_kernel<<<grid_for(std::max<int64_t>(vecs, 1)), kThreads, 0, stream()>>>(
-      static_cast<const uint8_t*>(mask), static_cast<T*>(g), n);
-  KVC_CUDA_CHECK(cudaGetLastError());
+  launch_16_bytes<T>(relu_masked_kernel<T>, n, static_cast<const uint8_t*>(mask),
+                     static_cast<T*>(g), n);
 }
 
 // The element type of the products' operands and of the hidden activations.
@@ -341,15 +344,14 @@ namespace {
 
 // a = gelu(p) over n elements of the operand type (p == a: in place).
 void apply_gelu(const Types& t, const void* p, void* a, int64_t n) {
-  const int blocks = grid_for(std::max<int64_t>(n * static_cast<int64_t>(t.size) / 16, 1));
+  using bf16 = __nv_bfloat16;
   if (t.bf16) {
-    gelu_kernel<<<blocks, kThreads, 0, stream()>>>(static_cast<const __nv_bfloat16*>(p),
-                                                   static_cast<__nv_bfloat16*>(a), n);
+    launch_16_bytes<bf16>(gelu_kernel<bf16>, n, static_cast<const bf16*>(p), static_cast<bf16*>(a),
+                          n);
   } else {
-    gelu_kernel<<<blocks, kThreads, 0, stream()>>>(static_cast<const float*>(p),
-                                                   static_cast<float*>(a), n);
+    launch_16_bytes<float>(gelu_kernel<float>, n, static_cast<const float*>(p),
+                           static_cast<float*>(a), n);
   }
-  KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
