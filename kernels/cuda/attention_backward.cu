@@ -278,7 +278,7 @@ void launch(const AttentionBackwardArgs& a, float* gk, float* gv, bool acc_k, bo
   const int64_t m_pad = (a.m + kQueryTile - 1) / kQueryTile * kQueryTile;
   const int64_t rows = a.batch * m_pad;
   // The forward's scale: q k^T in log2 units is (alpha log2(e) q) k^T, q rounded after scaling.
-  const float scale_log2 = static_cast<float>(a.alpha * 1.4426950408889634);
+  const float scale_log2 = attention_detail::scale_log2(a.alpha);
   Scratch q16(sizeof(uint16_t) * rows * D), gy16(sizeof(uint16_t) * rows * D);
   Scratch stats(sizeof(float) * rows * (kMasked ? 3 : 2));
   RowInputs r;

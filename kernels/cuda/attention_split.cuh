@@ -182,6 +182,10 @@ struct KeySplit {
   }
 };
 
+// alpha log2(e) as the kernels take it (scores in log2 units: one exp2f each). The backward that
+// recomputes the forward's probabilities scales q by exactly this number, rounded once to float.
+inline float scale_log2(double alpha) { return static_cast<float>(alpha * 1.4426950408889634); }
+
 // The signature every attention forward kernel shares (KV: float32, or bf16 bits).
 template <typename KV>
 using AttentionKernel = void (*)(const float* q, const KV* k, const KV* v, AttentionDest dst,
@@ -202,7 +206,6 @@ void launch_split_attention(int threads, size_t smem, int q_rows, int key_tile, 
   const int64_t q_tiles = (nq + q_rows - 1) / q_rows;
   const int64_t rows = bh * nq;
   const KeySplit split(bh * q_tiles, (seq + key_tile - 1) / key_tile, slots, rows, D);
-  const float scale_log2 = static_cast<float>(alpha * 1.4426950408889634);  // alpha * log2(e)
   const dim3 grid(static_cast<unsigned>(bh * q_tiles), static_cast<unsigned>(split.splits));
   const AttentionKernel<KV> kernel = visible ? kMasked : kPlain;
   AttentionDest dst;
@@ -212,7 +215,7 @@ void launch_split_attention(int threads, size_t smem, int q_rows, int key_tile, 
   dst.lse = lse;
   kernel<<<grid, threads, smem, stream()>>>(
       q, k, v, dst, static_cast<int>(nq), static_cast<int>(seq), static_cast<int>(q_tiles),
-      static_cast<int>(split.split_tiles * key_tile), scale_log2, visible);
+      static_cast<int>(split.split_tiles * key_tile), scale_log2(alpha), visible);
   KVC_CUDA_CHECK(cudaGetLastError());
   split.combine<D>(out, lse, rows);
 }

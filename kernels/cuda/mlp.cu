@@ -293,6 +293,17 @@ struct Types {
   }
 };
 
+// f(T{}) with T the operand type t says (__nv_bfloat16 or float): one call site for kernels
+// templated on it.
+template <typename F>
+void with_operand_type(const Types& t, F&& f) {
+  if (t.bf16) {
+    f(__nv_bfloat16{});
+  } else {
+    f(float{});
+  }
+}
+
 // A bfloat16 copy (bf16 true; perhaps one shared with other ops, see SharedBf16Copies), or a
 // float32 input used in place.
 struct Operand {
@@ -344,14 +355,10 @@ namespace {
 
 // a = gelu(p) over n elements of the operand type (p == a: in place).
 void apply_gelu(const Types& t, const void* p, void* a, int64_t n) {
-  using bf16 = __nv_bfloat16;
-  if (t.bf16) {
-    launch_16_bytes<bf16>(gelu_kernel<bf16>, n, static_cast<const bf16*>(p), static_cast<bf16*>(a),
-                          n);
-  } else {
-    launch_16_bytes<float>(gelu_kernel<float>, n, static_cast<const float*>(p),
-                           static_cast<float*>(a), n);
-  }
+  with_operand_type(t, [&](auto type) {
+    using T = decltype(type);
+    launch_16_bytes<T>(gelu_kernel<T>, n, static_cast<const T*>(p), static_cast<T*>(a), n);
+  });
 }
 
 }  // namespace
@@ -472,28 +479,21 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
 
   // The gradient at the first product's output, gy W2^T times act'(.), in the operand type.
   void* dpre = relu ? s.hidden->as<void>() : gelu_out.as<void>();
-  Scratch signs(relu ? static_cast<size_t>(t.bf16 ? relu_mask_bytes<__nv_bfloat16>(n_hidden)
-                                                  : relu_mask_bytes<float>(n_hidden))
-                     : 0);
-  if (relu && t.bf16) {
-    relu_mask<__nv_bfloat16>(s.hidden->as<void>(), signs.as<void>(), n_hidden);
-  } else if (relu) {
-    relu_mask<float>(s.hidden->as<void>(), signs.as<void>(), n_hidden);
-  }
-  Product back;
-  back.ab = back.c = t.data;
-  back.compute = t.compute;
-  rows_times_weight(g, back, g.out, g.hidden, g.shared_weights, gy_op.p, t.size, s.w2.p, dpre,
-                    t.size);
-  if (relu && t.bf16) {
-    relu_masked<__nv_bfloat16>(signs.as<void>(), dpre, n_hidden);
-  } else if (relu) {
-    relu_masked<float>(signs.as<void>(), dpre, n_hidden);
-  } else if (t.bf16) {
-    activation_backward<__nv_bfloat16>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
-  } else {
-    activation_backward<float>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
-  }
+  with_operand_type(t, [&](auto type) {
+    using T = decltype(type);
+    Scratch signs(relu ? static_cast<size_t>(relu_mask_bytes<T>(n_hidden)) : 0);
+    if (relu) relu_mask<T>(s.hidden->as<void>(), signs.as<void>(), n_hidden);
+    Product back;
+    back.ab = back.c = t.data;
+    back.compute = t.compute;
+    rows_times_weight(g, back, g.out, g.hidden, g.shared_weights, gy_op.p, t.size, s.w2.p, dpre,
+                      t.size);
+    if (relu) {
+      relu_masked<T>(signs.as<void>(), dpre, n_hidden);
+    } else {
+      activation_backward<T>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
+    }
+  });
   if (out.b1) {
     sum_rows(dpre, t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1, out.acc_b1);
   }
