@@ -59,6 +59,12 @@ __device__ __forceinline__ void load_tile_async(float* dst, const float* src, in
   }
 }
 
+// A row's log-sum-exp in log2 units from its max m and its sum l of 2^(s - m): +inf for a row that
+// saw no key (l = 0), so that 2^(s - lse) is 0 for every score.
+__device__ __forceinline__ float row_lse(float m, float l) {
+  return l > 0.f ? m + log2f(l) : INFINITY;
+}
+
 // out = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s with M = max_s m_s, for every row (of
 // batch_heads * nq) and float4 of columns, and lse = M + log2(sum_s 2^(m_s - M) l_s) where wanted.
 // A row that sees no key in any split (M = -inf: masked, count 0) gets 0 and lse = +inf.
@@ -90,7 +96,7 @@ __global__ void attention_combine_kernel(const float* __restrict__ part_o,
     const float inv = sum > 0.f ? 1.f / sum : 0.f;
     *reinterpret_cast<float4*>(out + row * D + c) =
         make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv);
-    if (lse && c == 0) lse[row] = sum > 0.f ? mx + log2f(sum) : INFINITY;
+    if (lse && c == 0) lse[row] = row_lse(mx, sum);
   }
 }
 
@@ -117,7 +123,7 @@ __device__ __forceinline__ OutputRow output_row(const AttentionDest& dst, int64_
                                                 int64_t rows, int d, float m, float l,
                                                 bool writes_ml) {
   if (gridDim.y == 1) {
-    if (dst.lse && writes_ml) dst.lse[grow] = l > 0.f ? m + log2f(l) : INFINITY;
+    if (dst.lse && writes_ml) dst.lse[grow] = row_lse(m, l);
     return {dst.out + grow * d, l > 0.f ? 1.f / l : 0.f};
   }
   const int64_t prow = blockIdx.y * rows + grow;
