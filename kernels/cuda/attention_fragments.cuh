@@ -43,12 +43,14 @@ __device__ __forceinline__ void mask_scores(float (&s)[kSTiles][4], int valid, i
 }
 
 // One tile of the online softmax for rows g (h = 0) and g + 8 (h = 1): scores (log2 units) become
-// exp2(s - running max), the running max and this lane's share of the row sum move on, and O is
-// rescaled to the new max. A row that has seen no key yet (masked) keeps its max at -inf and takes
-// 0 as the exponent base, so its weights and sums stay zero.
-template <int kSTiles, int kOTiles, bool kMasked>
-__device__ __forceinline__ void softmax_tile(float (&s)[kSTiles][4], float (&o)[kOTiles][4],
-                                             float (&m_run)[2], float (&l_run)[2]) {
+// exp2(s - running max), the running max and this lane's share of the row sum move on, and
+// corr[h] is the factor that rescales O to the new max (O itself is left alone, so that the
+// softmax may run while a product still accumulates into O). A row that has seen no key yet
+// (masked) keeps its max at -inf and takes 0 as the exponent base, so its weights and sums stay
+// zero.
+template <int kSTiles, bool kMasked>
+__device__ __forceinline__ void softmax_scores(float (&s)[kSTiles][4], float (&m_run)[2],
+                                               float (&l_run)[2], float (&corr)[2]) {
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     float mx = -INFINITY;
@@ -59,7 +61,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kSTiles][4], float (&o)[
     // Finite unless masked: every tile has a valid key.
     const float m_seen = fmaxf(m_run[h], mx);
     const float m_new = kMasked && m_seen == -INFINITY ? 0.f : m_seen;
-    const float corr = exp2f(m_run[h] - m_new);
+    corr[h] = exp2f(m_run[h] - m_new);
     m_run[h] = m_seen;
     float sum = 0.f;
 #pragma unroll
@@ -68,13 +70,29 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kSTiles][4], float (&o)[
       s[j][2 * h + 1] = exp2f(s[j][2 * h + 1] - m_new);
       sum += s[j][2 * h] + s[j][2 * h + 1];
     }
-    l_run[h] = l_run[h] * corr + sum;
-#pragma unroll
-    for (int j = 0; j < kOTiles; ++j) {
-      o[j][2 * h] *= corr;
-      o[j][2 * h + 1] *= corr;
-    }
+    l_run[h] = l_run[h] * corr[h] + sum;
   }
+}
+
+// O's rows g (h = 0) and g + 8 (h = 1) times corr[h] (softmax_scores).
+template <int kOTiles>
+__device__ __forceinline__ void rescale_rows(float (&o)[kOTiles][4], const float (&corr)[2]) {
+#pragma unroll
+  for (int j = 0; j < kOTiles; ++j) {
+    o[j][0] *= corr[0];
+    o[j][1] *= corr[0];
+    o[j][2] *= corr[1];
+    o[j][3] *= corr[1];
+  }
+}
+
+// softmax_scores and rescale_rows at once, for kernels whose products are synchronous.
+template <int kSTiles, int kOTiles, bool kMasked>
+__device__ __forceinline__ void softmax_tile(float (&s)[kSTiles][4], float (&o)[kOTiles][4],
+                                             float (&m_run)[2], float (&l_run)[2]) {
+  float corr[2];
+  softmax_scores<kSTiles, kMasked>(s, m_run, l_run, corr);
+  rescale_rows<kOTiles>(o, corr);
 }
 
 // P of 16 keys (S tiles 2 kk and 2 kk + 1) as the bf16 A fragment of P V: the C fragments of two

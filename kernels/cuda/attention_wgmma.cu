@@ -3,9 +3,11 @@
 // attention, online softmax on the accumulators, keys split over CTAs where the query tiles alone
 // do not fill the GPU), but each warpgroup multiplies 64 query rows by a whole key tile per
 // instruction, with K and V read by the tensor cores straight from shared memory: no ldmatrix, no
-// per-warp fragment loads. The products are asynchronous, so the next tile's S = Q K^T runs on the
-// tensor cores while this tile's softmax runs on the other units, and this tile's P V runs on into
-// the next step. Two warpgroups share each K/V tile (128 query rows per CTA).
+// per-warp fragment loads. The products are asynchronous: while this tile's softmax runs on the
+// other units, the tensor cores finish the previous tile's P V and compute the next tile's
+// S = Q K^T (two S and two P register tiles; O is rescaled only once the previous P V is done),
+// and this tile's P V runs on into the next step. Two warpgroups share each K/V tile (128 query
+// rows per CTA).
 //
 // Shared memory holds kStages (K tile, V tile) pairs of 64 keys, bf16, in the 128-byte swizzled
 // layout the tensor cores read: a tile is D / 64 column blocks of 64 elements (128 bytes) per key,
@@ -210,9 +212,10 @@ __global__ void __launch_bounds__(kThreadsWg)
   int limit[2];
   row_limits<kMasked>(limit, visible, bh, row0, nq, seq);
 
-  // Two S tiles: the scores being turned into P, and the next tile's, computed meanwhile.
+  // Two S tiles: the scores being turned into P, and the next tile's, computed meanwhile. Two P
+  // tiles likewise: this tile's P is made while the previous tile's P V still reads its own.
   float s0[kSTiles][4], s1[kSTiles][4], o[kOTiles][4];
-  uint32_t pa[kBN / 16][4] = {};  // P's A fragments: read by the running P V until it is waited for
+  uint32_t p0[kBN / 16][4] = {}, p1[kBN / 16][4] = {};  // read by a running P V until waited for
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 #pragma unroll
   for (int j = 0; j < kOTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
@@ -231,7 +234,7 @@ __global__ void __launch_bounds__(kThreadsWg)
   };
   // O += P V of the tile in `stage`, committed: k-step kk reads keys 16 kk..16 kk + 15 (two
   // 8-key atoms, 2048 bytes in), the column blocks L::kBlockBytes apart.
-  auto issue_pv = [&](int stage) {
+  auto issue_pv = [&](const uint32_t(&pa)[kBN / 16][4], int stage) {
     const uint32_t vs = base + stage * L::kStageBytes + L::kTileBytes;
     wgmma_fence();
 #pragma unroll
@@ -245,11 +248,13 @@ __global__ void __launch_bounds__(kThreadsWg)
     }
     wgmma_commit();
   };
-  // Tile j (at k0): its S in sc is complete, the P V of tile j - 1 may still run. The next tile's
-  // S goes to the tensor cores first, so that it runs while this tile's softmax does; then this
-  // tile's P V, left running into the next step. more_tag (std::true_type or std::false_type):
-  // whether a tile follows this one in the split.
-  auto step = [&](auto more_tag, float(&sc)[kSTiles][4], float(&sn)[kSTiles][4], int j) {
+  // Tile j (at k0): its S in sc is complete, the P V of tile j - 1 (reading pp) may still run.
+  // The next tile's S goes to the tensor cores first; this tile's softmax then runs while both
+  // products do, into pc, and leaves O alone. Once the P V of tile j - 1 is done, O is rescaled
+  // and this tile's P V goes out, left running into the next step. more_tag (std::true_type or
+  // std::false_type): whether a tile follows this one in the split.
+  auto step = [&](auto more_tag, float(&sc)[kSTiles][4], float(&sn)[kSTiles][4],
+                  uint32_t(&pc)[kBN / 16][4], uint32_t(&pp)[kBN / 16][4], int j) {
     constexpr bool more = decltype(more_tag)::value;
     const int k0 = kbeg + j * kBN;
     // Tile j + 1 has landed once at most kStages - 4 later groups are in flight. After the
@@ -259,19 +264,21 @@ __global__ void __launch_bounds__(kThreadsWg)
     fence_proxy_async();
     __syncthreads();
     load_stage((j + kStages - 2) % kStages, k0 + (kStages - 2) * kBN);
+    if constexpr (more) issue_s(sn, (j + 1) % kStages);
+    float corr[2];
+    mask_scores<kSTiles, kMasked>(sc, kend - k0, k0, limit);
+    softmax_scores<kSTiles, kMasked>(sc, m_run, l_run, corr);
+#pragma unroll
+    for (int kk = 0; kk < kBN / 16; ++kk) p_fragment<kSTiles>(pc[kk], sc, kk);
     if constexpr (more) {
-      issue_s(sn, (j + 1) % kStages);
       wgmma_wait<1>();  // the P V of tile j - 1 (the S just issued may run on)
     } else {
       wgmma_wait<0>();
     }
     fence_registers(o);
-    fence_registers(pa);
-    mask_scores<kSTiles, kMasked>(sc, kend - k0, k0, limit);
-    softmax_tile<kSTiles, kOTiles, kMasked>(sc, o, m_run, l_run);
-#pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) p_fragment<kSTiles>(pa[kk], sc, kk);
-    issue_pv(j % kStages);
+    fence_registers(pp);
+    rescale_rows<kOTiles>(o, corr);
+    issue_pv(pc, j % kStages);
     if constexpr (more) {
       wgmma_wait<1>();  // the next tile's S (this P V runs on)
       fence_registers(sn);
@@ -288,23 +295,24 @@ __global__ void __launch_bounds__(kThreadsWg)
     issue_s(s0, 0);
     wgmma_wait<0>();
     fence_registers(s0);
-    // Two steps per pass, so that the two S tiles trade places without copies; the last step
-    // (no next S) apart.
+    // Two steps per pass, so that the two S tiles and the two P tiles trade places without
+    // copies; the last step (no next S) apart.
     int j = 0;
     for (; j + 2 < tiles; j += 2) {
-      step(next, s0, s1, j);
-      step(next, s1, s0, j + 1);
+      step(next, s0, s1, p0, p1, j);
+      step(next, s1, s0, p1, p0, j + 1);
     }
     if (j + 1 < tiles) {
-      step(next, s0, s1, j);
-      step(last, s1, s0, j + 1);
+      step(next, s0, s1, p0, p1, j);
+      step(last, s1, s0, p1, p0, j + 1);
     } else {
-      step(last, s0, s1, j);
+      step(last, s0, s1, p0, p1, j);
     }
   }
   wgmma_wait<0>();  // the last P V
   fence_registers(o);
-  fence_registers(pa);
+  fence_registers(p0);
+  fence_registers(p1);
   cp_async_wait<0>();  // no copy may outlive the CTA (the last refills are empty groups)
 
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
