@@ -108,6 +108,11 @@ void accumulate_grad(const Tensor& target, const Tensor& grad) {
             " but tensor on ", target.device().name());
   TensorImpl* t = target.impl();
   const std::shared_ptr<Storage>& storage = grad.impl()->storage;
+  if (!t->grad && t->grad_home) {
+    Tensor(t->grad_home).copy_from(grad);
+    t->grad = t->grad_home;
+    return;
+  }
   if (!t->grad) {
     // Reuse the buffer when nothing else can see it, or when the only other holder is the
     // walker's handle of the gradient being handed on (see Handoff) and no other tensor got it
@@ -145,6 +150,10 @@ Tensor grad_buffer(const Tensor& target, bool* accumulate) {
     return Tensor(t->grad);
   }
   *accumulate = false;
+  if (t->grad_home) {
+    t->grad = t->grad_home;
+    return Tensor(t->grad);
+  }
   Tensor g = Tensor::empty(target.shape(), target.options());
   t->grad = g.impl_ptr();
   return g;

@@ -62,10 +62,12 @@ class NoGradGuard {
 void backward(const Tensor& root, const Tensor& seed = Tensor());
 
 // The one checked path by which gradients reach a tensor: shape, dtype and device must match.
+// The first gradient is copied into the tensor's grad_home where it has one.
 void accumulate_grad(const Tensor& target, const Tensor& grad);
 
 // For kernels that write a parameter's gradient directly (GEMM with beta 0 or 1): returns the
-// buffer to write into and sets *accumulate to whether it already holds a gradient to add to.
+// buffer to write into (the tensor's gradient, else its grad_home, else a new one) and sets
+// *accumulate to whether it already holds a gradient to add to.
 Tensor grad_buffer(const Tensor& target, bool* accumulate);
 
 }  // namespace kvc

@@ -44,6 +44,10 @@ struct TensorImpl {
   DType dtype = DType::f32;
   bool requires_grad = false;
   std::shared_ptr<TensorImpl> grad;  // accumulated gradient, same shape/dtype/device
+  // Where backward puts this tensor's gradient while it has none (an optimizer's slice of its
+  // flat gradient buffer, see Adam): the first gradient is written there instead of into a new
+  // buffer, so that an optimizer need not zero-fill its buffer before every backward.
+  std::shared_ptr<TensorImpl> grad_home;
   // Set by ops: which tape entry produced this tensor, and in which tape generation.
   int64_t tape_index = -1;
   uint64_t tape_generation = 0;

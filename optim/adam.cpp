@@ -97,6 +97,7 @@ Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, Adam
     if (old_grads[i]) Tensor(slot.grad).copy_from(Tensor(old_grads[i]));  // an existing gradient
     old_grads[i].reset();
     slot.param->grad = slot.grad;
+    slot.param->grad_home = slot.grad;
   }
   flat_exp_avg_ = Tensor::zeros(flat_shape, opt);
   flat_exp_avg_sq_ = Tensor::zeros(flat_shape, opt);
@@ -115,7 +116,11 @@ Tensor Adam::slice(const Tensor& flat, size_t i) const {
 }
 
 Tensor Adam::param(const std::string& name) const { return slice(flat_params_, index_of(name)); }
-Tensor Adam::grad(const std::string& name) const { return slice(flat_grads_, index_of(name)); }
+Tensor Adam::grad(const std::string& name) {
+  const size_t i = index_of(name);
+  settle_grad(i);
+  return slice(flat_grads_, i);
+}
 Tensor Adam::exp_avg(const std::string& name) const { return slice(flat_exp_avg_, index_of(name)); }
 Tensor Adam::exp_avg_sq(const std::string& name) const {
   return slice(flat_exp_avg_sq_, index_of(name));
@@ -168,35 +173,45 @@ void Adam::set_step_count(int64_t step) {
   step_ = step;
 }
 
-void Adam::reclaim_grads() {
-  for (size_t i = 0; i < slots_.size(); ++i) {
-    Slot& slot = slots_[i];
-    TensorImpl& p = *slot.param;
-    // A module moved with to() (or a parameter re-assigned) would silently stop training.
-    KVC_CHECK(p.storage == flat_params_.impl()->storage, "adam: parameter '", names_[i],
-              "' no longer lives in the optimizer's flat buffer (its storage was replaced, e.g. by "
-              "a device or dtype move after the optimizer was made)");
-    if (p.grad == slot.grad) continue;
-    Tensor view(slot.grad);
-    if (p.grad) {
-      view.copy_from(Tensor(p.grad));
-    } else {
-      view.fill_(0.0);
-    }
-    p.grad = slot.grad;
+Adam::~Adam() {
+  for (Slot& slot : slots_) {
+    if (slot.param->grad_home == slot.grad) slot.param->grad_home.reset();
   }
 }
 
+void Adam::settle_grad(size_t i) {
+  Slot& slot = slots_[i];
+  TensorImpl& p = *slot.param;
+  // A module moved with to() (or a parameter re-assigned) would silently stop training.
+  KVC_CHECK(p.storage == flat_params_.impl()->storage, "adam: parameter '", names_[i],
+            "' no longer lives in the optimizer's flat buffer (its storage was replaced, e.g. by "
+            "a device or dtype move after the optimizer was made)");
+  if (p.grad == slot.grad) return;
+  Tensor view(slot.grad);
+  if (p.grad) {
+    view.copy_from(Tensor(p.grad));
+  } else {
+    view.fill_(0.0);
+  }
+  p.grad = slot.grad;
+}
+
+void Adam::settle_grads() {
+  for (size_t i = 0; i < slots_.size(); ++i) settle_grad(i);
+}
+
 void Adam::zero_grad() {
-  reclaim_grads();
-  flat_grads_.fill_(0.0);
+  for (Slot& slot : slots_) {
+    slot.param->grad.reset();
+    slot.param->grad_home = slot.grad;  // a parameter re-homed by another optimizer comes back
+  }
   scale_pending_ = false;
 }
 
 void Adam::set_clip_scale(double max_norm) {
   KVC_CHECK(max_norm > 0 && !std::isnan(max_norm), "clip_grad_norm: max_norm ", max_norm,
             " must be > 0");
-  reclaim_grads();
+  settle_grads();
   const int64_t n = flat_grads_.numel();
   KVC_DISPATCH_FLOAT(dtype_, "clip_grad_norm", [&] {
     KVC_LAUNCH(device_, K::grad_norm_scale<scalar_t>(flat_grads_.data<scalar_t>(), n, max_norm,
@@ -241,7 +256,7 @@ void Adam::stage_step() {
 
 void Adam::apply_step() {
   KVC_CHECK(staged_.step > 0, "adam: apply_step() before stage_step()");
-  reclaim_grads();
+  settle_grads();
   const int64_t n = flat_params_.numel();
   KVC_DISPATCH_FLOAT(dtype_, "adam", [&] {
     const scalar_t* scale = scale_pending_ ? norm_scale_.data<scalar_t>() + 1 : nullptr;

@@ -23,10 +23,13 @@ struct AdamState : AdamOptions {
 
 // Construction moves every parameter into one flat buffer: each parameter's TensorImpl is
 // re-pointed at its slice, so the module's own handles see (and write) the same memory. Each
-// parameter's .grad is set to a view into one flat gradient buffer, so backward accumulates into
-// it in place; zero_grad() zero-fills that buffer and never drops the views. step() is one kernel
-// over all parameters. Keep the Adam object alive as long as the parameters are trained: it owns
-// the moments, and the parameters share its storage either way.
+// parameter's gradient lives in a view into one flat gradient buffer (its grad_home): zero_grad()
+// drops the gradients (PyTorch's set_to_none) without touching the buffer, and the next backward
+// writes each parameter's first gradient straight into its view (GEMMs with beta 0, no zero-fill
+// pass over the buffer). settle_grads() then zero-fills the views of parameters that backward did
+// not reach and re-attaches every view; clip and step settle first. step() is one kernel over all
+// parameters. Keep the Adam object alive as long as the parameters are trained: it owns the
+// moments, and the parameters share its storage either way.
 class Adam {
  public:
   // All parameters must be defined, distinct, and share one dtype and device. Existing gradients
@@ -34,9 +37,16 @@ class Adam {
   Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, AdamOptions options = {});
   Adam(const Adam&) = delete;
   Adam& operator=(const Adam&) = delete;
+  ~Adam();  // the parameters keep their gradients, but backward no longer writes into this one's
 
-  // Sets every gradient to zero (one fill over the flat buffer) and drops a pending clip scale.
+  // Drops every gradient (they read as zero from here on; the buffer is not written) and a
+  // pending clip scale.
   void zero_grad();
+  // Makes the flat gradient buffer hold every parameter's gradient and re-attaches the views:
+  // a gradient user code replaced is copied in, a dropped one (zero_grad, Tensor::zero_grad) or
+  // one backward never wrote is zero-filled. Clip and step call it; call it before reading
+  // flat_grads() directly (a data-parallel reduction).
+  void settle_grads();
 
   // One Adam(W) update of every parameter, as torch.optim.Adam / AdamW (non-amsgrad, not
   // maximize): bias-corrected moments; Adam adds weight_decay * param to the gradient, AdamW
@@ -82,9 +92,10 @@ class Adam {
   Device device() const { return device_; }
 
   // Views (shape of the parameter) into the flat buffers: writable, so a checkpoint restore may
-  // copy_from() into them. Throw naming the key when there is no such parameter.
+  // copy_from() into them. Throw naming the key when there is no such parameter. grad() settles
+  // that parameter's gradient first (settle_grads), so what is written into it counts.
   Tensor param(const std::string& name) const;
-  Tensor grad(const std::string& name) const;
+  Tensor grad(const std::string& name);
   Tensor exp_avg(const std::string& name) const;
   Tensor exp_avg_sq(const std::string& name) const;
   // Restores one parameter's moments (checkpoint resume); shapes must match the parameter's.
@@ -113,9 +124,7 @@ class Adam {
 
   size_t index_of(const std::string& name) const;
   Tensor slice(const Tensor& flat, size_t i) const;  // (param shape) view of slot i
-  // Re-attaches any gradient view that user code dropped (Tensor::zero_grad) or replaced:
-  // a replaced gradient's values are copied into the flat buffer, a dropped one reads as zero.
-  void reclaim_grads();
+  void settle_grad(size_t i);                        // settle_grads for slot i
 
   AdamOptions options_;
   DType dtype_ = DType::f32;

@@ -45,16 +45,16 @@ std::vector<double> row(const Tensor& t, int64_t r) {
   return std::vector<double>(all.begin() + r * n, all.begin() + (r + 1) * n);
 }
 
-// Writes `values` into the parameters' gradients (through the handles autograd uses).
+// Sets the parameters' gradients to `values` (as user code assigns p.grad; the optimizer copies
+// them into its buffer when it settles).
 void set_grads(const Named& params, const std::vector<double>& values) {
   size_t at = 0;
   for (const auto& [name, p] : params) {
-    Tensor g = p.grad();
-    REQUIRE(g.defined());
-    const size_t n = static_cast<size_t>(g.numel());
+    Tensor param = p;
+    const size_t n = static_cast<size_t>(p.numel());
     std::vector<double> part(values.begin() + static_cast<std::ptrdiff_t>(at),
                              values.begin() + static_cast<std::ptrdiff_t>(at + n));
-    g.copy_from(Tensor::from_vector(part, g.shape(), g.options()));
+    param.set_grad(Tensor::from_vector(part, p.shape(), p.options()));
     at += n;
   }
 }
@@ -190,13 +190,25 @@ TEST_CASE("optim: parameters alias the flat buffer, backward accumulates into th
   for (double v : adam.flat_grads().to_vector()) flat_sq += v * v;
   CHECK(flat_sq == doctest::Approx(4 + 4 + 1 + 16));
 
-  // zero_grad keeps the views; a dropped gradient (Module::zero_grad) is re-attached.
+  // zero_grad drops the gradients (PyTorch's set_to_none) and leaves the buffer alone; the next
+  // backward writes w's gradient straight into its view (x, not added to the 2 x of before), and
+  // settling zero-fills b's, which backward did not reach.
   adam.zero_grad();
+  CHECK_FALSE(w_handle.grad().defined());
+  CHECK_FALSE(b.grad().defined());
+  backward(sum(mul(w_handle, x)));
+  CHECK(w_handle.grad().raw_data() == adam.flat_grads().raw_data());
+  CHECK(max_abs_diff(w_handle.grad().to_vector(), {1.0, -1.0, 0.5}) == 0);
+  CHECK_FALSE(b.grad().defined());
+  adam.settle_grads();
+  CHECK(max_abs_diff(adam.grad("b").to_vector(), {0.0}) == 0);
+  CHECK(b.grad().raw_data() == adam.grad("b").raw_data());
+  // A gradient user code replaced is copied in; a dropped one (Tensor::zero_grad) goes home.
+  w_handle.set_grad(Tensor::from_vector({5.0, 6.0, 7.0}, {3}, f64()));
+  CHECK(max_abs_diff(adam.grad("w").to_vector(), {5.0, 6.0, 7.0}) == 0);
   CHECK(w_handle.grad().raw_data() == adam.grad("w").raw_data());
-  CHECK(max_abs_diff(adam.grad("w").to_vector(), {0, 0, 0}) == 0);
   w_handle.zero_grad();
   backward(sum(w_handle));
-  adam.step();  // reclaims: the fresh gradient (ones) is copied into the flat buffer
   CHECK(w_handle.grad().raw_data() == adam.grad("w").raw_data());
   CHECK(max_abs_diff(adam.grad("w").to_vector(), {1, 1, 1}) == 0);
 

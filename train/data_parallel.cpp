@@ -30,6 +30,7 @@ void check_ranks_agree(dist::Communicator& comm, const TrainOptions& o, const Ad
 std::function<void()> gradient_reducer(dist::Communicator& comm, Adam& adam) {
   if (comm.no_library()) return {};
   return [&comm, &adam] {
+    adam.settle_grads();
     Tensor grads = adam.flat_grads();
     KVC_CHECK(grads.dtype() == DType::f32, "train: data-parallel gradients must be float32, not ",
               dtype_name(grads.dtype()));

@@ -59,6 +59,8 @@ void StepRunner::run_forward_backward(const Batch& batch) {
     loss_ = pair_.distill_loss(batch.q, batch.k, batch.v, batch.q_pos);
   }
   backward(loss_);
+  // Zeros for any parameter backward did not reach, inside the captured graph with the rest.
+  adam_.settle_grads();
   if (!options_.reduce_gradients) clip();  // else after the reduction
 }
 
