@@ -12,6 +12,7 @@
 #include "core/autograd.h"
 #include "core/op_util.h"
 #include "core/ops.h"
+#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
 #include "kernels/reduce.h"
 
@@ -233,6 +234,16 @@ KSplit plan_weight_grad(const MixDims& d) {
 // gW (h, in, out) = sum_p x[p, h]^T @ gy[p, h] (+ gW when it holds a gradient already).
 void mix_weight_grad(const MixDims& d, const Tensor& x, const Tensor& gy, const Tensor& weight) {
   const int64_t x_inner = d.w * d.in, y_inner = d.w * d.out, w_inner = d.in * d.out;
+  if (d.p == 1 && d.w == 1) {  // one row a head (a shifted bias): gW[h] = x[h]^T gy[h], rank 1
+    bool acc = false;
+    Tensor gw = grad_buffer(weight, &acc);
+    KVC_DISPATCH_FLOAT(x.dtype(), "mix", [&] {
+      KVC_LAUNCH(x.device(),
+                 K::outer<scalar_t>(x.data<scalar_t>(), gy.data<scalar_t>(), gw.data<scalar_t>(),
+                                    d.h, d.in, d.out, acc ? scalar_t(1) : scalar_t(0)));
+    });
+    return;
+  }
   const KSplit s = plan_weight_grad(d);
   if (s.direct) {
     bool acc = false;

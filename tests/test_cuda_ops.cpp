@@ -204,6 +204,9 @@ const std::vector<OpCase>& cases() {
     add_case("mix", {{{2, 3, 5, 8}}, {{3, 8, 6}}, {{3, 6}}},
              {{{1, 2, 2, 3}}, {{2, 3, 2}}, {{2, 2}}},
              [](const Inputs& x) { return mix(x[0], x[1], x[2]); });
+    add_case("mix one row a head (a shifted bias)", {{{1, 3, 1, 8}}, {{3, 8, 12}}, {{3, 12}}},
+             {{{1, 2, 1, 3}}, {{2, 3, 2}}, {{2, 2}}},
+             [](const Inputs& x) { return mix(x[0], x[1], x[2]); });
     add_case("mix no bias", {{{4, 2, 3, 5, 8}}, {{3, 8, 6}}}, {{{2, 2, 3}}, {{2, 3, 2}}},
              [](const Inputs& x) { return mix(x[0], x[1], Tensor()); });
     add_case("conv1d kernel == stride, grouped", {{{2, 8, 24}}, {{8, 4, 4}}, {{8}}},

@@ -317,6 +317,9 @@ const MixGradCase kMixGradCases[] = {
     {1, 1, 300, 2, 2, "split-K of a single (p, h)"},
     {4, 3, 64, 3, 2, "no split, the leading batch summed by the reduction"},
     {1, 2, 100, 3, 4, "direct GEMM"},
+    {1, 3, 1, 7, 130,
+     "one row a head: an outer product (a row length the CUDA kernel walks singly)"},
+    {1, 2, 1, 5, 64, "one row a head: an outer product (four columns a CUDA thread)"},
 };
 
 void check_mix_grads_on(Device device, DType dt, const MixGradCase& c, double tol) {

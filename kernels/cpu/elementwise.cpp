@@ -1,4 +1,5 @@
-// CPU elementwise kernels: broadcast binary ops, axpby, ReLU, exact GELU, Philox dropout.
+// CPU elementwise kernels: broadcast binary ops, axpby, outer products, ReLU, exact GELU, Philox
+// dropout.
 #include "kernels/elementwise.h"
 
 #include <cmath>
@@ -50,6 +51,22 @@ void binary(BinaryOp op, const T* a, const T* b, T* out, int64_t n, const Broadc
       return binary_loop([](T x, T y) { return x / y; }, a, b, out, n, index);
   }
   KVC_FAIL("binary: unknown op ", static_cast<int>(op));
+}
+
+template <typename T>
+void outer(const T* x, const T* y, T* out, int64_t groups, int64_t rows, int64_t cols, T beta) {
+  for (int64_t g = 0; g < groups; ++g) {
+    const T* yg = y + g * cols;
+    for (int64_t r = 0; r < rows; ++r) {
+      const T xv = x[g * rows + r];
+      T* o = out + (g * rows + r) * cols;
+      if (beta == T(0)) {
+        for (int64_t c = 0; c < cols; ++c) o[c] = xv * yg[c];
+      } else {
+        for (int64_t c = 0; c < cols; ++c) o[c] = xv * yg[c] + beta * o[c];
+      }
+    }
+  }
 }
 
 template <typename T>

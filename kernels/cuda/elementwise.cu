@@ -1,7 +1,9 @@
-// CUDA elementwise kernels: broadcast binary ops, axpby, ReLU, GELU and dropout, each forward
-// next to its backward.
+// CUDA elementwise kernels: broadcast binary ops, axpby, outer products, ReLU, GELU and dropout,
+// each forward next to its backward.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 
 #include "base/philox.h"
 #include "kernels/cuda/common.cuh"
@@ -101,6 +103,33 @@ __global__ void axpby_kernel(T* y, const T* x, int64_t n, T alpha, T beta) {
   }
 }
 
+// A CTA row per (group, row) of out, grid-strided over rows; its threads walk the columns, four
+// consecutive ones a thread where every row starts 16-byte aligned (cols % 4 == 0, float).
+template <typename T, int kVec>
+__global__ void outer_kernel(const T* x, const T* y, T* out, int64_t rows, int64_t all_rows,
+                             int64_t cols, T beta) {
+  for (int64_t r = blockIdx.y; r < all_rows; r += gridDim.y) {
+    const T xv = x[r];
+    const T* yg = y + (r / rows) * cols;
+    T* o = out + r * cols;
+    for (int64_t c = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kVec; c < cols;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x * kVec) {
+      if constexpr (kVec == 4) {  // float only
+        const float4 yv = *reinterpret_cast<const float4*>(yg + c);
+        float4 v = make_float4(xv * yv.x, xv * yv.y, xv * yv.z, xv * yv.w);
+        if (beta != T(0)) {
+          const float4 ov = *reinterpret_cast<const float4*>(o + c);
+          v = make_float4(v.x + beta * ov.x, v.y + beta * ov.y, v.z + beta * ov.z,
+                          v.w + beta * ov.w);
+        }
+        *reinterpret_cast<float4*>(o + c) = v;
+      } else {
+        o[c] = beta == T(0) ? xv * yg[c] : xv * yg[c] + beta * o[c];
+      }
+    }
+  }
+}
+
 template <typename T>
 __global__ void relu_forward_kernel(const T* x, T* y, int64_t n) {
   KVC_GRID_LOOP(i, n) y[i] = x[i] > T(0) ? x[i] : T(0);
@@ -152,6 +181,25 @@ template <typename T>
 void axpby(T* y, const T* x, int64_t n, T alpha, T beta) {
   if (n <= 0) return;
   axpby_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(y, x, n, alpha, beta);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void outer(const T* x, const T* y, T* out, int64_t groups, int64_t rows, int64_t cols, T beta) {
+  const int64_t all_rows = groups * rows;
+  if (all_rows <= 0 || cols <= 0) return;
+  const bool vec = std::is_same_v<T, float> && cols % 4 == 0 &&
+                   reinterpret_cast<uintptr_t>(out) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(y) % 16 == 0;
+  const int vec_width = vec ? 4 : 1;
+  const int64_t col_blocks = (cols + int64_t{kThreads} * vec_width - 1) / (kThreads * vec_width);
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(col_blocks, 65535)),
+                  static_cast<unsigned>(std::min<int64_t>(all_rows, 65535)));
+  if (vec) {
+    outer_kernel<T, 4><<<grid, kThreads, 0, stream()>>>(x, y, out, rows, all_rows, cols, beta);
+  } else {
+    outer_kernel<T, 1><<<grid, kThreads, 0, stream()>>>(x, y, out, rows, all_rows, cols, beta);
+  }
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
