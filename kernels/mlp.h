@@ -56,9 +56,4 @@ struct MlpGrads {
 void mlp_backward(const MlpArgs& args, const MlpSaved& saved, const float* gy,
                   const MlpGrads& grads);
 
-// The most bytes of per-head first weights the bf16 forward rounds at once (32 MiB; at least one
-// head's): it multiplies a part of the heads at a time beyond that. Returns the previous value;
-// tests lower it to reach the parts at small sizes.
-int64_t set_weight_chunk_bytes(int64_t bytes);
-
 }  // namespace kvc::kernels::cuda

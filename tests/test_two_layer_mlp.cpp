@@ -10,7 +10,6 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "kernels/memory.h"
-#include "kernels/mlp.h"
 #include "tests/test_util.h"
 
 namespace kvc {
@@ -85,15 +84,6 @@ TEST_CASE("two_layer_mlp: mismatched weights and biases are refused with the sha
 }
 
 #ifdef KVC_WITH_CUDA
-// Sets the forward's bf16 weight-part size for its lifetime.
-struct WeightChunkScope {
-  int64_t saved;
-  explicit WeightChunkScope(int64_t bytes) : saved(kernels::cuda::set_weight_chunk_bytes(bytes)) {}
-  ~WeightChunkScope() { kernels::cuda::set_weight_chunk_bytes(saved); }
-  WeightChunkScope(const WeightChunkScope&) = delete;
-  WeightChunkScope& operator=(const WeightChunkScope&) = delete;
-};
-
 struct MlpResult {
   std::vector<Tensor> values;  // y, then the gradients of x, w1, b1, w2, b2 (float64, CPU)
 };
@@ -142,36 +132,29 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {1, 1, 1, 16, 5, 8, false, true, Activation::relu},       // and with no whole step
   };
   test::PrecisionScope scope(precision);
-  // Per-head first weights rounded to bf16 all at once, then a head at a time (the parts the
-  // forward multiplies one by one where the weights are large).
-  for (const int64_t chunk_bytes : {int64_t{32} << 20, int64_t{1}}) {
-    const WeightChunkScope chunk_scope(chunk_bytes);
-    for (const MlpCase& c : cases) {
-      for (const bool x_grad : {false, true}) {
-        CAPTURE(describe(c));
-        CAPTURE(x_grad);
-        CAPTURE(chunk_bytes);
-        const MlpResult want = run_on(c, DType::f64, Device::cpu(), x_grad);
-        const MlpResult got = run_on(c, DType::f32, Device::cuda(), x_grad);
-        REQUIRE(got.values.size() == want.values.size());
-        // Rounded operands show in y and in the first weight's gradient wherever the sizes let
-        // cuBLASLt take its tensor-core kernels (multiples of 8; others may run exact FP32 ones).
-        // b2's gradient is a float32 sum of gy either way.
-        const bool tensor_cores = c.in % 8 == 0 && c.hidden % 8 == 0 && c.out % 8 == 0;
-        const size_t w1_index = x_grad ? 2 : 1, b1_index = w1_index + 1;
-        std::string errors;
-        for (size_t i = 0; i < got.values.size(); ++i) {
-          const double e = test::rel_error(got.values[i], want.values[i]);
-          errors += str(" ", e);
-          // Below ReLU (x, w1, b1), see kink_tol.
-          const bool below_relu = c.act == Activation::relu && i >= 1 && i <= b1_index;
-          CHECK(e < (below_relu ? kink_tol : tol));
-          if (tensor_cores && (i == 0 || i == w1_index)) CHECK(e > floor);
-        }
-        MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ",
-                x_grad, " weight parts of at most ", chunk_bytes, " bytes: rel errors (y, grads)",
-                errors);
+  for (const MlpCase& c : cases) {
+    for (const bool x_grad : {false, true}) {
+      CAPTURE(describe(c));
+      CAPTURE(x_grad);
+      const MlpResult want = run_on(c, DType::f64, Device::cpu(), x_grad);
+      const MlpResult got = run_on(c, DType::f32, Device::cuda(), x_grad);
+      REQUIRE(got.values.size() == want.values.size());
+      // Rounded operands show in y and in the first weight's gradient wherever the sizes let
+      // cuBLASLt take its tensor-core kernels (multiples of 8; others may run exact FP32 ones).
+      // b2's gradient is a float32 sum of gy either way.
+      const bool tensor_cores = c.in % 8 == 0 && c.hidden % 8 == 0 && c.out % 8 == 0;
+      const size_t w1_index = x_grad ? 2 : 1, b1_index = w1_index + 1;
+      std::string errors;
+      for (size_t i = 0; i < got.values.size(); ++i) {
+        const double e = test::rel_error(got.values[i], want.values[i]);
+        errors += str(" ", e);
+        // Below ReLU (x, w1, b1), see kink_tol.
+        const bool below_relu = c.act == Activation::relu && i >= 1 && i <= b1_index;
+        CHECK(e < (below_relu ? kink_tol : tol));
+        if (tensor_cores && (i == 0 || i == w1_index)) CHECK(e > floor);
       }
+      MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ", x_grad,
+              ": rel errors (y, grads)", errors);
     }
   }
 }

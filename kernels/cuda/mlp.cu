@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
-#include <utility>
 #include <vector>
 
 #include "kernels/cuda/bf16.cuh"
@@ -26,8 +25,6 @@ namespace {
 // cuBLASLt's recommended workspace on Hopper. Allocated once and never freed (as gemm.cu's):
 // a fixed workspace keeps every call capturable in a CUDA graph.
 constexpr size_t kWorkspace = size_t{32} << 20;
-// The most bytes of a bf16 copy of per-head first weights made at once (mlp_forward).
-int64_t weight_chunk_bytes = int64_t{32} << 20;
 
 cublasLtHandle_t lt_handle() {
   static cublasLtHandle_t h = [] {
@@ -327,30 +324,22 @@ char* at(void* base, int64_t elems, size_t elem_size) {
   return static_cast<char*>(base) + static_cast<size_t>(elems) * elem_size;
 }
 
-// Heads [first, first + count) of the g.h heads.
-struct HeadRange {
-  int64_t first = 0, count = 0;
-};
-
-// out (w, n) = in (w, k) @ W for the rows of every head in `heads` (all by default): one batched
-// product (over those heads) per batch index. W is a layer's weight as stored, from the range's
-// first head on: per head (Mix), or one for every head (shared, stride 0), and `stored_kn` says
-// whether it is kept as (k, n) or as (n, k) (then multiplied transposed). `p` brings the types,
-// compute, epilogue (its bias from the range's first head on) and beta.
+// out (w, n) = in (w, k) @ W for every head's rows: one batched product (over heads) per batch
+// index. W is a layer's weight as stored: per head (Mix), or one for every head (shared, stride
+// 0), and `stored_kn` says whether it is kept as (k, n) or as (n, k) (then multiplied
+// transposed). `p` brings the types, compute, epilogue and beta.
 void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool stored_kn,
                        const void* in, size_t in_size, const void* weight, void* out,
-                       size_t out_size, HeadRange heads = {}) {
-  if (heads.count == 0) heads = {0, g.h};
+                       size_t out_size) {
   p.m = g.w, p.n = n, p.k = k;
   p.lda = k, p.stride_a = g.w * k;
   p.trans_b = !stored_kn;
   p.ldb = stored_kn ? n : k;
   p.stride_b = g.shared_weights ? 0 : k * n;
   p.ldc = n, p.stride_c = g.w * n;
-  p.batch = heads.count;
+  p.batch = g.h;
   for (int64_t bi = 0; bi < g.b; ++bi) {
-    const int64_t row0 = (bi * g.h + heads.first) * g.w;
-    run(p, at(in, row0 * k, in_size), weight, at(out, row0 * n, out_size));
+    run(p, at(in, bi * g.h * g.w * k, in_size), weight, at(out, bi * g.h * g.w * n, out_size));
   }
 }
 
@@ -374,17 +363,13 @@ void apply_gelu(const Types& t, const void* p, void* a, int64_t n) {
 
 }  // namespace
 
-int64_t set_weight_chunk_bytes(int64_t bytes) {
-  KVC_CHECK(bytes > 0, "set_weight_chunk_bytes: ", bytes, " must be > 0");
-  return std::exchange(weight_chunk_bytes, bytes);
-}
-
 std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   auto s = std::make_shared<MlpSaved>();
   s->precision = math_precision();
   const Types t(s->precision);
   const int64_t rows = g.b * g.h * g.w;
   s->x = Operand(g.x, rows * g.in, t.bf16);
+  const Operand w1(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
   const Operand b1(g.b1, (g.b1_per_head ? g.h : 1) * g.hidden, t.bf16);
   s->w2 = Operand(g.w2, g.weight_heads() * g.hidden * g.out, t.bf16);
   // The first product's output: ReLU's (its epilogue applies it), kept for the backward, which
@@ -404,25 +389,11 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   Product first;
   first.ab = first.c = t.data;
   first.compute = t.compute;
+  first.bias = b1.p;
   first.bias_stride = g.b1_per_head ? g.hidden : 0;
   first.epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
-  // Per-head first weights are rounded to bf16 a few heads at a time, each part multiplied
-  // before the next is rounded into the same (cached) memory: the whole copy (256 MiB a
-  // compressor at the long shape) would otherwise sit beside both compressors' hidden
-  // activations at the step's peak. The products stay large (4096^3 a head there).
-  const int64_t weight_elems = g.in * g.hidden;
-  const int64_t chunk = g.shared_weights || !t.bf16
-                            ? g.h
-                            : std::clamp<int64_t>(weight_chunk_bytes / (weight_elems * 2), 1, g.h);
-  for (int64_t h0 = 0; h0 < g.h; h0 += chunk) {
-    const HeadRange heads{h0, std::min(chunk, g.h - h0)};
-    const int64_t w_first = g.shared_weights ? 0 : h0 * weight_elems;
-    const Operand w1(g.w1 + w_first, g.shared_weights ? weight_elems : heads.count * weight_elems,
-                     t.bf16);
-    first.bias = at(b1.p, h0 * first.bias_stride, t.size);
-    rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p,
-                      s->hidden->as<void>(), t.size, heads);
-  }
+  rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p,
+                    s->hidden->as<void>(), t.size);
   if (!relu) apply_gelu(t, s->hidden->as<void>(), act_out, n_hidden);
   // hidden @ W2 + b2, float32 out.
   Product second;
