@@ -218,18 +218,17 @@ void check_tensor_core_cases(kernels::MathPrecision precision, double tol,
             ", nq ", c.nq, ", seq ", c.seq, ", d ", c.d, ")");
     CHECK(err > 1e-6);
     check_close(attention_target(q, k, v, alpha).to_vector(), want, tol);  // the op, same path
-    if (precision == kernels::MathPrecision::bf16) {
-      // The mma.sync kernel, which GPUs other than Hopper run (the call above may have taken the
-      // warpgroup-MMA one).
-      out.fill_(std::numeric_limits<double>::quiet_NaN());
-      kernels::cuda::attention_forward_tc(q.data<float>(), k.data<float>(), v.data<float>(),
-                                          out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha,
-                                          precision, nullptr, kernels::cuda::TcKernel::mma_sync);
-      const std::vector<double> sync = out.to_vector();
-      check_close(sync, want, tol);
-      MESSAGE("bf16 mma.sync rel error ", test::rel_error(sync, want));
-      CHECK(test::rel_error(sync, want) > 1e-6);
-    }
+    // The mma.sync kernel, which GPUs other than Hopper run (the call above may have taken the
+    // warpgroup-MMA one: bf16 at d 64 and 128, TF32 at d 64).
+    out.fill_(std::numeric_limits<double>::quiet_NaN());
+    kernels::cuda::attention_forward_tc(q.data<float>(), k.data<float>(), v.data<float>(),
+                                        out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha, precision,
+                                        nullptr, kernels::cuda::TcKernel::mma_sync);
+    const std::vector<double> sync = out.to_vector();
+    check_close(sync, want, tol);
+    MESSAGE(std::string(kernels::precision_name(precision)), " mma.sync rel error ",
+            test::rel_error(sync, want));
+    CHECK(test::rel_error(sync, want) > 1e-6);
   }
 }
 

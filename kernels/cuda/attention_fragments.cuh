@@ -105,6 +105,40 @@ __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&s)[kS
   a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 }
 
+// P of 8 keys (S tile kk) as the TF32 A fragment of P V. C is not the TF32 A layout: a lane
+// holds keys 2t, 2t + 1 of its rows where A has columns t, t + 4, so A column t stands for key 2t
+// and column t + 4 for key 2t + 1 (c0 -> a0, c2 -> a1, c1 -> a2, c3 -> a3), and the B operand
+// (V) must list the tile's keys in that order: 0, 2, 4, 6, 1, 3, 5, 7. A sum does not care about
+// the order of its terms.
+template <int kSTiles>
+__device__ __forceinline__ void p_fragment_tf32(uint32_t (&a)[4], const float (&s)[kSTiles][4],
+                                                int kk) {
+  a[0] = to_tf32(s[kk][0]);
+  a[1] = to_tf32(s[kk][2]);
+  a[2] = to_tf32(s[kk][1]);
+  a[3] = to_tf32(s[kk][3]);
+}
+
+// Q rows r0 = row0 + g and r0 + 8 (zero past nq), scaled to log2 units, as the TF32 A fragments
+// of S = Q K^T, one per k8 step of the head size.
+template <int D>
+__device__ __forceinline__ void q_fragments_tf32(uint32_t (&qa)[D / 8][4], const float* q,
+                                                 int64_t bh, int row0, int nq, float scale_log2) {
+  const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+  const int r0 = row0 + g, r1 = r0 + 8;
+  const float* qr0 = q + (bh * nq + r0) * D;
+  const float* qr1 = q + (bh * nq + r1) * D;
+  const bool ok0 = r0 < nq, ok1 = r1 < nq;
+#pragma unroll
+  for (int s = 0; s < D / 8; ++s) {
+    const int c = s * 8 + t;
+    qa[s][0] = to_tf32(ok0 ? qr0[c] * scale_log2 : 0.f);
+    qa[s][1] = to_tf32(ok1 ? qr1[c] * scale_log2 : 0.f);
+    qa[s][2] = to_tf32(ok0 ? qr0[c + 4] * scale_log2 : 0.f);
+    qa[s][3] = to_tf32(ok1 ? qr1[c + 4] * scale_log2 : 0.f);
+  }
+}
+
 // Q rows r0 = row0 + g and r0 + 8 (zero past nq), scaled to log2 units, as the bf16 A fragments of
 // S = Q K^T, one per k16 step of the head size.
 template <int D>

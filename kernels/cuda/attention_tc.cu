@@ -81,9 +81,8 @@ __device__ __forceinline__ void load_bf16_tile_async(uint16_t* dst, const uint16
 // Fragment layouts: kernels/cuda/mma_sync.cuh.
 // bf16: the C fragments of two adjacent key tiles are exactly the A fragment of P for the next
 // product; K fragments (B = K^T) are plain ldmatrix loads of K rows, V fragments transposed ones.
-// tf32: C is not A's layout, so P V sums its 8 keys in another order: A column t stands for key 2t
-// and column t+4 for key 2t+1 (c0 -> a0, c2 -> a1, c1 -> a2, c3 -> a3), and B reads V rows 2t and
-// 2t+1 to match. A sum does not care about the order of its terms.
+// tf32: C is not A's layout, so P V sums its 8 keys in another order (p_fragment_tf32), and B
+// reads V rows 2t and 2t+1 to match.
 //
 // One CTA per (batch-head, kBQ queries, key split); scores in log2 units (q pre-scaled by
 // alpha * log2(e)), so the softmax is one exp2f per score.
@@ -147,18 +146,7 @@ __global__ void __launch_bounds__(kThreadsTc)
     if constexpr (kBf16) {
       q_fragments<D>(qa[mi], q, bh, q0 + mi * 16, nq, scale_log2);
     } else {
-      const int r0 = q0 + mi * 16 + g, r1 = r0 + 8;
-      const float* qr0 = q + (static_cast<int64_t>(bh) * nq + r0) * D;
-      const float* qr1 = q + (static_cast<int64_t>(bh) * nq + r1) * D;
-      const bool ok0 = r0 < nq, ok1 = r1 < nq;
-#pragma unroll
-      for (int s = 0; s < kKSteps; ++s) {
-        const int c = s * 8 + t;
-        qa[mi][s][0] = to_tf32(ok0 ? qr0[c] * scale_log2 : 0.f);
-        qa[mi][s][1] = to_tf32(ok1 ? qr1[c] * scale_log2 : 0.f);
-        qa[mi][s][2] = to_tf32(ok0 ? qr0[c + 4] * scale_log2 : 0.f);
-        qa[mi][s][3] = to_tf32(ok1 ? qr1[c + 4] * scale_log2 : 0.f);
-      }
+      q_fragments_tf32<D>(qa[mi], q, bh, q0 + mi * 16, nq, scale_log2);
     }
   }
 
@@ -250,12 +238,7 @@ __global__ void __launch_bounds__(kThreadsTc)
       for (int kk = 0; kk < kBK / 8; ++kk) {
         uint32_t pa[kM][4];
 #pragma unroll
-        for (int mi = 0; mi < kM; ++mi) {
-          pa[mi][0] = to_tf32(s[mi][kk][0]);
-          pa[mi][1] = to_tf32(s[mi][kk][2]);
-          pa[mi][2] = to_tf32(s[mi][kk][1]);
-          pa[mi][3] = to_tf32(s[mi][kk][3]);
-        }
+        for (int mi = 0; mi < kM; ++mi) p_fragment_tf32<kSTiles>(pa[mi], s[mi], kk);
         const float* v0 = vs + (kk * 8 + 2 * t) * kStride + g;
 #pragma unroll
         for (int j = 0; j < kOTiles; ++j) {
@@ -307,6 +290,8 @@ void launch_d(const float* q, const float* k, const float* v, float* out, int64_
               TcKernel kernel, float* lse) {
   if (precision == MathPrecision::bf16) {
     launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha, visible, kernel, lse);
+  } else if (kernel == TcKernel::fastest && D == 64 && attention_wgmma_available()) {
+    attention_forward_wgmma_tf32(q, k, v, out, bh, nq, seq, D, alpha, visible, lse);
   } else {
     launch_tc<D, TcMode::kTf32>(q, k, v, out, bh, nq, seq, alpha, visible, lse);
   }

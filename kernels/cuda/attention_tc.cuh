@@ -1,6 +1,6 @@
 // The tensor-core paths of the attention forward, called by attention_forward<float> when the
 // math precision is tf32 or bf16: mma.sync (kernels/cuda/attention_tc.cu, any GPU from sm_80) and,
-// for bf16 on Hopper, warpgroup MMA (kernels/cuda/attention_wgmma.cu).
+// on Hopper, warpgroup MMA (kernels/cuda/attention_wgmma.cu: bf16 at d 64 and 128, TF32 at 64).
 #pragma once
 
 #include <cstdint>
@@ -12,8 +12,8 @@ namespace kvc::kernels::cuda {
 // Head sizes the tensor-core kernel is built for.
 inline bool attention_tc_supports(int64_t d) { return d == 32 || d == 64 || d == 128; }
 
-// Which tensor-core kernel runs bf16: the fastest the GPU and the build have, or mma.sync
-// everywhere (the tests run both).
+// Which tensor-core kernel runs: the fastest the GPU and the build have, or mma.sync everywhere
+// (the tests run both).
 enum class TcKernel { fastest, mma_sync };
 
 // out = softmax(alpha q k^T) v as attention_forward says, with q, k and v rounded to `precision`
@@ -37,5 +37,13 @@ bool attention_wgmma_available();
 void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out,
                              int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
                              const int32_t* visible, float* lse = nullptr);
+
+// The TF32 forward on warpgroup MMA, for d 64, from float32 q, k and v: V is written transposed
+// (keys contiguous, rounded to TF32) into scratch first, since TF32 warpgroup MMA reads both
+// operands K-major; the tensor cores read K truncated to TF32. Otherwise as attention_forward_tc.
+// Throws where attention_wgmma_available() is false.
+void attention_forward_wgmma_tf32(const float* q, const float* k, const float* v, float* out,
+                                  int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
+                                  double alpha, const int32_t* visible, float* lse = nullptr);
 
 }  // namespace kvc::kernels::cuda

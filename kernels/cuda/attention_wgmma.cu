@@ -1,7 +1,7 @@
-// The bf16 attention target on Hopper's warpgroup MMA (sm_90a wgmma), for head sizes 64 and 128.
-// Same algorithm and numbers as the mma.sync kernel of kernels/cuda/attention_tc.cu (flash
-// attention, online softmax on the accumulators, keys split over CTAs where the query tiles alone
-// do not fill the GPU), but each warpgroup multiplies 64 query rows by a whole key tile per
+// The attention target on Hopper's warpgroup MMA (sm_90a wgmma): bf16 for head sizes 64 and 128,
+// TF32 for 64. Same algorithm and numbers as the mma.sync kernel of kernels/cuda/attention_tc.cu
+// (flash attention, online softmax on the accumulators, keys split over CTAs where the query tiles
+// alone do not fill the GPU), but each warpgroup multiplies 64 query rows by a whole key tile per
 // instruction, with K and V read by the tensor cores straight from shared memory: no ldmatrix, no
 // per-warp fragment loads. The products are asynchronous: while this tile's softmax runs on the
 // other units, the tensor cores finish the previous tile's P V and compute the next tile's
@@ -16,6 +16,12 @@
 // (the head dimension is the reduction, contiguous); V is the B operand of O += P V "MN-major"
 // (the keys are the reduction, the head dimension contiguous: the transposed read). Q and P are
 // A operands from registers, in the fragment layout of mma.sync (attention_fragments.cuh).
+//
+// TF32 reads both operands K-major and cannot transpose: K tiles are laid out as bf16's (a key is
+// D floats, two 128-byte column blocks at d = 64), and V comes transposed, (D, keys) with the keys
+// contiguous, from transpose_v_tf32_kernel (once a call, into scratch), its 8-key groups in the
+// order in which P's accumulators are the A fragments (p_fragment_tf32). The tensor cores read K
+// truncated to TF32; q, P and V are rounded to nearest, as in the mma.sync kernel.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -45,12 +51,19 @@ constexpr int kBN = 64;                // keys per tile
 constexpr int kStages = 5;             // (K, V) tile pairs in shared memory (see the main loop)
 constexpr int kBQ = 64 * kWarpgroups;  // query rows per CTA
 
-template <int D>
+// E: the operand bits in shared memory, uint16_t (bf16) or float (TF32). K tiles are kBN keys of
+// D elements; bf16 V tiles likewise (read transposed), TF32 V^T tiles D rows of kBN keys.
+template <typename E, int D>
 struct WgLayout {
-  static constexpr int kBlocks = D / 64;         // 128-byte column blocks per key
-  static constexpr int kBlockBytes = kBN * 128;  // one column block of a tile
-  static constexpr int kTileBytes = kBlocks * kBlockBytes;
-  static constexpr int kStageBytes = 2 * kTileBytes;
+  static constexpr bool kTf32 = std::is_same_v<E, float>;
+  static constexpr int kKBlocks = D * static_cast<int>(sizeof(E)) / 128;  // column blocks a key
+  static constexpr int kKBlockBytes = kBN * 128;  // one column block of a K tile
+  static constexpr int kKTileBytes = kKBlocks * kKBlockBytes;
+  static constexpr int kVBlockBytes = kTf32 ? D * 128 : kKBlockBytes;  // V^T: D rows of 32 keys
+  static constexpr int kVTileBytes = kTf32 ? kBN * 4 / 128 * kVBlockBytes : kKTileBytes;
+  static constexpr int kStageBytes = kKTileBytes + kVTileBytes;
+  static constexpr int kKStep = kTf32 ? 8 : 16;  // k of one product: 32 bytes of an operand row
+  static constexpr int kPSteps = kBN / kKStep;   // k-steps of P V over a tile
   static constexpr size_t kBytes = kStages * kStageBytes + 1024;  // + slack to align to 1024
 };
 
@@ -119,6 +132,24 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const uint32_t
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate), "n"(kTransB));
 }
 
+// The TF32 form (k8, both operands K-major: no transpose): a as mma.sync's TF32 A fragment.
+__device__ __forceinline__ void wgmma_m64n64k8_tf32(float (&d)[8][4], const uint32_t (&a)[4],
+                                                    uint64_t b_desc, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
+      : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),
+        "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]),
+        "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]),
+        "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]),
+        "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+        "+f"(d[7][2]), "+f"(d[7][3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));
+}
+
 template <int kTransB>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32_t (&a)[4],
                                                  uint64_t b_desc, int accumulate) {
@@ -146,35 +177,56 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32
 }
 #endif
 
-// Rows [k0, k0 + kBN) of a (seq, D) bf16 matrix into a swizzled tile (layout above); rows at or
+// Rows [k0, k0 + kBN) of a (seq, D) matrix of E into a swizzled tile (layout above); rows at or
 // past `end` are zero (their P is zero, and 0 * garbage could be NaN).
-template <int D>
-__device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const uint16_t* src, int k0,
-                                                int end, int tid) {
-  constexpr int kChunks = D / 8;  // 16-byte chunks per key
+template <typename E, int D>
+__device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const E* src, int k0, int end,
+                                                int tid) {
+  constexpr int kPerChunk = 16 / static_cast<int>(sizeof(E));  // elements per 16-byte chunk
+  constexpr int kChunks = D / kPerChunk;                       // chunks per key
   static_assert(kBN * kChunks % kThreadsWg == 0, "whole chunks per thread");
 #pragma unroll
   for (int n = 0; n < kBN * kChunks / kThreadsWg; ++n) {
     const int i = tid + n * kThreadsWg;
     const int r = i / kChunks, c = i % kChunks;
     const bool valid = k0 + r < end;
-    const uint16_t* from = src + (valid ? static_cast<int64_t>(k0 + r) * D + c * 8 : 0);
+    const E* from = src + (valid ? static_cast<int64_t>(k0 + r) * D + c * kPerChunk : 0);
     unsigned char* to =
-        tile + (c / 8) * WgLayout<D>::kBlockBytes + r * 128 + (((c % 8) ^ (r & 7)) << 4);
+        tile + (c / 8) * WgLayout<E, D>::kKBlockBytes + r * 128 + (((c % 8) ^ (r & 7)) << 4);
     cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from), valid);
+  }
+}
+
+// Keys [k0, k0 + kBN) of the D rows of a (D, seq_pad) TF32 V^T (transpose_v_tf32) into a swizzled
+// tile: D rows of 128 bytes in each of its two 32-key column blocks. The padded rows hold zeros
+// past seq, so every copy is whole.
+template <int D>
+__device__ __forceinline__ void load_vt_tile_sw128(unsigned char* tile, const float* src,
+                                                   int64_t seq_pad, int k0, int tid) {
+  constexpr int kChunks = kBN / 4;  // 16-byte chunks per row
+  static_assert(D * kChunks % kThreadsWg == 0, "whole chunks per thread");
+#pragma unroll
+  for (int n = 0; n < D * kChunks / kThreadsWg; ++n) {
+    const int i = tid + n * kThreadsWg;
+    const int r = i / kChunks, c = i % kChunks;
+    const float* from = src + r * seq_pad + k0 + c * 4;
+    unsigned char* to =
+        tile + (c / 8) * WgLayout<float, D>::kVBlockBytes + r * 128 + (((c % 8) ^ (r & 7)) << 4);
+    cp_async16(reinterpret_cast<float*>(to), from, true);
   }
 }
 
 // One CTA per (batch-head, kBQ queries, key split); warp w holds query rows 16 w.. of the CTA's
 // tile (warpgroup w / 4 the rows 64 (w / 4)..). Scores in log2 units, as in attention_tc.cu.
-template <int D, bool kMasked>
+// E = uint16_t: bf16 K and V, (bh, seq, D). E = float: TF32 (bits of float32, which the tensor
+// cores read truncated) K (bh, seq, D) and V^T (bh, D, seq_pad) from transpose_v_tf32.
+template <typename E, int D, bool kMasked>
 __global__ void __launch_bounds__(kThreadsWg)
-    attention_wgmma_kernel(const float* __restrict__ q, const uint16_t* __restrict__ k,
-                           const uint16_t* __restrict__ v, AttentionDest dst, int nq, int seq,
-                           int q_tiles, int split_len, float scale_log2,
-                           const int32_t* __restrict__ visible) {
+    attention_wgmma_kernel(const float* __restrict__ q, const E* __restrict__ k,
+                           const E* __restrict__ v, AttentionDest dst, int nq, int seq, int q_tiles,
+                           int split_len, float scale_log2, const int32_t* __restrict__ visible) {
 #ifdef KVC_WGMMA_DEVICE
-  using L = WgLayout<D>;
+  using L = WgLayout<E, D>;
   constexpr int kSTiles = kBN / 8;  // 8-key column tiles of S
   constexpr int kOTiles = D / 8;    // 8-wide column tiles of O
   extern __shared__ float4 smem4[];
@@ -191,31 +243,41 @@ __global__ void __launch_bounds__(kThreadsWg)
   if constexpr (kMasked) {
     kend = max(kbeg, min(kend, cta_key_limit(visible, bh, tile_row0, kBQ, nq)));
   }
-  const uint16_t* kb = k + bh * seq * D;
-  const uint16_t* vb = v + bh * seq * D;
+  const int64_t seq_pad = (seq + kBN - 1) / kBN * kBN;  // V^T's row length (TF32)
+  const E* kb = k + bh * seq * D;
+  const E* vb = v + bh * (L::kTf32 ? seq_pad : seq) * D;
 
   // Fills a stage with the tile at k0 (an empty group past the split keeps the group count the
   // waits rely on).
   auto load_stage = [&](int stage, int k0) {
     unsigned char* ks = smem + stage * L::kStageBytes;
     if (k0 < kend) {
-      load_tile_sw128<D>(ks, kb, k0, kend, tid);
-      load_tile_sw128<D>(ks + L::kTileBytes, vb, k0, kend, tid);
+      load_tile_sw128<E, D>(ks, kb, k0, kend, tid);
+      if constexpr (L::kTf32) {
+        load_vt_tile_sw128<D>(ks + L::kKTileBytes, vb, seq_pad, k0, tid);
+      } else {
+        load_tile_sw128<E, D>(ks + L::kKTileBytes, vb, k0, kend, tid);
+      }
     }
     cp_async_commit();
   };
 #pragma unroll
   for (int st = 0; st < kStages - 2; ++st) load_stage(st, kbeg + st * kBN);
 
-  uint32_t qa[D / 16][4];
-  q_fragments<D>(qa, q, bh, row0, nq, scale_log2);
+  uint32_t qa[D / L::kKStep][4];
+  if constexpr (L::kTf32) {
+    q_fragments_tf32<D>(qa, q, bh, row0, nq, scale_log2);
+  } else {
+    q_fragments<D>(qa, q, bh, row0, nq, scale_log2);
+  }
   int limit[2];
   row_limits<kMasked>(limit, visible, bh, row0, nq, seq);
 
   // Two S tiles: the scores being turned into P, and the next tile's, computed meanwhile. Two P
   // tiles likewise: this tile's P is made while the previous tile's P V still reads its own.
   float s0[kSTiles][4], s1[kSTiles][4], o[kOTiles][4];
-  uint32_t p0[kBN / 16][4] = {}, p1[kBN / 16][4] = {};  // read by a running P V until waited for
+  uint32_t p0[L::kPSteps][4] = {},
+           p1[L::kPSteps][4] = {};  // read by a running P V until waited for
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
 #pragma unroll
   for (int j = 0; j < kOTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
@@ -226,24 +288,34 @@ __global__ void __launch_bounds__(kThreadsWg)
     const uint32_t ks = base + stage * L::kStageBytes;
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      const uint64_t desc = sw128_desc(ks + (kk / 4) * L::kBlockBytes + (kk % 4) * 32, 16, 1024);
-      wgmma_m64n64k16<0>(sc, qa[kk], desc, kk > 0);
+    for (int kk = 0; kk < D / L::kKStep; ++kk) {
+      const uint64_t desc = sw128_desc(ks + (kk / 4) * L::kKBlockBytes + (kk % 4) * 32, 16, 1024);
+      if constexpr (L::kTf32) {
+        wgmma_m64n64k8_tf32(sc, qa[kk], desc, kk > 0);
+      } else {
+        wgmma_m64n64k16<0>(sc, qa[kk], desc, kk > 0);
+      }
     }
     wgmma_commit();
   };
-  // O += P V of the tile in `stage`, committed: k-step kk reads keys 16 kk..16 kk + 15 (two
-  // 8-key atoms, 2048 bytes in), the column blocks L::kBlockBytes apart.
-  auto issue_pv = [&](const uint32_t(&pa)[kBN / 16][4], int stage) {
-    const uint32_t vs = base + stage * L::kStageBytes + L::kTileBytes;
+  // O += P V of the tile in `stage`, committed. bf16: k-step kk reads keys 16 kk..16 kk + 15 (two
+  // 8-key atoms, 2048 bytes in), the column blocks L::kVBlockBytes apart. TF32 (V^T K-major, as
+  // K in S): k-step kk reads 32 bytes at (kk % 4) * 32 of column block kk / 4 of every row.
+  auto issue_pv = [&](const uint32_t(&pa)[L::kPSteps][4], int stage) {
+    const uint32_t vs = base + stage * L::kStageBytes + L::kKTileBytes;
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) {
-      const uint64_t desc = sw128_desc(vs + kk * 2048, L::kBlockBytes, 1024);
-      if constexpr (D == 64) {
-        wgmma_m64n64k16<1>(o, pa[kk], desc, 1);
+    for (int kk = 0; kk < L::kPSteps; ++kk) {
+      if constexpr (L::kTf32) {
+        const uint64_t desc = sw128_desc(vs + (kk / 4) * L::kVBlockBytes + (kk % 4) * 32, 16, 1024);
+        wgmma_m64n64k8_tf32(o, pa[kk], desc, 1);
       } else {
-        wgmma_m64n128k16<1>(o, pa[kk], desc, 1);
+        const uint64_t desc = sw128_desc(vs + kk * 2048, L::kVBlockBytes, 1024);
+        if constexpr (D == 64) {
+          wgmma_m64n64k16<1>(o, pa[kk], desc, 1);
+        } else {
+          wgmma_m64n128k16<1>(o, pa[kk], desc, 1);
+        }
       }
     }
     wgmma_commit();
@@ -254,7 +326,7 @@ __global__ void __launch_bounds__(kThreadsWg)
   // and this tile's P V goes out, left running into the next step. more_tag (std::true_type or
   // std::false_type): whether a tile follows this one in the split.
   auto step = [&](auto more_tag, float(&sc)[kSTiles][4], float(&sn)[kSTiles][4],
-                  uint32_t(&pc)[kBN / 16][4], uint32_t(&pp)[kBN / 16][4], int j) {
+                  uint32_t(&pc)[L::kPSteps][4], uint32_t(&pp)[L::kPSteps][4], int j) {
     constexpr bool more = decltype(more_tag)::value;
     const int k0 = kbeg + j * kBN;
     // Tile j + 1 has landed once at most kStages - 4 later groups are in flight. After the
@@ -269,7 +341,13 @@ __global__ void __launch_bounds__(kThreadsWg)
     mask_scores<kSTiles, kMasked>(sc, kend - k0, k0, limit);
     softmax_scores<kSTiles, kMasked>(sc, m_run, l_run, corr);
 #pragma unroll
-    for (int kk = 0; kk < kBN / 16; ++kk) p_fragment<kSTiles>(pc[kk], sc, kk);
+    for (int kk = 0; kk < L::kPSteps; ++kk) {
+      if constexpr (L::kTf32) {
+        p_fragment_tf32<kSTiles>(pc[kk], sc, kk);
+      } else {
+        p_fragment<kSTiles>(pc[kk], sc, kk);
+      }
+    }
     if constexpr (more) {
       wgmma_wait<1>();  // the P V of tile j - 1 (the S just issued may run on)
     } else {
@@ -320,12 +398,38 @@ __global__ void __launch_bounds__(kThreadsWg)
 #endif
 }
 
-template <int D>
-void launch_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out, int64_t bh,
-                  int64_t nq, int64_t seq, double alpha, const int32_t* visible, float* lse) {
-  launch_split_attention<D, attention_wgmma_kernel<D, false>, attention_wgmma_kernel<D, true>>(
-      kThreadsWg, WgLayout<D>::kBytes, kBQ, kBN, q, k16, v16, out, bh, nq, seq, alpha, visible,
-      lse);
+template <typename E, int D>
+void launch_wgmma(const float* q, const E* k, const E* v, float* out, int64_t bh, int64_t nq,
+                  int64_t seq, double alpha, const int32_t* visible, float* lse) {
+  launch_split_attention<D, attention_wgmma_kernel<E, D, false>,
+                         attention_wgmma_kernel<E, D, true>>(
+      kThreadsWg, WgLayout<E, D>::kBytes, kBQ, kBN, q, k, v, out, bh, nq, seq, alpha, visible, lse);
+}
+
+// vt (bh, D, seq_pad) = V (bh, seq, D) transposed for TF32 P V (keys contiguous, K-major), each
+// value rounded to TF32 (to nearest, as the mma.sync kernel rounds its operands), zero past seq,
+// and every 8-key group listed as keys 0, 2, 4, 6, 1, 3, 5, 7: the order in which P's accumulators
+// are its A fragments (p_fragment_tf32). A CTA moves a 32-key x 32-column block through shared
+// memory, reads and writes coalesced.
+__global__ void transpose_v_tf32_kernel(const float* __restrict__ v, float* __restrict__ vt,
+                                        int seq, int seq_pad, int d) {
+  __shared__ float block[32][33];
+  const int64_t bh = blockIdx.z;
+  const int key0 = blockIdx.x * 32, col0 = blockIdx.y * 32;
+  const int tx = threadIdx.x, ty = threadIdx.y;  // 32 x 8 threads
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int key = key0 + ty + 8 * i;
+    block[ty + 8 * i][tx] = key < seq ? v[(bh * seq + key) * d + col0 + tx] : 0.f;
+  }
+  __syncthreads();
+  // Position tx of the 32 holds key (tx & ~7) + 2 (tx & 3) + ((tx >> 2) & 1) of the block.
+  const int key = (tx & ~7) + 2 * (tx & 3) + ((tx >> 2) & 1);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int col = col0 + ty + 8 * i;
+    vt[(bh * d + col) * seq_pad + key0 + tx] = __uint_as_float(to_tf32(block[key][ty + 8 * i]));
+  }
 }
 
 }  // namespace
@@ -345,12 +449,32 @@ void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t
             "attention_forward_wgmma: needs an sm_90 GPU and a build for sm_90a");
   switch (d) {
     case 64:
-      return launch_wgmma<64>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible, lse);
+      return launch_wgmma<uint16_t, 64>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible,
+                                        lse);
     case 128:
-      return launch_wgmma<128>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible, lse);
+      return launch_wgmma<uint16_t, 128>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible,
+                                         lse);
     default:
       KVC_FAIL("attention_forward_wgmma: head size ", d, " has no wgmma kernel");
   }
+}
+
+void attention_forward_wgmma_tf32(const float* q, const float* k, const float* v, float* out,
+                                  int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
+                                  double alpha, const int32_t* visible, float* lse) {
+  KVC_CHECK(attention_wgmma_available(),
+            "attention_forward_wgmma_tf32: needs an sm_90 GPU and a build for sm_90a");
+  KVC_CHECK(d == 64, "attention_forward_wgmma_tf32: head size ", d, " has no TF32 wgmma kernel");
+  const int64_t seq_pad = (seq + kBN - 1) / kBN * kBN;
+  Scratch vt(static_cast<size_t>(batch_heads * d * seq_pad) * sizeof(float));
+  if (batch_heads > 0 && seq_pad > 0) {
+    const dim3 grid(static_cast<unsigned>(seq_pad / 32), static_cast<unsigned>(d / 32),
+                    static_cast<unsigned>(batch_heads));
+    transpose_v_tf32_kernel<<<grid, dim3(32, 8), 0, stream()>>>(
+        v, vt.as<float>(), static_cast<int>(seq), static_cast<int>(seq_pad), static_cast<int>(d));
+    KVC_CUDA_CHECK(cudaGetLastError());
+  }
+  launch_wgmma<float, 64>(q, k, vt.as<float>(), out, batch_heads, nq, seq, alpha, visible, lse);
 }
 
 }  // namespace kvc::kernels::cuda
