@@ -77,6 +77,12 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, uint32_t lead_byte
          static_cast<uint64_t>(stride_bytes >> 4) << 32 | uint64_t{1} << 62;
 }
 
+// The descriptor of k-step kk (32 bytes of every row) of a K-major swizzled tile at `tile` whose
+// column blocks are block_bytes apart: block kk / 4, 32 (kk % 4) bytes in.
+__device__ __forceinline__ uint64_t kmajor_desc(uint32_t tile, uint32_t block_bytes, int kk) {
+  return sw128_desc(tile + (kk / 4) * block_bytes + (kk % 4) * 32, 16, 1024);
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -278,7 +284,7 @@ __global__ void __launch_bounds__(kThreadsWg)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / L::kKStep; ++kk) {
-      const uint64_t desc = sw128_desc(ks + (kk / 4) * L::kKBlockBytes + (kk % 4) * 32, 16, 1024);
+      const uint64_t desc = kmajor_desc(ks, L::kKBlockBytes, kk);
       if constexpr (L::kTf32) {
         wgmma_m64n64k8_tf32(sc, qa[kk], desc, kk > 0);
       } else {
@@ -296,8 +302,7 @@ __global__ void __launch_bounds__(kThreadsWg)
 #pragma unroll
     for (int kk = 0; kk < L::kPSteps; ++kk) {
       if constexpr (L::kTf32) {
-        const uint64_t desc = sw128_desc(vs + (kk / 4) * L::kVBlockBytes + (kk % 4) * 32, 16, 1024);
-        wgmma_m64n64k8_tf32(o, pa[kk], desc, 1);
+        wgmma_m64n64k8_tf32(o, pa[kk], kmajor_desc(vs, L::kVBlockBytes, kk), 1);
       } else {
         const uint64_t desc = sw128_desc(vs + kk * 2048, L::kVBlockBytes, 1024);
         if constexpr (D == 64) {
