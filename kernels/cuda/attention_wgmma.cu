@@ -172,42 +172,25 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32
 #undef KVC_WG_REGS_0_31
 #endif
 
-// Rows [k0, k0 + kBN) of a (seq, D) matrix of E into a swizzled tile (layout above); rows at or
-// past `end` are zero (their P is zero, and 0 * garbage could be NaN).
-template <typename E, int D>
-__device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const E* src, int k0, int end,
-                                                int tid) {
+// kRows rows of kRowElems elements of E, row r at src + r * ld, into a swizzled tile (layout
+// above): each row's 128-byte pieces in column blocks kBlockBytes apart. Rows at or past
+// `valid_rows` are zero (a key past the end has P zero, and 0 * garbage could be NaN). The K and
+// V tiles are kBN keys of D elements; TF32's V^T tile (transpose_v_tf32) is D rows of kBN keys,
+// every row valid (its padding holds zeros).
+template <typename E, int kRows, int kRowElems, int kBlockBytes>
+__device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const E* src, int64_t ld,
+                                                int valid_rows, int tid) {
   constexpr int kPerChunk = 16 / static_cast<int>(sizeof(E));  // elements per 16-byte chunk
-  constexpr int kChunks = D / kPerChunk;                       // chunks per key
-  static_assert(kBN * kChunks % kThreadsWg == 0, "whole chunks per thread");
+  constexpr int kChunks = kRowElems / kPerChunk;               // chunks per row
+  static_assert(kRows * kChunks % kThreadsWg == 0, "whole chunks per thread");
 #pragma unroll
-  for (int n = 0; n < kBN * kChunks / kThreadsWg; ++n) {
+  for (int n = 0; n < kRows * kChunks / kThreadsWg; ++n) {
     const int i = tid + n * kThreadsWg;
     const int r = i / kChunks, c = i % kChunks;
-    const bool valid = k0 + r < end;
-    const E* from = src + (valid ? static_cast<int64_t>(k0 + r) * D + c * kPerChunk : 0);
-    unsigned char* to =
-        tile + (c / 8) * WgLayout<E, D>::kKBlockBytes + r * 128 + (((c % 8) ^ (r & 7)) << 4);
+    const bool valid = r < valid_rows;
+    const E* from = src + (valid ? r * ld + c * kPerChunk : 0);
+    unsigned char* to = tile + (c / 8) * kBlockBytes + r * 128 + (((c % 8) ^ (r & 7)) << 4);
     cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from), valid);
-  }
-}
-
-// Keys [k0, k0 + kBN) of the D rows of a (D, seq_pad) TF32 V^T (transpose_v_tf32) into a swizzled
-// tile: D rows of 128 bytes in each of its two 32-key column blocks. The padded rows hold zeros
-// past seq, so every copy is whole.
-template <int D>
-__device__ __forceinline__ void load_vt_tile_sw128(unsigned char* tile, const float* src,
-                                                   int64_t seq_pad, int k0, int tid) {
-  constexpr int kChunks = kBN / 4;  // 16-byte chunks per row
-  static_assert(D * kChunks % kThreadsWg == 0, "whole chunks per thread");
-#pragma unroll
-  for (int n = 0; n < D * kChunks / kThreadsWg; ++n) {
-    const int i = tid + n * kThreadsWg;
-    const int r = i / kChunks, c = i % kChunks;
-    const float* from = src + r * seq_pad + k0 + c * 4;
-    unsigned char* to =
-        tile + (c / 8) * WgLayout<float, D>::kVBlockBytes + r * 128 + (((c % 8) ^ (r & 7)) << 4);
-    cp_async16(reinterpret_cast<float*>(to), from, true);
   }
 }
 
@@ -247,11 +230,13 @@ __global__ void __launch_bounds__(kThreadsWg)
   auto load_stage = [&](int stage, int k0) {
     unsigned char* ks = smem + stage * L::kStageBytes;
     if (k0 < kend) {
-      load_tile_sw128<E, D>(ks, kb, k0, kend, tid);
+      const int keys = kend - k0;
+      load_tile_sw128<E, kBN, D, L::kKBlockBytes>(ks, kb + int64_t{k0} * D, D, keys, tid);
       if constexpr (L::kTf32) {
-        load_vt_tile_sw128<D>(ks + L::kKTileBytes, vb, seq_pad, k0, tid);
+        load_tile_sw128<E, D, kBN, L::kVBlockBytes>(ks + L::kKTileBytes, vb + k0, seq_pad, D, tid);
       } else {
-        load_tile_sw128<E, D>(ks + L::kKTileBytes, vb, k0, kend, tid);
+        load_tile_sw128<E, kBN, D, L::kVBlockBytes>(ks + L::kKTileBytes, vb + int64_t{k0} * D, D,
+                                                    keys, tid);
       }
     }
     cp_async_commit();
