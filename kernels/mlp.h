@@ -8,6 +8,7 @@
 // composition of core ops (core/ops_fused.cpp).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -55,5 +56,10 @@ struct MlpGrads {
 // From gy (b, h, w, out); `args` as in the forward that returned `saved`.
 void mlp_backward(const MlpArgs& args, const MlpSaved& saved, const float* gy,
                   const MlpGrads& grads);
+
+// Under TF32 the first weight's gradient transposes its operands into scratch (see mlp.cu), a
+// chunk at a time of at most `bytes` per operand (0: the default, 64 MiB). Tests set it small to
+// run several chunks.
+void set_tf32_weight_grad_chunk_bytes(size_t bytes);
 
 }  // namespace kvc::kernels::cuda

@@ -164,6 +164,11 @@ const std::vector<OpCase>& cases() {
              [](const Inputs& x) { return sum(x[0], 1); });
     add_case("sum first axis long", {{{200000, 40}}}, {{{5, 2}}},
              [](const Inputs& x) { return sum(x[0], 0); });
+    // Short middle axes over many 16-byte column groups: one thread per four columns.
+    add_case("mean middle axis short (block means)", {{{8192, 16, 64}}}, {{{3, 4, 4}}},
+             [](const Inputs& x) { return mean(x[0], 1); });
+    add_case("sum first axis short, wide", {{{4, 300000}}}, {{{3, 8}}},
+             [](const Inputs& x) { return sum(x[0], 0); });
     add_case("mean all", {{{37, 41}}}, {{{3, 4}}}, [](const Inputs& x) { return mean(x[0]); });
     add_case("mean axis", {{{4, 9, 5}}}, {{{2, 3, 2}}},
              [](const Inputs& x) { return mean(x[0], -2, true); });

@@ -10,6 +10,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "kernels/memory.h"
+#include "kernels/mlp.h"
 #include "tests/test_util.h"
 
 namespace kvc {
@@ -169,29 +170,50 @@ TEST_CASE("cuda: two_layer_mlp on cuBLASLt (fp32, tf32, bf16) matches the CPU, e
 #endif
 }
 
+TEST_CASE("cuda: two_layer_mlp's TF32 first-weight gradient, transposed a chunk at a time") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  // 20 KiB an operand: a chunk is one head of one batch index for most per-head cases above, two
+  // batch indices side by side for one head of the (2, 2, 20, 64, 100) case, and 25 or fewer
+  // rows of the shared ones, so each gradient sums several chunks.
+  struct ChunkScope {
+    ChunkScope() { kernels::cuda::set_tf32_weight_grad_chunk_bytes(20 << 10); }
+    ~ChunkScope() { kernels::cuda::set_tf32_weight_grad_chunk_bytes(0); }
+  } chunks;
+  check_fused(kernels::MathPrecision::tf32, 4e-3, 3e-2, 2e-5);
+#endif
+}
+
 TEST_CASE("cuda: two_layer_mlp adds onto existing gradients and runs without a tape") {
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
-  test::PrecisionScope scope(kernels::MathPrecision::bf16);
-  const MlpCase c{2, 2, 24, 64, 128, 16, false, true, Activation::relu};
-  std::vector<Tensor> x = make_inputs(c, 900);
-  for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
-  backward(sum(run(c, x)));
-  std::vector<std::vector<double>> once;
-  for (const Tensor& t : x) once.push_back(t.grad().to_vector());
-  backward(sum(run(c, x)));  // accumulates: twice, up to the rounding of the sums
-  for (size_t i = 0; i < x.size(); ++i) {
-    std::vector<double> doubled = once[i];
-    for (double& v : doubled) v *= 2;
-    CHECK(test::rel_error(x[i].grad().to_vector(), doubled) < 1e-6);
+  for (const kernels::MathPrecision precision :
+       {kernels::MathPrecision::tf32, kernels::MathPrecision::bf16}) {
+    for (const bool shared : {false, true}) {
+      CAPTURE(kernels::precision_name(precision));
+      CAPTURE(shared);
+      test::PrecisionScope scope(precision);
+      const MlpCase c{2, 2, 24, 64, 128, 16, shared, true, Activation::relu};
+      std::vector<Tensor> x = make_inputs(c, 900);
+      for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
+      backward(sum(run(c, x)));
+      std::vector<std::vector<double>> once;
+      for (const Tensor& t : x) once.push_back(t.grad().to_vector());
+      backward(sum(run(c, x)));  // accumulates: twice, up to the rounding of the sums
+      for (size_t i = 0; i < x.size(); ++i) {
+        std::vector<double> doubled = once[i];
+        for (double& v : doubled) v *= 2;
+        CHECK(test::rel_error(x[i].grad().to_vector(), doubled) < 1e-6);
+      }
+      Tensor y_tape = run(c, x);
+      Tensor y_free;
+      {
+        NoGradGuard no_grad;  // forward only: nothing saved, the same values
+        y_free = run(c, x);
+      }
+      CHECK(y_free.to_vector() == y_tape.to_vector());
+    }
   }
-  Tensor y_tape = run(c, x);
-  Tensor y_free;
-  {
-    NoGradGuard no_grad;  // forward only: nothing saved, the same values
-    y_free = run(c, x);
-  }
-  CHECK(y_free.to_vector() == y_tape.to_vector());
 #endif
 }
 

@@ -13,6 +13,7 @@
 
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/mma_sync.cuh"
 #include "kernels/fill.h"
 #include "kernels/math/elementwise.h"
 #include "kernels/mlp.h"
@@ -343,7 +344,105 @@ void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool s
   }
 }
 
+// out (batch, cols, ld_out) = in (batch, rows, cols) transposed, each value rounded to TF32 (to
+// nearest; the tensor cores would truncate it); ld_out >= rows. A CTA of 32 x 8 threads moves a
+// 32 x 32 block through shared memory, reads and writes coalesced.
+__global__ void transpose_tf32_kernel(const float* __restrict__ in, float* __restrict__ out,
+                                      int64_t rows, int64_t cols, int64_t ld_out) {
+  __shared__ float block[32][33];
+  const int64_t batch = blockIdx.z;
+  const int64_t row0 = int64_t{blockIdx.x} * 32, col0 = int64_t{blockIdx.y} * 32;
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const float* src = in + batch * rows * cols;
+  float* dst = out + batch * cols * ld_out;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t r = row0 + ty + 8 * i, c = col0 + tx;
+    if (r < rows && c < cols) block[ty + 8 * i][tx] = src[r * cols + c];
+  }
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t c = col0 + ty + 8 * i, r = row0 + tx;
+    if (r < rows && c < cols) dst[c * ld_out + r] = __uint_as_float(to_tf32(block[tx][ty + 8 * i]));
+  }
+}
+
+void transpose_tf32(const float* in, float* out, int64_t batch, int64_t rows, int64_t cols,
+                    int64_t ld_out) {
+  if (batch * rows * cols == 0) return;
+  const dim3 grid(static_cast<unsigned>((rows + 31) / 32), static_cast<unsigned>((cols + 31) / 32),
+                  static_cast<unsigned>(batch));
+  transpose_tf32_kernel<<<grid, dim3(32, 8), 0, stream()>>>(in, out, rows, cols, ld_out);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+// The most bytes each transposed operand of weight_grad_tf32 takes at once.
+size_t g_tf32_chunk_bytes = size_t{64} << 20;
+
+int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
+
+// A weight gradient in TF32: per head dst_h (k, n) = in_h^T grad_h over the head's w rows (summed
+// over the batch), or shared dst (n, k) = grad^T in over all rows; in (b, h, w, k) and grad
+// (b, h, w, n) float32. TF32 warpgroup MMA reads both operands K-major (the reduction contiguous)
+// and, unlike bf16's, cannot transpose them as it reads shared memory; here the reduction runs
+// over the rows, contiguous in neither operand, and cuBLASLt would fall back to Ampere's mma.sync
+// kernels (~140 TFLOP/s on the H200 against ~400). So both operands are transposed into scratch
+// first, rows contiguous and rounded to TF32, a chunk of heads (or rows) at a time so that the
+// scratch stays bounded, and multiplied with both K-major ("TN" in cuBLAS's words).
+void weight_grad_tf32(const MlpArgs& g, const float* in, int64_t k, const float* grad, int64_t n,
+                      float* dst, bool acc) {
+  Product p;
+  p.trans_b = true;  // the second operand is held (n, rows), as the first is (m, rows)
+  p.compute = CUBLAS_COMPUTE_32F_FAST_TF32;
+  const int64_t widest = std::max(k, n) * static_cast<int64_t>(sizeof(float));  // bytes a row
+  const int64_t budget = static_cast<int64_t>(g_tf32_chunk_bytes);
+  if (g.shared_weights) {  // (n, k) = grad^T in: chunks of rows
+    const int64_t rows = g.b * g.h * g.w;
+    const int64_t chunk = std::clamp<int64_t>(budget / widest, 1, rows);
+    const int64_t ld = round_up4(chunk);  // 16-byte aligned rows for the tensor-core kernels
+    Scratch gt(static_cast<size_t>(n * ld) * sizeof(float));
+    Scratch it(static_cast<size_t>(k * ld) * sizeof(float));
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+      const int64_t rc = std::min(chunk, rows - r0);
+      transpose_tf32(grad + r0 * n, gt.as<float>(), 1, rc, n, ld);
+      transpose_tf32(in + r0 * k, it.as<float>(), 1, rc, k, ld);
+      p.m = n, p.n = k, p.k = rc, p.lda = ld, p.ldb = ld, p.ldc = k;
+      p.beta = acc || r0 > 0 ? 1.0f : 0.0f;
+      run(p, gt.as<void>(), it.as<void>(), dst);
+    }
+    return;
+  }
+  // Per head: the rows of several batch indices side by side along the reduction (one longer
+  // product rather than one per batch index), for a chunk of heads.
+  const int64_t head_rows = std::max<int64_t>(g.w * widest, 1);  // bytes of one (b, head)
+  const int64_t batches = std::clamp<int64_t>(budget / head_rows, 1, g.b);
+  const int64_t heads = std::clamp<int64_t>(budget / (batches * head_rows), 1, g.h);
+  const int64_t ld = round_up4(batches * g.w);
+  Scratch it(static_cast<size_t>(heads * k * ld) * sizeof(float));
+  Scratch gt(static_cast<size_t>(heads * n * ld) * sizeof(float));
+  for (int64_t b0 = 0; b0 < g.b; b0 += batches) {
+    const int64_t bc = std::min(batches, g.b - b0);
+    for (int64_t h0 = 0; h0 < g.h; h0 += heads) {
+      const int64_t hc = std::min(heads, g.h - h0);
+      for (int64_t bi = b0; bi < b0 + bc; ++bi) {
+        const int64_t row0 = (bi * g.h + h0) * g.w, col0 = (bi - b0) * g.w;
+        transpose_tf32(in + row0 * k, it.as<float>() + col0, hc, g.w, k, ld);
+        transpose_tf32(grad + row0 * n, gt.as<float>() + col0, hc, g.w, n, ld);
+      }
+      p.m = k, p.n = n, p.k = bc * g.w, p.lda = ld, p.ldb = ld, p.ldc = n;
+      p.batch = hc, p.stride_a = k * ld, p.stride_b = n * ld, p.stride_c = k * n;
+      p.beta = acc || b0 > 0 ? 1.0f : 0.0f;
+      run(p, it.as<void>(), gt.as<void>(), dst + h0 * k * n);
+    }
+  }
+}
+
 }  // namespace
+
+void set_tf32_weight_grad_chunk_bytes(size_t bytes) {
+  g_tf32_chunk_bytes = bytes > 0 ? bytes : size_t{64} << 20;
+}
 
 struct MlpSaved {
   MathPrecision precision = MathPrecision::fp32;
@@ -497,7 +596,14 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   if (out.b1) {
     sum_rows(dpre, t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1, out.acc_b1);
   }
-  if (out.w1) weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, out.acc_w1);
+  if (out.w1) {
+    if (s.precision == MathPrecision::tf32) {
+      weight_grad_tf32(g, static_cast<const float*>(s.x.p), g.in, static_cast<const float*>(dpre),
+                       g.hidden, out.w1, out.acc_w1);
+    } else {
+      weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, out.acc_w1);
+    }
+  }
   if (out.x) {  // dpre W1^T, float32 out
     const Operand w1(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
     Product p;
