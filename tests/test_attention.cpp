@@ -219,7 +219,7 @@ void check_tensor_core_cases(kernels::MathPrecision precision, double tol,
     CHECK(err > 1e-6);
     check_close(attention_target(q, k, v, alpha).to_vector(), want, tol);  // the op, same path
     // The mma.sync kernel, which GPUs other than Hopper run (the call above may have taken the
-    // warpgroup-MMA one: bf16 at d 64 and 128, TF32 at d 64).
+    // warpgroup-MMA one: bf16 and TF32 at d 64 and 128).
     out.fill_(std::numeric_limits<double>::quiet_NaN());
     kernels::cuda::attention_forward_tc(q.data<float>(), k.data<float>(), v.data<float>(),
                                         out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha, precision,

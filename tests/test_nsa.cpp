@@ -272,6 +272,25 @@ TEST_CASE("nsa cuda: the tensor-core causal target (tf32, bf16) matches the CPU,
               c.seq, ", d ", c.d, ")");
       CHECK(err < tol);
       CHECK(err > 1e-6);
+      if (precision == kernels::MathPrecision::tf32 && kernels::cuda::attention_wgmma_available()) {
+        // V^T a batch-head at a time (two chunks, 1 byte of scratch asked for): the outputs and
+        // the rows' log-sum-exps of one chunk of both.
+        const Tensor qc = q.to(Device::cuda()), kc = k.to(Device::cuda()),
+                     vc = v.to(Device::cuda());
+        const VisibleCounts vis = visible_counts(positions.to(Device::cuda()), 2, 0, 1, c.seq);
+        Tensor out = Tensor::zeros(qc.shape(), qc.options());
+        Tensor lse_one = Tensor::zeros({2 * nq}, qc.options()), lse_two = lse_one.clone();
+        kernels::cuda::attention_forward_wgmma_tf32(
+            qc.data<float>(), kc.data<float>(), vc.data<float>(), out.data<float>(), 2, nq, c.seq,
+            c.d, alpha, vis.data(), lse_one.data<float>());
+        kernels::cuda::attention_forward_wgmma_tf32(
+            qc.data<float>(), kc.data<float>(), vc.data<float>(), out.data<float>(), 2, nq, c.seq,
+            c.d, alpha, vis.data(), lse_two.data<float>(), 1);
+        const double chunked_err = rel_error(out.to(Device::cpu()), want);
+        MESSAGE("tf32 causal rel error, a batch-head a chunk ", chunked_err);
+        CHECK(chunked_err < tol);
+        CHECK(rel_error(lse_two, lse_one) < 1e-5);
+      }
       if (precision == kernels::MathPrecision::bf16) {
         // The mma.sync kernel too (on Hopper the op above runs the warpgroup-MMA one).
         const Tensor qc = q.to(Device::cuda()), kc = k.to(Device::cuda()),

@@ -5,8 +5,8 @@
 // touches shared or global memory. bf16: K and V are rounded to bf16 once, in one pass before the
 // kernel (every query tile reads them, so rounding per tile would repeat the work and move twice
 // the bytes), and arrive by cp.async straight into bf16 tiles read with ldmatrix, three stages
-// deep. tf32: float32 tiles, rounded as their fragments are loaded. On Hopper, bf16 with d 64 or
-// 128 runs the warpgroup-MMA kernel of attention_wgmma.cu on the same rounded K and V instead.
+// deep. tf32: float32 tiles, rounded as their fragments are loaded. On Hopper, d 64 and 128 run
+// the warpgroup-MMA kernel of attention_wgmma.cu instead (bf16 on the same rounded K and V).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -290,7 +290,7 @@ void launch_d(const float* q, const float* k, const float* v, float* out, int64_
               TcKernel kernel, float* lse) {
   if (precision == MathPrecision::bf16) {
     launch_tc_bf16<D>(q, k, v, out, bh, nq, seq, alpha, visible, kernel, lse);
-  } else if (kernel == TcKernel::fastest && D == 64 && attention_wgmma_available()) {
+  } else if (kernel == TcKernel::fastest && D != 32 && attention_wgmma_available()) {
     attention_forward_wgmma_tf32(q, k, v, out, bh, nq, seq, D, alpha, visible, lse);
   } else {
     launch_tc<D, TcMode::kTf32>(q, k, v, out, bh, nq, seq, alpha, visible, lse);

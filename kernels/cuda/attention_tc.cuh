@@ -1,6 +1,6 @@
 // The tensor-core paths of the attention forward, called by attention_forward<float> when the
 // math precision is tf32 or bf16: mma.sync (kernels/cuda/attention_tc.cu, any GPU from sm_80) and,
-// on Hopper, warpgroup MMA (kernels/cuda/attention_wgmma.cu: bf16 at d 64 and 128, TF32 at 64).
+// on Hopper, warpgroup MMA (kernels/cuda/attention_wgmma.cu: bf16 and TF32 at d 64 and 128).
 #pragma once
 
 #include <cstdint>
@@ -38,12 +38,14 @@ void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t
                              int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
                              const int32_t* visible, float* lse = nullptr);
 
-// The TF32 forward on warpgroup MMA, for d 64, from float32 q, k and v: V is written transposed
-// (keys contiguous, rounded to TF32) into scratch first, since TF32 warpgroup MMA reads both
-// operands K-major; the tensor cores read K truncated to TF32. Otherwise as attention_forward_tc.
-// Throws where attention_wgmma_available() is false.
+// The TF32 forward on warpgroup MMA, for d 64 and 128, from float32 q, k and v: V is written
+// transposed (keys contiguous, rounded to TF32) into scratch first, since TF32 warpgroup MMA reads
+// both operands K-major; the tensor cores read K truncated to TF32. The batch-heads go a chunk at
+// a time so that this scratch takes at most vt_chunk_bytes (one batch-head at least). Otherwise
+// as attention_forward_tc. Throws where attention_wgmma_available() is false.
 void attention_forward_wgmma_tf32(const float* q, const float* k, const float* v, float* out,
                                   int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
-                                  double alpha, const int32_t* visible, float* lse = nullptr);
+                                  double alpha, const int32_t* visible, float* lse = nullptr,
+                                  int64_t vt_chunk_bytes = int64_t{256} << 20);
 
 }  // namespace kvc::kernels::cuda

@@ -1,5 +1,5 @@
-// The attention target on Hopper's warpgroup MMA (sm_90a wgmma): bf16 for head sizes 64 and 128,
-// TF32 for 64. Same algorithm and numbers as the mma.sync kernel of kernels/cuda/attention_tc.cu
+// The attention target on Hopper's warpgroup MMA (sm_90a wgmma): bf16 and TF32 for head sizes 64
+// and 128. Same algorithm and numbers as the mma.sync kernel of kernels/cuda/attention_tc.cu
 // (flash attention, online softmax on the accumulators, keys split over CTAs where the query tiles
 // alone do not fill the GPU), but each warpgroup multiplies 64 query rows by a whole key tile per
 // instruction, with K and V read by the tensor cores straight from shared memory: no ldmatrix, no
@@ -18,7 +18,7 @@
 // A operands from registers, in the fragment layout of mma.sync (attention_fragments.cuh).
 //
 // TF32 reads both operands K-major and cannot transpose: K tiles are laid out as bf16's (a key is
-// D floats, two 128-byte column blocks at d = 64), and V comes transposed, (D, keys) with the keys
+// D floats, D / 32 column blocks of 128 bytes), and V comes transposed, (D, keys) with the keys
 // contiguous, from transpose_v_tf32_kernel (once a call, into scratch), its 8-key groups in the
 // order in which P's accumulators are the A fragments (p_fragment_tf32). The tensor cores read K
 // truncated to TF32; q, P and V are rounded to nearest, as in the mma.sync kernel.
@@ -47,15 +47,22 @@ using namespace attention_detail;
 
 constexpr int kWarpgroups = 2;
 constexpr int kThreadsWg = 128 * kWarpgroups;
-constexpr int kBN = 64;                // keys per tile
 constexpr int kStages = 5;             // (K, V) tile pairs in shared memory (see the main loop)
 constexpr int kBQ = 64 * kWarpgroups;  // query rows per CTA
+constexpr int kVtPad = 64;             // TF32's V^T rows are padded to a multiple of this many keys
+
+__host__ __device__ inline int64_t vt_seq_pad(int64_t seq) {
+  return (seq + kVtPad - 1) / kVtPad * kVtPad;
+}
 
 // E: the operand bits in shared memory, uint16_t (bf16) or float (TF32). K tiles are kBN keys of
-// D elements; bf16 V tiles likewise (read transposed), TF32 V^T tiles D rows of kBN keys.
+// D elements; bf16 V tiles likewise (read transposed), TF32 V^T tiles D rows of kBN keys. Tiles
+// are 64 keys, but 32 for TF32 at d = 128, whose 64-key (K, V^T) pair (64 KiB) would leave room
+// for three stages only.
 template <typename E, int D>
 struct WgLayout {
   static constexpr bool kTf32 = std::is_same_v<E, float>;
+  static constexpr int kBN = kTf32 && D == 128 ? 32 : 64;                 // keys per tile
   static constexpr int kKBlocks = D * static_cast<int>(sizeof(E)) / 128;  // column blocks a key
   static constexpr int kKBlockBytes = kBN * 128;  // one column block of a K tile
   static constexpr int kKTileBytes = kKBlocks * kKBlockBytes;
@@ -64,6 +71,7 @@ struct WgLayout {
   static constexpr int kStageBytes = kKTileBytes + kVTileBytes;
   static constexpr int kKStep = kTf32 ? 8 : 16;  // k of one product: 32 bytes of an operand row
   static constexpr int kPSteps = kBN / kKStep;   // k-steps of P V over a tile
+  static constexpr int kSTiles = kBN / 8;        // 8-key column tiles of S
   static constexpr size_t kBytes = kStages * kStageBytes + 1024;  // + slack to align to 1024
 };
 
@@ -142,15 +150,38 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[8][4], const uint32_t
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate), "n"(kTransB));
 }
 
-// The TF32 form (k8, both operands K-major: no transpose): a as mma.sync's TF32 A fragment.
-__device__ __forceinline__ void wgmma_m64n64k8_tf32(float (&d)[8][4], const uint32_t (&a)[4],
-                                                    uint64_t b_desc, int accumulate) {
+// The TF32 forms (k8, both operands K-major: no transpose), N = 32, 64 or 128 by the size of d:
+// a as mma.sync's TF32 A fragment.
+__device__ __forceinline__ void wgmma_tf32(float (&d)[4][4], const uint32_t (&a)[4],
+                                           uint64_t b_desc, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k8.f32.tf32.tf32 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1;\n}\n"
+      : KVC_WG_TILE(0), KVC_WG_TILE(1), KVC_WG_TILE(2), KVC_WG_TILE(3)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_tf32(float (&d)[8][4], const uint32_t (&a)[4],
+                                           uint64_t b_desc, int accumulate) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n64k8.f32.tf32.tf32 {" KVC_WG_REGS_0_31
       "}, "
       "{%32, %33, %34, %35}, %36, p, 1, 1;\n}\n"
       : KVC_WG_ACC(0, 1, 2, 3, 4, 5, 6, 7)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));
+}
+__device__ __forceinline__ void wgmma_tf32(float (&d)[16][4], const uint32_t (&a)[4],
+                                           uint64_t b_desc, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 {" KVC_WG_REGS_0_31
+      ", "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+      "{%64, %65, %66, %67}, %68, p, 1, 1;\n}\n"
+      : KVC_WG_ACC(0, 1, 2, 3, 4, 5, 6, 7), KVC_WG_ACC(8, 9, 10, 11, 12, 13, 14, 15)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));
 }
 
@@ -205,8 +236,10 @@ __global__ void __launch_bounds__(kThreadsWg)
                            int split_len, float scale_log2, const int32_t* __restrict__ visible) {
 #ifdef KVC_WGMMA_DEVICE
   using L = WgLayout<E, D>;
-  constexpr int kSTiles = kBN / 8;  // 8-key column tiles of S
-  constexpr int kOTiles = D / 8;    // 8-wide column tiles of O
+  // (Sizes in the lambdas' parameter types are L's members: local constants that depend on the
+  // template parameters crash cicc there.)
+  constexpr int kBN = L::kBN;
+  constexpr int kOTiles = D / 8;  // 8-wide column tiles of O
   extern __shared__ float4 smem4[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem4));
   const uint32_t base = (raw + 1023) & ~1023u;  // the swizzle atoms need 1024-byte alignment
@@ -221,7 +254,7 @@ __global__ void __launch_bounds__(kThreadsWg)
   if constexpr (kMasked) {
     kend = max(kbeg, min(kend, cta_key_limit(visible, bh, tile_row0, kBQ, nq)));
   }
-  const int64_t seq_pad = (seq + kBN - 1) / kBN * kBN;  // V^T's row length (TF32)
+  const int64_t seq_pad = vt_seq_pad(seq);  // V^T's row length (TF32)
   const E* kb = k + bh * seq * D;
   const E* vb = v + bh * (L::kTf32 ? seq_pad : seq) * D;
 
@@ -255,7 +288,7 @@ __global__ void __launch_bounds__(kThreadsWg)
 
   // Two S tiles: the scores being turned into P, and the next tile's, computed meanwhile. Two P
   // tiles likewise: this tile's P is made while the previous tile's P V still reads its own.
-  float s0[kSTiles][4], s1[kSTiles][4], o[kOTiles][4];
+  float s0[L::kSTiles][4], s1[L::kSTiles][4], o[kOTiles][4];
   uint32_t p0[L::kPSteps][4] = {},
            p1[L::kPSteps][4] = {};  // read by a running P V until waited for
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
@@ -264,14 +297,14 @@ __global__ void __launch_bounds__(kThreadsWg)
 
   // S = Q K^T of the tile in `stage` into sc, committed, not waited for: k-step kk reads 32 bytes
   // at (kk % 4) * 32 of column block kk / 4 of every key.
-  auto issue_s = [&](float(&sc)[kSTiles][4], int stage) {
+  auto issue_s = [&](float(&sc)[L::kSTiles][4], int stage) {
     const uint32_t ks = base + stage * L::kStageBytes;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / L::kKStep; ++kk) {
       const uint64_t desc = kmajor_desc(ks, L::kKBlockBytes, kk);
       if constexpr (L::kTf32) {
-        wgmma_m64n64k8_tf32(sc, qa[kk], desc, kk > 0);
+        wgmma_tf32(sc, qa[kk], desc, kk > 0);
       } else {
         wgmma_m64n64k16<0>(sc, qa[kk], desc, kk > 0);
       }
@@ -287,7 +320,7 @@ __global__ void __launch_bounds__(kThreadsWg)
 #pragma unroll
     for (int kk = 0; kk < L::kPSteps; ++kk) {
       if constexpr (L::kTf32) {
-        wgmma_m64n64k8_tf32(o, pa[kk], kmajor_desc(vs, L::kVBlockBytes, kk), 1);
+        wgmma_tf32(o, pa[kk], kmajor_desc(vs, L::kVBlockBytes, kk), 1);
       } else {
         const uint64_t desc = sw128_desc(vs + kk * 2048, L::kVBlockBytes, 1024);
         if constexpr (D == 64) {
@@ -304,7 +337,7 @@ __global__ void __launch_bounds__(kThreadsWg)
   // products do, into pc, and leaves O alone. Once the P V of tile j - 1 is done, O is rescaled
   // and this tile's P V goes out, left running into the next step. more_tag (std::true_type or
   // std::false_type): whether a tile follows this one in the split.
-  auto step = [&](auto more_tag, float(&sc)[kSTiles][4], float(&sn)[kSTiles][4],
+  auto step = [&](auto more_tag, float(&sc)[L::kSTiles][4], float(&sn)[L::kSTiles][4],
                   uint32_t(&pc)[L::kPSteps][4], uint32_t(&pp)[L::kPSteps][4], int j) {
     constexpr bool more = decltype(more_tag)::value;
     const int k0 = kbeg + j * kBN;
@@ -317,14 +350,14 @@ __global__ void __launch_bounds__(kThreadsWg)
     load_stage((j + kStages - 2) % kStages, k0 + (kStages - 2) * kBN);
     if constexpr (more) issue_s(sn, (j + 1) % kStages);
     float corr[2];
-    mask_scores<kSTiles, kMasked>(sc, kend - k0, k0, limit);
-    softmax_scores<kSTiles, kMasked>(sc, m_run, l_run, corr);
+    mask_scores<L::kSTiles, kMasked>(sc, kend - k0, k0, limit);
+    softmax_scores<L::kSTiles, kMasked>(sc, m_run, l_run, corr);
 #pragma unroll
     for (int kk = 0; kk < L::kPSteps; ++kk) {
       if constexpr (L::kTf32) {
-        p_fragment_tf32<kSTiles>(pc[kk], sc, kk);
+        p_fragment_tf32<L::kSTiles>(pc[kk], sc, kk);
       } else {
-        p_fragment<kSTiles>(pc[kk], sc, kk);
+        p_fragment<L::kSTiles>(pc[kk], sc, kk);
       }
     }
     if constexpr (more) {
@@ -381,8 +414,9 @@ template <typename E, int D>
 void launch_wgmma(const float* q, const E* k, const E* v, float* out, int64_t bh, int64_t nq,
                   int64_t seq, double alpha, const int32_t* visible, float* lse) {
   launch_split_attention<D, attention_wgmma_kernel<E, D, false>,
-                         attention_wgmma_kernel<E, D, true>>(
-      kThreadsWg, WgLayout<E, D>::kBytes, kBQ, kBN, q, k, v, out, bh, nq, seq, alpha, visible, lse);
+                         attention_wgmma_kernel<E, D, true>>(kThreadsWg, WgLayout<E, D>::kBytes,
+                                                             kBQ, WgLayout<E, D>::kBN, q, k, v, out,
+                                                             bh, nq, seq, alpha, visible, lse);
 }
 
 // vt (bh, D, seq_pad) = V (bh, seq, D) transposed for TF32 P V (keys contiguous, K-major), each
@@ -440,20 +474,40 @@ void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t
 
 void attention_forward_wgmma_tf32(const float* q, const float* k, const float* v, float* out,
                                   int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
-                                  double alpha, const int32_t* visible, float* lse) {
+                                  double alpha, const int32_t* visible, float* lse,
+                                  int64_t vt_chunk_bytes) {
   KVC_CHECK(attention_wgmma_available(),
             "attention_forward_wgmma_tf32: needs an sm_90 GPU and a build for sm_90a");
-  KVC_CHECK(d == 64, "attention_forward_wgmma_tf32: head size ", d, " has no TF32 wgmma kernel");
-  const int64_t seq_pad = (seq + kBN - 1) / kBN * kBN;
-  Scratch vt(static_cast<size_t>(batch_heads * d * seq_pad) * sizeof(float));
-  if (batch_heads > 0 && seq_pad > 0) {
-    const dim3 grid(static_cast<unsigned>(seq_pad / 32), static_cast<unsigned>(d / 32),
-                    static_cast<unsigned>(batch_heads));
-    transpose_v_tf32_kernel<<<grid, dim3(32, 8), 0, stream()>>>(
-        v, vt.as<float>(), static_cast<int>(seq), static_cast<int>(seq_pad), static_cast<int>(d));
-    KVC_CUDA_CHECK(cudaGetLastError());
+  KVC_CHECK(d == 64 || d == 128, "attention_forward_wgmma_tf32: head size ", d,
+            " has no TF32 wgmma kernel");
+  if (batch_heads == 0) return;
+  // V^T is float32 and as large as V: a chunk of batch-heads at a time (by default 256 MiB, half
+  // of V at `long`, which keeps the MLP kinds' peak there below PyTorch's).
+  const int64_t seq_pad = vt_seq_pad(seq);
+  const int64_t head_bytes = std::max<int64_t>(d * seq_pad * int64_t{sizeof(float)}, 1);
+  const int64_t chunk = std::clamp<int64_t>(vt_chunk_bytes / head_bytes, 1, batch_heads);
+  Scratch vt(static_cast<size_t>(chunk * head_bytes));
+  for (int64_t bh0 = 0; bh0 < batch_heads; bh0 += chunk) {
+    const int64_t bhc = std::min(chunk, batch_heads - bh0);
+    const int64_t qkv0 = bh0 * nq * d, kv0 = bh0 * seq * d;
+    if (seq_pad > 0) {
+      const dim3 grid(static_cast<unsigned>(seq_pad / 32), static_cast<unsigned>(d / 32),
+                      static_cast<unsigned>(bhc));
+      transpose_v_tf32_kernel<<<grid, dim3(32, 8), 0, stream()>>>(
+          v + kv0, vt.as<float>(), static_cast<int>(seq), static_cast<int>(seq_pad),
+          static_cast<int>(d));
+      KVC_CUDA_CHECK(cudaGetLastError());
+    }
+    const int32_t* vis = visible ? visible + bh0 * nq : nullptr;
+    float* rows_lse = lse ? lse + bh0 * nq : nullptr;
+    if (d == 64) {
+      launch_wgmma<float, 64>(q + qkv0, k + kv0, vt.as<float>(), out + qkv0, bhc, nq, seq, alpha,
+                              vis, rows_lse);
+    } else {
+      launch_wgmma<float, 128>(q + qkv0, k + kv0, vt.as<float>(), out + qkv0, bhc, nq, seq, alpha,
+                               vis, rows_lse);
+    }
   }
-  launch_wgmma<float, 64>(q, k, vt.as<float>(), out, batch_heads, nq, seq, alpha, visible, lse);
 }
 
 }  // namespace kvc::kernels::cuda
