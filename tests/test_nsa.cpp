@@ -272,7 +272,8 @@ TEST_CASE("nsa cuda: the tensor-core causal target (tf32, bf16) matches the CPU,
               c.seq, ", d ", c.d, ")");
       CHECK(err < tol);
       CHECK(err > 1e-6);
-      if (precision == kernels::MathPrecision::tf32 && kernels::cuda::attention_wgmma_available()) {
+      if (precision == kernels::MathPrecision::tf32 && c.d != 32 &&
+          kernels::cuda::attention_wgmma_available()) {
         // V^T a batch-head at a time (two chunks, 1 byte of scratch asked for): the outputs and
         // the rows' log-sum-exps of one chunk of both.
         const Tensor qc = q.to(Device::cuda()), kc = k.to(Device::cuda()),
