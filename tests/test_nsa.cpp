@@ -260,12 +260,11 @@ TEST_CASE("nsa cuda: the tensor-core causal target (tf32, bf16) matches the CPU,
       NoGradGuard ng;
       const Tensor want =
           attention_target(q, k, v, alpha, visible_counts(positions, 2, 0, 1, c.seq));
+      const Tensor qc = q.to(Device::cuda()), kc = k.to(Device::cuda()), vc = v.to(Device::cuda());
+      const VisibleCounts vis = visible_counts(positions.to(Device::cuda()), 2, 0, 1, c.seq);
       const kernels::MathPrecision saved = kernels::cuda::math_precision();
       kernels::cuda::set_math_precision(precision);
-      const Tensor got =
-          attention_target(q.to(Device::cuda()), k.to(Device::cuda()), v.to(Device::cuda()), alpha,
-                           visible_counts(positions.to(Device::cuda()), 2, 0, 1, c.seq))
-              .to(Device::cpu());
+      const Tensor got = attention_target(qc, kc, vc, alpha, vis).to(Device::cpu());
       kernels::cuda::set_math_precision(saved);
       const double err = rel_error(got, want);
       MESSAGE(std::string(kernels::precision_name(precision)), " causal rel error ", err, " (seq ",
@@ -276,9 +275,6 @@ TEST_CASE("nsa cuda: the tensor-core causal target (tf32, bf16) matches the CPU,
           kernels::cuda::attention_wgmma_available()) {
         // V^T a batch-head at a time (two chunks, 1 byte of scratch asked for): the outputs and
         // the rows' log-sum-exps of one chunk of both.
-        const Tensor qc = q.to(Device::cuda()), kc = k.to(Device::cuda()),
-                     vc = v.to(Device::cuda());
-        const VisibleCounts vis = visible_counts(positions.to(Device::cuda()), 2, 0, 1, c.seq);
         Tensor out = Tensor::zeros(qc.shape(), qc.options());
         Tensor lse_one = Tensor::zeros({2 * nq}, qc.options()), lse_two = lse_one.clone();
         kernels::cuda::attention_forward_wgmma_tf32(
@@ -294,9 +290,6 @@ TEST_CASE("nsa cuda: the tensor-core causal target (tf32, bf16) matches the CPU,
       }
       if (precision == kernels::MathPrecision::bf16) {
         // The mma.sync kernel too (on Hopper the op above runs the warpgroup-MMA one).
-        const Tensor qc = q.to(Device::cuda()), kc = k.to(Device::cuda()),
-                     vc = v.to(Device::cuda());
-        const VisibleCounts vis = visible_counts(positions.to(Device::cuda()), 2, 0, 1, c.seq);
         Tensor out = Tensor::zeros(qc.shape(), qc.options());
         kernels::cuda::attention_forward_tc(qc.data<float>(), kc.data<float>(), vc.data<float>(),
                                             out.data<float>(), 2, nq, c.seq, c.d, alpha, precision,

@@ -377,8 +377,9 @@ void transpose_tf32(const float* in, float* out, int64_t batch, int64_t rows, in
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-// The most bytes each transposed operand of weight_grad_tf32 takes at once.
-size_t g_tf32_chunk_bytes = size_t{64} << 20;
+// The most bytes each transposed operand of weight_grad_tf32 takes at once (a test can change it).
+constexpr size_t kTf32ChunkBytes = size_t{64} << 20;
+size_t g_tf32_chunk_bytes = kTf32ChunkBytes;
 
 int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
 
@@ -441,7 +442,7 @@ void weight_grad_tf32(const MlpArgs& g, const float* in, int64_t k, const float*
 }  // namespace
 
 void set_tf32_weight_grad_chunk_bytes(size_t bytes) {
-  g_tf32_chunk_bytes = bytes > 0 ? bytes : size_t{64} << 20;
+  g_tf32_chunk_bytes = bytes > 0 ? bytes : kTf32ChunkBytes;
 }
 
 struct MlpSaved {
