@@ -125,6 +125,7 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {3, 2, 40, 256, 384, 32, false, true, Activation::relu},  // b > 1: one product per batch
       {2, 3, 33, 96, 200, 16, true, true, Activation::relu},    // shared weights, odd sizes
       {2, 2, 50, 128, 256, 64, false, true, Activation::gelu},  // enhanced_mlp's
+      {2, 3, 45, 64, 72, 16, false, false, Activation::gelu},   // per-head weights, one b1
       {1, 4, 37, 64, 130, 24, true, false, Activation::gelu},   // shared biases
       {2, 2, 20, 64, 100, 8, false, false, Activation::relu},   // mask rows not 128-aligned
       {1, 3, 7, 24, 37, 8, true, false, Activation::gelu},      // 777 hidden values: a tail
@@ -187,24 +188,39 @@ TEST_CASE("cuda: two_layer_mlp's TF32 first-weight gradient, transposed a chunk 
 TEST_CASE("cuda: two_layer_mlp adds onto existing gradients and runs without a tape") {
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
+  // GELU under TF32 without x's gradient takes the path that finishes the hidden gradient and
+  // sums b1 in dW1's transposition: both x settings, both activations.
   for (const kernels::MathPrecision precision :
        {kernels::MathPrecision::tf32, kernels::MathPrecision::bf16}) {
     for (const bool shared : {false, true}) {
-      CAPTURE(kernels::precision_name(precision));
-      CAPTURE(shared);
-      test::PrecisionScope scope(precision);
+      for (const Activation act : {Activation::relu, Activation::gelu}) {
+        for (const bool x_grad : {true, false}) {
+          const MlpCase c{2, 2, 24, 64, 128, 16, shared, true, act};
+          CAPTURE(kernels::precision_name(precision));
+          CAPTURE(describe(c));
+          CAPTURE(x_grad);
+          test::PrecisionScope scope(precision);
+          std::vector<Tensor> x = make_inputs(c, 900);
+          for (size_t i = 0; i < x.size(); ++i) {
+            x[i] = x[i].to(DType::f32).to(Device::cuda()).set_requires_grad(i > 0 || x_grad);
+          }
+          backward(sum(run(c, x)));
+          std::vector<std::vector<double>> once;
+          for (const Tensor& t : x) {
+            if (t.requires_grad()) once.push_back(t.grad().to_vector());
+          }
+          backward(sum(run(c, x)));  // accumulates: twice, up to the rounding of the sums
+          for (size_t i = x_grad ? 0 : 1; i < x.size(); ++i) {
+            std::vector<double> doubled = once[i - (x_grad ? 0 : 1)];
+            for (double& v : doubled) v *= 2;
+            CHECK(test::rel_error(x[i].grad().to_vector(), doubled) < 1e-6);
+          }
+        }
+      }
       const MlpCase c{2, 2, 24, 64, 128, 16, shared, true, Activation::relu};
+      test::PrecisionScope scope(precision);
       std::vector<Tensor> x = make_inputs(c, 900);
       for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
-      backward(sum(run(c, x)));
-      std::vector<std::vector<double>> once;
-      for (const Tensor& t : x) once.push_back(t.grad().to_vector());
-      backward(sum(run(c, x)));  // accumulates: twice, up to the rounding of the sums
-      for (size_t i = 0; i < x.size(); ++i) {
-        std::vector<double> doubled = once[i];
-        for (double& v : doubled) v *= 2;
-        CHECK(test::rel_error(x[i].grad().to_vector(), doubled) < 1e-6);
-      }
       Tensor y_tape = run(c, x);
       Tensor y_free;
       {

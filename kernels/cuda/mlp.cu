@@ -9,15 +9,18 @@
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma_sync.cuh"
+#include "kernels/elementwise.h"
 #include "kernels/fill.h"
 #include "kernels/math/elementwise.h"
 #include "kernels/mlp.h"
 #include "kernels/precision.h"
+#include "kernels/reduce.h"
 
 namespace kvc::kernels::cuda {
 
@@ -45,6 +48,73 @@ void* lt_workspace() {
   return w;
 }
 
+// Products independent of one another (one per batch index) run side by side on kLanes streams
+// forked from stream() and joined back before their launcher goes on (side_by_side below): at
+// `nsa` each is a few dozen CTAs, too few to fill the GPU alone. Lane i runs on side stream i
+// with slice i of the workspace; kMainLane is stream() with all of it. The join orders every
+// later use of their memory after them, as stream() promises the caching allocator.
+constexpr int kLanes = 4, kMainLane = -1;
+// The largest weight gradient computed as a partial per lane and added up (see mlp_backward).
+constexpr size_t kPartialGradBytes = size_t{4} << 20;
+
+struct LaneStreams {
+  cudaStream_t side[kLanes] = {};
+  cudaEvent_t fork = nullptr, join[kLanes] = {};
+};
+
+// Created once, never destroyed (as stream()).
+const LaneStreams& lane_streams() {
+  static const LaneStreams l = [] {
+    LaneStreams made;
+    KVC_CUDA_CHECK(cudaEventCreateWithFlags(&made.fork, cudaEventDisableTiming));
+    for (int i = 0; i < kLanes; ++i) {
+      KVC_CUDA_CHECK(cudaStreamCreateWithFlags(&made.side[i], cudaStreamNonBlocking));
+      KVC_CUDA_CHECK(cudaEventCreateWithFlags(&made.join[i], cudaEventDisableTiming));
+    }
+    return made;
+  }();
+  return l;
+}
+
+cudaStream_t lane_stream(int lane) {
+  return lane == kMainLane ? stream() : lane_streams().side[lane];
+}
+size_t lane_workspace_bytes(int lane) { return lane == kMainLane ? kWorkspace : kWorkspace / kLanes; }
+void* lane_workspace(int lane) {
+  return static_cast<char*>(lt_workspace()) + (lane == kMainLane ? 0 : lane * (kWorkspace / kLanes));
+}
+
+// f(i, lane) for i < n: with `fork`, side by side on the lanes (i on lane i % kLanes, each lane's
+// calls in order), else one after another on stream(); either way after everything queued on
+// stream() before and before everything queued after.
+template <typename F>
+void side_by_side(int64_t n, bool fork, F&& f) {
+  if (n <= 1 || !fork) {
+    for (int64_t i = 0; i < n; ++i) f(i, kMainLane);
+    return;
+  }
+  const LaneStreams& l = lane_streams();
+  const int used = static_cast<int>(std::min<int64_t>(n, kLanes));
+  KVC_CUDA_CHECK(cudaEventRecord(l.fork, stream()));
+  for (int i = 0; i < used; ++i) KVC_CUDA_CHECK(cudaStreamWaitEvent(l.side[i], l.fork, 0));
+  const auto join = [&] {  // also on the way out of a throw: a capture needs every fork joined
+    cudaError_t first = cudaSuccess;
+    for (int i = 0; i < used; ++i) {
+      cudaError_t e = cudaEventRecord(l.join[i], l.side[i]);
+      if (e == cudaSuccess) e = cudaStreamWaitEvent(stream(), l.join[i], 0);
+      if (first == cudaSuccess) first = e;
+    }
+    return first;
+  };
+  try {
+    for (int64_t i = 0; i < n; ++i) f(i, static_cast<int>(i % kLanes));
+  } catch (...) {
+    join();
+    throw;
+  }
+  KVC_CUDA_CHECK(join());
+}
+
 // One (batched) product and its epilogue. Strides and leading dimensions in elements.
 struct Product {
   bool trans_a = false, trans_b = false;
@@ -56,6 +126,7 @@ struct Product {
   const void* bias = nullptr;  // n values per batch entry, C's type
   int64_t bias_stride = 0;
   float beta = 0.0f;
+  int lane = kMainLane;  // where it runs (side_by_side)
 };
 
 template <typename V>
@@ -110,13 +181,14 @@ cublasLtMatmulAlgo_t best_algo(const Product& p, const void* a, const void* b, c
       p.stride_b,    p.stride_c,
       p.ab,          p.c,
       p.compute,     p.epilogue,
-      p.bias_stride, aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) + 8 * aligned16(p.bias)};
+      p.bias_stride, aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) + 8 * aligned16(p.bias),
+      static_cast<int64_t>(lane_workspace_bytes(p.lane))};
   std::lock_guard<std::mutex> lock(mutex);
   const auto found = cache.find(key);
   if (found != cache.end()) return found->second;
   cublasLtMatmulPreference_t pref = nullptr;
   KVC_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t workspace = kWorkspace;
+  const uint64_t workspace = lane_workspace_bytes(p.lane);
   cublasLtMatmulHeuristicResult_t result{};
   int count = 0;
   const cublasStatus_t status = [&] {
@@ -133,6 +205,11 @@ cublasLtMatmulAlgo_t best_algo(const Product& p, const void* a, const void* b, c
   cache.emplace(key, result.algo);
   return result.algo;
 }
+
+// Whether a launcher's independent products pay for running side by side. Measured on the H200 at
+// `nsa` (b 4): TF32 products (a few dozen CTAs each) took 60-80 us less a step side by side;
+// bf16 ones, shorter, lost 15-45 us. FP32 ones were not tried.
+bool side_by_side_pays(const Product& p) { return p.compute == CUBLAS_COMPUTE_32F_FAST_TF32; }
 
 void run(const Product& p, const void* a, const void* b, void* c) {
   Desc desc(p.compute);
@@ -154,8 +231,9 @@ void run(const Product& p, const void* a, const void* b, void* c) {
   const cublasLtMatmulAlgo_t algo = best_algo(p, a, b, c, desc.handle, la, lb, lc);
   const float alpha = 1.0f, beta = p.beta;
   KVC_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), desc.handle, &alpha, b, la.handle, a, lb.handle,
-                                  &beta, c, lc.handle, c, lc.handle, &algo, lt_workspace(),
-                                  kWorkspace, stream()));
+                                  &beta, c, lc.handle, c, lc.handle, &algo,
+                                  lane_workspace(p.lane), lane_workspace_bytes(p.lane),
+                                  lane_stream(p.lane)));
 }
 
 // Launches one of the elementwise kernels below, which move 16 bytes of T a thread and step (the
@@ -339,28 +417,52 @@ void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool s
   p.stride_b = g.shared_weights ? 0 : k * n;
   p.ldc = n, p.stride_c = g.w * n;
   p.batch = g.h;
-  for (int64_t bi = 0; bi < g.b; ++bi) {
+  side_by_side(g.b, side_by_side_pays(p), [&](int64_t bi, int lane) {
+    p.lane = lane;
     run(p, at(in, bi * g.h * g.w * k, in_size), weight, at(out, bi * g.h * g.w * n, out_size));
-  }
+  });
 }
 
-// out (batch, cols, ld_out) = in (batch, rows, cols) transposed, each value rounded to TF32 (to
-// nearest; the tensor cores would truncate it); ld_out >= rows. A CTA of 32 x 8 threads moves a
-// 32 x 32 block through shared memory, reads and writes coalesced.
-__global__ void transpose_tf32_kernel(const float* __restrict__ in, float* __restrict__ out,
-                                      int64_t rows, int64_t cols, int64_t ld_out) {
+// What the TF32 transposition (below) applies to each value before it rounds it: nothing, or
+// GELU's derivative, g * gelu'(p) with p GELU's input (the first weight's gradient reads the
+// gradient at the first product's output, finished here rather than in a pass of its own).
+// Making GELU's output for the second weight's gradient here as well ran slower than a pass of
+// its own and Ampere's kernel for that small product (the math slows the transposition down).
+enum class Tf32Op { copy, gelu_grad };
+
+// out (batch, cols, ld_out) = op(in) (batch, rows, cols) transposed, each value rounded to TF32 (to
+// nearest; the tensor cores would truncate it); ld_out >= rows; aux (for gelu_grad) as `in`. A CTA
+// of 32 x 8 threads moves a 32 x 32 block through shared memory, reads and writes coalesced. With
+// `col_sums`, the block's first warp also writes each column's sum over the block's rows (after op,
+// before rounding) to col_sums[batch * sums_stride + blockIdx.x * cols + column]: partial sums
+// for a bias gradient, added up in a fixed order afterwards.
+template <Tf32Op kOp>
+__global__ void transpose_tf32_kernel(const float* __restrict__ in, const float* __restrict__ aux,
+                                      float* __restrict__ out, int64_t rows, int64_t cols,
+                                      int64_t ld_out, float* __restrict__ col_sums,
+                                      int64_t sums_stride) {
   __shared__ float block[32][33];
   const int64_t batch = blockIdx.z;
   const int64_t row0 = int64_t{blockIdx.x} * 32, col0 = int64_t{blockIdx.y} * 32;
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const float* src = in + batch * rows * cols;
+  const int64_t offset = batch * rows * cols;
   float* dst = out + batch * cols * ld_out;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t r = row0 + ty + 8 * i, c = col0 + tx;
-    if (r < rows && c < cols) block[ty + 8 * i][tx] = src[r * cols + c];
+    if (r < rows && c < cols) {
+      float v = in[offset + r * cols + c];
+      if constexpr (kOp == Tf32Op::gelu_grad) v = math::gelu_backward(aux[offset + r * cols + c], v);
+      block[ty + 8 * i][tx] = v;
+    }
   }
   __syncthreads();
+  if (col_sums && ty == 0 && col0 + tx < cols) {
+    const int n = static_cast<int>(std::min<int64_t>(32, rows - row0));
+    float sum = 0.0f;
+    for (int r = 0; r < n; ++r) sum += block[r][tx];
+    col_sums[batch * sums_stride + int64_t{blockIdx.x} * cols + col0 + tx] = sum;
+  }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t c = col0 + ty + 8 * i, r = row0 + tx;
@@ -368,13 +470,58 @@ __global__ void transpose_tf32_kernel(const float* __restrict__ in, float* __res
   }
 }
 
-void transpose_tf32(const float* in, float* out, int64_t batch, int64_t rows, int64_t cols,
-                    int64_t ld_out) {
+// An operand of weight_grad_tf32: values (b, h, w, cols) float32 as the transposition reads them,
+// through `op` (aux: GELU's input, same layout, for gelu_grad).
+struct Tf32Operand {
+  const float* v = nullptr;
+  int64_t cols = 0;
+  Tf32Op op = Tf32Op::copy;
+  const float* aux = nullptr;
+};
+
+// Rows [row0, row0 + batch * rows) of `src` transposed into out, as transpose_tf32_kernel says.
+void transpose_tf32(const Tf32Operand& src, int64_t row0, float* out, int64_t batch, int64_t rows,
+                    int64_t ld_out, float* col_sums = nullptr, int64_t sums_stride = 0) {
+  const int64_t cols = src.cols;
   if (batch * rows * cols == 0) return;
   const dim3 grid(static_cast<unsigned>((rows + 31) / 32), static_cast<unsigned>((cols + 31) / 32),
                   static_cast<unsigned>(batch));
-  transpose_tf32_kernel<<<grid, dim3(32, 8), 0, stream()>>>(in, out, rows, cols, ld_out);
+  const float* in = src.v + row0 * cols;
+  const float* aux = src.aux ? src.aux + row0 * cols : nullptr;
+  const auto launch = [&](auto kernel) {
+    kernel<<<grid, dim3(32, 8), 0, stream()>>>(in, aux, out, rows, cols, ld_out, col_sums,
+                                               sums_stride);
+  };
+  switch (src.op) {
+    case Tf32Op::copy: launch(transpose_tf32_kernel<Tf32Op::copy>); break;
+    case Tf32Op::gelu_grad: launch(transpose_tf32_kernel<Tf32Op::gelu_grad>); break;
+  }
   KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+// A bias gradient wanted beside a weight gradient: dst (h, n) per head or (n) shared, written or
+// (acc) added to.
+struct BiasGrad {
+  float* dst = nullptr;
+  bool acc = false, per_head = true;
+};
+
+// Writes dst (n values), or adds to it (acc), what sum(out) writes into n floats at out.
+template <typename Sum>
+void write_or_add(float* dst, bool acc, int64_t n, Sum&& sum) {
+  Scratch total(acc ? static_cast<size_t>(n) * sizeof(float) : 0);
+  float* out = acc ? total.as<float>() : dst;
+  sum(out);
+  if (acc) axpby<float>(dst, out, n, 1.0f, 1.0f);
+}
+
+// A layer's bias gradient from its output's gradient m (b, h, w, cols) float32: the sum over the
+// rows (each head's, or all of them).
+void bias_grad(const MlpArgs& g, const float* m, int64_t cols, const BiasGrad& bias) {
+  const int64_t heads = bias.per_head ? g.h : 1;
+  const int64_t in_shape[4] = {g.b, g.h, g.w, cols}, out_shape[4] = {1, heads, 1, cols};
+  write_or_add(bias.dst, bias.acc, heads * cols,
+                  [&](float* out) { sum_to<float>(m, in_shape, out_shape, 4, out); });
 }
 
 // The most bytes each transposed operand of weight_grad_tf32 takes at once (a test can change it).
@@ -384,15 +531,19 @@ size_t g_tf32_chunk_bytes = kTf32ChunkBytes;
 int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
 
 // A weight gradient in TF32: per head dst_h (k, n) = in_h^T grad_h over the head's w rows (summed
-// over the batch), or shared dst (n, k) = grad^T in over all rows; in (b, h, w, k) and grad
-// (b, h, w, n) float32. TF32 warpgroup MMA reads both operands K-major (the reduction contiguous)
-// and, unlike bf16's, cannot transpose them as it reads shared memory; here the reduction runs
-// over the rows, contiguous in neither operand, and cuBLASLt would fall back to Ampere's mma.sync
-// kernels (~140 TFLOP/s on the H200 against ~400). So both operands are transposed into scratch
-// first, rows contiguous and rounded to TF32, a chunk of heads (or rows) at a time so that the
-// scratch stays bounded, and multiplied with both K-major ("TN" in cuBLAS's words).
-void weight_grad_tf32(const MlpArgs& g, const float* in, int64_t k, const float* grad, int64_t n,
-                      float* dst, bool acc) {
+// over the batch), or shared dst (n, k) = grad^T in over all rows; `in` (b, h, w, k) and `grad`
+// (b, h, w, n) as the operands' ops make them. TF32 warpgroup MMA reads both operands K-major (the
+// reduction contiguous) and, unlike bf16's, cannot transpose them as it reads shared memory; here
+// the reduction runs over the rows, contiguous in neither operand, and cuBLASLt would fall back to
+// Ampere's mma.sync kernels (~140 TFLOP/s on the H200 against ~400). So both operands are
+// transposed into scratch first, rows contiguous and rounded to TF32, a chunk of heads (or rows)
+// at a time so that the scratch stays bounded, and multiplied with both K-major ("TN" in cuBLAS's
+// words). With `bias` (per-head weights only) the transposition of `grad` also yields its sum over
+// the rows: that layer's bias gradient.
+void weight_grad_tf32(const MlpArgs& g, const Tf32Operand& in, const Tf32Operand& grad, float* dst,
+                      bool acc, const BiasGrad& bias = {}) {
+  KVC_CHECK(!bias.dst || !g.shared_weights, "weight_grad_tf32: a bias gradient beside shared weights");
+  const int64_t k = in.cols, n = grad.cols;
   Product p;
   p.trans_b = true;  // the second operand is held (n, rows), as the first is (m, rows)
   p.compute = CUBLAS_COMPUTE_32F_FAST_TF32;
@@ -406,8 +557,8 @@ void weight_grad_tf32(const MlpArgs& g, const float* in, int64_t k, const float*
     Scratch it(static_cast<size_t>(k * ld) * sizeof(float));
     for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
       const int64_t rc = std::min(chunk, rows - r0);
-      transpose_tf32(grad + r0 * n, gt.as<float>(), 1, rc, n, ld);
-      transpose_tf32(in + r0 * k, it.as<float>(), 1, rc, k, ld);
+      transpose_tf32(grad, r0, gt.as<float>(), 1, rc, ld);
+      transpose_tf32(in, r0, it.as<float>(), 1, rc, ld);
       p.m = n, p.n = k, p.k = rc, p.lda = ld, p.ldb = ld, p.ldc = k;
       p.beta = acc || r0 > 0 ? 1.0f : 0.0f;
       run(p, gt.as<void>(), it.as<void>(), dst);
@@ -422,20 +573,30 @@ void weight_grad_tf32(const MlpArgs& g, const float* in, int64_t k, const float*
   const int64_t ld = round_up4(batches * g.w);
   Scratch it(static_cast<size_t>(heads * k * ld) * sizeof(float));
   Scratch gt(static_cast<size_t>(heads * n * ld) * sizeof(float));
+  // The bias's partial sums, (h, b, tiles, n): one per head, batch index and 32-row tile.
+  const int64_t tiles = (g.w + 31) / 32;
+  Scratch sums(bias.dst ? static_cast<size_t>(g.h * g.b * tiles * n) * sizeof(float) : 0);
   for (int64_t b0 = 0; b0 < g.b; b0 += batches) {
     const int64_t bc = std::min(batches, g.b - b0);
     for (int64_t h0 = 0; h0 < g.h; h0 += heads) {
       const int64_t hc = std::min(heads, g.h - h0);
       for (int64_t bi = b0; bi < b0 + bc; ++bi) {
         const int64_t row0 = (bi * g.h + h0) * g.w, col0 = (bi - b0) * g.w;
-        transpose_tf32(in + row0 * k, it.as<float>() + col0, hc, g.w, k, ld);
-        transpose_tf32(grad + row0 * n, gt.as<float>() + col0, hc, g.w, n, ld);
+        transpose_tf32(in, row0, it.as<float>() + col0, hc, g.w, ld);
+        float* part = bias.dst ? sums.as<float>() + (h0 * g.b + bi) * tiles * n : nullptr;
+        transpose_tf32(grad, row0, gt.as<float>() + col0, hc, g.w, ld, part, g.b * tiles * n);
       }
       p.m = k, p.n = n, p.k = bc * g.w, p.lda = ld, p.ldb = ld, p.ldc = n;
       p.batch = hc, p.stride_a = k * ld, p.stride_b = n * ld, p.stride_c = k * n;
       p.beta = acc || b0 > 0 ? 1.0f : 0.0f;
       run(p, it.as<void>(), gt.as<void>(), dst + h0 * k * n);
     }
+  }
+  if (bias.dst) {  // the partial sums of each head (or all) over the batch and the tiles
+    const int64_t heads = bias.per_head ? g.h : 1, parts = g.h * g.b * tiles / heads;
+    write_or_add(bias.dst, bias.acc, heads * n, [&](float* out) {
+      sum_axis<float>(sums.as<float>(), out, heads, parts, n, 1.0f);
+    });
   }
 }
 
@@ -513,28 +674,26 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   const int64_t rows = g.b * g.h * g.w;
   const bool relu = g.act == MlpActivation::relu;
   const Operand gy_op(gy, rows * g.out, t.bf16);
-  // Ones for the bias gradients (sums over rows as 1 x rows products), float32 and operand type.
-  Scratch ones32(static_cast<size_t>(rows) * sizeof(float));
-  fill<float>(ones32.as<float>(), rows, 1.0f);
-  const Operand ones_op(ones32.as<float>(), rows, t.bf16);
-
-  // Sum over the rows of m (b, h, w, cols) into dst: per head (h, cols) or over all (cols).
-  const auto sum_rows = [&](const void* m, cudaDataType_t type, size_t size, const void* ones,
-                            int64_t cols, bool per_head, float* dst, bool acc) {
+  // b1's gradient from the bfloat16 gradient at the first product's output: the sum over the rows
+  // (each head's, or all) as ones-vector products.
+  const auto bf16_bias_grad = [&](const void* m, int64_t cols, const BiasGrad& bias) {
+    Scratch ones32(static_cast<size_t>(rows) * sizeof(float));
+    fill<float>(ones32.as<float>(), rows, 1.0f);
+    const Operand ones(ones32.as<float>(), rows, true);
     Product p;
-    p.ab = type;
+    p.ab = CUDA_R_16BF;
     p.m = 1, p.n = cols, p.ldb = cols, p.ldc = cols;
-    if (!per_head) {
+    if (!bias.per_head) {
       p.k = rows, p.lda = rows;
-      p.beta = acc ? 1.0f : 0.0f;
-      run(p, ones, m, dst);
+      p.beta = bias.acc ? 1.0f : 0.0f;
+      run(p, ones.p, m, bias.dst);
       return;
     }
     p.k = g.w, p.lda = g.w;
     p.batch = g.h, p.stride_b = g.w * cols, p.stride_c = cols;
     for (int64_t bi = 0; bi < g.b; ++bi) {
-      p.beta = acc || bi > 0 ? 1.0f : 0.0f;
-      run(p, ones, at(m, bi * g.h * g.w * cols, size), dst);
+      p.beta = bias.acc || bi > 0 ? 1.0f : 0.0f;
+      run(p, ones.p, at(m, bi * g.h * g.w * cols, t.size), bias.dst);
     }
   };
   // A layer's weight gradient from its input `in` (cols k) and its output's gradient `grad`
@@ -552,16 +711,33 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     }
     p.m = k, p.n = n, p.k = g.w, p.lda = k, p.ldb = n, p.ldc = n;
     p.batch = g.h, p.stride_a = g.w * k, p.stride_b = g.w * n, p.stride_c = k * n;
-    for (int64_t bi = 0; bi < g.b; ++bi) {
-      p.beta = acc || bi > 0 ? 1.0f : 0.0f;
-      run(p, at(in, bi * g.h * g.w * k, t.size), at(grad, bi * g.h * g.w * n, t.size), dst);
+    const auto operands = [&](int64_t bi) {
+      return std::pair{at(in, bi * g.h * g.w * k, t.size), at(grad, bi * g.h * g.w * n, t.size)};
+    };
+    // One product per batch index, each adding onto the last; or, where products side by side
+    // pay and the gradient is small (the second layer's), one partial gradient per lane, added up
+    // after.
+    const int64_t elems = g.h * k * n;
+    if (g.b == 1 || !side_by_side_pays(p) || elems * sizeof(float) > kPartialGradBytes) {
+      for (int64_t bi = 0; bi < g.b; ++bi) {
+        p.beta = acc || bi > 0 ? 1.0f : 0.0f;
+        run(p, operands(bi).first, operands(bi).second, dst);
+      }
+      return;
     }
+    const int64_t lanes = std::min<int64_t>(g.b, kLanes);
+    Scratch partial(static_cast<size_t>(lanes * elems) * sizeof(float));
+    side_by_side(g.b, true, [&](int64_t bi, int lane) {
+      p.lane = lane;
+      p.beta = bi >= kLanes ? 1.0f : 0.0f;
+      run(p, operands(bi).first, operands(bi).second, partial.as<float>() + lane * elems);
+    });
+    write_or_add(dst, acc, elems, [&](float* total) {
+      sum_axis<float>(partial.as<float>(), total, 1, lanes, elems, 1.0f);
+    });
   };
 
-  if (out.b2) {
-    sum_rows(gy, CUDA_R_32F, sizeof(float), ones32.as<void>(), g.out, g.b2_per_head, out.b2,
-             out.acc_b2);
-  }
+  if (out.b2) bias_grad(g, gy, g.out, {out.b2, out.acc_b2, g.b2_per_head});
   // ReLU: its output as kept, for dW2; then the gradient at the first product's output is written
   // over it, its signs kept aside first (relu_mask: a 16th or 8th of its size), so the backward
   // holds no second (b, h, w, hidden) buffer (the saved state is spent: a tape runs each backward
@@ -569,16 +745,23 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   // gradient.
   const int64_t n_hidden = rows * g.hidden;
   Scratch gelu_out(relu ? 0 : static_cast<size_t>(n_hidden) * t.size);
-  const void* activated = s.hidden->as<void>();
-  if (!relu && out.w2) {
-    apply_gelu(t, s.hidden->as<void>(), gelu_out.as<void>(), n_hidden);
-    activated = gelu_out.as<void>();
+  if (out.w2) {
+    const void* activated = s.hidden->as<void>();
+    if (!relu) {
+      apply_gelu(t, s.hidden->as<void>(), gelu_out.as<void>(), n_hidden);
+      activated = gelu_out.as<void>();
+    }
+    weight_grad(activated, g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
   }
-  if (out.w2) weight_grad(activated, g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
   if (!out.x && !out.w1 && !out.b1) return;
 
   // The gradient at the first product's output, gy W2^T times act'(.), in the operand type.
+  // Under TF32 and GELU with per-head weights and no gradient for x, nothing reads that gradient
+  // but dW1's transposition and b1's sum: that transposition applies GELU's derivative and sums
+  // b1 on the way (three passes over the hidden values fewer).
   void* dpre = relu ? s.hidden->as<void>() : gelu_out.as<void>();
+  const bool tf32 = s.precision == MathPrecision::tf32;
+  const bool finish_in_transpose = tf32 && !relu && !g.shared_weights && !out.x && out.w1;
   with_operand_type(t, [&](auto type) {
     using T = decltype(type);
     Scratch signs(relu ? static_cast<size_t>(relu_mask_bytes<T>(n_hidden)) : 0);
@@ -588,19 +771,32 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     back.compute = t.compute;
     rows_times_weight(g, back, g.out, g.hidden, g.shared_weights, gy_op.p, t.size, s.w2.p, dpre,
                       t.size);
+    if (finish_in_transpose) return;
     if (relu) {
       relu_masked<T>(signs.as<void>(), dpre, n_hidden);
     } else {
       activation_backward<T>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
     }
   });
+  const BiasGrad b1{out.b1, out.acc_b1, g.b1_per_head};
+  if (finish_in_transpose) {
+    weight_grad_tf32(g, {static_cast<const float*>(s.x.p), g.in},
+                     {static_cast<const float*>(dpre), g.hidden, Tf32Op::gelu_grad,
+                      static_cast<const float*>(s.hidden->as<void>())},
+                     out.w1, out.acc_w1, b1);
+    return;
+  }
   if (out.b1) {
-    sum_rows(dpre, t.data, t.size, ones_op.p, g.hidden, g.b1_per_head, out.b1, out.acc_b1);
+    if (t.bf16) {
+      bf16_bias_grad(dpre, g.hidden, b1);
+    } else {
+      bias_grad(g, static_cast<const float*>(dpre), g.hidden, b1);
+    }
   }
   if (out.w1) {
-    if (s.precision == MathPrecision::tf32) {
-      weight_grad_tf32(g, static_cast<const float*>(s.x.p), g.in, static_cast<const float*>(dpre),
-                       g.hidden, out.w1, out.acc_w1);
+    if (tf32) {
+      weight_grad_tf32(g, {static_cast<const float*>(s.x.p), g.in},
+                       {static_cast<const float*>(dpre), g.hidden}, out.w1, out.acc_w1);
     } else {
       weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, out.acc_w1);
     }
