@@ -79,9 +79,12 @@ const LaneStreams& lane_streams() {
 cudaStream_t lane_stream(int lane) {
   return lane == kMainLane ? stream() : lane_streams().side[lane];
 }
-size_t lane_workspace_bytes(int lane) { return lane == kMainLane ? kWorkspace : kWorkspace / kLanes; }
+size_t lane_workspace_bytes(int lane) {
+  return lane == kMainLane ? kWorkspace : kWorkspace / kLanes;
+}
 void* lane_workspace(int lane) {
-  return static_cast<char*>(lt_workspace()) + (lane == kMainLane ? 0 : lane * (kWorkspace / kLanes));
+  return static_cast<char*>(lt_workspace()) +
+         (lane == kMainLane ? 0 : lane * (kWorkspace / kLanes));
 }
 
 // f(i, lane) for i < n: with `fork`, side by side on the lanes (i on lane i % kLanes, each lane's
@@ -173,15 +176,24 @@ cublasLtMatmulAlgo_t best_algo(const Product& p, const void* a, const void* b, c
   static std::mutex mutex;
   static std::map<std::vector<int64_t>, cublasLtMatmulAlgo_t> cache;
   const std::vector<int64_t> key{
-      p.trans_a,     p.trans_b,
-      p.m,           p.n,
-      p.k,           p.lda,
-      p.ldb,         p.ldc,
-      p.batch,       p.stride_a,
-      p.stride_b,    p.stride_c,
-      p.ab,          p.c,
-      p.compute,     p.epilogue,
-      p.bias_stride, aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) + 8 * aligned16(p.bias),
+      p.trans_a,
+      p.trans_b,
+      p.m,
+      p.n,
+      p.k,
+      p.lda,
+      p.ldb,
+      p.ldc,
+      p.batch,
+      p.stride_a,
+      p.stride_b,
+      p.stride_c,
+      p.ab,
+      p.c,
+      p.compute,
+      p.epilogue,
+      p.bias_stride,
+      aligned16(a) + 2 * aligned16(b) + 4 * aligned16(c) + 8 * aligned16(p.bias),
       static_cast<int64_t>(lane_workspace_bytes(p.lane))};
   std::lock_guard<std::mutex> lock(mutex);
   const auto found = cache.find(key);
@@ -231,9 +243,8 @@ void run(const Product& p, const void* a, const void* b, void* c) {
   const cublasLtMatmulAlgo_t algo = best_algo(p, a, b, c, desc.handle, la, lb, lc);
   const float alpha = 1.0f, beta = p.beta;
   KVC_CUBLAS_CHECK(cublasLtMatmul(lt_handle(), desc.handle, &alpha, b, la.handle, a, lb.handle,
-                                  &beta, c, lc.handle, c, lc.handle, &algo,
-                                  lane_workspace(p.lane), lane_workspace_bytes(p.lane),
-                                  lane_stream(p.lane)));
+                                  &beta, c, lc.handle, c, lc.handle, &algo, lane_workspace(p.lane),
+                                  lane_workspace_bytes(p.lane), lane_stream(p.lane)));
 }
 
 // Launches one of the elementwise kernels below, which move 16 bytes of T a thread and step (the
@@ -433,35 +444,40 @@ enum class Tf32Op { copy, gelu_grad };
 // out (batch, cols, ld_out) = op(in) (batch, rows, cols) transposed, each value rounded to TF32 (to
 // nearest; the tensor cores would truncate it); ld_out >= rows; aux (for gelu_grad) as `in`. A CTA
 // of 32 x 8 threads moves a 32 x 32 block through shared memory, reads and writes coalesced. With
-// `col_sums`, the block's first warp also writes each column's sum over the block's rows (after op,
-// before rounding) to col_sums[batch * sums_stride + blockIdx.x * cols + column]: partial sums
-// for a bias gradient, added up in a fixed order afterwards.
+// `col_sums`, the block also writes each column's sum over its rows (after op, before rounding)
+// to col_sums[batch * sums_stride + blockIdx.x * cols + column]: partial sums for a bias
+// gradient, added up in a fixed order afterwards.
 template <Tf32Op kOp>
 __global__ void transpose_tf32_kernel(const float* __restrict__ in, const float* __restrict__ aux,
                                       float* __restrict__ out, int64_t rows, int64_t cols,
                                       int64_t ld_out, float* __restrict__ col_sums,
                                       int64_t sums_stride) {
   __shared__ float block[32][33];
+  __shared__ float sums[8][32];  // each thread row's sum of its four values, per column
   const int64_t batch = blockIdx.z;
   const int64_t row0 = int64_t{blockIdx.x} * 32, col0 = int64_t{blockIdx.y} * 32;
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int64_t offset = batch * rows * cols;
   float* dst = out + batch * cols * ld_out;
+  float sum = 0.0f;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int64_t r = row0 + ty + 8 * i, c = col0 + tx;
     if (r < rows && c < cols) {
       float v = in[offset + r * cols + c];
-      if constexpr (kOp == Tf32Op::gelu_grad) v = math::gelu_backward(aux[offset + r * cols + c], v);
+      if constexpr (kOp == Tf32Op::gelu_grad)
+        v = math::gelu_backward(aux[offset + r * cols + c], v);
       block[ty + 8 * i][tx] = v;
+      sum += v;
     }
   }
+  if (col_sums) sums[ty][tx] = sum;
   __syncthreads();
   if (col_sums && ty == 0 && col0 + tx < cols) {
-    const int n = static_cast<int>(std::min<int64_t>(32, rows - row0));
-    float sum = 0.0f;
-    for (int r = 0; r < n; ++r) sum += block[r][tx];
-    col_sums[batch * sums_stride + int64_t{blockIdx.x} * cols + col0 + tx] = sum;
+    float total = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 8; ++r) total += sums[r][tx];
+    col_sums[batch * sums_stride + int64_t{blockIdx.x} * cols + col0 + tx] = total;
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -493,8 +509,12 @@ void transpose_tf32(const Tf32Operand& src, int64_t row0, float* out, int64_t ba
                                                sums_stride);
   };
   switch (src.op) {
-    case Tf32Op::copy: launch(transpose_tf32_kernel<Tf32Op::copy>); break;
-    case Tf32Op::gelu_grad: launch(transpose_tf32_kernel<Tf32Op::gelu_grad>); break;
+    case Tf32Op::copy:
+      launch(transpose_tf32_kernel<Tf32Op::copy>);
+      break;
+    case Tf32Op::gelu_grad:
+      launch(transpose_tf32_kernel<Tf32Op::gelu_grad>);
+      break;
   }
   KVC_CUDA_CHECK(cudaGetLastError());
 }
@@ -521,7 +541,7 @@ void bias_grad(const MlpArgs& g, const float* m, int64_t cols, const BiasGrad& b
   const int64_t heads = bias.per_head ? g.h : 1;
   const int64_t in_shape[4] = {g.b, g.h, g.w, cols}, out_shape[4] = {1, heads, 1, cols};
   write_or_add(bias.dst, bias.acc, heads * cols,
-                  [&](float* out) { sum_to<float>(m, in_shape, out_shape, 4, out); });
+               [&](float* out) { sum_to<float>(m, in_shape, out_shape, 4, out); });
 }
 
 // The most bytes each transposed operand of weight_grad_tf32 takes at once (a test can change it).
@@ -542,7 +562,8 @@ int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
 // the rows: that layer's bias gradient.
 void weight_grad_tf32(const MlpArgs& g, const Tf32Operand& in, const Tf32Operand& grad, float* dst,
                       bool acc, const BiasGrad& bias = {}) {
-  KVC_CHECK(!bias.dst || !g.shared_weights, "weight_grad_tf32: a bias gradient beside shared weights");
+  KVC_CHECK(!bias.dst || !g.shared_weights,
+            "weight_grad_tf32: a bias gradient beside shared weights");
   const int64_t k = in.cols, n = grad.cols;
   Product p;
   p.trans_b = true;  // the second operand is held (n, rows), as the first is (m, rows)
