@@ -742,7 +742,8 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     if (g.b == 1 || !side_by_side_pays(p) || elems * sizeof(float) > kPartialGradBytes) {
       for (int64_t bi = 0; bi < g.b; ++bi) {
         p.beta = acc || bi > 0 ? 1.0f : 0.0f;
-        run(p, operands(bi).first, operands(bi).second, dst);
+        const auto [a, b] = operands(bi);
+        run(p, a, b, dst);
       }
       return;
     }
@@ -751,7 +752,8 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     side_by_side(g.b, true, [&](int64_t bi, int lane) {
       p.lane = lane;
       p.beta = bi >= kLanes ? 1.0f : 0.0f;
-      run(p, operands(bi).first, operands(bi).second, partial.as<float>() + lane * elems);
+      const auto [a, b] = operands(bi);
+      run(p, a, b, partial.as<float>() + lane * elems);
     });
     write_or_add(dst, acc, elems, [&](float* total) {
       sum_axis<float>(partial.as<float>(), total, 1, lanes, elems, 1.0f);
