@@ -275,6 +275,81 @@ TEST_CASE("cuda: tensor-core attention_forward (tf32, bf16) matches the CPU path
 #endif
 }
 
+TEST_CASE("cuda: float32 attention on split TF32 products (Hopper, d = 64) keeps float32's error") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  if (!kernels::cuda::attention_wgmma_available()) {
+    MESSAGE("no warpgroup MMA on this GPU or build: float32 attention runs the FFMA kernel only");
+    return;
+  }
+  // Against float64 on the CPU, the split kernel's error next to the FFMA kernel's on the same
+  // float32 inputs. Each operand is hi + lo, both TF32 rounded to nearest, so a product is off
+  // by ~2^-21 relative (the dropped lo lo term and lo's rounding), against float32's 2^-24 a
+  // rounding: the split kernel's error may be a few times the FFMA kernel's, and must stay two
+  // orders below TF32's (~3e-4 here). Cases: nq and seq off the tiles, one key, large logits,
+  // keys split over CTAs, the nsa target, and causal rows (0 visible keys to all of them).
+  struct Masked {
+    Case c;
+    bool causal;
+  };
+  uint64_t seed = 3100;
+  for (const Masked& m :
+       {Masked{{3, 70, 131, 64, 1.0}, false}, Masked{{1, 1, 1, 64, 1.0}, false},
+        Masked{{2, 9, 257, 64, 3.0}, false}, Masked{{1, 70, 30011, 64, 1.0}, false},
+        Masked{{8, 512, 8192, 64, 1.0}, false}, Masked{{2, 70, 9001, 64, 1.0}, true}}) {
+    const Case& c = m.c;
+    CAPTURE_CASE(c);
+    CAPTURE(m.causal);
+    const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
+    const Inputs in = make_inputs(c, DType::f32, seed++);
+    VisibleCounts cpu_vis, gpu_vis;
+    if (m.causal) {  // rows see key counts 1 .. seq (test_nsa.cpp's positions)
+      std::vector<double> p(static_cast<size_t>(c.nq));
+      for (int64_t i = 0; i < c.nq; ++i) p[static_cast<size_t>(i)] = (i * 7919) % c.seq;
+      p[0] = 0, p[1] = static_cast<double>(c.seq - 1);
+      const Tensor positions = Tensor::from_vector(p, {1, c.nq}, f32());
+      cpu_vis = visible_counts(positions, c.bh, 0, 1, c.seq);
+      gpu_vis = visible_counts(positions.to(Device::cuda()), c.bh, 0, 1, c.seq);
+    }
+    NoGradGuard ng;
+    const std::vector<double> want = attention_target(in.q.to(DType::f64), in.k.to(DType::f64),
+                                                      in.v.to(DType::f64), alpha, cpu_vis)
+                                         .to_vector();
+    const Tensor q = in.q.to(Device::cuda()), k = in.k.to(Device::cuda()),
+                 v = in.v.to(Device::cuda());
+    const auto run = [&](bool split) {
+      kernels::cuda::set_split_fp32_attention(split);
+      Tensor out = Tensor::empty(q.shape(), q.options());
+      out.fill_(std::numeric_limits<double>::quiet_NaN());
+      kernels::cuda::attention_forward<float>(q.data<float>(), k.data<float>(), v.data<float>(),
+                                              out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha,
+                                              m.causal ? gpu_vis.data() : nullptr);
+      kernels::cuda::set_split_fp32_attention(true);
+      return out.to_vector();
+    };
+    const std::vector<double> ffma = run(false), split = run(true);
+    const double e_ffma = test::rel_error(ffma, want), e_split = test::rel_error(split, want);
+    MESSAGE("float32 attention rel error: split TF32 ", e_split, ", FFMA ", e_ffma, " (bh ", c.bh,
+            ", nq ", c.nq, ", seq ", c.seq, std::string(m.causal ? ", causal)" : ")"));
+    check_close(split, want, 3e-6);
+    CHECK(e_split <= std::max(4 * e_ffma, 1e-6));
+    CHECK(split != ffma);  // the split kernel ran, not the FFMA one
+    // A batch-head a chunk (1 byte of scratch asked for; the key splits may differ): the same
+    // accuracy, and the rows' log-sum-exps of one chunk of all.
+    Tensor chunked = Tensor::empty(q.shape(), q.options());
+    Tensor lse_one = Tensor::zeros({c.bh * c.nq}, q.options()), lse_all = lse_one.clone();
+    kernels::cuda::attention_forward_wgmma_split(
+        q.data<float>(), k.data<float>(), v.data<float>(), chunked.data<float>(), c.bh, c.nq, c.seq,
+        c.d, alpha, m.causal ? gpu_vis.data() : nullptr, lse_one.data<float>(), 1);
+    check_close(chunked.to_vector(), want, 3e-6);
+    kernels::cuda::attention_forward_wgmma_split(
+        q.data<float>(), k.data<float>(), v.data<float>(), chunked.data<float>(), c.bh, c.nq, c.seq,
+        c.d, alpha, m.causal ? gpu_vis.data() : nullptr, lse_all.data<float>());
+    CHECK(test::rel_error(lse_one, lse_all) < 1e-6);
+  }
+#endif
+}
+
 #ifdef KVC_WITH_CUDA
 // scaled_dot_attention's output and K and V gradients for queries without grad (the attention
 // over compressed blocks), which bf16 on CUDA computes by the flash pair (kernels/

@@ -106,6 +106,9 @@ const std::vector<OpCase>& cases() {
              [](const Inputs& x) { return add(x[0], x[1]); });
     add_case("add bias over many rows", {{{3000, 70, 33}}, {{33}}}, {{{4, 3}}, {{3}}},
              [](const Inputs& x) { return add(x[0], x[1]); });
+    // A per-head bias over (b, h, w, n): the backward sums (b, w) at once in two passes.
+    add_case("add per-head bias, long rows", {{{5, 3, 301, 70}}, {{1, 3, 1, 70}}},
+             {{{2, 2, 3, 2}}, {{1, 2, 1, 2}}}, [](const Inputs& x) { return add(x[0], x[1]); });
     add_case("add leading broadcast", {{{9, 20000}}, {{5, 1, 20000}}}, {{{2, 3}}, {{2, 1, 3}}},
              [](const Inputs& x) { return add(x[0], x[1]); });
     add_case("mul row scale, long rows", {{{300, 400}}, {{300, 1}}}, {{{2, 3}}, {{2, 1}}},

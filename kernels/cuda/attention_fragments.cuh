@@ -109,21 +109,25 @@ __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&s)[kS
 // holds keys 2t, 2t + 1 of its rows where A has columns t, t + 4, so A column t stands for key 2t
 // and column t + 4 for key 2t + 1 (c0 -> a0, c2 -> a1, c1 -> a2, c3 -> a3), and the B operand
 // (V) must list the tile's keys in that order: 0, 2, 4, 6, 1, 3, 5, 7. A sum does not care about
-// the order of its terms.
+// the order of its terms. With `lo`, the remainders x - tf32(x) go there, rounded to TF32 too
+// (the split operands of float32 math).
 template <int kSTiles>
 __device__ __forceinline__ void p_fragment_tf32(uint32_t (&a)[4], const float (&s)[kSTiles][4],
-                                                int kk) {
-  a[0] = to_tf32(s[kk][0]);
-  a[1] = to_tf32(s[kk][2]);
-  a[2] = to_tf32(s[kk][1]);
-  a[3] = to_tf32(s[kk][3]);
+                                                int kk, uint32_t (*lo)[4] = nullptr) {
+  const float x[4] = {s[kk][0], s[kk][2], s[kk][1], s[kk][3]};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    a[i] = to_tf32(x[i]);
+    if (lo) (*lo)[i] = to_tf32(x[i] - __uint_as_float(a[i]));
+  }
 }
 
 // Q rows r0 = row0 + g and r0 + 8 (zero past nq), scaled to log2 units, as the TF32 A fragments
-// of S = Q K^T, one per k8 step of the head size.
+// of S = Q K^T, one per k8 step of the head size; with `lo`, the remainders as p_fragment_tf32's.
 template <int D>
 __device__ __forceinline__ void q_fragments_tf32(uint32_t (&qa)[D / 8][4], const float* q,
-                                                 int64_t bh, int row0, int nq, float scale_log2) {
+                                                 int64_t bh, int row0, int nq, float scale_log2,
+                                                 uint32_t (*lo)[D / 8][4] = nullptr) {
   const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
   const int r0 = row0 + g, r1 = r0 + 8;
   const float* qr0 = q + (bh * nq + r0) * D;
@@ -132,10 +136,13 @@ __device__ __forceinline__ void q_fragments_tf32(uint32_t (&qa)[D / 8][4], const
 #pragma unroll
   for (int s = 0; s < D / 8; ++s) {
     const int c = s * 8 + t;
-    qa[s][0] = to_tf32(ok0 ? qr0[c] * scale_log2 : 0.f);
-    qa[s][1] = to_tf32(ok1 ? qr1[c] * scale_log2 : 0.f);
-    qa[s][2] = to_tf32(ok0 ? qr0[c + 4] * scale_log2 : 0.f);
-    qa[s][3] = to_tf32(ok1 ? qr1[c + 4] * scale_log2 : 0.f);
+    const float x[4] = {ok0 ? qr0[c] * scale_log2 : 0.f, ok1 ? qr1[c] * scale_log2 : 0.f,
+                        ok0 ? qr0[c + 4] * scale_log2 : 0.f, ok1 ? qr1[c + 4] * scale_log2 : 0.f};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      qa[s][i] = to_tf32(x[i]);
+      if (lo) (*lo)[s][i] = to_tf32(x[i] - __uint_as_float(qa[s][i]));
+    }
   }
 }
 

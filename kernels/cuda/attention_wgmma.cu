@@ -22,6 +22,14 @@
 // contiguous, from transpose_v_tf32_kernel (once a call, into scratch), its 8-key groups in the
 // order in which P's accumulators are the A fragments (p_fragment_tf32). The tensor cores read K
 // truncated to TF32; q, P and V are rounded to nearest, as in the mma.sync kernel.
+//
+// Float32 math (kSplit, d = 64): each operand is split into a TF32 part and a TF32 remainder,
+// x = hi + lo, and every product is three, a b ~ a_lo b_hi + a_hi b_lo + a_hi b_hi (the lo lo
+// term is below float32's rounding): about float32's accuracy at three times TF32's products,
+// which on Hopper's tensor cores is still several times the FFMA kernel's rate. K's and V^T's
+// parts are written side by side into scratch first (split_k_tf32_kernel, transpose_v_tf32_kernel),
+// (bh, 2, seq, d) and (bh, 2, d, seq_pad), and a stage holds both parts of both tiles; q's and P's
+// parts are registers.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -58,17 +66,20 @@ __host__ __device__ inline int64_t vt_seq_pad(int64_t seq) {
 // E: the operand bits in shared memory, uint16_t (bf16) or float (TF32). K tiles are kBN keys of
 // D elements; bf16 V tiles likewise (read transposed), TF32 V^T tiles D rows of kBN keys. Tiles
 // are 64 keys, but 32 for TF32 at d = 128, whose 64-key (K, V^T) pair (64 KiB) would leave room
-// for three stages only.
-template <typename E, int D>
+// for three stages only, and for split TF32 (kParts 2: a stage is K's two parts, then V^T's).
+template <typename E, int D, bool kSplit = false>
 struct WgLayout {
   static constexpr bool kTf32 = std::is_same_v<E, float>;
-  static constexpr int kBN = kTf32 && D == 128 ? 32 : 64;                 // keys per tile
+  static_assert(!kSplit || (kTf32 && D == 64), "split TF32 is built for d = 64");
+  static constexpr int kParts = kSplit ? 2 : 1;
+  static constexpr int kBN = kTf32 && (D == 128 || kSplit) ? 32 : 64;     // keys per tile
   static constexpr int kKBlocks = D * static_cast<int>(sizeof(E)) / 128;  // column blocks a key
   static constexpr int kKBlockBytes = kBN * 128;  // one column block of a K tile
   static constexpr int kKTileBytes = kKBlocks * kKBlockBytes;
   static constexpr int kVBlockBytes = kTf32 ? D * 128 : kKBlockBytes;  // V^T: D rows of 32 keys
   static constexpr int kVTileBytes = kTf32 ? kBN * 4 / 128 * kVBlockBytes : kKTileBytes;
-  static constexpr int kStageBytes = kKTileBytes + kVTileBytes;
+  static constexpr int kVOffset = kParts * kKTileBytes;  // V's first part in a stage
+  static constexpr int kStageBytes = kParts * (kKTileBytes + kVTileBytes);
   static constexpr int kKStep = kTf32 ? 8 : 16;  // k of one product: 32 bytes of an operand row
   static constexpr int kPSteps = kBN / kKStep;   // k-steps of P V over a tile
   static constexpr int kSTiles = kBN / 8;        // 8-key column tiles of S
@@ -118,6 +129,12 @@ __device__ __forceinline__ void fence_registers(uint32_t (&a)[kTiles][4]) {
   for (int j = 0; j < kTiles; ++j) {
     asm volatile("" : "+r"(a[j][0]), "+r"(a[j][1]), "+r"(a[j][2]), "+r"(a[j][3])::"memory");
   }
+}
+
+template <int kParts, int kTiles>
+__device__ __forceinline__ void fence_parts(uint32_t (&a)[kParts][kTiles][4]) {
+#pragma unroll
+  for (int part = 0; part < kParts; ++part) fence_registers(a[part]);
 }
 
 // Orders this thread's generic-proxy writes to shared memory (cp.async) before the tensor cores'
@@ -228,14 +245,16 @@ __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const E* sr
 // One CTA per (batch-head, kBQ queries, key split); warp w holds query rows 16 w.. of the CTA's
 // tile (warpgroup w / 4 the rows 64 (w / 4)..). Scores in log2 units, as in attention_tc.cu.
 // E = uint16_t: bf16 K and V, (bh, seq, D). E = float: TF32 (bits of float32, which the tensor
-// cores read truncated) K (bh, seq, D) and V^T (bh, D, seq_pad) from transpose_v_tf32.
-template <typename E, int D, bool kMasked>
+// cores read truncated) K (bh, seq, D) and V^T (bh, D, seq_pad) from transpose_v_tf32; with
+// kSplit both parts of each, K (bh, 2, seq, D) and V^T (bh, 2, D, seq_pad), already rounded.
+template <typename E, int D, bool kMasked, bool kSplit = false>
 __global__ void __launch_bounds__(kThreadsWg)
     attention_wgmma_kernel(const float* __restrict__ q, const E* __restrict__ k,
                            const E* __restrict__ v, AttentionDest dst, int nq, int seq, int q_tiles,
                            int split_len, float scale_log2, const int32_t* __restrict__ visible) {
 #ifdef KVC_WGMMA_DEVICE
-  using L = WgLayout<E, D>;
+  using L = WgLayout<E, D, kSplit>;
+  constexpr int kParts = L::kParts;
   // (Sizes in the lambdas' parameter types are L's members: local constants that depend on the
   // template parameters crash cicc there.)
   constexpr int kBN = L::kBN;
@@ -255,8 +274,9 @@ __global__ void __launch_bounds__(kThreadsWg)
     kend = max(kbeg, min(kend, cta_key_limit(visible, bh, tile_row0, kBQ, nq)));
   }
   const int64_t seq_pad = vt_seq_pad(seq);  // V^T's row length (TF32)
-  const E* kb = k + bh * seq * D;
-  const E* vb = v + bh * (L::kTf32 ? seq_pad : seq) * D;
+  const int64_t k_part = int64_t{seq} * D, v_part = (L::kTf32 ? seq_pad : seq) * D;
+  const E* kb = k + bh * kParts * k_part;
+  const E* vb = v + bh * kParts * v_part;
 
   // Fills a stage with the tile at k0 (an empty group past the split keeps the group count the
   // waits rely on).
@@ -264,12 +284,17 @@ __global__ void __launch_bounds__(kThreadsWg)
     unsigned char* ks = smem + stage * L::kStageBytes;
     if (k0 < kend) {
       const int keys = kend - k0;
-      load_tile_sw128<E, kBN, D, L::kKBlockBytes>(ks, kb + int64_t{k0} * D, D, keys, tid);
-      if constexpr (L::kTf32) {
-        load_tile_sw128<E, D, kBN, L::kVBlockBytes>(ks + L::kKTileBytes, vb + k0, seq_pad, D, tid);
-      } else {
-        load_tile_sw128<E, kBN, D, L::kVBlockBytes>(ks + L::kKTileBytes, vb + int64_t{k0} * D, D,
+#pragma unroll
+      for (int part = 0; part < kParts; ++part) {
+        unsigned char* kt = ks + part * L::kKTileBytes;
+        unsigned char* vt = ks + L::kVOffset + part * L::kVTileBytes;
+        load_tile_sw128<E, kBN, D, L::kKBlockBytes>(kt, kb + part * k_part + int64_t{k0} * D, D,
                                                     keys, tid);
+        if constexpr (L::kTf32) {
+          load_tile_sw128<E, D, kBN, L::kVBlockBytes>(vt, vb + part * v_part + k0, seq_pad, D, tid);
+        } else {
+          load_tile_sw128<E, kBN, D, L::kVBlockBytes>(vt, vb + int64_t{k0} * D, D, keys, tid);
+        }
       }
     }
     cp_async_commit();
@@ -277,36 +302,63 @@ __global__ void __launch_bounds__(kThreadsWg)
 #pragma unroll
   for (int st = 0; st < kStages - 2; ++st) load_stage(st, kbeg + st * kBN);
 
-  uint32_t qa[D / L::kKStep][4];
-  if constexpr (L::kTf32) {
-    q_fragments_tf32<D>(qa, q, bh, row0, nq, scale_log2);
+  uint32_t qa[kParts][D / L::kKStep][4];  // q's parts (kSplit: hi, lo)
+  if constexpr (kSplit) {
+    q_fragments_tf32<D>(qa[0], q, bh, row0, nq, scale_log2, &qa[1]);
+  } else if constexpr (L::kTf32) {
+    q_fragments_tf32<D>(qa[0], q, bh, row0, nq, scale_log2);
   } else {
-    q_fragments<D>(qa, q, bh, row0, nq, scale_log2);
+    q_fragments<D>(qa[0], q, bh, row0, nq, scale_log2);
   }
   int limit[2];
   row_limits<kMasked>(limit, visible, bh, row0, nq, seq);
 
   // Two S tiles: the scores being turned into P, and the next tile's, computed meanwhile. Two P
   // tiles likewise: this tile's P is made while the previous tile's P V still reads its own.
-  float s0[L::kSTiles][4], s1[L::kSTiles][4], o[kOTiles][4];
-  uint32_t p0[L::kPSteps][4] = {},
-           p1[L::kPSteps][4] = {};  // read by a running P V until waited for
+  //
+  // kSplit: the tensor cores add to their accumulators with truncation, which over a long key
+  // range adds up (float32 math at `nsa` came out 20x the FFMA kernel's error with P V added to O
+  // tile after tile). So each tile's P V goes into a fresh accumulator `pv`, which is then added
+  // to O in float32, and P is one tile (made once the last P V is done) to keep the registers.
+  float s0[L::kSTiles][4], s1[L::kSTiles][4], o[kOTiles][4], pv[kOTiles][4];
+  uint32_t p0[kParts][L::kPSteps][4] = {},
+           p1[kParts][L::kPSteps][4] = {};  // read by a running P V until waited for
+  uint32_t(&p_other)[kParts][L::kPSteps][4] = kSplit ? p0 : p1;
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+  float pv_corr[2] = {1.f, 1.f};  // kSplit: what O is rescaled by before pv is added to it
 #pragma unroll
-  for (int j = 0; j < kOTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  for (int j = 0; j < kOTiles; ++j) {
+    o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    pv[j][0] = pv[j][1] = pv[j][2] = pv[j][3] = 0.f;
+  }
+  // kSplit: O = O pv_corr + pv, in float32.
+  auto add_pv = [&] {
+#pragma unroll
+    for (int j = 0; j < kOTiles; ++j) {
+      o[j][0] = fmaf(o[j][0], pv_corr[0], pv[j][0]);
+      o[j][1] = fmaf(o[j][1], pv_corr[0], pv[j][1]);
+      o[j][2] = fmaf(o[j][2], pv_corr[1], pv[j][2]);
+      o[j][3] = fmaf(o[j][3], pv_corr[1], pv[j][3]);
+    }
+  };
 
   // S = Q K^T of the tile in `stage` into sc, committed, not waited for: k-step kk reads 32 bytes
   // at (kk % 4) * 32 of column block kk / 4 of every key.
+  // kSplit: q_lo K_hi + q_hi K_lo + q_hi K_hi, the small products first.
   auto issue_s = [&](float(&sc)[L::kSTiles][4], int stage) {
     const uint32_t ks = base + stage * L::kStageBytes;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / L::kKStep; ++kk) {
       const uint64_t desc = kmajor_desc(ks, L::kKBlockBytes, kk);
-      if constexpr (L::kTf32) {
-        wgmma_tf32(sc, qa[kk], desc, kk > 0);
+      if constexpr (kSplit) {
+        wgmma_tf32(sc, qa[1][kk], desc, kk > 0);
+        wgmma_tf32(sc, qa[0][kk], kmajor_desc(ks + L::kKTileBytes, L::kKBlockBytes, kk), 1);
+        wgmma_tf32(sc, qa[0][kk], desc, 1);
+      } else if constexpr (L::kTf32) {
+        wgmma_tf32(sc, qa[0][kk], desc, kk > 0);
       } else {
-        wgmma_m64n64k16<0>(sc, qa[kk], desc, kk > 0);
+        wgmma_m64n64k16<0>(sc, qa[0][kk], desc, kk > 0);
       }
     }
     wgmma_commit();
@@ -314,19 +366,25 @@ __global__ void __launch_bounds__(kThreadsWg)
   // O += P V of the tile in `stage`, committed. bf16: k-step kk reads keys 16 kk..16 kk + 15 (two
   // 8-key atoms, 2048 bytes in), the column blocks L::kVBlockBytes apart. TF32 (V^T K-major, as
   // K in S): k-step kk reads 32 bytes at (kk % 4) * 32 of column block kk / 4 of every row.
-  auto issue_pv = [&](const uint32_t(&pa)[L::kPSteps][4], int stage) {
-    const uint32_t vs = base + stage * L::kStageBytes + L::kKTileBytes;
+  // kSplit: pv = P_lo V_hi + P_hi V_lo + P_hi V_hi, written afresh.
+  auto issue_pv = [&](const uint32_t(&pa)[L::kParts][L::kPSteps][4], int stage) {
+    const uint32_t vs = base + stage * L::kStageBytes + L::kVOffset;
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < L::kPSteps; ++kk) {
-      if constexpr (L::kTf32) {
-        wgmma_tf32(o, pa[kk], kmajor_desc(vs, L::kVBlockBytes, kk), 1);
+      if constexpr (kSplit) {
+        const uint64_t desc = kmajor_desc(vs, L::kVBlockBytes, kk);
+        wgmma_tf32(pv, pa[1][kk], desc, kk > 0);
+        wgmma_tf32(pv, pa[0][kk], kmajor_desc(vs + L::kVTileBytes, L::kVBlockBytes, kk), 1);
+        wgmma_tf32(pv, pa[0][kk], desc, 1);
+      } else if constexpr (L::kTf32) {
+        wgmma_tf32(o, pa[0][kk], kmajor_desc(vs, L::kVBlockBytes, kk), 1);
       } else {
         const uint64_t desc = sw128_desc(vs + kk * 2048, L::kVBlockBytes, 1024);
         if constexpr (D == 64) {
-          wgmma_m64n64k16<1>(o, pa[kk], desc, 1);
+          wgmma_m64n64k16<1>(o, pa[0][kk], desc, 1);
         } else {
-          wgmma_m64n128k16<1>(o, pa[kk], desc, 1);
+          wgmma_m64n128k16<1>(o, pa[0][kk], desc, 1);
         }
       }
     }
@@ -338,7 +396,8 @@ __global__ void __launch_bounds__(kThreadsWg)
   // and this tile's P V goes out, left running into the next step. more_tag (std::true_type or
   // std::false_type): whether a tile follows this one in the split.
   auto step = [&](auto more_tag, float(&sc)[L::kSTiles][4], float(&sn)[L::kSTiles][4],
-                  uint32_t(&pc)[L::kPSteps][4], uint32_t(&pp)[L::kPSteps][4], int j) {
+                  uint32_t(&pc)[L::kParts][L::kPSteps][4], uint32_t(&pp)[L::kParts][L::kPSteps][4],
+                  int j) {
     constexpr bool more = decltype(more_tag)::value;
     const int k0 = kbeg + j * kBN;
     // Tile j + 1 has landed once at most kStages - 4 later groups are in flight. After the
@@ -352,12 +411,33 @@ __global__ void __launch_bounds__(kThreadsWg)
     float corr[2];
     mask_scores<L::kSTiles, kMasked>(sc, kend - k0, k0, limit);
     softmax_scores<L::kSTiles, kMasked>(sc, m_run, l_run, corr);
+    if constexpr (kSplit) {  // P made once the P V of tile j - 1 is done (pc is pp)
+      if constexpr (more) {
+        wgmma_wait<1>();
+      } else {
+        wgmma_wait<0>();
+      }
+      fence_registers(pv);
+      fence_parts(pc);
+      add_pv();
+      pv_corr[0] = corr[0], pv_corr[1] = corr[1];
+#pragma unroll
+      for (int kk = 0; kk < L::kPSteps; ++kk) {
+        p_fragment_tf32<L::kSTiles>(pc[0][kk], sc, kk, &pc[1][kk]);
+      }
+      issue_pv(pc, j % kStages);
+      if constexpr (more) {
+        wgmma_wait<1>();
+        fence_registers(sn);
+      }
+      return;
+    }
 #pragma unroll
     for (int kk = 0; kk < L::kPSteps; ++kk) {
       if constexpr (L::kTf32) {
-        p_fragment_tf32<L::kSTiles>(pc[kk], sc, kk);
+        p_fragment_tf32<L::kSTiles>(pc[0][kk], sc, kk);
       } else {
-        p_fragment<L::kSTiles>(pc[kk], sc, kk);
+        p_fragment<L::kSTiles>(pc[0][kk], sc, kk);
       }
     }
     if constexpr (more) {
@@ -366,7 +446,7 @@ __global__ void __launch_bounds__(kThreadsWg)
       wgmma_wait<0>();
     }
     fence_registers(o);
-    fence_registers(pp);
+    fence_parts(pp);
     rescale_rows<kOTiles>(o, corr);
     issue_pv(pc, j % kStages);
     if constexpr (more) {
@@ -389,20 +469,25 @@ __global__ void __launch_bounds__(kThreadsWg)
     // copies; the last step (no next S) apart.
     int j = 0;
     for (; j + 2 < tiles; j += 2) {
-      step(next, s0, s1, p0, p1, j);
-      step(next, s1, s0, p1, p0, j + 1);
+      step(next, s0, s1, p0, p_other, j);
+      step(next, s1, s0, p_other, p0, j + 1);
     }
     if (j + 1 < tiles) {
-      step(next, s0, s1, p0, p1, j);
-      step(last, s1, s0, p1, p0, j + 1);
+      step(next, s0, s1, p0, p_other, j);
+      step(last, s1, s0, p_other, p0, j + 1);
     } else {
-      step(last, s0, s1, p0, p1, j);
+      step(last, s0, s1, p0, p_other, j);
     }
   }
   wgmma_wait<0>();  // the last P V
   fence_registers(o);
-  fence_registers(p0);
-  fence_registers(p1);
+  fence_parts(p0);
+  if constexpr (kSplit) {
+    fence_registers(pv);
+    add_pv();
+  } else {
+    fence_parts(p1);
+  }
   cp_async_wait<0>();  // no copy may outlive the CTA (the last refills are empty groups)
 
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
@@ -410,20 +495,44 @@ __global__ void __launch_bounds__(kThreadsWg)
 #endif
 }
 
-template <typename E, int D>
+template <typename E, int D, bool kSplit = false>
 void launch_wgmma(const float* q, const E* k, const E* v, float* out, int64_t bh, int64_t nq,
                   int64_t seq, double alpha, const int32_t* visible, float* lse) {
-  launch_split_attention<D, attention_wgmma_kernel<E, D, false>,
-                         attention_wgmma_kernel<E, D, true>>(kThreadsWg, WgLayout<E, D>::kBytes,
-                                                             kBQ, WgLayout<E, D>::kBN, q, k, v, out,
-                                                             bh, nq, seq, alpha, visible, lse);
+  using L = WgLayout<E, D, kSplit>;
+  launch_split_attention<D, attention_wgmma_kernel<E, D, false, kSplit>,
+                         attention_wgmma_kernel<E, D, true, kSplit>>(
+      kThreadsWg, L::kBytes, kBQ, L::kBN, q, k, v, out, bh, nq, seq, alpha, visible, lse);
+}
+
+// x = hi + lo with both parts TF32 (rounded to nearest): hi = tf32(x), lo = tf32(x - hi).
+__device__ __forceinline__ float2 split_tf32(float x) {
+  const float hi = __uint_as_float(to_tf32(x));
+  return make_float2(hi, __uint_as_float(to_tf32(x - hi)));
+}
+
+// k (bh, seq * d) -> parts (bh, 2, seq * d): each value's TF32 part, then its TF32 remainder.
+// A grid of (x, batch-heads): the head from blockIdx.y, no division per element.
+__global__ void split_k_tf32_kernel(const float4* __restrict__ k, float4* __restrict__ parts,
+                                    int64_t bh, int64_t head4) {
+  for (int64_t h = blockIdx.y; h < bh; h += gridDim.y) {
+    for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < head4;
+         c += int64_t{gridDim.x} * blockDim.x) {
+      const float4 x = k[h * head4 + c];
+      const float2 a = split_tf32(x.x), b = split_tf32(x.y), e = split_tf32(x.z),
+                   f = split_tf32(x.w);
+      parts[2 * h * head4 + c] = make_float4(a.x, b.x, e.x, f.x);
+      parts[(2 * h + 1) * head4 + c] = make_float4(a.y, b.y, e.y, f.y);
+    }
+  }
 }
 
 // vt (bh, D, seq_pad) = V (bh, seq, D) transposed for TF32 P V (keys contiguous, K-major), each
 // value rounded to TF32 (to nearest, as the mma.sync kernel rounds its operands), zero past seq,
 // and every 8-key group listed as keys 0, 2, 4, 6, 1, 3, 5, 7: the order in which P's accumulators
-// are its A fragments (p_fragment_tf32). A CTA moves a 32-key x 32-column block through shared
-// memory, reads and writes coalesced.
+// are its A fragments (p_fragment_tf32). With kSplit, vt is (bh, 2, D, seq_pad): the values' TF32
+// parts, then their remainders (split_tf32). A CTA moves a 32-key x 32-column block through
+// shared memory, reads and writes coalesced.
+template <bool kSplit>
 __global__ void transpose_v_tf32_kernel(const float* __restrict__ v, float* __restrict__ vt,
                                         int seq, int seq_pad, int d) {
   __shared__ float block[32][33];
@@ -441,7 +550,14 @@ __global__ void transpose_v_tf32_kernel(const float* __restrict__ v, float* __re
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int col = col0 + ty + 8 * i;
-    vt[(bh * d + col) * seq_pad + key0 + tx] = __uint_as_float(to_tf32(block[key][ty + 8 * i]));
+    const float x = block[key][ty + 8 * i];
+    if constexpr (kSplit) {
+      const float2 parts = split_tf32(x);
+      vt[(2 * bh * d + col) * seq_pad + key0 + tx] = parts.x;
+      vt[((2 * bh + 1) * d + col) * seq_pad + key0 + tx] = parts.y;
+    } else {
+      vt[(bh * d + col) * seq_pad + key0 + tx] = __uint_as_float(to_tf32(x));
+    }
   }
 }
 
@@ -472,42 +588,77 @@ void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t
   }
 }
 
-void attention_forward_wgmma_tf32(const float* q, const float* k, const float* v, float* out,
-                                  int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
-                                  double alpha, const int32_t* visible, float* lse,
-                                  int64_t vt_chunk_bytes) {
-  KVC_CHECK(attention_wgmma_available(),
-            "attention_forward_wgmma_tf32: needs an sm_90 GPU and a build for sm_90a");
-  KVC_CHECK(d == 64 || d == 128, "attention_forward_wgmma_tf32: head size ", d,
-            " has no TF32 wgmma kernel");
+namespace {
+
+// The TF32 forward (kSplit: the float32 one of split operands, d = 64) a chunk of batch-heads at a
+// time: V^T (and with kSplit K's parts) go into scratch of about vt_chunk_bytes first.
+template <bool kSplit>
+void wgmma_tf32_forward(const char* name, const float* q, const float* k, const float* v,
+                        float* out, int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
+                        double alpha, const int32_t* visible, float* lse, int64_t vt_chunk_bytes) {
+  KVC_CHECK(attention_wgmma_available(), name, ": needs an sm_90 GPU and a build for sm_90a");
+  KVC_CHECK(kSplit ? d == 64 : d == 64 || d == 128, name, ": head size ", d,
+            " has no such wgmma kernel");
   if (batch_heads == 0) return;
-  // V^T is float32 and as large as V: a chunk of batch-heads at a time (by default 256 MiB, half
-  // of V at `long`, which keeps the MLP kinds' peak there below PyTorch's).
+  // V^T is float32 and as large as V (with kSplit twice, and K's parts as much again): a chunk of
+  // batch-heads at a time (by default 256 MiB, half of V at `long`, which keeps the MLP kinds'
+  // peak there below PyTorch's).
+  constexpr int64_t kParts = kSplit ? 2 : 1;
   const int64_t seq_pad = vt_seq_pad(seq);
-  const int64_t head_bytes = std::max<int64_t>(d * seq_pad * int64_t{sizeof(float)}, 1);
+  const int64_t vt_head = d * seq_pad * kParts, k_head = kSplit ? seq * d * kParts : 0;
+  const int64_t head_bytes = std::max<int64_t>((vt_head + k_head) * int64_t{sizeof(float)}, 1);
   const int64_t chunk = std::clamp<int64_t>(vt_chunk_bytes / head_bytes, 1, batch_heads);
-  Scratch vt(static_cast<size_t>(chunk * head_bytes));
+  Scratch scratch(static_cast<size_t>(chunk * head_bytes));
+  float* vt = scratch.as<float>();
+  float* k_parts = vt + chunk * vt_head;
   for (int64_t bh0 = 0; bh0 < batch_heads; bh0 += chunk) {
     const int64_t bhc = std::min(chunk, batch_heads - bh0);
     const int64_t qkv0 = bh0 * nq * d, kv0 = bh0 * seq * d;
     if (seq_pad > 0) {
       const dim3 grid(static_cast<unsigned>(seq_pad / 32), static_cast<unsigned>(d / 32),
                       static_cast<unsigned>(bhc));
-      transpose_v_tf32_kernel<<<grid, dim3(32, 8), 0, stream()>>>(
-          v + kv0, vt.as<float>(), static_cast<int>(seq), static_cast<int>(seq_pad),
-          static_cast<int>(d));
+      transpose_v_tf32_kernel<kSplit><<<grid, dim3(32, 8), 0, stream()>>>(
+          v + kv0, vt, static_cast<int>(seq), static_cast<int>(seq_pad), static_cast<int>(d));
       KVC_CUDA_CHECK(cudaGetLastError());
+    }
+    const float* keys = k + kv0;
+    if constexpr (kSplit) {
+      const int64_t head4 = seq * d / 4;
+      const unsigned heads = static_cast<unsigned>(std::min<int64_t>(bhc, 65535));
+      const dim3 grid(static_cast<unsigned>(std::max<int64_t>(1, grid_for(bhc * head4) / heads)),
+                      heads);
+      split_k_tf32_kernel<<<grid, kThreads, 0, stream()>>>(
+          reinterpret_cast<const float4*>(keys), reinterpret_cast<float4*>(k_parts), bhc, head4);
+      KVC_CUDA_CHECK(cudaGetLastError());
+      keys = k_parts;
     }
     const int32_t* vis = visible ? visible + bh0 * nq : nullptr;
     float* rows_lse = lse ? lse + bh0 * nq : nullptr;
     if (d == 64) {
-      launch_wgmma<float, 64>(q + qkv0, k + kv0, vt.as<float>(), out + qkv0, bhc, nq, seq, alpha,
-                              vis, rows_lse);
-    } else {
-      launch_wgmma<float, 128>(q + qkv0, k + kv0, vt.as<float>(), out + qkv0, bhc, nq, seq, alpha,
-                               vis, rows_lse);
+      launch_wgmma<float, 64, kSplit>(q + qkv0, keys, vt, out + qkv0, bhc, nq, seq, alpha, vis,
+                                      rows_lse);
+    } else if constexpr (!kSplit) {
+      launch_wgmma<float, 128>(q + qkv0, keys, vt, out + qkv0, bhc, nq, seq, alpha, vis, rows_lse);
     }
   }
+}
+
+}  // namespace
+
+void attention_forward_wgmma_tf32(const float* q, const float* k, const float* v, float* out,
+                                  int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
+                                  double alpha, const int32_t* visible, float* lse,
+                                  int64_t vt_chunk_bytes) {
+  wgmma_tf32_forward<false>("attention_forward_wgmma_tf32", q, k, v, out, batch_heads, nq, seq, d,
+                            alpha, visible, lse, vt_chunk_bytes);
+}
+
+void attention_forward_wgmma_split(const float* q, const float* k, const float* v, float* out,
+                                   int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
+                                   double alpha, const int32_t* visible, float* lse,
+                                   int64_t scratch_bytes) {
+  wgmma_tf32_forward<true>("attention_forward_wgmma_split", q, k, v, out, batch_heads, nq, seq, d,
+                           alpha, visible, lse, scratch_bytes);
 }
 
 }  // namespace kvc::kernels::cuda

@@ -49,26 +49,45 @@ __global__ void warp_row_sum_kernel(const In* in, Out* out, int64_t rows, int64_
 
 constexpr int kColX = 32, kColY = 8;
 
-// Columns (inner > 1): in (outer, reduce, inner). A (32 x 8) block owns 32 adjacent columns of
-// one outer index and one of `splits` segments of the reduce axis; its 8 thread rows stride the
-// segment and meet in shared memory in a fixed order.
+// Where col_sum_kernel reads: element (o, r, i) of `in` at o * outer_stride + (r / pair) *
+// pair_stride + (r % pair) * inner + i. A plain (outer, reduce, inner) array has pair = reduce
+// (one run of rows); pair < reduce sums two axes at once, in (A, outer, pair, inner) summed over
+// A and pair (reduce = A pair, pair_stride = outer pair inner): a per-head bias's gradient from
+// (b, h, w, n) in one pass instead of two.
+struct ColumnLayout {
+  int64_t outer, reduce, inner;
+  int64_t outer_stride, pair, pair_stride;
+  static ColumnLayout plain(int64_t outer, int64_t reduce, int64_t inner) {
+    return {outer, reduce, inner, reduce * inner, reduce, 0};
+  }
+};
+
+// Columns (inner > 1). A (32 x 8) block owns 32 adjacent columns of one outer index and one of
+// `splits` segments of the reduce axis; its 8 thread rows stride the segment and meet in shared
+// memory in a fixed order. Partials (splits > 1) go to out (outer, splits, inner).
 template <typename In, typename Out>
-__global__ void col_sum_kernel(const In* in, Out* out, int64_t outer, int64_t reduce, int64_t inner,
-                               int64_t splits, double scale) {
+__global__ void col_sum_kernel(const In* in, Out* out, ColumnLayout lay, int64_t splits,
+                               double scale) {
   __shared__ double shared[kColY][kColX + 1];
+  const int64_t inner = lay.inner;
   const int64_t tiles = (inner + kColX - 1) / kColX;
-  const int64_t seg = (reduce + splits - 1) / splits;
-  for (int64_t task = blockIdx.x; task < outer * tiles * splits; task += gridDim.x) {
+  const int64_t seg = (lay.reduce + splits - 1) / splits;
+  for (int64_t task = blockIdx.x; task < lay.outer * tiles * splits; task += gridDim.x) {
     const int64_t s = task % splits;
     const int64_t tile = (task / splits) % tiles;
     const int64_t o = task / (splits * tiles);
     const int64_t i = tile * kColX + threadIdx.x;
-    const int64_t begin = s * seg, end = min(reduce, begin + seg);
+    const int64_t begin = s * seg, end = min(lay.reduce, begin + seg);
     double acc = 0;
     if (i < inner) {
-      const In* p = in + o * reduce * inner + i;
-      for (int64_t r = begin + threadIdx.y; r < end; r += kColY)
-        acc += static_cast<double>(p[r * inner]);
+      const In* p = in + o * lay.outer_stride + i;
+      // Row r as (r / pair, r % pair), stepped by kColY without a division per row.
+      int64_t r = begin + threadIdx.y, hi = r / lay.pair, lo = r % lay.pair;
+      for (; r < end; r += kColY) {
+        acc += static_cast<double>(p[hi * lay.pair_stride + lo * inner]);
+        lo += kColY;
+        while (lo >= lay.pair) lo -= lay.pair, ++hi;
+      }
     }
     shared[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
@@ -126,6 +145,29 @@ int64_t choose_splits(int64_t tasks, int64_t reduce, int64_t min_seg) {
   return std::max<int64_t>(1, std::min({by_occupancy, by_length, int64_t{1024}}));
 }
 
+// out (outer, inner) = scale * the column sums of `lay` (col_sum_kernel): one pass, or a pass of
+// partial sums over segments of the rows and a second over those where the outer indices and
+// column tiles alone would leave the GPU idle.
+template <typename T>
+void sum_columns(const T* in, T* out, const ColumnLayout& lay, double scale) {
+  const dim3 block(kColX, kColY);
+  const int64_t tiles = (lay.inner + kColX - 1) / kColX;
+  const int64_t splits = choose_splits(lay.outer * tiles, lay.reduce, 64);
+  if (splits == 1) {
+    col_sum_kernel<T, T>
+        <<<blocks_for(lay.outer * tiles), block, 0, stream()>>>(in, out, lay, 1, scale);
+    KVC_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  Scratch partial(static_cast<size_t>(lay.outer * splits * lay.inner) * sizeof(double));
+  col_sum_kernel<T, double><<<blocks_for(lay.outer * tiles * splits), block, 0, stream()>>>(
+      in, partial.as<double>(), lay, splits, 1.0);
+  KVC_CUDA_CHECK(cudaGetLastError());
+  col_sum_kernel<double, T><<<blocks_for(lay.outer * tiles), block, 0, stream()>>>(
+      partial.as<double>(), out, ColumnLayout::plain(lay.outer, splits, lay.inner), 1, scale);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
 // out (outer, inner) = scale * sum over the middle axis of in (outer, reduce, inner).
 template <typename T>
 void sum3(const T* in, T* out, int64_t outer, int64_t reduce, int64_t inner, double scale) {
@@ -170,22 +212,7 @@ void sum3(const T* in, T* out, int64_t outer, int64_t reduce, int64_t inner, dou
       return;
     }
   }
-  const dim3 block(kColX, kColY);
-  const int64_t tiles = (inner + kColX - 1) / kColX;
-  const int64_t splits = choose_splits(outer * tiles, reduce, 64);
-  if (splits == 1) {
-    col_sum_kernel<T, T><<<blocks_for(outer * tiles), block, 0, stream()>>>(in, out, outer, reduce,
-                                                                            inner, 1, scale);
-    KVC_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-  Scratch partial(static_cast<size_t>(outer * splits * inner) * sizeof(double));
-  col_sum_kernel<T, double><<<blocks_for(outer * tiles * splits), block, 0, stream()>>>(
-      in, partial.as<double>(), outer, reduce, inner, splits, 1.0);
-  KVC_CUDA_CHECK(cudaGetLastError());
-  col_sum_kernel<double, T><<<blocks_for(outer * tiles), block, 0, stream()>>>(
-      partial.as<double>(), out, outer, splits, inner, 1, scale);
-  KVC_CUDA_CHECK(cudaGetLastError());
+  sum_columns<T>(in, out, ColumnLayout::plain(outer, reduce, inner), scale);
 }
 
 template <typename T>
@@ -248,6 +275,17 @@ void sum_to(const T* in, const int64_t* in_shape, const int64_t* out_shape, int 
     KVC_CUDA_CHECK(cudaMemcpyAsync(out, in, static_cast<size_t>(n_out) * sizeof(T),
                                    cudaMemcpyDeviceToDevice, stream()));
     return;
+  }
+  // (A, K, B, C) -> (K, C), C > 1: both sums in one column pass (a per-head bias's gradient),
+  // where summing B first would itself need a pass of partial sums (its (A, K) column tiles too
+  // few to fill the GPU): two launches instead of three. With more tiles the pass over B alone
+  // spreads over more CTAs than one over (A, B) would, and the input is large: B first then.
+  if (runs.size() == 4 && runs[0].summed && runs[2].summed) {
+    const int64_t a = runs[0].size, k = runs[1].size, b = runs[2].size, c = runs[3].size;
+    if (a * k * ((c + kColX - 1) / kColX) < 2 * int64_t{sm_count()}) {
+      sum_columns<T>(in, out, {k, a * b, c, b * c, b, k * b * c}, 1.0);
+      return;
+    }
   }
   // Intermediates ping-pong between two scratch buffers, each sized at its first use: every
   // pass's output is smaller than the one before, so later uses fit.
