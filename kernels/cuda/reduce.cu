@@ -53,7 +53,7 @@ constexpr int kColX = 32, kColY = 8;
 // pair_stride + (r % pair) * inner + i. A plain (outer, reduce, inner) array has pair = reduce
 // (one run of rows); pair < reduce sums two axes at once, in (A, outer, pair, inner) summed over
 // A and pair (reduce = A pair, pair_stride = outer pair inner): a per-head bias's gradient from
-// (b, h, w, n) in one pass instead of two.
+// (b, h, w, n) without a pass per summed axis.
 struct ColumnLayout {
   int64_t outer, reduce, inner;
   int64_t outer_stride, pair, pair_stride;
