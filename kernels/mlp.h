@@ -5,10 +5,10 @@
 // in the math precision's operand type: bfloat16 under bf16, so the second product and the weight
 // gradients read them without a conversion pass and they take half the memory of float32. Bias
 // gradients are sums over the rows in float32 (b1's under bf16 a ones-vector product over its
-// bfloat16 gradient). Under TF32 the first weight's gradient transposes its operands first, and
-// with GELU that pass also applies GELU's derivative and sums b1's gradient; the products of the
-// batch indices run side by side on forked streams (see mlp.cu). The CPU, float64 and other sizes
-// run the composition of core ops (core/ops_fused.cpp).
+// bfloat16 gradient). Under TF32 the first weight's gradient transposes its operands first; with
+// per-head weights that pass also sums b1's gradient, and with GELU applies GELU's derivative
+// too. The products of the batch indices run side by side on forked streams (see mlp.cu). The CPU,
+// float64 and other sizes run the composition of core ops (core/ops_fused.cpp).
 #pragma once
 
 #include <cstddef>

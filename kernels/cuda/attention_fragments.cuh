@@ -109,16 +109,17 @@ __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&s)[kS
 // holds keys 2t, 2t + 1 of its rows where A has columns t, t + 4, so A column t stands for key 2t
 // and column t + 4 for key 2t + 1 (c0 -> a0, c2 -> a1, c1 -> a2, c3 -> a3), and the B operand
 // (V) must list the tile's keys in that order: 0, 2, 4, 6, 1, 3, 5, 7. A sum does not care about
-// the order of its terms. With `lo`, the remainders x - tf32(x) go there, rounded to TF32 too
-// (the split operands of float32 math).
+// the order of its terms. With `lo`, the remainders go there (split_tf32: the split operands of
+// float32 math).
 template <int kSTiles>
 __device__ __forceinline__ void p_fragment_tf32(uint32_t (&a)[4], const float (&s)[kSTiles][4],
                                                 int kk, uint32_t (*lo)[4] = nullptr) {
   const float x[4] = {s[kk][0], s[kk][2], s[kk][1], s[kk][3]};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    a[i] = to_tf32(x[i]);
-    if (lo) (*lo)[i] = to_tf32(x[i] - __uint_as_float(a[i]));
+    const float2 parts = split_tf32(x[i]);
+    a[i] = __float_as_uint(parts.x);
+    if (lo) (*lo)[i] = __float_as_uint(parts.y);
   }
 }
 
@@ -140,8 +141,9 @@ __device__ __forceinline__ void q_fragments_tf32(uint32_t (&qa)[D / 8][4], const
                         ok0 ? qr0[c + 4] * scale_log2 : 0.f, ok1 ? qr1[c + 4] * scale_log2 : 0.f};
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      qa[s][i] = to_tf32(x[i]);
-      if (lo) (*lo)[s][i] = to_tf32(x[i] - __uint_as_float(qa[s][i]));
+      const float2 parts = split_tf32(x[i]);
+      qa[s][i] = __float_as_uint(parts.x);
+      if (lo) (*lo)[s][i] = __float_as_uint(parts.y);
     }
   }
 }

@@ -411,12 +411,24 @@ __global__ void __launch_bounds__(kThreadsWg)
     float corr[2];
     mask_scores<L::kSTiles, kMasked>(sc, kend - k0, k0, limit);
     softmax_scores<L::kSTiles, kMasked>(sc, m_run, l_run, corr);
-    if constexpr (kSplit) {  // P made once the P V of tile j - 1 is done (pc is pp)
-      if constexpr (more) {
-        wgmma_wait<1>();
-      } else {
-        wgmma_wait<0>();
+    // This tile's P is made while the P V of tile j - 1 still reads the other P tile; with
+    // kSplit P is one tile (pc is pp), made once that P V is done (below).
+    if constexpr (!kSplit) {
+#pragma unroll
+      for (int kk = 0; kk < L::kPSteps; ++kk) {
+        if constexpr (L::kTf32) {
+          p_fragment_tf32<L::kSTiles>(pc[0][kk], sc, kk);
+        } else {
+          p_fragment<L::kSTiles>(pc[0][kk], sc, kk);
+        }
       }
+    }
+    if constexpr (more) {
+      wgmma_wait<1>();  // the P V of tile j - 1 (the S just issued may run on)
+    } else {
+      wgmma_wait<0>();
+    }
+    if constexpr (kSplit) {
       fence_registers(pv);
       fence_parts(pc);
       add_pv();
@@ -425,29 +437,11 @@ __global__ void __launch_bounds__(kThreadsWg)
       for (int kk = 0; kk < L::kPSteps; ++kk) {
         p_fragment_tf32<L::kSTiles>(pc[0][kk], sc, kk, &pc[1][kk]);
       }
-      issue_pv(pc, j % kStages);
-      if constexpr (more) {
-        wgmma_wait<1>();
-        fence_registers(sn);
-      }
-      return;
-    }
-#pragma unroll
-    for (int kk = 0; kk < L::kPSteps; ++kk) {
-      if constexpr (L::kTf32) {
-        p_fragment_tf32<L::kSTiles>(pc[0][kk], sc, kk);
-      } else {
-        p_fragment<L::kSTiles>(pc[0][kk], sc, kk);
-      }
-    }
-    if constexpr (more) {
-      wgmma_wait<1>();  // the P V of tile j - 1 (the S just issued may run on)
     } else {
-      wgmma_wait<0>();
+      fence_registers(o);
+      fence_parts(pp);
+      rescale_rows<kOTiles>(o, corr);
     }
-    fence_registers(o);
-    fence_parts(pp);
-    rescale_rows<kOTiles>(o, corr);
     issue_pv(pc, j % kStages);
     if constexpr (more) {
       wgmma_wait<1>();  // the next tile's S (this P V runs on)
@@ -502,12 +496,6 @@ void launch_wgmma(const float* q, const E* k, const E* v, float* out, int64_t bh
   launch_split_attention<D, attention_wgmma_kernel<E, D, false, kSplit>,
                          attention_wgmma_kernel<E, D, true, kSplit>>(
       kThreadsWg, L::kBytes, kBQ, L::kBN, q, k, v, out, bh, nq, seq, alpha, visible, lse);
-}
-
-// x = hi + lo with both parts TF32 (rounded to nearest): hi = tf32(x), lo = tf32(x - hi).
-__device__ __forceinline__ float2 split_tf32(float x) {
-  const float hi = __uint_as_float(to_tf32(x));
-  return make_float2(hi, __uint_as_float(to_tf32(x - hi)));
 }
 
 // k (bh, seq * d) -> parts (bh, 2, seq * d): each value's TF32 part, then its TF32 remainder.

@@ -28,6 +28,13 @@ __device__ __forceinline__ uint32_t to_tf32(float x) {
   return r;
 }
 
+// x = hi + lo with both parts TF32 (rounded to nearest): hi = tf32(x), lo = tf32(x - hi), the
+// split operands of float32 math on TF32 tensor cores.
+__device__ __forceinline__ float2 split_tf32(float x) {
+  const float hi = __uint_as_float(to_tf32(x));
+  return make_float2(hi, __uint_as_float(to_tf32(x - hi)));
+}
+
 // The products are plain register operations (no volatile): the compiler may interleave
 // independent ones, which a chain of dependent products needs to hide the tensor-core latency.
 // c += a b for one 16x8 tile: a (16 x 16 bf16, row), b (16 x 8 bf16, col), c FP32.
