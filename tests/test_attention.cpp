@@ -275,7 +275,8 @@ TEST_CASE("cuda: tensor-core attention_forward (tf32, bf16) matches the CPU path
 #endif
 }
 
-TEST_CASE("cuda: float32 attention on split TF32 products (Hopper, d = 64) keeps float32's error") {
+TEST_CASE(
+    "cuda: float32 attention on split TF32 products (Hopper, d 64 and 128) keeps float32's error") {
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
   if (!kernels::cuda::attention_wgmma_available()) {
@@ -286,8 +287,10 @@ TEST_CASE("cuda: float32 attention on split TF32 products (Hopper, d = 64) keeps
   // float32 inputs. Each operand is hi + lo, both TF32 rounded to nearest, so a product is off
   // by ~2^-21 relative (the dropped lo lo term and lo's rounding), against float32's 2^-24 a
   // rounding: the split kernel's error may be a few times the FFMA kernel's, and must stay two
-  // orders below TF32's (4e-4 to 7e-4 here). Cases: nq and seq off the tiles, one key, large
-  // logits, keys split over CTAs, the nsa target, and causal rows (1 visible key to all of them).
+  // orders below TF32's (4e-4 to 7e-4 here). Cases, at both head sizes (d = 128 has its own
+  // kernel, q in shared memory): nq and seq off the tiles, one key, large logits, keys split over
+  // CTAs, the nsa target (d 64), more than one query tile (d 128), and causal rows (1 visible key
+  // to all of them).
   struct SplitCase {
     Case c;
     bool causal;
@@ -296,7 +299,10 @@ TEST_CASE("cuda: float32 attention on split TF32 products (Hopper, d = 64) keeps
   for (const SplitCase& m :
        {SplitCase{{3, 70, 131, 64, 1.0}, false}, SplitCase{{1, 1, 1, 64, 1.0}, false},
         SplitCase{{2, 9, 257, 64, 3.0}, false}, SplitCase{{1, 70, 30011, 64, 1.0}, false},
-        SplitCase{{8, 512, 8192, 64, 1.0}, false}, SplitCase{{2, 70, 9001, 64, 1.0}, true}}) {
+        SplitCase{{8, 512, 8192, 64, 1.0}, false}, SplitCase{{2, 70, 9001, 64, 1.0}, true},
+        SplitCase{{3, 70, 131, 128, 1.0}, false}, SplitCase{{1, 1, 1, 128, 1.0}, false},
+        SplitCase{{2, 9, 257, 128, 3.0}, false}, SplitCase{{1, 70, 30011, 128, 1.0}, false},
+        SplitCase{{2, 300, 4099, 128, 1.0}, false}, SplitCase{{2, 300, 9001, 128, 1.0}, true}}) {
     const Case& c = m.c;
     CAPTURE_CASE(c);
     CAPTURE(m.causal);

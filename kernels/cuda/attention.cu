@@ -374,7 +374,8 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
     if (vec && precision != MathPrecision::fp32 && attention_tc_supports(d)) {
       attention_forward_tc(q, k, v, out, batch_heads, nq, seq, d, alpha, precision, visible);
       done = true;
-    } else if (vec && d == 64 && g_fp32_on_tensor_cores && attention_wgmma_available()) {
+    } else if (vec && (d == 64 || d == 128) && g_fp32_on_tensor_cores &&
+               attention_wgmma_available()) {
       // Float32 math from split TF32 operands on Hopper: ~2x the FFMA kernel at `nsa`.
       attention_forward_wgmma_split(q, k, v, out, batch_heads, nq, seq, d, alpha, visible);
       done = true;

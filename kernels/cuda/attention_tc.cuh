@@ -48,11 +48,12 @@ void attention_forward_wgmma_tf32(const float* q, const float* k, const float* v
                                   double alpha, const int32_t* visible, float* lse = nullptr,
                                   int64_t vt_chunk_bytes = int64_t{256} << 20);
 
-// Float32 attention on warpgroup MMA, d = 64 only: every operand split into a TF32 part and a
+// Float32 attention on warpgroup MMA, d 64 and 128: every operand split into a TF32 part and a
 // TF32 remainder and each product three TF32 products (about float32's accuracy; the FFMA kernel
 // of attention.cu is the reference). K's parts and V^T's go into scratch first (four times V's
 // size), a chunk of batch-heads at a time within about scratch_bytes (by default 128 MiB: half of
-// what `nsa` would take at once, which keeps the conv kinds' peak there below PyTorch's).
+// what `nsa` would take at once, which keeps the conv kinds' peak there below PyTorch's; one
+// batch-head at least, 256 MiB at `long`).
 // Otherwise as attention_forward_wgmma_tf32.
 void attention_forward_wgmma_split(const float* q, const float* k, const float* v, float* out,
                                    int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,

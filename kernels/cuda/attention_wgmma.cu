@@ -23,13 +23,13 @@
 // order in which P's accumulators are the A fragments (p_fragment_tf32). The tensor cores read K
 // truncated to TF32; q, P and V are rounded to nearest, as in the mma.sync kernel.
 //
-// Float32 math (kSplit, d = 64): each operand is split into a TF32 part and a TF32 remainder,
+// Float32 math (kSplit): each operand is split into a TF32 part and a TF32 remainder,
 // x = hi + lo, and every product is three, a b ~ a_lo b_hi + a_hi b_lo + a_hi b_hi (the lo lo
 // term is below float32's rounding): about float32's accuracy at three times TF32's products,
 // which on Hopper's tensor cores is still several times the FFMA kernel's rate. K's and V^T's
 // parts are written side by side into scratch first (split_k_tf32_kernel, transpose_v_tf32_kernel),
-// (bh, 2, seq, d) and (bh, 2, d, seq_pad), and a stage holds both parts of both tiles; q's and P's
-// parts are registers.
+// (bh, 2, seq, d) and (bh, 2, d, seq_pad), and a stage holds both parts of both tiles; at d = 64
+// q's and P's parts are registers (d = 128 keeps q in shared memory: attention_split128_kernel).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -70,7 +70,7 @@ __host__ __device__ inline int64_t vt_seq_pad(int64_t seq) {
 template <typename E, int D, bool kSplit = false>
 struct WgLayout {
   static constexpr bool kTf32 = std::is_same_v<E, float>;
-  static_assert(!kSplit || (kTf32 && D == 64), "split TF32 is built for d = 64");
+  static_assert(!kSplit || kTf32, "split operands are TF32's");
   static constexpr int kParts = kSplit ? 2 : 1;
   static constexpr int kBN = kTf32 && (D == 128 || kSplit) ? 32 : 64;     // keys per tile
   static constexpr int kKBlocks = D * static_cast<int>(sizeof(E)) / 128;  // column blocks a key
@@ -498,6 +498,213 @@ void launch_wgmma(const float* q, const E* k, const E* v, float* out, int64_t bh
       kThreadsWg, L::kBytes, kBQ, L::kBN, q, k, v, out, bh, nq, seq, alpha, visible, lse);
 }
 
+// Float32 math at d = 128 (split TF32 as above). q's two parts as registers (128 a thread) would
+// not fit beside O, the fresh P V accumulator and P, so q stays float32 in shared memory (scaled to
+// log2 units, rows kQStride floats apart so that a warp's fragment loads hit all 32 banks) and each
+// k-step's A fragment is loaded and split just before its three products, kChunk k-steps at a time
+// in two register buffers. What is left of shared memory holds two stages of 32 keys (K's and
+// V^T's parts, 64 KiB a stage): tile j + 1 loads while tile j is multiplied. A tile's products are
+// waited for within its step (S, the softmax, then P V): the two warpgroups overlap each other's
+// softmax, not their own. A product takes three times TF32's work here, so the softmax is a small
+// share of a step.
+struct Split128 {
+  using L = WgLayout<float, 128, true>;
+  static constexpr int kStages = 2;
+  static constexpr int kQStride = 132;  // floats a q row in shared memory
+  static constexpr int kQBytes = kBQ * kQStride * 4;
+  static constexpr int kChunk = 4;  // k-steps of S a register buffer holds
+  static constexpr int kChunks = 128 / L::kKStep / kChunk;
+  static constexpr size_t kBytes = kStages * L::kStageBytes + kQBytes + 1024;
+};
+
+// One CTA per (batch-head, kBQ queries, key split), as attention_wgmma_kernel; K (bh, 2, seq, 128)
+// and V^T (bh, 2, 128, seq_pad) split into parts already.
+template <bool kMasked>
+__global__ void __launch_bounds__(kThreadsWg, 1)
+    attention_split128_kernel(const float* __restrict__ q, const float* __restrict__ k,
+                              const float* __restrict__ v, AttentionDest dst, int nq, int seq,
+                              int q_tiles, int split_len, float scale_log2,
+                              const int32_t* __restrict__ visible) {
+#ifdef KVC_WGMMA_DEVICE
+  using S = Split128;
+  using L = S::L;
+  constexpr int D = 128, kBN = L::kBN, kOTiles = D / 8;
+  extern __shared__ float4 smem4[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem4));
+  const uint32_t base = (raw + 1023) & ~1023u;  // the swizzle atoms need 1024-byte alignment
+  unsigned char* smem = reinterpret_cast<unsigned char*>(smem4) + (base - raw);
+  float* qs = reinterpret_cast<float*>(smem + S::kStages * L::kStageBytes);
+
+  const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
+  const int64_t bh = blockIdx.x / q_tiles;
+  const int tile_row0 = (blockIdx.x % q_tiles) * kBQ;
+  const int row0 = tile_row0 + warp * 16;
+  const int kbeg = blockIdx.y * split_len;
+  int kend = min(seq, kbeg + split_len);
+  if constexpr (kMasked) {
+    kend = max(kbeg, min(kend, cta_key_limit(visible, bh, tile_row0, kBQ, nq)));
+  }
+  const int64_t seq_pad = vt_seq_pad(seq);
+  const int64_t k_part = int64_t{seq} * D, v_part = seq_pad * D;
+  const float* kb = k + bh * 2 * k_part;
+  const float* vb = v + bh * 2 * v_part;
+
+  auto load_stage = [&](int stage, int k0) {
+    unsigned char* ks = smem + stage * L::kStageBytes;
+    if (k0 < kend) {
+#pragma unroll
+      for (int part = 0; part < 2; ++part) {
+        load_tile_sw128<float, kBN, D, L::kKBlockBytes>(
+            ks + part * L::kKTileBytes, kb + part * k_part + int64_t{k0} * D, D, kend - k0, tid);
+        load_tile_sw128<float, D, kBN, L::kVBlockBytes>(ks + L::kVOffset + part * L::kVTileBytes,
+                                                        vb + part * v_part + k0, seq_pad, D, tid);
+      }
+    }
+    cp_async_commit();
+  };
+  load_stage(0, kbeg);
+
+  // The CTA's q rows, scaled, zero past nq.
+  for (int i = tid; i < kBQ * D / 4; i += kThreadsWg) {
+    const int r = i / (D / 4), c = i % (D / 4) * 4, row = tile_row0 + r;
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (row < nq) x = *reinterpret_cast<const float4*>(q + (bh * nq + row) * D + c);
+    *reinterpret_cast<float4*>(qs + r * S::kQStride + c) =
+        make_float4(x.x * scale_log2, x.y * scale_log2, x.z * scale_log2, x.w * scale_log2);
+  }
+  int limit[2];
+  row_limits<kMasked>(limit, visible, bh, row0, nq, seq);
+
+  float s[L::kSTiles][4], sa[2][L::kSTiles][4], o[kOTiles][4], pv[kOTiles][4];
+  uint32_t p[2][L::kPSteps][4];
+  uint32_t qh[2][S::kChunk][4], ql[2][S::kChunk][4];  // q's parts, two buffers of kChunk k-steps
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.f, 0.f};
+#pragma unroll
+  for (int j = 0; j < kOTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+
+  // This thread's q rows g and g + 8 of its warp, column t.
+  const float* qr = qs + (warp * 16 + g) * S::kQStride + t;
+  // The A fragments of k-steps kChunk c.. into hi and lo.
+  auto load_q = [&](uint32_t(&hi)[S::kChunk][4], uint32_t(&lo)[S::kChunk][4], int c) {
+#pragma unroll
+    for (int i = 0; i < S::kChunk; ++i) {
+      const int col = (c * S::kChunk + i) * L::kKStep;
+      const float x[4] = {qr[col], qr[8 * S::kQStride + col], qr[col + 4],
+                          qr[8 * S::kQStride + col + 4]};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float2 parts = split_tf32(x[e]);
+        hi[i][e] = __float_as_uint(parts.x);
+        lo[i][e] = __float_as_uint(parts.y);
+      }
+    }
+  };
+  // sc = q_lo K_hi + q_hi K_lo + q_hi K_hi over k-steps kChunk c.. of the tile at ks, written
+  // afresh and committed. The chunks' sums are added in float32: the tensor cores' truncating
+  // accumulation over all 48 products of a key (against 24 at d = 64) doubled the error.
+  auto issue_s = [&](float(&sc)[L::kSTiles][4], const uint32_t(&hi)[S::kChunk][4],
+                     const uint32_t(&lo)[S::kChunk][4], uint32_t ks, int c) {
+    wgmma_fence();
+#pragma unroll
+    for (int i = 0; i < S::kChunk; ++i) {
+      const int kk = c * S::kChunk + i;
+      const uint64_t desc = kmajor_desc(ks, L::kKBlockBytes, kk);
+      wgmma_tf32(sc, lo[i], desc, i > 0);
+      wgmma_tf32(sc, hi[i], kmajor_desc(ks + L::kKTileBytes, L::kKBlockBytes, kk), 1);
+      wgmma_tf32(sc, hi[i], desc, 1);
+    }
+    wgmma_commit();
+  };
+  auto add_s = [&](const float(&sc)[L::kSTiles][4]) {
+#pragma unroll
+    for (int jj = 0; jj < L::kSTiles; ++jj) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[jj][e] += sc[jj][e];
+    }
+  };
+
+  const int tiles = (kend - kbeg + kBN - 1) / kBN;  // 0 for a causal CTA past its keys
+  for (int j = 0; j < tiles; ++j) {
+    const int k0 = kbeg + j * kBN;
+    // Tile j has landed, and both warpgroups are done with tile j - 1, whose stage takes j + 1
+    // (the first pass also orders the q rows' stores before their loads).
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    load_stage((j + 1) % S::kStages, k0 + kBN);
+    const uint32_t ks = base + (j % S::kStages) * L::kStageBytes;
+
+    // S, a chunk of k-steps at a time into two accumulators in turn: a chunk's registers are
+    // reused once the chunk before it has run and been added to S.
+    load_q(qh[0], ql[0], 0);
+    issue_s(sa[0], qh[0], ql[0], ks, 0);
+#pragma unroll
+    for (int c = 1; c < S::kChunks; ++c) {
+      load_q(qh[c & 1], ql[c & 1], c);
+      issue_s(sa[c & 1], qh[c & 1], ql[c & 1], ks, c);
+      wgmma_wait<1>();
+      fence_registers(sa[(c - 1) & 1]);
+      fence_registers(qh[(c - 1) & 1]);
+      fence_registers(ql[(c - 1) & 1]);
+      if (c == 1) {
+#pragma unroll
+        for (int jj = 0; jj < L::kSTiles; ++jj) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[jj][e] = sa[0][jj][e];
+        }
+      } else {
+        add_s(sa[(c - 1) & 1]);
+      }
+    }
+    wgmma_wait<0>();
+    fence_registers(sa[(S::kChunks - 1) & 1]);
+    fence_registers(qh[(S::kChunks - 1) & 1]);
+    fence_registers(ql[(S::kChunks - 1) & 1]);
+    add_s(sa[(S::kChunks - 1) & 1]);
+
+    float corr[2];
+    mask_scores<L::kSTiles, kMasked>(s, kend - k0, k0, limit);
+    softmax_scores<L::kSTiles, kMasked>(s, m_run, l_run, corr);
+#pragma unroll
+    for (int kk = 0; kk < L::kPSteps; ++kk) p_fragment_tf32<L::kSTiles>(p[0][kk], s, kk, &p[1][kk]);
+
+    // pv = P_lo V_hi + P_hi V_lo + P_hi V_hi, written afresh, then O = O corr + pv in float32
+    // (the tensor cores' own accumulation truncates: see attention_wgmma_kernel).
+    const uint32_t vs = ks + L::kVOffset;
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < L::kPSteps; ++kk) {
+      const uint64_t desc = kmajor_desc(vs, L::kVBlockBytes, kk);
+      wgmma_tf32(pv, p[1][kk], desc, kk > 0);
+      wgmma_tf32(pv, p[0][kk], kmajor_desc(vs + L::kVTileBytes, L::kVBlockBytes, kk), 1);
+      wgmma_tf32(pv, p[0][kk], desc, 1);
+    }
+    wgmma_commit();
+    wgmma_wait<0>();
+    fence_registers(pv);
+    fence_parts(p);
+#pragma unroll
+    for (int jj = 0; jj < kOTiles; ++jj) {
+      o[jj][0] = fmaf(o[jj][0], corr[0], pv[jj][0]);
+      o[jj][1] = fmaf(o[jj][1], corr[0], pv[jj][1]);
+      o[jj][2] = fmaf(o[jj][2], corr[1], pv[jj][2]);
+      o[jj][3] = fmaf(o[jj][3], corr[1], pv[jj][3]);
+    }
+  }
+  cp_async_wait<0>();  // no copy may outlive the CTA (the last refill is an empty group)
+
+  const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq
+  write_rows<kOTiles>(o, m_run, l_run, dst, bh, row0, nq, rows);
+#endif
+}
+
+void launch_split128(const float* q, const float* k, const float* vt, float* out, int64_t bh,
+                     int64_t nq, int64_t seq, double alpha, const int32_t* visible, float* lse) {
+  launch_split_attention<128, attention_split128_kernel<false>, attention_split128_kernel<true>>(
+      kThreadsWg, Split128::kBytes, kBQ, Split128::L::kBN, q, k, vt, out, bh, nq, seq, alpha,
+      visible, lse);
+}
+
 // k (bh, seq * d) -> parts (bh, 2, seq * d): each value's TF32 part, then its TF32 remainder.
 // A grid of (x, batch-heads): the head from blockIdx.y, no division per element.
 __global__ void split_k_tf32_kernel(const float4* __restrict__ k, float4* __restrict__ parts,
@@ -578,15 +785,14 @@ void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t
 
 namespace {
 
-// The TF32 forward (kSplit: the float32 one of split operands, d = 64) a chunk of batch-heads at a
+// The TF32 forward (kSplit: the float32 one of split operands) a chunk of batch-heads at a
 // time: V^T (and with kSplit K's parts) go into scratch of about vt_chunk_bytes first.
 template <bool kSplit>
 void wgmma_tf32_forward(const char* name, const float* q, const float* k, const float* v,
                         float* out, int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
                         double alpha, const int32_t* visible, float* lse, int64_t vt_chunk_bytes) {
   KVC_CHECK(attention_wgmma_available(), name, ": needs an sm_90 GPU and a build for sm_90a");
-  KVC_CHECK(kSplit ? d == 64 : d == 64 || d == 128, name, ": head size ", d,
-            " has no such wgmma kernel");
+  KVC_CHECK(d == 64 || d == 128, name, ": head size ", d, " has no such wgmma kernel");
   if (batch_heads == 0) return;
   // V^T is float32 and as large as V (with kSplit twice, and K's parts as much again): a chunk of
   // batch-heads at a time (by default 256 MiB, half of V at `long`, which keeps the MLP kinds'
@@ -625,7 +831,9 @@ void wgmma_tf32_forward(const char* name, const float* q, const float* k, const 
     if (d == 64) {
       launch_wgmma<float, 64, kSplit>(q + qkv0, keys, vt, out + qkv0, bhc, nq, seq, alpha, vis,
                                       rows_lse);
-    } else if constexpr (!kSplit) {
+    } else if constexpr (kSplit) {
+      launch_split128(q + qkv0, keys, vt, out + qkv0, bhc, nq, seq, alpha, vis, rows_lse);
+    } else {
       launch_wgmma<float, 128>(q + qkv0, keys, vt, out + qkv0, bhc, nq, seq, alpha, vis, rows_lse);
     }
   }
