@@ -109,17 +109,21 @@ __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&s)[kS
 // holds keys 2t, 2t + 1 of its rows where A has columns t, t + 4, so A column t stands for key 2t
 // and column t + 4 for key 2t + 1 (c0 -> a0, c2 -> a1, c1 -> a2, c3 -> a3), and the B operand
 // (V) must list the tile's keys in that order: 0, 2, 4, 6, 1, 3, 5, 7. A sum does not care about
-// the order of its terms. With `lo`, the remainders go there (split_tf32: the split operands of
-// float32 math).
+// the order of its terms. With `lo`, the remainders go there (split_tf32_operand: the split
+// operands of float32 math).
 template <int kSTiles>
 __device__ __forceinline__ void p_fragment_tf32(uint32_t (&a)[4], const float (&s)[kSTiles][4],
                                                 int kk, uint32_t (*lo)[4] = nullptr) {
   const float x[4] = {s[kk][0], s[kk][2], s[kk][1], s[kk][3]};
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float2 parts = split_tf32(x[i]);
-    a[i] = __float_as_uint(parts.x);
-    if (lo) (*lo)[i] = __float_as_uint(parts.y);
+    if (lo) {
+      const float2 parts = split_tf32_operand(x[i]);
+      a[i] = __float_as_uint(parts.x);
+      (*lo)[i] = __float_as_uint(parts.y);
+    } else {
+      a[i] = to_tf32(x[i]);
+    }
   }
 }
 

@@ -102,6 +102,16 @@ __device__ __forceinline__ uint64_t kmajor_desc(uint32_t tile, uint32_t block_by
   return sw128_desc(tile + (kk / 4) * block_bytes + (kk % 4) * 32, 16, 1024);
 }
 
+// The descriptor `bytes` further on: the start address sits in the low 14 bits (16-byte units),
+// and no offset inside shared memory carries out of them, so one 32-bit add does.
+__device__ __forceinline__ uint64_t desc_plus(uint64_t desc, uint32_t bytes) {
+  uint32_t lo, hi;
+  asm("mov.b64 {%0, %1}, %2;\n" : "=r"(lo), "=r"(hi) : "l"(desc));
+  uint64_t r;
+  asm("mov.b64 %0, {%1, %2};\n" : "=l"(r) : "r"(lo + (bytes >> 4)), "r"(hi));
+  return r;
+}
+
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 }
@@ -135,6 +145,11 @@ template <int kParts, int kTiles>
 __device__ __forceinline__ void fence_parts(uint32_t (&a)[kParts][kTiles][4]) {
 #pragma unroll
   for (int part = 0; part < kParts; ++part) fence_registers(a[part]);
+}
+
+// Barrier `id` (1..15; 0 is __syncthreads') for `threads` threads, a multiple of 32.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
 // Orders this thread's generic-proxy writes to shared memory (cp.async) before the tensor cores'
@@ -201,6 +216,34 @@ __device__ __forceinline__ void wgmma_tf32(float (&d)[16][4], const uint32_t (&a
       : KVC_WG_ACC(0, 1, 2, 3, 4, 5, 6, 7), KVC_WG_ACC(8, 9, 10, 11, 12, 13, 14, 15)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc), "r"(accumulate));
 }
+
+// d = a b, the first product of a fresh accumulator (scale-d 0), for the split kernels' fresh
+// sums: d is an output only, so the compiler need not keep the registers' old values alive
+// (the forms above read d whatever `accumulate` says).
+#define KVC_WG_OUT(j) "=f"(d[j][0]), "=f"(d[j][1]), "=f"(d[j][2]), "=f"(d[j][3])
+__device__ __forceinline__ void wgmma_tf32_fresh(float (&d)[4][4], const uint32_t (&a)[4],
+                                                 uint64_t b_desc) {
+  asm volatile(
+      "wgmma.mma_async.sync.aligned.m64n32k8.f32.tf32.tf32 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, 0, 1, 1;\n"
+      : KVC_WG_OUT(0), KVC_WG_OUT(1), KVC_WG_OUT(2), KVC_WG_OUT(3)
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
+}
+__device__ __forceinline__ void wgmma_tf32_fresh(float (&d)[16][4], const uint32_t (&a)[4],
+                                                 uint64_t b_desc) {
+  asm volatile("wgmma.mma_async.sync.aligned.m64n128k8.f32.tf32.tf32 {" KVC_WG_REGS_0_31
+               ", "
+               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+               "{%64, %65, %66, %67}, %68, 0, 1, 1;\n"
+               : KVC_WG_OUT(0), KVC_WG_OUT(1), KVC_WG_OUT(2), KVC_WG_OUT(3), KVC_WG_OUT(4),
+                 KVC_WG_OUT(5), KVC_WG_OUT(6), KVC_WG_OUT(7), KVC_WG_OUT(8), KVC_WG_OUT(9),
+                 KVC_WG_OUT(10), KVC_WG_OUT(11), KVC_WG_OUT(12), KVC_WG_OUT(13), KVC_WG_OUT(14),
+                 KVC_WG_OUT(15)
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b_desc));
+}
+#undef KVC_WG_OUT
 
 template <int kTransB>
 __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32_t (&a)[4],
@@ -499,18 +542,20 @@ void launch_wgmma(const float* q, const E* k, const E* v, float* out, int64_t bh
 }
 
 // Float32 math at d = 128 (split TF32 as above). q's two parts as registers (128 a thread) would
-// not fit beside O, the fresh P V accumulator and P, so q stays float32 in shared memory (scaled to
-// log2 units, rows kQStride floats apart so that a warp's fragment loads hit all 32 banks) and each
+// not fit beside O, the fresh P V accumulator and P, so q stays float32 in shared memory and each
 // k-step's A fragment is loaded and split just before its three products, kChunk k-steps at a time
-// in two register buffers. What is left of shared memory holds two stages of 32 keys (K's and
-// V^T's parts, 64 KiB a stage): tile j + 1 loads while tile j is multiplied. A tile's products are
-// waited for within its step (S, the softmax, then P V): the two warpgroups overlap each other's
-// softmax, not their own. A product takes three times TF32's work here, so the softmax is a small
-// share of a step.
+// in two register buffers. q is stored scaled to log2 units, with the columns of every 16 (two
+// k-steps) in the order a lane reads them, t, t + 4, t + 8, t + 12 at 4 t: one 16-byte load gives
+// a row's half of two fragments, and rows kQStride = 16 (mod 32) floats apart put the 8 lanes of
+// each load phase on distinct banks. What is left of shared memory holds two stages of 32 keys (K's
+// and V^T's parts, 64 KiB a stage): tile j + 1 loads while tile j is multiplied. A tile's products
+// are waited for within its step (S, the softmax, then P V): the two warpgroups overlap each
+// other's softmax, not their own. A product takes three times TF32's work here, so the softmax is a
+// small share of a step.
 struct Split128 {
   using L = WgLayout<float, 128, true>;
   static constexpr int kStages = 2;
-  static constexpr int kQStride = 132;  // floats a q row in shared memory
+  static constexpr int kQStride = 144;  // floats a q row in shared memory
   static constexpr int kQBytes = kBQ * kQStride * 4;
   static constexpr int kChunk = 4;  // k-steps of S a register buffer holds
   static constexpr int kChunks = 128 / L::kKStep / kChunk;
@@ -549,28 +594,50 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
   const float* kb = k + bh * 2 * k_part;
   const float* vb = v + bh * 2 * v_part;
 
+  // Copies the tile at k0 into `stage`, by the second warpgroup's 128 threads (see the loop):
+  // thread l = 32 w + c copies 16 bytes of K rows w + 4 n (keys past the split are zeros, read
+  // from row 0) and of V^T rows l / 8 + 16 n (always valid: V^T is padded with zero keys). Written
+  // out here because load_tile_sw128's per-copy addresses, hoisted out of the loop, cost ~40
+  // registers this kernel does not have.
+  const int l = tid - 128;
   auto load_stage = [&](int stage, int k0) {
     unsigned char* ks = smem + stage * L::kStageBytes;
     if (k0 < kend) {
+      const int w = l >> 5, c = l & 31, vr = l >> 3, vc = l & 7, rows = kend - k0;
 #pragma unroll
       for (int part = 0; part < 2; ++part) {
-        load_tile_sw128<float, kBN, D, L::kKBlockBytes>(
-            ks + part * L::kKTileBytes, kb + part * k_part + int64_t{k0} * D, D, kend - k0, tid);
-        load_tile_sw128<float, D, kBN, L::kVBlockBytes>(ks + L::kVOffset + part * L::kVTileBytes,
-                                                        vb + part * v_part + k0, seq_pad, D, tid);
+        const float* kf = kb + part * k_part + int64_t{k0} * D + c * 4;
+        unsigned char* kt = ks + part * L::kKTileBytes + (c / 8) * L::kKBlockBytes + w * 128;
+#pragma unroll
+        for (int n = 0; n < kBN / 4; ++n) {  // row w + 4 n: swizzle (c % 8) ^ (w + 4 (n % 2))
+          const int r = w + 4 * n;
+          cp_async16(reinterpret_cast<float*>(kt + n * 512 + (((c % 8) ^ (w + 4 * (n % 2))) << 4)),
+                     kf + (r < rows ? r : 0) * D, r < rows);
+        }
+        const float* vf = vb + part * v_part + vr * seq_pad + k0 + vc * 4;
+        unsigned char* vt =
+            ks + L::kVOffset + part * L::kVTileBytes + vr * 128 + ((vc ^ (vr & 7)) << 4);
+#pragma unroll
+        for (int n = 0; n < D / 16; ++n) {
+          cp_async16(reinterpret_cast<float*>(vt + n * 2048), vf + n * 16 * seq_pad, true);
+        }
       }
     }
     cp_async_commit();
   };
-  load_stage(0, kbeg);
+  if (warp >= 4) load_stage(0, kbeg);
 
-  // The CTA's q rows, scaled, zero past nq.
+  // The CTA's q rows, scaled, zero past nq: columns c..c + 3 of a 16-column group, c = 4 u, go
+  // to positions u, u + 4, u + 8, u + 12 of it (column 4 i + u at 4 u + i).
   for (int i = tid; i < kBQ * D / 4; i += kThreadsWg) {
     const int r = i / (D / 4), c = i % (D / 4) * 4, row = tile_row0 + r;
     float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
     if (row < nq) x = *reinterpret_cast<const float4*>(q + (bh * nq + row) * D + c);
-    *reinterpret_cast<float4*>(qs + r * S::kQStride + c) =
-        make_float4(x.x * scale_log2, x.y * scale_log2, x.z * scale_log2, x.w * scale_log2);
+    float* to = qs + r * S::kQStride + (c & ~15) + (c & 15) / 4;
+    to[0] = x.x * scale_log2;
+    to[4] = x.y * scale_log2;
+    to[8] = x.z * scale_log2;
+    to[12] = x.w * scale_log2;
   }
   int limit[2];
   row_limits<kMasked>(limit, visible, bh, row0, nq, seq);
@@ -582,20 +649,25 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
 #pragma unroll
   for (int j = 0; j < kOTiles; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
 
-  // This thread's q rows g and g + 8 of its warp, column t.
-  const float* qr = qs + (warp * 16 + g) * S::kQStride + t;
-  // The A fragments of k-steps kChunk c.. into hi and lo.
+  // This thread's q rows g and g + 8 of its warp, columns t, t + 4, t + 8, t + 12 of each 16.
+  const float* qr = qs + (warp * 16 + g) * S::kQStride + 4 * t;
+  // The A fragments of k-steps kChunk c.. into hi and lo: a0 = (g, t), a1 = (g + 8, t),
+  // a2 = (g, t + 4), a3 = (g + 8, t + 4) of each k-step.
   auto load_q = [&](uint32_t(&hi)[S::kChunk][4], uint32_t(&lo)[S::kChunk][4], int c) {
 #pragma unroll
-    for (int i = 0; i < S::kChunk; ++i) {
-      const int col = (c * S::kChunk + i) * L::kKStep;
-      const float x[4] = {qr[col], qr[8 * S::kQStride + col], qr[col + 4],
-                          qr[8 * S::kQStride + col + 4]};
+    for (int i = 0; i < S::kChunk; i += 2) {
+      const int col = (c * S::kChunk + i) * L::kKStep;  // a 16-column group
+      const float4 r0 = *reinterpret_cast<const float4*>(qr + col);
+      const float4 r1 = *reinterpret_cast<const float4*>(qr + 8 * S::kQStride + col);
+      const float x[2][4] = {{r0.x, r1.x, r0.y, r1.y}, {r0.z, r1.z, r0.w, r1.w}};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float2 parts = split_tf32(x[e]);
-        hi[i][e] = __float_as_uint(parts.x);
-        lo[i][e] = __float_as_uint(parts.y);
+      for (int h = 0; h < 2; ++h) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 parts = split_tf32_operand(x[h][e]);
+          hi[i + h][e] = __float_as_uint(parts.x);
+          lo[i + h][e] = __float_as_uint(parts.y);
+        }
       }
     }
   };
@@ -603,15 +675,19 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
   // afresh and committed. The chunks' sums are added in float32: the tensor cores' truncating
   // accumulation over all 48 products of a key (against 24 at d = 64) doubled the error.
   auto issue_s = [&](float(&sc)[L::kSTiles][4], const uint32_t(&hi)[S::kChunk][4],
-                     const uint32_t(&lo)[S::kChunk][4], uint32_t ks, int c) {
+                     const uint32_t(&lo)[S::kChunk][4], uint64_t k_desc, int c) {
     wgmma_fence();
 #pragma unroll
     for (int i = 0; i < S::kChunk; ++i) {
       const int kk = c * S::kChunk + i;
-      const uint64_t desc = kmajor_desc(ks, L::kKBlockBytes, kk);
-      wgmma_tf32(sc, lo[i], desc, i > 0);
-      wgmma_tf32(sc, hi[i], kmajor_desc(ks + L::kKTileBytes, L::kKBlockBytes, kk), 1);
-      wgmma_tf32(sc, hi[i], desc, 1);
+      const uint32_t at = (kk / 4) * L::kKBlockBytes + (kk % 4) * 32;
+      if (i == 0) {
+        wgmma_tf32_fresh(sc, lo[i], desc_plus(k_desc, at));
+      } else {
+        wgmma_tf32(sc, lo[i], desc_plus(k_desc, at), 1);
+      }
+      wgmma_tf32(sc, hi[i], desc_plus(k_desc, L::kKTileBytes + at), 1);
+      wgmma_tf32(sc, hi[i], desc_plus(k_desc, at), 1);
     }
     wgmma_commit();
   };
@@ -623,25 +699,25 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
     }
   };
 
-  const int tiles = (kend - kbeg + kBN - 1) / kBN;  // 0 for a causal CTA past its keys
-  for (int j = 0; j < tiles; ++j) {
-    const int k0 = kbeg + j * kBN;
-    // Tile j has landed, and both warpgroups are done with tile j - 1, whose stage takes j + 1
-    // (the first pass also orders the q rows' stores before their loads).
-    cp_async_wait<0>();
-    fence_proxy_async();
-    __syncthreads();
-    load_stage((j + 1) % S::kStages, k0 + kBN);
-    const uint32_t ks = base + (j % S::kStages) * L::kStageBytes;
+  // Stage 0's descriptor; K's column blocks and V^T's single block (32 keys of 4 bytes) have the
+  // same swizzled form, so every operand of a stage is this one plus an offset.
+  const uint64_t desc0 = sw128_desc(base, 16, 1024);
+  auto stage_desc = [&](int j) { return desc_plus(desc0, (j % S::kStages) * L::kStageBytes); };
 
-    // S, a chunk of k-steps at a time into two accumulators in turn: a chunk's registers are
-    // reused once the chunk before it has run and been added to S.
+  // Tile j's scores: S, a chunk of k-steps at a time into two accumulators in turn (a chunk's
+  // registers are reused once the chunk before it has run and been added to S), then the softmax,
+  // which leaves P in s (split into p's parts by add_pv) and in corr what rescales O before this
+  // tile's P V is added.
+  float corr[2] = {1.f, 1.f};
+  auto scores = [&](int j) {
+    const int k0 = kbeg + j * kBN;
+    const uint64_t k_desc = stage_desc(j);
     load_q(qh[0], ql[0], 0);
-    issue_s(sa[0], qh[0], ql[0], ks, 0);
+    issue_s(sa[0], qh[0], ql[0], k_desc, 0);
 #pragma unroll
     for (int c = 1; c < S::kChunks; ++c) {
       load_q(qh[c & 1], ql[c & 1], c);
-      issue_s(sa[c & 1], qh[c & 1], ql[c & 1], ks, c);
+      issue_s(sa[c & 1], qh[c & 1], ql[c & 1], k_desc, c);
       wgmma_wait<1>();
       fence_registers(sa[(c - 1) & 1]);
       fence_registers(qh[(c - 1) & 1]);
@@ -661,23 +737,26 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
     fence_registers(qh[(S::kChunks - 1) & 1]);
     fence_registers(ql[(S::kChunks - 1) & 1]);
     add_s(sa[(S::kChunks - 1) & 1]);
-
-    float corr[2];
     mask_scores<L::kSTiles, kMasked>(s, kend - k0, k0, limit);
     softmax_scores<L::kSTiles, kMasked>(s, m_run, l_run, corr);
+  };
+  // pv = P_lo V_hi + P_hi V_lo + P_hi V_hi of tile j (P in s), written afresh, then O = O corr + pv
+  // in float32 (the tensor cores' own accumulation truncates: see attention_wgmma_kernel).
+  auto add_pv = [&](int j) {
+    const uint64_t k_desc = stage_desc(j);
 #pragma unroll
     for (int kk = 0; kk < L::kPSteps; ++kk) p_fragment_tf32<L::kSTiles>(p[0][kk], s, kk, &p[1][kk]);
-
-    // pv = P_lo V_hi + P_hi V_lo + P_hi V_hi, written afresh, then O = O corr + pv in float32
-    // (the tensor cores' own accumulation truncates: see attention_wgmma_kernel).
-    const uint32_t vs = ks + L::kVOffset;
     wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < L::kPSteps; ++kk) {
-      const uint64_t desc = kmajor_desc(vs, L::kVBlockBytes, kk);
-      wgmma_tf32(pv, p[1][kk], desc, kk > 0);
-      wgmma_tf32(pv, p[0][kk], kmajor_desc(vs + L::kVTileBytes, L::kVBlockBytes, kk), 1);
-      wgmma_tf32(pv, p[0][kk], desc, 1);
+    for (int kk = 0; kk < L::kPSteps; ++kk) {  // one column block: 32 keys of 4 bytes
+      const uint32_t at = L::kVOffset + kk * 32;
+      if (kk == 0) {
+        wgmma_tf32_fresh(pv, p[1][kk], desc_plus(k_desc, at));
+      } else {
+        wgmma_tf32(pv, p[1][kk], desc_plus(k_desc, at), 1);
+      }
+      wgmma_tf32(pv, p[0][kk], desc_plus(k_desc, L::kVTileBytes + at), 1);
+      wgmma_tf32(pv, p[0][kk], desc_plus(k_desc, at), 1);
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -690,7 +769,31 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
       o[jj][2] = fmaf(o[jj][2], corr[1], pv[jj][2]);
       o[jj][3] = fmaf(o[jj][3], corr[1], pv[jj][3]);
     }
+  };
+
+  // The warpgroups run half a tile apart, so that one's softmax overlaps the other's products:
+  // between the barriers of tiles j and j + 1 the first does tile j whole (scores, then P V), the
+  // second the P V of tile j - 1 and then the scores of tile j. The second is thus the last to
+  // read a stage, and it refills it (with tile j + 1, once its P V of tile j - 1 is done) and
+  // waits for its copies before the next barrier; the first issues none.
+  const bool leads = warp < 4;
+  const int tiles = (kend - kbeg + kBN - 1) / kBN;  // 0 for a causal CTA past its keys
+  for (int j = 0; j < tiles; ++j) {
+    // Tile j has landed (the first pass also orders the q rows' stores before their loads).
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+    if (leads) {
+      scores(j);
+      add_pv(j);
+    } else {
+      if (j > 0) add_pv(j - 1);
+      named_barrier_sync(1, 128);  // every warp of this warpgroup is done with tile j - 1
+      load_stage((j + 1) % S::kStages, kbeg + (j + 1) * kBN);
+      scores(j);
+    }
   }
+  if (!leads && tiles > 0) add_pv(tiles - 1);
   cp_async_wait<0>();  // no copy may outlive the CTA (the last refill is an empty group)
 
   const int64_t rows = static_cast<int64_t>(gridDim.x / q_tiles) * nq;  // batch_heads * nq

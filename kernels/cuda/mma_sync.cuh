@@ -35,6 +35,17 @@ __device__ __forceinline__ float2 split_tf32(float x) {
   return make_float2(hi, __uint_as_float(to_tf32(x - hi)));
 }
 
+// split_tf32 for operands that go to the tensor cores from registers, in three instructions where
+// cvt.rna takes four or five each (it guards NaN and infinity): hi rounded to nearest by an integer
+// add, lo = x - hi exactly and left unrounded, since the tensor cores read a register's top 19 bits
+// (lo truncated: at most 2^-22 |x| off, against 2^-23 rounded). A NaN x can lose its NaN in hi
+// (0x7fffffff carries into the sign) but never in lo = x - hi, so the products still give NaN;
+// so does an infinite x (lo = inf - inf).
+__device__ __forceinline__ float2 split_tf32_operand(float x) {
+  const float hi = __uint_as_float((__float_as_uint(x) + 0x1000u) & 0xffffe000u);
+  return make_float2(hi, __fsub_rn(x, hi));
+}
+
 // The products are plain register operations (no volatile): the compiler may interleave
 // independent ones, which a chain of dependent products needs to hide the tensor-core latency.
 // c += a b for one 16x8 tile: a (16 x 16 bf16, row), b (16 x 8 bf16, col), c FP32.
