@@ -295,63 +295,70 @@ TEST_CASE(
     Case c;
     bool causal;
   };
-  uint64_t seed = 3100;
-  for (const SplitCase& m :
-       {SplitCase{{3, 70, 131, 64, 1.0}, false}, SplitCase{{1, 1, 1, 64, 1.0}, false},
-        SplitCase{{2, 9, 257, 64, 3.0}, false}, SplitCase{{1, 70, 30011, 64, 1.0}, false},
-        SplitCase{{8, 512, 8192, 64, 1.0}, false}, SplitCase{{2, 70, 9001, 64, 1.0}, true},
-        SplitCase{{3, 70, 131, 128, 1.0}, false}, SplitCase{{1, 1, 1, 128, 1.0}, false},
-        SplitCase{{2, 9, 257, 128, 3.0}, false}, SplitCase{{1, 70, 30011, 128, 1.0}, false},
-        SplitCase{{2, 300, 4099, 128, 1.0}, false}, SplitCase{{2, 300, 9001, 128, 1.0}, true}}) {
+  const std::vector<SplitCase> cases = {
+      {{3, 70, 131, 64, 1.0}, false},    {{1, 1, 1, 64, 1.0}, false},
+      {{2, 9, 257, 64, 3.0}, false},     {{1, 70, 30011, 64, 1.0}, false},
+      {{8, 512, 8192, 64, 1.0}, false},  {{2, 70, 9001, 64, 1.0}, true},
+      {{3, 70, 131, 128, 1.0}, false},   {{1, 1, 1, 128, 1.0}, false},
+      {{2, 9, 257, 128, 3.0}, false},    {{1, 70, 30011, 128, 1.0}, false},
+      {{2, 300, 4099, 128, 1.0}, false}, {{2, 300, 9001, 128, 1.0}, true}};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const SplitCase& m = cases[i];
     const Case& c = m.c;
-    CAPTURE_CASE(c);
-    CAPTURE(m.causal);
-    const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
-    const Inputs in = make_inputs(c, DType::f32, seed++);
-    VisibleCounts cpu_vis, gpu_vis;
-    if (m.causal) {  // rows see key counts 1 .. seq (test_nsa.cpp's positions)
-      std::vector<double> p(static_cast<size_t>(c.nq));
-      for (int64_t i = 0; i < c.nq; ++i) p[static_cast<size_t>(i)] = (i * 7919) % c.seq;
-      p[0] = 0, p[1] = static_cast<double>(c.seq - 1);
-      const Tensor positions = Tensor::from_vector(p, {1, c.nq}, f32());
-      cpu_vis = visible_counts(positions, c.bh, 0, 1, c.seq);
-      gpu_vis = visible_counts(positions.to(Device::cuda()), c.bh, 0, 1, c.seq);
+    // One subcase a shape, so that a run may pick one (the sanitizers take the small ones).
+    const std::string name = "d " + std::to_string(c.d) + ", bh " + std::to_string(c.bh) + ", nq " +
+                             std::to_string(c.nq) + ", seq " + std::to_string(c.seq) +
+                             (m.causal ? ", causal" : "");
+    SUBCASE(name.c_str()) {
+      CAPTURE_CASE(c);
+      CAPTURE(m.causal);
+      const double alpha = 1.0 / std::sqrt(static_cast<double>(c.d));
+      const Inputs in = make_inputs(c, DType::f32, 3100 + i);
+      VisibleCounts cpu_vis, gpu_vis;
+      if (m.causal) {  // rows see key counts 1 .. seq (test_nsa.cpp's positions)
+        std::vector<double> p(static_cast<size_t>(c.nq));
+        for (int64_t r = 0; r < c.nq; ++r) p[static_cast<size_t>(r)] = (r * 7919) % c.seq;
+        p[0] = 0, p[1] = static_cast<double>(c.seq - 1);
+        const Tensor positions = Tensor::from_vector(p, {1, c.nq}, f32());
+        cpu_vis = visible_counts(positions, c.bh, 0, 1, c.seq);
+        gpu_vis = visible_counts(positions.to(Device::cuda()), c.bh, 0, 1, c.seq);
+      }
+      NoGradGuard ng;
+      const std::vector<double> want = attention_target(in.q.to(DType::f64), in.k.to(DType::f64),
+                                                        in.v.to(DType::f64), alpha, cpu_vis)
+                                           .to_vector();
+      const Tensor q = in.q.to(Device::cuda()), k = in.k.to(Device::cuda()),
+                   v = in.v.to(Device::cuda());
+      const auto run = [&](bool split) {
+        kernels::cuda::set_split_fp32_attention(split);
+        Tensor out = Tensor::empty(q.shape(), q.options());
+        out.fill_(std::numeric_limits<double>::quiet_NaN());
+        kernels::cuda::attention_forward<float>(q.data<float>(), k.data<float>(), v.data<float>(),
+                                                out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha,
+                                                m.causal ? gpu_vis.data() : nullptr);
+        kernels::cuda::set_split_fp32_attention(true);
+        return out.to_vector();
+      };
+      const std::vector<double> ffma = run(false), split = run(true);
+      const double e_ffma = test::rel_error(ffma, want), e_split = test::rel_error(split, want);
+      MESSAGE("float32 attention rel error: split TF32 ", e_split, ", FFMA ", e_ffma, " (", name,
+              ")");
+      check_close(split, want, 3e-6);
+      CHECK(e_split <= std::max(4 * e_ffma, 1e-6));
+      CHECK(split != ffma);  // the split kernel ran, not the FFMA one
+      // A batch-head a chunk (1 byte of scratch asked for; the key splits may differ): the same
+      // accuracy, and the rows' log-sum-exps of one chunk of all.
+      Tensor chunked = Tensor::empty(q.shape(), q.options());
+      Tensor lse_one = Tensor::zeros({c.bh * c.nq}, q.options()), lse_all = lse_one.clone();
+      kernels::cuda::attention_forward_wgmma_split(
+          q.data<float>(), k.data<float>(), v.data<float>(), chunked.data<float>(), c.bh, c.nq,
+          c.seq, c.d, alpha, m.causal ? gpu_vis.data() : nullptr, lse_one.data<float>(), 1);
+      check_close(chunked.to_vector(), want, 3e-6);
+      kernels::cuda::attention_forward_wgmma_split(
+          q.data<float>(), k.data<float>(), v.data<float>(), chunked.data<float>(), c.bh, c.nq,
+          c.seq, c.d, alpha, m.causal ? gpu_vis.data() : nullptr, lse_all.data<float>());
+      CHECK(test::rel_error(lse_one, lse_all) < 1e-6);
     }
-    NoGradGuard ng;
-    const std::vector<double> want = attention_target(in.q.to(DType::f64), in.k.to(DType::f64),
-                                                      in.v.to(DType::f64), alpha, cpu_vis)
-                                         .to_vector();
-    const Tensor q = in.q.to(Device::cuda()), k = in.k.to(Device::cuda()),
-                 v = in.v.to(Device::cuda());
-    const auto run = [&](bool split) {
-      kernels::cuda::set_split_fp32_attention(split);
-      Tensor out = Tensor::empty(q.shape(), q.options());
-      out.fill_(std::numeric_limits<double>::quiet_NaN());
-      kernels::cuda::attention_forward<float>(q.data<float>(), k.data<float>(), v.data<float>(),
-                                              out.data<float>(), c.bh, c.nq, c.seq, c.d, alpha,
-                                              m.causal ? gpu_vis.data() : nullptr);
-      kernels::cuda::set_split_fp32_attention(true);
-      return out.to_vector();
-    };
-    const std::vector<double> ffma = run(false), split = run(true);
-    const double e_ffma = test::rel_error(ffma, want), e_split = test::rel_error(split, want);
-    MESSAGE("float32 attention rel error: split TF32 ", e_split, ", FFMA ", e_ffma, " (bh ", c.bh,
-            ", nq ", c.nq, ", seq ", c.seq, std::string(m.causal ? ", causal)" : ")"));
-    check_close(split, want, 3e-6);
-    CHECK(e_split <= std::max(4 * e_ffma, 1e-6));
-    CHECK(split != ffma);  // the split kernel ran, not the FFMA one
-    // A batch-head a chunk (1 byte of scratch asked for; the key splits may differ): the same
-    // accuracy, and the rows' log-sum-exps of one chunk of all.
-    Tensor chunked = Tensor::empty(q.shape(), q.options());
-    Tensor lse_one = Tensor::zeros({c.bh * c.nq}, q.options()), lse_all = lse_one.clone();
-    kernels::cuda::attention_forward_wgmma_split(
-        q.data<float>(), k.data<float>(), v.data<float>(), chunked.data<float>(), c.bh, c.nq, c.seq,
-        c.d, alpha, m.causal ? gpu_vis.data() : nullptr, lse_one.data<float>(), 1);
-    check_close(chunked.to_vector(), want, 3e-6);
-    kernels::cuda::attention_forward_wgmma_split(
-        q.data<float>(), k.data<float>(), v.data<float>(), chunked.data<float>(), c.bh, c.nq, c.seq,
-        c.d, alpha, m.causal ? gpu_vis.data() : nullptr, lse_all.data<float>());
-    CHECK(test::rel_error(lse_one, lse_all) < 1e-6);
   }
 #endif
 }
