@@ -548,10 +548,9 @@ void launch_wgmma(const float* q, const E* k, const E* v, float* out, int64_t bh
 // k-steps) in the order a lane reads them, t, t + 4, t + 8, t + 12 at 4 t: one 16-byte load gives
 // a row's half of two fragments, and rows kQStride = 16 (mod 32) floats apart put the 8 lanes of
 // each load phase on distinct banks. What is left of shared memory holds two stages of 32 keys (K's
-// and V^T's parts, 64 KiB a stage): tile j + 1 loads while tile j is multiplied. A tile's products
-// are waited for within its step (S, the softmax, then P V): the two warpgroups overlap each
-// other's softmax, not their own. A product takes three times TF32's work here, so the softmax is a
-// small share of a step.
+// and V^T's parts, 64 KiB a stage): tile j + 1 loads while tile j is multiplied. A warpgroup waits
+// for its products within a tile (S, the softmax, then P V); the two run half a tile apart (see
+// the main loop), so that each one's operand splits and softmax overlap the other's products.
 struct Split128 {
   using L = WgLayout<float, 128, true>;
   static constexpr int kStages = 2;
@@ -671,9 +670,9 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
       }
     }
   };
-  // sc = q_lo K_hi + q_hi K_lo + q_hi K_hi over k-steps kChunk c.. of the tile at ks, written
-  // afresh and committed. The chunks' sums are added in float32: the tensor cores' truncating
-  // accumulation over all 48 products of a key (against 24 at d = 64) doubled the error.
+  // sc = q_lo K_hi + q_hi K_lo + q_hi K_hi over k-steps kChunk c.. of the stage k_desc describes,
+  // written afresh and committed. The chunks' sums are added in float32: the tensor cores'
+  // truncating accumulation over all 48 products of a key (against 24 at d = 64) doubled the error.
   auto issue_s = [&](float(&sc)[L::kSTiles][4], const uint32_t(&hi)[S::kChunk][4],
                      const uint32_t(&lo)[S::kChunk][4], uint64_t k_desc, int c) {
     wgmma_fence();
