@@ -38,9 +38,10 @@ __device__ __forceinline__ float2 split_tf32(float x) {
 // split_tf32 for operands that go to the tensor cores from registers, in three instructions where
 // cvt.rna takes four or five each (it guards NaN and infinity): hi rounded to nearest by an integer
 // add, lo = x - hi exactly and left unrounded, since the tensor cores read a register's top 19 bits
-// (lo truncated: at most 2^-22 |x| off, against 2^-23 rounded). A NaN x can lose its NaN in hi
-// (0x7fffffff carries into the sign) but never in lo = x - hi, so the products still give NaN;
-// so does an infinite x (lo = inf - inf).
+// (|lo| <= 2^-11 |x|, truncated: at most 2^-21 |x| off, against 2^-22 rounded). A NaN x can lose
+// its NaN in hi (0x7fffffff carries into the sign) but never in lo = x - hi, so the products still
+// give NaN; so does an infinite x (lo = inf - inf), and one within half a TF32 step of float32's
+// largest value (hi rounds up to infinity).
 __device__ __forceinline__ float2 split_tf32_operand(float x) {
   const float hi = __uint_as_float((__float_as_uint(x) + 0x1000u) & 0xffffe000u);
   return make_float2(hi, __fsub_rn(x, hi));
