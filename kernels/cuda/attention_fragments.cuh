@@ -128,7 +128,8 @@ __device__ __forceinline__ void p_fragment_tf32(uint32_t (&a)[4], const float (&
 }
 
 // Q rows r0 = row0 + g and r0 + 8 (zero past nq), scaled to log2 units, as the TF32 A fragments
-// of S = Q K^T, one per k8 step of the head size; with `lo`, the remainders as p_fragment_tf32's.
+// of S = Q K^T, one per k8 step of the head size; with `lo`, the remainders, rounded to TF32 too
+// (split_tf32: q is split once a CTA, so the exact form costs little here, unlike P's per tile).
 template <int D>
 __device__ __forceinline__ void q_fragments_tf32(uint32_t (&qa)[D / 8][4], const float* q,
                                                  int64_t bh, int row0, int nq, float scale_log2,
