@@ -285,6 +285,33 @@ __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const E* sr
   }
 }
 
+// Where a CTA of the warpgroup kernels works: its shared memory aligned to 1024 bytes (the swizzle
+// atoms need it), its batch-head, first query row, and the keys it reads (its split of the
+// sequence, cut where the mask hides every later key from all its rows).
+struct WgCta {
+  unsigned char* smem;
+  uint32_t smem_addr;  // smem in the shared window, for the wgmma descriptors
+  int64_t bh;
+  int tile_row0, kbeg, kend;
+};
+
+template <bool kMasked>
+__device__ __forceinline__ WgCta wg_cta(float4* smem4, int nq, int seq, int q_tiles,
+                                        int split_len, const int32_t* visible) {
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem4));
+  WgCta c;
+  c.smem_addr = (raw + 1023) & ~1023u;
+  c.smem = reinterpret_cast<unsigned char*>(smem4) + (c.smem_addr - raw);
+  c.bh = blockIdx.x / q_tiles;
+  c.tile_row0 = (blockIdx.x % q_tiles) * kBQ;
+  c.kbeg = blockIdx.y * split_len;
+  c.kend = min(seq, c.kbeg + split_len);
+  if constexpr (kMasked) {
+    c.kend = max(c.kbeg, min(c.kend, cta_key_limit(visible, c.bh, c.tile_row0, kBQ, nq)));
+  }
+  return c;
+}
+
 // One CTA per (batch-head, kBQ queries, key split); warp w holds query rows 16 w.. of the CTA's
 // tile (warpgroup w / 4 the rows 64 (w / 4)..). Scores in log2 units, as in attention_tc.cu.
 // E = uint16_t: bf16 K and V, (bh, seq, D). E = float: TF32 (bits of float32, which the tensor
@@ -303,19 +330,14 @@ __global__ void __launch_bounds__(kThreadsWg)
   constexpr int kBN = L::kBN;
   constexpr int kOTiles = D / 8;  // 8-wide column tiles of O
   extern __shared__ float4 smem4[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem4));
-  const uint32_t base = (raw + 1023) & ~1023u;  // the swizzle atoms need 1024-byte alignment
-  unsigned char* smem = reinterpret_cast<unsigned char*>(smem4) + (base - raw);
+  const WgCta cta = wg_cta<kMasked>(smem4, nq, seq, q_tiles, split_len, visible);
+  unsigned char* const smem = cta.smem;
+  const uint32_t base = cta.smem_addr;
+  const int64_t bh = cta.bh;
+  const int tile_row0 = cta.tile_row0, kbeg = cta.kbeg, kend = cta.kend;
 
   const int tid = threadIdx.x, warp = tid >> 5;
-  const int64_t bh = blockIdx.x / q_tiles;
-  const int tile_row0 = (blockIdx.x % q_tiles) * kBQ;
   const int row0 = tile_row0 + warp * 16;
-  const int kbeg = blockIdx.y * split_len;
-  int kend = min(seq, kbeg + split_len);
-  if constexpr (kMasked) {
-    kend = max(kbeg, min(kend, cta_key_limit(visible, bh, tile_row0, kBQ, nq)));
-  }
   const int64_t seq_pad = vt_seq_pad(seq);  // V^T's row length (TF32)
   const int64_t k_part = int64_t{seq} * D, v_part = (L::kTf32 ? seq_pad : seq) * D;
   const E* kb = k + bh * kParts * k_part;
@@ -574,20 +596,15 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
   using L = S::L;
   constexpr int D = 128, kBN = L::kBN, kOTiles = D / 8;
   extern __shared__ float4 smem4[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem4));
-  const uint32_t base = (raw + 1023) & ~1023u;  // the swizzle atoms need 1024-byte alignment
-  unsigned char* smem = reinterpret_cast<unsigned char*>(smem4) + (base - raw);
+  const WgCta cta = wg_cta<kMasked>(smem4, nq, seq, q_tiles, split_len, visible);
+  unsigned char* const smem = cta.smem;
+  const uint32_t base = cta.smem_addr;
+  const int64_t bh = cta.bh;
+  const int tile_row0 = cta.tile_row0, kbeg = cta.kbeg, kend = cta.kend;
   float* qs = reinterpret_cast<float*>(smem + S::kStages * L::kStageBytes);
 
   const int tid = threadIdx.x, warp = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
-  const int64_t bh = blockIdx.x / q_tiles;
-  const int tile_row0 = (blockIdx.x % q_tiles) * kBQ;
   const int row0 = tile_row0 + warp * 16;
-  const int kbeg = blockIdx.y * split_len;
-  int kend = min(seq, kbeg + split_len);
-  if constexpr (kMasked) {
-    kend = max(kbeg, min(kend, cta_key_limit(visible, bh, tile_row0, kBQ, nq)));
-  }
   const int64_t seq_pad = vt_seq_pad(seq);
   const int64_t k_part = int64_t{seq} * D, v_part = seq_pad * D;
   const float* kb = k + bh * 2 * k_part;
