@@ -296,8 +296,8 @@ struct WgCta {
 };
 
 template <bool kMasked>
-__device__ __forceinline__ WgCta wg_cta(float4* smem4, int nq, int seq, int q_tiles,
-                                        int split_len, const int32_t* visible) {
+__device__ __forceinline__ WgCta wg_cta(float4* smem4, int nq, int seq, int q_tiles, int split_len,
+                                        const int32_t* visible) {
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem4));
   WgCta c;
   c.smem_addr = (raw + 1023) & ~1023u;
