@@ -147,6 +147,20 @@ __device__ __forceinline__ void fence_parts(uint32_t (&a)[kParts][kTiles][4]) {
   for (int part = 0; part < kParts; ++part) fence_registers(a[part]);
 }
 
+// o = o corr + pv over a warp's accumulator tiles (rows g take corr[0], rows g + 8 corr[1]): the
+// running output rescaled to the new row maxima plus a tile's P V, summed apart, in float32.
+template <int kTiles>
+__device__ __forceinline__ void add_rescaled(float (&o)[kTiles][4], const float (&pv)[kTiles][4],
+                                             const float (&corr)[2]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j) {
+    o[j][0] = fmaf(o[j][0], corr[0], pv[j][0]);
+    o[j][1] = fmaf(o[j][1], corr[0], pv[j][1]);
+    o[j][2] = fmaf(o[j][2], corr[1], pv[j][2]);
+    o[j][3] = fmaf(o[j][3], corr[1], pv[j][3]);
+  }
+}
+
 // Barrier `id` (1..15; 0 is __syncthreads') for `threads` threads, a multiple of 32.
 __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
@@ -397,15 +411,7 @@ __global__ void __launch_bounds__(kThreadsWg)
     pv[j][0] = pv[j][1] = pv[j][2] = pv[j][3] = 0.f;
   }
   // kSplit: O = O pv_corr + pv, in float32.
-  auto add_pv = [&] {
-#pragma unroll
-    for (int j = 0; j < kOTiles; ++j) {
-      o[j][0] = fmaf(o[j][0], pv_corr[0], pv[j][0]);
-      o[j][1] = fmaf(o[j][1], pv_corr[0], pv[j][1]);
-      o[j][2] = fmaf(o[j][2], pv_corr[1], pv[j][2]);
-      o[j][3] = fmaf(o[j][3], pv_corr[1], pv[j][3]);
-    }
-  };
+  auto add_pv = [&] { add_rescaled(o, pv, pv_corr); };
 
   // S = Q K^T of the tile in `stage` into sc, committed, not waited for: k-step kk reads 32 bytes
   // at (kk % 4) * 32 of column block kk / 4 of every key.
@@ -778,13 +784,7 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
     wgmma_wait<0>();
     fence_registers(pv);
     fence_parts(p);
-#pragma unroll
-    for (int jj = 0; jj < kOTiles; ++jj) {
-      o[jj][0] = fmaf(o[jj][0], corr[0], pv[jj][0]);
-      o[jj][1] = fmaf(o[jj][1], corr[0], pv[jj][1]);
-      o[jj][2] = fmaf(o[jj][2], corr[1], pv[jj][2]);
-      o[jj][3] = fmaf(o[jj][3], corr[1], pv[jj][3]);
-    }
+    add_rescaled(o, pv, corr);
   };
 
   // The warpgroups run half a tile apart, so that one's softmax overlaps the other's products:
