@@ -1,7 +1,6 @@
 // `kvcompress bench`: times forward, backward, optimizer and a full training step per kind;
 // GB/s and TFLOP/s divide the work model of train/step_work.h by the measured median times.
 #include <spdlog/spdlog.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -76,27 +75,25 @@ double time_ms(Device device, int64_t warmup_reps, int64_t reps, const std::func
   return median(ms);
 }
 
-double peak_memory_bytes(Device device, bool* is_device) {
+// The allocator's peak of bytes handed out to tensors since the last reset_peak (each device's
+// allocator counts its own).
+double peak_memory_bytes(Device device) {
 #ifdef KVC_WITH_CUDA
   if (device.is_cuda()) {
-    *is_device = true;
     return static_cast<double>(kernels::cuda::allocator_stats().peak_bytes_in_use);
   }
-#else
-  (void)device;
 #endif
-  *is_device = false;
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return static_cast<double>(ru.ru_maxrss) * 1024.0;  // Linux reports KiB
+  return static_cast<double>(kernels::cpu::peak_bytes_in_use());
 }
 
 void reset_peak(Device device) {
 #ifdef KVC_WITH_CUDA
-  if (device.is_cuda()) kernels::cuda::reset_peak_stats();
-#else
-  (void)device;
+  if (device.is_cuda()) {
+    kernels::cuda::reset_peak_stats();
+    return;
+  }
 #endif
+  kernels::cpu::reset_peak_stats();
 }
 
 struct Result {
@@ -107,10 +104,8 @@ struct Result {
   double tokens_per_s = 0, gbps = 0, tflops = 0;
   // Peak memory over the timed full steps (what PyTorch's max_memory_allocated measures around
   // its timed steps), and over what came before them: building the pair and the optimizer,
-  // making the batch, the forward, backward and optimizer phases. On the CPU both are the
-  // process's peak RSS (it cannot be reset).
+  // making the batch, the forward, backward and optimizer phases.
   double peak_bytes = 0, setup_peak_bytes = 0;
-  bool peak_is_device = false;
 };
 
 #ifdef KVC_WITH_CUDA
@@ -183,7 +178,7 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
         adam.set_clip_scale(1.0);
         adam.step();
       });
-  r.setup_peak_bytes = peak_memory_bytes(device, &r.peak_is_device);
+  r.setup_peak_bytes = peak_memory_bytes(device);
   reset_peak(device);
   auto full_step = [&] {
     adam.zero_grad();
@@ -215,7 +210,7 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
   }
   r.w = train::step_work(o, ks, r.params);
   set_rates(r, s);
-  r.peak_bytes = peak_memory_bytes(device, &r.peak_is_device);
+  r.peak_bytes = peak_memory_bytes(device);
   return r;
 }
 
@@ -241,12 +236,12 @@ void print_json(const BenchArgs& a, const RunSettings& s, Device device,
         "\"eager_step_ms\": %.6g, \"graph\": %s, "
         "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
         "%.6g, "
-        "\"peak_bytes\": %.0f, \"setup_peak_bytes\": %.0f, \"peak_kind\": \"%s\"",
+        "\"peak_bytes\": %.0f, \"setup_peak_bytes\": %.0f",
         i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
         r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
         r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
         r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
-        r.setup_peak_bytes, r.peak_is_device ? "device" : "host_rss");
+        r.setup_peak_bytes);
     if (comm.size() > 1) {
       std::printf(", \"ranks\": %d, \"allreduce_ms\": %.6g, \"scaling_efficiency\": %.6g",
                   comm.size(), r.t.allreduce_ms, r.t.scaling);
@@ -285,8 +280,7 @@ int run_bench(const CLI::App* cmd, const BenchArgs& in) {
         device.name().c_str(), a.precision.c_str(), static_cast<long long>(a.reps),
         static_cast<long long>(a.warmup_reps));
     std::printf("%-22s %10s %10s %10s %10s %10s %12s %9s %9s %13s\n", "kind", "fwd ms", "bwd ms",
-                "optim ms", "eager ms", "step ms", "tokens/s", "GB/s", "TFLOP/s",
-                device.is_cuda() ? "step peak MiB" : "peak RSS MiB");
+                "optim ms", "eager ms", "step ms", "tokens/s", "GB/s", "TFLOP/s", "step peak MiB");
     if (ranks) {
       std::printf(
           "(%d ranks through %s: per rank, then the all-reduce of the gradient and the "
@@ -321,7 +315,7 @@ Command add_bench_command(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("bench",
                                      "time forward, backward, optimizer and a "
                                      "full training step per compressor kind, with peak memory "
-                                     "(CUDA: the timed steps'; CPU: the process's RSS)");
+                                     "(the timed steps' peak of bytes allocated to tensors)");
   add_setting_flags(cmd, &a->run, train::SettingGroup::model, /*allow_all=*/true);
   cmd->add_option("--config", a->config, "shape preset small|nsa|long (shape flags override it)")
       ->capture_default_str()

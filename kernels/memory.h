@@ -11,6 +11,11 @@ namespace kvc::kernels {
 namespace cpu {
 void* alloc(size_t bytes);  // 64-byte aligned; throws kvc::Error on failure
 void free(void* p);
+// Bytes handed out to tensors now (each allocation rounded up to 64) and their peak since the
+// start or the last reset_peak_stats().
+size_t bytes_in_use();
+size_t peak_bytes_in_use();
+void reset_peak_stats();
 }  // namespace cpu
 
 namespace cuda {

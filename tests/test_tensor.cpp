@@ -6,6 +6,7 @@
 
 #include "base/philox.h"
 #include "core/tensor.h"
+#include "kernels/memory.h"
 #include "tests/test_util.h"
 
 using namespace kvc;
@@ -37,6 +38,33 @@ TEST_CASE("tensor: factories") {
                        kvc::Error);
   CHECK_THROWS_AS(v.size(2), kvc::Error);
   CHECK_THROWS_AS(v.data<float>(), kvc::Error);
+}
+
+TEST_CASE("tensor: the CPU allocator counts the bytes in use and their peak") {
+  namespace mem = kernels::cpu;
+  const size_t start = mem::bytes_in_use();
+  mem::reset_peak_stats();
+  CHECK(mem::peak_bytes_in_use() == start);
+  {
+    // 1000 floats, rounded up to whole 64-byte units: 4032 bytes.
+    const Tensor a = Tensor::empty({1000});
+    CHECK(mem::bytes_in_use() == start + 4032);
+    {
+      const Tensor b = Tensor::empty({10}, f64());  // 80 bytes -> 128
+      CHECK(mem::bytes_in_use() == start + 4032 + 128);
+    }
+    CHECK(mem::bytes_in_use() == start + 4032);
+    CHECK(mem::peak_bytes_in_use() == start + 4032 + 128);
+    mem::reset_peak_stats();
+    CHECK(mem::peak_bytes_in_use() == start + 4032);
+  }
+  CHECK(mem::bytes_in_use() == start);
+  // The memory is 64-byte aligned and writable to its last byte.
+  void* p = mem::alloc(100);
+  CHECK(reinterpret_cast<uintptr_t>(p) % 64 == 0);
+  static_cast<char*>(p)[99] = 1;
+  mem::free(p);
+  CHECK(mem::bytes_in_use() == start);
 }
 
 TEST_CASE("tensor: to(dtype), item, clone and detach") {

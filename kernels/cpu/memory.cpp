@@ -1,19 +1,44 @@
-// Host memory: 64-byte aligned so OpenBLAS and the vectorized loops get aligned rows.
+// Host memory: 64-byte aligned so OpenBLAS and the vectorized loops get aligned rows, and counted
+// (bytes in use and their peak, as the CUDA allocator counts its own) so that `bench` can report
+// a step's peak on the CPU too.
 #include "kernels/memory.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 
 #include "base/error.h"
 
 namespace kvc::kernels::cpu {
 
+namespace {
+// Each block starts with a header of one alignment unit that records its size for free().
+constexpr size_t kAlign = 64;
+std::atomic<size_t> g_in_use{0};
+std::atomic<size_t> g_peak{0};
+}  // namespace
+
 void* alloc(size_t bytes) {
-  const size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded);
-  KVC_CHECK(p != nullptr, "cpu: out of host memory allocating ", bytes, " bytes");
-  return p;
+  const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
+  char* base = static_cast<char*>(std::aligned_alloc(kAlign, rounded + kAlign));
+  KVC_CHECK(base != nullptr, "cpu: out of host memory allocating ", bytes, " bytes");
+  *reinterpret_cast<size_t*>(base) = rounded;
+  const size_t now = g_in_use.fetch_add(rounded) + rounded;
+  size_t peak = g_peak.load();
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
+  }
+  return base + kAlign;
 }
 
-void free(void* p) { std::free(p); }
+void free(void* p) {
+  if (p == nullptr) return;
+  char* base = static_cast<char*>(p) - kAlign;
+  g_in_use.fetch_sub(*reinterpret_cast<const size_t*>(base));
+  std::free(base);
+}
+
+size_t bytes_in_use() { return g_in_use.load(); }
+size_t peak_bytes_in_use() { return g_peak.load(); }
+void reset_peak_stats() { g_peak.store(g_in_use.load()); }
 
 }  // namespace kvc::kernels::cpu
