@@ -83,6 +83,13 @@ void backward(const Tensor& root, const Tensor& seed) {
   } clear_on_exit{tape};
   for (int64_t i = r->tape_index; i >= 0; --i) {
     TapeEntry& e = tape.entries_[static_cast<size_t>(i)];
+    // Every op that reads this one's output is newer and has run, so its gradient is final. The
+    // closure, and what it alone saved (a fused op's activations, masks, rounded copies), is
+    // freed as soon as it has run, or now when no gradient reached the op, as PyTorch frees a
+    // node's saved tensors: an earlier op's backward then finds that memory free. The inputs
+    // stay until the end: an input's TensorImpl carries its gradient to the op that made it.
+    const auto backward_fn = std::move(e.backward);
+    e.backward = nullptr;
     std::shared_ptr<TensorImpl> out = e.output.lock();
     if (!out || !out->grad) continue;  // nothing flowed into this op's output
     // Take the gradient out: an intermediate's gradient is not kept (as in PyTorch), and a
@@ -93,7 +100,7 @@ void backward(const Tensor& root, const Tensor& seed) {
       ~ResetHandoff() { t_handoff = Handoff{}; }
     } reset_handoff;
     t_handoff = Handoff{grad_out.impl()->storage.get(), false};
-    e.backward(grad_out);
+    backward_fn(grad_out);
   }
   // The root keeps its gradient only when it is a leaf, handled above.
 }

@@ -11,7 +11,8 @@
 namespace kvc {
 
 // One recorded op: the tensors it read (kept alive for backward) and a closure that receives
-// the gradient of its output and calls accumulate_grad() on the inputs that need one.
+// the gradient of its output and calls accumulate_grad() on the inputs that need one. backward()
+// frees the closure, and the state it saved, as soon as the op is done with.
 struct TapeEntry {
   const char* op = "";
   std::vector<Tensor> inputs;

@@ -106,6 +106,31 @@ TEST_CASE("autograd: intermediates keep no gradient and the tape is freed after 
   CHECK(x.grad().to_vector() == Vec{2, 4, 6});
 }
 
+TEST_CASE("autograd: an op's saved state is freed once its backward ran, before earlier ops'") {
+  // y = 1.5 (2 x) through two hand-recorded ops; the later one's closure alone holds a saved
+  // tensor, which must be gone by the time the earlier op's backward runs.
+  Tensor x = leaf({1, 2}, {2});
+  std::weak_ptr<TensorImpl> saved_by_later;
+  bool freed_before_earlier_ran = false;
+  Tensor h = Tensor::from_vector({2, 4}, {2}, f64());
+  Tape::current().record("double", {x}, h,
+                         [x, &saved_by_later, &freed_before_earlier_ran](const Tensor& g) {
+                           freed_before_earlier_ran = saved_by_later.expired();
+                           accumulate_grad(x, scale(g, 2.0));
+                         });
+  Tensor y = Tensor::from_vector({3, 6}, {2}, f64());
+  {
+    const Tensor saved = Tensor::zeros({1000}, f64());
+    saved_by_later = saved.impl_ptr();
+    Tape::current().record("times1.5", {h}, y,
+                           [h, saved](const Tensor& g) { accumulate_grad(h, scale(g, 1.5)); });
+  }
+  CHECK_FALSE(saved_by_later.expired());  // the tape holds it until its op's backward
+  backward(sum(y));
+  CHECK(freed_before_earlier_ran);
+  CHECK(x.grad().to_vector() == Vec{3, 3});
+}
+
 TEST_CASE("autograd: a leaf root's gradient is the seed") {
   Tensor x = leaf({1, 2}, {2});
   backward(x, Tensor::from_vector({5, 7}, {2}, f64()));
