@@ -86,21 +86,35 @@ void backward(const Tensor& root, const Tensor& seed) {
     // Every op that reads this one's output is newer and has run, so its gradient is final. The
     // closure, and what it alone saved (a fused op's activations, masks, rounded copies), is
     // freed as soon as it has run, or now when no gradient reached the op, as PyTorch frees a
-    // node's saved tensors: an earlier op's backward then finds that memory free. The inputs
-    // stay until the end: an input's TensorImpl carries its gradient to the op that made it.
+    // node's saved tensors: an earlier op's backward then finds that memory free.
     const auto backward_fn = std::move(e.backward);
     e.backward = nullptr;
-    std::shared_ptr<TensorImpl> out = e.output.lock();
-    if (!out || !out->grad) continue;  // nothing flowed into this op's output
-    // Take the gradient out: an intermediate's gradient is not kept (as in PyTorch), and a
-    // single owner lets accumulate_grad hand the buffer on without a copy.
-    Tensor grad_out(std::move(out->grad));
-    out->grad.reset();
-    struct ResetHandoff {
-      ~ResetHandoff() { t_handoff = Handoff{}; }
-    } reset_handoff;
-    t_handoff = Handoff{grad_out.impl()->storage.get(), false};
-    backward_fn(grad_out);
+    std::shared_ptr<TensorImpl> out =
+        e.output_with_grad ? std::move(e.output_with_grad) : e.output.lock();
+    e.output_with_grad.reset();
+    if (out && out->grad) {
+      // Take the gradient out: an intermediate's gradient is not kept (as in PyTorch), and a
+      // single owner lets accumulate_grad hand the buffer on without a copy.
+      Tensor grad_out(std::move(out->grad));
+      out->grad.reset();
+      struct ResetHandoff {
+        ~ResetHandoff() { t_handoff = Handoff{}; }
+      } reset_handoff;
+      t_handoff = Handoff{grad_out.impl()->storage.get(), false};
+      backward_fn(grad_out);
+    }
+    // The inputs too: an intermediate that got a gradient here goes to the entry that made it
+    // (its TensorImpl carries the gradient there), and one that no other op still holds is freed
+    // as soon as that entry has run, instead of at the end of backward.
+    TapeEntry& done = tape.entries_[static_cast<size_t>(i)];
+    for (const Tensor& input : done.inputs) {
+      const TensorImpl* t = input.impl();
+      if (t != nullptr && t->grad && t->tape_index >= 0 && t->tape_index < i &&
+          t->tape_generation == tape.generation()) {
+        tape.entries_[static_cast<size_t>(t->tape_index)].output_with_grad = input.impl_ptr();
+      }
+    }
+    std::vector<Tensor>().swap(done.inputs);
   }
   // The root keeps its gradient only when it is a leaf, handled above.
 }

@@ -12,7 +12,7 @@ namespace kvc {
 
 // One recorded op: the tensors it read (kept alive for backward) and a closure that receives
 // the gradient of its output and calls accumulate_grad() on the inputs that need one. backward()
-// frees the closure, and the state it saved, as soon as the op is done with.
+// frees the closure and the inputs, and so the state they kept, as soon as the op is done with.
 struct TapeEntry {
   const char* op = "";
   std::vector<Tensor> inputs;
@@ -20,6 +20,8 @@ struct TapeEntry {
   // gradient, and its memory goes as soon as it can.
   std::weak_ptr<TensorImpl> output;
   std::function<void(const Tensor& grad_output)> backward;
+  // During backward: the output, once a later op gave it a gradient and let go of its inputs.
+  std::shared_ptr<TensorImpl> output_with_grad;
 };
 
 class Tape {

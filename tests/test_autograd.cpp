@@ -131,6 +131,30 @@ TEST_CASE("autograd: an op's saved state is freed once its backward ran, before 
   CHECK(x.grad().to_vector() == Vec{3, 3});
 }
 
+TEST_CASE("autograd: an intermediate is freed once the ops that read it ran, its gradient kept") {
+  // y = sum(3 (2 a)^2): a -> b (hand-recorded, checks) -> mid = b * b -> 3 mid -> sum. Only the
+  // tape holds mid; it must be gone when b's op runs, its gradient having reached mul first.
+  Tensor a = leaf({1, 2}, {2});
+  std::weak_ptr<TensorImpl> mid_weak;
+  bool mid_freed_when_b_ran = false;
+  Tensor b = Tensor::from_vector({2, 4}, {2}, f64());
+  Tape::current().record("double", {a}, b, [a, &mid_weak, &mid_freed_when_b_ran](const Tensor& g) {
+    mid_freed_when_b_ran = mid_weak.expired();
+    accumulate_grad(a, scale(g, 2.0));
+  });
+  Tensor loss;
+  {
+    const Tensor mid = mul(b, b);
+    mid_weak = mid.impl_ptr();
+    loss = sum(scale(mid, 3.0));
+  }
+  b = Tensor();
+  CHECK_FALSE(mid_weak.expired());
+  backward(loss);
+  CHECK(mid_freed_when_b_ran);
+  CHECK(a.grad().to_vector() == Vec{24, 48});  // 3 * 2b * 2 = 24 a
+}
+
 TEST_CASE("autograd: a leaf root's gradient is the seed") {
   Tensor x = leaf({1, 2}, {2});
   backward(x, Tensor::from_vector({5, 7}, {2}, f64()));
