@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "base/error.h"
 
@@ -18,7 +21,26 @@ std::atomic<size_t> g_in_use{0};
 std::atomic<size_t> g_peak{0};
 }  // namespace
 
+namespace {
+// glibc maps each block above its mmap threshold (128 KiB, rising to the largest block freed,
+// at most 32 MiB) on its own and unmaps it on free, so a training step that frees and allocates
+// again the same few-MiB tensors each step (gradients, activations) paid a page fault per 4 KiB
+// every step: 0.6 ms of grouped_mlp's 1.4 ms at `small`. Blocks up to 64 MiB now come from the
+// heap, which keeps up to 64 MiB free at its top instead of giving it back at once.
+void tune_host_malloc() {
+#if defined(__GLIBC__)
+  static const bool tuned = [] {
+    mallopt(M_MMAP_THRESHOLD, 64 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    return true;
+  }();
+  (void)tuned;
+#endif
+}
+}  // namespace
+
 void* alloc(size_t bytes) {
+  tune_host_malloc();
   const size_t rounded = (bytes + kAlign - 1) / kAlign * kAlign;
   char* base = static_cast<char*>(std::aligned_alloc(kAlign, rounded + kAlign));
   KVC_CHECK(base != nullptr, "cpu: out of host memory allocating ", bytes, " bytes");
