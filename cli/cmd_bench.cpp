@@ -82,6 +82,8 @@ double peak_memory_bytes(Device device) {
   if (device.is_cuda()) {
     return static_cast<double>(kernels::cuda::allocator_stats().peak_bytes_in_use);
   }
+#else
+  (void)device;
 #endif
   return static_cast<double>(kernels::cpu::peak_bytes_in_use());
 }
@@ -92,6 +94,8 @@ void reset_peak(Device device) {
     kernels::cuda::reset_peak_stats();
     return;
   }
+#else
+  (void)device;
 #endif
   kernels::cpu::reset_peak_stats();
 }

@@ -14,7 +14,7 @@ namespace {
 // one-time set-up are then warm, so the capture allocates (almost) nothing new.
 constexpr int64_t kWarmupSteps = 2;
 
-bool same_shapes(const Batch& a, const Batch& b) {
+[[maybe_unused]] bool same_shapes(const Batch& a, const Batch& b) {  // CUDA builds only
   return a.k.shape() == b.k.shape() && a.v.shape() == b.v.shape() &&
          a.q.defined() == b.q.defined() && (!a.q.defined() || a.q.shape() == b.q.shape()) &&
          a.q_pos.defined() == b.q_pos.defined() &&
