@@ -38,7 +38,8 @@ bool Tape::record(const char* op, std::vector<Tensor> inputs, Tensor& output,
   output.set_requires_grad(true);
   output.impl()->tape_index = static_cast<int64_t>(entries_.size());
   output.impl()->tape_generation = generation_;
-  entries_.push_back(TapeEntry{op, std::move(inputs), output.impl_ptr(), std::move(backward_fn)});
+  entries_.push_back(
+      TapeEntry{op, std::move(inputs), output.impl_ptr(), std::move(backward_fn), nullptr});
   return true;
 }
 
