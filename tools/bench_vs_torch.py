@@ -128,6 +128,9 @@ def compare(a, precision, peaks):
             # optimizer and the batch (and timing the phases) is kept beside it.
             "kvc_peak_mib": r["peak_bytes"] / 2**20, "torch_peak_mib": t["peak_mem_bytes"] / 2**20,
             "kvc_setup_peak_mib": r.get("setup_peak_bytes", float("nan")) / 2**20,
+            # What each allocator held at most (in use plus cached) over the timed steps.
+            "kvc_reserved_mib": r.get("peak_reserved_bytes", float("nan")) / 2**20,
+            "torch_reserved_mib": t.get("peak_reserved_bytes", float("nan")) / 2**20,
             "floor_ms": floor_ms, "of_floor": floor_ms / r["step_ms"],
             "floor_rate_tflops": matrix_rate(precision, peaks) if peaks else float("nan"),
             "torch_all": {v: per_kind.get(r["kind"], {}).get("step_ms")

@@ -28,12 +28,13 @@ Q (b, h, nq, d), float32 tensors:
 - step_ms: the whole training step, zero_grad(set_to_none=True) + fwd + bwd + opt, timed as one
 Each phase is timed with CUDA events (perf_counter on CPU) around it, after --warmup-reps untimed
 steps; the median of --reps steps is reported. peak_mem_bytes is torch.cuda.max_memory_allocated
-over the timed steps (parameters, gradients, Adam state, inputs and activations); 0 on CPU.
+over the timed steps (parameters, gradients, Adam state, inputs and activations), and
+peak_reserved_bytes torch.cuda.max_memory_reserved (what the caching allocator held); 0 on CPU.
 cuDNN autotuning (benchmark mode) is on, as PyTorch users with fixed shapes run it;
 --no-cudnn-benchmark turns it off.
 
 Output: a table on stdout; with --json, a JSON document (per variant and kind: fwd_ms, bwd_ms,
-opt_ms, step_ms, peak_mem_bytes, tokens_per_s, params) on stdout instead (the table goes to
+opt_ms, step_ms, peak_mem_bytes, peak_reserved_bytes, tokens_per_s, params) on stdout instead (the table goes to
 stderr) or, with --json PATH, into PATH.
 """
 
@@ -149,8 +150,9 @@ def bench_kind(kind, variant, shape, args, device, timer):
   final_loss = float(loss.detach())
   if not torch.isfinite(torch.tensor(final_loss)):
     raise RuntimeError(f"{kind}: the loss is {final_loss}")
-  result = dict(times, peak_mem_bytes=int(torch.cuda.max_memory_allocated())
-                if device.type == "cuda" else 0,
+  cuda = device.type == "cuda"
+  result = dict(times, peak_mem_bytes=int(torch.cuda.max_memory_allocated()) if cuda else 0,
+                peak_reserved_bytes=int(torch.cuda.max_memory_reserved()) if cuda else 0,
                 tokens_per_s=b * seq / (times["step_ms"] * 1e-3),
                 params=sum(p.numel() for p in pair.parameters()), loss=final_loss,
                 fused_adam=fused)
