@@ -34,8 +34,8 @@ cuDNN autotuning (benchmark mode) is on, as PyTorch users with fixed shapes run 
 --no-cudnn-benchmark turns it off.
 
 Output: a table on stdout; with --json, a JSON document (per variant and kind: fwd_ms, bwd_ms,
-opt_ms, step_ms, peak_mem_bytes, peak_reserved_bytes, tokens_per_s, params) on stdout instead (the table goes to
-stderr) or, with --json PATH, into PATH.
+opt_ms, step_ms, peak_mem_bytes, peak_reserved_bytes, tokens_per_s, params) on stdout instead
+(the table goes to stderr) or, with --json PATH, into PATH.
 """
 
 import argparse
