@@ -108,8 +108,9 @@ struct Result {
   double tokens_per_s = 0, gbps = 0, tflops = 0;
   // Peak memory over the timed full steps (what PyTorch's max_memory_allocated measures around
   // its timed steps), and over what came before them: building the pair and the optimizer,
-  // making the batch, the forward, backward and optimizer phases.
-  double peak_bytes = 0, setup_peak_bytes = 0;
+  // making the batch, the forward, backward and optimizer phases. The forward's peak (with what
+  // the set-up holds) and the backward's (from the end of a forward) are kept apart too.
+  double peak_bytes = 0, setup_peak_bytes = 0, forward_peak_bytes = 0, backward_peak_bytes = 0;
 };
 
 #ifdef KVC_WITH_CUDA
@@ -159,30 +160,42 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
   Result r;
   r.kind = kind;
   r.params = adam.numel();
+  // The peak since the last reset, counted into the set-up's peak.
+  const auto take_peak = [&] {
+    const double p = peak_memory_bytes(device);
+    r.setup_peak_bytes = std::max(r.setup_peak_bytes, p);
+    return p;
+  };
   Tensor loss;
   auto forward = [&] { loss = pair.distill_loss(batch.q, batch.k, batch.v, batch.q_pos); };
   auto drop_tape = [&] {
     loss = Tensor();
     Tape::current().clear();
   };
+  take_peak();
+  reset_peak(device);
   r.t.forward_ms = time_ms(device, a.warmup_reps, a.reps, drop_tape, forward);
   drop_tape();
+  r.forward_peak_bytes = take_peak();
   r.t.backward_ms = time_ms(
       device, a.warmup_reps, a.reps,
       [&] {
         drop_tape();
         adam.zero_grad();
         forward();
+        take_peak();
+        reset_peak(device);  // what follows is the backward's alone
       },
       [&] { backward(loss); });
   drop_tape();
+  r.backward_peak_bytes = take_peak();
   r.t.optimizer_ms = time_ms(
       device, a.warmup_reps, a.reps, [] {},
       [&] {
         adam.set_clip_scale(1.0);
         adam.step();
       });
-  r.setup_peak_bytes = peak_memory_bytes(device);
+  take_peak();
   reset_peak(device);
   auto full_step = [&] {
     adam.zero_grad();
@@ -240,12 +253,13 @@ void print_json(const BenchArgs& a, const RunSettings& s, Device device,
         "\"eager_step_ms\": %.6g, \"graph\": %s, "
         "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
         "%.6g, "
-        "\"peak_bytes\": %.0f, \"setup_peak_bytes\": %.0f",
+        "\"peak_bytes\": %.0f, \"setup_peak_bytes\": %.0f, \"forward_peak_bytes\": %.0f, "
+        "\"backward_peak_bytes\": %.0f",
         i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
         r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
         r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
         r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
-        r.setup_peak_bytes);
+        r.setup_peak_bytes, r.forward_peak_bytes, r.backward_peak_bytes);
     if (comm.size() > 1) {
       std::printf(", \"ranks\": %d, \"allreduce_ms\": %.6g, \"scaling_efficiency\": %.6g",
                   comm.size(), r.t.allreduce_ms, r.t.scaling);

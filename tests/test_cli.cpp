@@ -347,10 +347,22 @@ TEST_CASE("cli: gradcheck passes for every kind, bench prints every kind") {
   for (const char* kind : {"conv", "efficient_conv", "enhanced_mlp", "mlp"}) {
     CHECK_MESSAGE(r.out.find(std::string("\n") + kind + " ") != std::string::npos, kind);
   }
-  r = test::run_kvcompress("bench --compressor conv --reps 2 --json", dir.path);
+  r = test::run_kvcompress("bench --compressor grouped_mlp --reps 2 --json", dir.path);
   CHECK(r.exit_code == 0);
   CHECK(r.out.rfind("{\"config\": \"small\"", 0) == 0);
   CHECK(r.out.find("\"step_ms\"") != std::string::npos);
+  // The peaks: each phase's within the set-up's, and the whole step's at least the backward's
+  // (the same allocations, from the same state).
+  const auto number = [&](const std::string& key) {
+    const size_t at = r.out.find("\"" + key + "\": ");
+    REQUIRE(at != std::string::npos);
+    return std::stod(r.out.substr(at + key.size() + 4));
+  };
+  const double forward = number("forward_peak_bytes"), backward = number("backward_peak_bytes");
+  CHECK(forward > 0);
+  CHECK(backward > 0);
+  CHECK(number("setup_peak_bytes") >= std::max(forward, backward));
+  CHECK(number("peak_bytes") >= backward);
 }
 
 }  // namespace
