@@ -359,8 +359,10 @@ TEST_CASE("cli: gradcheck passes for every kind, bench prints every kind") {
     return std::stod(r.out.substr(at + key.size() + 4));
   };
   const double forward = number("forward_peak_bytes"), backward = number("backward_peak_bytes");
-  CHECK(forward > 0);
-  CHECK(backward > 0);
+  // Both phases hold at least the optimizer's float32 parameters and two moments.
+  const double optimizer_bytes = 3 * 4 * number("params");
+  CHECK(forward >= optimizer_bytes);
+  CHECK(backward >= optimizer_bytes);
   CHECK(number("setup_peak_bytes") >= std::max(forward, backward));
   CHECK(number("peak_bytes") >= backward);
 }
