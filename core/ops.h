@@ -131,10 +131,12 @@ Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& 
 // or (hidden), b2 (h, out) or (out). = mix or linear, relu or gelu, mix or linear, each bias
 // added. On CUDA in float32 one cuBLASLt pass each way (kernels/mlp.h: the bias and ReLU in the
 // first product's epilogue, the hidden activations kept in the products' operand type); the
-// composition on the CPU and in float64.
+// composition on the CPU and in float64. With `shift` (1, h, 1, in) the rows of head h read
+// x + shift[h] (the positions of blocks): the shift moves into the first bias, b1 + shift W1 per
+// head, so x is never shifted and its gradient is formed only where x needs one.
 enum class Activation { relu, gelu };
 Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
-                     const Tensor& w2, const Tensor& b2);
+                     const Tensor& w2, const Tensor& b2, const Tensor& shift = Tensor());
 
 // While alive, CUDA bf16 math that rounds one of these float32 tensors (or a part) to bfloat16
 // takes the copy another op made and still holds instead of rounding it again: the MLP kinds keep

@@ -463,9 +463,10 @@ struct MlpSizes {
 };
 
 MlpSizes check_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                             const Tensor& b2) {
+                             const Tensor& b2, const Tensor& shift) {
   const char* op = "two_layer_mlp";
   for (const Tensor* t : {&w1, &b1, &w2, &b2}) detail::check_same_kind(op, x, *t);
+  if (shift.defined()) detail::check_same_kind(op, x, shift);
   MlpSizes s;
   s.shared = w1.dim() == 2;
   KVC_CHECK(x.dim() == 4, op, ": input ", x.shape(), " is not (b, h, w, in)");
@@ -490,6 +491,8 @@ MlpSizes check_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1
   KVC_CHECK(bias_fits(b1, s.hidden) && bias_fits(b2, s.out), op, ": biases ", b1.shape(), " and ",
             b2.shape(), " are not (h, ", s.hidden, ") or (", s.hidden, ",), and (h, ", s.out,
             ") or (", s.out, ",) for ", s.h, " heads");
+  KVC_CHECK(!shift.defined() || shift.shape() == Shape({1, s.h, 1, s.in}), op, ": shift ",
+            shift.shape(), " is not (1, ", s.h, ", 1, ", s.in, ") for input ", x.shape());
   return s;
 }
 
@@ -505,7 +508,8 @@ Tensor mlp_layer(const Tensor& x, const Tensor& weight, const Tensor& bias, bool
 
 #ifdef KVC_WITH_CUDA
 Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
-                           const Tensor& w2, const Tensor& b2, const MlpSizes& s) {
+                           const Tensor& w2, const Tensor& b2, const Tensor& shift,
+                           const MlpSizes& s) {
   kernels::cuda::MlpArgs args;
   args.b = s.b, args.h = s.h, args.w = s.w;
   args.in = s.in, args.hidden = s.hidden, args.out = s.out;
@@ -519,14 +523,17 @@ Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, 
   args.b1 = b1.data<float>();
   args.w2 = w2.data<float>();
   args.b2 = b2.data<float>();
+  args.shift = shift.defined() ? shift.data<float>() : nullptr;
   Tensor y = Tensor::empty({s.b, s.h, s.w, s.out}, x.options());
+  std::vector<Tensor> inputs{x, w1, b1, w2, b2};
+  if (shift.defined()) inputs.push_back(shift);
   bool any_grad = false;
-  for (const Tensor* t : {&x, &w1, &b1, &w2, &b2}) any_grad = any_grad || t->requires_grad();
+  for (const Tensor& t : inputs) any_grad = any_grad || t.requires_grad();
   const bool save = grad_enabled() && any_grad;
   const std::shared_ptr<kernels::cuda::MlpSaved> saved =
       kernels::cuda::mlp_forward(args, y.data<float>(), save);
   if (!save) return y;
-  Tape::current().record("two_layer_mlp", {x, w1, b1, w2, b2}, y, [=](const Tensor& gy) {
+  Tape::current().record("two_layer_mlp", std::move(inputs), y, [=](const Tensor& gy) {
     kernels::cuda::MlpGrads grads;
     const auto want = [](const Tensor& t, float** dst, bool* acc) {
       if (t.requires_grad()) *dst = grad_buffer(t, acc).data<float>();
@@ -536,6 +543,7 @@ Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, 
     want(b1, &grads.b1, &grads.acc_b1);
     want(w2, &grads.w2, &grads.acc_w2);
     want(b2, &grads.b2, &grads.acc_b2);
+    if (shift.defined()) want(shift, &grads.shift, &grads.acc_shift);
     kernels::cuda::mlp_backward(args, *saved, gy.data<float>(), grads);
   });
   return y;
@@ -545,15 +553,18 @@ Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, 
 }  // namespace
 
 Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
-                     const Tensor& w2, const Tensor& b2) {
-  const MlpSizes s = check_two_layer_mlp(x, w1, b1, w2, b2);
+                     const Tensor& w2, const Tensor& b2, const Tensor& shift) {
+  const MlpSizes s = check_two_layer_mlp(x, w1, b1, w2, b2, shift);
 #ifdef KVC_WITH_CUDA
   if (x.device().is_cuda() && x.dtype() == DType::f32 && x.numel() > 0 && s.hidden > 0 &&
       s.out > 0) {
-    return fused_two_layer_mlp(x, w1, b1, act, w2, b2, s);
+    return fused_two_layer_mlp(x, w1, b1, act, w2, b2, shift, s);
   }
 #endif
-  const Tensor pre = mlp_layer(x, w1, b1, s.shared);
+  // The shift through the first layer, one row per head, is that layer's bias (h, hidden).
+  const Tensor bias1 =
+      shift.defined() ? reshape(mlp_layer(shift, w1, b1, s.shared), {s.h, s.hidden}) : b1;
+  const Tensor pre = mlp_layer(x, w1, bias1, s.shared);
   return mlp_layer(act == Activation::relu ? relu(pre) : gelu(pre), w2, b2, s.shared);
 }
 

@@ -7,7 +7,10 @@
 // gradients are sums over the rows in float32 (b1's under bf16 a ones-vector product over its
 // bfloat16 gradient). Under TF32 the first weight's gradient transposes its operands first; with
 // per-head weights that pass also sums b1's gradient, and with GELU applies GELU's derivative
-// too. The products of the batch indices run side by side on forked streams (see mlp.cu). The CPU,
+// too. A shift of the rows (the positions of blocks) joins b1 (one row per head through W1) and
+// its share of W1's gradient, rank one per head, is written before the weight-gradient product
+// adds onto it (one pass writing W1's size instead of one reading and writing it after). The
+// products of the batch indices run side by side on forked streams (see mlp.cu). The CPU,
 // float64 and other sizes run the composition of core ops (core/ops_fused.cpp).
 #pragma once
 
@@ -32,6 +35,10 @@ struct MlpArgs {
   const float* b1 = nullptr;
   const float* w2 = nullptr;
   const float* b2 = nullptr;
+  // Optional (h, in): every row of head h reads x + shift[h] (the positions of blocks). The shift
+  // moves into the first product's bias, b1 + shift W1 per head, so x itself is never shifted
+  // and its gradient is only formed where x needs one.
+  const float* shift = nullptr;
 
   // Heads that own a weight pair: one when every head shares it.
   int64_t weight_heads() const { return shared_weights ? 1 : h; }
@@ -53,7 +60,9 @@ struct MlpGrads {
   float* b1 = nullptr;
   float* w2 = nullptr;
   float* b2 = nullptr;
+  float* shift = nullptr;
   bool acc_x = false, acc_w1 = false, acc_b1 = false, acc_w2 = false, acc_b2 = false;
+  bool acc_shift = false;
 };
 
 // From gy (b, h, w, out); `args` as in the forward that returned `saved`.

@@ -49,12 +49,6 @@ void Linear::check_input(const Tensor& x) const {
 // = add(matmul(x, W, false, true), b); the fused op adds the bias inside the GEMM.
 Tensor Linear::forward(const Tensor& x) { return linear(x, weight_, bias_); }
 
-Tensor Linear::shifted_bias(const Tensor& shift) {
-  KVC_CHECK(shift.dim() == 4 && shift.size(0) == 1 && shift.size(2) == 1 && shift.size(3) == in_,
-            "Linear: shift ", shift.shape(), " must be (1, h, 1, ", in_, ")");
-  return reshape(linear(shift, weight_, bias_), {shift.size(1), out_});
-}
-
 // ---- Mix ------------------------------------------------------------------------------------
 
 Mix::Mix(int64_t heads, int64_t in, int64_t out, ParamInit& init)

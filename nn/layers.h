@@ -47,10 +47,6 @@ class Linear : public Module {
  public:
   Linear(const LinearOptions& options, ParamInit& init);
   Tensor forward(const Tensor& x) override;  // (..., in) -> (..., out)
-  // forward(x + shift) = x W^T + forward(shift) for a shift (1, h, 1, in) broadcast over x (the
-  // positions of blocks): this is forward(shift) as a per-head bias (h, out). Affine in x, so
-  // backward needs no gradient of x when x needs none.
-  Tensor shifted_bias(const Tensor& shift);
   void check_input(const Tensor& x) const override;
   std::string name() const override { return "Linear"; }
   const Tensor& weight() const { return weight_; }

@@ -142,6 +142,20 @@ const std::vector<OpCase>& cases() {
              {{{1, 2, 2, 3}}, {{4, 3}}, {{4}}, {{2, 4}}, {{2}}}, [](const Inputs& x) {
                return two_layer_mlp(x[0], x[1], x[2], Activation::gelu, x[3], x[4]);
              });
+    // With the rows shifted (the positions of blocks), both weight layouts.
+    add_case(
+        "two_layer_mlp per head, relu, shifted",
+        {{{2, 3, 40, 48}}, {{3, 48, 72}}, {{3, 72}}, {{3, 72, 16}}, {{3, 16}}, {{1, 3, 1, 48}}},
+        {{{1, 2, 2, 3}}, {{2, 3, 4}}, {{2, 4}}, {{2, 4, 2}}, {{2, 2}}, {{1, 2, 1, 3}}},
+        [](const Inputs& x) {
+          return two_layer_mlp(x[0], x[1], x[2], Activation::relu, x[3], x[4], x[5]);
+        });
+    add_case("two_layer_mlp shared, gelu, shifted",
+             {{{2, 3, 40, 48}}, {{72, 48}}, {{72}}, {{16, 72}}, {{16}}, {{1, 3, 1, 48}}},
+             {{{1, 2, 2, 3}}, {{4, 3}}, {{4}}, {{2, 4}}, {{2}}, {{1, 2, 1, 3}}},
+             [](const Inputs& x) {
+               return two_layer_mlp(x[0], x[1], x[2], Activation::gelu, x[3], x[4], x[5]);
+             });
     add_case("sub", {{{4, 3, 5, 6}}, {{3, 1, 6}}}, {{{2, 3}}, {{3}}},
              [](const Inputs& x) { return sub(x[0], x[1]); });
     add_case("mul", {{{4, 3, 5, 6}}, {{4, 3, 1, 1}}}, {{{2, 3}}, {{2, 1}}},

@@ -21,16 +21,17 @@ struct MlpCase {
   bool shared;       // F.linear's weights (hidden, in), (out, hidden) for every head
   bool head_biases;  // b1 (h, hidden), b2 (h, out); else (hidden), (out)
   Activation act;
+  bool shifted = false;  // the rows of head h read x + shift[h], shift (1, h, 1, in)
 };
 
 std::string describe(const MlpCase& c) {
   return str("b ", c.b, " h ", c.h, " w ", c.w, " in ", c.in, " hidden ", c.hidden, " out ", c.out,
              c.shared ? " shared" : " per-head", c.head_biases ? " head-biases" : " biases",
-             c.act == Activation::relu ? " relu" : " gelu");
+             c.act == Activation::relu ? " relu" : " gelu", c.shifted ? " shifted" : "");
 }
 
-// x, w1, b1, w2, b2 for a case as float64 CPU tensors; weights of fan-in scale so the hidden
-// pre-activations have unit spread.
+// x, w1, b1, w2, b2 (and the shift) for a case as float64 CPU tensors; weights of fan-in scale
+// so the hidden pre-activations have unit spread.
 std::vector<Tensor> make_inputs(const MlpCase& c, uint64_t seed) {
   const TensorOptions opt = TensorOptions{}.with_dtype(DType::f64);
   const double s1 = 1.0 / std::sqrt(double(c.in)), s2 = 1.0 / std::sqrt(double(c.hidden));
@@ -38,14 +39,16 @@ std::vector<Tensor> make_inputs(const MlpCase& c, uint64_t seed) {
   const Shape w2 = c.shared ? Shape{c.out, c.hidden} : Shape{c.h, c.hidden, c.out};
   const Shape b1 = c.head_biases ? Shape{c.h, c.hidden} : Shape{c.hidden};
   const Shape b2 = c.head_biases ? Shape{c.h, c.out} : Shape{c.out};
-  return {
+  std::vector<Tensor> x = {
       Tensor::randn({c.b, c.h, c.w, c.in}, seed, 0, 0.0, 1.0, opt),
       Tensor::randn(w1, seed + 1, 0, 0.0, s1, opt), Tensor::randn(b1, seed + 2, 0, 0.0, 0.5, opt),
       Tensor::randn(w2, seed + 3, 0, 0.0, s2, opt), Tensor::randn(b2, seed + 4, 0, 0.0, 0.5, opt)};
+  if (c.shifted) x.push_back(Tensor::randn({1, c.h, 1, c.in}, seed + 5, 0, 0.0, 0.5, opt));
+  return x;
 }
 
 Tensor run(const MlpCase& c, const std::vector<Tensor>& x) {
-  return two_layer_mlp(x[0], x[1], x[2], c.act, x[3], x[4]);
+  return two_layer_mlp(x[0], x[1], x[2], c.act, x[3], x[4], c.shifted ? x[5] : Tensor());
 }
 
 const std::vector<MlpCase>& small_cases() {
@@ -54,6 +57,10 @@ const std::vector<MlpCase>& small_cases() {
       {1, 2, 3, 4, 7, 2, true, true, Activation::relu},
       {2, 2, 3, 4, 5, 3, false, false, Activation::gelu},
       {2, 3, 2, 3, 4, 2, true, false, Activation::gelu},
+      {2, 3, 4, 5, 6, 3, false, true, Activation::relu, true},
+      {1, 2, 3, 4, 7, 2, true, true, Activation::relu, true},
+      {2, 2, 3, 4, 5, 3, false, false, Activation::gelu, true},
+      {2, 3, 2, 3, 4, 2, true, false, Activation::gelu, true},
   };
   return all;
 }
@@ -82,6 +89,11 @@ TEST_CASE("two_layer_mlp: mismatched weights and biases are refused with the sha
       "two_layer_mlp: biases (3, 6) and (3,) are not (h, 6) or (6,), and (h, 3) "
       "or (3,) for 2 heads",
       Error);
+  CHECK_THROWS_WITH_AS(two_layer_mlp(x, Tensor::zeros({2, 4, 6}, opt), Tensor::zeros({2, 6}, opt),
+                                     Activation::relu, Tensor::zeros({2, 6, 3}, opt),
+                                     Tensor::zeros({3}, opt), Tensor::zeros({1, 2, 4}, opt)),
+                       "two_layer_mlp: shift (1, 2, 4) is not (1, 2, 1, 4) for input (1, 2, 3, 4)",
+                       Error);
 }
 
 #ifdef KVC_WITH_CUDA
@@ -89,7 +101,8 @@ struct MlpResult {
   std::vector<Tensor> values;  // y, then the gradients of x, w1, b1, w2, b2 (float64, CPU)
 };
 
-// y and the gradients of sum(y * gy) on a device and dtype; `x_grad`: whether x requires one.
+// y and the gradients of sum(y * gy) on a device and dtype (the shift's last); `x_grad`: whether
+// x requires one.
 MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
   std::vector<Tensor> x = make_inputs(c, 800);
   for (size_t i = 0; i < x.size(); ++i) {
@@ -132,6 +145,13 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {1, 1, 1, 16, 5, 8, false, true, Activation::gelu},       // 5: less than one 16-byte step
       {1, 3, 7, 24, 37, 8, true, false, Activation::relu},      // ReLU's signs with a tail
       {1, 1, 1, 16, 5, 8, false, true, Activation::relu},       // and with no whole step
+      // Shifted rows: the shift's share of W1's gradient written before the product (fp32,
+      // bf16) or added after it (tf32 per head), and b1's gradient per head or summed.
+      {1, 8, 64, 512, 512, 64, false, true, Activation::relu, true},
+      {2, 3, 33, 96, 200, 16, true, true, Activation::relu, true},
+      {2, 2, 50, 128, 256, 64, false, true, Activation::gelu, true},
+      {2, 3, 45, 64, 72, 16, false, false, Activation::gelu, true},
+      {1, 4, 37, 64, 130, 24, true, false, Activation::gelu, true},
   };
   test::PrecisionScope scope(precision);
   for (const MlpCase& c : cases) {
@@ -141,6 +161,7 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       const MlpResult want = run_on(c, DType::f64, Device::cpu(), x_grad);
       const MlpResult got = run_on(c, DType::f32, Device::cuda(), x_grad);
       REQUIRE(got.values.size() == want.values.size());
+      const size_t x_count = got.values.size();
       // Rounded operands show in y and in the first weight's gradient wherever the sizes let
       // cuBLASLt take its tensor-core kernels (multiples of 8; others may run exact FP32 ones).
       // b2's gradient is a float32 sum of gy either way.
@@ -150,8 +171,9 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       for (size_t i = 0; i < got.values.size(); ++i) {
         const double e = test::rel_error(got.values[i], want.values[i]);
         errors += str(" ", e);
-        // Below ReLU (x, w1, b1), see kink_tol.
-        const bool below_relu = c.act == Activation::relu && i >= 1 && i <= b1_index;
+        // Below ReLU (x, w1, b1 and the shift, last), see kink_tol.
+        const bool below_relu = c.act == Activation::relu &&
+                                ((i >= 1 && i <= b1_index) || (c.shifted && i + 1 == x_count));
         CHECK(e < (below_relu ? kink_tol : tol));
         if (tensor_cores && (i == 0 || i == w1_index)) CHECK(e > floor);
       }
@@ -189,31 +211,34 @@ TEST_CASE("cuda: two_layer_mlp adds onto existing gradients and runs without a t
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
   // GELU under TF32 without x's gradient takes the path that finishes the hidden gradient and
-  // sums b1 in dW1's transposition: both x settings, both activations.
+  // sums b1 in dW1's transposition: both x settings, both activations; shifted rows add the
+  // shift's share of W1's gradient before that product or after it.
   for (const kernels::MathPrecision precision :
        {kernels::MathPrecision::tf32, kernels::MathPrecision::bf16}) {
     for (const bool shared : {false, true}) {
       for (const Activation act : {Activation::relu, Activation::gelu}) {
         for (const bool x_grad : {true, false}) {
-          const MlpCase c{2, 2, 24, 64, 128, 16, shared, true, act};
-          CAPTURE(kernels::precision_name(precision));
-          CAPTURE(describe(c));
-          CAPTURE(x_grad);
-          test::PrecisionScope scope(precision);
-          std::vector<Tensor> x = make_inputs(c, 900);
-          for (size_t i = 0; i < x.size(); ++i) {
-            x[i] = x[i].to(DType::f32).to(Device::cuda()).set_requires_grad(i > 0 || x_grad);
-          }
-          backward(sum(run(c, x)));
-          std::vector<std::vector<double>> once;
-          for (const Tensor& t : x) {
-            if (t.requires_grad()) once.push_back(t.grad().to_vector());
-          }
-          backward(sum(run(c, x)));  // accumulates: twice, up to the rounding of the sums
-          for (size_t i = x_grad ? 0 : 1; i < x.size(); ++i) {
-            std::vector<double> doubled = once[i - (x_grad ? 0 : 1)];
-            for (double& v : doubled) v *= 2;
-            CHECK(test::rel_error(x[i].grad().to_vector(), doubled) < 1e-6);
+          for (const bool shifted : {false, true}) {
+            const MlpCase c{2, 2, 24, 64, 128, 16, shared, true, act, shifted};
+            CAPTURE(kernels::precision_name(precision));
+            CAPTURE(describe(c));
+            CAPTURE(x_grad);
+            test::PrecisionScope scope(precision);
+            std::vector<Tensor> x = make_inputs(c, 900);
+            for (size_t i = 0; i < x.size(); ++i) {
+              x[i] = x[i].to(DType::f32).to(Device::cuda()).set_requires_grad(i > 0 || x_grad);
+            }
+            backward(sum(run(c, x)));
+            std::vector<std::vector<double>> once;
+            for (const Tensor& t : x) {
+              if (t.requires_grad()) once.push_back(t.grad().to_vector());
+            }
+            backward(sum(run(c, x)));  // accumulates: twice, up to the rounding of the sums
+            for (size_t i = x_grad ? 0 : 1; i < x.size(); ++i) {
+              std::vector<double> doubled = once[i - (x_grad ? 0 : 1)];
+              for (double& v : doubled) v *= 2;
+              CHECK(test::rel_error(x[i].grad().to_vector(), doubled) < 1e-6);
+            }
           }
         }
       }

@@ -18,6 +18,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/fill.h"
 #include "kernels/math/elementwise.h"
+#include "kernels/memory.h"
 #include "kernels/mlp.h"
 #include "kernels/precision.h"
 #include "kernels/reduce.h"
@@ -434,6 +435,35 @@ void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool s
   });
 }
 
+// The shift's rows, one per head, as rows_times_weight's input: each head's one row through its
+// own weight, or with shared weights all h rows through the one weight in a single product.
+MlpArgs shift_rows(const MlpArgs& g) {
+  MlpArgs r = g;
+  r.b = 1;
+  r.w = g.shared_weights ? g.h : 1;
+  r.h = g.shared_weights ? 1 : g.h;
+  return r;
+}
+
+// out (h, hidden) = b1 + shift W1 per head, float32: the first product's bias with the shift
+// moved in (MlpArgs::shift). `w1` as the products read it (bfloat16 under bf16).
+void shifted_bias(const MlpArgs& g, const Types& t, const void* w1, float* out) {
+  if (g.b1_per_head || g.h == 1) {
+    copy_d2d(out, g.b1, static_cast<size_t>(g.h * g.hidden) * sizeof(float));
+  } else {
+    for (int64_t h = 0; h < g.h; ++h) {
+      copy_d2d(out + h * g.hidden, g.b1, static_cast<size_t>(g.hidden) * sizeof(float));
+    }
+  }
+  const Operand shift(g.shift, g.h * g.in, t.bf16);
+  Product p;
+  p.ab = t.data;
+  p.compute = t.compute;
+  p.beta = 1.0f;
+  rows_times_weight(shift_rows(g), p, g.in, g.hidden, !g.shared_weights, shift.p, t.size, w1, out,
+                    sizeof(float));
+}
+
 // What the TF32 transposition (below) applies to each value before it rounds it: nothing, or
 // GELU's derivative, g * gelu'(p) with p GELU's input (the first weight's gradient reads the
 // gradient at the first product's output, finished here rather than in a pass of its own).
@@ -652,7 +682,12 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   const int64_t rows = g.b * g.h * g.w;
   s->x = Operand(g.x, rows * g.in, t.bf16);
   const Operand w1(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
-  const Operand b1(g.b1, (g.b1_per_head ? g.h : 1) * g.hidden, t.bf16);
+  // The first product's bias: b1, or b1 + shift W1 per head.
+  Scratch b1_shifted(g.shift ? static_cast<size_t>(g.h * g.hidden) * sizeof(float) : 0);
+  if (g.shift) shifted_bias(g, t, w1.p, b1_shifted.as<float>());
+  const bool b1_per_head = g.b1_per_head || g.shift;
+  const Operand b1(g.shift ? b1_shifted.as<float>() : g.b1, (b1_per_head ? g.h : 1) * g.hidden,
+                   t.bf16);
   s->w2 = Operand(g.w2, g.weight_heads() * g.hidden * g.out, t.bf16);
   // The first product's output: ReLU's (its epilogue applies it), kept for the backward, which
   // needs nothing else of this layer; GELU's input, kept for the backward, which recomputes
@@ -672,7 +707,7 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   first.ab = first.c = t.data;
   first.compute = t.compute;
   first.bias = b1.p;
-  first.bias_stride = g.b1_per_head ? g.hidden : 0;
+  first.bias_stride = b1_per_head ? g.hidden : 0;
   first.epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
   rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p,
                     s->hidden->as<void>(), t.size);
@@ -776,7 +811,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     }
     weight_grad(activated, g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
   }
-  if (!out.x && !out.w1 && !out.b1) return;
+  if (!out.x && !out.w1 && !out.b1 && !out.shift) return;
 
   // The gradient at the first product's output, gy W2^T times act'(.), in the operand type.
   // Under TF32 and GELU with per-head weights and no gradient for x, nothing reads that gradient
@@ -801,31 +836,73 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
       activation_backward<T>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
     }
   });
-  const BiasGrad b1{out.b1, out.acc_b1, g.b1_per_head};
-  if (finish_in_transpose) {
-    weight_grad_tf32(g, {static_cast<const float*>(s.x.p), g.in},
-                     {static_cast<const float*>(dpre), g.hidden, Tf32Op::gelu_grad,
-                      static_cast<const float*>(s.hidden->as<void>())},
-                     out.w1, out.acc_w1, b1);
-    return;
+  // The gradient at the first product's bias: b1's, or with a shift the shifted bias's, (h,
+  // hidden), from which b1's, the shift's and W1's rank-one share follow (below).
+  Scratch db1_shifted(g.shift ? static_cast<size_t>(g.h * g.hidden) * sizeof(float) : 0);
+  BiasGrad b1{out.b1, out.acc_b1, g.b1_per_head};
+  if (g.shift) {
+    b1 =
+        out.b1 || out.w1 || out.shift ? BiasGrad{db1_shifted.as<float>(), false, true} : BiasGrad{};
   }
   // Under TF32 with per-head weights dW1's transposition of that gradient sums b1's too: a pass
   // over (b, h, w, hidden) fewer (~58 us a compressor at `nsa`).
   const bool b1_in_transpose = tf32 && !g.shared_weights && out.w1;
-  if (out.b1 && !b1_in_transpose) {
+  if (b1.dst && !b1_in_transpose) {
     if (t.bf16) {
       bf16_bias_grad(dpre, g.hidden, b1);
     } else {
       bias_grad(g, static_cast<const float*>(dpre), g.hidden, b1);
     }
   }
-  if (out.w1) {
+  // The shift's share of W1's gradient: per head shift^T db1_shifted, rank one (h with shared
+  // weights), written (or added) at memory speed. Where db1_shifted is known before the
+  // weight-gradient product, that product adds onto it.
+  const auto w1_shift_share = [&](bool acc) {
+    const float* db = db1_shifted.as<float>();
+    if (g.shared_weights) {  // (hidden, in) = db^T (hidden, h) shift (h, in)
+      Product p;
+      p.trans_a = true;
+      p.m = g.hidden, p.n = g.in, p.k = g.h, p.lda = g.hidden, p.ldb = g.in, p.ldc = g.in;
+      p.beta = acc ? 1.0f : 0.0f;
+      run(p, db, g.shift, out.w1);
+    } else {
+      outer<float>(g.shift, db, out.w1, g.h, g.in, g.hidden, acc ? 1.0f : 0.0f);
+    }
+  };
+  bool acc_w1 = out.acc_w1;
+  if (g.shift && out.w1 && !b1_in_transpose) {
+    w1_shift_share(acc_w1);
+    acc_w1 = true;
+  }
+  if (finish_in_transpose) {
+    weight_grad_tf32(g, {static_cast<const float*>(s.x.p), g.in},
+                     {static_cast<const float*>(dpre), g.hidden, Tf32Op::gelu_grad,
+                      static_cast<const float*>(s.hidden->as<void>())},
+                     out.w1, acc_w1, b1);
+  } else if (out.w1) {
     if (tf32) {
       weight_grad_tf32(g, {static_cast<const float*>(s.x.p), g.in},
-                       {static_cast<const float*>(dpre), g.hidden}, out.w1, out.acc_w1,
+                       {static_cast<const float*>(dpre), g.hidden}, out.w1, acc_w1,
                        b1_in_transpose ? b1 : BiasGrad{});
     } else {
-      weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, out.acc_w1);
+      weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, acc_w1);
+    }
+  }
+  if (g.shift) {
+    const float* db = db1_shifted.as<float>();
+    if (out.w1 && b1_in_transpose) w1_shift_share(true);
+    if (out.b1) {  // db1_shifted itself, or its sum over the heads
+      const int64_t heads = g.b1_per_head ? g.h : 1;
+      write_or_add(out.b1, out.acc_b1, heads * g.hidden, [&](float* o) {
+        sum_axis<float>(db, o, 1, g.h / heads, heads * g.hidden, 1.0f);
+      });
+    }
+    if (out.shift) {  // (h, in) = db1_shifted W1^T per head, through the float32 weight
+      Product p;
+      p.compute = t.compute;
+      p.beta = out.acc_shift ? 1.0f : 0.0f;
+      rows_times_weight(shift_rows(g), p, g.hidden, g.in, g.shared_weights, db, sizeof(float), g.w1,
+                        out.shift, sizeof(float));
     }
   }
   if (out.x) {  // dpre W1^T, float32 out

@@ -51,10 +51,11 @@ Tensor EnhancedMlpCompressor::compress_sequence(const Tensor& seq, const Tensor&
   const Tensor block_mean = add(mean(in.windows, 3), mean(in.positions, 3));
   const Tensor windows = flatten_block(in.windows), shift = flatten_block(in.positions);
   // Dropout off (p = 0 or evaluation): the two Mix layers and GELU as one op.
-  const Tensor mlp = training() && options_.dropout > 0.0
-                         ? net_->forward_from(1, first_->forward_shifted(windows, shift))
-                         : two_layer_mlp(windows, first_->weight(), first_->shifted_bias(shift),
-                                         Activation::gelu, second_->weight(), second_->bias());
+  const Tensor mlp =
+      training() && options_.dropout > 0.0
+          ? net_->forward_from(1, first_->forward_shifted(windows, shift))
+          : two_layer_mlp(windows, first_->weight(), first_->bias(), Activation::gelu,
+                          second_->weight(), second_->bias(), shift);
   return add(block_mean, mul(residual_scale_, mlp));
 }
 

@@ -39,9 +39,9 @@ Tensor MlpCompressor::forward(const Tensor& x) { return (*net_)(flatten_block(x)
 // (blocks_apart): backward skips the first layer's input gradient, the largest GEMM there is.
 Tensor MlpCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
   const BlocksApart in = blocks_apart(seq, positions, options_);
-  return two_layer_mlp(flatten_block(in.windows), first_->weight(),
-                       first_->shifted_bias(flatten_block(in.positions)), Activation::relu,
-                       second_->weight(), second_->bias());
+  return two_layer_mlp(flatten_block(in.windows), first_->weight(), first_->bias(),
+                       Activation::relu, second_->weight(), second_->bias(),
+                       flatten_block(in.positions));
 }
 
 }  // namespace
