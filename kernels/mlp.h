@@ -4,14 +4,17 @@
 // and the backward applies either derivative in one pass after its product. Those activations stay
 // in the math precision's operand type: bfloat16 under bf16, so the second product and the weight
 // gradients read them without a conversion pass and they take half the memory of float32. Bias
-// gradients are sums over the rows in float32 (b1's under bf16 a ones-vector product over its
-// bfloat16 gradient). Under TF32 the first weight's gradient transposes its operands first; with
-// per-head weights that pass also sums b1's gradient, and with GELU applies GELU's derivative
-// too. A shift of the rows (the positions of blocks) joins b1 (one row per head through W1) and
-// its share of W1's gradient, rank one per head, is written before the weight-gradient product
-// adds onto it (one pass writing W1's size instead of one reading and writing it after). The
-// products of the batch indices run side by side on forked streams (see mlp.cu). The CPU,
-// float64 and other sizes run the composition of core ops (core/ops_fused.cpp).
+// gradients are sums over the rows in float32. Under bf16 the gradient at the first product's
+// output (gy W2^T, the activation's derivative, b1's column sums) is one mma.sync kernel where
+// out is a multiple of 16 up to 128 and hidden of 8; for other sizes b1's is a
+// ones-vector product over its bfloat16 gradient. Under TF32 the first weight's gradient
+// transposes its operands first; with per-head weights that pass also sums b1's gradient, and
+// with GELU applies GELU's derivative too. A shift of the rows (the positions of blocks) joins b1
+// (one row per head through W1) and its share of W1's gradient, rank one per head, is written
+// before the weight-gradient product adds onto it (one pass writing W1's size instead of one
+// reading and writing it after). The products of the batch indices run side by side on forked
+// streams (see mlp.cu). The CPU, float64 and other sizes run the composition of core ops
+// (core/ops_fused.cpp).
 #pragma once
 
 #include <cstddef>

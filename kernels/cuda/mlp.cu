@@ -367,6 +367,196 @@ void relu_masked(const void* mask, void* g, int64_t n) {
                      static_cast<T*>(g), n);
 }
 
+// The gradient at the first product's output under bf16 in one pass, where it would otherwise
+// take four (the product gy W2^T into the hidden buffer; ReLU's signs kept aside and applied
+// after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
+// result): per (batch index, head) a CTA multiplies kRows rows of gy by W2^T for kCols hidden
+// columns on mma.sync (k = out <= kMaxK, all of it in shared memory at once), then through
+// shared memory reads the kept activations 16 bytes a thread, applies the derivative, writes the
+// gradient in bfloat16 and sums each column over its rows (the bfloat16 values, as the
+// ones-vector product summed them) for b1's gradient. `saved` may be `dst` (ReLU writes over its
+// kept output): each value is read and then written by the same thread.
+namespace hidden_grad {
+constexpr int kRows = 128, kCols = 128, kMaxK = 128, kThreads = 256;
+constexpr int kLd = kMaxK + 8;      // bf16 a row of the operand tiles: ldmatrix without conflicts
+constexpr int kCLd = kCols + 8;     // floats a row of the product's tile: float2 stores likewise
+constexpr int kGroups = kCols / 8;  // 16-byte column groups of a row
+constexpr int kRowsAPass = kThreads / kGroups;  // rows the CTA's threads cover at once
+constexpr int kRowsAThread = kRows / kRowsAPass;
+constexpr size_t kOperandBytes = size_t{2} * kRows * kLd * sizeof(uint16_t);  // A, then B
+constexpr size_t kProductBytes = size_t{kRows} * kCLd * sizeof(float);
+constexpr size_t kSumsOffset = kOperandBytes > kProductBytes ? kOperandBytes : kProductBytes;
+constexpr size_t kSmemBytes = kSumsOffset + size_t{kRowsAPass} * kCols * sizeof(float);
+static_assert(kCols == kMaxK, "B's tile is (kCols, kLd) or, transposed, (kMaxK, kLd)");
+static_assert(kRows == 128 && kCols == 128 && kThreads == 256, "8 warps of 32 x 64");
+
+bool fits(const MlpArgs& g) { return g.out % 16 == 0 && g.out <= kMaxK && g.hidden % 8 == 0; }
+}  // namespace hidden_grad
+
+// kShared: W2 (out, hidden) for every head (F.linear's), else (h, hidden, out) (Mix's).
+template <bool kGelu, bool kShared>
+__global__ void __launch_bounds__(hidden_grad::kThreads, 2)
+    hidden_grad_kernel(const uint16_t* __restrict__ gy, const uint16_t* __restrict__ w2,
+                       const uint16_t* saved, uint16_t* dst, float* __restrict__ col_sums,
+                       int64_t heads, int64_t rows, int64_t hidden, int k) {
+  using namespace hidden_grad;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* as = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* bs = as + kRows * kLd;
+  float* cs = reinterpret_cast<float*>(smem);  // the product, over the operands once they are read
+  float* ss = reinterpret_cast<float*>(smem + kSumsOffset);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t z = blockIdx.z, head = z % heads, bi = z / heads;
+  const int64_t row0 = int64_t{blockIdx.y} * kRows, col0 = int64_t{blockIdx.x} * kCols;
+  const uint16_t* gz = gy + z * rows * k;
+  const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * k);
+  const int64_t hz = z * rows * hidden;  // this (batch index, head)'s rows in saved and dst
+
+  // A: gy's rows (kRows, k), zeros past `rows`. B: W2^T's columns, as (kCols, k) (Mix's, k
+  // contiguous) or (k, kCols) (F.linear's, columns contiguous), zeros past `hidden`.
+  const int kv = k / 8;
+  for (int i = tid; i < kRows * kv; i += kThreads) {
+    const int r = i / kv, c = i % kv * 8;
+    uint4 v = make_uint4(0, 0, 0, 0);
+    if (row0 + r < rows) v = *reinterpret_cast<const uint4*>(gz + (row0 + r) * k + c);
+    *reinterpret_cast<uint4*>(as + r * kLd + c) = v;
+  }
+  if constexpr (kShared) {
+    for (int i = tid; i < k * kGroups; i += kThreads) {
+      const int kk = i / kGroups, c = i % kGroups * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (col0 + c < hidden) v = *reinterpret_cast<const uint4*>(wz + kk * hidden + col0 + c);
+      *reinterpret_cast<uint4*>(bs + kk * kLd + c) = v;
+    }
+  } else {
+    for (int i = tid; i < kCols * kv; i += kThreads) {
+      const int n = i / kv, c = i % kv * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (col0 + n < hidden) v = *reinterpret_cast<const uint4*>(wz + (col0 + n) * k + c);
+      *reinterpret_cast<uint4*>(bs + n * kLd + c) = v;
+    }
+  }
+  __syncthreads();
+
+  // Warp (wm, wn) multiplies rows 32 wm.. by columns 64 wn..: 2 x 8 tiles of 16 x 8.
+  const int wm = warp % 4, wn = warp / 4, mi = lane / 8;
+  float acc[2][8][4] = {};
+  for (int ks = 0; ks < k; ks += 16) {
+    uint32_t a[2][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      ldmatrix_x4(a[mt], as + (wm * 32 + mt * 16 + lane % 16) * kLd + ks + lane / 16 * 8);
+    }
+#pragma unroll
+    for (int np = 0; np < 4; ++np) {  // pairs of column tiles
+      uint32_t b[4];
+      const int n = wn * 64 + np * 16 + (mi >> 1) * 8;
+      if constexpr (kShared) {
+        ldmatrix_x4_trans(b, bs + (ks + (mi & 1) * 8 + lane % 8) * kLd + n);
+      } else {
+        ldmatrix_x4(b, bs + (n + lane % 8) * kLd + ks + (mi & 1) * 8);
+      }
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
+        mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+      }
+    }
+  }
+  __syncthreads();  // the product's tile goes over the operands
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+      float* c = cs + (wm * 32 + mt * 16 + g) * kCLd + wn * 64 + nt * 8 + 2 * t;
+      *reinterpret_cast<float2*>(c) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
+      *reinterpret_cast<float2*>(c + 8 * kCLd) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
+    }
+  }
+  // The kept activations this thread finishes, all its loads in flight at once (the products'
+  // registers are free by now): column group `group`, rows first_row + kRowsAPass i.
+  const int group = tid % kGroups, first_row = tid / kGroups;
+  const int64_t col = col0 + 8 * group;
+  uint4 kept[kRowsAThread];
+#pragma unroll
+  for (int i = 0; i < kRowsAThread; ++i) {
+    const int64_t r = row0 + first_row + kRowsAPass * i;
+    kept[i] = make_uint4(0, 0, 0, 0);
+    if (r < rows && col < hidden) {
+      kept[i] = *reinterpret_cast<const uint4*>(saved + hz + r * hidden + col);
+    }
+  }
+  __syncthreads();
+
+  float sums[8] = {};
+#pragma unroll
+  for (int i = 0; i < kRowsAThread; ++i) {
+    const int r = first_row + kRowsAPass * i;
+    if (row0 + r >= rows || col >= hidden) continue;
+    const float4 p0 = *reinterpret_cast<const float4*>(cs + r * kCLd + 8 * group);
+    const float4 p1 = *reinterpret_cast<const float4*>(cs + r * kCLd + 8 * group + 4);
+    const float product[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+    const __nv_bfloat16* in = reinterpret_cast<const __nv_bfloat16*>(&kept[i]);
+    uint4 o;
+    __nv_bfloat16* oe = reinterpret_cast<__nv_bfloat16*>(&o);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float a = __bfloat162float(in[e]);
+      const float v = kGelu ? math::gelu_backward(a, product[e]) : (a > 0.0f ? product[e] : 0.0f);
+      oe[e] = __float2bfloat16(v);
+      sums[e] += __bfloat162float(oe[e]);
+    }
+    *reinterpret_cast<uint4*>(dst + hz + (row0 + r) * hidden + col) = o;
+  }
+  if (!col_sums) return;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) ss[first_row * kCols + 8 * group + e] = sums[e];
+  __syncthreads();
+  if (tid < kCols && col0 + tid < hidden) {
+    float total = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kRowsAPass; ++j) total += ss[j * kCols + tid];
+    const int64_t batches = gridDim.z / heads;
+    col_sums[((head * batches + bi) * gridDim.y + blockIdx.y) * hidden + col0 + tid] = total;
+  }
+}
+
+// The launcher (hidden_grad::fits(g) true): dst (b, h, w, hidden) from gy (b, h, w, out) and W2,
+// both bfloat16, and `saved` (ReLU's output or GELU's input); with col_sums, each column's
+// partial sums (h, b, ceil(w / kRows), hidden).
+template <bool kGelu, bool kShared>
+void launch_hidden_grad(const MlpArgs& g, const void* gy, const void* w2, const void* saved,
+                        void* dst, float* col_sums) {
+  using namespace hidden_grad;
+  static const bool sized = [] {  // once per instantiation
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(hidden_grad_kernel<kGelu, kShared>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kSmemBytes)));
+    return true;
+  }();
+  (void)sized;
+  const dim3 grid(static_cast<unsigned>((g.hidden + kCols - 1) / kCols),
+                  static_cast<unsigned>((g.w + kRows - 1) / kRows),
+                  static_cast<unsigned>(g.b * g.h));
+  hidden_grad_kernel<kGelu, kShared><<<grid, kThreads, kSmemBytes, stream()>>>(
+      static_cast<const uint16_t*>(gy), static_cast<const uint16_t*>(w2),
+      static_cast<const uint16_t*>(saved), static_cast<uint16_t*>(dst), col_sums, g.h, g.w,
+      g.hidden, static_cast<int>(g.out));
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+void hidden_grad_bf16(const MlpArgs& g, const void* gy, const void* w2, const void* saved,
+                      void* dst, float* col_sums) {
+  const bool gelu = g.act == MlpActivation::gelu;
+  if (gelu && g.shared_weights) launch_hidden_grad<true, true>(g, gy, w2, saved, dst, col_sums);
+  if (gelu && !g.shared_weights) launch_hidden_grad<true, false>(g, gy, w2, saved, dst, col_sums);
+  if (!gelu && g.shared_weights) launch_hidden_grad<false, true>(g, gy, w2, saved, dst, col_sums);
+  if (!gelu && !g.shared_weights) {
+    launch_hidden_grad<false, false>(g, gy, w2, saved, dst, col_sums);
+  }
+}
+
 // The element type of the products' operands and of the hidden activations.
 struct Types {
   bool bf16 = false;
@@ -820,8 +1010,12 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   void* dpre = relu ? s.hidden->as<void>() : gelu_out.as<void>();
   const bool tf32 = s.precision == MathPrecision::tf32;
   const bool finish_in_transpose = tf32 && !relu && !g.shared_weights && !out.x && out.w1;
+  // Under bf16, where its kernel fits the sizes, one pass (hidden_grad_kernel); b1's (or the
+  // shifted bias's) gradient comes from its partial column sums.
+  const bool one_pass = t.bf16 && hidden_grad::fits(g);
   with_operand_type(t, [&](auto type) {
     using T = decltype(type);
+    if (one_pass) return;
     Scratch signs(relu ? static_cast<size_t>(relu_mask_bytes<T>(n_hidden)) : 0);
     if (relu) relu_mask<T>(s.hidden->as<void>(), signs.as<void>(), n_hidden);
     Product back;
@@ -847,7 +1041,17 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   // Under TF32 with per-head weights dW1's transposition of that gradient sums b1's too: a pass
   // over (b, h, w, hidden) fewer (~58 us a compressor at `nsa`).
   const bool b1_in_transpose = tf32 && !g.shared_weights && out.w1;
-  if (b1.dst && !b1_in_transpose) {
+  if (one_pass) {
+    const int64_t tiles = (g.w + hidden_grad::kRows - 1) / hidden_grad::kRows;
+    Scratch sums(b1.dst ? static_cast<size_t>(g.h * g.b * tiles * g.hidden) * sizeof(float) : 0);
+    hidden_grad_bf16(g, gy_op.p, s.w2.p, s.hidden->as<void>(), dpre, sums.as<float>());
+    if (b1.dst) {
+      const int64_t heads = b1.per_head ? g.h : 1, parts = g.h * g.b * tiles / heads;
+      write_or_add(b1.dst, b1.acc, heads * g.hidden, [&](float* o) {
+        sum_axis<float>(sums.as<float>(), o, heads, parts, g.hidden, 1.0f);
+      });
+    }
+  } else if (b1.dst && !b1_in_transpose) {
     if (t.bf16) {
       bf16_bias_grad(dpre, g.hidden, b1);
     } else {
