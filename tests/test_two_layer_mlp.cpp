@@ -151,8 +151,11 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {2, 2, 300, 64, 128, 32, false, false, Activation::gelu},
       {2, 3, 33, 96, 136, 32, true, false, Activation::gelu},
       // Shifted rows: the shift's share of W1's gradient written before the product (fp32,
-      // bf16) or added after it (tf32 per head), and b1's gradient per head or summed.
+      // bf16) or added after it (tf32 per head), and b1's gradient per head or summed; under
+      // bf16 with per-head weights the shift joins b1 as W1 is rounded (in = 96: a partial chunk
+      // of W1's rows), with F.linear's through the product.
       {1, 8, 64, 512, 512, 64, false, true, Activation::relu, true},
+      {2, 2, 30, 96, 128, 32, false, true, Activation::relu, true},
       {2, 3, 33, 96, 200, 16, true, true, Activation::relu, true},
       {2, 2, 50, 128, 256, 64, false, true, Activation::gelu, true},
       {2, 3, 45, 64, 72, 16, false, false, Activation::gelu, true},

@@ -377,28 +377,28 @@ void relu_masked(const void* mask, void* g, int64_t n) {
 // ones-vector product summed them) for b1's gradient. `saved` may be `dst` (ReLU writes over its
 // kept output): each value is read and then written by the same thread.
 namespace hidden_grad {
-constexpr int kRows = 128, kCols = 128, kMaxK = 128, kThreads = 256;
+constexpr int kRows = 128, kCols = 128, kMaxK = 128, kCtaThreads = 256;
 constexpr int kLd = kMaxK + 8;      // bf16 a row of the operand tiles: ldmatrix without conflicts
 constexpr int kCLd = kCols + 8;     // floats a row of the product's tile: float2 stores likewise
 constexpr int kGroups = kCols / 8;  // 16-byte column groups of a row
-constexpr int kRowsAPass = kThreads / kGroups;  // rows the CTA's threads cover at once
+constexpr int kRowsAPass = kCtaThreads / kGroups;  // rows the CTA's threads cover at once
 constexpr int kRowsAThread = kRows / kRowsAPass;
 constexpr size_t kOperandBytes = size_t{2} * kRows * kLd * sizeof(uint16_t);  // A, then B
 constexpr size_t kProductBytes = size_t{kRows} * kCLd * sizeof(float);
 constexpr size_t kSumsOffset = kOperandBytes > kProductBytes ? kOperandBytes : kProductBytes;
 constexpr size_t kSmemBytes = kSumsOffset + size_t{kRowsAPass} * kCols * sizeof(float);
 static_assert(kCols == kMaxK, "B's tile is (kCols, kLd) or, transposed, (kMaxK, kLd)");
-static_assert(kRows == 128 && kCols == 128 && kThreads == 256, "8 warps of 32 x 64");
+static_assert(kRows == 128 && kCols == 128 && kCtaThreads == 256, "8 warps of 32 x 64");
 
 bool fits(const MlpArgs& g) { return g.out % 16 == 0 && g.out <= kMaxK && g.hidden % 8 == 0; }
 }  // namespace hidden_grad
 
 // kShared: W2 (out, hidden) for every head (F.linear's), else (h, hidden, out) (Mix's).
 template <bool kGelu, bool kShared>
-__global__ void __launch_bounds__(hidden_grad::kThreads, 2)
+__global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     hidden_grad_kernel(const uint16_t* __restrict__ gy, const uint16_t* __restrict__ w2,
                        const uint16_t* saved, uint16_t* dst, float* __restrict__ col_sums,
-                       int64_t heads, int64_t rows, int64_t hidden, int k) {
+                       uint16_t* gelu_out, int64_t heads, int64_t rows, int64_t hidden, int k) {
   using namespace hidden_grad;
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* as = reinterpret_cast<uint16_t*>(smem);
@@ -415,21 +415,21 @@ __global__ void __launch_bounds__(hidden_grad::kThreads, 2)
   // A: gy's rows (kRows, k), zeros past `rows`. B: W2^T's columns, as (kCols, k) (Mix's, k
   // contiguous) or (k, kCols) (F.linear's, columns contiguous), zeros past `hidden`.
   const int kv = k / 8;
-  for (int i = tid; i < kRows * kv; i += kThreads) {
+  for (int i = tid; i < kRows * kv; i += kCtaThreads) {
     const int r = i / kv, c = i % kv * 8;
     uint4 v = make_uint4(0, 0, 0, 0);
     if (row0 + r < rows) v = *reinterpret_cast<const uint4*>(gz + (row0 + r) * k + c);
     *reinterpret_cast<uint4*>(as + r * kLd + c) = v;
   }
   if constexpr (kShared) {
-    for (int i = tid; i < k * kGroups; i += kThreads) {
+    for (int i = tid; i < k * kGroups; i += kCtaThreads) {
       const int kk = i / kGroups, c = i % kGroups * 8;
       uint4 v = make_uint4(0, 0, 0, 0);
       if (col0 + c < hidden) v = *reinterpret_cast<const uint4*>(wz + kk * hidden + col0 + c);
       *reinterpret_cast<uint4*>(bs + kk * kLd + c) = v;
     }
   } else {
-    for (int i = tid; i < kCols * kv; i += kThreads) {
+    for (int i = tid; i < kCols * kv; i += kCtaThreads) {
       const int n = i / kv, c = i % kv * 8;
       uint4 v = make_uint4(0, 0, 0, 0);
       if (col0 + n < hidden) v = *reinterpret_cast<const uint4*>(wz + (col0 + n) * k + c);
@@ -498,16 +498,20 @@ __global__ void __launch_bounds__(hidden_grad::kThreads, 2)
     const float4 p1 = *reinterpret_cast<const float4*>(cs + r * kCLd + 8 * group + 4);
     const float product[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
     const __nv_bfloat16* in = reinterpret_cast<const __nv_bfloat16*>(&kept[i]);
-    uint4 o;
+    uint4 o, act;
     __nv_bfloat16* oe = reinterpret_cast<__nv_bfloat16*>(&o);
+    __nv_bfloat16* ae = reinterpret_cast<__nv_bfloat16*>(&act);
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       const float a = __bfloat162float(in[e]);
       const float v = kGelu ? math::gelu_backward(a, product[e]) : (a > 0.0f ? product[e] : 0.0f);
       oe[e] = __float2bfloat16(v);
       sums[e] += __bfloat162float(oe[e]);
+      if (kGelu && gelu_out) ae[e] = __float2bfloat16(math::gelu(a));
     }
-    *reinterpret_cast<uint4*>(dst + hz + (row0 + r) * hidden + col) = o;
+    const int64_t at = hz + (row0 + r) * hidden + col;
+    *reinterpret_cast<uint4*>(dst + at) = o;
+    if (kGelu && gelu_out) *reinterpret_cast<uint4*>(gelu_out + at) = act;
   }
   if (!col_sums) return;
 #pragma unroll
@@ -522,12 +526,20 @@ __global__ void __launch_bounds__(hidden_grad::kThreads, 2)
   }
 }
 
-// The launcher (hidden_grad::fits(g) true): dst (b, h, w, hidden) from gy (b, h, w, out) and W2,
-// both bfloat16, and `saved` (ReLU's output or GELU's input); with col_sums, each column's
-// partial sums (h, b, ceil(w / kRows), hidden).
+// The pass's buffers, all bfloat16 but the column sums: dst (b, h, w, hidden) from gy (b, h, w,
+// out), W2 and `saved` (ReLU's output or GELU's input); with col_sums, each column's partial sums
+// (h, b, ceil(w / kRows), hidden); with gelu_out (GELU only, may be `saved`), GELU's output too.
+struct HiddenGradIo {
+  const void* gy = nullptr;
+  const void* w2 = nullptr;
+  const void* saved = nullptr;
+  void* dst = nullptr;
+  float* col_sums = nullptr;
+  void* gelu_out = nullptr;
+};
+
 template <bool kGelu, bool kShared>
-void launch_hidden_grad(const MlpArgs& g, const void* gy, const void* w2, const void* saved,
-                        void* dst, float* col_sums) {
+void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   using namespace hidden_grad;
   static const bool sized = [] {  // once per instantiation
     KVC_CUDA_CHECK(cudaFuncSetAttribute(hidden_grad_kernel<kGelu, kShared>,
@@ -539,22 +551,20 @@ void launch_hidden_grad(const MlpArgs& g, const void* gy, const void* w2, const 
   const dim3 grid(static_cast<unsigned>((g.hidden + kCols - 1) / kCols),
                   static_cast<unsigned>((g.w + kRows - 1) / kRows),
                   static_cast<unsigned>(g.b * g.h));
-  hidden_grad_kernel<kGelu, kShared><<<grid, kThreads, kSmemBytes, stream()>>>(
-      static_cast<const uint16_t*>(gy), static_cast<const uint16_t*>(w2),
-      static_cast<const uint16_t*>(saved), static_cast<uint16_t*>(dst), col_sums, g.h, g.w,
-      g.hidden, static_cast<int>(g.out));
+  hidden_grad_kernel<kGelu, kShared><<<grid, kCtaThreads, kSmemBytes, stream()>>>(
+      static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
+      static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums,
+      static_cast<uint16_t*>(io.gelu_out), g.h, g.w, g.hidden, static_cast<int>(g.out));
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-void hidden_grad_bf16(const MlpArgs& g, const void* gy, const void* w2, const void* saved,
-                      void* dst, float* col_sums) {
+// hidden_grad_kernel for g's activation and weight layout (hidden_grad::fits(g) true).
+void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
   const bool gelu = g.act == MlpActivation::gelu;
-  if (gelu && g.shared_weights) launch_hidden_grad<true, true>(g, gy, w2, saved, dst, col_sums);
-  if (gelu && !g.shared_weights) launch_hidden_grad<true, false>(g, gy, w2, saved, dst, col_sums);
-  if (!gelu && g.shared_weights) launch_hidden_grad<false, true>(g, gy, w2, saved, dst, col_sums);
-  if (!gelu && !g.shared_weights) {
-    launch_hidden_grad<false, false>(g, gy, w2, saved, dst, col_sums);
-  }
+  if (gelu && g.shared_weights) launch_hidden_grad<true, true>(g, io);
+  if (gelu && !g.shared_weights) launch_hidden_grad<true, false>(g, io);
+  if (!gelu && g.shared_weights) launch_hidden_grad<false, true>(g, io);
+  if (!gelu && !g.shared_weights) launch_hidden_grad<false, false>(g, io);
 }
 
 // The element type of the products' operands and of the hidden activations.
@@ -596,6 +606,7 @@ struct Operand {
     copy = bf16_copy(src, n);
     p = copy.p;
   }
+  explicit Operand(Bf16Copy made) : copy(std::move(made)), p(copy.p) {}
 };
 
 const char* at(const void* base, int64_t elems, size_t elem_size) {
@@ -635,9 +646,8 @@ MlpArgs shift_rows(const MlpArgs& g) {
   return r;
 }
 
-// out (h, hidden) = b1 + shift W1 per head, float32: the first product's bias with the shift
-// moved in (MlpArgs::shift). `w1` as the products read it (bfloat16 under bf16).
-void shifted_bias(const MlpArgs& g, const Types& t, const void* w1, float* out) {
+// out (h, hidden) = b1, per head or repeated for every head.
+void b1_per_head(const MlpArgs& g, float* out) {
   if (g.b1_per_head || g.h == 1) {
     copy_d2d(out, g.b1, static_cast<size_t>(g.h * g.hidden) * sizeof(float));
   } else {
@@ -645,6 +655,12 @@ void shifted_bias(const MlpArgs& g, const Types& t, const void* w1, float* out) 
       copy_d2d(out + h * g.hidden, g.b1, static_cast<size_t>(g.hidden) * sizeof(float));
     }
   }
+}
+
+// out (h, hidden) = b1 + shift W1 per head, float32: the first product's bias with the shift
+// moved in (MlpArgs::shift). `w1` as the products read it (bfloat16 under bf16).
+void shifted_bias(const MlpArgs& g, const Types& t, const void* w1, float* out) {
+  b1_per_head(g, out);
   const Operand shift(g.shift, g.h * g.in, t.bf16);
   Product p;
   p.ab = t.data;
@@ -652,6 +668,59 @@ void shifted_bias(const MlpArgs& g, const Types& t, const void* w1, float* out) 
   p.beta = 1.0f;
   rows_times_weight(shift_rows(g), p, g.in, g.hidden, !g.shared_weights, shift.p, t.size, w1, out,
                     sizeof(float));
+}
+
+// Per-head W1 (h, in, hidden) rounded to bfloat16 and, on the same pass, the shift's rows through
+// it in float32: partial (h, chunks, hidden), chunk c the sum over rows [c kShiftRows, (c + 1)
+// kShiftRows) of shift[h, r] W1[h, r, :]. A thread takes four columns (hidden % 4 == 0) of a
+// chunk's rows.
+constexpr int kShiftRows = 64;
+__global__ void round_w1_shift_kernel(const float* __restrict__ w1, const float* __restrict__ shift,
+                                      __nv_bfloat16* __restrict__ w1_bf16,
+                                      float* __restrict__ partial, int64_t in, int64_t hidden) {
+  const int64_t head = blockIdx.z, chunk = blockIdx.y;
+  const int64_t c = (int64_t{blockIdx.x} * blockDim.x + threadIdx.x) * 4;
+  if (c >= hidden) return;
+  const int64_t r0 = chunk * kShiftRows, r1 = min(in, r0 + kShiftRows);
+  const float* src = w1 + head * in * hidden + c;
+  __nv_bfloat16* dst = w1_bf16 + head * in * hidden + c;
+  const float* sh = shift + head * in;
+  float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+  for (int64_t r = r0; r < r1; ++r) {
+    const float4 v = __ldcs(reinterpret_cast<const float4*>(src + r * hidden));
+    *reinterpret_cast<__nv_bfloat162*>(dst + r * hidden) = __floats2bfloat162_rn(v.x, v.y);
+    *reinterpret_cast<__nv_bfloat162*>(dst + r * hidden + 2) = __floats2bfloat162_rn(v.z, v.w);
+    const float s = __ldg(sh + r);
+    acc = make_float4(fmaf(s, v.x, acc.x), fmaf(s, v.y, acc.y), fmaf(s, v.z, acc.z),
+                      fmaf(s, v.w, acc.w));
+  }
+  *reinterpret_cast<float4*>(partial + (head * gridDim.y + chunk) * hidden + c) = acc;
+}
+
+// Whether round_w1_shifted serves: bf16, per-head weights, a shift, whole float4s of W1's rows and
+// no copy of W1 held already.
+bool rounds_w1_shifted(const MlpArgs& g, const Types& t) {
+  return t.bf16 && g.shift && !g.shared_weights && g.hidden % 4 == 0 &&
+         !bf16_copy_held(g.w1, g.h * g.in * g.hidden);
+}
+
+// W1's bfloat16 copy for the products, and bias (h, hidden) = b1 + shift W1 per head in float32,
+// in one pass over W1 (rounds_w1_shifted(g) true): the copy reads all of W1 anyway.
+Operand round_w1_shifted(const MlpArgs& g, float* bias) {
+  const int64_t n = g.h * g.in * g.hidden, chunks = (g.in + kShiftRows - 1) / kShiftRows;
+  auto copy = std::make_shared<Scratch>(static_cast<size_t>(n) * sizeof(__nv_bfloat16));
+  Scratch partial(static_cast<size_t>(g.h * chunks * g.hidden) * sizeof(float));
+  const dim3 grid(static_cast<unsigned>((g.hidden / 4 + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(chunks), static_cast<unsigned>(g.h));
+  round_w1_shift_kernel<<<grid, kThreads, 0, stream()>>>(g.w1, g.shift, copy->as<__nv_bfloat16>(),
+                                                         partial.as<float>(), g.in, g.hidden);
+  KVC_CUDA_CHECK(cudaGetLastError());
+  b1_per_head(g, bias);  // then the chunks' sums added in a fixed order
+  Scratch total(static_cast<size_t>(g.h * g.hidden) * sizeof(float));
+  sum_axis<float>(partial.as<float>(), total.as<float>(), g.h, chunks, g.hidden, 1.0f);
+  axpby<float>(bias, total.as<float>(), g.h * g.hidden, 1.0f, 1.0f);
+  return Operand(Bf16Copy{copy, copy->as<__nv_bfloat16>()});
 }
 
 // What the TF32 transposition (below) applies to each value before it rounds it: nothing, or
@@ -871,10 +940,13 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   const Types t(s->precision);
   const int64_t rows = g.b * g.h * g.w;
   s->x = Operand(g.x, rows * g.in, t.bf16);
-  const Operand w1(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
-  // The first product's bias: b1, or b1 + shift W1 per head.
+  // The first product's bias: b1, or b1 + shift W1 per head (on the way as W1 is rounded, where
+  // round_w1_shifted serves).
   Scratch b1_shifted(g.shift ? static_cast<size_t>(g.h * g.hidden) * sizeof(float) : 0);
-  if (g.shift) shifted_bias(g, t, w1.p, b1_shifted.as<float>());
+  const bool shift_in_rounding = rounds_w1_shifted(g, t);
+  const Operand w1 = shift_in_rounding ? round_w1_shifted(g, b1_shifted.as<float>())
+                                       : Operand(g.w1, g.weight_heads() * g.in * g.hidden, t.bf16);
+  if (g.shift && !shift_in_rounding) shifted_bias(g, t, w1.p, b1_shifted.as<float>());
   const bool b1_per_head = g.b1_per_head || g.shift;
   const Operand b1(g.shift ? b1_shifted.as<float>() : g.b1, (b1_per_head ? g.h : 1) * g.hidden,
                    t.bf16);
@@ -993,7 +1065,13 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   // gradient.
   const int64_t n_hidden = rows * g.hidden;
   Scratch gelu_out(relu ? 0 : static_cast<size_t>(n_hidden) * t.size);
-  if (out.w2) {
+  // Under bf16, where its kernel fits the sizes, the gradient at the first product's output is one
+  // pass (hidden_grad_kernel), which with GELU also writes GELU's output over its kept input for
+  // dW2, after it, instead of a pass of its own before.
+  const bool hidden_grad_wanted = out.x || out.w1 || out.b1 || out.shift;
+  const bool one_pass = t.bf16 && hidden_grad::fits(g) && hidden_grad_wanted;
+  const bool gelu_in_pass = !relu && one_pass;
+  if (out.w2 && !gelu_in_pass) {
     const void* activated = s.hidden->as<void>();
     if (!relu) {
       apply_gelu(t, s.hidden->as<void>(), gelu_out.as<void>(), n_hidden);
@@ -1001,7 +1079,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     }
     weight_grad(activated, g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
   }
-  if (!out.x && !out.w1 && !out.b1 && !out.shift) return;
+  if (!hidden_grad_wanted) return;
 
   // The gradient at the first product's output, gy W2^T times act'(.), in the operand type.
   // Under TF32 and GELU with per-head weights and no gradient for x, nothing reads that gradient
@@ -1010,9 +1088,6 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   void* dpre = relu ? s.hidden->as<void>() : gelu_out.as<void>();
   const bool tf32 = s.precision == MathPrecision::tf32;
   const bool finish_in_transpose = tf32 && !relu && !g.shared_weights && !out.x && out.w1;
-  // Under bf16, where its kernel fits the sizes, one pass (hidden_grad_kernel); b1's (or the
-  // shifted bias's) gradient comes from its partial column sums.
-  const bool one_pass = t.bf16 && hidden_grad::fits(g);
   with_operand_type(t, [&](auto type) {
     using T = decltype(type);
     if (one_pass) return;
@@ -1044,7 +1119,15 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   if (one_pass) {
     const int64_t tiles = (g.w + hidden_grad::kRows - 1) / hidden_grad::kRows;
     Scratch sums(b1.dst ? static_cast<size_t>(g.h * g.b * tiles * g.hidden) * sizeof(float) : 0);
-    hidden_grad_bf16(g, gy_op.p, s.w2.p, s.hidden->as<void>(), dpre, sums.as<float>());
+    HiddenGradIo io;
+    io.gy = gy_op.p, io.w2 = s.w2.p, io.saved = s.hidden->as<void>(), io.dst = dpre;
+    io.col_sums = sums.as<float>();
+    io.gelu_out = gelu_in_pass && out.w2 ? s.hidden->as<void>() : nullptr;
+    hidden_grad_bf16(g, io);
+    if (gelu_in_pass && out.w2) {
+      weight_grad(s.hidden->as<void>(), g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
+    }
+    // b1's (or the shifted bias's) gradient from the pass's partial column sums.
     if (b1.dst) {
       const int64_t heads = b1.per_head ? g.h : 1, parts = g.h * g.b * tiles / heads;
       write_or_add(b1.dst, b1.acc, heads * g.hidden, [&](float* o) {
