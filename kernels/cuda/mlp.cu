@@ -647,7 +647,7 @@ MlpArgs shift_rows(const MlpArgs& g) {
 }
 
 // out (h, hidden) = b1, per head or repeated for every head.
-void b1_per_head(const MlpArgs& g, float* out) {
+void b1_of_every_head(const MlpArgs& g, float* out) {
   if (g.b1_per_head || g.h == 1) {
     copy_d2d(out, g.b1, static_cast<size_t>(g.h * g.hidden) * sizeof(float));
   } else {
@@ -660,7 +660,7 @@ void b1_per_head(const MlpArgs& g, float* out) {
 // out (h, hidden) = b1 + shift W1 per head, float32: the first product's bias with the shift
 // moved in (MlpArgs::shift). `w1` as the products read it (bfloat16 under bf16).
 void shifted_bias(const MlpArgs& g, const Types& t, const void* w1, float* out) {
-  b1_per_head(g, out);
+  b1_of_every_head(g, out);
   const Operand shift(g.shift, g.h * g.in, t.bf16);
   Product p;
   p.ab = t.data;
@@ -716,7 +716,7 @@ Operand round_w1_shifted(const MlpArgs& g, float* bias) {
   round_w1_shift_kernel<<<grid, kThreads, 0, stream()>>>(g.w1, g.shift, copy->as<__nv_bfloat16>(),
                                                          partial.as<float>(), g.in, g.hidden);
   KVC_CUDA_CHECK(cudaGetLastError());
-  b1_per_head(g, bias);  // then the chunks' sums added in a fixed order
+  b1_of_every_head(g, bias);  // then the chunks' sums added in a fixed order
   Scratch total(static_cast<size_t>(g.h * g.hidden) * sizeof(float));
   sum_axis<float>(partial.as<float>(), total.as<float>(), g.h, chunks, g.hidden, 1.0f);
   axpby<float>(bias, total.as<float>(), g.h * g.hidden, 1.0f, 1.0f);
