@@ -1,7 +1,8 @@
 // The MLP kinds' two layers in one op on CUDA, on cuBLASLt: y = act(x W1 + b1) W2 + b2 per head.
 // The first product's epilogue adds the bias and applies ReLU; GELU, whose epilogue in cuBLASLt
-// is the tanh approximation and not the exact one, runs as one pass over the hidden activations,
-// and the backward applies either derivative in one pass after its product. Those activations stay
+// is the tanh approximation and not the exact one, runs as one pass over the hidden activations
+// (under bf16, where out <= 128, as an mma.sync second product reads them instead), and the
+// backward applies either derivative in one pass after its product. Those activations stay
 // in the math precision's operand type: bfloat16 under bf16, so the second product and the weight
 // gradients read them without a conversion pass and they take half the memory of float32. Bias
 // gradients are sums over the rows in float32. Under bf16 the gradient at the first product's

@@ -567,6 +567,161 @@ void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
   if (!gelu && !g.shared_weights) launch_hidden_grad<false, false>(g, io);
 }
 
+// y = GELU(pre) W2 + b2 under bf16 with GELU applied as the product reads its input, where it
+// would otherwise be a pass of its own writing GELU's output (and, with a backward to come, a
+// second (b, h, w, hidden) buffer beside the kept input): per (batch index, head) a CTA takes
+// kRows rows and all out <= kCols columns, walking the hidden values kChunk at a time; each
+// chunk's raw loads are in flight while the previous one is multiplied (mma.sync), and GELU (the
+// exact one, float32, rounded to bfloat16 as the pass wrote it) is applied on their way into
+// shared memory. y float32, b2 added in float32.
+namespace gelu_product {
+constexpr int kRows = 128, kCols = 128, kChunk = 32, kCtaThreads = 256;
+constexpr int kALd = kChunk + 8;  // bf16 a row of A's chunk (kRows, kChunk) and of F.linear's B
+constexpr int kBLd = kCols + 8;   // bf16 a row of Mix's B chunk (kChunk, kCols)
+constexpr int kLoads = kRows * kChunk / 8 / kCtaThreads;  // 16-byte loads a thread, each operand
+constexpr size_t kABytes = size_t{kRows} * kALd * sizeof(uint16_t);
+constexpr size_t kBBytes =
+    (size_t{kChunk} * kBLd > size_t{kCols} * kALd ? size_t{kChunk} * kBLd : size_t{kCols} * kALd) *
+    sizeof(uint16_t);
+constexpr size_t kSmemBytes = kABytes + kBBytes;
+static_assert(kLoads * kCtaThreads * 8 == kChunk * kCols, "B's chunk takes as many loads as A's");
+static_assert(kRows == 128 && kCols == 128 && kCtaThreads == 256, "8 warps of 32 x 64");
+
+bool fits(const MlpArgs& g) { return g.out % 8 == 0 && g.out <= kCols && g.hidden % 8 == 0; }
+}  // namespace gelu_product
+
+// kShared: W2 (out, hidden) for every head (F.linear's), else (h, hidden, out) (Mix's).
+template <bool kShared>
+__global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
+    gelu_product_kernel(const uint16_t* __restrict__ pre, const uint16_t* __restrict__ w2,
+                        const float* __restrict__ b2, bool b2_per_head, float* __restrict__ y,
+                        int64_t heads, int64_t rows, int64_t hidden, int out) {
+  using namespace gelu_product;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* as = reinterpret_cast<uint16_t*>(smem);
+  uint16_t* bs = reinterpret_cast<uint16_t*>(smem + kABytes);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t z = blockIdx.z, head = z % heads;
+  const int64_t row0 = int64_t{blockIdx.y} * kRows;
+  const uint16_t* pz = pre + z * rows * hidden;
+  const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * out);
+
+  // Load i of this thread: A row ar(i), 8 values from column ac(i) of the chunk; B (Mix's) chunk
+  // row bk(i), 8 columns from bn(i); or (F.linear's) row bn'(i) = ar(i), 8 values from ac(i).
+  uint4 a_raw[kLoads], b_raw[kLoads];
+  const auto load = [&](int64_t k0) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int idx = tid + kCtaThreads * i;
+      const int r = idx / (kChunk / 8), c = idx % (kChunk / 8) * 8;
+      a_raw[i] = make_uint4(0, 0, 0, 0);
+      if (row0 + r < rows && k0 + c < hidden) {
+        a_raw[i] = *reinterpret_cast<const uint4*>(pz + (row0 + r) * hidden + k0 + c);
+      }
+      b_raw[i] = make_uint4(0, 0, 0, 0);
+      if constexpr (kShared) {  // (out, hidden): row n = r, hidden values k0 + c..
+        if (r < out && k0 + c < hidden) {
+          b_raw[i] = *reinterpret_cast<const uint4*>(wz + int64_t{r} * hidden + k0 + c);
+        }
+      } else {  // (hidden, out): row k0 + kk, columns n..
+        const int kk = idx / (kCols / 8), n = idx % (kCols / 8) * 8;
+        if (k0 + kk < hidden && n < out) {
+          b_raw[i] = *reinterpret_cast<const uint4*>(wz + (k0 + kk) * out + n);
+        }
+      }
+    }
+  };
+  const auto store = [&] {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int idx = tid + kCtaThreads * i;
+      const int r = idx / (kChunk / 8), c = idx % (kChunk / 8) * 8;
+      __nv_bfloat16* e = reinterpret_cast<__nv_bfloat16*>(&a_raw[i]);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) e[j] = __float2bfloat16(math::gelu(__bfloat162float(e[j])));
+      *reinterpret_cast<uint4*>(as + r * kALd + c) = a_raw[i];
+      if constexpr (kShared) {
+        *reinterpret_cast<uint4*>(bs + r * kALd + c) = b_raw[i];
+      } else {
+        const int kk = idx / (kCols / 8), n = idx % (kCols / 8) * 8;
+        *reinterpret_cast<uint4*>(bs + kk * kBLd + n) = b_raw[i];
+      }
+    }
+  };
+
+  // Warp (wm, wn) multiplies rows 32 wm.. by columns 64 wn..: 2 x 8 tiles of 16 x 8.
+  const int wm = warp % 4, wn = warp / 4, mi = lane / 8;
+  float acc[2][8][4] = {};
+  load(0);
+  for (int64_t k0 = 0; k0 < hidden; k0 += kChunk) {
+    store();
+    __syncthreads();
+    if (k0 + kChunk < hidden) load(k0 + kChunk);  // in flight during this chunk's products
+#pragma unroll
+    for (int ks = 0; ks < kChunk; ks += 16) {
+      uint32_t a[2][4];
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        ldmatrix_x4(a[mt], as + (wm * 32 + mt * 16 + lane % 16) * kALd + ks + lane / 16 * 8);
+      }
+#pragma unroll
+      for (int np = 0; np < 4; ++np) {  // pairs of column tiles
+        uint32_t b[4];
+        const int n = wn * 64 + np * 16 + (mi >> 1) * 8;
+        if constexpr (kShared) {
+          ldmatrix_x4(b, bs + (n + lane % 8) * kALd + ks + (mi & 1) * 8);
+        } else {
+          ldmatrix_x4_trans(b, bs + (ks + (mi & 1) * 8 + lane % 8) * kBLd + n);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt) {
+          mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
+          mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+  const int g = lane >> 2, t = lane & 3;
+  const float* bias = b2 + (b2_per_head ? head * out : 0);
+#pragma unroll
+  for (int nt = 0; nt < 8; ++nt) {
+    const int col = wn * 64 + nt * 8 + 2 * t;
+    if (col >= out) continue;
+    const float2 bv = make_float2(bias[col], bias[col + 1]);
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t r = row0 + wm * 32 + mt * 16 + g + 8 * half;
+        if (r >= rows) continue;
+        *reinterpret_cast<float2*>(y + (z * rows + r) * out + col) =
+            make_float2(acc[mt][nt][2 * half] + bv.x, acc[mt][nt][2 * half + 1] + bv.y);
+      }
+    }
+  }
+}
+
+// y (b, h, w, out) = GELU(pre) W2 + b2 (gelu_product::fits(g) true): pre (b, h, w, hidden) and
+// W2 bfloat16, b2 and y float32.
+void gelu_product_bf16(const MlpArgs& g, const void* pre, const void* w2, float* y) {
+  using namespace gelu_product;
+  const auto launch = [&](auto kernel) {
+    kernel<<<dim3(1, static_cast<unsigned>((g.w + kRows - 1) / kRows),
+                  static_cast<unsigned>(g.b * g.h)),
+             kCtaThreads, kSmemBytes, stream()>>>(
+        static_cast<const uint16_t*>(pre), static_cast<const uint16_t*>(w2), g.b2, g.b2_per_head, y,
+        g.h, g.w, g.hidden, static_cast<int>(g.out));
+    KVC_CUDA_CHECK(cudaGetLastError());
+  };
+  if (g.shared_weights) {
+    launch(gelu_product_kernel<true>);
+  } else {
+    launch(gelu_product_kernel<false>);
+  }
+}
+
 // The element type of the products' operands and of the hidden activations.
 struct Types {
   bool bf16 = false;
@@ -954,12 +1109,17 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   // The first product's output: ReLU's (its epilogue applies it), kept for the backward, which
   // needs nothing else of this layer; GELU's input, kept for the backward, which recomputes
   // GELU's output from it rather than keeping both (half the memory, one more pass), and GELU
-  // applied into a second buffer for the next product (in place where nothing is kept).
+  // applied into a second buffer for the next product (in place where nothing is kept), or under
+  // bf16, where its kernel fits, as the second product reads its input (gelu_product_kernel: no
+  // pass and no second buffer).
   const bool relu = g.act == MlpActivation::relu;
+  const bool gelu_in_product = !relu && t.bf16 && gelu_product::fits(g);
   const int64_t n_hidden = rows * g.hidden;
   s->hidden = std::make_unique<Scratch>(static_cast<size_t>(n_hidden) * t.size);
   std::unique_ptr<Scratch> activated;
-  if (!relu && save) activated = std::make_unique<Scratch>(static_cast<size_t>(n_hidden) * t.size);
+  if (!relu && save && !gelu_in_product) {
+    activated = std::make_unique<Scratch>(static_cast<size_t>(n_hidden) * t.size);
+  }
   void* act_out = activated ? activated->as<void>() : s->hidden->as<void>();
 
   // x @ W1 + b1, then ReLU in the epilogue or GELU after. ReLU's backward reads its output in
@@ -973,6 +1133,10 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   first.epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
   rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p,
                     s->hidden->as<void>(), t.size);
+  if (gelu_in_product) {
+    gelu_product_bf16(g, s->hidden->as<void>(), s->w2.p, y);
+    return save ? s : nullptr;
+  }
   if (!relu) apply_gelu(t, s->hidden->as<void>(), act_out, n_hidden);
   // hidden @ W2 + b2, float32 out.
   Product second;
