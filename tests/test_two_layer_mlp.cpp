@@ -1,7 +1,8 @@
 // The MLP kinds' two-layer op (two_layer_mlp): float64 gradcheck of the composition on the CPU;
-// on CUDA the cuBLASLt pass (epilogue bias and ReLU, hidden activations in the operand type)
-// against the float64 CPU values, forward and every gradient, in fp32, tf32 and bf16, for both
-// weight layouts, both activations and both bias layouts.
+// on CUDA the cuBLASLt pass (epilogue bias and ReLU, hidden activations in the operand type; under
+// bf16 also the mma.sync kernels: GELU's second product, the one-pass hidden gradient, W1's
+// rounding with the shift) against the float64 CPU values, forward and every gradient, in fp32,
+// tf32 and bf16, for both weight layouts, both activations, both bias layouts and shifted rows.
 #include <cmath>
 #include <memory>
 #include <string>
@@ -123,7 +124,7 @@ MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
   return r;
 }
 
-// The cuBLASLt pass (and under bf16 the one-pass hidden gradient) against float64 on the CPU. tf32
+// The cuBLASLt pass (and under bf16 the mma.sync kernels) against float64 on the CPU. tf32
 // rounds the operands to 10 mantissa bits and bf16 to 8 (and bf16 keeps the hidden activations and
 // the gradient at the first product's output in bfloat16), so the norm-wise errors are ~4e-4 and
 // ~4e-3; the bounds leave ~8x. In tf32 and bf16 the error must also exceed `floor`, above float32
