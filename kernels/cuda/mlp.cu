@@ -367,6 +367,36 @@ void relu_masked(const void* mask, void* g, int64_t n) {
                      static_cast<T*>(g), n);
 }
 
+// One k-step (16) of a warp's 32 x 64 tile, 2 x 8 mma tiles of 16 x 8, from shared memory: A
+// (rows, k) row-major, `a_ld` elements a row, the warp's rows from a_row0; B held as (n, k) rows
+// (kBKMajor: k contiguous) or as (k, n) rows, `b_ld` elements a row, the warp's columns from n0.
+template <bool kBKMajor>
+__device__ __forceinline__ void warp_tile_k16(float (&acc)[2][8][4], const uint16_t* as, int a_ld,
+                                              int a_row0, const uint16_t* bs, int b_ld, int n0,
+                                              int ks, int lane) {
+  const int mi = lane / 8;
+  uint32_t a[2][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+    ldmatrix_x4(a[mt], as + (a_row0 + mt * 16 + lane % 16) * a_ld + ks + lane / 16 * 8);
+  }
+#pragma unroll
+  for (int np = 0; np < 4; ++np) {  // pairs of column tiles
+    uint32_t b[4];
+    const int n = n0 + np * 16 + (mi >> 1) * 8;
+    if constexpr (kBKMajor) {
+      ldmatrix_x4(b, bs + (n + lane % 8) * b_ld + ks + (mi & 1) * 8);
+    } else {
+      ldmatrix_x4_trans(b, bs + (ks + (mi & 1) * 8 + lane % 8) * b_ld + n);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
+      mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+    }
+  }
+}
+
 // The gradient at the first product's output under bf16 in one pass, where it would otherwise
 // take four (the product gy W2^T into the hidden buffer; ReLU's signs kept aside and applied
 // after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
@@ -439,29 +469,10 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   __syncthreads();
 
   // Warp (wm, wn) multiplies rows 32 wm.. by columns 64 wn..: 2 x 8 tiles of 16 x 8.
-  const int wm = warp % 4, wn = warp / 4, mi = lane / 8;
+  const int wm = warp % 4, wn = warp / 4;
   float acc[2][8][4] = {};
   for (int ks = 0; ks < k; ks += 16) {
-    uint32_t a[2][4];
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-      ldmatrix_x4(a[mt], as + (wm * 32 + mt * 16 + lane % 16) * kLd + ks + lane / 16 * 8);
-    }
-#pragma unroll
-    for (int np = 0; np < 4; ++np) {  // pairs of column tiles
-      uint32_t b[4];
-      const int n = wn * 64 + np * 16 + (mi >> 1) * 8;
-      if constexpr (kShared) {
-        ldmatrix_x4_trans(b, bs + (ks + (mi & 1) * 8 + lane % 8) * kLd + n);
-      } else {
-        ldmatrix_x4(b, bs + (n + lane % 8) * kLd + ks + (mi & 1) * 8);
-      }
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
-        mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
-      }
-    }
+    warp_tile_k16<!kShared>(acc, as, kLd, wm * 32, bs, kLd, wn * 64, ks, lane);
   }
   __syncthreads();  // the product's tile goes over the operands
   const int g = lane >> 2, t = lane & 3;
@@ -650,7 +661,7 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
   };
 
   // Warp (wm, wn) multiplies rows 32 wm.. by columns 64 wn..: 2 x 8 tiles of 16 x 8.
-  const int wm = warp % 4, wn = warp / 4, mi = lane / 8;
+  const int wm = warp % 4, wn = warp / 4;
   float acc[2][8][4] = {};
   load(0);
   for (int64_t k0 = 0; k0 < hidden; k0 += kChunk) {
@@ -659,26 +670,7 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
     if (k0 + kChunk < hidden) load(k0 + kChunk);  // in flight during this chunk's products
 #pragma unroll
     for (int ks = 0; ks < kChunk; ks += 16) {
-      uint32_t a[2][4];
-#pragma unroll
-      for (int mt = 0; mt < 2; ++mt) {
-        ldmatrix_x4(a[mt], as + (wm * 32 + mt * 16 + lane % 16) * kALd + ks + lane / 16 * 8);
-      }
-#pragma unroll
-      for (int np = 0; np < 4; ++np) {  // pairs of column tiles
-        uint32_t b[4];
-        const int n = wn * 64 + np * 16 + (mi >> 1) * 8;
-        if constexpr (kShared) {
-          ldmatrix_x4(b, bs + (n + lane % 8) * kALd + ks + (mi & 1) * 8);
-        } else {
-          ldmatrix_x4_trans(b, bs + (ks + (mi & 1) * 8 + lane % 8) * kBLd + n);
-        }
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-          mma_bf16(acc[mt][2 * np], a[mt], b[0], b[1]);
-          mma_bf16(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
-        }
-      }
+      warp_tile_k16<kShared>(acc, as, kALd, wm * 32, bs, kShared ? kALd : kBLd, wn * 64, ks, lane);
     }
     __syncthreads();
   }
