@@ -219,10 +219,14 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
   }
 #endif
   if (comm.size() > 1) {  // the trainer's all-reduce: after backward, outside any graph
-    Tensor grads = adam.flat_grads();
+    const std::vector<Tensor> segments = adam.grad_segments();
     r.t.allreduce_ms = time_ms(
         device, a.warmup_reps, a.reps, [] {},
-        [&] { comm.allreduce_sum(grads.data<float>(), grads.numel(), device); });
+        [&] {
+          for (const Tensor& g : segments) {
+            comm.allreduce_sum(g.data<float>(), g.numel(), device);
+          }
+        });
     r.t.scaling = r.t.step_ms / (r.t.step_ms + r.t.allreduce_ms);
   }
   r.w = train::step_work(o, ks, r.params);

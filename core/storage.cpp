@@ -8,23 +8,47 @@
 namespace kvc {
 
 Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
-  if (bytes == 0) return;
-  if (device.is_cpu()) {
-    data_ = kernels::cpu::alloc(bytes);
+  if (bytes > 0) allocate();
+}
+
+Storage::Storage(size_t bytes, Device device, OnDemand)
+    : bytes_(bytes), device_(device), on_demand_(true) {}
+
+void* Storage::allocate() const {
+  if (device_.is_cpu()) {
+    data_ = kernels::cpu::alloc(bytes_);
   } else {
-    KVC_CUDA_ONLY(data_ = kernels::cuda::alloc(bytes, device.index));
+    KVC_CUDA_ONLY(data_ = kernels::cuda::alloc(bytes_, device_.index));
   }
+  ++allocations_;
+  return data_;
+}
+
+namespace {
+void free_memory(void* data, Device device) {
+  if (device.is_cpu()) {
+    kernels::cpu::free(data);
+  } else {
+#ifdef KVC_WITH_CUDA
+    kernels::cuda::free(data, device.index);
+#endif
+  }
+}
+}  // namespace
+
+bool Storage::release() {
+  if (!on_demand_) return false;
+  if (!data_) return true;
+#ifdef KVC_WITH_CUDA
+  if (device_.is_cuda() && kernels::cuda::in_graph_pool(data_)) return false;
+#endif
+  free_memory(data_, device_);
+  data_ = nullptr;
+  return true;
 }
 
 Storage::~Storage() {
-  if (!data_) return;
-  if (device_.is_cpu()) {
-    kernels::cpu::free(data_);
-  } else {
-#ifdef KVC_WITH_CUDA
-    kernels::cuda::free(data_, device_.index);
-#endif
-  }
+  if (data_) free_memory(data_, device_);
 }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "base/dtype.h"
@@ -10,19 +11,36 @@ namespace kvc {
 
 class Storage {
  public:
-  Storage(size_t bytes, Device device);
+  Storage(size_t bytes, Device device);  // allocates now
+  // Memory that exists only while it is in use (an optimizer's gradients, from backward to the
+  // update): nothing is allocated until the first data(); release() gives the memory back and
+  // the next data() allocates it again, with undefined contents.
+  struct OnDemand {};
+  Storage(size_t bytes, Device device, OnDemand);
   ~Storage();
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
 
-  void* data() const { return data_; }
+  void* data() const { return data_ != nullptr || bytes_ == 0 ? data_ : allocate(); }
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
 
+  bool allocated() const { return data_ != nullptr; }
+  // How many times memory was allocated for it: 1 for a plain storage, and for an on-demand one
+  // one more after each release() that data() followed (its contents are new then).
+  uint64_t allocations() const { return allocations_; }
+  // Frees an on-demand storage's memory now. Returns false, freeing nothing, where the memory
+  // must stay: a plain storage, or memory a CUDA graph captured (its replays write it).
+  bool release();
+
  private:
-  void* data_ = nullptr;
+  void* allocate() const;
+
+  mutable void* data_ = nullptr;
+  mutable uint64_t allocations_ = 0;
   size_t bytes_ = 0;
   Device device_;
+  bool on_demand_ = false;
 };
 
 // True when this build has the CUDA backend and a usable GPU is present. Never throws.

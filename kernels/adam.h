@@ -22,6 +22,13 @@ struct AdamStepArgs : AdamHyperparams {
   int64_t step = 1;  // this step's number, counted from 1 (for the bias corrections)
 };
 
+// A gradient buffer (or a part of one): the global norm runs over several.
+template <typename T>
+struct GradSpan {
+  const T* data = nullptr;
+  int64_t n = 0;
+};
+
 #define KVC_ADAM_KERNELS                                                                     \
   /* For each i < n, with g = grads[i] * (grad_scale ? *grad_scale : 1), exactly as          \
      torch.optim.Adam(W) single-tensor (float math in T; scalars from args in double):       \
@@ -33,12 +40,13 @@ struct AdamStepArgs : AdamHyperparams {
   template <typename T>                                                                      \
   void adam_step(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,            \
                  const AdamStepArgs& args, const T* grad_scale);                             \
-  /* norm_scale[0] = sqrt(sum_i grads[i]^2) (accumulated in double on CPU, at least float on \
-     CUDA); s = max_norm / (norm_scale[0] + 1e-6); norm_scale[1] = s > 1 ? 1 : s, so a NaN   \
-     norm gives a NaN scale and an infinite one 0 (torch.nn.utils.clip_grad_norm_'s clamp).  \
-     norm_scale is device memory on CUDA: the launcher must not synchronize. */              \
+  /* norm_scale[0] = sqrt(sum of g^2 over every element of every span) (accumulated in       \
+     double on CPU, at least float on CUDA); s = max_norm / (norm_scale[0] + 1e-6);          \
+     norm_scale[1] = s > 1 ? 1 : s, so a NaN norm gives a NaN scale and an infinite one 0    \
+     (torch.nn.utils.clip_grad_norm_'s clamp). norm_scale is device memory on CUDA: the      \
+     launcher must not synchronize. */                                                       \
   template <typename T>                                                                      \
-  void grad_norm_scale(const T* grads, int64_t n, double max_norm, T* norm_scale);
+  void grad_norm_scale(const GradSpan<T>* spans, int64_t count, double max_norm, T* norm_scale);
 
 namespace cpu {
 KVC_ADAM_KERNELS
@@ -61,6 +69,6 @@ void adam_step_staged(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int6
 // The explicit instantiations of every launcher above for dtype T, expanded by each backend.
 #define KVC_ADAM_INSTANTIATE(T)                                                             \
   template void adam_step<T>(T*, const T*, T*, T*, int64_t, const AdamStepArgs&, const T*); \
-  template void grad_norm_scale<T>(const T*, int64_t, double, T*);
+  template void grad_norm_scale<T>(const GradSpan<T>*, int64_t, double, T*);
 
 }  // namespace kvc::kernels

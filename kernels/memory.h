@@ -43,6 +43,8 @@ void empty_cache();  // cudaFree everything cached (graph pools excepted)
 int create_pool();
 void set_active_pool(int id);
 void release_pool(int id);
+// Whether `p` (a block handed out now) belongs to a graph's pool: a graph captured its address.
+bool in_graph_pool(const void* p);
 
 void copy_h2d(void* dst, const void* src, size_t bytes);
 void copy_d2h(void* dst, const void* src, size_t bytes);  // synchronizes: the one host sync

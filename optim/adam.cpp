@@ -1,4 +1,4 @@
-// Adam / AdamW over flat parameter, gradient and moment buffers.
+// Adam / AdamW over flat parameter and moment buffers and per-module gradient segments.
 #include "optim/adam.h"
 
 #include <cmath>
@@ -17,6 +17,13 @@ namespace {
 size_t aligned_elements(size_t n, DType dtype) {
   const size_t per = 64 / dtype_size(dtype);
   return (n + per - 1) / per * per;
+}
+
+// The gradient segment a parameter name belongs to: the part before the first '.', or "" for a
+// name without one.
+std::string module_of(const std::string& name) {
+  const size_t dot = name.find('.');
+  return dot == std::string::npos ? std::string() : name.substr(0, dot);
 }
 
 // A (shape) view of `flat` starting `offset` elements in, sharing its storage.
@@ -90,14 +97,37 @@ Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, Adam
     p.offset = flat_params_.impl()->offset + slots_[i].offset * dtype_size(dtype_);
     old_grads[i] = std::move(p.grad);
   }
-  flat_grads_ = Tensor::zeros(flat_shape, opt);
+  // The gradient segments: a new one wherever the module part of the name changes.
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (i == 0 || module_of(names_[i]) != module_of(names_[i - 1])) {
+      if (!segments_.empty()) segments_.back().end_slot = i;
+      Segment seg;
+      seg.begin = slots_[i].offset;
+      seg.first_slot = i;
+      segments_.push_back(std::move(seg));
+    }
+    slots_[i].segment = segments_.size() - 1;
+  }
+  segments_.back().end_slot = slots_.size();
+  for (Segment& seg : segments_) {
+    const size_t end = seg.end_slot < slots_.size() ? slots_[seg.end_slot].offset : total;
+    seg.numel = end - seg.begin;
+    seg.storage =
+        std::make_shared<Storage>(seg.numel * dtype_size(dtype_), device_, Storage::OnDemand{});
+    for (size_t i = seg.first_slot; i < seg.end_slot; ++i) {
+      const size_t from = slots_[i].offset + static_cast<size_t>(slots_[i].numel);
+      const size_t to = i + 1 < seg.end_slot ? slots_[i + 1].offset : end;
+      if (to > from) seg.padding.emplace_back(from - seg.begin, to - from);
+      slots_[i].grad =
+          view_impl(segment_view(seg), slots_[i].offset - seg.begin, slots_[i].param->shape);
+    }
+  }
   for (size_t i = 0; i < slots_.size(); ++i) {
     Slot& slot = slots_[i];
-    slot.grad = view_impl(flat_grads_, slot.offset, slot.param->shape);
-    if (old_grads[i]) Tensor(slot.grad).copy_from(Tensor(old_grads[i]));  // an existing gradient
-    old_grads[i].reset();
-    slot.param->grad = slot.grad;
     slot.param->grad_home = slot.grad;
+    if (old_grads[i]) {  // an existing gradient: settle_grads copies it into the segment
+      slot.param->grad = std::move(old_grads[i]);
+    }
   }
   flat_exp_avg_ = Tensor::zeros(flat_shape, opt);
   flat_exp_avg_sq_ = Tensor::zeros(flat_shape, opt);
@@ -119,7 +149,7 @@ Tensor Adam::param(const std::string& name) const { return slice(flat_params_, i
 Tensor Adam::grad(const std::string& name) {
   const size_t i = index_of(name);
   settle_grad(i);
-  return slice(flat_grads_, i);
+  return Tensor(slots_[i].grad).detach();
 }
 Tensor Adam::exp_avg(const std::string& name) const { return slice(flat_exp_avg_, index_of(name)); }
 Tensor Adam::exp_avg_sq(const std::string& name) const {
@@ -186,24 +216,65 @@ void Adam::settle_grad(size_t i) {
   KVC_CHECK(p.storage == flat_params_.impl()->storage, "adam: parameter '", names_[i],
             "' no longer lives in the optimizer's flat buffer (its storage was replaced, e.g. by "
             "a device or dtype move after the optimizer was made)");
-  if (p.grad == slot.grad) return;
-  Tensor view(slot.grad);
-  if (p.grad) {
-    view.copy_from(Tensor(p.grad));
-  } else {
-    view.fill_(0.0);
+  Segment& seg = segments_[slot.segment];
+  if (p.grad != slot.grad) {
+    Tensor view(slot.grad);
+    if (p.grad) {
+      view.copy_from(Tensor(p.grad));
+    } else {
+      view.fill_(0.0);
+    }
+    p.grad = slot.grad;
   }
-  p.grad = slot.grad;
+  // New memory (allocated by a backward or by the lines above) has garbage in its padding.
+  if (seg.storage->allocated() && seg.padding_zeroed_for != seg.storage->allocations()) {
+    const Tensor all = segment_view(seg);
+    for (const auto& [offset, count] : seg.padding) {
+      Tensor(view_impl(all, offset, Shape{static_cast<int64_t>(count)})).fill_(0.0);
+    }
+    seg.padding_zeroed_for = seg.storage->allocations();
+  }
 }
 
 void Adam::settle_grads() {
   for (size_t i = 0; i < slots_.size(); ++i) settle_grad(i);
 }
 
+Tensor Adam::segment_view(const Segment& seg) const {
+  auto impl = std::make_shared<TensorImpl>();
+  impl->storage = seg.storage;
+  impl->shape = Shape{static_cast<int64_t>(seg.numel)};
+  impl->dtype = dtype_;
+  return Tensor(std::move(impl));
+}
+
+std::vector<Tensor> Adam::grad_segments() {
+  settle_grads();
+  std::vector<Tensor> out;
+  for (const Segment& seg : segments_) out.push_back(segment_view(seg));
+  return out;
+}
+
+bool Adam::segment_in_use_elsewhere(const Segment& seg) const {
+  // Ours: the segment's own handle and each slot's view; each view is held by its slot and by
+  // its parameter's grad_home. Any other holder is a tensor someone kept.
+  const long views = static_cast<long>(seg.end_slot - seg.first_slot);
+  if (seg.storage.use_count() != 1 + views) return true;
+  for (size_t i = seg.first_slot; i < seg.end_slot; ++i) {
+    const Slot& slot = slots_[i];
+    const long expected = slot.param->grad_home == slot.grad ? 2 : 1;
+    if (slot.grad.use_count() != expected + (slot.param->grad == slot.grad ? 1 : 0)) return true;
+  }
+  return false;
+}
+
 void Adam::zero_grad() {
   for (Slot& slot : slots_) {
     slot.param->grad.reset();
     slot.param->grad_home = slot.grad;  // a parameter re-homed by another optimizer comes back
+  }
+  for (Segment& seg : segments_) {
+    if (!segment_in_use_elsewhere(seg)) seg.storage->release();
   }
   scale_pending_ = false;
 }
@@ -212,10 +283,15 @@ void Adam::set_clip_scale(double max_norm) {
   KVC_CHECK(max_norm > 0 && !std::isnan(max_norm), "clip_grad_norm: max_norm ", max_norm,
             " must be > 0");
   settle_grads();
-  const int64_t n = flat_grads_.numel();
   KVC_DISPATCH_FLOAT(dtype_, "clip_grad_norm", [&] {
-    KVC_LAUNCH(device_, K::grad_norm_scale<scalar_t>(flat_grads_.data<scalar_t>(), n, max_norm,
-                                                     norm_scale_.data<scalar_t>()));
+    std::vector<kernels::GradSpan<scalar_t>> spans;
+    for (const Segment& seg : segments_) {
+      spans.push_back(
+          {static_cast<const scalar_t*>(seg.storage->data()), static_cast<int64_t>(seg.numel)});
+    }
+    KVC_LAUNCH(device_,
+               K::grad_norm_scale<scalar_t>(spans.data(), static_cast<int64_t>(spans.size()),
+                                            max_norm, norm_scale_.data<scalar_t>()));
   });
   scale_pending_ = true;
   norm_valid_ = true;
@@ -257,18 +333,20 @@ void Adam::stage_step() {
 void Adam::apply_step() {
   KVC_CHECK(staged_.step > 0, "adam: apply_step() before stage_step()");
   settle_grads();
-  const int64_t n = flat_params_.numel();
   KVC_DISPATCH_FLOAT(dtype_, "adam", [&] {
     const scalar_t* scale = scale_pending_ ? norm_scale_.data<scalar_t>() + 1 : nullptr;
-    scalar_t* p = flat_params_.data<scalar_t>();
-    const scalar_t* g = flat_grads_.data<scalar_t>();
-    scalar_t* m = flat_exp_avg_.data<scalar_t>();
-    scalar_t* v = flat_exp_avg_sq_.data<scalar_t>();
-    if (device_.is_cuda()) {
-      KVC_CUDA_ONLY(kernels::cuda::adam_step_staged<scalar_t>(p, g, m, v, n,
-                                                              step_coeffs_.data<double>(), scale));
-    } else {
-      kernels::cpu::adam_step<scalar_t>(p, g, m, v, n, staged_, scale);
+    for (const Segment& seg : segments_) {  // one launch per segment
+      scalar_t* p = flat_params_.data<scalar_t>() + seg.begin;
+      const scalar_t* g = static_cast<const scalar_t*>(seg.storage->data());
+      scalar_t* m = flat_exp_avg_.data<scalar_t>() + seg.begin;
+      scalar_t* v = flat_exp_avg_sq_.data<scalar_t>() + seg.begin;
+      const int64_t n = static_cast<int64_t>(seg.numel);
+      if (device_.is_cuda()) {
+        KVC_CUDA_ONLY(kernels::cuda::adam_step_staged<scalar_t>(
+            p, g, m, v, n, step_coeffs_.data<double>(), scale));
+      } else {
+        kernels::cpu::adam_step<scalar_t>(p, g, m, v, n, staged_, scale);
+      }
     }
   });
   scale_pending_ = false;

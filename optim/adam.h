@@ -22,30 +22,34 @@ struct AdamState : AdamOptions {
 };
 
 // Construction moves every parameter into one flat buffer: each parameter's TensorImpl is
-// re-pointed at its slice, so the module's own handles see (and write) the same memory. Each
-// parameter's gradient lives in a view into one flat gradient buffer (its grad_home): zero_grad()
-// drops the gradients (PyTorch's set_to_none) without touching the buffer, and the next backward
-// writes each parameter's first gradient straight into its view (GEMMs with beta 0, no zero-fill
-// pass over the buffer). settle_grads() then zero-fills the views of parameters that backward did
-// not reach and re-attaches every view; clip and step settle first. step() is one kernel over all
-// parameters. Keep the Adam object alive as long as the parameters are trained: it owns the
+// re-pointed at its slice, so the module's own handles see (and write) the same memory. The
+// gradients live in segments, one per top-level module: consecutive parameters whose names share
+// the part before the first '.' ("k_compress.", "v_compress.") share one, and names without a
+// dot share another. Each parameter's gradient is a view into its segment (its grad_home), and a
+// segment's memory exists only from the backward that first writes into it to the next
+// zero_grad(), as PyTorch allocates gradients in backward and set_to_none frees them: the
+// forward holds no gradients, and the backward of the module that runs first does not hold the
+// others'. Backward writes each parameter's first gradient straight into its view (GEMMs with
+// beta 0, no zero-fill pass). settle_grads() zero-fills the views of parameters that backward did
+// not reach and re-attaches every view; clip and step settle first. step() is one kernel per
+// segment. Keep the Adam object alive as long as the parameters are trained: it owns the
 // moments, and the parameters share its storage either way.
 class Adam {
  public:
   // All parameters must be defined, distinct, and share one dtype and device. Existing gradients
-  // are copied into the flat gradient buffer (absent ones start at zero).
+  // are copied into the gradient segments (absent ones stay absent: they read as zero).
   Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, AdamOptions options = {});
   Adam(const Adam&) = delete;
   Adam& operator=(const Adam&) = delete;
   ~Adam();  // the parameters keep their gradients, but backward no longer writes into this one's
 
-  // Drops every gradient (they read as zero from here on; the buffer is not written) and a
-  // pending clip scale.
+  // Drops every gradient (they read as zero from here on) and a pending clip scale, and gives
+  // each gradient segment's memory back unless something else still holds a view of it (a
+  // gradient tensor kept by user code keeps its values) or a captured CUDA graph writes it.
   void zero_grad();
-  // Makes the flat gradient buffer hold every parameter's gradient and re-attaches the views:
-  // a gradient user code replaced is copied in, a dropped one (zero_grad, Tensor::zero_grad) or
-  // one backward never wrote is zero-filled. Clip and step call it; call it before reading
-  // flat_grads() directly (a data-parallel reduction).
+  // Makes the gradient segments hold every parameter's gradient and re-attaches the views: a
+  // gradient user code replaced is copied in, a dropped one (zero_grad, Tensor::zero_grad) or
+  // one backward never wrote is zero-filled. Clip and step call it, as does grad_segments().
   void settle_grads();
 
   // One Adam(W) update of every parameter, as torch.optim.Adam / AdamW (non-amsgrad, not
@@ -110,21 +114,37 @@ class Adam {
   // the first parameter that is missing or does not fit.
   void load_state_dict(const AdamState& state);
 
-  // The flat buffers (padded: each parameter starts at a 64-byte boundary; padding stays zero).
+  // The flat parameter buffer (padded: each parameter starts at a 64-byte boundary).
   const Tensor& flat_params() const { return flat_params_; }  // (padded_numel)
-  const Tensor& flat_grads() const { return flat_grads_; }    // (padded_numel)
+  // Every gradient, settled (settle_grads), as one 1-D view per segment in the order of the
+  // parameters: what a data-parallel reduction sums. Padding between parameters reads as zero.
+  std::vector<Tensor> grad_segments();
 
  private:
   struct Slot {
     std::shared_ptr<TensorImpl> param;  // the module's parameter, re-pointed at flat_params_
-    std::shared_ptr<TensorImpl> grad;   // the view into flat_grads_ that param->grad must hold
+    std::shared_ptr<TensorImpl> grad;   // the view into its segment that param->grad must hold
     size_t offset = 0;                  // element offset into the flat buffers
     int64_t numel = 0;
+    size_t segment = 0;
+  };
+  // The gradients of slots [first_slot, end_slot): elements [begin, begin + numel) of the flat
+  // layout, in memory that exists only while in use (Storage::OnDemand).
+  struct Segment {
+    std::shared_ptr<Storage> storage;
+    size_t begin = 0, numel = 0;
+    size_t first_slot = 0, end_slot = 0;
+    // The padding after each parameter, (offset into the segment, elements): zero-filled by
+    // settle_grads whenever the memory is new, so that the norm over the segment is exact.
+    std::vector<std::pair<size_t, size_t>> padding;
+    uint64_t padding_zeroed_for = 0;  // storage->allocations() when it was last zero-filled
   };
 
   size_t index_of(const std::string& name) const;
   Tensor slice(const Tensor& flat, size_t i) const;  // (param shape) view of slot i
   void settle_grad(size_t i);                        // settle_grads for slot i
+  Tensor segment_view(const Segment& seg) const;     // (seg.numel) view of its gradients
+  bool segment_in_use_elsewhere(const Segment& seg) const;
 
   AdamOptions options_;
   DType dtype_ = DType::f32;
@@ -133,8 +153,8 @@ class Adam {
   std::vector<Slot> slots_;
   int64_t numel_ = 0;
   int64_t step_ = 0;
-  Tensor flat_params_;            // (padded_numel)
-  Tensor flat_grads_;             // (padded_numel)
+  Tensor flat_params_;  // (padded_numel)
+  std::vector<Segment> segments_;
   Tensor flat_exp_avg_;           // (padded_numel)
   Tensor flat_exp_avg_sq_;        // (padded_numel)
   Tensor norm_scale_;             // (2): [global grad norm, clip scale], on the device

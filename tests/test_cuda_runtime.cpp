@@ -294,9 +294,13 @@ TEST_CASE("cuda: Adam step and grad-norm scale match the CPU kernels") {
   const Tensor g = Tensor::randn({n}, 5, 0, 0.0, 1.0, f64());
   Tensor ns = Tensor::zeros({2}, f64());
   Tensor nsg = Tensor::zeros({2}, f64().with_device(Device::cuda()));
-  kernels::cpu::grad_norm_scale<double>(g.data<double>(), n, 1.0, ns.data<double>());
-  kernels::cuda::grad_norm_scale<double>(g.to(Device::cuda()).data<double>(), n, 1.0,
-                                         nsg.data<double>());
+  const kernels::GradSpan<double> whole{g.data<double>(), n};
+  kernels::cpu::grad_norm_scale<double>(&whole, 1, 1.0, ns.data<double>());
+  // On the device over three spans of the same values, one of them empty.
+  const Tensor gd = g.to(Device::cuda());
+  const double* d = gd.data<double>();
+  const kernels::GradSpan<double> parts[3] = {{d, n / 3}, {d + n / 3, 0}, {d + n / 3, n - n / 3}};
+  kernels::cuda::grad_norm_scale<double>(parts, 3, 1.0, nsg.data<double>());
   CHECK(test::rel_error(nsg, ns) < 1e-13);
 }
 

@@ -53,21 +53,25 @@ void check_shards(KVSource& whole, std::vector<std::unique_ptr<KVSource>>& shard
 // Sizes whose shards start inside Philox blocks of four draws (h*seq*d = 15, h*nq*d = 9).
 KVShape odd_shape(int64_t batch) { return KVShape{batch, 1, 3, 5, 3}; }
 
-// Two ranks that computed the same gradient: the sum doubles it (the pointer must be Adam's flat
-// gradient), so gradient_reducer's division by 2 must give back the bits of one rank's gradient.
+// Two ranks that computed the same gradient: the sum doubles it (the pointers must be Adam's
+// gradient segments, in order), so gradient_reducer's division by 2 must give back the bits of
+// one rank's gradient. `reduced` counts the elements summed.
 class TwinRanks final : public dist::Communicator {
  public:
-  explicit TwinRanks(const Adam& adam) : adam_(adam) {}
+  explicit TwinRanks(Adam& adam) : adam_(adam) {}
   int rank() const override { return 0; }
   int size() const override { return 2; }
   int local_rank() const override { return 0; }
   std::string name() const override { return "twin ranks"; }
   void allreduce_sum(float* data, int64_t count, Device device) override {
-    Tensor g = adam_.flat_grads();
+    const std::vector<Tensor> segments = adam_.grad_segments();
+    Tensor g = segments[next_];
+    next_ = (next_ + 1) % segments.size();
     REQUIRE(data == g.data<float>());
     REQUIRE(count == g.numel());
     REQUIRE(device == g.device());
     g.copy_from(scale(g, 2.0));
+    reduced += count;
   }
   void allreduce_sum(double* data, int64_t count) override {
     for (int64_t i = 0; i < count; ++i) data[i] *= 2;
@@ -76,8 +80,11 @@ class TwinRanks final : public dist::Communicator {
   void barrier() override {}
   [[noreturn]] void abort(int code) override { std::_Exit(code); }
 
+  int64_t reduced = 0;
+
  private:
-  const Adam& adam_;
+  Adam& adam_;
+  size_t next_ = 0;
 };
 
 // Five steps of the trainer's StepRunner: [losses..., parameters...]. With `twin`, the gradient
@@ -107,6 +114,8 @@ std::vector<double> run_steps(Device device, bool twin, bool graph, bool* used_g
   }
   *used_graph = runner.using_graph();
   const std::vector<double> params = adam.flat_params().to_vector();
+  // Every step summed every gradient (the padded layout of the parameters).
+  if (twin) CHECK(ranks.reduced == 5 * adam.flat_params().numel());
   out.insert(out.end(), params.begin(), params.end());
   return out;
 }

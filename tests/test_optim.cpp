@@ -8,6 +8,7 @@
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "data/h5file.h"
+#include "kernels/memory.h"
 #include "optim/adam.h"
 #include "optim/schedule.h"
 #include "test_util.h"
@@ -185,19 +186,22 @@ TEST_CASE("optim: parameters alias the flat buffer, backward accumulates into th
   CHECK(max_abs_diff(adam.grad("w").to_vector(), {2.0, -2.0, 1.0}) == 0);
   CHECK(max_abs_diff(adam.grad("b").to_vector(), {4.0}) == 0);
   CHECK(w_handle.grad().raw_data() == adam.grad("w").raw_data());
-  // The flat buffer holds exactly these four values (padding is zero).
+  // One gradient segment (neither name has a dot) holds exactly these four values (padding is
+  // zero).
+  const std::vector<Tensor> segments = adam.grad_segments();
+  REQUIRE(segments.size() == 1);
   double flat_sq = 0;
-  for (double v : adam.flat_grads().to_vector()) flat_sq += v * v;
+  for (double v : segments[0].to_vector()) flat_sq += v * v;
   CHECK(flat_sq == doctest::Approx(4 + 4 + 1 + 16));
 
-  // zero_grad drops the gradients (PyTorch's set_to_none) and leaves the buffer alone; the next
-  // backward writes w's gradient straight into its view (x, not added to the 2 x of before), and
-  // settling zero-fills b's, which backward did not reach.
+  // zero_grad drops the gradients (PyTorch's set_to_none); the next backward writes w's gradient
+  // straight into its view (x, not added to the 2 x of before), and settling zero-fills b's,
+  // which backward did not reach.
   adam.zero_grad();
   CHECK_FALSE(w_handle.grad().defined());
   CHECK_FALSE(b.grad().defined());
   backward(sum(mul(w_handle, x)));
-  CHECK(w_handle.grad().raw_data() == adam.flat_grads().raw_data());
+  CHECK(w_handle.grad().raw_data() == segments[0].raw_data());
   CHECK(max_abs_diff(w_handle.grad().to_vector(), {1.0, -1.0, 0.5}) == 0);
   CHECK_FALSE(b.grad().defined());
   adam.settle_grads();
@@ -216,6 +220,86 @@ TEST_CASE("optim: parameters alias the flat buffer, backward accumulates into th
   b.impl()->storage = std::make_shared<Storage>(b.nbytes(), Device::cpu());
   b.impl()->offset = 0;
   CHECK_THROWS_WITH_AS(adam.step(), doctest::Contains("parameter 'b' no longer lives"), Error);
+}
+
+TEST_CASE("optim: gradients live in a segment per module, from backward to zero_grad") {
+  namespace mem = kernels::cpu;
+  const TensorOptions opt = f64().with_requires_grad(true);
+  // Segments: a.* (3 and 1 elements, 8 each with the padding to 64 bytes), c.* (5 -> 8), and the
+  // names without a dot (2 -> 8, 16).
+  Named params{{"a.w", Tensor::from_vector({1, 2, 3}, {3}, opt)},
+               {"a.b", Tensor::from_vector({4}, {1}, opt)},
+               {"c.w", Tensor::from_vector({1, 1, 1, 1, 1}, {5}, opt)},
+               {"p", Tensor::zeros({2}, opt)},
+               {"q", Tensor::zeros({16}, opt)}};
+  Adam adam(params);
+  const Tensor x = Tensor::from_vector({1.0, -2.0, 0.5}, {3}, f64());
+  // loss = sum(a.w * x) + 3 sum(c.w): backward reaches a.w and c.w only.
+  const auto run_backward = [&] {
+    backward(add(sum(mul(params[0].second, x)), scale(sum(params[2].second), 3.0)));
+  };
+  const size_t bytes_without_gradients = mem::bytes_in_use();
+
+  // Backward allocates the segments it writes into, and nothing else stays.
+  run_backward();
+  CHECK(mem::bytes_in_use() == bytes_without_gradients + (16 + 8) * sizeof(double));
+  // The clip settles the rest: the third segment, zero-filled; the norm is over the gradients
+  // alone (the padding reads as zero): |x|^2 + 5 * 9.
+  CHECK(adam.clip_grad_norm(1e9) == doctest::Approx(std::sqrt(1 + 4 + 0.25 + 45)));
+  CHECK(mem::bytes_in_use() == bytes_without_gradients + (16 + 8 + 24) * sizeof(double));
+  std::vector<Tensor> segments = adam.grad_segments();
+  REQUIRE(segments.size() == 3);
+  CHECK(segments[0].numel() == 16);
+  CHECK(segments[1].numel() == 8);
+  CHECK(segments[2].numel() == 24);
+  CHECK(segments[0].to_vector() == std::vector<double>{1, -2, 0.5, 0, 0, 0, 0, 0,  //
+                                                       0, 0, 0, 0, 0, 0, 0, 0});
+  adam.step();
+
+  // zero_grad gives a segment's memory back only while nothing else holds a view of it: here
+  // `segments` holds all three.
+  adam.zero_grad();
+  CHECK(mem::bytes_in_use() == bytes_without_gradients + (16 + 8 + 24) * sizeof(double));
+  segments.clear();
+  adam.zero_grad();
+  CHECK(mem::bytes_in_use() == bytes_without_gradients);
+
+  // New memory again: backward's values and zeroed padding (under AddressSanitizer new memory
+  // is filled with 0xbe bytes, so stale padding would show).
+  run_backward();
+  CHECK(adam.grad_segments()[0].to_vector() == std::vector<double>{1, -2, 0.5, 0, 0, 0, 0, 0,  //
+                                                                   0, 0, 0, 0, 0, 0, 0, 0});
+  CHECK(adam.clip_grad_norm(1e9) == doctest::Approx(std::sqrt(1 + 4 + 0.25 + 45)));
+
+  // A gradient user code keeps holds its segment, values and all, across zero_grad.
+  Tensor kept = params[2].second.grad();
+  adam.zero_grad();
+  CHECK(mem::bytes_in_use() == bytes_without_gradients + 8 * sizeof(double));
+  CHECK(kept.to_vector() == std::vector<double>{3, 3, 3, 3, 3});
+  CHECK_FALSE(params[2].second.grad().defined());
+  kept = Tensor();
+  adam.zero_grad();
+  CHECK(mem::bytes_in_use() == bytes_without_gradients);
+
+  // Two clipped steps with the gradients in three segments and in one (no dots in the names):
+  // the same parameters, bit for bit (each segment is padded to 64 bytes, so even the norm's
+  // partial sums meet the same elements).
+  const auto two_steps = [&](const std::string& a_prefix, const std::string& c_prefix) {
+    Named ps{{a_prefix + "w", Tensor::from_vector({1, 2, 3}, {3}, opt)},
+             {a_prefix + "b", Tensor::from_vector({4}, {1}, opt)},
+             {c_prefix + "w", Tensor::from_vector({1, 1, 1, 1, 1}, {5}, opt)},
+             {"p", Tensor::zeros({2}, opt)},
+             {"q", Tensor::zeros({16}, opt)}};
+    Adam optimizer(ps);
+    for (int step = 0; step < 2; ++step) {
+      optimizer.zero_grad();
+      backward(add(sum(mul(ps[0].second, x)), scale(sum(ps[2].second), 3.0)));
+      optimizer.clip_grad_norm(1.0);
+      optimizer.step();
+    }
+    return concat_values(ps);
+  };
+  CHECK(two_steps("a.", "c.") == two_steps("a_", "c_"));
 }
 
 TEST_CASE("optim: state views restore moments and step count for a resume") {

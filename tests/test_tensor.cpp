@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "base/philox.h"
+#include "core/storage.h"
 #include "core/tensor.h"
 #include "kernels/memory.h"
 #include "tests/test_util.h"
@@ -65,6 +66,32 @@ TEST_CASE("tensor: the CPU allocator counts the bytes in use and their peak") {
   static_cast<char*>(p)[99] = 1;
   mem::free(p);
   CHECK(mem::bytes_in_use() == start);
+}
+
+TEST_CASE("tensor: on-demand storage allocates at first use and again after release") {
+  namespace mem = kernels::cpu;
+  const size_t start = mem::bytes_in_use();
+  Storage lazy(1000, Device::cpu(), Storage::OnDemand{});
+  CHECK_FALSE(lazy.allocated());
+  CHECK(lazy.allocations() == 0);
+  CHECK(mem::bytes_in_use() == start);
+  static_cast<char*>(lazy.data())[999] = 1;
+  CHECK(lazy.allocated());
+  CHECK(lazy.allocations() == 1);
+  CHECK(mem::bytes_in_use() == start + 1024);
+  lazy.data();  // no second allocation while it has memory
+  CHECK(lazy.allocations() == 1);
+  CHECK(lazy.release());
+  CHECK_FALSE(lazy.allocated());
+  CHECK(mem::bytes_in_use() == start);
+  CHECK(lazy.release());  // nothing to give back
+  CHECK(lazy.data() != nullptr);
+  CHECK(lazy.allocations() == 2);
+  // A plain storage keeps its memory.
+  Storage plain(64, Device::cpu());
+  CHECK(plain.allocated());
+  CHECK_FALSE(plain.release());
+  CHECK(plain.allocated());
 }
 
 TEST_CASE("tensor: to(dtype), item, clone and detach") {

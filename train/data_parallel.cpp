@@ -30,13 +30,13 @@ void check_ranks_agree(dist::Communicator& comm, const TrainOptions& o, const Ad
 std::function<void()> gradient_reducer(dist::Communicator& comm, Adam& adam) {
   if (comm.no_library()) return {};
   return [&comm, &adam] {
-    adam.settle_grads();
-    Tensor grads = adam.flat_grads();
-    KVC_CHECK(grads.dtype() == DType::f32, "train: data-parallel gradients must be float32, not ",
-              dtype_name(grads.dtype()));
-    comm.allreduce_sum(grads.data<float>(), grads.numel(), grads.device());
+    KVC_CHECK(adam.dtype() == DType::f32, "train: data-parallel gradients must be float32, not ",
+              dtype_name(adam.dtype()));
     NoGradGuard no_grad;
-    grads.copy_from(scale(grads, 1.0 / comm.size()));
+    for (Tensor& grads : adam.grad_segments()) {  // one all-reduce per gradient segment
+      comm.allreduce_sum(grads.data<float>(), grads.numel(), grads.device());
+      grads.copy_from(scale(grads, 1.0 / comm.size()));
+    }
   };
 }
 

@@ -19,16 +19,20 @@ void adam_step(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
 }
 
 template <typename T>
-void grad_norm_scale(const T* grads, int64_t n, double max_norm, T* norm_scale) {
+void grad_norm_scale(const GradSpan<T>* spans, int64_t count, double max_norm, T* norm_scale) {
   // Eight partial sums, then added in a fixed order: independent additions the compiler
   // vectorizes, where one chain of dependent double additions ran at their latency (4x slower).
   constexpr int kParts = 8;
   double part[kParts] = {};
-  int64_t i = 0;
-  for (; i + kParts <= n; i += kParts) {
-    for (int u = 0; u < kParts; ++u) part[u] += static_cast<double>(grads[i + u]) * grads[i + u];
+  for (int64_t s = 0; s < count; ++s) {
+    const T* grads = spans[s].data;
+    const int64_t n = spans[s].n;
+    int64_t i = 0;
+    for (; i + kParts <= n; i += kParts) {
+      for (int u = 0; u < kParts; ++u) part[u] += static_cast<double>(grads[i + u]) * grads[i + u];
+    }
+    for (; i < n; ++i) part[0] += static_cast<double>(grads[i]) * grads[i];
   }
-  for (; i < n; ++i) part[0] += static_cast<double>(grads[i]) * grads[i];
   double sum = 0.0;
   for (int u = 0; u < kParts; ++u) sum += part[u];
   const double norm = std::sqrt(sum);

@@ -1,8 +1,10 @@
-// CUDA Adam(W) step over the flat parameter buffer (one launch) and the global grad-norm clip
+// CUDA Adam(W) step over a range of the flat buffers (one launch) and the global grad-norm clip
 // scale, both reading/writing their scalars in device memory: no host synchronization.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/adam.h"
 #include "kernels/cuda/common.cuh"
@@ -130,16 +132,28 @@ void adam_step_staged(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int6
 }
 
 template <typename T>
-void grad_norm_scale(const T* grads, int64_t n, double max_norm, T* norm_scale) {
-  const int64_t parts =
-      std::max<int64_t>(1, std::min<int64_t>((n + kNormSegment - 1) / kNormSegment, 1024));
-  const int64_t seg = std::max<int64_t>(1, (n + parts - 1) / parts);
-  Scratch partial(static_cast<size_t>(parts) * sizeof(double));
-  sumsq_partial_kernel<T>
-      <<<static_cast<int>(parts), kNormThreads, 0, stream()>>>(grads, n, seg, partial.as<double>());
-  KVC_CUDA_CHECK(cudaGetLastError());
+void grad_norm_scale(const GradSpan<T>* spans, int64_t count, double max_norm, T* norm_scale) {
+  // Each span's squares in parts of about kNormSegment elements (at most 1024 a span), every
+  // part's sum in its own slot of one buffer, then one kernel over all the slots.
+  std::vector<int64_t> parts(static_cast<size_t>(count));
+  int64_t total = 0;
+  for (int64_t s = 0; s < count; ++s) {
+    const int64_t n = spans[s].n;
+    parts[s] = n <= 0 ? 0 : std::min<int64_t>((n + kNormSegment - 1) / kNormSegment, 1024);
+    total += parts[s];
+  }
+  Scratch partial(static_cast<size_t>(std::max<int64_t>(total, 1)) * sizeof(double));
+  int64_t first = 0;
+  for (int64_t s = 0; s < count; ++s) {
+    if (parts[s] == 0) continue;
+    const int64_t seg = (spans[s].n + parts[s] - 1) / parts[s];
+    sumsq_partial_kernel<T><<<static_cast<int>(parts[s]), kNormThreads, 0, stream()>>>(
+        spans[s].data, spans[s].n, seg, partial.as<double>() + first);
+    KVC_CUDA_CHECK(cudaGetLastError());
+    first += parts[s];
+  }
   norm_scale_kernel<T>
-      <<<1, kNormThreads, 0, stream()>>>(partial.as<double>(), parts, max_norm, norm_scale);
+      <<<1, kNormThreads, 0, stream()>>>(partial.as<double>(), total, max_norm, norm_scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -95,6 +95,12 @@ class CachingAllocator {
     return stats_;
   }
 
+  bool in_graph_pool(const void* p) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto it = in_use_.find(const_cast<void*>(p));
+    return it != in_use_.end() && it->second.pool != 0;
+  }
+
   void reset_peak() {
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.peak_bytes_in_use = stats_.bytes_in_use;
@@ -216,6 +222,7 @@ AllocatorStats allocator_stats() { return allocator().stats(); }
 int create_pool() { return allocator().create_pool(); }
 void set_active_pool(int id) { allocator().set_active_pool(id); }
 void release_pool(int id) { allocator().release_pool(id); }
+bool in_graph_pool(const void* p) { return allocator().in_graph_pool(p); }
 void reset_peak_stats() { allocator().reset_peak(); }
 void empty_cache() { allocator().empty_cache(); }
 
