@@ -48,7 +48,8 @@ void check_options(const AdamOptions& o) {
 
 }  // namespace
 
-Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, AdamOptions options)
+Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, AdamOptions options,
+           size_t min_segment_bytes)
     : options_(options) {
   check_options(options_);
   KVC_CHECK(!named_params.empty(), "adam: no parameters to optimize");
@@ -97,18 +98,31 @@ Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, Adam
     p.offset = flat_params_.impl()->offset + slots_[i].offset * dtype_size(dtype_);
     old_grads[i] = std::move(p.grad);
   }
-  // The gradient segments: a new one wherever the module part of the name changes.
+  // The gradient segments: runs of one module's parameters, a run opening a segment of its own
+  // when it and the segment so far are both large enough.
+  const auto offset_of = [&](size_t slot) {
+    return slot < slots_.size() ? slots_[slot].offset : total;
+  };
+  std::vector<size_t> run_starts;
   for (size_t i = 0; i < slots_.size(); ++i) {
-    if (i == 0 || module_of(names_[i]) != module_of(names_[i - 1])) {
-      if (!segments_.empty()) segments_.back().end_slot = i;
+    if (i == 0 || module_of(names_[i]) != module_of(names_[i - 1])) run_starts.push_back(i);
+  }
+  run_starts.push_back(slots_.size());
+  const size_t min_elements = min_segment_bytes / dtype_size(dtype_);
+  for (size_t r = 0; r + 1 < run_starts.size(); ++r) {
+    const size_t first = run_starts[r], end = run_starts[r + 1];
+    const bool own =
+        segments_.empty() || (offset_of(first) - segments_.back().begin >= min_elements &&
+                              offset_of(end) - offset_of(first) >= min_elements);
+    if (own) {
       Segment seg;
-      seg.begin = slots_[i].offset;
-      seg.first_slot = i;
+      seg.begin = slots_[first].offset;
+      seg.first_slot = first;
       segments_.push_back(std::move(seg));
     }
-    slots_[i].segment = segments_.size() - 1;
+    segments_.back().end_slot = end;
+    for (size_t i = first; i < end; ++i) slots_[i].segment = segments_.size() - 1;
   }
-  segments_.back().end_slot = slots_.size();
   for (Segment& seg : segments_) {
     const size_t end = seg.end_slot < slots_.size() ? slots_[seg.end_slot].offset : total;
     seg.numel = end - seg.begin;

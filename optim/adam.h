@@ -23,9 +23,12 @@ struct AdamState : AdamOptions {
 
 // Construction moves every parameter into one flat buffer: each parameter's TensorImpl is
 // re-pointed at its slice, so the module's own handles see (and write) the same memory. The
-// gradients live in segments, one per top-level module: consecutive parameters whose names share
-// the part before the first '.' ("k_compress.", "v_compress.") share one, and names without a
-// dot share another. Each parameter's gradient is a view into its segment (its grad_home), and a
+// gradients live in segments, by top-level module: consecutive parameters whose names share the
+// part before the first '.' ("k_compress.", "v_compress.") form a run (names without a dot count
+// as one module), and a run opens a segment of its own when it and the segment before it each
+// hold at least min_segment_bytes of gradients; smaller runs join the segment before them (each
+// segment costs its own launches of the optimizer's kernels, which only large ones repay). Each
+// parameter's gradient is a view into its segment (its grad_home), and a
 // segment's memory exists only from the backward that first writes into it to the next
 // zero_grad(), as PyTorch allocates gradients in backward and set_to_none frees them: the
 // forward holds no gradients, and the backward of the module that runs first does not hold the
@@ -38,7 +41,9 @@ class Adam {
  public:
   // All parameters must be defined, distinct, and share one dtype and device. Existing gradients
   // are copied into the gradient segments (absent ones stay absent: they read as zero).
-  Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, AdamOptions options = {});
+  static constexpr size_t kMinSegmentBytes = size_t{64} << 20;
+  Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, AdamOptions options = {},
+       size_t min_segment_bytes = kMinSegmentBytes);
   Adam(const Adam&) = delete;
   Adam& operator=(const Adam&) = delete;
   ~Adam();  // the parameters keep their gradients, but backward no longer writes into this one's

@@ -225,14 +225,14 @@ TEST_CASE("optim: parameters alias the flat buffer, backward accumulates into th
 TEST_CASE("optim: gradients live in a segment per module, from backward to zero_grad") {
   namespace mem = kernels::cpu;
   const TensorOptions opt = f64().with_requires_grad(true);
-  // Segments: a.* (3 and 1 elements, 8 each with the padding to 64 bytes), c.* (5 -> 8), and the
-  // names without a dot (2 -> 8, 16).
+  // Segments (with no minimum size): a.* (3 and 1 elements, 8 each with the padding to 64
+  // bytes), c.* (5 -> 8), and the names without a dot (2 -> 8, 16).
   Named params{{"a.w", Tensor::from_vector({1, 2, 3}, {3}, opt)},
                {"a.b", Tensor::from_vector({4}, {1}, opt)},
                {"c.w", Tensor::from_vector({1, 1, 1, 1, 1}, {5}, opt)},
                {"p", Tensor::zeros({2}, opt)},
                {"q", Tensor::zeros({16}, opt)}};
-  Adam adam(params);
+  Adam adam(params, AdamOptions{}, /*min_segment_bytes=*/0);
   const Tensor x = Tensor::from_vector({1.0, -2.0, 0.5}, {3}, f64());
   // loss = sum(a.w * x) + 3 sum(c.w): backward reaches a.w and c.w only.
   const auto run_backward = [&] {
@@ -284,13 +284,14 @@ TEST_CASE("optim: gradients live in a segment per module, from backward to zero_
   // Two clipped steps with the gradients in three segments and in one (no dots in the names):
   // the same parameters, bit for bit (each segment is padded to 64 bytes, so even the norm's
   // partial sums meet the same elements).
-  const auto two_steps = [&](const std::string& a_prefix, const std::string& c_prefix) {
+  const auto two_steps = [&](const std::string& a_prefix, const std::string& c_prefix,
+                             size_t min_segment_bytes) {
     Named ps{{a_prefix + "w", Tensor::from_vector({1, 2, 3}, {3}, opt)},
              {a_prefix + "b", Tensor::from_vector({4}, {1}, opt)},
              {c_prefix + "w", Tensor::from_vector({1, 1, 1, 1, 1}, {5}, opt)},
              {"p", Tensor::zeros({2}, opt)},
              {"q", Tensor::zeros({16}, opt)}};
-    Adam optimizer(ps);
+    Adam optimizer(ps, AdamOptions{}, min_segment_bytes);
     for (int step = 0; step < 2; ++step) {
       optimizer.zero_grad();
       backward(add(sum(mul(ps[0].second, x)), scale(sum(ps[2].second), 3.0)));
@@ -299,7 +300,33 @@ TEST_CASE("optim: gradients live in a segment per module, from backward to zero_
     }
     return concat_values(ps);
   };
-  CHECK(two_steps("a.", "c.") == two_steps("a_", "c_"));
+  CHECK(two_steps("a.", "c.", 0) == two_steps("a_", "c_", 0));
+}
+
+TEST_CASE("optim: a module's parameters get a segment of their own only when it is large") {
+  // Runs of 2 + 2 + 1 MiB of float32 gradients (a.*, b.*, the undotted names): with a 2 MiB
+  // minimum, a and b each get one and the 1 MiB run joins b's; with 4 MiB, all share one.
+  const TensorOptions opt = TensorOptions{}.with_requires_grad(true);
+  const int64_t mib = 1 << 18;  // floats
+  const auto make = [&] {
+    return Named{{"a.w", Tensor::zeros({mib}, opt)},
+                 {"a.b", Tensor::zeros({mib}, opt)},
+                 {"b.w", Tensor::zeros({2 * mib}, opt)},
+                 {"p", Tensor::zeros({mib / 2}, opt)},
+                 {"q", Tensor::zeros({mib / 2}, opt)}};
+  };
+  Named two = make();
+  Adam by_module(two, AdamOptions{}, size_t{2} << 20);
+  const std::vector<Tensor> segments = by_module.grad_segments();
+  REQUIRE(segments.size() == 2);
+  CHECK(segments[0].numel() == 2 * mib);
+  CHECK(segments[1].numel() == 3 * mib);
+  Named one = make();
+  Adam together(one, AdamOptions{}, size_t{4} << 20);
+  CHECK(together.grad_segments().size() == 1);
+  // The default minimum (64 MiB) keeps a model of this size in one segment.
+  Named small = make();
+  CHECK(Adam(small).grad_segments().size() == 1);
 }
 
 TEST_CASE("optim: state views restore moments and step count for a resume") {
