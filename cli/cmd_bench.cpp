@@ -88,6 +88,17 @@ double peak_memory_bytes(Device device) {
   return static_cast<double>(kernels::cpu::peak_bytes_in_use());
 }
 
+// The peak of what the device's allocator held (in use plus cached) since the last reset_peak:
+// CUDA's caching allocator keeps freed blocks; the CPU's gives them back.
+double peak_reserved_bytes(Device device) {
+#ifdef KVC_WITH_CUDA
+  if (device.is_cuda()) {
+    return static_cast<double>(kernels::cuda::allocator_stats().peak_bytes_reserved);
+  }
+#endif
+  return peak_memory_bytes(device);
+}
+
 void reset_peak(Device device) {
 #ifdef KVC_WITH_CUDA
   if (device.is_cuda()) {
@@ -109,8 +120,10 @@ struct Result {
   // Peak memory over the timed full steps (what PyTorch's max_memory_allocated measures around
   // its timed steps), and over what came before them: building the pair and the optimizer,
   // making the batch, the forward, backward and optimizer phases. The forward's peak (with what
-  // the set-up holds) and the backward's (from the end of a forward) are kept apart too.
+  // the set-up holds) and the backward's (from the end of a forward) are kept apart too. And what
+  // the allocator held at most over the timed steps (in use plus cached).
   double peak_bytes = 0, setup_peak_bytes = 0, forward_peak_bytes = 0, backward_peak_bytes = 0;
+  double peak_reserved_bytes = 0;
 };
 
 #ifdef KVC_WITH_CUDA
@@ -232,6 +245,7 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
   r.w = train::step_work(o, ks, r.params);
   set_rates(r, s);
   r.peak_bytes = peak_memory_bytes(device);
+  r.peak_reserved_bytes = peak_reserved_bytes(device);
   return r;
 }
 
@@ -258,12 +272,12 @@ void print_json(const BenchArgs& a, const RunSettings& s, Device device,
         "\"forward_flops\": %.6g, \"backward_flops\": %.6g, \"step_bytes\": "
         "%.6g, "
         "\"peak_bytes\": %.0f, \"setup_peak_bytes\": %.0f, \"forward_peak_bytes\": %.0f, "
-        "\"backward_peak_bytes\": %.0f",
+        "\"backward_peak_bytes\": %.0f, \"peak_reserved_bytes\": %.0f",
         i ? "," : "", r.kind.c_str(), static_cast<long long>(r.params), r.t.forward_ms,
         r.t.backward_ms, r.t.optimizer_ms, r.t.step_ms, r.tokens_per_s, r.gbps, r.tflops,
         r.t.eager_step_ms, r.t.graph ? "true" : "false", r.w.forward_flops, r.w.backward_flops,
         r.w.forward_bytes + r.w.backward_bytes + r.w.optimizer_bytes, r.peak_bytes,
-        r.setup_peak_bytes, r.forward_peak_bytes, r.backward_peak_bytes);
+        r.setup_peak_bytes, r.forward_peak_bytes, r.backward_peak_bytes, r.peak_reserved_bytes);
     if (comm.size() > 1) {
       std::printf(", \"ranks\": %d, \"allreduce_ms\": %.6g, \"scaling_efficiency\": %.6g",
                   comm.size(), r.t.allreduce_ms, r.t.scaling);

@@ -18,15 +18,19 @@ size_t peak_bytes_in_use();
 void reset_peak_stats();
 }  // namespace cpu
 
-namespace cuda {
-// Statistics of the caching allocator (bench, tests).
+// Statistics of a caching allocator (kernels/caching_allocator.h; bench, tests).
 struct AllocatorStats {
-  size_t bytes_in_use = 0;  // handed out to tensors now
+  size_t bytes_in_use = 0;  // handed out to tensors now (size classes)
   size_t peak_bytes_in_use = 0;
-  size_t bytes_cached = 0;        // held by the allocator, free for reuse
-  size_t device_allocations = 0;  // cudaMalloc calls so far
-  size_t device_frees = 0;        // cudaFree calls so far
+  size_t bytes_cached = 0;    // held by the allocator, free for reuse
+  size_t bytes_reserved = 0;  // raw allocations held: in use plus cached
+  size_t peak_bytes_reserved = 0;
+  size_t device_allocations = 0;  // raw allocations (cudaMalloc) so far
+  size_t device_frees = 0;        // raw frees (cudaFree) so far
 };
+
+namespace cuda {
+using kernels::AllocatorStats;
 
 // Number of usable devices; 0 (never a throw) when no driver or GPU. `why` gets the reason.
 int device_count(const char** why);
@@ -34,7 +38,7 @@ void* alloc(size_t bytes, int device);  // from the cache, else cudaMalloc; OutO
 void free(void* p, int device);         // back to the cache
 AllocatorStats allocator_stats();
 void reset_peak_stats();
-void empty_cache();  // cudaFree everything cached (graph pools excepted)
+void empty_cache();  // cudaFree every allocation wholly cached (graph pools excepted)
 
 // Private pools for CUDA graphs: while pool `id` is active every allocation is served from it (or
 // new memory that joins it), and blocks it handed out return to it when freed, never to other

@@ -137,7 +137,9 @@ TEST_CASE("cuda: a repeated training step allocates no device memory after warm-
   CHECK(after.peak_bytes_in_use >= after.bytes_in_use);
   CHECK(after.bytes_cached > 0);
 
-  // empty_cache returns every cached block to the driver; tensors still alive are untouched.
+  // empty_cache returns every raw allocation that is wholly cached to the driver (here all of
+  // them: these tensors are small blocks, never carved out of a shared one); tensors still alive
+  // are untouched.
   kernels::cuda::empty_cache();
   const kernels::cuda::AllocatorStats emptied = kernels::cuda::allocator_stats();
   CHECK(emptied.bytes_cached == 0);

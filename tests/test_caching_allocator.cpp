@@ -1,0 +1,264 @@
+// The caching allocator's bookkeeping (kernels/caching_allocator.h) over host memory: size
+// classes, large blocks split and merged across sizes, exact-class small blocks, graph pools,
+// giving the cache back, and a random workload whose blocks must never overlap.
+#include <doctest/doctest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <vector>
+
+#include "base/error.h"
+#include "base/philox.h"
+#include "kernels/caching_allocator.h"
+
+namespace kvc {
+namespace {
+
+using kernels::CachingAllocator;
+constexpr size_t MiB = size_t{1} << 20;
+
+// Raw host allocations standing in for a device's, with a cap on what may be held at once.
+struct HostBackend {
+  size_t held = 0, cap = SIZE_MAX;
+  std::map<void*, size_t> live;
+  CachingAllocator::Backend backend() {
+    return {[this](size_t bytes, int) -> void* {
+              if (held + bytes > cap) return nullptr;
+              void* p = std::aligned_alloc(512, bytes);
+              live[p] = bytes;
+              held += bytes;
+              return p;
+            },
+            [this](void* p, int) {
+              held -= live.at(p);
+              live.erase(p);
+              std::free(p);
+            }};
+  }
+};
+
+char* as_bytes(void* p) { return static_cast<char*>(p); }
+
+}  // namespace
+
+TEST_CASE("allocator: size classes of 512 B up to 1 MiB, of 2 MiB above") {
+  CHECK(CachingAllocator::size_class(1) == 512);
+  CHECK(CachingAllocator::size_class(512) == 512);
+  CHECK(CachingAllocator::size_class(513) == 1024);
+  CHECK(CachingAllocator::size_class(MiB) == MiB);
+  CHECK(CachingAllocator::size_class(MiB + 1) == 2 * MiB);
+  CHECK(CachingAllocator::size_class(5 * MiB) == 6 * MiB);
+}
+
+TEST_CASE("allocator: freed large blocks serve requests of other sizes, split and merged again") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  void* big = a.alloc(10 * MiB, 0);
+  a.free(big);
+  CHECK(a.stats().bytes_cached == 10 * MiB);
+  // Two smaller requests are carved out of it, in address order, with no new raw allocation.
+  void* four = a.alloc(4 * MiB, 0);
+  void* six = a.alloc(6 * MiB, 0);
+  CHECK(four == big);
+  CHECK(six == as_bytes(big) + 4 * MiB);
+  CHECK(a.stats().device_allocations == 1);
+  CHECK(a.stats().bytes_in_use == 10 * MiB);
+  CHECK(a.stats().bytes_cached == 0);
+  // Freed, they merge back into one block that serves the whole size again.
+  a.free(four);
+  a.free(six);
+  CHECK(a.alloc(10 * MiB, 0) == big);
+  CHECK(a.stats().device_allocations == 1);
+  // A request larger than any cached block is a new raw allocation.
+  void* twelve = a.alloc(12 * MiB, 0);
+  CHECK(a.stats().device_allocations == 2);
+  CHECK(a.stats().bytes_reserved == 22 * MiB);
+  CHECK(a.stats().peak_bytes_reserved == 22 * MiB);
+  a.free(twelve);
+}
+
+TEST_CASE("allocator: a request takes the smallest cached block that fits") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  void* eight = a.alloc(8 * MiB, 0);
+  void* four = a.alloc(4 * MiB, 0);
+  a.free(eight);
+  a.free(four);
+  CHECK(a.alloc(4 * MiB, 0) == four);
+  CHECK(a.alloc(2 * MiB, 0) == eight);  // the 8 MiB block, split
+  CHECK(a.stats().device_allocations == 2);
+}
+
+TEST_CASE("allocator: small blocks are reused for their exact class only") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  void* p = a.alloc(1000, 0);  // class 1024
+  a.free(p);
+  CHECK(a.alloc(600, 0) == p);  // also 1024
+  void* q = a.alloc(100, 0);    // 512: a new one
+  CHECK(q != p);
+  CHECK(a.stats().device_allocations == 2);
+  CHECK(a.stats().bytes_in_use == 1536);
+}
+
+TEST_CASE("allocator: a graph pool's blocks serve only the pool until it is released") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  void* common = a.alloc(10 * MiB, 0);
+  a.free(common);
+  const int pool = a.create_pool();
+  a.set_active_pool(pool);
+  // The pool takes 4 MiB of the common block; the other 6 MiB stay common.
+  void* in_pool = a.alloc(4 * MiB, 0);
+  CHECK(in_pool == common);
+  CHECK(a.in_graph_pool(in_pool));
+  a.set_active_pool(0);
+  void* outside = a.alloc(6 * MiB, 0);
+  CHECK(outside == as_bytes(common) + 4 * MiB);
+  CHECK_FALSE(a.in_graph_pool(outside));
+  // Freed, the pool's block stays the pool's: not merged with the common neighbour, not handed
+  // to a request outside the pool.
+  a.free(outside);
+  a.free(in_pool);
+  void* other = a.alloc(4 * MiB, 0);
+  CHECK(other == outside);  // the common 6 MiB block, split
+  a.free(other);
+  CHECK(a.stats().device_allocations == 1);
+  // Inside the pool again, its own block comes first.
+  a.set_active_pool(pool);
+  CHECK(a.alloc(4 * MiB, 0) == in_pool);
+  a.free(in_pool);
+  a.set_active_pool(0);
+  // Released, the pool's block joins the common cache and merges: the whole 10 MiB is one block.
+  a.release_pool(pool);
+  CHECK(a.alloc(10 * MiB, 0) == common);
+  CHECK(a.stats().device_allocations == 1);
+  CHECK_THROWS_WITH_AS(a.set_active_pool(pool), doctest::Contains("no memory pool"), Error);
+}
+
+TEST_CASE("allocator: a block in use when its pool is released comes back to the common cache") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  const int pool = a.create_pool();
+  a.set_active_pool(pool);
+  void* p = a.alloc(4 * MiB, 0);
+  a.set_active_pool(0);
+  a.release_pool(pool);
+  CHECK_FALSE(a.in_graph_pool(p));
+  a.free(p);
+  CHECK(a.alloc(2 * MiB, 0) == p);
+  CHECK(a.stats().device_allocations == 1);
+}
+
+TEST_CASE("allocator: empty_cache gives back only raw allocations that are wholly free") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  void* whole = a.alloc(4 * MiB, 0);
+  void* split = a.alloc(10 * MiB, 0);
+  void* small = a.alloc(4096, 0);
+  a.free(whole);
+  a.free(split);
+  a.free(small);
+  void* part = a.alloc(2 * MiB, 0);  // from the 4 MiB block (best fit)
+  CHECK(part == whole);
+  a.empty_cache();
+  // The 10 MiB allocation and the small one went back; the 4 MiB one is partly in use.
+  CHECK(a.stats().device_frees == 2);
+  CHECK(host.live.size() == 1);
+  CHECK(a.stats().bytes_reserved == 4 * MiB);
+  CHECK(a.stats().bytes_cached == 2 * MiB);
+  a.free(part);
+  a.empty_cache();
+  CHECK(host.live.empty());
+  CHECK(a.stats().bytes_reserved == 0);
+  CHECK(a.stats().bytes_cached == 0);
+}
+
+TEST_CASE("allocator: a full device gets the cache back once, then nullptr") {
+  HostBackend host;
+  host.cap = 10 * MiB;
+  CachingAllocator a(host.backend());
+  void* six = a.alloc(6 * MiB, 0);
+  void* small = a.alloc(512, 0);
+  a.free(six);
+  a.free(small);
+  // 8 MiB does not fit beside the cached 6 MiB: the cache goes back and the retry succeeds.
+  void* eight = a.alloc(8 * MiB, 0);
+  REQUIRE(eight != nullptr);
+  CHECK(a.stats().device_frees == 2);
+  CHECK(a.alloc(4 * MiB, 0) == nullptr);
+  a.free(eight);
+  CHECK_THROWS_WITH_AS(a.free(eight), doctest::Contains("not from this allocator"), Error);
+}
+
+TEST_CASE("allocator: a random workload never overlaps blocks and settles to no new memory") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  // One "step": 300 requests of mixed sizes, about a third freed soon after, the rest at the end.
+  struct Live {
+    char* p;
+    size_t bytes;
+    uint8_t tag;
+  };
+  const auto step = [&](uint64_t seed) {
+    std::vector<Live> live;
+    // The tag goes to the first and last byte and to every 4 KiB-aligned address in between:
+    // two blocks that overlap by 4 KiB or more share such an address (small blocks, which are
+    // never split, overlap nothing).
+    const auto marks = [](const Live& l, const auto& visit) {
+      visit(l.p);
+      const uintptr_t first = (reinterpret_cast<uintptr_t>(l.p) + 4095) / 4096 * 4096;
+      for (uintptr_t at = first; at < reinterpret_cast<uintptr_t>(l.p) + l.bytes; at += 4096) {
+        visit(reinterpret_cast<char*>(at));
+      }
+      visit(l.p + l.bytes - 1);
+    };
+    const auto release = [&](size_t i) {
+      const Live l = live[i];
+      bool intact = true;
+      marks(l, [&](char* c) { intact = intact && static_cast<uint8_t>(*c) == l.tag; });
+      REQUIRE(intact);
+      a.free(l.p);
+      live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+    };
+    for (uint32_t i = 0; i < 300; ++i) {
+      const double u = philox::uniform(seed, 0, i);
+      const size_t bytes = u < 0.5 ? 1 + static_cast<size_t>(u * 2 * MiB)
+                                   : static_cast<size_t>((u - 0.5) * 2 * 24 * MiB) + 1;
+      char* p = static_cast<char*>(a.alloc(bytes, 0));
+      REQUIRE(p != nullptr);
+      const uint8_t tag = static_cast<uint8_t>(i * 7 + 1);
+      live.push_back({p, bytes, tag});
+      marks(live.back(), [tag](char* c) { *c = static_cast<char>(tag); });
+      if (philox::uniform(seed, 1, i) < 0.35) {
+        release(
+            static_cast<size_t>(philox::uniform(seed, 2, i) * static_cast<double>(live.size())));
+      }
+      const kernels::AllocatorStats s = a.stats();
+      REQUIRE(s.bytes_reserved == s.bytes_in_use + s.bytes_cached);
+    }
+    while (!live.empty()) release(live.size() - 1);
+  };
+  // Every step ends with all its blocks free, merged back into whole raw allocations: once one
+  // step needs no new raw allocation, the next starts from the same cache and needs none either.
+  std::vector<size_t> allocations_after;
+  for (int i = 0; i < 8; ++i) {
+    step(42);
+    allocations_after.push_back(a.stats().device_allocations);
+  }
+  size_t settled = 1;
+  while (settled < allocations_after.size() &&
+         allocations_after[settled] != allocations_after[settled - 1]) {
+    ++settled;
+  }
+  INFO("raw allocations after each step: ", allocations_after[0], " ", allocations_after[1], " ",
+       allocations_after[2], " ", allocations_after[3], " ... ", allocations_after.back());
+  CHECK(settled <= 4);
+  CHECK(allocations_after.back() == allocations_after[settled - 1]);
+  CHECK(a.stats().bytes_in_use == 0);
+  a.empty_cache();
+  CHECK(host.live.empty());
+}
+
+}  // namespace kvc
