@@ -6,6 +6,7 @@
 #include "base/philox.h"
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "kernels/math/elementwise.h"
 #include "tests/test_util.h"
 
 using namespace kvc;
@@ -62,6 +63,20 @@ TEST_CASE("ops activation: relu and gelu values") {
   backward(sum(gelu(p)));
   CHECK(p.grad().to_vector()[0] == doctest::Approx(0.5).epsilon(1e-14));
   CHECK(p.grad().to_vector()[1] == doctest::Approx(0.841344746068543 + 0.241970724519143));
+}
+
+// The fused GELU backward (kernels/math) computes GELU and its derivative from one erf: the bits
+// of the two functions apart, so a kernel that writes both agrees with the ones that write each.
+TEST_CASE("ops activation: gelu_with_backward gives gelu's and gelu_backward's bits") {
+  for (const float x :
+       {-7.5f, -3.0f, -1.0f, -0.3f, -1e-30f, 0.0f, 1e-30f, 0.4f, 1.0f, 2.5f, 9.0f}) {
+    for (const float gy : {1.0f, -0.7f, 3.0e5f}) {
+      float act = 0.0f;
+      const float grad = kvc::kernels::math::gelu_with_backward(x, gy, &act);
+      CHECK(act == kvc::kernels::math::gelu(x));
+      CHECK(grad == kvc::kernels::math::gelu_backward(x, gy));
+    }
+  }
 }
 
 TEST_CASE("ops activation: dropout") {

@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cuda/attention_split.cuh"
 #include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/mma_sync.cuh"
@@ -402,10 +403,12 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][8][4], const uint1
 // after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
 // result): per (batch index, head) a CTA multiplies kRows rows of gy by W2^T for kCols hidden
 // columns on mma.sync (k = out <= kMaxK, all of it in shared memory at once), then through
-// shared memory reads the kept activations 16 bytes a thread, applies the derivative, writes the
-// gradient in bfloat16 and sums each column over its rows (the bfloat16 values, as the
-// ones-vector product summed them) for b1's gradient. `saved` may be `dst` (ReLU writes over its
-// kept output): each value is read and then written by the same thread.
+// shared memory reads the kept activations, applies the derivative, writes the gradient in
+// bfloat16 and sums each column over its rows (the bfloat16 values, as the ones-vector product
+// summed them) for b1's gradient. Every load is a cp.async issued at the start, the kept
+// activations' beside the operands', so that their memory latency passes under the product
+// (issued after it, they left the SM idle between the two: 2 CTAs an SM). `saved` may be `dst`
+// (ReLU writes over its kept output): each value is copied and then written by the same thread.
 namespace hidden_grad {
 constexpr int kRows = 128, kCols = 128, kMaxK = 128, kCtaThreads = 256;
 constexpr int kLd = kMaxK + 8;      // bf16 a row of the operand tiles: ldmatrix without conflicts
@@ -415,10 +418,13 @@ constexpr int kRowsAPass = kCtaThreads / kGroups;  // rows the CTA's threads cov
 constexpr int kRowsAThread = kRows / kRowsAPass;
 constexpr size_t kOperandBytes = size_t{2} * kRows * kLd * sizeof(uint16_t);  // A, then B
 constexpr size_t kProductBytes = size_t{kRows} * kCLd * sizeof(float);
-constexpr size_t kSumsOffset = kOperandBytes > kProductBytes ? kOperandBytes : kProductBytes;
+// The kept tile (kRows, kCols) bfloat16, unpadded: a warp reads two whole rows at once.
+constexpr size_t kKeptOffset = kOperandBytes > kProductBytes ? kOperandBytes : kProductBytes;
+constexpr size_t kSumsOffset = kKeptOffset + size_t{kRows} * kCols * sizeof(uint16_t);
 constexpr size_t kSmemBytes = kSumsOffset + size_t{kRowsAPass} * kCols * sizeof(float);
 static_assert(kCols == kMaxK, "B's tile is (kCols, kLd) or, transposed, (kMaxK, kLd)");
 static_assert(kRows == 128 && kCols == 128 && kCtaThreads == 256, "8 warps of 32 x 64");
+static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
 
 bool fits(const MlpArgs& g) { return g.out % 16 == 0 && g.out <= kMaxK && g.hidden % 8 == 0; }
 }  // namespace hidden_grad
@@ -434,6 +440,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   uint16_t* as = reinterpret_cast<uint16_t*>(smem);
   uint16_t* bs = as + kRows * kLd;
   float* cs = reinterpret_cast<float*>(smem);  // the product, over the operands once they are read
+  uint16_t* kept = reinterpret_cast<uint16_t*>(smem + kKeptOffset);
   float* ss = reinterpret_cast<float*>(smem + kSumsOffset);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t z = blockIdx.z, head = z % heads, bi = z / heads;
@@ -441,31 +448,46 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   const uint16_t* gz = gy + z * rows * k;
   const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * k);
   const int64_t hz = z * rows * hidden;  // this (batch index, head)'s rows in saved and dst
+  const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
+    attention_detail::cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from),
+                                 valid);
+  };
 
   // A: gy's rows (kRows, k), zeros past `rows`. B: W2^T's columns, as (kCols, k) (Mix's, k
   // contiguous) or (k, kCols) (F.linear's, columns contiguous), zeros past `hidden`.
   const int kv = k / 8;
   for (int i = tid; i < kRows * kv; i += kCtaThreads) {
     const int r = i / kv, c = i % kv * 8;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (row0 + r < rows) v = *reinterpret_cast<const uint4*>(gz + (row0 + r) * k + c);
-    *reinterpret_cast<uint4*>(as + r * kLd + c) = v;
+    const bool valid = row0 + r < rows;
+    copy16(as + r * kLd + c, gz + (valid ? (row0 + r) * k + c : 0), valid);
   }
   if constexpr (kShared) {
     for (int i = tid; i < k * kGroups; i += kCtaThreads) {
       const int kk = i / kGroups, c = i % kGroups * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (col0 + c < hidden) v = *reinterpret_cast<const uint4*>(wz + kk * hidden + col0 + c);
-      *reinterpret_cast<uint4*>(bs + kk * kLd + c) = v;
+      const bool valid = col0 + c < hidden;
+      copy16(bs + kk * kLd + c, wz + (valid ? kk * hidden + col0 + c : 0), valid);
     }
   } else {
     for (int i = tid; i < kCols * kv; i += kCtaThreads) {
       const int n = i / kv, c = i % kv * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (col0 + n < hidden) v = *reinterpret_cast<const uint4*>(wz + (col0 + n) * k + c);
-      *reinterpret_cast<uint4*>(bs + n * kLd + c) = v;
+      const bool valid = col0 + n < hidden;
+      copy16(bs + n * kLd + c, wz + (valid ? (col0 + n) * k + c : 0), valid);
     }
   }
+  attention_detail::cp_async_commit();
+  // The kept activations this thread finishes: column group `group`, rows first_row +
+  // kRowsAPass i (zeros past the matrix; those are not written).
+  const int group = tid % kGroups, first_row = tid / kGroups;
+  const int64_t col = col0 + 8 * group;
+#pragma unroll
+  for (int i = 0; i < kRowsAThread; ++i) {
+    const int r = first_row + kRowsAPass * i;
+    const bool valid = row0 + r < rows && col < hidden;
+    copy16(kept + r * kCols + 8 * group, saved + (valid ? hz + (row0 + r) * hidden + col : 0),
+           valid);
+  }
+  attention_detail::cp_async_commit();
+  attention_detail::cp_async_wait<1>();  // the operands (the kept tile may still be on its way)
   __syncthreads();
 
   // Warp (wm, wn) multiplies rows 32 wm.. by columns 64 wn..: 2 x 8 tiles of 16 x 8.
@@ -485,19 +507,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
       *reinterpret_cast<float2*>(c + 8 * kCLd) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
     }
   }
-  // The kept activations this thread finishes, all its loads in flight at once (the products'
-  // registers are free by now): column group `group`, rows first_row + kRowsAPass i.
-  const int group = tid % kGroups, first_row = tid / kGroups;
-  const int64_t col = col0 + 8 * group;
-  uint4 kept[kRowsAThread];
-#pragma unroll
-  for (int i = 0; i < kRowsAThread; ++i) {
-    const int64_t r = row0 + first_row + kRowsAPass * i;
-    kept[i] = make_uint4(0, 0, 0, 0);
-    if (r < rows && col < hidden) {
-      kept[i] = *reinterpret_cast<const uint4*>(saved + hz + r * hidden + col);
-    }
-  }
+  attention_detail::cp_async_wait<0>();  // this thread's kept values (it reads only its own)
   __syncthreads();
 
   float sums[8] = {};
@@ -508,17 +518,24 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     const float4 p0 = *reinterpret_cast<const float4*>(cs + r * kCLd + 8 * group);
     const float4 p1 = *reinterpret_cast<const float4*>(cs + r * kCLd + 8 * group + 4);
     const float product[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
-    const __nv_bfloat16* in = reinterpret_cast<const __nv_bfloat16*>(&kept[i]);
+    const uint4 kept_v = *reinterpret_cast<const uint4*>(kept + r * kCols + 8 * group);
+    const __nv_bfloat16* in = reinterpret_cast<const __nv_bfloat16*>(&kept_v);
     uint4 o, act;
     __nv_bfloat16* oe = reinterpret_cast<__nv_bfloat16*>(&o);
     __nv_bfloat16* ae = reinterpret_cast<__nv_bfloat16*>(&act);
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       const float a = __bfloat162float(in[e]);
-      const float v = kGelu ? math::gelu_backward(a, product[e]) : (a > 0.0f ? product[e] : 0.0f);
+      float v;
+      if constexpr (kGelu) {
+        float gelu_a;
+        v = math::gelu_with_backward(a, product[e], &gelu_a);  // one erf for both
+        ae[e] = __float2bfloat16(gelu_a);
+      } else {
+        v = a > 0.0f ? product[e] : 0.0f;
+      }
       oe[e] = __float2bfloat16(v);
       sums[e] += __bfloat162float(oe[e]);
-      if (kGelu && gelu_out) ae[e] = __float2bfloat16(math::gelu(a));
     }
     const int64_t at = hz + (row0 + r) * hidden + col;
     *reinterpret_cast<uint4*>(dst + at) = o;
@@ -581,22 +598,26 @@ void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
 // y = GELU(pre) W2 + b2 under bf16 with GELU applied as the product reads its input, where it
 // would otherwise be a pass of its own writing GELU's output (and, with a backward to come, a
 // second (b, h, w, hidden) buffer beside the kept input): per (batch index, head) a CTA takes
-// kRows rows and all out <= kCols columns, walking the hidden values kChunk at a time; each
-// chunk's raw loads are in flight while the previous one is multiplied (mma.sync), and GELU (the
-// exact one, float32, rounded to bfloat16 as the pass wrote it) is applied on their way into
-// shared memory. y float32, b2 added in float32.
+// kRows rows and all out <= kCols columns, walking the hidden values kChunk at a time through
+// kStages shared-memory stages filled by cp.async (two chunks in flight while one is multiplied
+// on mma.sync). Each thread applies GELU (the exact one, float32, rounded to bfloat16 as the pass
+// wrote it) in place to the part of a chunk it copied itself, once its copies landed; one barrier
+// a chunk then publishes the chunk and frees the stage of the one before. y float32, b2 added in
+// float32.
 namespace gelu_product {
-constexpr int kRows = 128, kCols = 128, kChunk = 32, kCtaThreads = 256;
+constexpr int kRows = 128, kCols = 128, kChunk = 64, kStages = 3, kCtaThreads = 256;
 constexpr int kALd = kChunk + 8;  // bf16 a row of A's chunk (kRows, kChunk) and of F.linear's B
 constexpr int kBLd = kCols + 8;   // bf16 a row of Mix's B chunk (kChunk, kCols)
-constexpr int kLoads = kRows * kChunk / 8 / kCtaThreads;  // 16-byte loads a thread, each operand
+constexpr int kLoads = kRows * kChunk / 8 / kCtaThreads;  // 16-byte copies a thread, each operand
 constexpr size_t kABytes = size_t{kRows} * kALd * sizeof(uint16_t);
 constexpr size_t kBBytes =
     (size_t{kChunk} * kBLd > size_t{kCols} * kALd ? size_t{kChunk} * kBLd : size_t{kCols} * kALd) *
     sizeof(uint16_t);
-constexpr size_t kSmemBytes = kABytes + kBBytes;
+constexpr size_t kStageBytes = kABytes + kBBytes;
+constexpr size_t kSmemBytes = kStages * kStageBytes;
 static_assert(kLoads * kCtaThreads * 8 == kChunk * kCols, "B's chunk takes as many loads as A's");
 static_assert(kRows == 128 && kCols == 128 && kCtaThreads == 256, "8 warps of 32 x 64");
+static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
 
 bool fits(const MlpArgs& g) { return g.out % 8 == 0 && g.out <= kCols && g.hidden % 8 == 0; }
 }  // namespace gelu_product
@@ -609,70 +630,81 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
                         int64_t heads, int64_t rows, int64_t hidden, int out) {
   using namespace gelu_product;
   extern __shared__ __align__(16) unsigned char smem[];
-  uint16_t* as = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* bs = reinterpret_cast<uint16_t*>(smem + kABytes);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t z = blockIdx.z, head = z % heads;
   const int64_t row0 = int64_t{blockIdx.y} * kRows;
   const uint16_t* pz = pre + z * rows * hidden;
   const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * out);
+  const auto a_stage = [&](int s) { return reinterpret_cast<uint16_t*>(smem + s * kStageBytes); };
+  const auto b_stage = [&](int s) {
+    return reinterpret_cast<uint16_t*>(smem + s * kStageBytes + kABytes);
+  };
+  const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
+    attention_detail::cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from),
+                                 valid);
+  };
 
-  // Load i of this thread: A row ar(i), 8 values from column ac(i) of the chunk; B (Mix's) chunk
-  // row bk(i), 8 columns from bn(i); or (F.linear's) row bn'(i) = ar(i), 8 values from ac(i).
-  uint4 a_raw[kLoads], b_raw[kLoads];
-  const auto load = [&](int64_t k0) {
+  // Copy i of this thread: A row ar(i), 8 values from column ac(i) of the chunk; B (Mix's) chunk
+  // row bk(i), 8 columns from bn(i); or (F.linear's) row ar(i), 8 values from ac(i). Zeros past
+  // the matrices (GELU(0) = 0: they add nothing).
+  const auto issue = [&](int64_t k0, int s) {
+    uint16_t* as = a_stage(s);
+    uint16_t* bs = b_stage(s);
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       const int idx = tid + kCtaThreads * i;
       const int r = idx / (kChunk / 8), c = idx % (kChunk / 8) * 8;
-      a_raw[i] = make_uint4(0, 0, 0, 0);
-      if (row0 + r < rows && k0 + c < hidden) {
-        a_raw[i] = *reinterpret_cast<const uint4*>(pz + (row0 + r) * hidden + k0 + c);
-      }
-      b_raw[i] = make_uint4(0, 0, 0, 0);
+      const bool a_valid = row0 + r < rows && k0 + c < hidden;
+      copy16(as + r * kALd + c, pz + (a_valid ? (row0 + r) * hidden + k0 + c : 0), a_valid);
       if constexpr (kShared) {  // (out, hidden): row n = r, hidden values k0 + c..
-        if (r < out && k0 + c < hidden) {
-          b_raw[i] = *reinterpret_cast<const uint4*>(wz + int64_t{r} * hidden + k0 + c);
-        }
+        const bool valid = r < out && k0 + c < hidden;
+        copy16(bs + r * kALd + c, wz + (valid ? int64_t{r} * hidden + k0 + c : 0), valid);
       } else {  // (hidden, out): row k0 + kk, columns n..
         const int kk = idx / (kCols / 8), n = idx % (kCols / 8) * 8;
-        if (k0 + kk < hidden && n < out) {
-          b_raw[i] = *reinterpret_cast<const uint4*>(wz + (k0 + kk) * out + n);
-        }
+        const bool valid = k0 + kk < hidden && n < out;
+        copy16(bs + kk * kBLd + n, wz + (valid ? (k0 + kk) * out + n : 0), valid);
       }
     }
   };
-  const auto store = [&] {
+  // GELU over this thread's own copies of A in stage s (visible to it once its group landed).
+  const auto apply_gelu = [&](int s) {
+    uint16_t* as = a_stage(s);
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
       const int idx = tid + kCtaThreads * i;
       const int r = idx / (kChunk / 8), c = idx % (kChunk / 8) * 8;
-      __nv_bfloat16* e = reinterpret_cast<__nv_bfloat16*>(&a_raw[i]);
+      uint4 v = *reinterpret_cast<const uint4*>(as + r * kALd + c);
+      __nv_bfloat16* e = reinterpret_cast<__nv_bfloat16*>(&v);
 #pragma unroll
       for (int j = 0; j < 8; ++j) e[j] = __float2bfloat16(math::gelu(__bfloat162float(e[j])));
-      *reinterpret_cast<uint4*>(as + r * kALd + c) = a_raw[i];
-      if constexpr (kShared) {
-        *reinterpret_cast<uint4*>(bs + r * kALd + c) = b_raw[i];
-      } else {
-        const int kk = idx / (kCols / 8), n = idx % (kCols / 8) * 8;
-        *reinterpret_cast<uint4*>(bs + kk * kBLd + n) = b_raw[i];
-      }
+      *reinterpret_cast<uint4*>(as + r * kALd + c) = v;
     }
   };
 
   // Warp (wm, wn) multiplies rows 32 wm.. by columns 64 wn..: 2 x 8 tiles of 16 x 8.
   const int wm = warp % 4, wn = warp / 4;
   float acc[2][8][4] = {};
-  load(0);
-  for (int64_t k0 = 0; k0 < hidden; k0 += kChunk) {
-    store();
-    __syncthreads();
-    if (k0 + kChunk < hidden) load(k0 + kChunk);  // in flight during this chunk's products
+  const int64_t chunks = (hidden + kChunk - 1) / kChunk;
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < chunks) issue(s * kChunk, s);
+    attention_detail::cp_async_commit();  // empty groups keep the count of the wait below
+  }
+  for (int64_t it = 0; it < chunks; ++it) {
+    const int s = static_cast<int>(it % kStages);
+    attention_detail::cp_async_wait<kStages - 2>();  // chunk it's copies of this thread
+    apply_gelu(s);
+    __syncthreads();  // chunk it whole for every warp; chunk it - 1's products all done
+    if (it + kStages - 1 < chunks) {
+      issue((it + kStages - 1) * kChunk, static_cast<int>((it + kStages - 1) % kStages));
+    }
+    attention_detail::cp_async_commit();
+    const uint16_t* as = a_stage(s);
+    const uint16_t* bs = b_stage(s);
 #pragma unroll
     for (int ks = 0; ks < kChunk; ks += 16) {
       warp_tile_k16<kShared>(acc, as, kALd, wm * 32, bs, kShared ? kALd : kBLd, wn * 64, ks, lane);
     }
-    __syncthreads();
   }
 
   const int g = lane >> 2, t = lane & 3;
@@ -699,6 +731,14 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
 // W2 bfloat16, b2 and y float32.
 void gelu_product_bf16(const MlpArgs& g, const void* pre, const void* w2, float* y) {
   using namespace gelu_product;
+  static const bool sized = [] {  // both kernels (one function-pointer type: set each by name)
+    for (auto kernel : {gelu_product_kernel<true>, gelu_product_kernel<false>}) {
+      KVC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(kSmemBytes)));
+    }
+    return true;
+  }();
+  (void)sized;
   const auto launch = [&](auto kernel) {
     kernel<<<dim3(1, static_cast<unsigned>((g.w + kRows - 1) / kRows),
                   static_cast<unsigned>(g.b * g.h)),

@@ -28,6 +28,19 @@ KVC_HOST_DEVICE T gelu_backward(T x, T gy) {
   return gy * (cdf + x * pdf);
 }
 
+// gelu_backward(x, gy), with gelu(x) in *act from the same erf: the bits of the two apart (the
+// same expressions; erf, the costly part, once).
+template <typename T>
+KVC_HOST_DEVICE T gelu_with_backward(T x, T gy, T* act) {
+  const T inv_sqrt2 = T(0.70710678118654752440);
+  const T inv_sqrt_2pi = T(0.39894228040143267794);
+  const T one_plus_erf = T(1) + erf(x * inv_sqrt2);
+  *act = T(0.5) * x * one_plus_erf;
+  const T cdf = T(0.5) * one_plus_erf;
+  const T pdf = inv_sqrt_2pi * exp(T(-0.5) * x * x);
+  return gy * (cdf + x * pdf);
+}
+
 // The inverted-dropout scale 1 / (1 - p), computed once on the host in T: both backends
 // multiply by the same bits.
 template <typename T>
