@@ -406,9 +406,9 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][8][4], const uint1
 // shared memory reads the kept activations, applies the derivative, writes the gradient in
 // bfloat16 and sums each column over its rows (the bfloat16 values, as the ones-vector product
 // summed them) for b1's gradient. Every load is a cp.async issued at the start, the kept
-// activations' beside the operands', so that their memory latency passes under the product
-// (issued after it, they left the SM idle between the two: 2 CTAs an SM). `saved` may be `dst`
-// (ReLU writes over its kept output): each value is copied and then written by the same thread.
+// activations' beside the operands', so that their memory latency can pass under the product
+// (with 2 CTAs an SM little else hides it). `saved` may be `dst` (ReLU writes over its kept
+// output): each value is copied and then written by the same thread.
 namespace hidden_grad {
 constexpr int kRows = 128, kCols = 128, kMaxK = 128, kCtaThreads = 256;
 constexpr int kLd = kMaxK + 8;      // bf16 a row of the operand tiles: ldmatrix without conflicts
@@ -508,7 +508,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     }
   }
   attention_detail::cp_async_wait<0>();  // this thread's kept values (it reads only its own)
-  __syncthreads();
+  __syncthreads();                       // and every warp's part of the product
 
   float sums[8] = {};
 #pragma unroll
