@@ -93,30 +93,30 @@ CachingAllocator::Block* CachingAllocator::take(int device, int pool, size_t siz
   return b;
 }
 
+void CachingAllocator::absorb_next(Block* a) {
+  Block* c = a->next;
+  a->size += c->size;
+  a->next = c->next;
+  if (c->next) c->next->prev = a;
+  blocks_.erase(c);
+  delete c;
+}
+
 CachingAllocator::Block* CachingAllocator::merge_with_free_neighbours(Block* b) {
   // By the pool's value: `b` itself is deleted when it merges into its predecessor.
   const int pool = b->pool;
   const auto mergeable = [pool](const Block* n) {
     return n != nullptr && !n->in_use && n->pool == pool;
   };
-  if (mergeable(b->prev)) {
+  if (mergeable(b->prev)) {  // the predecessor grows (and leaves its free list for now)
     Block* a = b->prev;
     remove_free(a);
-    a->size += b->size;
-    a->next = b->next;
-    if (b->next) b->next->prev = a;
-    blocks_.erase(b);
-    delete b;
+    absorb_next(a);
     b = a;
   }
   if (mergeable(b->next)) {
-    Block* c = b->next;
-    remove_free(c);
-    b->size += c->size;
-    b->next = c->next;
-    if (c->next) c->next->prev = b;
-    blocks_.erase(c);
-    delete c;
+    remove_free(b->next);
+    absorb_next(b);
   }
   return b;
 }

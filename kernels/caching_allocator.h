@@ -94,6 +94,7 @@ class CachingAllocator {
   void insert_free(Block* b);
   void remove_free(Block* b);
   Block* merge_with_free_neighbours(Block* b);  // b is free and not in a free list
+  void absorb_next(Block* a);  // a takes a->next's bytes; a->next (out of the free lists) deleted
   void release_cached();
   void note_in_use(size_t delta_up, size_t delta_down);
 
