@@ -116,7 +116,7 @@ Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, Adam
                               offset_of(end) - offset_of(first) >= min_elements);
     if (own) {
       Segment seg;
-      seg.begin = slots_[first].offset;
+      seg.begin = offset_of(first);
       seg.first_slot = first;
       segments_.push_back(std::move(seg));
     }
@@ -124,7 +124,7 @@ Adam::Adam(const std::vector<std::pair<std::string, Tensor>>& named_params, Adam
     for (size_t i = first; i < end; ++i) slots_[i].segment = segments_.size() - 1;
   }
   for (Segment& seg : segments_) {
-    const size_t end = seg.end_slot < slots_.size() ? slots_[seg.end_slot].offset : total;
+    const size_t end = offset_of(seg.end_slot);
     seg.numel = end - seg.begin;
     seg.storage =
         std::make_shared<Storage>(seg.numel * dtype_size(dtype_), device_, Storage::OnDemand{});
