@@ -368,13 +368,15 @@ void relu_masked(const void* mask, void* g, int64_t n) {
                      static_cast<T*>(g), n);
 }
 
-// One k-step (16) of a warp's 32 x 64 tile, 2 x 8 mma tiles of 16 x 8, from shared memory: A
-// (rows, k) row-major, `a_ld` elements a row, the warp's rows from a_row0; B held as (n, k) rows
-// (kBKMajor: k contiguous) or as (k, n) rows, `b_ld` elements a row, the warp's columns from n0.
-template <bool kBKMajor>
-__device__ __forceinline__ void warp_tile_k16(float (&acc)[2][8][4], const uint16_t* as, int a_ld,
-                                              int a_row0, const uint16_t* bs, int b_ld, int n0,
-                                              int ks, int lane) {
+// One k-step (16) of a warp's 32 x (8 kNTiles) tile, 2 x kNTiles mma tiles of 16 x 8, from
+// shared memory: A (rows, k) row-major, `a_ld` elements a row, the warp's rows from a_row0; B
+// held as (n, k) rows (kBKMajor: k contiguous) or as (k, n) rows, `b_ld` elements a row, the
+// warp's columns from n0.
+template <bool kBKMajor, int kNTiles>
+__device__ __forceinline__ void warp_tile_k16(float (&acc)[2][kNTiles][4], const uint16_t* as,
+                                              int a_ld, int a_row0, const uint16_t* bs, int b_ld,
+                                              int n0, int ks, int lane) {
+  static_assert(kNTiles % 2 == 0, "column tiles come in pairs (one ldmatrix_x4 each)");
   const int mi = lane / 8;
   uint32_t a[2][4];
 #pragma unroll
@@ -382,7 +384,7 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][8][4], const uint1
     ldmatrix_x4(a[mt], as + (a_row0 + mt * 16 + lane % 16) * a_ld + ks + lane / 16 * 8);
   }
 #pragma unroll
-  for (int np = 0; np < 4; ++np) {  // pairs of column tiles
+  for (int np = 0; np < kNTiles / 2; ++np) {  // pairs of column tiles
     uint32_t b[4];
     const int n = n0 + np * 16 + (mi >> 1) * 8;
     if constexpr (kBKMajor) {
@@ -401,156 +403,191 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][8][4], const uint1
 // The gradient at the first product's output under bf16 in one pass, where it would otherwise
 // take four (the product gy W2^T into the hidden buffer; ReLU's signs kept aside and applied
 // after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
-// result): per (batch index, head) a CTA multiplies kRows rows of gy by W2^T for kCols hidden
-// columns on mma.sync (k = out <= kMaxK, all of it in shared memory at once), then through
-// shared memory reads the kept activations, applies the derivative, writes the gradient in
-// bfloat16 and sums each column over its rows (the bfloat16 values, as the ones-vector product
-// summed them) for b1's gradient. Every load is a cp.async issued at the start, the kept
-// activations' beside the operands', so that their memory latency can pass under the product
-// (with 2 CTAs an SM little else hides it). `saved` may be `dst` (ReLU writes over its kept
-// output): each value is copied and then written by the same thread.
+// result). A CTA takes kRows rows of one (batch index, head), keeps their gy (k = out <= kMaxK)
+// in shared memory, and walks a range of hidden columns kCols at a time; each tile's W2^T columns
+// and kept activations arrive by cp.async a tile ahead (two stages), so that the SM has copies in
+// flight while it multiplies (mma.sync) and finishes the tile before. Each thread finishes its
+// product fragments in registers: the derivative from the kept values at the same places in
+// shared memory, the bfloat16 gradient written over them (and under GELU, GELU's output written
+// over the spent W2 stage), then the tile goes out 16 bytes a thread. b1's partial column sums
+// (of the bfloat16 values, as the ones-vector product summed them) per CTA. `saved` may be `dst`
+// (ReLU writes over its kept output) or `gelu_out` (GELU's output over its kept input): a CTA
+// reads each tile of it before it writes that tile, and no other CTA touches it.
 namespace hidden_grad {
-constexpr int kRows = 128, kCols = 128, kMaxK = 128, kCtaThreads = 256;
-constexpr int kLd = kMaxK + 8;      // bf16 a row of the operand tiles: ldmatrix without conflicts
-constexpr int kCLd = kCols + 8;     // floats a row of the product's tile: float2 stores likewise
-constexpr int kGroups = kCols / 8;  // 16-byte column groups of a row
-constexpr int kRowsAPass = kCtaThreads / kGroups;  // rows the CTA's threads cover at once
-constexpr int kRowsAThread = kRows / kRowsAPass;
-constexpr size_t kOperandBytes = size_t{2} * kRows * kLd * sizeof(uint16_t);  // A, then B
-constexpr size_t kProductBytes = size_t{kRows} * kCLd * sizeof(float);
-// The kept tile (kRows, kCols) bfloat16, unpadded: a warp reads two whole rows at once.
-constexpr size_t kKeptOffset = kOperandBytes > kProductBytes ? kOperandBytes : kProductBytes;
-constexpr size_t kSumsOffset = kKeptOffset + size_t{kRows} * kCols * sizeof(uint16_t);
-constexpr size_t kSmemBytes = kSumsOffset + size_t{kRowsAPass} * kCols * sizeof(float);
-static_assert(kCols == kMaxK, "B's tile is (kCols, kLd) or, transposed, (kMaxK, kLd)");
-static_assert(kRows == 128 && kCols == 128 && kCtaThreads == 256, "8 warps of 32 x 64");
+constexpr int kRows = 128, kCols = 64, kMaxK = 128, kCtaThreads = 256, kStages = 2;
+constexpr int kALd = kMaxK + 8;   // bf16 a row of gy's tile (kRows, k): ldmatrix without conflicts
+constexpr int kBKLd = kMaxK + 8;  // W2^T's tile as (kCols, k), Mix's layout
+constexpr int kTLd = kCols + 8;   // (k, kCols) F.linear's W2 tile, and the kept / output tiles
+constexpr size_t kABytes = size_t{kRows} * kALd * sizeof(uint16_t);
+constexpr size_t kBBytes =
+    (kCols * kBKLd > kMaxK * kTLd ? size_t{kCols} * kBKLd : size_t{kMaxK} * kTLd) *
+    sizeof(uint16_t);
+constexpr size_t kTileBytes = size_t{kRows} * kTLd * sizeof(uint16_t);
+constexpr size_t kStageBytes = kBBytes + kTileBytes;  // W2's tile, then the kept tile
+constexpr size_t kSumsOffset = kABytes + kStages * kStageBytes;
+constexpr int kWarpRows = 4;  // warps down the tile (32 rows each), 2 across (32 columns each)
+constexpr size_t kSmemBytes = kSumsOffset + size_t{kWarpRows} * kCols * sizeof(float);
+static_assert(kBBytes >= kTileBytes, "GELU's output tile goes over the spent W2 stage");
+static_assert(kRows == 32 * kWarpRows && kCols == 64 && kCtaThreads == 256, "8 warps of 32 x 32");
 static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
 
 bool fits(const MlpArgs& g) { return g.out % 16 == 0 && g.out <= kMaxK && g.hidden % 8 == 0; }
 }  // namespace hidden_grad
 
-// kShared: W2 (out, hidden) for every head (F.linear's), else (h, hidden, out) (Mix's).
+// kShared: W2 (out, hidden) for every head (F.linear's), else (h, hidden, out) (Mix's). The CTA
+// takes column tiles [blockIdx.x tiles_per_cta, + tiles_per_cta) of the hidden values.
 template <bool kGelu, bool kShared>
 __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     hidden_grad_kernel(const uint16_t* __restrict__ gy, const uint16_t* __restrict__ w2,
                        const uint16_t* saved, uint16_t* dst, float* __restrict__ col_sums,
-                       uint16_t* gelu_out, int64_t heads, int64_t rows, int64_t hidden, int k) {
+                       uint16_t* gelu_out, int64_t heads, int64_t rows, int64_t hidden, int k,
+                       int64_t tiles_per_cta) {
   using namespace hidden_grad;
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* as = reinterpret_cast<uint16_t*>(smem);
-  uint16_t* bs = as + kRows * kLd;
-  float* cs = reinterpret_cast<float*>(smem);  // the product, over the operands once they are read
-  uint16_t* kept = reinterpret_cast<uint16_t*>(smem + kKeptOffset);
-  float* ss = reinterpret_cast<float*>(smem + kSumsOffset);
+  float* sums = reinterpret_cast<float*>(smem + kSumsOffset);  // (kWarpRows, kCols)
+  const auto w2_stage = [&](int s) {
+    return reinterpret_cast<uint16_t*>(smem + kABytes + s * kStageBytes);
+  };
+  const auto kept_stage = [&](int s) {
+    return reinterpret_cast<uint16_t*>(smem + kABytes + s * kStageBytes + kBBytes);
+  };
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t z = blockIdx.z, head = z % heads, bi = z / heads;
-  const int64_t row0 = int64_t{blockIdx.y} * kRows, col0 = int64_t{blockIdx.x} * kCols;
+  const int64_t row0 = int64_t{blockIdx.y} * kRows;
+  const int64_t tiles = (hidden + kCols - 1) / kCols;
+  const int64_t first = int64_t{blockIdx.x} * tiles_per_cta;
+  const int64_t last = first + tiles_per_cta < tiles ? first + tiles_per_cta : tiles;
+  if (first >= last) return;
   const uint16_t* gz = gy + z * rows * k;
   const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * k);
   const int64_t hz = z * rows * hidden;  // this (batch index, head)'s rows in saved and dst
+  const int kv = k / 8;
   const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
     attention_detail::cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from),
                                  valid);
   };
 
-  // A: gy's rows (kRows, k), zeros past `rows`. B: W2^T's columns, as (kCols, k) (Mix's, k
-  // contiguous) or (k, kCols) (F.linear's, columns contiguous), zeros past `hidden`.
-  const int kv = k / 8;
+  // gy's rows (kRows, k), zeros past `rows`, once (they join the first tile's group).
   for (int i = tid; i < kRows * kv; i += kCtaThreads) {
     const int r = i / kv, c = i % kv * 8;
     const bool valid = row0 + r < rows;
-    copy16(as + r * kLd + c, gz + (valid ? (row0 + r) * k + c : 0), valid);
+    copy16(as + r * kALd + c, gz + (valid ? (row0 + r) * k + c : 0), valid);
   }
-  if constexpr (kShared) {
-    for (int i = tid; i < k * kGroups; i += kCtaThreads) {
-      const int kk = i / kGroups, c = i % kGroups * 8;
-      const bool valid = col0 + c < hidden;
-      copy16(bs + kk * kLd + c, wz + (valid ? kk * hidden + col0 + c : 0), valid);
-    }
-  } else {
-    for (int i = tid; i < kCols * kv; i += kCtaThreads) {
-      const int n = i / kv, c = i % kv * 8;
-      const bool valid = col0 + n < hidden;
-      copy16(bs + n * kLd + c, wz + (valid ? (col0 + n) * k + c : 0), valid);
-    }
-  }
-  attention_detail::cp_async_commit();
-  // The kept activations this thread finishes: column group `group`, rows first_row +
-  // kRowsAPass i (zeros past the matrix; those are not written).
-  const int group = tid % kGroups, first_row = tid / kGroups;
-  const int64_t col = col0 + 8 * group;
-#pragma unroll
-  for (int i = 0; i < kRowsAThread; ++i) {
-    const int r = first_row + kRowsAPass * i;
-    const bool valid = row0 + r < rows && col < hidden;
-    copy16(kept + r * kCols + 8 * group, saved + (valid ? hz + (row0 + r) * hidden + col : 0),
-           valid);
-  }
-  attention_detail::cp_async_commit();
-  attention_detail::cp_async_wait<1>();  // the operands (the kept tile may still be on its way)
-  __syncthreads();
-
-  // Warp (wm, wn) multiplies rows 32 wm.. by columns 64 wn..: 2 x 8 tiles of 16 x 8.
-  const int wm = warp % 4, wn = warp / 4;
-  float acc[2][8][4] = {};
-  for (int ks = 0; ks < k; ks += 16) {
-    warp_tile_k16<!kShared>(acc, as, kLd, wm * 32, bs, kLd, wn * 64, ks, lane);
-  }
-  __syncthreads();  // the product's tile goes over the operands
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      float* c = cs + (wm * 32 + mt * 16 + g) * kCLd + wn * 64 + nt * 8 + 2 * t;
-      *reinterpret_cast<float2*>(c) = make_float2(acc[mt][nt][0], acc[mt][nt][1]);
-      *reinterpret_cast<float2*>(c + 8 * kCLd) = make_float2(acc[mt][nt][2], acc[mt][nt][3]);
-    }
-  }
-  attention_detail::cp_async_wait<0>();  // this thread's kept values (it reads only its own)
-  __syncthreads();                       // and every warp's part of the product
-
-  float sums[8] = {};
-#pragma unroll
-  for (int i = 0; i < kRowsAThread; ++i) {
-    const int r = first_row + kRowsAPass * i;
-    if (row0 + r >= rows || col >= hidden) continue;
-    const float4 p0 = *reinterpret_cast<const float4*>(cs + r * kCLd + 8 * group);
-    const float4 p1 = *reinterpret_cast<const float4*>(cs + r * kCLd + 8 * group + 4);
-    const float product[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
-    const uint4 kept_v = *reinterpret_cast<const uint4*>(kept + r * kCols + 8 * group);
-    const __nv_bfloat16* in = reinterpret_cast<const __nv_bfloat16*>(&kept_v);
-    uint4 o, act;
-    __nv_bfloat16* oe = reinterpret_cast<__nv_bfloat16*>(&o);
-    __nv_bfloat16* ae = reinterpret_cast<__nv_bfloat16*>(&act);
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float a = __bfloat162float(in[e]);
-      float v;
-      if constexpr (kGelu) {
-        float gelu_a;
-        v = math::gelu_with_backward(a, product[e], &gelu_a);  // one erf for both
-        ae[e] = __float2bfloat16(gelu_a);
-      } else {
-        v = a > 0.0f ? product[e] : 0.0f;
+  // Tile `tile` into stage s: W2^T's columns as (kCols, k) (Mix's, k contiguous) or (k, kCols)
+  // (F.linear's), and the kept activations (kRows, kCols); zeros past the matrices (a zero
+  // product and a zero kept value give a zero gradient, GELU's output 0: nothing past them is
+  // written, and nothing adds to the sums).
+  const auto issue = [&](int64_t tile, int s) {
+    const int64_t col0 = tile * kCols;
+    uint16_t* bs = w2_stage(s);
+    uint16_t* ts = kept_stage(s);
+    if constexpr (kShared) {
+      for (int i = tid; i < k * (kCols / 8); i += kCtaThreads) {
+        const int kk = i / (kCols / 8), c = i % (kCols / 8) * 8;
+        const bool valid = col0 + c < hidden;
+        copy16(bs + kk * kTLd + c, wz + (valid ? kk * hidden + col0 + c : 0), valid);
       }
-      oe[e] = __float2bfloat16(v);
-      sums[e] += __bfloat162float(oe[e]);
+    } else {
+      for (int i = tid; i < kCols * kv; i += kCtaThreads) {
+        const int n = i / kv, c = i % kv * 8;
+        const bool valid = col0 + n < hidden;
+        copy16(bs + n * kBKLd + c, wz + (valid ? (col0 + n) * k + c : 0), valid);
+      }
     }
-    const int64_t at = hz + (row0 + r) * hidden + col;
-    *reinterpret_cast<uint4*>(dst + at) = o;
-    if (kGelu && gelu_out) *reinterpret_cast<uint4*>(gelu_out + at) = act;
-  }
-  if (!col_sums) return;
 #pragma unroll
-  for (int e = 0; e < 8; ++e) ss[first_row * kCols + 8 * group + e] = sums[e];
-  __syncthreads();
-  if (tid < kCols && col0 + tid < hidden) {
-    float total = 0.0f;
+    for (int j = 0; j < kRows * (kCols / 8) / kCtaThreads; ++j) {
+      const int i = tid + kCtaThreads * j;
+      const int r = i / (kCols / 8), c = i % (kCols / 8) * 8;
+      const bool valid = row0 + r < rows && col0 + c < hidden;
+      copy16(ts + r * kTLd + c, saved + (valid ? hz + (row0 + r) * hidden + col0 + c : 0), valid);
+    }
+  };
+  issue(first, 0);
+  attention_detail::cp_async_commit();
+  if (first + 1 < last) issue(first + 1, 1);
+  attention_detail::cp_async_commit();  // empty groups keep the count of the waits below
+
+  // Warp (wm, wn) multiplies rows 32 wm.. by columns 32 wn..: 2 x 4 tiles of 16 x 8.
+  const int wm = warp % kWarpRows, wn = warp / kWarpRows;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t batches = gridDim.z / heads;
+  for (int64_t tile = first; tile < last; ++tile) {
+    const int s = static_cast<int>((tile - first) % kStages);
+    const int64_t col0 = tile * kCols;
+    attention_detail::cp_async_wait<1>();  // this tile's copies (the next tile's may be in flight)
+    __syncthreads();                       // everyone's
+    float acc[2][4][4] = {};
+    const uint16_t* bs = w2_stage(s);
+    for (int ks = 0; ks < k; ks += 16) {
+      warp_tile_k16<!kShared>(acc, as, kALd, wm * 32, bs, kShared ? kTLd : kBKLd, wn * 32, ks,
+                              lane);
+    }
+    if constexpr (kGelu) __syncthreads();  // every warp's products read W2's stage: GELU's output
+    uint16_t* ts = kept_stage(s);
+    uint16_t* act = w2_stage(s);
+    float csum[4][2] = {};
 #pragma unroll
-    for (int j = 0; j < kRowsAPass; ++j) total += ss[j * kCols + tid];
-    const int64_t batches = gridDim.z / heads;
-    col_sums[((head * batches + bi) * gridDim.y + blockIdx.y) * hidden + col0 + tid] = total;
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int at = (wm * 32 + mt * 16 + g + 8 * half) * kTLd + wn * 32 + nt * 8 + 2 * t;
+          const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ts + at));
+          const float p0 = acc[mt][nt][2 * half], p1 = acc[mt][nt][2 * half + 1];
+          float v0, v1;
+          if constexpr (kGelu) {
+            float g0, g1;
+            v0 = math::gelu_with_backward(a.x, p0, &g0);  // one erf for both
+            v1 = math::gelu_with_backward(a.y, p1, &g1);
+            *reinterpret_cast<__nv_bfloat162*>(act + at) = __floats2bfloat162_rn(g0, g1);
+          } else {
+            v0 = a.x > 0.0f ? p0 : 0.0f;
+            v1 = a.y > 0.0f ? p1 : 0.0f;
+          }
+          const __nv_bfloat162 o = __floats2bfloat162_rn(v0, v1);
+          *reinterpret_cast<__nv_bfloat162*>(ts + at) = o;
+          csum[nt][0] += __low2float(o);
+          csum[nt][1] += __high2float(o);
+        }
+      }
+    }
+    // Column sums over the warp's 32 rows (the lanes of one t share columns), then in shared
+    // memory by warp row, added below in a fixed order.
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float v = csum[nt][j];
+        v += __shfl_xor_sync(0xffffffffu, v, 4);
+        v += __shfl_xor_sync(0xffffffffu, v, 8);
+        v += __shfl_xor_sync(0xffffffffu, v, 16);
+        if (g == 0) sums[wm * kCols + wn * 32 + nt * 8 + 2 * t + j] = v;
+      }
+    }
+    __syncthreads();  // the tile's gradient (and GELU's output) and sums are in shared memory
+#pragma unroll
+    for (int j = 0; j < kRows * (kCols / 8) / kCtaThreads; ++j) {
+      const int i = tid + kCtaThreads * j;
+      const int r = i / (kCols / 8), c = i % (kCols / 8) * 8;
+      if (row0 + r >= rows || col0 + c >= hidden) continue;
+      const int64_t to = hz + (row0 + r) * hidden + col0 + c;
+      *reinterpret_cast<uint4*>(dst + to) = *reinterpret_cast<const uint4*>(ts + r * kTLd + c);
+      if (kGelu && gelu_out) {
+        *reinterpret_cast<uint4*>(gelu_out + to) =
+            *reinterpret_cast<const uint4*>(act + r * kTLd + c);
+      }
+    }
+    if (col_sums && tid < kCols && col0 + tid < hidden) {
+      float total = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kWarpRows; ++j) total += sums[j * kCols + tid];
+      col_sums[((head * batches + bi) * gridDim.y + blockIdx.y) * hidden + col0 + tid] = total;
+    }
+    __syncthreads();  // stage s and the sums read: the stage takes the tile after next
+    if (tile + kStages < last) issue(tile + kStages, s);
+    attention_detail::cp_async_commit();
   }
 }
 
@@ -576,13 +613,18 @@ void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
     return true;
   }();
   (void)sized;
-  const dim3 grid(static_cast<unsigned>((g.hidden + kCols - 1) / kCols),
-                  static_cast<unsigned>((g.w + kRows - 1) / kRows),
-                  static_cast<unsigned>(g.b * g.h));
+  // Column tiles split over as many CTAs as fill the GPU twice over (2 CTAs an SM), each CTA
+  // walking its share: at `long` the 256 (row tile, head) CTAs walk all 64 tiles each.
+  const int64_t tiles = (g.hidden + kCols - 1) / kCols, row_tiles = (g.w + kRows - 1) / kRows;
+  const int64_t ctas = row_tiles * g.b * g.h, want = 2 * int64_t{sm_count()};
+  const int64_t groups = std::min(tiles, std::max<int64_t>(1, (want + ctas / 2) / ctas));
+  const int64_t per_cta = (tiles + groups - 1) / groups;
+  const dim3 grid(static_cast<unsigned>((tiles + per_cta - 1) / per_cta),
+                  static_cast<unsigned>(row_tiles), static_cast<unsigned>(g.b * g.h));
   hidden_grad_kernel<kGelu, kShared><<<grid, kCtaThreads, kSmemBytes, stream()>>>(
       static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
       static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums,
-      static_cast<uint16_t*>(io.gelu_out), g.h, g.w, g.hidden, static_cast<int>(g.out));
+      static_cast<uint16_t*>(io.gelu_out), g.h, g.w, g.hidden, static_cast<int>(g.out), per_cta);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
