@@ -641,11 +641,10 @@ void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
 // would otherwise be a pass of its own writing GELU's output (and, with a backward to come, a
 // second (b, h, w, hidden) buffer beside the kept input): per (batch index, head) a CTA takes
 // kRows rows and all out <= kCols columns, walking the hidden values kChunk at a time through
-// kStages shared-memory stages filled by cp.async (two chunks in flight while one is multiplied
-// on mma.sync). Each thread applies GELU (the exact one, float32, rounded to bfloat16 as the pass
-// wrote it) in place to the part of a chunk it copied itself, once its copies landed; one barrier
-// a chunk then publishes the chunk and frees the stage of the one before. y float32, b2 added in
-// float32.
+// kStages shared-memory stages filled by cp.async. Each thread applies GELU (the exact one,
+// float32, rounded to bfloat16 as the pass wrote it) in place to the part of a chunk it copied
+// itself, once its copies landed, while the chunk before is multiplied on mma.sync. y float32,
+// b2 added in float32.
 namespace gelu_product {
 constexpr int kRows = 128, kCols = 128, kChunk = 64, kStages = 3, kCtaThreads = 256;
 constexpr int kALd = kChunk + 8;  // bf16 a row of A's chunk (kRows, kChunk) and of F.linear's B
@@ -726,27 +725,34 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
   // Warp (wm, wn) multiplies rows 32 wm.. by columns 64 wn..: 2 x 8 tiles of 16 x 8.
   const int wm = warp % 4, wn = warp / 4;
   float acc[2][8][4] = {};
+  // Chunk c lives in stage c % kStages. Each iteration multiplies chunk it (GELU applied) while
+  // this thread applies GELU to its part of chunk it + 1, which landed during the iteration
+  // before: the tensor pipe and the ALUs work at once (mma.sync issues without waiting for its
+  // result). One barrier an iteration publishes chunk it + 1 and frees chunk it's stage for chunk
+  // it + kStages.
+  static_assert(kStages == 3, "chunk it + 1 is copied while chunk it - 1 is multiplied");
   const int64_t chunks = (hidden + kChunk - 1) / kChunk;
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
+  for (int s = 0; s < kStages; ++s) {
     if (s < chunks) issue(s * kChunk, s);
-    attention_detail::cp_async_commit();  // empty groups keep the count of the wait below
+    attention_detail::cp_async_commit();  // empty groups keep the count of the waits below
   }
+  attention_detail::cp_async_wait<kStages - 1>();  // chunk 0's copies of this thread
+  apply_gelu(0);
+  __syncthreads();
   for (int64_t it = 0; it < chunks; ++it) {
     const int s = static_cast<int>(it % kStages);
-    attention_detail::cp_async_wait<kStages - 2>();  // chunk it's copies of this thread
-    apply_gelu(s);
-    __syncthreads();  // chunk it whole for every warp; chunk it - 1's products all done
-    if (it + kStages - 1 < chunks) {
-      issue((it + kStages - 1) * kChunk, static_cast<int>((it + kStages - 1) % kStages));
-    }
-    attention_detail::cp_async_commit();
+    attention_detail::cp_async_wait<kStages - 2>();  // chunk it + 1's copies of this thread
     const uint16_t* as = a_stage(s);
     const uint16_t* bs = b_stage(s);
 #pragma unroll
     for (int ks = 0; ks < kChunk; ks += 16) {
       warp_tile_k16<kShared>(acc, as, kALd, wm * 32, bs, kShared ? kALd : kBLd, wn * 64, ks, lane);
     }
+    if (it + 1 < chunks) apply_gelu(static_cast<int>((it + 1) % kStages));
+    __syncthreads();  // chunk it + 1 whole for every warp; chunk it's products all done
+    if (it + kStages < chunks) issue((it + kStages) * kChunk, s);
+    attention_detail::cp_async_commit();
   }
 
   const int g = lane >> 2, t = lane & 3;
