@@ -162,6 +162,11 @@ void set_rates(Result& r, const RunSettings& s) {
 Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings& s, Device device,
                   dist::Communicator& comm) {
   const CompressorOptions o = compressor_options(kind, s, device);
+#ifdef KVC_WITH_CUDA
+  // The blocks an earlier kind of this run left cached go back first, as the PyTorch side empties
+  // its cache after each kind: what this kind's allocator holds is its own.
+  if (device.is_cuda()) kernels::cuda::empty_cache();
+#endif
   reset_peak(device);
   CompressorPair pair(o);
   pair.train(true);
