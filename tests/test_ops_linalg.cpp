@@ -320,6 +320,9 @@ const MixGradCase kMixGradCases[] = {
     {1, 3, 1, 7, 130,
      "one row a head: an outer product (a row length the CUDA kernel walks singly)"},
     {1, 2, 1, 5, 64, "one row a head: an outer product (four columns a CUDA thread)"},
+    {1, 3, 1, 9, 1100,
+     "one row a head: an outer product over two column blocks of CUDA threads, their row "
+     "blocks spanning two heads"},
 };
 
 void check_mix_grads_on(Device device, DType dt, const MixGradCase& c, double tol) {
