@@ -25,7 +25,10 @@ MathPrecision math_precision();
 struct Bf16Copy;
 struct Bf16Fill;
 Bf16Copy bf16_copy(const float* src, int64_t n);
+Bf16Copy bf16_copy_heads(const float* src, int64_t heads, int64_t head_elems, int64_t* head_stride);
 Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
+Bf16Fill bf16_copy_to_fill_heads(const float* src, int64_t heads, int64_t head_elems,
+                                 int64_t head_stride);
 bool bf16_copy_held(const float* src, int64_t n);
 
 // While alive, a product or attention that rounds one of these float32 buffers (or a part of one)
@@ -46,8 +49,16 @@ class SharedBf16Copies {
   struct Listed;
   // The innermost open scope's listed buffer holding src[0, n), or null.
   static Listed* find(const float* src, int64_t n);
+  // The scope's new copy of all of l's buffer, laid out as bf16_copy_to_fill* say, where src[0,
+  // n) is that whole buffer and no op holds a copy of it now; else none.
+  static Bf16Fill fill(Listed* l, const float* src, int64_t n, int64_t copy_elems,
+                       int64_t head_elems, int64_t head_stride);
   friend Bf16Copy bf16_copy(const float* src, int64_t n);
+  friend Bf16Copy bf16_copy_heads(const float* src, int64_t heads, int64_t head_elems,
+                                  int64_t* head_stride);
   friend Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
+  friend Bf16Fill bf16_copy_to_fill_heads(const float* src, int64_t heads, int64_t head_elems,
+                                          int64_t head_stride);
   friend bool bf16_copy_held(const float* src, int64_t n);
   std::vector<Listed> listed_;
   SharedBf16Copies* outer_;

@@ -281,37 +281,53 @@ TEST_CASE("cuda: under ShareBf16Copies the attention target reads the MLP's bf16
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
   test::PrecisionScope scope(kernels::MathPrecision::bf16);
-  // K (b, h, seq, d) seen as the blocks (b, h, w, n d) an MLP kind reads, as at stride = n.
-  const int64_t b = 1, h = 2, seq = 512, d = 64, n = 16, nq = 64;
-  const MlpCase c{b, h, seq / n, n * d, 128, d, true, false, Activation::relu};
-  std::vector<Tensor> x = make_inputs(c, 930);
-  for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
-  const TensorOptions cuda = TensorOptions{}.with_device(Device::cuda());
-  const Tensor k = reshape(x[0].detach(), {b, h, seq, d});
-  const Tensor v = Tensor::randn({b, h, seq, d}, 931, 0, 0.0, 1.0, cuda);
-  const Tensor q = Tensor::randn({b, h, nq, d}, 932, 0, 0.0, 1.0, cuda);
-  REQUIRE(x[0].data<float>() == k.data<float>());
-  const size_t k16_bytes = static_cast<size_t>(k.numel()) * 2;
+  // K (b, h, seq, d) seen as the blocks (b, h, w, n d) an MLP kind reads, as at stride = n: with
+  // shared weights the copy is K's own layout; with per-head weights and shifted rows it has the
+  // shift's row after each head's blocks, and the target reads it with that head stride.
+  const int64_t b = 2, h = 2, seq = 512, d = 64, n = 16, nq = 64;
+  for (const bool per_head : {false, true}) {
+    for (const Activation act : {Activation::relu, Activation::gelu}) {
+      const MlpCase c{b, h, seq / n, n * d, 128, d, !per_head, false, act, per_head};
+      CAPTURE(describe(c));
+      std::vector<Tensor> x = make_inputs(c, 930);
+      for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
+      const TensorOptions cuda = TensorOptions{}.with_device(Device::cuda());
+      const Tensor k = reshape(x[0].detach(), {b, h, seq, d});
+      const Tensor v = Tensor::randn({b, h, seq, d}, 931, 0, 0.0, 1.0, cuda);
+      const Tensor q = Tensor::randn({b, h, nq, d}, 932, 0, 0.0, 1.0, cuda);
+      REQUIRE(x[0].data<float>() == k.data<float>());
+      const size_t k16_bytes = static_cast<size_t>(k.numel()) * 2;
 
-  // The target's bytes allocated at its peak while the MLP holds its saved copy of the blocks:
-  // with K and V listed, K's copy is the MLP's (no second one), and the values are the same.
-  const auto target_peak = [&](bool share, std::vector<double>* out) {
-    std::unique_ptr<ShareBf16Copies> shared;
-    if (share) shared = std::make_unique<ShareBf16Copies>(std::vector<Tensor>{k, v});
-    const Tensor y = run(c, x);  // keeps its bf16 blocks for the backward
-    const size_t before = kernels::cuda::allocator_stats().bytes_in_use;
-    kernels::cuda::reset_peak_stats();
-    NoGradGuard no_grad;
-    *out = attention_target(q, k, v, 0.125).to_vector();
-    return kernels::cuda::allocator_stats().peak_bytes_in_use - before;
-  };
-  std::vector<double> own, shared;
-  const size_t own_bytes = target_peak(false, &own);
-  const size_t shared_bytes = target_peak(true, &shared);
-  MESSAGE("target's peak allocation: ", own_bytes, " bytes with its own copies, ", shared_bytes,
-          " sharing K's (", k16_bytes, " bytes)");
-  CHECK(shared == own);
-  CHECK(own_bytes >= shared_bytes + k16_bytes);
+      // The target's bytes allocated at its peak while the MLP holds its saved copy of the
+      // blocks: with K and V listed, K's copy is the MLP's (no second one), and the values are the
+      // same. The MLP's gradients too, the copy shared or not.
+      const auto target_peak = [&](bool share, std::vector<double>* out,
+                                   std::vector<double>* w1_grad) {
+        std::unique_ptr<ShareBf16Copies> shared;
+        if (share) shared = std::make_unique<ShareBf16Copies>(std::vector<Tensor>{k, v});
+        const Tensor y = run(c, x);  // keeps its bf16 blocks for the backward
+        const size_t before = kernels::cuda::allocator_stats().bytes_in_use;
+        kernels::cuda::reset_peak_stats();
+        {
+          NoGradGuard no_grad;
+          *out = attention_target(q, k, v, 0.125).to_vector();
+        }
+        const size_t peak = kernels::cuda::allocator_stats().peak_bytes_in_use - before;
+        x[1].zero_grad();
+        backward(sum(y));
+        *w1_grad = x[1].grad().to_vector();
+        return peak;
+      };
+      std::vector<double> own, shared, own_w1, shared_w1;
+      const size_t own_bytes = target_peak(false, &own, &own_w1);
+      const size_t shared_bytes = target_peak(true, &shared, &shared_w1);
+      MESSAGE(describe(c), ": target's peak allocation: ", own_bytes,
+              " bytes with its own copies, ", shared_bytes, " sharing K's (", k16_bytes, " bytes)");
+      CHECK(shared == own);
+      CHECK(shared_w1 == own_w1);
+      CHECK(own_bytes >= shared_bytes + k16_bytes);
+    }
+  }
 #endif
 }
 

@@ -63,8 +63,8 @@ struct TileLayout {
 template <int D, bool kMasked>
 __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     attention_tiled_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                           const float* __restrict__ v, AttentionDest out_to, int nq, int seq,
-                           int q_tiles, int split_len, float scale_log2,
+                           const float* __restrict__ v, KvHeads heads, AttentionDest out_to, int nq,
+                           int seq, int q_tiles, int split_len, float scale_log2,
                            const int32_t* __restrict__ visible) {
   using L = TileLayout<D>;
   constexpr int kVec = D / 4;     // float4s per row
@@ -103,8 +103,8 @@ __global__ void __launch_bounds__(kTileThreads, D == 128 ? 1 : 2)
     kend = max(kbeg, min(kend, cta_limit));
   }
   const float* qb = q + (static_cast<int64_t>(bh) * nq + q0) * D;
-  const float* kb = k + static_cast<int64_t>(bh) * seq * D;
-  const float* vb = v + static_cast<int64_t>(bh) * seq * D;
+  const float* kb = k + static_cast<int64_t>(bh) * (heads.k ? heads.k : int64_t{seq} * D);
+  const float* vb = v + static_cast<int64_t>(bh) * (heads.v ? heads.v : int64_t{seq} * D);
 
   // The first tile's copies fly while Q is scaled into shared memory.
   load_tile_async<D, kBK, L::kQKStride, kTileThreads>(ks, kb, kbeg, kend, tid);

@@ -192,11 +192,19 @@ struct KeySplit {
 // recomputes the forward's probabilities scales q by exactly this number, rounded once to float.
 inline float scale_log2(double alpha) { return static_cast<float>(alpha * 1.4426950408889634); }
 
+// Where each batch-head's keys and values start, in elements from k and v: 0 for the layout the
+// kernel reads by default (seq d a head for K and V; the split TF32 kernels' parts and V^T have
+// their own). Other strides come from a bf16 copy laid out with spare rows after each head (the
+// MLP kinds', see bf16_copy_heads).
+struct KvHeads {
+  int64_t k = 0, v = 0;
+};
+
 // The signature every attention forward kernel shares (KV: float32, or bf16 bits).
 template <typename KV>
-using AttentionKernel = void (*)(const float* q, const KV* k, const KV* v, AttentionDest dst,
-                                 int nq, int seq, int q_tiles, int split_len, float scale_log2,
-                                 const int32_t* visible);
+using AttentionKernel = void (*)(const float* q, const KV* k, const KV* v, KvHeads heads,
+                                 AttentionDest dst, int nq, int seq, int q_tiles, int split_len,
+                                 float scale_log2, const int32_t* visible);
 
 // Runs an attention forward kernel (kPlain, or kMasked with `visible`) over one CTA per
 // (batch-head, q_rows queries, key split) -- the splits chosen so that the CTAs fill the GPU --
@@ -205,8 +213,8 @@ using AttentionKernel = void (*)(const float* q, const KV* k, const KV* v, Atten
 template <int D, auto kPlain, auto kMasked, typename KV>
 void launch_split_attention(int threads, size_t smem, int q_rows, int key_tile, const float* q,
                             const KV* k, const KV* v, float* out, int64_t bh, int64_t nq,
-                            int64_t seq, double alpha, const int32_t* visible,
-                            float* lse = nullptr) {
+                            int64_t seq, double alpha, const int32_t* visible, float* lse = nullptr,
+                            KvHeads heads = {}) {
   const int slots =
       visible ? resident_ctas<kMasked>(threads, smem) : resident_ctas<kPlain>(threads, smem);
   const int64_t q_tiles = (nq + q_rows - 1) / q_rows;
@@ -220,7 +228,7 @@ void launch_split_attention(int threads, size_t smem, int q_rows, int key_tile, 
   dst.part_ml = split.part_ml;
   dst.lse = lse;
   kernel<<<grid, threads, smem, stream()>>>(
-      q, k, v, dst, static_cast<int>(nq), static_cast<int>(seq), static_cast<int>(q_tiles),
+      q, k, v, heads, dst, static_cast<int>(nq), static_cast<int>(seq), static_cast<int>(q_tiles),
       static_cast<int>(split.split_tiles * key_tile), scale_log2(alpha), visible);
   KVC_CUDA_CHECK(cudaGetLastError());
   split.combine<D>(out, lse, rows);

@@ -94,8 +94,8 @@ __device__ __forceinline__ void load_bf16_tile_async(uint16_t* dst, const uint16
 template <int D, TcMode M, bool kMasked>
 __global__ void __launch_bounds__(kThreadsTc)
     attention_tc_kernel(const float* __restrict__ q, const TcKV<M>* __restrict__ k,
-                        const TcKV<M>* __restrict__ v, AttentionDest dst, int nq, int seq,
-                        int q_tiles, int split_len, float scale_log2,
+                        const TcKV<M>* __restrict__ v, KvHeads heads, AttentionDest dst, int nq,
+                        int seq, int q_tiles, int split_len, float scale_log2,
                         const int32_t* __restrict__ visible) {
   using L = TcLayout<D, M>;
   constexpr bool kBf16 = M == TcMode::kBf16;
@@ -118,8 +118,8 @@ __global__ void __launch_bounds__(kThreadsTc)
     kend = max(kbeg,
                min(kend, cta_key_limit(visible, bh, (blockIdx.x % q_tiles) * L::kBQ, L::kBQ, nq)));
   }
-  const TcKV<M>* kb = k + static_cast<int64_t>(bh) * seq * D;
-  const TcKV<M>* vb = v + static_cast<int64_t>(bh) * seq * D;
+  const TcKV<M>* kb = k + static_cast<int64_t>(bh) * (heads.k ? heads.k : int64_t{seq} * D);
+  const TcKV<M>* vb = v + static_cast<int64_t>(bh) * (heads.v ? heads.v : int64_t{seq} * D);
 
   // Fills a stage with the tile at k0 (nothing past the split: an empty group keeps the count of
   // committed groups, which the waits rely on, the same for every tile).
@@ -260,27 +260,30 @@ __global__ void __launch_bounds__(kThreadsTc)
 
 template <int D, TcMode M>
 void launch_tc(const float* q, const TcKV<M>* k, const TcKV<M>* v, float* out, int64_t bh,
-               int64_t nq, int64_t seq, double alpha, const int32_t* visible, float* lse) {
+               int64_t nq, int64_t seq, double alpha, const int32_t* visible, float* lse,
+               KvHeads heads = {}) {
   using L = TcLayout<D, M>;
   launch_split_attention<D, attention_tc_kernel<D, M, false>, attention_tc_kernel<D, M, true>>(
-      kThreadsTc, L::kBytes, L::kBQ, L::kBK, q, k, v, out, bh, nq, seq, alpha, visible, lse);
+      kThreadsTc, L::kBytes, L::kBQ, L::kBK, q, k, v, out, bh, nq, seq, alpha, visible, lse, heads);
 }
 
-// bf16: K and V rounded once (or the copies the compressors made, see SharedBf16Copies), then
-// the kernel on the rounded copies: warpgroup MMA where it can run (Hopper, d 64 or 128), else
-// mma.sync.
+// bf16: K and V rounded once (or the copies the compressors made, see SharedBf16Copies, perhaps
+// with spare rows after each head), then the kernel on the rounded copies: warpgroup MMA where it
+// can run (Hopper, d 64 or 128), else mma.sync.
 template <int D>
 void launch_tc_bf16(const float* q, const float* k, const float* v, float* out, int64_t bh,
                     int64_t nq, int64_t seq, double alpha, const int32_t* visible, TcKernel kernel,
                     float* lse) {
-  const int64_t n = bh * seq * D;
-  const Bf16Copy k_copy = bf16_copy(k, n), v_copy = bf16_copy(v, n);
+  KvHeads heads;
+  const Bf16Copy k_copy = bf16_copy_heads(k, bh, seq * D, &heads.k);
+  const Bf16Copy v_copy = bf16_copy_heads(v, bh, seq * D, &heads.v);
   const auto* k16 = reinterpret_cast<const uint16_t*>(k_copy.p);
   const auto* v16 = reinterpret_cast<const uint16_t*>(v_copy.p);
   if (kernel == TcKernel::fastest && D != 32 && attention_wgmma_available()) {
-    attention_forward_wgmma(q, k16, v16, out, bh, nq, seq, D, alpha, visible, lse);
+    attention_forward_wgmma(q, k16, v16, out, bh, nq, seq, D, alpha, visible, lse, heads.k,
+                            heads.v);
   } else {
-    launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha, visible, lse);
+    launch_tc<D, TcMode::kBf16>(q, k16, v16, out, bh, nq, seq, alpha, visible, lse, heads);
   }
 }
 

@@ -32,11 +32,13 @@ void attention_forward_tc(const float* q, const float* k, const float* v, float*
 bool attention_wgmma_available();
 
 // The bf16 forward on warpgroup MMA, for d 64 and 128, from K and V already rounded to bf16 (bits
-// of (batch_heads, seq, d) row-major); otherwise as attention_forward_tc. Throws where
+// of (batch_heads, seq, d) row-major, each batch-head's keys k_head and v_head elements after the
+// last's: 0 for seq d); otherwise as attention_forward_tc. Throws where
 // attention_wgmma_available() is false.
 void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out,
                              int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
-                             const int32_t* visible, float* lse = nullptr);
+                             const int32_t* visible, float* lse = nullptr, int64_t k_head = 0,
+                             int64_t v_head = 0);
 
 // The TF32 forward on warpgroup MMA, for d 64 and 128, from float32 q, k and v: V is written
 // transposed (keys contiguous, rounded to TF32) into scratch first, since TF32 warpgroup MMA reads

@@ -334,8 +334,9 @@ __device__ __forceinline__ WgCta wg_cta(float4* smem4, int nq, int seq, int q_ti
 template <typename E, int D, bool kMasked, bool kSplit = false>
 __global__ void __launch_bounds__(kThreadsWg)
     attention_wgmma_kernel(const float* __restrict__ q, const E* __restrict__ k,
-                           const E* __restrict__ v, AttentionDest dst, int nq, int seq, int q_tiles,
-                           int split_len, float scale_log2, const int32_t* __restrict__ visible) {
+                           const E* __restrict__ v, KvHeads heads, AttentionDest dst, int nq,
+                           int seq, int q_tiles, int split_len, float scale_log2,
+                           const int32_t* __restrict__ visible) {
 #ifdef KVC_WGMMA_DEVICE
   using L = WgLayout<E, D, kSplit>;
   constexpr int kParts = L::kParts;
@@ -354,8 +355,8 @@ __global__ void __launch_bounds__(kThreadsWg)
   const int row0 = tile_row0 + warp * 16;
   const int64_t seq_pad = vt_seq_pad(seq);  // V^T's row length (TF32)
   const int64_t k_part = int64_t{seq} * D, v_part = (L::kTf32 ? seq_pad : seq) * D;
-  const E* kb = k + bh * kParts * k_part;
-  const E* vb = v + bh * kParts * v_part;
+  const E* kb = k + bh * (heads.k ? heads.k : kParts * k_part);
+  const E* vb = v + bh * (heads.v ? heads.v : kParts * v_part);
 
   // Fills a stage with the tile at k0 (an empty group past the split keeps the group count the
   // waits rely on).
@@ -562,11 +563,12 @@ __global__ void __launch_bounds__(kThreadsWg)
 
 template <typename E, int D, bool kSplit = false>
 void launch_wgmma(const float* q, const E* k, const E* v, float* out, int64_t bh, int64_t nq,
-                  int64_t seq, double alpha, const int32_t* visible, float* lse) {
+                  int64_t seq, double alpha, const int32_t* visible, float* lse,
+                  KvHeads heads = {}) {
   using L = WgLayout<E, D, kSplit>;
   launch_split_attention<D, attention_wgmma_kernel<E, D, false, kSplit>,
                          attention_wgmma_kernel<E, D, true, kSplit>>(
-      kThreadsWg, L::kBytes, kBQ, L::kBN, q, k, v, out, bh, nq, seq, alpha, visible, lse);
+      kThreadsWg, L::kBytes, kBQ, L::kBN, q, k, v, out, bh, nq, seq, alpha, visible, lse, heads);
 }
 
 // Float32 math at d = 128 (split TF32 as above). q's two parts as registers (128 a thread) would
@@ -594,8 +596,8 @@ struct Split128 {
 template <bool kMasked>
 __global__ void __launch_bounds__(kThreadsWg, 1)
     attention_split128_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                              const float* __restrict__ v, AttentionDest dst, int nq, int seq,
-                              int q_tiles, int split_len, float scale_log2,
+                              const float* __restrict__ v, KvHeads heads, AttentionDest dst, int nq,
+                              int seq, int q_tiles, int split_len, float scale_log2,
                               const int32_t* __restrict__ visible) {
 #ifdef KVC_WGMMA_DEVICE
   using S = Split128;
@@ -613,8 +615,8 @@ __global__ void __launch_bounds__(kThreadsWg, 1)
   const int row0 = tile_row0 + warp * 16;
   const int64_t seq_pad = vt_seq_pad(seq);
   const int64_t k_part = int64_t{seq} * D, v_part = seq_pad * D;
-  const float* kb = k + bh * 2 * k_part;
-  const float* vb = v + bh * 2 * v_part;
+  const float* kb = k + bh * (heads.k ? heads.k : 2 * k_part);
+  const float* vb = v + bh * (heads.v ? heads.v : 2 * v_part);
 
   // Copies the tile at k0 into `stage`, by the second warpgroup's 128 threads (see the loop):
   // thread l = 32 w + c copies 16 bytes of K rows w + 4 n (keys past the split are zeros, read
@@ -887,16 +889,17 @@ bool attention_wgmma_available() {
 
 void attention_forward_wgmma(const float* q, const uint16_t* k16, const uint16_t* v16, float* out,
                              int64_t batch_heads, int64_t nq, int64_t seq, int64_t d, double alpha,
-                             const int32_t* visible, float* lse) {
+                             const int32_t* visible, float* lse, int64_t k_head, int64_t v_head) {
   KVC_CHECK(attention_wgmma_available(),
             "attention_forward_wgmma: needs an sm_90 GPU and a build for sm_90a");
+  const KvHeads heads{k_head, v_head};
   switch (d) {
     case 64:
-      return launch_wgmma<uint16_t, 64>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible,
-                                        lse);
+      return launch_wgmma<uint16_t, 64>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible, lse,
+                                        heads);
     case 128:
       return launch_wgmma<uint16_t, 128>(q, k16, v16, out, batch_heads, nq, seq, alpha, visible,
-                                         lse);
+                                         lse, heads);
     default:
       KVC_FAIL("attention_forward_wgmma: head size ", d, " has no wgmma kernel");
   }

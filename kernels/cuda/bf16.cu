@@ -46,6 +46,10 @@ struct SharedBf16Copies::Listed {
   uintptr_t begin = 0, end = 0;  // the buffer's float32 elements, as addresses
   std::weak_ptr<Scratch> copy;
   std::shared_ptr<Scratch> filled;  // a copy a kernel wrote on its way (bf16_copy_to_fill)
+  // The copy's layout: runs of head_elems values head_stride apart (bf16_copy_to_fill_heads);
+  // 0: the buffer's own, contiguous.
+  int64_t head_elems = 0, head_stride = 0;
+  bool padded() const { return head_stride != head_elems; }
 };
 
 SharedBf16Copies::SharedBf16Copies(const std::vector<std::pair<const float*, int64_t>>& buffers)
@@ -85,35 +89,67 @@ SharedBf16Copies::Listed* SharedBf16Copies::find(const float* src, int64_t n) {
 
 Bf16Copy bf16_copy(const float* src, int64_t n) {
   SharedBf16Copies::Listed* l = SharedBf16Copies::find(src, n);
-  if (l == nullptr) {
-    std::shared_ptr<Scratch> copy = rounded(src, n);
+  std::shared_ptr<Scratch> copy = l ? l->copy.lock() : nullptr;
+  if (l == nullptr || (copy && l->padded())) {  // none to share, or one laid out otherwise
+    copy = rounded(src, n);
     return {copy, copy->as<const __nv_bfloat16>()};
   }
-  std::shared_ptr<Scratch> copy = l->copy.lock();
   if (!copy) {
     copy = rounded(reinterpret_cast<const float*>(l->begin),
                    static_cast<int64_t>((l->end - l->begin) / sizeof(float)));
     l->copy = copy;
+    l->head_elems = l->head_stride = 0;
   }
   const auto offset = (reinterpret_cast<uintptr_t>(src) - l->begin) / sizeof(float);
   return {copy, copy->as<const __nv_bfloat16>() + offset};
 }
 
-Bf16Fill bf16_copy_to_fill(const float* src, int64_t n) {
-  SharedBf16Copies::Listed* l = SharedBf16Copies::find(src, n);
+Bf16Copy bf16_copy_heads(const float* src, int64_t heads, int64_t head_elems,
+                         int64_t* head_stride) {
+  SharedBf16Copies::Listed* l = SharedBf16Copies::find(src, heads * head_elems);
+  if (l != nullptr && l->padded() && l->head_elems == head_elems) {
+    const auto offset =
+        static_cast<int64_t>((reinterpret_cast<uintptr_t>(src) - l->begin) / sizeof(float));
+    std::shared_ptr<Scratch> copy = l->copy.lock();
+    if (copy && offset % head_elems == 0) {
+      *head_stride = l->head_stride;
+      return {copy, copy->as<const __nv_bfloat16>() + offset / head_elems * l->head_stride};
+    }
+  }
+  *head_stride = head_elems;
+  return bf16_copy(src, heads * head_elems);
+}
+
+Bf16Fill SharedBf16Copies::fill(Listed* l, const float* src, int64_t n, int64_t copy_elems,
+                                int64_t head_elems, int64_t head_stride) {
   const auto begin = reinterpret_cast<uintptr_t>(src);
   if (l == nullptr || begin != l->begin ||
       begin + static_cast<uintptr_t>(n) * sizeof(float) != l->end || !l->copy.expired()) {
     return {};
   }
-  l->filled = std::make_shared<Scratch>(static_cast<size_t>(n) * sizeof(__nv_bfloat16));
+  l->filled = std::make_shared<Scratch>(static_cast<size_t>(copy_elems) * sizeof(__nv_bfloat16));
   l->copy = l->filled;
+  l->head_elems = head_elems;
+  l->head_stride = head_stride;
   return {l->filled, l->filled->as<__nv_bfloat16>()};
+}
+
+Bf16Fill bf16_copy_to_fill(const float* src, int64_t n) {
+  return SharedBf16Copies::fill(SharedBf16Copies::find(src, n), src, n, n, 0, 0);
+}
+
+Bf16Fill bf16_copy_to_fill_heads(const float* src, int64_t heads, int64_t head_elems,
+                                 int64_t head_stride) {
+  KVC_CHECK(head_stride >= head_elems, "bf16_copy_to_fill_heads: runs of ", head_elems,
+            " values cannot start ", head_stride, " apart");
+  const int64_t n = heads * head_elems;
+  return SharedBf16Copies::fill(SharedBf16Copies::find(src, n), src, n, heads * head_stride,
+                                head_elems, head_stride);
 }
 
 bool bf16_copy_held(const float* src, int64_t n) {
   const SharedBf16Copies::Listed* l = SharedBf16Copies::find(src, n);
-  return l != nullptr && !l->copy.expired();
+  return l != nullptr && !l->copy.expired() && !l->padded();
 }
 
 void round_to_bf16(const float* src, __nv_bfloat16* dst, int64_t n) {

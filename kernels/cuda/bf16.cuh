@@ -39,6 +39,19 @@ struct Bf16Fill {
 };
 Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
 
+// The copy of `heads` runs of head_elems values each, src[0, heads head_elems), where run i may
+// start at i *head_stride elements of the copy (a copy laid out with spare elements after each
+// run: the MLP kinds' copy of K and V, a row of the positions after each head's blocks, see
+// mlp.cu). The held copy where one is listed with that layout (or a plain one), else
+// bf16_copy's; *head_stride says the layout of the copy returned.
+Bf16Copy bf16_copy_heads(const float* src, int64_t heads, int64_t head_elems, int64_t* head_stride);
+
+// bf16_copy_to_fill with the copy laid out as bf16_copy_heads reads it: run i of src's head_elems
+// values at i head_stride elements, heads head_stride elements in all (the caller writes the
+// spare elements too, or leaves them as it likes: a plain bf16_copy of a padded copy rounds anew).
+Bf16Fill bf16_copy_to_fill_heads(const float* src, int64_t heads, int64_t head_elems,
+                                 int64_t head_stride);
+
 // Whether bf16_copy(src, n) would take a copy someone holds now (no rounding pass).
 bool bf16_copy_held(const float* src, int64_t n);
 

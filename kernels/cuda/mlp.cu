@@ -412,7 +412,9 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][kNTiles][4], const
 // over the spent W2 stage), then the tile goes out 16 bytes a thread. b1's partial column sums
 // (of the bfloat16 values, as the ones-vector product summed them) per CTA. `saved` may be `dst`
 // (ReLU writes over its kept output) or `gelu_out` (GELU's output over its kept input): a CTA
-// reads each tile of it before it writes that tile, and no other CTA touches it.
+// reads each tile of it before it writes that tile, and no other CTA touches it. Each (batch
+// index, head) holds `slots` rows of saved, dst and gelu_out (rows of them, and with the shift's
+// row in the layout, one more that this kernel leaves alone).
 namespace hidden_grad {
 constexpr int kRows = 128, kCols = 64, kMaxK = 128, kCtaThreads = 256, kStages = 2;
 constexpr int kALd = kMaxK + 8;   // bf16 a row of gy's tile (kRows, k): ldmatrix without conflicts
@@ -440,8 +442,8 @@ template <bool kGelu, bool kShared>
 __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     hidden_grad_kernel(const uint16_t* __restrict__ gy, const uint16_t* __restrict__ w2,
                        const uint16_t* saved, uint16_t* dst, float* __restrict__ col_sums,
-                       uint16_t* gelu_out, int64_t heads, int64_t rows, int64_t hidden, int k,
-                       int64_t tiles_per_cta) {
+                       uint16_t* gelu_out, int64_t heads, int64_t rows, int64_t slots,
+                       int64_t hidden, int k, int64_t tiles_per_cta) {
   using namespace hidden_grad;
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* as = reinterpret_cast<uint16_t*>(smem);
@@ -461,7 +463,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   if (first >= last) return;
   const uint16_t* gz = gy + z * rows * k;
   const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * k);
-  const int64_t hz = z * rows * hidden;  // this (batch index, head)'s rows in saved and dst
+  const int64_t hz = z * slots * hidden;  // this (batch index, head)'s rows in saved and dst
   const int kv = k / 8;
   const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
     attention_detail::cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from),
@@ -594,6 +596,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
 // The pass's buffers, all bfloat16 but the column sums: dst (b, h, w, hidden) from gy (b, h, w,
 // out), W2 and `saved` (ReLU's output or GELU's input); with col_sums, each column's partial sums
 // (h, b, ceil(w / kRows), hidden); with gelu_out (GELU only, may be `saved`), GELU's output too.
+// saved, dst and gelu_out hold `slots` rows a (batch index, head) (0: w).
 struct HiddenGradIo {
   const void* gy = nullptr;
   const void* w2 = nullptr;
@@ -601,6 +604,7 @@ struct HiddenGradIo {
   void* dst = nullptr;
   float* col_sums = nullptr;
   void* gelu_out = nullptr;
+  int64_t slots = 0;
 };
 
 template <bool kGelu, bool kShared>
@@ -624,7 +628,8 @@ void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   hidden_grad_kernel<kGelu, kShared><<<grid, kCtaThreads, kSmemBytes, stream()>>>(
       static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
       static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums,
-      static_cast<uint16_t*>(io.gelu_out), g.h, g.w, g.hidden, static_cast<int>(g.out), per_cta);
+      static_cast<uint16_t*>(io.gelu_out), g.h, g.w, io.slots ? io.slots : g.w, g.hidden,
+      static_cast<int>(g.out), per_cta);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -644,7 +649,8 @@ void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
 // kStages shared-memory stages filled by cp.async. Each thread applies GELU (the exact one,
 // float32, rounded to bfloat16 as the pass wrote it) in place to the part of a chunk it copied
 // itself, once its copies landed, while the chunk before is multiplied on mma.sync. y float32,
-// b2 added in float32.
+// b2 added in float32. Each (batch index, head) holds `slots` rows of pre, the first w of them its
+// rows.
 namespace gelu_product {
 constexpr int kRows = 128, kCols = 128, kChunk = 64, kStages = 3, kCtaThreads = 256;
 constexpr int kALd = kChunk + 8;  // bf16 a row of A's chunk (kRows, kChunk) and of F.linear's B
@@ -668,13 +674,13 @@ template <bool kShared>
 __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
     gelu_product_kernel(const uint16_t* __restrict__ pre, const uint16_t* __restrict__ w2,
                         const float* __restrict__ b2, bool b2_per_head, float* __restrict__ y,
-                        int64_t heads, int64_t rows, int64_t hidden, int out) {
+                        int64_t heads, int64_t rows, int64_t slots, int64_t hidden, int out) {
   using namespace gelu_product;
   extern __shared__ __align__(16) unsigned char smem[];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int64_t z = blockIdx.z, head = z % heads;
   const int64_t row0 = int64_t{blockIdx.y} * kRows;
-  const uint16_t* pz = pre + z * rows * hidden;
+  const uint16_t* pz = pre + z * slots * hidden;
   const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * out);
   const auto a_stage = [&](int s) { return reinterpret_cast<uint16_t*>(smem + s * kStageBytes); };
   const auto b_stage = [&](int s) {
@@ -775,9 +781,9 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
   }
 }
 
-// y (b, h, w, out) = GELU(pre) W2 + b2 (gelu_product::fits(g) true): pre (b, h, w, hidden) and
-// W2 bfloat16, b2 and y float32.
-void gelu_product_bf16(const MlpArgs& g, const void* pre, const void* w2, float* y) {
+// y (b, h, w, out) = GELU(pre) W2 + b2 (gelu_product::fits(g) true): pre (b, h, slots, hidden)
+// and W2 bfloat16, b2 and y float32.
+void gelu_product_bf16(const MlpArgs& g, const void* pre, int64_t slots, const void* w2, float* y) {
   using namespace gelu_product;
   static const bool sized = [] {  // both kernels (one function-pointer type: set each by name)
     for (auto kernel : {gelu_product_kernel<true>, gelu_product_kernel<false>}) {
@@ -792,7 +798,7 @@ void gelu_product_bf16(const MlpArgs& g, const void* pre, const void* w2, float*
                   static_cast<unsigned>(g.b * g.h)),
              kCtaThreads, kSmemBytes, stream()>>>(
         static_cast<const uint16_t*>(pre), static_cast<const uint16_t*>(w2), g.b2, g.b2_per_head, y,
-        g.h, g.w, g.hidden, static_cast<int>(g.out));
+        g.h, g.w, slots, g.hidden, static_cast<int>(g.out));
     KVC_CUDA_CHECK(cudaGetLastError());
   };
   if (g.shared_weights) {
@@ -854,20 +860,24 @@ char* at(void* base, int64_t elems, size_t elem_size) {
 // out (w, n) = in (w, k) @ W for every head's rows: one batched product (over heads) per batch
 // index. W is a layer's weight as stored: per head (Mix), or one for every head (shared, stride
 // 0), and `stored_kn` says whether it is kept as (k, n) or as (n, k) (then multiplied
-// transposed). `p` brings the types, compute, epilogue and beta.
+// transposed). `p` brings the types, compute, epilogue and beta. A (batch index, head) holds
+// in_slots rows of `in` and out_slots of `out` (0: w; more where the shift's row rides along).
 void rows_times_weight(const MlpArgs& g, Product p, int64_t k, int64_t n, bool stored_kn,
                        const void* in, size_t in_size, const void* weight, void* out,
-                       size_t out_size) {
+                       size_t out_size, int64_t in_slots = 0, int64_t out_slots = 0) {
+  in_slots = in_slots ? in_slots : g.w;
+  out_slots = out_slots ? out_slots : g.w;
   p.m = g.w, p.n = n, p.k = k;
-  p.lda = k, p.stride_a = g.w * k;
+  p.lda = k, p.stride_a = in_slots * k;
   p.trans_b = !stored_kn;
   p.ldb = stored_kn ? n : k;
   p.stride_b = g.shared_weights ? 0 : k * n;
-  p.ldc = n, p.stride_c = g.w * n;
+  p.ldc = n, p.stride_c = out_slots * n;
   p.batch = g.h;
   side_by_side(g.b, side_by_side_pays(p), [&](int64_t bi, int lane) {
     p.lane = lane;
-    run(p, at(in, bi * g.h * g.w * k, in_size), weight, at(out, bi * g.h * g.w * n, out_size));
+    run(p, at(in, bi * g.h * in_slots * k, in_size), weight,
+        at(out, bi * g.h * out_slots * n, out_size));
   });
 }
 
@@ -956,6 +966,74 @@ Operand round_w1_shifted(const MlpArgs& g, float* bias) {
   sum_axis<float>(partial.as<float>(), total.as<float>(), g.h, chunks, g.hidden, 1.0f);
   axpby<float>(bias, total.as<float>(), g.h * g.hidden, 1.0f, 1.0f);
   return Operand(Bf16Copy{copy, copy->as<__nv_bfloat16>()});
+}
+
+// The shift's row. Under bf16 with per-head weights, W1's gradient has the shift's share,
+// shift[h]^T db1[h] (rank one), besides x^T times the hidden gradient. Where it can, the
+// weight-gradient product takes that share as one more row of its operands. Each (batch index,
+// head) then holds w + 1 rows ("slots") in x's bf16 copy and in the hidden buffer: x's copy has
+// shift[h] in the last row, and the hidden gradient has the column sums of that (batch index,
+// head) there. The product (k = w + 1) adds shift^T sums per batch index: no pass writes the
+// share (W1's size in float32) and the product reads no C. The forward's products, the GELU
+// product and the hidden gradient read the first w rows of each head.
+bool shift_in_rows(const MlpArgs& g, const Types& t) {
+  return t.bf16 && g.shift && !g.shared_weights && hidden_grad::fits(g) && g.in % 8 == 0 &&
+         aligned16(g.x) && aligned16(g.shift) && g.b * g.h <= 65535;  // (b, h) a grid row
+}
+
+// dst (heads, w + 1, in) bfloat16 from x (heads, w, in) and shift (h, in): each (batch index,
+// head) z its w rows of x, then shift[z % h]. blockIdx.y = z; four values a thread.
+__global__ void round_rows_and_shift_kernel(const float* __restrict__ x,
+                                            const float* __restrict__ shift,
+                                            __nv_bfloat16* __restrict__ dst, int64_t h,
+                                            int64_t head_elems, int64_t in) {
+  const int64_t z = blockIdx.y, stride4 = (head_elems + in) / 4;
+  const float* xz = x + z * head_elems;
+  const float* sz = shift + (z % h) * in;
+  __nv_bfloat16* dz = dst + z * (head_elems + in);
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < stride4;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t e = 4 * i;
+    const float* from = e < head_elems ? xz + e : sz + (e - head_elems);
+    const float4 v = __ldcs(reinterpret_cast<const float4*>(from));
+    *reinterpret_cast<__nv_bfloat162*>(dz + e) = __floats2bfloat162_rn(v.x, v.y);
+    *reinterpret_cast<__nv_bfloat162*>(dz + e + 2) = __floats2bfloat162_rn(v.z, v.w);
+  }
+}
+
+// x's bf16 copy with the shift's row after each (batch index, head)'s rows (shift_in_rows(g)):
+// the copy an open SharedBf16Copies lists for x's buffer, so that the attention target reads it
+// (bf16_copy_heads), or one of this op's own.
+Operand x_and_shift_rows(const MlpArgs& g) {
+  const int64_t heads = g.b * g.h, head_elems = g.w * g.in, stride = head_elems + g.in;
+  Bf16Fill fill = bf16_copy_to_fill_heads(g.x, heads, head_elems, stride);
+  std::shared_ptr<Scratch> owner = fill.owner;
+  if (!owner) owner = std::make_shared<Scratch>(static_cast<size_t>(heads * stride) * 2);
+  auto* dst = owner->as<__nv_bfloat16>();
+  const int64_t blocks = std::min<int64_t>((stride / 4 + kThreads - 1) / kThreads,
+                                           std::max<int64_t>(1, 4 * sm_count() / heads));
+  const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks, 1)),
+                  static_cast<unsigned>(heads));
+  round_rows_and_shift_kernel<<<grid, kThreads, 0, stream()>>>(g.x, g.shift, dst, g.h, head_elems,
+                                                               g.in);
+  KVC_CUDA_CHECK(cudaGetLastError());
+  return Operand(Bf16Copy{owner, dst});
+}
+
+// The hidden gradient's last row of each (batch index, head) z = bi h + head: its column sums,
+// the row tiles' partial sums from hidden_grad_kernel ((h, b, row_tiles, hidden), added in a
+// fixed order) rounded to bfloat16. blockIdx.y = z.
+__global__ void shift_row_sums_kernel(const float* __restrict__ sums, uint16_t* __restrict__ dst,
+                                      int64_t heads, int64_t batches, int64_t row_tiles,
+                                      int64_t hidden, int64_t slots) {
+  const int64_t z = blockIdx.y, head = z % heads, bi = z / heads;
+  const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (c >= hidden) return;
+  const float* p = sums + (head * batches + bi) * row_tiles * hidden + c;
+  float total = 0.0f;
+  for (int64_t y = 0; y < row_tiles; ++y) total += p[y * hidden];
+  const __nv_bfloat16 b = __float2bfloat16_rn(total);
+  dst[(z * slots + slots - 1) * hidden + c] = *reinterpret_cast<const uint16_t*>(&b);
 }
 
 // What the TF32 transposition (below) applies to each value before it rounds it: nothing, or
@@ -1154,7 +1232,9 @@ void set_tf32_weight_grad_chunk_bytes(size_t bytes) {
 struct MlpSaved {
   MathPrecision precision = MathPrecision::fp32;
   Operand x, w2;                    // as the products read them
-  std::unique_ptr<Scratch> hidden;  // ReLU: act(x W1 + b1), (b, h, w, hidden); GELU: its input
+  std::unique_ptr<Scratch> hidden;  // ReLU: act(x W1 + b1), (b, h, slots, hidden); GELU: its input
+  // Rows a (batch index, head) holds in x's copy and in hidden: w, or w + 1 (shift_in_rows).
+  int64_t slots = 0;
 };
 
 namespace {
@@ -1174,7 +1254,9 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   s->precision = math_precision();
   const Types t(s->precision);
   const int64_t rows = g.b * g.h * g.w;
-  s->x = Operand(g.x, rows * g.in, t.bf16);
+  const bool shift_row = shift_in_rows(g, t);
+  s->slots = shift_row ? g.w + 1 : g.w;
+  s->x = shift_row ? x_and_shift_rows(g) : Operand(g.x, rows * g.in, t.bf16);
   // The first product's bias: b1, or b1 + shift W1 per head (on the way as W1 is rounded, where
   // round_w1_shifted serves).
   Scratch b1_shifted(g.shift ? static_cast<size_t>(g.h * g.hidden) * sizeof(float) : 0);
@@ -1194,7 +1276,7 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   // pass and no second buffer).
   const bool relu = g.act == MlpActivation::relu;
   const bool gelu_in_product = !relu && t.bf16 && gelu_product::fits(g);
-  const int64_t n_hidden = rows * g.hidden;
+  const int64_t n_hidden = g.b * g.h * s->slots * g.hidden;
   s->hidden = std::make_unique<Scratch>(static_cast<size_t>(n_hidden) * t.size);
   std::unique_ptr<Scratch> activated;
   if (!relu && save && !gelu_in_product) {
@@ -1212,9 +1294,9 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   first.bias_stride = b1_per_head ? g.hidden : 0;
   first.epilogue = relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS;
   rows_times_weight(g, first, g.in, g.hidden, !g.shared_weights, s->x.p, t.size, w1.p,
-                    s->hidden->as<void>(), t.size);
+                    s->hidden->as<void>(), t.size, s->slots, s->slots);
   if (gelu_in_product) {
-    gelu_product_bf16(g, s->hidden->as<void>(), s->w2.p, y);
+    gelu_product_bf16(g, s->hidden->as<void>(), s->slots, s->w2.p, y);
     return save ? s : nullptr;
   }
   if (!relu) apply_gelu(t, s->hidden->as<void>(), act_out, n_hidden);
@@ -1226,7 +1308,7 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   second.bias = g.b2;
   second.bias_stride = g.b2_per_head ? g.out : 0;
   rows_times_weight(g, second, g.hidden, g.out, !g.shared_weights, act_out, t.size, s->w2.p, y,
-                    sizeof(float));
+                    sizeof(float), s->slots);
   if (!save) return nullptr;
   return s;
 }
@@ -1259,22 +1341,27 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     }
   };
   // A layer's weight gradient from its input `in` (cols k) and its output's gradient `grad`
-  // (cols n), both in the operand type: per head (k, n) = in^T grad; shared (n, k) = grad^T in.
+  // (cols n), both in the operand type: per head (k, n) = in^T grad over the first `sum_rows` of
+  // each (batch index, head)'s rows (w, or w + 1 with the shift's row), which holds in_slots rows
+  // of `in` and grad_slots of `grad`; shared (n, k) = grad^T in over all rows.
   const auto weight_grad = [&](const void* in, int64_t k, const void* grad, int64_t n, float* dst,
-                               bool acc) {
+                               bool acc, int64_t in_slots, int64_t grad_slots, int64_t sum_rows) {
     Product p;
     p.trans_a = true;
     p.ab = t.data, p.compute = t.compute;
     p.beta = acc ? 1.0f : 0.0f;
     if (g.shared_weights) {
+      KVC_CHECK(in_slots == g.w && grad_slots == g.w && sum_rows == g.w,
+                "two_layer_mlp: shared weights read every head's rows as one run");
       p.m = n, p.n = k, p.k = rows, p.lda = n, p.ldb = k, p.ldc = k;
       run(p, grad, in, dst);
       return;
     }
-    p.m = k, p.n = n, p.k = g.w, p.lda = k, p.ldb = n, p.ldc = n;
-    p.batch = g.h, p.stride_a = g.w * k, p.stride_b = g.w * n, p.stride_c = k * n;
+    p.m = k, p.n = n, p.k = sum_rows, p.lda = k, p.ldb = n, p.ldc = n;
+    p.batch = g.h, p.stride_a = in_slots * k, p.stride_b = grad_slots * n, p.stride_c = k * n;
     const auto operands = [&](int64_t bi) {
-      return std::pair{at(in, bi * g.h * g.w * k, t.size), at(grad, bi * g.h * g.w * n, t.size)};
+      return std::pair{at(in, bi * g.h * in_slots * k, t.size),
+                       at(grad, bi * g.h * grad_slots * n, t.size)};
     };
     // One product per batch index, each adding onto the last; or, where products side by side
     // pay and the gradient is small (the second layer's), one partial gradient per lane, added up
@@ -1307,7 +1394,8 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   // holds no second (b, h, w, hidden) buffer (the saved state is spent: a tape runs each backward
   // once). GELU: the output recomputed from its kept input into a buffer that then takes that
   // gradient.
-  const int64_t n_hidden = rows * g.hidden;
+  const int64_t slots = s.slots, n_hidden = g.b * g.h * slots * g.hidden;
+  const bool shift_row = slots != g.w;  // shift_in_rows: x's copy and hidden hold its row
   Scratch gelu_out(relu ? 0 : static_cast<size_t>(n_hidden) * t.size);
   // Under bf16, where its kernel fits the sizes, the gradient at the first product's output is one
   // pass (hidden_grad_kernel), which with GELU also writes GELU's output over its kept input for
@@ -1321,7 +1409,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
       apply_gelu(t, s.hidden->as<void>(), gelu_out.as<void>(), n_hidden);
       activated = gelu_out.as<void>();
     }
-    weight_grad(activated, g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
+    weight_grad(activated, g.hidden, gy_op.p, g.out, out.w2, out.acc_w2, slots, g.w, g.w);
   }
   if (!hidden_grad_wanted) return;
 
@@ -1367,9 +1455,18 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     io.gy = gy_op.p, io.w2 = s.w2.p, io.saved = s.hidden->as<void>(), io.dst = dpre;
     io.col_sums = sums.as<float>();
     io.gelu_out = gelu_in_pass && out.w2 ? s.hidden->as<void>() : nullptr;
+    io.slots = slots;
     hidden_grad_bf16(g, io);
+    if (shift_row && out.w1) {  // the row dW1's product takes the shift's share from
+      const dim3 grid(static_cast<unsigned>((g.hidden + kThreads - 1) / kThreads),
+                      static_cast<unsigned>(g.b * g.h));
+      shift_row_sums_kernel<<<grid, kThreads, 0, stream()>>>(
+          sums.as<float>(), static_cast<uint16_t*>(dpre), g.h, g.b, tiles, g.hidden, slots);
+      KVC_CUDA_CHECK(cudaGetLastError());
+    }
     if (gelu_in_pass && out.w2) {
-      weight_grad(s.hidden->as<void>(), g.hidden, gy_op.p, g.out, out.w2, out.acc_w2);
+      weight_grad(s.hidden->as<void>(), g.hidden, gy_op.p, g.out, out.w2, out.acc_w2, slots, g.w,
+                  g.w);
     }
     // b1's (or the shifted bias's) gradient from the pass's partial column sums.
     if (b1.dst) {
@@ -1387,7 +1484,8 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   }
   // The shift's share of W1's gradient: per head shift^T db1_shifted, rank one (h with shared
   // weights), written (or added) at memory speed. Where db1_shifted is known before the
-  // weight-gradient product, that product adds onto it.
+  // weight-gradient product, that product adds onto it; with the shift's row (shift_in_rows) the
+  // product takes it as one more row of its operands instead.
   const auto w1_shift_share = [&](bool acc) {
     const float* db = db1_shifted.as<float>();
     if (g.shared_weights) {  // (hidden, in) = db^T (hidden, h) shift (h, in)
@@ -1401,7 +1499,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     }
   };
   bool acc_w1 = out.acc_w1;
-  if (g.shift && out.w1 && !b1_in_transpose) {
+  if (g.shift && out.w1 && !b1_in_transpose && !shift_row) {
     w1_shift_share(acc_w1);
     acc_w1 = true;
   }
@@ -1416,7 +1514,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
                        {static_cast<const float*>(dpre), g.hidden}, out.w1, acc_w1,
                        b1_in_transpose ? b1 : BiasGrad{});
     } else {
-      weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, acc_w1);
+      weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, acc_w1, slots, slots, slots);
     }
   }
   if (g.shift) {
@@ -1443,7 +1541,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     p.compute = t.compute;
     p.beta = out.acc_x ? 1.0f : 0.0f;
     rows_times_weight(g, p, g.hidden, g.in, g.shared_weights, dpre, t.size, w1.p, out.x,
-                      sizeof(float));
+                      sizeof(float), slots);
   }
 }
 
