@@ -126,9 +126,13 @@ void* CachingAllocator::alloc(size_t bytes, int device) {
   const bool small = size <= kSmallLimit;
   std::lock_guard<std::mutex> lock(mutex_);
   Block* b = nullptr;
+  const char* how = "cached";
+  const size_t blocks_before = blocks_.size();
   if (active_pool_ != 0) b = take(device, active_pool_, size, small);
   if (b == nullptr) b = take(device, 0, size, small);
+  if (b != nullptr && blocks_.size() > blocks_before) how = "split";
   if (b == nullptr) {
+    how = "new";
     void* p = backend_.allocate(size, device);
     if (p == nullptr) {
       release_cached();
@@ -149,6 +153,10 @@ void* CachingAllocator::alloc(size_t bytes, int device) {
   b->in_use = true;
   in_use_[b->ptr] = b;
   note_in_use(b->size, 0);
+  if (trace_) {
+    std::fprintf(trace_, "alloc %zu %zu %p pool %d %s reserved %zu\n", bytes, size,
+                 static_cast<void*>(b->ptr), b->pool, how, stats_.bytes_reserved);
+  }
   return b->ptr;
 }
 
@@ -161,6 +169,7 @@ void CachingAllocator::free(void* p) {
   in_use_.erase(it);
   b->in_use = false;
   note_in_use(0, b->size);
+  if (trace_) std::fprintf(trace_, "free %p %zu pool %d\n", p, b->size, b->pool);
   insert_free(b->small ? b : merge_with_free_neighbours(b));
 }
 
@@ -233,6 +242,7 @@ void CachingAllocator::release_cached() {
     backend_.release(b->ptr, b->device);
     ++stats_.device_frees;
     stats_.bytes_reserved -= b->size;
+    if (trace_) std::fprintf(trace_, "release %zu reserved %zu\n", b->size, stats_.bytes_reserved);
     blocks_.erase(b);
     delete b;
   }
@@ -241,6 +251,11 @@ void CachingAllocator::release_cached() {
 void CachingAllocator::empty_cache() {
   std::lock_guard<std::mutex> lock(mutex_);
   release_cached();
+}
+
+void CachingAllocator::set_trace(std::FILE* out) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  trace_ = out;
 }
 
 AllocatorStats CachingAllocator::stats() const {

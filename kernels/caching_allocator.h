@@ -18,9 +18,14 @@
 //
 // Nothing here synchronizes with a device: a block freed on the host is handed out again at once,
 // which is safe where all work runs on one stream (kernels/cuda/common.cuh).
+//
+// With a trace set, every request, free and raw allocation is written as one line (see
+// set_trace): enough to replay a run's requests against this bookkeeping and see where what it
+// holds comes from. On CUDA, KVC_CUDA_ALLOC_TRACE=<file> turns it on (kernels/cuda/memory.cu).
 #pragma once
 
 #include <cstddef>
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -64,6 +69,12 @@ class CachingAllocator {
 
   // Gives back every raw allocation that is wholly free in the common cache.
   void empty_cache();
+  // Lines to `out` from now on (null: none; the caller keeps the file open while set):
+  //   alloc <bytes> <class bytes> <pointer> pool <id> <cached|split|new> reserved <bytes>
+  //   free <pointer> <class bytes> pool <id>
+  //   release <bytes> reserved <bytes>      (a raw allocation given back)
+  // "split": the request took part of a larger cached block. "new": a raw allocation.
+  void set_trace(std::FILE* out);
   AllocatorStats stats() const;
   void reset_peak();
 
@@ -107,6 +118,7 @@ class CachingAllocator {
   std::set<int> pools_;
   int active_pool_ = 0, next_pool_ = 1;
   AllocatorStats stats_;
+  std::FILE* trace_ = nullptr;
 };
 
 }  // namespace kvc::kernels

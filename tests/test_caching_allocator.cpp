@@ -4,8 +4,10 @@
 #include <doctest/doctest.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "base/error.h"
@@ -76,6 +78,47 @@ TEST_CASE("allocator: freed large blocks serve requests of other sizes, split an
   CHECK(a.stats().bytes_reserved == 22 * MiB);
   CHECK(a.stats().peak_bytes_reserved == 22 * MiB);
   a.free(twelve);
+}
+
+TEST_CASE("allocator: a trace says how each request was served, each free and each release") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  std::FILE* f = std::tmpfile();
+  REQUIRE(f != nullptr);
+  a.set_trace(f);
+  void* big = a.alloc(10 * MiB - 5, 0);  // new: a raw allocation of the 10 MiB class
+  a.free(big);
+  void* four = a.alloc(4 * MiB, 0);    // split off the cached 10 MiB block
+  a.free(four);                        // merges back
+  void* again = a.alloc(10 * MiB, 0);  // the whole cached block
+  a.free(again);
+  a.empty_cache();
+  a.set_trace(nullptr);
+  void* untraced = a.alloc(MiB, 0);
+  a.free(untraced);
+  std::rewind(f);
+  std::vector<std::string> lines;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, f) != nullptr) lines.emplace_back(buf);
+  std::fclose(f);
+  const auto ptr = [](void* p) {
+    char s[32];
+    std::snprintf(s, sizeof s, "%p", p);
+    return std::string(s);
+  };
+  const std::string ten = std::to_string(10 * MiB), four_mib = std::to_string(4 * MiB);
+  const std::vector<std::string> want = {
+      "alloc " + std::to_string(10 * MiB - 5) + " " + ten + " " + ptr(big) +
+          " pool 0 new reserved " + ten + "\n",
+      "free " + ptr(big) + " " + ten + " pool 0\n",
+      "alloc " + four_mib + " " + four_mib + " " + ptr(big) + " pool 0 split reserved " + ten +
+          "\n",
+      "free " + ptr(big) + " " + four_mib + " pool 0\n",
+      "alloc " + ten + " " + ten + " " + ptr(big) + " pool 0 cached reserved " + ten + "\n",
+      "free " + ptr(big) + " " + ten + " pool 0\n",
+      "release " + ten + " reserved 0\n",
+  };
+  CHECK(lines == want);
 }
 
 TEST_CASE("allocator: a request takes the smallest cached block that fits") {

@@ -2,6 +2,10 @@
 // device discovery and host/device copies.
 #include <cuda_runtime.h>
 
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -42,7 +46,19 @@ void device_free(void* p, int device) {
 // begun tearing down, and calling cudaFree then is undefined. The driver reclaims the memory
 // when the process ends, so the cache is leaked on purpose.
 CachingAllocator& allocator() {
-  static CachingAllocator* a = new CachingAllocator({device_malloc, device_free});
+  static CachingAllocator* a = [] {
+    // KVC_CUDA_ALLOC_TRACE=<file>: a line for each request, free and raw allocation (set_trace).
+    // The file stays open, as the allocator does; exit flushes it.
+    std::FILE* trace = nullptr;
+    if (const char* path = std::getenv("KVC_CUDA_ALLOC_TRACE"); path != nullptr && *path != 0) {
+      trace = std::fopen(path, "w");
+      KVC_CHECK(trace != nullptr, "KVC_CUDA_ALLOC_TRACE: cannot write '", path,
+                "': ", std::strerror(errno));
+    }
+    auto* made = new CachingAllocator({device_malloc, device_free});
+    made->set_trace(trace);
+    return made;
+  }();
   return *a;
 }
 
