@@ -40,7 +40,7 @@ struct Bf16Fill {
 Bf16Fill bf16_copy_to_fill(const float* src, int64_t n);
 
 // The copy of `heads` runs of head_elems values each, src[0, heads head_elems), where run i may
-// start at i *head_stride elements of the copy (a copy laid out with spare elements after each
+// start at i head_stride elements of the copy (a copy laid out with spare elements after each
 // run: the MLP kinds' copy of K and V, a row of the positions after each head's blocks, see
 // mlp.cu). The held copy where one is listed with that layout (or a plain one), else
 // bf16_copy's; *head_stride says the layout of the copy returned.
