@@ -162,8 +162,11 @@ def main():
     if peaks:
         print("measured: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()), flush=True)
     doc = {"config": a.config, "peaks": peaks, "runs": []}
+    # Memory: peak MiB in use (max_memory_allocated and its kvcompress counterpart), and held by
+    # each side's caching allocator (in use plus cached).
     hdr = (f"{'prec':<5}{'kind':<22}{'kvc ms':>9}{'torch ms':>10}{'winner':>9}{'ratio':>7}"
-           f"{'fwd k/t':>13}{'bwd k/t':>13}{'MiB k/t':>13}{'floor ms':>10}{'of floor':>9}")
+           f"{'fwd k/t':>13}{'bwd k/t':>13}{'MiB k/t':>13}{'held k/t':>13}{'floor ms':>10}"
+           f"{'of floor':>9}")
     lines = []
     for p in precisions:
         kvc, torch_res, rows = compare(a, p, peaks)
@@ -171,10 +174,11 @@ def main():
         for w in rows:
             lines.append(
                 f"{p:<5}{w['kind']:<22}{w['kvc_step_ms']:>9.3f}{w['torch_step_ms']:>10.3f}"
-                f"{w['torch_variant']:>9}{w['ratio']:>7.2f}"
+                f"{w['torch_variant']:>9}{w['ratio']:>7.3f}"
                 f"{w['kvc_fwd_ms']:>6.2f}/{w['torch_fwd_ms']:<6.2f}"
                 f"{w['kvc_bwd_ms']:>6.2f}/{w['torch_bwd_ms']:<6.2f}"
                 f"{w['kvc_peak_mib']:>6.0f}/{w['torch_peak_mib']:<6.0f}"
+                f"{w['kvc_reserved_mib']:>6.0f}/{w['torch_reserved_mib']:<6.0f}"
                 f"{w['floor_ms']:>10.3f}{w['of_floor']:>9.2f}")
             print(lines[-1], flush=True)
         if a.json:  # after every precision: a later failure keeps what was measured
