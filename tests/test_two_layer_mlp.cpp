@@ -160,10 +160,12 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       // out = 24: GELU's second product on mma.sync (out % 8), the backward's hidden gradient
       // in passes (out % 16 != 0), reading the same kept input.
       {2, 2, 20, 64, 96, 24, false, true, Activation::gelu},
-      // Shifted rows: the shift's share of W1's gradient written before the product (fp32,
-      // bf16) or added after it (tf32 per head), and b1's gradient per head or summed; under
-      // bf16 with per-head weights the shift joins b1 as W1 is rounded (in = 96: a partial chunk
-      // of W1's rows), with F.linear's through the product.
+      // Shifted rows: the shift's share of W1's gradient written before the product (fp32; bf16
+      // and tf32 with F.linear's weights), one more row of the product's operands (bf16 per
+      // head: the shift's row in x's copy, the column sums in the hidden gradient) or added after
+      // it (tf32 per head), and b1's gradient per head or summed; under bf16 with per-head
+      // weights the shift joins b1 as W1 is rounded (in = 96: a partial chunk of W1's rows), with
+      // F.linear's through the product.
       {1, 8, 64, 512, 512, 64, false, true, Activation::relu, true},
       {2, 2, 30, 96, 128, 32, false, true, Activation::relu, true},
       {2, 3, 33, 96, 200, 16, true, true, Activation::relu, true},

@@ -1008,12 +1008,14 @@ Operand x_and_shift_rows(const MlpArgs& g) {
   const int64_t heads = g.b * g.h, head_elems = g.w * g.in, stride = head_elems + g.in;
   Bf16Fill fill = bf16_copy_to_fill_heads(g.x, heads, head_elems, stride);
   std::shared_ptr<Scratch> owner = fill.owner;
-  if (!owner) owner = std::make_shared<Scratch>(static_cast<size_t>(heads * stride) * 2);
+  if (!owner) {
+    owner = std::make_shared<Scratch>(static_cast<size_t>(heads * stride) * sizeof(__nv_bfloat16));
+  }
   auto* dst = owner->as<__nv_bfloat16>();
+  // Blocks a (batch index, head): enough for its row of values, or for ~4 a SM over all heads.
   const int64_t blocks = std::min<int64_t>((stride / 4 + kThreads - 1) / kThreads,
                                            std::max<int64_t>(1, 4 * sm_count() / heads));
-  const dim3 grid(static_cast<unsigned>(std::max<int64_t>(blocks, 1)),
-                  static_cast<unsigned>(heads));
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(heads));
   round_rows_and_shift_kernel<<<grid, kThreads, 0, stream()>>>(g.x, g.shift, dst, g.h, head_elems,
                                                                g.in);
   KVC_CUDA_CHECK(cudaGetLastError());
