@@ -7,6 +7,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/vec_math.h"
 #include "kernels/gemm.h"
 
 namespace kvc::kernels::cpu {
@@ -20,8 +21,9 @@ constexpr int64_t kKeyBlock = 256;
 }  // namespace
 
 template <typename T>
-void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch_heads, int64_t nq,
-                       int64_t seq, int64_t d, double alpha, const int32_t* visible) {
+KVC_CPU_CLONES void attention_forward(const T* q, const T* k, const T* v, T* out,
+                                      int64_t batch_heads, int64_t nq, int64_t seq, int64_t d,
+                                      double alpha, const int32_t* visible) {
   if (batch_heads <= 0 || nq <= 0 || d <= 0) return;
   std::vector<T> s(static_cast<size_t>(kQueryBlock * kKeyBlock));  // scores, then P in place
   std::vector<T> m(static_cast<size_t>(kQueryBlock)), l(static_cast<size_t>(kQueryBlock));
@@ -62,19 +64,14 @@ void attention_forward(const T* q, const T* k, const T* v, T* out, int64_t batch
               sr[j] = -std::numeric_limits<T>::infinity();
             }
           }
-          T mx = m[r];
-          for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, sr[j]);
+          const T mx = row_max(sr, cols, m[r]);
           if (mx == -std::numeric_limits<T>::infinity()) {  // nothing seen yet: no weight
             std::fill(sr, sr + cols, T(0));
             continue;
           }
           // The old accumulators were weighted by exp(-m_old); move them to exp(-m_new).
           const T corr = std::exp(m[r] - mx);
-          T sum = 0;
-          for (int64_t j = 0; j < cols; ++j) {
-            sr[j] = std::exp(sr[j] - mx);
-            sum += sr[j];
-          }
+          const T sum = exp_row_sum(sr, sr, cols, mx);
           l[r] = l[r] * corr + sum;
           m[r] = mx;
           if (corr != T(1)) {

@@ -5,13 +5,15 @@
 #include <vector>
 
 #include "kernels/cpu/softmax_row.h"
+#include "kernels/cpu/vec_math.h"
 
 namespace kvc::kernels::cpu {
 
 // inner == 1 (the last axis) runs row by row; otherwise whole rows of `inner` elements are
-// combined at a time, so a middle axis needs no transpose and the loops stay contiguous.
+// combined at a time, so a middle axis needs no transpose and the loops stay contiguous (and
+// vector code: kernels/cpu/vec_math.h).
 template <typename T>
-void softmax_forward(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
+KVC_CPU_CLONES void softmax_forward(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) {
   if (n == 0 || inner == 0) return;
   if (inner == 1) {
     for (int64_t o = 0; o < outer; ++o) {
@@ -33,7 +35,7 @@ void softmax_forward(const T* x, T* y, int64_t outer, int64_t n, int64_t inner) 
     for (int64_t i = 0; i < inner; ++i) sum[i] = 0;
     for (int64_t j = 0; j < n; ++j) {
       for (int64_t i = 0; i < inner; ++i) {
-        const T e = std::exp(xs[j * inner + i] - mx[i]);
+        const T e = exp_lane(xs[j * inner + i] - mx[i]);
         ys[j * inner + i] = e;
         sum[i] += e;
       }

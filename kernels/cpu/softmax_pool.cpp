@@ -4,6 +4,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/vec_math.h"
+
 namespace kvc::kernels::cpu {
 
 namespace {
@@ -11,10 +13,12 @@ namespace {
 // For one outer slice (n rows of `inner` columns), per column: the weights
 // a = softmax over the rows of scale * logits (written to `a`, n * inner) and the pooled value
 // y = sum over the rows of a * x. `mx` and `sum` are scratch of `inner` each. The loops run over
-// whole rows, so they stay contiguous.
+// whole rows, so they stay contiguous, and no two buffers overlap: vector code
+// (kernels/cpu/vec_math.h).
 template <typename T>
-void pool_slice(const T* x, const T* l, int64_t n, int64_t inner, T scale, T* a, T* mx, T* sum,
-                T* y) {
+KVC_CPU_CLONES void pool_slice(const T* __restrict__ x, const T* __restrict__ l, int64_t n,
+                               int64_t inner, T scale, T* __restrict__ a, T* __restrict__ mx,
+                               T* __restrict__ sum, T* __restrict__ y) {
   for (int64_t i = 0; i < inner; ++i) mx[i] = scale * l[i];
   for (int64_t j = 1; j < n; ++j) {
     const T* lr = l + j * inner;
@@ -26,9 +30,10 @@ void pool_slice(const T* x, const T* l, int64_t n, int64_t inner, T scale, T* a,
     const T* xr = x + j * inner;
     T* ar = a + j * inner;
     for (int64_t i = 0; i < inner; ++i) {
-      ar[i] = std::exp(scale * lr[i] - mx[i]);
-      sum[i] += ar[i];
-      y[i] += ar[i] * xr[i];
+      const T e = exp_lane(scale * lr[i] - mx[i]);
+      ar[i] = e;
+      sum[i] += e;
+      y[i] += e * xr[i];
     }
   }
   for (int64_t i = 0; i < inner; ++i) {
@@ -57,9 +62,9 @@ void softmax_pool_forward(const T* x, const T* logits, T* y, T* weights, int64_t
 }
 
 template <typename T>
-void softmax_pool_backward(const T* x, const T* logits, const T* weights, const T* gy, T* gx,
-                           T* glogits, int64_t outer, int64_t n, int64_t inner, T scale, bool acc_x,
-                           bool acc_logits) {
+KVC_CPU_CLONES void softmax_pool_backward(const T* x, const T* logits, const T* weights,
+                                          const T* gy, T* gx, T* glogits, int64_t outer, int64_t n,
+                                          int64_t inner, T scale, bool acc_x, bool acc_logits) {
   if (outer == 0 || inner == 0) return;
   const size_t m = static_cast<size_t>(inner);
   std::vector<T> scratch(weights ? 0 : m * static_cast<size_t>(n)), mx(m), sum(m), y(m);

@@ -2,22 +2,18 @@
 // visible prefix) share it.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
+
+#include "kernels/cpu/vec_math.h"
 
 namespace kvc::kernels::cpu {
 
-// y[0..m) = softmax(x[0..m)), max-subtracted; m >= 1.
+// y[0..m) = softmax(x[0..m)), max-subtracted; m >= 1. Inline: the calling kernel's build
+// (KVC_CPU_CLONES) decides the vector width.
 template <typename T>
 inline void softmax_row(const T* x, T* y, int64_t m) {
-  T mx = x[0];
-  for (int64_t j = 1; j < m; ++j) mx = x[j] > mx ? x[j] : mx;
-  T sum = 0;
-  for (int64_t j = 0; j < m; ++j) {
-    y[j] = std::exp(x[j] - mx);
-    sum += y[j];
-  }
-  const T inv = T(1) / sum;
+  const T mx = row_max(x + 1, m - 1, x[0]);
+  const T inv = T(1) / exp_row_sum(x, y, m, mx);
   for (int64_t j = 0; j < m; ++j) y[j] *= inv;
 }
 

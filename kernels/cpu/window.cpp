@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "kernels/cpu/softmax_row.h"
+#include "kernels/cpu/vec_math.h"
 #include "kernels/math/window.h"
 
 namespace kvc::kernels::cpu {
@@ -42,7 +43,8 @@ void visible_counts(const T* pos, int32_t* visible, T* weight, int64_t rows, int
 }
 
 template <typename T>
-void masked_softmax_forward(const T* x, T* y, int64_t rows, int64_t n, const int32_t* visible) {
+KVC_CPU_CLONES void masked_softmax_forward(const T* x, T* y, int64_t rows, int64_t n,
+                                           const int32_t* visible) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * n;
     T* yr = y + r * n;
