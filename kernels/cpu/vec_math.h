@@ -4,8 +4,8 @@
 // reorder, so loops built on either run one value at a time. On x86-64 the functions that run
 // these loops are also built for AVX2 (KVC_CPU_CLONES) and pick their build when the program
 // starts: both builds do the same IEEE operations in the same order (no fused multiply-add: the
-// library is compiled in ISO C++, where the compiler does not contract a * b + c), so their
-// results are bit-identical and the wider one is only faster.
+// library is compiled with -ffp-contract=off), so their results are bit-identical and the wider
+// one is only faster.
 #pragma once
 
 #include <cmath>
