@@ -87,7 +87,10 @@ void relu_forward(const T* x, T* y, int64_t n) {
 
 template <typename T>
 void relu_backward(const T* y, const T* gy, T* gx, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) gx[i] = y[i] > T(0) ? gy[i] : T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T g = gy[i];  // read whatever the sign: a select, and the loop vectorizes
+    gx[i] = y[i] > T(0) ? g : T(0);
+  }
 }
 
 template <typename T>
