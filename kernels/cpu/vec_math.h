@@ -33,7 +33,7 @@ inline int32_t bits_of(float f) {
   std::memcpy(&u, &f, sizeof u);
   return u;
 }
-inline float float_of(int32_t u) {
+inline float float_of(uint32_t u) {
   float f;
   std::memcpy(&f, &u, sizeof f);
   return f;
@@ -69,8 +69,10 @@ inline float exp_f32(float x) {
   p = p * s + 1.6666665459e-1f;
   p = p * s + 5.0000001201e-1f;
   const float es = p * s * s + s + 1.0f;
-  const int32_t q1 = qi / 2, q2 = qi - q1;  // each in [-76, 65]
-  float r = es * float_of((q1 + 127) << 23) * float_of((q2 + 127) << 23);
+  const int32_t q1 = qi / 2, q2 = qi - q1;  // each in [-76, 65] (anything for a NaN x)
+  // 2^k is the float with exponent field k + 127: shifted as unsigned, defined for any bits.
+  const auto pow2 = [](int32_t k) { return float_of(static_cast<uint32_t>(k + 127) << 23); };
+  float r = es * pow2(q1) * pow2(q2);
   r = x < -104.0f ? 0.0f : r;  // -inf: s would be -inf and r NaN
   r = x > 89.0f ? std::numeric_limits<float>::infinity() : r;
   return r;
