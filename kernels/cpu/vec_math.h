@@ -14,9 +14,11 @@
 #include <limits>
 #include <type_traits>
 
-// x86-64 with GNU ifuncs: a function marked with it is built twice, for AVX2 and FMA machines
-// (x86-64-v3) and for the baseline, and the loader binds the build the CPU can run.
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__) && defined(__has_attribute)
+// GCC on x86-64 Linux (GNU ifuncs): a function marked with it is built twice, for AVX2 and FMA
+// machines (x86-64-v3) and for the baseline, and the loader binds the build the CPU can run.
+// Elsewhere it is one build for the target the compiler was given.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define KVC_CPU_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #endif
