@@ -57,6 +57,39 @@ KVC_CPU_CLONES void box_muller_f32(const uint32_t* __restrict__ w1, const uint32
   }
 }
 
+// philox::block for `count` consecutive blocks from block0, the rounds run over all of them at
+// once (structure of arrays: each round a loop the compiler vectorizes, 32 x 32 -> 64-bit
+// products in vector lanes): words x, y, z, w of block block0 + b at [b]. The same integer
+// arithmetic as philox4x32_10, so the same words.
+KVC_CPU_CLONES void philox_blocks(uint64_t seed, uint64_t offset, uint64_t block0, int64_t count,
+                                  uint32_t* __restrict__ x, uint32_t* __restrict__ y,
+                                  uint32_t* __restrict__ z, uint32_t* __restrict__ w) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  for (int64_t b = 0; b < count; ++b) {
+    const uint64_t block = block0 + static_cast<uint64_t>(b);
+    x[b] = static_cast<uint32_t>(block);
+    y[b] = static_cast<uint32_t>(block >> 32);
+    z[b] = static_cast<uint32_t>(offset);
+    w[b] = static_cast<uint32_t>(offset >> 32);
+  }
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+    for (int64_t b = 0; b < count; ++b) {
+      const uint64_t p0 = static_cast<uint64_t>(kM0) * x[b];
+      const uint64_t p1 = static_cast<uint64_t>(kM1) * z[b];
+      const uint32_t nx = static_cast<uint32_t>(p1 >> 32) ^ y[b] ^ k0;
+      const uint32_t nz = static_cast<uint32_t>(p0 >> 32) ^ w[b] ^ k1;
+      y[b] = static_cast<uint32_t>(p1);
+      w[b] = static_cast<uint32_t>(p0);
+      x[b] = nx;
+      z[b] = nz;
+    }
+    k0 += kW0;
+    k1 += kW1;
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -69,15 +102,15 @@ void normal(T* out, int64_t n, uint64_t seed, uint64_t offset, double mean, doub
       // Chunks of kBlocks Philox blocks: their words first, then Box-Muller over all of them at
       // once. float64 draws (the references and gradient checks) stay on the library's calls.
       constexpr int64_t kBlocks = 256;
-      uint32_t w1[2 * kBlocks], w2[2 * kBlocks];
+      uint32_t x[kBlocks], y[kBlocks], z[kBlocks], w[kBlocks], w1[2 * kBlocks], w2[2 * kBlocks];
       for (; done + 4 * kBlocks <= n; done += 4 * kBlocks) {
-        const uint64_t block0 = first / 4 + static_cast<uint64_t>(done) / 4;
-        for (int64_t b = 0; b < kBlocks; ++b) {
-          const philox::U4 u = philox::block(seed, offset, block0 + static_cast<uint64_t>(b));
-          w1[2 * b] = u.x;
-          w2[2 * b] = u.y;
-          w1[2 * b + 1] = u.z;
-          w2[2 * b + 1] = u.w;
+        philox_blocks(seed, offset, first / 4 + static_cast<uint64_t>(done) / 4, kBlocks, x, y, z,
+                      w);
+        for (int64_t b = 0; b < kBlocks; ++b) {  // pair 2b: words (x, y); pair 2b + 1: (z, w)
+          w1[2 * b] = x[b];
+          w2[2 * b] = y[b];
+          w1[2 * b + 1] = z[b];
+          w2[2 * b + 1] = w[b];
         }
         box_muller_f32(w1, w2, 2 * kBlocks, mean, std, out + done);
       }
