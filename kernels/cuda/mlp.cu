@@ -405,31 +405,33 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][kNTiles][4], const
 // after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
 // result). A CTA takes kRows rows of one (batch index, head), keeps their gy (k = out <= kMaxK)
 // in shared memory, and walks a range of hidden columns kCols at a time; each tile's W2^T columns
-// and kept activations arrive by cp.async a tile ahead (two stages), so that the SM has copies in
-// flight while it multiplies (mma.sync) and finishes the tile before. Each thread finishes its
-// product fragments in registers: the derivative from the kept values at the same places in
-// shared memory, the bfloat16 gradient written over them (and under GELU, GELU's output written
-// over the spent W2 stage), then the tile goes out 16 bytes a thread. b1's partial column sums
-// (of the bfloat16 values, as the ones-vector product summed them) per CTA. `saved` may be `dst`
-// (ReLU writes over its kept output) or `gelu_out` (GELU's output over its kept input): a CTA
-// reads each tile of it before it writes that tile, and no other CTA touches it. Each (batch
-// index, head) holds `slots` rows of saved, dst and gelu_out (rows of them, and with the shift's
-// row in the layout, one more that this kernel leaves alone).
+// and kept activations arrive by cp.async a tile ahead (two stages). One barrier a tile: past it
+// every warp is done with the tile before (its stage takes the next tile's copies) and this
+// tile's copies have landed. From there each warp works on its own 32 x 32 part alone: its
+// products (mma.sync), the derivative from the kept values at the same places in shared memory,
+// the bfloat16 gradient written over them and then copied out 16 bytes a lane (under GELU,
+// GELU's output goes out from registers), and b1's partial column sums over its 32 rows (of the
+// bfloat16 values, as the ones-vector product summed them), so that one warp's stores overlap
+// another's products. `saved` may be `dst` (ReLU writes over its kept output) or `gelu_out`
+// (GELU's output over its kept input): a warp reads its part of each tile before it writes that
+// part, and no other warp or CTA touches it. Each (batch index, head) holds `slots` rows of
+// saved, dst and gelu_out (rows of them, and with the shift's row in the layout, one more that
+// this kernel leaves alone).
 namespace hidden_grad {
 constexpr int kRows = 128, kCols = 64, kMaxK = 128, kCtaThreads = 256, kStages = 2;
 constexpr int kALd = kMaxK + 8;   // bf16 a row of gy's tile (kRows, k): ldmatrix without conflicts
 constexpr int kBKLd = kMaxK + 8;  // W2^T's tile as (kCols, k), Mix's layout
-constexpr int kTLd = kCols + 8;   // (k, kCols) F.linear's W2 tile, and the kept / output tiles
+constexpr int kTLd = kCols + 8;   // (k, kCols) F.linear's W2 tile, and the kept tile
 constexpr size_t kABytes = size_t{kRows} * kALd * sizeof(uint16_t);
 constexpr size_t kBBytes =
     (kCols * kBKLd > kMaxK * kTLd ? size_t{kCols} * kBKLd : size_t{kMaxK} * kTLd) *
     sizeof(uint16_t);
 constexpr size_t kTileBytes = size_t{kRows} * kTLd * sizeof(uint16_t);
 constexpr size_t kStageBytes = kBBytes + kTileBytes;  // W2's tile, then the kept tile
-constexpr size_t kSumsOffset = kABytes + kStages * kStageBytes;
-constexpr int kWarpRows = 4;  // warps down the tile (32 rows each), 2 across (32 columns each)
-constexpr size_t kSmemBytes = kSumsOffset + size_t{kWarpRows} * kCols * sizeof(float);
-static_assert(kBBytes >= kTileBytes, "GELU's output tile goes over the spent W2 stage");
+constexpr size_t kSmemBytes = kABytes + kStages * kStageBytes;
+// Warps down the tile (32 rows each), 2 across (32 columns each); b1's partial sums come a warp
+// row at a time: kWarpRows parts per row tile.
+constexpr int kWarpRows = 4;
 static_assert(kRows == 32 * kWarpRows && kCols == 64 && kCtaThreads == 256, "8 warps of 32 x 32");
 static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
 
@@ -447,7 +449,6 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   using namespace hidden_grad;
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* as = reinterpret_cast<uint16_t*>(smem);
-  float* sums = reinterpret_cast<float*>(smem + kSumsOffset);  // (kWarpRows, kCols)
   const auto w2_stage = [&](int s) {
     return reinterpret_cast<uint16_t*>(smem + kABytes + s * kStageBytes);
   };
@@ -507,27 +508,34 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   };
   issue(first, 0);
   attention_detail::cp_async_commit();
-  if (first + 1 < last) issue(first + 1, 1);
-  attention_detail::cp_async_commit();  // empty groups keep the count of the waits below
 
-  // Warp (wm, wn) multiplies rows 32 wm.. by columns 32 wn..: 2 x 4 tiles of 16 x 8.
+  // Warp (wm, wn) owns rows 32 wm.. and columns 32 wn.. of each tile: 2 x 4 mma tiles of 16 x 8.
   const int wm = warp % kWarpRows, wn = warp / kWarpRows;
   const int g = lane >> 2, t = lane & 3;
   const int64_t batches = gridDim.z / heads;
+  // This warp row's partial sums: part (blockIdx.y kWarpRows + wm) of kWarpRows gridDim.y.
+  float* sums_row = col_sums ? col_sums + ((head * batches + bi) * gridDim.y * kWarpRows +
+                                           blockIdx.y * kWarpRows + wm) *
+                                              hidden
+                             : nullptr;
   for (int64_t tile = first; tile < last; ++tile) {
     const int s = static_cast<int>((tile - first) % kStages);
     const int64_t col0 = tile * kCols;
-    attention_detail::cp_async_wait<1>();  // this tile's copies (the next tile's may be in flight)
-    __syncthreads();                       // everyone's
+    attention_detail::cp_async_wait<0>();  // this thread's copies of the tile
+    __syncthreads();  // everyone's; and every warp is past the tile before, whose stage is free
+    if (tile + 1 < last) issue(tile + 1, s ^ 1);
+    attention_detail::cp_async_commit();
     float acc[2][4][4] = {};
     const uint16_t* bs = w2_stage(s);
     for (int ks = 0; ks < k; ks += 16) {
       warp_tile_k16<!kShared>(acc, as, kALd, wm * 32, bs, kShared ? kTLd : kBKLd, wn * 32, ks,
                               lane);
     }
-    if constexpr (kGelu) __syncthreads();  // every warp's products read W2's stage: GELU's output
     uint16_t* ts = kept_stage(s);
-    uint16_t* act = w2_stage(s);
+    // The tile's valid rows and columns, and where it starts in dst and gelu_out.
+    const int rows_here = static_cast<int>(rows - row0 < kRows ? rows - row0 : kRows);
+    const int cols_here = static_cast<int>(hidden - col0 < kCols ? hidden - col0 : kCols);
+    const int64_t at0 = hz + row0 * hidden + col0;
     float csum[4][2] = {};
 #pragma unroll
     for (int mt = 0; mt < 2; ++mt) {
@@ -535,67 +543,61 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
       for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int at = (wm * 32 + mt * 16 + g + 8 * half) * kTLd + wn * 32 + nt * 8 + 2 * t;
-          const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ts + at));
+          const int r = wm * 32 + mt * 16 + g + 8 * half, c = wn * 32 + nt * 8 + 2 * t;
+          const float2 a =
+              __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ts + r * kTLd + c));
           const float p0 = acc[mt][nt][2 * half], p1 = acc[mt][nt][2 * half + 1];
           float v0, v1;
           if constexpr (kGelu) {
             float g0, g1;
             v0 = math::gelu_with_backward(a.x, p0, &g0);  // one erf for both
             v1 = math::gelu_with_backward(a.y, p1, &g1);
-            *reinterpret_cast<__nv_bfloat162*>(act + at) = __floats2bfloat162_rn(g0, g1);
+            if (gelu_out && r < rows_here && c < cols_here) {  // hidden % 8: c + 1 too
+              *reinterpret_cast<__nv_bfloat162*>(gelu_out + at0 + r * hidden + c) =
+                  __floats2bfloat162_rn(g0, g1);
+            }
           } else {
             v0 = a.x > 0.0f ? p0 : 0.0f;
             v1 = a.y > 0.0f ? p1 : 0.0f;
           }
           const __nv_bfloat162 o = __floats2bfloat162_rn(v0, v1);
-          *reinterpret_cast<__nv_bfloat162*>(ts + at) = o;
+          *reinterpret_cast<__nv_bfloat162*>(ts + r * kTLd + c) = o;
           csum[nt][0] += __low2float(o);
           csum[nt][1] += __high2float(o);
         }
       }
     }
-    // Column sums over the warp's 32 rows (the lanes of one t share columns), then in shared
-    // memory by warp row, added below in a fixed order.
+    __syncwarp();  // the warp's part of the gradient is in shared memory
+                   // Out 16 bytes a lane: the part's 32 rows of 4 x 8 values.
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int j = 0; j < 4; ++j) {
+      const int i = lane + 32 * j, r = wm * 32 + i / 4, c = wn * 32 + i % 4 * 8;
+      if (r >= rows_here || c >= cols_here) continue;
+      *reinterpret_cast<uint4*>(dst + at0 + r * hidden + c) =
+          *reinterpret_cast<const uint4*>(ts + r * kTLd + c);
+    }
+    // Column sums over the warp's 32 rows: the lanes of one t share columns.
+    if (sums_row) {
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        float v = csum[nt][j];
-        v += __shfl_xor_sync(0xffffffffu, v, 4);
-        v += __shfl_xor_sync(0xffffffffu, v, 8);
-        v += __shfl_xor_sync(0xffffffffu, v, 16);
-        if (g == 0) sums[wm * kCols + wn * 32 + nt * 8 + 2 * t + j] = v;
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          float v = csum[nt][j];
+          v += __shfl_xor_sync(0xffffffffu, v, 4);
+          v += __shfl_xor_sync(0xffffffffu, v, 8);
+          v += __shfl_xor_sync(0xffffffffu, v, 16);
+          const int c = wn * 32 + nt * 8 + 2 * t + j;
+          if (g == 0 && c < cols_here) sums_row[col0 + c] = v;
+        }
       }
     }
-    __syncthreads();  // the tile's gradient (and GELU's output) and sums are in shared memory
-#pragma unroll
-    for (int j = 0; j < kRows * (kCols / 8) / kCtaThreads; ++j) {
-      const int i = tid + kCtaThreads * j;
-      const int r = i / (kCols / 8), c = i % (kCols / 8) * 8;
-      if (row0 + r >= rows || col0 + c >= hidden) continue;
-      const int64_t to = hz + (row0 + r) * hidden + col0 + c;
-      *reinterpret_cast<uint4*>(dst + to) = *reinterpret_cast<const uint4*>(ts + r * kTLd + c);
-      if (kGelu && gelu_out) {
-        *reinterpret_cast<uint4*>(gelu_out + to) =
-            *reinterpret_cast<const uint4*>(act + r * kTLd + c);
-      }
-    }
-    if (col_sums && tid < kCols && col0 + tid < hidden) {
-      float total = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kWarpRows; ++j) total += sums[j * kCols + tid];
-      col_sums[((head * batches + bi) * gridDim.y + blockIdx.y) * hidden + col0 + tid] = total;
-    }
-    __syncthreads();  // stage s and the sums read: the stage takes the tile after next
-    if (tile + kStages < last) issue(tile + kStages, s);
-    attention_detail::cp_async_commit();
   }
 }
 
 // The pass's buffers, all bfloat16 but the column sums: dst (b, h, w, hidden) from gy (b, h, w,
 // out), W2 and `saved` (ReLU's output or GELU's input); with col_sums, each column's partial sums
-// (h, b, ceil(w / kRows), hidden); with gelu_out (GELU only, may be `saved`), GELU's output too.
+// (h, b, ceil(w / kRows) kWarpRows, hidden), a part per warp row of each row tile; with gelu_out
+// (GELU only, may be `saved`), GELU's output too.
 // saved, dst and gelu_out hold `slots` rows a (batch index, head) (0: w).
 struct HiddenGradIo {
   const void* gy = nullptr;
@@ -1023,17 +1025,17 @@ Operand x_and_shift_rows(const MlpArgs& g) {
 }
 
 // The hidden gradient's last row of each (batch index, head) z = bi h + head: its column sums,
-// the row tiles' partial sums from hidden_grad_kernel ((h, b, row_tiles, hidden), added in a
-// fixed order) rounded to bfloat16. blockIdx.y = z.
+// the partial sums from hidden_grad_kernel ((h, b, parts, hidden), added in a fixed order)
+// rounded to bfloat16. blockIdx.y = z.
 __global__ void shift_row_sums_kernel(const float* __restrict__ sums, uint16_t* __restrict__ dst,
-                                      int64_t heads, int64_t batches, int64_t row_tiles,
-                                      int64_t hidden, int64_t slots) {
+                                      int64_t heads, int64_t batches, int64_t parts, int64_t hidden,
+                                      int64_t slots) {
   const int64_t z = blockIdx.y, head = z % heads, bi = z / heads;
   const int64_t c = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
   if (c >= hidden) return;
-  const float* p = sums + (head * batches + bi) * row_tiles * hidden + c;
+  const float* p = sums + (head * batches + bi) * parts * hidden + c;
   float total = 0.0f;
-  for (int64_t y = 0; y < row_tiles; ++y) total += p[y * hidden];
+  for (int64_t y = 0; y < parts; ++y) total += p[y * hidden];
   const __nv_bfloat16 b = __float2bfloat16_rn(total);
   dst[(z * slots + slots - 1) * hidden + c] = *reinterpret_cast<const uint16_t*>(&b);
 }
@@ -1451,8 +1453,10 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   // over (b, h, w, hidden) fewer (~58 us a compressor at `nsa`).
   const bool b1_in_transpose = tf32 && !g.shared_weights && out.w1;
   if (one_pass) {
+    // hidden_grad_kernel's partial column sums: a part per warp row of each row tile.
     const int64_t tiles = (g.w + hidden_grad::kRows - 1) / hidden_grad::kRows;
-    Scratch sums(b1.dst ? static_cast<size_t>(g.h * g.b * tiles * g.hidden) * sizeof(float) : 0);
+    const int64_t parts = tiles * hidden_grad::kWarpRows;
+    Scratch sums(b1.dst ? static_cast<size_t>(g.h * g.b * parts * g.hidden) * sizeof(float) : 0);
     HiddenGradIo io;
     io.gy = gy_op.p, io.w2 = s.w2.p, io.saved = s.hidden->as<void>(), io.dst = dpre;
     io.col_sums = sums.as<float>();
@@ -1463,7 +1467,7 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
       const dim3 grid(static_cast<unsigned>((g.hidden + kThreads - 1) / kThreads),
                       static_cast<unsigned>(g.b * g.h));
       shift_row_sums_kernel<<<grid, kThreads, 0, stream()>>>(
-          sums.as<float>(), static_cast<uint16_t*>(dpre), g.h, g.b, tiles, g.hidden, slots);
+          sums.as<float>(), static_cast<uint16_t*>(dpre), g.h, g.b, parts, g.hidden, slots);
       KVC_CUDA_CHECK(cudaGetLastError());
     }
     if (gelu_in_pass && out.w2) {
@@ -1472,9 +1476,9 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     }
     // b1's (or the shifted bias's) gradient from the pass's partial column sums.
     if (b1.dst) {
-      const int64_t heads = b1.per_head ? g.h : 1, parts = g.h * g.b * tiles / heads;
+      const int64_t heads = b1.per_head ? g.h : 1, per_head = g.h * g.b * parts / heads;
       write_or_add(b1.dst, b1.acc, heads * g.hidden, [&](float* o) {
-        sum_axis<float>(sums.as<float>(), o, heads, parts, g.hidden, 1.0f);
+        sum_axis<float>(sums.as<float>(), o, heads, per_head, g.hidden, 1.0f);
       });
     }
   } else if (b1.dst && !b1_in_transpose) {
