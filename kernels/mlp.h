@@ -11,12 +11,12 @@
 // ones-vector product over its bfloat16 gradient. Under TF32 the first weight's gradient
 // transposes its operands first; with per-head weights that pass also sums b1's gradient, and
 // with GELU applies GELU's derivative too. A shift of the rows (the positions of blocks) joins b1
-// (one row per head through W1). Its share of W1's gradient is rank one per head. Under bf16 with
-// per-head weights it is one more row of the weight-gradient product's operands: the shift after
-// each head's rows in x's bf16 copy, the hidden gradient's column sums after its rows (the
-// attention target reads that copy of K and V with the extra row). Elsewhere the share is
-// written before the product adds onto it (one pass writing W1's size instead of one reading and
-// writing it after). The products of the batch indices run side by side on forked
+// (one row per head through W1). Its share of W1's gradient is rank one per head. With per-head
+// weights it is one more element of the weight-gradient product's reduction: under bf16 the shift
+// after each head's rows in x's bf16 copy and the hidden gradient's column sums after its rows
+// (the attention target reads that copy of K and V with the extra row); under TF32 one more
+// column of both transposed operands. Elsewhere the share is written before the product adds
+// onto it (one pass writing W1's size instead of one reading and writing it after). The products of the batch indices run side by side on forked
 // streams (see mlp.cu). The CPU, float64 and other sizes run the composition of core ops
 // (core/ops_fused.cpp).
 #pragma once

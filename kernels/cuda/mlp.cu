@@ -1125,6 +1125,22 @@ void transpose_tf32(const Tf32Operand& src, int64_t row0, float* out, int64_t ba
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
+// Column `col` of each of `batch` (rows, ld) blocks of out = src (batch, rows), rounded to TF32
+// as transpose_tf32 rounds: one more element of the reduction for every row of the operand.
+__global__ void tf32_column_kernel(const float* __restrict__ src, float* __restrict__ out,
+                                   int64_t rows, int64_t ld, int64_t col) {
+  const int64_t z = blockIdx.y, r = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  if (r < rows) out[(z * rows + r) * ld + col] = __uint_as_float(to_tf32(src[z * rows + r]));
+}
+
+void tf32_column(const float* src, float* out, int64_t batch, int64_t rows, int64_t ld,
+                 int64_t col) {
+  const dim3 grid(static_cast<unsigned>((rows + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(batch));
+  tf32_column_kernel<<<grid, kThreads, 0, stream()>>>(src, out, rows, ld, col);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
 // A bias gradient wanted beside a weight gradient: dst (h, n) per head or (n) shared, written or
 // (acc) added to.
 struct BiasGrad {
@@ -1165,11 +1181,17 @@ int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
 // transposed into scratch first, rows contiguous and rounded to TF32, a chunk of heads (or rows)
 // at a time so that the scratch stays bounded, and multiplied with both K-major ("TN" in cuBLAS's
 // words). With `bias` (per-head weights only) the transposition of `grad` also yields its sum over
-// the rows: that layer's bias gradient.
+// the rows: that layer's bias gradient. With `shift` (h, k) as well (the rows' shift, MlpArgs; the
+// bias written per head), dst_h also gets shift_h^T bias_h, rank one: once the last batch indices'
+// transpositions complete a chunk of heads' bias gradient, it becomes one more column of both
+// transposed operands, beside the shift, and the product adds the share (no pass reading and
+// writing dst after it).
 void weight_grad_tf32(const MlpArgs& g, const Tf32Operand& in, const Tf32Operand& grad, float* dst,
-                      bool acc, const BiasGrad& bias = {}) {
+                      bool acc, const BiasGrad& bias = {}, const float* shift = nullptr) {
   KVC_CHECK(!bias.dst || !g.shared_weights,
             "weight_grad_tf32: a bias gradient beside shared weights");
+  KVC_CHECK(!shift || (bias.dst && bias.per_head && !bias.acc),
+            "weight_grad_tf32: the shift's share needs the bias gradient written per head");
   const int64_t k = in.cols, n = grad.cols;
   Product p;
   p.trans_b = true;  // the second operand is held (n, rows), as the first is (m, rows)
@@ -1197,7 +1219,7 @@ void weight_grad_tf32(const MlpArgs& g, const Tf32Operand& in, const Tf32Operand
   const int64_t head_rows = std::max<int64_t>(g.w * widest, 1);  // bytes of one (b, head)
   const int64_t batches = std::clamp<int64_t>(budget / head_rows, 1, g.b);
   const int64_t heads = std::clamp<int64_t>(budget / (batches * head_rows), 1, g.h);
-  const int64_t ld = round_up4(batches * g.w);
+  const int64_t ld = round_up4(batches * g.w + (shift ? 1 : 0));
   Scratch it(static_cast<size_t>(heads * k * ld) * sizeof(float));
   Scratch gt(static_cast<size_t>(heads * n * ld) * sizeof(float));
   // The bias's partial sums, (h, b, tiles, n): one per head, batch index and 32-row tile.
@@ -1213,13 +1235,21 @@ void weight_grad_tf32(const MlpArgs& g, const Tf32Operand& in, const Tf32Operand
         float* part = bias.dst ? sums.as<float>() + (h0 * g.b + bi) * tiles * n : nullptr;
         transpose_tf32(grad, row0, gt.as<float>() + col0, hc, g.w, ld, part, g.b * tiles * n);
       }
-      p.m = k, p.n = n, p.k = bc * g.w, p.lda = ld, p.ldb = ld, p.ldc = n;
+      int64_t reduce = bc * g.w;
+      if (shift && b0 + bc == g.b) {  // these heads' bias gradients are whole: the shift's column
+        sum_axis<float>(sums.as<float>() + h0 * g.b * tiles * n, bias.dst + h0 * n, hc, g.b * tiles,
+                        n, 1.0f);
+        tf32_column(shift + h0 * k, it.as<float>(), hc, k, ld, reduce);
+        tf32_column(bias.dst + h0 * n, gt.as<float>(), hc, n, ld, reduce);
+        ++reduce;
+      }
+      p.m = k, p.n = n, p.k = reduce, p.lda = ld, p.ldb = ld, p.ldc = n;
       p.batch = hc, p.stride_a = k * ld, p.stride_b = n * ld, p.stride_c = k * n;
       p.beta = acc || b0 > 0 ? 1.0f : 0.0f;
       run(p, it.as<void>(), gt.as<void>(), dst + h0 * k * n);
     }
   }
-  if (bias.dst) {  // the partial sums of each head (or all) over the batch and the tiles
+  if (bias.dst && !shift) {  // the partial sums of each head (or all) over the batch and the tiles
     const int64_t heads = bias.per_head ? g.h : 1, parts = g.h * g.b * tiles / heads;
     write_or_add(bias.dst, bias.acc, heads * n, [&](float* out) {
       sum_axis<float>(sums.as<float>(), out, heads, parts, n, 1.0f);
@@ -1509,23 +1539,26 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     w1_shift_share(acc_w1);
     acc_w1 = true;
   }
+  // Under TF32 with per-head weights the shift's share joins dW1's product as one more column of
+  // its transposed operands (weight_grad_tf32).
+  const float* tf32_shift = b1_in_transpose ? g.shift : nullptr;
   if (finish_in_transpose) {
     weight_grad_tf32(g, {static_cast<const float*>(s.x.p), g.in},
                      {static_cast<const float*>(dpre), g.hidden, Tf32Op::gelu_grad,
                       static_cast<const float*>(s.hidden->as<void>())},
-                     out.w1, acc_w1, b1);
+                     out.w1, acc_w1, b1, tf32_shift);
   } else if (out.w1) {
     if (tf32) {
       weight_grad_tf32(g, {static_cast<const float*>(s.x.p), g.in},
                        {static_cast<const float*>(dpre), g.hidden}, out.w1, acc_w1,
-                       b1_in_transpose ? b1 : BiasGrad{});
+                       b1_in_transpose ? b1 : BiasGrad{}, tf32_shift);
     } else {
       weight_grad(s.x.p, g.in, dpre, g.hidden, out.w1, acc_w1, slots, slots, slots);
     }
   }
   if (g.shift) {
     const float* db = db1_shifted.as<float>();
-    if (out.w1 && b1_in_transpose) w1_shift_share(true);
+
     if (out.b1) {  // db1_shifted itself, or its sum over the heads
       const int64_t heads = g.b1_per_head ? g.h : 1;
       write_or_add(out.b1, out.acc_b1, heads * g.hidden, [&](float* o) {
