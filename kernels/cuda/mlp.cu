@@ -1558,7 +1558,6 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   }
   if (g.shift) {
     const float* db = db1_shifted.as<float>();
-
     if (out.b1) {  // db1_shifted itself, or its sum over the heads
       const int64_t heads = g.b1_per_head ? g.h : 1;
       write_or_add(out.b1, out.acc_b1, heads * g.hidden, [&](float* o) {
