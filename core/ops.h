@@ -134,9 +134,19 @@ Tensor attention_pool(const Tensor& seq, const Tensor& positions, const Tensor& 
 // composition on the CPU and in float64. With `shift` (1, h, 1, in) the rows of head h read
 // x + shift[h] (the positions of blocks): the shift moves into the first bias, b1 + shift W1 per
 // head, so x is never shifted and its gradient is formed only where x needs one.
+//
+// With a `residual` (enhanced_mlp's skip) the op returns mean_j(x_j) + scale * MLP, where x_j are
+// the `block` groups of in / block = out values of each (shifted) row and scale is a (1,) tensor:
+// on CUDA the mean, the scaling and their gradients are a pass each way beside the MLP's, where
+// the composition launched eight small ones.
 enum class Activation { relu, gelu };
+struct MlpResidual {
+  int64_t block = 0;  // 0: no residual
+  Tensor scale;       // (1,)
+};
 Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
-                     const Tensor& w2, const Tensor& b2, const Tensor& shift = Tensor());
+                     const Tensor& w2, const Tensor& b2, const Tensor& shift = Tensor(),
+                     const MlpResidual& residual = {});
 
 // While alive, CUDA bf16 math that rounds one of these float32 tensors (or a part) to bfloat16
 // takes the copy another op made and still holds instead of rounding it again: the MLP kinds keep

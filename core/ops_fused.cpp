@@ -463,10 +463,15 @@ struct MlpSizes {
 };
 
 MlpSizes check_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, const Tensor& w2,
-                             const Tensor& b2, const Tensor& shift) {
+                             const Tensor& b2, const Tensor& shift, const MlpResidual& residual) {
   const char* op = "two_layer_mlp";
   for (const Tensor* t : {&w1, &b1, &w2, &b2}) detail::check_same_kind(op, x, *t);
   if (shift.defined()) detail::check_same_kind(op, x, shift);
+  if (residual.block != 0) {
+    KVC_CHECK(residual.scale.defined(), op, ": a residual of block ", residual.block,
+              " without its scale");
+    detail::check_same_kind(op, x, residual.scale);
+  }
   MlpSizes s;
   s.shared = w1.dim() == 2;
   KVC_CHECK(x.dim() == 4, op, ": input ", x.shape(), " is not (b, h, w, in)");
@@ -493,6 +498,13 @@ MlpSizes check_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1
             ") or (", s.out, ",) for ", s.h, " heads");
   KVC_CHECK(!shift.defined() || shift.shape() == Shape({1, s.h, 1, s.in}), op, ": shift ",
             shift.shape(), " is not (1, ", s.h, ", 1, ", s.in, ") for input ", x.shape());
+  if (residual.block != 0) {
+    KVC_CHECK(residual.block > 0 && s.in % residual.block == 0 && s.in / residual.block == s.out,
+              op, ": a residual of block ", residual.block, " needs in = block x out; input ",
+              x.shape(), " has in ", s.in, " and the output out ", s.out);
+    KVC_CHECK(residual.scale.numel() == 1, op, ": residual scale ", residual.scale.shape(),
+              " is not one value");
+  }
   return s;
 }
 
@@ -509,7 +521,7 @@ Tensor mlp_layer(const Tensor& x, const Tensor& weight, const Tensor& bias, bool
 #ifdef KVC_WITH_CUDA
 Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
                            const Tensor& w2, const Tensor& b2, const Tensor& shift,
-                           const MlpSizes& s) {
+                           const MlpResidual& residual, const MlpSizes& s) {
   kernels::cuda::MlpArgs args;
   args.b = s.b, args.h = s.h, args.w = s.w;
   args.in = s.in, args.hidden = s.hidden, args.out = s.out;
@@ -524,9 +536,12 @@ Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, 
   args.w2 = w2.data<float>();
   args.b2 = b2.data<float>();
   args.shift = shift.defined() ? shift.data<float>() : nullptr;
+  args.residual_block = residual.block;
+  args.residual_scale = residual.block != 0 ? residual.scale.data<float>() : nullptr;
   Tensor y = Tensor::empty({s.b, s.h, s.w, s.out}, x.options());
   std::vector<Tensor> inputs{x, w1, b1, w2, b2};
   if (shift.defined()) inputs.push_back(shift);
+  if (residual.block != 0) inputs.push_back(residual.scale);
   bool any_grad = false;
   for (const Tensor& t : inputs) any_grad = any_grad || t.requires_grad();
   const bool save = grad_enabled() && any_grad;
@@ -544,6 +559,9 @@ Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, 
     want(w2, &grads.w2, &grads.acc_w2);
     want(b2, &grads.b2, &grads.acc_b2);
     if (shift.defined()) want(shift, &grads.shift, &grads.acc_shift);
+    if (residual.block != 0) {
+      want(residual.scale, &grads.residual_scale, &grads.acc_residual_scale);
+    }
     kernels::cuda::mlp_backward(args, *saved, gy.data<float>(), grads);
   });
   return y;
@@ -553,19 +571,26 @@ Tensor fused_two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, 
 }  // namespace
 
 Tensor two_layer_mlp(const Tensor& x, const Tensor& w1, const Tensor& b1, Activation act,
-                     const Tensor& w2, const Tensor& b2, const Tensor& shift) {
-  const MlpSizes s = check_two_layer_mlp(x, w1, b1, w2, b2, shift);
+                     const Tensor& w2, const Tensor& b2, const Tensor& shift,
+                     const MlpResidual& residual) {
+  const MlpSizes s = check_two_layer_mlp(x, w1, b1, w2, b2, shift, residual);
 #ifdef KVC_WITH_CUDA
   if (x.device().is_cuda() && x.dtype() == DType::f32 && x.numel() > 0 && s.hidden > 0 &&
       s.out > 0) {
-    return fused_two_layer_mlp(x, w1, b1, act, w2, b2, shift, s);
+    return fused_two_layer_mlp(x, w1, b1, act, w2, b2, shift, residual, s);
   }
 #endif
   // The shift through the first layer, one row per head, is that layer's bias (h, hidden).
   const Tensor bias1 =
       shift.defined() ? reshape(mlp_layer(shift, w1, b1, s.shared), {s.h, s.hidden}) : b1;
   const Tensor pre = mlp_layer(x, w1, bias1, s.shared);
-  return mlp_layer(act == Activation::relu ? relu(pre) : gelu(pre), w2, b2, s.shared);
+  const Tensor mlp = mlp_layer(act == Activation::relu ? relu(pre) : gelu(pre), w2, b2, s.shared);
+  if (residual.block == 0) return mlp;
+  // The mean of each row's groups, the shift's apart (x is never shifted).
+  const int64_t n = residual.block;
+  Tensor block_mean = mean(reshape(x, {s.b, s.h, s.w, n, s.out}), 3);
+  if (shift.defined()) block_mean = add(block_mean, mean(reshape(shift, {1, s.h, 1, n, s.out}), 3));
+  return add(block_mean, mul(residual.scale, mlp));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@
 // after each head's rows in x's bf16 copy and the hidden gradient's column sums after its rows
 // (the attention target reads that copy of K and V with the extra row); under TF32 one more
 // column of both transposed operands. Elsewhere the share is written before the product adds
-// onto it (one pass writing W1's size instead of one reading and writing it after). The products of the batch indices run side by side on forked
-// streams (see mlp.cu). The CPU, float64 and other sizes run the composition of core ops
-// (core/ops_fused.cpp).
+// onto it (one pass writing W1's size instead of one reading and writing it after). The
+// products of the batch indices run side by side on forked streams (see mlp.cu).
+// enhanced_mlp's residual (the block mean plus the scaled MLP) is one pass each way beside them.
+// The CPU, float64 and other sizes run the composition of core ops (core/ops_fused.cpp).
 #pragma once
 
 #include <cstddef>
@@ -46,6 +47,11 @@ struct MlpArgs {
   // moves into the first product's bias, b1 + shift W1 per head, so x itself is never shifted
   // and its gradient is only formed where x needs one.
   const float* shift = nullptr;
+  // Optional residual (enhanced_mlp's): y = mean_j(x_j + shift_j) + scale * MLP, x_j the
+  // residual_block groups of out values of each row (in = residual_block out); residual_scale
+  // one float32 in device memory (read there: a captured graph sees each step's value).
+  int64_t residual_block = 0;
+  const float* residual_scale = nullptr;
 
   // Heads that own a weight pair: one when every head shares it.
   int64_t weight_heads() const { return shared_weights ? 1 : h; }
@@ -68,8 +74,9 @@ struct MlpGrads {
   float* w2 = nullptr;
   float* b2 = nullptr;
   float* shift = nullptr;
+  float* residual_scale = nullptr;
   bool acc_x = false, acc_w1 = false, acc_b1 = false, acc_w2 = false, acc_b2 = false;
-  bool acc_shift = false;
+  bool acc_shift = false, acc_residual_scale = false;
 };
 
 // From gy (b, h, w, out); `args` as in the forward that returned `saved`.

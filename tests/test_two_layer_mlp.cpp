@@ -2,7 +2,8 @@
 // on CUDA the cuBLASLt pass (epilogue bias and ReLU, hidden activations in the operand type; under
 // bf16 also the mma.sync kernels: GELU's second product, the one-pass hidden gradient, W1's
 // rounding with the shift) against the float64 CPU values, forward and every gradient, in fp32,
-// tf32 and bf16, for both weight layouts, both activations, both bias layouts and shifted rows.
+// tf32 and bf16, for both weight layouts, both activations, both bias layouts, shifted rows and
+// enhanced_mlp's residual.
 #include <cmath>
 #include <memory>
 #include <string>
@@ -23,16 +24,20 @@ struct MlpCase {
   bool head_biases;  // b1 (h, hidden), b2 (h, out); else (hidden), (out)
   Activation act;
   bool shifted = false;  // the rows of head h read x + shift[h], shift (1, h, 1, in)
+  // enhanced_mlp's residual: y = the mean of each row's `residual` groups of out values + scale
+  // times the MLP (in = residual out); 0: none.
+  int64_t residual = 0;
 };
 
 std::string describe(const MlpCase& c) {
   return str("b ", c.b, " h ", c.h, " w ", c.w, " in ", c.in, " hidden ", c.hidden, " out ", c.out,
              c.shared ? " shared" : " per-head", c.head_biases ? " head-biases" : " biases",
-             c.act == Activation::relu ? " relu" : " gelu", c.shifted ? " shifted" : "");
+             c.act == Activation::relu ? " relu" : " gelu", c.shifted ? " shifted" : "",
+             c.residual ? str(" residual ", c.residual) : std::string());
 }
 
-// x, w1, b1, w2, b2 (and the shift) for a case as float64 CPU tensors; weights of fan-in scale
-// so the hidden pre-activations have unit spread.
+// x, w1, b1, w2, b2 (then the shift, then the residual's scale) for a case as float64 CPU
+// tensors; weights of fan-in scale so the hidden pre-activations have unit spread.
 std::vector<Tensor> make_inputs(const MlpCase& c, uint64_t seed) {
   const TensorOptions opt = TensorOptions{}.with_dtype(DType::f64);
   const double s1 = 1.0 / std::sqrt(double(c.in)), s2 = 1.0 / std::sqrt(double(c.hidden));
@@ -45,11 +50,13 @@ std::vector<Tensor> make_inputs(const MlpCase& c, uint64_t seed) {
       Tensor::randn(w1, seed + 1, 0, 0.0, s1, opt), Tensor::randn(b1, seed + 2, 0, 0.0, 0.5, opt),
       Tensor::randn(w2, seed + 3, 0, 0.0, s2, opt), Tensor::randn(b2, seed + 4, 0, 0.0, 0.5, opt)};
   if (c.shifted) x.push_back(Tensor::randn({1, c.h, 1, c.in}, seed + 5, 0, 0.0, 0.5, opt));
+  if (c.residual) x.push_back(Tensor::randn({1}, seed + 6, 0, 1.0, 0.3, opt));
   return x;
 }
 
 Tensor run(const MlpCase& c, const std::vector<Tensor>& x) {
-  return two_layer_mlp(x[0], x[1], x[2], c.act, x[3], x[4], c.shifted ? x[5] : Tensor());
+  return two_layer_mlp(x[0], x[1], x[2], c.act, x[3], x[4], c.shifted ? x[5] : Tensor(),
+                       {c.residual, c.residual ? x.back() : Tensor()});
 }
 
 const std::vector<MlpCase>& small_cases() {
@@ -62,6 +69,9 @@ const std::vector<MlpCase>& small_cases() {
       {1, 2, 3, 4, 7, 2, true, true, Activation::relu, true},
       {2, 2, 3, 4, 5, 3, false, false, Activation::gelu, true},
       {2, 3, 2, 3, 4, 2, true, false, Activation::gelu, true},
+      {2, 3, 4, 6, 5, 2, false, true, Activation::gelu, true, 3},
+      {2, 2, 3, 4, 5, 2, false, false, Activation::gelu, false, 2},
+      {1, 2, 3, 6, 4, 3, true, true, Activation::relu, true, 2},
   };
   return all;
 }
@@ -95,6 +105,37 @@ TEST_CASE("two_layer_mlp: mismatched weights and biases are refused with the sha
                                      Tensor::zeros({3}, opt), Tensor::zeros({1, 2, 4}, opt)),
                        "two_layer_mlp: shift (1, 2, 4) is not (1, 2, 1, 4) for input (1, 2, 3, 4)",
                        Error);
+  // The residual: in = block x out, and one scale value.
+  const auto with_residual = [&](int64_t block, const Tensor& scale) {
+    return two_layer_mlp(x, Tensor::zeros({2, 4, 6}, opt), Tensor::zeros({2, 6}, opt),
+                         Activation::gelu, Tensor::zeros({2, 6, 2}, opt), Tensor::zeros({2}, opt),
+                         Tensor(), {block, scale});
+  };
+  CHECK(with_residual(2, Tensor::ones({1}, opt)).shape() == Shape({1, 2, 3, 2}));
+  CHECK_THROWS_WITH_AS(with_residual(3, Tensor::ones({1}, opt)),
+                       "two_layer_mlp: a residual of block 3 needs in = block x out; input (1, 2, "
+                       "3, 4) has in 4 and the output out 2",
+                       Error);
+  CHECK_THROWS_WITH_AS(with_residual(4, Tensor::ones({1}, opt)),
+                       "two_layer_mlp: a residual of block 4 needs in = block x out; input (1, 2, "
+                       "3, 4) has in 4 and the output out 2",
+                       Error);
+  CHECK_THROWS_WITH_AS(with_residual(2, Tensor::ones({2}, opt)),
+                       "two_layer_mlp: residual scale (2,) is not one value", Error);
+  CHECK_THROWS_WITH_AS(with_residual(2, Tensor()),
+                       "two_layer_mlp: a residual of block 2 without its scale", Error);
+}
+
+TEST_CASE("two_layer_mlp: the residual is the block mean plus the scaled MLP, composed by hand") {
+  // The op's residual against its definition written with core ops: the mean of each row's
+  // groups of x + shift, plus scale times the op without a residual.
+  const MlpCase c{2, 3, 4, 6, 5, 2, false, true, Activation::gelu, true, 3};
+  const std::vector<Tensor> x = make_inputs(c, 710);
+  MlpCase plain = c;
+  plain.residual = 0;
+  const Tensor shifted = add(x[0], x[5]);
+  const Tensor want = add(mean(reshape(shifted, {2, 3, 4, 3, 2}), 3), mul(x[6], run(plain, x)));
+  CHECK(test::rel_error(run(c, x).to_vector(), want.to_vector()) < 1e-14);
 }
 
 #ifdef KVC_WITH_CUDA
@@ -172,6 +213,15 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {2, 2, 50, 128, 256, 64, false, true, Activation::gelu, true},
       {2, 3, 45, 64, 72, 16, false, false, Activation::gelu, true},
       {1, 4, 37, 64, 130, 24, true, false, Activation::gelu, true},
+      // enhanced_mlp's residual: the block mean and the scaled MLP, with and without the shift,
+      // several row tiles of the residual's backward (130 = 2 x 64 + 2) and more columns than a
+      // warp's 32 (64, 48), shared weights, ReLU.
+      {2, 2, 50, 128, 256, 64, false, true, Activation::gelu, true, 2},
+      {1, 8, 64, 512, 512, 64, false, true, Activation::gelu, true, 8},
+      {2, 3, 130, 64, 72, 16, false, false, Activation::gelu, true, 4},
+      {2, 2, 20, 96, 96, 48, false, true, Activation::gelu, false, 2},
+      {2, 3, 33, 96, 136, 32, true, false, Activation::gelu, true, 3},
+      {2, 2, 30, 96, 128, 32, false, true, Activation::relu, true, 3},
   };
   test::PrecisionScope scope(precision);
   for (const MlpCase& c : cases) {
@@ -186,16 +236,18 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       // cuBLASLt take its tensor-core kernels (multiples of 8; others may run exact FP32 ones).
       // b2's gradient is a float32 sum of gy either way.
       const bool tensor_cores = c.in % 8 == 0 && c.hidden % 8 == 0 && c.out % 8 == 0;
-      const size_t w1_index = x_grad ? 2 : 1, b1_index = w1_index + 1;
       std::string errors;
-      for (size_t i = 0; i < got.values.size(); ++i) {
+      for (size_t i = 0; i < x_count; ++i) {
         const double e = test::rel_error(got.values[i], want.values[i]);
         errors += str(" ", e);
-        // Below ReLU (x, w1, b1 and the shift, last), see kink_tol.
-        const bool below_relu = c.act == Activation::relu &&
-                                ((i >= 1 && i <= b1_index) || (c.shifted && i + 1 == x_count));
+        // values[i] is y (i = 0) or the gradient of input `input`: x, w1, b1, w2, b2, then the
+        // shift and the residual's scale where the case has them.
+        const size_t input = i - 1 + (x_grad ? 0 : 1);
+        const bool is_shift = c.shifted && input == 5;
+        // Below ReLU (x, w1, b1 and the shift), see kink_tol.
+        const bool below_relu = c.act == Activation::relu && i > 0 && (input <= 2 || is_shift);
         CHECK(e < (below_relu ? kink_tol : tol));
-        if (tensor_cores && (i == 0 || i == w1_index)) CHECK(e > floor);
+        if (tensor_cores && (i == 0 || input == 1)) CHECK(e > floor);
       }
       MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ", x_grad,
               ": rel errors (y, grads)", errors);
@@ -240,7 +292,9 @@ TEST_CASE("cuda: two_layer_mlp adds onto existing gradients and runs without a t
       for (const Activation act : {Activation::relu, Activation::gelu}) {
         for (const bool x_grad : {true, false}) {
           for (const bool shifted : {false, true}) {
-            const MlpCase c{2, 2, 24, 64, 128, 16, shared, true, act, shifted};
+            // enhanced_mlp's residual where the shift is: its scale's, the shift's and x's
+            // gradients added after the MLP's.
+            const MlpCase c{2, 2, 24, 64, 128, 16, shared, true, act, shifted, shifted ? 4 : 0};
             CAPTURE(kernels::precision_name(precision));
             CAPTURE(describe(c));
             CAPTURE(x_grad);

@@ -1003,10 +1003,56 @@ __global__ void round_rows_and_shift_kernel(const float* __restrict__ x,
   }
 }
 
+// round_rows_and_shift_kernel that also writes the mean of each row's residual_block groups of
+// out values (x_mean (heads, w, out), float32: the residual's, read on the way): a CTA rounds
+// whole rows, rows blockIdx.x, + gridDim.x, .. of (batch index, head) blockIdx.y, the last of them
+// the shift's. Thread i's values 4 i, + 1024, .. of a row share their columns (1024 % out == 0):
+// it sums its groups in registers, then the threads of each column four in shared memory.
+constexpr int kRowMeanStep = 4 * kThreads;  // values of a row a CTA's threads take at once
+bool row_mean_fits(const MlpArgs& g) { return g.out % 4 == 0 && kRowMeanStep % g.out == 0; }
+
+__global__ void round_rows_mean_and_shift_kernel(const float* __restrict__ x,
+                                                 const float* __restrict__ shift,
+                                                 __nv_bfloat16* __restrict__ dst,
+                                                 float* __restrict__ x_mean, int64_t h, int64_t w,
+                                                 int64_t in, int64_t out, float inv_n) {
+  __shared__ float4 partial[kThreads];
+  const int tid = threadIdx.x;
+  const int64_t z = blockIdx.y, stride = (w + 1) * in;
+  for (int64_t r = blockIdx.x; r <= w; r += gridDim.x) {
+    const bool shift_row = r == w;
+    const float* from = shift_row ? shift + (z % h) * in : x + (z * w + r) * in;
+    __nv_bfloat16* to = dst + z * stride + r * in;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int64_t e = 4 * tid; e < in; e += kRowMeanStep) {
+      const float4 v = shift_row ? *reinterpret_cast<const float4*>(from + e)
+                                 : __ldcs(reinterpret_cast<const float4*>(from + e));
+      *reinterpret_cast<__nv_bfloat162*>(to + e) = __floats2bfloat162_rn(v.x, v.y);
+      *reinterpret_cast<__nv_bfloat162*>(to + e + 2) = __floats2bfloat162_rn(v.z, v.w);
+      sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+    }
+    if (shift_row) continue;  // the same for every thread of the CTA: no barrier skipped apart
+    partial[tid] = sum;
+    __syncthreads();
+    const int col4 = static_cast<int>(out / 4);  // threads of one column four: tid % col4
+    if (tid < col4) {
+      float4 total = partial[tid];
+      for (int k = tid + col4; k < kThreads; k += col4) {
+        const float4 p = partial[k];
+        total.x += p.x, total.y += p.y, total.z += p.z, total.w += p.w;
+      }
+      *reinterpret_cast<float4*>(x_mean + (z * w + r) * out + 4 * tid) =
+          make_float4(total.x * inv_n, total.y * inv_n, total.z * inv_n, total.w * inv_n);
+    }
+    __syncthreads();  // partial is free for the next row
+  }
+}
+
 // x's bf16 copy with the shift's row after each (batch index, head)'s rows (shift_in_rows(g)):
 // the copy an open SharedBf16Copies lists for x's buffer, so that the attention target reads it
-// (bf16_copy_heads), or one of this op's own.
-Operand x_and_shift_rows(const MlpArgs& g) {
+// (bf16_copy_heads), or one of this op's own. With x_mean (row_mean_fits(g)) the residual's
+// means of x's rows on the way (round_rows_mean_and_shift_kernel).
+Operand x_and_shift_rows(const MlpArgs& g, float* x_mean) {
   const int64_t heads = g.b * g.h, head_elems = g.w * g.in, stride = head_elems + g.in;
   Bf16Fill fill = bf16_copy_to_fill_heads(g.x, heads, head_elems, stride);
   std::shared_ptr<Scratch> owner = fill.owner;
@@ -1014,6 +1060,16 @@ Operand x_and_shift_rows(const MlpArgs& g) {
     owner = std::make_shared<Scratch>(static_cast<size_t>(heads * stride) * sizeof(__nv_bfloat16));
   }
   auto* dst = owner->as<__nv_bfloat16>();
+  if (x_mean) {
+    // Blocks a (batch index, head): a row each, or ~8 a SM over all heads.
+    const int64_t blocks = std::min<int64_t>(g.w + 1, std::max<int64_t>(1, 8 * sm_count() / heads));
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(heads));
+    round_rows_mean_and_shift_kernel<<<grid, kThreads, 0, stream()>>>(
+        g.x, g.shift, dst, x_mean, g.h, g.w, g.in, g.out,
+        1.0f / static_cast<float>(g.residual_block));
+    KVC_CUDA_CHECK(cudaGetLastError());
+    return Operand(Bf16Copy{owner, dst});
+  }
   // Blocks a (batch index, head): enough for its row of values, or for ~4 a SM over all heads.
   const int64_t blocks = std::min<int64_t>((stride / 4 + kThreads - 1) / kThreads,
                                            std::max<int64_t>(1, 4 * sm_count() / heads));
@@ -1269,6 +1325,9 @@ struct MlpSaved {
   std::unique_ptr<Scratch> hidden;  // ReLU: act(x W1 + b1), (b, h, slots, hidden); GELU: its input
   // Rows a (batch index, head) holds in x's copy and in hidden: w, or w + 1 (shift_in_rows).
   int64_t slots = 0;
+  // With a residual: the MLP's output before its scaling, (b, h, w, out) float32 (the scale's
+  // gradient is its dot product with y's).
+  std::unique_ptr<Scratch> mlp_out;
 };
 
 namespace {
@@ -1283,14 +1342,23 @@ void apply_gelu(const Types& t, const void* p, void* a, int64_t n) {
 
 }  // namespace
 
-std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
+namespace {
+
+// Whether layers_forward writes the residual's means of x's rows as it rounds x.
+bool row_mean_in_rounding(const MlpArgs& g) {
+  return g.residual_block > 0 && shift_in_rows(g, Types(math_precision())) && row_mean_fits(g);
+}
+
+// The two layers: y = act(x W1 + b1) W2 + b2. With x_mean (row_mean_in_rounding(g)) the
+// residual's means of x's rows too.
+std::shared_ptr<MlpSaved> layers_forward(const MlpArgs& g, float* y, bool save, float* x_mean) {
   auto s = std::make_shared<MlpSaved>();
   s->precision = math_precision();
   const Types t(s->precision);
   const int64_t rows = g.b * g.h * g.w;
   const bool shift_row = shift_in_rows(g, t);
   s->slots = shift_row ? g.w + 1 : g.w;
-  s->x = shift_row ? x_and_shift_rows(g) : Operand(g.x, rows * g.in, t.bf16);
+  s->x = shift_row ? x_and_shift_rows(g, x_mean) : Operand(g.x, rows * g.in, t.bf16);
   // The first product's bias: b1, or b1 + shift W1 per head (on the way as W1 is rounded, where
   // round_w1_shifted serves).
   Scratch b1_shifted(g.shift ? static_cast<size_t>(g.h * g.hidden) * sizeof(float) : 0);
@@ -1347,7 +1415,7 @@ std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
   return s;
 }
 
-void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const MlpGrads& out) {
+void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const MlpGrads& out) {
   const Types t(s.precision);
   const int64_t rows = g.b * g.h * g.w;
   const bool relu = g.act == MlpActivation::relu;
@@ -1580,6 +1648,162 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
     p.beta = out.acc_x ? 1.0f : 0.0f;
     rows_times_weight(g, p, g.hidden, g.in, g.shared_weights, dpre, t.size, w1.p, out.x,
                       sizeof(float), slots);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The residual (enhanced_mlp's skip): y = mean_j(x_j) + mean_j(shift_j) + scale z, with z the
+// MLP's output and x_j the n = residual_block groups of out values of each row of x (in = n out).
+// One pass forward; backward one pass over gy writes scale gy (the MLP's output gradient) and
+// the partial sums of gy z (the scale's gradient) and of gy's columns per head (the shift's, each
+// group's share 1 / n); small passes finish them. The composition this replaces launched eight
+// kernels, several of them sums over few columns that could not fill the GPU.
+
+// y[r, c] = (sum_j x[r, j out + c]) / n + (sum_j shift[head, j out + c]) / n + scale z[r, c], as
+// the composition's two means and sums; x's mean from x_mean where the rounding of x wrote it.
+// One thread an output value: the group reads are coalesced along c.
+__global__ void residual_forward_kernel(
+    const float* __restrict__ x, const float* __restrict__ x_mean, const float* __restrict__ shift,
+    const float* __restrict__ z, const float* __restrict__ scale, float* __restrict__ y,
+    int64_t total, int64_t heads, int64_t w, int64_t n, int64_t out) {
+  const float s = *scale, inv_n = 1.0f / static_cast<float>(n);
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / out, c = i - r * out;
+    float mean = 0.0f;
+    if (x_mean) {
+      mean = x_mean[i];
+    } else {
+      const float* xr = x + r * n * out + c;
+      float sum = 0.0f;
+#pragma unroll 8
+      for (int64_t j = 0; j < n; ++j) sum += __ldcs(xr + j * out);
+      mean = sum * inv_n;
+    }
+    if (shift) {
+      const float* sr = shift + (r / w % heads) * n * out + c;
+      float ssum = 0.0f;
+      for (int64_t j = 0; j < n; ++j) ssum += sr[j * out];
+      mean += ssum * inv_n;
+    }
+    y[i] = mean + s * z[i];
+  }
+}
+
+// The residual's backward over gy (b h w, out): gz = scale gy; the scale's partial sums of gy z
+// (one a CTA, gridDim.x gridDim.y of them, blockIdx.y fastest); the partial column sums of gy
+// per (head, batch index, row tile), (h, b, tiles, out). A CTA takes kResidualRows rows of one
+// (batch index, head) = blockIdx.y; warps take its rows in turn, lanes 32 columns at a time.
+constexpr int kResidualRows = 64;
+__global__ void residual_backward_kernel(const float* __restrict__ gy, const float* __restrict__ z,
+                                         const float* __restrict__ scale, float* __restrict__ gz,
+                                         float* __restrict__ scale_parts,
+                                         float* __restrict__ col_parts, int64_t heads, int64_t w,
+                                         int64_t out) {
+  __shared__ float partial[kThreads / 32][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kThreads / 32;
+  const int64_t zi = blockIdx.y, head = zi % heads, bi = zi / heads, tiles = gridDim.x;
+  const int64_t row0 = int64_t{blockIdx.x} * kResidualRows;
+  const int64_t rows_here = w - row0 < kResidualRows ? w - row0 : kResidualRows;
+  const float s = *scale;
+  float dot = 0.0f;
+  for (int64_t c0 = 0; c0 < out; c0 += 32) {
+    const int64_t c = c0 + lane;
+    float col = 0.0f;
+    if (c < out) {
+#pragma unroll 4
+      for (int64_t r = warp; r < rows_here; r += warps) {
+        const int64_t i = (zi * w + row0 + r) * out + c;
+        const float v = gy[i];
+        gz[i] = s * v;
+        col += v;
+        dot += v * z[i];
+      }
+    }
+    partial[warp][lane] = col;
+    __syncthreads();
+    if (warp == 0 && c < out) {
+      float total = 0.0f;
+      for (int k = 0; k < warps; ++k) total += partial[k][lane];
+      col_parts[((head * (gridDim.y / heads) + bi) * tiles + blockIdx.x) * out + c] = total;
+    }
+    __syncthreads();
+  }
+  // The CTA's share of gy . z, in a fixed order: lanes, then warps.
+  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  if (lane == 0) partial[warp][0] = dot;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int k = 0; k < warps; ++k) total += partial[k][0];
+    scale_parts[int64_t{blockIdx.y} * tiles + blockIdx.x] = total;
+  }
+}
+
+// dx[r, j out + c] += gy[r, c] / n: the mean's gradient, after the MLP's own.
+__global__ void residual_x_grad_kernel(const float* __restrict__ gy, float* __restrict__ dx,
+                                       int64_t total, int64_t in, int64_t out, float inv_n) {
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < total;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / in;
+    dx[i] += gy[r * out + (i - r * in) % out] * inv_n;
+  }
+}
+
+}  // namespace
+
+std::shared_ptr<MlpSaved> mlp_forward(const MlpArgs& g, float* y, bool save) {
+  if (g.residual_block == 0) return layers_forward(g, y, save, nullptr);
+  // The MLP's output apart, kept for the scale's gradient; then y from it and the block means.
+  // Under bf16 with the shift's row, x's means come with its rounding (one read of x, not two).
+  const int64_t total = g.b * g.h * g.w * g.out;
+  auto z = std::make_unique<Scratch>(static_cast<size_t>(total) * sizeof(float));
+  Scratch x_mean(row_mean_in_rounding(g) ? static_cast<size_t>(total) * sizeof(float) : 0);
+  std::shared_ptr<MlpSaved> s = layers_forward(g, z->as<float>(), save, x_mean.as<float>());
+  residual_forward_kernel<<<grid_for(total), kThreads, 0, stream()>>>(
+      g.x, x_mean.as<float>(), g.shift, z->as<float>(), g.residual_scale, y, total, g.h, g.w,
+      g.residual_block, g.out);
+  KVC_CUDA_CHECK(cudaGetLastError());
+  if (s) s->mlp_out = std::move(z);
+  return s;
+}
+
+void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const MlpGrads& out) {
+  if (g.residual_block == 0) {
+    layers_backward(g, s, gy, out);
+    return;
+  }
+  KVC_CHECK(s.mlp_out, "mlp_backward: a residual's forward kept no output of the MLP");
+  const int64_t n = g.residual_block, rows = g.b * g.h * g.w, total = rows * g.out;
+  const int64_t tiles = (g.w + kResidualRows - 1) / kResidualRows, heads_b = g.b * g.h;
+  KVC_CHECK(heads_b <= 65535, "mlp_backward: ", heads_b,
+            " (batch index, head) pairs exceed a grid's 65535 rows");
+  Scratch gz(static_cast<size_t>(total) * sizeof(float));
+  Scratch scale_parts(static_cast<size_t>(heads_b * tiles) * sizeof(float));
+  Scratch col_parts(static_cast<size_t>(heads_b * tiles * g.out) * sizeof(float));
+  residual_backward_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(heads_b)),
+                             kThreads, 0, stream()>>>(gy, s.mlp_out->as<float>(), g.residual_scale,
+                                                      gz.as<float>(), scale_parts.as<float>(),
+                                                      col_parts.as<float>(), g.h, g.w, g.out);
+  KVC_CUDA_CHECK(cudaGetLastError());
+  layers_backward(g, s, gz.as<float>(), out);
+  if (out.residual_scale) {
+    write_or_add(out.residual_scale, out.acc_residual_scale, 1, [&](float* o) {
+      sum_axis<float>(scale_parts.as<float>(), o, 1, heads_b * tiles, 1, 1.0f);
+    });
+  }
+  if (out.shift) {  // each group of the shift's row gets its head's column sums / n, added
+    Scratch cols(static_cast<size_t>(g.h * g.out) * sizeof(float));
+    Scratch share(static_cast<size_t>(g.h * g.in) * sizeof(float));
+    sum_axis<float>(col_parts.as<float>(), cols.as<float>(), g.h, g.b * tiles, g.out, 1.0f);
+    expand_axis<float>(cols.as<float>(), share.as<float>(), g.h, n, g.out,
+                       1.0f / static_cast<float>(n));
+    axpby<float>(out.shift, share.as<float>(), g.h * g.in, 1.0f, 1.0f);
+  }
+  if (out.x) {
+    residual_x_grad_kernel<<<grid_for(rows * g.in), kThreads, 0, stream()>>>(
+        gy, out.x, rows * g.in, g.in, g.out, 1.0f / static_cast<float>(n));
+    KVC_CUDA_CHECK(cudaGetLastError());
   }
 }
 

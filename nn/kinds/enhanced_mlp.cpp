@@ -48,14 +48,16 @@ Tensor EnhancedMlpCompressor::forward(const Tensor& x) {
 // the first Mix are affine, so backward forms no gradient of the (b, h, w, n, d) input.
 Tensor EnhancedMlpCompressor::compress_sequence(const Tensor& seq, const Tensor& positions) {
   const BlocksApart in = blocks_apart(seq, positions, options_);
-  const Tensor block_mean = add(mean(in.windows, 3), mean(in.positions, 3));
   const Tensor windows = flatten_block(in.windows), shift = flatten_block(in.positions);
-  // Dropout off (p = 0 or evaluation): the two Mix layers and GELU as one op.
-  const Tensor mlp =
-      training() && options_.dropout > 0.0
-          ? net_->forward_from(1, first_->forward_shifted(windows, shift))
-          : two_layer_mlp(windows, first_->weight(), first_->bias(), Activation::gelu,
-                          second_->weight(), second_->bias(), shift);
+  // Dropout off (p = 0 or evaluation): the two Mix layers, GELU, the block mean and the scaled
+  // sum as one op.
+  if (!(training() && options_.dropout > 0.0)) {
+    return two_layer_mlp(windows, first_->weight(), first_->bias(), Activation::gelu,
+                         second_->weight(), second_->bias(), shift,
+                         {options_.block, residual_scale_});
+  }
+  const Tensor block_mean = add(mean(in.windows, 3), mean(in.positions, 3));
+  const Tensor mlp = net_->forward_from(1, first_->forward_shifted(windows, shift));
   return add(block_mean, mul(residual_scale_, mlp));
 }
 
