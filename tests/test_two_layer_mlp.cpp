@@ -192,12 +192,19 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {2, 2, 300, 64, 128, 32, false, true, Activation::relu},
       {2, 2, 300, 64, 128, 32, false, false, Activation::gelu},
       {2, 3, 33, 96, 136, 32, true, false, Activation::gelu},
-      // bf16's one-pass hidden gradient with each CTA walking several column tiles (on the
-      // H200: 6, 2 and 3 of them, the two stages taking turns), a partial last tile (1000 = 15 x
-      // 64 + 40) and several row tiles, for both activations and weight layouts.
+      // bf16's one-pass hidden gradient with a partial last column tile (1000 = 15 x 64 + 40)
+      // and several row tiles, for both activations and weight layouts: with per-head weights
+      // (W2's gradient in the pass) each CTA walks its column tile down its split of a head's
+      // rows (10 row tiles of 64, or 3 and 2), the two stages taking turns; with F.linear's each
+      // CTA walks several column tiles (3 on the H200).
       {2, 8, 600, 32, 1000, 64, false, true, Activation::relu},
       {1, 8, 300, 32, 1024, 32, false, false, Activation::gelu},
       {1, 8, 600, 48, 1000, 16, true, false, Activation::gelu},
+      // bf16's hidden gradient with W2's (per-head weights): 128 CTAs of (column tile, head),
+      // so each head's 9 row tiles (3 batch indices x 3, the last of 2 rows) go in two splits
+      // of 5 and 4, the first ending inside batch index 1, the second starting there.
+      {3, 8, 130, 32, 1024, 32, false, true, Activation::gelu, true},
+      {3, 8, 130, 32, 1024, 32, false, true, Activation::relu},
       // out = 24: GELU's second product on mma.sync (out % 8), the backward's hidden gradient
       // in passes (out % 16 != 0), reading the same kept input.
       {2, 2, 20, 64, 96, 24, false, true, Activation::gelu},

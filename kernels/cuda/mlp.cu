@@ -369,10 +369,10 @@ void relu_masked(const void* mask, void* g, int64_t n) {
 }
 
 // One k-step (16) of a warp's 32 x (8 kNTiles) tile, 2 x kNTiles mma tiles of 16 x 8, from
-// shared memory: A (rows, k) row-major, `a_ld` elements a row, the warp's rows from a_row0; B
-// held as (n, k) rows (kBKMajor: k contiguous) or as (k, n) rows, `b_ld` elements a row, the
-// warp's columns from n0.
-template <bool kBKMajor, int kNTiles>
+// shared memory: A held as (rows, k) rows (kAKMajor: k contiguous) or as (k, rows) rows, read
+// with ldmatrix's transpose, `a_ld` elements a row, the warp's rows from a_row0; B held as (n, k)
+// rows (kBKMajor) or as (k, n) rows, `b_ld` elements a row, the warp's columns from n0.
+template <bool kBKMajor, int kNTiles, bool kAKMajor = true>
 __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][kNTiles][4], const uint16_t* as,
                                               int a_ld, int a_row0, const uint16_t* bs, int b_ld,
                                               int n0, int ks, int lane) {
@@ -381,7 +381,13 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][kNTiles][4], const
   uint32_t a[2][4];
 #pragma unroll
   for (int mt = 0; mt < 2; ++mt) {
-    ldmatrix_x4(a[mt], as + (a_row0 + mt * 16 + lane % 16) * a_ld + ks + lane / 16 * 8);
+    if constexpr (kAKMajor) {
+      ldmatrix_x4(a[mt], as + (a_row0 + mt * 16 + lane % 16) * a_ld + ks + lane / 16 * 8);
+    } else {
+      // Matrix i = lane / 8 of the four: k from ks + 8 (i / 2), rows from 8 (i % 2).
+      ldmatrix_x4_trans(
+          a[mt], as + (ks + lane / 16 * 8 + lane % 8) * a_ld + a_row0 + mt * 16 + (mi & 1) * 8);
+    }
   }
 #pragma unroll
   for (int np = 0; np < kNTiles / 2; ++np) {  // pairs of column tiles
@@ -642,6 +648,253 @@ void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
   if (gelu && !g.shared_weights) launch_hidden_grad<true, false>(g, io);
   if (!gelu && g.shared_weights) launch_hidden_grad<false, true>(g, io);
   if (!gelu && !g.shared_weights) launch_hidden_grad<false, false>(g, io);
+}
+
+// The same gradient with W2's in the same pass, for per-head weights: a CTA owns kCols hidden
+// columns of one head and walks kRows rows at a time down a split of that head's rows (every
+// batch index's, in order), its W2^T columns in shared memory for the whole walk and each tile's
+// gy and kept values arriving by cp.async a tile ahead (two stages). A tile: S = gy W2^T
+// (mma.sync, warps 2 down x 4 across), the derivative from the kept values, the bfloat16
+// gradient stored from registers over the kept input, b1's column sums (a part per warp row);
+// then the activation as the backward's GEMM would have read it (GELU's output rounded to
+// bfloat16, written over the kept tile in shared memory; ReLU's is the kept value) and dW2 +=
+// act^T gy (mma.sync, warps 2 down x 4 across the (kCols, out) part, accumulated in registers
+// over the whole walk). So GELU's output is never written, no GEMM reads the hidden values again
+// for dW2, and each CTA writes its (kCols, out) part of dW2 once: (h, splits, hidden, out),
+// summed over the splits after.
+namespace hidden_grad_w2 {
+constexpr int kRows = 64, kCols = 64, kMaxK = 128, kCtaThreads = 256, kStages = 2;
+constexpr int kGyLd = kMaxK + 8;  // bf16 a row of gy's tile (kRows, k) and of W2^T's (kCols, k)
+constexpr int kTLd = kCols + 8;   // bf16 a row of the kept / activation tile (kRows, kCols)
+constexpr size_t kW2Bytes = size_t{kCols} * kGyLd * sizeof(uint16_t);
+constexpr size_t kGyBytes = size_t{kRows} * kGyLd * sizeof(uint16_t);
+constexpr size_t kKeptBytes = size_t{kRows} * kTLd * sizeof(uint16_t);
+constexpr size_t kStageBytes = kGyBytes + kKeptBytes;
+constexpr size_t kSmemBytes = kW2Bytes + kStages * kStageBytes;
+constexpr int kWarpRows = 2;  // warps down S's tile: b1's partial sums, kWarpRows a split
+static_assert(kRows == 32 * kWarpRows && kCols == 64 && kCtaThreads == 256, "8 warps");
+static_assert(kCols == 2 * 32 && kMaxK == 4 * 32, "dW2's part: warps 2 x 4 of 32 x 32");
+static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
+
+bool fits(const MlpArgs& g) { return !g.shared_weights && hidden_grad::fits(g); }
+}  // namespace hidden_grad_w2
+
+template <bool kGelu>
+__global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
+    hidden_grad_w2_kernel(const uint16_t* __restrict__ gy, const uint16_t* __restrict__ w2,
+                          const uint16_t* saved, uint16_t* dst, float* __restrict__ col_sums,
+                          float* __restrict__ w2_parts, int64_t heads, int64_t batches,
+                          int64_t rows, int64_t slots, int64_t hidden, int k,
+                          int64_t tiles_per_split) {
+  using namespace hidden_grad_w2;
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint16_t* w2s = reinterpret_cast<uint16_t*>(smem);  // (kCols, k): W2^T's columns
+  const auto gy_stage = [&](int s) {
+    return reinterpret_cast<uint16_t*>(smem + kW2Bytes + s * kStageBytes);
+  };
+  const auto kept_stage = [&](int s) {
+    return reinterpret_cast<uint16_t*>(smem + kW2Bytes + s * kStageBytes + kGyBytes);
+  };
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int64_t head = blockIdx.z, split = blockIdx.y, splits = gridDim.y;
+  const int64_t col0 = int64_t{blockIdx.x} * kCols;
+  const int cols_here = static_cast<int>(hidden - col0 < kCols ? hidden - col0 : kCols);
+  const int64_t row_tiles = (rows + kRows - 1) / kRows, total = batches * row_tiles;
+  const int64_t t_first = split * tiles_per_split;
+  const int64_t t_last = t_first + tiles_per_split < total ? t_first + tiles_per_split : total;
+  const int kv = k / 8;
+  const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
+    attention_detail::cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from),
+                                 valid);
+  };
+
+  // W2^T's columns of this CTA, zeros past hidden (they join the first tile's group).
+  const uint16_t* wz = w2 + head * hidden * k;
+  for (int i = tid; i < kCols * kv; i += kCtaThreads) {
+    const int n = i / kv, c = i % kv * 8;
+    const bool valid = col0 + n < hidden;
+    copy16(w2s + n * kGyLd + c, wz + (valid ? (col0 + n) * k + c : 0), valid);
+  }
+  // Tile `tile` (batch index tile / row_tiles, its row tile tile % row_tiles) into stage s: gy's
+  // rows (kRows, k) and the kept values (kRows, kCols), zeros past the matrices (a zero product
+  // and a zero kept value give a zero gradient and a zero activation: nothing is written there,
+  // nothing adds to the sums or to dW2).
+  const auto issue = [&](int64_t tile, int s) {
+    const int64_t bi = tile / row_tiles, row0 = tile % row_tiles * kRows, z = bi * heads + head;
+    uint16_t* gs = gy_stage(s);
+    uint16_t* ks = kept_stage(s);
+    for (int i = tid; i < kRows * kv; i += kCtaThreads) {
+      const int r = i / kv, c = i % kv * 8;
+      const bool valid = row0 + r < rows;
+      copy16(gs + r * kGyLd + c, gy + (valid ? (z * rows + row0 + r) * k + c : 0), valid);
+    }
+#pragma unroll
+    for (int j = 0; j < kRows * (kCols / 8) / kCtaThreads; ++j) {
+      const int i = tid + kCtaThreads * j;
+      const int r = i / (kCols / 8), c = i % (kCols / 8) * 8;
+      const bool valid = row0 + r < rows && col0 + c < hidden;
+      copy16(ks + r * kTLd + c, saved + (valid ? (z * slots + row0 + r) * hidden + col0 + c : 0),
+             valid);
+    }
+  };
+  issue(t_first, 0);
+  attention_detail::cp_async_commit();
+
+  // S's warp (wm, wn): rows 32 wm.., columns 16 wn..; dW2's warp (wh, wo): hidden columns 32 wh..,
+  // outputs 32 wo.. (none where wo 32 >= k).
+  const int wm = warp % kWarpRows, wn = warp / kWarpRows;
+  const int wh = warp % 2, wo = warp / 2;
+  const bool w2_warp = w2_parts != nullptr && wo * 32 < k;
+  float dacc[2][4][4] = {};
+  float csum[2][2] = {};
+  // b1's partial sums of this warp row for batch index bi: part split kWarpRows + wm.
+  const int64_t parts = splits * kWarpRows;
+  const auto write_sums = [&](int64_t bi, bool zero) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        float v = zero ? 0.0f : csum[nt][j];
+        v += __shfl_xor_sync(0xffffffffu, v, 4);
+        v += __shfl_xor_sync(0xffffffffu, v, 8);
+        v += __shfl_xor_sync(0xffffffffu, v, 16);
+        const int c = wn * 16 + nt * 8 + 2 * t + j;
+        if (g == 0 && c < cols_here) {
+          col_sums[((head * batches + bi) * parts + split * kWarpRows + wm) * hidden + col0 + c] =
+              v;
+        }
+        csum[nt][j] = 0.0f;
+      }
+    }
+  };
+  // Batch indices outside this split's rows: their parts are zero.
+  const int64_t bi_first = t_first / row_tiles, bi_last = (t_last - 1) / row_tiles;
+  if (col_sums) {
+    for (int64_t bi = 0; bi < batches; ++bi) {
+      if (bi < bi_first || bi > bi_last) write_sums(bi, true);
+    }
+  }
+  int64_t bi_now = bi_first;
+  for (int64_t tile = t_first; tile < t_last; ++tile) {
+    const int s = static_cast<int>((tile - t_first) % kStages);
+    attention_detail::cp_async_wait<0>();  // this thread's copies of the tile
+    __syncthreads();  // everyone's; and every warp is past the tile before, whose stage is free
+    if (tile + 1 < t_last) issue(tile + 1, s ^ 1);
+    attention_detail::cp_async_commit();
+    const int64_t bi = tile / row_tiles, row0 = tile % row_tiles * kRows, z = bi * heads + head;
+    if (bi != bi_now) {  // the batch index before is done: its sums out
+      if (col_sums) write_sums(bi_now, false);
+      bi_now = bi;
+    }
+    uint16_t* gs = gy_stage(s);
+    uint16_t* ks = kept_stage(s);
+    float acc[2][2][4] = {};
+    for (int kk = 0; kk < k; kk += 16) {
+      warp_tile_k16<true>(acc, gs, kGyLd, wm * 32, w2s, kGyLd, wn * 16, kk, lane);
+    }
+    const int rows_here = static_cast<int>(rows - row0 < kRows ? rows - row0 : kRows);
+    uint16_t* out0 = dst + (z * slots + row0) * hidden + col0;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = wm * 32 + mt * 16 + g + 8 * half, c = wn * 16 + nt * 8 + 2 * t;
+          __nv_bfloat162* kept = reinterpret_cast<__nv_bfloat162*>(ks + r * kTLd + c);
+          const float2 a = __bfloat1622float2(*kept);
+          const float p0 = acc[mt][nt][2 * half], p1 = acc[mt][nt][2 * half + 1];
+          float v0, v1;
+          if constexpr (kGelu) {
+            float g0, g1;
+            v0 = math::gelu_with_backward(a.x, p0, &g0);  // one erf for both
+            v1 = math::gelu_with_backward(a.y, p1, &g1);
+            *kept = __floats2bfloat162_rn(g0, g1);  // the activation dW2 reads
+          } else {
+            v0 = a.x > 0.0f ? p0 : 0.0f;  // the kept value is ReLU's output: dW2 reads it as is
+            v1 = a.y > 0.0f ? p1 : 0.0f;
+          }
+          const __nv_bfloat162 o = __floats2bfloat162_rn(v0, v1);
+          if (r < rows_here && c < cols_here) {  // hidden % 8: c + 1 too
+            *reinterpret_cast<__nv_bfloat162*>(out0 + r * hidden + c) = o;
+          }
+          csum[nt][0] += __low2float(o);
+          csum[nt][1] += __high2float(o);
+        }
+      }
+    }
+    if (w2_parts) {
+      __syncthreads();  // the tile's activations, every warp's, are in shared memory
+      if (w2_warp) {
+        for (int kk = 0; kk < kRows; kk += 16) {  // dW2 part += act^T gy over the tile's rows
+          warp_tile_k16<false, 4, false>(dacc, ks, kTLd, wh * 32, gs, kGyLd, wo * 32, kk, lane);
+        }
+      }
+    }
+  }
+  if (col_sums) write_sums(bi_now, false);
+  if (w2_warp) {  // (kCols, out) part: hidden columns col0 + 32 wh.., outputs 32 wo..
+    float* part = w2_parts + ((head * splits + split) * hidden + col0) * k;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int m = wh * 32 + mt * 16 + g + 8 * half, n = wo * 32 + nt * 8 + 2 * t;
+          if (m < cols_here && n < k) {  // k % 16: n + 1 too
+            *reinterpret_cast<float2*>(part + int64_t{m} * k + n) =
+                make_float2(dacc[mt][nt][2 * half], dacc[mt][nt][2 * half + 1]);
+          }
+        }
+      }
+    }
+  }
+}
+
+// hidden_grad_w2_kernel over g (hidden_grad_w2::fits(g)): io as hidden_grad_bf16's but no
+// gelu_out; col_sums (h, b, parts, hidden) with parts = hidden_grad_w2_parts(g); w2_parts (h,
+// splits, hidden, out) float32 (null: no dW2).
+struct HiddenGradW2Split {
+  int64_t splits = 1, tiles_per_split = 1;
+};
+HiddenGradW2Split hidden_grad_w2_split(const MlpArgs& g) {
+  using namespace hidden_grad_w2;
+  // Splits of each head's rows so that the CTAs fill the GPU's two slots an SM about once:
+  // at `long` (512 column tiles x heads) one split, at `nsa` (128) two.
+  const int64_t col_tiles = (g.hidden + kCols - 1) / kCols;
+  const int64_t total = g.b * ((g.w + kRows - 1) / kRows);
+  const int64_t want = std::clamp<int64_t>(2 * int64_t{sm_count()} / (col_tiles * g.h), 1, total);
+  HiddenGradW2Split sp;
+  sp.tiles_per_split = (total + want - 1) / want;
+  sp.splits = (total + sp.tiles_per_split - 1) / sp.tiles_per_split;  // none empty
+  return sp;
+}
+
+void hidden_grad_w2_bf16(const MlpArgs& g, const HiddenGradIo& io, const HiddenGradW2Split& sp,
+                         float* w2_parts) {
+  using namespace hidden_grad_w2;
+  static const bool sized = [] {
+    for (auto kernel : {hidden_grad_w2_kernel<true>, hidden_grad_w2_kernel<false>}) {
+      KVC_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          static_cast<int>(kSmemBytes)));
+    }
+    return true;
+  }();
+  (void)sized;
+  KVC_CHECK(g.h <= 65535 && sp.splits <= 65535, "hidden gradient: ", g.h, " heads and ", sp.splits,
+            " splits exceed a grid's 65535");
+  const dim3 grid(static_cast<unsigned>((g.hidden + kCols - 1) / kCols),
+                  static_cast<unsigned>(sp.splits), static_cast<unsigned>(g.h));
+  auto kernel =
+      g.act == MlpActivation::gelu ? hidden_grad_w2_kernel<true> : hidden_grad_w2_kernel<false>;
+  kernel<<<grid, kCtaThreads, kSmemBytes, stream()>>>(
+      static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
+      static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums, w2_parts,
+      g.h, g.b, g.w, io.slots ? io.slots : g.w, g.hidden, static_cast<int>(g.out),
+      sp.tiles_per_split);
+  KVC_CUDA_CHECK(cudaGetLastError());
 }
 
 // y = GELU(pre) W2 + b2 under bf16 with GELU applied as the product reads its input, where it
@@ -1498,14 +1751,17 @@ void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const
   // gradient.
   const int64_t slots = s.slots, n_hidden = g.b * g.h * slots * g.hidden;
   const bool shift_row = slots != g.w;  // shift_in_rows: x's copy and hidden hold its row
-  Scratch gelu_out(relu ? 0 : static_cast<size_t>(n_hidden) * t.size);
   // Under bf16, where its kernel fits the sizes, the gradient at the first product's output is one
   // pass (hidden_grad_kernel), which with GELU also writes GELU's output over its kept input for
-  // dW2, after it, instead of a pass of its own before.
+  // dW2, after it, instead of a pass of its own before. With per-head weights that pass makes W2's
+  // gradient too (hidden_grad_w2_kernel): no GELU output is written, the gradient goes over the
+  // kept values for both activations, and no GELU buffer is needed.
   const bool hidden_grad_wanted = out.x || out.w1 || out.b1 || out.shift;
   const bool one_pass = t.bf16 && hidden_grad::fits(g) && hidden_grad_wanted;
+  const bool w2_in_pass = one_pass && hidden_grad_w2::fits(g);
   const bool gelu_in_pass = !relu && one_pass;
-  if (out.w2 && !gelu_in_pass) {
+  Scratch gelu_out(relu || w2_in_pass ? 0 : static_cast<size_t>(n_hidden) * t.size);
+  if (out.w2 && !gelu_in_pass && !w2_in_pass) {
     const void* activated = s.hidden->as<void>();
     if (!relu) {
       apply_gelu(t, s.hidden->as<void>(), gelu_out.as<void>(), n_hidden);
@@ -1519,7 +1775,7 @@ void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const
   // Under TF32 and GELU with per-head weights and no gradient for x, nothing reads that gradient
   // but dW1's transposition and b1's sum: that transposition applies GELU's derivative and sums
   // b1 on the way (three passes over the hidden values fewer).
-  void* dpre = relu ? s.hidden->as<void>() : gelu_out.as<void>();
+  void* dpre = relu || w2_in_pass ? s.hidden->as<void>() : gelu_out.as<void>();
   const bool tf32 = s.precision == MathPrecision::tf32;
   const bool finish_in_transpose = tf32 && !relu && !g.shared_weights && !out.x && out.w1;
   with_operand_type(t, [&](auto type) {
@@ -1551,16 +1807,30 @@ void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const
   // over (b, h, w, hidden) fewer (~58 us a compressor at `nsa`).
   const bool b1_in_transpose = tf32 && !g.shared_weights && out.w1;
   if (one_pass) {
-    // hidden_grad_kernel's partial column sums: a part per warp row of each row tile.
-    const int64_t tiles = (g.w + hidden_grad::kRows - 1) / hidden_grad::kRows;
-    const int64_t parts = tiles * hidden_grad::kWarpRows;
+    // The pass's partial column sums: a part per warp row of each row tile (hidden_grad_kernel)
+    // or of each split of a head's rows (hidden_grad_w2_kernel).
+    const HiddenGradW2Split split = w2_in_pass ? hidden_grad_w2_split(g) : HiddenGradW2Split{};
+    const int64_t parts =
+        w2_in_pass ? split.splits * hidden_grad_w2::kWarpRows
+                   : (g.w + hidden_grad::kRows - 1) / hidden_grad::kRows * hidden_grad::kWarpRows;
     Scratch sums(b1.dst ? static_cast<size_t>(g.h * g.b * parts * g.hidden) * sizeof(float) : 0);
     HiddenGradIo io;
     io.gy = gy_op.p, io.w2 = s.w2.p, io.saved = s.hidden->as<void>(), io.dst = dpre;
     io.col_sums = sums.as<float>();
-    io.gelu_out = gelu_in_pass && out.w2 ? s.hidden->as<void>() : nullptr;
     io.slots = slots;
-    hidden_grad_bf16(g, io);
+    if (w2_in_pass) {  // W2's gradient a part per split, summed after
+      Scratch w2_parts(
+          out.w2 ? static_cast<size_t>(g.h * split.splits * g.hidden * g.out) * sizeof(float) : 0);
+      hidden_grad_w2_bf16(g, io, split, w2_parts.as<float>());
+      if (out.w2) {
+        write_or_add(out.w2, out.acc_w2, g.h * g.hidden * g.out, [&](float* o) {
+          sum_axis<float>(w2_parts.as<float>(), o, g.h, split.splits, g.hidden * g.out, 1.0f);
+        });
+      }
+    } else {
+      io.gelu_out = gelu_in_pass && out.w2 ? s.hidden->as<void>() : nullptr;
+      hidden_grad_bf16(g, io);
+    }
     if (shift_row && out.w1) {  // the row dW1's product takes the shift's share from
       const dim3 grid(static_cast<unsigned>((g.hidden + kThreads - 1) / kThreads),
                       static_cast<unsigned>(g.b * g.h));
@@ -1568,7 +1838,7 @@ void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const
           sums.as<float>(), static_cast<uint16_t*>(dpre), g.h, g.b, parts, g.hidden, slots);
       KVC_CUDA_CHECK(cudaGetLastError());
     }
-    if (gelu_in_pass && out.w2) {
+    if (gelu_in_pass && out.w2 && !w2_in_pass) {
       weight_grad(s.hidden->as<void>(), g.hidden, gy_op.p, g.out, out.w2, out.acc_w2, slots, g.w,
                   g.w);
     }
