@@ -406,6 +406,20 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][kNTiles][4], const
   }
 }
 
+// The gradient at the first product's output at two adjacent values: p (of gy W2^T) times the
+// activation's derivative at the kept value a (GELU's input; or ReLU's output, whose sign is its
+// input's), and under GELU GELU's output at a in *act (one erf for both).
+template <bool kGelu>
+__device__ __forceinline__ float2 hidden_grad_pair(float2 a, float p0, float p1, float2* act) {
+  if constexpr (kGelu) {
+    return make_float2(math::gelu_with_backward(a.x, p0, &act->x),
+                       math::gelu_with_backward(a.y, p1, &act->y));
+  } else {
+    *act = a;
+    return make_float2(a.x > 0.0f ? p0 : 0.0f, a.y > 0.0f ? p1 : 0.0f);
+  }
+}
+
 // The gradient at the first product's output under bf16 in one pass, where it would otherwise
 // take four (the product gy W2^T into the hidden buffer; ReLU's signs kept aside and applied
 // after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
@@ -553,20 +567,13 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
           const float2 a =
               __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ts + r * kTLd + c));
           const float p0 = acc[mt][nt][2 * half], p1 = acc[mt][nt][2 * half + 1];
-          float v0, v1;
-          if constexpr (kGelu) {
-            float g0, g1;
-            v0 = math::gelu_with_backward(a.x, p0, &g0);  // one erf for both
-            v1 = math::gelu_with_backward(a.y, p1, &g1);
-            if (gelu_out && r < rows_here && c < cols_here) {  // hidden % 8: c + 1 too
-              *reinterpret_cast<__nv_bfloat162*>(gelu_out + at0 + r * hidden + c) =
-                  __floats2bfloat162_rn(g0, g1);
-            }
-          } else {
-            v0 = a.x > 0.0f ? p0 : 0.0f;
-            v1 = a.y > 0.0f ? p1 : 0.0f;
+          float2 act;
+          const float2 v = hidden_grad_pair<kGelu>(a, p0, p1, &act);
+          if (kGelu && gelu_out && r < rows_here && c < cols_here) {  // hidden % 8: c + 1 too
+            *reinterpret_cast<__nv_bfloat162*>(gelu_out + at0 + r * hidden + c) =
+                __floats2bfloat162_rn(act.x, act.y);
           }
-          const __nv_bfloat162 o = __floats2bfloat162_rn(v0, v1);
+          const __nv_bfloat162 o = __floats2bfloat162_rn(v.x, v.y);
           *reinterpret_cast<__nv_bfloat162*>(ts + r * kTLd + c) = o;
           csum[nt][0] += __low2float(o);
           csum[nt][1] += __high2float(o);
@@ -805,17 +812,11 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
           __nv_bfloat162* kept = reinterpret_cast<__nv_bfloat162*>(ks + r * kTLd + c);
           const float2 a = __bfloat1622float2(*kept);
           const float p0 = acc[mt][nt][2 * half], p1 = acc[mt][nt][2 * half + 1];
-          float v0, v1;
-          if constexpr (kGelu) {
-            float g0, g1;
-            v0 = math::gelu_with_backward(a.x, p0, &g0);  // one erf for both
-            v1 = math::gelu_with_backward(a.y, p1, &g1);
-            *kept = __floats2bfloat162_rn(g0, g1);  // the activation dW2 reads
-          } else {
-            v0 = a.x > 0.0f ? p0 : 0.0f;  // the kept value is ReLU's output: dW2 reads it as is
-            v1 = a.y > 0.0f ? p1 : 0.0f;
-          }
-          const __nv_bfloat162 o = __floats2bfloat162_rn(v0, v1);
+          float2 act;
+          const float2 v = hidden_grad_pair<kGelu>(a, p0, p1, &act);
+          // The activation dW2 reads: GELU's output; ReLU's is the kept value as it is.
+          if constexpr (kGelu) *kept = __floats2bfloat162_rn(act.x, act.y);
+          const __nv_bfloat162 o = __floats2bfloat162_rn(v.x, v.y);
           if (r < rows_here && c < cols_here) {  // hidden % 8: c + 1 too
             *reinterpret_cast<__nv_bfloat162*>(out0 + r * hidden + c) = o;
           }
