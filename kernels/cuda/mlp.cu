@@ -258,7 +258,29 @@ void launch_16_bytes(Kernel kernel, int64_t n, Args... args) {
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-// a = gelu(p) (exact, float32 math) over n elements, p == a in place; 16 bytes a thread and step
+// GELU for the hidden values of operand type T. Under bf16 (values rounded to bfloat16) from
+// erfc's exponential form (kernels/math: cheaper, and accurate in the negative tail where 1 + erf
+// cancels), in every bf16 kernel alike, so that a backward recomputes the forward's values; the
+// erf form elsewhere, as every other GELU of the project.
+template <typename T>
+__device__ __forceinline__ float mlp_gelu(float x) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return math::gelu_erfc(x);
+  } else {
+    return math::gelu(x);
+  }
+}
+// gy GELU'(x), and GELU(x) in *act, as mlp_gelu<T> computes it.
+template <typename T>
+__device__ __forceinline__ float mlp_gelu_with_backward(float x, float gy, float* act) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return math::gelu_erfc_with_backward(x, gy, act);
+  } else {
+    return math::gelu_with_backward(x, gy, act);
+  }
+}
+
+// a = mlp_gelu<T>(p) (float32 math) over n elements, p == a in place; 16 bytes a thread and step
 // as activation_backward_kernel below.
 template <typename T>
 __global__ void gelu_kernel(const T* p, T* a, int64_t n) {
@@ -268,18 +290,22 @@ __global__ void gelu_kernel(const T* p, T* a, int64_t n) {
     uint4 v = __ldcs(reinterpret_cast<const uint4*>(p) + i);
     T* e = reinterpret_cast<T*>(&v);
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) e[j] = static_cast<T>(math::gelu(static_cast<float>(e[j])));
+    for (int j = 0; j < kVec; ++j) e[j] = static_cast<T>(mlp_gelu<T>(static_cast<float>(e[j])));
     reinterpret_cast<uint4*>(a)[i] = v;
   }
   KVC_GRID_LOOP(i, n - vecs * kVec) {
     const int64_t e = vecs * kVec + i;
-    a[e] = static_cast<T>(math::gelu(static_cast<float>(p[e])));
+    a[e] = static_cast<T>(mlp_gelu<T>(static_cast<float>(p[e])));
   }
 }
 
 // GELU's derivative, g = g * gelu'(p) per element (f(saved, g) -> g); ReLU's is relu_masked below.
+template <typename T>
 struct GeluGrad {  // saved: GELU's input
-  __device__ float operator()(float p, float g) const { return math::gelu_backward(p, g); }
+  __device__ float operator()(float p, float g) const {
+    float act;
+    return mlp_gelu_with_backward<T>(p, g, &act);
+  }
 };
 
 // g[i] = f(saved[i], g[i]) in place over n elements, 16 bytes of each per thread and step (the
@@ -412,8 +438,8 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][kNTiles][4], const
 template <bool kGelu>
 __device__ __forceinline__ float2 hidden_grad_pair(float2 a, float p0, float p1, float2* act) {
   if constexpr (kGelu) {
-    return make_float2(math::gelu_with_backward(a.x, p0, &act->x),
-                       math::gelu_with_backward(a.y, p1, &act->y));
+    return make_float2(mlp_gelu_with_backward<__nv_bfloat16>(a.x, p0, &act->x),
+                       mlp_gelu_with_backward<__nv_bfloat16>(a.y, p1, &act->y));
   } else {
     *act = a;
     return make_float2(a.x > 0.0f ? p0 : 0.0f, a.y > 0.0f ? p1 : 0.0f);
@@ -902,11 +928,11 @@ void hidden_grad_w2_bf16(const MlpArgs& g, const HiddenGradIo& io, const HiddenG
 // would otherwise be a pass of its own writing GELU's output (and, with a backward to come, a
 // second (b, h, w, hidden) buffer beside the kept input): per (batch index, head) a CTA takes
 // kRows rows and all out <= kCols columns, walking the hidden values kChunk at a time through
-// kStages shared-memory stages filled by cp.async. Each thread applies GELU (the exact one,
-// float32, rounded to bfloat16 as the pass wrote it) in place to the part of a chunk it copied
-// itself, once its copies landed, while the chunk before is multiplied on mma.sync. y float32,
-// b2 added in float32. Each (batch index, head) holds `slots` rows of pre, the first w of them its
-// rows.
+// kStages shared-memory stages filled by cp.async. Each thread applies GELU (the exact one in
+// float32, mlp_gelu, rounded to bfloat16 as the pass wrote it) in place to the part of a chunk it
+// copied itself, once its copies landed, while the chunk before is multiplied on mma.sync. y
+// float32, b2 added in float32. Each (batch index, head) holds `slots` rows of pre, the first w of
+// them its rows.
 namespace gelu_product {
 constexpr int kRows = 128, kCols = 128, kChunk = 64, kStages = 3, kCtaThreads = 256;
 constexpr int kALd = kChunk + 8;  // bf16 a row of A's chunk (kRows, kChunk) and of F.linear's B
@@ -979,7 +1005,9 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
       uint4 v = *reinterpret_cast<const uint4*>(as + r * kALd + c);
       __nv_bfloat16* e = reinterpret_cast<__nv_bfloat16*>(&v);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) e[j] = __float2bfloat16(math::gelu(__bfloat162float(e[j])));
+      for (int j = 0; j < 8; ++j) {
+        e[j] = __float2bfloat16(mlp_gelu<__nv_bfloat16>(__bfloat162float(e[j])));
+      }
       *reinterpret_cast<uint4*>(as + r * kALd + c) = v;
     }
   };
@@ -1793,7 +1821,7 @@ void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const
     if (relu) {
       relu_masked<T>(signs.as<void>(), dpre, n_hidden);
     } else {
-      activation_backward<T>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad{});
+      activation_backward<T>(s.hidden->as<void>(), dpre, n_hidden, GeluGrad<T>{});
     }
   });
   // The gradient at the first product's bias: b1's, or with a shift the shifted bias's, (h,
