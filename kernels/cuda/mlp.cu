@@ -1955,8 +1955,9 @@ void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const
 // MLP's output and x_j the n = residual_block groups of out values of each row of x (in = n out).
 // One pass forward; backward one pass over gy writes scale gy (the MLP's output gradient) and
 // the partial sums of gy z (the scale's gradient) and of gy's columns per head (the shift's, each
-// group's share 1 / n); small passes finish them. The composition this replaces launched eight
-// kernels, several of them sums over few columns that could not fill the GPU.
+// group's share 1 / n, and b2's, scale times them); small passes finish them. The composition this
+// replaces launched eight kernels, several of them sums over few columns that could not fill the
+// GPU.
 
 // y[r, c] = (sum_j x[r, j out + c]) / n + (sum_j shift[head, j out + c]) / n + scale z[r, c], as
 // the composition's two means and sums; x's mean from x_mean where the rounding of x wrote it.
@@ -2039,6 +2040,17 @@ __global__ void residual_backward_kernel(const float* __restrict__ gy, const flo
   }
 }
 
+// dst = scale[0] src, or (acc) dst += scale[0] src, over n values: b2's gradient from gy's
+// column sums, the scale read on the device.
+__global__ void scale_by_kernel(const float* __restrict__ src, const float* __restrict__ scale,
+                                float* __restrict__ dst, int64_t n, bool acc) {
+  const float s = *scale;
+  for (int64_t i = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = acc ? dst[i] + s * src[i] : s * src[i];
+  }
+}
+
 // dx[r, j out + c] += gy[r, c] / n: the mean's gradient, after the MLP's own.
 __global__ void residual_x_grad_kernel(const float* __restrict__ gy, float* __restrict__ dx,
                                        int64_t total, int64_t in, int64_t out, float inv_n) {
@@ -2085,16 +2097,34 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
                                                       gz.as<float>(), scale_parts.as<float>(),
                                                       col_parts.as<float>(), g.h, g.w, g.out);
   KVC_CUDA_CHECK(cudaGetLastError());
-  layers_backward(g, s, gz.as<float>(), out);
+  // gy's column sums per head: the shift's share below, and b2's gradient (scale times them),
+  // which the layers' backward then need not sum from gz.
+  Scratch cols(out.shift || out.b2 ? static_cast<size_t>(g.h * g.out) * sizeof(float) : 0);
+  if (out.shift || out.b2) {
+    sum_axis<float>(col_parts.as<float>(), cols.as<float>(), g.h, g.b * tiles, g.out, 1.0f);
+  }
+  MlpGrads layers = out;
+  layers.b2 = nullptr;
+  layers_backward(g, s, gz.as<float>(), layers);
+  if (out.b2) {
+    const int64_t heads = g.b2_per_head ? g.h : 1;
+    Scratch summed(heads == 1 ? static_cast<size_t>(g.out) * sizeof(float) : 0);
+    const float* src = cols.as<float>();
+    if (heads == 1) {  // one b2 for every head
+      sum_axis<float>(cols.as<float>(), summed.as<float>(), 1, g.h, g.out, 1.0f);
+      src = summed.as<float>();
+    }
+    scale_by_kernel<<<grid_for(heads * g.out), kThreads, 0, stream()>>>(
+        src, g.residual_scale, out.b2, heads * g.out, out.acc_b2);
+    KVC_CUDA_CHECK(cudaGetLastError());
+  }
   if (out.residual_scale) {
     write_or_add(out.residual_scale, out.acc_residual_scale, 1, [&](float* o) {
       sum_axis<float>(scale_parts.as<float>(), o, 1, heads_b * tiles, 1, 1.0f);
     });
   }
   if (out.shift) {  // each group of the shift's row gets its head's column sums / n, added
-    Scratch cols(static_cast<size_t>(g.h * g.out) * sizeof(float));
     Scratch share(static_cast<size_t>(g.h * g.in) * sizeof(float));
-    sum_axis<float>(col_parts.as<float>(), cols.as<float>(), g.h, g.b * tiles, g.out, 1.0f);
     expand_axis<float>(cols.as<float>(), share.as<float>(), g.h, n, g.out,
                        1.0f / static_cast<float>(n));
     axpby<float>(out.shift, share.as<float>(), g.h * g.in, 1.0f, 1.0f);
