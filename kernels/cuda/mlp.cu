@@ -1495,13 +1495,82 @@ void write_or_add(float* dst, bool acc, int64_t n, Sum&& sum) {
   if (acc) axpby<float>(dst, out, n, 1.0f, 1.0f);
 }
 
+// Partial column sums per head of m (b h w, cols) float32, (h, b, tiles, cols): a CTA takes
+// kColumnRows rows of one (batch index, head) = blockIdx.y; warps take its rows in turn, lanes 32
+// columns at a time, then the warps' sums add in a fixed order. With z (the residual's backward,
+// m = gy): also gz = scale[0] m and the CTA's part of m . z (dot_parts, blockIdx.x fastest).
+// Two launches with sum_axis after, where sum_to over the non-adjacent (b, w) axes took three
+// that could not fill the GPU.
+constexpr int kColumnRows = 64;
+__global__ void column_parts_kernel(const float* __restrict__ m, const float* __restrict__ z,
+                                    const float* __restrict__ scale, float* __restrict__ gz,
+                                    float* __restrict__ dot_parts, float* __restrict__ col_parts,
+                                    int64_t heads, int64_t w, int64_t cols) {
+  __shared__ float partial[kThreads / 32][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kThreads / 32;
+  const int64_t zi = blockIdx.y, head = zi % heads, bi = zi / heads, tiles = gridDim.x;
+  const int64_t row0 = int64_t{blockIdx.x} * kColumnRows;
+  const int64_t rows_here = w - row0 < kColumnRows ? w - row0 : kColumnRows;
+  const float s = z ? *scale : 0.0f;
+  float dot = 0.0f;
+  for (int64_t c0 = 0; c0 < cols; c0 += 32) {
+    const int64_t c = c0 + lane;
+    float col = 0.0f;
+    if (c < cols) {
+#pragma unroll 4
+      for (int64_t r = warp; r < rows_here; r += warps) {
+        const int64_t i = (zi * w + row0 + r) * cols + c;
+        const float v = m[i];
+        col += v;
+        if (z) {
+          gz[i] = s * v;
+          dot += v * z[i];
+        }
+      }
+    }
+    partial[warp][lane] = col;
+    __syncthreads();
+    if (warp == 0 && c < cols) {
+      float total = 0.0f;
+      for (int k = 0; k < warps; ++k) total += partial[k][lane];
+      col_parts[((head * (gridDim.y / heads) + bi) * tiles + blockIdx.x) * cols + c] = total;
+    }
+    __syncthreads();
+  }
+  if (!z) return;
+  // The CTA's share of m . z, in a fixed order: lanes, then warps.
+  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+  if (lane == 0) partial[warp][0] = dot;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int k = 0; k < warps; ++k) total += partial[k][0];
+    dot_parts[int64_t{blockIdx.y} * tiles + blockIdx.x] = total;
+  }
+}
+
+// column_parts_kernel's launch: `tiles` row tiles per (batch index, head).
+int64_t column_tiles(const MlpArgs& g) { return (g.w + kColumnRows - 1) / kColumnRows; }
+void launch_column_parts(const MlpArgs& g, const float* m, int64_t cols, float* col_parts,
+                         const float* z = nullptr, const float* scale = nullptr,
+                         float* gz = nullptr, float* dot_parts = nullptr) {
+  KVC_CHECK(g.b * g.h <= 65535, "column sums: ", g.b * g.h,
+            " (batch index, head) pairs exceed a grid's 65535 rows");
+  const dim3 grid(static_cast<unsigned>(column_tiles(g)), static_cast<unsigned>(g.b * g.h));
+  column_parts_kernel<<<grid, kThreads, 0, stream()>>>(m, z, scale, gz, dot_parts, col_parts, g.h,
+                                                       g.w, cols);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
 // A layer's bias gradient from its output's gradient m (b, h, w, cols) float32: the sum over the
 // rows (each head's, or all of them).
 void bias_grad(const MlpArgs& g, const float* m, int64_t cols, const BiasGrad& bias) {
-  const int64_t heads = bias.per_head ? g.h : 1;
-  const int64_t in_shape[4] = {g.b, g.h, g.w, cols}, out_shape[4] = {1, heads, 1, cols};
-  write_or_add(bias.dst, bias.acc, heads * cols,
-               [&](float* out) { sum_to<float>(m, in_shape, out_shape, 4, out); });
+  const int64_t heads = bias.per_head ? g.h : 1, tiles = column_tiles(g);
+  Scratch parts(static_cast<size_t>(g.h * g.b * tiles * cols) * sizeof(float));
+  launch_column_parts(g, m, cols, parts.as<float>());
+  write_or_add(bias.dst, bias.acc, heads * cols, [&](float* out) {
+    sum_axis<float>(parts.as<float>(), out, heads, g.h * g.b * tiles / heads, cols, 1.0f);
+  });
 }
 
 // The most bytes each transposed operand of weight_grad_tf32 takes at once (a test can change it).
@@ -1990,56 +2059,6 @@ __global__ void residual_forward_kernel(
   }
 }
 
-// The residual's backward over gy (b h w, out): gz = scale gy; the scale's partial sums of gy z
-// (one a CTA, gridDim.x gridDim.y of them, blockIdx.y fastest); the partial column sums of gy
-// per (head, batch index, row tile), (h, b, tiles, out). A CTA takes kResidualRows rows of one
-// (batch index, head) = blockIdx.y; warps take its rows in turn, lanes 32 columns at a time.
-constexpr int kResidualRows = 64;
-__global__ void residual_backward_kernel(const float* __restrict__ gy, const float* __restrict__ z,
-                                         const float* __restrict__ scale, float* __restrict__ gz,
-                                         float* __restrict__ scale_parts,
-                                         float* __restrict__ col_parts, int64_t heads, int64_t w,
-                                         int64_t out) {
-  __shared__ float partial[kThreads / 32][32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kThreads / 32;
-  const int64_t zi = blockIdx.y, head = zi % heads, bi = zi / heads, tiles = gridDim.x;
-  const int64_t row0 = int64_t{blockIdx.x} * kResidualRows;
-  const int64_t rows_here = w - row0 < kResidualRows ? w - row0 : kResidualRows;
-  const float s = *scale;
-  float dot = 0.0f;
-  for (int64_t c0 = 0; c0 < out; c0 += 32) {
-    const int64_t c = c0 + lane;
-    float col = 0.0f;
-    if (c < out) {
-#pragma unroll 4
-      for (int64_t r = warp; r < rows_here; r += warps) {
-        const int64_t i = (zi * w + row0 + r) * out + c;
-        const float v = gy[i];
-        gz[i] = s * v;
-        col += v;
-        dot += v * z[i];
-      }
-    }
-    partial[warp][lane] = col;
-    __syncthreads();
-    if (warp == 0 && c < out) {
-      float total = 0.0f;
-      for (int k = 0; k < warps; ++k) total += partial[k][lane];
-      col_parts[((head * (gridDim.y / heads) + bi) * tiles + blockIdx.x) * out + c] = total;
-    }
-    __syncthreads();
-  }
-  // The CTA's share of gy . z, in a fixed order: lanes, then warps.
-  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-  if (lane == 0) partial[warp][0] = dot;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0f;
-    for (int k = 0; k < warps; ++k) total += partial[k][0];
-    scale_parts[int64_t{blockIdx.y} * tiles + blockIdx.x] = total;
-  }
-}
-
 // dst = scale[0] src, or (acc) dst += scale[0] src, over n values: b2's gradient from gy's
 // column sums, the scale read on the device.
 __global__ void scale_by_kernel(const float* __restrict__ src, const float* __restrict__ scale,
@@ -2086,17 +2105,12 @@ void mlp_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const Ml
   }
   KVC_CHECK(s.mlp_out, "mlp_backward: a residual's forward kept no output of the MLP");
   const int64_t n = g.residual_block, rows = g.b * g.h * g.w, total = rows * g.out;
-  const int64_t tiles = (g.w + kResidualRows - 1) / kResidualRows, heads_b = g.b * g.h;
-  KVC_CHECK(heads_b <= 65535, "mlp_backward: ", heads_b,
-            " (batch index, head) pairs exceed a grid's 65535 rows");
+  const int64_t tiles = column_tiles(g), heads_b = g.b * g.h;
   Scratch gz(static_cast<size_t>(total) * sizeof(float));
   Scratch scale_parts(static_cast<size_t>(heads_b * tiles) * sizeof(float));
   Scratch col_parts(static_cast<size_t>(heads_b * tiles * g.out) * sizeof(float));
-  residual_backward_kernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(heads_b)),
-                             kThreads, 0, stream()>>>(gy, s.mlp_out->as<float>(), g.residual_scale,
-                                                      gz.as<float>(), scale_parts.as<float>(),
-                                                      col_parts.as<float>(), g.h, g.w, g.out);
-  KVC_CUDA_CHECK(cudaGetLastError());
+  launch_column_parts(g, gy, g.out, col_parts.as<float>(), s.mlp_out->as<float>(), g.residual_scale,
+                      gz.as<float>(), scale_parts.as<float>());
   // gy's column sums per head: the shift's share below, and b2's gradient (scale times them),
   // which the layers' backward then need not sum from gz.
   Scratch cols(out.shift || out.b2 ? static_cast<size_t>(g.h * g.out) * sizeof(float) : 0);
