@@ -214,6 +214,13 @@ Result bench_kind(const std::string& kind, const BenchArgs& a, const RunSettings
         adam.step();
       });
   take_peak();
+#ifdef KVC_WITH_CUDA
+  // The phases above ran steps a training run never runs (forward alone, backward alone, the
+  // optimizer alone), each leaving its own pattern of cached blocks. They go back before the
+  // full steps, so that what the allocator holds over them is what a training run holds, as the
+  // PyTorch side's is what its warm-up full steps left.
+  if (device.is_cuda()) kernels::cuda::empty_cache();
+#endif
   reset_peak(device);
   auto full_step = [&] {
     adam.zero_grad();
