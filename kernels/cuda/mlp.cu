@@ -637,7 +637,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
 // out), W2 and `saved` (ReLU's output or GELU's input); with col_sums, each column's partial sums
 // (h, b, ceil(w / kRows) kWarpRows, hidden), a part per warp row of each row tile; with gelu_out
 // (GELU only, may be `saved`), GELU's output too.
-// saved, dst and gelu_out hold `slots` rows a (batch index, head) (0: w).
+// saved, dst and gelu_out hold `slots` rows a (batch index, head): w, or w + 1 (shift_in_rows).
 struct HiddenGradIo {
   const void* gy = nullptr;
   const void* w2 = nullptr;
@@ -669,8 +669,8 @@ void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   hidden_grad_kernel<kGelu, kShared><<<grid, kCtaThreads, kSmemBytes, stream()>>>(
       static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
       static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums,
-      static_cast<uint16_t*>(io.gelu_out), g.h, g.w, io.slots ? io.slots : g.w, g.hidden,
-      static_cast<int>(g.out), per_cta);
+      static_cast<uint16_t*>(io.gelu_out), g.h, g.w, io.slots, g.hidden, static_cast<int>(g.out),
+      per_cta);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -919,8 +919,7 @@ void hidden_grad_w2_bf16(const MlpArgs& g, const HiddenGradIo& io, const HiddenG
   kernel<<<grid, kCtaThreads, kSmemBytes, stream()>>>(
       static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
       static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums, w2_parts,
-      g.h, g.b, g.w, io.slots ? io.slots : g.w, g.hidden, static_cast<int>(g.out),
-      sp.tiles_per_split);
+      g.h, g.b, g.w, io.slots, g.hidden, static_cast<int>(g.out), sp.tiles_per_split);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
