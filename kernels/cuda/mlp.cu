@@ -449,10 +449,11 @@ __device__ __forceinline__ float2 hidden_grad_pair(float2 a, float p0, float p1,
 // The gradient at the first product's output under bf16 in one pass, where it would otherwise
 // take four (the product gy W2^T into the hidden buffer; ReLU's signs kept aside and applied
 // after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
-// result). A CTA takes kRows rows of one (batch index, head), keeps their gy (k = out <= kMaxK)
-// in shared memory, and walks a range of hidden columns kCols at a time; each tile's W2^T columns
-// and kept activations arrive by cp.async a tile ahead (two stages). One barrier a tile: past it
-// every warp is done with the tile before (its stage takes the next tile's copies) and this
+// result), for F.linear's W2 (out, hidden), one for every head (hidden_grad_w2_kernel below serves
+// per-head weights). A CTA takes kRows rows of one (batch index, head), keeps their gy (k = out <=
+// kMaxK) in shared memory, and walks a range of hidden columns kCols at a time; each tile's W2^T
+// columns and kept activations arrive by cp.async a tile ahead (two stages). One barrier a tile:
+// past it every warp is done with the tile before (its stage takes the next tile's copies) and this
 // tile's copies have landed. From there each warp works on its own 32 x 32 part alone: its
 // products (mma.sync), the derivative from the kept values at the same places in shared memory,
 // the bfloat16 gradient written over them and then copied out 16 bytes a lane (under GELU,
@@ -465,13 +466,10 @@ __device__ __forceinline__ float2 hidden_grad_pair(float2 a, float p0, float p1,
 // this kernel leaves alone).
 namespace hidden_grad {
 constexpr int kRows = 128, kCols = 64, kMaxK = 128, kCtaThreads = 256, kStages = 2;
-constexpr int kALd = kMaxK + 8;   // bf16 a row of gy's tile (kRows, k): ldmatrix without conflicts
-constexpr int kBKLd = kMaxK + 8;  // W2^T's tile as (kCols, k), Mix's layout
-constexpr int kTLd = kCols + 8;   // (k, kCols) F.linear's W2 tile, and the kept tile
+constexpr int kALd = kMaxK + 8;  // bf16 a row of gy's tile (kRows, k): ldmatrix without conflicts
+constexpr int kTLd = kCols + 8;  // W2's tile (k, kCols), and the kept tile (kRows, kCols)
 constexpr size_t kABytes = size_t{kRows} * kALd * sizeof(uint16_t);
-constexpr size_t kBBytes =
-    (kCols * kBKLd > kMaxK * kTLd ? size_t{kCols} * kBKLd : size_t{kMaxK} * kTLd) *
-    sizeof(uint16_t);
+constexpr size_t kBBytes = size_t{kMaxK} * kTLd * sizeof(uint16_t);
 constexpr size_t kTileBytes = size_t{kRows} * kTLd * sizeof(uint16_t);
 constexpr size_t kStageBytes = kBBytes + kTileBytes;  // W2's tile, then the kept tile
 constexpr size_t kSmemBytes = kABytes + kStages * kStageBytes;
@@ -481,12 +479,18 @@ constexpr int kWarpRows = 4;
 static_assert(kRows == 32 * kWarpRows && kCols == 64 && kCtaThreads == 256, "8 warps of 32 x 32");
 static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
 
-bool fits(const MlpArgs& g) { return g.out % 16 == 0 && g.out <= kMaxK && g.hidden % 8 == 0; }
+// Whether one of the two hidden-gradient kernels takes g: whole 16-byte copies a row of gy and of
+// the hidden values, and grids within CUDA's 65535 rows and layers (this kernel's: a row tile a
+// grid row, a (batch index, head) a layer; hidden_grad_w2_kernel's: a head a layer).
+bool fits(const MlpArgs& g) {
+  const int64_t row_tiles = (g.w + kRows - 1) / kRows;
+  const bool grid = g.shared_weights ? row_tiles <= 65535 && g.b * g.h <= 65535 : g.h <= 65535;
+  return g.out % 16 == 0 && g.out <= kMaxK && g.hidden % 8 == 0 && grid;
+}
 }  // namespace hidden_grad
 
-// kShared: W2 (out, hidden) for every head (F.linear's), else (h, hidden, out) (Mix's). The CTA
-// takes column tiles [blockIdx.x tiles_per_cta, + tiles_per_cta) of the hidden values.
-template <bool kGelu, bool kShared>
+// The CTA takes column tiles [blockIdx.x tiles_per_cta, + tiles_per_cta) of the hidden values.
+template <bool kGelu>
 __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     hidden_grad_kernel(const uint16_t* __restrict__ gy, const uint16_t* __restrict__ w2,
                        const uint16_t* saved, uint16_t* dst, float* __restrict__ col_sums,
@@ -509,7 +513,6 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   const int64_t last = first + tiles_per_cta < tiles ? first + tiles_per_cta : tiles;
   if (first >= last) return;
   const uint16_t* gz = gy + z * rows * k;
-  const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * k);
   const int64_t hz = z * slots * hidden;  // this (batch index, head)'s rows in saved and dst
   const int kv = k / 8;
   const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
@@ -523,26 +526,17 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     const bool valid = row0 + r < rows;
     copy16(as + r * kALd + c, gz + (valid ? (row0 + r) * k + c : 0), valid);
   }
-  // Tile `tile` into stage s: W2^T's columns as (kCols, k) (Mix's, k contiguous) or (k, kCols)
-  // (F.linear's), and the kept activations (kRows, kCols); zeros past the matrices (a zero
-  // product and a zero kept value give a zero gradient, GELU's output 0: nothing past them is
-  // written, and nothing adds to the sums).
+  // Tile `tile` into stage s: W2's columns (k, kCols) and the kept activations (kRows, kCols);
+  // zeros past the matrices (a zero product and a zero kept value give a zero gradient, GELU's
+  // output 0: nothing past them is written, and nothing adds to the sums).
   const auto issue = [&](int64_t tile, int s) {
     const int64_t col0 = tile * kCols;
     uint16_t* bs = w2_stage(s);
     uint16_t* ts = kept_stage(s);
-    if constexpr (kShared) {
-      for (int i = tid; i < k * (kCols / 8); i += kCtaThreads) {
-        const int kk = i / (kCols / 8), c = i % (kCols / 8) * 8;
-        const bool valid = col0 + c < hidden;
-        copy16(bs + kk * kTLd + c, wz + (valid ? kk * hidden + col0 + c : 0), valid);
-      }
-    } else {
-      for (int i = tid; i < kCols * kv; i += kCtaThreads) {
-        const int n = i / kv, c = i % kv * 8;
-        const bool valid = col0 + n < hidden;
-        copy16(bs + n * kBKLd + c, wz + (valid ? (col0 + n) * k + c : 0), valid);
-      }
+    for (int i = tid; i < k * (kCols / 8); i += kCtaThreads) {
+      const int kk = i / (kCols / 8), c = i % (kCols / 8) * 8;
+      const bool valid = col0 + c < hidden;
+      copy16(bs + kk * kTLd + c, w2 + (valid ? kk * hidden + col0 + c : 0), valid);
     }
 #pragma unroll
     for (int j = 0; j < kRows * (kCols / 8) / kCtaThreads; ++j) {
@@ -574,8 +568,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     float acc[2][4][4] = {};
     const uint16_t* bs = w2_stage(s);
     for (int ks = 0; ks < k; ks += 16) {
-      warp_tile_k16<!kShared>(acc, as, kALd, wm * 32, bs, kShared ? kTLd : kBKLd, wn * 32, ks,
-                              lane);
+      warp_tile_k16<false>(acc, as, kALd, wm * 32, bs, kTLd, wn * 32, ks, lane);
     }
     uint16_t* ts = kept_stage(s);
     // The tile's valid rows and columns, and where it starts in dst and gelu_out.
@@ -648,11 +641,11 @@ struct HiddenGradIo {
   int64_t slots = 0;
 };
 
-template <bool kGelu, bool kShared>
+template <bool kGelu>
 void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   using namespace hidden_grad;
   static const bool sized = [] {  // once per instantiation
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(hidden_grad_kernel<kGelu, kShared>,
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(hidden_grad_kernel<kGelu>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(kSmemBytes)));
     return true;
@@ -666,7 +659,9 @@ void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   const int64_t per_cta = (tiles + groups - 1) / groups;
   const dim3 grid(static_cast<unsigned>((tiles + per_cta - 1) / per_cta),
                   static_cast<unsigned>(row_tiles), static_cast<unsigned>(g.b * g.h));
-  hidden_grad_kernel<kGelu, kShared><<<grid, kCtaThreads, kSmemBytes, stream()>>>(
+  KVC_CHECK(row_tiles <= 65535 && g.b * g.h <= 65535, "hidden gradient: ", row_tiles,
+            " row tiles or ", g.b * g.h, " (batch index, head) pairs exceed a grid's 65535");
+  hidden_grad_kernel<kGelu><<<grid, kCtaThreads, kSmemBytes, stream()>>>(
       static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
       static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums,
       static_cast<uint16_t*>(io.gelu_out), g.h, g.w, io.slots, g.hidden, static_cast<int>(g.out),
@@ -674,13 +669,13 @@ void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-// hidden_grad_kernel for g's activation and weight layout (hidden_grad::fits(g) true).
+// hidden_grad_kernel for g's activation (hidden_grad::fits(g), shared weights).
 void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
-  const bool gelu = g.act == MlpActivation::gelu;
-  if (gelu && g.shared_weights) launch_hidden_grad<true, true>(g, io);
-  if (gelu && !g.shared_weights) launch_hidden_grad<true, false>(g, io);
-  if (!gelu && g.shared_weights) launch_hidden_grad<false, true>(g, io);
-  if (!gelu && !g.shared_weights) launch_hidden_grad<false, false>(g, io);
+  if (g.act == MlpActivation::gelu) {
+    launch_hidden_grad<true>(g, io);
+  } else {
+    launch_hidden_grad<false>(g, io);
+  }
 }
 
 // The same gradient with W2's in the same pass, for per-head weights: a CTA owns kCols hidden
@@ -718,7 +713,7 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
                           const uint16_t* saved, uint16_t* dst, float* __restrict__ col_sums,
                           float* __restrict__ w2_parts, int64_t heads, int64_t batches,
                           int64_t rows, int64_t slots, int64_t hidden, int k,
-                          int64_t tiles_per_split) {
+                          int64_t tiles_per_split, int64_t batch_parts) {
   using namespace hidden_grad_w2;
   extern __shared__ __align__(16) unsigned char smem[];
   uint16_t* w2s = reinterpret_cast<uint16_t*>(smem);  // (kCols, k): W2^T's columns
@@ -781,34 +776,28 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
   const bool w2_warp = w2_parts != nullptr && wo * 32 < k;
   float dacc[2][4][4] = {};
   float csum[2][2] = {};
-  // b1's partial sums of this warp row for batch index bi: part split kWarpRows + wm.
-  const int64_t parts = splits * kWarpRows;
-  const auto write_sums = [&](int64_t bi, bool zero) {
+  // b1's partial sums of this warp row for batch index bi: part slot kWarpRows + wm of bi's
+  // batch_parts kWarpRows, slot counting the splits that take rows of bi (the first of them 0).
+  const int64_t parts = batch_parts * kWarpRows;
+  const auto write_sums = [&](int64_t bi) {
+    const int64_t slot = split - bi * row_tiles / tiles_per_split;
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float v = zero ? 0.0f : csum[nt][j];
+        float v = csum[nt][j];
         v += __shfl_xor_sync(0xffffffffu, v, 4);
         v += __shfl_xor_sync(0xffffffffu, v, 8);
         v += __shfl_xor_sync(0xffffffffu, v, 16);
         const int c = wn * 16 + nt * 8 + 2 * t + j;
         if (g == 0 && c < cols_here) {
-          col_sums[((head * batches + bi) * parts + split * kWarpRows + wm) * hidden + col0 + c] =
-              v;
+          col_sums[((head * batches + bi) * parts + slot * kWarpRows + wm) * hidden + col0 + c] = v;
         }
         csum[nt][j] = 0.0f;
       }
     }
   };
-  // Batch indices outside this split's rows: their parts are zero.
-  const int64_t bi_first = t_first / row_tiles, bi_last = (t_last - 1) / row_tiles;
-  if (col_sums) {
-    for (int64_t bi = 0; bi < batches; ++bi) {
-      if (bi < bi_first || bi > bi_last) write_sums(bi, true);
-    }
-  }
-  int64_t bi_now = bi_first;
+  int64_t bi_now = t_first / row_tiles;
   for (int64_t tile = t_first; tile < t_last; ++tile) {
     const int s = static_cast<int>((tile - t_first) % kStages);
     attention_detail::cp_async_wait<0>();  // this thread's copies of the tile
@@ -817,7 +806,7 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
     attention_detail::cp_async_commit();
     const int64_t bi = tile / row_tiles, row0 = tile % row_tiles * kRows, z = bi * heads + head;
     if (bi != bi_now) {  // the batch index before is done: its sums out
-      if (col_sums) write_sums(bi_now, false);
+      if (col_sums) write_sums(bi_now);
       bi_now = bi;
     }
     uint16_t* gs = gy_stage(s);
@@ -860,7 +849,7 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
       }
     }
   }
-  if (col_sums) write_sums(bi_now, false);
+  if (col_sums) write_sums(bi_now);
   if (w2_warp) {  // (kCols, out) part: hidden columns col0 + 32 wh.., outputs 32 wo..
     float* part = w2_parts + ((head * splits + split) * hidden + col0) * k;
 #pragma unroll
@@ -880,11 +869,12 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
   }
 }
 
-// hidden_grad_w2_kernel over g (hidden_grad_w2::fits(g)): io as hidden_grad_bf16's but no
-// gelu_out; col_sums (h, b, parts, hidden) with parts = hidden_grad_w2_parts(g); w2_parts (h,
-// splits, hidden, out) float32 (null: no dW2).
+// How hidden_grad_w2_kernel splits each head's row tiles (every batch index's, in order): splits
+// of tiles_per_split, the last perhaps shorter. A split may end inside a batch index and the next
+// start there, so up to batch_parts splits take rows of one batch index: b1's partial sums hold
+// batch_parts kWarpRows parts a (head, batch index).
 struct HiddenGradW2Split {
-  int64_t splits = 1, tiles_per_split = 1;
+  int64_t splits = 1, tiles_per_split = 1, batch_parts = 1;
 };
 HiddenGradW2Split hidden_grad_w2_split(const MlpArgs& g) {
   using namespace hidden_grad_w2;
@@ -896,8 +886,18 @@ HiddenGradW2Split hidden_grad_w2_split(const MlpArgs& g) {
   HiddenGradW2Split sp;
   sp.tiles_per_split = (total + want - 1) / want;
   sp.splits = (total + sp.tiles_per_split - 1) / sp.tiles_per_split;  // none empty
+  const int64_t row_tiles = total / g.b;
+  for (int64_t bi = 0; bi < g.b; ++bi) {  // the splits from bi's first row tile to its last
+    const int64_t first = bi * row_tiles / sp.tiles_per_split;
+    const int64_t last = ((bi + 1) * row_tiles - 1) / sp.tiles_per_split;
+    sp.batch_parts = std::max(sp.batch_parts, last - first + 1);
+  }
   return sp;
 }
+
+// hidden_grad_w2_kernel over g (hidden_grad_w2::fits(g)), split as sp says: io as
+// hidden_grad_bf16's but no gelu_out; col_sums (h, b, sp.batch_parts kWarpRows, hidden), the parts
+// no split takes zero (the caller's); w2_parts (h, splits, hidden, out) float32 (null: no dW2).
 
 void hidden_grad_w2_bf16(const MlpArgs& g, const HiddenGradIo& io, const HiddenGradW2Split& sp,
                          float* w2_parts) {
@@ -919,7 +919,8 @@ void hidden_grad_w2_bf16(const MlpArgs& g, const HiddenGradIo& io, const HiddenG
   kernel<<<grid, kCtaThreads, kSmemBytes, stream()>>>(
       static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
       static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums, w2_parts,
-      g.h, g.b, g.w, io.slots, g.hidden, static_cast<int>(g.out), sp.tiles_per_split);
+      g.h, g.b, g.w, io.slots, g.hidden, static_cast<int>(g.out), sp.tiles_per_split,
+      sp.batch_parts);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -947,7 +948,10 @@ static_assert(kLoads * kCtaThreads * 8 == kChunk * kCols, "B's chunk takes as ma
 static_assert(kRows == 128 && kCols == 128 && kCtaThreads == 256, "8 warps of 32 x 64");
 static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
 
-bool fits(const MlpArgs& g) { return g.out % 8 == 0 && g.out <= kCols && g.hidden % 8 == 0; }
+bool fits(const MlpArgs& g) {
+  const bool grid = (g.w + kRows - 1) / kRows <= 65535 && g.b * g.h <= 65535;  // grid rows, layers
+  return g.out % 8 == 0 && g.out <= kCols && g.hidden % 8 == 0 && grid;
+}
 }  // namespace gelu_product
 
 // kShared: W2 (out, hidden) for every head (F.linear's), else (h, hidden, out) (Mix's).
@@ -1462,20 +1466,31 @@ void transpose_tf32(const Tf32Operand& src, int64_t row0, float* out, int64_t ba
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
+int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
+
 // Column `col` of each of `batch` (rows, ld) blocks of out = src (batch, rows), rounded to TF32
-// as transpose_tf32 rounds: one more element of the reduction for every row of the operand.
+// as transpose_tf32 rounds: one more element of the reduction for every row of the operand; and
+// zeros in columns (col, end), so that the reduction can run to a multiple of 4 (cuBLASLt takes
+// its Hopper kernels for aligned sizes) adding nothing more.
 __global__ void tf32_column_kernel(const float* __restrict__ src, float* __restrict__ out,
-                                   int64_t rows, int64_t ld, int64_t col) {
+                                   int64_t rows, int64_t ld, int64_t col, int64_t end) {
   const int64_t z = blockIdx.y, r = int64_t{blockIdx.x} * blockDim.x + threadIdx.x;
-  if (r < rows) out[(z * rows + r) * ld + col] = __uint_as_float(to_tf32(src[z * rows + r]));
+  if (r >= rows) return;
+  float* row = out + (z * rows + r) * ld;
+  row[col] = __uint_as_float(to_tf32(src[z * rows + r]));
+  for (int64_t c = col + 1; c < end; ++c) row[c] = 0.0f;
 }
 
-void tf32_column(const float* src, float* out, int64_t batch, int64_t rows, int64_t ld,
-                 int64_t col) {
+// The column at `col` and zeros after it to the next multiple of 4 (<= ld): returns that end.
+int64_t tf32_column(const float* src, float* out, int64_t batch, int64_t rows, int64_t ld,
+                    int64_t col) {
+  const int64_t end = round_up4(col + 1);
+  KVC_CHECK(end <= ld, "tf32_column: column ", col, " padded to ", end, " past ", ld);
   const dim3 grid(static_cast<unsigned>((rows + kThreads - 1) / kThreads),
                   static_cast<unsigned>(batch));
-  tf32_column_kernel<<<grid, kThreads, 0, stream()>>>(src, out, rows, ld, col);
+  tf32_column_kernel<<<grid, kThreads, 0, stream()>>>(src, out, rows, ld, col, end);
   KVC_CUDA_CHECK(cudaGetLastError());
+  return end;
 }
 
 // A bias gradient wanted beside a weight gradient: dst (h, n) per head or (n) shared, written or
@@ -1495,56 +1510,60 @@ void write_or_add(float* dst, bool acc, int64_t n, Sum&& sum) {
 }
 
 // Partial column sums per head of m (b h w, cols) float32, (h, b, tiles, cols): a CTA takes
-// kColumnRows rows of one (batch index, head) = blockIdx.y; warps take its rows in turn, lanes 32
-// columns at a time, then the warps' sums add in a fixed order. With z (the residual's backward,
-// m = gy): also gz = scale[0] m and the CTA's part of m . z (dot_parts, blockIdx.x fastest).
+// kColumnRows rows of one (batch index, head) zi = blockIdx.y (then + gridDim.y, where there are
+// more than a grid's 65535); warps take its rows in turn, lanes 32 columns at a time, then the
+// warps' sums add in a fixed order. With z (the residual's backward, m = gy): also gz = scale[0]
+// m and the CTA's part of m . z (dot_parts (b h, tiles)).
 // Two launches with sum_axis after, where sum_to over the non-adjacent (b, w) axes took three
 // that could not fill the GPU.
 constexpr int kColumnRows = 64;
 __global__ void column_parts_kernel(const float* __restrict__ m, const float* __restrict__ z,
                                     const float* __restrict__ scale, float* __restrict__ gz,
                                     float* __restrict__ dot_parts, float* __restrict__ col_parts,
-                                    int64_t heads, int64_t w, int64_t cols) {
+                                    int64_t heads, int64_t batches, int64_t w, int64_t cols) {
   __shared__ float partial[kThreads / 32][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = kThreads / 32;
-  const int64_t zi = blockIdx.y, head = zi % heads, bi = zi / heads, tiles = gridDim.x;
-  const int64_t row0 = int64_t{blockIdx.x} * kColumnRows;
+  const int64_t tiles = gridDim.x, row0 = int64_t{blockIdx.x} * kColumnRows;
   const int64_t rows_here = w - row0 < kColumnRows ? w - row0 : kColumnRows;
   const float s = z ? *scale : 0.0f;
-  float dot = 0.0f;
-  for (int64_t c0 = 0; c0 < cols; c0 += 32) {
-    const int64_t c = c0 + lane;
-    float col = 0.0f;
-    if (c < cols) {
+  for (int64_t zi = blockIdx.y; zi < batches * heads; zi += gridDim.y) {
+    const int64_t head = zi % heads, bi = zi / heads;
+    float dot = 0.0f;
+    for (int64_t c0 = 0; c0 < cols; c0 += 32) {
+      const int64_t c = c0 + lane;
+      float col = 0.0f;
+      if (c < cols) {
 #pragma unroll 4
-      for (int64_t r = warp; r < rows_here; r += warps) {
-        const int64_t i = (zi * w + row0 + r) * cols + c;
-        const float v = m[i];
-        col += v;
-        if (z) {
-          gz[i] = s * v;
-          dot += v * z[i];
+        for (int64_t r = warp; r < rows_here; r += warps) {
+          const int64_t i = (zi * w + row0 + r) * cols + c;
+          const float v = m[i];
+          col += v;
+          if (z) {
+            gz[i] = s * v;
+            dot += v * z[i];
+          }
         }
       }
+      partial[warp][lane] = col;
+      __syncthreads();
+      if (warp == 0 && c < cols) {
+        float total = 0.0f;
+        for (int k = 0; k < warps; ++k) total += partial[k][lane];
+        col_parts[((head * batches + bi) * tiles + blockIdx.x) * cols + c] = total;
+      }
+      __syncthreads();  // partial is free again
     }
-    partial[warp][lane] = col;
+    if (!z) continue;
+    // The CTA's share of m . z, in a fixed order: lanes, then warps.
+    for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+    if (lane == 0) partial[warp][0] = dot;
     __syncthreads();
-    if (warp == 0 && c < cols) {
+    if (threadIdx.x == 0) {
       float total = 0.0f;
-      for (int k = 0; k < warps; ++k) total += partial[k][lane];
-      col_parts[((head * (gridDim.y / heads) + bi) * tiles + blockIdx.x) * cols + c] = total;
+      for (int k = 0; k < warps; ++k) total += partial[k][0];
+      dot_parts[zi * tiles + blockIdx.x] = total;
     }
-    __syncthreads();
-  }
-  if (!z) return;
-  // The CTA's share of m . z, in a fixed order: lanes, then warps.
-  for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-  if (lane == 0) partial[warp][0] = dot;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float total = 0.0f;
-    for (int k = 0; k < warps; ++k) total += partial[k][0];
-    dot_parts[int64_t{blockIdx.y} * tiles + blockIdx.x] = total;
+    __syncthreads();  // partial is free again
   }
 }
 
@@ -1553,11 +1572,10 @@ int64_t column_tiles(const MlpArgs& g) { return (g.w + kColumnRows - 1) / kColum
 void launch_column_parts(const MlpArgs& g, const float* m, int64_t cols, float* col_parts,
                          const float* z = nullptr, const float* scale = nullptr,
                          float* gz = nullptr, float* dot_parts = nullptr) {
-  KVC_CHECK(g.b * g.h <= 65535, "column sums: ", g.b * g.h,
-            " (batch index, head) pairs exceed a grid's 65535 rows");
-  const dim3 grid(static_cast<unsigned>(column_tiles(g)), static_cast<unsigned>(g.b * g.h));
+  const dim3 grid(static_cast<unsigned>(column_tiles(g)),
+                  static_cast<unsigned>(std::min<int64_t>(g.b * g.h, 65535)));
   column_parts_kernel<<<grid, kThreads, 0, stream()>>>(m, z, scale, gz, dot_parts, col_parts, g.h,
-                                                       g.w, cols);
+                                                       g.b, g.w, cols);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -1575,8 +1593,6 @@ void bias_grad(const MlpArgs& g, const float* m, int64_t cols, const BiasGrad& b
 // The most bytes each transposed operand of weight_grad_tf32 takes at once (a test can change it).
 constexpr size_t kTf32ChunkBytes = size_t{64} << 20;
 size_t g_tf32_chunk_bytes = kTf32ChunkBytes;
-
-int64_t round_up4(int64_t n) { return (n + 3) / 4 * 4; }
 
 // A weight gradient in TF32: per head dst_h (k, n) = in_h^T grad_h over the head's w rows (summed
 // over the batch), or shared dst (n, k) = grad^T in over all rows; `in` (b, h, w, k) and `grad`
@@ -1625,7 +1641,7 @@ void weight_grad_tf32(const MlpArgs& g, const Tf32Operand& in, const Tf32Operand
   const int64_t head_rows = std::max<int64_t>(g.w * widest, 1);  // bytes of one (b, head)
   const int64_t batches = std::clamp<int64_t>(budget / head_rows, 1, g.b);
   const int64_t heads = std::clamp<int64_t>(budget / (batches * head_rows), 1, g.h);
-  const int64_t ld = round_up4(batches * g.w + (shift ? 1 : 0));
+  const int64_t ld = round_up4(batches * g.w + (shift ? 1 : 0));  // tf32_column's padding fits
   Scratch it(static_cast<size_t>(heads * k * ld) * sizeof(float));
   Scratch gt(static_cast<size_t>(heads * n * ld) * sizeof(float));
   // The bias's partial sums, (h, b, tiles, n): one per head, batch index and 32-row tile.
@@ -1646,8 +1662,7 @@ void weight_grad_tf32(const MlpArgs& g, const Tf32Operand& in, const Tf32Operand
         sum_axis<float>(sums.as<float>() + h0 * g.b * tiles * n, bias.dst + h0 * n, hc, g.b * tiles,
                         n, 1.0f);
         tf32_column(shift + h0 * k, it.as<float>(), hc, k, ld, reduce);
-        tf32_column(bias.dst + h0 * n, gt.as<float>(), hc, n, ld, reduce);
-        ++reduce;
+        reduce = tf32_column(bias.dst + h0 * n, gt.as<float>(), hc, n, ld, reduce);
       }
       p.m = k, p.n = n, p.k = reduce, p.lda = ld, p.ldb = ld, p.ldc = n;
       p.batch = hc, p.stride_a = k * ld, p.stride_b = n * ld, p.stride_c = k * n;
@@ -1908,9 +1923,15 @@ void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const
     // or of each split of a head's rows (hidden_grad_w2_kernel).
     const HiddenGradW2Split split = w2_in_pass ? hidden_grad_w2_split(g) : HiddenGradW2Split{};
     const int64_t parts =
-        w2_in_pass ? split.splits * hidden_grad_w2::kWarpRows
+        w2_in_pass ? split.batch_parts * hidden_grad_w2::kWarpRows
                    : (g.w + hidden_grad::kRows - 1) / hidden_grad::kRows * hidden_grad::kWarpRows;
-    Scratch sums(b1.dst ? static_cast<size_t>(g.h * g.b * parts * g.hidden) * sizeof(float) : 0);
+    const size_t sums_bytes =
+        b1.dst ? static_cast<size_t>(g.h * g.b * parts * g.hidden) * sizeof(float) : 0;
+    Scratch sums(sums_bytes);
+    // Where some batch index has fewer splits than batch_parts, its spare parts stay zero.
+    if (w2_in_pass && split.batch_parts > 1 && sums_bytes > 0) {
+      KVC_CUDA_CHECK(cudaMemsetAsync(sums.as<void>(), 0, sums_bytes, stream()));
+    }
     HiddenGradIo io;
     io.gy = gy_op.p, io.w2 = s.w2.p, io.saved = s.hidden->as<void>(), io.dst = dpre;
     io.col_sums = sums.as<float>();
