@@ -139,17 +139,22 @@ TEST_CASE("two_layer_mlp: the residual is the block mean plus the scaled MLP, co
 }
 
 #ifdef KVC_WITH_CUDA
+// y, then the gradients of the inputs that require one (float64, CPU), in make_inputs' order:
+// x, w1, b1, w2, b2, then the shift and the residual's scale where the case has them.
 struct MlpResult {
-  std::vector<Tensor> values;  // y, then the gradients of x, w1, b1, w2, b2 (float64, CPU)
+  std::vector<Tensor> values;
+  std::vector<size_t> inputs;  // values[i + 1] is the gradient of input inputs[i]
 };
 
-// y and the gradients of sum(y * gy) on a device and dtype (the shift's last); `x_grad`: whether
-// x requires one.
-MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
+// y and the gradients of sum(y * gy) on a device and dtype; input i requires a gradient where
+// needs_grad[i].
+MlpResult run_on(const MlpCase& c, DType dtype, Device device,
+                 const std::vector<bool>& needs_grad) {
   std::vector<Tensor> x = make_inputs(c, 800);
+  REQUIRE(needs_grad.size() == x.size());
   for (size_t i = 0; i < x.size(); ++i) {
     x[i] = x[i].to(dtype).to(device);
-    x[i].set_requires_grad(i > 0 || x_grad);
+    x[i].set_requires_grad(needs_grad[i]);
   }
   const Tensor y = run(c, x);
   const Tensor gy =
@@ -159,10 +164,51 @@ MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
   backward(y, gy);
   MlpResult r;
   r.values.push_back(y.detach().to(DType::f64).to(Device::cpu()));
-  for (size_t i = x_grad ? 0 : 1; i < x.size(); ++i) {
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (!needs_grad[i]) continue;
     r.values.push_back(x[i].grad().to(DType::f64).to(Device::cpu()));
+    r.inputs.push_back(i);
   }
   return r;
+}
+
+// Every input requires a gradient, x only where x_grad.
+std::vector<bool> all_inputs(const MlpCase& c, bool x_grad) {
+  std::vector<bool> needs(5 + (c.shifted ? 1 : 0) + (c.residual ? 1 : 0), true);
+  needs[0] = x_grad;
+  return needs;
+}
+
+// The bounds of a precision against float64 (check_fused says why).
+struct Tolerance {
+  double tol, kink_tol, floor;
+};
+
+// y and the gradients the mask asks for, on CUDA in float32 under the current precision, against
+// float64 on the CPU.
+void check_against_cpu(const MlpCase& c, const std::vector<bool>& needs_grad, const Tolerance& t) {
+  const MlpResult want = run_on(c, DType::f64, Device::cpu(), needs_grad);
+  const MlpResult got = run_on(c, DType::f32, Device::cuda(), needs_grad);
+  REQUIRE(got.values.size() == want.values.size());
+  // Rounded operands show in y and in the first weight's gradient wherever the sizes let
+  // cuBLASLt take its tensor-core kernels (multiples of 8; others may run exact FP32 ones).
+  // b2's gradient is a float32 sum of gy either way.
+  const bool tensor_cores = c.in % 8 == 0 && c.hidden % 8 == 0 && c.out % 8 == 0;
+  std::string errors;
+  for (size_t i = 0; i < got.values.size(); ++i) {
+    const double e = test::rel_error(got.values[i], want.values[i]);
+    errors += str(" ", e);
+    const size_t input = i == 0 ? 0 : got.inputs[i - 1];  // i = 0: y
+    const bool is_shift = c.shifted && input == 5;
+    // Below ReLU (x, w1, b1 and the shift), see kink_tol.
+    const bool below_relu = c.act == Activation::relu && i > 0 && (input <= 2 || is_shift);
+    CHECK(e < (below_relu ? t.kink_tol : t.tol));
+    if (tensor_cores && (i == 0 || input == 1)) CHECK(e > t.floor);
+  }
+  std::string mask;
+  for (const bool n : needs_grad) mask += n ? '1' : '0';
+  MESSAGE(std::string(kernels::precision_name(kernels::cuda::math_precision())), " ", describe(c),
+          " grads ", mask, ": rel errors (y, grads)", errors);
 }
 
 // The cuBLASLt pass (and under bf16 the mma.sync kernels) against float64 on the CPU. tf32
@@ -174,7 +220,7 @@ MlpResult run_on(const MlpCase& c, DType dtype, Device device, bool x_grad) {
 // 0 (a fraction f ~ 0.4 * relative rounding: ~1e-4 in tf32, ~1e-3 in bf16), and there the
 // gradient is all or nothing: the norm-wise error of x's, w1's and b1's gradients is ~sqrt(f),
 // ~1.4e-2 and ~3.5e-2 (as in PyTorch's autocast). `kink_tol` bounds those; fp32's flips none.
-void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, double floor) {
+void check_fused(kernels::MathPrecision precision, const Tolerance& tolerance) {
   const std::vector<MlpCase> cases = {
       {1, 8, 64, 512, 512, 64, false, true, Activation::relu},  // the kinds' layout, b = 1
       {3, 2, 40, 256, 384, 32, false, true, Activation::relu},  // b > 1: one product per batch
@@ -229,47 +275,75 @@ void check_fused(kernels::MathPrecision precision, double tol, double kink_tol, 
       {2, 2, 20, 96, 96, 48, false, true, Activation::gelu, false, 2},
       {2, 3, 33, 96, 136, 32, true, false, Activation::gelu, true, 3},
       {2, 2, 30, 96, 128, 32, false, true, Activation::relu, true, 3},
+      // Under bf16 with the shift's row: out = 48 does not divide 1024, so x's row means are read
+      // apart from its rounding; in = 2048 takes each thread's values from two places of a row,
+      // and 2624 rows are more than the rounding's CTAs, each then taking several.
+      {2, 2, 20, 96, 96, 48, false, true, Activation::gelu, true, 2},
+      {4, 16, 40, 2048, 64, 64, false, true, Activation::gelu, true, 32},
+      // bf16's hidden gradient with W2's: out = 128 (four warps across dW2's part, a whole gy
+      // tile) and out = 80 (the third warp's columns partly past out).
+      {2, 3, 130, 64, 256, 128, false, true, Activation::gelu, true},
+      {2, 3, 130, 64, 256, 128, false, true, Activation::relu},
+      {1, 4, 70, 32, 192, 80, false, false, Activation::relu},
+      // TF32's shift column under the 20 KiB chunks of the test below: 5 batch indices a chunk,
+      // so the last chunk (2) puts the column inside columns the first one wrote.
+      {7, 2, 8, 64, 128, 16, false, true, Activation::gelu, true},
   };
   test::PrecisionScope scope(precision);
   for (const MlpCase& c : cases) {
     for (const bool x_grad : {false, true}) {
       CAPTURE(describe(c));
       CAPTURE(x_grad);
-      const MlpResult want = run_on(c, DType::f64, Device::cpu(), x_grad);
-      const MlpResult got = run_on(c, DType::f32, Device::cuda(), x_grad);
-      REQUIRE(got.values.size() == want.values.size());
-      const size_t x_count = got.values.size();
-      // Rounded operands show in y and in the first weight's gradient wherever the sizes let
-      // cuBLASLt take its tensor-core kernels (multiples of 8; others may run exact FP32 ones).
-      // b2's gradient is a float32 sum of gy either way.
-      const bool tensor_cores = c.in % 8 == 0 && c.hidden % 8 == 0 && c.out % 8 == 0;
-      std::string errors;
-      for (size_t i = 0; i < x_count; ++i) {
-        const double e = test::rel_error(got.values[i], want.values[i]);
-        errors += str(" ", e);
-        // values[i] is y (i = 0) or the gradient of input `input`: x, w1, b1, w2, b2, then the
-        // shift and the residual's scale where the case has them.
-        const size_t input = i - 1 + (x_grad ? 0 : 1);
-        const bool is_shift = c.shifted && input == 5;
-        // Below ReLU (x, w1, b1 and the shift), see kink_tol.
-        const bool below_relu = c.act == Activation::relu && i > 0 && (input <= 2 || is_shift);
-        CHECK(e < (below_relu ? kink_tol : tol));
-        if (tensor_cores && (i == 0 || input == 1)) CHECK(e > floor);
-      }
-      MESSAGE(std::string(kernels::precision_name(precision)), " ", describe(c), " x_grad ", x_grad,
-              ": rel errors (y, grads)", errors);
+      check_against_cpu(c, all_inputs(c, x_grad), tolerance);
     }
   }
 }
+
+// The bounds of each precision (check_fused says why).
+constexpr Tolerance kFp32{1e-5, 1e-5, 0.0}, kTf32{4e-3, 3e-2, 2e-5}, kBf16{3e-2, 8e-2, 2e-4};
 #endif
 
 TEST_CASE("cuda: two_layer_mlp on cuBLASLt (fp32, tf32, bf16) matches the CPU, every gradient") {
   KVC_REQUIRE_CUDA();
 #ifdef KVC_WITH_CUDA
   // A subcase a precision: a sanitizer run can take one (-sc=bf16), the others being slow there.
-  SUBCASE("fp32") { check_fused(kernels::MathPrecision::fp32, 1e-5, 1e-5, 0.0); }
-  SUBCASE("tf32") { check_fused(kernels::MathPrecision::tf32, 4e-3, 3e-2, 2e-5); }
-  SUBCASE("bf16") { check_fused(kernels::MathPrecision::bf16, 3e-2, 8e-2, 2e-4); }
+  SUBCASE("fp32") { check_fused(kernels::MathPrecision::fp32, kFp32); }
+  SUBCASE("tf32") { check_fused(kernels::MathPrecision::tf32, kTf32); }
+  SUBCASE("bf16") { check_fused(kernels::MathPrecision::bf16, kBf16); }
+#endif
+}
+
+TEST_CASE("cuda: two_layer_mlp with frozen inputs makes only the gradients asked for, as the CPU") {
+  KVC_REQUIRE_CUDA();
+#ifdef KVC_WITH_CUDA
+  // Frozen inputs drop parts of the backward: no W2 gradient (bf16 per-head: the hidden-gradient
+  // pass without its dW2 product), no b1 gradient and no shift (the pass without column sums), no
+  // gradient below the second layer at all, or only b1's.
+  const std::vector<MlpCase> cases = {
+      {2, 3, 130, 64, 256, 128, false, true, Activation::gelu, true},
+      {2, 2, 300, 64, 128, 32, false, true, Activation::relu},
+      {2, 3, 33, 96, 136, 32, true, false, Activation::gelu},
+      {2, 2, 50, 128, 256, 64, false, true, Activation::gelu, true, 2},
+  };
+  //                                       x      w1     b1     w2     b2
+  const std::vector<std::vector<bool>> masks = {{true, true, true, false, true},
+                                                {true, false, false, false, false},
+                                                {false, false, false, true, true},
+                                                {false, false, true, false, false}};
+  for (const auto& [precision, tolerance] : {std::pair{kernels::MathPrecision::fp32, kFp32},
+                                             std::pair{kernels::MathPrecision::tf32, kTf32},
+                                             std::pair{kernels::MathPrecision::bf16, kBf16}}) {
+    test::PrecisionScope scope(precision);
+    for (const MlpCase& c : cases) {
+      for (std::vector<bool> needs : masks) {
+        // The shift and the residual's scale follow W1 (frozen with it, or learned with it).
+        while (needs.size() < all_inputs(c, true).size()) needs.push_back(needs[1]);
+        CAPTURE(kernels::precision_name(precision));
+        CAPTURE(describe(c));
+        check_against_cpu(c, needs, tolerance);
+      }
+    }
+  }
 #endif
 }
 
@@ -283,7 +357,7 @@ TEST_CASE("cuda: two_layer_mlp's TF32 first-weight gradient, transposed a chunk 
     ChunkScope() { kernels::cuda::set_tf32_weight_grad_chunk_bytes(20 << 10); }
     ~ChunkScope() { kernels::cuda::set_tf32_weight_grad_chunk_bytes(0); }
   } chunks;
-  check_fused(kernels::MathPrecision::tf32, 4e-3, 3e-2, 2e-5);
+  check_fused(kernels::MathPrecision::tf32, kTf32);
 #endif
 }
 
@@ -324,17 +398,21 @@ TEST_CASE("cuda: two_layer_mlp adds onto existing gradients and runs without a t
           }
         }
       }
-      const MlpCase c{2, 2, 24, 64, 128, 16, shared, true, Activation::relu};
-      test::PrecisionScope scope(precision);
-      std::vector<Tensor> x = make_inputs(c, 900);
-      for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
-      Tensor y_tape = run(c, x);
-      Tensor y_free;
-      {
-        NoGradGuard no_grad;  // forward only: nothing saved, the same values
-        y_free = run(c, x);
+      for (const int64_t residual : {0, 4}) {  // with the residual, shifted (enhanced_mlp's)
+        const MlpCase c{2,       2, 24, 64, 128, 16, shared, true, Activation::relu, residual > 0,
+                        residual};
+        CAPTURE(describe(c));
+        test::PrecisionScope scope(precision);
+        std::vector<Tensor> x = make_inputs(c, 900);
+        for (Tensor& t : x) t = t.to(DType::f32).to(Device::cuda()).set_requires_grad(true);
+        Tensor y_tape = run(c, x);
+        Tensor y_free;
+        {
+          NoGradGuard no_grad;  // forward only: nothing saved, the same values
+          y_free = run(c, x);
+        }
+        CHECK(y_free.to_vector() == y_tape.to_vector());
       }
-      CHECK(y_free.to_vector() == y_tape.to_vector());
     }
   }
 #endif
