@@ -21,17 +21,28 @@ KVC_HOST_DEVICE uint32_t mulhilo(uint32_t a, uint32_t b, uint32_t* hi) {
   return static_cast<uint32_t>(p);
 }
 
+// The key's increment after each round (Weyl sequence).
+constexpr uint32_t kKeyStep0 = 0x9E3779B9u, kKeyStep1 = 0xBB67AE85u;
+
+// One round on the counter words (x, y, z, w) with round key (k0, k1).
+KVC_HOST_DEVICE void philox_round(uint32_t& x, uint32_t& y, uint32_t& z, uint32_t& w, uint32_t k0,
+                                  uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  uint32_t hi0, hi1;
+  const uint32_t lo0 = mulhilo(kM0, x, &hi0);
+  const uint32_t lo1 = mulhilo(kM1, z, &hi1);
+  x = hi1 ^ y ^ k0;
+  y = lo1;
+  z = hi0 ^ w ^ k1;
+  w = lo0;
+}
+
 // The 10-round block function: counter c, key (k0, k1).
 KVC_HOST_DEVICE U4 philox4x32_10(U4 c, uint32_t k0, uint32_t k1) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int r = 0; r < 10; ++r) {
-    uint32_t hi0, hi1;
-    const uint32_t lo0 = mulhilo(kM0, c.x, &hi0);
-    const uint32_t lo1 = mulhilo(kM1, c.z, &hi1);
-    c = U4{hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
-    k0 += kW0;
-    k1 += kW1;
+    philox_round(c.x, c.y, c.z, c.w, k0, k1);
+    k0 += kKeyStep0;
+    k1 += kKeyStep1;
   }
   return c;
 }

@@ -59,13 +59,11 @@ KVC_CPU_CLONES void box_muller_f32(const uint32_t* __restrict__ w1, const uint32
 
 // philox::block for `count` consecutive blocks from block0, the rounds run over all of them at
 // once (structure of arrays: each round a loop the compiler vectorizes, 32 x 32 -> 64-bit
-// products in vector lanes): words x, y, z, w of block block0 + b at [b]. The same integer
-// arithmetic as philox4x32_10, so the same words.
+// products in vector lanes): words x, y, z, w of block block0 + b at [b]. philox4x32_10's rounds,
+// so the same words.
 KVC_CPU_CLONES void philox_blocks(uint64_t seed, uint64_t offset, uint64_t block0, int64_t count,
                                   uint32_t* __restrict__ x, uint32_t* __restrict__ y,
                                   uint32_t* __restrict__ z, uint32_t* __restrict__ w) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int64_t b = 0; b < count; ++b) {
     const uint64_t block = block0 + static_cast<uint64_t>(b);
     x[b] = static_cast<uint32_t>(block);
@@ -75,18 +73,9 @@ KVC_CPU_CLONES void philox_blocks(uint64_t seed, uint64_t offset, uint64_t block
   }
   uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int r = 0; r < 10; ++r) {
-    for (int64_t b = 0; b < count; ++b) {
-      const uint64_t p0 = static_cast<uint64_t>(kM0) * x[b];
-      const uint64_t p1 = static_cast<uint64_t>(kM1) * z[b];
-      const uint32_t nx = static_cast<uint32_t>(p1 >> 32) ^ y[b] ^ k0;
-      const uint32_t nz = static_cast<uint32_t>(p0 >> 32) ^ w[b] ^ k1;
-      y[b] = static_cast<uint32_t>(p1);
-      w[b] = static_cast<uint32_t>(p0);
-      x[b] = nx;
-      z[b] = nz;
-    }
-    k0 += kW0;
-    k1 += kW1;
+    for (int64_t b = 0; b < count; ++b) philox::philox_round(x[b], y[b], z[b], w[b], k0, k1);
+    k0 += philox::kKeyStep0;
+    k1 += philox::kKeyStep1;
   }
 }
 
