@@ -239,16 +239,17 @@ void check_fused(kernels::MathPrecision precision, const Tolerance& tolerance) {
       {2, 2, 300, 64, 128, 32, false, false, Activation::gelu},
       {2, 3, 33, 96, 136, 32, true, false, Activation::gelu},
       // bf16's one-pass hidden gradient with a partial last column tile (1000 = 15 x 64 + 40)
-      // and several row tiles, for both activations and weight layouts: with per-head weights
-      // (W2's gradient in the pass) each CTA walks its column tile down its split of a head's
-      // rows (10 row tiles of 64, or 3 and 2), the two stages taking turns; with F.linear's each
-      // CTA walks several column tiles (3 on the H200).
+      // and several row tiles, for both activations and weight layouts: under GELU with per-head
+      // weights (W2's gradient in the pass) each CTA walks its column tile down its split of a
+      // head's rows (5 row tiles of 64), the two stages taking turns; under ReLU and with
+      // F.linear's weights each CTA walks several column tiles (3 on the H200).
       {2, 8, 600, 32, 1000, 64, false, true, Activation::relu},
-      {1, 8, 300, 32, 1024, 32, false, false, Activation::gelu},
+      {1, 8, 300, 32, 1000, 32, false, false, Activation::gelu},
       {1, 8, 600, 48, 1000, 16, true, false, Activation::gelu},
-      // bf16's hidden gradient with W2's (per-head weights): 128 CTAs of (column tile, head),
-      // so each head's 9 row tiles (3 batch indices x 3, the last of 2 rows) go in two splits
-      // of 5 and 4, the first ending inside batch index 1, the second starting there.
+      // bf16's hidden gradient with W2's (GELU, per-head weights): 128 CTAs of (column tile,
+      // head), so each head's 9 row tiles (3 batch indices x 3, the last of 2 rows) go in two
+      // splits of 5 and 4, the first ending inside batch index 1, the second starting there; and
+      // ReLU's pass at the same sizes.
       {3, 8, 130, 32, 1024, 32, false, true, Activation::gelu, true},
       {3, 8, 130, 32, 1024, 32, false, true, Activation::relu},
       // out = 24: GELU's second product on mma.sync (out % 8), the backward's hidden gradient
@@ -280,11 +281,12 @@ void check_fused(kernels::MathPrecision precision, const Tolerance& tolerance) {
       // and 2624 rows are more than the rounding's CTAs, each then taking several.
       {2, 2, 20, 96, 96, 48, false, true, Activation::gelu, true, 2},
       {4, 16, 40, 2048, 64, 64, false, true, Activation::gelu, true, 32},
-      // bf16's hidden gradient with W2's: out = 128 (four warps across dW2's part, a whole gy
-      // tile) and out = 80 (the third warp's columns partly past out).
+      // bf16's hidden gradient with W2's (GELU, per-head weights): out = 128 (four warps across
+      // dW2's part, a whole gy tile) and out = 80 (the third warp's columns partly past out); and
+      // ReLU's per-head pass without it at out = 128.
       {2, 3, 130, 64, 256, 128, false, true, Activation::gelu, true},
       {2, 3, 130, 64, 256, 128, false, true, Activation::relu},
-      {1, 4, 70, 32, 192, 80, false, false, Activation::relu},
+      {1, 4, 70, 32, 192, 80, false, false, Activation::gelu},
       // TF32's shift column under the 20 KiB chunks of the test below: 5 batch indices a chunk,
       // so the last chunk (2) puts the column inside columns the first one wrote.
       {7, 2, 8, 64, 128, 16, false, true, Activation::gelu, true},

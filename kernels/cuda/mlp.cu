@@ -449,8 +449,8 @@ __device__ __forceinline__ float2 hidden_grad_pair(float2 a, float p0, float p1,
 // The gradient at the first product's output under bf16 in one pass, where it would otherwise
 // take four (the product gy W2^T into the hidden buffer; ReLU's signs kept aside and applied
 // after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
-// result), for F.linear's W2 (out, hidden), one for every head (hidden_grad_w2_kernel below serves
-// per-head weights). A CTA takes kRows rows of one (batch index, head), keeps their gy (k = out <=
+// result), for both weight layouts (under GELU with per-head weights hidden_grad_w2_kernel below
+// serves instead). A CTA takes kRows rows of one (batch index, head), keeps their gy (k = out <=
 // kMaxK) in shared memory, and walks a range of hidden columns kCols at a time; each tile's W2^T
 // columns and kept activations arrive by cp.async a tile ahead (two stages). One barrier a tile:
 // past it every warp is done with the tile before (its stage takes the next tile's copies) and this
@@ -466,10 +466,13 @@ __device__ __forceinline__ float2 hidden_grad_pair(float2 a, float p0, float p1,
 // this kernel leaves alone).
 namespace hidden_grad {
 constexpr int kRows = 128, kCols = 64, kMaxK = 128, kCtaThreads = 256, kStages = 2;
-constexpr int kALd = kMaxK + 8;  // bf16 a row of gy's tile (kRows, k): ldmatrix without conflicts
-constexpr int kTLd = kCols + 8;  // W2's tile (k, kCols), and the kept tile (kRows, kCols)
+constexpr int kALd = kMaxK + 8;   // bf16 a row of gy's tile (kRows, k): ldmatrix without conflicts
+constexpr int kBKLd = kMaxK + 8;  // W2^T's tile as (kCols, k), Mix's layout
+constexpr int kTLd = kCols + 8;   // (k, kCols) F.linear's W2 tile, and the kept tile
 constexpr size_t kABytes = size_t{kRows} * kALd * sizeof(uint16_t);
-constexpr size_t kBBytes = size_t{kMaxK} * kTLd * sizeof(uint16_t);
+constexpr size_t kBBytes =
+    (kCols * kBKLd > kMaxK * kTLd ? size_t{kCols} * kBKLd : size_t{kMaxK} * kTLd) *
+    sizeof(uint16_t);
 constexpr size_t kTileBytes = size_t{kRows} * kTLd * sizeof(uint16_t);
 constexpr size_t kStageBytes = kBBytes + kTileBytes;  // W2's tile, then the kept tile
 constexpr size_t kSmemBytes = kABytes + kStages * kStageBytes;
@@ -484,13 +487,14 @@ static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
 // grid row, a (batch index, head) a layer; hidden_grad_w2_kernel's: a head a layer).
 bool fits(const MlpArgs& g) {
   const int64_t row_tiles = (g.w + kRows - 1) / kRows;
-  const bool grid = g.shared_weights ? row_tiles <= 65535 && g.b * g.h <= 65535 : g.h <= 65535;
+  const bool grid = row_tiles <= 65535 && g.b * g.h <= 65535;
   return g.out % 16 == 0 && g.out <= kMaxK && g.hidden % 8 == 0 && grid;
 }
 }  // namespace hidden_grad
 
-// The CTA takes column tiles [blockIdx.x tiles_per_cta, + tiles_per_cta) of the hidden values.
-template <bool kGelu>
+// kShared: W2 (out, hidden) for every head (F.linear's), else (h, hidden, out) (Mix's). The CTA
+// takes column tiles [blockIdx.x tiles_per_cta, + tiles_per_cta) of the hidden values.
+template <bool kGelu, bool kShared>
 __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     hidden_grad_kernel(const uint16_t* __restrict__ gy, const uint16_t* __restrict__ w2,
                        const uint16_t* saved, uint16_t* dst, float* __restrict__ col_sums,
@@ -513,6 +517,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   const int64_t last = first + tiles_per_cta < tiles ? first + tiles_per_cta : tiles;
   if (first >= last) return;
   const uint16_t* gz = gy + z * rows * k;
+  const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * k);
   const int64_t hz = z * slots * hidden;  // this (batch index, head)'s rows in saved and dst
   const int kv = k / 8;
   const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
@@ -526,17 +531,26 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     const bool valid = row0 + r < rows;
     copy16(as + r * kALd + c, gz + (valid ? (row0 + r) * k + c : 0), valid);
   }
-  // Tile `tile` into stage s: W2's columns (k, kCols) and the kept activations (kRows, kCols);
-  // zeros past the matrices (a zero product and a zero kept value give a zero gradient, GELU's
-  // output 0: nothing past them is written, and nothing adds to the sums).
+  // Tile `tile` into stage s: W2^T's columns as (kCols, k) (Mix's, k contiguous) or (k, kCols)
+  // (F.linear's), and the kept activations (kRows, kCols); zeros past the matrices (a zero
+  // product and a zero kept value give a zero gradient, GELU's output 0: nothing past them is
+  // written, and nothing adds to the sums).
   const auto issue = [&](int64_t tile, int s) {
     const int64_t col0 = tile * kCols;
     uint16_t* bs = w2_stage(s);
     uint16_t* ts = kept_stage(s);
-    for (int i = tid; i < k * (kCols / 8); i += kCtaThreads) {
-      const int kk = i / (kCols / 8), c = i % (kCols / 8) * 8;
-      const bool valid = col0 + c < hidden;
-      copy16(bs + kk * kTLd + c, w2 + (valid ? kk * hidden + col0 + c : 0), valid);
+    if constexpr (kShared) {
+      for (int i = tid; i < k * (kCols / 8); i += kCtaThreads) {
+        const int kk = i / (kCols / 8), c = i % (kCols / 8) * 8;
+        const bool valid = col0 + c < hidden;
+        copy16(bs + kk * kTLd + c, wz + (valid ? kk * hidden + col0 + c : 0), valid);
+      }
+    } else {
+      for (int i = tid; i < kCols * kv; i += kCtaThreads) {
+        const int n = i / kv, c = i % kv * 8;
+        const bool valid = col0 + n < hidden;
+        copy16(bs + n * kBKLd + c, wz + (valid ? (col0 + n) * k + c : 0), valid);
+      }
     }
 #pragma unroll
     for (int j = 0; j < kRows * (kCols / 8) / kCtaThreads; ++j) {
@@ -568,7 +582,8 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     float acc[2][4][4] = {};
     const uint16_t* bs = w2_stage(s);
     for (int ks = 0; ks < k; ks += 16) {
-      warp_tile_k16<false>(acc, as, kALd, wm * 32, bs, kTLd, wn * 32, ks, lane);
+      warp_tile_k16<!kShared>(acc, as, kALd, wm * 32, bs, kShared ? kTLd : kBKLd, wn * 32, ks,
+                              lane);
     }
     uint16_t* ts = kept_stage(s);
     // The tile's valid rows and columns, and where it starts in dst and gelu_out.
@@ -641,11 +656,11 @@ struct HiddenGradIo {
   int64_t slots = 0;
 };
 
-template <bool kGelu>
+template <bool kGelu, bool kShared>
 void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   using namespace hidden_grad;
   static const bool sized = [] {  // once per instantiation
-    KVC_CUDA_CHECK(cudaFuncSetAttribute(hidden_grad_kernel<kGelu>,
+    KVC_CUDA_CHECK(cudaFuncSetAttribute(hidden_grad_kernel<kGelu, kShared>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(kSmemBytes)));
     return true;
@@ -659,9 +674,7 @@ void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   const int64_t per_cta = (tiles + groups - 1) / groups;
   const dim3 grid(static_cast<unsigned>((tiles + per_cta - 1) / per_cta),
                   static_cast<unsigned>(row_tiles), static_cast<unsigned>(g.b * g.h));
-  KVC_CHECK(row_tiles <= 65535 && g.b * g.h <= 65535, "hidden gradient: ", row_tiles,
-            " row tiles or ", g.b * g.h, " (batch index, head) pairs exceed a grid's 65535");
-  hidden_grad_kernel<kGelu><<<grid, kCtaThreads, kSmemBytes, stream()>>>(
+  hidden_grad_kernel<kGelu, kShared><<<grid, kCtaThreads, kSmemBytes, stream()>>>(
       static_cast<const uint16_t*>(io.gy), static_cast<const uint16_t*>(io.w2),
       static_cast<const uint16_t*>(io.saved), static_cast<uint16_t*>(io.dst), io.col_sums,
       static_cast<uint16_t*>(io.gelu_out), g.h, g.w, io.slots, g.hidden, static_cast<int>(g.out),
@@ -669,13 +682,13 @@ void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
-// hidden_grad_kernel for g's activation (hidden_grad::fits(g), shared weights).
+// hidden_grad_kernel for g's activation and weight layout (hidden_grad::fits(g) true).
 void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
-  if (g.act == MlpActivation::gelu) {
-    launch_hidden_grad<true>(g, io);
-  } else {
-    launch_hidden_grad<false>(g, io);
-  }
+  const bool gelu = g.act == MlpActivation::gelu;
+  if (gelu && g.shared_weights) launch_hidden_grad<true, true>(g, io);
+  if (gelu && !g.shared_weights) launch_hidden_grad<true, false>(g, io);
+  if (!gelu && g.shared_weights) launch_hidden_grad<false, true>(g, io);
+  if (!gelu && !g.shared_weights) launch_hidden_grad<false, false>(g, io);
 }
 
 // The same gradient with W2's in the same pass, for per-head weights: a CTA owns kCols hidden
@@ -704,7 +717,14 @@ static_assert(kRows == 32 * kWarpRows && kCols == 64 && kCtaThreads == 256, "8 w
 static_assert(kCols == 2 * 32 && kMaxK == 4 * 32, "dW2's part: warps 2 x 4 of 32 x 32");
 static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs an SM");
 
-bool fits(const MlpArgs& g) { return !g.shared_weights && hidden_grad::fits(g); }
+// Per-head weights under GELU only. Under ReLU hidden_grad_kernel and a GEMM for dW2 were faster
+// (H100, grouped_mlp at `long` bf16, ncu: 1773 us a step here against 976 + 396 + 113): ReLU's
+// output is kept anyway, so the pass saves no buffer there, and its dW2 product on mma.sync runs
+// well below cuBLASLt's. Under GELU it takes the same time and spares GELU's output (256 MiB a
+// compressor at `long`).
+bool fits(const MlpArgs& g) {
+  return !g.shared_weights && g.act == MlpActivation::gelu && hidden_grad::fits(g);
+}
 }  // namespace hidden_grad_w2
 
 template <bool kGelu>
@@ -1865,9 +1885,9 @@ void layers_backward(const MlpArgs& g, const MlpSaved& s, const float* gy, const
   const bool shift_row = slots != g.w;  // shift_in_rows: x's copy and hidden hold its row
   // Under bf16, where its kernel fits the sizes, the gradient at the first product's output is one
   // pass (hidden_grad_kernel), which with GELU also writes GELU's output over its kept input for
-  // dW2, after it, instead of a pass of its own before. With per-head weights that pass makes W2's
-  // gradient too (hidden_grad_w2_kernel): no GELU output is written, the gradient goes over the
-  // kept values for both activations, and no GELU buffer is needed.
+  // dW2, after it, instead of a pass of its own before. With per-head weights under GELU that pass
+  // makes W2's gradient too (hidden_grad_w2_kernel): no GELU output is written, the gradient goes
+  // over the kept values, and no GELU buffer is needed.
   const bool hidden_grad_wanted = out.x || out.w1 || out.b1 || out.shift;
   const bool one_pass = t.bf16 && hidden_grad::fits(g) && hidden_grad_wanted;
   const bool w2_in_pass = one_pass && hidden_grad_w2::fits(g);
