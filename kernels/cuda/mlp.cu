@@ -685,10 +685,16 @@ void launch_hidden_grad(const MlpArgs& g, const HiddenGradIo& io) {
 // hidden_grad_kernel for g's activation and weight layout (hidden_grad::fits(g) true).
 void hidden_grad_bf16(const MlpArgs& g, const HiddenGradIo& io) {
   const bool gelu = g.act == MlpActivation::gelu;
-  if (gelu && g.shared_weights) launch_hidden_grad<true, true>(g, io);
-  if (gelu && !g.shared_weights) launch_hidden_grad<true, false>(g, io);
-  if (!gelu && g.shared_weights) launch_hidden_grad<false, true>(g, io);
-  if (!gelu && !g.shared_weights) launch_hidden_grad<false, false>(g, io);
+  // GELU with per-head weights is hidden_grad_w2_kernel's (hidden_grad_w2::fits).
+  KVC_CHECK(!gelu || g.shared_weights,
+            "hidden_grad_bf16: GELU with per-head weights goes to hidden_grad_w2_bf16");
+  if (gelu) {
+    launch_hidden_grad<true, true>(g, io);
+  } else if (g.shared_weights) {
+    launch_hidden_grad<false, true>(g, io);
+  } else {
+    launch_hidden_grad<false, false>(g, io);
+  }
 }
 
 // The same gradient with W2's in the same pass, for per-head weights: a CTA owns kCols hidden
