@@ -81,36 +81,39 @@ CompressorOptions compressor_options(const std::string& kind, const RunSettings&
 
 void add_setting_flags(CLI::App* cmd, RunSettings* r, train::SettingGroup group, bool allow_all) {
   for (const train::Setting& s : train::settings_table()) {
-    if (s.group != group) continue;
-    std::string help = s.help;
-    if (s.range == train::SettingRange::kind) {
-      std::string list = allow_all ? "all" : "";
-      for (const std::string& k : compressor_kinds()) list += (list.empty() ? "" : "|") + k;
-      help += ": " + list;
-    } else if (s.range == train::SettingRange::choice) {
-      std::string list;
-      for (const std::string& c : s.choices) list += (list.empty() ? "" : "|") + c;
-      help += " (" + list + ")";
-    }
-    CLI::Validator check(
-        [&s, allow_all](std::string& v) -> std::string {
-          if (allow_all && s.range == train::SettingRange::kind && v == "all") return "";
-          return train::check_setting_text(s, v);
-        },
-        "", std::string(s.name));
-    std::visit(
-        [&](auto member) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(r->*member)>, bool>) {
-            cmd->add_flag(train::setting_flag(s), r->*member, help);
-          } else {
-            CLI::Option* o = cmd->add_option(train::setting_flag(s), r->*member, help);
-            // An unset default (0) is not a value the flag takes: the help says what stands in.
-            if (s.range != train::SettingRange::positive_or_default) o->capture_default_str();
-            o->check(check);
-          }
-        },
-        s.member);
+    if (s.group == group) add_setting_flag(cmd, r, s, allow_all);
   }
+}
+
+void add_setting_flag(CLI::App* cmd, RunSettings* r, const train::Setting& s, bool allow_all) {
+  std::string help = s.help;
+  if (s.range == train::SettingRange::kind) {
+    std::string list = allow_all ? "all" : "";
+    for (const std::string& k : compressor_kinds()) list += (list.empty() ? "" : "|") + k;
+    help += ": " + list;
+  } else if (s.range == train::SettingRange::choice) {
+    std::string list;
+    for (const std::string& c : s.choices) list += (list.empty() ? "" : "|") + c;
+    help += " (" + list + ")";
+  }
+  CLI::Validator check(
+      [&s, allow_all](std::string& v) -> std::string {
+        if (allow_all && s.range == train::SettingRange::kind && v == "all") return "";
+        return train::check_setting_text(s, v);
+      },
+      "", std::string(s.name));
+  std::visit(
+      [&](auto member) {
+        if constexpr (std::is_same_v<std::decay_t<decltype(r->*member)>, bool>) {
+          cmd->add_flag(train::setting_flag(s), r->*member, help);
+        } else {
+          CLI::Option* o = cmd->add_option(train::setting_flag(s), r->*member, help);
+          // An unset default (0) is not a value the flag takes: the help says what stands in.
+          if (s.range != train::SettingRange::positive_or_default) o->capture_default_str();
+          o->check(check);
+        }
+      },
+      s.member);
 }
 
 void refuse_flag(CLI::App* cmd, const std::string& flag, const std::string& why) {

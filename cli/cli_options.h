@@ -49,6 +49,9 @@ CompressorOptions compressor_options(const std::string& kind, const RunSettings&
 // `allow_all` admits "all" for --compressor (every kind).
 void add_setting_flags(CLI::App* cmd, RunSettings* r, train::SettingGroup group,
                        bool allow_all = false);
+// The flag of one setting, as add_setting_flags makes it.
+void add_setting_flag(CLI::App* cmd, RunSettings* r, const train::Setting& s,
+                      bool allow_all = false);
 // Replaces `flag` of `cmd` with a hidden one that, when given, is a usage error: "--block does not
 // apply to gen-data: <why>" (a flag that would be accepted and ignored misleads).
 void refuse_flag(CLI::App* cmd, const std::string& flag, const std::string& why);

@@ -63,6 +63,25 @@ void adam_stage(const AdamStepArgs& args, void* coeffs);
 template <typename T>
 void adam_step_staged(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
                       const void* coeffs, const T* grad_scale);
+
+// One range of the flat buffers for adam_step_staged_norm.
+template <typename T>
+struct AdamSpan {
+  T* params = nullptr;
+  const T* grads = nullptr;
+  T* exp_avg = nullptr;
+  T* exp_avg_sq = nullptr;
+  int64_t n = 0;
+};
+// adam_step_staged over every span, with no clip scale, that also takes the global norm of the
+// gradients as it reads them: norm_scale as grad_norm_scale over the same gradients with an
+// unlimited max_norm writes it ([norm, 1]; a NaN norm gives a NaN scale). For a step whose norm
+// is reported but clips nothing, the gradients are read once instead of twice. The updated
+// values are those of adam_step_staged bit for bit; the norm is summed in another order than
+// grad_norm_scale's, so it may differ from it in the last bits.
+template <typename T>
+void adam_step_staged_norm(const AdamSpan<T>* spans, int64_t count, const void* coeffs,
+                           T* norm_scale);
 }  // namespace cuda
 #undef KVC_ADAM_KERNELS
 

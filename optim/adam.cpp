@@ -366,4 +366,30 @@ void Adam::apply_step() {
   scale_pending_ = false;
 }
 
+void Adam::apply_step_with_norm() {
+  KVC_CHECK(staged_.step > 0, "adam: apply_step_with_norm() before stage_step()");
+  KVC_CHECK(!scale_pending_, "adam: apply_step_with_norm() with a clip scale pending");
+  if (!device_.is_cuda()) {  // one loop each: the CPU gains little from reading once
+    set_clip_scale(std::numeric_limits<double>::infinity());
+    scale_pending_ = false;  // the scale is 1: the update needs no multiply
+    apply_step();
+    return;
+  }
+  settle_grads();
+  KVC_DISPATCH_FLOAT(dtype_, "adam", [&] {
+    std::vector<kernels::cuda::AdamSpan<scalar_t>> spans;
+    for (const Segment& seg : segments_) {
+      spans.push_back({flat_params_.data<scalar_t>() + seg.begin,
+                       static_cast<const scalar_t*>(seg.storage->data()),
+                       flat_exp_avg_.data<scalar_t>() + seg.begin,
+                       flat_exp_avg_sq_.data<scalar_t>() + seg.begin,
+                       static_cast<int64_t>(seg.numel)});
+    }
+    KVC_CUDA_ONLY(kernels::cuda::adam_step_staged_norm<scalar_t>(
+        spans.data(), static_cast<int64_t>(spans.size()), step_coeffs_.data<double>(),
+        norm_scale_.data<scalar_t>()));
+  });
+  norm_valid_ = true;
+}
+
 }  // namespace kvc

@@ -68,6 +68,13 @@ class Adam {
   // itself, the part that is captured.
   void stage_step();
   void apply_step();
+  // apply_step() that also computes the global gradient norm as it reads the gradients, into
+  // norm_scale() as clip_grad_norm with no limit would ([norm, 1]): for a step whose norm is
+  // reported but clips nothing, the gradients are read once, not twice (on CUDA; the CPU takes
+  // the norm first, then the update). No clip scale may be pending. The parameters and moments
+  // come out as apply_step() leaves them; the norm may differ from clip_grad_norm's in its last
+  // bits (another order of summation).
+  void apply_step_with_norm();
 
   // torch.nn.utils.clip_grad_norm_ over all gradients: returns the global L2 norm (before
   // clipping) and scales the gradients by min(1, max_norm / (norm + 1e-6)). The scale is kept on

@@ -1,6 +1,8 @@
 // The CUDA-graph-captured training step (kernels/graph.h, Adam::stage_step/apply_step): replays
 // give the same parameters and losses as the step launched op by op, allocate nothing, and a
-// body that cannot be captured fails with an error while the stream stays usable.
+// body that cannot be captured fails with an error while the stream stays usable. And the
+// StepRunner's norm taken inside the update, on both devices.
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -177,6 +179,86 @@ TEST_CASE("cuda: the trainer's StepRunner replays its graphs to the bits of the 
     CHECK(params[1] == params[0]);
   }
 #endif
+}
+
+// With no clipping, the steps StepRunner is not asked to read before their update take the
+// gradient norm inside the update (Adam::apply_step_with_norm): the weights and losses are those
+// of steps that all take it first (the clip scale is 1, a multiply by 1 changes no bit), and the
+// norm differs at most in its last bits. On CUDA the graph replays the same bits.
+void check_norm_in_update(Device device) {
+  KVShape shape;
+  SyntheticKV data(shape, 13, device);
+  std::vector<Batch> batches;
+  for (int i = 0; i < 6; ++i) batches.push_back(data.next());
+  struct Result {
+    std::vector<double> losses, norms, params;
+    bool graph = false;
+  };
+  const auto run = [&](bool every_norm_first, bool allow_graph) {
+    CompressorOptions o;
+    o.kind = "grouped_mlp";
+    o.heads = 2;
+    o.dim_head = 32;
+    o.block = 8;
+    o.seed = 7;
+    o.device = device;
+    CompressorPair pair(o);
+    Adam adam(pair.named_parameters());
+    train::StepRunnerOptions ro;
+    ro.clip = std::numeric_limits<double>::infinity();
+    ro.allow_graph = allow_graph;
+    train::StepRunner runner(pair, nullptr, adam, ro);
+    Result r;
+    for (size_t i = 0; i < batches.size(); ++i) {
+      adam.set_lr(1e-2 / static_cast<double>(i + 1));
+      const bool first = every_norm_first || i % 3 == 0;
+      const Tensor& loss = runner.forward_backward(batches[i], first);
+      CHECK(runner.norm_after_update() == !first);
+      if (first) r.norms.push_back(adam.last_grad_norm());
+      runner.update();
+      if (!first) r.norms.push_back(adam.last_grad_norm());
+      r.losses.push_back(loss.item());
+    }
+    r.graph = runner.using_graph();
+    r.params = adam.flat_params().to_vector();
+    return r;
+  };
+  const Result reference = run(true, false);
+  for (const bool graph : {false, true}) {
+    if (graph && !device.is_cuda()) continue;
+    CAPTURE(graph);
+    const Result mixed = run(false, graph);
+    CHECK(mixed.graph == graph);
+    CHECK(mixed.losses == reference.losses);
+    CHECK(mixed.params == reference.params);
+    REQUIRE(mixed.norms.size() == reference.norms.size());
+    for (size_t i = 0; i < mixed.norms.size(); ++i) {
+      CHECK(mixed.norms[i] == doctest::Approx(reference.norms[i]).epsilon(1e-6));
+    }
+  }
+  // A step that clips always takes its norm first.
+  CompressorOptions o;
+  o.kind = "conv";
+  o.heads = 2;
+  o.dim_head = 32;
+  o.block = 8;
+  o.device = device;
+  CompressorPair pair(o);
+  Adam adam(pair.named_parameters());
+  train::StepRunnerOptions ro;
+  ro.clip = 1.0;
+  train::StepRunner runner(pair, nullptr, adam, ro);
+  (void)runner.forward_backward(batches[0], /*norm_first=*/false);
+  CHECK_FALSE(runner.norm_after_update());
+}
+
+TEST_CASE("train: with no clipping a step may take its gradient norm in the update, same bits") {
+  check_norm_in_update(Device::cpu());
+}
+
+TEST_CASE("cuda: with no clipping a step may take its gradient norm in the update, same bits") {
+  KVC_REQUIRE_CUDA();
+  check_norm_in_update(Device::cuda());
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // Tests of optim/: Adam/AdamW vs PyTorch goldens and closed forms, the clip, the flat buffers,
 // the learning-rate schedule.
 #include <cmath>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -160,6 +161,42 @@ TEST_CASE("optim: clip_grad_norm returns the global norm and scales the next ste
   CHECK(adam.exp_avg("b").to_vector()[0] == doctest::Approx(m_b).epsilon(1e-14));
 
   CHECK_THROWS_WITH_AS(adam.clip_grad_norm(0.0), doctest::Contains("max_norm 0"), Error);
+}
+
+TEST_CASE("optim: apply_step_with_norm updates as apply_step and reports the unclipped norm") {
+  // Gradients (3, 4) and (12): global norm 13.
+  const auto make = [] {
+    return Named{{"a", Tensor::from_vector({1.0, -2.0}, {2}, f64().with_requires_grad(true))},
+                 {"b", Tensor::from_vector({0.5}, {1}, f64().with_requires_grad(true))}};
+  };
+  Named clipped = make(), fused = make();
+  AdamOptions o;
+  o.lr = 0.1;
+  Adam first(clipped, o), inside(fused, o);
+  for (int t = 0; t < 2; ++t) {
+    const std::vector<double> g =
+        t == 0 ? std::vector<double>{3.0, 4.0, 12.0} : std::vector<double>{-1.0, 2.0, 2.0};
+    first.zero_grad();
+    inside.zero_grad();
+    set_grads(clipped, g);
+    set_grads(fused, g);
+    first.set_clip_scale(std::numeric_limits<double>::infinity());
+    first.step();
+    inside.stage_step();
+    inside.apply_step_with_norm();
+    CHECK(inside.last_grad_norm() == doctest::Approx(t == 0 ? 13.0 : 3.0).epsilon(1e-15));
+    CHECK(inside.norm_scale().to_vector()[1] == 1.0);
+    for (const char* name : {"a", "b"}) {
+      CHECK(inside.param(name).to_vector() == first.param(name).to_vector());
+      CHECK(inside.exp_avg(name).to_vector() == first.exp_avg(name).to_vector());
+      CHECK(inside.exp_avg_sq(name).to_vector() == first.exp_avg_sq(name).to_vector());
+    }
+  }
+  // A clip scale already pending would be lost: refused.
+  inside.set_clip_scale(1.0);
+  inside.stage_step();
+  CHECK_THROWS_WITH_AS(inside.apply_step_with_norm(), doctest::Contains("clip scale pending"),
+                       Error);
 }
 
 TEST_CASE("optim: parameters alias the flat buffer, backward accumulates into the flat grads") {
@@ -482,6 +519,47 @@ TEST_CASE("optim: Adam on CUDA matches the CPU (clip, L2 and AdamW)") {
       CHECK(rel_error(g.param(name).to_vector(), a.param(name).to_vector()) < 1e-5);
       CHECK(rel_error(g.exp_avg(name).to_vector(), a.exp_avg(name).to_vector()) < 1e-5);
       CHECK(rel_error(g.exp_avg_sq(name).to_vector(), a.exp_avg_sq(name).to_vector()) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("cuda: apply_step_with_norm takes the norm in the update, to apply_step's bits") {
+  KVC_REQUIRE_CUDA();
+  // Two segments (a 1 MiB minimum): a's, and b's with c's joined, which ends in an odd number of
+  // elements (the element-by-element tail).
+  const int64_t mib = 1 << 18;
+  const auto make = [&] {
+    return Named{{"a.w", Tensor::randn({mib + 4}, 7, 0).to(Device::cuda()).set_requires_grad(true)},
+                 {"b.w", Tensor::randn({mib + 3}, 7, 1).to(Device::cuda()).set_requires_grad(true)},
+                 {"c.w", Tensor::randn({37}, 7, 2).to(Device::cuda()).set_requires_grad(true)}};
+  };
+  AdamOptions o;
+  o.lr = 1e-2;
+  o.weight_decay = 0.01;
+  Named clipped = make(), fused = make();
+  Adam first(clipped, o, size_t{1} << 20), inside(fused, o, size_t{1} << 20);
+  REQUIRE(inside.grad_segments().size() == 2);
+  for (uint64_t t = 0; t < 3; ++t) {
+    double sumsq = 0;  // the norm in double on the host, from the same float32 values
+    first.zero_grad();
+    inside.zero_grad();
+    for (size_t i = 0; i < clipped.size(); ++i) {
+      const Tensor g = Tensor::randn(clipped[i].second.shape(), 8, 3 * t + i, 0.0, 2.0);
+      for (const float v : g.to_vector()) sumsq += static_cast<double>(v) * v;
+      first.grad(clipped[i].first).copy_from(g);
+      inside.grad(fused[i].first).copy_from(g);
+    }
+    first.set_clip_scale(std::numeric_limits<double>::infinity());
+    first.step();
+    inside.stage_step();
+    inside.apply_step_with_norm();
+    INFO("step ", t);
+    CHECK(inside.last_grad_norm() == doctest::Approx(std::sqrt(sumsq)).epsilon(1e-6));
+    CHECK(inside.norm_scale().to_vector()[1] == 1.0);
+    CHECK(inside.flat_params().to_vector() == first.flat_params().to_vector());
+    for (const auto& [name, p] : clipped) {
+      CHECK(inside.exp_avg(name).to_vector() == first.exp_avg(name).to_vector());
+      CHECK(inside.exp_avg_sq(name).to_vector() == first.exp_avg_sq(name).to_vector());
     }
   }
 }

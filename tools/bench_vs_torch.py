@@ -8,6 +8,11 @@ Usage (on the GPU machine, where plain python3 has PyTorch; on Debian use PYTHON
       [--precision fp32,tf32,bf16|all] [--compressor all|KIND,...] [--variant all] [--reps 20]
       [--json OUT.json]
 
+Both sides update the weights alike: with --clip 0 (the default) neither clips, as PyTorch's
+step (compare_torch.py) has no clip, and kvcompress's Adam takes the gradient norm `train` logs
+as it reads the gradients (`bench --clip 0`); with --clip X both clip the global norm at X
+(clip_grad_norm_ on the PyTorch side).
+
 ratio = kvcompress step time / fastest PyTorch step time (< 1: kvcompress is faster); the
 memory column is kvcompress's peak over the winning variant's. The floor column is the time
 the step cannot beat on this GPU: max(FLOPs / matrix rate, compulsory bytes / copy bandwidth),
@@ -97,7 +102,8 @@ def compare(a, precision, peaks):
     kvc, torch_res = None, None
     for kind in a.compressor.split(","):
         common = ["--config", a.config, "--compressor", kind, "--precision", precision,
-                  "--device", a.device, "--reps", str(a.reps), "--warmup-reps", str(a.warmup_reps)]
+                  "--device", a.device, "--reps", str(a.reps), "--warmup-reps", str(a.warmup_reps),
+                  "--clip", str(a.clip)]
         k = run_json([a.kvcompress, "bench", *common, "--json"])
         t = run_json([sys.executable, os.path.join(HERE, "compare_torch.py"), *common,
                       "--variant", a.variant, "--json"])
@@ -149,6 +155,8 @@ def main():
                     help="fp32, tf32, bf16, several comma-separated, or all (default all)")
     ap.add_argument("--variant", default="all", help="PyTorch variants to try (default all)")
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--clip", type=float, default=0.0,
+                    help="global gradient-norm clip of both sides' steps (default 0: none)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--warmup-reps", type=int, default=5, help="untimed steps first (default 5)")
     ap.add_argument("--no-peaks", action="store_true", help="skip measuring the floor's rates")
@@ -161,7 +169,7 @@ def main():
     peaks = None if a.no_peaks else measure_peaks()
     if peaks:
         print("measured: " + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()), flush=True)
-    doc = {"config": a.config, "peaks": peaks, "runs": []}
+    doc = {"config": a.config, "clip": a.clip, "peaks": peaks, "runs": []}
     # Memory: peak MiB in use (max_memory_allocated and its kvcompress counterpart), and held by
     # each side's caching allocator (in use plus cached).
     hdr = (f"{'prec':<5}{'kind':<22}{'kvc ms':>9}{'torch ms':>10}{'winner':>9}{'ratio':>7}"
@@ -185,7 +193,9 @@ def main():
             with open(a.json, "w") as f:
                 json.dump(doc, f, indent=2)
     print(f"\nconfig {a.config} on {kvc['device']}, torch {torch_res.get('torch')} on "
-          f"{torch_res.get('device')}; ratio = kvcompress / fastest PyTorch step (< 1: faster)")
+          f"{torch_res.get('device')}; "
+          f"{'no clipping' if a.clip <= 0 else f'both clip at {a.clip:g}'}; "
+          "ratio = kvcompress / fastest PyTorch step (< 1: faster)")
     print(hdr)
     print("-" * len(hdr))
     print("\n".join(lines))

@@ -24,7 +24,8 @@ Q (b, h, nq, d), float32 tensors:
            compressors, attention over the compressed blocks, the MSE loss
 - bwd_ms:  loss.backward()
 - opt_ms:  torch.optim.Adam(fused=True).step() over all the pair's parameters (fused needs CUDA;
-           on CPU the default implementation, with a note)
+           on CPU the default implementation, with a note), after
+           torch.nn.utils.clip_grad_norm_(parameters, X) with --clip X > 0 (default 0: no clip)
 - step_ms: the whole training step, zero_grad(set_to_none=True) + fwd + bwd + opt, timed as one
 Each phase is timed with CUDA events (perf_counter on CPU) around it, after --warmup-reps untimed
 steps; the median of --reps steps is reported. peak_mem_bytes is torch.cuda.max_memory_allocated
@@ -128,6 +129,8 @@ def bench_kind(kind, variant, shape, args, device, timer):
     marks.append(timer.mark())
     loss.backward()
     marks.append(timer.mark())
+    if args.clip > 0:
+      torch.nn.utils.clip_grad_norm_(pair.parameters(), args.clip)
     opt.step()
     marks.append(timer.mark())
     return loss
@@ -174,6 +177,8 @@ def main(argv=None):
   ap.add_argument("--dropout", type=float, default=0.0)
   ap.add_argument("--reduction", type=int, default=2)
   ap.add_argument("--lr", type=float, default=1e-3)
+  ap.add_argument("--clip", type=float, default=0.0,
+                  help="clip_grad_norm_ before each optimizer step (default 0: none)")
   ap.add_argument("--warmup-reps", type=int, default=5, help="untimed steps first (default 5)")
   ap.add_argument("--reps", type=int, default=20, help="timed steps, median taken (default 20)")
   ap.add_argument("--seed", type=int, default=0)

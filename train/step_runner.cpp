@@ -3,6 +3,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cmath>
+
 #include "core/autograd.h"
 #include "kernels/graph.h"
 
@@ -27,6 +29,7 @@ constexpr int64_t kWarmupSteps = 2;
 struct StepRunner::Graphs {
   Batch inputs;  // the captured step reads its batch from here: each batch is copied in
   kernels::cuda::StepGraph forward_backward, clip, update;
+  kernels::cuda::StepGraph update_with_norm;  // captured only when the step clips nothing
 };
 #else
 struct StepRunner::Graphs {};
@@ -61,12 +64,12 @@ void StepRunner::run_forward_backward(const Batch& batch) {
   backward(loss_);
   // Zeros for any parameter backward did not reach, inside the captured graph with the rest.
   adam_.settle_grads();
-  if (!options_.reduce_gradients) clip();  // else after the reduction
 }
 
 void StepRunner::clip() { adam_.set_clip_scale(options_.clip); }
 
-const Tensor& StepRunner::forward_backward(const Batch& batch) {
+const Tensor& StepRunner::forward_backward(const Batch& batch, bool norm_first) {
+  norm_in_update_ = !norm_first && std::isinf(options_.clip);
 #ifdef KVC_WITH_CUDA
   if (graphs_ && !same_shapes(batch, graphs_->inputs)) {  // a new shape: warm up again, eager
     graphs_.reset();
@@ -78,8 +81,11 @@ const Tensor& StepRunner::forward_backward(const Batch& batch) {
     g->inputs = {batch.k.clone(), batch.v.clone(), copy(batch.q), copy(batch.q_pos)};
     try {
       g->forward_backward.capture([&] { run_forward_backward(g->inputs); });
-      if (options_.reduce_gradients) g->clip.capture([&] { clip(); });
-      g->update.capture([&] { adam_.apply_step(); });
+      g->clip.capture([&] { clip(); });
+      g->update.capture([&] { adam_.apply_step(); });  // reads the clip's scale
+      if (std::isinf(options_.clip)) {
+        g->update_with_norm.capture([&] { adam_.apply_step_with_norm(); });
+      }
       graphs_ = std::move(g);
     } catch (const Error& e) {
       graph_failed_ = true;
@@ -94,18 +100,14 @@ const Tensor& StepRunner::forward_backward(const Batch& batch) {
     if (batch.q.defined()) graphs_->inputs.q.copy_from(batch.q);
     if (batch.q_pos.defined()) graphs_->inputs.q_pos.copy_from(batch.q_pos);
     graphs_->forward_backward.replay();
-    if (options_.reduce_gradients) {
-      options_.reduce_gradients();
-      graphs_->clip.replay();
-    }
+    if (options_.reduce_gradients) options_.reduce_gradients();
+    if (!norm_in_update_) graphs_->clip.replay();
     return loss_;
   }
 #endif
   run_forward_backward(batch);
-  if (options_.reduce_gradients) {
-    options_.reduce_gradients();
-    clip();
-  }
+  if (options_.reduce_gradients) options_.reduce_gradients();
+  if (!norm_in_update_) clip();
   ++eager_steps_;
   return loss_;
 }
@@ -114,11 +116,15 @@ void StepRunner::update() {
   adam_.stage_step();
 #ifdef KVC_WITH_CUDA
   if (graphs_) {
-    graphs_->update.replay();
+    (norm_in_update_ ? graphs_->update_with_norm : graphs_->update).replay();
     return;
   }
 #endif
-  adam_.apply_step();
+  if (norm_in_update_) {
+    adam_.apply_step_with_norm();
+  } else {
+    adam_.apply_step();
+  }
 }
 
 }  // namespace kvc::train

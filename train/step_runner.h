@@ -1,4 +1,4 @@
-// The training step in two halves, each replayed from a CUDA graph once shapes are fixed: the
+// The training step in two halves, each replayed from CUDA graphs once shapes are fixed: the
 // forward/backward half (loss, gradients, the clip's norm) and the optimizer update, so that the
 // trainer can read the loss between them and keep a bad step away from the weights.
 #pragma once
@@ -15,8 +15,8 @@ namespace kvc::train {
 
 struct StepRunnerOptions {
   std::string task = "distill";  // distill | teacher
-  double clip = 1.0;             // the max norm given to Adam::set_clip_scale (> 0)
-  bool allow_graph = true;       // false: always launch op by op
+  double clip = 1.0;  // the max norm given to Adam::set_clip_scale (> 0; infinite: no clipping)
+  bool allow_graph = true;  // false: always launch op by op
   // Runs between backward and the clip (data-parallel ranks sum their gradients here). It is not
   // captured: the graph then ends after backward and the clip is replayed from a graph of its own.
   std::function<void()> reduce_gradients;
@@ -34,12 +34,16 @@ class StepRunner {
   StepRunner(const StepRunner&) = delete;
   StepRunner& operator=(const StepRunner&) = delete;
 
-  // zero_grad, the task's loss on `batch`, backward, and the gradient-norm clip (the norm and
-  // the scale stay on the device, in adam.norm_scale()). Returns the loss: a device scalar that
-  // is rewritten by the next call.
-  const Tensor& forward_backward(const Batch& batch);
+  // zero_grad, the task's loss on `batch`, backward, and the gradient norm with the clip scale
+  // (on the device, in adam.norm_scale()). Returns the loss: a device scalar that is rewritten by
+  // the next call. With `norm_first` false and no clipping (clip infinite), the norm is left to
+  // update(), which takes it as it reads the gradients (one pass over them instead of two):
+  // adam.norm_scale() then holds it only once update() has run (norm_after_update()).
+  const Tensor& forward_backward(const Batch& batch, bool norm_first = true);
   // The optimizer update with the optimizer's current learning rate (Adam::step).
   void update();
+  // Whether the latest forward_backward left the norm to update().
+  bool norm_after_update() const { return norm_in_update_; }
 
   bool using_graph() const;
 
@@ -55,6 +59,7 @@ class StepRunner {
   StepRunnerOptions options_;
   Tensor loss_;
   int64_t eager_steps_ = 0;
+  bool norm_in_update_ = false;
   bool graph_failed_ = false;
   std::unique_ptr<Graphs> graphs_;
 };

@@ -32,6 +32,8 @@ class StepStats {
   void record(const StepRecord& step, const Tensor& loss, const Tensor& norm_scale);
   size_t pending() const { return pending_.size(); }
   bool full() const { return static_cast<int64_t>(pending_.size()) == capacity_; }
+  // Whether the next record() fills the buffer.
+  bool one_slot_left() const { return static_cast<int64_t>(pending_.size()) + 1 == capacity_; }
   // The recorded steps with loss and grad_norm filled in (the one wait for the device); empties
   // the buffer.
   std::vector<StepRecord> read();

@@ -421,13 +421,15 @@ TrainResult Trainer::run() {
     const StepPlan plan = plan_step(step_ + 1);
     adam_->set_lr(plan.record.lr);
     const Batch batch = train_src_->next();
-    const Tensor& loss = s->runner.forward_backward(batch);  // forward, backward, clip norm
-    s->record_step(plan.record, loss, adam_->norm_scale());
-    // Read before the update, so a bad step found here never reaches the weights.
-    if (s->stats.full() || plan.eval_now || plan.save_now) {
-      book_steps(*s, s->stats.pending() == 1 ? &batch : nullptr);
-    }
+    // A step read back before its update (so a bad one found here never reaches the weights)
+    // needs its gradient norm first; any other, when nothing is clipped, has the optimizer take
+    // the norm as it reads the gradients.
+    const bool read_now = s->stats.one_slot_left() || plan.eval_now || plan.save_now;
+    const Tensor& loss = s->runner.forward_backward(batch, /*norm_first=*/read_now);
+    if (!s->runner.norm_after_update()) s->record_step(plan.record, loss, adam_->norm_scale());
+    if (read_now) book_steps(*s, s->stats.pending() == 1 ? &batch : nullptr);
     s->runner.update();  // the optimizer
+    if (s->runner.norm_after_update()) s->record_step(plan.record, loss, adam_->norm_scale());
     step_ = plan.record.step;
     if (!after_step(*s, plan)) break;
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -25,13 +26,22 @@ __device__ __forceinline__ void adam_element(const math::AdamCoeffs<T>& c, T g, 
 // The coefficients come by value, or from device memory when `staged` is set (a captured step).
 // `vec4` (float32 with every buffer 16-byte aligned): four elements a thread per iteration, as
 // float4 loads and stores, the same arithmetic per element; the tail after the last full four
-// goes element by element.
-template <typename T>
+// goes element by element. kNorm: the CTA's sum of the gradients' squares (as read, in double)
+// goes to sumsq[blockIdx.x].
+template <typename T, bool kNorm>
 __global__ void adam_kernel(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
                             math::AdamCoeffs<T> by_value, const math::AdamCoeffs<T>* staged,
-                            const T* grad_scale, bool vec4) {
+                            const T* grad_scale, bool vec4, double* sumsq) {
   const math::AdamCoeffs<T> c = staged ? *staged : by_value;
   const T scale = grad_scale ? *grad_scale : T(1);
+  double acc = 0.0;
+  const auto square = [&acc](T g) {
+    if constexpr (kNorm) {
+      acc = fma(static_cast<double>(g), static_cast<double>(g), acc);
+    } else {
+      (void)g;
+    }
+  };
   int64_t first = 0;
   if constexpr (std::is_same_v<T, float>) {
     if (vec4) {
@@ -44,6 +54,7 @@ __global__ void adam_kernel(T* params, const T* grads, T* exp_avg, T* exp_avg_sq
         adam_element(c, g.y, p.y, m.y, v.y, grad_scale, scale);
         adam_element(c, g.z, p.z, m.z, v.z, grad_scale, scale);
         adam_element(c, g.w, p.w, m.w, v.w, grad_scale, scale);
+        square(g.x), square(g.y), square(g.z), square(g.w);
         reinterpret_cast<float4*>(params)[i] = p;
         reinterpret_cast<float4*>(exp_avg)[i] = m;
         reinterpret_cast<float4*>(exp_avg_sq)[i] = v;
@@ -54,10 +65,17 @@ __global__ void adam_kernel(T* params, const T* grads, T* exp_avg, T* exp_avg_sq
   KVC_GRID_LOOP(j, n - first) {
     const int64_t i = first + j;
     T p = params[i], m = exp_avg[i], v = exp_avg_sq[i];
-    adam_element(c, grads[i], p, m, v, grad_scale, scale);
+    const T g = grads[i];
+    adam_element(c, g, p, m, v, grad_scale, scale);
+    square(g);
     params[i] = p;
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
+  }
+  if constexpr (kNorm) {
+    __shared__ double shared[32];
+    acc = block_sum(acc, shared);
+    if (threadIdx.x == 0) sumsq[blockIdx.x] = acc;
   }
 }
 
@@ -107,9 +125,9 @@ void adam_step(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
                const AdamStepArgs& args, const T* grad_scale) {
   if (n <= 0) return;
   const math::AdamCoeffs<T> c = math::adam_coeffs<T>(args);
-  adam_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(
+  adam_kernel<T, false><<<grid_for(n), kThreads, 0, stream()>>>(
       params, grads, exp_avg, exp_avg_sq, n, c, nullptr, grad_scale,
-      adam_vec4(params, grads, exp_avg, exp_avg_sq));
+      adam_vec4(params, grads, exp_avg, exp_avg_sq), nullptr);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -124,10 +142,35 @@ template <typename T>
 void adam_step_staged(T* params, const T* grads, T* exp_avg, T* exp_avg_sq, int64_t n,
                       const void* coeffs, const T* grad_scale) {
   if (n <= 0) return;
-  adam_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(
+  adam_kernel<T, false><<<grid_for(n), kThreads, 0, stream()>>>(
       params, grads, exp_avg, exp_avg_sq, n, math::AdamCoeffs<T>{},
       static_cast<const math::AdamCoeffs<T>*>(coeffs), grad_scale,
-      adam_vec4(params, grads, exp_avg, exp_avg_sq));
+      adam_vec4(params, grads, exp_avg, exp_avg_sq), nullptr);
+  KVC_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void adam_step_staged_norm(const AdamSpan<T>* spans, int64_t count, const void* coeffs,
+                           T* norm_scale) {
+  // One slot a CTA (grid_for's grid for each span), then one kernel over all the slots, as
+  // grad_norm_scale does with its parts.
+  int64_t total = 0;
+  for (int64_t s = 0; s < count; ++s) total += spans[s].n > 0 ? grid_for(spans[s].n) : 0;
+  Scratch sumsq(static_cast<size_t>(std::max<int64_t>(total, 1)) * sizeof(double));
+  int64_t first = 0;
+  for (int64_t s = 0; s < count; ++s) {
+    const AdamSpan<T>& a = spans[s];
+    if (a.n <= 0) continue;
+    const int grid = grid_for(a.n);
+    adam_kernel<T, true><<<grid, kThreads, 0, stream()>>>(
+        a.params, a.grads, a.exp_avg, a.exp_avg_sq, a.n, math::AdamCoeffs<T>{},
+        static_cast<const math::AdamCoeffs<T>*>(coeffs), nullptr,
+        adam_vec4(a.params, a.grads, a.exp_avg, a.exp_avg_sq), sumsq.as<double>() + first);
+    KVC_CUDA_CHECK(cudaGetLastError());
+    first += grid;
+  }
+  norm_scale_kernel<T><<<1, kNormThreads, 0, stream()>>>(
+      sumsq.as<double>(), total, std::numeric_limits<double>::infinity(), norm_scale);
   KVC_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -165,5 +208,7 @@ template void adam_step_staged<float>(float*, const float*, float*, float*, int6
                                       const float*);
 template void adam_step_staged<double>(double*, const double*, double*, double*, int64_t,
                                        const void*, const double*);
+template void adam_step_staged_norm<float>(const AdamSpan<float>*, int64_t, const void*, float*);
+template void adam_step_staged_norm<double>(const AdamSpan<double>*, int64_t, const void*, double*);
 
 }  // namespace kvc::kernels::cuda
