@@ -629,10 +629,7 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
       for (int nt = 0; nt < 4; ++nt) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          float v = csum[nt][j];
-          v += __shfl_xor_sync(0xffffffffu, v, 4);
-          v += __shfl_xor_sync(0xffffffffu, v, 8);
-          v += __shfl_xor_sync(0xffffffffu, v, 16);
+          const float v = sum_over_fragment_rows(csum[nt][j]);
           const int c = wn * 32 + nt * 8 + 2 * t + j;
           if (g == 0 && c < cols_here) sums_row[col0 + c] = v;
         }
@@ -811,10 +808,7 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
     for (int nt = 0; nt < 2; ++nt) {
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float v = csum[nt][j];
-        v += __shfl_xor_sync(0xffffffffu, v, 4);
-        v += __shfl_xor_sync(0xffffffffu, v, 8);
-        v += __shfl_xor_sync(0xffffffffu, v, 16);
+        const float v = sum_over_fragment_rows(csum[nt][j]);
         const int c = wn * 16 + nt * 8 + 2 * t + j;
         if (g == 0 && c < cols_here) {
           col_sums[((head * batches + bi) * parts + slot * kWarpRows + wm) * hidden + col0 + c] = v;

@@ -47,6 +47,15 @@ __device__ __forceinline__ float2 split_tf32_operand(float x) {
   return make_float2(hi, __fsub_rn(x, hi));
 }
 
+// The sum of a C fragment's values over its rows g = 0..7 (lanes 4 g + t hold the same columns):
+// three exchanges across g give every lane its columns' sum over the 8 rows.
+__device__ __forceinline__ float sum_over_fragment_rows(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 4);
+  v += __shfl_xor_sync(0xffffffffu, v, 8);
+  v += __shfl_xor_sync(0xffffffffu, v, 16);
+  return v;
+}
+
 // The products are plain register operations (no volatile): the compiler may interleave
 // independent ones, which a chain of dependent products needs to hide the tensor-core latency.
 // c += a b for one 16x8 tile: a (16 x 16 bf16, row), b (16 x 8 bf16, col), c FP32.
