@@ -293,5 +293,39 @@ TEST_CASE("train cuda: a GPU run follows the CPU run, books every step, and resu
   CHECK(a.rng == b.rng);
 }
 
+TEST_CASE("train cuda: with --clip 0 the steps not read back take their norm in the update") {
+  KVC_REQUIRE_CUDA();
+  // No dropout: from the third step on the GPU replays its graphs. The losses are read at steps
+  // 7 and 14 and at the evals (5, 10, 15, 20), whose norms come first; every other step's norm
+  // comes from the update, and the metrics still hold every step's loss and norm.
+  test::TempDir dir("train_cuda_clip0");
+  TrainOptions o = quiet(dir / "cpu");
+  o.compressor = "grouped_mlp";
+  o.clip = 0;
+  o.steps = 20;
+  o.eval_every = 5;
+  o.save_every = 0;
+  o.log_every = 7;
+  o.batch = 2;
+  o.seq = 64;
+  Trainer(o).run();
+  TrainOptions g = o;
+  g.out = dir / "gpu";
+  g.device = Device::cuda();
+  Trainer(g).run();
+  const train::MetricsHistory hc = train::read_metrics_csv(dir / "cpu/metrics.csv");
+  const train::MetricsHistory hg = train::read_metrics_csv(dir / "gpu/metrics.csv");
+  REQUIRE(hg.size() == 21);
+  REQUIRE(hc.size() == hg.size());
+  for (size_t i = 1; i < hg.size(); ++i) {
+    const auto& c = hc.rows()[i];
+    const auto& d = hg.rows()[i];
+    INFO("step ", i);
+    CHECK(d.step == static_cast<int64_t>(i));
+    CHECK(std::fabs(d.loss - c.loss) <= 1e-4 * std::fabs(c.loss));
+    CHECK(std::fabs(d.grad_norm - c.grad_norm) <= 1e-4 * std::fabs(c.grad_norm));
+  }
+}
+
 }  // namespace
 }  // namespace kvc
