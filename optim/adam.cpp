@@ -369,7 +369,7 @@ void Adam::apply_step() {
 void Adam::apply_step_with_norm() {
   KVC_CHECK(staged_.step > 0, "adam: apply_step_with_norm() before stage_step()");
   KVC_CHECK(!scale_pending_, "adam: apply_step_with_norm() with a clip scale pending");
-  if (!device_.is_cuda()) {  // one loop each: the CPU gains little from reading once
+  if (!device_.is_cuda()) {  // the CPU keeps its two loops: the norm's, then the update's
     set_clip_scale(std::numeric_limits<double>::infinity());
     scale_pending_ = false;  // the scale is 1: the update needs no multiply
     apply_step();
