@@ -19,21 +19,21 @@
 namespace kvc {
 namespace {
 
-#ifdef KVC_WITH_CUDA
-struct Run {
-  std::vector<double> losses, params;
-};
-
-CompressorOptions small_pair(const std::string& kind) {
+CompressorOptions small_pair(const std::string& kind, Device device = Device::cuda()) {
   CompressorOptions o;
   o.kind = kind;
   o.heads = 2;
   o.dim_head = 32;
   o.block = 8;
   o.seed = 7;
-  o.device = Device::cuda();
+  o.device = device;
   return o;
 }
+
+#ifdef KVC_WITH_CUDA
+struct Run {
+  std::vector<double> losses, params;
+};
 
 // The learning rate changes every step (as the schedule does): the replays must see it.
 double lr_at(size_t step) { return 1e-2 / static_cast<double>(step + 1); }
@@ -195,14 +195,7 @@ void check_norm_in_update(Device device) {
     bool graph = false;
   };
   const auto run = [&](bool every_norm_first, bool allow_graph) {
-    CompressorOptions o;
-    o.kind = "grouped_mlp";
-    o.heads = 2;
-    o.dim_head = 32;
-    o.block = 8;
-    o.seed = 7;
-    o.device = device;
-    CompressorPair pair(o);
+    CompressorPair pair(small_pair("grouped_mlp", device));
     Adam adam(pair.named_parameters());
     train::StepRunnerOptions ro;
     ro.clip = std::numeric_limits<double>::infinity();
@@ -237,13 +230,7 @@ void check_norm_in_update(Device device) {
     }
   }
   // A step that clips always takes its norm first.
-  CompressorOptions o;
-  o.kind = "conv";
-  o.heads = 2;
-  o.dim_head = 32;
-  o.block = 8;
-  o.device = device;
-  CompressorPair pair(o);
+  CompressorPair pair(small_pair("conv", device));
   Adam adam(pair.named_parameters());
   train::StepRunnerOptions ro;
   ro.clip = 1.0;

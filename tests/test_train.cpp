@@ -243,16 +243,16 @@ TEST_CASE(
 
 // The GPU path of the loop (losses read in batches, not every step) books every step, follows
 // the CPU run, and resumes: N steps then M more equal N + M steps within fp32 rounding.
-TEST_CASE("train cuda: a GPU run follows the CPU run, books every step, and resumes") {
-  KVC_REQUIRE_CUDA();
-  test::TempDir dir("train_cuda");
-  TrainOptions o = quiet(dir / "cpu");
-  o.compressor = "enhanced_mlp";
-  o.dropout = 0.2;
+// Twenty steps of `o` (batch 2, seq 64, an eval every 5 steps; the GPU reads its losses every 7
+// steps and at the evals) on the CPU into dir/cpu, then on the GPU into dir/gpu: every step is
+// booked on both, and the GPU's losses (with `norms`, its gradient norms too) follow the CPU's
+// within float32 rounding. Returns the GPU run's options.
+TrainOptions check_gpu_follows_cpu(const test::TempDir& dir, TrainOptions o, bool norms) {
+  o.out = dir / "cpu";
   o.steps = 20;
   o.eval_every = 5;
   o.save_every = 0;
-  o.log_every = 7;  // on the GPU the losses are read every 7 steps and at evals and saves
+  o.log_every = 7;
   o.batch = 2;
   o.seq = 64;
   Trainer(o).run();
@@ -260,17 +260,29 @@ TEST_CASE("train cuda: a GPU run follows the CPU run, books every step, and resu
   g.out = dir / "gpu";
   g.device = Device::cuda();
   Trainer(g).run();
-
   const train::MetricsHistory hc = train::read_metrics_csv(dir / "cpu/metrics.csv");
   const train::MetricsHistory hg = train::read_metrics_csv(dir / "gpu/metrics.csv");
   REQUIRE(hg.size() == 21);  // step 0 (the untrained eval) and every step once
   REQUIRE(hc.size() == hg.size());
-  for (size_t i = 0; i < hg.size(); ++i) {
-    CHECK(hg.rows()[i].step == static_cast<int64_t>(i));
-    if (i == 0) continue;
+  for (size_t i = 1; i < hg.size(); ++i) {
+    const auto& c = hc.rows()[i];
+    const auto& d = hg.rows()[i];
+    INFO("step ", i);
+    CHECK(d.step == static_cast<int64_t>(i));
     // The same data, init and dropout masks on both devices: only float rounding differs.
-    CHECK(std::fabs(hg.rows()[i].loss - hc.rows()[i].loss) <= 1e-4 * std::fabs(hc.rows()[i].loss));
+    CHECK(std::fabs(d.loss - c.loss) <= 1e-4 * std::fabs(c.loss));
+    if (norms) CHECK(std::fabs(d.grad_norm - c.grad_norm) <= 1e-4 * std::fabs(c.grad_norm));
   }
+  return g;
+}
+
+TEST_CASE("train cuda: a GPU run follows the CPU run, books every step, and resumes") {
+  KVC_REQUIRE_CUDA();
+  test::TempDir dir("train_cuda");
+  TrainOptions o = quiet("");
+  o.compressor = "enhanced_mlp";
+  o.dropout = 0.2;
+  const TrainOptions g = check_gpu_follows_cpu(dir, o, /*norms=*/false);
 
   TrainOptions first = g;
   first.out = dir / "pieces";
@@ -295,36 +307,14 @@ TEST_CASE("train cuda: a GPU run follows the CPU run, books every step, and resu
 
 TEST_CASE("train cuda: with --clip 0 the steps not read back take their norm in the update") {
   KVC_REQUIRE_CUDA();
-  // No dropout: from the third step on the GPU replays its graphs. The losses are read at steps
-  // 7 and 14 and at the evals (5, 10, 15, 20), whose norms come first; every other step's norm
-  // comes from the update, and the metrics still hold every step's loss and norm.
+  // No dropout: from the third step on the GPU replays its graphs. Steps 5, 7, 10, 14, 15 and 20
+  // are read back before their update and take their norm first; every other step's comes from
+  // the update, and the metrics still hold every step's loss and norm.
   test::TempDir dir("train_cuda_clip0");
-  TrainOptions o = quiet(dir / "cpu");
+  TrainOptions o = quiet("");
   o.compressor = "grouped_mlp";
   o.clip = 0;
-  o.steps = 20;
-  o.eval_every = 5;
-  o.save_every = 0;
-  o.log_every = 7;
-  o.batch = 2;
-  o.seq = 64;
-  Trainer(o).run();
-  TrainOptions g = o;
-  g.out = dir / "gpu";
-  g.device = Device::cuda();
-  Trainer(g).run();
-  const train::MetricsHistory hc = train::read_metrics_csv(dir / "cpu/metrics.csv");
-  const train::MetricsHistory hg = train::read_metrics_csv(dir / "gpu/metrics.csv");
-  REQUIRE(hg.size() == 21);
-  REQUIRE(hc.size() == hg.size());
-  for (size_t i = 1; i < hg.size(); ++i) {
-    const auto& c = hc.rows()[i];
-    const auto& d = hg.rows()[i];
-    INFO("step ", i);
-    CHECK(d.step == static_cast<int64_t>(i));
-    CHECK(std::fabs(d.loss - c.loss) <= 1e-4 * std::fabs(c.loss));
-    CHECK(std::fabs(d.grad_norm - c.grad_norm) <= 1e-4 * std::fabs(c.grad_norm));
-  }
+  check_gpu_follows_cpu(dir, o, /*norms=*/true);
 }
 
 }  // namespace
