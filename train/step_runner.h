@@ -18,7 +18,8 @@ struct StepRunnerOptions {
   double clip = 1.0;  // the max norm given to Adam::set_clip_scale (> 0; infinite: no clipping)
   bool allow_graph = true;  // false: always launch op by op
   // Runs between backward and the clip (data-parallel ranks sum their gradients here). It is not
-  // captured: the graph then ends after backward and the clip is replayed from a graph of its own.
+  // captured: the forward/backward graph ends at backward, and the clip and the update are graphs
+  // of their own.
   std::function<void()> reduce_gradients;
 };
 
