@@ -259,9 +259,10 @@ void launch_16_bytes(Kernel kernel, int64_t n, Args... args) {
 }
 
 // GELU for the hidden values of operand type T. Under bf16 (values rounded to bfloat16) from
-// erfc's exponential form (kernels/math: cheaper, and accurate in the negative tail where 1 + erf
-// cancels), in every bf16 kernel alike, so that a backward recomputes the forward's values; the
-// erf form elsewhere, as every other GELU of the project.
+// erfc's exponential form (kernels/math: about half the instructions, which bound the GELU
+// product and the hidden gradient, and accurate in the negative tail where 1 + erf cancels), in
+// every bf16 kernel alike, so that a backward recomputes the forward's values; the erf form
+// elsewhere, as every other GELU of the project.
 template <typename T>
 __device__ __forceinline__ float mlp_gelu(float x) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
@@ -446,6 +447,36 @@ __device__ __forceinline__ float2 hidden_grad_pair(float2 a, float p0, float p1,
   }
 }
 
+// Both hidden-gradient kernels' epilogue over a warp's 2 x kNt mma tiles of 16 x 8 at (row0,
+// col0) of a tile: at each pair of adjacent values, the kept values in shared memory (`kept`,
+// kLd bf16 a row) and the products `acc` give the bfloat16 gradient pair o, whose columns add
+// into csum (the values as a ones-vector product over them would sum them); put(r, c, o, act,
+// at) then stores o and GELU's output act where the kernel wants them (at: the pair in `kept`).
+template <bool kGelu, int kNt, int kLd, typename Put>
+__device__ __forceinline__ void hidden_grad_epilogue(const float (&acc)[2][kNt][4], uint16_t* kept,
+                                                     int row0, int col0, int lane,
+                                                     float (&csum)[kNt][2], Put&& put) {
+  const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < kNt; ++nt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = row0 + mt * 16 + g + 8 * half, c = col0 + nt * 8 + 2 * t;
+        __nv_bfloat162* at = reinterpret_cast<__nv_bfloat162*>(kept + r * kLd + c);
+        float2 act;
+        const float2 v = hidden_grad_pair<kGelu>(__bfloat1622float2(*at), acc[mt][nt][2 * half],
+                                                 acc[mt][nt][2 * half + 1], &act);
+        const __nv_bfloat162 o = __floats2bfloat162_rn(v.x, v.y);
+        put(r, c, o, act, at);
+        csum[nt][0] += __low2float(o);
+        csum[nt][1] += __high2float(o);
+      }
+    }
+  }
+}
+
 // The gradient at the first product's output under bf16 in one pass, where it would otherwise
 // take four (the product gy W2^T into the hidden buffer; ReLU's signs kept aside and applied
 // after, or GELU's derivative in a pass of its own; b1's sum a ones-vector product over the
@@ -591,29 +622,15 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
     const int cols_here = static_cast<int>(hidden - col0 < kCols ? hidden - col0 : kCols);
     const int64_t at0 = hz + row0 * hidden + col0;
     float csum[4][2] = {};
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-      for (int nt = 0; nt < 4; ++nt) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int r = wm * 32 + mt * 16 + g + 8 * half, c = wn * 32 + nt * 8 + 2 * t;
-          const float2 a =
-              __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(ts + r * kTLd + c));
-          const float p0 = acc[mt][nt][2 * half], p1 = acc[mt][nt][2 * half + 1];
-          float2 act;
-          const float2 v = hidden_grad_pair<kGelu>(a, p0, p1, &act);
+    hidden_grad_epilogue<kGelu, 4, kTLd>(
+        acc, ts, wm * 32, wn * 32, lane, csum,
+        [&](int r, int c, __nv_bfloat162 o, float2 act, __nv_bfloat162* at) {
           if (kGelu && gelu_out && r < rows_here && c < cols_here) {  // hidden % 8: c + 1 too
             *reinterpret_cast<__nv_bfloat162*>(gelu_out + at0 + r * hidden + c) =
                 __floats2bfloat162_rn(act.x, act.y);
           }
-          const __nv_bfloat162 o = __floats2bfloat162_rn(v.x, v.y);
-          *reinterpret_cast<__nv_bfloat162*>(ts + r * kTLd + c) = o;
-          csum[nt][0] += __low2float(o);
-          csum[nt][1] += __high2float(o);
-        }
-      }
-    }
+          *at = o;  // the gradient over the kept value, copied out below
+        });
     __syncwarp();  // the warp's part of the gradient is in shared memory
                    // Out 16 bytes a lane: the part's 32 rows of 4 x 8 values.
 #pragma unroll
@@ -837,29 +854,15 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
     }
     const int rows_here = static_cast<int>(rows - row0 < kRows ? rows - row0 : kRows);
     uint16_t* out0 = dst + (z * slots + row0) * hidden + col0;
-#pragma unroll
-    for (int mt = 0; mt < 2; ++mt) {
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int r = wm * 32 + mt * 16 + g + 8 * half, c = wn * 16 + nt * 8 + 2 * t;
-          __nv_bfloat162* kept = reinterpret_cast<__nv_bfloat162*>(ks + r * kTLd + c);
-          const float2 a = __bfloat1622float2(*kept);
-          const float p0 = acc[mt][nt][2 * half], p1 = acc[mt][nt][2 * half + 1];
-          float2 act;
-          const float2 v = hidden_grad_pair<kGelu>(a, p0, p1, &act);
+    hidden_grad_epilogue<kGelu, 2, kTLd>(
+        acc, ks, wm * 32, wn * 16, lane, csum,
+        [&](int r, int c, __nv_bfloat162 o, float2 act, __nv_bfloat162* at) {
           // The activation dW2 reads: GELU's output; ReLU's is the kept value as it is.
-          if constexpr (kGelu) *kept = __floats2bfloat162_rn(act.x, act.y);
-          const __nv_bfloat162 o = __floats2bfloat162_rn(v.x, v.y);
+          if constexpr (kGelu) *at = __floats2bfloat162_rn(act.x, act.y);
           if (r < rows_here && c < cols_here) {  // hidden % 8: c + 1 too
             *reinterpret_cast<__nv_bfloat162*>(out0 + r * hidden + c) = o;
           }
-          csum[nt][0] += __low2float(o);
-          csum[nt][1] += __high2float(o);
-        }
-      }
-    }
+        });
     if (w2_parts) {
       __syncthreads();  // the tile's activations, every warp's, are in shared memory
       if (w2_warp) {
@@ -1026,10 +1029,11 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
       const int idx = tid + kCtaThreads * i;
       const int r = idx / (kChunk / 8), c = idx % (kChunk / 8) * 8;
       uint4 v = *reinterpret_cast<const uint4*>(as + r * kALd + c);
-      __nv_bfloat16* e = reinterpret_cast<__nv_bfloat16*>(&v);
+      __nv_bfloat162* e = reinterpret_cast<__nv_bfloat162*>(&v);
 #pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        e[j] = __float2bfloat16(mlp_gelu<__nv_bfloat16>(__bfloat162float(e[j])));
+      for (int j = 0; j < 4; ++j) {  // a pair at a time: one conversion rounds both
+        const float2 f = __bfloat1622float2(e[j]);
+        e[j] = __floats2bfloat162_rn(mlp_gelu<__nv_bfloat16>(f.x), mlp_gelu<__nv_bfloat16>(f.y));
       }
       *reinterpret_cast<uint4*>(as + r * kALd + c) = v;
     }
@@ -1225,8 +1229,9 @@ void shifted_bias(const MlpArgs& g, const Types& t, const void* w1, float* out) 
 // Per-head W1 (h, in, hidden) rounded to bfloat16 and, on the same pass, the shift's rows through
 // it in float32: partial (h, chunks, hidden), chunk c the sum over rows [c kShiftRows, (c + 1)
 // kShiftRows) of shift[h, r] W1[h, r, :]. A thread takes four columns (hidden % 4 == 0) of a
-// chunk's rows.
-constexpr int kShiftRows = 64;
+// chunk's rows, eight at a time: all eight loads before any store (the compiler keeps a load
+// after a store that may alias it, which left one load a thread in flight).
+constexpr int kShiftRows = 64, kShiftAhead = 8;
 __global__ void round_w1_shift_kernel(const float* __restrict__ w1, const float* __restrict__ shift,
                                       __nv_bfloat16* __restrict__ w1_bf16,
                                       float* __restrict__ partial, int64_t in, int64_t hidden) {
@@ -1238,14 +1243,25 @@ __global__ void round_w1_shift_kernel(const float* __restrict__ w1, const float*
   __nv_bfloat16* dst = w1_bf16 + head * in * hidden + c;
   const float* sh = shift + head * in;
   float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-  for (int64_t r = r0; r < r1; ++r) {
-    const float4 v = __ldcs(reinterpret_cast<const float4*>(src + r * hidden));
-    *reinterpret_cast<__nv_bfloat162*>(dst + r * hidden) = __floats2bfloat162_rn(v.x, v.y);
-    *reinterpret_cast<__nv_bfloat162*>(dst + r * hidden + 2) = __floats2bfloat162_rn(v.z, v.w);
-    const float s = __ldg(sh + r);
-    acc = make_float4(fmaf(s, v.x, acc.x), fmaf(s, v.y, acc.y), fmaf(s, v.z, acc.z),
-                      fmaf(s, v.w, acc.w));
+  for (int64_t r = r0; r < r1; r += kShiftAhead) {
+    float4 v[kShiftAhead];
+    float s[kShiftAhead];
+#pragma unroll
+    for (int k = 0; k < kShiftAhead; ++k) {
+      if (r + k < r1) {
+        v[k] = __ldcs(reinterpret_cast<const float4*>(src + (r + k) * hidden));
+        s[k] = __ldg(sh + r + k);
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < kShiftAhead; ++k) {
+      if (r + k >= r1) break;
+      __nv_bfloat16* to = dst + (r + k) * hidden;
+      *reinterpret_cast<__nv_bfloat162*>(to) = __floats2bfloat162_rn(v[k].x, v[k].y);
+      *reinterpret_cast<__nv_bfloat162*>(to + 2) = __floats2bfloat162_rn(v[k].z, v[k].w);
+      acc = make_float4(fmaf(s[k], v[k].x, acc.x), fmaf(s[k], v[k].y, acc.y),
+                        fmaf(s[k], v[k].z, acc.z), fmaf(s[k], v[k].w, acc.w));
+    }
   }
   *reinterpret_cast<float4*>(partial + (head * gridDim.y + chunk) * hidden + c) = acc;
 }
@@ -1312,8 +1328,10 @@ __global__ void round_rows_and_shift_kernel(const float* __restrict__ x,
 // out values (x_mean (heads, w, out), float32: the residual's, read on the way): a CTA rounds
 // whole rows, rows blockIdx.x, + gridDim.x, .. of (batch index, head) blockIdx.y, the last of them
 // the shift's. Thread i's values 4 i, + 1024, .. of a row share their columns (1024 % out == 0):
-// it sums its groups in registers, then the threads of each column four in shared memory.
+// it sums its groups in registers, then the threads of each column four in shared memory. A
+// thread loads up to kRowMeanAhead float4s before it stores any (see round_w1_shift_kernel).
 constexpr int kRowMeanStep = 4 * kThreads;  // values of a row a CTA's threads take at once
+constexpr int kRowMeanAhead = 4;
 bool row_mean_fits(const MlpArgs& g) { return g.out % 4 == 0 && kRowMeanStep % g.out == 0; }
 
 __global__ void round_rows_mean_and_shift_kernel(const float* __restrict__ x,
@@ -1329,12 +1347,24 @@ __global__ void round_rows_mean_and_shift_kernel(const float* __restrict__ x,
     const float* from = shift_row ? shift + (z % h) * in : x + (z * w + r) * in;
     __nv_bfloat16* to = dst + z * stride + r * in;
     float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int64_t e = 4 * tid; e < in; e += kRowMeanStep) {
-      const float4 v = shift_row ? *reinterpret_cast<const float4*>(from + e)
-                                 : __ldcs(reinterpret_cast<const float4*>(from + e));
-      *reinterpret_cast<__nv_bfloat162*>(to + e) = __floats2bfloat162_rn(v.x, v.y);
-      *reinterpret_cast<__nv_bfloat162*>(to + e + 2) = __floats2bfloat162_rn(v.z, v.w);
-      sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+    for (int64_t e0 = 4 * tid; e0 < in; e0 += kRowMeanAhead * kRowMeanStep) {
+      float4 v[kRowMeanAhead];
+#pragma unroll
+      for (int k = 0; k < kRowMeanAhead; ++k) {
+        const int64_t e = e0 + k * kRowMeanStep;
+        if (e < in) {
+          v[k] = shift_row ? *reinterpret_cast<const float4*>(from + e)
+                           : __ldcs(reinterpret_cast<const float4*>(from + e));
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kRowMeanAhead; ++k) {
+        const int64_t e = e0 + k * kRowMeanStep;
+        if (e >= in) break;
+        *reinterpret_cast<__nv_bfloat162*>(to + e) = __floats2bfloat162_rn(v[k].x, v[k].y);
+        *reinterpret_cast<__nv_bfloat162*>(to + e + 2) = __floats2bfloat162_rn(v[k].z, v[k].w);
+        sum.x += v[k].x, sum.y += v[k].y, sum.z += v[k].z, sum.w += v[k].w;
+      }
     }
     if (shift_row) continue;  // the same for every thread of the CTA: no barrier skipped apart
     partial[tid] = sum;
@@ -1366,8 +1396,10 @@ Operand x_and_shift_rows(const MlpArgs& g, float* x_mean) {
   }
   auto* dst = owner->as<__nv_bfloat16>();
   if (x_mean) {
-    // Blocks a (batch index, head): a row each, or ~8 a SM over all heads.
-    const int64_t blocks = std::min<int64_t>(g.w + 1, std::max<int64_t>(1, 8 * sm_count() / heads));
+    // Blocks a (batch index, head): a row each, or as many as are resident at once over all heads
+    // (one wave: a second, partial one would hold whole CTAs' rows back).
+    const int64_t resident = resident_ctas<round_rows_mean_and_shift_kernel>(kThreads, 0);
+    const int64_t blocks = std::min<int64_t>(g.w + 1, std::max<int64_t>(1, resident / heads));
     const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(heads));
     round_rows_mean_and_shift_kernel<<<grid, kThreads, 0, stream()>>>(
         g.x, g.shift, dst, x_mean, g.h, g.w, g.in, g.out,
