@@ -2,6 +2,7 @@
 #include "core/storage.h"
 
 #include <cstring>
+#include <utility>
 
 #include "kernels/memory.h"
 
@@ -14,11 +15,22 @@ Storage::Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
 Storage::Storage(size_t bytes, Device device, OnDemand)
     : bytes_(bytes), device_(device), on_demand_(true) {}
 
+#ifdef KVC_WITH_CUDA
+namespace {
+// The block a release() parked, else (none, or the allocator reclaimed it) a new one.
+void* cuda_alloc_or_unpark(size_t bytes, int device, void* parked) {
+  void* p = parked ? kernels::cuda::unpark(parked) : nullptr;
+  return p ? p : kernels::cuda::alloc(bytes, device);
+}
+}  // namespace
+#endif
+
 void* Storage::allocate() const {
   if (device_.is_cpu()) {
     data_ = kernels::cpu::alloc(bytes_);
   } else {
-    KVC_CUDA_ONLY(data_ = kernels::cuda::alloc(bytes_, device_.index));
+    KVC_CUDA_ONLY(data_ =
+                      cuda_alloc_or_unpark(bytes_, device_.index, std::exchange(parked_, nullptr)));
   }
   ++allocations_;
   return data_;
@@ -40,7 +52,13 @@ bool Storage::release() {
   if (!on_demand_) return false;
   if (!data_) return true;
 #ifdef KVC_WITH_CUDA
-  if (device_.is_cuda() && kernels::cuda::in_graph_pool(data_)) return false;
+  if (device_.is_cuda()) {
+    if (kernels::cuda::in_graph_pool(data_)) return false;
+    kernels::cuda::park(data_);
+    parked_ = data_;
+    data_ = nullptr;
+    return true;
+  }
 #endif
   free_memory(data_, device_);
   data_ = nullptr;
@@ -49,6 +67,9 @@ bool Storage::release() {
 
 Storage::~Storage() {
   if (data_) free_memory(data_, device_);
+#ifdef KVC_WITH_CUDA
+  if (parked_) kernels::cuda::discard(parked_);
+#endif
 }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t bytes) {

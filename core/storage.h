@@ -14,7 +14,9 @@ class Storage {
   Storage(size_t bytes, Device device);  // allocates now
   // Memory that exists only while it is in use (an optimizer's gradients, from backward to the
   // update): nothing is allocated until the first data(); release() gives the memory back and
-  // the next data() allocates it again, with undefined contents.
+  // the next data() allocates it again, with undefined contents. On CUDA release() parks the
+  // block (kernels/memory.h): no other tensor gets it meanwhile, and the next data() takes the
+  // same memory back unless the allocator reclaimed it.
   struct OnDemand {};
   Storage(size_t bytes, Device device, OnDemand);
   ~Storage();
@@ -37,6 +39,7 @@ class Storage {
   void* allocate() const;
 
   mutable void* data_ = nullptr;
+  mutable void* parked_ = nullptr;  // CUDA memory release() parked, for the next data()
   mutable uint64_t allocations_ = 0;
   size_t bytes_ = 0;
   Device device_;

@@ -106,7 +106,7 @@ CachingAllocator::Block* CachingAllocator::merge_with_free_neighbours(Block* b) 
   // By the pool's value: `b` itself is deleted when it merges into its predecessor.
   const int pool = b->pool;
   const auto mergeable = [pool](const Block* n) {
-    return n != nullptr && !n->in_use && n->pool == pool;
+    return n != nullptr && !n->in_use && !n->parked && n->pool == pool;
   };
   if (mergeable(b->prev)) {  // the predecessor grows (and leaves its free list for now)
     Block* a = b->prev;
@@ -135,6 +135,7 @@ void* CachingAllocator::alloc(size_t bytes, int device) {
     how = "new";
     void* p = backend_.allocate(size, device);
     if (p == nullptr) {
+      reclaim_parked();
       release_cached();
       p = backend_.allocate(size, device);
     }
@@ -171,6 +172,57 @@ void CachingAllocator::free(void* p) {
   note_in_use(0, b->size);
   if (trace_) std::fprintf(trace_, "free %p %zu pool %d\n", p, b->size, b->pool);
   insert_free(b->small ? b : merge_with_free_neighbours(b));
+}
+
+void CachingAllocator::park(void* p) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto it = in_use_.find(p);
+  KVC_CHECK(it != in_use_.end(), "allocator: park of pointer ", p, " not in use");
+  Block* b = it->second;
+  in_use_.erase(it);
+  b->in_use = false;
+  b->parked = true;
+  parked_[b->ptr] = b;
+  note_in_use(0, b->size);
+  stats_.bytes_parked += b->size;
+  if (trace_) std::fprintf(trace_, "park %p %zu\n", p, b->size);
+}
+
+void* CachingAllocator::unpark(void* p) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto it = parked_.find(p);
+  if (it == parked_.end()) return nullptr;  // reclaimed
+  Block* b = it->second;
+  if (active_pool_ != 0 && b->pool != active_pool_) {
+    reclaim(b);  // the owner's alloc now gives the pool a block of its own (perhaps this one)
+    return nullptr;
+  }
+  parked_.erase(it);
+  b->parked = false;
+  b->in_use = true;
+  in_use_[b->ptr] = b;
+  stats_.bytes_parked -= b->size;
+  note_in_use(b->size, 0);
+  if (trace_) std::fprintf(trace_, "unpark %p %zu\n", p, b->size);
+  return b->ptr;
+}
+
+void CachingAllocator::discard(void* p) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  const auto it = parked_.find(p);
+  if (it != parked_.end()) reclaim(it->second);
+}
+
+void CachingAllocator::reclaim(Block* b) {
+  parked_.erase(b->ptr);
+  b->parked = false;
+  stats_.bytes_parked -= b->size;
+  if (trace_) std::fprintf(trace_, "reclaim %p %zu\n", static_cast<void*>(b->ptr), b->size);
+  insert_free(b->small ? b : merge_with_free_neighbours(b));
+}
+
+void CachingAllocator::reclaim_parked() {
+  while (!parked_.empty()) reclaim(parked_.begin()->second);
 }
 
 int CachingAllocator::create_pool() {
@@ -250,6 +302,7 @@ void CachingAllocator::release_cached() {
 
 void CachingAllocator::empty_cache() {
   std::lock_guard<std::mutex> lock(mutex_);
+  reclaim_parked();
   release_cached();
 }
 

@@ -16,6 +16,14 @@
 // time); blocks of different pools never merge. release_pool gives the pool's blocks back to the
 // common cache once its graph is gone.
 //
+// Parking: an owner that gives a block up between two uses and wants it back whole (an
+// optimizer's gradients, from its update to the next backward) parks it. A parked block is
+// neither in use nor cached: no request takes it, so the next forward's activations cannot split
+// it and the next backward gets it back whole, where otherwise it would find only smaller pieces
+// and ask the device for more. Where the memory is wanted (empty_cache, a full device) or may not
+// come back as it is (an unpark while a graph pool is active: the pool must own what a capture
+// writes), the allocator reclaims it into the cache, and unpark says so.
+//
 // Nothing here synchronizes with a device: a block freed on the host is handed out again at once,
 // which is safe where all work runs on one stream (kernels/cuda/common.cuh).
 //
@@ -62,6 +70,14 @@ class CachingAllocator {
   void* alloc(size_t bytes, int device);
   void free(void* p);  // back to the cache; throws for a pointer it did not hand out
 
+  // Parks a block handed out now (see above); it stops counting as in use.
+  void park(void* p);
+  // A parked block back in use: p itself, or nullptr where the allocator reclaimed it (the owner
+  // then allocates anew). Reclaims it, returning nullptr, while a graph pool is active.
+  void* unpark(void* p);
+  // A parked block its owner no longer wants (a no-op where it was reclaimed): into the cache.
+  void discard(void* p);
+
   int create_pool();
   void set_active_pool(int id);  // 0: the common cache
   void release_pool(int id);
@@ -73,6 +89,7 @@ class CachingAllocator {
   //   alloc <bytes> <class bytes> <pointer> pool <id> <cached|split|new> reserved <bytes>
   //   free <pointer> <class bytes> pool <id>
   //   release <bytes> reserved <bytes>      (a raw allocation given back)
+  //   park|unpark|reclaim <pointer> <class bytes>
   // "split": the request took part of a larger cached block. "new": a raw allocation.
   void set_trace(std::FILE* out);
   AllocatorStats stats() const;
@@ -86,6 +103,7 @@ class CachingAllocator {
     int pool = 0;  // 0: the common cache
     bool small = false;
     bool in_use = false;
+    bool parked = false;  // neither in use nor in a free list
     // Neighbours within the same raw allocation (large blocks only).
     Block* prev = nullptr;
     Block* next = nullptr;
@@ -107,6 +125,8 @@ class CachingAllocator {
   Block* merge_with_free_neighbours(Block* b);  // b is free and not in a free list
   void absorb_next(Block* a);  // a takes a->next's bytes; a->next (out of the free lists) deleted
   void release_cached();
+  void reclaim(Block* b);  // a parked block into the cache
+  void reclaim_parked();
   void note_in_use(size_t delta_up, size_t delta_down);
 
   Backend backend_;
@@ -114,6 +134,7 @@ class CachingAllocator {
   std::map<std::pair<int, int>, LargeFree> large_free_;  // (device, pool)
   std::map<SmallKey, std::vector<Block*>> small_free_;
   std::unordered_map<const void*, Block*> in_use_;
+  std::unordered_map<const void*, Block*> parked_;
   std::unordered_set<Block*> blocks_;  // every block, owned here
   std::set<int> pools_;
   int active_pool_ = 0, next_pool_ = 1;

@@ -23,7 +23,8 @@ struct AllocatorStats {
   size_t bytes_in_use = 0;  // handed out to tensors now (size classes)
   size_t peak_bytes_in_use = 0;
   size_t bytes_cached = 0;    // held by the allocator, free for reuse
-  size_t bytes_reserved = 0;  // raw allocations held: in use plus cached
+  size_t bytes_parked = 0;    // held for an owner that gave them up for a while (parked)
+  size_t bytes_reserved = 0;  // raw allocations held: in use, cached and parked
   size_t peak_bytes_reserved = 0;
   size_t device_allocations = 0;  // raw allocations (cudaMalloc) so far
   size_t device_frees = 0;        // raw frees (cudaFree) so far
@@ -49,6 +50,12 @@ void set_active_pool(int id);
 void release_pool(int id);
 // Whether `p` (a block handed out now) belongs to a graph's pool: a graph captured its address.
 bool in_graph_pool(const void* p);
+// Parking (kernels/caching_allocator.h): `p` given up for a while, no other tensor gets it;
+// unpark returns it, or nullptr where the allocator took it back (then allocate anew); discard
+// gives it up for good.
+void park(void* p);
+void* unpark(void* p);
+void discard(void* p);
 
 void copy_h2d(void* dst, const void* src, size_t bytes);
 void copy_d2h(void* dst, const void* src, size_t bytes);  // synchronizes: the one host sync

@@ -141,7 +141,9 @@ class Adam {
     size_t segment = 0;
   };
   // The gradients of slots [first_slot, end_slot): elements [begin, begin + numel) of the flat
-  // layout, in memory that exists only while in use (Storage::OnDemand).
+  // layout, in memory that exists only while in use (Storage::OnDemand): zero_grad gives it up
+  // until the next backward (on CUDA parked, so that the forward's activations in between cannot
+  // split it and the backward takes the same block back whole).
   struct Segment {
     std::shared_ptr<Storage> storage;
     size_t begin = 0, numel = 0;

@@ -1,11 +1,12 @@
 // The caching allocator's bookkeeping (kernels/caching_allocator.h) over host memory: size
 // classes, large blocks split and merged across sizes, exact-class small blocks, graph pools,
-// giving the cache back, and a random workload whose blocks must never overlap.
+// giving the cache back, parking, and a random workload whose blocks must never overlap.
 #include <doctest/doctest.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <string>
 #include <vector>
@@ -235,6 +236,116 @@ TEST_CASE("allocator: a full device gets the cache back once, then nullptr") {
   CHECK_THROWS_WITH_AS(a.free(eight), doctest::Contains("not from this allocator"), Error);
 }
 
+TEST_CASE("allocator: a parked block serves no one else and comes back whole") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  void* grad = a.alloc(8 * MiB, 0);
+  a.park(grad);
+  kernels::AllocatorStats s = a.stats();
+  CHECK(s.bytes_in_use == 0);
+  CHECK(s.bytes_cached == 0);
+  CHECK(s.bytes_parked == 8 * MiB);
+  CHECK(s.bytes_reserved == 8 * MiB);
+  // A request that the parked block would fit gets new memory instead.
+  void* act = a.alloc(4 * MiB, 0);
+  CHECK(act != grad);
+  CHECK(a.stats().device_allocations == 2);
+  CHECK(a.unpark(grad) == grad);
+  s = a.stats();
+  CHECK(s.bytes_in_use == 12 * MiB);
+  CHECK(s.bytes_parked == 0);
+  CHECK(s.bytes_reserved == s.bytes_in_use + s.bytes_cached + s.bytes_parked);
+  a.free(grad);
+  a.free(act);
+  CHECK_THROWS_WITH_AS(a.park(grad), doctest::Contains("not in use"), Error);
+  CHECK(a.unpark(grad) == nullptr);  // never parked: nothing to give back
+}
+
+TEST_CASE("allocator: a parked block never merges with its free neighbours") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  void* whole = a.alloc(10 * MiB, 0);
+  a.free(whole);
+  void* grad = a.alloc(4 * MiB, 0);
+  void* rest = a.alloc(6 * MiB, 0);
+  REQUIRE(rest == as_bytes(whole) + 4 * MiB);
+  a.park(grad);
+  a.free(rest);
+  // The 10 MiB would be whole again had the parked block merged: it must come from new memory.
+  void* ten = a.alloc(10 * MiB, 0);
+  CHECK(ten != whole);
+  CHECK(a.stats().device_allocations == 2);
+  // Discarded, it joins the cache and merges with the free 6 MiB beside it.
+  a.discard(grad);
+  CHECK(a.stats().bytes_parked == 0);
+  CHECK(a.alloc(10 * MiB, 0) == whole);
+  CHECK(a.stats().device_allocations == 2);
+}
+
+TEST_CASE("allocator: a parked block is reclaimed by empty_cache, a full device, a graph pool") {
+  HostBackend host;
+  SUBCASE("empty_cache gives it back to the device") {
+    CachingAllocator a(host.backend());
+    void* grad = a.alloc(8 * MiB, 0);
+    a.park(grad);
+    a.empty_cache();
+    CHECK(host.live.empty());
+    CHECK(a.stats().bytes_parked == 0);
+    CHECK(a.stats().bytes_reserved == 0);
+    CHECK(a.unpark(grad) == nullptr);
+  }
+  SUBCASE("a full device takes it") {
+    host.cap = 10 * MiB;
+    CachingAllocator a(host.backend());
+    void* grad = a.alloc(8 * MiB, 0);
+    a.park(grad);
+    void* six = a.alloc(6 * MiB, 0);  // 8 + 6 do not fit: the parked block goes back first
+    CHECK(six != nullptr);
+    CHECK(a.stats().device_frees == 1);
+    CHECK(a.unpark(grad) == nullptr);
+  }
+  SUBCASE("an unpark while a graph pool is active gives the pool its own block") {
+    CachingAllocator a(host.backend());
+    void* grad = a.alloc(8 * MiB, 0);
+    a.park(grad);
+    const int pool = a.create_pool();
+    a.set_active_pool(pool);
+    CHECK(a.unpark(grad) == nullptr);
+    void* captured = a.alloc(8 * MiB, 0);  // the owner allocates anew: the same memory, the pool's
+    CHECK(captured == grad);
+    CHECK(a.in_graph_pool(captured));
+    CHECK(a.stats().device_allocations == 1);
+    a.free(captured);
+    a.set_active_pool(0);
+  }
+}
+
+TEST_CASE("allocator: the trace says when a block is parked, unparked and reclaimed") {
+  HostBackend host;
+  CachingAllocator a(host.backend());
+  std::FILE* f = std::tmpfile();
+  REQUIRE(f != nullptr);
+  a.set_trace(f);
+  void* p = a.alloc(4 * MiB, 0);
+  a.park(p);
+  a.unpark(p);
+  a.park(p);
+  a.discard(p);
+  a.set_trace(nullptr);
+  std::rewind(f);
+  std::vector<std::string> ops;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, f) != nullptr) {
+    char ptr[32];
+    std::snprintf(ptr, sizeof ptr, "%p", p);
+    const std::string line(buf);
+    CHECK(line.find(ptr) != std::string::npos);
+    ops.push_back(line.substr(0, line.find(' ')));
+  }
+  std::fclose(f);
+  CHECK(ops == std::vector<std::string>{"alloc", "park", "unpark", "park", "reclaim"});
+}
+
 TEST_CASE("allocator: a random workload never overlaps blocks and settles to no new memory") {
   HostBackend host;
   CachingAllocator a(host.backend());
@@ -244,7 +355,19 @@ TEST_CASE("allocator: a random workload never overlaps blocks and settles to no 
     size_t bytes;
     uint8_t tag;
   };
+  // A "gradient" of 16 MiB lives across the steps, parked between them like an optimizer's:
+  // each step takes it back first, finds its contents untouched, and parks it again at the end.
+  char* grad = static_cast<char*>(a.alloc(16 * MiB, 0));
+  const uint8_t grad_tag = 0xa5;
+  std::memset(grad, grad_tag, 16 * MiB);
+  a.park(grad);
   const auto step = [&](uint64_t seed) {
+    REQUIRE(a.unpark(grad) == grad);
+    bool grad_intact = true;
+    for (size_t at = 0; at < 16 * MiB; at += 4096)
+      grad_intact = grad_intact && grad[at] == static_cast<char>(grad_tag);
+    REQUIRE(grad_intact);
+    a.park(grad);  // parked while the step's requests run
     std::vector<Live> live;
     // The tag goes to the first and last byte and to every 4 KiB-aligned address in between:
     // two blocks that overlap by 4 KiB or more share such an address (small blocks, which are
@@ -279,7 +402,8 @@ TEST_CASE("allocator: a random workload never overlaps blocks and settles to no 
             static_cast<size_t>(philox::uniform(seed, 2, i) * static_cast<double>(live.size())));
       }
       const kernels::AllocatorStats s = a.stats();
-      REQUIRE(s.bytes_reserved == s.bytes_in_use + s.bytes_cached);
+      REQUIRE(s.bytes_reserved == s.bytes_in_use + s.bytes_cached + s.bytes_parked);
+      REQUIRE(s.bytes_parked == 16 * MiB);
     }
     while (!live.empty()) release(live.size() - 1);
   };
@@ -300,7 +424,8 @@ TEST_CASE("allocator: a random workload never overlaps blocks and settles to no 
   CHECK(settled <= 4);
   CHECK(allocations_after.back() == allocations_after[settled - 1]);
   CHECK(a.stats().bytes_in_use == 0);
-  a.empty_cache();
+  a.empty_cache();  // reclaims the parked gradient too
+  CHECK(a.stats().bytes_parked == 0);
   CHECK(host.live.empty());
 }
 

@@ -9,6 +9,7 @@
 
 #include "core/autograd.h"
 #include "core/ops.h"
+#include "core/storage.h"
 #include "data/synthetic.h"
 #include "kernels/adam.h"
 #include "kernels/gemm.h"
@@ -166,6 +167,34 @@ TEST_CASE("cuda: the allocator rounds a block to 512 B up to 1 MiB and to 2 MiB 
     kernels::cuda::free(p, 0);
     CHECK(kernels::cuda::allocator_stats().bytes_in_use == before);
   }
+}
+
+// An optimizer's gradients live in on-demand storage: on CUDA release() parks the block, so the
+// next data() gets the same memory back (no other tensor took it meanwhile), and empty_cache
+// reclaims it, after which data() allocates anew.
+TEST_CASE("cuda: on-demand storage parks its block on release and takes it back") {
+  KVC_REQUIRE_CUDA();
+  constexpr size_t kBytes = size_t{6} << 20;  // a large block: 6 MiB, a class of its own
+  Storage grad(kBytes, Device::cuda(), Storage::OnDemand{});
+  void* first = grad.data();
+  const kernels::cuda::AllocatorStats before = kernels::cuda::allocator_stats();
+  CHECK(grad.release());
+  CHECK_FALSE(grad.allocated());
+  kernels::cuda::AllocatorStats s = kernels::cuda::allocator_stats();
+  CHECK(s.bytes_parked == before.bytes_parked + kBytes);
+  CHECK(s.bytes_in_use == before.bytes_in_use - kBytes);
+  // A tensor's request of the same size gets other memory while the block is parked.
+  void* other = kernels::cuda::alloc(kBytes, 0);
+  CHECK(other != first);
+  CHECK(grad.data() == first);
+  CHECK(grad.allocations() == 2);
+  CHECK(kernels::cuda::allocator_stats().bytes_parked == before.bytes_parked);
+  kernels::cuda::free(other, 0);
+  CHECK(grad.release());
+  kernels::cuda::empty_cache();
+  CHECK(kernels::cuda::allocator_stats().bytes_parked == 0);
+  CHECK(grad.data() != nullptr);  // reclaimed: allocated anew
+  CHECK(grad.allocations() == 3);
 }
 
 // The same for the real thing: a distill step of a compressor pair (dropout on) with Adam and

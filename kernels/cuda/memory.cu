@@ -107,6 +107,9 @@ int create_pool() { return allocator().create_pool(); }
 void set_active_pool(int id) { allocator().set_active_pool(id); }
 void release_pool(int id) { allocator().release_pool(id); }
 bool in_graph_pool(const void* p) { return allocator().in_graph_pool(p); }
+void park(void* p) { allocator().park(p); }
+void* unpark(void* p) { return allocator().unpark(p); }
+void discard(void* p) { allocator().discard(p); }
 void reset_peak_stats() { allocator().reset_peak(); }
 void empty_cache() { allocator().empty_cache(); }
 
