@@ -6,9 +6,8 @@
 // PyTorch rounds its large blocks). A small block is cached and reused for its exact class only.
 // A large one is carved out of a raw allocation (a segment): a request takes the smallest cached
 // large block that fits and splits off the rest, and a freed block merges with its free
-// neighbours in the segment. So memory freed by one tensor serves later tensors of other sizes
-// (a step's gradients, given back by zero_grad, hold the next forward's activations), and a
-// repeated training step finds what it needs in the cache after its first run.
+// neighbours in the segment. So memory freed by one tensor serves later tensors of other sizes,
+// and a repeated training step finds what it needs in the cache after its first run.
 //
 // Graph pools: while pool `id` is active, every request is served from the pool's own cached
 // blocks, else from the common cache or a new segment, and the block joins the pool; a block of a

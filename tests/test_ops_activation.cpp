@@ -3,11 +3,16 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "base/philox.h"
 #include "core/autograd.h"
 #include "core/ops.h"
 #include "kernels/math/elementwise.h"
+#include "tests/test_train_util.h"
 #include "tests/test_util.h"
 
 using namespace kvc;
@@ -120,6 +125,37 @@ TEST_CASE("ops activation: the erfc form of GELU is float32-accurate at every bf
   float act0 = 1.0f;
   CHECK(kvc::kernels::math::gelu_erfc_with_backward(0.0f, 1.0f, &act0) == 0.5f);
   CHECK(act0 == 0.0f);
+}
+
+// The polynomial in kernels/math/elementwise.h is the one tools/fit_gelu_erfc.py fits: each
+// coefficient the script prints, highest power first, appears in the header in that order.
+TEST_CASE("ops activation: the erfc form's coefficients are the fit's") {
+  const test::TempDir dir("gelu_fit");
+  const std::string python = test::python_or_skip("numpy", dir.path, "gelu fit");
+  if (python.empty()) return;
+  const test::RunResult r = test::run_shell(
+      python + " " + std::string(KVC_SOURCE_DIR) + "/tools/fit_gelu_erfc.py", dir.path);
+  REQUIRE(r.exit_code == 0);
+  std::vector<std::string> coeffs;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.size() > 3 && line.compare(0, 2, "  ") == 0 && line.back() == 'f') {
+      coeffs.push_back(line.substr(2));
+    }
+  }
+  REQUIRE(coeffs.size() == 8);  // degree 7
+  std::ifstream header(std::string(KVC_SOURCE_DIR) + "/kernels/math/elementwise.h");
+  std::stringstream text;
+  text << header.rdbuf();
+  const std::string h = text.str();
+  size_t at = h.find("gelu_erfc_parts(float x)");
+  REQUIRE(at != std::string::npos);
+  for (const std::string& c : coeffs) {
+    CAPTURE(c);
+    at = h.find(c, at);
+    CHECK(at != std::string::npos);
+    if (at == std::string::npos) break;
+  }
 }
 
 TEST_CASE("ops activation: dropout") {
