@@ -161,29 +161,29 @@ void* CachingAllocator::alloc(size_t bytes, int device) {
   return b->ptr;
 }
 
-void CachingAllocator::free(void* p) {
-  if (p == nullptr) return;
-  std::lock_guard<std::mutex> lock(mutex_);
+CachingAllocator::Block* CachingAllocator::out_of_use(void* p, const char* what) {
   const auto it = in_use_.find(p);
-  KVC_CHECK(it != in_use_.end(), "allocator: free of pointer ", p, " not from this allocator");
+  KVC_CHECK(it != in_use_.end(), "allocator: ", what, " of pointer ", p, " not in use here");
   Block* b = it->second;
   in_use_.erase(it);
   b->in_use = false;
   note_in_use(0, b->size);
+  return b;
+}
+
+void CachingAllocator::free(void* p) {
+  if (p == nullptr) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  Block* b = out_of_use(p, "free");
   if (trace_) std::fprintf(trace_, "free %p %zu pool %d\n", p, b->size, b->pool);
   insert_free(b->small ? b : merge_with_free_neighbours(b));
 }
 
 void CachingAllocator::park(void* p) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto it = in_use_.find(p);
-  KVC_CHECK(it != in_use_.end(), "allocator: park of pointer ", p, " not in use");
-  Block* b = it->second;
-  in_use_.erase(it);
-  b->in_use = false;
+  Block* b = out_of_use(p, "park");
   b->parked = true;
   parked_[b->ptr] = b;
-  note_in_use(0, b->size);
   stats_.bytes_parked += b->size;
   if (trace_) std::fprintf(trace_, "park %p %zu\n", p, b->size);
 }

@@ -118,6 +118,7 @@ class CachingAllocator {
   };
 
   // All of these expect mutex_ held.
+  Block* out_of_use(void* p, const char* what);  // p's block, no longer in use; throws if not
   Block* take(int device, int pool, size_t size, bool small);
   void insert_free(Block* b);
   void remove_free(Block* b);
