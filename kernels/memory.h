@@ -39,7 +39,8 @@ void* alloc(size_t bytes, int device);  // from the cache, else cudaMalloc; OutO
 void free(void* p, int device);         // back to the cache
 AllocatorStats allocator_stats();
 void reset_peak_stats();
-void empty_cache();  // cudaFree every allocation wholly cached (graph pools excepted)
+void empty_cache();  // parked blocks to the cache, then cudaFree every allocation wholly cached
+                     // (graph pools excepted)
 
 // Private pools for CUDA graphs: while pool `id` is active every allocation is served from it (or
 // new memory that joins it), and blocks it handed out return to it when freed, never to other
