@@ -88,7 +88,7 @@ double peak_memory_bytes(Device device) {
   return static_cast<double>(kernels::cpu::peak_bytes_in_use());
 }
 
-// The peak of what the device's allocator held (in use plus cached) since the last reset_peak:
+// The peak of what the device's allocator held (in use, cached, parked) since the last reset_peak:
 // CUDA's caching allocator keeps freed blocks; the CPU's gives them back.
 double peak_reserved_bytes(Device device) {
 #ifdef KVC_WITH_CUDA
@@ -121,7 +121,7 @@ struct Result {
   // its timed steps), and over what came before them: building the pair and the optimizer,
   // making the batch, the forward, backward and optimizer phases. The forward's peak (with what
   // the set-up holds) and the backward's (from the end of a forward) are kept apart too. And what
-  // the allocator held at most over the timed steps (in use plus cached).
+  // the allocator held at most over the timed steps (in use, cached and parked).
   double peak_bytes = 0, setup_peak_bytes = 0, forward_peak_bytes = 0, backward_peak_bytes = 0;
   double peak_reserved_bytes = 0;
 };
