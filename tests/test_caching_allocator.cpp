@@ -1,12 +1,14 @@
 // The caching allocator's bookkeeping (kernels/caching_allocator.h) over host memory: size
 // classes, large blocks split and merged across sizes, exact-class small blocks, graph pools,
-// giving the cache back, parking, and a random workload whose blocks must never overlap.
+// giving the cache back, parking, a random workload whose blocks must never overlap, and a GPU
+// run's trace replayed on the host (tools/alloc_replay.cpp).
 #include <doctest/doctest.h>
 
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "base/error.h"
 #include "base/philox.h"
 #include "kernels/caching_allocator.h"
+#include "tests/test_train_util.h"
 
 namespace kvc {
 namespace {
@@ -432,6 +435,48 @@ TEST_CASE("allocator: a random workload never overlaps blocks and settles to no 
   a.empty_cache();  // reclaims the parked gradient too
   CHECK(a.stats().bytes_parked == 0);
   CHECK(host.live.empty());
+}
+
+// A trace the CUDA allocator wrote on an H100 (KVC_CUDA_ALLOC_TRACE, kvcompress bench --config
+// long --compressor enhanced_mlp --precision tf32 --clip 0 --reps 2 --warmup-reps 1, before
+// gradients were parked), replayed through the same bookkeeping on the host: it holds what the
+// GPU's allocator held after every line, and its peak is what that bench reported
+// (peak_reserved_bytes 8272196608). Replayed with the gradient segments' class parked, its peak
+// is what the bench reported on the GPU once gradients were parked (7712257024).
+TEST_CASE("allocator: a GPU run's trace replays on the host to the bytes the GPU held") {
+  const test::TempDir dir("alloc_replay");
+  const std::string tool = std::string(KVC_BINARY_DIR) + "/kvc_alloc_replay ";
+  const std::string trace =
+      std::string(KVC_SOURCE_DIR) + "/tests/data/alloc_trace_enhanced_mlp_long_tf32.txt";
+  const test::RunResult plain = test::run_shell(tool + trace, dir.path);
+  INFO(plain.out, plain.err);
+  CHECK(plain.exit_code == 0);
+  CHECK(plain.out.find("matches the trace: yes, at every line") != std::string::npos);
+  CHECK(plain.out.find("after the last empty_cache: peak in use 6846099456 bytes (6529 MiB), "
+                       "peak held 8272196608 bytes") != std::string::npos);
+  const test::RunResult parked = test::run_shell(tool + trace + " --park 555745280", dir.path);
+  INFO(parked.out, parked.err);
+  CHECK(parked.exit_code == 0);
+  CHECK(parked.out.find("after the last empty_cache: peak in use 6846099456 bytes (6529 MiB), "
+                        "peak held 7712257024 bytes") != std::string::npos);
+  SUBCASE("a line that is not the trace's is refused with its number") {
+    std::ofstream(dir / "bad.txt") << "alloc 512 512 0x10 pool 0 new reserved 512\nfrob 1\n";
+    const test::RunResult r = test::run_shell(tool + dir / "bad.txt", dir.path);
+    CHECK(r.exit_code == 1);
+    CHECK(r.err == "kvc_alloc_replay: error: line 2 is not a trace line: frob 1\n");
+  }
+  SUBCASE("a replay that does not match the trace says where") {
+    std::ofstream(dir / "off.txt") << "alloc 512 512 0x10 pool 0 new reserved 1024\n";
+    const test::RunResult r = test::run_shell(tool + dir / "off.txt", dir.path);
+    CHECK(r.exit_code == 1);
+    CHECK(r.out.find("no, at 1 lines; the first: line 1: the trace held 1024 bytes, the replay "
+                     "512") != std::string::npos);
+  }
+  SUBCASE("bad arguments") {
+    CHECK(test::run_shell(tool + "--park x " + trace, dir.path).exit_code == 2);
+    CHECK(test::run_shell(tool, dir.path).exit_code == 2);
+    CHECK(test::run_shell(tool + dir / "missing.txt", dir.path).exit_code == 1);
+  }
 }
 
 }  // namespace kvc
