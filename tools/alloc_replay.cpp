@@ -45,7 +45,7 @@ struct Replay {
   int active = 0;                           // the trace's pool id now
   size_t park_class = 0;                    // --park: the class parked where freed
   std::map<size_t, void*> parked_by_bytes;  // --park: request bytes -> the parked block
-  std::map<void*, size_t> bytes_of;         // --park: a block of that class -> its request
+  std::map<void*, size_t> bytes_of;         // --park: a block of that class now -> its request
   bool emptying = false;                    // inside an empty_cache's run of lines
   size_t lines = 0, mismatches = 0;
   std::string first_mismatch;
@@ -112,7 +112,13 @@ bool replay_line(Replay& r, const std::string& line, const std::string& next) {
     }
     if (p == nullptr) p = r.allocator.alloc(bytes, 0);
     if (p == nullptr) return fail("the replay's allocator refused a request");
-    if (r.park_class != 0 && size == r.park_class) r.bytes_of[p] = bytes;
+    // The block at p is this request's now: a class block to park where freed, or not one (its
+    // address may have been a reclaimed class block's).
+    if (r.park_class != 0 && size == r.park_class) {
+      r.bytes_of[p] = bytes;
+    } else {
+      r.bytes_of.erase(p);
+    }
     r.pointer[ptr] = p;
     r.expect_reserved(reserved);
   } else if (op == "free") {
