@@ -464,6 +464,12 @@ TEST_CASE("allocator: a GPU run's trace replays on the host to the bytes the GPU
     const test::RunResult r = test::run_shell(tool + dir / "bad.txt", dir.path);
     CHECK(r.exit_code == 1);
     CHECK(r.err == "kvc_alloc_replay: error: line 2 is not a trace line: frob 1\n");
+    std::ofstream(dir / "size.txt") << "alloc 600 512 0x10 pool 0 new reserved 512\n";
+    const test::RunResult s = test::run_shell(tool + dir / "size.txt", dir.path);
+    CHECK(s.exit_code == 1);
+    CHECK(s.err ==
+          "kvc_alloc_replay: error: line 1 is not a trace line: alloc 600 512 0x10 pool 0 new "
+          "reserved 512\n");
   }
   SUBCASE("a replay that does not match the trace says where") {
     std::ofstream(dir / "off.txt") << "alloc 512 512 0x10 pool 0 new reserved 1024\n";

@@ -98,7 +98,9 @@ bool replay_line(Replay& r, const std::string& line, const std::string& next) {
     size_t bytes = 0, size = 0, reserved = 0;
     std::string ptr, pool_word, how, reserved_word;
     int pool = 0;
-    if (!(in >> bytes >> size >> ptr >> pool_word >> pool >> how >> reserved_word >> reserved)) {
+    // A request the allocator would have made of those bytes, below 1 TiB (no device has more).
+    if (!(in >> bytes >> size >> ptr >> pool_word >> pool >> how >> reserved_word >> reserved) ||
+        bytes > (size_t{1} << 40) || CachingAllocator::size_class(bytes) != size) {
       return bad();
     }
     r.set_pool(pool);
