@@ -233,13 +233,20 @@ Tensor scaled_dot_attention(const Tensor& q, const Tensor& k, const Tensor& v, d
   // Without grad the closure, and with it the probabilities, are dropped here.
   Tape::current().record(op, {q, k, v}, y, [=](const Tensor& gy) {
     bool acc = false;
+    // dP = gy v^T, then dS in place. Taken before v's gradient, the larger buffer first: a
+    // caching allocator then finds it room in what the forward freed (P's size), where a
+    // smaller buffer taken first may split the only free block it would have fit.
+    const bool scores_grad = q.requires_grad() || k.requires_grad();
+    Tensor ds;
+    if (scores_grad) {
+      ds = Tensor::empty(p_shape, p.options());
+      gemm(batch, m, s, e, {&gy, false, m * e}, {&v, true, s * e}, ds, m * s, 1.0, 0.0);
+    }
     if (v.requires_grad()) {  // gv (s, e) = P^T (s, m) @ gy (m, e)
       Tensor gv = grad_buffer(v, &acc);
       gemm(batch, s, e, m, {&p, true, m * s}, {&gy, false, m * e}, gv, s * e, 1.0, acc);
     }
-    if (!q.requires_grad() && !k.requires_grad()) return;
-    Tensor ds = Tensor::empty(p_shape, p.options());  // dP = gy v^T, then dS in place
-    gemm(batch, m, s, e, {&gy, false, m * e}, {&v, true, s * e}, ds, m * s, 1.0, 0.0);
+    if (!scores_grad) return;
     KVC_DISPATCH_FLOAT(p.dtype(), op, [&] {
       KVC_LAUNCH(p.device(), K::softmax_backward<scalar_t>(p.data<scalar_t>(), ds.data<scalar_t>(),
                                                            ds.data<scalar_t>(), batch * m, s, 1));
