@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/attention_split.cuh"
 #include "kernels/cuda/mma_sync.cuh"
+#include "kernels/math/elementwise.h"
 
 namespace kvc::kernels::cuda::attention_detail {
 
@@ -47,7 +48,9 @@ __device__ __forceinline__ void mask_scores(float (&s)[kSTiles][4], int valid, i
 // corr[h] is the factor that rescales O to the new max (O itself is left alone, so that the
 // softmax may run while a product still accumulates into O). A row that has seen no key yet
 // (masked) keeps its max at -inf and takes 0 as the exponent base, so its weights and sums stay
-// zero.
+// zero. The exponentials are the one-instruction ex2.approx.ftz (exp2f compiles to ex2.approx
+// without ftz, which takes more to keep subnormal results): as accurate (2 ulp), with 0 where a
+// weight would be below 2^-126 of its row's largest, which no sum of them can tell.
 template <int kSTiles, bool kMasked>
 __device__ __forceinline__ void softmax_scores(float (&s)[kSTiles][4], float (&m_run)[2],
                                                float (&l_run)[2], float (&corr)[2]) {
@@ -61,22 +64,26 @@ __device__ __forceinline__ void softmax_scores(float (&s)[kSTiles][4], float (&m
     // Finite unless masked: every tile has a valid key.
     const float m_seen = fmaxf(m_run[h], mx);
     const float m_new = kMasked && m_seen == -INFINITY ? 0.f : m_seen;
-    corr[h] = exp2f(m_run[h] - m_new);
+    corr[h] = math::approx_exp2(m_run[h] - m_new);
     m_run[h] = m_seen;
     float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < kSTiles; ++j) {
-      s[j][2 * h] = exp2f(s[j][2 * h] - m_new);
-      s[j][2 * h + 1] = exp2f(s[j][2 * h + 1] - m_new);
+      s[j][2 * h] = math::approx_exp2(s[j][2 * h] - m_new);
+      s[j][2 * h + 1] = math::approx_exp2(s[j][2 * h + 1] - m_new);
       sum += s[j][2 * h] + s[j][2 * h + 1];
     }
     l_run[h] = l_run[h] * corr[h] + sum;
   }
 }
 
-// O's rows g (h = 0) and g + 8 (h = 1) times corr[h] (softmax_scores).
+// O's rows g (h = 0) and g + 8 (h = 1) times corr[h] (softmax_scores). Skipped where no row of
+// the warp has a new max (every corr exactly 1, o * 1 = o): past the first tiles of a long row
+// that is most tiles, and at d = 128 the 64 multiplies a thread are an eighth of a tile's
+// instructions in the warpgroup kernel (ncu).
 template <int kOTiles>
 __device__ __forceinline__ void rescale_rows(float (&o)[kOTiles][4], const float (&corr)[2]) {
+  if (!__any_sync(0xffffffffu, corr[0] != 1.f || corr[1] != 1.f)) return;
 #pragma unroll
   for (int j = 0; j < kOTiles; ++j) {
     o[j][0] *= corr[0];
