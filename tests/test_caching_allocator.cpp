@@ -438,6 +438,27 @@ TEST_CASE("allocator: a random workload never overlaps blocks and settles to no 
   CHECK(host.live.empty());
 }
 
+namespace {
+
+// kvc_alloc_replay's command (a space after it), and a trace kept in tests/data.
+std::string replay_tool() { return std::string(KVC_BINARY_DIR) + "/kvc_alloc_replay "; }
+std::string kept_trace(const char* name) {
+  return std::string(KVC_SOURCE_DIR) + "/tests/data/" + name;
+}
+
+// Replays `trace`: it must hold what the trace says the GPU held after every line, and print
+// `peaks` (its peaks after the trace's last empty_cache).
+void check_replay_matches(const test::TempDir& dir, const std::string& trace,
+                          const std::string& peaks) {
+  const test::RunResult r = test::run_shell(replay_tool() + trace, dir.path);
+  INFO(r.out, r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("matches the trace: yes, at every line") != std::string::npos);
+  CHECK(r.out.find(peaks) != std::string::npos);
+}
+
+}  // namespace
+
 // A trace the CUDA allocator wrote on an H100 (KVC_CUDA_ALLOC_TRACE, kvcompress bench --config
 // long --compressor enhanced_mlp --precision tf32 --clip 0 --reps 2 --warmup-reps 1, before
 // gradients were parked), replayed through the same bookkeeping on the host: it holds what the
@@ -446,15 +467,11 @@ TEST_CASE("allocator: a random workload never overlaps blocks and settles to no 
 // is what the bench reported on the GPU once gradients were parked (7712257024).
 TEST_CASE("allocator: a GPU run's trace replays on the host to the bytes the GPU held") {
   const test::TempDir dir("alloc_replay");
-  const std::string tool = std::string(KVC_BINARY_DIR) + "/kvc_alloc_replay ";
-  const std::string trace =
-      std::string(KVC_SOURCE_DIR) + "/tests/data/alloc_trace_enhanced_mlp_long_tf32.txt";
-  const test::RunResult plain = test::run_shell(tool + trace, dir.path);
-  INFO(plain.out, plain.err);
-  CHECK(plain.exit_code == 0);
-  CHECK(plain.out.find("matches the trace: yes, at every line") != std::string::npos);
-  CHECK(plain.out.find("after the last empty_cache: peak in use 6846099456 bytes (6529 MiB), "
-                       "peak held 8272196608 bytes") != std::string::npos);
+  const std::string tool = replay_tool();
+  const std::string trace = kept_trace("alloc_trace_enhanced_mlp_long_tf32.txt");
+  check_replay_matches(dir, trace,
+                       "after the last empty_cache: peak in use 6846099456 bytes (6529 MiB), "
+                       "peak held 8272196608 bytes");
   const test::RunResult parked = test::run_shell(tool + trace + " --park 555745280", dir.path);
   INFO(parked.out, parked.err);
   CHECK(parked.exit_code == 0);
@@ -495,14 +512,10 @@ TEST_CASE("allocator: a GPU run's trace replays on the host to the bytes the GPU
 // most, and the GPU then measured 6950919168.
 TEST_CASE("allocator: a replayed trace foretells what a change of request order holds") {
   const test::TempDir dir("alloc_replay_order");
-  const std::string tool = std::string(KVC_BINARY_DIR) + "/kvc_alloc_replay ";
-  const std::string trace =
-      std::string(KVC_SOURCE_DIR) + "/tests/data/alloc_trace_grouped_mlp_long_fp32.txt";
-  const test::RunResult plain = test::run_shell(tool + trace, dir.path);
-  INFO(plain.out, plain.err);
-  CHECK(plain.exit_code == 0);
-  CHECK(plain.out.find("matches the trace: yes, at every line") != std::string::npos);
-  CHECK(plain.out.find("peak held 7051582464 bytes") != std::string::npos);
+  const std::string trace = kept_trace("alloc_trace_grouped_mlp_long_fp32.txt");
+  check_replay_matches(dir, trace,
+                       "after the last empty_cache: peak in use 6136797184 bytes "
+                       "(5853 MiB), peak held 7051582464 bytes");
 
   // The backward's requests of v's gradient, the scores' gradient and k's: 16 MiB, 128 MiB,
   // 16 MiB in a row. The first two trade places.
@@ -523,7 +536,8 @@ TEST_CASE("allocator: a replayed trace foretells what a change of request order 
     std::ofstream out(dir / "reordered.txt");
     for (const std::string& line : lines) out << line << '\n';
   }
-  const test::RunResult reordered = test::run_shell(tool + dir / "reordered.txt", dir.path);
+  const test::RunResult reordered =
+      test::run_shell(replay_tool() + dir / "reordered.txt", dir.path);
   INFO(reordered.out, reordered.err);
   CHECK(reordered.exit_code == 1);  // it no longer holds what the trace says: that is the point
   CHECK(reordered.out.find("after the last empty_cache: peak in use 6136797184 bytes (5853 MiB), "
