@@ -151,14 +151,18 @@ void* CachingAllocator::alloc(size_t bytes, int device) {
     b->small = small;
   }
   b->pool = active_pool_;
-  b->in_use = true;
-  in_use_[b->ptr] = b;
-  note_in_use(b->size, 0);
+  into_use(b);
   if (trace_) {
     std::fprintf(trace_, "alloc %zu %zu %p pool %d %s reserved %zu\n", bytes, size,
                  static_cast<void*>(b->ptr), b->pool, how, stats_.bytes_reserved);
   }
   return b->ptr;
+}
+
+void CachingAllocator::into_use(Block* b) {
+  b->in_use = true;
+  in_use_[b->ptr] = b;
+  note_in_use(b->size, 0);
 }
 
 CachingAllocator::Block* CachingAllocator::out_of_use(void* p, const char* what) {
@@ -176,6 +180,10 @@ void CachingAllocator::free(void* p) {
   std::lock_guard<std::mutex> lock(mutex_);
   Block* b = out_of_use(p, "free");
   if (trace_) std::fprintf(trace_, "free %p %zu pool %d\n", p, b->size, b->pool);
+  to_cache(b);
+}
+
+void CachingAllocator::to_cache(Block* b) {
   insert_free(b->small ? b : merge_with_free_neighbours(b));
 }
 
@@ -199,10 +207,8 @@ void* CachingAllocator::unpark(void* p) {
   }
   parked_.erase(it);
   b->parked = false;
-  b->in_use = true;
-  in_use_[b->ptr] = b;
   stats_.bytes_parked -= b->size;
-  note_in_use(b->size, 0);
+  into_use(b);
   if (trace_) std::fprintf(trace_, "unpark %p %zu\n", p, b->size);
   return b->ptr;
 }
@@ -218,7 +224,7 @@ void CachingAllocator::reclaim(Block* b) {
   b->parked = false;
   stats_.bytes_parked -= b->size;
   if (trace_) std::fprintf(trace_, "reclaim %p %zu\n", static_cast<void*>(b->ptr), b->size);
-  insert_free(b->small ? b : merge_with_free_neighbours(b));
+  to_cache(b);
 }
 
 void CachingAllocator::reclaim_parked() {

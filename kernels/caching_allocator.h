@@ -118,7 +118,9 @@ class CachingAllocator {
   };
 
   // All of these expect mutex_ held.
+  void into_use(Block* b);                       // b handed out: counted in use
   Block* out_of_use(void* p, const char* what);  // p's block, no longer in use; throws if not
+  void to_cache(Block* b);  // a block out of use into its free list, merged with free neighbours
   Block* take(int device, int pool, size_t size, bool small);
   void insert_free(Block* b);
   void remove_free(Block* b);
