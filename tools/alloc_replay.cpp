@@ -143,7 +143,7 @@ bool replay_line(Replay& r, const std::string& line, const std::string& next) {
     if (!(in >> ptr)) return bad();
     const auto it = r.pointer.find(ptr);
     if (it == r.pointer.end())
-      return fail("line " + std::to_string(r.lines) + " parks " + ptr + ", never allocated");
+      return fail("line " + std::to_string(r.lines) + " " + op + "s " + ptr + ", never allocated");
     if (op == "park") {
       r.allocator.park(it->second);
     } else if (r.allocator.unpark(it->second) == nullptr) {
@@ -177,6 +177,10 @@ bool replay_line(Replay& r, const std::string& line, const std::string& next) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const auto usage = [] {
+    std::fprintf(stderr, "usage: kvc_alloc_replay TRACE [--park CLASS_BYTES]\n");
+    return 2;
+  };
   std::string path;
   size_t park_class = 0;
   for (int i = 1; i < argc; ++i) {
@@ -193,14 +197,10 @@ int main(int argc, char** argv) {
     } else if (path.empty() && a.rfind("--", 0) != 0) {
       path = a;
     } else {
-      std::fprintf(stderr, "usage: kvc_alloc_replay TRACE [--park CLASS_BYTES]\n");
-      return 2;
+      return usage();
     }
   }
-  if (path.empty()) {
-    std::fprintf(stderr, "usage: kvc_alloc_replay TRACE [--park CLASS_BYTES]\n");
-    return 2;
-  }
+  if (path.empty()) return usage();
   std::ifstream file(path);
   if (!file) {
     std::fprintf(stderr, "kvc_alloc_replay: error: cannot read %s\n", path.c_str());
