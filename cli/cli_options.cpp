@@ -7,7 +7,9 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <sstream>
 #include <type_traits>
+#include <utility>
 
 #include "kernels/precision.h"
 #include "nn/compressor.h"
@@ -69,8 +71,42 @@ CLI::Validator unit_interval() {
       "IN [0,1)", [](double x) { return x >= 0 && x < 1; }, "in [0, 1)");
 }
 
+namespace {
+
+// The kinds of a list and what is wrong with it, if anything.
+std::pair<std::vector<std::string>, std::string> split_kind_list(const std::string& list) {
+  const std::vector<std::string> known = compressor_kinds();
+  if (list == "all") return {known, ""};
+  std::vector<std::string> kinds;
+  std::stringstream ss(list);
+  std::string kind;
+  while (std::getline(ss, kind, ',')) {
+    if (std::find(known.begin(), known.end(), kind) == known.end()) {
+      std::string names;
+      for (const std::string& k : known) names += (names.empty() ? "" : ", ") + k;
+      return {{}, "unknown kind '" + kind + "' (expected all or a list of " + names + ")"};
+    }
+    if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) {
+      return {{}, "'" + kind + "' is listed twice"};
+    }
+    kinds.push_back(kind);
+  }
+  if (kinds.empty()) return {{}, "'" + list + "' names no kind"};
+  return {kinds, ""};
+}
+
+}  // namespace
+
+std::string kind_list_error(const std::string& list) { return split_kind_list(list).second; }
+
+std::vector<std::string> parse_kind_list(const std::string& flag, const std::string& list) {
+  auto [kinds, error] = split_kind_list(list);
+  KVC_USAGE_CHECK(error.empty(), flag, ": ", error);
+  return kinds;
+}
+
 std::vector<std::string> selected_kinds(const RunSettings& r) {
-  return r.compressor == "all" ? compressor_kinds() : std::vector<std::string>{r.compressor};
+  return parse_kind_list("--compressor", r.compressor);
 }
 
 CompressorOptions compressor_options(const std::string& kind, const RunSettings& r, Device device) {
@@ -90,7 +126,7 @@ void add_setting_flag(CLI::App* cmd, RunSettings* r, const train::Setting& s, bo
   if (s.range == train::SettingRange::kind) {
     std::string list = allow_all ? "all" : "";
     for (const std::string& k : compressor_kinds()) list += (list.empty() ? "" : "|") + k;
-    help += ": " + list;
+    help += ": " + list + (allow_all ? ", or a comma-separated list (conv,mlp)" : "");
   } else if (s.range == train::SettingRange::choice) {
     std::string list;
     for (const std::string& c : s.choices) list += (list.empty() ? "" : "|") + c;
@@ -98,7 +134,7 @@ void add_setting_flag(CLI::App* cmd, RunSettings* r, const train::Setting& s, bo
   }
   CLI::Validator check(
       [&s, allow_all](std::string& v) -> std::string {
-        if (allow_all && s.range == train::SettingRange::kind && v == "all") return "";
+        if (allow_all && s.range == train::SettingRange::kind) return kind_list_error(v);
         return train::check_setting_text(s, v);
       },
       "", std::string(s.name));

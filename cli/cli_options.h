@@ -40,13 +40,18 @@ CLI::Validator positive();       // > 0
 CLI::Validator non_negative();   // >= 0
 CLI::Validator unit_interval();  // [0, 1)
 
-// The kinds a command runs for --compressor: every registered kind for "all", else the one named.
+// "all" (every registered kind) or a comma-separated list of registered kinds, each once, in the
+// order listed. kind_list_error says what is wrong with a list ("" if nothing); parse_kind_list
+// throws it as a UsageError that names `flag`.
+std::string kind_list_error(const std::string& list);
+std::vector<std::string> parse_kind_list(const std::string& flag, const std::string& list);
+// The kinds a command runs for --compressor: parse_kind_list of it.
 std::vector<std::string> selected_kinds(const RunSettings& r);
 // The options of `kind` with the rest of r's model and shape settings, on `device`.
 CompressorOptions compressor_options(const std::string& kind, const RunSettings& r, Device device);
 
 // One flag per setting of `group` in the settings table (name, help, default, range check).
-// `allow_all` admits "all" for --compressor (every kind).
+// `allow_all` admits "all" (every kind) and comma-separated lists of kinds for --compressor.
 void add_setting_flags(CLI::App* cmd, RunSettings* r, train::SettingGroup group,
                        bool allow_all = false);
 // The flag of one setting, as add_setting_flags makes it.

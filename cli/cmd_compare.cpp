@@ -28,27 +28,6 @@ struct CompareArgs {
   bool overwrite = false;
 };
 
-// "all" or a comma-separated list of registered kinds, each once.
-std::vector<std::string> parse_kinds(const std::string& list) {
-  if (list == "all") return compressor_kinds();
-  const std::vector<std::string> known = compressor_kinds();
-  std::vector<std::string> kinds;
-  std::stringstream ss(list);
-  std::string kind;
-  while (std::getline(ss, kind, ',')) {
-    std::string names;
-    for (const std::string& k : known) names += (names.empty() ? "" : ", ") + k;
-    KVC_USAGE_CHECK(std::find(known.begin(), known.end(), kind) != known.end(),
-                    "--compressors: unknown kind '", kind, "' (expected all or a list of ", names,
-                    ")");
-    KVC_USAGE_CHECK(std::find(kinds.begin(), kinds.end(), kind) == kinds.end(), "--compressors: '",
-                    kind, "' is listed twice");
-    kinds.push_back(kind);
-  }
-  KVC_USAGE_CHECK(!kinds.empty(), "--compressors '", list, "' names no kind");
-  return kinds;
-}
-
 // Trains `kind` into OUT/<kind>; fills its leaderboard row and eval curve from its metrics.csv.
 train::TrainResult train_kind(const train::TrainOptions& base, const std::string& kind,
                               std::vector<train::LeaderboardRow>& rows,
@@ -68,7 +47,7 @@ train::TrainResult train_kind(const train::TrainOptions& base, const std::string
 }
 
 int run_compare(const CLI::App* cmd, const CompareArgs& a) {
-  const std::vector<std::string> kinds = parse_kinds(a.compressors);
+  const std::vector<std::string> kinds = parse_kind_list("--compressors", a.compressors);
   train::TrainOptions o;
   static_cast<RunSettings&>(o) = a.run;
   for (const std::string& kind : kinds) {

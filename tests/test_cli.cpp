@@ -326,7 +326,7 @@ TEST_CASE(
   CHECK(end < 0.1 * start);
 }
 
-TEST_CASE("cli: gradcheck passes for every kind, bench prints every kind") {
+TEST_CASE("cli: gradcheck passes for every kind, bench prints every kind or the ones listed") {
   TempDir dir("cli_gradcheck");
   RunResult r = test::run_kvcompress("gradcheck", dir.path);
   INFO(r.out, r.err);
@@ -365,6 +365,25 @@ TEST_CASE("cli: gradcheck passes for every kind, bench prints every kind") {
   CHECK(backward >= optimizer_bytes);
   CHECK(number("setup_peak_bytes") >= std::max(forward, backward));
   CHECK(number("peak_bytes") >= backward);
+
+  // A comma-separated list: those kinds, in the order listed, and no other.
+  r = test::run_kvcompress("bench --compressor mlp,conv --reps 1 --warmup-reps 0 --seq 64",
+                           dir.path);
+  INFO(r.out, r.err);
+  REQUIRE(r.exit_code == 0);
+  const size_t mlp_row = r.out.find("\nmlp "), conv_row = r.out.find("\nconv ");
+  REQUIRE(mlp_row != std::string::npos);
+  REQUIRE(conv_row != std::string::npos);
+  CHECK(mlp_row < conv_row);
+  CHECK(r.out.find("\nefficient_conv ") == std::string::npos);
+  CHECK(r.out.find("\ngrouped_mlp ") == std::string::npos);
+  expect_error(test::run_kvcompress("bench --compressor conv,nope", dir.path), 2,
+               {"--compressor", "unknown kind 'nope'", "conv"});
+  expect_error(test::run_kvcompress("gradcheck --compressor mlp,mlp", dir.path), 2,
+               {"--compressor", "'mlp' is listed twice"});
+  // train takes one kind.
+  expect_error(test::run_kvcompress("train --compressor conv,mlp", dir.path), 2,
+               {"--compressor", "'conv,mlp' is not a compressor kind"});
 }
 
 }  // namespace
