@@ -2,11 +2,9 @@
 // and seed, one run folder per kind, then writes the leaderboard (train/leaderboard.h).
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
-#include <sstream>
 
 #include "cli/cli_options.h"
 #include "train/leaderboard.h"
