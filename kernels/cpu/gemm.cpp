@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 
 #include "base/error.h"
 
@@ -46,29 +47,31 @@ void scale_c(const GemmArgs& g, T* c) {
   }
 }
 
-// OpenBLAS splits a product over its threads from 2^18 multiply-adds on, where waking and joining
-// them costs more than the split saves: on a 2-core machine a (64, 64, 256) product took 2.1x as
-// long on two threads as on one, (1024, 32, 32) 2.7x, and two threads paid off only from about
-// 2^24 (0.6-0.9x). The products of the attention tiles and of the small configurations sit in
-// between. Below kThreadedMacs a product runs on the calling thread alone; above it, on as many
-// threads as OpenBLAS was given (OPENBLAS_NUM_THREADS, else one a core).
-constexpr double kThreadedMacs = double{1 << 22};
+// OpenBLAS splits a product over all its threads from 2^18 multiply-adds on, where waking and
+// joining them costs more than the split saves. On a 2-core machine (sgemm, one thread against
+// two): (64, 64, 256) took 2.1x as long on two, (1024, 32, 32) 2.7x; at 2^22 two threads were
+// 0.88-1.56x of one over seven shapes, at 2^23 0.66-1.35x (most below 1), at 2^24 0.64-0.97x. So a
+// product gets one thread per kMacsPerThread multiply-adds, at most as many as OpenBLAS was given
+// (OPENBLAS_NUM_THREADS, else one a core): small ones run on the calling thread alone, and a
+// machine with many cores does not split a mid-sized product into slivers.
+constexpr double kMacsPerThread = double{1 << 22};
 
-// Holds OpenBLAS to one thread while it lives, if the product is small (see kThreadedMacs).
-class SmallProductThreads {
+// Holds OpenBLAS to the threads a product of `macs` multiply-adds pays for while it lives.
+class ProductThreads {
  public:
-  explicit SmallProductThreads(double macs) {
+  explicit ProductThreads(double macs) {
     static const int configured = openblas_get_num_threads();
-    if (configured > 1 && macs < kThreadedMacs) {
+    const double paid = std::max(1.0, std::floor(macs / kMacsPerThread));
+    if (paid < configured) {
       restore_ = configured;
-      openblas_set_num_threads(1);
+      openblas_set_num_threads(static_cast<int>(paid));
     }
   }
-  ~SmallProductThreads() {
+  ~ProductThreads() {
     if (restore_ > 0) openblas_set_num_threads(restore_);
   }
-  SmallProductThreads(const SmallProductThreads&) = delete;
-  SmallProductThreads& operator=(const SmallProductThreads&) = delete;
+  ProductThreads(const ProductThreads&) = delete;
+  ProductThreads& operator=(const ProductThreads&) = delete;
 
  private:
   int restore_ = 0;
@@ -86,8 +89,8 @@ void gemm(const GemmArgs& g, const T* a, const T* b, T* c) {
   const blasint lda = to_blas(std::max<int64_t>(g.lda, 1), "lda");
   const blasint ldb = to_blas(std::max<int64_t>(g.ldb, 1), "ldb");
   const blasint ldc = to_blas(g.ldc, "ldc");
-  const SmallProductThreads threads(static_cast<double>(g.m) * static_cast<double>(g.n) *
-                                    static_cast<double>(g.k));
+  const ProductThreads threads(static_cast<double>(g.m) * static_cast<double>(g.n) *
+                               static_cast<double>(g.k));
   for (int64_t p = 0; p < g.batch_outer; ++p) {
     for (int64_t q = 0; q < g.batch_inner; ++q) {
       const T* ap = a + p * g.outer_stride_a + q * g.inner_stride_a;
