@@ -12,16 +12,41 @@
 #include "core/storage.h"
 #include "data/synthetic.h"
 #include "kernels/adam.h"
+#ifdef KVC_WITH_CUDA
+#include "kernels/cuda/cublas_loader.h"
+#endif
 #include "kernels/gemm.h"
 #include "kernels/memory.h"
 #include "kernels/precision.h"
 #include "kernels/synthetic.h"
 #include "nn/compressor_pair.h"
 #include "optim/adam.h"
+#include "tests/test_train_util.h"
 #include "tests/test_util.h"
 
 namespace kvc {
 namespace {
+
+#ifdef KVC_WITH_CUDA
+// Needs the CUDA toolkit's libraries, not a GPU. cuBLAS and cuBLASLt are opened at their first
+// call (kernels/cuda/cublas_loader.cpp): every function the library calls is found by its name in
+// the libraries opened (the link already checked that each has a forward).
+TEST_CASE("cuda: cuBLAS and cuBLASLt, opened at first use, have every function the library calls") {
+  CHECK_NOTHROW(kernels::cuda::load_cublas());
+}
+
+// A process that multiplies nothing on a GPU does not load cuBLAS (whose start-up took ~0.4 s and
+// ~210 MB in every process while it was linked).
+TEST_CASE("cuda: kvcompress --version does not load cuBLAS") {
+  const test::TempDir dir("cublas_lazy");
+  const test::RunResult r =
+      test::run_shell("LD_DEBUG=libs " + test::kvcompress_binary() + " --version", dir.path);
+  INFO(r.out, r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.err.find("libcudart") != std::string::npos);  // LD_DEBUG lists what it loads
+  CHECK(r.err.find("libcublas") == std::string::npos);
+}
+#endif
 
 // Runs even without a GPU (CPU-only and CUDA builds alike): that path must fail clearly.
 TEST_CASE("cuda: asking for cuda without a GPU is a clear kvc::Error") {
