@@ -43,6 +43,20 @@ __device__ __forceinline__ void mask_scores(float (&s)[kSTiles][4], int valid, i
   }
 }
 
+// v[0] = op over v[0, kN) (kN a power of 2) as a pairwise tree: log2(kN) dependent steps where a
+// running value takes kN - 1, with the same count of instructions.
+template <int kN, typename Op>
+__device__ __forceinline__ float pairwise(float* v, Op op) {
+  static_assert(kN > 0 && (kN & (kN - 1)) == 0, "a power of 2");
+  if constexpr (kN == 1) {
+    return v[0];
+  } else {
+#pragma unroll
+    for (int i = 0; i < kN / 2; ++i) v[i] = op(v[i], v[i + kN / 2]);
+    return pairwise<kN / 2>(v, op);
+  }
+}
+
 // One tile of the online softmax for rows g (h = 0) and g + 8 (h = 1): scores (log2 units) become
 // exp2(s - running max), the running max and this lane's share of the row sum move on, and
 // corr[h] is the factor that rescales O to the new max (O itself is left alone, so that the
@@ -50,15 +64,20 @@ __device__ __forceinline__ void mask_scores(float (&s)[kSTiles][4], int valid, i
 // (masked) keeps its max at -inf and takes 0 as the exponent base, so its weights and sums stay
 // zero. The exponentials are the one-instruction ex2.approx.ftz (exp2f compiles to ex2.approx
 // without ftz, which takes more to keep subnormal results): as accurate (2 ulp), with 0 where a
-// weight would be below 2^-126 of its row's largest, which no sum of them can tell.
+// weight would be below 2^-126 of its row's largest, which no sum of them can tell. The lane's max
+// and sum over its 2 kSTiles values of a row are pairwise trees (with two warps a scheduler, the
+// chain of a running value was latency the warps could not hide).
 template <int kSTiles, bool kMasked>
 __device__ __forceinline__ void softmax_scores(float (&s)[kSTiles][4], float (&m_run)[2],
                                                float (&l_run)[2], float (&corr)[2]) {
+  const auto max_op = [](float a, float b) { return fmaxf(a, b); };
+  const auto add_op = [](float a, float b) { return a + b; };
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
-    float mx = -INFINITY;
+    float v[2 * kSTiles];
 #pragma unroll
-    for (int j = 0; j < kSTiles; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * h], s[j][2 * h + 1]));
+    for (int j = 0; j < kSTiles; ++j) v[2 * j] = s[j][2 * h], v[2 * j + 1] = s[j][2 * h + 1];
+    float mx = pairwise<2 * kSTiles>(v, max_op);
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     // Finite unless masked: every tile has a valid key.
@@ -66,14 +85,12 @@ __device__ __forceinline__ void softmax_scores(float (&s)[kSTiles][4], float (&m
     const float m_new = kMasked && m_seen == -INFINITY ? 0.f : m_seen;
     corr[h] = math::approx_exp2(m_run[h] - m_new);
     m_run[h] = m_seen;
-    float sum = 0.f;
 #pragma unroll
     for (int j = 0; j < kSTiles; ++j) {
-      s[j][2 * h] = math::approx_exp2(s[j][2 * h] - m_new);
-      s[j][2 * h + 1] = math::approx_exp2(s[j][2 * h + 1] - m_new);
-      sum += s[j][2 * h] + s[j][2 * h + 1];
+      v[2 * j] = s[j][2 * h] = math::approx_exp2(s[j][2 * h] - m_new);
+      v[2 * j + 1] = s[j][2 * h + 1] = math::approx_exp2(s[j][2 * h + 1] - m_new);
     }
-    l_run[h] = l_run[h] * corr[h] + sum;
+    l_run[h] = l_run[h] * corr[h] + pairwise<2 * kSTiles>(v, add_op);
   }
 }
 

@@ -96,10 +96,15 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t addr, uint32_t lead_byte
          static_cast<uint64_t>(stride_bytes >> 4) << 32 | uint64_t{1} << 62;
 }
 
-// The descriptor of k-step kk (32 bytes of every row) of a K-major swizzled tile at `tile` whose
-// column blocks are block_bytes apart: block kk / 4, 32 (kk % 4) bytes in.
+// Where k-step kk (32 bytes of every row) of a K-major swizzled tile whose column blocks are
+// block_bytes apart starts: block kk / 4, 32 (kk % 4) bytes in.
+__device__ __forceinline__ uint32_t kmajor_step(uint32_t block_bytes, int kk) {
+  return (kk / 4) * block_bytes + (kk % 4) * 32;
+}
+
+// The descriptor of k-step kk of a K-major swizzled tile at `tile` (kmajor_step).
 __device__ __forceinline__ uint64_t kmajor_desc(uint32_t tile, uint32_t block_bytes, int kk) {
-  return sw128_desc(tile + (kk / 4) * block_bytes + (kk % 4) * 32, 16, 1024);
+  return sw128_desc(tile + kmajor_step(block_bytes, kk), 16, 1024);
 }
 
 // The descriptor `bytes` further on: the start address sits in the low 14 bits (16-byte units),
@@ -281,21 +286,34 @@ __device__ __forceinline__ void wgmma_m64n128k16(float (&d)[16][4], const uint32
 // above): each row's 128-byte pieces in column blocks kBlockBytes apart. Rows at or past
 // `valid_rows` are zero (a key past the end has P zero, and 0 * garbage could be NaN). The K and
 // V tiles are kBN keys of D elements; TF32's V^T tile (transpose_v_tf32) is D rows of kBN keys,
-// every row valid (its padding holds zeros).
+// every row valid (its padding holds zeros). Thread tid copies chunk tid % kChunks of rows
+// tid / kChunks + n kRowStep: kRowStep is a multiple of 8, so every copy of a thread has the same
+// swizzle, and its addresses are one base and constant offsets. A whole tile (every tile of a
+// split but perhaps its last) takes no per-row test at all.
 template <typename E, int kRows, int kRowElems, int kBlockBytes>
 __device__ __forceinline__ void load_tile_sw128(unsigned char* tile, const E* src, int64_t ld,
                                                 int valid_rows, int tid) {
   constexpr int kPerChunk = 16 / static_cast<int>(sizeof(E));  // elements per 16-byte chunk
   constexpr int kChunks = kRowElems / kPerChunk;               // chunks per row
-  static_assert(kRows * kChunks % kThreadsWg == 0, "whole chunks per thread");
+  constexpr int kRowStep = kThreadsWg / kChunks;               // rows between a thread's copies
+  static_assert(kThreadsWg % kChunks == 0 && kRowStep % 8 == 0 && kRows % kRowStep == 0,
+                "a thread's copies share a column chunk and a swizzle");
+  const int c = tid % kChunks, r0 = tid / kChunks;
+  unsigned char* to = tile + (c / 8) * kBlockBytes + r0 * 128 + (((c % 8) ^ (r0 & 7)) << 4);
+  const E* from = src + r0 * ld + c * kPerChunk;
+  if (valid_rows >= kRows) {
 #pragma unroll
-  for (int n = 0; n < kRows * kChunks / kThreadsWg; ++n) {
-    const int i = tid + n * kThreadsWg;
-    const int r = i / kChunks, c = i % kChunks;
-    const bool valid = r < valid_rows;
-    const E* from = src + (valid ? r * ld + c * kPerChunk : 0);
-    unsigned char* to = tile + (c / 8) * kBlockBytes + r * 128 + (((c % 8) ^ (r & 7)) << 4);
-    cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from), valid);
+    for (int n = 0; n < kRows / kRowStep; ++n) {
+      cp_async16(reinterpret_cast<float*>(to + n * kRowStep * 128),
+                 reinterpret_cast<const float*>(from + n * kRowStep * ld), true);
+    }
+    return;
+  }
+#pragma unroll
+  for (int n = 0; n < kRows / kRowStep; ++n) {
+    const bool valid = r0 + n * kRowStep < valid_rows;
+    cp_async16(reinterpret_cast<float*>(to + n * kRowStep * 128),
+               reinterpret_cast<const float*>(valid ? from + n * kRowStep * ld : src), valid);
   }
 }
 
@@ -417,15 +435,18 @@ __global__ void __launch_bounds__(kThreadsWg)
   // S = Q K^T of the tile in `stage` into sc, committed, not waited for: k-step kk reads 32 bytes
   // at (kk % 4) * 32 of column block kk / 4 of every key.
   // kSplit: q_lo K_hi + q_hi K_lo + q_hi K_hi, the small products first.
+  // The descriptors: the tile's once, and each k-step's as one add to it (desc_plus), where
+  // building each from its address took ~5 instructions.
   auto issue_s = [&](float(&sc)[L::kSTiles][4], int stage) {
-    const uint32_t ks = base + stage * L::kStageBytes;
+    const uint64_t k_desc = kmajor_desc(base + stage * L::kStageBytes, L::kKBlockBytes, 0);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < D / L::kKStep; ++kk) {
-      const uint64_t desc = kmajor_desc(ks, L::kKBlockBytes, kk);
+      const uint32_t at = kmajor_step(L::kKBlockBytes, kk);
+      const uint64_t desc = desc_plus(k_desc, at);
       if constexpr (kSplit) {
         wgmma_tf32(sc, qa[1][kk], desc, kk > 0);
-        wgmma_tf32(sc, qa[0][kk], kmajor_desc(ks + L::kKTileBytes, L::kKBlockBytes, kk), 1);
+        wgmma_tf32(sc, qa[0][kk], desc_plus(k_desc, L::kKTileBytes + at), 1);
         wgmma_tf32(sc, qa[0][kk], desc, 1);
       } else if constexpr (L::kTf32) {
         wgmma_tf32(sc, qa[0][kk], desc, kk > 0);
@@ -441,18 +462,22 @@ __global__ void __launch_bounds__(kThreadsWg)
   // kSplit: pv = P_lo V_hi + P_hi V_lo + P_hi V_hi, written afresh.
   auto issue_pv = [&](const uint32_t(&pa)[L::kParts][L::kPSteps][4], int stage) {
     const uint32_t vs = base + stage * L::kStageBytes + L::kVOffset;
+    // As in issue_s: TF32's V^T is K-major; bf16's V is MN-major, k-step kk 2048 bytes in.
+    const uint64_t v_desc =
+        L::kTf32 ? kmajor_desc(vs, L::kVBlockBytes, 0) : sw128_desc(vs, L::kVBlockBytes, 1024);
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < L::kPSteps; ++kk) {
       if constexpr (kSplit) {
-        const uint64_t desc = kmajor_desc(vs, L::kVBlockBytes, kk);
+        const uint32_t at = kmajor_step(L::kVBlockBytes, kk);
+        const uint64_t desc = desc_plus(v_desc, at);
         wgmma_tf32(pv, pa[1][kk], desc, kk > 0);
-        wgmma_tf32(pv, pa[0][kk], kmajor_desc(vs + L::kVTileBytes, L::kVBlockBytes, kk), 1);
+        wgmma_tf32(pv, pa[0][kk], desc_plus(v_desc, L::kVTileBytes + at), 1);
         wgmma_tf32(pv, pa[0][kk], desc, 1);
       } else if constexpr (L::kTf32) {
-        wgmma_tf32(o, pa[0][kk], kmajor_desc(vs, L::kVBlockBytes, kk), 1);
+        wgmma_tf32(o, pa[0][kk], desc_plus(v_desc, kmajor_step(L::kVBlockBytes, kk)), 1);
       } else {
-        const uint64_t desc = sw128_desc(vs + kk * 2048, L::kVBlockBytes, 1024);
+        const uint64_t desc = desc_plus(v_desc, kk * 2048);
         if constexpr (D == 64) {
           wgmma_m64n64k16<1>(o, pa[0][kk], desc, 1);
         } else {

@@ -433,6 +433,28 @@ __device__ __forceinline__ void warp_tile_k16(float (&acc)[2][kNTiles][4], const
   }
 }
 
+// Rows [0, kRowsN) of a bf16 matrix with k <= kMaxK values a row (k % 8 == 0) into shared memory
+// rows `ld` elements apart, 16 bytes a cp.async (committed by the caller): row r from
+// src + r src_ld, zeros where !row_ok(r). Thread tid copies chunk tid % (kMaxK / 8) of every
+// (kThreads / (kMaxK / 8))-th row from tid / (kMaxK / 8), so that no index is divided by the
+// runtime k; chunks past k are left alone (the products stop at k).
+template <int kRowsN, int kMaxK, int kThreads, typename RowOk>
+__device__ __forceinline__ void copy_rows_async(uint16_t* dst, int ld, const uint16_t* src,
+                                                int64_t src_ld, int k, int tid, RowOk&& row_ok) {
+  constexpr int kRowChunks = kMaxK / 8, kPassRows = kThreads / kRowChunks;
+  static_assert(kThreads % kRowChunks == 0 && kRowsN % kPassRows == 0, "whole passes");
+  const int c = tid % kRowChunks * 8;
+  if (c >= k) return;
+#pragma unroll
+  for (int j = 0; j < kRowsN / kPassRows; ++j) {
+    const int r = tid / kRowChunks + j * kPassRows;
+    const bool valid = row_ok(r);
+    attention_detail::cp_async16(reinterpret_cast<float*>(dst + r * ld + c),
+                                 reinterpret_cast<const float*>(valid ? src + r * src_ld + c : src),
+                                 valid);
+  }
+}
+
 // The gradient at the first product's output at two adjacent values: p (of gy W2^T) times the
 // activation's derivative at the kept value a (GELU's input; or ReLU's output, whose sign is its
 // input's), and under GELU GELU's output at a in *act (one erf for both).
@@ -550,18 +572,14 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
   const uint16_t* gz = gy + z * rows * k;
   const uint16_t* wz = w2 + (kShared ? 0 : head * hidden * k);
   const int64_t hz = z * slots * hidden;  // this (batch index, head)'s rows in saved and dst
-  const int kv = k / 8;
   const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
     attention_detail::cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from),
                                  valid);
   };
 
   // gy's rows (kRows, k), zeros past `rows`, once (they join the first tile's group).
-  for (int i = tid; i < kRows * kv; i += kCtaThreads) {
-    const int r = i / kv, c = i % kv * 8;
-    const bool valid = row0 + r < rows;
-    copy16(as + r * kALd + c, gz + (valid ? (row0 + r) * k + c : 0), valid);
-  }
+  copy_rows_async<kRows, kMaxK, kCtaThreads>(as, kALd, gz + row0 * k, k, k, tid,
+                                             [&](int r) { return row0 + r < rows; });
   // Tile `tile` into stage s: W2^T's columns as (kCols, k) (Mix's, k contiguous) or (k, kCols)
   // (F.linear's), and the kept activations (kRows, kCols); zeros past the matrices (a zero
   // product and a zero kept value give a zero gradient, GELU's output 0: nothing past them is
@@ -577,11 +595,8 @@ __global__ void __launch_bounds__(hidden_grad::kCtaThreads, 2)
         copy16(bs + kk * kTLd + c, wz + (valid ? kk * hidden + col0 + c : 0), valid);
       }
     } else {
-      for (int i = tid; i < kCols * kv; i += kCtaThreads) {
-        const int n = i / kv, c = i % kv * 8;
-        const bool valid = col0 + n < hidden;
-        copy16(bs + n * kBKLd + c, wz + (valid ? (col0 + n) * k + c : 0), valid);
-      }
+      copy_rows_async<kCols, kMaxK, kCtaThreads>(bs, kBKLd, wz + col0 * k, k, k, tid,
+                                                 [&](int n) { return col0 + n < hidden; });
     }
 #pragma unroll
     for (int j = 0; j < kRows * (kCols / 8) / kCtaThreads; ++j) {
@@ -731,7 +746,8 @@ constexpr size_t kW2Bytes = size_t{kCols} * kGyLd * sizeof(uint16_t);
 constexpr size_t kGyBytes = size_t{kRows} * kGyLd * sizeof(uint16_t);
 constexpr size_t kKeptBytes = size_t{kRows} * kTLd * sizeof(uint16_t);
 constexpr size_t kStageBytes = kGyBytes + kKeptBytes;
-constexpr size_t kSmemBytes = kW2Bytes + kStages * kStageBytes;
+constexpr size_t kOutBytes = kKeptBytes;  // the tile's gradient on its way out
+constexpr size_t kSmemBytes = kW2Bytes + kStages * kStageBytes + kOutBytes;
 constexpr int kWarpRows = 2;  // warps down S's tile: b1's partial sums, kWarpRows a split
 static_assert(kRows == 32 * kWarpRows && kCols == 64 && kCtaThreads == 256, "8 warps");
 static_assert(kCols == 2 * 32 && kMaxK == 4 * 32, "dW2's part: warps 2 x 4 of 32 x 32");
@@ -763,6 +779,8 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
   const auto kept_stage = [&](int s) {
     return reinterpret_cast<uint16_t*>(smem + kW2Bytes + s * kStageBytes + kGyBytes);
   };
+  // (kRows, kCols): each warp's part of a tile's gradient, stored 16 bytes a lane from here
+  uint16_t* outs = reinterpret_cast<uint16_t*>(smem + kW2Bytes + kStages * kStageBytes);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int64_t head = blockIdx.z, split = blockIdx.y, splits = gridDim.y;
@@ -771,42 +789,43 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
   const int64_t row_tiles = (rows + kRows - 1) / kRows, total = batches * row_tiles;
   const int64_t t_first = split * tiles_per_split;
   const int64_t t_last = t_first + tiles_per_split < total ? t_first + tiles_per_split : total;
-  const int kv = k / 8;
   const auto copy16 = [](uint16_t* to, const uint16_t* from, bool valid) {
     attention_detail::cp_async16(reinterpret_cast<float*>(to), reinterpret_cast<const float*>(from),
                                  valid);
   };
 
   // W2^T's columns of this CTA, zeros past hidden (they join the first tile's group).
-  const uint16_t* wz = w2 + head * hidden * k;
-  for (int i = tid; i < kCols * kv; i += kCtaThreads) {
-    const int n = i / kv, c = i % kv * 8;
-    const bool valid = col0 + n < hidden;
-    copy16(w2s + n * kGyLd + c, wz + (valid ? (col0 + n) * k + c : 0), valid);
-  }
-  // Tile `tile` (batch index tile / row_tiles, its row tile tile % row_tiles) into stage s: gy's
-  // rows (kRows, k) and the kept values (kRows, kCols), zeros past the matrices (a zero product
-  // and a zero kept value give a zero gradient and a zero activation: nothing is written there,
-  // nothing adds to the sums or to dW2).
-  const auto issue = [&](int64_t tile, int s) {
-    const int64_t bi = tile / row_tiles, row0 = tile % row_tiles * kRows, z = bi * heads + head;
-    uint16_t* gs = gy_stage(s);
+  copy_rows_async<kCols, kMaxK, kCtaThreads>(w2s, kGyLd, w2 + (head * hidden + col0) * k, k, k, tid,
+                                             [&](int n) { return col0 + n < hidden; });
+  // Where a tile lies: batch index tile / row_tiles, first row (tile % row_tiles) kRows. The
+  // tiles come in order, so the pair steps along rather than being divided out of the index.
+  struct TilePos {
+    int64_t bi, row0;
+  };
+  const auto next_pos = [&](TilePos p) {
+    p.row0 += kRows;
+    if (p.row0 >= rows) p.row0 = 0, ++p.bi;
+    return p;
+  };
+  // The tile at p into stage s: gy's rows (kRows, k) and the kept values (kRows, kCols), zeros
+  // past the matrices (a zero product and a zero kept value give a zero gradient and a zero
+  // activation: nothing is written there, nothing adds to the sums or to dW2).
+  const auto issue = [&](TilePos p, int s) {
+    const int64_t z = p.bi * heads + head;
     uint16_t* ks = kept_stage(s);
-    for (int i = tid; i < kRows * kv; i += kCtaThreads) {
-      const int r = i / kv, c = i % kv * 8;
-      const bool valid = row0 + r < rows;
-      copy16(gs + r * kGyLd + c, gy + (valid ? (z * rows + row0 + r) * k + c : 0), valid);
-    }
+    copy_rows_async<kRows, kMaxK, kCtaThreads>(gy_stage(s), kGyLd, gy + (z * rows + p.row0) * k, k,
+                                               k, tid, [&](int r) { return p.row0 + r < rows; });
 #pragma unroll
     for (int j = 0; j < kRows * (kCols / 8) / kCtaThreads; ++j) {
       const int i = tid + kCtaThreads * j;
       const int r = i / (kCols / 8), c = i % (kCols / 8) * 8;
-      const bool valid = row0 + r < rows && col0 + c < hidden;
-      copy16(ks + r * kTLd + c, saved + (valid ? (z * slots + row0 + r) * hidden + col0 + c : 0),
+      const bool valid = p.row0 + r < rows && col0 + c < hidden;
+      copy16(ks + r * kTLd + c, saved + (valid ? (z * slots + p.row0 + r) * hidden + col0 + c : 0),
              valid);
     }
   };
-  issue(t_first, 0);
+  TilePos pos{t_first / row_tiles, t_first % row_tiles * kRows};
+  issue(pos, 0);
   attention_detail::cp_async_commit();
 
   // S's warp (wm, wn): rows 32 wm.., columns 16 wn..; dW2's warp (wh, wo): hidden columns 32 wh..,
@@ -834,14 +853,16 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
       }
     }
   };
-  int64_t bi_now = t_first / row_tiles;
+  int64_t bi_now = pos.bi;
   for (int64_t tile = t_first; tile < t_last; ++tile) {
     const int s = static_cast<int>((tile - t_first) % kStages);
     attention_detail::cp_async_wait<0>();  // this thread's copies of the tile
     __syncthreads();  // everyone's; and every warp is past the tile before, whose stage is free
-    if (tile + 1 < t_last) issue(tile + 1, s ^ 1);
+    const TilePos next = next_pos(pos);
+    if (tile + 1 < t_last) issue(next, s ^ 1);
     attention_detail::cp_async_commit();
-    const int64_t bi = tile / row_tiles, row0 = tile % row_tiles * kRows, z = bi * heads + head;
+    const int64_t bi = pos.bi, row0 = pos.row0, z = bi * heads + head;
+    pos = next;
     if (bi != bi_now) {  // the batch index before is done: its sums out
       if (col_sums) write_sums(bi_now);
       bi_now = bi;
@@ -859,10 +880,20 @@ __global__ void __launch_bounds__(hidden_grad_w2::kCtaThreads, 2)
         [&](int r, int c, __nv_bfloat162 o, float2 act, __nv_bfloat162* at) {
           // The activation dW2 reads: GELU's output; ReLU's is the kept value as it is.
           if constexpr (kGelu) *at = __floats2bfloat162_rn(act.x, act.y);
-          if (r < rows_here && c < cols_here) {  // hidden % 8: c + 1 too
-            *reinterpret_cast<__nv_bfloat162*>(out0 + r * hidden + c) = o;
-          }
+          *reinterpret_cast<__nv_bfloat162*>(outs + r * kTLd + c) = o;
         });
+    // Out 16 bytes a lane, two lanes a row of the warp's 32 x 16 part: whole 32-byte sectors,
+    // where a quad's pairs filled half of one each. The next write of this part comes after the
+    // next tile's barrier.
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int i = lane + 32 * j, r = wm * 32 + i / 2, c = wn * 16 + i % 2 * 8;
+      if (r < rows_here && c < cols_here) {  // hidden % 8: whole chunks
+        *reinterpret_cast<uint4*>(out0 + r * hidden + c) =
+            *reinterpret_cast<const uint4*>(outs + r * kTLd + c);
+      }
+    }
     if (w2_parts) {
       __syncthreads();  // the tile's activations, every warp's, are in shared memory
       if (w2_warp) {
