@@ -1030,26 +1030,43 @@ __global__ void __launch_bounds__(gelu_product::kCtaThreads, 2)
                                  valid);
   };
 
-  // Copy i of this thread: A row ar(i), 8 values from column ac(i) of the chunk; B (Mix's) chunk
-  // row bk(i), 8 columns from bn(i); or (F.linear's) row ar(i), 8 values from ac(i). Zeros past
-  // the matrices (GELU(0) = 0: they add nothing).
+  // Copy i of this thread: A row a_r + i kARows, 8 values from column a_c of the chunk; B (Mix's)
+  // chunk row b_k + i kBRows, 8 columns from b_n; or (F.linear's) W2's row a_r + i kARows, 8
+  // values from a_c. Zeros past the matrices (GELU(0) = 0: they add nothing). The same rows and
+  // columns every chunk, k0 further on: each copy's address is a base and a multiple of one stride,
+  // and a whole chunk (every chunk of a CTA whose rows all exist but perhaps the last) takes no
+  // per-copy test.
+  constexpr int kARows = kCtaThreads / (kChunk / 8), kBRows = kCtaThreads / (kCols / 8);
+  static_assert(kLoads * kARows == kRows && kLoads * kBRows == kChunk, "one copy a row a pass");
+  const int a_r = tid / (kChunk / 8), a_c = tid % (kChunk / 8) * 8;
+  const int b_k = tid / (kCols / 8), b_n = tid % (kCols / 8) * 8;
+  const uint16_t* a_src = pz + (row0 + a_r) * hidden + a_c;
+  const int64_t a_step = kARows * hidden;
+  const uint16_t* b_src = kShared ? wz + a_r * hidden + a_c : wz + b_k * out + b_n;
+  const int64_t b_step = kShared ? kARows * hidden : kBRows * out;
+  const bool rows_whole = row0 + kRows <= rows && (!kShared || out == kCols);
   const auto issue = [&](int64_t k0, int s) {
-    uint16_t* as = a_stage(s);
-    uint16_t* bs = b_stage(s);
+    uint16_t* as = a_stage(s) + a_r * kALd + a_c;
+    uint16_t* bs = b_stage(s) + (kShared ? a_r * kALd + a_c : b_k * kBLd + b_n);
+    const int64_t b_k0 = kShared ? k0 : k0 * out;  // the chunk's start in B
+    if (rows_whole && k0 + kChunk <= hidden && (kShared || b_n < out)) {
+#pragma unroll
+      for (int i = 0; i < kLoads; ++i) {
+        copy16(as + i * kARows * kALd, a_src + k0 + i * a_step, true);
+        copy16(bs + i * (kShared ? kARows * kALd : kBRows * kBLd), b_src + b_k0 + i * b_step, true);
+      }
+      return;
+    }
 #pragma unroll
     for (int i = 0; i < kLoads; ++i) {
-      const int idx = tid + kCtaThreads * i;
-      const int r = idx / (kChunk / 8), c = idx % (kChunk / 8) * 8;
-      const bool a_valid = row0 + r < rows && k0 + c < hidden;
-      copy16(as + r * kALd + c, pz + (a_valid ? (row0 + r) * hidden + k0 + c : 0), a_valid);
-      if constexpr (kShared) {  // (out, hidden): row n = r, hidden values k0 + c..
-        const bool valid = r < out && k0 + c < hidden;
-        copy16(bs + r * kALd + c, wz + (valid ? int64_t{r} * hidden + k0 + c : 0), valid);
-      } else {  // (hidden, out): row k0 + kk, columns n..
-        const int kk = idx / (kCols / 8), n = idx % (kCols / 8) * 8;
-        const bool valid = k0 + kk < hidden && n < out;
-        copy16(bs + kk * kBLd + n, wz + (valid ? (k0 + kk) * out + n : 0), valid);
-      }
+      const int r = a_r + i * kARows;
+      const bool a_valid = row0 + r < rows && k0 + a_c < hidden;
+      copy16(as + i * kARows * kALd, a_valid ? a_src + k0 + i * a_step : pz, a_valid);
+      // F.linear's: W2's row r < out, hidden values k0 + a_c..; Mix's: row k0 + kk, columns b_n..
+      const int kk = b_k + i * kBRows;
+      const bool b_valid = kShared ? r < out && k0 + a_c < hidden : k0 + kk < hidden && b_n < out;
+      copy16(bs + i * (kShared ? kARows * kALd : kBRows * kBLd),
+             b_valid ? b_src + b_k0 + i * b_step : wz, b_valid);
     }
   };
   // GELU over this thread's own copies of A in stage s (visible to it once its group landed).
