@@ -31,6 +31,11 @@ __device__ __forceinline__ void mask_scores(float (&s)[kSTiles][4], int valid, i
     }
   }
   if constexpr (kMasked) {
+    // Only a tile that reaches past one of the warp's row limits has keys to hide: with a causal
+    // target, a few tiles a split. Behind this warp-uniform test, the per-key selects also no
+    // longer make ptxas serialize the TF32 kernels' wgmma (its warning C7515 on the masked
+    // instantiations).
+    if (__all_sync(0xffffffffu, k0 + kSTiles * 8 <= min(limit[0], limit[1]))) return;
 #pragma unroll
     for (int j = 0; j < kSTiles; ++j) {
       const int key = k0 + j * 8 + 2 * t;
